@@ -1,0 +1,81 @@
+"""Catalog endpoints: items and customers by the storefront's ids (scope ``catalog``)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from catalog import selectors, services
+from catalog.models import EXTERNAL_ID_MAX
+from catalog.serializers import (
+    CustomerInputSerializer,
+    CustomerOutputSerializer,
+    ItemInputSerializer,
+    ItemOutputSerializer,
+)
+from recsys.models import ApiKey
+
+
+def _check_id(value: str, field: str) -> str:
+    if len(value) > EXTERNAL_ID_MAX:
+        raise ValidationError({field: [f"Ensure this field has no more than {EXTERNAL_ID_MAX} characters."]})
+    return value
+
+
+class ItemApi(APIView):
+    required_scope = ApiKey.Scope.CATALOG
+
+    @extend_schema(responses=ItemOutputSerializer)
+    def get(self, request: Request, item_id: str) -> Response:
+        item = selectors.item_get(external_id=_check_id(item_id, "item_id"))
+        if item is None:
+            raise NotFound(f"No item with id {item_id!r}.")
+        return Response(ItemOutputSerializer(item).data)
+
+    @extend_schema(request=ItemInputSerializer, responses={200: ItemOutputSerializer, 201: ItemOutputSerializer})
+    def put(self, request: Request, item_id: str) -> Response:
+        _check_id(item_id, "item_id")
+        serializer = ItemInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        data["tags"] = tuple(data["tags"])
+        item, created = services.item_upsert(external_id=item_id, data=services.ItemData(**data))
+        item = selectors.item_get(external_id=item.external_id)
+        return Response(
+            ItemOutputSerializer(item).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, item_id: str) -> Response:
+        if not services.item_deactivate(external_id=_check_id(item_id, "item_id")):
+            raise NotFound(f"No item with id {item_id!r}.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CustomerApi(APIView):
+    required_scope = ApiKey.Scope.CATALOG
+
+    @extend_schema(responses=CustomerOutputSerializer)
+    def get(self, request: Request, customer_id: str) -> Response:
+        customer = selectors.customer_get(external_id=_check_id(customer_id, "customer_id"))
+        if customer is None:
+            raise NotFound(f"No customer with id {customer_id!r}.")
+        return Response(CustomerOutputSerializer(customer).data)
+
+    @extend_schema(
+        request=CustomerInputSerializer,
+        responses={200: CustomerOutputSerializer, 201: CustomerOutputSerializer},
+    )
+    def put(self, request: Request, customer_id: str) -> Response:
+        _check_id(customer_id, "customer_id")
+        serializer = CustomerInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        customer, created = services.customer_upsert(external_id=customer_id, **serializer.validated_data)
+        return Response(
+            CustomerOutputSerializer(customer).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )

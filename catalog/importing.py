@@ -1,0 +1,169 @@
+"""Bulk import of items from CSV: ``item_id,title,description,category,brand,price,in_stock,created_at,tags``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from django.db import connection, transaction
+
+from catalog.models import EXTERNAL_ID_MAX
+from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError
+
+REQUIRED = {"item_id", "title"}
+OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+_STAGE = "import_item_stage"
+
+
+class BadItem(ValueError):
+    pass
+
+
+def _cell(row: list[str], index: dict[str, int], name: str) -> str:
+    position = index.get(name)
+    return row[position].strip() if position is not None else ""
+
+
+def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tuple:
+    item_id = _cell(row, index, "item_id")
+    title = _cell(row, index, "title")
+    if not item_id:
+        raise BadItem("item_id: is required")
+    if len(item_id) > EXTERNAL_ID_MAX:
+        raise BadItem(f"item_id: longer than {EXTERNAL_ID_MAX} characters")
+    if not title:
+        raise BadItem("title: is required")
+    if len(title) > 500:
+        raise BadItem("title: longer than 500 characters")
+    category = _cell(row, index, "category")
+    brand = _cell(row, index, "brand")
+    for name, value in (("category", category), ("brand", brand)):
+        if len(value) > EXTERNAL_ID_MAX:
+            raise BadItem(f"{name}: longer than {EXTERNAL_ID_MAX} characters")
+    raw_price = _cell(row, index, "price")
+    price = None
+    if raw_price:
+        try:
+            price = Decimal(raw_price)
+        except InvalidOperation:
+            raise BadItem(f"price: {raw_price!r} is not a number") from None
+        if not price.is_finite() or price < 0 or price >= Decimal("1e10"):
+            raise BadItem(f"price: {raw_price!r} must be between 0 and 10,000,000,000")
+        price = price.quantize(Decimal("0.01"))
+    raw_stock = _cell(row, index, "in_stock").lower()
+    if raw_stock in _TRUE or raw_stock == "":
+        in_stock = True
+    elif raw_stock in _FALSE:
+        in_stock = False
+    else:
+        raise BadItem(f"in_stock: {raw_stock!r} is not a boolean (true/false, 1/0, yes/no)")
+    raw_created = _cell(row, index, "created_at")
+    created = now
+    if raw_created:
+        try:
+            created = datetime.fromisoformat(raw_created)
+        except ValueError:
+            raise BadItem(f"created_at: {raw_created!r} is not an ISO 8601 date-time") from None
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+    tags = [tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()]
+    if any(len(tag) > 100 for tag in tags):
+        raise BadItem("tags: a tag is longer than 100 characters")
+    return item_id, title, _cell(row, index, "description"), category, brand, price, in_stock, created, tags
+
+
+def items_import(
+    *,
+    path: str | Path,
+    max_errors: int | None = None,
+    batch_size: int = 20_000,
+    on_progress: Callable[[int], None] | None = None,
+    on_error: Callable[[RowError], None] | None = None,
+) -> ImportSummary:
+    """Upsert items by ``item_id``: new ones are stored, changed ones updated, identical ones counted as duplicates.
+
+    Categories and brands named in the file are created on first sight (name = id). Each batch commits on its own.
+    """
+    summary = ImportSummary(path=str(path))
+    errors = ErrorLog(summary, max_errors, on_error)
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    with CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
+        batch: dict[str, tuple] = {}
+        _create_stage()
+        for line, cells in source.rows(errors):
+            summary.read += 1
+            try:
+                parsed = parse_item_row(cells, source.index, now)
+            except BadItem as exc:
+                errors.add(line, str(exc))
+                continue
+            if parsed[0] in batch:
+                summary.duplicates += 1  # the last row for an id wins, as a re-import would make it
+            batch[parsed[0]] = parsed
+            if len(batch) >= batch_size:
+                _store_batch(list(batch.values()), summary)
+                batch = {}
+                if on_progress:
+                    on_progress(source.position())
+        if batch:
+            _store_batch(list(batch.values()), summary)
+        if on_progress:
+            on_progress(source.position())
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _create_stage() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
+                item_id text, title text, description text, category text, brand text, price numeric(12, 2),
+                in_stock boolean, created_at timestamptz, tags varchar(100)[]
+            ) ON COMMIT DELETE ROWS"""
+        )
+
+
+def _store_batch(batch: list[tuple], summary: ImportSummary) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        with cursor.cursor.copy(
+            f"COPY {_STAGE} (item_id, title, description, category, brand, price, in_stock, created_at, tags) "
+            "FROM STDIN"
+        ) as copy:
+            for row in batch:
+                copy.write_row(row)
+        for table in ("catalog_category", "catalog_brand"):
+            column = "category" if table == "catalog_category" else "brand"
+            cursor.execute(
+                f"""INSERT INTO {table} (external_id, name)
+                    SELECT DISTINCT {column}, {column} FROM {_STAGE} WHERE {column} <> ''
+                    ON CONFLICT (external_id) DO NOTHING"""
+            )
+        cursor.execute(
+            f"""INSERT INTO catalog_item AS i (external_id, title, description, category_id, brand_id, price,
+                                               in_stock, active, tags, attributes, created_at, updated_at)
+                SELECT s.item_id, s.title, s.description, c.id, b.id, s.price, s.in_stock, true, s.tags, '{{}}',
+                       s.created_at, now()
+                FROM {_STAGE} s
+                LEFT JOIN catalog_category c ON c.external_id = s.category
+                LEFT JOIN catalog_brand b ON b.external_id = s.brand
+                ON CONFLICT (external_id) DO UPDATE SET
+                    title = excluded.title, description = excluded.description, category_id = excluded.category_id,
+                    brand_id = excluded.brand_id, price = excluded.price, in_stock = excluded.in_stock,
+                    tags = excluded.tags, updated_at = now()
+                WHERE (i.title, i.description, i.category_id, i.brand_id, i.price, i.in_stock, i.tags)
+                      IS DISTINCT FROM
+                      (excluded.title, excluded.description, excluded.category_id, excluded.brand_id,
+                       excluded.price, excluded.in_stock, excluded.tags)
+                RETURNING (xmax = 0) AS inserted"""
+        )
+        results = cursor.fetchall()
+    inserted = sum(1 for (flag,) in results if flag)
+    summary.stored += inserted
+    summary.updated += len(results) - inserted
+    summary.duplicates += len(batch) - len(results)

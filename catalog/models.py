@@ -1,0 +1,70 @@
+"""The catalog: customers, items, categories and brands, all addressed by the storefront's external ids."""
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+from django.utils import timezone
+
+EXTERNAL_ID_MAX = 100
+
+
+class Category(models.Model):
+    external_id = models.CharField(max_length=EXTERNAL_ID_MAX, unique=True)
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+
+    class Meta:
+        verbose_name_plural = "categories"
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Brand(models.Model):
+    external_id = models.CharField(max_length=EXTERNAL_ID_MAX, unique=True)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Item(models.Model):
+    external_id = models.CharField(max_length=EXTERNAL_ID_MAX, unique=True)
+    title = models.CharField(max_length=500)
+    description = models.TextField(blank=True, default="")
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="items")
+    brand = models.ForeignKey(Brand, null=True, blank=True, on_delete=models.SET_NULL, related_name="items")
+    price = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    in_stock = models.BooleanField(default=True)
+    active = models.BooleanField(default=True, help_text="Inactive items are never recommended.")
+    tags = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When the storefront listed the item.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # Admin search by title over a million items: a trigram index makes icontains an index scan.
+            GinIndex(name="item_title_trgm", fields=["title"], opclasses=["gin_trgm_ops"]),
+            models.Index(name="item_created", fields=["-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.external_id})"
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=EXTERNAL_ID_MAX, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    attributes = models.JSONField(default=dict, blank=True)
+    personalisation_opt_out = models.BooleanField(
+        default=False,
+        help_text="Opted-out customers get non-personalised lists and are left out of training.",
+    )
+
+    def __str__(self) -> str:
+        return self.external_id

@@ -1,0 +1,107 @@
+"""CSV row formats for ``import_events``: the generic format and the UCI Online Retail export. No database.
+
+Each adapter turns a row into an :data:`EventRow` tuple, raises :class:`InvalidEvent` for a bad row (reported with
+its line number) or :class:`SkipRow` for a row the format says is not an interaction (counted by reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from events.models import Interaction
+from events.parsing import (
+    InvalidEvent,
+    derive_event_id,
+    parse_id,
+    parse_time,
+    parse_type,
+    parse_value,
+)
+
+# (event_id, customer_id, session_id, item_id, type, value, occurred_at)
+EventRow = tuple[str, str, str, str, int, float | None, datetime]
+Adapter = Callable[[list[str]], EventRow]
+
+
+class SkipRow(Exception):
+    """Not an error: the row is deliberately not imported (e.g. a cancellation)."""
+
+
+GENERIC_REQUIRED = {"customer_id", "item_id", "type"}
+GENERIC_OPTIONAL = {"event_id", "value", "occurred_at", "session_id"}
+
+ONLINE_RETAIL_COLUMNS = {
+    "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
+}  # fmt: skip
+
+
+def generic_adapter(index: dict[str, int], now: datetime) -> Adapter:
+    """``event_id,customer_id,item_id,type,value,occurred_at,session_id``; occurred_at defaults to the import time
+    (the derived event id then uses the empty field, so a re-import is still a no-op)."""
+    i_event = index.get("event_id")
+    i_customer, i_item, i_type = index["customer_id"], index["item_id"], index["type"]
+    i_value, i_time, i_session = index.get("value"), index.get("occurred_at"), index.get("session_id")
+
+    def adapt(row: list[str]) -> EventRow:
+        customer = parse_id(row[i_customer], "customer_id", required=True)
+        item = parse_id(row[i_item], "item_id", required=True)
+        type_ = parse_type(row[i_type])
+        value = parse_value(row[i_value]) if i_value is not None else None
+        if type_ == Interaction.Type.RATING and value is None:
+            raise InvalidEvent("value", "a rating needs a value")
+        raw_time = row[i_time].strip() if i_time is not None else ""
+        occurred = parse_time(raw_time, now=now) if raw_time else now
+        session = parse_id(row[i_session], "session_id", required=False) if i_session is not None else ""
+        event_id = parse_id(row[i_event], "event_id", required=False) if i_event is not None else ""
+        if not event_id:
+            stamp = occurred.isoformat() if raw_time else ""
+            event_id = derive_event_id(customer, session, item, type_, value, stamp)
+        return event_id, customer, session, item, type_, value, occurred
+
+    return adapt
+
+
+def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
+    """One invoice line = one purchase of ``Quantity`` units; the invoice is the session (the basket).
+
+    Skipped as a real importer would: cancellations (InvoiceNo starting with C: returns, not purchases), lines
+    without a customer (nothing to personalise), non-positive quantities (stock adjustments) and non-positive
+    prices (write-offs, samples), and stock codes without a digit, which are not products (POST, DOT, M, BANK
+    CHARGES, AMAZONFEE, ...). Times carry no zone and are read as UTC (the shop is in the UK).
+    """
+    i_invoice, i_stock, i_qty = index["InvoiceNo"], index["StockCode"], index["Quantity"]
+    i_time, i_price, i_customer = index["InvoiceDate"], index["UnitPrice"], index["CustomerID"]
+
+    def adapt(row: list[str]) -> EventRow:
+        invoice = row[i_invoice].strip()
+        if invoice.startswith("C"):
+            raise SkipRow("cancellation")
+        customer = row[i_customer].strip()
+        if not customer:
+            raise SkipRow("no customer")
+        if customer.endswith(".0"):
+            customer = customer[:-2]
+        quantity = parse_value(row[i_qty])
+        if quantity is None or quantity <= 0:
+            raise SkipRow("quantity <= 0")
+        price = parse_value(row[i_price])
+        if price is None or price <= 0:
+            raise SkipRow("price <= 0")
+        item = parse_id(row[i_stock], "StockCode", required=True).upper()
+        if not any(ch.isdigit() for ch in item):
+            raise SkipRow("not a product (postage, fees, manual)")
+        raw_time = row[i_time].strip()
+        occurred = parse_time(raw_time, now=now)
+        customer = parse_id(customer, "CustomerID", required=True)
+        purchase = int(Interaction.Type.PURCHASE)
+        event_id = derive_event_id(customer, invoice, item, purchase, quantity, raw_time, repr(price))
+        return event_id, customer, invoice, item, purchase, quantity, occurred
+
+    return adapt
+
+
+FORMATS: dict[str, tuple[set[str], set[str], Callable[[dict[str, int], datetime], Adapter]]] = {
+    "generic": (GENERIC_REQUIRED, GENERIC_OPTIONAL, generic_adapter),
+    "online-retail": (ONLINE_RETAIL_COLUMNS, set(), online_retail_adapter),
+}

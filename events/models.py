@@ -1,0 +1,62 @@
+"""Interactions: every view, click, add-to-cart, purchase and rating a storefront reports."""
+
+from django.contrib.postgres.indexes import BrinIndex
+from django.db import models
+from django.utils import timezone
+
+from catalog.models import Customer, Item
+
+
+class Interaction(models.Model):
+    class Type(models.IntegerChoices):
+        VIEW = 1, "view"
+        CLICK = 2, "click"
+        ADD_TO_CART = 3, "add_to_cart"
+        PURCHASE = 4, "purchase"
+        RATING = 5, "rating"
+
+    id = models.BigAutoField(primary_key=True)
+    # The client's idempotency key (or one derived from the event's content): a retry is stored once.
+    # Opaque keys: byte-wise "C" collation keeps the unique index fast; a constraint, not unique=True, so Django adds
+    # no second (LIKE) index that nothing queries.
+    event_id = models.CharField(max_length=100, db_collation="C")
+    # Erasure of a customer removes their interactions with them.
+    # Indexed by interaction_customer_recent, whose first column it is.
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    session_id = models.CharField(max_length=100, blank=True, default="", db_collation="C")
+    # Items are deactivated, never deleted, while interactions point at them.
+    item = models.ForeignKey(Item, on_delete=models.PROTECT, related_name="+")
+    type = models.PositiveSmallIntegerField(choices=Type.choices)
+    value = models.FloatField(null=True, blank=True, help_text="Rating value, quantity or revenue.")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    request_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="The recommendation response this came from."
+    )
+
+    class Meta:
+        indexes = [
+            # "The latest events of a customer": history for serving, export, erasure.
+            models.Index(name="interaction_customer_recent", fields=["customer", "-occurred_at"]),
+            # "Events since T": training windows, trending, reconciliation. Events arrive roughly in time order,
+            # so a BRIN index answers range scans at a fraction of a B-tree's size and insert cost.
+            BrinIndex(name="interaction_occurred_brin", fields=["occurred_at"], autosummarize=True),
+            models.Index(
+                name="interaction_session_recent",
+                fields=["session_id", "-occurred_at"],
+                condition=~models.Q(session_id=""),
+            ),
+            models.Index(name="interaction_request", fields=["request_id"], condition=~models.Q(request_id="")),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id"], name="interaction_event_id_unique"),
+            models.CheckConstraint(
+                condition=models.Q(customer__isnull=False) | ~models.Q(session_id=""),
+                name="interaction_has_customer_or_session",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_type_display()} {self.item_id} by {self.customer_id or self.session_id}"

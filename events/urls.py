@@ -1,0 +1,3 @@
+"""Event ingestion URLs."""
+
+urlpatterns: list = []

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RecsysConfig(AppConfig):
+    name = "recsys"
+    verbose_name = "API access"

@@ -1,0 +1,20 @@
+"""Test settings: the same real servers as dev, with the tests' own Redis databases."""
+
+import os
+
+from recsys.localservices import ensure_local_services
+
+os.environ.setdefault("SECRET_KEY", "test-insecure-secret-key")
+os.environ["DEBUG"] = "0"
+ensure_local_services()
+# Tests use Redis databases 8 and 9 so they never flush a running demo's online state (databases 0 and 1).
+if not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
+    from recsys.redis_urls import with_db
+
+    os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], 8)
+
+from .base import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+ARTIFACT_ROOT = BASE_DIR / "var" / "test-artifacts"  # noqa: F405
+API_DEFAULT_RATE_PER_MINUTE = 1_000_000

@@ -1,0 +1,22 @@
+"""Root URLs: the /v1/ API, its schema and docs, the admin, health and metrics."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from recsys import health
+
+api_v1 = [
+    path("", include("catalog.urls")),
+    path("", include("events.urls")),
+]
+
+urlpatterns = [
+    path("v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("", include("django_prometheus.urls")),
+]

@@ -1,0 +1,65 @@
+"""Shared fixtures: API clients with scoped keys, a clean Redis per test, a real Celery worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from rest_framework.test import APIClient
+
+from recsys import auth, redis_client
+from recsys.services import api_key_create
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis() -> None:
+    """Every test starts with an empty online store (the tests' own Redis database, never the demo's)."""
+    redis_client.get().flushdb()
+    auth.clear_cache()
+
+
+@pytest.fixture
+def make_api_client(db: None) -> Callable[..., APIClient]:
+    def make(*scopes: str, rate_per_minute: int | None = None) -> APIClient:
+        _, plaintext = api_key_create(name="test", scopes=scopes, rate_per_minute=rate_per_minute)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(make_api_client: Callable[..., APIClient]) -> APIClient:
+    """A storefront's key: recommendations, events and catalog."""
+    return make_api_client("recommend", "events", "catalog")
+
+
+@pytest.fixture
+def admin_api(make_api_client: Callable[..., APIClient]) -> APIClient:
+    return make_api_client("admin")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> Iterator[object]:
+    """A real Celery worker (threads pool) consuming from the real Redis broker, for the whole session.
+
+    Tests that need it take the ``celery_worker`` fixture and must be ``transaction=True``: the worker's threads
+    use their own database connections and only see committed rows.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from recsys.celery import app
+
+    app.conf.task_always_eager = False
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        with start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30,
+            queues=["default", "events", "training", "indexing"],
+        ) as worker:  # fmt: skip
+            yield worker
+
+
+@pytest.fixture
+def celery_worker(celery_worker_session: object, transactional_db: None) -> object:
+    return celery_worker_session
