@@ -11,7 +11,7 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from catalog.models import EXTERNAL_ID_MAX
-from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError
+from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 
 REQUIRED = {"item_id", "title"}
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
@@ -93,7 +93,7 @@ def items_import(
     errors = ErrorLog(summary, max_errors, on_error)
     started = time.perf_counter()
     now = datetime.now(UTC)
-    with CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
+    with gc_paused(), CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
         batch: dict[str, tuple] = {}
         _create_stage()
         for line, cells in source.rows(errors):

@@ -6,6 +6,7 @@ its line number) or :class:`SkipRow` for a row the format says is not an interac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -22,6 +23,9 @@ from events.parsing import (
 # (event_id, customer_id, session_id, item_id, type, value, occurred_at)
 EventRow = tuple[str, str, str, str, int, float | None, datetime]
 Adapter = Callable[[list[str]], EventRow]
+
+
+_has_digit = re.compile(r"\d").search
 
 
 class SkipRow(Exception):
@@ -89,7 +93,7 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
         if price is None or price <= 0:
             raise SkipRow("price <= 0")
         item = parse_id(row[i_stock], "StockCode", required=True).upper()
-        if not any(ch.isdigit() for ch in item):
+        if not _has_digit(item):
             raise SkipRow("not a product (postage, fees, manual)")
         raw_time = row[i_time].strip()
         occurred = parse_time(raw_time, now=now)

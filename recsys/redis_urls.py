@@ -1,7 +1,7 @@
 """Derive the per-purpose Redis URLs (app data, Celery broker, results) from one REDIS_URL.
 
 REDIS_URL may be ``redis://host:port/N``, ``rediss://...`` or ``unix:///path/redis.sock?db=N``; Celery spells the
-unix-socket form ``redis+socket://`` (broker) and ``socket://`` (results) with ``virtual_host=N``.
+unix-socket form ``redis+socket://`` (for the broker and the result backend alike) with ``virtual_host=N``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ def db_of(url: str) -> int:
     return int(path) if path else 0
 
 
-def celery_url(url: str, db: int, *, result_backend: bool = False) -> str:
+def celery_url(url: str, db: int) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        scheme = "socket" if result_backend else "redis+socket"
-        return f"{scheme}://{parts.path}?virtual_host={db}"
+        return f"redis+socket://{parts.path}?virtual_host={db}"
     return with_db(url, db)

@@ -7,7 +7,7 @@ from celery import shared_task
 from recsys import redis_client
 
 
-@shared_task(name="recsys.tasks.heartbeat", ignore_result=True)
+@shared_task(name="recsys.tasks.heartbeat")
 def heartbeat() -> None:
     """Record that a worker is alive and consuming; /readyz reports its age."""
     redis_client.get().set(redis_client.WORKER_HEARTBEAT_KEY, f"{time.time():.3f}", ex=3600)

@@ -1,0 +1,165 @@
+"""import_events: generic and Online Retail formats, bad rows by line, idempotent re-runs, --max-errors."""
+
+from __future__ import annotations
+
+import gzip
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from catalog.models import Customer, Item
+from events.models import Interaction
+from recsys.demo.build import DATA_FILE
+from tests.factories import ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+HEADER = "event_id,customer_id,item_id,type,value,occurred_at,session_id\n"
+
+
+def _run(path: Path, *args: str) -> tuple[dict[str, int], str]:
+    out, err = StringIO(), StringIO()
+    call_command("import_events", str(path), "--quiet", *args, stdout=out, stderr=err)
+    summary = {}
+    for line in out.getvalue().splitlines():
+        name, count = line.rsplit(None, 1)
+        summary[name.strip()] = int(float(count.replace(",", "")))
+    return summary, err.getvalue()
+
+
+@pytest.fixture
+def items() -> None:
+    for sku in ("I1", "I2", "I3"):
+        ItemFactory(external_id=sku)
+
+
+def test_imports_generic_events_and_creates_customers(tmp_path: Path, items: None) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        HEADER
+        + "e1,C1,I1,view,,2024-03-01T10:00:00Z,s1\n"
+        + "e2,C1,I2,purchase,2,2024-03-01T10:05:00+01:00,s1\n"
+        + ",C2,I3,rating,4.5,2024-03-02T00:00:00,\n"
+    )
+    summary, _ = _run(path)
+    assert (summary["read"], summary["stored"], summary["rejected"]) == (3, 3, 0)
+    assert set(Customer.objects.values_list("external_id", flat=True)) == {"C1", "C2"}
+    purchase = Interaction.objects.get(event_id="e2")
+    assert (purchase.type, purchase.value, purchase.session_id) == (Interaction.Type.PURCHASE, 2.0, "s1")
+    assert purchase.occurred_at.isoformat() == "2024-03-01T09:05:00+00:00"
+    rating = Interaction.objects.get(customer__external_id="C2")
+    assert rating.event_id.startswith("d-")  # derived from the content
+    assert rating.occurred_at.isoformat() == "2024-03-02T00:00:00+00:00"  # no offset: read as UTC
+
+
+def test_reimport_is_a_no_op_even_without_event_ids(tmp_path: Path, items: None) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + ",C1,I1,view,,2024-03-01T10:00:00Z,\n,C1,I2,click,,,\ne9,C1,I3,view,,,\n")
+    first, _ = _run(path)
+    second, _ = _run(path)
+    assert first["stored"] == 3
+    assert (second["stored"], second["duplicates"]) == (0, 3)
+    assert Interaction.objects.count() == 3
+
+
+def test_bad_rows_are_reported_by_line_and_never_stored(tmp_path: Path, items: None) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        HEADER
+        + "ok1,C1,I1,view,,2024-03-01T10:00:00Z,\n"  # 2
+        + "b1,,I1,view,,2024-03-01T10:00:00Z,\n"  # 3
+        + "b2,C1,,view,,2024-03-01T10:00:00Z,\n"  # 4
+        + "b3,C1,I1,like,,2024-03-01T10:00:00Z,\n"  # 5
+        + "b4,C1,I1,view,,03/01/2024,\n"  # 6
+        + "b5,C1,I1,view,,2999-01-01T00:00:00Z,\n"  # 7
+        + "b6,C1,I1,rating,,2024-03-01T10:00:00Z,\n"  # 8
+        + "b7,C1,I1,view,lots,2024-03-01T10:00:00Z,\n"  # 9
+        + "b8,C1,UNKNOWN,view,,2024-03-01T10:00:00Z,\n"  # 10
+        + "ok2,C1,I2,view,,2024-03-01T10:00:00Z,\n"  # 11
+    )
+    summary, err = _run(path)
+    assert (summary["stored"], summary["rejected"]) == (2, 8)
+    for line, reason in [
+        (3, "customer_id: is required"),
+        (4, "item_id: is required"),
+        (5, "type: 'like' is not one of view, click, add_to_cart, purchase, rating"),
+        (6, "occurred_at: '03/01/2024' is not an ISO 8601 date-time"),
+        (7, "is in the future"),
+        (8, "value: a rating needs a value"),
+        (9, "value: 'lots' is not a number"),
+        (10, "item_id: unknown item 'UNKNOWN'"),
+    ]:
+        assert any(f"events.csv:{line}: " in row and reason in row for row in err.splitlines()), (line, err)
+    assert set(Interaction.objects.values_list("event_id", flat=True)) == {"ok1", "ok2"}
+    # The rejected row's customer was not created either.
+    assert not Customer.objects.filter(external_id="").exists()
+
+
+def test_create_missing_items(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "e1,C1,NEW-SKU,view,,2024-03-01T10:00:00Z,\n")
+    summary, _ = _run(path, "--create-missing-items")
+    assert summary["stored"] == 1
+    assert Item.objects.get(external_id="NEW-SKU").title == "NEW-SKU"
+
+
+def test_max_errors_keeps_earlier_batches_and_a_rerun_completes(tmp_path: Path, items: None) -> None:
+    path = tmp_path / "events.csv"
+    good = "".join(f"g{n},C1,I1,view,,2024-03-01T10:00:00Z,\n" for n in range(5))
+    bad = "".join(f"b{n},C1,I1,nope,,2024-03-01T10:00:00Z,\n" for n in range(5))
+    path.write_text(HEADER + good + bad)
+    with pytest.raises(CommandError, match="stopped after 2 bad rows"):
+        _run(path, "--max-errors", "2", "--batch-size", "5")
+    assert Interaction.objects.count() == 5  # the first batch was committed before the errors
+    summary, _ = _run(path)
+    assert (summary["stored"], summary["duplicates"], summary["rejected"]) == (0, 5, 5)
+
+
+def test_unknown_column_and_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("customer_id,item_id,type,colour\n")
+    with pytest.raises(CommandError, match=r"line 1: unknown column\(s\) colour"):
+        _run(path)
+    path.write_text("")
+    with pytest.raises(CommandError, match="the file is empty"):
+        _run(path)
+
+
+def test_online_retail_slice_skips_what_a_real_importer_would(tmp_path: Path) -> None:
+    """The first 3,000 lines of the shipped demo file, gzipped like the original."""
+    with gzip.open(DATA_FILE, "rt") as source:
+        lines = [next(source) for _ in range(3_001)]
+    path = tmp_path / "retail.csv.gz"
+    with gzip.open(path, "wt") as target:
+        target.writelines(lines)
+        # A cancellation, a line without a customer, a stock adjustment and postage.
+        target.write("C536379,22556,PLASTERS IN TIN,-2,2010-12-01T09:41:00,1.65,14527,United Kingdom\n")
+        target.write("536414,22139,,56,2010-12-01T11:52:00,0,,United Kingdom\n")
+        target.write("536999,22139,ADJUST,-5,2010-12-01T11:52:00,1.00,14527,United Kingdom\n")
+        target.write("537000,POST,POSTAGE,1,2010-12-01T11:52:00,18.00,12583,France\n")
+    summary, _ = _run(path, "--format", "online-retail", "--create-missing-items")
+    assert summary["read"] == 3_004
+    assert summary["skipped: cancellation"] >= 1
+    assert summary["skipped: no customer"] >= 1
+    assert summary["skipped: quantity <= 0"] >= 1
+    assert summary["skipped: not a product (postage, fees, manual)"] >= 1
+    assert summary["rejected"] == 0
+    skipped = sum(count for name, count in summary.items() if name.startswith("skipped"))
+    assert summary["stored"] + summary["duplicates"] + skipped == summary["read"]
+    assert Interaction.objects.count() == summary["stored"]
+    assert not Interaction.objects.exclude(type=Interaction.Type.PURCHASE).exists()
+    again, _ = _run(path, "--format", "online-retail")
+    assert again["stored"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_batches_are_written_by_the_background_writer(tmp_path: Path) -> None:
+    ItemFactory(external_id="I1")
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "".join(f"e{n},C{n % 7},I1,view,,2024-03-01T10:00:00Z,\n" for n in range(50)))
+    summary, _ = _run(path, "--batch-size", "8")
+    assert (summary["stored"], summary["rejected"]) == (50, 0)
+    assert Interaction.objects.count() == 50
+    assert Customer.objects.count() == 7

@@ -1,0 +1,53 @@
+"""Health, readiness (database, Redis, a real Celery worker), metrics, schema and docs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.test import Client
+
+from recsys import redis_client
+from recsys.tasks import heartbeat
+
+
+def test_healthz_answers_without_dependencies() -> None:
+    response = Client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_readyz_reports_every_dependency_ready(celery_worker: object) -> None:
+    response = Client().get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"database", "redis", "worker"}
+    assert all(check["ok"] for check in body["checks"].values())
+    assert body["checks"]["worker"]["workers"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_runs_on_the_real_worker(celery_worker: object) -> None:
+    before = time.time()
+    heartbeat.delay().get(timeout=30)
+    stamp = float(redis_client.get().get(redis_client.WORKER_HEARTBEAT_KEY))
+    assert stamp >= before - 1
+
+
+@pytest.mark.django_db
+def test_metrics_exposes_prometheus_text() -> None:
+    Client().get("/healthz")
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert b"django_http_requests_total_by_view_transport_method_total" in response.content
+
+
+@pytest.mark.django_db
+def test_openapi_schema_and_docs_are_served() -> None:
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/v1/items/{item_id}" in paths
+    assert Client().get("/api/docs/").status_code == 200

@@ -1,0 +1,49 @@
+"""Production settings refuse DEBUG and the development secret key; `check --deploy` is clean when configured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from django.conf import settings
+
+GOOD_SECRET = "x7%Qp2!vL9#mR4@tZ8^wK1&nB6*cF3(hJ5)gD0-sA2_eY7+uI9=oP4~qW6"
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "recsys.settings.prod",
+        "DATABASE_URL": settings.DATABASE_URL,
+        "REDIS_URL": settings.REDIS_URL,
+        "ALLOWED_HOSTS": "recs.example.com",
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], env=base | env, capture_output=True, text=True,
+        cwd=settings.BASE_DIR, timeout=120,
+    )  # fmt: skip
+
+
+def test_production_refuses_debug() -> None:
+    result = _run("check", SECRET_KEY=GOOD_SECRET, DEBUG="1")
+    assert result.returncode != 0
+    assert "DEBUG must be off in production" in result.stderr
+
+
+def test_production_refuses_the_development_secret() -> None:
+    result = _run("check", SECRET_KEY="dev-insecure-secret-key-do-not-use-in-production")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be a unique random value" in result.stderr
+
+
+def test_production_requires_a_secret() -> None:
+    result = _run("check")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+def test_check_deploy_is_clean_with_production_settings() -> None:
+    result = _run("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=GOOD_SECRET)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
