@@ -1,0 +1,166 @@
+"""Learned ranking: the feature matrix for a candidate set, LambdaMART (LightGBM) training and scoring, and the
+blended retrieval score used when no ranker is active. Pure: numpy arrays in, numpy arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+from numpy.typing import NDArray
+
+from ranking.retrieval import NO_RANK, SOURCES, CandidateSet
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"{source}_score" for source in SOURCES),
+    *(f"{source}_rank" for source in SOURCES),
+    "n_sources",
+    "als_dot",
+    "log_popularity",
+    "trend",
+    "age_days",
+    "log_price",
+    "ctr",
+    "category_affinity",
+    "anchor_recency",
+    "history_length",
+    "same_category_as_last",
+)
+
+# Reciprocal-rank fusion (Cormack et al. 2009): robust to sources whose scores live on different scales.
+RRF_K = 60.0
+DEFAULT_BLEND_WEIGHTS: dict[str, float] = {
+    "ann": 1.0, "item_knn": 1.2, "content": 0.5, "fbt": 0.8, "trending": 0.6, "popular": 0.4, "new": 0.3,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FeatureContext:
+    """Everything besides the candidates that the features need, as arrays indexed by catalog index."""
+
+    item_category: NDArray[np.int64]
+    popularity: NDArray[np.floating]
+    trend: NDArray[np.floating]
+    age_days: NDArray[np.floating]
+    price: NDArray[np.floating]  # NaN when unknown
+    item_factors: NDArray[np.floating] | None = None
+    user_vector: NDArray[np.floating] | None = None
+    ctr: NDArray[np.floating] | None = None  # online click-through rate, NaN when unknown
+    category_affinity: Mapping[int, float] = field(default_factory=dict)
+    history_idx: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))  # most recent first
+
+
+def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray[np.float32]:
+    """(n_candidates, len(FEATURE_NAMES)) float32, vectorised over the whole candidate set."""
+    idx = candidates.item_idx
+    n = idx.size
+    ranks = candidates.source_rank.astype(np.float32)
+    found = candidates.source_rank < NO_RANK
+    ranks[~found] = np.nan  # LightGBM treats NaN as "missing", which is what an absent source is
+    scores = np.where(found, candidates.source_score, np.nan).astype(np.float32)
+    columns: list[NDArray[np.floating]] = [scores, ranks, found.sum(axis=1, dtype=np.float32)[:, None]]
+    if context.item_factors is not None and context.user_vector is not None and n:
+        als_dot = np.asarray(context.item_factors[idx], dtype=np.float32) @ context.user_vector.astype(np.float32)
+    else:
+        als_dot = np.full(n, np.nan, np.float32)
+    category = context.item_category[idx]
+    if context.category_affinity:
+        total = sum(context.category_affinity.values()) or 1.0
+        unique, inverse = np.unique(category, return_inverse=True)
+        per_category = np.array([context.category_affinity.get(int(c), 0.0) for c in unique], np.float32) / total
+        affinity = per_category[inverse]
+    else:
+        affinity = np.zeros(n, np.float32)
+    history = context.history_idx
+    position = np.full(n, np.nan, np.float32)
+    if history.size:
+        # Where the anchor sits in the history: 0 = the latest event, so "because you just viewed" can win.
+        first_seen = {int(item): pos for pos, item in reversed(list(enumerate(history.tolist())))}
+        anchors = candidates.anchor
+        has = anchors >= 0
+        position[has] = [first_seen.get(int(a), np.nan) for a in anchors[has]]
+        same_as_last = (category == context.item_category[history[0]]).astype(np.float32)
+    else:
+        same_as_last = np.zeros(n, np.float32)
+    ctr = context.ctr[idx] if context.ctr is not None else np.full(n, np.nan, np.float32)
+    columns += [
+        als_dot[:, None],
+        np.log1p(np.asarray(context.popularity[idx], np.float32))[:, None],
+        np.asarray(context.trend[idx], np.float32)[:, None],
+        np.asarray(context.age_days[idx], np.float32)[:, None],
+        np.log1p(np.asarray(context.price[idx], np.float32))[:, None],
+        np.asarray(ctr, np.float32)[:, None],
+        affinity[:, None],
+        position[:, None],
+        np.full((n, 1), history.size, np.float32),
+        same_as_last[:, None],
+    ]
+    return np.hstack(columns).astype(np.float32, copy=False)
+
+
+def blend_scores(candidates: CandidateSet, weights: Mapping[str, float] | None = None) -> NDArray[np.float32]:
+    """The fallback ranking score: weighted reciprocal-rank fusion over the sources that found each candidate."""
+    weights = weights or DEFAULT_BLEND_WEIGHTS
+    w = np.array([weights.get(source, 0.0) for source in SOURCES], np.float32)
+    ranks = candidates.source_rank.astype(np.float32)
+    contrib = np.where(candidates.source_rank < NO_RANK, w / (RRF_K + ranks), 0.0)
+    return contrib.sum(axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 20
+    feature_fraction: float = 0.9
+    early_stopping_rounds: int = 30
+    seed: int = 7
+
+
+def train_ranker(
+    X: NDArray[np.float32],
+    y: NDArray[np.floating],
+    groups: NDArray[np.integer],
+    X_valid: NDArray[np.float32],
+    y_valid: NDArray[np.floating],
+    groups_valid: NDArray[np.integer],
+    params: RankerParams | None = None,
+) -> lgb.Booster:
+    """LambdaMART with NDCG@10 early stopping on a validation set of other users (groups = list sizes)."""
+    params = params or RankerParams()
+    train_set = lgb.Dataset(X, y, group=groups, feature_name=list(FEATURE_NAMES), free_raw_data=True)
+    valid_set = lgb.Dataset(X_valid, y_valid, group=groups_valid, reference=train_set)
+    return lgb.train(
+        {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [10],
+            "learning_rate": params.learning_rate,
+            "num_leaves": params.num_leaves,
+            "min_child_samples": params.min_child_samples,
+            "feature_fraction": params.feature_fraction,
+            "seed": params.seed,
+            "deterministic": True,
+            "num_threads": 2,
+            "verbosity": -1,
+        },
+        train_set,
+        num_boost_round=params.n_estimators,
+        valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+    )
+
+
+def load_ranker(path: Path) -> lgb.Booster:
+    return lgb.Booster(model_file=str(path))
+
+
+def score(booster: lgb.Booster, X: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Ranker scores on one thread: serving processes run side by side, each request is small."""
+    if X.shape[0] == 0:
+        return np.empty(0, np.float32)
+    return np.asarray(booster.predict(X, num_threads=1), dtype=np.float32)

@@ -1,0 +1,130 @@
+"""Candidate retrieval: several sources in one pass, merged with source attribution. Pure numpy, no I/O.
+
+Every source returns (item indices, scores, anchors) where ``anchor`` is the history item that led to a
+candidate (−1 when none: ANN, trending, popular, new arrivals). :func:`merge` de-duplicates into one
+:class:`CandidateSet` carrying, per candidate, each source's score and rank, so the ranker sees them as features
+and the explanation can name the source that found it first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+SOURCES: tuple[str, ...] = ("ann", "item_knn", "content", "fbt", "trending", "popular", "new")
+SOURCE_INDEX = {name: position for position, name in enumerate(SOURCES)}
+NO_RANK = np.int32(10_000)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SourceHits:
+    item_idx: NDArray[np.int64]
+    score: NDArray[np.float32]
+    anchor: NDArray[np.int64]
+
+    @classmethod
+    def empty(cls) -> SourceHits:
+        return cls(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        return int(self.item_idx.size)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CandidateSet:
+    item_idx: NDArray[np.int64]  # (n,) unique catalog indices
+    source_score: NDArray[np.float32]  # (n, len(SOURCES)); 0 where the source did not find the item
+    source_rank: NDArray[np.int32]  # (n, len(SOURCES)); NO_RANK where the source did not find the item
+    best_source: NDArray[np.int8]  # (n,) the source that ranked the item highest (ties: SOURCES order)
+    anchor: NDArray[np.int64]  # (n,) the history item behind the best neighbour source, else −1
+
+    def __len__(self) -> int:
+        return int(self.item_idx.size)
+
+    def per_source_counts(self) -> dict[str, int]:
+        found = self.source_rank < NO_RANK
+        return {name: int(found[:, i].sum()) for i, name in enumerate(SOURCES)}
+
+
+def top_k(scores: NDArray[np.floating], k: int, exclude: NDArray[np.bool_] | None = None) -> SourceHits:
+    """The ``k`` best entries of a dense score vector over the catalog (e.g. popularity), skipping ``exclude``."""
+    if k <= 0 or scores.size == 0:
+        return SourceHits.empty()
+    values = scores.astype(np.float32, copy=True)
+    if exclude is not None:
+        values[exclude] = -np.inf
+    k = min(k, int(np.isfinite(values).sum()))
+    if k == 0:
+        return SourceHits.empty()
+    part = np.argpartition(-values, k - 1)[:k]
+    order = part[np.argsort(-values[part], kind="stable")]
+    return SourceHits(order.astype(np.int64), values[order], np.full(order.size, -1, np.int64))
+
+
+def neighbours(
+    anchors: NDArray[np.int64],
+    anchor_weight: NDArray[np.floating],
+    neighbour_idx: NDArray[np.integer],
+    neighbour_score: NDArray[np.floating],
+    k: int,
+    exclude: NDArray[np.bool_] | None = None,
+) -> SourceHits:
+    """Neighbours of the given history items, aggregated: an item's score is the weighted sum of its similarity
+    to every anchor (so an item close to several recent items wins), its anchor the strongest contributor.
+
+    ``neighbour_idx``/``neighbour_score`` are (n_items, m) top-m tables; −1 pads missing neighbours.
+    """
+    if anchors.size == 0 or k <= 0:
+        return SourceHits.empty()
+    rows = neighbour_idx[anchors]  # (h, m)
+    contrib = neighbour_score[anchors].astype(np.float32) * anchor_weight.astype(np.float32)[:, None]
+    source = np.broadcast_to(anchors[:, None], rows.shape)
+    valid = rows >= 0
+    if exclude is not None:
+        valid &= ~exclude[np.where(valid, rows, 0)]
+    valid &= ~np.isin(rows, anchors)  # never recommend the anchor itself back
+    items, contrib, source = rows[valid].astype(np.int64), contrib[valid], source[valid]
+    if items.size == 0:
+        return SourceHits.empty()
+    unique, inverse = np.unique(items, return_inverse=True)
+    total = np.zeros(unique.size, np.float32)
+    np.add.at(total, inverse, contrib)
+    # The strongest single contributor is the anchor the explanation names.
+    order = np.lexsort((-contrib, inverse))
+    first = np.ones(order.size, bool)
+    first[1:] = inverse[order][1:] != inverse[order][:-1]
+    best_anchor = np.empty(unique.size, np.int64)
+    best_anchor[inverse[order][first]] = source[order][first]
+    k = min(k, unique.size)
+    part = np.argpartition(-total, k - 1)[:k]
+    top = part[np.argsort(-total[part], kind="stable")]
+    return SourceHits(unique[top], total[top], best_anchor[top])
+
+
+def merge(hits: dict[str, SourceHits]) -> CandidateSet:
+    """Union of every source's hits with per-source scores and ranks; vectorised over all hits at once."""
+    names = [name for name in SOURCES if name in hits and len(hits[name])]
+    if not names:
+        empty = np.empty(0, np.int64)
+        return CandidateSet(
+            empty, np.empty((0, len(SOURCES)), np.float32), np.empty((0, len(SOURCES)), np.int32),
+            np.empty(0, np.int8), empty,
+        )  # fmt: skip
+    items = np.concatenate([hits[n].item_idx for n in names])
+    scores = np.concatenate([hits[n].score for n in names]).astype(np.float32)
+    anchors = np.concatenate([hits[n].anchor for n in names])
+    source = np.concatenate([np.full(len(hits[n]), SOURCE_INDEX[n], np.int8) for n in names])
+    rank = np.concatenate([np.arange(len(hits[n]), dtype=np.int32) for n in names])
+    unique, inverse = np.unique(items, return_inverse=True)
+    source_score = np.zeros((unique.size, len(SOURCES)), np.float32)
+    source_rank = np.full((unique.size, len(SOURCES)), NO_RANK, np.int32)
+    source_score[inverse, source] = scores
+    source_rank[inverse, source] = rank
+    # Best source: the lowest rank across sources; ties go to the earlier source in SOURCES.
+    best = np.argmin(source_rank, axis=1).astype(np.int8)
+    anchor = np.full(unique.size, -1, np.int64)
+    anchor_rows = (anchors >= 0) & (source == best[inverse])
+    anchor[inverse[anchor_rows]] = anchors[anchor_rows]
+    return CandidateSet(unique, source_score, source_rank, best, anchor)

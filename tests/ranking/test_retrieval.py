@@ -1,0 +1,59 @@
+"""Retrieval sources and the merge, on hand-made arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.retrieval import NO_RANK, SOURCE_INDEX, SourceHits, merge, neighbours, top_k
+
+
+def test_top_k_orders_and_excludes() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    exclude = np.array([False, True, False, False, False])
+    hits = top_k(scores, 3, exclude)
+    assert hits.item_idx.tolist() == [3, 2, 4]
+    assert np.allclose(hits.score, [0.7, 0.5, 0.3])
+    assert hits.anchor.tolist() == [-1, -1, -1]
+    assert top_k(scores, 10, np.ones(5, bool)).item_idx.size == 0
+
+
+def test_neighbours_sum_over_anchors_and_name_the_strongest() -> None:
+    # Item 0's neighbours: 2 (0.9), 3 (0.2); item 1's neighbours: 3 (0.5), 4 (0.4), 0 (0.3).
+    neighbour_idx = np.array([[2, 3, -1], [3, 4, 0], [0, -1, -1], [1, -1, -1], [1, -1, -1]])
+    neighbour_score = np.array([[0.9, 0.2, 0], [0.5, 0.4, 0.3], [0.9, 0, 0], [0.5, 0, 0], [0.4, 0, 0]])
+    hits = neighbours(np.array([0, 1]), np.array([1.0, 1.0]), neighbour_idx, neighbour_score, k=10)
+    got = dict(zip(hits.item_idx.tolist(), hits.score.tolist(), strict=True))
+    # 3 is near both anchors (0.2 + 0.5); anchors themselves (0) are never returned.
+    assert set(got) == {2, 3, 4}
+    assert np.isclose(got[3], 0.7)
+    assert hits.item_idx.tolist() == [2, 3, 4]
+    anchors = dict(zip(hits.item_idx.tolist(), hits.anchor.tolist(), strict=True))
+    assert anchors == {2: 0, 3: 1, 4: 1}
+
+
+def test_neighbours_weights_and_exclusion() -> None:
+    neighbour_idx = np.array([[2, 3], [3, 2], [0, 1], [0, 1]])
+    neighbour_score = np.array([[0.9, 0.1], [0.9, 0.1], [1.0, 1.0], [1.0, 1.0]])
+    exclude = np.array([False, False, True, False])
+    hits = neighbours(np.array([0, 1]), np.array([1.0, 0.1]), neighbour_idx, neighbour_score, 5, exclude)
+    assert hits.item_idx.tolist() == [3]
+    assert np.isclose(hits.score[0], 0.1 * 1.0 + 0.9 * 0.1)
+
+
+def test_merge_keeps_every_source_and_picks_the_best() -> None:
+    ann = SourceHits(np.array([5, 7]), np.array([0.9, 0.8], np.float32), np.array([-1, -1]))
+    knn = SourceHits(np.array([7, 9]), np.array([2.0, 1.0], np.float32), np.array([1, 2]))
+    popular = SourceHits(np.array([9, 5, 11]), np.array([100, 90, 80], np.float32), np.full(3, -1))
+    merged = merge({"ann": ann, "item_knn": knn, "popular": popular})
+    assert merged.item_idx.tolist() == [5, 7, 9, 11]
+    ranks = merged.source_rank
+    assert ranks[1, SOURCE_INDEX["ann"]] == 1
+    assert ranks[1, SOURCE_INDEX["item_knn"]] == 0
+    assert ranks[3, SOURCE_INDEX["ann"]] == NO_RANK
+    # Item 7 was ranked first by item-kNN (rank 0 < ANN's 1): its anchor is item 1.
+    assert merged.best_source[1] == SOURCE_INDEX["item_knn"]
+    assert merged.anchor.tolist() == [-1, 1, -1, -1]
+    # Item 9: rank 1 in kNN and rank 0 in popular -> popular, no anchor.
+    assert merged.best_source[2] == SOURCE_INDEX["popular"]
+    assert merged.per_source_counts()["popular"] == 3
+    assert merge({}).item_idx.size == 0
