@@ -7,14 +7,17 @@ from recsys.localservices import ensure_local_services
 os.environ.setdefault("SECRET_KEY", "test-insecure-secret-key")
 os.environ["DEBUG"] = "0"
 ensure_local_services()
-# Tests use Redis databases 8 and 9 so they never flush a running demo's online state (databases 0 and 1).
+# Each test run gets its own Redis database pair and Postgres test database, so a running demo (Redis 0/1,
+# database recsys) is never touched and two runs on one machine (a developer's and an editor's) never collide.
+_RUN_SLOT = os.getpid() % 14
 if not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
     from recsys.redis_urls import with_db
 
-    os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], 8)
+    os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], 2 + 2 * _RUN_SLOT)
 
 from .base import *  # noqa: E402,F403
 
+DATABASES["default"]["TEST"] = {"NAME": f"test_recsys_{_RUN_SLOT}"}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ARTIFACT_ROOT = BASE_DIR / "var" / "test-artifacts"  # noqa: F405
 API_DEFAULT_RATE_PER_MINUTE = 1_000_000
