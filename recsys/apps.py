@@ -6,4 +6,4 @@ class RecsysConfig(AppConfig):
     verbose_name = "API access"
 
     def ready(self) -> None:
-        from recsys import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from recsys import metrics, schema  # noqa: F401  (registers the OpenAPI auth extension, task metrics)

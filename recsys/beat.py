@@ -9,4 +9,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute="*"),
         "options": {"expires": 50},
     },
+    # Trending and CTR features (24 h / 7 d counts, trend score) are folded from the hourly item counters; five
+    # minutes keeps "trending" fresh while web processes reload the blob at most that often.
+    "fold-item-counters": {
+        "task": "events.tasks.fold_item_counters",
+        "schedule": crontab(minute="*/5"),
+        # A fold missed by more than its period is superseded by the next one.
+        "options": {"expires": 240},
+    },
 }

@@ -51,3 +51,14 @@ def test_openapi_schema_and_docs_are_served() -> None:
     paths = schema.json()["paths"]
     assert "/v1/items/{item_id}" in paths
     assert Client().get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_task_and_quality_metrics_are_exposed(celery_worker: object) -> None:
+    from recsys.metrics import quality_set
+
+    heartbeat.delay().get(timeout=30)
+    quality_set({"recsys_catalog_coverage": {"window=24h": 0.42}})
+    text = Client().get("/metrics").content.decode()
+    assert 'recsys_celery_tasks_total{state="success",task="recsys.tasks.heartbeat"}' in text
+    assert 'recsys_catalog_coverage{window="24h"} 0.42' in text

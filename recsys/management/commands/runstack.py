@@ -4,6 +4,7 @@ the API + admin (gunicorn), a Celery worker and Celery beat until Ctrl-C."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,7 +115,12 @@ class Command(BaseCommand):
                 "--schedule", str(var / "celerybeat-schedule"), "--pidfile", "",
             ],
         }  # fmt: skip
-        processes = {name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()}
+        # One metrics directory for web workers and the Celery worker, so /metrics adds up every process.
+        metrics_dir = var / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        processes = {name: subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env) for name, argv in commands.items()}
         stopping = False
 
         def stop(*_: object) -> None:
