@@ -1,3 +1,10 @@
 """Event ingestion URLs."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from events import api
+
+urlpatterns = [
+    path("events", api.EventIngestApi.as_view(), name="events"),
+    path("sessions/<str:session_id>/merge", api.SessionMergeApi.as_view(), name="session-merge"),
+]

@@ -1,0 +1,93 @@
+"""Every Redis key of the events online state, in one place: a builder and a docstring per key.
+
+An *owner* is whoever a history belongs to: the customer's external id, or ``s:<session_id>`` for anonymous
+events. docs/events.md lists the same keys; a test keeps the two in step through :data:`KEY_PATTERNS`.
+"""
+
+from __future__ import annotations
+
+SESSION_OWNER_PREFIX = "s:"
+
+HISTORY_PREFIX = "hist:"
+AFFINITY_PREFIX = "aff:"
+CACHE_VERSION_PREFIX = "cv:"
+COUNTER_PREFIX = "cnt:"
+
+# Rebuildable from Postgres, so ``rebuild_online_state`` clears them (by SCAN on these prefixes) before rebuilding.
+# Cache versions and the item-features version are deliberately absent: resetting a version to an old value could
+# make a cache hit an entry written before the reset, so those are only ever moved forward.
+REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX)
+
+
+def owner_for(*, customer_id: str, session_id: str) -> str:
+    """The owner key of an event: the customer when known, else the anonymous session."""
+    return customer_id if customer_id else SESSION_OWNER_PREFIX + session_id
+
+
+def is_session_owner(owner: str) -> bool:
+    return owner.startswith(SESSION_OWNER_PREFIX)
+
+
+def history(owner: str) -> str:
+    """``hist:<owner>`` sorted set: the owner's latest events (at most ``online.HISTORY_LENGTH``).
+
+    Member ``<item_pk>:<type>:<interaction_pk>``, score the event's Unix time: a sorted set rather than a list so
+    late events land in time order, a merge is one ZUNIONSTORE, and re-adding an event (retry, rebuild) is a
+    no-op. Anonymous sessions' keys expire after ``online.SESSION_TTL_SECONDS`` without events.
+    """
+    return HISTORY_PREFIX + owner
+
+
+def affinity(owner: str) -> str:
+    """``aff:<owner>`` sorted set: category pk -> interest weight, forward-decayed.
+
+    Scores are stored multiplied by ``2 ** ((t - landmark) / half_life)`` so adding an event is one ZINCRBY and
+    nothing is ever rewritten to age it; the reader scales by ``2 ** (-(now - landmark) / half_life)``.
+    """
+    return AFFINITY_PREFIX + owner
+
+
+def cache_version(owner: str) -> str:
+    """``cv:<owner>`` integer: bumped (INCR) by every newly stored event of the owner and by a session merge.
+
+    Serving cache keys include it, so a new event makes the owner's cached recommendations unreachable at once.
+    Never deleted by a rebuild (only bumped); anonymous sessions' versions expire with their history.
+    """
+    return CACHE_VERSION_PREFIX + owner
+
+
+def item_counter(type_name: str, hour: int) -> str:
+    """``cnt:<type>:<hour>`` hash: item pk -> number of ``type`` events in that hour (``hour`` = Unix time // 3600).
+
+    Types: view, click, add_to_cart, purchase. Each bucket expires ``online.COUNTER_RETENTION_SECONDS`` after
+    its hour ends, so trending and CTR read at most eight days back.
+    """
+    return f"{COUNTER_PREFIX}{type_name}:{hour}"
+
+
+ITEM_FEATURES_BLOB = "feat:items:blob"
+"""``feat:items:blob`` bytes: the folded per-item online features, one numpy ``.npz`` (see events.features).
+
+Written by ``fold_item_counters`` together with :data:`ITEM_FEATURES_VERSION`, in one MULTI.
+"""
+
+ITEM_FEATURES_VERSION = "feat:items:version"
+"""``feat:items:version`` string: a fresh token on every fold; web processes re-read the blob only when it changes.
+
+A token, not a counter, so that a Redis that lost its data can never repeat a version a process has cached.
+"""
+
+REBUILD_LOCK = "lock:events:rebuild"
+"""``lock:events:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
+
+
+# Pattern -> the builder documenting it; docs/events.md names every pattern (tests/events checks that).
+KEY_PATTERNS: dict[str, str] = {
+    "hist:<owner>": "history",
+    "aff:<owner>": "affinity",
+    "cv:<owner>": "cache_version",
+    "cnt:<type>:<hour>": "item_counter",
+    "feat:items:blob": "ITEM_FEATURES_BLOB",
+    "feat:items:version": "ITEM_FEATURES_VERSION",
+    "lock:events:rebuild": "REBUILD_LOCK",
+}

@@ -1,0 +1,301 @@
+"""The events online state in Redis: recent history, category affinities, cache versions, hourly item counters
+and the folded item features. Writes and raw reads only; every key comes from events.keys, and every operation
+is one pipeline round trip (or one per chunk, for the bulk writes of a rebuild).
+
+Functions raise ``redis.RedisError``; callers decide whether that is fatal (see events.services/selectors).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from redis.client import Pipeline
+
+from events import keys
+from events.features import COUNTED_NAMES, COUNTED_TYPES, decay_to, forward_decayed, interest_weight
+from recsys import redis_client
+
+HISTORY_LENGTH = 200
+# An anonymous session nobody has touched for a month will not log in any more; its keys go.
+SESSION_TTL_SECONDS = 30 * 86_400
+# Trending and CTR look back seven days; one more day of buckets lets a fold at any hour see full days.
+COUNTER_RETENTION_SECONDS = 8 * 86_400
+HOUR = 3600
+
+_COUNTER_NAME: dict[int, str] = dict(zip(COUNTED_TYPES, COUNTED_NAMES, strict=True))
+
+
+class OnlineEvent(NamedTuple):
+    """A newly stored event as the online state sees it."""
+
+    owner: str  # keys.owner_for(...)
+    interaction_pk: int
+    item_pk: int
+    category_pk: int | None
+    type: int
+    value: float | None
+    ts: float  # Unix time of occurred_at
+
+
+class HistoryRow(NamedTuple):
+    item_pk: int
+    type: int
+    ts: float
+
+
+def history_member(*, item_pk: int, type_: int, interaction_pk: int) -> str:
+    # The interaction pk makes the member unique (two views of one item are two entries) and a re-add a no-op.
+    return f"{item_pk}:{type_}:{interaction_pk}"
+
+
+def counter_expiry(hour: int) -> int:
+    """Unix time at which the counter bucket of ``hour`` expires."""
+    return (hour + 1) * HOUR + COUNTER_RETENTION_SECONDS
+
+
+def first_live_hour(now: float) -> int:
+    """The oldest hour whose counter bucket has not expired at ``now``."""
+    return int((now - COUNTER_RETENTION_SECONDS) // HOUR)
+
+
+# --- Writes -------------------------------------------------------------------------------------------------
+
+
+def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
+    """Add newly stored events to history, affinities and counters and bump their owners' cache versions.
+
+    One MULTI/EXEC: one round trip, and a failure leaves either all of the batch or none of it in Redis. Callers
+    pass only events that were not stored before, so a retried request never counts twice.
+    """
+    if not events:
+        return
+    history: dict[str, dict[str, float]] = defaultdict(dict)
+    affinity: dict[tuple[str, int], float] = defaultdict(float)
+    counters: Counter[tuple[str, int, int]] = Counter()
+    oldest_hour = first_live_hour(now)
+    for event in events:
+        member = history_member(item_pk=event.item_pk, type_=event.type, interaction_pk=event.interaction_pk)
+        history[event.owner][member] = event.ts
+        if event.category_pk is not None:
+            weight = interest_weight(event.type, event.value)
+            affinity[(event.owner, event.category_pk)] += forward_decayed(weight, event.ts)
+        name = _COUNTER_NAME.get(event.type)
+        hour = int(event.ts // HOUR)
+        # A late event whose bucket has already expired is left out, as a rebuild would leave it out.
+        if name is not None and hour >= oldest_hour:
+            counters[(name, hour, event.item_pk)] += 1
+
+    pipe = redis_client.get().pipeline(transaction=True)
+    for owner, members in history.items():
+        key = keys.history(owner)
+        pipe.zadd(key, members)
+        pipe.zremrangebyrank(key, 0, -HISTORY_LENGTH - 1)
+    for (owner, category_pk), weight in affinity.items():
+        pipe.zincrby(keys.affinity(owner), weight, category_pk)
+    buckets: dict[str, int] = {}
+    for (name, hour, item_pk), count in counters.items():
+        key = keys.item_counter(name, hour)
+        pipe.hincrby(key, item_pk, count)
+        buckets[key] = hour
+    for key, hour in buckets.items():
+        pipe.expireat(key, counter_expiry(hour))
+    for owner in history:
+        pipe.incr(keys.cache_version(owner))
+        if keys.is_session_owner(owner):
+            _expire_session(pipe, owner)
+    pipe.execute()
+
+
+def merge_owner(*, source: str, target: str) -> None:
+    """Move ``source``'s history and affinities into ``target`` and delete the source's, atomically.
+
+    Idempotent: a second call finds nothing left under ``source``. Both cache versions are bumped.
+    """
+    pipe = redis_client.get().pipeline(transaction=True)
+    target_history = keys.history(target)
+    # MAX: an event found under both owners (a rebuild raced the merge) keeps its one time, not a sum of two.
+    pipe.zunionstore(target_history, [target_history, keys.history(source)], aggregate="MAX")
+    pipe.zremrangebyrank(target_history, 0, -HISTORY_LENGTH - 1)
+    target_affinity = keys.affinity(target)
+    pipe.zunionstore(target_affinity, [target_affinity, keys.affinity(source)], aggregate="SUM")
+    pipe.unlink(keys.history(source), keys.affinity(source))
+    for owner in (target, source):
+        pipe.incr(keys.cache_version(owner))
+        if keys.is_session_owner(owner):
+            # Without it the session's version, bumped here, would outlive the session forever.
+            _expire_session(pipe, owner)
+    pipe.execute()
+
+
+def _expire_session(pipe: Pipeline, owner: str) -> None:
+    for key in (keys.history(owner), keys.affinity(owner), keys.cache_version(owner)):
+        pipe.expire(key, SESSION_TTL_SECONDS)
+
+
+def write_histories(histories: Mapping[str, Mapping[str, float]]) -> None:
+    """Rebuild: set each owner's history (members as from :func:`history_member`, scores = Unix time)."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner, members in histories.items():
+        key = keys.history(owner)
+        pipe.zadd(key, dict(members))
+        pipe.zremrangebyrank(key, 0, -HISTORY_LENGTH - 1)
+        if keys.is_session_owner(owner):
+            pipe.expire(key, SESSION_TTL_SECONDS)
+    pipe.execute()
+
+
+def write_affinities(affinities: Mapping[str, Mapping[int, float]]) -> None:
+    """Rebuild: set each owner's category scores (already in forward-decayed landmark units)."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner, scores in affinities.items():
+        key = keys.affinity(owner)
+        pipe.zadd(key, {str(category): score for category, score in scores.items()})
+        if keys.is_session_owner(owner):
+            pipe.expire(key, SESSION_TTL_SECONDS)
+    pipe.execute()
+
+
+def write_counters(cells: Mapping[tuple[str, int], Mapping[int, int]]) -> None:
+    """Rebuild: set whole counter buckets, ``(type name, hour) -> {item pk: count}``."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for (name, hour), counts in cells.items():
+        key = keys.item_counter(name, hour)
+        pipe.hset(key, mapping=dict(counts))
+        pipe.expireat(key, counter_expiry(hour))
+    pipe.execute()
+
+
+def bump_cache_versions(owners: Iterable[str]) -> None:
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner in owners:
+        pipe.incr(keys.cache_version(owner))
+        if keys.is_session_owner(owner):
+            pipe.expire(keys.cache_version(owner), SESSION_TTL_SECONDS)
+    pipe.execute()
+
+
+def clear_rebuildable(*, batch: int = 1000) -> int:
+    """Delete every history, affinity and counter key (SCAN by prefix, never FLUSHDB); return how many."""
+    client = redis_client.get()
+    deleted = 0
+    for prefix in keys.REBUILDABLE_PREFIXES:
+        chunk: list[bytes] = []
+        for key in client.scan_iter(match=prefix + "*", count=batch):
+            chunk.append(key)
+            if len(chunk) >= batch:
+                deleted += client.unlink(*chunk)
+                chunk = []
+        if chunk:
+            deleted += client.unlink(*chunk)
+    return deleted
+
+
+def write_item_features(blob: bytes) -> str:
+    """Store the folded features and a fresh version token together; return the token."""
+    version = uuid.uuid4().hex
+    pipe = redis_client.get().pipeline(transaction=True)
+    pipe.set(keys.ITEM_FEATURES_BLOB, blob)
+    pipe.set(keys.ITEM_FEATURES_VERSION, version)
+    pipe.execute()
+    return version
+
+
+# --- Reads --------------------------------------------------------------------------------------------------
+
+
+def read_history(owner: str, *, limit: int) -> list[HistoryRow]:
+    """The owner's latest ``limit`` events, newest first."""
+    rows = redis_client.get().zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
+    out = []
+    for member, score in rows:
+        item_pk, type_, _ = member.split(b":", 2)
+        out.append(HistoryRow(int(item_pk), int(type_), score))
+    return out
+
+
+def read_affinity(owner: str, *, now: float | None = None) -> dict[int, float]:
+    """Category pk -> interest weight decayed to ``now`` (default: the current time)."""
+    factor = decay_to(time.time() if now is None else now)
+    rows = redis_client.get().zrange(keys.affinity(owner), 0, -1, withscores=True)
+    return {int(category): score * factor for category, score in rows}
+
+
+def read_raw_affinity(owner: str) -> dict[int, float]:
+    """Category pk -> stored (landmark-unit) score: for comparisons that must not depend on the clock."""
+    rows = redis_client.get().zrange(keys.affinity(owner), 0, -1, withscores=True)
+    return {int(category): score for category, score in rows}
+
+
+def read_cache_version(owner: str) -> int:
+    value = redis_client.get().get(keys.cache_version(owner))
+    return int(value) if value is not None else 0
+
+
+def read_item_counters(item_pks: Sequence[int], *, hours: int, now: float) -> np.ndarray:
+    """Counts as an int64 array ``(len(COUNTED_TYPES), len(item_pks), hours)``; the last column is the current
+    hour. One pipeline of ``4 * hours`` HMGETs."""
+    counts = np.zeros((len(COUNTED_TYPES), len(item_pks), hours), dtype=np.int64)
+    if not item_pks or hours <= 0:
+        return counts
+    current = int(now // HOUR)
+    fields = [str(pk) for pk in item_pks]
+    pipe = redis_client.get().pipeline(transaction=False)
+    for name in COUNTED_NAMES:
+        for column in range(hours):
+            pipe.hmget(keys.item_counter(name, current - hours + 1 + column), fields)
+    replies = iter(pipe.execute())
+    for t in range(len(COUNTED_NAMES)):
+        for column in range(hours):
+            values = next(replies)
+            if any(values):
+                counts[t, :, column] = [int(v) if v is not None else 0 for v in values]
+    return counts
+
+
+def read_counter_cells(*, hours: int, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every non-zero counter cell of the last ``hours`` hours as ``(item_pk, count, type_index, age_hours)``."""
+    current = int(now // HOUR)
+    pipe = redis_client.get().pipeline(transaction=False)
+    for name in COUNTED_NAMES:
+        for age in range(hours):
+            pipe.hgetall(keys.item_counter(name, current - age))
+    replies = iter(pipe.execute())
+    pks: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    types: list[np.ndarray] = []
+    ages: list[np.ndarray] = []
+    for type_index in range(len(COUNTED_NAMES)):
+        for age in range(hours):
+            bucket: dict[bytes, bytes] = next(replies)
+            if not bucket:
+                continue
+            n = len(bucket)
+            pks.append(np.fromiter(map(int, bucket.keys()), dtype=np.int64, count=n))
+            counts.append(np.fromiter(map(int, bucket.values()), dtype=np.int64, count=n))
+            types.append(np.full(n, type_index, dtype=np.int64))
+            ages.append(np.full(n, age, dtype=np.int64))
+    if not pks:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    return np.concatenate(pks), np.concatenate(counts), np.concatenate(types), np.concatenate(ages)
+
+
+def read_item_features_version() -> str | None:
+    value = redis_client.get().get(keys.ITEM_FEATURES_VERSION)
+    return value.decode() if value is not None else None
+
+
+def read_item_features() -> tuple[str, bytes] | None:
+    """The version token and blob, read together so they always match."""
+    pipe = redis_client.get().pipeline(transaction=True)
+    pipe.get(keys.ITEM_FEATURES_VERSION)
+    pipe.get(keys.ITEM_FEATURES_BLOB)
+    version, blob = pipe.execute()
+    if version is None or blob is None:
+        return None
+    return version.decode(), blob

@@ -1,0 +1,166 @@
+"""Reads of the events app for other apps (ranking, experiments): plain data out, never model instances.
+
+Online reads come from Redis (events.online); recent history falls back to Postgres when Redis is unavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import redis
+
+from events import keys, online
+from events.features import ItemFeatures
+from events.models import Interaction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    item_pk: int  # catalog.Item primary key
+    type: int  # Interaction.Type value
+    ts: float  # Unix time the event occurred
+
+
+def recent_history(owner: str, limit: int = 50) -> list[HistoryEntry]:
+    """The owner's latest events, newest first (``owner``: customer external id or ``s:<session_id>``).
+
+    From Redis; from Postgres (the same events, by the same indexes) when Redis is unavailable.
+    """
+    try:
+        rows = online.read_history(owner, limit=limit)
+    except redis.RedisError:
+        logger.warning("recent_history_redis_unavailable", exc_info=True)
+        return _history_from_db(owner, limit)
+    return [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in rows]
+
+
+def _history_from_db(owner: str, limit: int) -> list[HistoryEntry]:
+    interactions = Interaction.objects.all()
+    if keys.is_session_owner(owner):
+        # A merged session's events belong to the customer now, as in Redis.
+        session_id = owner[len(keys.SESSION_OWNER_PREFIX) :]
+        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
+    else:
+        interactions = interactions.filter(customer__external_id=owner)
+    rows = interactions.order_by("-occurred_at", "-id").values_list("item_id", "type", "occurred_at")[:limit]
+    return [HistoryEntry(item_pk, type_, occurred_at.timestamp()) for item_pk, type_, occurred_at in rows]
+
+
+def category_affinity(owner: str) -> dict[int, float]:
+    """Category pk -> interest weight decayed to now (view 1, click 2, add-to-cart 4, purchase 8, rating its
+    value; half-life 30 days). Empty when Redis is unavailable: affinities are a boost, not a necessity."""
+    try:
+        return online.read_affinity(owner)
+    except redis.RedisError:
+        logger.warning("category_affinity_redis_unavailable", exc_info=True)
+        return {}
+
+
+def cache_version(owner: str) -> int:
+    """The owner's recommendation cache version (0 before any event). Raises ``redis.RedisError`` when Redis is
+    unavailable: a caller that cannot know the version must not serve from its cache."""
+    return online.read_cache_version(owner)
+
+
+@dataclass(frozen=True)
+class ItemCounters:
+    """Hourly event counts of some items: each array is ``(len(item_pk), hours)``, the last column the current
+    (partial) hour, the first ``hours - 1`` hours before it."""
+
+    item_pk: np.ndarray
+    views: np.ndarray
+    clicks: np.ndarray
+    add_to_carts: np.ndarray
+    purchases: np.ndarray
+    current_hour: int  # Unix time // 3600 of the last column
+
+
+def item_counters(item_pks: Sequence[int], hours: int = 24, *, now: float | None = None) -> ItemCounters:
+    """The hourly counters of ``item_pks`` for the ``hours`` hours up to ``now`` (default: the current time; at
+    most eight days are kept), read in one pipeline. Raises ``redis.RedisError`` when Redis is unavailable."""
+    now = time.time() if now is None else now
+    counts = online.read_item_counters(list(item_pks), hours=hours, now=now)
+    return ItemCounters(
+        item_pk=np.asarray(item_pks, dtype=np.int64),
+        views=counts[0],
+        clicks=counts[1],
+        add_to_carts=counts[2],
+        purchases=counts[3],
+        current_hour=int(now // online.HOUR),
+    )
+
+
+_features_lock = threading.Lock()
+_features: tuple[str, ItemFeatures] | None = None
+
+
+def item_online_features() -> ItemFeatures | None:
+    """The latest folded item features (views/clicks/add-to-carts/purchases in 24 h, purchases in 7 days, trend).
+
+    Cached in process memory; each call costs one GET of the version token, and the blob is loaded again only
+    when ``fold_item_counters`` has written a new one. ``None`` before the first fold; the cached copy (possibly
+    stale) when Redis is unavailable. The arrays are read-only and shared: do not modify them.
+    """
+    global _features
+    cached = _features
+    try:
+        version = online.read_item_features_version()
+        if version is None:
+            return None
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with _features_lock:
+            if _features is not None and _features[0] == version:
+                return _features[1]
+            loaded = online.read_item_features()
+            if loaded is None:
+                return None
+            _features = (loaded[0], ItemFeatures.from_bytes(loaded[1]))
+            return _features[1]
+    except redis.RedisError:
+        logger.warning("item_online_features_redis_unavailable", exc_info=True)
+        return cached[1] if cached is not None else None
+
+
+@dataclass(frozen=True)
+class AttributedInteraction:
+    event_id: str
+    item_pk: int
+    item_id: str  # the storefront's item id
+    customer_id: str  # "" for anonymous events
+    session_id: str
+    type: int  # Interaction.Type value
+    value: float | None
+    occurred_at: datetime
+
+
+def interactions_for_request(request_id: str) -> list[AttributedInteraction]:
+    """Interactions attributed to a recommendation response (its ``request_id``), in time order."""
+    if not request_id:
+        return []
+    rows = (
+        Interaction.objects.filter(request_id=request_id)
+        .order_by("occurred_at", "id")
+        .values_list(
+            "event_id",
+            "item_id",
+            "item__external_id",
+            "customer__external_id",
+            "session_id",
+            "type",
+            "value",
+            "occurred_at",
+        )  # fmt: skip
+    )
+    return [
+        AttributedInteraction(event_id, item_pk, item_id, customer_id or "", session_id, type_, value, occurred_at)
+        for event_id, item_pk, item_id, customer_id, session_id, type_, value, occurred_at in rows
+    ]

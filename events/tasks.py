@@ -1,0 +1,51 @@
+"""Celery tasks of the events app (queue ``events``): thin and idempotent, each calls one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import shared_task
+from django.db import connection
+
+from events import services
+
+
+@shared_task(
+    name="events.tasks.fold_item_counters",
+    acks_late=True,
+    autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    max_retries=3,
+    soft_time_limit=120,
+    time_limit=180,
+)
+def fold_item_counters() -> dict[str, Any]:
+    """Fold the hourly item counters into the item-features blob; safe to run any number of times."""
+    summary = services.item_features_fold()
+    return {"items": summary.items, "version": summary.version, "seconds": round(summary.seconds, 3)}
+
+
+@shared_task(
+    name="events.tasks.rebuild_online_state",
+    acks_late=True,
+    # A rebuild streams every interaction; it is not retried automatically (an operator re-runs it).
+    soft_time_limit=3 * 3600,
+    time_limit=3 * 3600 + 300,
+)
+def rebuild_online_state() -> dict[str, Any]:
+    """Rebuild the online state from Postgres (after a Redis loss, or when recsys_online_state_errors_total rose)."""
+    try:
+        summary = services.online_state_rebuild()
+    finally:
+        # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.
+        connection.close()
+    return {
+        "keys_cleared": summary.keys_cleared,
+        "owners": summary.owners,
+        "history_entries": summary.history_entries,
+        "affinity_pairs": summary.affinity_pairs,
+        "counter_cells": summary.counter_cells,
+        "items_folded": summary.items_folded,
+        "seconds": round(summary.seconds, 1),
+    }

@@ -1,0 +1,341 @@
+"""The online state an accepted event leaves in Redis (history, counters, affinities, cache versions), read back
+through events.selectors; retries that must not count twice; and the rebuild from Postgres after Redis loses it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from catalog.models import Item
+from events import features, keys, online, selectors, services
+from events.models import Interaction
+from recsys import redis_client
+from tests.factories import CategoryFactory, ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+VIEW, CLICK, ADD_TO_CART, PURCHASE, RATING = (t.value for t in Interaction.Type)
+
+
+def at(minutes_ago: float) -> str:
+    return (NOW - dt.timedelta(minutes=minutes_ago)).isoformat()
+
+
+def ts(minutes_ago: float) -> float:
+    return (NOW - dt.timedelta(minutes=minutes_ago)).timestamp()
+
+
+def send(client: APIClient, *events: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/events", {"events": list(events)}, format="json")
+    assert response.status_code == 202
+    return response.json()
+
+
+@pytest.fixture
+def catalog() -> dict[str, Item]:
+    """I1, I2 in category "shoes"; I3 in "hats"; I4 without a category."""
+    shoes, hats = CategoryFactory(external_id="shoes"), CategoryFactory(external_id="hats")
+    return {
+        "I1": ItemFactory(external_id="I1", category=shoes),
+        "I2": ItemFactory(external_id="I2", category=shoes),
+        "I3": ItemFactory(external_id="I3", category=hats),
+        "I4": ItemFactory(external_id="I4", category=None),
+    }
+
+
+def ev(event_id: str, item: str, type_: str = "view", minutes_ago: float = 10, **fields: Any) -> dict[str, Any]:
+    body = {"event_id": event_id, "customer_id": "C1", "item_id": item, "type": type_, "occurred_at": at(minutes_ago)}
+    body.update(fields)
+    return {name: value for name, value in body.items() if value is not ...}
+
+
+# --- History --------------------------------------------------------------------------------------------------
+
+
+def test_history_is_newest_first_with_item_pk_type_and_time(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("a", "I1", minutes_ago=30), ev("b", "I2", "click", minutes_ago=20), ev("c", "I3", "purchase", 10))
+    history = selectors.recent_history("C1")
+    assert history == [
+        selectors.HistoryEntry(catalog["I3"].pk, PURCHASE, ts(10)),
+        selectors.HistoryEntry(catalog["I2"].pk, CLICK, ts(20)),
+        selectors.HistoryEntry(catalog["I1"].pk, VIEW, ts(30)),
+    ]
+    assert selectors.recent_history("C1", limit=2) == history[:2]
+
+
+def test_late_event_lands_in_time_order(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("new", "I1", minutes_ago=1))
+    send(api, ev("old", "I2", minutes_ago=60))
+    assert [entry.item_pk for entry in selectors.recent_history("C1")] == [catalog["I1"].pk, catalog["I2"].pk]
+
+
+def test_history_is_bounded_to_the_latest_entries(api: APIClient, catalog: dict[str, Item]) -> None:
+    total = online.HISTORY_LENGTH + 15
+    send(api, *(ev(f"e{i}", "I1", minutes_ago=total - i) for i in range(total)))
+    assert redis_client.get().zcard(keys.history("C1")) == online.HISTORY_LENGTH
+    history = selectors.recent_history("C1", limit=1000)
+    assert len(history) == online.HISTORY_LENGTH
+    assert history[0].ts == ts(1)
+    assert history[-1].ts == ts(total - 15)
+    assert len(selectors.recent_history("C1")) == 50
+
+
+def test_anonymous_events_go_to_the_session_owner(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("a", "I1", customer_id=..., session_id="S7"), ev("b", "I2", session_id="S7"))
+    assert [entry.item_pk for entry in selectors.recent_history("s:S7")] == [catalog["I1"].pk]
+    # An event naming both belongs to the customer.
+    assert [entry.item_pk for entry in selectors.recent_history("C1")] == [catalog["I2"].pk]
+    assert 0 < redis_client.get().ttl(keys.history("s:S7")) <= online.SESSION_TTL_SECONDS
+    assert redis_client.get().ttl(keys.history("C1")) == -1
+
+
+# --- Counters, affinities, cache versions -------------------------------------------------------------------
+
+
+def test_hourly_counters_per_item_and_type(api: APIClient, catalog: dict[str, Item]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    earlier = (this_hour - dt.timedelta(hours=2) + dt.timedelta(minutes=5)).isoformat()
+    current = this_hour.isoformat()
+    send(
+        api,
+        ev("v1", "I1", occurred_at=current), ev("v2", "I1", occurred_at=current), ev("v3", "I1", occurred_at=earlier),
+        ev("c1", "I1", "click", occurred_at=current), ev("a1", "I2", "add_to_cart", occurred_at=earlier),
+        ev("p1", "I2", "purchase", occurred_at=current), ev("r1", "I2", "rating", value=4, occurred_at=current),
+    )  # fmt: skip
+    pks = [catalog["I1"].pk, catalog["I2"].pk, catalog["I3"].pk]
+    counters = selectors.item_counters(pks, hours=3, now=now.timestamp())
+    assert counters.current_hour == int(now.timestamp() // 3600)
+    assert counters.views.tolist() == [[1, 0, 2], [0, 0, 0], [0, 0, 0]]
+    assert counters.clicks.tolist() == [[0, 0, 1], [0, 0, 0], [0, 0, 0]]
+    assert counters.add_to_carts.tolist() == [[0, 0, 0], [1, 0, 0], [0, 0, 0]]
+    assert counters.purchases.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
+    ttl = redis_client.get().ttl(keys.item_counter("view", counters.current_hour))
+    assert online.COUNTER_RETENTION_SECONDS < ttl <= online.COUNTER_RETENTION_SECONDS + 3600
+
+
+def test_events_older_than_the_counter_retention_are_not_counted(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("old", "I1", minutes_ago=9 * 24 * 60))
+    assert not list(redis_client.get().scan_iter(match=keys.COUNTER_PREFIX + "*"))
+    assert len(selectors.recent_history("C1")) == 1
+
+
+def test_category_affinity_weights_event_types(api: APIClient, catalog: dict[str, Item]) -> None:
+    shoes, hats = catalog["I1"].category_id, catalog["I3"].category_id
+    send(
+        api,
+        ev("v", "I1", minutes_ago=60), ev("c", "I2", "click", minutes_ago=50),
+        ev("a", "I3", "add_to_cart", minutes_ago=40), ev("p", "I3", "purchase", minutes_ago=30),
+        ev("r", "I1", "rating", value=3, minutes_ago=20), ev("x", "I4", "purchase", minutes_ago=10),
+    )  # fmt: skip
+    read_at = time.time()
+    affinity = selectors.category_affinity("C1")
+
+    def decayed(weight: float, minutes_ago: float) -> float:
+        return weight * 2 ** (-(read_at - ts(minutes_ago)) / features.AFFINITY_HALF_LIFE_SECONDS)
+
+    expected = {
+        shoes: decayed(1, 60) + decayed(2, 50) + decayed(3, 20),  # a rating weighs its value
+        hats: decayed(4, 40) + decayed(8, 30),
+    }
+    assert set(affinity) == {shoes, hats}  # I4 has no category
+    for category, weight in expected.items():
+        assert affinity[category] == pytest.approx(weight, rel=1e-6)
+
+
+def test_affinity_decays_with_a_30_day_half_life(api: APIClient, catalog: dict[str, Item]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    month_ago = (now - dt.timedelta(seconds=features.AFFINITY_HALF_LIFE_SECONDS)).isoformat()
+    send(
+        api,
+        ev("old", "I1", "purchase", occurred_at=month_ago),
+        ev("new", "I3", "purchase", occurred_at=now.isoformat()),
+    )
+    affinity = selectors.category_affinity("C1")
+    assert affinity[catalog["I1"].category_id] == pytest.approx(4.0, rel=1e-4)
+    assert affinity[catalog["I3"].category_id] == pytest.approx(8.0, rel=1e-4)
+
+
+def test_cache_version_is_bumped_once_per_request_with_new_events(api: APIClient, catalog: dict[str, Item]) -> None:
+    assert selectors.cache_version("C1") == 0
+    send(api, ev("a", "I1"), ev("b", "I2"))
+    assert selectors.cache_version("C1") == 1
+    send(api, ev("c", "I1"))
+    assert selectors.cache_version("C1") == 2
+    send(api, ev("c", "I1"))  # a retry changes nothing
+    assert selectors.cache_version("C1") == 2
+    assert selectors.cache_version("C2") == 0
+
+
+def online_snapshot(owners: list[str], item_pks: list[int]) -> dict[str, Any]:
+    """Everything a reader can see, with affinities in stored units so the clock does not move them."""
+    return {
+        "history": {owner: selectors.recent_history(owner, limit=online.HISTORY_LENGTH) for owner in owners},
+        "affinity": {owner: online.read_raw_affinity(owner) for owner in owners},
+        "counters": online.read_item_counters(item_pks, hours=8 * 24, now=dt.datetime.now(dt.UTC).timestamp()),
+    }
+
+
+def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert after["history"] == before["history"]
+    assert after["affinity"].keys() == before["affinity"].keys()
+    for owner, scores in before["affinity"].items():
+        assert after["affinity"][owner].keys() == scores.keys()
+        for category, score in scores.items():
+            # Summed in a different order (per request vs in SQL): equal to rounding.
+            assert after["affinity"][owner][category] == pytest.approx(score, rel=1e-9)
+    assert np.array_equal(after["counters"], before["counters"])
+
+
+def test_duplicates_do_not_double_count_online_state(api: APIClient, catalog: dict[str, Item]) -> None:
+    batch = [ev("a", "I1"), ev("b", "I3", "purchase", minutes_ago=5), ev("c", "I2", session_id="S1", customer_id=...)]
+    send(api, *batch)
+    owners, pks = ["C1", "s:S1"], [item.pk for item in catalog.values()]
+    before = online_snapshot(owners, pks)
+    versions = [selectors.cache_version(owner) for owner in owners]
+    assert send(api, *batch) == {"accepted": 0, "duplicates": 3, "rejected": []}
+    assert_same_state(before, online_snapshot(owners, pks))
+    assert [selectors.cache_version(owner) for owner in owners] == versions
+
+
+# --- Rebuild --------------------------------------------------------------------------------------------------
+
+
+def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    types = ["view"] * 6 + ["click"] * 3 + ["add_to_cart", "purchase", "rating"]
+    events = []
+    for i in range(n):
+        type_ = rng.choice(types)
+        owner = rng.choice([{"customer_id": f"C{k}"} for k in range(4)] + [{"session_id": f"S{k}"} for k in range(3)])
+        events.append(
+            {
+                "event_id": f"r{i}",
+                "item_id": rng.choice(["I1", "I2", "I3", "I4"]),
+                "type": type_,
+                "value": rng.randint(1, 5) if type_ == "rating" else None,
+                # Distinct times: ties at the history bound would be broken differently, not wrongly.
+                "occurred_at": at(i * 5 + rng.random()),
+                **owner,
+            }
+        )
+    return events
+
+
+def test_rebuild_after_redis_loss_restores_the_same_state(api: APIClient, catalog: dict[str, Item]) -> None:
+    rng = random.Random(20240607)
+    events = random_events(rng, 1600)  # ~5.5 days; each owner gets more than HISTORY_LENGTH events
+    for start in range(0, len(events), 400):
+        send(api, *events[start : start + 400])
+    assert api.post("/v1/sessions/S0/merge", {"customer_id": "C0"}, format="json").status_code == 200
+    owners = [f"C{k}" for k in range(4)] + [f"s:S{k}" for k in range(3)]
+    pks = [item.pk for item in catalog.values()]
+    before = online_snapshot(owners, pks)
+    assert all(len(before["history"][owner]) == online.HISTORY_LENGTH for owner in owners if owner != "s:S0")
+    assert before["history"]["s:S0"] == []
+
+    redis_client.get().flushdb()
+    summary = services.online_state_rebuild()
+
+    assert_same_state(before, online_snapshot(owners, pks))
+    assert summary.owners == 6  # S0 belongs to C0 now
+    assert all(selectors.cache_version(owner) >= 1 for owner in owners if owner != "s:S0")
+    assert selectors.item_online_features() is not None
+
+
+def test_rebuild_is_idempotent_and_clears_only_its_own_keys(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("a", "I1"), ev("b", "I2", "purchase", minutes_ago=5))
+    client = redis_client.get()
+    client.zadd(keys.history("ghost"), {"1:1:1": 1.0})  # an owner whose events are gone from Postgres
+    client.set("throttle:key:1:1", 5)
+    owners, pks = ["C1"], [item.pk for item in catalog.values()]
+    before = online_snapshot(owners, pks)
+    version = selectors.cache_version("C1")
+
+    services.online_state_rebuild()
+    services.online_state_rebuild()
+
+    assert_same_state(before, online_snapshot(owners, pks))
+    assert client.exists(keys.history("ghost")) == 0
+    assert client.get("throttle:key:1:1") == b"5"
+    assert selectors.cache_version("C1") == version + 2  # only ever moved forward
+
+
+def test_rebuild_refuses_to_run_twice_at_once(catalog: dict[str, Item]) -> None:
+    redis_client.get().set(keys.REBUILD_LOCK, "someone")
+    with pytest.raises(services.RebuildInProgress):
+        services.online_state_rebuild()
+
+
+def test_rebuild_command_prints_a_summary(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("a", "I1"), ev("b", "I3", "click", session_id="S1", customer_id=...))
+    redis_client.get().flushdb()
+    out = StringIO()
+    call_command("rebuild_online_state", "--quiet", stdout=out, stderr=StringIO())
+    lines = dict(line.rsplit(None, 1) for line in out.getvalue().splitlines())
+    assert lines["owners (customers + sessions)"] == "2"
+    assert lines["history entries"] == "2"
+    assert [entry.item_pk for entry in selectors.recent_history("s:S1")] == [catalog["I3"].pk]
+
+
+# --- Item features (fold) -----------------------------------------------------------------------------------
+
+
+def test_fold_stores_features_that_readers_cache_until_the_version_changes(
+    api: APIClient, catalog: dict[str, Item]
+) -> None:
+    assert selectors.item_online_features() is None
+    send(api, ev("v1", "I1"), ev("v2", "I1", minutes_ago=5), ev("p", "I2", "purchase"))
+    services.item_features_fold()
+    first = selectors.item_online_features()
+    assert first is not None
+    assert selectors.item_online_features() is first  # served from process memory
+    rows = first.rows(np.array([catalog["I1"].pk, catalog["I2"].pk, catalog["I3"].pk]))
+    assert rows[2] == -1
+    assert first.views_24h[rows[:2]].tolist() == [2, 0]
+    assert first.purchases_24h[rows[:2]].tolist() == [0, 1]
+    assert first.purchases_7d[rows[:2]].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="read-only"):
+        first.views_24h[0] = 7
+
+    send(api, ev("v3", "I1", minutes_ago=1))
+    assert selectors.item_online_features() is first  # not folded yet
+    services.item_features_fold()
+    second = selectors.item_online_features()
+    assert second is not first
+    assert second is not None
+    assert second.views_24h[second.rows(np.array([catalog["I1"].pk]))].tolist() == [3]
+
+
+def test_docs_list_every_redis_key() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    for pattern in keys.KEY_PATTERNS:
+        assert f"`{pattern}`" in docs, pattern
+
+
+def test_readers_degrade_without_redis(
+    api: APIClient, catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    send(api, ev("a", "I1", "purchase"))
+    services.item_features_fold()
+    folded = selectors.item_online_features()
+    assert folded is not None
+
+    dead = redis.Redis(unix_socket_path=str(tmp_path / "no-redis.sock"), socket_timeout=0.1)
+    monkeypatch.setattr(redis_client, "get", lambda: dead)
+
+    assert selectors.item_online_features() is folded  # the last copy this process had
+    assert selectors.category_affinity("C1") == {}
+    assert [entry.item_pk for entry in selectors.recent_history("C1")] == [catalog["I1"].pk]  # from Postgres
+    with pytest.raises(redis.RedisError):
+        selectors.cache_version("C1")  # unknown: the caller must bypass its cache
