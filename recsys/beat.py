@@ -17,4 +17,35 @@ BEAT_SCHEDULE: dict[str, dict] = {
         # A fold missed by more than its period is superseded by the next one.
         "options": {"expires": 240},
     },
+    # Impressions queue in Redis on the request path; this drains them into Postgres so results and attribution
+    # are at most seconds behind. An interval, not cron: crontab cannot go below a minute, and a drain has no
+    # wall-clock alignment to keep, so drift after a restart is harmless. One flusher at a time (Redis lock).
+    "flush-impressions": {
+        "task": "experiments.tasks.flush_impressions",
+        "schedule": 10.0,
+        # A drain that waited longer than a few periods is superseded by the next one.
+        "options": {"expires": 30},
+    },
+    # Bandit experiments move traffic toward their better arms; every 15 minutes lets evidence accumulate between
+    # moves while still reacting within the hour. The task fans out one reweight per running bandit.
+    "bandit-reweight": {
+        "task": "experiments.tasks.bandit_reweight_running",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 600},
+    },
+    # A new model version every night at 03:00 UTC, when traffic is lowest; it is activated only if its validation
+    # NDCG is not worse than the active version's. A run that could not start within two hours would run into the
+    # morning's traffic: skip it, the next night trains anyway.
+    "train-model-nightly": {
+        "task": "ranking.tasks.train_model",
+        "schedule": crontab(hour=3, minute=0),
+        "options": {"expires": 2 * 3600},
+    },
+    # The active version's popularity and trending recomputed from Postgres every hour: the model is retrained
+    # nightly, but what sells this week moves faster. Off the hour, away from the top-of-hour crowd.
+    "refresh-trending-hourly": {
+        "task": "ranking.tasks.refresh_trending",
+        "schedule": crontab(minute=17),
+        "options": {"expires": 50 * 60},
+    },
 }

@@ -10,6 +10,7 @@ from recsys.metrics import metrics_view
 api_v1 = [
     path("", include("catalog.urls")),
     path("", include("events.urls")),
+    path("", include("experiments.urls")),
 ]
 
 urlpatterns = [

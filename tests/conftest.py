@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from rest_framework.test import APIClient
 
+from experiments.services import assignment_cache_clear
 from recsys import auth, redis_client
 from recsys.services import api_key_create
 
@@ -16,6 +17,7 @@ def _clean_redis() -> None:
     """Every test starts with an empty online store (the tests' own Redis database, never the demo's)."""
     redis_client.get().flushdb()
     auth.clear_cache()
+    assignment_cache_clear()
 
 
 @pytest.fixture
@@ -58,6 +60,15 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
             queues=["default", "events", "training", "indexing"],
         ) as worker:  # fmt: skip
             yield worker
+    # The worker's threads kept their own database connections; close them so the test database can be dropped.
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture

@@ -1,0 +1,144 @@
+"""The serving configuration a variant (or a surface's default) hands to ranking: a frozen, validated dataclass.
+
+Pure: no ORM, no Redis, no settings. Variants store *overrides* (only the settings they change) as JSON; the
+effective configuration is ``merged(surface default, override)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["InvalidConfig", "VariantConfig", "merged"]
+
+
+class InvalidConfig(ValueError):
+    """One or more settings are invalid; ``errors`` maps each offending setting to a readable message."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{name}: {message}" for name, message in self.errors.items()))
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """How ranking serves one request. The defaults are the platform's behaviour without any configuration."""
+
+    # The ranking model version to serve; None serves the active one.
+    model_version: int | None = None
+    # Apply the LambdaMART ranker; False serves the blended retrieval score.
+    ranker: bool = True
+    # Largest share of a list one category may take (0..1).
+    diversity_cap: float = 0.3
+    # Most items of one brand in a list; None for no limit.
+    max_per_brand: int | None = None
+    # Share of slots given to exploration (fresh or cold items), 0..1.
+    exploration_share: float = 0.0
+    # Leave out items the customer already bought.
+    exclude_purchased: bool = True
+    # Retrieval source -> weight in the blended score; None keeps ranking's own weights.
+    blend_weights: dict[str, float] | None = None
+    # Apply the merchandiser's business rules (boosts, pins, exclusions).
+    rules_enabled: bool = True
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> VariantConfig:
+        """Validate ``data`` (any subset of the settings; the rest take their defaults) and build the config.
+
+        Raises :class:`InvalidConfig` naming every invalid or unknown setting, so a form can show them all at once.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise InvalidConfig({"config": f"must be a JSON object of settings, got {type(data).__name__}"})
+        errors: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        known = cls.field_names()
+        for name, raw in data.items():
+            if name not in known:
+                errors[str(name)] = f"unknown setting (known: {', '.join(known)})"
+                continue
+            try:
+                values[name] = _VALIDATORS[name](raw)
+            except ValueError as exc:
+                errors[name] = str(exc)
+        if errors:
+            raise InvalidConfig(errors)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain JSON-ready values (a copy: mutating it leaves the config untouched)."""
+        out = dataclasses.asdict(self)
+        if out["blend_weights"] is not None:
+            out["blend_weights"] = dict(out["blend_weights"])
+        return out
+
+
+def merged(default: VariantConfig, override: Mapping[str, Any] | None) -> VariantConfig:
+    """``default`` with the settings of ``override`` replaced; ``override`` is validated like ``from_dict``."""
+    if not override:
+        return default
+    return VariantConfig.from_dict({**default.to_dict(), **override})
+
+
+# --- validators: each returns the clean value or raises ValueError with a message a merchandiser understands ---
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass, but ``true`` as a share is always a typo.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _optional_positive_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a whole number of at least 1, or null, got {value!r}")
+    return value
+
+
+def _share(value: object) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"must be a number between 0 and 1, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _blend_weights(value: object) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"must be a non-empty object of source name -> weight, or null, got {value!r}")
+    clean: dict[str, float] = {}
+    for source, weight in value.items():
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"source names must be non-empty strings, got {source!r}")
+        if not _is_number(weight) or not math.isfinite(float(weight)) or float(weight) < 0:
+            raise ValueError(f"the weight of {source!r} must be a number >= 0, got {weight!r}")
+        clean[source] = float(weight)
+    return clean
+
+
+_VALIDATORS: dict[str, Any] = {
+    "model_version": _optional_positive_int,
+    "ranker": _bool,
+    "diversity_cap": _share,
+    "max_per_brand": _optional_positive_int,
+    "exploration_share": _share,
+    "exclude_purchased": _bool,
+    "blend_weights": _blend_weights,
+    "rules_enabled": _bool,
+}
+assert set(_VALIDATORS) == set(VariantConfig.field_names()), "every VariantConfig field needs a validator"

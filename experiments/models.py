@@ -1,0 +1,201 @@
+"""Experiments, their variants, each surface's default serving config, impressions and bandit weight history.
+
+Invariants the database keeps (see the migrations): one running experiment per (surface, layer); one control per
+experiment; weights in [0, 1]; and, by a deferred constraint trigger, the weights of a running experiment sum to 1
+with exactly one control at every commit.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import BrinIndex
+from django.db import models
+from django.utils import timezone
+
+from catalog.models import Customer
+
+# The tolerance of the weight-sum check, in the service, the admin form and the database trigger alike.
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+class Experiment(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "draft"
+        RUNNING = "running", "running"
+        STOPPED = "stopped", "stopped"
+        CONCLUDED = "concluded", "concluded"
+
+    class Mode(models.TextChoices):
+        AB = "ab", "A/B test (fixed weights)"
+        BANDIT = "bandit", "bandit (weights follow the primary metric)"
+
+    class Metric(models.TextChoices):
+        CTR = "ctr", "click-through rate (clicked lists / lists shown)"
+        ADD_TO_CART_RATE = "add_to_cart_rate", "add-to-cart rate (per exposed customer)"
+        CONVERSION_RATE = "conversion_rate", "conversion rate (per exposed customer)"
+        REVENUE_PER_CUSTOMER = "revenue_per_customer", "revenue per exposed customer"
+
+    key = models.SlugField(max_length=64, unique=True, help_text="Stable id used in logs, the API and the hash.")
+    name = models.CharField(max_length=200)
+    hypothesis = models.TextField(blank=True, default="", help_text="What you expect to change, and why.")
+    surface = models.SlugField(max_length=50, help_text='Where the list is shown, e.g. "home", "item", "cart".')
+    layer = models.SlugField(
+        max_length=50,
+        null=True,
+        blank=True,
+        help_text="Experiments in different layers may run on the same surface at once (each customer is in one "
+        "variant of each); leave empty for the surface's default layer.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, editable=False)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.AB)
+    hash_seed = models.CharField(
+        max_length=100, blank=True, default="", help_text="Assignment seed; empty uses the key. Never change it live."
+    )
+    primary_metric = models.CharField(max_length=32, choices=Metric.choices, default=Metric.CONVERSION_RATE)
+    guardrails = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Simple thresholds, e.g. {"coverage": 0.5, "latency_p95_ms": 50}: coverage is a minimum share of '
+        "active items shown, latency a maximum.",
+    )
+    minimum_detectable_effect = models.FloatField(
+        default=0.05, help_text="Smallest relative lift worth detecting (0.05 = 5%); sizes the experiment."
+    )
+    attribution_window_hours = models.PositiveIntegerField(
+        default=24, help_text="Purchases of a recommended item this long after it was shown count for the variant."
+    )
+    start_at = models.DateTimeField(null=True, blank=True, editable=False)
+    end_at = models.DateTimeField(null=True, blank=True, editable=False)
+    winner = models.ForeignKey(
+        "Variant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            # NULLS NOT DISTINCT: two running experiments in the default (null) layer of a surface collide too.
+            models.UniqueConstraint(
+                fields=["surface", "layer"],
+                condition=models.Q(status="running"),
+                nulls_distinct=False,
+                name="experiment_one_running_per_surface_layer",
+            ),
+            # One spelling of "the default layer", so the constraint above cannot be dodged with "".
+            models.CheckConstraint(condition=~models.Q(layer=""), name="experiment_layer_not_empty"),
+            models.CheckConstraint(condition=models.Q(minimum_detectable_effect__gt=0), name="experiment_mde_positive"),
+            models.CheckConstraint(
+                condition=models.Q(attribution_window_hours__gte=1, attribution_window_hours__lte=24 * 30),
+                name="experiment_attribution_window_range",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="running") | models.Q(start_at__isnull=False),
+                name="experiment_running_has_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key})"
+
+    @property
+    def seed(self) -> str:
+        return self.hash_seed or self.key
+
+
+class Variant(models.Model):
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
+    name = models.SlugField(max_length=50)
+    weight = models.FloatField(help_text="Share of the experiment's traffic, 0..1; the weights must sum to 1.")
+    is_control = models.BooleanField(default=False)
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Only the settings this variant changes, e.g. {"diversity_cap": 0.5, "model_version": 12}.',
+    )
+
+    class Meta:
+        # Control first, then in creation order: the order of the hash ranges, which must never change live.
+        ordering = ("experiment", "-is_control", "pk")
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="variant_name_unique"),
+            models.UniqueConstraint(
+                fields=["experiment"], condition=models.Q(is_control=True), name="variant_one_control"
+            ),
+            models.CheckConstraint(condition=models.Q(weight__gte=0, weight__lte=1), name="variant_weight_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}{' (control)' if self.is_control else ''}"
+
+
+class SurfaceDefault(models.Model):
+    """What a surface serves outside any experiment; concluding an experiment with a winner updates it."""
+
+    surface = models.SlugField(max_length=50, unique=True)
+    config = models.JSONField(default=dict, blank=True, help_text="Settings that differ from the platform defaults.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("surface",)
+
+    def __str__(self) -> str:
+        return self.surface
+
+
+class Impression(models.Model):
+    """One recommendation list served: which items, to whom, under which variant. Written in bulk by
+    ``flush_impressions``, never on the request path.
+
+    A request in experiments of two layers yields one row per experiment, hence the uniqueness of
+    (request_id, experiment) rather than of request_id alone; a request outside any experiment has one row with no
+    experiment (NULLS NOT DISTINCT makes that one unique too).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    request_id = models.CharField(max_length=64)
+    served_at = models.DateTimeField()
+    surface = models.SlugField(max_length=50)
+    # Erasure of a customer removes their impressions with them.
+    customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    session_id = models.CharField(max_length=100, blank=True, default="")
+    # PROTECT: an experiment with data is a record of a decision; it is concluded, not deleted.
+    experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    model_version = models.IntegerField(null=True, blank=True)
+    # catalog.Item primary keys in list order (position = index).
+    item_pks = ArrayField(models.BigIntegerField(), default=list)
+
+    class Meta:
+        indexes = [
+            # The results queries: one experiment's impressions by variant, and by day.
+            models.Index(name="impression_exp_variant_time", fields=["experiment", "variant", "served_at"]),
+            BrinIndex(name="impression_served_brin", fields=["served_at"], autosummarize=True),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request_id", "experiment"], nulls_distinct=False, name="impression_request_experiment"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} on {self.surface}"
+
+
+class BanditWeightLog(models.Model):
+    """A variant's traffic weight from a moment on: the bandit's history, drawn on the results page."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="+")
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="+")
+    weight = models.FloatField()
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(name="banditlog_experiment_time", fields=["experiment", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.variant_id}={self.weight:.3f} at {self.at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,524 @@
+"""Experiment results as pure data: per-variant metrics, comparisons with the control, diagnostics and series.
+
+Pure: the aggregates arrive as plain dataclasses from ``experiments.selectors`` (computed by GROUP BY in Postgres);
+this module applies ``experiments.stats`` to them and returns frozen dataclasses. No ORM, no Redis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments import stats
+
+__all__ = [
+    "GUARDRAILS",
+    "METRICS",
+    "SRM_THRESHOLD",
+    "Comparison",
+    "CupedData",
+    "DailyTotals",
+    "ExperimentResults",
+    "ExperimentSpec",
+    "Guardrail",
+    "MetricValue",
+    "SeriesPoint",
+    "VariantInfo",
+    "VariantResult",
+    "VariantTotals",
+    "WeightPoint",
+    "results_build",
+]
+
+# Fabijan et al. (KDD '19) recommend a strict threshold: with many experiments checked daily, 0.05 would cry wolf.
+SRM_THRESHOLD = 0.001
+
+METRICS = ("ctr", "add_to_cart_rate", "conversion_rate", "revenue_per_customer")
+RATE_METRICS = ("ctr", "add_to_cart_rate", "conversion_rate")
+
+# Guardrail name -> "min" (breached below the threshold) or "max" (breached above it).
+GUARDRAILS: dict[str, str] = {"coverage": "min", "latency_p95_ms": "max"}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    id: int
+    name: str
+    weight: float
+    is_control: bool
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    id: int
+    key: str
+    name: str
+    surface: str
+    layer: str | None
+    status: str
+    mode: str
+    primary_metric: str
+    minimum_detectable_effect: float
+    attribution_window_hours: int
+    start_at: dt.datetime | None
+    end_at: dt.datetime | None
+    guardrails: Mapping[str, float]
+    winner: str | None
+    variants: tuple[VariantInfo, ...]  # control first
+
+
+@dataclass(frozen=True)
+class VariantTotals:
+    """One variant's aggregates; a *unit* is a customer (or an anonymous session) with at least one impression."""
+
+    variant_id: int
+    exposures: int  # distinct units
+    impressions: int
+    clicks: int  # impressions with at least one click carrying their request id
+    carted_units: int  # units with an attributed add-to-cart
+    converted_units: int  # units with an attributed purchase
+    revenue: float  # sum of attributed purchase values
+    revenue_sd: float  # sample SD of revenue per unit, units without purchases counted as 0
+
+
+@dataclass(frozen=True)
+class DailyTotals:
+    """Per variant and UTC day: impressions and clicks served that day, and the units first exposed that day with
+    their outcomes (so cumulative sums give the metric "as of" each day by exposure cohort)."""
+
+    day: dt.date
+    variant_id: int
+    impressions: int
+    clicks: int
+    new_units: int
+    new_carted: int
+    new_converted: int
+    new_revenue: float
+
+
+@dataclass(frozen=True, eq=False)
+class CupedData:
+    """Per unit: variant, in-experiment revenue (y) and pre-experiment revenue (x, the covariate)."""
+
+    variant_ids: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+
+# --- outputs --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A variant against the control on one metric; ``difference`` is variant minus control."""
+
+    difference: float
+    relative_lift: float | None
+    ci_low: float  # 95% CI of the difference
+    ci_high: float
+    p_value: float
+    p_value_holm: float  # Holm-adjusted over the variants compared with the control (= p_value with one)
+    always_valid_p_value: float | None  # mSPRT, rates only
+    chance_to_beat_control: float | None  # Bayesian, rates only
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    metric: str
+    numerator: float
+    denominator: int
+    value: float | None  # None while the denominator is 0
+    vs_control: Comparison | None = None  # None for the control and while a test is not possible
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    name: str
+    kind: str  # "min" or "max"
+    threshold: float
+    value: float | None  # None: not measured (yet)
+    breached: bool
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    name: str
+    is_control: bool
+    weight: float
+    exposures: int
+    impressions: int
+    clicks: int
+    add_to_carts: int
+    conversions: int
+    revenue: float
+    ctr: MetricValue
+    add_to_cart_rate: MetricValue
+    conversion_rate: MetricValue
+    revenue_per_customer: MetricValue
+    revenue_per_customer_cuped: MetricValue | None
+    sample_size_required: int | None
+    sample_size_progress: float | None  # this variant's sample / the required one (may exceed 1)
+    guardrails: tuple[Guardrail, ...]
+
+    def metric(self, name: str) -> MetricValue:
+        if name not in METRICS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    day: dt.date
+    variant: str
+    impressions: int  # that day
+    clicks: int  # that day
+    exposures: int  # cumulative units up to and including the day
+    primary_value: float | None  # the primary metric, cumulative by exposure cohort
+
+
+@dataclass(frozen=True)
+class WeightPoint:
+    at: dt.datetime
+    variant: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ExperimentResults:
+    key: str
+    name: str
+    surface: str
+    layer: str | None
+    status: str
+    mode: str
+    primary_metric: str
+    minimum_detectable_effect: float
+    attribution_window_hours: int
+    start_at: dt.datetime | None
+    end_at: dt.datetime | None
+    winner: str | None
+    variants: tuple[VariantResult, ...]
+    srm_p_value: float | None
+    srm_flagged: bool
+    cuped_variance_reduction: float | None
+    cuped_theta: float | None
+    cuped_note: str | None  # why CUPED was not applied, when it was not
+    series: tuple[SeriesPoint, ...]
+    weight_history: tuple[WeightPoint, ...]
+    warnings: tuple[str, ...]
+    computed_at: dt.datetime
+    guardrails_breached: bool = field(default=False)
+
+    @property
+    def control(self) -> VariantResult | None:
+        return next((v for v in self.variants if v.is_control), None)
+
+    def variant(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+
+# --- the builder ----------------------------------------------------------------------------------------------
+
+
+def results_build(
+    *,
+    spec: ExperimentSpec,
+    totals: Mapping[int, VariantTotals],
+    daily: Sequence[DailyTotals],
+    items_shown: Mapping[int, int],
+    active_items: int,
+    cuped: CupedData | None,
+    weight_history: Sequence[WeightPoint],
+    latency_p95_ms: Mapping[int, float] | None,
+    computed_at: dt.datetime,
+) -> ExperimentResults:
+    """Apply the statistics to the aggregates. ``totals`` and ``items_shown`` are keyed by variant id; variants
+    without impressions simply have no entry."""
+    warnings: list[str] = []
+    empty = VariantTotals(0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    rows = {v.id: totals.get(v.id, empty) for v in spec.variants}
+    control = next((v for v in spec.variants if v.is_control), None)
+    if control is None:
+        raise ValueError(f"experiment {spec.key!r} has no control variant")
+    c = rows[control.id]
+    treatments = [v for v in spec.variants if not v.is_control]
+
+    comparisons = _comparisons(c, {v.id: rows[v.id] for v in treatments})
+    cuped_values, cuped_theta, cuped_reduction, cuped_note = _cuped(cuped, spec, control.id)
+
+    required = _sample_size(spec, c)
+    guardrails_breached = False
+    variants: list[VariantResult] = []
+    for info in spec.variants:
+        t = rows[info.id]
+        per = comparisons.get(info.id, {})
+        rails = _guardrails(spec.guardrails, items_shown.get(info.id, 0), active_items, latency_p95_ms, info.id)
+        for rail in rails:
+            if rail.breached:
+                guardrails_breached = True
+                warnings.append(
+                    f"Guardrail {rail.name} breached by {info.name}: {rail.value:.4g} "
+                    f"({'below the minimum' if rail.kind == 'min' else 'above the maximum'} {rail.threshold:g})."
+                )
+        denominator = t.impressions if spec.primary_metric == "ctr" else t.exposures
+        variants.append(
+            VariantResult(
+                name=info.name,
+                is_control=info.is_control,
+                weight=info.weight,
+                exposures=t.exposures,
+                impressions=t.impressions,
+                clicks=t.clicks,
+                add_to_carts=t.carted_units,
+                conversions=t.converted_units,
+                revenue=t.revenue,
+                ctr=MetricValue("ctr", t.clicks, t.impressions, _ratio(t.clicks, t.impressions), per.get("ctr")),
+                add_to_cart_rate=MetricValue(
+                    "add_to_cart_rate",
+                    t.carted_units,
+                    t.exposures,
+                    _ratio(t.carted_units, t.exposures),
+                    per.get("add_to_cart_rate"),
+                ),
+                conversion_rate=MetricValue(
+                    "conversion_rate",
+                    t.converted_units,
+                    t.exposures,
+                    _ratio(t.converted_units, t.exposures),
+                    per.get("conversion_rate"),
+                ),
+                revenue_per_customer=MetricValue(
+                    "revenue_per_customer",
+                    t.revenue,
+                    t.exposures,
+                    _ratio(t.revenue, t.exposures),
+                    per.get("revenue_per_customer"),
+                ),
+                revenue_per_customer_cuped=cuped_values.get(info.id),
+                sample_size_required=required,
+                sample_size_progress=denominator / required if required else None,
+                guardrails=rails,
+            )
+        )
+
+    srm_p, srm_flagged = _srm(spec, rows)
+    if srm_flagged:
+        warnings.insert(
+            0,
+            f"Sample ratio mismatch (p = {srm_p:.2g} < {SRM_THRESHOLD}): the observed split of customers does not "
+            "match the configured weights, so the comparison is not trustworthy. Check assignment and logging.",
+        )
+    if spec.mode == "bandit":
+        warnings.append(
+            "Bandit: traffic weights changed during the experiment, so the fixed-horizon tests are indicative only "
+            "and the sample-ratio check does not apply."
+        )
+
+    names = {v.id: v.name for v in spec.variants}
+    return ExperimentResults(
+        key=spec.key,
+        name=spec.name,
+        surface=spec.surface,
+        layer=spec.layer,
+        status=spec.status,
+        mode=spec.mode,
+        primary_metric=spec.primary_metric,
+        minimum_detectable_effect=spec.minimum_detectable_effect,
+        attribution_window_hours=spec.attribution_window_hours,
+        start_at=spec.start_at,
+        end_at=spec.end_at,
+        winner=spec.winner,
+        variants=tuple(variants),
+        srm_p_value=srm_p,
+        srm_flagged=srm_flagged,
+        cuped_variance_reduction=cuped_reduction,
+        cuped_theta=cuped_theta,
+        cuped_note=cuped_note,
+        series=_series(daily, names, spec.primary_metric),
+        weight_history=tuple(weight_history),
+        warnings=tuple(warnings),
+        computed_at=computed_at,
+        guardrails_breached=guardrails_breached,
+    )
+
+
+def _ratio(numerator: float, denominator: int) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _rate_counts(t: VariantTotals, metric: str) -> tuple[int, int]:
+    """(n, conversions) of a rate metric."""
+    if metric == "ctr":
+        return t.impressions, t.clicks
+    if metric == "add_to_cart_rate":
+        return t.exposures, t.carted_units
+    return t.exposures, t.converted_units
+
+
+def _comparisons(control: VariantTotals, treatments: Mapping[int, VariantTotals]) -> dict[int, dict[str, Comparison]]:
+    """variant id -> metric -> comparison with the control, Holm-adjusted across the variants of each metric."""
+    raw: dict[str, dict[int, tuple[stats.TestResult, float | None, float | None]]] = defaultdict(dict)
+    for variant_id, t in treatments.items():
+        for metric in RATE_METRICS:
+            n_c, x_c = _rate_counts(control, metric)
+            n_t, x_t = _rate_counts(t, metric)
+            if n_c == 0 or n_t == 0:
+                continue
+            test = stats.proportion_test(n_c, x_c, n_t, x_t)
+            sequential = stats.always_valid_proportion_test(n_c, x_c, n_t, x_t)
+            beat = stats.chance_to_beat_control(n_c, x_c, n_t, x_t)
+            raw[metric][variant_id] = (test, sequential.p_value, beat)
+        if control.exposures >= 2 and t.exposures >= 2:
+            test = stats.mean_test(
+                control.exposures,
+                control.revenue / control.exposures,
+                control.revenue_sd,
+                t.exposures,
+                t.revenue / t.exposures,
+                t.revenue_sd,
+            )
+            raw["revenue_per_customer"][variant_id] = (test, None, None)
+
+    out: dict[int, dict[str, Comparison]] = defaultdict(dict)
+    for metric, by_variant in raw.items():
+        ids = list(by_variant)
+        adjusted = stats.holm_adjust([by_variant[i][0].p_value for i in ids])
+        for variant_id, p_holm in zip(ids, adjusted, strict=True):
+            test, sequential_p, beat = by_variant[variant_id]
+            out[variant_id][metric] = _comparison(test, p_holm, sequential_p, beat)
+    return out
+
+
+def _comparison(test: stats.TestResult, p_holm: float, sequential_p: float | None, beat: float | None) -> Comparison:
+    return Comparison(
+        difference=test.difference,
+        relative_lift=_finite_or_none(test.relative_lift),
+        ci_low=test.ci_low,
+        ci_high=test.ci_high,
+        p_value=test.p_value,
+        p_value_holm=p_holm,
+        always_valid_p_value=sequential_p,
+        chance_to_beat_control=beat,
+    )
+
+
+def _cuped(
+    data: CupedData | None, spec: ExperimentSpec, control_id: int
+) -> tuple[dict[int, MetricValue], float | None, float | None, str | None]:
+    """Revenue per customer adjusted with each customer's pre-experiment revenue (CUPED, one pooled theta)."""
+    if data is None or data.y.size < 2:
+        return {}, None, None, "CUPED not applied: fewer than two exposed customers."
+    try:
+        result = stats.cuped_adjust(data.y, data.x)
+    except ValueError:
+        return {}, None, None, "CUPED not applied: the exposed customers' pre-experiment purchases do not vary."
+    summary: dict[int, tuple[int, float, float]] = {}
+    for info in spec.variants:
+        mask = data.variant_ids == info.id
+        n = int(mask.sum())
+        if n >= 2:
+            adjusted = result.adjusted[mask]
+            summary[info.id] = (n, float(adjusted.mean()), float(adjusted.std(ddof=1)))
+    tests: dict[int, stats.TestResult] = {}
+    if control_id in summary:
+        n_c, m_c, s_c = summary[control_id]
+        for variant_id, (n, m, s) in summary.items():
+            if variant_id != control_id:
+                tests[variant_id] = stats.mean_test(n_c, m_c, s_c, n, m, s)
+    adjusted_p = dict(zip(tests, stats.holm_adjust([t.p_value for t in tests.values()]), strict=True))
+    values = {
+        variant_id: MetricValue(
+            "revenue_per_customer_cuped",
+            m * n,
+            n,
+            m,
+            _comparison(tests[variant_id], adjusted_p[variant_id], None, None) if variant_id in tests else None,
+        )
+        for variant_id, (n, m, _) in summary.items()
+    }
+    return values, result.theta, result.variance_reduction, None
+
+
+def _sample_size(spec: ExperimentSpec, control: VariantTotals) -> int | None:
+    """Units (impressions for CTR) per variant to detect the MDE on the primary metric with 80% power at 5%.
+
+    Revenue has no closed-form baseline here, so its experiments are sized on the conversion rate (the usual
+    proxy: revenue per customer moves through conversion)."""
+    metric = "conversion_rate" if spec.primary_metric == "revenue_per_customer" else spec.primary_metric
+    n, x = _rate_counts(control, metric)
+    if n == 0:
+        return None
+    baseline = x / n
+    try:
+        return stats.sample_size_per_variant(baseline, spec.minimum_detectable_effect)
+    except ValueError:  # baseline 0 or 1, or the lift would leave (0, 1)
+        return None
+
+
+def _guardrails(
+    thresholds: Mapping[str, float],
+    items_shown: int,
+    active_items: int,
+    latency_p95_ms: Mapping[int, float] | None,
+    variant_id: int,
+) -> tuple[Guardrail, ...]:
+    out: list[Guardrail] = []
+    for name, threshold in thresholds.items():
+        kind = GUARDRAILS.get(name)
+        if kind is None:
+            continue
+        value: float | None
+        if name == "coverage":
+            value = items_shown / active_items if active_items else None
+        else:  # latency_p95_ms: measured by serving once it records latencies per variant
+            value = (latency_p95_ms or {}).get(variant_id)
+        breached = value is not None and (value < threshold if kind == "min" else value > threshold)
+        out.append(Guardrail(name, kind, float(threshold), value, breached))
+    return tuple(out)
+
+
+def _srm(spec: ExperimentSpec, rows: Mapping[int, VariantTotals]) -> tuple[float | None, bool]:
+    if spec.mode != "ab":
+        return None, False
+    weighted = [(rows[v.id].exposures, v.weight) for v in spec.variants if v.weight > 0]
+    if len(weighted) < 2 or sum(n for n, _ in weighted) == 0:
+        return None, False
+    p = stats.srm_p_value([n for n, _ in weighted], [w for _, w in weighted])
+    return p, p < SRM_THRESHOLD
+
+
+def _series(daily: Sequence[DailyTotals], names: Mapping[int, str], primary_metric: str) -> tuple[SeriesPoint, ...]:
+    """Cumulative primary metric per variant and day. A loop over days x variants of already aggregated rows."""
+    running: dict[int, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0.0])
+    points: list[SeriesPoint] = []
+    for row in sorted(daily, key=lambda r: (r.day, r.variant_id)):
+        if row.variant_id not in names:
+            continue
+        acc = running[row.variant_id]
+        acc[0] += row.impressions
+        acc[1] += row.clicks
+        acc[2] += row.new_units
+        acc[3] += row.new_carted
+        acc[4] += row.new_converted
+        acc[5] += row.new_revenue
+        impressions, clicks, units, carted, converted, revenue = acc
+        value = {
+            "ctr": _ratio(clicks, int(impressions)),
+            "add_to_cart_rate": _ratio(carted, int(units)),
+            "conversion_rate": _ratio(converted, int(units)),
+            "revenue_per_customer": _ratio(revenue, int(units)),
+        }[primary_metric]
+        points.append(SeriesPoint(row.day, names[row.variant_id], row.impressions, row.clicks, int(units), value))
+    return tuple(points)

@@ -1,0 +1,309 @@
+"""Read queries of the experiments app: the serving snapshot and the results aggregates, as plain data.
+
+The aggregates are computed in Postgres (GROUP BY over the experiment's impressions joined to the interactions);
+Python only receives one row per variant (or per variant and day). The one exception is CUPED, which needs the
+per-customer values as arrays: they are fetched in one query straight into numpy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.db import connection
+
+from catalog.models import Item
+from events.models import Interaction
+from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
+from experiments.results import CupedData, DailyTotals, ExperimentSpec, VariantInfo, VariantTotals, WeightPoint
+
+CLICK = int(Interaction.Type.CLICK)
+ADD_TO_CART = int(Interaction.Type.ADD_TO_CART)
+PURCHASE = int(Interaction.Type.PURCHASE)
+
+# Days of purchases before the start that form CUPED's covariate.
+CUPED_PRE_PERIOD_DAYS = 30
+
+
+# --- serving snapshot -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningVariant:
+    id: int
+    name: str
+    weight: float
+    is_control: bool
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunningExperiment:
+    id: int
+    key: str
+    seed: str
+    surface: str
+    layer: str | None
+    mode: str
+    variants: tuple[RunningVariant, ...]  # in hash-range order: control first, then creation order
+
+
+@dataclass(frozen=True)
+class ServingData:
+    experiments: tuple[RunningExperiment, ...]
+    surface_defaults: dict[str, dict[str, Any]]
+
+
+def serving_data() -> ServingData:
+    """Everything ``assign`` needs, in two queries: the running experiments' variants and the surface defaults."""
+    rows = (
+        Variant.objects.filter(experiment__status=Experiment.Status.RUNNING)
+        .select_related("experiment")
+        .order_by("experiment_id", "-is_control", "pk")
+    )
+    experiments: dict[int, tuple[Experiment, list[RunningVariant]]] = {}
+    for variant in rows:
+        entry = experiments.setdefault(variant.experiment_id, (variant.experiment, []))
+        entry[1].append(
+            RunningVariant(variant.pk, variant.name, variant.weight, variant.is_control, dict(variant.config))
+        )
+    running = tuple(
+        RunningExperiment(exp.pk, exp.key, exp.seed, exp.surface, exp.layer, exp.mode, tuple(variants))
+        for exp, variants in experiments.values()
+    )
+    defaults = {row.surface: dict(row.config) for row in SurfaceDefault.objects.all()}
+    return ServingData(running, defaults)
+
+
+def running_bandit_ids() -> list[int]:
+    return list(
+        Experiment.objects.filter(status=Experiment.Status.RUNNING, mode=Experiment.Mode.BANDIT).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+# --- results --------------------------------------------------------------------------------------------------
+
+
+def experiment_spec(*, key: str) -> ExperimentSpec | None:
+    experiment = Experiment.objects.filter(key=key).select_related("winner").first()
+    if experiment is None:
+        return None
+    variants = tuple(
+        VariantInfo(v.pk, v.name, v.weight, v.is_control)
+        for v in Variant.objects.filter(experiment=experiment).order_by("-is_control", "pk")
+    )
+    return ExperimentSpec(
+        id=experiment.pk,
+        key=experiment.key,
+        name=experiment.name,
+        surface=experiment.surface,
+        layer=experiment.layer,
+        status=experiment.status,
+        mode=experiment.mode,
+        primary_metric=experiment.primary_metric,
+        minimum_detectable_effect=experiment.minimum_detectable_effect,
+        attribution_window_hours=experiment.attribution_window_hours,
+        start_at=experiment.start_at,
+        end_at=experiment.end_at,
+        guardrails=dict(experiment.guardrails or {}),
+        winner=experiment.winner.name if experiment.winner else None,
+        variants=variants,
+    )
+
+
+# The experiment's impressions, the interactions attributed to them, and per-unit outcomes. A unit is the customer
+# ("c:<pk>") or, for anonymous traffic, the session ("s:<session_id>"), the same unit the assignment hashed; a list
+# served to nobody known (no customer, no session) is a unit of its own ("r:<request_id>").
+# Attribution (docs/experiments.md):
+#   (a) add-to-carts and purchases carrying the request id of one of the experiment's impressions;
+#   (b) purchases of an item of a shown list by the same customer (or anonymous session) within the attribution
+#       window after the list was served.
+# UNION (not UNION ALL) counts an interaction once per unit and variant even when both rules match it.
+# Postgres evaluates only the CTEs a statement references, so every query below shares this text.
+_CTES = f"""
+imp AS (
+    SELECT i.id, i.request_id, i.variant_id, i.customer_id, i.session_id, i.served_at, i.item_pks,
+           CASE WHEN i.customer_id IS NOT NULL THEN 'c:' || i.customer_id::text
+                WHEN i.session_id <> '' THEN 's:' || i.session_id
+                ELSE 'r:' || i.request_id END AS unit
+      FROM experiments_impression i
+     WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
+),
+attributed AS (
+    SELECT imp.variant_id, imp.unit, x.id AS interaction_id, x.type, x.value
+      FROM imp JOIN events_interaction x ON x.request_id = imp.request_id
+     WHERE imp.request_id <> '' AND x.request_id <> '' AND x.type IN ({ADD_TO_CART}, {PURCHASE})
+    UNION
+    SELECT imp.variant_id, imp.unit, x.id, x.type, x.value
+      FROM imp JOIN events_interaction x ON x.customer_id = imp.customer_id
+     WHERE x.type = {PURCHASE} AND x.item_id = ANY (imp.item_pks)
+       AND x.occurred_at >= imp.served_at
+       AND x.occurred_at < imp.served_at + %(window_hours)s * interval '1 hour'
+    UNION
+    SELECT imp.variant_id, imp.unit, x.id, x.type, x.value
+      FROM imp JOIN events_interaction x ON x.session_id = imp.session_id
+     WHERE imp.customer_id IS NULL AND imp.session_id <> '' AND x.customer_id IS NULL
+       AND x.type = {PURCHASE} AND x.item_id = ANY (imp.item_pks)
+       AND x.occurred_at >= imp.served_at
+       AND x.occurred_at < imp.served_at + %(window_hours)s * interval '1 hour'
+),
+unit_outcomes AS (
+    SELECT variant_id, unit,
+           bool_or(type = {ADD_TO_CART}) AS carted,
+           bool_or(type = {PURCHASE}) AS converted,
+           coalesce(sum(value) FILTER (WHERE type = {PURCHASE}), 0) AS revenue
+      FROM attributed
+     GROUP BY variant_id, unit
+),
+units AS (
+    SELECT variant_id, unit, min(customer_id) AS customer_id, count(*) AS impressions, min(served_at) AS first_at
+      FROM imp
+     GROUP BY variant_id, unit
+),
+clicked AS (
+    SELECT imp.variant_id, imp.served_at
+      FROM imp
+     WHERE imp.request_id <> ''
+       AND EXISTS (SELECT 1 FROM events_interaction x
+                    WHERE x.request_id = imp.request_id AND x.request_id <> '' AND x.type = {CLICK})
+)
+"""  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
+
+_TOTALS_SQL = f"""
+WITH {_CTES},
+per_variant AS (
+    SELECT u.variant_id,
+           count(*) AS exposures,
+           sum(u.impressions) AS impressions,
+           count(*) FILTER (WHERE o.carted) AS carted_units,
+           count(*) FILTER (WHERE o.converted) AS converted_units,
+           coalesce(sum(o.revenue), 0) AS revenue,
+           coalesce(stddev_samp(coalesce(o.revenue, 0)), 0) AS revenue_sd
+      FROM units u LEFT JOIN unit_outcomes o USING (variant_id, unit)
+     GROUP BY u.variant_id
+),
+clicks AS (SELECT variant_id, count(*) AS clicks FROM clicked GROUP BY variant_id)
+SELECT p.variant_id, p.exposures, p.impressions, coalesce(c.clicks, 0), p.carted_units, p.converted_units,
+       p.revenue, p.revenue_sd
+  FROM per_variant p LEFT JOIN clicks c USING (variant_id)
+"""  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
+
+_DAILY_SQL = f"""
+WITH {_CTES},
+daily_units AS (
+    SELECT u.variant_id, (u.first_at AT TIME ZONE 'UTC')::date AS day, count(*) AS new_units,
+           count(*) FILTER (WHERE o.carted) AS carted, count(*) FILTER (WHERE o.converted) AS converted,
+           coalesce(sum(o.revenue), 0) AS revenue
+      FROM units u LEFT JOIN unit_outcomes o USING (variant_id, unit)
+     GROUP BY 1, 2
+),
+daily_impressions AS (
+    SELECT variant_id, (served_at AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions FROM imp GROUP BY 1, 2
+),
+daily_clicks AS (
+    SELECT variant_id, (served_at AT TIME ZONE 'UTC')::date AS day, count(*) AS clicks FROM clicked GROUP BY 1, 2
+)
+SELECT day, variant_id, i.impressions, coalesce(c.clicks, 0), coalesce(u.new_units, 0), coalesce(u.carted, 0),
+       coalesce(u.converted, 0), coalesce(u.revenue, 0)
+  FROM daily_impressions i
+  LEFT JOIN daily_units u USING (variant_id, day)
+  LEFT JOIN daily_clicks c USING (variant_id, day)
+ ORDER BY day, variant_id
+"""  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
+
+_CUPED_SQL = f"""
+WITH {_CTES},
+pre AS (
+    SELECT x.customer_id, sum(coalesce(x.value, 0)) AS revenue
+      FROM events_interaction x
+     WHERE x.type = {PURCHASE} AND x.occurred_at >= %(pre_start)s AND x.occurred_at < %(start)s
+       AND x.customer_id IN (SELECT customer_id FROM units WHERE customer_id IS NOT NULL)
+     GROUP BY x.customer_id
+)
+SELECT u.variant_id, coalesce(o.revenue, 0)::float8, coalesce(p.revenue, 0)::float8
+  FROM units u
+  LEFT JOIN unit_outcomes o USING (variant_id, unit)
+  LEFT JOIN pre p ON p.customer_id = u.customer_id
+"""  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
+
+_ITEMS_SHOWN_SQL = """
+SELECT i.variant_id, count(DISTINCT item)
+  FROM experiments_impression i CROSS JOIN LATERAL unnest(i.item_pks) AS item
+ WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
+ GROUP BY i.variant_id
+"""
+
+
+def variant_totals(*, experiment_id: int, window_hours: int) -> dict[int, VariantTotals]:
+    """Per variant: exposures, impressions, clicked impressions, carted/converted units, revenue and its SD."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TOTALS_SQL, {"experiment_id": experiment_id, "window_hours": window_hours})
+        rows = cursor.fetchall()
+    return {
+        row[0]: VariantTotals(
+            variant_id=row[0],
+            exposures=int(row[1]),
+            impressions=int(row[2]),
+            clicks=int(row[3]),
+            carted_units=int(row[4]),
+            converted_units=int(row[5]),
+            revenue=float(row[6]),
+            revenue_sd=float(row[7]),
+        )
+        for row in rows
+    }
+
+
+def daily_totals(*, experiment_id: int, window_hours: int) -> list[DailyTotals]:
+    with connection.cursor() as cursor:
+        cursor.execute(_DAILY_SQL, {"experiment_id": experiment_id, "window_hours": window_hours})
+        rows = cursor.fetchall()
+    return [
+        DailyTotals(day, variant_id, int(imps), int(clicks), int(units), int(carted), int(converted), float(revenue))
+        for day, variant_id, imps, clicks, units, carted, converted, revenue in rows
+    ]
+
+
+def cuped_data(*, experiment_id: int, window_hours: int, start_at: dt.datetime) -> CupedData:
+    """Per unit: variant, attributed revenue, and revenue in the ``CUPED_PRE_PERIOD_DAYS`` before ``start_at``."""
+    params = {
+        "experiment_id": experiment_id,
+        "window_hours": window_hours,
+        "start": start_at,
+        "pre_start": start_at - dt.timedelta(days=CUPED_PRE_PERIOD_DAYS),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CUPED_SQL, params)
+        rows = cursor.fetchall()
+    table = np.array(rows, dtype=float).reshape(-1, 3)
+    return CupedData(variant_ids=table[:, 0].astype(np.int64), y=table[:, 1], x=table[:, 2])
+
+
+def items_shown(*, experiment_id: int) -> dict[int, int]:
+    """Distinct items shown per variant (the numerator of the coverage guardrail)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ITEMS_SHOWN_SQL, {"experiment_id": experiment_id})
+        return dict(cursor.fetchall())
+
+
+def active_item_count() -> int:
+    return Item.objects.filter(active=True).count()
+
+
+def latency_p95_ms(*, experiment_id: int) -> dict[int, float] | None:
+    """Per-variant p95 serving latency: the hook for the latency guardrail. Serving does not record latencies per
+    variant yet, so this returns None and the guardrail shows "not measured"."""
+    return None
+
+
+def weight_history(*, experiment_id: int) -> list[WeightPoint]:
+    rows = (
+        BanditWeightLog.objects.filter(experiment_id=experiment_id)
+        .order_by("at", "variant_id")
+        .values_list("at", "variant__name", "weight")
+    )
+    return [WeightPoint(at, name, weight) for at, name, weight in rows]

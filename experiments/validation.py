@@ -1,0 +1,77 @@
+"""Validation rules shared by the services, the admin forms and the API: one wording for every entry point.
+
+Pure: plain values in, a list of readable error messages out (empty when valid).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.config import InvalidConfig, VariantConfig, merged
+from experiments.results import GUARDRAILS
+
+# Same as experiments.models.WEIGHT_SUM_TOLERANCE and the database trigger (kept here so this module stays pure).
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A variant as entered: name, traffic weight, control flag and the settings it overrides."""
+
+    name: str
+    weight: float
+    is_control: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
+    """At least two variants, unique names, exactly one control, weights in [0, 1] summing to 1, valid configs."""
+    errors: list[str] = []
+    if len(variants) < 2:
+        errors.append(f"An experiment needs at least two variants (a control and a challenger), got {len(variants)}.")
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        errors.append(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
+    controls = [v.name for v in variants if v.is_control]
+    if len(controls) != 1:
+        errors.append(f"Exactly one variant must be the control, got {len(controls)}.")
+    for v in variants:
+        if not math.isfinite(v.weight) or not 0.0 <= v.weight <= 1.0:
+            errors.append(f"The weight of {v.name} must be between 0 and 1, got {v.weight}.")
+    total = math.fsum(v.weight for v in variants)
+    if variants and abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        errors.append(f"The weights must sum to 1 (100% of the experiment's traffic), they sum to {total:.6g}.")
+    for v in variants:
+        message = config_error(v.config)
+        if message:
+            errors.append(f"Configuration of {v.name}: {message}")
+    return errors
+
+
+def config_error(config: object) -> str | None:
+    """None when ``config`` is a valid set of overrides, else the message."""
+    if not isinstance(config, Mapping):
+        return f"must be a JSON object of settings, got {type(config).__name__}."
+    try:
+        merged(VariantConfig(), config)
+    except InvalidConfig as exc:
+        return str(exc)
+    return None
+
+
+def guardrail_errors(guardrails: object) -> list[str]:
+    if not isinstance(guardrails, Mapping):
+        return [f'Guardrails must be a JSON object such as {{"coverage": 0.5}}, got {type(guardrails).__name__}.']
+    errors: list[str] = []
+    for name, threshold in guardrails.items():
+        if name not in GUARDRAILS:
+            errors.append(f"Unknown guardrail {name!r}; known: {', '.join(GUARDRAILS)}.")
+        elif isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+            errors.append(f"The threshold of guardrail {name} must be a number, got {threshold!r}.")
+        elif threshold < 0 or (name == "coverage" and threshold > 1):
+            errors.append(f"The threshold of guardrail {name} is out of range: {threshold!r}.")
+    return errors

@@ -1,0 +1,138 @@
+"""The bandit: floored probability-matching shares (pure) and bandit_reweight on simulated conversions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import AbstractUser
+
+from catalog.models import Customer
+from events.models import Interaction
+from experiments import services
+from experiments.bandit import floored_shares
+from experiments.models import BanditWeightLog, Experiment, Impression, Variant
+from experiments.validation import VariantSpec
+from tests.factories import ItemFactory
+
+
+def test_floored_shares_keep_every_arm_at_the_floor_and_sum_to_one() -> None:
+    shares = floored_shares([0.98, 0.01, 0.01], 0.05)
+
+    assert shares[1] == pytest.approx(0.05)
+    assert shares[2] == pytest.approx(0.05)
+    assert shares[0] == pytest.approx(0.90)
+    assert math.fsum(shares) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_floored_shares_are_proportional_above_the_floor() -> None:
+    assert floored_shares([0.6, 0.3, 0.1], 0.05) == pytest.approx([0.6, 0.3, 0.1])
+    # Clip-then-renormalise would give 0.0463 to the small arms; water-filling keeps them at the floor.
+    shares = floored_shares([0.9, 0.05, 0.04, 0.01], 0.05)
+    assert min(shares) == pytest.approx(0.05)
+    assert shares[0] == pytest.approx(0.85)
+
+
+def test_floored_shares_reject_impossible_floors() -> None:
+    with pytest.raises(ValueError, match="min_share"):
+        floored_shares([0.5, 0.5, 0.0], 0.4)
+    with pytest.raises(ValueError, match="at least 2"):
+        floored_shares([1.0], 0.05)
+
+
+@pytest.fixture
+def user(django_user_model: type[AbstractUser]) -> AbstractUser:
+    return django_user_model.objects.create_user("merchandiser")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_snapshot() -> None:
+    services.assignment_cache_clear()
+
+
+def _add_traffic(
+    experiment: Experiment, variants: dict[str, Variant], rates: dict[str, float], units: int, batch: int, rng
+) -> None:
+    """``units`` new customers per arm, each shown one list; a purchase carrying the request id at ``rates``."""
+    item = ItemFactory()
+    start = experiment.start_at + dt.timedelta(minutes=5)
+    customers = Customer.objects.bulk_create(
+        Customer(external_id=f"bandit-{batch}-{name}-{i}") for name in rates for i in range(units)
+    )
+    impressions, purchases = [], []
+    for index, customer in enumerate(customers):
+        name = list(rates)[index // units]
+        request_id = f"req-{customer.external_id}"
+        impressions.append(
+            Impression(
+                request_id=request_id, served_at=start, surface=experiment.surface, customer=customer,
+                experiment=experiment, variant=variants[name], item_pks=[item.pk],
+            )
+        )  # fmt: skip
+        if rng.random() < rates[name]:
+            purchases.append(
+                Interaction(
+                    event_id=f"p-{customer.external_id}", customer=customer, item=item, type=Interaction.Type.PURCHASE,
+                    value=10.0, occurred_at=start + dt.timedelta(minutes=3), request_id=request_id,
+                )
+            )  # fmt: skip
+    Impression.objects.bulk_create(impressions)
+    Interaction.objects.bulk_create(purchases)
+
+
+@pytest.mark.django_db
+def test_bandit_weights_move_toward_the_better_arm_and_respect_the_floor(
+    user: AbstractUser, django_capture_on_commit_callbacks
+) -> None:
+    experiment = services.experiment_create(
+        key="bandit-home",
+        name="Bandit",
+        surface="home",
+        mode=Experiment.Mode.BANDIT,
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
+    )
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    experiment.refresh_from_db()
+    variants = {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+    rng = np.random.default_rng(7)
+    rates = {"control": 0.10, "b": 0.15}
+
+    history: list[tuple[float, ...]] = []
+    for batch, units in enumerate((40, 120, 600)):
+        _add_traffic(experiment, variants, rates, units, batch, rng)
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            weights = services.bandit_reweight(experiment_id=experiment.pk)
+        assert weights is not None
+        assert len(callbacks) == 1
+        history.append(weights)
+
+    b_weights = [w[1] for w in history]
+    assert b_weights[0] < b_weights[1] < b_weights[2]  # each reweight moves traffic toward b
+    assert history[-1][0] == pytest.approx(0.05)  # control kept at the floor, not starved
+    for weights in history:
+        assert math.fsum(weights) == pytest.approx(1.0, abs=1e-12)
+    stored = dict(Variant.objects.filter(experiment=experiment).values_list("name", "weight"))
+    assert stored == pytest.approx({"control": history[-1][0], "b": history[-1][1]})
+    # Start weights plus one row per arm per reweight.
+    assert BanditWeightLog.objects.filter(experiment=experiment).count() == 2 * (1 + len(history))
+    # Serving follows: most units now land in b.
+    assignments = [services.assign(surface="home", unit_id=f"u{i}").variant for i in range(2000)]
+    assert assignments.count("b") / len(assignments) == pytest.approx(history[-1][1], abs=0.03)
+
+
+@pytest.mark.django_db
+def test_bandit_waits_until_every_arm_has_exposures(user: AbstractUser) -> None:
+    experiment = services.experiment_create(
+        key="bandit-empty",
+        name="Bandit",
+        surface="cart",
+        mode=Experiment.Mode.BANDIT,
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5)],
+    )
+    assert services.bandit_reweight(experiment_id=experiment.pk) is None  # a draft is not reweighted
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+
+    assert services.bandit_reweight(experiment_id=experiment.pk) is None
+    assert sorted(Variant.objects.filter(experiment=experiment).values_list("weight", flat=True)) == [0.5, 0.5]

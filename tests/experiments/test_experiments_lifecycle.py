@@ -1,0 +1,184 @@
+"""Experiment lifecycle and the database's guarantees: one running experiment per surface and layer, weights summing
+to 1 at commit (deferred constraint trigger), audited start/stop/conclude, the winner becoming the default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import AbstractUser
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from experiments import services
+from experiments.models import Experiment, SurfaceDefault, Variant
+from experiments.validation import VariantSpec
+
+
+@pytest.fixture
+def user(django_user_model: type[AbstractUser]) -> AbstractUser:
+    return django_user_model.objects.create_user("merchandiser")
+
+
+def _draft(
+    key: str, *, surface: str = "home", layer: str | None = None, weights=(0.5, 0.5), config: dict | None = None
+) -> Experiment:
+    return services.experiment_create(
+        key=key,
+        name=key,
+        surface=surface,
+        layer=layer,
+        variants=[
+            VariantSpec("control", weights[0], True),
+            VariantSpec("b", weights[1], False, {"ranker": False} if config is None else config),
+        ],
+    )
+
+
+def _check_deferred_constraints_now() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+def _in_savepoint(*changes: Callable[[], object]) -> None:
+    """Apply the changes in a savepoint and run the deferred checks before it ends, as COMMIT would."""
+    with transaction.atomic():
+        for change in changes:
+            change()
+        _check_deferred_constraints_now()
+
+
+@pytest.mark.django_db
+def test_one_running_experiment_per_surface_and_layer_is_a_database_constraint(user: AbstractUser) -> None:
+    first, second = _draft("first"), _draft("second")
+    services.experiment_start(experiment_id=first.pk, user_id=user.pk)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Experiment.objects.filter(pk=second.pk).update(status=Experiment.Status.RUNNING, start_at=timezone.now())
+    with pytest.raises(services.ExperimentError, match="already running"):
+        services.experiment_start(experiment_id=second.pk, user_id=user.pk)
+
+    # Another layer, or another surface, may run alongside.
+    services.experiment_start(
+        experiment_id=_draft("other-layer", layer="l2", config={"max_per_brand": 2}).pk, user_id=user.pk
+    )
+    services.experiment_start(experiment_id=_draft("other-surface", surface="cart").pk, user_id=user.pk)
+    assert Experiment.objects.filter(status=Experiment.Status.RUNNING).count() == 3
+
+
+@pytest.mark.django_db
+def test_trigger_rejects_weights_not_summing_to_one_at_commit(user: AbstractUser) -> None:
+    experiment = _draft("weights")
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    control = Variant.objects.get(experiment=experiment, is_control=True)
+
+    with pytest.raises(IntegrityError, match="sum to 0.7"):
+        _in_savepoint(lambda: Variant.objects.filter(pk=control.pk).update(weight=0.2))
+
+    # Deferred, not per statement: a change passing through an invalid sum is fine if it ends valid.
+    _in_savepoint(
+        lambda: Variant.objects.filter(pk=control.pk).update(weight=0.7),
+        lambda: Variant.objects.filter(experiment=experiment, name="b").update(weight=0.3),
+    )
+    assert sorted(Variant.objects.filter(experiment=experiment).values_list("weight", flat=True)) == [0.3, 0.7]
+
+
+@pytest.mark.django_db
+def test_trigger_rejects_a_second_control_and_starting_behind_the_service(user: AbstractUser) -> None:
+    experiment = _draft("controls", weights=(0.6, 0.4))
+    Variant.objects.filter(experiment=experiment, name="b").update(weight=0.3)  # a draft edited badly...
+    with pytest.raises(services.ExperimentError, match="sum to 1"):  # ...is refused by the service...
+        services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    # ...and by the database when the service is bypassed.
+    with pytest.raises(IntegrityError, match="sum to 0.9"):
+        _in_savepoint(
+            lambda: Experiment.objects.filter(pk=experiment.pk).update(
+                status=Experiment.Status.RUNNING, start_at=timezone.now()
+            )
+        )
+
+    Variant.objects.filter(experiment=experiment, name="b").update(weight=0.4)
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    with pytest.raises(IntegrityError, match="0 control variants"):
+        _in_savepoint(lambda: Variant.objects.filter(experiment=experiment).update(is_control=False))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_fires_at_a_real_commit(user: AbstractUser) -> None:
+    experiment = _draft("commit")
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+
+    def change_and_commit() -> None:
+        with transaction.atomic():
+            Variant.objects.filter(experiment=experiment, name="b").update(weight=0.9)
+            # The statement itself succeeds; the COMMIT at the end of the block is refused.
+            assert Variant.objects.get(experiment=experiment, name="b").weight == 0.9
+
+    with pytest.raises(IntegrityError, match="not 1"):
+        change_and_commit()
+
+    assert Variant.objects.get(experiment=experiment, name="b").weight == 0.5
+
+
+@pytest.mark.django_db
+def test_start_stop_conclude_are_audited_and_the_winner_becomes_the_default(user: AbstractUser) -> None:
+    SurfaceDefault.objects.create(surface="home", config={"diversity_cap": 0.4})
+    experiment = _draft("lifecycle")
+
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    with pytest.raises(services.ExperimentError, match="Only a draft"):
+        services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    services.experiment_stop(experiment_id=experiment.pk, user_id=user.pk)
+    with pytest.raises(services.ExperimentError, match="no variant named"):
+        services.experiment_conclude(experiment_id=experiment.pk, winner="zzz", user_id=user.pk)
+    services.experiment_conclude(experiment_id=experiment.pk, winner="b", user_id=user.pk)
+
+    experiment.refresh_from_db()
+    assert experiment.status == Experiment.Status.CONCLUDED
+    assert experiment.winner.name == "b"
+    assert experiment.end_at >= experiment.start_at
+    assert SurfaceDefault.objects.get(surface="home").config == {"diversity_cap": 0.4, "ranker": False}
+    messages = list(
+        LogEntry.objects.filter(object_id=str(experiment.pk), user=user)
+        .order_by("id")
+        .values_list("change_message", flat=True)
+    )
+    assert messages[0].startswith("Started")
+    assert messages[1] == "Stopped."
+    assert "winner b" in messages[2]
+    assert LogEntry.objects.filter(object_repr="home", user=user).exists()  # the default's change too
+
+
+@pytest.mark.django_db
+def test_conclude_without_winner_keeps_the_default(user: AbstractUser) -> None:
+    experiment = _draft("rollback")
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+
+    services.experiment_conclude(experiment_id=experiment.pk, winner=None, user_id=user.pk)
+
+    assert not SurfaceDefault.objects.filter(surface="home").exists()
+    assert Experiment.objects.get(pk=experiment.pk).winner is None
+
+
+@pytest.mark.django_db
+def test_layers_may_not_test_the_same_setting(user: AbstractUser) -> None:
+    services.experiment_start(experiment_id=_draft("a").pk, user_id=user.pk)
+    clash = _draft("b", layer="second")  # also sets "ranker"
+
+    with pytest.raises(services.ExperimentError, match="ranker"):
+        services.experiment_start(experiment_id=clash.pk, user_id=user.pk)
+
+
+@pytest.mark.django_db
+def test_create_validates_like_the_admin() -> None:
+    with pytest.raises(services.ExperimentError, match="sum to 1"):
+        _draft("bad", weights=(0.5, 0.6))
+    with pytest.raises(services.ExperimentError, match="diversity_cap"):
+        services.experiment_create(
+            key="bad-config",
+            name="x",
+            surface="home",
+            variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 3})],
+        )
+    assert not Experiment.objects.exists()
