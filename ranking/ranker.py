@@ -33,40 +33,37 @@ FEATURE_NAMES: tuple[str, ...] = (
 # Reciprocal-rank fusion (Cormack et al. 2009): robust to sources whose scores live on different scales.
 RRF_K = 60.0
 DEFAULT_BLEND_WEIGHTS: dict[str, float] = {
-    "ann": 1.0, "item_knn": 1.2, "content": 0.5, "fbt": 0.8, "trending": 0.6, "popular": 0.4, "new": 0.3,
+    "ann": 1.0, "item_knn": 1.2, "ease": 1.4, "content": 0.5, "fbt": 0.8, "trending": 0.6, "popular": 0.4,
+    "new": 0.3,
 }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FeatureContext:
-    """Everything besides the candidates that the features need, as arrays indexed by catalog index."""
+    """Everything besides the retrieval scores that the features need, one entry per candidate (aligned with
+    ``CandidateSet.item_idx``), plus the customer's side. NaN marks an unknown value (e.g. an item the model
+    version has never seen)."""
 
-    item_category: NDArray[np.int64]
+    category: NDArray[np.int64]
     popularity: NDArray[np.floating]
     trend: NDArray[np.floating]
     age_days: NDArray[np.floating]
-    price: NDArray[np.floating]  # NaN when unknown
-    item_factors: NDArray[np.floating] | None = None
-    user_vector: NDArray[np.floating] | None = None
-    ctr: NDArray[np.floating] | None = None  # online click-through rate, NaN when unknown
+    price: NDArray[np.floating]
+    als_dot: NDArray[np.floating] | None = None  # user vector · item factors
+    ctr: NDArray[np.floating] | None = None  # online click-through rate
     category_affinity: Mapping[int, float] = field(default_factory=dict)
-    history_idx: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))  # most recent first
+    history_ids: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))  # most recent first
+    last_category: int = -1  # category of the latest history item, -1 when none
 
 
 def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray[np.float32]:
     """(n_candidates, len(FEATURE_NAMES)) float32, vectorised over the whole candidate set."""
-    idx = candidates.item_idx
-    n = idx.size
+    n = candidates.item_idx.size
     ranks = candidates.source_rank.astype(np.float32)
     found = candidates.source_rank < NO_RANK
     ranks[~found] = np.nan  # LightGBM treats NaN as "missing", which is what an absent source is
     scores = np.where(found, candidates.source_score, np.nan).astype(np.float32)
-    columns: list[NDArray[np.floating]] = [scores, ranks, found.sum(axis=1, dtype=np.float32)[:, None]]
-    if context.item_factors is not None and context.user_vector is not None and n:
-        als_dot = np.asarray(context.item_factors[idx], dtype=np.float32) @ context.user_vector.astype(np.float32)
-    else:
-        als_dot = np.full(n, np.nan, np.float32)
-    category = context.item_category[idx]
+    category = context.category
     if context.category_affinity:
         total = sum(context.category_affinity.values()) or 1.0
         unique, inverse = np.unique(category, return_inverse=True)
@@ -74,25 +71,34 @@ def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray
         affinity = per_category[inverse]
     else:
         affinity = np.zeros(n, np.float32)
-    history = context.history_idx
+    history = context.history_ids
     position = np.full(n, np.nan, np.float32)
-    if history.size:
+    anchors = candidates.anchor
+    if history.size and (anchors >= 0).any():
         # Where the anchor sits in the history: 0 = the latest event, so "because you just viewed" can win.
-        first_seen = {int(item): pos for pos, item in reversed(list(enumerate(history.tolist())))}
-        anchors = candidates.anchor
+        unique_hist, first_pos = np.unique(history, return_index=True)
         has = anchors >= 0
-        position[has] = [first_seen.get(int(a), np.nan) for a in anchors[has]]
-        same_as_last = (category == context.item_category[history[0]]).astype(np.float32)
-    else:
-        same_as_last = np.zeros(n, np.float32)
-    ctr = context.ctr[idx] if context.ctr is not None else np.full(n, np.nan, np.float32)
-    columns += [
-        als_dot[:, None],
-        np.log1p(np.asarray(context.popularity[idx], np.float32))[:, None],
-        np.asarray(context.trend[idx], np.float32)[:, None],
-        np.asarray(context.age_days[idx], np.float32)[:, None],
-        np.log1p(np.asarray(context.price[idx], np.float32))[:, None],
-        np.asarray(ctr, np.float32)[:, None],
+        slot = np.minimum(np.searchsorted(unique_hist, anchors[has]), unique_hist.size - 1)
+        hit = unique_hist[slot] == anchors[has]
+        values = np.full(int(has.sum()), np.nan, np.float32)
+        values[hit] = first_pos[slot[hit]]
+        position[has] = values
+    same_as_last = (
+        (category == context.last_category).astype(np.float32)
+        if context.last_category >= 0
+        else (np.zeros(n, np.float32))
+    )
+    nan = np.full(n, np.nan, np.float32)
+    columns: list[NDArray[np.floating]] = [
+        scores,
+        ranks,
+        found.sum(axis=1, dtype=np.float32)[:, None],
+        (context.als_dot if context.als_dot is not None else nan)[:, None],
+        np.log1p(np.asarray(context.popularity, np.float32))[:, None],
+        np.asarray(context.trend, np.float32)[:, None],
+        np.asarray(context.age_days, np.float32)[:, None],
+        np.log1p(np.asarray(context.price, np.float32))[:, None],
+        (context.ctr if context.ctr is not None else nan)[:, None],
         affinity[:, None],
         position[:, None],
         np.full((n, 1), history.size, np.float32),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-SOURCES: tuple[str, ...] = ("ann", "item_knn", "content", "fbt", "trending", "popular", "new")
+SOURCES: tuple[str, ...] = ("ann", "item_knn", "ease", "content", "fbt", "trending", "popular", "new")
 SOURCE_INDEX = {name: position for position, name in enumerate(SOURCES)}
 NO_RANK = np.int32(10_000)
 
@@ -38,7 +38,7 @@ class CandidateSet:
     source_score: NDArray[np.float32]  # (n, len(SOURCES)); 0 where the source did not find the item
     source_rank: NDArray[np.int32]  # (n, len(SOURCES)); NO_RANK where the source did not find the item
     best_source: NDArray[np.int8]  # (n,) the source that ranked the item highest (ties: SOURCES order)
-    anchor: NDArray[np.int64]  # (n,) the history item behind the best neighbour source, else −1
+    anchor: NDArray[np.int64]  # (n,) the history item behind the best-ranked neighbour hit, else −1
 
     def __len__(self) -> int:
         return int(self.item_idx.size)
@@ -124,7 +124,13 @@ def merge(hits: dict[str, SourceHits]) -> CandidateSet:
     source_rank[inverse, source] = rank
     # Best source: the lowest rank across sources; ties go to the earlier source in SOURCES.
     best = np.argmin(source_rank, axis=1).astype(np.int8)
+    # The anchor is the history item behind the best-ranked neighbour hit, whichever source won: "because you
+    # viewed X" explains a candidate better than "picked for you" whenever a history item led to it.
     anchor = np.full(unique.size, -1, np.int64)
-    anchor_rows = (anchors >= 0) & (source == best[inverse])
-    anchor[inverse[anchor_rows]] = anchors[anchor_rows]
+    anchored = np.flatnonzero(anchors >= 0)
+    if anchored.size:
+        order = anchored[np.lexsort((rank[anchored], inverse[anchored]))]
+        first = np.ones(order.size, bool)
+        first[1:] = inverse[order][1:] != inverse[order][:-1]
+        anchor[inverse[order][first]] = anchors[order][first]
     return CandidateSet(unique, source_score, source_rank, best, anchor)

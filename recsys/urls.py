@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("catalog.urls")),
     path("", include("events.urls")),
     path("", include("experiments.urls")),
+    path("", include("ranking.urls")),
 ]
 
 urlpatterns = [

@@ -8,20 +8,6 @@ from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_fe
 from ranking.retrieval import SourceHits, merge
 
 
-def _context(n_items: int = 6) -> FeatureContext:
-    return FeatureContext(
-        item_category=np.array([0, 0, 1, 1, 2, 2]),
-        popularity=np.arange(n_items, dtype=np.float32),
-        trend=np.ones(n_items, np.float32),
-        age_days=np.full(n_items, 10.0, np.float32),
-        price=np.array([1, 2, 3, np.nan, 5, 6], np.float32),
-        item_factors=np.eye(n_items, 3, dtype=np.float32),
-        user_vector=np.array([1.0, 0.5, 0.0], np.float32),
-        category_affinity={1: 3.0, 2: 1.0},
-        history_idx=np.array([3, 0]),
-    )
-
-
 def test_features_are_aligned_with_names() -> None:
     cands = merge(
         {
@@ -29,19 +15,31 @@ def test_features_are_aligned_with_names() -> None:
             "popular": SourceHits(np.array([5, 1]), np.array([9, 8], np.float32), np.array([-1, -1])),
         }
     )
-    X = build_features(cands, _context())
+    # Candidates are items 1, 2, 5 (in that order); the context gives one value per candidate.
+    context = FeatureContext(
+        category=np.array([0, 1, 2]),
+        popularity=np.array([1.0, 2.0, 5.0]),
+        trend=np.ones(3),
+        age_days=np.full(3, 10.0),
+        price=np.array([2.0, np.nan, 6.0]),
+        als_dot=np.array([0.5, 0.0, 0.0], np.float32),
+        category_affinity={1: 3.0, 2: 1.0},
+        history_ids=np.array([3, 0]),
+        last_category=1,
+    )
+    X = build_features(cands, context)
     col = {name: i for i, name in enumerate(FEATURE_NAMES)}
     assert X.shape == (3, len(FEATURE_NAMES))
-    # Candidates are items 1, 2, 5.
     assert np.isnan(X[0, col["item_knn_rank"]])
     assert X[1, col["item_knn_rank"]] == 0
     assert (X[2, col["popular_rank"]], X[2, col["n_sources"]]) == (0, 2)
     assert np.allclose(X[:, col["als_dot"]], [0.5, 0.0, 0.0])
     assert np.allclose(X[:, col["category_affinity"]], [0.0, 0.75, 0.25])
-    # Item 2 came from anchor 0, second in the history; item 5 was ranked higher by popularity, so has no anchor.
+    # Item 2 came from anchor 0, second in the history; item 5 from anchor 3, the latest; item 1 from none.
     assert X[1, col["anchor_recency"]] == 1
-    assert np.isnan(X[2, col["anchor_recency"]])
-    # The latest history item (3) is in category 1: only item 2 shares it.
+    assert X[2, col["anchor_recency"]] == 0
+    assert np.isnan(X[0, col["anchor_recency"]])
+    assert np.isnan(X[1, col["log_price"]])
     assert X[:, col["same_category_as_last"]].tolist() == [0.0, 1.0, 0.0]
 
 

@@ -52,8 +52,9 @@ def test_merge_keeps_every_source_and_picks_the_best() -> None:
     assert ranks[3, SOURCE_INDEX["ann"]] == NO_RANK
     # Item 7 was ranked first by item-kNN (rank 0 < ANN's 1): its anchor is item 1.
     assert merged.best_source[1] == SOURCE_INDEX["item_knn"]
-    assert merged.anchor.tolist() == [-1, 1, -1, -1]
-    # Item 9: rank 1 in kNN and rank 0 in popular -> popular, no anchor.
+    assert merged.anchor.tolist() == [-1, 1, 2, -1]
+    # Item 9: rank 1 in kNN and rank 0 in popular -> popular wins, but kNN's anchor (2) still explains it.
     assert merged.best_source[2] == SOURCE_INDEX["popular"]
+    assert merged.anchor[2] == 2
     assert merged.per_source_counts()["popular"] == 3
     assert merge({}).item_idx.size == 0

@@ -1,0 +1,114 @@
+"""Recommendation endpoints (scope ``recommend``): personalised lists, similar items, bought together, and
+"because you viewed" groups. Views validate, call one service, serialize."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from catalog.models import EXTERNAL_ID_MAX
+from ranking import serving
+from ranking.serializers import (
+    AnchorGroupsSerializer,
+    CountQuerySerializer,
+    RecommendationListSerializer,
+    RecommendationQuerySerializer,
+)
+from recsys.auth import request_has_scope
+from recsys.models import ApiKey
+
+FORCE_VARIANT_HEADER = "X-Experiment-Variant"
+
+
+def _list_body(result: serving.RecommendationList) -> dict:
+    body = asdict(result)
+    body.pop("cache")
+    if body.get("debug") is None:
+        body.pop("debug")
+    return body
+
+
+def _check_id(value: str, field: str) -> str:
+    if len(value) > EXTERNAL_ID_MAX:
+        raise ValidationError({field: [f"Ensure this field has no more than {EXTERNAL_ID_MAX} characters."]})
+    return value
+
+
+class RecommendationListApi(APIView):
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(
+        summary="A personalised list",
+        parameters=[
+            RecommendationQuerySerializer,
+            OpenApiParameter(
+                FORCE_VARIANT_HEADER, str, OpenApiParameter.HEADER, required=False,
+                description="QA only (admin scope): serve this variant, as 'experiment_key:variant' or 'variant'.",
+            ),
+        ],
+        responses=RecommendationListSerializer,
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        query = RecommendationQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        forced = request.headers.get(FORCE_VARIANT_HEADER) or None
+        if (data["debug"] or forced) and not request_has_scope(request, ApiKey.Scope.ADMIN):
+            raise PermissionDenied("debug=true and forced variants need an API key with the 'admin' scope.")
+        result = serving.recommend(
+            serving.RecommendRequest(
+                customer_id=data["customer_id"], session_id=data["session_id"], surface=data["surface"],
+                count=data["count"], category=data["category"] or None, exclude=tuple(data["exclude"]),
+                debug=data["debug"], forced_variant=forced,
+            )
+        )  # fmt: skip
+        return Response(_list_body(result))
+
+
+class SimilarItemsApi(APIView):
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(summary="Items similar to this one", parameters=[CountQuerySerializer],
+                   responses=RecommendationListSerializer)  # fmt: skip
+    def get(self, request: Request, item_id: str) -> Response:
+        query = CountQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        try:
+            result = serving.similar_items(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
+        except serving.UnknownItem:
+            raise NotFound(f"No item with id {item_id!r}.") from None
+        return Response(_list_body(result))
+
+
+class BoughtTogetherApi(APIView):
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(summary="Frequently bought together with this item", parameters=[CountQuerySerializer],
+                   responses=RecommendationListSerializer)  # fmt: skip
+    def get(self, request: Request, item_id: str) -> Response:
+        query = CountQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        try:
+            result = serving.bought_together(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
+        except serving.UnknownItem:
+            raise NotFound(f"No item with id {item_id!r}.") from None
+        return Response(_list_body(result))
+
+
+class BecauseYouViewedApi(APIView):
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(summary="Lists grouped by recently viewed or bought items", parameters=[CountQuerySerializer],
+                   responses=AnchorGroupsSerializer)  # fmt: skip
+    def get(self, request: Request, customer_id: str) -> Response:
+        query = CountQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        result = serving.because_you_viewed(
+            customer_id=_check_id(customer_id, "customer_id"), count=query.validated_data["count"]
+        )
+        return Response(asdict(result))

@@ -1,0 +1,267 @@
+"""Interactions as arrays: the id maps (model index <-> catalog primary key), the weighted user-item matrix and the
+basket matrix every source trains on. :func:`dataset_load` reads Postgres through the selectors; everything else
+here is pure, so the benchmarks build the same structures from in-memory data sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from ranking.sources import PURCHASE, SECONDS_PER_DAY, decay, event_weights
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)
+class ItemTable:
+    """The catalog in model index order: ``item_ids`` (catalog.Item pks, ascending, so ``np.searchsorted`` maps a
+    pk to its index), their category pks (-1 for none) and one text per item for the content vectors."""
+
+    item_ids: npt.NDArray[np.int64]
+    category: npt.NDArray[np.int32]
+    texts: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if self.item_ids.size and np.any(np.diff(self.item_ids) <= 0):
+            raise ValueError("item_ids must be strictly ascending")
+        if not (self.item_ids.size == self.category.size == len(self.texts)):
+            raise ValueError("item_ids, category and texts must have the same length")
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.size)
+
+    def index_of(self, item_pks: npt.ArrayLike) -> IntArray:
+        """Model index of each pk, -1 for pks not in the table."""
+        return _index_of(self.item_ids, item_pks)
+
+
+@dataclass(frozen=True, eq=False)
+class InteractionLog:
+    """One row per event, as parallel arrays. ``user`` indexes ``user_ids`` (customer pks, ascending) and is -1
+    for anonymous events (a session without a customer); ``basket`` groups one order (-1: none)."""
+
+    user: npt.NDArray[np.int32]
+    item: npt.NDArray[np.int32]
+    type: npt.NDArray[np.int8]
+    value: npt.NDArray[np.float32]
+    ts: npt.NDArray[np.float64]
+    basket: npt.NDArray[np.int64]
+    user_ids: npt.NDArray[np.int64]
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_ids.size)
+
+    def __len__(self) -> int:
+        return int(self.item.size)
+
+    def subset(self, mask: npt.NDArray[np.bool_]) -> InteractionLog:
+        """The events where ``mask`` holds, with the same id maps (indices stay comparable across subsets)."""
+        return InteractionLog(
+            user=self.user[mask],
+            item=self.item[mask],
+            type=self.type[mask],
+            value=self.value[mask],
+            ts=self.ts[mask],
+            basket=self.basket[mask],
+            user_ids=self.user_ids,
+            n_items=self.n_items,
+        )
+
+    def time_range(self) -> tuple[float, float]:
+        if self.ts.size == 0:
+            return 0.0, 0.0
+        return float(self.ts.min()), float(self.ts.max())
+
+    def user_event_counts(self) -> IntArray:
+        """Distinct items per user (the "history length" the cold-user segment is defined on)."""
+        known = self.user >= 0
+        keys = np.unique(self.user[known].astype(np.int64) * self.n_items + self.item[known])
+        return np.bincount(keys // max(self.n_items, 1), minlength=self.n_users).astype(np.int64)
+
+    def item_user_counts(self) -> npt.NDArray[np.int32]:
+        """Distinct users per item (popularity for novelty, "cold item" detection at serving time)."""
+        known = self.user >= 0
+        keys = np.unique(self.user[known].astype(np.int64) * self.n_items + self.item[known])
+        return np.bincount(keys % max(self.n_items, 1), minlength=self.n_items).astype(np.int32)
+
+
+def _index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
+    ids = np.asarray(ids, dtype=np.int64)
+    if sorted_ids.size == 0:
+        return np.full(ids.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def log_from_arrays(
+    *,
+    customer: npt.ArrayLike,
+    item: npt.ArrayLike,
+    type_: npt.ArrayLike,
+    value: npt.ArrayLike,
+    ts: npt.ArrayLike,
+    session: Sequence[str] | npt.NDArray[np.object_] | None,
+    items: ItemTable,
+    user_ids: npt.ArrayLike | None = None,
+) -> InteractionLog:
+    """Build a log from raw columns keyed by primary keys (customer -1 or NaN-free negative = anonymous).
+
+    Events on items missing from ``items`` are dropped. Users are the distinct customers seen (or ``user_ids``
+    when given, to share a user map across logs). Baskets: one per (customer, session); events without a session
+    fall back to (customer, UTC day), so a shop that sends no session still gets "bought the same day".
+    """
+    customer = np.asarray(customer, dtype=np.int64)
+    item_idx = items.index_of(item)
+    keep = item_idx >= 0
+    customer, item_idx = customer[keep], item_idx[keep]
+    type_arr = np.asarray(type_, dtype=np.int8)[keep]
+    value_arr = np.asarray(value, dtype=np.float32)[keep]
+    ts_arr = np.asarray(ts, dtype=np.float64)[keep]
+    if user_ids is None:
+        user_ids_arr = np.unique(customer[customer >= 0])
+    else:
+        user_ids_arr = np.asarray(user_ids, dtype=np.int64)
+    user_idx = np.where(customer >= 0, _index_of(user_ids_arr, customer), -1)
+    if session is None:
+        session_arr = np.full(customer.size, "", dtype=object)
+    else:
+        session_arr = np.asarray(session, dtype=object)[keep]
+    basket = _basket_codes(customer, session_arr, ts_arr)
+    return InteractionLog(
+        user=user_idx.astype(np.int32),
+        item=item_idx.astype(np.int32),
+        type=type_arr,
+        value=value_arr,
+        ts=ts_arr,
+        basket=basket,
+        user_ids=user_ids_arr,
+        n_items=items.n_items,
+    )
+
+
+def _basket_codes(
+    customer: npt.NDArray[np.int64], session: npt.NDArray[np.object_], ts: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int64]:
+    if customer.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    has_session = session != ""
+    session_code = np.full(customer.size, -1, dtype=np.int64)
+    if has_session.any():
+        _, codes = np.unique(session[has_session].astype(str), return_inverse=True)
+        session_code[has_session] = codes
+    day = np.floor(ts / SECONDS_PER_DAY).astype(np.int64)
+    # (customer, session) for sessions; (customer, day) otherwise, in disjoint code ranges (flag column).
+    keys = np.stack([has_session.astype(np.int64), customer, np.where(has_session, session_code, day)], axis=1)
+    _, basket = np.unique(keys, axis=0, return_inverse=True)
+    basket = basket.astype(np.int64).ravel()
+    # An anonymous event without a session cannot exist (a check constraint), but never pool anonymous days.
+    basket[(customer < 0) & ~has_session] = -1
+    return basket
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How events become user-item weights; shared by training, evaluation and (through meta.json) serving."""
+
+    type_weights: Mapping[int, float]
+    rating_base: float
+    rating_per_point: float
+    half_life_days: float | None
+    aggregate: str  # "max" or "sum" over a (user, item)'s events
+
+    def event_weights(
+        self, log: InteractionLog, reference_ts: float, half_life_days: float | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Per event: type weight times the recency decay at ``reference_ts``."""
+        base = event_weights(
+            log.type, log.value, self.type_weights, rating_base=self.rating_base, rating_per_point=self.rating_per_point
+        )
+        half_life = self.half_life_days if half_life_days is None else half_life_days
+        return base * decay((reference_ts - log.ts) / SECONDS_PER_DAY, half_life)
+
+
+def user_item_matrix(
+    log: InteractionLog,
+    weighting: Weighting,
+    *,
+    reference_ts: float,
+    half_life_days: float | None = None,
+    n_users: int | None = None,
+) -> sp.csr_matrix:
+    """``(n_users, n_items)`` float32 CSR of aggregated, decayed weights; anonymous events are left out.
+
+    ``half_life_days`` overrides the weighting's own (the scoring-time history decay differs from training's).
+    """
+    weights = weighting.event_weights(log, reference_ts, half_life_days)
+    known = (log.user >= 0) & (weights > 0)
+    rows = log.user[known].astype(np.int64)
+    cols = log.item[known].astype(np.int64)
+    w = weights[known].astype(np.float64)
+    shape = (log.n_users if n_users is None else n_users, log.n_items)
+    if weighting.aggregate == "sum":
+        matrix = sp.csr_matrix((w, (rows, cols)), shape=shape)
+    elif weighting.aggregate == "max":
+        key = rows * shape[1] + cols
+        unique, inverse = np.unique(key, return_inverse=True)
+        best = np.zeros(unique.size, dtype=np.float64)
+        np.maximum.at(best, inverse, w)
+        matrix = sp.csr_matrix((best, (unique // shape[1], unique % shape[1])), shape=shape)
+    else:
+        raise ValueError(f"unknown aggregate {weighting.aggregate!r} (use 'max' or 'sum')")
+    matrix.sum_duplicates()
+    return matrix.astype(np.float32)
+
+
+def basket_matrix(log: InteractionLog, *, types: Sequence[int] = (PURCHASE,), max_basket: int) -> sp.csr_matrix:
+    """Binary ``(n_baskets, n_items)`` CSR of the baskets with 2..max_basket distinct items of ``types``.
+
+    Very large baskets (wholesale orders, bulk imports) pair everything with everything: they cost quadratic
+    time and say little about what goes together, so they are left out.
+    """
+    chosen = np.isin(log.type, np.asarray(types, dtype=np.int8)) & (log.basket >= 0)
+    basket, item = log.basket[chosen], log.item[chosen].astype(np.int64)
+    if basket.size == 0:
+        return sp.csr_matrix((0, log.n_items), dtype=np.float32)
+    codes, basket = np.unique(basket, return_inverse=True)
+    m = sp.csr_matrix((np.ones(basket.size, np.float32), (basket, item)), shape=(codes.size, log.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    sizes = np.diff(m.indptr)
+    return m[(sizes >= 2) & (sizes <= max_basket)]
+
+
+def item_text(title: str, description: str, category: str, brand: str, tags: str) -> str:
+    """The text the content vectors read; a description equal to the title (common in imports) is not doubled."""
+    parts = [title]
+    if description and description.strip().lower() != title.strip().lower():
+        parts.append(description)
+    parts += [category, brand, tags]
+    return " ".join(part for part in parts if part)
+
+
+def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
+    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
+    from ranking import selectors
+
+    ids, category, texts = selectors.item_rows()
+    items = ItemTable(item_ids=ids, category=category, texts=texts)
+    columns = selectors.interaction_columns(since=since, until=until)
+    log = log_from_arrays(
+        customer=columns["customer"],
+        item=columns["item"],
+        type_=columns["type"],
+        value=columns["value"],
+        ts=columns["ts"],
+        session=columns["session"],
+        items=items,
+    )
+    return log, items

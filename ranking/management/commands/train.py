@@ -1,0 +1,98 @@
+"""manage.py train: a new model version from the interactions in Postgres, validated, registered and (if not
+worse than the active one) activated."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ranking.evaluation import format_table
+from ranking.services import TrainingBusy, TrainingError, model_train
+from ranking.training import StageTimer, TrainParams
+
+TRAIN_STAGES = (
+    "load", "content_vectors", "validation_train", "validation_eval", "weights", "als", "item_knn", "ease", "fbt",
+    "content", "popularity_trending", "ann", "write",
+)  # fmt: skip
+
+
+def parse_datetime_option(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise CommandError(f"{name} {value!r} is not an ISO 8601 date or date-time") from exc
+    if parsed.tzinfo is None:
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+class Command(BaseCommand):
+    help = (
+        "Train every source (ALS, item-kNN, EASE, co-purchase, content, popularity, trending) on the interactions, "
+        "validate on the window's last days, write the artifacts, register a model version and activate it if its "
+        "validation NDCG is not worse than the active version's (beyond the tolerance) or with --force."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--days", type=float, help="train on the last N days of data only (default: all)")
+        parser.add_argument("--since", help="window start, ISO 8601 (UTC if no offset)")
+        parser.add_argument("--until", help="window end (exclusive), ISO 8601; default: after the latest event")
+        parser.add_argument("--force", action="store_true", help="activate even if validation is worse")
+        parser.add_argument("--no-activate", action="store_true", help="register as a candidate only")
+        parser.add_argument("--ann-kind", choices=["auto", "flat", "hnsw", "ivf"], default=None)
+        parser.add_argument(
+            "--param", action="append", default=[], metavar="NAME=VALUE",
+            help="override a training parameter (JSON value), e.g. --param als_factors=128; repeatable",
+        )  # fmt: skip
+        parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            params = TrainParams().with_overrides(options["param"])
+            if options["ann_kind"]:
+                params = params.replace(ann_kind=options["ann_kind"])
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"--param: {exc}") from exc
+        timer = StageTimer(TRAIN_STAGES, desc="train", file=self.stderr._out, enabled=not options["quiet"])
+        try:
+            result = model_train(
+                params=params,
+                since=parse_datetime_option(options["since"], "--since"),
+                until=parse_datetime_option(options["until"], "--until"),
+                days=options["days"],
+                force=options["force"],
+                activate=not options["no_activate"],
+                timer=timer,
+            )
+        except TrainingBusy as exc:
+            raise CommandError(str(exc)) from exc
+        except TrainingError as exc:
+            raise CommandError(f"cannot train: {exc}") from exc
+        finally:
+            timer.close()
+        version = result.version
+        sizes = version.sizes
+        lines = [
+            f"version      {version.name} (id {version.id})",
+            f"status       {version.status} ({version.decision or 'no decision'})",
+            f"data         {version.data_from:%Y-%m-%d %H:%M} .. {version.data_to:%Y-%m-%d %H:%M} UTC",
+            f"sizes        {sizes['n_users']:,} users, {sizes['n_items']:,} items, "
+            f"{sizes['n_interactions']:,} interactions",
+            f"ann          {version.ann_kind}, recall@100 {version.ann_recall:.3f}",
+            f"artifacts    {version.artifact_path}",
+            f"decision     {version.notes.splitlines()[-1] if version.notes else '-'}",
+        ]
+        self.stdout.write("\n".join(lines))
+        if result.validation is not None:
+            self.stdout.write(f"\nvalidation: temporal hold-out of the last {params.validation_days:g} days")
+            self.stdout.write(format_table(result.validation))
+        else:
+            self.stdout.write("\nvalidation: skipped (the window is shorter than twice the validation period)")
+        self.stdout.write("\ntimings")
+        self.stdout.write(timer.table())

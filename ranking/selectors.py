@@ -1,0 +1,138 @@
+"""Reads for training, evaluation and the model registry; they return plain data (arrays, tuples, dataclasses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.db.models import Max, Min
+
+from catalog.models import Customer, Item
+from events.models import Interaction
+from ranking.artifacts import VersionLocation
+from ranking.dataset import item_text
+from ranking.models import ModelVersion
+
+# One pass over the interactions, opted-out customers' events left out (anonymous session events stay: they feed
+# co-purchase and popularity). The window bounds are parameters; NULL means unbounded.
+_INTERACTIONS_SQL = """
+    SELECT COALESCE(i.customer_id, -1), i.item_id, i.type, COALESCE(i.value, 'NaN'::float8),
+           EXTRACT(EPOCH FROM i.occurred_at)::float8, i.session_id
+    FROM events_interaction i
+    LEFT JOIN catalog_customer c ON c.id = i.customer_id
+    WHERE (c.id IS NULL OR NOT c.personalisation_opt_out)
+      AND i.occurred_at >= COALESCE(%s::timestamptz, '-infinity'::timestamptz)
+      AND i.occurred_at < COALESCE(%s::timestamptz, 'infinity'::timestamptz)
+"""
+_FETCH_ROWS = 200_000
+
+
+def interaction_columns(*, since: datetime | None = None, until: datetime | None = None) -> dict[str, np.ndarray]:
+    """Columns of the interactions in ``[since, until)``: customer pk (-1 anonymous), item pk, type, value
+    (NaN when none), Unix time, session id. Fetched in chunks so the driver's row tuples stay bounded."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("customer", "item", "type", "value", "ts", "session")}
+    with connection.cursor() as cursor:
+        cursor.execute(_INTERACTIONS_SQL, [since, until])
+        while rows := cursor.fetchmany(_FETCH_ROWS):
+            customer, item, type_, value, ts, session = zip(*rows, strict=True)
+            parts["customer"].append(np.array(customer, dtype=np.int64))
+            parts["item"].append(np.array(item, dtype=np.int64))
+            parts["type"].append(np.array(type_, dtype=np.int8))
+            parts["value"].append(np.array(value, dtype=np.float32))
+            parts["ts"].append(np.array(ts, dtype=np.float64))
+            parts["session"].append(np.array(session, dtype=object))
+    dtypes = {"customer": np.int64, "item": np.int64, "type": np.int8, "value": np.float32, "ts": np.float64}
+    return {
+        name: np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtypes.get(name, object))
+        for name, chunks in parts.items()
+    }
+
+
+def interaction_time_range() -> tuple[datetime | None, datetime | None]:
+    """Earliest and latest ``occurred_at`` of all interactions (None, None when there are none)."""
+    bounds = Interaction.objects.aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
+    return bounds["first"], bounds["last"]
+
+
+def interactions_exist_since(*, since: datetime) -> bool:
+    return Interaction.objects.filter(occurred_at__gte=since).exists()
+
+
+def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every item (active or not: serving filters availability) in pk order: pks, category pks (-1 none), texts."""
+    rows = (
+        Item.objects.order_by("id")
+        .values_list("id", "category_id", "title", "description", "category__name", "brand__name", "tags")
+        .iterator(chunk_size=20_000)
+    )
+    ids: list[int] = []
+    categories: list[int] = []
+    texts: list[str] = []
+    for pk, category_id, title, description, category, brand, tags in rows:
+        ids.append(pk)
+        categories.append(category_id if category_id is not None else -1)
+        texts.append(item_text(title, description or "", category or "", brand or "", " ".join(tags or ())))
+    return np.array(ids, dtype=np.int64), np.array(categories, dtype=np.int32), texts
+
+
+def item_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
+    wanted = list(set(external_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), 10_000):
+        chunk = wanted[start : start + 10_000]
+        found.update(Item.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
+    return found
+
+
+def customer_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
+    wanted = list(set(external_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), 10_000):
+        chunk = wanted[start : start + 10_000]
+        found.update(Customer.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
+    return found
+
+
+# --- Registry -------------------------------------------------------------------------------------------------
+
+
+def active_version() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
+def active_version_id() -> int | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values_list("id", flat=True).first()
+
+
+def _location(row: tuple[int, str, str, str]) -> VersionLocation:
+    pk, name, checksum, path = row
+    return VersionLocation(
+        version_id=pk, name=name, checksum=checksum, path=Path(path or settings.ARTIFACT_ROOT / name)
+    )
+
+
+def active_version_location() -> VersionLocation | None:
+    row = (
+        ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE)
+        .values_list("id", "name", "checksum", "artifact_path")
+        .first()
+    )
+    return _location(row) if row else None
+
+
+def version_location(*, version_id: int) -> VersionLocation | None:
+    row = ModelVersion.objects.filter(id=version_id).values_list("id", "name", "checksum", "artifact_path").first()
+    return _location(row) if row else None
+
+
+def version_list(*, limit: int = 20) -> list[ModelVersion]:
+    return list(ModelVersion.objects.order_by("-created_at")[:limit])
+
+
+def versions_with_artifacts() -> list[tuple[int, str, str, str]]:
+    """(id, status, name, artifact_path) of every version, newest first, for pruning old directories."""
+    return list(ModelVersion.objects.order_by("-created_at").values_list("id", "status", "name", "artifact_path"))

@@ -1,0 +1,927 @@
+"""The recommendation service: what a storefront gets on every page view.
+
+``recommend`` runs the pipeline of docs/architecture.md: experiment assignment → cache → history from the online
+state → a fresh user vector (fold-in into the active ALS model) → retrieval from every source in one pass →
+LambdaMART ranker (or the blended score) → re-ranking (availability, purchases, business rules, diversity,
+exploration) → explanations. Catalog attributes of the candidates come from Postgres in one query; the online
+state from Redis; the model from memory-mapped artifacts. Nothing here loops over items in Python except to
+build the final response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from django.db import DatabaseError, connection
+from prometheus_client import Counter, Histogram
+
+from events import selectors as event_selectors
+from events.keys import owner_for
+from events.models import Interaction
+from experiments import services as experiments
+from experiments.config import VariantConfig
+from ranking import rerank as rr
+from ranking import retrieval, rules
+from ranking.artifacts import ActiveModel, get_active_model
+from ranking.cache import ListCache
+from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features, load_ranker
+from ranking.ranker import score as ranker_score
+
+logger = logging.getLogger(__name__)
+
+MAX_COUNT = 100
+HISTORY_LIMIT = 200
+ANCHORS = 20  # most recent distinct history items whose neighbours are retrieved
+CACHE = ListCache(ttl_seconds=60.0)
+
+# Candidates each source contributes before the merge; a few hundred in all.
+QUOTAS: dict[str, int] = {
+    "ann": 150, "item_knn": 150, "ease": 150, "content": 60, "fbt": 40, "trending": 60, "popular": 60, "new": 20,
+}  # fmt: skip
+# Recency weight of the i-th most recent anchor: the latest items matter most.
+ANCHOR_DECAY = 0.85
+
+REQUESTS = Counter(
+    "recsys_recommendation_requests_total", "Recommendation requests.", ["endpoint", "surface", "variant", "cache"]
+)
+LATENCY = Histogram(
+    "recsys_recommendation_latency_seconds", "Recommendation latency inside the service.",
+    ["endpoint", "surface", "variant"],
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)  # fmt: skip
+STAGE = Histogram(
+    "recsys_pipeline_stage_seconds", "Time per pipeline stage.", ["stage"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)  # fmt: skip
+DEGRADED = Counter("recsys_degraded_responses_total", "Responses served in a degraded mode.", ["reason"])
+CATEGORY_SHARE = Histogram(
+    "recsys_list_max_category_share", "Share of the most frequent category in each served list.",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+)  # fmt: skip
+
+VERBS = {
+    Interaction.Type.VIEW: "viewed", Interaction.Type.CLICK: "viewed", Interaction.Type.ADD_TO_CART: "added",
+    Interaction.Type.PURCHASE: "bought", Interaction.Type.RATING: "rated",
+}  # fmt: skip
+
+
+class UnknownItem(LookupError):
+    """The item id names no item in the catalog."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    item_id: str
+    title: str
+    category: str | None
+    price: float | None
+    score: float
+    reason: Reason
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecommendationList:
+    request_id: str
+    surface: str
+    items: tuple[RecommendedItem, ...]
+    experiment: str | None = None
+    variant: str | None = None
+    model_version: int | None = None
+    degraded: bool = False
+    cache: str = "miss"
+    debug: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    pk: int
+    item_id: str
+    title: str
+    category_id: int
+    category: str | None
+    category_name: str | None
+    brand_id: int
+    price: float | None
+    created_ts: float
+    available: bool
+
+
+# --- Stage timing -----------------------------------------------------------------------------------------
+
+
+class _Trace:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.stages: dict[str, float] = {}
+        self.data: dict[str, Any] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            STAGE.labels(name).observe(elapsed)
+            self.stages[name] = round(elapsed * 1000, 3)
+
+
+# --- Catalog reads ----------------------------------------------------------------------------------------
+
+
+def catalog_rows(pks: Sequence[int]) -> dict[int, ItemRow]:
+    """Attributes of the given items, from Postgres in one query."""
+    if not pks:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT i.id, i.external_id, i.title, coalesce(i.category_id, -1), c.external_id, c.name,
+                      coalesce(i.brand_id, -1), i.price, extract(epoch FROM i.created_at), i.active AND i.in_stock
+               FROM catalog_item i LEFT JOIN catalog_category c ON c.id = i.category_id
+               WHERE i.id = ANY(%s)""",
+            [list(pks)],
+        )
+        rows = cursor.fetchall()
+    return {
+        row[0]: ItemRow(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            float(row[7]) if row[7] is not None else None,
+            float(row[8]),
+            row[9],
+        )  # fmt: skip
+        for row in rows
+    }
+
+
+def item_pk(item_id: str) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM catalog_item WHERE external_id = %s", [item_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+class _Recent:
+    """Small per-process caches of things that change slowly: newest items, category ids, popular fallback."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._values: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Any) -> Any:
+        now = time.monotonic()
+        hit = self._values.get(key)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        value = load()
+        with self._lock:
+            self._values[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+_recent = _Recent(ttl=60.0)
+
+
+def _new_arrivals() -> npt.NDArray[np.int64]:
+    def load() -> npt.NDArray[np.int64]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM catalog_item WHERE active AND in_stock ORDER BY created_at DESC LIMIT %s",
+                [QUOTAS["new"]],
+            )
+            return np.array([row[0] for row in cursor.fetchall()], np.int64)
+
+    return _recent.get("new", load)
+
+
+def _category_pk(category: str) -> int | None:
+    def load() -> int | None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM catalog_category WHERE external_id = %s", [category])
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    return _recent.get(f"category:{category}", load)
+
+
+def _popular_fallback() -> npt.NDArray[np.int64]:
+    """Without a model: the most interacted-with items among the latest 100,000 events (an index scan)."""
+
+    def load() -> npt.NDArray[np.int64]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """SELECT e.item_id FROM (SELECT item_id FROM events_interaction ORDER BY id DESC LIMIT 100000) e
+                   GROUP BY e.item_id ORDER BY count(*) DESC LIMIT 500"""
+            )
+            return np.array([row[0] for row in cursor.fetchall()], np.int64)
+
+    return _recent.get("popular_fallback", load)
+
+
+# --- Model-side helpers -----------------------------------------------------------------------------------
+
+
+class _TopLists:
+    """Popular and trending top lists per loaded model, computed once instead of per request."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, float | None] | None = None
+        self._lists: dict[str, retrieval.SourceHits] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: ActiveModel, name: str) -> retrieval.SourceHits:
+        key = (model.version_id, model.trending_computed_at)
+        if self._key != key:
+            with self._lock:
+                if self._key != key:
+                    self._lists = {
+                        "popular": retrieval.top_k(np.asarray(model.popularity), 1000),
+                        "trending": retrieval.top_k(np.asarray(model.trending), 1000),
+                    }
+                    self._key = key
+        return self._lists[name]
+
+
+_top_lists = _TopLists()
+
+
+def _to_pks(model: ActiveModel, hits: retrieval.SourceHits) -> retrieval.SourceHits:
+    """Model indices → catalog primary keys, the ids every later stage speaks."""
+    ids = model.item_ids
+    valid = hits.item_idx >= 0
+    anchors = np.where(hits.anchor >= 0, ids[np.maximum(hits.anchor, 0)], -1)
+    return retrieval.SourceHits(ids[hits.item_idx[valid]], hits.score[valid], anchors[valid])
+
+
+@dataclass
+class _History:
+    pks: npt.NDArray[np.int64]  # newest first
+    types: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
+
+    @classmethod
+    def load(cls, owner: str) -> _History:
+        entries = event_selectors.recent_history(owner, HISTORY_LIMIT)
+        return cls(
+            np.fromiter((e.item_pk for e in entries), np.int64, len(entries)),
+            np.fromiter((e.type for e in entries), np.int64, len(entries)),
+            np.fromiter((e.ts for e in entries), np.float64, len(entries)),
+        )
+
+    def purchased(self) -> npt.NDArray[np.int64]:
+        return np.unique(self.pks[self.types == Interaction.Type.PURCHASE])
+
+    def anchors(self, limit: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The latest ``limit`` distinct items (newest first) and the event type that made each an anchor."""
+        _, first = np.unique(self.pks, return_index=True)
+        order = np.sort(first)[:limit]
+        return self.pks[order], self.types[order]
+
+
+def _user_vector(model: ActiveModel, history: _History, now: float) -> npt.NDArray[np.float32] | None:
+    if not history.pks.size or not model.has("als_item_factors"):
+        return None
+    idx = model.item_index(history.pks)
+    if not (idx >= 0).any():
+        return None
+    values = np.zeros(idx.size, np.float64)
+    items, confidences = model.history_confidences(idx, history.types, values, (now - history.ts) / 86_400)
+    if items.size == 0:
+        return None
+    return model.fold_in(items, confidences)
+
+
+def _neighbour_source(
+    model: ActiveModel, prefix: str, anchors_idx: npt.NDArray[np.int64], k: int
+) -> retrieval.SourceHits:
+    if not model.has(f"{prefix}_idx") or anchors_idx.size == 0:
+        return retrieval.SourceHits.empty()
+    weights = ANCHOR_DECAY ** np.arange(anchors_idx.size, dtype=np.float32)
+    return retrieval.neighbours(anchors_idx, weights, model.array(f"{prefix}_idx"), model.array(f"{prefix}_score"), k)
+
+
+def _retrieve(
+    model: ActiveModel | None,
+    history: _History,
+    user_vector: npt.NDArray[np.float32] | None,
+    surface: str,
+) -> dict[str, retrieval.SourceHits]:
+    """Every source's hits, as catalog pks."""
+    hits: dict[str, retrieval.SourceHits] = {}
+    new = _new_arrivals()
+    hits["new"] = retrieval.SourceHits(new, np.linspace(1.0, 0.5, new.size).astype(np.float32), np.full(new.size, -1))
+    if model is None:
+        popular = _popular_fallback()
+        hits["popular"] = retrieval.SourceHits(
+            popular, np.linspace(1.0, 0.1, popular.size).astype(np.float32), np.full(popular.size, -1)
+        )
+        return hits
+    anchor_pks, _ = history.anchors(ANCHORS)
+    anchor_idx = model.item_index(anchor_pks)
+    anchor_idx = anchor_idx[anchor_idx >= 0]
+    if user_vector is not None and model.index is not None:
+        idx, scores = model.search(user_vector, QUOTAS["ann"])
+        keep = idx >= 0
+        hits["ann"] = _to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
+    for source, prefix in (("item_knn", "knn"), ("ease", "ease"), ("content", "content"), ("fbt", "fbt")):
+        k = QUOTAS[source] if source != "fbt" or surface in ("cart", "item", "checkout") else QUOTAS[source] // 2
+        hits[source] = _to_pks(model, _neighbour_source(model, prefix, anchor_idx, k))
+    for source in ("trending", "popular"):
+        top = _top_lists.get(model, source)
+        quota = QUOTAS[source]
+        hits[source] = _to_pks(model, retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota]))
+    return hits
+
+
+# --- Explanations -----------------------------------------------------------------------------------------
+
+
+NEIGHBOUR_SOURCES = frozenset({"item_knn", "ease", "content"})
+
+
+def _reason(
+    source: str,
+    sources: tuple[str, ...],
+    anchor: int,
+    row: ItemRow,
+    rows: Mapping[int, ItemRow],
+    anchor_types: Mapping[int, int],
+    pinned: bool,
+    explored: bool,
+) -> Reason:
+    if pinned:
+        return Reason("featured", "Featured")
+    if explored:
+        return Reason("discover", "Something new to discover")
+    anchor_row = rows.get(anchor) if anchor >= 0 else None
+    if anchor_row is not None:
+        if "fbt" in sources and not NEIGHBOUR_SOURCES.intersection(sources):
+            return Reason("bought_together", f"Frequently bought with {anchor_row.title}")
+        verb = VERBS.get(anchor_types.get(anchor, Interaction.Type.VIEW), "viewed")
+        return Reason(f"because_you_{verb}", f"Because you {verb} {anchor_row.title}")
+    if source == "trending" and row.category_name:
+        return Reason("trending", f"Trending in {row.category_name}")
+    if source == "trending":
+        return Reason("trending", "Trending now")
+    if source == "ann":
+        return Reason("for_you", "Picked for your taste")
+    if source == "new":
+        return Reason("new_arrival", "New arrival")
+    if source == "popular" and row.category_name:
+        return Reason("popular", f"Popular in {row.category_name}")
+    return Reason("popular", "Popular")
+
+
+# --- The pipeline -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    customer_id: str = ""
+    session_id: str = ""
+    surface: str = "home"
+    count: int = 10
+    category: str | None = None
+    exclude: tuple[str, ...] = ()
+    debug: bool = False
+    forced_variant: str | None = None
+    context: Mapping[str, str] = field(default_factory=dict)
+    rules: bool = True  # False: the merchandiser's "rules off" preview
+    log_impression: bool = True  # previews are not traffic
+
+
+def _config_key(config: VariantConfig) -> str:
+    return hashlib.blake2b(repr(sorted(asdict(config).items())).encode(), digest_size=6).hexdigest()
+
+
+def recommend(request: RecommendRequest) -> RecommendationList:
+    """A personalised list for a customer, an anonymous session, or nobody (cold start); never an error for an
+    unknown customer. Opted-out customers get the same list as an anonymous visitor."""
+    started = time.perf_counter()
+    opted_out = bool(request.customer_id) and _opted_out(request.customer_id)
+    personal = not opted_out
+    owner = owner_for(customer_id=request.customer_id, session_id=request.session_id) if personal else ""
+    if owner == "s:":
+        owner = ""
+    unit = owner or request.session_id or request.customer_id or "anonymous"
+    assignment = experiments.assign(surface=request.surface, unit_id=unit, forced_variant=request.forced_variant)
+    config = assignment.config
+    if not request.rules:
+        config = dataclasses.replace(config, rules_enabled=False)
+    model = get_active_model()
+    model_version = model.version_id if model else None
+    request_id = uuid.uuid4().hex
+    if request.debug:
+        value = _compute(request, owner, config, model, assignment.variant, request_id)
+        tier = "bypass"
+    else:
+        version = event_selectors.cache_version(owner) if owner else 0
+        exclude_key = hashlib.blake2b("\x1f".join(sorted(request.exclude)).encode(), digest_size=6).hexdigest()
+        key = ":".join((
+            "rec", request.surface, owner or "-", str(version), str(request.count), request.category or "-",
+            exclude_key, assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
+        ))  # fmt: skip
+        value, tier = CACHE.get_or_compute(
+            key, lambda: _compute(request, owner, config, model, assignment.variant, request_id)
+        )
+    result = _from_cached(value, request_id=request_id, cache=tier)
+    if request.log_impression:
+        experiments.impression_log(
+            request_id=request_id, surface=request.surface, customer_id=request.customer_id if personal else "",
+            session_id=request.session_id, assignment=assignment, item_pks=value["item_pks"],
+            model_version=model_version,
+        )  # fmt: skip
+    variant = assignment.variant or "-"
+    REQUESTS.labels("recommendations", request.surface, variant, tier).inc()
+    LATENCY.labels("recommendations", request.surface, variant).observe(time.perf_counter() - started)
+    return RecommendationList(
+        request_id=request_id, surface=request.surface, items=result.items, experiment=assignment.experiment_key,
+        variant=assignment.variant, model_version=model_version, degraded=result.degraded, cache=tier,
+        debug=result.debug,
+    )  # fmt: skip
+
+
+def _opted_out(customer_id: str) -> bool:
+    def load() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT personalisation_opt_out FROM catalog_customer WHERE external_id = %s", [customer_id])
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    # A short cache: opting out takes effect within seconds without a query on every request.
+    return _opt_out_cache.get(customer_id, load)
+
+
+_opt_out_cache = _Recent(ttl=5.0)
+
+
+def _from_cached(value: dict[str, Any], *, request_id: str, cache: str) -> RecommendationList:
+    items = tuple(
+        RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
+        for item in value["items"]
+    )
+    return RecommendationList(
+        request_id=request_id, surface=value["surface"], items=items, degraded=value["degraded"], cache=cache,
+        debug=value.get("debug"),
+    )  # fmt: skip
+
+
+def _compute(
+    request: RecommendRequest,
+    owner: str,
+    config: VariantConfig,
+    model: ActiveModel | None,
+    variant: str | None,
+    request_id: str,
+) -> dict[str, Any]:
+    trace = _Trace(request.debug)
+    now = time.time()
+    degraded = model is None
+    if model is None:
+        DEGRADED.labels("no_model").inc()
+    with trace.stage("history"):
+        history = _History.load(owner) if owner else _History(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        affinity = event_selectors.category_affinity(owner) if owner else {}
+    with trace.stage("user_vector"):
+        user_vector = _user_vector(model, history, now) if model is not None else None
+    with trace.stage("retrieval"):
+        hits = _retrieve(model, history, user_vector, request.surface)
+        candidates = retrieval.merge(hits)
+        pin_rules = rules.active_rules(surface=request.surface, now=now) if config.rules_enabled else ()
+        pinned_pks = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
+        missing_pins = pinned_pks[~np.isin(pinned_pks, candidates.item_idx)]
+        if missing_pins.size:
+            # Pinned items join the candidates so the re-ranker can place them (it never invents items).
+            hits["pinned"] = retrieval.SourceHits(
+                missing_pins, np.zeros(missing_pins.size, np.float32), np.full(missing_pins.size, -1)
+            )
+            candidates = retrieval.merge(hits)
+    anchor_pks, anchor_types = history.anchors(ANCHORS)
+    with trace.stage("catalog"):
+        rows = catalog_rows(np.union1d(candidates.item_idx, anchor_pks).tolist())
+    cand = candidates.item_idx
+    known = np.fromiter((pk in rows for pk in cand.tolist()), bool, cand.size)
+    row_list = [rows.get(pk) for pk in cand.tolist()]
+    category = np.array([r.category_id if r else -1 for r in row_list], np.int64)
+    brand = np.array([r.brand_id if r else -1 for r in row_list], np.int64)
+    available = np.array([bool(r and r.available) for r in row_list], bool) & known
+    price = np.array([r.price if r and r.price is not None else np.nan for r in row_list], np.float64)
+    created = np.array([r.created_ts if r else now for r in row_list], np.float64)
+    if request.category:
+        wanted = _category_pk(request.category)
+        available &= category == (wanted if wanted is not None else -2)
+    with trace.stage("ranking"):
+        scores, ranker_used = _score(
+            model, candidates, config, user_vector, history, affinity, category, price, created, now
+        )
+    with trace.stage("rerank"):
+        exclude = _excluded(request, config, history)
+        result = rr.rerank(
+            rr.Candidates(
+                item_idx=cand, score=scores.astype(np.float64), category=category, brand=brand, available=available,
+                exposure=_exposure(model, cand),
+            ),
+            pin_rules,
+            rr.RerankConfig(
+                count=request.count, max_category_share=config.diversity_cap, max_per_brand=config.max_per_brand,
+                exclude_idx=exclude, exploration_share=config.exploration_share,
+                seed=int(hashlib.blake2b(f"{owner}:{request_id}".encode(), digest_size=4).hexdigest(), 16),
+                diversity="greedy" if config.diversity_cap < 1 else "off",
+            ),
+        )  # fmt: skip
+    with trace.stage("explain"):
+        position = {int(pk): i for i, pk in enumerate(cand.tolist())}
+        anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
+        items = []
+        for slot, pk in enumerate(result.item_idx.tolist()):
+            row = rows[pk]
+            i = position[pk]
+            found = candidates.source_rank[i] < retrieval.NO_RANK
+            sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
+            reason = _reason(
+                retrieval.SOURCES[int(candidates.best_source[i])] if sources else "pinned", sources,
+                int(candidates.anchor[i]), row, rows, anchor_type, bool(result.pinned[slot]),
+                bool(result.explored[slot]),
+            )  # fmt: skip
+            items.append({
+                "item_id": row.item_id, "title": row.title, "category": row.category, "price": row.price,
+                "score": round(float(result.score[slot]), 6), "reason": asdict(reason),
+                "sources": list(sources) or ["pinned"],
+            })  # fmt: skip
+    if items:
+        shares = np.unique(category[[position[pk] for pk in result.item_idx.tolist()]], return_counts=True)[1]
+        CATEGORY_SHARE.observe(float(shares.max() / len(items)))
+    value: dict[str, Any] = {
+        "surface": request.surface, "items": items, "item_pks": result.item_idx.tolist(), "degraded": degraded,
+    }  # fmt: skip
+    if request.debug:
+        value["debug"] = {
+            "stages_ms": trace.stages,
+            "candidates_per_source": candidates.per_source_counts(),
+            "candidates": int(cand.size),
+            "ranker": "lambdamart" if ranker_used else "blend",
+            "dropped": dict(result.dropped),
+            "rules_fired": sorted({rule for fired in result.fired for rule in fired}),
+            "skipped_pins": list(result.skipped_pins),
+            "history_length": int(history.pks.size),
+            "top_scores": [
+                {"item_id": rows[pk].item_id, "score": round(float(scores[position[pk]]), 6)}
+                for pk in cand[np.argsort(-scores)[:20]].tolist()
+                if pk in rows
+            ],
+            "variant": variant,
+        }
+    return value
+
+
+def _score(
+    model: ActiveModel | None,
+    candidates: retrieval.CandidateSet,
+    config: VariantConfig,
+    user_vector: npt.NDArray[np.float32] | None,
+    history: _History,
+    affinity: Mapping[int, float],
+    category: npt.NDArray[np.int64],
+    price: npt.NDArray[np.float64],
+    created: npt.NDArray[np.float64],
+    now: float,
+) -> tuple[npt.NDArray[np.float32], bool]:
+    """LambdaMART scores when the version has a ranker and the config wants it, else the blended score."""
+    booster = _ranker_for(model) if (model is not None and config.ranker) else None
+    if booster is None:
+        return blend_scores(candidates, config.blend_weights), False
+    idx = model.item_index(candidates.item_idx)
+    known = idx >= 0
+    safe = np.maximum(idx, 0)
+    popularity = np.where(known, np.asarray(model.popularity)[safe], 0.0)
+    trend = np.where(known, np.asarray(model.trending)[safe], np.nan)
+    als_dot = None
+    if user_vector is not None and model.has("als_item_factors"):
+        factors = np.asarray(model.array("als_item_factors")[safe], np.float32)
+        als_dot = np.where(known, factors @ user_vector, np.nan).astype(np.float32)
+    last_category = -1
+    if history.pks.size:
+        last = model.item_index(history.pks[:1])[0]
+        last_category = int(model.array("item_category")[last]) if last >= 0 else -1
+    context = FeatureContext(
+        category=category, popularity=popularity, trend=trend, age_days=(now - created) / 86_400, price=price,
+        als_dot=als_dot, ctr=_ctr(candidates.item_idx), category_affinity=affinity, history_ids=history.pks,
+        last_category=last_category,
+    )  # fmt: skip
+    X = build_features(candidates, context)
+    assert X.shape[1] == len(FEATURE_NAMES)
+    return ranker_score(booster, X), True
+
+
+_rankers: dict[int, Any] = {}
+_rankers_lock = threading.Lock()
+RANKER_FILE = "ranker.txt"
+
+
+def _ranker_for(model: ActiveModel) -> Any:
+    """The version's LambdaMART booster, loaded once per process; None when the version has none (or the
+    training run found it no better than the blend, in which case it was not saved)."""
+    if model.version_id not in _rankers:
+        with _rankers_lock:
+            if model.version_id not in _rankers:
+                path = model.path / RANKER_FILE
+                _rankers.clear()  # one version at a time: the old booster goes with the old model
+                _rankers[model.version_id] = load_ranker(path) if path.exists() else None
+    return _rankers[model.version_id]
+
+
+def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
+    """Clicks per view over the last 24 hours from the online features; NaN where an item had no views."""
+    features = event_selectors.item_online_features()
+    if features is None:
+        return None
+    rows = features.rows(pks)
+    has = rows >= 0
+    safe = np.maximum(rows, 0)
+    views = np.where(has, features.views_24h[safe], 0).astype(np.float32)
+    clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(views > 0, clicks / views, np.nan).astype(np.float32)
+
+
+def _exposure(model: ActiveModel | None, pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """How often each candidate was already seen: training-time users plus recent online views."""
+    exposure = np.zeros(pks.size, np.float64)
+    if model is not None and model.has("item_user_count"):
+        idx = model.item_index(pks)
+        exposure = np.where(idx >= 0, np.asarray(model.array("item_user_count"))[np.maximum(idx, 0)], 0.0)
+    return exposure
+
+
+def _excluded(request: RecommendRequest, config: VariantConfig, history: _History) -> npt.NDArray[np.int64]:
+    exclude = history.purchased() if config.exclude_purchased else np.empty(0, np.int64)
+    if request.exclude:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM catalog_item WHERE external_id = ANY(%s)", [list(request.exclude)])
+            extra = np.array([row[0] for row in cursor.fetchall()], np.int64)
+        exclude = np.union1d(exclude, extra)
+    return exclude
+
+
+def clear_caches() -> None:
+    """Forget per-process caches (tests, and after a catalog rebuild)."""
+    CACHE.clear_local()
+    _recent.clear()
+    _opt_out_cache.clear()
+
+
+def safe_round(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, 6)
+
+
+__all__ = [
+    "RecommendRequest", "RecommendationList", "RecommendedItem", "Reason", "UnknownItem", "recommend",
+    "catalog_rows", "item_pk", "clear_caches", "DatabaseError",
+]  # fmt: skip
+
+
+# --- Item-anchored lists ----------------------------------------------------------------------------------
+
+# Collaborative neighbours carry the "people who liked this also liked" signal; content keeps cold items covered.
+SIMILAR_BLEND = (("knn", "item_knn", 0.45), ("ease", "ease", 0.35), ("content", "content", 0.20))
+
+
+def _neighbour_lists(
+    model: ActiveModel | None, pks: npt.NDArray[np.int64], tables: Sequence[tuple[str, str, float]], k: int
+) -> dict[str, retrieval.SourceHits]:
+    """Per source, the weighted neighbours of ``pks`` (each source's scores scaled to a maximum of its weight)."""
+    hits: dict[str, retrieval.SourceHits] = {}
+    if model is None:
+        return hits
+    idx = model.item_index(pks)
+    idx = idx[idx >= 0]
+    for prefix, source, weight in tables:
+        found = _to_pks(model, _neighbour_source(model, prefix, idx, k))
+        if len(found):
+            top = float(found.score.max()) or 1.0
+            hits[source] = retrieval.SourceHits(found.item_idx, found.score / top * weight, found.anchor)
+    return hits
+
+
+def _item_list(
+    *,
+    endpoint: str,
+    surface: str,
+    anchor_pk: int,
+    hits: dict[str, retrieval.SourceHits],
+    count: int,
+    reason_for: Any,
+    exclude: npt.NDArray[np.int64] | None = None,
+) -> tuple[list[RecommendedItem], npt.NDArray[np.int64]]:
+    """Merge, fetch attributes, drop unavailable/excluded/blocked items, apply rules, explain."""
+    candidates = retrieval.merge(hits)
+    summed = candidates.source_score.sum(axis=1)
+    rows = catalog_rows(np.union1d(candidates.item_idx, [anchor_pk]).tolist())
+    cand = candidates.item_idx
+    row_list = [rows.get(pk) for pk in cand.tolist()]
+    result = rr.rerank(
+        rr.Candidates(
+            item_idx=cand, score=summed.astype(np.float64),
+            category=np.array([r.category_id if r else -1 for r in row_list], np.int64),
+            brand=np.array([r.brand_id if r else -1 for r in row_list], np.int64),
+            available=np.array([bool(r and r.available) for r in row_list], bool),
+            exposure=np.zeros(cand.size),
+        ),
+        rules.active_rules(surface=surface, now=time.time()),
+        rr.RerankConfig(
+            count=count, diversity="off",
+            exclude_idx=np.union1d(exclude if exclude is not None else np.empty(0, np.int64), [anchor_pk]),
+        ),
+    )  # fmt: skip
+    position = {int(pk): i for i, pk in enumerate(cand.tolist())}
+    anchor = rows[anchor_pk]
+    items = []
+    for slot, pk in enumerate(result.item_idx.tolist()):
+        row, i = rows[pk], position[pk]
+        found = candidates.source_rank[i] < retrieval.NO_RANK
+        sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
+        reason = Reason("featured", "Featured") if result.pinned[slot] else reason_for(anchor, sources)
+        items.append(
+            RecommendedItem(
+                row.item_id,
+                row.title,
+                row.category,
+                row.price,
+                round(float(result.score[slot]), 6),
+                reason,
+                sources or ("pinned",),
+            )
+        )
+    return items, result.item_idx
+
+
+def _similar_reason(anchor: ItemRow, sources: tuple[str, ...]) -> Reason:
+    if sources == ("content",):
+        return Reason("similar_content", f"Similar to {anchor.title}")
+    if "popular" in sources and len(sources) == 1:
+        return Reason("popular_in_category", f"Popular in {anchor.category_name or 'the shop'}")
+    return Reason("similar", f"Customers who liked {anchor.title} also liked")
+
+
+def _bought_together_reason(anchor: ItemRow, sources: tuple[str, ...]) -> Reason:
+    if "fbt" in sources:
+        return Reason("bought_together", f"Frequently bought with {anchor.title}")
+    return Reason("also_bought", f"Customers who bought {anchor.title} also bought")
+
+
+def _category_popular(model: ActiveModel | None, anchor_pk: int, k: int) -> retrieval.SourceHits:
+    """Popular items of the anchor's category: the answer for an item the model has never seen."""
+    if model is None:
+        return retrieval.SourceHits.empty()
+    rows = catalog_rows([anchor_pk])
+    category = rows[anchor_pk].category_id if anchor_pk in rows else -1
+    if category < 0:
+        return retrieval.SourceHits.empty()
+    same = np.asarray(model.array("item_category")) == category
+    hits = retrieval.top_k(np.asarray(model.popularity), k, exclude=~same)
+    return _to_pks(model, hits)
+
+
+def _respond(
+    endpoint: str, surface: str, items: Sequence[RecommendedItem], pks: npt.NDArray[np.int64],
+    model: ActiveModel | None, started: float,
+) -> RecommendationList:  # fmt: skip
+    request_id = uuid.uuid4().hex
+    assignment = experiments.assign(surface=surface, unit_id=request_id)
+    experiments.impression_log(
+        request_id=request_id, surface=surface, customer_id="", session_id="", assignment=assignment,
+        item_pks=pks.tolist(), model_version=model.version_id if model else None,
+    )  # fmt: skip
+    REQUESTS.labels(endpoint, surface, "-", "miss").inc()
+    LATENCY.labels(endpoint, surface, "-").observe(time.perf_counter() - started)
+    return RecommendationList(
+        request_id=request_id, surface=surface, items=tuple(items),
+        model_version=model.version_id if model else None, degraded=model is None,
+    )  # fmt: skip
+
+
+def similar_items(*, item_id: str, count: int = 10) -> RecommendationList:
+    """Items similar to ``item_id``: collaborative neighbours blended with content similarity; content alone for
+    items without interactions; popular items of its category for an item added after the last training."""
+    started = time.perf_counter()
+    anchor_pk = item_pk(item_id)
+    if anchor_pk is None:
+        raise UnknownItem(item_id)
+    model = get_active_model()
+    hits = _neighbour_lists(model, np.array([anchor_pk]), SIMILAR_BLEND, count * 4)
+    if not hits:
+        hits["popular"] = _category_popular(model, anchor_pk, count * 4)
+    items, pks = _item_list(
+        endpoint="similar", surface="similar", anchor_pk=anchor_pk, hits=hits, count=count,
+        reason_for=_similar_reason,
+    )  # fmt: skip
+    return _respond("similar", "similar", items, pks, model, started)
+
+
+def bought_together(*, item_id: str, count: int = 10) -> RecommendationList:
+    """Items frequently bought in the same basket as ``item_id`` (co-purchase with support and lift thresholds);
+    when there are too few, what buyers of the item also bought."""
+    started = time.perf_counter()
+    anchor_pk = item_pk(item_id)
+    if anchor_pk is None:
+        raise UnknownItem(item_id)
+    model = get_active_model()
+    hits = _neighbour_lists(model, np.array([anchor_pk]), (("fbt", "fbt", 1.0),), count * 3)
+    if sum(len(h) for h in hits.values()) < count:
+        hits |= _neighbour_lists(model, np.array([anchor_pk]), (("knn", "item_knn", 0.5),), count * 3)
+    items, pks = _item_list(
+        endpoint="bought_together", surface="bought_together", anchor_pk=anchor_pk, hits=hits, count=count,
+        reason_for=_bought_together_reason,
+    )  # fmt: skip
+    return _respond("bought_together", "bought_together", items, pks, model, started)
+
+
+def _because(verb: str, title: str) -> Reason:
+    return Reason(f"because_you_{verb}", f"Because you {verb} {title}")
+
+
+@dataclass(frozen=True)
+class AnchorGroup:
+    anchor_item_id: str
+    anchor_title: str
+    reason: Reason
+    items: tuple[RecommendedItem, ...]
+
+
+@dataclass(frozen=True)
+class AnchorGroups:
+    request_id: str
+    groups: tuple[AnchorGroup, ...]
+    model_version: int | None
+
+
+def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) -> AnchorGroups:
+    """Up to ``groups`` lists, one per recently viewed or bought item, each of its neighbours (already bought
+    items left out). An unknown or opted-out customer gets no groups."""
+    started = time.perf_counter()
+    model = get_active_model()
+    request_id = uuid.uuid4().hex
+    if model is None or _opted_out(customer_id):
+        return AnchorGroups(request_id, (), model.version_id if model else None)
+    history = _History.load(customer_id)
+    anchor_pks, anchor_types = history.anchors(groups)
+    purchased = history.purchased()
+    result = []
+    shown: list[int] = []
+    for pk, type_ in zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True):
+        hits = _neighbour_lists(model, np.array([pk]), SIMILAR_BLEND, count * 3)
+        if not hits:
+            continue
+        verb = VERBS.get(type_, "viewed")
+        items, pks = _item_list(
+            endpoint="because_you_viewed", surface="because_you_viewed", anchor_pk=pk, hits=hits, count=count,
+            reason_for=lambda anchor, _sources, verb=verb: _because(verb, anchor.title),
+            exclude=np.union1d(purchased, np.array(shown, np.int64)),
+        )  # fmt: skip
+        if not items:
+            continue
+        shown.extend(pks.tolist())
+        anchor_row = catalog_rows([pk])[pk]
+        result.append(
+            AnchorGroup(
+                anchor_row.item_id,
+                anchor_row.title,
+                Reason(f"because_you_{verb}", f"Because you {verb} {anchor_row.title}"),
+                tuple(items),
+            )
+        )
+    REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
+    LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)
+    return AnchorGroups(request_id, tuple(result), model.version_id)

@@ -1,0 +1,16 @@
+"""Recommendation URLs."""
+
+from django.urls import path
+
+from ranking import api
+
+urlpatterns = [
+    path("recommendations", api.RecommendationListApi.as_view(), name="recommendations"),
+    path("items/<str:item_id>/similar", api.SimilarItemsApi.as_view(), name="similar-items"),
+    path("items/<str:item_id>/bought-together", api.BoughtTogetherApi.as_view(), name="bought-together"),
+    path(
+        "customers/<str:customer_id>/because-you-viewed",
+        api.BecauseYouViewedApi.as_view(),
+        name="because-you-viewed",
+    ),
+]

@@ -1,0 +1,193 @@
+"""ranking.evaluation: the three protocols on hand-made data with known answers, leak masking, segments, and the
+evaluate command end to end on the database (temporal and test-file protocols)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from events.models import Interaction
+from ranking import evaluation, sources
+from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
+from ranking.evaluation import EvalUsers
+from ranking.training import TrainParams, train_sources
+from tests.factories import CustomerFactory, ItemFactory
+
+DAY = sources.SECONDS_PER_DAY
+
+
+def _items(n: int) -> ItemTable:
+    return ItemTable(
+        item_ids=np.arange(10, 10 + n, dtype=np.int64),
+        category=np.arange(n, dtype=np.int32) % 2,
+        texts=[f"item {i}" for i in range(n)],
+    )
+
+
+def _log(events: list[tuple[int, int, float]], n_items: int = 5) -> InteractionLog:
+    """(customer pk, item index, day) purchases."""
+    customer, item, day = (np.array(column) for column in zip(*events, strict=True))
+    return log_from_arrays(
+        customer=customer, item=item + 10, type_=np.full(customer.size, sources.PURCHASE),
+        value=np.full(customer.size, np.nan), ts=day * DAY, session=None, items=_items(n_items),
+    )  # fmt: skip
+
+
+# A bought 0, 1 then, in the hold-out, 1 again (a repeat) and 2; B only trained; C is new in the hold-out.
+EVENTS = [(100, 0, 1), (100, 1, 2), (101, 3, 3), (100, 1, 8), (100, 2, 9), (102, 4, 9)]
+
+
+def test_temporal_split_keeps_new_items_of_the_holdout() -> None:
+    split = evaluation.split_temporal(_log(EVENTS), holdout_days=3)
+
+    assert split.reference_ts == 6 * DAY
+    assert len(split.train) == 3
+    assert split.user_ids.tolist() == [100, 102]
+    assert [r.tolist() for r in split.relevant] == [[2], [4]]  # A's repeat of item 1 is not a target
+    assert split.user_index.tolist() == [0, 2]
+    segments = {s.name: s.mask.tolist() for s in evaluation.segments_for(split)}
+    assert segments == {"main": [True, False], "cold": [True, True]}
+
+
+def test_per_user_split_holds_out_a_share_of_each_users_items() -> None:
+    events = [(1, i, i) for i in range(4)] + [(1, 0, 5), (2, 4, 1)]
+    log = _log(events)
+    split = evaluation.split_per_user(log, fraction=0.5, seed=3)
+
+    assert split.user_ids.tolist() == [1]  # the single-item user keeps it for training
+    held_out = split.relevant[0]
+    assert held_out.size == 2
+    train_items_of_user_1 = set(split.train.item[split.train.user == 0].tolist())
+    assert train_items_of_user_1.isdisjoint(held_out.tolist())
+    assert train_items_of_user_1 | set(held_out.tolist()) == {0, 1, 2, 3}
+    # Both events of item 0 land on the same side.
+    assert (split.train.item == 0).sum() in (0, 2)
+    # Same seed, same split; another seed, (here) another one.
+    again = evaluation.split_per_user(log, fraction=0.5, seed=3)
+    assert again.relevant[0].tolist() == held_out.tolist()
+
+
+def test_external_split_treats_unknown_customers_as_new_users() -> None:
+    train = _log([(100, 0, 1), (101, 1, 1)])
+    split = evaluation.split_external(
+        train, test_user_keys=[100, 100, -1, -1, 101], test_items=[0, 2, 3, 4, 1], info={"source": "test"}
+    )
+    # Customer 100's item 0 is already theirs; 101's only test item too, so 101 has nothing to find.
+    assert split.user_ids.tolist() == [-1, 100]
+    assert split.user_index.tolist() == [-1, 0]
+    assert [r.tolist() for r in split.relevant] == [[3, 4], [2]]
+    assert split.info["source"] == "test"
+
+
+def test_evaluate_sources_masks_leaks_and_computes_known_metrics() -> None:
+    split = evaluation.split_temporal(_log(EVENTS), holdout_days=3)
+    users = evaluation.eval_users(split, TrainParams(half_life_days=None, history_half_life_days=None))
+    assert users.seen.toarray().tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]
+
+    def oracle(batch: EvalUsers, k: int) -> np.ndarray:
+        # A training item first (a leak that must not count), then the right answer.
+        return np.array([[0, 2], [4, 3]])[: len(batch), :k]
+
+    result = evaluation.evaluate_sources(split, {"oracle": oracle}, users, k=2, item_category=_items(5).category)
+
+    main = result["segments"]["main"]
+    assert main["n_users"] == 1
+    metrics = main["sources"]["oracle"]
+    assert metrics["precision@2"] == pytest.approx(0.5)
+    assert metrics["ndcg@2"] == pytest.approx(1 / math.log2(3))
+    assert metrics["hit_rate@2"] == 1.0
+    cold = result["segments"]["cold"]["sources"]["oracle"]
+    assert cold["hit_rate@2"] == 1.0
+    assert cold["ndcg@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
+    assert "oracle" in evaluation.format_table(result)
+    assert json.loads(evaluation.to_json(result))["k"] == 2
+
+
+def test_personal_sources_return_nothing_without_history() -> None:
+    log = _log([(1, 0, 1), (1, 1, 2), (2, 0, 1), (2, 1, 1), (3, 2, 9)])
+    split = evaluation.split_temporal(log, holdout_days=3)
+    trained = train_sources(
+        split.train, _items(5), TrainParams(als_factors=2, neighbours_k=2, content_dims=2, content_k=2),
+        reference_ts=split.reference_ts,
+    )  # fmt: skip
+    recs = evaluation.source_recommenders(trained)
+    users = evaluation.eval_users(split, trained.params)
+    assert split.user_ids.tolist() == [3]
+    for name in ("als", "item_knn", "ease", "content", "fbt"):
+        assert (recs[name](users, 3) == -1).all(), name
+    # Popularity still answers: item 1 (bought a day later than item 0, so less decayed) first, then item 0;
+    # item 2 was never seen in training.
+    assert recs["popularity"](users, 3)[0].tolist() == [1, 0, -1]
+
+
+def _db_world() -> dict[str, object]:
+    """Three customers and five items; sku3 is the current best seller (bought on the last day)."""
+    items = [ItemFactory(external_id=f"sku{i}") for i in range(5)]
+    customers = [CustomerFactory(external_id=f"c{i}") for i in range(3)]
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    rows = [(1, 0, 0), (2, 0, 1), (2, 1, 2), (0, 2, 3), (1, 3, 4), (2, 3, 60)]
+    Interaction.objects.bulk_create(
+        Interaction(
+            event_id=f"e{n}", customer=customers[c], item=items[i], type=Interaction.Type.PURCHASE,
+            occurred_at=start + dt.timedelta(days=d),
+        )
+        for n, (c, i, d) in enumerate(rows)
+    )  # fmt: skip
+    return {"items": items, "customers": customers}
+
+
+@pytest.mark.django_db
+def test_evaluate_command_with_a_test_file(tmp_path: Path) -> None:
+    _db_world()
+    test_csv = tmp_path / "holdout.csv"
+    test_csv.write_text(
+        "customer_id,item_id,type\n"
+        "c0,sku3,purchase\n"  # the current best seller: popularity's first pick, a hit
+        "c0,sku2,view\n"  # already c0's: not a target
+        "newbie,sku0,click\n"  # a customer the database does not know; popularity misses sku0
+        "c1,nosuchitem,purchase\n"  # an unknown item: dropped and counted
+    )
+    out = tmp_path / "result.json"
+
+    call_command(
+        "evaluate", "--test-file", str(test_csv), "--k", "1", "--source", "popularity", "--json", str(out), "--quiet"
+    )
+
+    result = json.loads(out.read_text())
+    assert result["protocol"] == "test_file"
+    assert result["info"]["unknown_items"] == 1
+    assert result["info"]["unknown_customers"] == 1
+    main = result["segments"]["main"]
+    assert main["n_users"] == 1  # c0; the newbie has no history
+    assert main["sources"]["popularity"]["precision@1"] == 1.0
+    cold = result["segments"]["cold"]
+    assert cold["n_users"] == 2  # c0 (one training item) and the newbie (none)
+    assert cold["sources"]["popularity"]["hit_rate@1"] == 0.5
+
+
+@pytest.mark.django_db
+def test_evaluate_command_temporal_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    _db_world()
+    call_command("evaluate", "--holdout-days", "30", "--k", "2", "--quiet", "--source", "popularity")
+    out = capsys.readouterr().out
+    assert "protocol temporal" in out
+    assert "popularity" in out
+    assert "ndcg" in out
+
+
+@pytest.mark.django_db
+def test_evaluate_command_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no such file"):
+        call_command("evaluate", "--test-file", str(tmp_path / "missing.csv"))
+    with pytest.raises(CommandError, match="between 0 and 1"):
+        call_command("evaluate", "--per-user-fraction", "1.5")
+    with pytest.raises(CommandError, match="no interactions"):
+        call_command("evaluate", "--quiet")
+    with pytest.raises(CommandError, match="unknown parameter 'nope'"):
+        call_command("evaluate", "--param", "nope=1")

@@ -1,0 +1,332 @@
+"""ranking.services on the real database and Redis: training a version end to end, the registry (one active
+version, promotion with tolerance and --force), re-indexing, the hourly trending refresh, tasks and commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
+from django.test import override_settings
+
+from catalog.models import Category, Customer, Item
+from events.models import Interaction
+from ranking import ann, artifacts, services, tasks
+from ranking.models import ModelVersion
+from ranking.training import TrainParams
+from recsys import redis_client
+
+CLUSTERS = (("wool", "scarf", "knit"), ("ceramic", "mug", "tea"), ("garden", "seed", "plant"))
+ITEMS_PER_CLUSTER = 10
+USERS_PER_CLUSTER = 12
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+# Small and time-independent (no decay): the clusters are the only structure, so the assertions are about it.
+SMALL = TrainParams(
+    als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
+    half_life_days=None, history_half_life_days=None, validation_days=30,
+)  # fmt: skip
+SMALL_ARGS = [
+    "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "neighbours_k=10",
+    "--param", "content_dims=8", "--param", "content_k=5", "--param", "half_life_days=null",
+    "--param", "history_half_life_days=null",
+]  # fmt: skip
+
+
+@pytest.fixture
+def artifact_root(tmp_path: Path) -> Iterator[Path]:
+    with override_settings(ARTIFACT_ROOT=tmp_path / "artifacts"):
+        yield tmp_path / "artifacts"
+
+
+@pytest.fixture
+def commit_hooks(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callable[[], Any]:
+    """Run after-commit hooks (the Redis marker) inside the test transaction, as a real commit would."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+def _world(seed: int = 0) -> dict[str, Any]:
+    """Three clusters of ten items (with matching titles and categories); twelve customers per cluster buy
+    and view only their cluster's items over 120 days, two items per order. One opted-out customer buys across
+    clusters: if their events leaked into training, the clusters would be linked."""
+    rng = np.random.default_rng(seed)
+    categories = [Category.objects.create(external_id=f"cat{c}", name=words[1]) for c, words in enumerate(CLUSTERS)]
+    items = Item.objects.bulk_create(
+        Item(external_id=f"c{c}-{i}", title=f"{words[0]} {words[1]} {i}", description=f"a {words[2]} thing",
+             category=categories[c])
+        for c, words in enumerate(CLUSTERS)
+        for i in range(ITEMS_PER_CLUSTER)
+    )  # fmt: skip
+    customers = Customer.objects.bulk_create(
+        Customer(external_id=f"u{c}-{u}") for c in range(len(CLUSTERS)) for u in range(USERS_PER_CLUSTER)
+    )
+    opted_out = Customer.objects.create(external_id="private", personalisation_opt_out=True)
+    events = []
+    for n, customer in enumerate(customers):
+        cluster = n // USERS_PER_CLUSTER
+        chosen = rng.choice(ITEMS_PER_CLUSTER, 6, replace=False)
+        for k, item in enumerate(chosen):
+            day = float(rng.uniform(0, 120))
+            kind = Interaction.Type.PURCHASE if k < 4 else Interaction.Type.VIEW
+            events.append((customer, items[cluster * ITEMS_PER_CLUSTER + item], kind, day, f"o{n}-{k // 2}"))
+    for k in range(12):
+        events.append((opted_out, items[(k * 7) % len(items)], Interaction.Type.PURCHASE, 119.0, "private-order"))
+    Interaction.objects.bulk_create(
+        Interaction(event_id=f"e{i}", customer=customer, item=item, type=kind, session_id=session,
+                    occurred_at=START + dt.timedelta(days=day))
+        for i, (customer, item, kind, day, session) in enumerate(events)
+    )  # fmt: skip
+    return {"items": items, "customers": customers, "opted_out": opted_out}
+
+
+def _cluster_of(item_pk: int, items: list[Item]) -> int:
+    return [item.pk for item in items].index(item_pk) // ITEMS_PER_CLUSTER
+
+
+@pytest.mark.django_db
+def test_train_command_builds_a_complete_active_version(
+    artifact_root: Path, commit_hooks: Callable[[], Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = _world()
+    with commit_hooks():
+        call_command("train", "--quiet", *SMALL_ARGS)
+
+    out = capsys.readouterr().out
+    assert "status       active (first)" in out
+    assert "validation: temporal hold-out" in out
+    version = ModelVersion.objects.get()
+    assert version.status == ModelVersion.Status.ACTIVE
+    assert version.decision == ModelVersion.Decision.FIRST
+    assert version.sizes["n_users"] == 36  # the opted-out customer is not there
+    assert version.sizes["n_items"] == 30
+    assert version.validation_ndcg is not None
+    assert "promotion" in version.metrics
+    assert version.ann_kind == "flat"
+    assert version.ann_recall == 1.0
+    path = Path(version.artifact_path)
+    assert path.parent == artifact_root
+    meta = artifacts.version_verify(path, version.checksum)
+    expected = {
+        "item_ids", "item_category", "user_ids", "item_user_count", "als_item_factors", "als_user_factors",
+        "als_yty", "knn_idx", "knn_score", "ease_idx", "ease_score", "ease_b", "fbt_idx", "fbt_score", "fbt_lift",
+        "content_vectors", "content_idx", "content_score", "popularity", "trending",
+    }  # fmt: skip
+    assert {name.removesuffix(".npy") for name in meta["files"]} == expected | {artifacts.ANN_FILE}
+    model = artifacts.model_load(version_id=version.id, name=version.name, checksum=version.checksum, path=path)
+    assert model.item_ids.tolist() == sorted(item.pk for item in world["items"])
+    assert world["opted_out"].pk not in model.array("user_ids").tolist()
+    assert model.array("als_item_factors").shape == (30, 8)
+    assert model.array("knn_idx").dtype == np.int32
+    assert model.array("knn_idx").shape == (30, 10)
+    assert redis_client.get().get(artifacts.ACTIVE_KEY) == str(version.id).encode()
+
+
+@pytest.mark.django_db
+def test_trained_sources_stay_inside_the_users_cluster(artifact_root: Path) -> None:
+    world = _world(seed=1)
+    result = services.model_train(params=SMALL)
+    version = result.version
+    model = artifacts.model_load(
+        version_id=version.id, name=version.name, checksum=version.checksum, path=Path(version.artifact_path)
+    )
+    items = world["items"]
+    for cluster in range(len(CLUSTERS)):
+        history = [item.pk for item in items[cluster * ITEMS_PER_CLUSTER : cluster * ITEMS_PER_CLUSTER + 3]]
+        idx = model.item_index(history)
+        item_idx, conf = model.history_confidences(idx, [4, 4, 4], [np.nan] * 3, [0.0, 1.0, 2.0])
+        found, _ = model.search(model.fold_in(item_idx, conf), 8)
+        recommended = [int(i) for i in found if i not in item_idx][:5]
+        assert {_cluster_of(int(model.item_ids[i]), items) for i in recommended} == {cluster}
+        # Item-item neighbours of a history item come from its cluster too.
+        neighbours = model.array("knn_idx")[idx[0]]
+        assert {_cluster_of(int(model.item_ids[i]), items) for i in neighbours if i >= 0} == {cluster}
+
+
+def _candidate(root: Path, name: str, ndcg: float | None) -> ModelVersion:
+    """A registered version with (tiny) real artifacts and a given validation figure."""
+    factors = np.eye(3, dtype=np.float32)
+    path, checksum = artifacts.version_write(
+        root, name, {"item_ids": np.arange(3), "als_item_factors": factors}, index=None, meta={}
+    )
+    metrics = {} if ndcg is None else {"validation_ndcg": ndcg, "validation_source": "als"}
+    return ModelVersion.objects.create(name=name, checksum=checksum, artifact_path=str(path), metrics=metrics)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "has_active", "force", "expected"),
+    [
+        (0.10, None, False, False, "first"),
+        (0.296, 0.300, True, False, "promoted"),  # within the tolerance
+        (0.310, 0.300, True, False, "promoted"),
+        (0.294, 0.300, True, False, "rejected"),  # worse by more than 0.005
+        (0.200, 0.300, True, True, "forced"),
+        (None, 0.300, True, False, "rejected"),  # no validation figure: nothing to compare
+        (0.100, None, True, False, "promoted"),  # the active one has no figure
+    ],
+)
+def test_promotion_rule(
+    candidate: float | None, active: float | None, has_active: bool, force: bool, expected: str
+) -> None:
+    decision = services.promotion_decision(
+        candidate_ndcg=candidate, active_ndcg=active, has_active=has_active, tolerance=0.005, force=force
+    )
+    assert decision == expected
+
+
+@pytest.mark.django_db
+def test_promotion_records_both_figures_and_respects_force(artifact_root: Path) -> None:
+    active = _candidate(artifact_root, "a", 0.300)
+    services.model_version_activate(version_id=active.id)
+    close = services.model_version_promote(version_id=_candidate(artifact_root, "b", 0.296).id, tolerance=0.005)
+    assert close.status == ModelVersion.Status.ACTIVE
+    assert close.decision == "promoted"
+    assert close.metrics["promotion"]["active_ndcg"] == 0.300
+    assert close.metrics["promotion"]["candidate_ndcg"] == 0.296
+
+    worse = services.model_version_promote(version_id=_candidate(artifact_root, "c", 0.250).id, tolerance=0.005)
+    assert worse.status == ModelVersion.Status.CANDIDATE
+    assert worse.decision == "rejected"
+    assert "0.2500" in worse.notes
+    assert "0.2960" in worse.notes
+    assert ModelVersion.objects.get(status="active").name == "b"
+
+    forced = services.model_version_promote(version_id=worse.id, force=True)
+    assert forced.status == ModelVersion.Status.ACTIVE
+    assert forced.decision == "forced"
+    assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["c"]
+    assert set(ModelVersion.objects.filter(status="retired").values_list("name", flat=True)) == {"a", "b"}
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_two_active_versions(artifact_root: Path) -> None:
+    first = _candidate(artifact_root, "a", 0.1)
+    second = _candidate(artifact_root, "b", 0.1)
+    services.model_version_activate(version_id=first.id)
+    services.model_version_activate(version_id=second.id)
+    assert ModelVersion.objects.filter(status="active").count() == 1
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(id=first.id).update(status="active")
+
+
+@pytest.mark.django_db
+def test_activation_refuses_a_version_without_usable_artifacts(artifact_root: Path) -> None:
+    version = _candidate(artifact_root, "a", 0.1)
+    (Path(version.artifact_path) / "item_ids.npy").unlink()
+    with pytest.raises(ValueError, match="cannot be activated"):
+        services.model_version_activate(version_id=version.id)
+    assert not ModelVersion.objects.filter(status="active").exists()
+
+
+@pytest.mark.django_db
+def test_reindex_picks_flat_for_small_catalogs_and_hnsw_when_forced(
+    artifact_root: Path, commit_hooks: Callable[[], Any]
+) -> None:
+    _world(seed=2)
+    with commit_hooks():
+        version = services.model_train(params=SMALL).version
+    old_path, old_checksum = version.artifact_path, version.checksum
+
+    flat, report = services.model_reindex()
+    assert report.kind == "flat"
+    assert flat.ann_kind == "flat"
+    assert flat.ann_recall == 1.0
+
+    with commit_hooks():
+        hnsw, report = services.model_reindex(kind="hnsw")
+    assert report.kind == "hnsw"
+    assert "efSearch" in report.params
+    assert hnsw.ann_kind == "hnsw"
+    assert hnsw.ann_recall is not None
+    assert hnsw.ann_recall >= 0.95
+    assert hnsw.checksum != old_checksum
+    assert hnsw.artifact_path != old_path
+    assert Path(old_path).is_dir()  # processes still reading the old directory keep working
+    meta = artifacts.version_verify(Path(hnsw.artifact_path), hnsw.checksum)
+    assert meta["ann"]["kind"] == "hnsw"
+    assert meta["ann"]["recall"] == hnsw.ann_recall
+    assert redis_client.get().get(artifacts.ACTIVE_CHECKSUM_KEY) == hnsw.checksum.encode()
+    model = artifacts.ModelLoader().get()
+    assert model is not None
+    assert ann.index_kind(model.index) == "hnsw"
+    with pytest.raises(CommandError, match="no such model version"):
+        call_command("reindex", "--version-id", "999999")
+
+
+@pytest.mark.django_db
+def test_trending_refresh_feeds_the_loader(artifact_root: Path, commit_hooks: Callable[[], Any]) -> None:
+    _world(seed=3)
+    with commit_hooks():
+        version = services.model_train(params=SMALL).version
+
+    summary = tasks.refresh_trending()
+
+    assert summary["version_id"] == version.id
+    assert summary["events"] > 0
+    # The data ends in 2024: the refresh uses the version's last event as "now", not the wall clock.
+    assert summary["reference"].startswith("2024-04")
+    blob = redis_client.get().hgetall(artifacts.TRENDING_KEY.format(version_id=version.id))
+    assert set(blob) == {b"popularity", b"trending", b"computed_at"}
+    model = artifacts.ModelLoader().get()
+    assert model is not None
+    assert model.trending_computed_at is not None
+    assert model.popularity.shape == (30,)
+
+
+@pytest.mark.django_db
+def test_a_failing_training_records_a_failed_version(artifact_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _world()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(services, "train_sources", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        services.model_train(params=SMALL)
+    failed = ModelVersion.objects.get()
+    assert failed.status == ModelVersion.Status.FAILED
+    assert "out of memory" in failed.notes
+    assert not artifact_root.exists() or not any(artifact_root.iterdir())
+
+
+@pytest.mark.django_db
+def test_train_task_is_a_no_op_while_another_training_runs(artifact_root: Path) -> None:
+    _world()
+    lock = redis_client.get().lock(services.TRAIN_LOCK_KEY, timeout=60)
+    assert lock.acquire(blocking=False)
+    try:
+        result = tasks.train_model.apply().get()
+    finally:
+        lock.release()
+    assert "another training is running" in result["skipped"]
+    assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_train_command_errors_name_the_problem() -> None:
+    with pytest.raises(CommandError, match="no interactions to train on"):
+        call_command("train", "--quiet")
+    with pytest.raises(CommandError, match="unknown parameter 'als_factor'"):
+        call_command("train", "--param", "als_factor=3")
+    with pytest.raises(CommandError, match="not an ISO 8601"):
+        call_command("train", "--since", "yesterday")
+
+
+@pytest.mark.django_db
+def test_evaluate_per_user_protocol_on_the_world(tmp_path: Path) -> None:
+    _world(seed=4)
+    out = tmp_path / "eval.json"
+    call_command("evaluate", "--per-user-fraction", "0.3", "--seed", "1", "--json", str(out), "--quiet", *SMALL_ARGS)
+    result = json.loads(out.read_text())
+    assert result["protocol"] == "per_user"
+    assert result["info"]["fraction"] == 0.3
+    main = result["segments"]["main"]
+    assert main["n_users"] == 36
+    # With clean clusters, EASE and item-kNN find held-out items far better than popularity does.
+    ndcg = {name: values["ndcg@10"] for name, values in main["sources"].items()}
+    assert ndcg["ease"] > ndcg["popularity"]
+    assert ndcg["item_knn"] > ndcg["popularity"]
