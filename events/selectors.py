@@ -38,11 +38,12 @@ def recent_history(owner: str, limit: int = 50) -> list[HistoryEntry]:
         rows = online.read_history(owner, limit=limit)
     except redis.RedisError:
         logger.warning("recent_history_redis_unavailable", exc_info=True)
-        return _history_from_db(owner, limit)
+        return recent_history_from_db(owner, limit)
     return [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in rows]
 
 
-def _history_from_db(owner: str, limit: int) -> list[HistoryEntry]:
+def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
+    """The same history from Postgres: for callers that already know Redis is down and must not wait on it."""
     interactions = Interaction.objects.all()
     if keys.is_session_owner(owner):
         # A merged session's events belong to the customer now, as in Redis.

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import redis
+from cachetools import LRUCache
 from django.db import DatabaseError, connection
 from prometheus_client import Counter, Histogram
 
@@ -188,20 +190,45 @@ def item_pk(item_id: str) -> int | None:
     return row[0] if row else None
 
 
+# The last known attributes of items served recently: what lets the recommendation endpoints keep answering
+# (marked degraded) while Postgres is unreachable.
+_known_rows: LRUCache[int, ItemRow] = LRUCache(maxsize=50_000)
+_known_rows_lock = threading.Lock()
+
+
+def _catalog_rows_resilient(pks: Sequence[int]) -> tuple[dict[int, ItemRow], bool]:
+    """(rows, fresh): from Postgres, or the last known rows when Postgres is down."""
+    try:
+        rows = catalog_rows(pks)
+    except DatabaseError:
+        DEGRADED.labels("postgres").inc()
+        logger.warning("catalog_rows_from_memory", exc_info=True)
+        with _known_rows_lock:
+            return {pk: _known_rows[pk] for pk in pks if pk in _known_rows}, False
+    with _known_rows_lock:
+        _known_rows.update(rows)
+    return rows, True
+
+
 class _Recent:
-    """Small per-process caches of things that change slowly: newest items, category ids, popular fallback."""
+    """Small per-process caches of things that change slowly: newest items, category ids, popular fallback.
+    When Postgres is down they keep answering with the last value they had (or ``default``)."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._values: dict[str, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, load: Any) -> Any:
+    def get(self, key: str, load: Any, default: Any = None) -> Any:
         now = time.monotonic()
         hit = self._values.get(key)
         if hit and now - hit[0] < self.ttl:
             return hit[1]
-        value = load()
+        try:
+            value = load()
+        except DatabaseError:
+            logger.warning("serving_lookup_failed", extra={"key": key}, exc_info=True)
+            return hit[1] if hit else default
         with self._lock:
             self._values[key] = (now, value)
         return value
@@ -223,7 +250,7 @@ def _new_arrivals() -> npt.NDArray[np.int64]:
             )
             return np.array([row[0] for row in cursor.fetchall()], np.int64)
 
-    return _recent.get("new", load)
+    return _recent.get("new", load, np.empty(0, np.int64))
 
 
 def _category_pk(category: str) -> int | None:
@@ -247,7 +274,7 @@ def _popular_fallback() -> npt.NDArray[np.int64]:
             )
             return np.array([row[0] for row in cursor.fetchall()], np.int64)
 
-    return _recent.get("popular_fallback", load)
+    return _recent.get("popular_fallback", load, np.empty(0, np.int64))
 
 
 # --- Model-side helpers -----------------------------------------------------------------------------------
@@ -292,8 +319,11 @@ class _History:
     ts: npt.NDArray[np.float64]
 
     @classmethod
-    def load(cls, owner: str) -> _History:
-        entries = event_selectors.recent_history(owner, HISTORY_LIMIT)
+    def load(cls, owner: str, *, from_db: bool = False) -> _History:
+        if from_db:
+            entries = event_selectors.recent_history_from_db(owner, HISTORY_LIMIT)
+        else:
+            entries = event_selectors.recent_history(owner, HISTORY_LIMIT)
         return cls(
             np.fromiter((e.item_pk for e in entries), np.int64, len(entries)),
             np.fromiter((e.type for e in entries), np.int64, len(entries)),
@@ -443,21 +473,30 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     model = get_active_model()
     model_version = model.version_id if model else None
     request_id = uuid.uuid4().hex
-    if request.debug:
-        value = _compute(request, owner, config, model, assignment.variant, request_id)
+    redis_ok = True
+    version = 0
+    if owner:
+        try:
+            version = event_selectors.cache_version(owner)
+        except redis.RedisError:
+            # Without Redis there is no cache version, so no cache to trust: compute from Postgres and say so.
+            redis_ok = False
+            DEGRADED.labels("redis").inc()
+            logger.warning("recommend_without_redis", extra={"owner": owner})
+    if request.debug or not redis_ok:
+        value = _compute(request, owner, config, model, assignment.variant, request_id, redis_ok=redis_ok)
         tier = "bypass"
     else:
-        version = event_selectors.cache_version(owner) if owner else 0
         exclude_key = hashlib.blake2b("\x1f".join(sorted(request.exclude)).encode(), digest_size=6).hexdigest()
         key = ":".join((
             "rec", request.surface, owner or "-", str(version), str(request.count), request.category or "-",
             exclude_key, assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
         ))  # fmt: skip
         value, tier = CACHE.get_or_compute(
-            key, lambda: _compute(request, owner, config, model, assignment.variant, request_id)
+            key, lambda: _compute(request, owner, config, model, assignment.variant, request_id, redis_ok=True)
         )
     result = _from_cached(value, request_id=request_id, cache=tier)
-    if request.log_impression:
+    if request.log_impression and redis_ok:
         experiments.impression_log(
             request_id=request_id, surface=request.surface, customer_id=request.customer_id if personal else "",
             session_id=request.session_id, assignment=assignment, item_pks=value["item_pks"],
@@ -481,7 +520,7 @@ def _opted_out(customer_id: str) -> bool:
         return bool(row and row[0])
 
     # A short cache: opting out takes effect within seconds without a query on every request.
-    return _opt_out_cache.get(customer_id, load)
+    return _opt_out_cache.get(customer_id, load, False)
 
 
 _opt_out_cache = _Recent(ttl=5.0)
@@ -505,15 +544,20 @@ def _compute(
     model: ActiveModel | None,
     variant: str | None,
     request_id: str,
+    *,
+    redis_ok: bool,
 ) -> dict[str, Any]:
     trace = _Trace(request.debug)
     now = time.time()
-    degraded = model is None
+    degraded = model is None or not redis_ok
     if model is None:
         DEGRADED.labels("no_model").inc()
     with trace.stage("history"):
-        history = _History.load(owner) if owner else _History(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-        affinity = event_selectors.category_affinity(owner) if owner else {}
+        if owner:
+            history = _History.load(owner, from_db=not redis_ok)
+        else:
+            history = _History(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        affinity = event_selectors.category_affinity(owner) if owner and redis_ok else {}
     with trace.stage("user_vector"):
         user_vector = _user_vector(model, history, now) if model is not None else None
     with trace.stage("retrieval"):
@@ -530,7 +574,8 @@ def _compute(
             candidates = retrieval.merge(hits)
     anchor_pks, anchor_types = history.anchors(ANCHORS)
     with trace.stage("catalog"):
-        rows = catalog_rows(np.union1d(candidates.item_idx, anchor_pks).tolist())
+        rows, fresh = _catalog_rows_resilient(np.union1d(candidates.item_idx, anchor_pks).tolist())
+        degraded = degraded or not fresh
     cand = candidates.item_idx
     known = np.fromiter((pk in rows for pk in cand.tolist()), bool, cand.size)
     row_list = [rows.get(pk) for pk in cand.tolist()]
@@ -547,7 +592,7 @@ def _compute(
             model, candidates, config, user_vector, history, affinity, category, price, created, now
         )
     with trace.stage("rerank"):
-        exclude = _excluded(request, config, history)
+        exclude = _excluded(request, config, history, rows)
         result = rr.rerank(
             rr.Candidates(
                 item_idx=cand, score=scores.astype(np.float64), category=category, brand=brand, available=available,
@@ -685,12 +730,14 @@ def _exposure(model: ActiveModel | None, pks: npt.NDArray[np.int64]) -> npt.NDAr
     return exposure
 
 
-def _excluded(request: RecommendRequest, config: VariantConfig, history: _History) -> npt.NDArray[np.int64]:
+def _excluded(
+    request: RecommendRequest, config: VariantConfig, history: _History, rows: Mapping[int, ItemRow]
+) -> npt.NDArray[np.int64]:
+    """Purchased items (when the surface says so) and the request's ``exclude`` ids among the candidates."""
     exclude = history.purchased() if config.exclude_purchased else np.empty(0, np.int64)
     if request.exclude:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT id FROM catalog_item WHERE external_id = ANY(%s)", [list(request.exclude)])
-            extra = np.array([row[0] for row in cursor.fetchall()], np.int64)
+        wanted = set(request.exclude)
+        extra = np.array([pk for pk, row in rows.items() if row.item_id in wanted], np.int64)
         exclude = np.union1d(exclude, extra)
     return exclude
 

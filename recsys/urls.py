@@ -1,5 +1,6 @@
 """Root URLs: the /v1/ API, its schema and docs, the admin, health and metrics."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -22,4 +23,10 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
+    path("", include("recsys.storefront_urls")),
 ]
+
+if settings.BENCH_ENDPOINTS:
+    from recsys.bench_views import FloorApi
+
+    urlpatterns.append(path("bench/floor", FloorApi.as_view()))

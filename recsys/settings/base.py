@@ -136,6 +136,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "recsys.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# bench/bench_serving.py's framework-floor endpoint; never on in production.
+BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 # Requests per minute per API key unless the key sets its own.
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
 # Bytes; a batch of 1,000 events is about 250 KB.

@@ -37,6 +37,7 @@ class Command(BaseCommand):
             self.stderr.write("runstack is the local demo launcher; in production run gunicorn/celery directly.")
         self._step("Migrating the database", lambda: call_command("migrate", interactive=False, verbosity=0))
         self._step("Loading the demo data (once)", lambda: call_command("load_demo"))
+        self._fill_online_state()
         self._train_first_model()
         self._ensure_admin()
         plaintext = self._ensure_demo_key()
@@ -51,6 +52,16 @@ class Command(BaseCommand):
         started = time.monotonic()
         action()
         self.stderr.write(f"    done in {time.monotonic() - started:.1f} s")
+
+    def _fill_online_state(self) -> None:
+        """Imports write Postgres only; the online state (histories, affinities, counters) is rebuilt from it once,
+        and again whenever Redis comes back empty."""
+        from events import keys
+        from recsys import redis_client
+
+        if next(redis_client.get().scan_iter(match=keys.history("*"), count=1000), None) is not None:
+            return
+        self._step("Building the online state in Redis", lambda: call_command("rebuild_online_state"))
 
     def _train_first_model(self) -> None:
         if "train" not in get_commands():

@@ -1,0 +1,218 @@
+"""Serving latency under gunicorn, measured with wrk on loopback: the framework floor (a DRF view returning a
+constant list), uncached personalised recommendations (full pipeline) and cached ones, plus per-stage times and
+the serving processes' memory.
+
+Uses its own database (recsys_bench_serving: the demo data, its online state and a trained model, built on the
+first run and reused) and Redis databases 30/31. Targets (issue 4): uncached p50 <= 10 ms, p95 <= 25 ms,
+p99 <= 50 ms at concurrency 4; cached p95 <= 5 ms.
+
+Usage: python bench/bench_serving.py [--seconds 20] [--workers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from common import ROOT, bench_env, manage, print_table
+
+LUA = """
+local paths = {}
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local i = math.random(#paths)
+wrk.headers["Authorization"] = "Bearer %(key)s"
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%f %%f %%f %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout))
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    path = shutil.which("wrk")
+    if not path:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+        path = shutil.which("wrk")
+    assert path, "wrk is required (apt-get install wrk)"
+    return path
+
+
+def _prepare(env: dict[str, str]) -> str:
+    manage(env, "migrate", "--verbosity", "0")
+    manage(env, "load_demo", "--quiet")
+    code = (
+        "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
+        "print(active_version_id() or 0, int(next(redis_client.get().scan_iter(match=keys.history('*')), None)"
+        " is not None))"
+    )
+    _, out = manage(env, "shell", "-c", code)
+    version, has_state = (int(x) for x in out.strip().splitlines()[-1].split())
+    if not has_state:
+        manage(env, "rebuild_online_state")
+    if not version:
+        print("training the first model (once) ...", file=sys.stderr)
+        manage(env, "train", "--force", "--quiet")
+    _, key = manage(env, "create_api_key", "bench", "--scope", "recommend", "--scope", "admin")
+    return key.strip()
+
+
+def _customers_and_items(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    code = (
+        "from catalog.models import Customer, Item;"
+        "import json; print(json.dumps([list(Customer.objects.values_list('external_id', flat=True)[:5000]),"
+        " list(Item.objects.values_list('external_id', flat=True)[:5000])]))"
+    )
+    _, out = manage(env, "shell", "-c", code)
+    customers, items = json.loads(out.strip().splitlines()[-1])
+    return customers, items
+
+
+def _wrk(wrk: str, base: str, key: str, paths: list[str], seconds: int, workdir: Path) -> dict[str, float]:
+    path_file = workdir / f"paths-{len(paths)}-{random.random():.6f}.txt"
+    path_file.write_text("\n".join(paths) + "\n")
+    script = workdir / "script.lua"
+    script.write_text(LUA % {"paths": path_file, "key": key})
+    result = subprocess.run(
+        [wrk, "-t2", "-c4", f"-d{seconds}s", "-s", str(script), base], capture_output=True, text=True, check=True
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    requests, duration_us, p50, p95, p99, errors = line.split()[1:]
+    return {
+        "rps": int(requests) / (int(duration_us) / 1e6),
+        "p50": float(p50), "p95": float(p95), "p99": float(p99), "errors": int(errors),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    wrk = _ensure_wrk()
+    env = bench_env("recsys_bench_serving")
+    from recsys.redis_urls import with_db
+
+    env["REDIS_URL"] = with_db(env["REDIS_URL"], 30)
+    env["ARTIFACT_ROOT"] = str(ROOT / "var" / "bench-artifacts")
+    env["DEBUG"] = "0"
+    env["BENCH_ENDPOINTS"] = "1"
+    env["API_DEFAULT_RATE_PER_MINUTE"] = "100000000"
+    key = _prepare(env)
+    customers, items = _customers_and_items(env)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "recsys.wsgi", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(args.workers), "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        rng = random.Random(7)
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            # Warm every worker: model mapped, caches of slowly-changing lookups filled.
+            warm = [f"/v1/recommendations?customer_id={c}&count=10" for c in rng.sample(customers, 200)]
+            _wrk(wrk, base, key, warm, 3, workdir)
+            floor = _wrk(wrk, base, key, ["/bench/floor"], args.seconds, workdir)
+            # A unique `exclude` per request makes every cache key new: each request runs the whole pipeline.
+            uncached_paths = [
+                f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={rng.choice(items)},x{n}"
+                for n in range(200_000)
+            ]
+            uncached = _wrk(wrk, base, key, uncached_paths, args.seconds, workdir)
+            hot = [f"/v1/recommendations?customer_id={c}&count=10" for c in rng.sample(customers, 50)]
+            _wrk(wrk, base, key, hot, 2, workdir)  # fill the caches
+            cached = _wrk(wrk, base, key, hot, args.seconds, workdir)
+            similar = _wrk(
+                wrk, base, key, [f"/v1/items/{i}/similar?count=10" for i in rng.sample(items, 2000)], args.seconds,
+                workdir,
+            )  # fmt: skip
+        stages: dict[str, list[float]] = {}
+        for customer in rng.sample(customers, 200):
+            request = urllib.request.Request(
+                f"{base}/v1/recommendations?customer_id={customer}&count=10&debug=true",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            trace = json.loads(urllib.request.urlopen(request, timeout=5).read())["debug"]
+            for stage, ms in trace["stages_ms"].items():
+                stages.setdefault(stage, []).append(ms)
+        workers = psutil.Process(server.pid).children()
+        rss = [p.memory_info().rss / 2**20 for p in workers]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+    def row(name: str, r: dict[str, float], p95_target: str) -> list[object]:
+        return [
+            name,
+            r["p50"],
+            r["p95"],
+            r["p99"],
+            r["rps"],
+            f"{r['p95'] / floor['p95']:.1f}x",
+            p95_target,
+            r["errors"],
+        ]
+
+    print_table(
+        f"Serving latency, gunicorn {args.workers} workers, wrk 2 threads x 4 connections, {args.seconds} s each, "
+        "demo catalog (3,825 items)",
+        ["endpoint", "p50 ms", "p95 ms", "p99 ms", "req/s", "p95 vs floor", "p95 target", "errors"],
+        [
+            row("floor: DRF constant list", floor, "-"),
+            row("recommendations, uncached (full pipeline)", uncached, "25 ms"),
+            row("recommendations, cached", cached, "5 ms"),
+            row("similar items", similar, "-"),
+        ],
+    )
+    print_table(
+        "Pipeline stages (median of 200 traced requests, ms; the seed SLO: retrieval < 10, ranking < 50, "
+        "re-ranking < 20)",
+        ["stage", "median ms", "p95 ms"],
+        [[stage, statistics.median(v), sorted(v)[int(0.95 * len(v)) - 1]] for stage, v in stages.items()],
+    )
+    print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
+    os.environ.pop("BENCH_ENDPOINTS", None)
+
+
+if __name__ == "__main__":
+    main()
