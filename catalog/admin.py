@@ -1,8 +1,10 @@
 """Merchandiser admin for the catalog, usable with a million items: indexed search, autocomplete, no full counts."""
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
+from catalog.services import catalog_version_bump
 from recsys.admin_utils import EstimatedCountPaginator
 
 
@@ -30,6 +32,10 @@ class ItemAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = EstimatedCountPaginator
     readonly_fields = ("updated_at",)
+
+    def save_model(self, request: HttpRequest, obj: Item, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        catalog_version_bump()
 
 
 @admin.register(Customer)

@@ -11,6 +11,7 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from catalog.models import EXTERNAL_ID_MAX
+from catalog.services import catalog_version_bump
 from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 
 REQUIRED = {"item_id", "title"}
@@ -116,6 +117,8 @@ def items_import(
         if on_progress:
             on_progress(source.position())
     summary.seconds = time.perf_counter() - started
+    if summary.updated:
+        catalog_version_bump()
     return summary
 
 

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.db import transaction
 
 from catalog.models import Brand, Category, Customer, Item
+from recsys import redis_client
+
+logger = logging.getLogger(__name__)
+
+# Bumped after every change to items: serving processes keep item attributes in memory and drop them when it moves.
+CATALOG_VERSION_KEY = "catalog:version"
+
+
+def catalog_version_bump() -> None:
+    """Tell every serving process that item attributes changed (after the transaction commits)."""
+
+    def bump() -> None:
+        try:
+            redis_client.get().incr(CATALOG_VERSION_KEY)
+        except redis.RedisError:
+            logger.warning("catalog_version_bump_failed", exc_info=True)
+
+    transaction.on_commit(bump)
 
 
 @dataclass(frozen=True)
@@ -52,12 +72,16 @@ def item_upsert(*, external_id: str, data: ItemData) -> tuple[Item, bool]:
     }
     if data.created_at is not None:
         defaults["created_at"] = data.created_at
+    catalog_version_bump()
     return Item.objects.update_or_create(external_id=external_id, defaults=defaults)
 
 
 def item_deactivate(*, external_id: str) -> bool:
     """Deactivate rather than delete: interactions keep pointing at the item and it is never recommended again."""
-    return Item.objects.filter(external_id=external_id).update(active=False) > 0
+    changed = Item.objects.filter(external_id=external_id).update(active=False) > 0
+    if changed:
+        catalog_version_bump()
+    return changed
 
 
 def customer_upsert(

@@ -29,6 +29,7 @@ from cachetools import LRUCache
 from django.db import DatabaseError, connection
 from prometheus_client import Counter, Histogram
 
+from catalog.services import CATALOG_VERSION_KEY
 from events import selectors as event_selectors
 from events.keys import owner_for
 from events.models import Interaction
@@ -40,6 +41,7 @@ from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
 from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features, load_ranker
 from ranking.ranker import score as ranker_score
+from recsys import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -190,24 +192,68 @@ def item_pk(item_id: str) -> int | None:
     return row[0] if row else None
 
 
-# The last known attributes of items served recently: what lets the recommendation endpoints keep answering
-# (marked degraded) while Postgres is unreachable.
-_known_rows: LRUCache[int, ItemRow] = LRUCache(maxsize=50_000)
-_known_rows_lock = threading.Lock()
+class _RowCache:
+    """Item attributes in process memory, so a request usually needs no catalog query at all.
+
+    Entries are dropped as soon as the catalog version in Redis moves (every item write bumps it; checked at
+    most twice a second), so a deactivated or sold-out item leaves lists at once. While Postgres is unreachable
+    the cached rows keep the recommendation endpoints answering (marked degraded).
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._rows: LRUCache[int, ItemRow] = LRUCache(maxsize=size)
+        self._lock = threading.Lock()
+        self._token: bytes | None = None
+        self._checked = 0.0
+
+    def _check_version(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < 0.5:
+            return
+        self._checked = now
+        try:
+            token = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
+        except redis.RedisError:
+            # Unknown: without Redis we cannot see item changes, so only trust rows read just now.
+            token = None
+        if token is None or token != self._token:
+            with self._lock:
+                self._rows.clear()
+                self._token = token
+
+    def rows(self, pks: Sequence[int]) -> tuple[dict[int, ItemRow], bool]:
+        """(rows, fresh): cached rows plus one query for the missing ones; the cached ones alone if Postgres
+        is down."""
+        self._check_version()
+        with self._lock:
+            found = {pk: self._rows[pk] for pk in pks if pk in self._rows}
+        missing = [pk for pk in pks if pk not in found]
+        if not missing:
+            return found, True
+        try:
+            loaded = catalog_rows(missing)
+        except DatabaseError:
+            DEGRADED.labels("postgres").inc()
+            logger.warning("catalog_rows_from_memory", exc_info=True)
+            return found, False
+        with self._lock:
+            self._rows.update(loaded)
+        found.update(loaded)
+        return found, True
+
+    def token(self) -> str:
+        """The catalog version these rows belong to: part of every list-cache key, so a cached list never
+        outlives a change to one of its items."""
+        self._check_version()
+        return self._token.decode() if self._token is not None else "unknown"
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+        self._checked = 0.0
 
 
-def _catalog_rows_resilient(pks: Sequence[int]) -> tuple[dict[int, ItemRow], bool]:
-    """(rows, fresh): from Postgres, or the last known rows when Postgres is down."""
-    try:
-        rows = catalog_rows(pks)
-    except DatabaseError:
-        DEGRADED.labels("postgres").inc()
-        logger.warning("catalog_rows_from_memory", exc_info=True)
-        with _known_rows_lock:
-            return {pk: _known_rows[pk] for pk in pks if pk in _known_rows}, False
-    with _known_rows_lock:
-        _known_rows.update(rows)
-    return rows, True
+_row_cache = _RowCache()
 
 
 class _Recent:
@@ -491,6 +537,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
         key = ":".join((
             "rec", request.surface, owner or "-", str(version), str(request.count), request.category or "-",
             exclude_key, assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
+            _row_cache.token(),
         ))  # fmt: skip
         value, tier = CACHE.get_or_compute(
             key, lambda: _compute(request, owner, config, model, assignment.variant, request_id, redis_ok=True)
@@ -574,7 +621,7 @@ def _compute(
             candidates = retrieval.merge(hits)
     anchor_pks, anchor_types = history.anchors(ANCHORS)
     with trace.stage("catalog"):
-        rows, fresh = _catalog_rows_resilient(np.union1d(candidates.item_idx, anchor_pks).tolist())
+        rows, fresh = _row_cache.rows(np.union1d(candidates.item_idx, anchor_pks).tolist())
         degraded = degraded or not fresh
     cand = candidates.item_idx
     known = np.fromiter((pk in rows for pk in cand.tolist()), bool, cand.size)
@@ -745,6 +792,7 @@ def _excluded(
 def clear_caches() -> None:
     """Forget per-process caches (tests, and after a catalog rebuild)."""
     CACHE.clear_local()
+    _row_cache.clear()
     _recent.clear()
     _opt_out_cache.clear()
 
@@ -795,7 +843,7 @@ def _item_list(
     """Merge, fetch attributes, drop unavailable/excluded/blocked items, apply rules, explain."""
     candidates = retrieval.merge(hits)
     summed = candidates.source_score.sum(axis=1)
-    rows = catalog_rows(np.union1d(candidates.item_idx, [anchor_pk]).tolist())
+    rows, _ = _row_cache.rows(np.union1d(candidates.item_idx, [anchor_pk]).tolist())
     cand = candidates.item_idx
     row_list = [rows.get(pk) for pk in cand.tolist()]
     result = rr.rerank(

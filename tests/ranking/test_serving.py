@@ -5,6 +5,7 @@ version hot-swap and explanations that name real items."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -295,3 +296,16 @@ def test_debug_trace_needs_the_admin_scope(api: APIClient, admin_api: APIClient)
     assert set(trace["stages_ms"]) >= {"retrieval", "ranking", "rerank"}
     assert trace["candidates"] >= 10
     assert trace["candidates_per_source"]["popular"] > 0
+
+
+@pytest.mark.django_db
+def test_a_deactivated_item_leaves_the_lists_at_once(api: APIClient, django_capture_on_commit_callbacks: Any) -> None:
+    first = _ids(_recs(api, customer_id="deact-1", count=10))
+    gone = first[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/v1/items/{gone}").status_code == 204
+    try:
+        time.sleep(0.6)  # serving checks the catalog version at most twice a second
+        assert gone not in _ids(_recs(api, customer_id="deact-1", count=10))
+    finally:
+        Item.objects.filter(external_id=gone).update(active=True)
