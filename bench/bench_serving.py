@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import psutil
-from common import ROOT, bench_env, manage, print_table
+from common import Server, demo_env, manage, print_table
 
 LUA = """
 local paths = {}
@@ -47,12 +42,6 @@ end
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ensure_wrk() -> str:
     path = shutil.which("wrk")
     if path:
@@ -65,25 +54,6 @@ def _ensure_wrk() -> str:
         path = shutil.which("wrk")
     assert path, "wrk is required (apt-get install wrk)"
     return path
-
-
-def _prepare(env: dict[str, str]) -> str:
-    manage(env, "migrate", "--verbosity", "0")
-    manage(env, "load_demo", "--quiet")
-    code = (
-        "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
-        "print(active_version_id() or 0, int(next(redis_client.get().scan_iter(match=keys.history('*')), None)"
-        " is not None))"
-    )
-    _, out = manage(env, "shell", "-c", code)
-    version, has_state = (int(x) for x in out.strip().splitlines()[-1].split())
-    if not has_state:
-        manage(env, "rebuild_online_state")
-    if not version:
-        print("training the first model (once) ...", file=sys.stderr)
-        manage(env, "train", "--force", "--quiet")
-    _, key = manage(env, "create_api_key", "bench", "--scope", "recommend", "--scope", "admin")
-    return key.strip()
 
 
 def _customers_and_items(env: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -119,33 +89,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     wrk = _ensure_wrk()
-    env = bench_env("recsys_bench_serving")
-    from recsys.redis_urls import with_db
-
-    env["REDIS_URL"] = with_db(env["REDIS_URL"], 30)
-    env["ARTIFACT_ROOT"] = str(ROOT / "var" / "bench-artifacts")
-    env["DEBUG"] = "0"
+    env, key = demo_env("recsys_bench_serving", 30)
     env["BENCH_ENDPOINTS"] = "1"
-    env["API_DEFAULT_RATE_PER_MINUTE"] = "100000000"
-    key = _prepare(env)
     customers, items = _customers_and_items(env)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "recsys.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--log-level", "warning"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    with Server(env, workers=args.workers) as server:
+        base = server.base
         rng = random.Random(7)
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
@@ -175,11 +123,8 @@ def main() -> None:
             trace = json.loads(urllib.request.urlopen(request, timeout=5).read())["debug"]
             for stage, ms in trace["stages_ms"].items():
                 stages.setdefault(stage, []).append(ms)
-        workers = psutil.Process(server.pid).children()
-        rss = [p.memory_info().rss / 2**20 for p in workers]
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        assert server.process is not None
+        rss = [p.memory_info().rss / 2**20 for p in psutil.Process(server.process.pid).children()]
 
     def row(name: str, r: dict[str, float], p95_target: str) -> list[object]:
         return [
@@ -211,7 +156,6 @@ def main() -> None:
         [[stage, statistics.median(v), sorted(v)[int(0.95 * len(v)) - 1]] for stage, v in stages.items()],
     )
     print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
-    os.environ.pop("BENCH_ENDPOINTS", None)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,69 @@ def _fmt(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def demo_env(database: str, redis_db: int) -> tuple[dict[str, str], str]:
+    """A scratch database with the demo data, its online state and a trained model (built once, then reused),
+    its own Redis databases, and an API key with every scope. Returns (env, key)."""
+    from recsys.redis_urls import with_db
+
+    env = bench_env(database)
+    env["REDIS_URL"] = with_db(env["REDIS_URL"], redis_db)
+    env["ARTIFACT_ROOT"] = str(ROOT / "var" / f"{database}-artifacts")
+    env["DEBUG"] = "0"
+    env["API_DEFAULT_RATE_PER_MINUTE"] = "100000000"
+    manage(env, "migrate", "--verbosity", "0")
+    manage(env, "load_demo", "--quiet")
+    code = (
+        "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
+        "print(active_version_id() or 0, int(next(redis_client.get().scan_iter(match=keys.history('*')), None)"
+        " is not None))"
+    )
+    _, out = manage(env, "shell", "-c", code)
+    version, has_state = (int(x) for x in out.strip().splitlines()[-1].split())
+    if not has_state:
+        manage(env, "rebuild_online_state")
+    if not version:
+        print("training the first model (once) ...", file=sys.stderr)
+        manage(env, "train", "--force", "--quiet")
+    _, key = manage(env, "create_api_key", "bench", "--scope", "admin")
+    return env, key.strip().splitlines()[-1]
+
+
+class Server:
+    """gunicorn serving the project on a free loopback port, stopped on exit."""
+
+    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 1) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.args = ["--workers", str(workers), "--threads", str(threads)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        import urllib.request
+
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "recsys.wsgi", "--bind", f"127.0.0.1:{self.port}",
+             *self.args, "--log-level", "warning"],
+            cwd=ROOT, env=self.env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.base}/healthz", timeout=1).read()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=30)

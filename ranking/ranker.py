@@ -62,7 +62,9 @@ def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray
     ranks = candidates.source_rank.astype(np.float32)
     found = candidates.source_rank < NO_RANK
     ranks[~found] = np.nan  # LightGBM treats NaN as "missing", which is what an absent source is
-    scores = np.where(found, candidates.source_score, np.nan).astype(np.float32)
+    # Reciprocal ranks, not the sources' raw scores: raw scales differ between sources and between the offline
+    # training (ranked lists) and serving, ranks mean the same everywhere.
+    scores = np.where(found, 1.0 / (1.0 + candidates.source_rank), np.nan).astype(np.float32)
     category = context.category
     if context.category_affinity:
         total = sum(context.category_affinity.values()) or 1.0

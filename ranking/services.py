@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ranking import ann, artifacts, evaluation, selectors, sources
+from ranking import ann, artifacts, evaluation, offline_pipeline, selectors, sources
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
@@ -150,8 +150,12 @@ def version_build(log: InteractionLog, items: ItemTable, params: TrainParams, ti
     training benchmark runs exactly this on in-memory data."""
     with timer.stage("content_vectors"):
         vectors = content_vectors(items, params)
-    validation = _validate(log, items, params, vectors, timer)
+    validation, ranker = _validate(log, items, params, vectors, timer)
     trained = train_sources(log, items, params, timer=timer, content=vectors)
+    if ranker is not None:
+        # The LambdaMART ranker learnt on the validation split's sources scores the final sources' candidates:
+        # its features (per-source ranks, popularity, affinities) keep their meaning from one training to the next.
+        trained.arrays["ranker_model"] = offline_pipeline.booster_to_array(ranker)
     with timer.stage("ann"):
         index, report = _build_ann(
             trained.arrays["als_item_factors"], trained.arrays["als_user_factors"], params, kind=params.ann_kind
@@ -235,21 +239,24 @@ def _train_and_register(
 
 def _validate(
     log: InteractionLog, items: ItemTable, params: TrainParams, vectors: np.ndarray, timer: StageTimer
-) -> dict[str, Any] | None:
-    """Temporal hold-out of the window's last ``validation_days``: train on the rest, score new interactions."""
+) -> tuple[dict[str, Any] | None, Any]:
+    """Temporal hold-out of the window's last ``validation_days``: train on the rest, fit the LambdaMART ranker on
+    part of the test users and score every source and the full pipeline on the others. Returns the figures and
+    the ranker when it beats the best single source (else None: serving then uses the blended score)."""
     first, last = log.time_range()
     if not params.validation_days or last - first <= 2 * params.validation_days * sources.SECONDS_PER_DAY:
-        return None
+        return None, None
     split = evaluation.split_temporal(log, holdout_days=params.validation_days)
     split = split.sample_users(params.validation_max_users, params.seed)
     if split.n_test_users == 0:
-        return None
+        return None, None
     with timer.stage("validation_train"):
         trained = train_sources(
             split.train, items, params, reference_ts=split.reference_ts, content=vectors, content_neighbours=False
         )
     with timer.stage("validation_eval"):
-        return evaluation.run_protocol(split, trained, k=params.k, item_category=items.category)
+        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, k=params.k, item_category=items.category)
+    return outcome.result, outcome.booster
 
 
 def _build_ann(
@@ -497,6 +504,7 @@ def model_evaluate(
     test_file: str | Path | None = None,
     include: Sequence[str] = SOURCE_NAMES,
     timer: StageTimer | None = None,
+    pipeline: bool = True,
 ) -> dict[str, Any]:
     """Run an offline protocol on the database's interactions: ``temporal`` (``holdout_days``), ``per_user``
     (``fraction``, ``seed``) or ``test_file`` (train on everything, test on a CSV in the generic import format).
@@ -521,9 +529,17 @@ def model_evaluate(
     if split.n_test_users == 0:
         raise TrainingError("the split has no test user with a new relevant item; nothing to evaluate")
     with timer.stage("train"):
-        trained = train_sources(split.train, items, params, reference_ts=split.reference_ts, content_neighbours=False)
+        trained = train_sources(
+            split.train, items, params, reference_ts=split.reference_ts, include=include, content_neighbours=False
+        )
     with timer.stage("evaluate"):
-        result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
+        if pipeline:
+            # The ranker is fitted on part of the test users, so every figure is reported on the others.
+            result = offline_pipeline.evaluate_with_pipeline(
+                split, trained, k=k, item_category=items.category, seed=seed
+            ).result
+        else:
+            result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()
     result["timings"] = dict(timer.timings)
     result["sizes"] = trained.info["sizes"]

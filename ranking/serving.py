@@ -39,7 +39,8 @@ from ranking import rerank as rr
 from ranking import retrieval, rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
-from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features, load_ranker
+from ranking.offline_pipeline import booster_from_array
+from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features
 from ranking.ranker import score as ranker_score
 from recsys import redis_client
 
@@ -729,7 +730,8 @@ def _score(
         last_category = int(model.array("item_category")[last]) if last >= 0 else -1
     context = FeatureContext(
         category=category, popularity=popularity, trend=trend, age_days=(now - created) / 86_400, price=price,
-        als_dot=als_dot, ctr=_ctr(candidates.item_idx), category_affinity=affinity, history_ids=history.pks,
+        als_dot=als_dot, ctr=_ctr(candidates.item_idx), category_affinity=affinity,
+        history_ids=history.anchors(HISTORY_LIMIT)[0],
         last_category=last_category,
     )  # fmt: skip
     X = build_features(candidates, context)
@@ -739,18 +741,18 @@ def _score(
 
 _rankers: dict[int, Any] = {}
 _rankers_lock = threading.Lock()
-RANKER_FILE = "ranker.txt"
 
 
 def _ranker_for(model: ActiveModel) -> Any:
-    """The version's LambdaMART booster, loaded once per process; None when the version has none (or the
-    training run found it no better than the blend, in which case it was not saved)."""
+    """The version's LambdaMART booster, loaded once per process; None when the version has none (training
+    ships it only when the pipeline with it beat the best single source on held-out users)."""
     if model.version_id not in _rankers:
         with _rankers_lock:
             if model.version_id not in _rankers:
-                path = model.path / RANKER_FILE
                 _rankers.clear()  # one version at a time: the old booster goes with the old model
-                _rankers[model.version_id] = load_ranker(path) if path.exists() else None
+                _rankers[model.version_id] = (
+                    booster_from_array(model.array("ranker_model")) if model.has("ranker_model") else None
+                )
     return _rankers[model.version_id]
 
 

@@ -320,7 +320,10 @@ def test_train_command_errors_name_the_problem() -> None:
 def test_evaluate_per_user_protocol_on_the_world(tmp_path: Path) -> None:
     _world(seed=4)
     out = tmp_path / "eval.json"
-    call_command("evaluate", "--per-user-fraction", "0.3", "--seed", "1", "--json", str(out), "--quiet", *SMALL_ARGS)
+    call_command(
+        "evaluate", "--per-user-fraction", "0.3", "--seed", "1", "--json", str(out), "--quiet", "--no-pipeline",
+        *SMALL_ARGS,
+    )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["protocol"] == "per_user"
     assert result["info"]["fraction"] == 0.3

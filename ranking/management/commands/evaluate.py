@@ -28,6 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=10)
         parser.add_argument("--json", help="write every figure to this JSON file")
         parser.add_argument("--source", action="append", choices=SOURCE_NAMES, help="only these sources; repeatable")
+        parser.add_argument(
+            "--no-pipeline", action="store_true",
+            help="sources only: skip the full pipeline (LambdaMART fitted on part of the test users, with and "
+            "without the diversity cap); --source implies it",
+        )  # fmt: skip
         parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="training parameter")
         parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -59,6 +64,7 @@ class Command(BaseCommand):
                 test_file=options["test_file"],
                 include=options["source"] or SOURCE_NAMES,
                 timer=timer,
+                pipeline=not (options["no_pipeline"] or options["source"]),
             )
         except TrainingError as exc:
             raise CommandError(f"cannot evaluate: {exc}") from exc
