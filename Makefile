@@ -40,18 +40,33 @@ test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery wor
 	$(MAKE) --no-print-directory audit
 	$(BIN)/python -m pytest
 
-# Fails on a known vulnerability (pip-audit exits 1). Dependencies the advisory feed could not answer for are
-# counted and said loudly; they fail the target only with AUDIT_STRICT=1 (a machine without pypi.org's JSON API
-# would otherwise never pass).
+# Fails on a known vulnerability. Dependencies the advisory feed could not answer for (or all of them, when
+# pypi.org cannot be reached) are named loudly and fail the target only with AUDIT_STRICT=1.
+define AUDIT_SUMMARY
+import json, sys
+path, strict = sys.argv[1], sys.argv[2] == "1"
+try:
+    deps = [d for d in json.load(open(path))["dependencies"] if "editable" not in d.get("skip_reason", "")]
+except (OSError, ValueError, KeyError):
+    print("pip-audit: NOT AUDITED: the advisory feed could not be reached (pip-audit's error above)")
+    sys.exit(1 if strict else 0)
+vulns = [(d["name"], d["version"], v["id"], ", ".join(v["fix_versions"]) or "no release yet") for d in deps for v in d.get("vulns", [])]
+skipped = sorted(d["name"] for d in deps if "skip_reason" in d)
+for name, version, vuln, fixed in vulns:
+    print("pip-audit: VULNERABLE", name, version, vuln, "- fixed in", fixed)
+print("pip-audit:", len(deps) - len(skipped), "of", len(deps), "dependencies audited,", len(vulns), "known vulnerabilities")
+if skipped:
+    print("pip-audit: NOT AUDITED, the advisory feed did not answer for:", " ".join(skipped))
+sys.exit(1 if vulns or (skipped and strict) else 0)
+endef
+export AUDIT_SUMMARY
+
 audit: $(STAMP)  ## pip-audit the installed dependencies against PyPI's advisory feed
-	@out=$$($(BIN)/pip-audit --progress-spinner off --skip-editable 2>&1); status=$$?; \
-	skipped=$$(printf '%s\n' "$$out" | grep -c 'could not be audited'); \
-	printf '%s\n' "$$out" | grep -v -E 'could not be audited|marked as editable|^Name +Skip Reason|^-+ +-+$$'; \
-	if [ "$$skipped" -gt 0 ]; then \
-	  echo "pip-audit: $$skipped dependencies NOT audited (the advisory feed did not answer for them)"; \
-	  if [ "$(AUDIT_STRICT)" = 1 ]; then status=1; fi; \
-	fi; \
-	exit $$status
+	@report=$$(mktemp); \
+	$(BIN)/pip-audit --progress-spinner off --skip-editable --format json --output $$report >/dev/null 2>$$report.err \
+	  || tail -n 1 $$report.err; \
+	$(BIN)/python -c "$$AUDIT_SUMMARY" $$report "$(AUDIT_STRICT)"; status=$$?; \
+	rm -f $$report $$report.err; exit $$status
 
 bench: $(STAMP)  ## every benchmark in bench/, each printing a table
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

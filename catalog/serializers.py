@@ -26,8 +26,8 @@ class ItemInputSerializer(serializers.Serializer):
 
 class ItemOutputSerializer(serializers.ModelSerializer):
     item_id = serializers.CharField(source="external_id")
-    category = serializers.CharField(source="category.external_id", default=None)
-    brand = serializers.CharField(source="brand.external_id", default=None)
+    category = serializers.CharField(source="category.external_id", default=None, allow_null=True)
+    brand = serializers.CharField(source="brand.external_id", default=None, allow_null=True)
 
     class Meta:
         model = Item

@@ -179,6 +179,22 @@ def bump_cache_versions(owners: Iterable[str]) -> None:
     pipe.execute()
 
 
+def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
+    """Erasure: delete the owner's history and affinities and make every list cached for them unreachable, in one
+    MULTI. Returns how many keys were deleted.
+
+    The cache version is bumped, not deleted: a deleted one would restart at 0 and could meet a list cached under
+    that number before. It expires after ``version_ttl_seconds`` (chosen longer than any cached list lives), so no
+    key naming the owner is left behind.
+    """
+    pipe = redis_client.get().pipeline(transaction=True)
+    pipe.unlink(keys.history(owner), keys.affinity(owner))
+    pipe.incr(keys.cache_version(owner))
+    pipe.expire(keys.cache_version(owner), version_ttl_seconds)
+    deleted, _, _ = pipe.execute()
+    return int(deleted)
+
+
 def clear_rebuildable(*, batch: int = 1000) -> int:
     """Delete every history, affinity and counter key (SCAN by prefix, never FLUSHDB); return how many."""
     client = redis_client.get()

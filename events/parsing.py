@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +40,8 @@ def parse_id(raw: str, field: str, *, required: bool) -> str:
         return ""
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEvent(field, f"longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidEvent(field, "contains control or unprintable characters")
     return value
 
 
@@ -83,7 +86,8 @@ def derive_event_id(
     extra: str = "",
 ) -> str:
     """An idempotency key from the event's content, so re-sending or re-importing the same event stores it once."""
-    material = "\x1f".join((customer_id, session_id, item_id, str(type_), repr(value), occurred_at, extra))
+    # JSON keeps the fields apart whatever characters an id holds (a separator character could be in an id).
+    material = json.dumps([customer_id, session_id, item_id, type_, repr(value), occurred_at, extra])
     return "d-" + hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
 
 

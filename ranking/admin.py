@@ -1,32 +1,83 @@
-"""Admin for the model registry (read-only: versions, validation figures, decisions) and for merchandising
-(business rules with their reach, and "preview as customer")."""
+"""Admin for the model registry (versions with their validation figures and a chart of them, activation and
+roll-back with a confirmation page; otherwise read-only) and for merchandising (business rules with their reach,
+and "preview as customer")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
-from ranking import merchandising
+from experiments import charts
+from ranking import merchandising, services
 from ranking.models import BusinessRule, ModelVersion
+
+
+@dataclass(frozen=True)
+class _Validation:
+    """A version's offline figures: validation metrics at ``k`` per source, on the temporal hold-out's main segment."""
+
+    k: int
+    source: str  # the source the promotion rule compares
+    by_source: dict[str, dict[str, float]]
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any] | None) -> _Validation:
+        metrics = metrics or {}
+        validation = metrics.get("validation") or {}
+        main = (validation.get("segments") or {}).get("main") or {}
+        return cls(
+            k=int(validation.get("k", 10)),
+            source=str(metrics.get("validation_source", "")),
+            by_source=dict(main.get("sources") or {}),
+        )
+
+    def value(self, metric: str, source: str | None = None) -> float | None:
+        value = self.by_source.get(source or self.source, {}).get(f"{metric}@{self.k}")
+        return float(value) if value is not None else None
+
+    def ranked(self, metric: str) -> list[str]:
+        """Sources with a value of ``metric``, best first."""
+        scored = [(value, source) for source in self.by_source if (value := self.value(metric, source)) is not None]
+        return [source for _, source in sorted(scored, reverse=True)]
 
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
+    """The model registry: every trained version with its offline figures, a chart of them over versions, and
+    activation (or roll-back) with a confirmation page, audited in the admin history. Otherwise read-only: versions
+    are created by training and changed only by the registry services."""
+
     list_display = (
-        "id", "name", "status", "created_at", "activated_at", "validation_ndcg_display", "validation_source",
-        "n_users", "n_items", "n_interactions", "ann_kind", "ann_recall", "decision",
+        "name", "status", "created_at", "ndcg_display", "coverage_display", "best_source", "ann_display",
+        "decision_code",
     )  # fmt: skip
     list_filter = ("status", "decision", "ann_kind")
     search_fields = ("=name",)
     ordering = ("-created_at",)
-    readonly_fields = [field.name for field in ModelVersion._meta.fields]
+    list_per_page = 50
+    change_list_template = "admin/ranking/modelversion/change_list.html"
+    readonly_fields = [field.name for field in ModelVersion._meta.fields] + ["validation_table", "activation_link"]
+    fieldsets = (
+        (None, {"fields": ("name", "status", "decision", "activation_link", "created_at", "activated_at")}),
+        ("Offline evaluation", {"fields": ("validation_table",)}),
+        ("Data and index", {"fields": ("data_from", "data_to", "sizes", "ann_kind", "ann_recall")}),
+        ("Artifacts", {"classes": ("collapse",), "fields": ("checksum", "artifact_path", "parameters", "metrics")}),
+        ("Notes", {"fields": ("notes",)}),
+    )
+    CHART_VERSIONS = 30  # the newest versions drawn on the registry page
+    CHART_SOURCES = 5  # lines per chart
 
     # Versions are created by training and changed by activation (services), never edited by hand.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -38,26 +89,191 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: ModelVersion | None = None) -> bool:
         return False
 
+    @staticmethod
+    def can_activate(request: HttpRequest) -> bool:
+        """Activation is the one change a version allows; it needs the model's change permission."""
+        return request.user.has_perm("ranking.change_modelversion")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
+        # The active version's training time on every row, in the same query: older versions offer a roll-back.
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values("created_at")[:1]
+        return super().get_queryset(request).annotate(active_created_at=Subquery(active))
+
+    def get_list_display(self, request: HttpRequest) -> tuple[str, ...]:
+        columns = tuple(super().get_list_display(request))
+        if not self.can_activate(request):
+            return columns
+        # Next to the status, where it stays visible on a narrow screen.
+        at = columns.index("status") + 1
+        return (*columns[:at], "activation_link", *columns[at:])
+
+    # --- columns ---
+
     @admin.display(description="validation NDCG")
-    def validation_ndcg_display(self, obj: ModelVersion) -> str:
+    def ndcg_display(self, obj: ModelVersion) -> str:
         value = obj.validation_ndcg
         return "-" if value is None else f"{value:.4f}"
 
-    @admin.display(description="validated source")
-    def validation_source(self, obj: ModelVersion) -> str:
-        return str(obj.metrics.get("validation_source", "-"))
+    @admin.display(description="coverage")
+    def coverage_display(self, obj: ModelVersion) -> str:
+        value = _Validation.of(obj.metrics).value("coverage")
+        return "-" if value is None else f"{value:.1%}"
 
-    @admin.display(description="users")
-    def n_users(self, obj: ModelVersion) -> object:
-        return obj.sizes.get("n_users", "-")
+    @admin.display(description="best source (NDCG)")
+    def best_source(self, obj: ModelVersion) -> str:
+        """Every source's figures are on the version's page and in the charts; the list shows the leader."""
+        validation = _Validation.of(obj.metrics)
+        ranked = validation.ranked("ndcg")
+        return "-" if not ranked else f"{ranked[0]} {validation.value('ndcg', ranked[0]):.4f}"
 
-    @admin.display(description="items")
-    def n_items(self, obj: ModelVersion) -> object:
-        return obj.sizes.get("n_items", "-")
+    @admin.display(description="ANN index (recall)")
+    def ann_display(self, obj: ModelVersion) -> str:
+        if not obj.ann_kind:
+            return "-"
+        return obj.ann_kind if obj.ann_recall is None else f"{obj.ann_kind} ({obj.ann_recall:.3f})"
 
-    @admin.display(description="interactions")
-    def n_interactions(self, obj: ModelVersion) -> object:
-        return obj.sizes.get("n_interactions", "-")
+    @admin.display(description="decision", ordering="decision")
+    def decision_code(self, obj: ModelVersion) -> str:
+        return format_html('<span title="{}">{}</span>', obj.get_decision_display(), obj.decision or "-")
+
+    @admin.display(description="activation")
+    def activation_link(self, obj: ModelVersion) -> str:
+        if obj.status == ModelVersion.Status.ACTIVE:
+            return "active"
+        if obj.pk is None or obj.status == ModelVersion.Status.FAILED or not obj.checksum:
+            return "-"
+        url = reverse("admin:ranking_modelversion_activate", args=[obj.pk])
+        active_created_at = getattr(obj, "active_created_at", None)
+        older = active_created_at is not None and obj.created_at < active_created_at
+        return format_html('<a class="button" href="{}">{}</a>', url, "Roll back…" if older else "Activate…")
+
+    @admin.display(description="validation by source")
+    def validation_table(self, obj: ModelVersion) -> str:
+        validation = _Validation.of(obj.metrics)
+        metrics = ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+        rows = [
+            {"source": source, "promoted": source == validation.source,
+             "values": [validation.value(metric, source) for metric in metrics]}
+            for source in sorted(validation.by_source)
+        ]  # fmt: skip
+        return render_to_string(
+            "admin/ranking/modelversion/validation.html",
+            {"k": validation.k, "metrics": metrics, "rows": rows, "promotion": obj.metrics.get("promotion")},
+        )
+
+    # --- the registry page: charts over versions ---
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {**(extra_context or {}), "registry_charts": self._charts()})
+
+    def _charts(self) -> dict[str, str]:
+        """NDCG and coverage at k over the newest evaluated versions (inline SVG; experiments.charts escapes every
+        text node). A line per source would be a dozen: the chart keeps the newest version's best sources and the
+        one the promotion rule compares."""
+        rows = list(
+            ModelVersion.objects.exclude(status=ModelVersion.Status.FAILED)
+            .order_by("-created_at")
+            .values_list("created_at", "metrics")[: self.CHART_VERSIONS]
+        )
+        validations = [(created_at, _Validation.of(metrics)) for created_at, metrics in reversed(rows)]
+        newest = validations[-1][1] if validations else _Validation(k=10, source="", by_source={})
+        sources = newest.ranked("ndcg")[: self.CHART_SOURCES - 1]
+        if newest.source and newest.source not in sources:
+            sources.append(newest.source)
+
+        def series(metric: str) -> list[charts.Series]:
+            return [
+                charts.Series(
+                    source,
+                    tuple(
+                        (created_at, value)
+                        for created_at, v in validations
+                        if (value := v.value(metric, source)) is not None
+                    ),
+                )
+                for source in sources
+            ]
+
+        return {
+            "ndcg": mark_safe(  # noqa: S308 - charts.line_chart_svg escapes every text node
+                charts.line_chart_svg(
+                    series("ndcg"), title=f"Validation NDCG@{newest.k} per version", y_format=charts.plain_number
+                )
+            ),
+            "coverage": mark_safe(  # noqa: S308
+                charts.line_chart_svg(series("coverage"), title=f"Validation coverage@{newest.k} per version")
+            ),
+        }
+
+    # --- activation / roll-back ---
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<int:object_id>/activate/",
+                self.admin_site.admin_view(self.activate_view),
+                name="ranking_modelversion_activate",
+            ),
+            *super().get_urls(),
+        ]
+
+    def activate_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """GET: what activating this version changes (the active version, both validations). POST: activate it
+        through ``model_version_activate`` and record who did it on both versions' history."""
+        if not self.can_activate(request):
+            raise PermissionDenied
+        version = get_object_or_404(ModelVersion, pk=object_id)
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+        list_url = reverse("admin:ranking_modelversion_changelist")
+        rollback = active is not None and version.created_at < active.created_at
+        blocked = ""
+        if version.status == ModelVersion.Status.ACTIVE:
+            blocked = "This version is already the active one."
+        elif version.status == ModelVersion.Status.FAILED or not version.checksum:
+            blocked = "This version has no usable artifacts (its training failed)."
+        if request.method == "POST" and not blocked:
+            verb = "Rolled back to" if rollback else "Activated"
+            try:
+                services.model_version_activate(
+                    version_id=version.pk,
+                    decision=ModelVersion.Decision.MANUAL,
+                    note=f"{verb} by {request.user.get_username()} in the admin.",
+                )
+            except ValueError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return HttpResponseRedirect(list_url)
+            version.refresh_from_db()
+            replaced = f", replacing {active.name}" if active else ""
+            self.log_change(request, version, f"{verb} this version{replaced}.")
+            if active is not None:
+                active.refresh_from_db()
+                self.log_change(request, active, f"Retired: {version.name} was activated instead.")
+            self.message_user(
+                request,
+                f"{verb} {version.name}. Serving processes switch to it within a minute.",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(list_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"{'Roll back to' if rollback else 'Activate'} {version.name}?",
+            "version": version,
+            "active": active,
+            "rollback": rollback,
+            "blocked": blocked,
+            "rows": [
+                ("validation NDCG", version.validation_ndcg, active.validation_ndcg if active else None),
+                (
+                    "coverage",
+                    _Validation.of(version.metrics).value("coverage"),
+                    _Validation.of(active.metrics).value("coverage") if active else None,
+                ),
+                ("ANN recall", version.ann_recall, active.ann_recall if active else None),
+            ],  # fmt: skip
+            "list_url": list_url,
+        }
+        return TemplateResponse(request, "admin/ranking/modelversion/activate.html", context)
 
 
 # --- Merchandising ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from ranking.sources import PURCHASE, SECONDS_PER_DAY, decay, event_weights
 
 IntArray = npt.NDArray[np.int64]
+REFERENCE_QUANTILE = 0.999
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +81,15 @@ class InteractionLog:
         if self.ts.size == 0:
             return 0.0, 0.0
         return float(self.ts.min()), float(self.ts.max())
+
+    def reference_ts(self) -> float:
+        """The data's "now" for decays and temporal splits: the time by which 99.9 % of events had happened (the
+        latest event when there are fewer than a thousand). A handful of stray events (a client with a skewed
+        clock, demo clicks in a database whose history ended years ago) cannot move it and decay everything else
+        to nothing; on a live stream it is minutes behind the latest event."""
+        if self.ts.size == 0:
+            return 0.0
+        return float(np.quantile(self.ts, REFERENCE_QUANTILE, method="higher"))
 
     def user_event_counts(self) -> IntArray:
         """Distinct items per user (the "history length" the cold-user segment is defined on)."""

@@ -58,10 +58,6 @@ def interaction_time_range() -> tuple[datetime | None, datetime | None]:
     return bounds["first"], bounds["last"]
 
 
-def interactions_exist_since(*, since: datetime) -> bool:
-    return Interaction.objects.filter(occurred_at__gte=since).exists()
-
-
 def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every item (active or not: serving filters availability) in pk order: pks, category pks (-1 none), texts."""
     rows = (

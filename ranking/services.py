@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import LockError
 
 from ranking import ann, artifacts, evaluation, offline_pipeline, selectors, sources
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
@@ -33,7 +35,8 @@ from recsys import redis_client
 logger = logging.getLogger(__name__)
 
 TRAIN_LOCK_KEY = "lock:ranking:train"
-TRAIN_LOCK_SECONDS = 4 * 3600  # longer than the task's hard time limit: a crashed run's lock expires on its own
+TRAIN_LOCK_SECONDS = 600  # a run that stops renewing its lock (it died) frees it after this long
+TRAIN_LOCK_HEARTBEAT_SECONDS = 60
 TRENDING_TTL_SECONDS = 3 * 3600  # a refresh older than this is ignored; serving falls back to the trained arrays
 KEEP_RETIRED_ARTIFACTS = 3
 STALE_DIRECTORY_SECONDS = 24 * 3600
@@ -62,13 +65,29 @@ class TrainResult:
 
 @contextlib.contextmanager
 def _training_lock() -> Iterator[None]:
-    lock = redis_client.get().lock(TRAIN_LOCK_KEY, timeout=TRAIN_LOCK_SECONDS, blocking=False)
+    """Held for the whole run and kept alive by a heartbeat thread: a run that dies (killed worker, Ctrl-C'd
+    command) frees the lock within ``TRAIN_LOCK_SECONDS`` instead of blocking every training for hours."""
+    # thread_local=False: the heartbeat thread extends the lock with the token this thread acquired.
+    lock = redis_client.get().lock(TRAIN_LOCK_KEY, timeout=TRAIN_LOCK_SECONDS, blocking=False, thread_local=False)
     if not lock.acquire():
         raise TrainingBusy("another training is running (Redis lock held); try again when it finishes")
+    stop = threading.Event()
+
+    def keep_alive() -> None:
+        while not stop.wait(TRAIN_LOCK_HEARTBEAT_SECONDS):
+            try:
+                lock.reacquire()
+            except (redis.RedisError, LockError) as exc:  # Redis blip: try again at the next beat
+                logger.warning("training_lock_heartbeat_failed", extra={"error": str(exc)})
+
+    heartbeat = threading.Thread(target=keep_alive, name="training-lock", daemon=True)
+    heartbeat.start()
     try:
         yield
     finally:
-        with contextlib.suppress(redis.RedisError):
+        stop.set()
+        heartbeat.join()
+        with contextlib.suppress(redis.RedisError, LockError):
             lock.release()
 
 
@@ -437,9 +456,10 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
     """Recompute the active version's popularity and trending arrays from recent Postgres data and store them in
     Redis (``model:<id>:trending``, expiring after 3 h) with a stamp that makes every loader pick them up.
 
-    "Now" is the current time when there are events in the trending window, else the version's last training
-    event (the demo data ends in 2011). Items added after training are not in the version's map and are skipped.
-    Returns a summary, or None when no version is active.
+    "Now" is the reference time (:meth:`InteractionLog.reference_ts`) of the events since the version's own
+    reference minus the trending window: the current time on a live stream, the data's end on a frozen one (the
+    demo data ends in 2011, a few demo clicks cannot move it). Items added after training are not in the
+    version's map and are skipped. Returns a summary, or None when no version is active.
     """
     row = selectors.active_version()
     if row is None:
@@ -449,16 +469,14 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
     meta = artifacts.version_read_meta(location.path)
     params = TrainParams.from_dict(meta.get("params", {}))
     now = now or timezone.now()
-    window_days = params.trending_recent_days + params.trending_baseline_days
-    reference = now
-    if not selectors.interactions_exist_since(since=now - timedelta(days=params.trending_recent_days)):
-        reference = row.data_to or now
-    since = reference - timedelta(days=window_days)
+    window = timedelta(days=params.trending_recent_days + params.trending_baseline_days)
+    trained_reference = meta.get("data", {}).get("reference_ts")
+    since = (datetime.fromtimestamp(trained_reference, tz=UTC) if trained_reference else now) - window
     item_ids = np.load(location.path / "item_ids.npy", mmap_mode="r")
     items = ItemTable(
         item_ids=np.asarray(item_ids), category=np.zeros(item_ids.size, np.int32), texts=[""] * item_ids.size
     )
-    columns = selectors.interaction_columns(since=since, until=reference + timedelta(seconds=1))
+    columns = selectors.interaction_columns(since=since, until=now + timedelta(seconds=1))
     log = log_from_arrays(
         customer=columns["customer"],
         item=columns["item"],
@@ -468,6 +486,7 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
         session=None,
         items=items,
     )
+    reference = datetime.fromtimestamp(log.reference_ts(), tz=UTC) if len(log) else now
     trained = train_sources(log, items, params, reference_ts=reference.timestamp(), include=("popularity", "trending"))
     computed_at = time.time()
     client = redis_client.get()

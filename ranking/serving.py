@@ -567,8 +567,9 @@ def _opted_out(customer_id: str) -> bool:
             row = cursor.fetchone()
         return bool(row and row[0])
 
-    # A short cache: opting out takes effect within seconds without a query on every request.
-    return _opt_out_cache.get(customer_id, load, False)
+    # A short cache: opting out takes effect within seconds without a query on every request. When Postgres cannot
+    # say, the customer is treated as opted out: a non-personal list is the privacy-safe answer.
+    return _opt_out_cache.get(customer_id, load, True)
 
 
 _opt_out_cache = _Recent(ttl=5.0)
@@ -913,14 +914,15 @@ def _category_popular(model: ActiveModel | None, anchor_pk: int, k: int) -> retr
 
 def _respond(
     endpoint: str, surface: str, items: Sequence[RecommendedItem], pks: npt.NDArray[np.int64],
-    model: ActiveModel | None, started: float,
+    model: ActiveModel | None, started: float, log_impression: bool,
 ) -> RecommendationList:  # fmt: skip
     request_id = uuid.uuid4().hex
     assignment = experiments.assign(surface=surface, unit_id=request_id)
-    experiments.impression_log(
-        request_id=request_id, surface=surface, customer_id="", session_id="", assignment=assignment,
-        item_pks=pks.tolist(), model_version=model.version_id if model else None,
-    )  # fmt: skip
+    if log_impression:
+        experiments.impression_log(
+            request_id=request_id, surface=surface, customer_id="", session_id="", assignment=assignment,
+            item_pks=pks.tolist(), model_version=model.version_id if model else None,
+        )  # fmt: skip
     REQUESTS.labels(endpoint, surface, "-", "miss").inc()
     LATENCY.labels(endpoint, surface, "-").observe(time.perf_counter() - started)
     return RecommendationList(
@@ -929,7 +931,7 @@ def _respond(
     )  # fmt: skip
 
 
-def similar_items(*, item_id: str, count: int = 10) -> RecommendationList:
+def similar_items(*, item_id: str, count: int = 10, log_impression: bool = True) -> RecommendationList:
     """Items similar to ``item_id``: collaborative neighbours blended with content similarity; content alone for
     items without interactions; popular items of its category for an item added after the last training."""
     started = time.perf_counter()
@@ -944,10 +946,10 @@ def similar_items(*, item_id: str, count: int = 10) -> RecommendationList:
         endpoint="similar", surface="similar", anchor_pk=anchor_pk, hits=hits, count=count,
         reason_for=_similar_reason,
     )  # fmt: skip
-    return _respond("similar", "similar", items, pks, model, started)
+    return _respond("similar", "similar", items, pks, model, started, log_impression)
 
 
-def bought_together(*, item_id: str, count: int = 10) -> RecommendationList:
+def bought_together(*, item_id: str, count: int = 10, log_impression: bool = True) -> RecommendationList:
     """Items frequently bought in the same basket as ``item_id`` (co-purchase with support and lift thresholds);
     when there are too few, what buyers of the item also bought."""
     started = time.perf_counter()
@@ -962,7 +964,7 @@ def bought_together(*, item_id: str, count: int = 10) -> RecommendationList:
         endpoint="bought_together", surface="bought_together", anchor_pk=anchor_pk, hits=hits, count=count,
         reason_for=_bought_together_reason,
     )  # fmt: skip
-    return _respond("bought_together", "bought_together", items, pks, model, started)
+    return _respond("bought_together", "bought_together", items, pks, model, started, log_impression)
 
 
 def _because(verb: str, title: str) -> Reason:

@@ -37,3 +37,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         messages.success(request, f"Revoked {count} key(s).")
+
+
+# The monitoring pages (quality dashboard, change log) and the catalog pages' recommendation panels register
+# themselves on import.
+from recsys import admin_panels, admin_views  # noqa: E402,F401

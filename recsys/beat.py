@@ -48,4 +48,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=17),
         "options": {"expires": 50 * 60},
     },
+    # CTR, conversion, coverage, diversity and freshness gauges for Prometheus and today's dashboard row. Five
+    # minutes: alerts react within a quarter of an hour, and each run reads only the last 24 h of served lists (the
+    # 7-day coverage at most hourly). A run older than its period is superseded by the next one.
+    "quality-refresh": {
+        "task": "recsys.tasks.quality_refresh",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 240},
+    },
 }

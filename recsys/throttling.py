@@ -1,19 +1,55 @@
-"""Per-key rate limiting in Redis: a fixed one-minute window counted with INCR, shared by every web process."""
+"""Rate limits in Redis, per API key and per customer: fixed one-minute windows counted with INCR, shared by every
+web process. Both fail open: a Redis outage must not take the storefront down with it, nor slow it down (after a
+failure, this process stops asking Redis for a second instead of waiting out the socket timeout on every request).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Collection
+from typing import Any
 
 import redis
 from django.conf import settings
-from rest_framework.request import Request
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
+from rest_framework.request import Empty, Request
 from rest_framework.throttling import BaseThrottle
 
+from catalog.models import EXTERNAL_ID_MAX
 from recsys import redis_client
 from recsys.auth import ApiClient
+from recsys.models import ApiKey
 
 logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+_PAUSE_AFTER_FAILURE_SECONDS = 1.0
+_paused_until = 0.0
+
+
+def _count(keys: list[str]) -> list[int] | None:
+    """INCR each key of the current window (one round trip); None when Redis failed: the caller lets the request in."""
+    global _paused_until
+    if time.monotonic() < _paused_until:
+        return None
+    try:
+        pipe = redis_client.get().pipeline(transaction=False)
+        for key in keys:
+            pipe.incr(key)
+            pipe.expire(key, 2 * WINDOW_SECONDS)
+        return pipe.execute()[::2]
+    except redis.RedisError:
+        _paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_SECONDS
+        logger.warning("throttle_unavailable", exc_info=True)
+        return None
+
+
+def pause_clear() -> None:
+    """Ask Redis again from the next request on (tests, once Redis is back)."""
+    global _paused_until
+    _paused_until = 0.0
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -26,21 +62,102 @@ class ApiKeyRateThrottle(BaseThrottle):
             return True
         limit = client.rate_per_minute or settings.API_DEFAULT_RATE_PER_MINUTE
         now = time.time()
-        window = int(now // 60)
-        key = f"throttle:key:{client.key_id}:{window}"
-        try:
-            pipe = redis_client.get().pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            count = pipe.execute()[0]
-        except redis.RedisError:
-            # Fail open: a Redis outage must not take the storefront's recommendations down with it.
-            logger.warning("throttle_unavailable", exc_info=True)
-            return True
-        if count > limit:
-            self._wait = (window + 1) * 60 - now
+        window = int(now // WINDOW_SECONDS)
+        counts = _count([f"throttle:key:{client.key_id}:{window}"])
+        if counts is not None and counts[0] > limit:
+            self._wait = (window + 1) * WINDOW_SECONDS - now
             return False
         return True
 
     def wait(self) -> float | None:
         return self._wait
+
+
+# Recommendation and event requests name a customer; the other endpoints are the storefront's back office.
+CUSTOMER_SCOPES = frozenset({ApiKey.Scope.RECOMMEND, ApiKey.Scope.EVENTS})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class CustomerRateThrottle(BaseThrottle):
+    """At most ``API_CUSTOMER_RATE_PER_MINUTE`` requests per customer and API key and minute, for the views whose
+    scope is ``recommend`` or ``events``: one runaway page or bot behind a single customer cannot spend the key's
+    whole budget.
+
+    The customer comes from the URL (``customer_id``), the query string (``customer_id``) or the JSON body: a single
+    event's ``customer_id``, or each customer of a batch (``events[*].customer_id``), every customer a request
+    names counting that request once. Counted per request, not per event, so no batch the API accepts can be
+    over the limit by itself and a 429 always clears after ``Retry-After``.
+
+    Counters are keyed by a hash of the customer id, so the rate-limit keys hold no customer ids.
+    """
+
+    def __init__(self) -> None:
+        self._wait = 0.0
+
+    def allow_request(self, request: Request, view: object) -> bool:
+        client = request.user
+        if not isinstance(client, ApiClient) or getattr(view, "required_scope", None) not in CUSTOMER_SCOPES:
+            return True
+        customers = customers_named(request, view)
+        if not customers:
+            return True
+        limit = settings.API_CUSTOMER_RATE_PER_MINUTE
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        keys = [f"throttle:cust:{client.key_id}:{window}:{_digest(customer)}" for customer in sorted(customers)]
+        counts = _count(keys)
+        if counts is not None and max(counts) > limit:
+            self._wait = (window + 1) * WINDOW_SECONDS - now
+            return False
+        return True
+
+    def wait(self) -> float | None:
+        return self._wait
+
+
+def _digest(customer_id: str) -> str:
+    # surrogatepass: JSON may carry a lone surrogate, which plain UTF-8 cannot encode.
+    return hashlib.blake2b(customer_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def customers_named(request: Request, view: object) -> set[str]:
+    """The customer ids a request names, in the URL, the query string or the JSON body (one event or a batch).
+
+    Ids that are not strings, blank or too long are skipped: validation rejects them, and they name nobody.
+    """
+    found: list[Any] = [
+        getattr(view, "kwargs", {}).get("customer_id"),
+        request.query_params.get("customer_id"),
+    ]
+    body = _json_body(request) if request.method in _BODY_METHODS else None
+    if isinstance(body, dict):
+        found.append(body.get("customer_id"))
+        events = body.get("events")
+        if isinstance(events, list):
+            found.extend(event.get("customer_id") for event in events if isinstance(event, dict))
+    return _valid_ids(found)
+
+
+def _valid_ids(values: Collection[Any]) -> set[str]:
+    return {
+        value.strip()
+        for value in values
+        if isinstance(value, str) and value.strip() and len(value.strip()) <= EXTERNAL_ID_MAX
+    }
+
+
+def _json_body(request: Request) -> Any:
+    """The parsed body, or None when it cannot be parsed; the view then meets (and reports) the error itself.
+
+    DRF remembers a failed parse as an empty body, so the failure is forgotten here (its "not loaded yet" state,
+    DRF 3.15-3.16) and the body kept readable: reading ``HttpRequest.body`` first makes DRF parse from that copy
+    instead of the stream, and also applies ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``RequestDataTooBig``, answered 413 by
+    recsys.exceptions). tests/reliability/test_security.py checks that the view still reports a bad body itself.
+    """
+    request._request.body  # noqa: B018 - read for its side effects, see above
+    try:
+        return request.data
+    except (ParseError, UnsupportedMediaType):
+        for name in ("_data", "_files", "_full_data", "_stream"):
+            setattr(request, name, Empty)
+        return None

@@ -5,10 +5,17 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from recsys import api as privacy_api
 from recsys import health
 from recsys.metrics import metrics_view
 
 api_v1 = [
+    # Customer data rights. First: DELETE /v1/customers/{id} (erasure) reaches into every app, so its view is
+    # recsys.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
+    path("customers/<str:customer_id>", privacy_api.CustomerApi.as_view(), name="customer-data"),
+    path("customers/<str:customer_id>/opt-out", privacy_api.CustomerOptOutApi.as_view(), name="customer-opt-out"),
+    path("customers/<str:customer_id>/opt-in", privacy_api.CustomerOptInApi.as_view(), name="customer-opt-in"),
+    path("customers/<str:customer_id>/export", privacy_api.CustomerExportApi.as_view(), name="customer-export"),
     path("", include("catalog.urls")),
     path("", include("events.urls")),
     path("", include("experiments.urls")),

@@ -129,9 +129,10 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["recsys.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["recsys.auth.HasScope"],
-    "DEFAULT_THROTTLE_CLASSES": ["recsys.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["recsys.throttling.ApiKeyRateThrottle", "recsys.throttling.CustomerRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSONParser with DATA_UPLOAD_MAX_MEMORY_SIZE applied (DRF reads past it) and lone surrogates refused.
+    "DEFAULT_PARSER_CLASSES": ["recsys.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "recsys.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -140,6 +141,8 @@ REST_FRAMEWORK = {
 BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 # Requests per minute per API key unless the key sets its own.
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
+# Recommendation and event requests per minute per customer id and API key (recsys.throttling.CustomerRateThrottle).
+API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
 # Bytes; a batch of 1,000 events is about 250 KB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024)
 

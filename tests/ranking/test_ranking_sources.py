@@ -98,6 +98,28 @@ def test_ease_matches_the_closed_form_in_numpy() -> None:
     assert np.all(np.diag(got) == 0.0)
 
 
+def test_ease_survives_a_vanishing_lambda() -> None:
+    # Two identical columns make X^T X singular; a lambda lost in rounding must not crash the training.
+    x = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=np.float64))
+    b = sources.ease_fit(x, 0.0)
+    assert np.isfinite(b).all()
+    assert np.all(np.diag(b) == 0.0)
+
+
+def test_reference_time_ignores_a_few_stray_events() -> None:
+    items = ItemTable(item_ids=np.array([1]), category=np.array([-1], np.int32), texts=[""])
+    day = sources.SECONDS_PER_DAY
+    ts = np.concatenate([np.linspace(0, 100 * day, 5_000), [5_000 * day, 5_001 * day]])  # two clicks years later
+    log = log_from_arrays(
+        customer=np.ones(ts.size, np.int64), item=np.ones(ts.size, np.int64), type_=np.full(ts.size, 4),
+        value=np.full(ts.size, np.nan), ts=ts, session=None, items=items,
+    )  # fmt: skip
+    assert log.reference_ts() == pytest.approx(100 * day, rel=1e-3)
+    assert log.time_range()[1] == 5_001 * day
+    small = log.subset(np.arange(ts.size) >= ts.size - 10)
+    assert small.reference_ts() == 5_001 * day  # fewer than a thousand events: the latest one
+
+
 def test_ease_lambda_is_relative_to_a_binary_matrix() -> None:
     binary = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 1]], dtype=np.float32))
     assert sources.ease_lambda(binary, 100.0) == pytest.approx(100.0)

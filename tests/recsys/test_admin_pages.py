@@ -1,0 +1,347 @@
+"""The merchandiser and operator admin pages: the model registry (chart, activation and roll-back behind a
+confirmation, audited), an item's similar / bought-together lists, a customer's history and recommendations, the
+quality dashboard with and without data, the change log, and bounded queries on every list page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import AbstractUser, Permission
+from django.test import Client
+from rest_framework.test import APIClient
+
+import recsys.admin_views  # noqa: F401  (registers the dashboard and the change log; see the wiring test below)
+from catalog.models import Brand, Category, Customer, Item
+from events.models import Interaction
+from experiments import keys as experiment_keys
+from experiments.models import Impression
+from experiments.services import assignment_cache_clear
+from ranking import rules, services, serving
+from ranking.artifacts import loader
+from ranking.models import ModelVersion
+from ranking.training import TrainParams
+from recsys import quality, redis_client, tasks
+from recsys.admin_panels import CustomerWithPanelsAdmin
+from recsys.models import QualitySnapshot
+
+CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"))
+PER_CLUSTER = 10
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+PARAMS = TrainParams(
+    als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
+    half_life_days=None, history_half_life_days=None, validation_days=30,
+)  # fmt: skip
+REGISTRY = "/admin/ranking/modelversion/"
+DASHBOARD = "/admin/recsys/qualitysnapshot/"
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
+    """Three clusters of ten items; customers buy two items per order within their cluster. Two versions trained
+    (committed once for the module): the first is retired, the second active."""
+    rng = np.random.default_rng(5)
+    with django_db_blocker.unblock():
+        categories = [Category.objects.create(external_id=f"adm{c}", name=w[1].title()) for c, w in enumerate(CLUSTERS)]
+        brand = Brand.objects.create(external_id="adm-brand", name="Brand")
+        items = Item.objects.bulk_create(
+            Item(external_id=f"{w[1]}-{i}", title=f"{w[0].title()} {w[1]} no. {i}", category=categories[c],
+                 brand=brand, price=5 + i, created_at=START)
+            for c, w in enumerate(CLUSTERS) for i in range(PER_CLUSTER)
+        )  # fmt: skip
+        customers = Customer.objects.bulk_create(Customer(external_id=f"a{c}-{n}") for c in range(3) for n in range(15))
+        Interaction.objects.bulk_create(
+            Interaction(
+                event_id=f"adm{n}-{k}", customer=customer, item=items[(n // 15) * PER_CLUSTER + int(item)],
+                type=Interaction.Type.PURCHASE, session_id=f"adm-o{n}-{k // 2}",
+                occurred_at=START + dt.timedelta(days=float(rng.uniform(0, 120))),
+            )
+            for n, customer in enumerate(customers)
+            for k, item in enumerate(rng.choice(PER_CLUSTER, 6, replace=False))
+        )  # fmt: skip
+        first = services.model_train(params=PARAMS, force=True).version
+        second = services.model_train(params=PARAMS, force=True).version
+        yield {"items": items, "customers": customers, "first": first, "second": second}
+        Interaction.objects.all().delete()
+        ModelVersion.objects.all().delete()
+        Item.objects.all().delete()
+        Customer.objects.all().delete()
+        Brand.objects.all().delete()
+        Category.objects.all().delete()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    serving.clear_caches()
+    rules.reset()
+    loader().reset()
+    assignment_cache_clear()
+
+
+@pytest.fixture
+def superuser(django_user_model: type[AbstractUser]) -> AbstractUser:
+    return django_user_model.objects.create_superuser("ops", "ops@example.com", "pw")
+
+
+@pytest.fixture
+def staff(superuser: AbstractUser) -> Client:
+    client = Client()
+    client.force_login(superuser)
+    return client
+
+
+def _page(client: Client, url: str) -> str:
+    response = client.get(url)
+    assert response.status_code == 200, response.content[:2000]
+    return response.content.decode()
+
+
+# --- The model registry -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_registry_lists_versions_with_their_figures_and_charts(staff: Client, world: dict[str, Any]) -> None:
+    html = _page(staff, REGISTRY)
+    first, second = world["first"], world["second"]
+    assert first.name in html
+    assert second.name in html
+    assert html.count('class="exp-chart"') == 2
+    assert "Validation NDCG@10 per version" in html
+    assert "Validation coverage@10 per version" in html
+    assert 'data-series="als"' in html  # the source the promotion rule compares always has its line
+    assert "Roll back…" in html  # the retired first version
+    assert f"{second.validation_ndcg:.4f}" in html
+    assert second.ann_kind in html
+
+
+@pytest.mark.django_db
+def test_version_page_shows_validation_by_source(staff: Client, world: dict[str, Any]) -> None:
+    html = _page(staff, f"{REGISTRY}{world['second'].pk}/change/")
+    assert "ndcg@10" in html
+    assert "coverage@10" in html
+    assert "(promotion rule)" in html
+    assert "Roll back" not in html
+    assert "Activate…" not in html
+
+
+@pytest.mark.django_db
+def test_roll_back_asks_for_confirmation_then_switches_and_audits(
+    staff: Client, superuser: AbstractUser, world: dict[str, Any]
+) -> None:
+    first, second = world["first"], world["second"]
+    url = f"{REGISTRY}{first.pk}/activate/"
+    confirmation = _page(staff, url)
+    assert f"Roll back to {first.name}?" in confirmation
+    assert second.name in confirmation  # what it replaces
+    assert ModelVersion.objects.get(pk=first.pk).status == ModelVersion.Status.RETIRED  # a GET changes nothing
+
+    response = staff.post(url)
+    assert response.status_code == 302
+    statuses = dict(ModelVersion.objects.filter(pk__in=[first.pk, second.pk]).values_list("pk", "status"))
+    assert statuses == {first.pk: ModelVersion.Status.ACTIVE, second.pk: ModelVersion.Status.RETIRED}
+    assert ModelVersion.objects.get(pk=first.pk).decision == ModelVersion.Decision.MANUAL
+    log = {e.object_id: e.change_message for e in LogEntry.objects.filter(user=superuser)}
+    assert log[str(first.pk)] == f"Rolled back to this version, replacing {second.name}."
+    assert log[str(second.pk)] == f"Retired: {first.name} was activated instead."
+
+    # And forward again: the newer version is activated the same way.
+    assert "Activate " in _page(staff, f"{REGISTRY}{second.pk}/activate/")
+    staff.post(f"{REGISTRY}{second.pk}/activate/")
+    assert ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE).pk == second.pk
+
+    changes = _page(staff, "/admin/admin/logentry/")
+    assert "Rolled back to this version" in changes
+    assert "ops" in changes
+
+
+@pytest.mark.django_db
+def test_activation_needs_the_change_permission(django_user_model: type[AbstractUser], world: dict[str, Any]) -> None:
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_modelversion"))
+    client = Client()
+    client.force_login(viewer)
+    assert "Roll back…" not in _page(client, REGISTRY)
+    assert client.get(f"{REGISTRY}{world['first'].pk}/activate/").status_code == 403
+    assert client.post(f"{REGISTRY}{world['first'].pk}/activate/").status_code == 403
+    assert ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE).pk == world["second"].pk
+
+
+@pytest.mark.django_db
+def test_a_failed_version_cannot_be_activated(staff: Client, world: dict[str, Any]) -> None:
+    failed = ModelVersion.objects.create(name="v-broken", status=ModelVersion.Status.FAILED)
+    assert "no usable artifacts" in _page(staff, f"{REGISTRY}{failed.pk}/activate/")
+    staff.post(f"{REGISTRY}{failed.pk}/activate/")
+    assert ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE).pk == world["second"].pk
+
+
+# --- Item and customer pages ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_item_page_shows_similar_and_bought_together(staff: Client, world: dict[str, Any]) -> None:
+    scarf = Item.objects.get(external_id="scarf-3")
+    html = _page(staff, f"/admin/catalog/item/{scarf.pk}/change/")
+    assert "Recommended with this item" in html
+    similar, _, together = html.split("Similar items", 1)[1].partition("Frequently bought together")
+    # The neighbours of a scarf are scarves, each with its reason and score.
+    assert "Wool scarf no." in similar
+    assert "Ceramic mug no." not in similar
+    assert "Customers who liked Wool scarf no. 3 also liked" in similar or "Similar to Wool scarf no. 3" in similar
+    assert "Wool scarf no." in together
+    assert "bought" in together  # "Frequently bought with …" or "Customers who bought … also bought"
+
+
+@pytest.mark.django_db
+def test_customer_page_shows_history_and_recommendations(staff: Client, api: APIClient, world: dict[str, Any]) -> None:
+    customer = world["customers"][0]  # a scarf buyer
+    for item in ("mug-1", "mug-2"):
+        response = api.post(
+            "/v1/events", {"customer_id": customer.external_id, "item_id": item, "type": "view"}, format="json"
+        )
+        assert response.status_code == 202
+    html = _page(staff, f"/admin/catalog/customer/{customer.pk}/change/")
+    history, _, recommendations = html.split("Recent history", 1)[1].partition("Current recommendations (home)")
+    assert "Ceramic mug no. 1" in history
+    assert "Ceramic mug no. 2" in history
+    assert "view" in history
+    assert "Because you viewed Ceramic mug no." in recommendations
+    assert "not logged as an impression" in recommendations
+    assert redis_client.get().llen(experiment_keys.IMPRESSIONS) == 0
+
+
+@pytest.mark.django_db
+def test_history_titles_come_from_one_query(
+    api: APIClient, world: dict[str, Any], django_assert_num_queries: Any
+) -> None:
+    customer = world["customers"][20]
+    for n in range(5):
+        api.post("/v1/events", {"customer_id": customer.external_id, "item_id": f"seed-{n}", "type": "view"},
+                 format="json")  # fmt: skip
+    panel = CustomerWithPanelsAdmin(Customer, admin.site)
+    with django_assert_num_queries(1):
+        html = panel.recent_history_panel(customer)
+    assert all(f"Garden seed no. {n}" in html for n in range(5))
+
+
+@pytest.mark.django_db
+def test_new_item_and_customer_forms_have_no_panels(staff: Client) -> None:
+    assert "Recommended with this item" not in _page(staff, "/admin/catalog/item/add/")
+    assert "Activity and recommendations" not in _page(staff, "/admin/catalog/customer/add/")
+
+
+# --- List pages stay bounded ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [REGISTRY, "/admin/admin/logentry/", "/admin/catalog/item/", "/admin/catalog/customer/", DASHBOARD, "/admin/"],
+)
+def test_list_pages_use_a_bounded_number_of_queries(
+    staff: Client, superuser: AbstractUser, world: dict[str, Any], url: str, django_assert_max_num_queries: Any
+) -> None:
+    for n, item in enumerate(world["items"][:25]):
+        LogEntry.objects.log_actions(
+            user_id=superuser.pk, queryset=[item], action_flag=2, change_message=f"edit {n}", single_object=True
+        )
+    quality.quality_refresh()
+    staff.get(url)  # warm the session
+    with django_assert_max_num_queries(10):
+        response = staff.get(url)
+    assert response.status_code == 200
+
+
+# --- The quality dashboard --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_dashboard_without_data_says_so(staff: Client) -> None:
+    html = _page(staff, DASHBOARD)
+    assert "No quality figures yet" in html
+    assert html.count("No data yet") == 5  # every chart
+    assert "Active model" in html
+
+
+@pytest.mark.django_db
+def test_dashboard_after_the_demo_load_explains_the_missing_traffic(staff: Client, world: dict[str, Any]) -> None:
+    quality.quality_refresh()
+    html = _page(staff, DASHBOARD)
+    assert 'id="no-traffic"' in html
+    assert "historical purchases" in html
+    assert world["second"].name in html  # the active model and its age
+    assert 'id="no-latency"' in html
+
+
+@pytest.mark.django_db
+def test_dashboard_draws_the_daily_figures(staff: Client, world: dict[str, Any]) -> None:
+    items = world["items"]
+    today = dt.datetime.now(dt.UTC)
+    for days_ago, clicked in ((2, True), (1, False), (0, True)):
+        day = today.date() - dt.timedelta(days=days_ago)
+        served_at = (
+            dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC) if days_ago else today - dt.timedelta(seconds=1)
+        )
+        Impression.objects.create(
+            request_id=f"dash-{days_ago}", surface="home", served_at=served_at, item_pks=[items[0].pk, items[12].pk]
+        )
+        if clicked:
+            Interaction.objects.create(
+                event_id=f"dash-{days_ago}", session_id="dash", item=items[0], type=Interaction.Type.CLICK,
+                occurred_at=served_at, request_id=f"dash-{days_ago}",
+            )  # fmt: skip
+        if days_ago:  # the day's last run
+            quality.quality_refresh(now=dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC))
+    quality.quality_refresh()
+    html = _page(staff, DASHBOARD)
+    assert 'id="no-traffic"' not in html
+    assert "No quality figures yet" not in html
+    assert html.count("No data yet") == 1  # only latency: no multi-process files in tests
+    # Three days each: CTR, conversion, coverage of the day and of 7 days, diversity, lists served.
+    assert html.count("<polyline") == 6
+    figures = html.split('id="figures"', 1)[1].split("</div>\n  </div>", 1)[0]
+    assert "100.0%" in figures  # today's one list was clicked
+    surfaces = html.split('id="surfaces"', 1)[1].split("</table>", 1)[0]
+    assert "home" in surfaces
+    assert "all lists" in surfaces
+    assert QualitySnapshot.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_recompute_now_enqueues_the_task(staff: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr(tasks.quality_refresh, "delay", lambda: calls.append(1))
+    response = staff.post(DASHBOARD, follow=True)
+    assert calls == [1]
+    assert "being recomputed" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_admin_index_links_the_monitoring_pages(staff: Client) -> None:
+    html = _page(staff, "/admin/")
+    monitoring = html.split('id="monitoring"', 1)[1].split("</table>", 1)[0]
+    for url in (DASHBOARD, REGISTRY, "/admin/admin/logentry/"):
+        assert f'href="{url}"' in monitoring
+
+
+def test_the_pages_are_registered_at_start_up_without_the_tests_help() -> None:
+    code = (
+        "import django; django.setup(); from django.contrib import admin; "
+        "from django.contrib.admin.models import LogEntry; from recsys.models import QualitySnapshot; "
+        "print(admin.site.is_registered(LogEntry) and admin.site.is_registered(QualitySnapshot))"
+    )
+    env = os.environ | {"DJANGO_SETTINGS_MODULE": "recsys.settings.test"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"

@@ -1,0 +1,130 @@
+"""Redis really stopped (the local redis-server, not a mock) in the middle of a test: events are still stored durably
+and acknowledged, recommendations still served, readiness says not ready, liveness stays up, rate limits fail
+open, the privacy operations that need Redis refuse cleanly; and once Redis is back, rebuild_online_state restores
+the history of the events that arrived during the outage.
+
+The server is shared with whatever else runs on this machine (the demo, another test run), so each outage is kept
+to a few seconds and the server is always started again, and answering, before the test ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.test import Client, override_settings
+from django_redis import get_redis_connection
+from rest_framework.test import APIClient
+
+from catalog.models import Customer
+from events import online
+from events.models import Interaction
+from ranking import serving
+from recsys import localservices, redis_client, throttling
+from tests.factories import CustomerFactory, InteractionFactory, ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+
+class RedisOutage:
+    """The real server stopped; :meth:`restore` (also run at teardown, always) starts it and waits for it."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def begin(self) -> None:
+        localservices.stop_redis()
+        self.down = True
+        with pytest.raises(redis.ConnectionError):  # really down, not restarted by someone else meanwhile
+            redis.Redis(unix_socket_path=str(localservices.redis_socket()), socket_timeout=1).ping()
+
+    def restore(self) -> None:
+        if not self.down:
+            return
+        localservices.ensure_redis()  # starts it and waits until it answers PING
+        self.down = False
+        # Connections of the old server are dead; pools would replace them on use, this just does it now.
+        redis_client.get().connection_pool.disconnect()
+        get_redis_connection("default").connection_pool.disconnect()
+        throttling.pause_clear()
+        assert redis_client.get().ping()
+
+
+@pytest.fixture
+def redis_down() -> Iterator[RedisOutage]:
+    outage = RedisOutage()
+    try:
+        outage.begin()
+        yield outage
+    finally:
+        outage.restore()
+
+
+@pytest.fixture
+def shop() -> dict[str, Any]:
+    items = [ItemFactory(external_id=f"sku-{n}") for n in range(6)]
+    customer = CustomerFactory(external_id="c1")
+    for n, item in enumerate(items[:3]):
+        InteractionFactory(event_id=f"old-{n}", customer=customer, item=item, type=Interaction.Type.PURCHASE)
+    serving.clear_caches()
+    return {"items": items, "customer": customer}
+
+
+def test_events_are_stored_during_an_outage_and_their_history_rebuilt_after(
+    api: APIClient, shop: dict[str, Any], redis_down: RedisOutage
+) -> None:
+    batch = {"events": [{"event_id": f"out-{n}", "customer_id": "c1", "item_id": f"sku-{n}", "type": "click"}
+                        for n in (3, 4, 5)]}  # fmt: skip
+
+    response = api.post("/v1/events", batch, format="json")
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    # A client retrying the same batch is told they are stored, and nothing is stored twice.
+    assert api.post("/v1/events", batch, format="json").json() == {"accepted": 0, "duplicates": 3, "rejected": []}
+    assert Interaction.objects.filter(event_id__startswith="out-").count() == 3
+
+    redis_down.restore()
+    assert online.read_history("c1", limit=10) == []  # the online update was lost with the outage...
+    call_command("rebuild_online_state", "--quiet", stdout=None)
+    history = online.read_history("c1", limit=10)  # ...and is rebuilt from Postgres
+    outage_pks = set(Interaction.objects.filter(event_id__startswith="out-").values_list("item_id", flat=True))
+    assert outage_pks <= {row.item_pk for row in history}
+    assert len(history) == 6
+
+
+@override_settings(API_CUSTOMER_RATE_PER_MINUTE=1)
+def test_the_api_keeps_answering_while_redis_is_down(
+    make_api_client: Any, shop: dict[str, Any], redis_down: RedisOutage
+) -> None:
+    # Rate limits of 1 per minute, per key and per customer: they fail open, or the second request would be 429.
+    storefront = make_api_client("recommend", "catalog", rate_per_minute=1)
+    for _ in range(2):
+        response = storefront.get("/v1/recommendations", {"customer_id": "c1", "count": 3})
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["degraded"] is True
+        # The history comes from Postgres: what c1 already bought is left out...
+        assert {item["item_id"] for item in body["items"]} == {"sku-3", "sku-4", "sku-5"}
+    assert storefront.get("/v1/recommendations").status_code == 200  # ...and anonymous visitors get a list.
+
+    assert Client().get("/healthz").status_code == 200
+    started = time.monotonic()
+    ready = Client().get("/readyz")
+    readyz_seconds = time.monotonic() - started
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not ready"
+    assert ready.json()["checks"]["redis"]["ok"] is False
+    assert ready.json()["checks"]["database"]["ok"] is True
+    assert readyz_seconds < 15
+
+    # Erasure and export need Redis to be complete: refused with 503, and nothing is deleted.
+    response = storefront.delete("/v1/customers/c1")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert Customer.objects.filter(external_id="c1").exists()
+    assert Interaction.objects.filter(customer__external_id="c1").count() == 3
+    assert storefront.get("/v1/customers/c1/export").status_code == 503
