@@ -129,6 +129,27 @@ def _redis_running() -> bool:
 
     try:
         return bool(redis.Redis(unix_socket_path=str(redis_socket()), socket_timeout=1).ping())
+    except redis.BusyLoadingError:
+        return True  # up, still reading its append-only file: starting a second server would orphan this one
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+def _redis_pid_alive() -> bool:
+    try:
+        pid = int((_redis_dir() / "redis.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def redis_ready() -> bool:
+    """Answers PING (not merely started and still loading its data)."""
+    import redis
+
+    try:
+        return bool(redis.Redis(unix_socket_path=str(redis_socket()), socket_timeout=1).ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
 
@@ -137,8 +158,18 @@ def start_redis() -> None:
     """Start the bundled redis-server as a daemon on a unix socket, with an append-only file for durability."""
     directory = _redis_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        redis_socket().unlink()
+    if not _redis_pid_alive():
+        with contextlib.suppress(FileNotFoundError):
+            redis_socket().unlink()
+        _launch_redis(directory)
+    deadline = time.monotonic() + 30
+    while not redis_ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start; see {directory / 'redis.log'}")
+        time.sleep(0.05)
+
+
+def _launch_redis(directory: Path) -> None:
     subprocess.run(
         [
             str(redis_server_binary()),
@@ -156,21 +187,15 @@ def start_redis() -> None:
         ],
         check=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not _redis_running():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not start; see {directory / 'redis.log'}")
-        time.sleep(0.05)
 
 
 def ensure_redis() -> str:
     """Start (or find) the local Redis server; return its base URL (database 0)."""
     url = f"unix://{redis_socket()}?db=0"
-    if _redis_running():
+    if redis_ready():
         return url
     with _lock("redis"):
-        if not _redis_running():
-            start_redis()
+        start_redis()  # starts one only if no live server; waits until it answers (not loading)
     return url
 
 
