@@ -477,6 +477,7 @@ class ModelLoader:
         self._next_db_check = clock() + db_check_interval
         self._trending_stamp = ""
         self._failed: dict[tuple[int, str], float] = {}
+        self._stale_marker: tuple[int, str] | None = None
 
     def get(self) -> ActiveModel | None:
         current = self._current
@@ -486,7 +487,8 @@ class ModelLoader:
         if not self._lock.acquire(blocking=current is None):
             return current
         try:
-            if self._current is None or self._clock() >= self._next_check:
+            # Also without a model (none trained yet) the registry is asked at most once per interval.
+            if self._clock() >= self._next_check:
                 self._next_check = self._clock() + self.check_interval
                 self._check()
         finally:
@@ -507,6 +509,7 @@ class ModelLoader:
             self._next_db_check = self._clock() + self.db_check_interval
             self._trending_stamp = ""
             self._failed.clear()
+            self._stale_marker = None
 
     def _check(self) -> None:
         from django.db import DatabaseError
@@ -518,15 +521,38 @@ class ModelLoader:
             self._next_db_check = self._clock() + self.db_check_interval
         try:
             marker = self._read_db_marker() if use_database else self._read_marker()
+            if marker is not None and not use_database and self._differs(marker):
+                marker = self._confirmed(marker)
         except DatabaseError as exc:
             logger.warning("model_marker_unavailable", extra={"error": str(exc)})
             return
+        if use_database:
+            self._stale_marker = None
         if marker is None:
             return
-        current = self._current
-        if current is None or (current.version_id, current.checksum) != (marker.version_id, marker.checksum):
+        if self._differs(marker):
             self._switch(marker)
         self._apply_trending(marker)
+
+    def _differs(self, marker: Marker) -> bool:
+        current = self._current
+        return current is None or (current.version_id, current.checksum) != (marker.version_id, marker.checksum)
+
+    def _confirmed(self, marker: Marker) -> Marker | None:
+        """A Redis marker naming another version is checked against the database once (cheap: only on changes).
+        If the database disagrees (a publish was lost), its answer wins and the stale marker is ignored until the
+        next periodic database check, so processes never flip between the two."""
+        if self._stale_marker == (marker.version_id, marker.checksum):
+            return None
+        truth = self._read_db_marker()
+        if truth is None or (truth.version_id, truth.checksum) == (marker.version_id, marker.checksum):
+            return marker
+        self._stale_marker = (marker.version_id, marker.checksum)
+        logger.warning(
+            "model_marker_stale",
+            extra={"redis_version_id": marker.version_id, "database_version_id": truth.version_id},
+        )
+        return truth
 
     def _switch(self, marker: Marker) -> None:
         from django.db import DatabaseError

@@ -4,7 +4,9 @@ recommender callable, and the metrics of ``ranking.metrics`` per source and user
 The hook for anything else that recommends (the full serving pipeline, a new model) is :data:`SourceFn`: a
 callable that receives :class:`EvalUsers` (their ids and training history) and ``k`` and returns an ``(n, k)``
 array of item indices, best first, ``-1`` padded. Pass it in the ``recommenders`` mapping of
-:func:`evaluate_sources` next to the built-in sources.
+:func:`evaluate_sources` (or ``extra`` of :func:`run_protocol`) next to the built-in sources. The harness blanks
+any training item a recommender returns, so a leak cannot score. :func:`dense_source`, :func:`neighbour_source`
+and :func:`global_source` turn a scoring function, a neighbour table or one global ranking into a SourceFn.
 """
 
 from __future__ import annotations
@@ -92,15 +94,15 @@ class Split:
 
 
 def split_temporal(log: InteractionLog, *, holdout_days: float) -> Split:
-    """Global temporal split: train on events before ``max(ts) - holdout_days``, test on the rest.
+    """Global temporal split: train on events before ``reference - holdout_days``, test on the rest (reference:
+    :meth:`~ranking.dataset.InteractionLog.reference_ts`, the latest event unless a few stray ones come later).
 
     Relevant items are the ones a user interacted with in the hold-out and not before (new items only: items
     seen in training are excluded from every list, so counting them would only add an unreachable target).
     """
     if holdout_days <= 0:
         raise ValueError("holdout_days must be positive")
-    _, last = log.time_range()
-    cutoff = last - holdout_days * SECONDS_PER_DAY
+    cutoff = log.reference_ts() - holdout_days * SECONDS_PER_DAY
     train_mask = log.ts < cutoff
     train = log.subset(train_mask)
     test = log.subset(~train_mask & (log.user >= 0))
@@ -362,7 +364,9 @@ def segments_for(split: Split) -> list[Segment]:
     history_len[known] = counts[split.user_index[known]]
     return [
         Segment("main", "test users with >= 1 training interaction", history_len >= 1),
-        Segment("cold", f"test users with <= {COLD_MAX_HISTORY} training items (or none)", history_len <= 2),
+        Segment(
+            "cold", f"test users with <= {COLD_MAX_HISTORY} training items (or none)", history_len <= COLD_MAX_HISTORY
+        ),
     ]
 
 

@@ -22,6 +22,7 @@ FloatArray = npt.NDArray[np.float32]
 # Interaction.Type values, repeated so this module stays importable without Django (checked in the tests).
 VIEW, CLICK, ADD_TO_CART, PURCHASE, RATING = 1, 2, 3, 4, 5
 SECONDS_PER_DAY = 86_400.0
+_EASE_JITTER_ATTEMPTS = 4
 
 __all__ = [
     "als_fit",
@@ -272,15 +273,19 @@ def fold_in_batch(
     yty: npt.NDArray[np.floating] | None = None,
 ) -> FloatArray:
     """:func:`fold_in` for every row of a ``(n_users, n_items)`` confidence matrix (zero rows give zero vectors)."""
+    from threadpoolctl import threadpool_limits
+
     c = sp.csr_matrix(confidences)
     if yty is None:
         y = np.asarray(item_factors, dtype=np.float64)
         yty = y.T @ y
     out = np.zeros((c.shape[0], item_factors.shape[1]), dtype=np.float32)
-    for row in range(c.shape[0]):
-        lo, hi = c.indptr[row], c.indptr[row + 1]
-        if hi > lo:
-            out[row] = fold_in(item_factors, c.indices[lo:hi], c.data[lo:hi], reg, yty)
+    # Thousands of f x f solves: BLAS threads only add hand-offs (and spin badly when the cores are busy).
+    with threadpool_limits(1, "blas"):
+        for row in range(c.shape[0]):
+            lo, hi = c.indptr[row], c.indptr[row + 1]
+            if hi > lo:
+                out[row] = fold_in(item_factors, c.indices[lo:hi], c.data[lo:hi], reg, yty)
     return out
 
 
@@ -308,10 +313,16 @@ def ease_fit(matrix: sp.spmatrix, l2: float) -> FloatArray:
     """
     x = sp.csr_matrix(matrix, dtype=np.float64)
     n_items = x.shape[1]
-    gram = (x.T @ x).toarray()
-    gram[np.diag_indices(n_items)] += l2
-    chol, info = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
-    if info != 0:
+    for attempt in range(_EASE_JITTER_ATTEMPTS):
+        gram = (x.T @ x).toarray()
+        # Mathematically X^T X + l2 I is positive definite for any l2 > 0; with a tiny l2 (weights decayed to
+        # almost nothing) rounding can still break the factorisation, so l2 grows tenfold and it is tried again.
+        floor = 1e-9 * max(float(gram.diagonal().max(initial=0.0)), 1.0)
+        gram[np.diag_indices(n_items)] += max(l2, floor) * 10.0**attempt
+        chol, info = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
+        if info == 0:
+            break
+    else:
         raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite (dpotrf info={info})")
     p, info = scipy.linalg.lapack.dpotri(chol, lower=False, overwrite_c=True)
     if info != 0:

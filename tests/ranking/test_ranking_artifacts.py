@@ -234,6 +234,10 @@ def test_stale_redis_marker_is_corrected_by_the_periodic_database_check(
         assert loader.get().version_id == first.id
         clock.now += 60
         assert loader.get().version_id == second.id
+        # The stale marker is still in Redis: the process must not flip back to it.
+        for _ in range(3):
+            clock.now += 1.1
+            assert loader.get().version_id == second.id
 
 
 @pytest.mark.django_db
@@ -283,5 +287,18 @@ def test_concurrent_first_calls_load_once(tmp_path: Path, activate: Callable[[in
 
 
 @pytest.mark.django_db
-def test_no_active_version_means_none() -> None:
-    assert artifacts.ModelLoader().get() is None
+def test_no_active_version_means_none_and_asks_once_per_interval() -> None:
+    calls: list[int] = []
+
+    def read_marker() -> artifacts.Marker | None:
+        calls.append(1)
+        return None
+
+    clock = FakeClock()
+    loader = artifacts.ModelLoader(clock=clock, read_marker=read_marker)
+    assert loader.get() is None
+    assert loader.get() is None
+    assert len(calls) == 1
+    clock.now += 1.1
+    assert loader.get() is None
+    assert len(calls) == 2

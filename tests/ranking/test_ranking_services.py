@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,15 @@ CLUSTERS = (("wool", "scarf", "knit"), ("ceramic", "mug", "tea"), ("garden", "se
 ITEMS_PER_CLUSTER = 10
 USERS_PER_CLUSTER = 12
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-# Small and time-independent (no decay): the clusters are the only structure, so the assertions are about it.
+# Small and time-independent (no decay): the clusters are the only structure, so the assertions are about it. The
+# ALS regularization is sized for 36 users (the product default is sized for thousands).
 SMALL = TrainParams(
-    als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
-    half_life_days=None, history_half_life_days=None, validation_days=30,
+    als_factors=8, als_iterations=10, als_regularization=1.0, neighbours_k=10, fbt_k=5, content_dims=8,
+    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30,
 )  # fmt: skip
 SMALL_ARGS = [
-    "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "neighbours_k=10",
+    "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "als_regularization=1.0",
+    "--param", "neighbours_k=10",
     "--param", "content_dims=8", "--param", "content_k=5", "--param", "half_life_days=null",
     "--param", "history_half_life_days=null",
 ]  # fmt: skip
@@ -306,6 +310,18 @@ def test_train_task_is_a_no_op_while_another_training_runs(artifact_root: Path) 
     assert not ModelVersion.objects.exists()
 
 
+def test_training_lock_is_renewed_while_held_and_freed_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "TRAIN_LOCK_SECONDS", 1)
+    monkeypatch.setattr(services, "TRAIN_LOCK_HEARTBEAT_SECONDS", 0.1)
+    client = redis_client.get()
+    with services._training_lock():
+        time.sleep(1.5)  # longer than the lock's life: only the heartbeat keeps it
+        assert client.exists(services.TRAIN_LOCK_KEY)
+        with pytest.raises(services.TrainingBusy), services._training_lock():
+            pass
+    assert not client.exists(services.TRAIN_LOCK_KEY)
+
+
 @pytest.mark.django_db
 def test_train_command_errors_name_the_problem() -> None:
     with pytest.raises(CommandError, match="no interactions to train on"):
@@ -333,3 +349,23 @@ def test_evaluate_per_user_protocol_on_the_world(tmp_path: Path) -> None:
     ndcg = {name: values["ndcg@10"] for name, values in main["sources"].items()}
     assert ndcg["ease"] > ndcg["popularity"]
     assert ndcg["item_knn"] > ndcg["popularity"]
+
+
+@pytest.mark.django_db
+def test_prune_keeps_recent_retired_versions_and_removes_stale_leftovers(artifact_root: Path) -> None:
+    versions = [_candidate(artifact_root, f"v{n}", 0.1) for n in range(5)]
+    for version in versions:
+        services.model_version_activate(version_id=version.id)  # each retires the one before
+    leftover = artifact_root / ".tmp-crashed-run"
+    leftover.mkdir()
+    fresh_leftover = artifact_root / ".tmp-still-writing"
+    fresh_leftover.mkdir()
+    day_old = time.time() - 2 * services.STALE_DIRECTORY_SECONDS
+    os.utime(leftover, (day_old, day_old))
+
+    deleted = services.model_version_prune(keep_retired=2)
+
+    # Newest first: v4 active, v3 and v2 kept for a rollback, v1 and v0 deleted; the fresh temp dir may be a
+    # training in progress and stays.
+    assert sorted(Path(p).name for p in deleted) == [".tmp-crashed-run", "v0", "v1"]
+    assert sorted(p.name for p in artifact_root.iterdir()) == [".tmp-still-writing", "v2", "v3", "v4"]
