@@ -79,12 +79,12 @@ def interactions_import(
                 except InvalidEvent as exc:
                     errors.add(line, str(exc))
                 if len(batch) >= batch_size:
-                    writer.put(batch, last=False)
+                    writer.put(batch)
                     batch = []
                     if on_progress:
                         on_progress(source.position())
-            # Always send a last (synchronous) batch, even an empty one, so every earlier commit is flushed.
-            writer.put(batch, last=True)
+            if batch:
+                writer.put(batch)
             writer.finish()
             if on_progress:
                 on_progress(source.position())
@@ -103,34 +103,40 @@ def interactions_import(
     return summary
 
 
-class _BatchWriter(threading.Thread):
-    """Writes batches on its own connection while the caller parses the next one.
+class _BatchWriter:
+    """Writes batches on their own connections while the caller parses the next ones.
 
-    Parsing is Python on one core and the insert is Postgres on the other, so overlapping them nearly halves an
-    import. At most two batches wait in the queue, which bounds memory. The first error stops the writer and is
-    raised again in the caller by ``put``/``finish``.
+    Parsing is Python on one core; the inserts are Postgres, on two connections so two backends share the other
+    core and the parser's idle moments. At most ``2 * writers`` batches wait in the queue, which bounds memory.
+    The first error stops the writers and is raised again in the caller by ``put``/``finish``. Batches commit
+    without waiting for the WAL flush; ``finish`` then makes one synchronous commit, which flushes all of them,
+    before the summary can say "stored".
 
     Inside a caller's transaction another connection could neither see nor join it, so there the writer works
     inline, on the caller's connection, each batch a savepoint.
     """
 
-    def __init__(self, summary: ImportSummary, errors: ErrorLog, create_missing_items: bool) -> None:
-        super().__init__(name="import-writer", daemon=True)
+    def __init__(
+        self, summary: ImportSummary, errors: ErrorLog, create_missing_items: bool, *, writers: int = 2
+    ) -> None:
         self.summary = summary
         self.errors = errors
         self.create_missing_items = create_missing_items
         self.inline = connection.in_atomic_block
         if self.inline:
             _create_stage()
-        self.queue: queue.Queue[tuple[list[tuple], bool] | None] = queue.Queue(maxsize=2)
+        self.queue: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2 * writers)
         self.error: BaseException | None = None
+        self.threads = [
+            threading.Thread(target=self._run, name=f"import-writer-{n}", daemon=True) for n in range(writers)
+        ]
 
-    def run(self) -> None:
+    def _run(self) -> None:
         try:
             _create_stage()
-            while (job := self.queue.get()) is not None:
+            while (batch := self.queue.get()) is not None:
                 if self.error is None:
-                    _store_batch(job[0], self.summary, self.errors, self.create_missing_items, last=job[1])
+                    _store_batch(batch, self.summary, self.errors, self.create_missing_items)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             self.error = exc
             while self.queue.get() is not None:  # drain so the caller never blocks on a full queue
@@ -144,27 +150,43 @@ class _BatchWriter(threading.Thread):
 
     def start(self) -> None:
         if not self.inline:
-            super().start()
+            for thread in self.threads:
+                thread.start()
 
-    def put(self, batch: list[tuple], *, last: bool) -> None:
+    def put(self, batch: list[tuple]) -> None:
         if self.inline:
-            _store_batch(batch, self.summary, self.errors, self.create_missing_items, last=last)
+            _store_batch(batch, self.summary, self.errors, self.create_missing_items)
             return
         self._raise()
-        self.queue.put((batch, last))
+        self.queue.put(batch)
 
     def finish(self) -> None:
-        if self.inline:
-            return
-        self.queue.put(None)
-        self.join()
-        self._raise()
+        if not self.inline:
+            for _ in self.threads:
+                self.queue.put(None)
+            for thread in self.threads:
+                thread.join()
+            self._raise()
+        _flush_wal()
 
     def abandon(self) -> None:
-        if not self.inline and self.is_alive():
+        if not self.inline and any(thread.is_alive() for thread in self.threads):
             self.error = self.error or ImportAborted("import interrupted")
-            self.queue.put(None)
-            self.join()
+            for _ in self.threads:
+                self.queue.put(None)
+            for thread in self.threads:
+                thread.join()
+
+
+def _flush_wal() -> None:
+    """A synchronous commit of a transaction with an id waits for the WAL up to it, and so for every batch
+    committed (asynchronously) before it."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")
+        cursor.execute("SELECT pg_current_xact_id()")
+
+
+_summary_lock = threading.Lock()
 
 
 def _create_stage() -> None:
@@ -177,14 +199,12 @@ def _create_stage() -> None:
         )
 
 
-def _store_batch(
-    batch: list[tuple], summary: ImportSummary, errors: ErrorLog, create_missing_items: bool, *, last: bool
-) -> None:
+def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, create_missing_items: bool) -> None:
+    """One batch in one transaction. Rows are inserted in key order, so two writers that meet on the same new
+    customer or event id wait for each other instead of deadlocking."""
     with transaction.atomic(), connection.cursor() as cursor:
-        if not last:
-            # Batches before the last commit without waiting for the WAL flush; the last batch's synchronous
-            # commit flushes everything before it too, so the summary is only printed once all of it is durable.
-            cursor.execute("SET LOCAL synchronous_commit = off")
+        # Durability comes from the writer's final synchronous commit (see _BatchWriter).
+        cursor.execute("SET LOCAL synchronous_commit = off")
         raw = cursor.cursor
         with raw.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
             for row in batch:
@@ -195,7 +215,7 @@ def _store_batch(
                 f"""INSERT INTO catalog_item (external_id, title, description, in_stock, active, tags, attributes,
                                               created_at, updated_at)
                     SELECT item, item, '', true, true, '{{}}', '{{}}', min(occurred_at), now()
-                    FROM {_STAGE} GROUP BY item
+                    FROM {_STAGE} GROUP BY item ORDER BY item
                     ON CONFLICT (external_id) DO NOTHING"""
             )
         cursor.execute(
@@ -211,7 +231,7 @@ def _store_batch(
                 SELECT s.customer, min(s.occurred_at), '{{}}', false
                 FROM {_STAGE} s JOIN catalog_item i ON i.external_id = s.item
                 WHERE s.customer <> ''
-                GROUP BY s.customer
+                GROUP BY s.customer ORDER BY s.customer
                 ON CONFLICT (external_id) DO NOTHING"""
         )
         cursor.execute(
@@ -221,11 +241,13 @@ def _store_batch(
                 FROM {_STAGE} s
                 JOIN catalog_item i ON i.external_id = s.item
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                ORDER BY s.event_id
                 ON CONFLICT (event_id) DO NOTHING"""
         )
         stored = cursor.rowcount
-    summary.stored += stored
-    summary.duplicates += len(batch) - len(missing) - stored
+    with _summary_lock:
+        summary.stored += stored
+        summary.duplicates += len(batch) - len(missing) - stored
 
 
 # --- Real-time ingestion --------------------------------------------------------------------------------------
