@@ -760,7 +760,7 @@ def _ranker_for(model: ActiveModel) -> Any:
 def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
     """Clicks per view over the last 24 hours from the online features; NaN where an item had no views."""
     features = event_selectors.item_online_features()
-    if features is None:
+    if features is None or features.item_pk.size == 0:
         return None
     rows = features.rows(pks)
     has = rows >= 0

@@ -309,3 +309,15 @@ def test_a_deactivated_item_leaves_the_lists_at_once(api: APIClient, django_capt
         assert gone not in _ids(_recs(api, customer_id="deact-1", count=10))
     finally:
         Item.objects.filter(external_id=gone).update(active=True)
+
+
+@pytest.mark.django_db
+def test_online_features_without_any_recent_activity_are_ignored(world: dict[str, Any]) -> None:
+    from events.selectors import item_online_features
+    from events.services import item_features_fold
+
+    item_features_fold()  # nothing happened in the last week: an empty fold
+    assert item_online_features() is not None
+    pks = np.array([item.pk for item in world["items"][:5]])
+    # The ranker's click-through feature is "unknown" rather than an error (a fresh demo has no recent events).
+    assert serving._ctr(pks) is None
