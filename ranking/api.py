@@ -70,34 +70,39 @@ class RecommendationListApi(APIView):
         return Response(_list_body(result))
 
 
-class SimilarItemsApi(APIView):
+class _ItemAnchoredListApi(APIView):
+    """A list anchored on one item; subclasses name the service that makes it."""
+
     required_scope = ApiKey.Scope.RECOMMEND
 
-    @extend_schema(summary="Items similar to this one", parameters=[CountQuerySerializer],
-                   responses=RecommendationListSerializer)  # fmt: skip
+    @staticmethod
+    def make_list(*, item_id: str, count: int) -> serving.RecommendationList:
+        raise NotImplementedError
+
     def get(self, request: Request, item_id: str) -> Response:
         query = CountQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         try:
-            result = serving.similar_items(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
+            result = self.make_list(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
         except serving.UnknownItem:
             raise NotFound(f"No item with id {item_id!r}.") from None
         return Response(_list_body(result))
 
 
-class BoughtTogetherApi(APIView):
-    required_scope = ApiKey.Scope.RECOMMEND
+@extend_schema(summary="Items similar to this one", parameters=[CountQuerySerializer],
+               responses=RecommendationListSerializer)  # fmt: skip
+class SimilarItemsApi(_ItemAnchoredListApi):
+    """Collaborative neighbours blended with content similarity; content alone for items without interactions."""
 
-    @extend_schema(summary="Frequently bought together with this item", parameters=[CountQuerySerializer],
-                   responses=RecommendationListSerializer)  # fmt: skip
-    def get(self, request: Request, item_id: str) -> Response:
-        query = CountQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        try:
-            result = serving.bought_together(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
-        except serving.UnknownItem:
-            raise NotFound(f"No item with id {item_id!r}.") from None
-        return Response(_list_body(result))
+    make_list = staticmethod(serving.similar_items)
+
+
+@extend_schema(summary="Frequently bought together with this item", parameters=[CountQuerySerializer],
+               responses=RecommendationListSerializer)  # fmt: skip
+class BoughtTogetherApi(_ItemAnchoredListApi):
+    """Co-purchases in the same basket, topped up with what buyers of the item also bought."""
+
+    make_list = staticmethod(serving.bought_together)
 
 
 class BecauseYouViewedApi(APIView):
