@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -280,28 +281,10 @@ def results_build(
                 add_to_carts=t.carted_units,
                 conversions=t.converted_units,
                 revenue=t.revenue,
-                ctr=MetricValue("ctr", t.clicks, t.impressions, _ratio(t.clicks, t.impressions), per.get("ctr")),
-                add_to_cart_rate=MetricValue(
-                    "add_to_cart_rate",
-                    t.carted_units,
-                    t.exposures,
-                    _ratio(t.carted_units, t.exposures),
-                    per.get("add_to_cart_rate"),
-                ),
-                conversion_rate=MetricValue(
-                    "conversion_rate",
-                    t.converted_units,
-                    t.exposures,
-                    _ratio(t.converted_units, t.exposures),
-                    per.get("conversion_rate"),
-                ),
-                revenue_per_customer=MetricValue(
-                    "revenue_per_customer",
-                    t.revenue,
-                    t.exposures,
-                    _ratio(t.revenue, t.exposures),
-                    per.get("revenue_per_customer"),
-                ),
+                ctr=_metric("ctr", t.clicks, t.impressions, per),
+                add_to_cart_rate=_metric("add_to_cart_rate", t.carted_units, t.exposures, per),
+                conversion_rate=_metric("conversion_rate", t.converted_units, t.exposures, per),
+                revenue_per_customer=_metric("revenue_per_customer", t.revenue, t.exposures, per),
                 revenue_per_customer_cuped=cuped_values.get(info.id),
                 sample_size_required=required,
                 sample_size_progress=denominator / required if required else None,
@@ -352,6 +335,10 @@ def results_build(
 
 def _ratio(numerator: float, denominator: int) -> float | None:
     return numerator / denominator if denominator > 0 else None
+
+
+def _metric(name: str, numerator: float, denominator: float, comparisons: Mapping[str, Any]) -> MetricValue:
+    return MetricValue(name, numerator, denominator, _ratio(numerator, denominator), comparisons.get(name))
 
 
 def _finite_or_none(value: float) -> float | None:
