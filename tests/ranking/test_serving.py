@@ -15,59 +15,28 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from catalog.models import Brand, Category, Customer, Item
-from events.models import Interaction
+from catalog.models import Customer, Item
 from experiments.models import SurfaceDefault
 from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
-from ranking.models import BusinessRule, ModelVersion
-from ranking.training import TrainParams
+from ranking.models import BusinessRule
+from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 PER_CLUSTER = 12
-START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-PARAMS = TrainParams(
-    als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
-    half_life_days=None, history_half_life_days=None, validation_days=30,
-)  # fmt: skip
+PARAMS = SMALL_PARAMS
 
 
 @pytest.fixture(scope="module")
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
     """Four clusters of twelve items, two brands each; customers buy within their cluster. Committed once for
     the module, with a model trained and activated on it."""
-    rng = np.random.default_rng(3)
     with django_db_blocker.unblock():
-        categories = [
-            Category.objects.create(external_id=f"k{c}", name=w[1].title() + "s") for c, w in enumerate(CLUSTERS)
-        ]
-        brands = [Brand.objects.create(external_id=f"b{n}", name=f"Brand {n}") for n in range(8)]
-        items = Item.objects.bulk_create(
-            Item(external_id=f"{w[1]}-{i}", title=f"{w[0].title()} {w[1]} no. {i}", category=categories[c],
-                 brand=brands[2 * c + i % 2], price=5 + i, created_at=START)
-            for c, w in enumerate(CLUSTERS) for i in range(PER_CLUSTER)
-        )  # fmt: skip
-        customers = Customer.objects.bulk_create(Customer(external_id=f"u{c}-{n}") for c in range(4) for n in range(15))
-        events = []
-        for n, customer in enumerate(customers):
-            cluster = n // 15
-            for k, item in enumerate(rng.choice(PER_CLUSTER, 6, replace=False)):
-                events.append(Interaction(
-                    event_id=f"w{n}-{k}", customer=customer, item=items[cluster * PER_CLUSTER + int(item)],
-                    type=Interaction.Type.PURCHASE, session_id=f"o{n}-{k // 2}",
-                    occurred_at=START + dt.timedelta(days=float(rng.uniform(0, 120))),
-                ))  # fmt: skip
-        Interaction.objects.bulk_create(events)
+        built = cluster_world(clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=3)
         version = services.model_train(params=PARAMS, force=True).version
-        yield {"items": items, "categories": categories, "customers": customers, "version": version}
-        Interaction.objects.all().delete()
-        BusinessRule.objects.all().delete()
-        ModelVersion.objects.all().delete()
-        Item.objects.all().delete()
-        Customer.objects.all().delete()
-        Brand.objects.all().delete()
-        Category.objects.all().delete()
+        yield {**built, "version": version}
+        world_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from django.conf import settings
 from django.contrib import admin
@@ -21,7 +20,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 import recsys.admin_views  # noqa: F401  (registers the dashboard and the change log; see the wiring test below)
-from catalog.models import Brand, Category, Customer, Item
+from catalog.models import Customer, Item
 from events.models import Interaction
 from experiments import keys as experiment_keys
 from experiments.models import Impression
@@ -29,18 +28,14 @@ from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import ModelVersion
-from ranking.training import TrainParams
 from recsys import quality, redis_client, tasks
 from recsys.admin_panels import CustomerWithPanelsAdmin
 from recsys.models import QualitySnapshot
+from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"))
 PER_CLUSTER = 10
-START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-PARAMS = TrainParams(
-    als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
-    half_life_days=None, history_half_life_days=None, validation_days=30,
-)  # fmt: skip
+PARAMS = SMALL_PARAMS
 REGISTRY = "/admin/ranking/modelversion/"
 DASHBOARD = "/admin/recsys/qualitysnapshot/"
 
@@ -49,34 +44,16 @@ DASHBOARD = "/admin/recsys/qualitysnapshot/"
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
     """Three clusters of ten items; customers buy two items per order within their cluster. Two versions trained
     (committed once for the module): the first is retired, the second active."""
-    rng = np.random.default_rng(5)
     with django_db_blocker.unblock():
-        categories = [Category.objects.create(external_id=f"adm{c}", name=w[1].title()) for c, w in enumerate(CLUSTERS)]
-        brand = Brand.objects.create(external_id="adm-brand", name="Brand")
-        items = Item.objects.bulk_create(
-            Item(external_id=f"{w[1]}-{i}", title=f"{w[0].title()} {w[1]} no. {i}", category=categories[c],
-                 brand=brand, price=5 + i, created_at=START)
-            for c, w in enumerate(CLUSTERS) for i in range(PER_CLUSTER)
+        built = cluster_world(
+            clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=5, category_prefix="adm", customer_prefix="a",
+            event_prefix="adm", session_prefix="adm-o", category_name="{noun}", brands_per_cluster=0,
         )  # fmt: skip
-        customers = Customer.objects.bulk_create(Customer(external_id=f"a{c}-{n}") for c in range(3) for n in range(15))
-        Interaction.objects.bulk_create(
-            Interaction(
-                event_id=f"adm{n}-{k}", customer=customer, item=items[(n // 15) * PER_CLUSTER + int(item)],
-                type=Interaction.Type.PURCHASE, session_id=f"adm-o{n}-{k // 2}",
-                occurred_at=START + dt.timedelta(days=float(rng.uniform(0, 120))),
-            )
-            for n, customer in enumerate(customers)
-            for k, item in enumerate(rng.choice(PER_CLUSTER, 6, replace=False))
-        )  # fmt: skip
+        items, customers = built["items"], built["customers"]
         first = services.model_train(params=PARAMS, force=True).version
         second = services.model_train(params=PARAMS, force=True).version
         yield {"items": items, "customers": customers, "first": first, "second": second}
-        Interaction.objects.all().delete()
-        ModelVersion.objects.all().delete()
-        Item.objects.all().delete()
-        Customer.objects.all().delete()
-        Brand.objects.all().delete()
-        Category.objects.all().delete()
+        world_clear()
 
 
 @pytest.fixture(autouse=True)
