@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from catalog.models import Customer, Item
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import connection
+
+from catalog.models import Category, Customer, Item
 
 
 def item_get(*, external_id: str) -> Item | None:
@@ -11,3 +16,71 @@ def item_get(*, external_id: str) -> Item | None:
 
 def customer_get(*, external_id: str) -> Customer | None:
     return Customer.objects.filter(external_id=external_id).first()
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """What serving needs to know about an item, as plain values."""
+
+    pk: int
+    item_id: str
+    title: str
+    category_id: int  # -1 for none
+    category: str | None  # the category's external id
+    category_name: str | None
+    brand_id: int  # -1 for none
+    price: float | None
+    created_ts: float
+    available: bool  # active and in stock
+
+
+def item_rows(*, pks: Sequence[int]) -> dict[int, ItemRow]:
+    """Attributes of the given items, in one query."""
+    if not pks:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT i.id, i.external_id, i.title, coalesce(i.category_id, -1), c.external_id, c.name,
+                      coalesce(i.brand_id, -1), i.price, extract(epoch FROM i.created_at), i.active AND i.in_stock
+               FROM catalog_item i LEFT JOIN catalog_category c ON c.id = i.category_id
+               WHERE i.id = ANY(%s)""",
+            [list(pks)],
+        )
+        rows = cursor.fetchall()
+    return {
+        row[0]: ItemRow(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            float(row[7]) if row[7] is not None else None,
+            float(row[8]),
+            row[9],
+        )  # fmt: skip
+        for row in rows
+    }
+
+
+def item_pk(*, external_id: str) -> int | None:
+    return Item.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
+
+
+def category_pk(*, external_id: str) -> int | None:
+    return Category.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
+
+
+def newest_available_item_pks(*, limit: int) -> list[int]:
+    """The latest listed items that are active and in stock (the item_created index)."""
+    return list(
+        Item.objects.filter(active=True, in_stock=True).order_by("-created_at").values_list("pk", flat=True)[:limit]
+    )
+
+
+def customer_opted_out(*, external_id: str) -> bool:
+    """False for an unknown customer: nobody has opted out yet."""
+    return bool(
+        Customer.objects.filter(external_id=external_id).values_list("personalisation_opt_out", flat=True).first()
+    )

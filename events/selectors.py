@@ -14,6 +14,7 @@ from datetime import datetime
 
 import numpy as np
 import redis
+from django.db import connection
 
 from events import keys, online
 from events.features import ItemFeatures
@@ -165,3 +166,15 @@ def interactions_for_request(request_id: str) -> list[AttributedInteraction]:
         AttributedInteraction(event_id, item_pk, item_id, customer_id or "", session_id, type_, value, occurred_at)
         for event_id, item_pk, item_id, customer_id, session_id, type_, value, occurred_at in rows
     ]
+
+
+def recently_popular_item_pks(*, window: int = 100_000, limit: int = 500) -> list[int]:
+    """The most interacted-with items among the latest ``window`` events (a primary-key index scan): the
+    popularity answer when there is no trained model."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT e.item_id FROM (SELECT item_id FROM events_interaction ORDER BY id DESC LIMIT %s) e
+               GROUP BY e.item_id ORDER BY count(*) DESC LIMIT %s""",
+            [window, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]

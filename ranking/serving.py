@@ -26,9 +26,11 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from cachetools import LRUCache
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 
+from catalog import selectors as catalog_selectors
+from catalog.selectors import ItemRow
 from catalog.services import CATALOG_VERSION_KEY
 from events import selectors as event_selectors
 from events.keys import owner_for
@@ -119,20 +121,6 @@ class RecommendationList:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class ItemRow:
-    pk: int
-    item_id: str
-    title: str
-    category_id: int
-    category: str | None
-    category_name: str | None
-    brand_id: int
-    price: float | None
-    created_ts: float
-    available: bool
-
-
 # --- Stage timing -----------------------------------------------------------------------------------------
 
 
@@ -157,40 +145,11 @@ class _Trace:
 
 
 def catalog_rows(pks: Sequence[int]) -> dict[int, ItemRow]:
-    """Attributes of the given items, from Postgres in one query."""
-    if not pks:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """SELECT i.id, i.external_id, i.title, coalesce(i.category_id, -1), c.external_id, c.name,
-                      coalesce(i.brand_id, -1), i.price, extract(epoch FROM i.created_at), i.active AND i.in_stock
-               FROM catalog_item i LEFT JOIN catalog_category c ON c.id = i.category_id
-               WHERE i.id = ANY(%s)""",
-            [list(pks)],
-        )
-        rows = cursor.fetchall()
-    return {
-        row[0]: ItemRow(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            row[6],
-            float(row[7]) if row[7] is not None else None,
-            float(row[8]),
-            row[9],
-        )  # fmt: skip
-        for row in rows
-    }
+    return catalog_selectors.item_rows(pks=pks)
 
 
 def item_pk(item_id: str) -> int | None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM catalog_item WHERE external_id = %s", [item_id])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    return catalog_selectors.item_pk(external_id=item_id)
 
 
 class _RowCache:
@@ -290,36 +249,20 @@ _recent = _Recent(ttl=60.0)
 
 def _new_arrivals() -> npt.NDArray[np.int64]:
     def load() -> npt.NDArray[np.int64]:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id FROM catalog_item WHERE active AND in_stock ORDER BY created_at DESC LIMIT %s",
-                [QUOTAS["new"]],
-            )
-            return np.array([row[0] for row in cursor.fetchall()], np.int64)
+        return np.array(catalog_selectors.newest_available_item_pks(limit=QUOTAS["new"]), np.int64)
 
     return _recent.get("new", load, np.empty(0, np.int64))
 
 
 def _category_pk(category: str) -> int | None:
-    def load() -> int | None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT id FROM catalog_category WHERE external_id = %s", [category])
-            row = cursor.fetchone()
-        return row[0] if row else None
-
-    return _recent.get(f"category:{category}", load)
+    return _recent.get(f"category:{category}", lambda: catalog_selectors.category_pk(external_id=category))
 
 
 def _popular_fallback() -> npt.NDArray[np.int64]:
-    """Without a model: the most interacted-with items among the latest 100,000 events (an index scan)."""
+    """Without a model: the most interacted-with items of late."""
 
     def load() -> npt.NDArray[np.int64]:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """SELECT e.item_id FROM (SELECT item_id FROM events_interaction ORDER BY id DESC LIMIT 100000) e
-                   GROUP BY e.item_id ORDER BY count(*) DESC LIMIT 500"""
-            )
-            return np.array([row[0] for row in cursor.fetchall()], np.int64)
+        return np.array(event_selectors.recently_popular_item_pks(), np.int64)
 
     return _recent.get("popular_fallback", load, np.empty(0, np.int64))
 
@@ -561,15 +504,9 @@ def recommend(request: RecommendRequest) -> RecommendationList:
 
 
 def _opted_out(customer_id: str) -> bool:
-    def load() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT personalisation_opt_out FROM catalog_customer WHERE external_id = %s", [customer_id])
-            row = cursor.fetchone()
-        return bool(row and row[0])
-
     # A short cache: opting out takes effect within seconds without a query on every request. When Postgres cannot
     # say, the customer is treated as opted out: a non-personal list is the privacy-safe answer.
-    return _opt_out_cache.get(customer_id, load, True)
+    return _opt_out_cache.get(customer_id, lambda: catalog_selectors.customer_opted_out(external_id=customer_id), True)
 
 
 _opt_out_cache = _Recent(ttl=5.0)
