@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
-    env, key = demo_env("recsys_bench_serving", 30)
+    env, key = demo_env("recsys_bench_freshness", 34)
     _, out = manage(env, "shell", "-c", (
         "import json; from catalog.models import Customer, Item; print(json.dumps(["
         "list(Customer.objects.values_list('external_id', flat=True)[:3000]),"

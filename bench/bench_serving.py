@@ -3,7 +3,7 @@ constant list), uncached personalised recommendations (full pipeline) and cached
 the serving processes' memory.
 
 Uses its own database (recsys_bench_serving: the demo data, its online state and a trained model, built on the
-first run and reused) and Redis databases 30/31. Targets (issue 4): uncached p50 <= 10 ms, p95 <= 25 ms,
+first run and reused) and Redis databases 32/33. Targets (issue 4): uncached p50 <= 10 ms, p95 <= 25 ms,
 p99 <= 50 ms at concurrency 4; cached p95 <= 5 ms.
 
 Usage: python bench/bench_serving.py [--seconds 20] [--workers 4]
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     wrk = _ensure_wrk()
-    env, key = demo_env("recsys_bench_serving", 30)
+    env, key = demo_env("recsys_bench_serving", 32)
     env["BENCH_ENDPOINTS"] = "1"
     customers, items = _customers_and_items(env)
     with Server(env, workers=args.workers) as server:

@@ -183,7 +183,7 @@ def _launch_redis(directory: Path) -> None:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",
-            "--databases", "32",
+            "--databases", "64",
         ],
         check=True,
     )  # fmt: skip
