@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
-from catalog.services import catalog_version_bump
+from catalog.services import catalog_version_bump, opt_out_version_bump
 from recsys.admin_utils import EstimatedCountPaginator
 
 
@@ -45,3 +45,7 @@ class CustomerAdmin(admin.ModelAdmin):
     search_fields = ("=external_id",)
     show_full_result_count = False
     paginator = EstimatedCountPaginator
+
+    def save_model(self, request: HttpRequest, obj: Customer, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        opt_out_version_bump()

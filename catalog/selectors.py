@@ -79,6 +79,11 @@ def newest_available_item_pks(*, limit: int) -> list[int]:
     )
 
 
+def opted_out_customer_ids() -> frozenset[str]:
+    """External ids of every customer who opted out of personalisation (the customer_opted_out partial index)."""
+    return frozenset(Customer.objects.filter(personalisation_opt_out=True).values_list("external_id", flat=True))
+
+
 def customer_opted_out(*, external_id: str) -> bool:
     """False for an unknown customer: nobody has opted out yet."""
     return bool(

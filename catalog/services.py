@@ -18,18 +18,28 @@ logger = logging.getLogger(__name__)
 
 # Bumped after every change to items: serving processes keep item attributes in memory and drop them when it moves.
 CATALOG_VERSION_KEY = "catalog:version"
+# Bumped after every change to a customer's opt-out: serving keeps the set of opted-out ids in memory.
+OPT_OUT_VERSION_KEY = "catalog:opt_out_version"
+
+
+def _bump_on_commit(key: str) -> None:
+    def bump() -> None:
+        try:
+            redis_client.get().incr(key)
+        except redis.RedisError:
+            logger.warning("catalog_version_bump_failed", exc_info=True, extra={"key": key})
+
+    transaction.on_commit(bump)
 
 
 def catalog_version_bump() -> None:
     """Tell every serving process that item attributes changed (after the transaction commits)."""
+    _bump_on_commit(CATALOG_VERSION_KEY)
 
-    def bump() -> None:
-        try:
-            redis_client.get().incr(CATALOG_VERSION_KEY)
-        except redis.RedisError:
-            logger.warning("catalog_version_bump_failed", exc_info=True)
 
-    transaction.on_commit(bump)
+def opt_out_version_bump() -> None:
+    """Tell every serving process that a customer's opt-out changed (after the transaction commits)."""
+    _bump_on_commit(OPT_OUT_VERSION_KEY)
 
 
 @dataclass(frozen=True)
@@ -92,4 +102,5 @@ def customer_upsert(
         defaults["attributes"] = attributes
     if personalisation_opt_out is not None:
         defaults["personalisation_opt_out"] = personalisation_opt_out
+        opt_out_version_bump()
     return Customer.objects.update_or_create(external_id=external_id, defaults=defaults)

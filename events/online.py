@@ -226,7 +226,10 @@ def write_item_features(blob: bytes) -> str:
 
 def read_history(owner: str, *, limit: int) -> list[HistoryRow]:
     """The owner's latest ``limit`` events, newest first."""
-    rows = redis_client.get().zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
+    return parse_history(redis_client.get().zrevrange(keys.history(owner), 0, limit - 1, withscores=True))
+
+
+def parse_history(rows: list[tuple[bytes, float]]) -> list[HistoryRow]:
     out = []
     for member, score in rows:
         item_pk, type_, _ = member.split(b":", 2)
@@ -236,9 +239,19 @@ def read_history(owner: str, *, limit: int) -> list[HistoryRow]:
 
 def read_affinity(owner: str, *, now: float | None = None) -> dict[int, float]:
     """Category pk -> interest weight decayed to ``now`` (default: the current time)."""
+    return parse_affinity(redis_client.get().zrange(keys.affinity(owner), 0, -1, withscores=True), now=now)
+
+
+def parse_affinity(rows: list[tuple[bytes, float]], *, now: float | None = None) -> dict[int, float]:
     factor = decay_to(time.time() if now is None else now)
-    rows = redis_client.get().zrange(keys.affinity(owner), 0, -1, withscores=True)
     return {int(category): score * factor for category, score in rows}
+
+
+def queue_owner_reads(pipe: Pipeline, owner: str, *, limit: int) -> None:
+    """Queue what ``read_history`` and ``read_affinity`` read on a caller's pipeline (two replies, in that
+    order), so they share one round trip with the caller's own commands."""
+    pipe.zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
+    pipe.zrange(keys.affinity(owner), 0, -1, withscores=True)
 
 
 def read_raw_affinity(owner: str) -> dict[int, float]:

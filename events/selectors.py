@@ -11,10 +11,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import redis
 from django.db import connection
+from redis.client import Pipeline
 
 from events import keys, online
 from events.features import ItemFeatures
@@ -56,6 +58,32 @@ def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
     return [HistoryEntry(item_pk, type_, occurred_at.timestamp()) for item_pk, type_, occurred_at in rows]
 
 
+@dataclass(frozen=True)
+class OwnerState:
+    """An owner's recent history and category affinities, read in one round trip."""
+
+    history: list[HistoryEntry]
+    affinity: dict[int, float]
+
+
+OWNER_STATE_REPLIES = 2
+
+
+def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None:
+    """Queue the reads of ``owner``'s online state on the caller's Redis pipeline (``OWNER_STATE_REPLIES``
+    replies), so serving reads it in the same round trip as its own commands; ``owner_state_parse`` turns the
+    replies into an :class:`OwnerState`."""
+    online.queue_owner_reads(pipe, owner, limit=history_limit)
+
+
+def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
+    history_rows, affinity_rows = replies
+    return OwnerState(
+        [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in online.parse_history(history_rows)],
+        online.parse_affinity(affinity_rows),
+    )
+
+
 def category_affinity(owner: str) -> dict[int, float]:
     """Category pk -> interest weight decayed to now (view 1, click 2, add-to-cart 4, purchase 8, rating its
     value; half-life 30 days). Empty when Redis is unavailable: affinities are a boost, not a necessity."""
@@ -64,6 +92,11 @@ def category_affinity(owner: str) -> dict[int, float]:
     except redis.RedisError:
         logger.warning("category_affinity_redis_unavailable", exc_info=True)
         return {}
+
+
+def cache_version_key(owner: str) -> str:
+    """The Redis key of the owner's cache version, for callers that read it in their own pipeline."""
+    return keys.cache_version(owner)
 
 
 def cache_version(owner: str) -> int:
@@ -102,17 +135,24 @@ def item_counters(item_pks: Sequence[int], hours: int = 24, *, now: float | None
 
 _features_lock = threading.Lock()
 _features: tuple[str, ItemFeatures] | None = None
+_features_checked = -float("inf")
 
 
-def item_online_features() -> ItemFeatures | None:
+def item_online_features(*, poll_seconds: float = 0.0) -> ItemFeatures | None:
     """The latest folded item features (views/clicks/add-to-carts/purchases in 24 h, purchases in 7 days, trend).
 
-    Cached in process memory; each call costs one GET of the version token, and the blob is loaded again only
-    when ``fold_item_counters`` has written a new one. ``None`` before the first fold; the cached copy (possibly
-    stale) when Redis is unavailable. The arrays are read-only and shared: do not modify them.
+    Cached in process memory; a call costs one GET of the version token (none when the token was checked less
+    than ``poll_seconds`` ago: serving's hot path passes one second, the fold runs every few minutes), and the blob
+    is loaded again only when ``fold_item_counters`` has written a new one. ``None`` before the first fold; the
+    cached copy (possibly stale) when Redis is unavailable. The arrays are read-only and shared: do not modify
+    them.
     """
-    global _features
+    global _features, _features_checked
     cached = _features
+    now = time.monotonic()
+    if cached is not None and now - _features_checked < poll_seconds:
+        return cached[1]
+    _features_checked = now
     try:
         version = online.read_item_features_version()
         if version is None:

@@ -1,10 +1,14 @@
 """Two-tier cache for computed recommendation lists: an in-process LRU (L1) in front of Redis (L2).
 
-Keys always contain the owner (customer or session) and the owner's cache version, which every accepted event
-bumps, so a list is never shown to someone else and never outlives the event that changed it. TTLs carry ±10%
-jitter so entries written together do not expire together; concurrent misses for one key compute once
-(single-flight: a thread lock within the process, a short Redis lock across processes). Redis trouble degrades
-to computing every time, never to an error.
+Lists of a customer or session are cached under their owner and checked against the owner's cache version,
+which every accepted event bumps, so a list is never shown to someone else and never outlives the event that
+changed it. TTLs carry ±10% jitter so entries written together do not expire together; concurrent misses for one
+key compute once (single-flight: a thread lock within the process, a short Redis lock across processes).
+
+Round trips, because they are most of a cached request's cost: a lookup reads the owner's version and the L2
+entry in one pipeline (a hit costs that one round trip); a miss takes the cross-process lock in a second one,
+together with whatever the computation will need from Redis (``prefetch``); storing the value and releasing the
+lock is the third. Redis trouble degrades to computing every time, never to an error.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from cachetools import TLRUCache
 from prometheus_client import Counter
+from redis.client import Pipeline
 
 from recsys import redis_client
 
@@ -29,6 +34,10 @@ CACHE_REQUESTS = Counter("recsys_recommendation_cache_total", "Recommendation ca
 
 _LOCK_MS = 2_000  # longest a computation may hold the cross-process lock
 _WAIT_FOR_PEER_S = 0.25  # how long a loser waits for the winner's value before computing itself
+
+# ``compute`` gets the replies of the commands ``prefetch`` queued (None when they could not be read).
+Compute = Callable[[Sequence[Any] | None], Any]
+Prefetch = Callable[[Pipeline], None]
 
 
 class ListCache:
@@ -46,79 +55,130 @@ class ListCache:
     def _expiry(self, key: str, value: Any, now: float) -> float:
         return now + self._jittered()
 
-    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> tuple[Any, str]:
-        """The cached value for ``key`` or the result of ``compute()`` (JSON-serialisable), and where it came
-        from: ``"l1"``, ``"l2"`` or ``"miss"``."""
+    def get_or_compute(
+        self, key: str, compute: Compute, *, version_key: str | None = None, prefetch: Prefetch | None = None
+    ) -> tuple[Any, str]:
+        """The cached value for ``key`` or the result of ``compute(prefetched)`` (JSON-serialisable), and where it
+        came from: ``"l1"``, ``"l2"`` or ``"miss"``.
+
+        ``version_key`` names the Redis counter the value depends on (the owner's cache version): a value cached
+        under another version is never returned. Raises ``redis.RedisError`` when that version cannot be read,
+        since then no cached value can be trusted; the caller decides what to serve.
+        """
+        version, raw = self._lookup(key, version_key)
+        local_key = f"{key}#{version}"
         with self._l1_lock:
-            value = self._l1.get(key)
+            value = self._l1.get(local_key)
         if value is not None:
             CACHE_REQUESTS.labels("l1_hit").inc()
             return value, "l1"
         with self._inflight_lock:
-            lock = self._inflight.setdefault(key, threading.Lock())
+            lock = self._inflight.setdefault(local_key, threading.Lock())
         with lock:  # threads of this process asking for the same key wait for the first one
             try:
                 with self._l1_lock:
-                    value = self._l1.get(key)
+                    value = self._l1.get(local_key)
                 if value is not None:
                     CACHE_REQUESTS.labels("l1_hit").inc()
                     return value, "l1"
-                value = self._l2_get(key)
+                value = self._decode(raw, version)
                 if value is not None:
                     CACHE_REQUESTS.labels("l2_hit").inc()
-                    self._l1_set(key, value)
+                    self._l1_set(local_key, value)
                     return value, "l2"
-                value = self._compute_once_across_processes(key, compute)
-                CACHE_REQUESTS.labels("miss").inc()
-                return value, "miss"
+                value, tier = self._compute_once_across_processes(key, version, compute, prefetch)
+                self._l1_set(local_key, value)
+                CACHE_REQUESTS.labels("miss" if tier == "miss" else "l2_hit").inc()
+                return value, tier
             finally:
                 with self._inflight_lock:
-                    self._inflight.pop(key, None)
+                    self._inflight.pop(local_key, None)
 
-    def _compute_once_across_processes(self, key: str, compute: Callable[[], Any]) -> Any:
-        client = redis_client.get()
-        lock_key = f"lock:{key}"
+    def _lookup(self, key: str, version_key: str | None) -> tuple[int, bytes | None]:
+        """(current version, raw L2 entry) in one round trip."""
         try:
-            won = bool(client.set(lock_key, b"1", nx=True, px=_LOCK_MS))
+            pipe = redis_client.get().pipeline(transaction=False)
+            if version_key is not None:
+                pipe.get(version_key)
+            pipe.get(key)
+            replies = pipe.execute()
         except redis.RedisError:
+            if version_key is not None:
+                raise
+            logger.warning("recommendation_cache_unavailable", exc_info=True)
+            return 0, None
+        return (int(replies[0] or 0) if version_key is not None else 0), replies[-1]
+
+    @staticmethod
+    def _decode(raw: bytes | None, version: int) -> Any:
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry["d"] if entry.get("v") == version else None
+
+    def _compute_once_across_processes(
+        self, key: str, version: int, compute: Compute, prefetch: Prefetch | None
+    ) -> tuple[Any, str]:
+        """(value, "miss") when computed here, (value, "l2") when another process computed it meanwhile."""
+        client = redis_client.get()
+        lock_key = f"lock:{key}#{version}"
+        prefetched: Sequence[Any] | None = None
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(lock_key, b"1", nx=True, px=_LOCK_MS)
+            if prefetch is not None:
+                prefetch(pipe)
+            replies = pipe.execute()
+            won = bool(replies[0])
+            prefetched = replies[1:] if prefetch is not None else None
+        except redis.RedisError:
+            logger.warning("recommendation_cache_unavailable", exc_info=True)
             won = True  # no Redis: nobody to coordinate with
         if not won:
             deadline = time.monotonic() + _WAIT_FOR_PEER_S
             while time.monotonic() < deadline:
                 time.sleep(0.005)
-                value = self._l2_get(key)
+                value = self._l2_get(key, version)
                 if value is not None:
-                    self._l1_set(key, value)
-                    return value
+                    return value, "l2"
         try:
-            value = compute()
-            self._l1_set(key, value)
-            self._l2_set(key, value)
-            return value
-        finally:
+            value = compute(prefetched)
+        except BaseException:
             if won:
-                try:
-                    client.delete(lock_key)
-                except redis.RedisError:
-                    pass
+                self._release(lock_key)
+            raise
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, self._encode(value, version), ex=max(1, round(self._jittered())))
+            if won:
+                pipe.delete(lock_key)
+            pipe.execute()
+        except redis.RedisError:
+            logger.warning("recommendation_cache_unavailable", exc_info=True)
+        return value, "miss"
+
+    @staticmethod
+    def _encode(value: Any, version: int) -> str:
+        return json.dumps({"v": version, "d": value}, separators=(",", ":"))
+
+    @staticmethod
+    def _release(lock_key: str) -> None:
+        try:
+            redis_client.get().delete(lock_key)
+        except redis.RedisError:
+            pass
 
     def _l1_set(self, key: str, value: Any) -> None:
         with self._l1_lock:
             self._l1[key] = value
 
-    def _l2_get(self, key: str) -> Any:
+    def _l2_get(self, key: str, version: int) -> Any:
         try:
             raw = redis_client.get().get(key)
         except redis.RedisError:
             logger.warning("recommendation_cache_unavailable", exc_info=True)
             return None
-        return json.loads(raw) if raw is not None else None
-
-    def _l2_set(self, key: str, value: Any) -> None:
-        try:
-            redis_client.get().set(key, json.dumps(value, separators=(",", ":")), ex=max(1, round(self._jittered())))
-        except redis.RedisError:
-            logger.warning("recommendation_cache_unavailable", exc_info=True)
+        return self._decode(raw, version)
 
     def clear_local(self) -> None:
         with self._l1_lock:

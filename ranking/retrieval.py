@@ -89,18 +89,22 @@ def neighbours(
     if items.size == 0:
         return SourceHits.empty()
     unique, inverse = np.unique(items, return_inverse=True)
-    total = np.zeros(unique.size, np.float32)
-    np.add.at(total, inverse, contrib)
-    # The strongest single contributor is the anchor the explanation names.
-    order = np.lexsort((-contrib, inverse))
-    first = np.ones(order.size, bool)
-    first[1:] = inverse[order][1:] != inverse[order][:-1]
-    best_anchor = np.empty(unique.size, np.int64)
-    best_anchor[inverse[order][first]] = source[order][first]
+    total = np.bincount(inverse, weights=contrib, minlength=unique.size).astype(np.float32)
     k = min(k, unique.size)
     part = np.argpartition(-total, k - 1)[:k]
     top = part[np.argsort(-total[part], kind="stable")]
-    return SourceHits(unique[top], total[top], best_anchor[top])
+    # The strongest single contributor is the anchor the explanation names; only the winners need one.
+    rank = np.full(unique.size, -1, np.int64)
+    rank[top] = np.arange(top.size)
+    winner = rank[inverse]
+    keep = winner >= 0
+    entries, strength, anchor = winner[keep], contrib[keep], source[keep]
+    order = np.lexsort((-strength, entries))
+    first = np.ones(order.size, bool)
+    first[1:] = entries[order][1:] != entries[order][:-1]
+    best_anchor = np.empty(top.size, np.int64)
+    best_anchor[entries[order][first]] = anchor[order][first]
+    return SourceHits(unique[top], total[top], best_anchor)
 
 
 def merge(hits: dict[str, SourceHits]) -> CandidateSet:

@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from cachetools import LRUCache
 from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
-from catalog.services import CATALOG_VERSION_KEY
+from catalog.services import OPT_OUT_VERSION_KEY
 from events import selectors as event_selectors
 from events.keys import owner_for
 from events.models import Interaction
@@ -41,6 +40,7 @@ from ranking import rerank as rr
 from ranking import retrieval, rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
+from ranking.item_cache import ItemCache
 from ranking.offline_pipeline import booster_from_array
 from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features
 from ranking.ranker import score as ranker_score
@@ -145,75 +145,70 @@ class _Trace:
 
 
 def catalog_rows(pks: Sequence[int]) -> dict[int, ItemRow]:
-    return catalog_selectors.item_rows(pks=pks)
+    """Rows of a few items, from this process's item cache when it has them."""
+    return _items.rows(pks)
 
 
 def item_pk(item_id: str) -> int | None:
     return catalog_selectors.item_pk(external_id=item_id)
 
 
-class _RowCache:
-    """Item attributes in process memory, so a request usually needs no catalog query at all.
+_items = ItemCache()
 
-    Entries are dropped as soon as the catalog version in Redis moves (every item write bumps it; checked at
-    most twice a second), so a deactivated or sold-out item leaves lists at once. While Postgres is unreachable
-    the cached rows keep the recommendation endpoints answering (marked degraded).
+
+class _OptOuts:
+    """The external ids of opted-out customers, in process memory: every request asks, and they are few.
+
+    Reloaded from Postgres when the opt-out version in Redis moves (every change bumps it; checked at most twice a
+    second) and at least once a minute. Until the first load succeeds (Postgres down at start-up) everyone counts
+    as opted out: a non-personal list is the privacy-safe answer. A failed reload keeps the last complete set,
+    which stays right because an opt-out cannot be recorded while Postgres is down.
     """
 
-    def __init__(self, size: int = 200_000) -> None:
-        self._rows: LRUCache[int, ItemRow] = LRUCache(maxsize=size)
-        self._lock = threading.Lock()
+    def __init__(self, *, check_seconds: float = 0.5, max_age_seconds: float = 60.0) -> None:
+        self.check_seconds = check_seconds
+        self.max_age_seconds = max_age_seconds
+        self._ids: frozenset[str] | None = None
         self._token: bytes | None = None
-        self._checked = 0.0
+        self._checked = -math.inf
+        self._loaded_at = -math.inf
+        self._lock = threading.Lock()
 
-    def _check_version(self) -> None:
+    def contains(self, customer_id: str) -> bool:
         now = time.monotonic()
-        if now - self._checked < 0.5:
-            return
+        if now - self._checked >= self.check_seconds and self._lock.acquire(blocking=self._ids is None):
+            try:
+                self._refresh(now)
+            finally:
+                self._lock.release()
+        ids = self._ids
+        return True if ids is None else customer_id in ids
+
+    def _refresh(self, now: float) -> None:
         self._checked = now
         try:
-            token = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
+            token: bytes | None = redis_client.get().get(OPT_OUT_VERSION_KEY) or b"0"
         except redis.RedisError:
-            # Unknown: without Redis we cannot see item changes, so only trust rows read just now.
-            token = None
-        if token is None or token != self._token:
-            with self._lock:
-                self._rows.clear()
-                self._token = token
-
-    def rows(self, pks: Sequence[int]) -> tuple[dict[int, ItemRow], bool]:
-        """(rows, fresh): cached rows plus one query for the missing ones; the cached ones alone if Postgres
-        is down."""
-        self._check_version()
-        with self._lock:
-            found = {pk: self._rows[pk] for pk in pks if pk in self._rows}
-        missing = [pk for pk in pks if pk not in found]
-        if not missing:
-            return found, True
+            token = None  # unknown: reload from Postgres on every check
+        if (
+            self._ids is not None and token is not None and token == self._token
+            and now - self._loaded_at < self.max_age_seconds
+        ):  # fmt: skip
+            return
         try:
-            loaded = catalog_rows(missing)
+            self._ids = catalog_selectors.opted_out_customer_ids()
         except DatabaseError:
-            DEGRADED.labels("postgres").inc()
-            logger.warning("catalog_rows_from_memory", exc_info=True)
-            return found, False
-        with self._lock:
-            self._rows.update(loaded)
-        found.update(loaded)
-        return found, True
-
-    def token(self) -> str:
-        """The catalog version these rows belong to: part of every list-cache key, so a cached list never
-        outlives a change to one of its items."""
-        self._check_version()
-        return self._token.decode() if self._token is not None else "unknown"
+            logger.warning("opt_outs_unreadable", exc_info=True)
+            return
+        self._token, self._loaded_at = token, now
 
     def clear(self) -> None:
         with self._lock:
-            self._rows.clear()
-        self._checked = 0.0
+            self._ids, self._token = None, None
+            self._checked = self._loaded_at = -math.inf
 
 
-_row_cache = _RowCache()
+_opt_outs = _OptOuts()
 
 
 class _Recent:
@@ -311,9 +306,15 @@ class _History:
     @classmethod
     def load(cls, owner: str, *, from_db: bool = False) -> _History:
         if from_db:
-            entries = event_selectors.recent_history_from_db(owner, HISTORY_LIMIT)
-        else:
-            entries = event_selectors.recent_history(owner, HISTORY_LIMIT)
+            return cls.of(event_selectors.recent_history_from_db(owner, HISTORY_LIMIT))
+        return cls.of(event_selectors.recent_history(owner, HISTORY_LIMIT))
+
+    @classmethod
+    def empty(cls) -> _History:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+
+    @classmethod
+    def of(cls, entries: Sequence[event_selectors.HistoryEntry]) -> _History:
         return cls(
             np.fromiter((e.item_pk for e in entries), np.int64, len(entries)),
             np.fromiter((e.type for e in entries), np.int64, len(entries)),
@@ -450,7 +451,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     """A personalised list for a customer, an anonymous session, or nobody (cold start); never an error for an
     unknown customer. Opted-out customers get the same list as an anonymous visitor."""
     started = time.perf_counter()
-    opted_out = bool(request.customer_id) and _opted_out(request.customer_id)
+    opted_out = bool(request.customer_id) and _opt_outs.contains(request.customer_id)
     personal = not opted_out
     owner = owner_for(customer_id=request.customer_id, session_id=request.session_id) if personal else ""
     if owner == "s:":
@@ -463,29 +464,36 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     model = get_active_model()
     model_version = model.version_id if model else None
     request_id = uuid.uuid4().hex
+
+    def compute(prefetched: Sequence[Any] | None, redis_ok: bool = True) -> dict[str, Any]:
+        return _compute(request, owner, config, model, assignment.variant, request_id, redis_ok, prefetched)
+
+    value: dict[str, Any] | None = None
+    tier = "bypass"
     redis_ok = True
-    version = 0
-    if owner:
+    if not request.debug:
+        exclude_key = hashlib.blake2b("\x1f".join(sorted(request.exclude)).encode(), digest_size=6).hexdigest()
+        key = ":".join((
+            "rec", request.surface, owner or "-", str(request.count), request.category or "-", exclude_key,
+            assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
+            _items.token(),
+        ))  # fmt: skip
         try:
-            version = event_selectors.cache_version(owner)
+            value, tier = CACHE.get_or_compute(
+                key, compute,
+                version_key=event_selectors.cache_version_key(owner) if owner else None,
+                prefetch=(
+                    (lambda pipe: event_selectors.owner_state_queue(pipe, owner, history_limit=HISTORY_LIMIT))
+                    if owner else None
+                ),
+            )  # fmt: skip
         except redis.RedisError:
             # Without Redis there is no cache version, so no cache to trust: compute from Postgres and say so.
             redis_ok = False
             DEGRADED.labels("redis").inc()
             logger.warning("recommend_without_redis", extra={"owner": owner})
-    if request.debug or not redis_ok:
-        value = _compute(request, owner, config, model, assignment.variant, request_id, redis_ok=redis_ok)
-        tier = "bypass"
-    else:
-        exclude_key = hashlib.blake2b("\x1f".join(sorted(request.exclude)).encode(), digest_size=6).hexdigest()
-        key = ":".join((
-            "rec", request.surface, owner or "-", str(version), str(request.count), request.category or "-",
-            exclude_key, assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
-            _row_cache.token(),
-        ))  # fmt: skip
-        value, tier = CACHE.get_or_compute(
-            key, lambda: _compute(request, owner, config, model, assignment.variant, request_id, redis_ok=True)
-        )
+    if value is None:
+        value = compute(None, redis_ok)
     result = _from_cached(value, request_id=request_id, cache=tier)
     if request.log_impression and redis_ok:
         experiments.impression_log(
@@ -501,15 +509,6 @@ def recommend(request: RecommendRequest) -> RecommendationList:
         variant=assignment.variant, model_version=model_version, degraded=result.degraded, cache=tier,
         debug=result.debug,
     )  # fmt: skip
-
-
-def _opted_out(customer_id: str) -> bool:
-    # A short cache: opting out takes effect within seconds without a query on every request. When Postgres cannot
-    # say, the customer is treated as opted out: a non-personal list is the privacy-safe answer.
-    return _opt_out_cache.get(customer_id, lambda: catalog_selectors.customer_opted_out(external_id=customer_id), True)
-
-
-_opt_out_cache = _Recent(ttl=5.0)
 
 
 def _from_cached(value: dict[str, Any], *, request_id: str, cache: str) -> RecommendationList:
@@ -530,20 +529,26 @@ def _compute(
     model: ActiveModel | None,
     variant: str | None,
     request_id: str,
-    *,
     redis_ok: bool,
+    prefetched: Sequence[Any] | None,
 ) -> dict[str, Any]:
+    """The list itself. ``prefetched``: the owner's online state as read by the cache's miss round trip (None:
+    read it here)."""
     trace = _Trace(request.debug)
     now = time.time()
     degraded = model is None or not redis_ok
     if model is None:
         DEGRADED.labels("no_model").inc()
     with trace.stage("history"):
-        if owner:
-            history = _History.load(owner, from_db=not redis_ok)
+        affinity: Mapping[int, float] = {}
+        if not owner:
+            history = _History.empty()
+        elif prefetched is not None:
+            state = event_selectors.owner_state_parse(prefetched)
+            history, affinity = _History.of(state.history), state.affinity
         else:
-            history = _History(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-        affinity = event_selectors.category_affinity(owner) if owner and redis_ok else {}
+            history = _History.load(owner, from_db=not redis_ok)
+            affinity = event_selectors.category_affinity(owner) if redis_ok else {}
     with trace.stage("user_vector"):
         user_vector = _user_vector(model, history, now) if model is not None else None
     with trace.stage("retrieval"):
@@ -559,17 +564,12 @@ def _compute(
             )
             candidates = retrieval.merge(hits)
     anchor_pks, anchor_types = history.anchors(ANCHORS)
+    cand = candidates.item_idx  # sorted, unique
     with trace.stage("catalog"):
-        rows, fresh = _row_cache.rows(np.union1d(candidates.item_idx, anchor_pks).tolist())
+        attributes, fresh = _items.attributes(cand, now=now)
         degraded = degraded or not fresh
-    cand = candidates.item_idx
-    known = np.fromiter((pk in rows for pk in cand.tolist()), bool, cand.size)
-    row_list = [rows.get(pk) for pk in cand.tolist()]
-    category = np.array([r.category_id if r else -1 for r in row_list], np.int64)
-    brand = np.array([r.brand_id if r else -1 for r in row_list], np.int64)
-    available = np.array([bool(r and r.available) for r in row_list], bool) & known
-    price = np.array([r.price if r and r.price is not None else np.nan for r in row_list], np.float64)
-    created = np.array([r.created_ts if r else now for r in row_list], np.float64)
+    category, brand, price, created = attributes.category, attributes.brand, attributes.price, attributes.created_ts
+    available = attributes.available.copy()
     if request.category:
         wanted = _category_pk(request.category)
         available &= category == (wanted if wanted is not None else -2)
@@ -578,7 +578,7 @@ def _compute(
             model, candidates, config, user_vector, history, affinity, category, price, created, now
         )
     with trace.stage("rerank"):
-        exclude = _excluded(request, config, history, rows)
+        exclude = _excluded(request, config, history)
         result = rr.rerank(
             rr.Candidates(
                 item_idx=cand, score=scores.astype(np.float64), category=category, brand=brand, available=available,
@@ -593,12 +593,15 @@ def _compute(
             ),
         )  # fmt: skip
     with trace.stage("explain"):
-        position = {int(pk): i for i, pk in enumerate(cand.tolist())}
+        final_pos = np.searchsorted(cand, result.item_idx)
+        final_anchors = candidates.anchor[final_pos]
+        rows = _items.rows([*result.item_idx.tolist(), *final_anchors[final_anchors >= 0].tolist()])
         anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
         items = []
-        for slot, pk in enumerate(result.item_idx.tolist()):
-            row = rows[pk]
-            i = position[pk]
+        for slot, (pk, i) in enumerate(zip(result.item_idx.tolist(), final_pos.tolist(), strict=True)):
+            row = rows.get(pk)
+            if row is None:  # evicted from memory while Postgres is down: nothing to show for it
+                continue
             found = candidates.source_rank[i] < retrieval.NO_RANK
             sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
             reason = _reason(
@@ -612,12 +615,15 @@ def _compute(
                 "sources": list(sources) or ["pinned"],
             })  # fmt: skip
     if items:
-        shares = np.unique(category[[position[pk] for pk in result.item_idx.tolist()]], return_counts=True)[1]
-        CATEGORY_SHARE.observe(float(shares.max() / len(items)))
+        shares = np.unique(category[final_pos], return_counts=True)[1]
+        CATEGORY_SHARE.observe(float(shares.max() / final_pos.size))
     value: dict[str, Any] = {
-        "surface": request.surface, "items": items, "item_pks": result.item_idx.tolist(), "degraded": degraded,
+        "surface": request.surface, "items": items, "item_pks": [pk for pk in result.item_idx.tolist() if pk in rows],
+        "degraded": degraded,
     }  # fmt: skip
     if request.debug:
+        top = np.argsort(-scores)[:20]
+        top_rows = _items.rows(cand[top].tolist())
         value["debug"] = {
             "stages_ms": trace.stages,
             "candidates_per_source": candidates.per_source_counts(),
@@ -628,9 +634,9 @@ def _compute(
             "skipped_pins": list(result.skipped_pins),
             "history_length": int(history.pks.size),
             "top_scores": [
-                {"item_id": rows[pk].item_id, "score": round(float(scores[position[pk]]), 6)}
-                for pk in cand[np.argsort(-scores)[:20]].tolist()
-                if pk in rows
+                {"item_id": top_rows[pk].item_id, "score": round(float(score), 6)}
+                for pk, score in zip(cand[top].tolist(), scores[top].tolist(), strict=True)
+                if pk in top_rows
             ],
             "variant": variant,
         }
@@ -696,7 +702,7 @@ def _ranker_for(model: ActiveModel) -> Any:
 
 def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
     """Clicks per view over the last 24 hours from the online features; NaN where an item had no views."""
-    features = event_selectors.item_online_features()
+    features = event_selectors.item_online_features(poll_seconds=1.0)
     if features is None or features.item_pk.size == 0:
         return None
     rows = features.rows(pks)
@@ -717,24 +723,20 @@ def _exposure(model: ActiveModel | None, pks: npt.NDArray[np.int64]) -> npt.NDAr
     return exposure
 
 
-def _excluded(
-    request: RecommendRequest, config: VariantConfig, history: _History, rows: Mapping[int, ItemRow]
-) -> npt.NDArray[np.int64]:
-    """Purchased items (when the surface says so) and the request's ``exclude`` ids among the candidates."""
+def _excluded(request: RecommendRequest, config: VariantConfig, history: _History) -> npt.NDArray[np.int64]:
+    """Purchased items (when the surface says so) and the request's ``exclude`` ids."""
     exclude = history.purchased() if config.exclude_purchased else np.empty(0, np.int64)
     if request.exclude:
-        wanted = set(request.exclude)
-        extra = np.array([pk for pk, row in rows.items() if row.item_id in wanted], np.int64)
-        exclude = np.union1d(exclude, extra)
+        exclude = np.union1d(exclude, _items.pks_of(request.exclude))
     return exclude
 
 
 def clear_caches() -> None:
     """Forget per-process caches (tests, and after a catalog rebuild)."""
     CACHE.clear_local()
-    _row_cache.clear()
+    _items.clear()
     _recent.clear()
-    _opt_out_cache.clear()
+    _opt_outs.clear()
 
 
 def safe_round(value: float) -> float | None:
@@ -783,16 +785,12 @@ def _item_list(
     """Merge, fetch attributes, drop unavailable/excluded/blocked items, apply rules, explain."""
     candidates = retrieval.merge(hits)
     summed = candidates.source_score.sum(axis=1)
-    rows, _ = _row_cache.rows(np.union1d(candidates.item_idx, [anchor_pk]).tolist())
-    cand = candidates.item_idx
-    row_list = [rows.get(pk) for pk in cand.tolist()]
+    cand = candidates.item_idx  # sorted, unique
+    attributes, _ = _items.attributes(cand, now=time.time())
     result = rr.rerank(
         rr.Candidates(
-            item_idx=cand, score=summed.astype(np.float64),
-            category=np.array([r.category_id if r else -1 for r in row_list], np.int64),
-            brand=np.array([r.brand_id if r else -1 for r in row_list], np.int64),
-            available=np.array([bool(r and r.available) for r in row_list], bool),
-            exposure=np.zeros(cand.size),
+            item_idx=cand, score=summed.astype(np.float64), category=attributes.category, brand=attributes.brand,
+            available=attributes.available, exposure=np.zeros(cand.size),
         ),
         rules.active_rules(surface=surface, now=time.time()),
         rr.RerankConfig(
@@ -800,11 +798,17 @@ def _item_list(
             exclude_idx=np.union1d(exclude if exclude is not None else np.empty(0, np.int64), [anchor_pk]),
         ),
     )  # fmt: skip
-    position = {int(pk): i for i, pk in enumerate(cand.tolist())}
+    rows = _items.rows([anchor_pk, *result.item_idx.tolist()])
     anchor = rows[anchor_pk]
     items = []
-    for slot, pk in enumerate(result.item_idx.tolist()):
-        row, i = rows[pk], position[pk]
+    shown = []
+    for slot, (pk, i) in enumerate(
+        zip(result.item_idx.tolist(), np.searchsorted(cand, result.item_idx).tolist(), strict=True)
+    ):
+        row = rows.get(pk)
+        if row is None:  # evicted from memory while Postgres is down: nothing to show for it
+            continue
+        shown.append(pk)
         found = candidates.source_rank[i] < retrieval.NO_RANK
         sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
         reason = Reason("featured", "Featured") if result.pinned[slot] else reason_for(anchor, sources)
@@ -819,7 +823,7 @@ def _item_list(
                 sources or ("pinned",),
             )
         )
-    return items, result.item_idx
+    return items, np.asarray(shown, np.int64)
 
 
 def _similar_reason(anchor: ItemRow, sources: tuple[str, ...]) -> Reason:
@@ -929,7 +933,7 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
     started = time.perf_counter()
     model = get_active_model()
     request_id = uuid.uuid4().hex
-    if model is None or _opted_out(customer_id):
+    if model is None or _opt_outs.contains(customer_id):
         return AnchorGroups(request_id, (), model.version_id if model else None)
     history = _History.load(customer_id)
     anchor_pks, anchor_types = history.anchors(groups)

@@ -143,7 +143,7 @@ def _glob_escape(value: str) -> str:
 def _cached_lists_delete(owner: str) -> int:
     """Delete every cached recommendation list of ``owner``; returns how many.
 
-    ranking.serving caches lists under ``rec:<surface>:<owner>:<cache version>:...`` (the surface is a slug, so has
+    ranking.serving caches lists under ``rec:<surface>:<owner>:...`` (the surface is a slug, so has
     no colon). The pattern may also match lists of an owner whose id extends this one after a colon; deleting a
     cache entry too many costs one recomputation.
     """

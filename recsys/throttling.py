@@ -52,36 +52,18 @@ def pause_clear() -> None:
     _paused_until = 0.0
 
 
-class ApiKeyRateThrottle(BaseThrottle):
-    def __init__(self) -> None:
-        self._wait = 0.0
-
-    def allow_request(self, request: Request, view: object) -> bool:
-        client = request.user
-        if not isinstance(client, ApiClient):
-            return True
-        limit = client.rate_per_minute or settings.API_DEFAULT_RATE_PER_MINUTE
-        now = time.time()
-        window = int(now // WINDOW_SECONDS)
-        counts = _count([f"throttle:key:{client.key_id}:{window}"])
-        if counts is not None and counts[0] > limit:
-            self._wait = (window + 1) * WINDOW_SECONDS - now
-            return False
-        return True
-
-    def wait(self) -> float | None:
-        return self._wait
-
-
 # Recommendation and event requests name a customer; the other endpoints are the storefront's back office.
 CUSTOMER_SCOPES = frozenset({ApiKey.Scope.RECOMMEND, ApiKey.Scope.EVENTS})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class CustomerRateThrottle(BaseThrottle):
-    """At most ``API_CUSTOMER_RATE_PER_MINUTE`` requests per customer and API key and minute, for the views whose
-    scope is ``recommend`` or ``events``: one runaway page or bot behind a single customer cannot spend the key's
-    whole budget.
+class ApiRateThrottle(BaseThrottle):
+    """Both limits in one Redis round trip (it is on every request's path):
+
+    - at most the key's ``rate_per_minute`` (default ``API_DEFAULT_RATE_PER_MINUTE``) requests per API key;
+    - at most ``API_CUSTOMER_RATE_PER_MINUTE`` requests per customer and API key, for the views whose scope is
+      ``recommend`` or ``events``: one runaway page or bot behind a single customer cannot spend the key's whole
+      budget.
 
     The customer comes from the URL (``customer_id``), the query string (``customer_id``) or the JSON body: a single
     event's ``customer_id``, or each customer of a batch (``events[*].customer_id``), every customer a request
@@ -96,17 +78,21 @@ class CustomerRateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: object) -> bool:
         client = request.user
-        if not isinstance(client, ApiClient) or getattr(view, "required_scope", None) not in CUSTOMER_SCOPES:
+        if not isinstance(client, ApiClient):
             return True
-        customers = customers_named(request, view)
-        if not customers:
-            return True
-        limit = settings.API_CUSTOMER_RATE_PER_MINUTE
         now = time.time()
         window = int(now // WINDOW_SECONDS)
-        keys = [f"throttle:cust:{client.key_id}:{window}:{_digest(customer)}" for customer in sorted(customers)]
+        keys = [f"throttle:key:{client.key_id}:{window}"]
+        if getattr(view, "required_scope", None) in CUSTOMER_SCOPES:
+            keys += [
+                f"throttle:cust:{client.key_id}:{window}:{_digest(customer)}"
+                for customer in sorted(customers_named(request, view))
+            ]
         counts = _count(keys)
-        if counts is not None and max(counts) > limit:
+        if counts is None:
+            return True
+        key_limit = client.rate_per_minute or settings.API_DEFAULT_RATE_PER_MINUTE
+        if counts[0] > key_limit or max(counts[1:], default=0) > settings.API_CUSTOMER_RATE_PER_MINUTE:
             self._wait = (window + 1) * WINDOW_SECONDS - now
             return False
         return True

@@ -129,7 +129,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["recsys.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["recsys.auth.HasScope"],
-    "DEFAULT_THROTTLE_CLASSES": ["recsys.throttling.ApiKeyRateThrottle", "recsys.throttling.CustomerRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["recsys.throttling.ApiRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # JSONParser with DATA_UPLOAD_MAX_MEMORY_SIZE applied (DRF reads past it) and lone surrogates refused.
     "DEFAULT_PARSER_CLASSES": ["recsys.parsers.BoundedJSONParser"],
@@ -141,7 +141,7 @@ REST_FRAMEWORK = {
 BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 # Requests per minute per API key unless the key sets its own.
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
-# Recommendation and event requests per minute per customer id and API key (recsys.throttling.CustomerRateThrottle).
+# Recommendation and event requests per minute per customer id and API key (recsys.throttling.ApiRateThrottle).
 API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
 # Bytes; a batch of 1,000 events is about 250 KB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024)

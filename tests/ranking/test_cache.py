@@ -1,4 +1,5 @@
-"""The two-tier list cache: hits per tier, single-flight under a stampede, TTL, Redis shared across processes."""
+"""The two-tier list cache: hits per tier, single-flight under a stampede, TTL, Redis shared across processes,
+owner versions, reads prefetched in the miss round trip."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from recsys import redis_client
 def test_miss_then_l1_then_l2_from_another_process() -> None:
     calls = []
     first = ListCache(ttl_seconds=30)
-    value, tier = first.get_or_compute("rec:a", lambda: calls.append(1) or {"items": [1, 2]})
+    value, tier = first.get_or_compute("rec:a", lambda _: calls.append(1) or {"items": [1, 2]})
     assert (value, tier) == ({"items": [1, 2]}, "miss")
-    assert first.get_or_compute("rec:a", lambda: {"items": []}) == ({"items": [1, 2]}, "l1")
+    assert first.get_or_compute("rec:a", lambda _: {"items": []}) == ({"items": [1, 2]}, "l1")
     # A second process has an empty L1 but shares Redis.
     second = ListCache(ttl_seconds=30)
-    assert second.get_or_compute("rec:a", lambda: {"items": []}) == ({"items": [1, 2]}, "l2")
+    assert second.get_or_compute("rec:a", lambda _: {"items": []}) == ({"items": [1, 2]}, "l2")
     assert calls == [1]
     ttl = redis_client.get().ttl("rec:a")
     assert 27 <= ttl <= 33  # ±10% jitter
@@ -27,7 +28,7 @@ def test_a_stampede_computes_once() -> None:
     cache = ListCache(ttl_seconds=30)
     computed = []
 
-    def slow() -> dict:
+    def slow(_: object) -> dict:
         computed.append(1)
         time.sleep(0.2)
         return {"n": 1}
@@ -45,13 +46,64 @@ def test_a_stampede_computes_once() -> None:
 
 def test_entries_expire() -> None:
     cache = ListCache(ttl_seconds=0.2, jitter=0.0)
-    cache.get_or_compute("rec:short", lambda: {"v": 1})
+    cache.get_or_compute("rec:short", lambda _: {"v": 1})
     time.sleep(0.3)
     redis_client.get().delete("rec:short")
-    assert cache.get_or_compute("rec:short", lambda: {"v": 2}) == ({"v": 2}, "miss")
+    assert cache.get_or_compute("rec:short", lambda _: {"v": 2}) == ({"v": 2}, "miss")
 
 
 def test_different_keys_never_share_values() -> None:
     cache = ListCache()
-    cache.get_or_compute("rec:customer-a:0", lambda: {"who": "a"})
-    assert cache.get_or_compute("rec:customer-b:0", lambda: {"who": "b"}) == ({"who": "b"}, "miss")
+    cache.get_or_compute("rec:customer-a:0", lambda _: {"who": "a"})
+    assert cache.get_or_compute("rec:customer-b:0", lambda _: {"who": "b"}) == ({"who": "b"}, "miss")
+
+
+def test_a_stampede_across_processes_computes_once() -> None:
+    # Two ListCache instances stand for two web processes: the loser waits for the winner's value in Redis.
+    computed = []
+
+    def slow(_: object) -> dict:
+        computed.append(1)
+        time.sleep(0.1)
+        return {"n": 2}
+
+    results: list[tuple] = []
+    caches = [ListCache(ttl_seconds=30), ListCache(ttl_seconds=30)]
+    threads = [threading.Thread(target=lambda c=c: results.append(c.get_or_compute("rec:hot2", slow))) for c in caches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert computed == [1]
+    assert sorted(tier for _, tier in results) == ["l2", "miss"]
+    assert [value for value, _ in results] == [{"n": 2}, {"n": 2}]
+
+
+def test_a_bumped_owner_version_misses_in_both_tiers() -> None:
+    client = redis_client.get()
+    client.set("cv:test-owner", 3)
+    first, second = ListCache(ttl_seconds=30), ListCache(ttl_seconds=30)
+    assert first.get_or_compute("rec:v", lambda _: {"at": 3}, version_key="cv:test-owner") == ({"at": 3}, "miss")
+    assert second.get_or_compute("rec:v", lambda _: {"at": 0}, version_key="cv:test-owner") == ({"at": 3}, "l2")
+    client.incr("cv:test-owner")  # an event for the owner
+    assert first.get_or_compute("rec:v", lambda _: {"at": 4}, version_key="cv:test-owner") == ({"at": 4}, "miss")
+    assert second.get_or_compute("rec:v", lambda _: {"at": 0}, version_key="cv:test-owner") == ({"at": 4}, "l2")
+
+
+def test_prefetched_reads_reach_the_computation_only_on_a_miss() -> None:
+    client = redis_client.get()
+    client.set("prefetch:probe", b"hello")
+    seen: list[object] = []
+    cache = ListCache(ttl_seconds=30)
+
+    def compute(prefetched: object) -> dict:
+        seen.append(prefetched)
+        return {"ok": True}
+
+    def prefetch(pipe: object) -> None:
+        pipe.get("prefetch:probe")  # type: ignore[attr-defined]
+
+    assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "miss")
+    assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "l1")
+    assert seen == [[b"hello"]]
+    assert client.get("lock:rec:p#0") is None  # the single-flight lock was released with the store

@@ -1,0 +1,207 @@
+"""Item attributes in process memory, laid out for serving's vectorised hot path.
+
+A request looks at a few hundred candidates. What the pipeline needs of each of them (category, brand, available,
+price, listing time) lives in dense numpy arrays indexed by the item's primary key, so gathering them is one fancy
+index per attribute, never a Python loop over candidates. The full rows (title, category name, ...) are kept in an
+LRU for the few items a response shows. Items not seen yet are read from Postgres in one query per request.
+
+Everything is dropped as soon as the catalog version in Redis moves (every item write bumps it; checked at most
+twice a second), so a deactivated or sold-out item leaves lists at once. While Postgres is unreachable the cached
+attributes keep the recommendation endpoints answering (marked degraded); unknown items count as unavailable.
+
+Memory: 18 bytes per primary key up to the largest one seen (18 MB for a million items) plus the row LRU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from cachetools import LRUCache
+from django.db import DatabaseError
+
+from catalog import selectors as catalog_selectors
+from catalog.selectors import ItemRow
+from catalog.services import CATALOG_VERSION_KEY
+from ranking.selectors import item_pks_by_external_id
+from recsys import redis_client
+
+logger = logging.getLogger(__name__)
+
+_CHECK_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ItemAttributes:
+    """Per-candidate attributes, aligned with the ``pks`` they were asked for."""
+
+    known: npt.NDArray[np.bool_]  # False: not in the catalog (or unknown while Postgres is down)
+    category: npt.NDArray[np.int64]  # -1 for none
+    brand: npt.NDArray[np.int64]  # -1 for none
+    available: npt.NDArray[np.bool_]  # active and in stock (False when unknown)
+    price: npt.NDArray[np.float64]  # NaN for none
+    created_ts: npt.NDArray[np.float64]  # Unix time the item was listed (``now`` when unknown)
+
+
+class ItemCache:
+    def __init__(self, *, row_cache_size: int = 200_000, id_cache_size: int = 200_000) -> None:
+        self._lock = threading.Lock()
+        self._loaded = np.zeros(0, bool)
+        self._category = np.zeros(0, np.int32)
+        self._brand = np.zeros(0, np.int32)
+        self._available = np.zeros(0, bool)
+        self._price = np.zeros(0, np.float32)
+        self._created = np.zeros(0, np.float32)
+        self._rows: LRUCache[int, ItemRow] = LRUCache(maxsize=row_cache_size)
+        self._pk_of: LRUCache[str, int] = LRUCache(maxsize=id_cache_size)
+        self._token: bytes | None = None
+        self._checked = -np.inf
+
+    # --- Freshness -------------------------------------------------------------------------------------------
+
+    def _check_version(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < _CHECK_SECONDS:
+            return
+        self._checked = now
+        try:
+            token = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
+        except redis.RedisError:
+            # Unknown: without Redis we cannot see item changes, so only trust rows read from now on.
+            token = None
+        if token is None or token != self._token:
+            with self._lock:
+                self._forget()
+                self._token = token
+
+    def _forget(self) -> None:
+        self._loaded[:] = False
+        self._rows.clear()
+        self._pk_of.clear()
+
+    def token(self) -> str:
+        """The catalog version the cached attributes belong to: part of every list-cache key, so a cached list
+        never outlives a change to one of its items."""
+        self._check_version()
+        return self._token.decode() if self._token is not None else "unknown"
+
+    def clear(self) -> None:
+        with self._lock:
+            self._forget()
+        self._checked = -np.inf
+
+    # --- Reads -----------------------------------------------------------------------------------------------
+
+    def attributes(self, pks: npt.NDArray[np.int64], *, now: float) -> tuple[ItemAttributes, bool]:
+        """(attributes of ``pks``, fresh): one query for the items not cached yet; ``fresh`` is False when that
+        query failed (the missing items then count as unknown)."""
+        self._check_version()
+        pks = np.asarray(pks, np.int64)
+        fresh = True
+        missing = self._missing(pks)
+        if missing.size:
+            try:
+                self._store(catalog_selectors.item_rows(pks=missing.tolist()).values(), missing)
+            except DatabaseError:
+                logger.warning("catalog_rows_from_memory", exc_info=True)
+                fresh = False
+        with self._lock:
+            inside = (pks >= 0) & (pks < self._loaded.size)
+            safe = np.where(inside, pks, 0)
+            known = inside & self._loaded[safe] & (self._category[safe] != -2)
+            attributes = ItemAttributes(
+                known=known,
+                category=np.where(known, self._category[safe], -1).astype(np.int64),
+                brand=np.where(known, self._brand[safe], -1).astype(np.int64),
+                available=known & self._available[safe],
+                price=np.where(known, self._price[safe], np.nan).astype(np.float64),
+                created_ts=np.where(known, self._created[safe], now).astype(np.float64),
+            )
+        return attributes, fresh
+
+    def rows(self, pks: Iterable[int]) -> dict[int, ItemRow]:
+        """Full rows of a few items (the ones a response shows); unknown pks are left out, and so are the ones
+        not cached while Postgres is down."""
+        wanted = list(dict.fromkeys(pks))
+        with self._lock:
+            found = {pk: row for pk in wanted if (row := self._rows.get(pk)) is not None}
+        missing = [pk for pk in wanted if pk not in found]
+        if missing:
+            try:
+                loaded = catalog_selectors.item_rows(pks=missing)
+            except DatabaseError:
+                logger.warning("catalog_rows_from_memory", exc_info=True)
+                return found
+            self._store(loaded.values(), np.asarray(missing, np.int64))
+            found.update(loaded)
+        return found
+
+    def pks_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Primary keys of the given external ids (unknown ids left out): from memory, else one query. Unknown
+        ids are remembered too (as -1), so a storefront sending the same stray id costs one query, not one each
+        time."""
+        with self._lock:
+            found = [pk for item_id in item_ids if (pk := self._pk_of.get(item_id)) is not None]
+            missing = [item_id for item_id in item_ids if item_id not in self._pk_of]
+        if missing:
+            try:
+                extra = item_pks_by_external_id(missing)
+            except DatabaseError:
+                logger.warning("exclude_ids_unresolved", exc_info=True)
+            else:
+                with self._lock:
+                    self._pk_of.update({item_id: extra.get(item_id, -1) for item_id in missing})
+                found.extend(extra.values())
+        pks = np.asarray(found, np.int64)
+        return pks[pks >= 0]
+
+    # --- Internals -------------------------------------------------------------------------------------------
+
+    def _missing(self, pks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        with self._lock:
+            inside = (pks >= 0) & (pks < self._loaded.size)
+            loaded = np.zeros(pks.size, bool)
+            loaded[inside] = self._loaded[pks[inside]]
+        return np.unique(pks[~loaded & (pks >= 0)])
+
+    def _store(self, rows: Iterable[ItemRow], asked: npt.NDArray[np.int64]) -> None:
+        rows = list(rows)
+        with self._lock:
+            top = int(asked.max()) + 1 if asked.size else 0
+            if top > self._loaded.size:
+                self._grow(max(top, int(self._loaded.size * 1.5)))
+            # Asked for but not found: remembered as "not in the catalog" (category -2) until the version moves.
+            self._loaded[asked] = True
+            self._category[asked] = -2
+            self._available[asked] = False
+            if rows:
+                pks = np.fromiter((r.pk for r in rows), np.int64, len(rows))
+                self._category[pks] = np.fromiter((r.category_id for r in rows), np.int32, len(rows))
+                self._brand[pks] = np.fromiter((r.brand_id for r in rows), np.int32, len(rows))
+                self._available[pks] = np.fromiter((r.available for r in rows), bool, len(rows))
+                self._price[pks] = np.fromiter(
+                    (r.price if r.price is not None else np.nan for r in rows), np.float32, len(rows)
+                )
+                self._created[pks] = np.fromiter((r.created_ts for r in rows), np.float32, len(rows))
+                for row in rows:
+                    self._rows[row.pk] = row
+                    self._pk_of[row.item_id] = row.pk
+
+    def _grow(self, size: int) -> None:
+        def grown(array: npt.NDArray[np.generic], fill: object) -> npt.NDArray[np.generic]:
+            out = np.full(size, fill, array.dtype)
+            out[: array.size] = array
+            return out
+
+        self._loaded = grown(self._loaded, False)
+        self._category = grown(self._category, -1)
+        self._brand = grown(self._brand, -1)
+        self._available = grown(self._available, False)
+        self._price = grown(self._price, np.nan)
+        self._created = grown(self._created, 0.0)
