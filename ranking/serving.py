@@ -36,8 +36,8 @@ from events.keys import owner_for
 from events.models import Interaction
 from experiments import services as experiments
 from experiments.config import VariantConfig
+from ranking import offline_pipeline, retrieval, rules
 from ranking import rerank as rr
-from ranking import retrieval, rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
 from ranking.item_cache import ItemCache
@@ -53,10 +53,10 @@ HISTORY_LIMIT = 200
 ANCHORS = 20  # most recent distinct history items whose neighbours are retrieved
 CACHE = ListCache(ttl_seconds=60.0)
 
-# Candidates each source contributes before the merge; a few hundred in all.
-QUOTAS: dict[str, int] = {
-    "ann": 150, "item_knn": 150, "ease": 150, "content": 60, "fbt": 40, "trending": 60, "popular": 60, "new": 20,
-}  # fmt: skip
+# Candidates each source contributes before the merge, a few hundred in all: the same quotas the ranker was
+# trained and evaluated on (ranking.offline_pipeline), so what is served is what `evaluate` measured; plus new
+# arrivals, which the offline split cannot judge.
+QUOTAS: dict[str, int] = {**offline_pipeline.QUOTAS, "new": 20}
 # Recency weight of the i-th most recent anchor: the latest items matter most.
 ANCHOR_DECAY = 0.85
 
