@@ -26,7 +26,7 @@ FORCE_VARIANT_HEADER = "X-Experiment-Variant"
 
 
 def _list_body(result: serving.RecommendationList) -> dict:
-    body = asdict(result)
+    body = result.as_dict()
     body.pop("cache")
     if body.get("debug") is None:
         body.pop("debug")

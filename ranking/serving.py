@@ -118,7 +118,21 @@ class RecommendationList:
     debug: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The response body's shape; built field by field (``dataclasses.asdict`` deep-copies, which costs more
+        than the rest of a cached request)."""
+        return {
+            "request_id": self.request_id, "surface": self.surface,
+            "items": [
+                {
+                    "item_id": item.item_id, "title": item.title, "category": item.category, "price": item.price,
+                    "score": item.score, "reason": {"code": item.reason.code, "text": item.reason.text},
+                    "sources": list(item.sources),
+                }
+                for item in self.items
+            ],
+            "experiment": self.experiment, "variant": self.variant, "model_version": self.model_version,
+            "degraded": self.degraded, "cache": self.cache, "debug": self.debug,
+        }  # fmt: skip
 
 
 # --- Stage timing -----------------------------------------------------------------------------------------
@@ -443,8 +457,20 @@ class RecommendRequest:
     log_impression: bool = True  # previews are not traffic
 
 
+_config_keys: dict[int, tuple[VariantConfig, str]] = {}
+
+
 def _config_key(config: VariantConfig) -> str:
-    return hashlib.blake2b(repr(sorted(asdict(config).items())).encode(), digest_size=6).hexdigest()
+    """A short digest of the config, part of the list-cache key. Configs live in the experiments snapshot, so it is
+    remembered per config object (kept alive beside its digest, so its id cannot be reused)."""
+    known = _config_keys.get(id(config))
+    if known is not None and known[0] is config:
+        return known[1]
+    digest = hashlib.blake2b(repr(sorted(asdict(config).items())).encode(), digest_size=6).hexdigest()
+    if len(_config_keys) > 256:
+        _config_keys.clear()
+    _config_keys[id(config)] = (config, digest)
+    return digest
 
 
 def recommend(request: RecommendRequest) -> RecommendationList:
