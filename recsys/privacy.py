@@ -57,8 +57,9 @@ def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Person
     """Record the customer's choice; an unknown customer is created, so a choice made before their first event
     still holds for it. ``customer_id`` is validated by the caller (at most 100 characters).
 
-    Serving reads the flag through a per-process cache of at most 5 seconds: an opted-out customer then gets the
-    anonymous list, and training leaves their events out (ranking.selectors). Their cache version is bumped too,
+    Serving keeps the opted-out ids in memory and reloads them when the opt-out version moves (bumped by
+    ``customer_upsert`` after commit, seen within half a second): an opted-out customer then gets the anonymous
+    list, and training leaves their events out (ranking.selectors). Their cache version is bumped too,
     so no list cached before the change is served after it. A Redis failure there is logged, not raised: the
     choice is stored, and cached lists expire within a minute anyway.
     """
