@@ -51,6 +51,8 @@ class Item(models.Model):
             # Admin search by title over a million items: a trigram index makes icontains an index scan.
             GinIndex(name="item_title_trgm", fields=["title"], opclasses=["gin_trgm_ops"]),
             models.Index(name="item_created", fields=["-created_at"]),
+            # Serving processes re-read only the items changed since their last sync (ranking/item_cache.py).
+            models.Index(name="item_updated", fields=["updated_at"]),
         ]
 
     def __str__(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from django.db import connection
 
 from catalog.models import Category, Customer, Item
@@ -62,6 +64,45 @@ def item_rows(*, pks: Sequence[int]) -> dict[int, ItemRow]:
         )  # fmt: skip
         for row in rows
     }
+
+
+@dataclass(frozen=True, eq=False)
+class ItemAttributeColumns:
+    """What serving's hot path needs of many items, as columns (one entry per item)."""
+
+    pk: npt.NDArray[np.int64]
+    category_id: npt.NDArray[np.int64]  # -1 for none
+    brand_id: npt.NDArray[np.int64]  # -1 for none
+    available: npt.NDArray[np.bool_]  # active and in stock
+    price: npt.NDArray[np.float64]  # NaN for none
+    created_ts: npt.NDArray[np.float64]
+    updated_ts: npt.NDArray[np.float64]
+
+
+def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttributeColumns:
+    """Every item's attributes (or those of the items updated at or after ``updated_since``, Unix time, by the
+    item_updated index), in one query."""
+    sql = """SELECT id, coalesce(category_id, -1), coalesce(brand_id, -1), active AND in_stock,
+                    coalesce(price::float8, 'NaN'), extract(epoch FROM created_at)::float8,
+                    extract(epoch FROM updated_at)::float8
+             FROM catalog_item"""
+    params: list[object] = []
+    if updated_since is not None:
+        sql += " WHERE updated_at >= to_timestamp(%s)"
+        params.append(updated_since)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), 7)
+    return ItemAttributeColumns(
+        pk=table[:, 0].astype(np.int64),
+        category_id=table[:, 1].astype(np.int64),
+        brand_id=table[:, 2].astype(np.int64),
+        available=table[:, 3].astype(bool),
+        price=table[:, 4],
+        created_ts=table[:, 5],
+        updated_ts=table[:, 6],
+    )
 
 
 def item_pk(*, external_id: str) -> int | None:

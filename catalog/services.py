@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 from django.db import transaction
+from django.utils import timezone
 
 from catalog.models import Brand, Category, Customer, Item
 from recsys import redis_client
@@ -88,7 +89,7 @@ def item_upsert(*, external_id: str, data: ItemData) -> tuple[Item, bool]:
 
 def item_deactivate(*, external_id: str) -> bool:
     """Deactivate rather than delete: interactions keep pointing at the item and it is never recommended again."""
-    changed = Item.objects.filter(external_id=external_id).update(active=False) > 0
+    changed = Item.objects.filter(external_id=external_id).update(active=False, updated_at=timezone.now()) > 0
     if changed:
         catalog_version_bump()
     return changed

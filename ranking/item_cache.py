@@ -3,13 +3,21 @@
 A request looks at a few hundred candidates. What the pipeline needs of each of them (category, brand, available,
 price, listing time) lives in dense numpy arrays indexed by the item's primary key, so gathering them is one fancy
 index per attribute, never a Python loop over candidates. The full rows (title, category name, ...) are kept in an
-LRU for the few items a response shows. Items not seen yet are read from Postgres in one query per request.
+LRU for the few items a response shows.
 
-Everything is dropped as soon as the catalog version in Redis moves (every item write bumps it; checked at most
-twice a second), so a deactivated or sold-out item leaves lists at once. While Postgres is unreachable the cached
-attributes keep the recommendation endpoints answering (marked degraded); unknown items count as unavailable.
+The arrays hold the whole catalog: read in one query on a process's first request, then kept current by the
+catalog version in Redis (every item write bumps it after commit; checked at most twice a second). When it moves,
+only the items updated since the last sync are read again (the item_updated index), with a margin of ten minutes
+for transactions that began before the last sync and committed after it, and the whole catalog again every
+fifteen minutes. So a deactivated or sold-out item leaves lists within a second, and an item added without a
+version bump (a placeholder created by an event) is read by one query the first time a request meets it.
 
-Memory: 18 bytes per primary key up to the largest one seen (18 MB for a million items) plus the row LRU.
+While Postgres is unreachable the arrays keep the recommendation endpoints answering (marked degraded when an
+item had to be looked up); unknown items count as unavailable. While Redis is unreachable no version can be seen,
+so every check re-reads the recently updated items instead.
+
+Memory: 18 bytes per primary key (18 MB for a million items) plus the row LRU. A full read of a million items
+takes a second or two, once per process and then every fifteen minutes, on the request that triggers it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from recsys import redis_client
 logger = logging.getLogger(__name__)
 
 _CHECK_SECONDS = 0.5
+_FULL_SYNC_SECONDS = 900.0
+_DELTA_MARGIN_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -62,6 +72,9 @@ class ItemCache:
         self._pk_of: LRUCache[str, int] = LRUCache(maxsize=id_cache_size)
         self._token: bytes | None = None
         self._checked = -np.inf
+        self._synced_at = -np.inf  # monotonic time of the last full sync
+        self._watermark: float | None = None  # the latest updated_at (Unix time) read so far
+        self._sync_lock = threading.Lock()
 
     # --- Freshness -------------------------------------------------------------------------------------------
 
@@ -71,19 +84,57 @@ class ItemCache:
             return
         self._checked = now
         try:
-            token = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
+            token: bytes | None = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
         except redis.RedisError:
-            # Unknown: without Redis we cannot see item changes, so only trust rows read from now on.
-            token = None
-        if token is None or token != self._token:
-            with self._lock:
-                self._forget()
-                self._token = token
+            token = None  # unknown: re-read the recently updated items at every check
+        if token is not None and token == self._token and now - self._synced_at < _FULL_SYNC_SECONDS:
+            return
+        if not self._sync_lock.acquire(blocking=False):
+            return  # another thread is syncing; this request uses the arrays as they are
+        try:
+            self._sync(token, now)
+        finally:
+            self._sync_lock.release()
+
+    def _sync(self, token: bytes | None, now: float) -> None:
+        full = self._watermark is None or now - self._synced_at >= _FULL_SYNC_SECONDS
+        since = None if full or self._watermark is None else self._watermark - _DELTA_MARGIN_SECONDS
+        try:
+            columns = catalog_selectors.item_attribute_columns(updated_since=since)
+        except DatabaseError:
+            logger.warning("item_cache_sync_failed", exc_info=True)
+            return  # keep serving the arrays as they are; the next check tries again
+        with self._lock:
+            if full:
+                self._loaded[:] = False
+            if columns.pk.size:
+                top = int(columns.pk.max()) + 1
+                if top > self._loaded.size:
+                    self._grow(max(top, int(self._loaded.size * 1.25)))
+                pks = columns.pk
+                self._loaded[pks] = True
+                self._category[pks] = columns.category_id
+                self._brand[pks] = columns.brand_id
+                self._available[pks] = columns.available
+                self._price[pks] = columns.price
+                self._created[pks] = columns.created_ts
+                self._watermark = max(self._watermark or -np.inf, float(columns.updated_ts.max()))
+            elif self._watermark is None:
+                self._watermark = time.time() - _DELTA_MARGIN_SECONDS
+            self._rows.clear()
+            self._pk_of.clear()
+            self._token = token
+            if full:
+                self._synced_at = now
+        (logger.info if full else logger.debug)(
+            "item_cache_synced", extra={"full": full, "items": int(columns.pk.size)}
+        )
 
     def _forget(self) -> None:
         self._loaded[:] = False
         self._rows.clear()
         self._pk_of.clear()
+        self._watermark = None
 
     def token(self) -> str:
         """The catalog version the cached attributes belong to: part of every list-cache key, so a cached list
@@ -94,7 +145,8 @@ class ItemCache:
     def clear(self) -> None:
         with self._lock:
             self._forget()
-        self._checked = -np.inf
+            self._token = None
+        self._checked = self._synced_at = -np.inf
 
     # --- Reads -----------------------------------------------------------------------------------------------
 
