@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from common import ROOT, bench_env, manage, median, print_table
 
 DATABASE = "recsys_bench_ingest"
-REDIS_DB = 36  # the server's database 36 for data (37 its broker): clear of the demo (0/1), the tests (2-29) and other benches
+REDIS_DB = 36  # data in database 36 (37 its broker): clear of the demo (0/1), the tests (2-29), other benches
 ITEMS = 5_000
 CUSTOMERS = 20_000
 BATCH = 500
