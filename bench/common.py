@@ -103,7 +103,7 @@ def demo_env(database: str, redis_db: int) -> tuple[dict[str, str], str]:
 class Server:
     """gunicorn serving the project on a free loopback port, stopped on exit."""
 
-    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 1, log: Path | None = None) -> None:
         import socket
 
         with socket.socket() as sock:
@@ -113,6 +113,7 @@ class Server:
         self.env = env
         self.args = ["--workers", str(workers), "--threads", str(threads)]
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = log  # where the server's stdout/stderr go (default: this process's)
 
     def __enter__(self) -> Server:
         import urllib.request
@@ -121,6 +122,7 @@ class Server:
             [str(Path(sys.executable).parent / "gunicorn"), "recsys.wsgi", "--bind", f"127.0.0.1:{self.port}",
              *self.args, "--log-level", "warning"],
             cwd=ROOT, env=self.env,
+            stdout=self.log.open("ab") if self.log else None, stderr=subprocess.STDOUT if self.log else None,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
