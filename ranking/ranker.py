@@ -69,8 +69,9 @@ def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray
     if context.category_affinity:
         total = sum(context.category_affinity.values()) or 1.0
         unique, inverse = np.unique(category, return_inverse=True)
-        per_category = np.array([context.category_affinity.get(int(c), 0.0) for c in unique], np.float32) / total
-        affinity = per_category[inverse]
+        # Shares in float64: decayed affinities of old events can be ~1e-50, below float32's range (0/0 = NaN).
+        per_category = np.array([context.category_affinity.get(int(c), 0.0) for c in unique], np.float64) / total
+        affinity = per_category.astype(np.float32)[inverse]
     else:
         affinity = np.zeros(n, np.float32)
     history = context.history_ids

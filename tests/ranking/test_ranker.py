@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features, score, train_ranker
@@ -35,6 +37,9 @@ def test_features_are_aligned_with_names() -> None:
     assert (X[2, col["popular_rank"]], X[2, col["n_sources"]]) == (0, 2)
     assert np.allclose(X[:, col["als_dot"]], [0.5, 0.0, 0.0])
     assert np.allclose(X[:, col["category_affinity"]], [0.0, 0.75, 0.25])
+    # Affinities of years-old events decay to ~1e-52 (below float32): still the same shares, never NaN.
+    tiny = build_features(cands, dataclasses.replace(context, category_affinity={1: 3e-52, 2: 1e-52}))
+    assert np.allclose(tiny[:, col["category_affinity"]], [0.0, 0.75, 0.25])
     # Item 2 came from anchor 0, second in the history; item 5 from anchor 3, the latest; item 1 from none.
     assert X[1, col["anchor_recency"]] == 1
     assert X[2, col["anchor_recency"]] == 0
