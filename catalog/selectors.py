@@ -105,6 +105,25 @@ def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttribu
     )
 
 
+def item_pks(*, external_ids: Sequence[str]) -> dict[str, int]:
+    """Primary keys of the given external ids (unknown ids left out), in one query."""
+    if not external_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id, id FROM catalog_item WHERE external_id = ANY(%s)", [list(external_ids)])
+        return dict(cursor.fetchall())
+
+
+def item_external_ids(*, pks: Sequence[int] | None = None) -> dict[str, int]:
+    """External id -> primary key of the given items (every item when ``pks`` is None), in one query."""
+    with connection.cursor() as cursor:
+        if pks is None:
+            cursor.execute("SELECT external_id, id FROM catalog_item")
+        else:
+            cursor.execute("SELECT external_id, id FROM catalog_item WHERE id = ANY(%s)", [list(pks)])
+        return dict(cursor.fetchall())
+
+
 def item_pk(*, external_id: str) -> int | None:
     return Item.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
 

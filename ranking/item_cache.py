@@ -37,7 +37,6 @@ from django.db import DatabaseError
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
 from catalog.services import CATALOG_VERSION_KEY
-from ranking.selectors import item_pks_by_external_id
 from recsys import redis_client
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,11 @@ class ItemCache:
         self._price = np.zeros(0, np.float32)
         self._created = np.zeros(0, np.float32)
         self._rows: LRUCache[int, ItemRow] = LRUCache(maxsize=row_cache_size)
+        # External id -> pk. Filled for the whole catalog when it fits (the ids a storefront sends in `exclude`
+        # then never cost a query), else as ids are met. Ids never move to another item, so this survives syncs;
+        # ids found unknown are remembered apart and forgotten at every sync (the item may have been added).
         self._pk_of: LRUCache[str, int] = LRUCache(maxsize=id_cache_size)
+        self._unknown_ids: LRUCache[str, bool] = LRUCache(maxsize=10_000)
         self._token: bytes | None = None
         self._checked = -np.inf
         self._synced_at = -np.inf  # monotonic time of the last full sync
@@ -122,18 +125,31 @@ class ItemCache:
             elif self._watermark is None:
                 self._watermark = time.time() - _DELTA_MARGIN_SECONDS
             self._rows.clear()
-            self._pk_of.clear()
+            self._unknown_ids.clear()
             self._token = token
             if full:
                 self._synced_at = now
+        self._sync_ids(columns.pk, full=full)
         (logger.info if full else logger.debug)(
             "item_cache_synced", extra={"full": full, "items": int(columns.pk.size)}
         )
+
+    def _sync_ids(self, pks: npt.NDArray[np.int64], *, full: bool) -> None:
+        if pks.size == 0 or pks.size > self._pk_of.maxsize:
+            return
+        try:
+            ids = catalog_selectors.item_external_ids(pks=None if full else pks.tolist())
+        except DatabaseError:
+            logger.warning("item_cache_sync_failed", exc_info=True)
+            return
+        with self._lock:
+            self._pk_of.update(ids)
 
     def _forget(self) -> None:
         self._loaded[:] = False
         self._rows.clear()
         self._pk_of.clear()
+        self._unknown_ids.clear()
         self._watermark = None
 
     def token(self) -> str:
@@ -198,20 +214,21 @@ class ItemCache:
         """Primary keys of the given external ids (unknown ids left out): from memory, else one query. Unknown
         ids are remembered too (as -1), so a storefront sending the same stray id costs one query, not one each
         time."""
+        self._check_version()
         with self._lock:
             found = [pk for item_id in item_ids if (pk := self._pk_of.get(item_id)) is not None]
-            missing = [item_id for item_id in item_ids if item_id not in self._pk_of]
+            missing = [i for i in item_ids if i not in self._pk_of and i not in self._unknown_ids]
         if missing:
             try:
-                extra = item_pks_by_external_id(missing)
+                extra = catalog_selectors.item_pks(external_ids=missing)
             except DatabaseError:
                 logger.warning("exclude_ids_unresolved", exc_info=True)
             else:
                 with self._lock:
-                    self._pk_of.update({item_id: extra.get(item_id, -1) for item_id in missing})
+                    self._pk_of.update(extra)
+                    self._unknown_ids.update((i, True) for i in missing if i not in extra)
                 found.extend(extra.values())
-        pks = np.asarray(found, np.int64)
-        return pks[pks >= 0]
+        return np.asarray(found, np.int64)
 
     # --- Internals -------------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def _check_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(item_cache, "_CHECK_SECONDS", 0.0)
 
 
-def test_the_first_request_reads_the_catalog_once_then_no_query() -> None:
+def test_the_first_request_reads_the_catalog_once_then_no_query_for_known_items() -> None:
     shoes = CategoryFactory(external_id="shoes")
     items = [ItemFactory(category=shoes, price=10 + n) for n in range(5)]
     pks = np.array([item.pk for item in items], np.int64)
@@ -31,10 +31,11 @@ def test_the_first_request_reads_the_catalog_once_then_no_query() -> None:
     assert fresh and attributes.known.all() and attributes.available.all()
     assert attributes.category.tolist() == [shoes.pk] * 5
     assert attributes.price.tolist() == [10.0, 11.0, 12.0, 13.0, 14.0]
-    assert len(first.captured_queries) == 1
+    assert len(first.captured_queries) == 2  # attributes, and external ids (the catalog is small enough)
     with CaptureQueriesContext(connection) as again:
         cache.attributes(pks[::-1], now=0.0)
-    assert again.captured_queries == []
+        assert cache.pks_of([items[0].external_id, "not-an-item"]).tolist() == [items[0].pk]
+    assert len(again.captured_queries) == 1  # only the unknown id was looked up
 
 
 def test_a_change_is_seen_once_the_catalog_version_moves(django_capture_on_commit_callbacks: object) -> None:
