@@ -195,8 +195,8 @@ def _primary_rows(html: str) -> dict[str, list[str]]:
 @pytest.mark.django_db
 @pytest.mark.xfail(
     strict=True,
-    reason="serving regression since 36bb8e9/bf4c706: after other shoppers' events, some customers with a history "
-    "get the cold (trending/popular/new) list; passed on 3c25c35",
+    reason="serving regression, first seen with 37a42b9 (whole-catalog item cache; passed on 0552f12): after other "
+    "shoppers' events, some customers with a history get the cold (trending/popular/new) list",
 )
 def test_the_better_variant_wins_on_real_traffic_and_concluding_promotes_it(
     api: APIClient,
