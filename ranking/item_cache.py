@@ -3,7 +3,7 @@
 A request looks at a few hundred candidates. What the pipeline needs of each of them (category, brand, available,
 price, listing time) lives in dense numpy arrays indexed by the item's primary key, so gathering them is one fancy
 index per attribute, never a Python loop over candidates. The full rows (title, category name, ...) are kept in an
-LRU for the few items a response shows.
+LRU for the few items a response shows (20,000 rows: every row object is one more for the garbage collector to walk).
 
 The arrays hold the whole catalog: read in one query on a process's first request, then kept current by the
 catalog version in Redis (every item write bumps it after commit; checked at most twice a second). When it moves,
@@ -59,7 +59,7 @@ class ItemAttributes:
 
 
 class ItemCache:
-    def __init__(self, *, row_cache_size: int = 200_000, id_cache_size: int = 200_000) -> None:
+    def __init__(self, *, row_cache_size: int = 20_000, id_cache_size: int = 200_000) -> None:
         self._lock = threading.Lock()
         self._loaded = np.zeros(0, bool)
         self._category = np.zeros(0, np.int32)
