@@ -87,12 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (gthread when > 1)")
     args = parser.parse_args()
     wrk = _ensure_wrk()
     env, key = demo_env("recsys_bench_serving", 32)
     env["BENCH_ENDPOINTS"] = "1"
     customers, items = _customers_and_items(env)
-    with Server(env, workers=args.workers) as server:
+    with Server(env, workers=args.workers, threads=args.threads) as server:
         base = server.base
         rng = random.Random(7)
         with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +141,8 @@ def main() -> None:
         ]
 
     print_table(
-        f"Serving latency, gunicorn {args.workers} workers, wrk 2 threads x 4 connections, {args.seconds} s each, "
+        f"Serving latency, gunicorn {args.workers} workers x {args.threads} threads, wrk 2 threads x 4 connections, "
+        f"{args.seconds} s each, "
         "demo catalog (3,825 items)",
         ["endpoint", "p50 ms", "p95 ms", "p99 ms", "req/s", "p95 vs floor", "p95 target", "errors"],
         [
