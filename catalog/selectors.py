@@ -79,29 +79,46 @@ class ItemAttributeColumns:
     updated_ts: npt.NDArray[np.float64]
 
 
+# One row of `COPY ... (FORMAT binary)` of the query below: a field count, then each field as its length and
+# big-endian value. Every column is NOT NULL (coalesced), so every row has the same size and numpy reads the whole
+# stream in one call: a million items in a fraction of a second, where fetching them as Python tuples took seconds.
+_ATTRIBUTE_ROW = np.dtype([
+    ("fields", ">i2"), ("l0", ">i4"), ("pk", ">i8"), ("l1", ">i4"), ("category_id", ">i8"), ("l2", ">i4"),
+    ("brand_id", ">i8"), ("l3", ">i4"), ("available", "?"), ("l4", ">i4"), ("price", ">f8"), ("l5", ">i4"),
+    ("created_ts", ">f8"), ("l6", ">i4"), ("updated_ts", ">f8"),
+])  # fmt: skip
+_ATTRIBUTES_SELECT = """SELECT id::int8, coalesce(category_id, -1)::int8, coalesce(brand_id, -1)::int8,
+    active AND in_stock, coalesce(price::float8, 'NaN'), extract(epoch FROM created_at)::float8,
+    extract(epoch FROM updated_at)::float8 FROM catalog_item"""
+_ATTRIBUTES_COPY = "COPY (" + _ATTRIBUTES_SELECT + ") TO STDOUT (FORMAT binary)"
+_ATTRIBUTES_SINCE_COPY = (
+    "COPY (" + _ATTRIBUTES_SELECT + " WHERE updated_at >= to_timestamp(%s)) TO STDOUT (FORMAT binary)"
+)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
 def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttributeColumns:
     """Every item's attributes (or those of the items updated at or after ``updated_since``, Unix time, by the
-    item_updated index), in one query."""
-    sql = """SELECT id, coalesce(category_id, -1), coalesce(brand_id, -1), active AND in_stock,
-                    coalesce(price::float8, 'NaN'), extract(epoch FROM created_at)::float8,
-                    extract(epoch FROM updated_at)::float8
-             FROM catalog_item"""
-    params: list[object] = []
-    if updated_since is not None:
-        sql += " WHERE updated_at >= to_timestamp(%s)"
-        params.append(updated_since)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    table = np.array(rows, dtype=np.float64).reshape(len(rows), 7)
+    item_updated index), in one binary COPY."""
+    sql = _ATTRIBUTES_SINCE_COPY if updated_since is not None else _ATTRIBUTES_COPY
+    params = None if updated_since is None else (float(updated_since),)
+    buffer = bytearray()
+    with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+        for chunk in copy:
+            buffer += chunk
+    if not buffer.startswith(_COPY_SIGNATURE):
+        raise ValueError("unexpected COPY stream")
+    extension = int.from_bytes(buffer[15:19], "big")
+    body = memoryview(buffer)[19 + extension : len(buffer) - 2]  # header; trailer (a field count of -1)
+    table = np.frombuffer(body, dtype=_ATTRIBUTE_ROW)
     return ItemAttributeColumns(
-        pk=table[:, 0].astype(np.int64),
-        category_id=table[:, 1].astype(np.int64),
-        brand_id=table[:, 2].astype(np.int64),
-        available=table[:, 3].astype(bool),
-        price=table[:, 4],
-        created_ts=table[:, 5],
-        updated_ts=table[:, 6],
+        pk=table["pk"].astype(np.int64),
+        category_id=table["category_id"].astype(np.int64),
+        brand_id=table["brand_id"].astype(np.int64),
+        available=table["available"].copy(),
+        price=table["price"].astype(np.float64),
+        created_ts=table["created_ts"].astype(np.float64),
+        updated_ts=table["updated_ts"].astype(np.float64),
     )
 
 
