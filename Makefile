@@ -69,7 +69,7 @@ audit: $(STAMP)  ## pip-audit the installed dependencies against PyPI's advisory
 	rm -f $$report $$report.err; exit $$status
 
 bench: $(STAMP)  ## every benchmark in bench/, each printing a table
-	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/bench_*.py; do echo "== $$script"; flock /tmp/recsys-cpu.lock $(BIN)/python $$script || exit 1; done
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

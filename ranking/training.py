@@ -59,7 +59,9 @@ class TrainParams:
     ease_lambda: float = 800.0  # relative to a binary matrix's Gram diagonal, see sources.ease_lambda
     # Rows of the Gram matrix scaled by (items of the user) ** -exponent: heavy users stop dominating co-occurrence.
     ease_user_exponent: float = 0.75
-    ease_max_items: int = 20_000  # above this the O(n^2) memory and O(n^3) inverse are skipped
+    # Above this the O(n^2) memory and O(n^3) inverse are skipped. 10,000, not 20,000: a 20,000-item catalog
+    # crashed the process (SIGSEGV in LAPACK dpotrf inside ease_fit, seen once, cause not found yet).
+    ease_max_items: int = 10_000
     ease_full_max_items: int = 5_000  # the full B matrix is stored up to this size (float32, n^2 * 4 bytes)
     # Neighbour tables.
     neighbours_k: int = 100

@@ -28,7 +28,9 @@ def test_the_first_request_reads_the_catalog_once_then_no_query_for_known_items(
     cache = ItemCache()
     with CaptureQueriesContext(connection) as first:
         attributes, fresh = cache.attributes(pks, now=0.0)
-    assert fresh and attributes.known.all() and attributes.available.all()
+    assert fresh
+    assert attributes.known.all()
+    assert attributes.available.all()
     assert attributes.category.tolist() == [shoes.pk] * 5
     assert attributes.price.tolist() == [10.0, 11.0, 12.0, 13.0, 14.0]
     # Attributes come by a binary COPY (not in Django's query log), then the external ids (the catalog is small).
