@@ -593,7 +593,9 @@ def _compute(
     cand = candidates.item_idx  # sorted, unique
     with trace.stage("catalog"):
         attributes, fresh = _items.attributes(cand, now=now)
-        degraded = degraded or not fresh
+        if not fresh:  # some candidates could not be looked up: Postgres is unreachable
+            DEGRADED.labels("postgres").inc()
+            degraded = True
     category, brand, price, created = attributes.category, attributes.brand, attributes.price, attributes.created_ts
     available = attributes.available.copy()
     if request.category:
