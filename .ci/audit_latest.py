@@ -35,7 +35,7 @@ class Finding:
 def _check(name: str, version: str) -> Finding:
     finding = Finding(name, version)
     try:
-        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=15) as response:
+        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=5) as response:
             data = json.load(response)
     except (urllib.error.URLError, TimeoutError, ValueError) as exc:
         finding.error = str(exc)
@@ -51,7 +51,7 @@ def _check(name: str, version: str) -> Finding:
 
 
 def audit(pins: list[tuple[str, str]]) -> list[Finding]:
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(lambda pin: _check(*pin), pins))
 
 
