@@ -124,7 +124,11 @@ class ItemCache:
                 self._watermark = max(self._watermark or -np.inf, float(columns.updated_ts.max()))
             elif self._watermark is None:
                 self._watermark = time.time() - _DELTA_MARGIN_SECONDS
-            self._rows.clear()
+            if full:
+                self._rows.clear()
+            else:
+                for pk in columns.pk.tolist():
+                    self._rows.pop(pk, None)
             self._unknown_ids.clear()
             self._token = token
             if full:
@@ -135,15 +139,19 @@ class ItemCache:
         )
 
     def _sync_ids(self, pks: npt.NDArray[np.int64], *, full: bool) -> None:
+        """External ids, and the full rows when they all fit in the row LRU (a demo-sized catalog then needs no
+        query at all on the request path)."""
         if pks.size == 0 or pks.size > self._pk_of.maxsize:
             return
         try:
             ids = catalog_selectors.item_external_ids(pks=None if full else pks.tolist())
+            rows = catalog_selectors.item_rows(pks=pks.tolist()) if pks.size <= self._rows.maxsize else {}
         except DatabaseError:
             logger.warning("item_cache_sync_failed", exc_info=True)
             return
         with self._lock:
             self._pk_of.update(ids)
+            self._rows.update(rows)
 
     def _forget(self) -> None:
         self._loaded[:] = False
