@@ -17,7 +17,7 @@ item had to be looked up); unknown items count as unavailable. While Redis is un
 so every check re-reads the recently updated items instead.
 
 Memory: 18 bytes per primary key (18 MB for a million items) plus the row LRU. A full read of a million items
-takes a second or two, once per process and then every fifteen minutes, on the request that triggers it.
+takes a second or two: on a process's first request, then every fifteen minutes in a background thread.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 from cachetools import LRUCache
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
@@ -78,6 +78,7 @@ class ItemCache:
         self._synced_at = -np.inf  # monotonic time of the last full sync
         self._watermark: float | None = None  # the latest updated_at (Unix time) read so far
         self._sync_lock = threading.Lock()
+        self.background: threading.Thread | None = None  # the last background full re-read (tests join it)
 
     # --- Freshness -------------------------------------------------------------------------------------------
 
@@ -90,13 +91,29 @@ class ItemCache:
             token: bytes | None = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
         except redis.RedisError:
             token = None  # unknown: re-read the recently updated items at every check
-        if token is not None and token == self._token and now - self._synced_at < _FULL_SYNC_SECONDS:
+        full_due = now - self._synced_at >= _FULL_SYNC_SECONDS
+        if token is not None and token == self._token and not full_due:
             return
         if not self._sync_lock.acquire(blocking=False):
             return  # another thread is syncing; this request uses the arrays as they are
+        if full_due and self._watermark is not None and token is not None and token == self._token:
+            # Only the periodic full re-read is due (a second or two on a million items): in the background, so
+            # no request waits for it; requests meanwhile use the arrays as they are.
+            self.background = threading.Thread(
+                target=self._sync_in_background, args=(token, now), name="item-cache-sync", daemon=True
+            )
+            self.background.start()
+            return
         try:
             self._sync(token, now)
         finally:
+            self._sync_lock.release()
+
+    def _sync_in_background(self, token: bytes | None, now: float) -> None:
+        try:
+            self._sync(token, now)
+        finally:
+            connection.close()  # this thread's own database connection
             self._sync_lock.release()
 
     def _sync(self, token: bytes | None, now: float) -> None:

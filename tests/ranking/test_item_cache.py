@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from catalog.models import Item
 from catalog.services import ItemData, item_deactivate, item_upsert
 from ranking import item_cache
 from ranking.item_cache import ItemCache
@@ -82,3 +83,20 @@ def test_rows_and_exclude_ids_for_the_shown_items() -> None:
     with CaptureQueriesContext(connection) as again:
         assert cache.pks_of(["lamp", "no-such-item"]).tolist() == [item.pk]  # unknown ids remembered too
     assert again.captured_queries == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_full_read_runs_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    item = ItemFactory(price=3)
+    cache = ItemCache()
+    pks = np.array([item.pk], np.int64)
+    assert cache.attributes(pks, now=0.0)[0].price.tolist() == [3.0]
+    Item.objects.filter(pk=item.pk).update(price=4)  # behind the version's back: only the full read can see it
+    monkeypatch.setattr(item_cache, "_FULL_SYNC_SECONDS", 0.0)
+    cache.attributes(pks, now=0.0)  # starts the full read in a thread of its own and does not wait for it
+    assert cache.background is not None
+    assert cache.background.name == "item-cache-sync"
+    cache.background.join(timeout=10)
+    assert not cache.background.is_alive()
+    monkeypatch.setattr(item_cache, "_FULL_SYNC_SECONDS", 900.0)
+    assert cache.attributes(pks, now=0.0)[0].price.tolist() == [4.0]
