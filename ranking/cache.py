@@ -111,8 +111,13 @@ class ListCache:
     def _decode(raw: bytes | None, version: int) -> Any:
         if raw is None:
             return None
-        entry = json.loads(raw)
-        return entry["d"] if entry.get("v") == version else None
+        try:
+            entry = json.loads(raw)
+        except ValueError:  # not ours (or from another release): a miss, never an error
+            return None
+        if not isinstance(entry, dict) or entry.get("v") != version:
+            return None
+        return entry.get("d")
 
     def _compute_once_across_processes(
         self, key: str, version: int, compute: Compute, prefetch: Prefetch | None

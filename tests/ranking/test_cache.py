@@ -107,3 +107,11 @@ def test_prefetched_reads_reach_the_computation_only_on_a_miss() -> None:
     assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "l1")
     assert seen == [[b"hello"]]
     assert client.get("lock:rec:p#0") is None  # the single-flight lock was released with the store
+
+
+def test_an_l2_entry_that_is_not_ours_is_a_miss() -> None:
+    redis_client.get().set("rec:garbage", b"\xff not json")
+    redis_client.get().set("rec:old-format", b'{"items": [1]}')
+    cache = ListCache(ttl_seconds=30)
+    assert cache.get_or_compute("rec:garbage", lambda _: {"ok": 1}) == ({"ok": 1}, "miss")
+    assert cache.get_or_compute("rec:old-format", lambda _: {"ok": 2}) == ({"ok": 2}, "miss")
