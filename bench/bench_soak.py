@@ -36,7 +36,6 @@ import os
 import random
 import re
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -99,16 +98,7 @@ class RedisControl:
         self.directory.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        # The flags of recsys/localservices.py (append-only file, fsync every second), on a socket of its own.
-        subprocess.run(
-            [
-                str(localservices.redis_server_binary()), "--port", "0", "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700", "--dir", str(self.directory), "--daemonize", "yes",
-                "--pidfile", str(self.pidfile), "--logfile", str(self.directory / "redis.log"),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--databases", "64",
-            ],
-            check=True,
-        )  # fmt: skip
+        localservices.launch_redis_server(self.directory, self.socket)  # the project's flags, its own socket
         deadline = time.monotonic() + 60
         while not self.ready():
             if time.monotonic() > deadline:
@@ -121,18 +111,9 @@ class RedisControl:
 
             localservices.stop_redis()
         else:
-            try:
-                pid = int(self.pidfile.read_text().strip())
-                os.kill(pid, signal.SIGTERM)
-            except (FileNotFoundError, ValueError, ProcessLookupError):
-                return
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
+            from recsys import localservices
+
+            localservices.stop_redis_server(self.pidfile)
         if self.ready():
             raise RuntimeError("Redis still answers after stop (restarted by someone else?)")
 

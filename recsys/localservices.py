@@ -161,7 +161,7 @@ def start_redis() -> None:
     if not _redis_pid_alive():
         with contextlib.suppress(FileNotFoundError):
             redis_socket().unlink()
-        _launch_redis(directory)
+        launch_redis_server(directory, redis_socket())
     deadline = time.monotonic() + 30
     while not redis_ready():
         if time.monotonic() > deadline:
@@ -169,12 +169,14 @@ def start_redis() -> None:
         time.sleep(0.05)
 
 
-def _launch_redis(directory: Path) -> None:
+def launch_redis_server(directory: Path, socket: Path) -> None:
+    """Start the bundled redis-server as a daemon on ``socket`` (append-only file, fsync every second, 64
+    databases), its pid file and log in ``directory``; returns without waiting for it to answer."""
     subprocess.run(
         [
             str(redis_server_binary()),
             "--port", "0",
-            "--unixsocket", str(redis_socket()),
+            "--unixsocket", str(socket),
             "--unixsocketperm", "700",
             "--dir", str(directory),
             "--daemonize", "yes",
@@ -200,13 +202,15 @@ def ensure_redis() -> str:
 
 
 def stop_redis() -> None:
-    pid_file = _redis_dir() / "redis.pid"
-    if not pid_file.exists():
-        return
+    stop_redis_server(_redis_dir() / "redis.pid")
+
+
+def stop_redis_server(pid_file: Path) -> None:
+    """Stop the redis-server whose pid ``pid_file`` holds and wait (up to 10 s) until it is gone."""
     try:
         pid = int(pid_file.read_text().strip())
         os.kill(pid, 15)
-    except (ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError, ProcessLookupError):
         return
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
