@@ -3,12 +3,14 @@ model (committed, because the live server and the storefront's own API calls run
 the per-test resets.
 
 The browser comes from Debian's ``chromium`` and ``chromium-driver`` packages (``make test`` installs them);
-the tests skip, saying so, only when those binaries are absent.
+the tests skip, saying so, only when those binaries are absent, and fail instead when RECSYS_REQUIRE_BROWSER=1
+(CI's ``.ci/run`` sets it, so a green CI run means the browser tests ran).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,13 @@ from tests.browser.support import (
 def chromium() -> None:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        pytest.skip(
+        reason = (
             f"headless Chromium is not installed ({', '.join(missing)} missing): "
             "`make test` installs Debian's chromium and chromium-driver with apt-get when it can"
         )
+        if os.environ.get("RECSYS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason}; RECSYS_REQUIRE_BROWSER=1 forbids skipping the browser tests", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)
