@@ -35,8 +35,16 @@ class VariantConfig:
     diversity_cap: float = 0.3
     # Most items of one brand in a list; None for no limit.
     max_per_brand: int | None = None
-    # Share of slots given to exploration (fresh or cold items), 0..1.
+    # How the caps are enforced: "greedy" (best first that fits), "mmr" (Maximal Marginal Relevance under the same
+    # caps, trading score for novelty by ``mmr_lambda``) or "off" (score order, no category or brand caps).
+    diversity: str = "greedy"
+    # MMR only: 1.0 is pure relevance, 0.0 pure novelty.
+    mmr_lambda: float = 0.7
+    # Share of slots given to exploration (under-exposed candidates), 0..1; 0 turns exploration off.
     exploration_share: float = 0.0
+    # How exploration picks its items: "thompson" (a Beta posterior draw per candidate from its views and clicks)
+    # or "epsilon_greedy" (uniformly at random among the under-exposed candidates).
+    exploration: str = "thompson"
     # Leave out items the customer already bought.
     exclude_purchased: bool = True
     # Retrieval source -> weight in the blended score; None keeps ranking's own weights.
@@ -116,6 +124,15 @@ def _share(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _choice(*allowed: str) -> Any:
+    def validate(value: object) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        return str(value)
+
+    return validate
+
+
 def _blend_weights(value: object) -> dict[str, float] | None:
     if value is None:
         return None
@@ -136,7 +153,10 @@ _VALIDATORS: dict[str, Any] = {
     "ranker": _bool,
     "diversity_cap": _share,
     "max_per_brand": _optional_positive_int,
+    "diversity": _choice("greedy", "mmr", "off"),
+    "mmr_lambda": _share,
     "exploration_share": _share,
+    "exploration": _choice("thompson", "epsilon_greedy"),
     "exclude_purchased": _bool,
     "blend_weights": _blend_weights,
     "rules_enabled": _bool,

@@ -33,6 +33,12 @@
    given to under-exposed candidates the diversity pass did not pick (see ``_explore``) at
    seeded random positions; the lowest-ranked picked items make room, the rest keep their
    order. Fewer slots are explored only when too few slots, pool items or cap room exist.
+   ``RerankConfig.exploration`` chooses the items: ``"thompson"`` (default) draws, per pool
+   candidate, a click-through rate from its Beta posterior ``Beta(1 + clicks, 1 + exposure -
+   clicks)`` and takes the highest draws, so rarely seen items (wide posteriors) and items that
+   earn clicks when shown both win slots; ``"epsilon_greedy"`` takes pool items uniformly at
+   random (a fixed share ε of the slots rather than a coin per slot, so every list explores
+   equally).
 """
 
 from __future__ import annotations
@@ -52,14 +58,17 @@ BoolArray = npt.NDArray[np.bool_]
 RuleKind = Literal["boost", "bury", "pin", "block"]
 RuleTarget = Literal["item", "category", "brand"]
 Diversity = Literal["greedy", "mmr", "off"]
+Exploration = Literal["thompson", "epsilon_greedy"]
 
 _RULE_KINDS = frozenset({"boost", "bury", "pin", "block"})
 _TARGET_ROW = {"item": 0, "category": 1, "brand": 2}
 _DIVERSITY_MODES = frozenset({"greedy", "mmr", "off"})
+_EXPLORATION_MODES = frozenset({"thompson", "epsilon_greedy"})
 # Shares like 0.29 * 100 land at 28.999999999999996 in binary; nudge before flooring.
 _FLOOR_EPS = 1e-9
-# Keeps every under-exposed candidate samplable even when its score is the pool minimum.
-_EXPLORE_WEIGHT_FLOOR = 0.05
+# The Beta(1, 1) prior of Thompson sampling: an item never shown is equally likely to have any click-through rate.
+_PRIOR_CLICKS = 1.0
+_PRIOR_MISSES = 1.0
 
 __all__ = ["Candidates", "RerankConfig", "RerankResult", "Rule", "rerank"]
 
@@ -69,8 +78,9 @@ class Candidates:
     """Parallel 1-D arrays describing one request's candidates (one row per candidate).
 
     ``item_idx`` indexes the catalog arrays, ``brand == -1`` means no brand, ``available`` means
-    active and in stock, ``exposure`` is impressions so far. Inputs are converted to
-    int64 / float64 / bool arrays; scores must be finite.
+    active and in stock, ``exposure`` is how often the item was seen so far and ``clicks`` how
+    many of those views were clicked (zeros when omitted; clipped to ``exposure`` when sampling).
+    Inputs are converted to int64 / float64 / bool arrays; scores must be finite.
     """
 
     item_idx: IntArray
@@ -79,8 +89,11 @@ class Candidates:
     brand: IntArray
     available: BoolArray
     exposure: FloatArray
+    clicks: FloatArray | None = None
 
     def __post_init__(self) -> None:
+        if self.clicks is None:
+            object.__setattr__(self, "clicks", np.zeros(np.shape(self.exposure)))
         dtypes: dict[str, type[np.generic]] = {
             "item_idx": np.int64,
             "score": np.float64,
@@ -88,6 +101,7 @@ class Candidates:
             "brand": np.int64,
             "available": np.bool_,
             "exposure": np.float64,
+            "clicks": np.float64,
         }
         n = np.asarray(self.item_idx).shape[0] if np.ndim(self.item_idx) == 1 else -1
         for name, dtype in dtypes.items():
@@ -97,6 +111,8 @@ class Candidates:
             object.__setattr__(self, name, arr)
         if not np.isfinite(self.score).all():
             raise ValueError("Candidates.score must be finite")
+        if (self.exposure < 0).any() or (self.clicks < 0).any():  # type: ignore[operator]
+            raise ValueError("Candidates.exposure and clicks must be >= 0")
 
     def __len__(self) -> int:
         return int(self.item_idx.shape[0])
@@ -141,7 +157,8 @@ class RerankConfig:
     The category cap is ``max(1, floor(max_category_share * count))`` items of one category;
     ``max_per_brand`` caps items of one brand (``None``: no brand cap). ``exploration_share``
     of ``count`` slots, rounded half up, are explored (0 disables exploration and the random
-    generator entirely). ``mmr_lambda`` trades relevance (1.0) against novelty (0.0) in MMR.
+    generator entirely); ``exploration`` says how the explored items are drawn (module
+    docstring). ``mmr_lambda`` trades relevance (1.0) against novelty (0.0) in MMR.
     """
 
     count: int
@@ -152,6 +169,7 @@ class RerankConfig:
     seed: int | None = None
     diversity: Diversity = "greedy"
     mmr_lambda: float = 0.7
+    exploration: Exploration = "thompson"
 
     def __post_init__(self) -> None:
         if self.count < 0:
@@ -166,6 +184,8 @@ class RerankConfig:
             raise ValueError(f"unknown diversity mode {self.diversity!r}")
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ValueError("mmr_lambda must be in [0, 1]")
+        if self.exploration not in _EXPLORATION_MODES:
+            raise ValueError(f"unknown exploration mode {self.exploration!r}")
         object.__setattr__(self, "exclude_idx", np.asarray(self.exclude_idx, dtype=np.int64).ravel())
 
     @property
@@ -292,29 +312,31 @@ def _explore(
     exploit: list[int],
     n_explore: int,
     taken: BoolArray,
-    adjusted: FloatArray,
     exposure: FloatArray,
+    clicks: FloatArray,
     caps: _Caps,
     rng: np.random.Generator,
+    method: Exploration,
 ) -> list[int]:
     """Swap up to ``n_explore`` of the lowest-ranked ``exploit`` items for under-exposed ones.
 
     The pool is the survivors nobody picked whose exposure is at most the pool's median
-    exposure. Items are drawn without replacement with probability proportional to their
-    min-max normalised adjusted score plus a small floor (an epsilon-greedy flavour that still
-    favours plausible items), via the Gumbel-top-k trick. Each draw must fit the caps left by
-    the removed exploit item; if none does, exploration stops early and that item stays.
-    Mutates ``exploit`` and ``caps``; returns the explored survivors in draw order.
+    exposure. Every survivor gets one key per request: a Thompson draw from its click-through
+    posterior, or a uniform number for ε-greedy; the pool items with the highest keys are taken
+    (without replacement). Each pick must fit the caps left by the removed exploit item; if none
+    does, exploration stops early and that item stays. Mutates ``exploit`` and ``caps``; returns
+    the explored survivors in pick order.
     """
     pool = ~taken
     if n_explore <= 0 or not pool.any():
         return []
     pool &= exposure <= np.median(exposure[pool])
-    pool_scores = adjusted[pool]
-    spread = float(np.ptp(pool_scores))
-    normalised = (adjusted - pool_scores.min()) / spread if spread > 0 else np.ones_like(adjusted)
-    weights = np.clip(normalised, 0.0, None) + _EXPLORE_WEIGHT_FLOOR
-    keys = np.where(pool, np.log(weights) + rng.gumbel(size=adjusted.shape[0]), -np.inf)
+    if method == "thompson":
+        hits = np.minimum(clicks, exposure)
+        draws = rng.beta(_PRIOR_CLICKS + hits, _PRIOR_MISSES + exposure - hits)
+    else:
+        draws = rng.random(exposure.shape[0])
+    keys = np.where(pool, draws, -np.inf)
 
     explored: list[int] = []
     for _ in range(n_explore):
@@ -435,7 +457,10 @@ def rerank(candidates: Candidates, rules: Sequence[Rule], config: RerankConfig) 
     explored_mask = np.zeros(length, dtype=bool)
     if n_explore > 0:
         rng = np.random.default_rng(config.seed)
-        explored_survivors = _explore(exploit, n_explore, taken, adjusted, candidates.exposure[ranked], caps, rng)
+        explored_survivors = _explore(
+            exploit, n_explore, taken, candidates.exposure[ranked], candidates.clicks[ranked], caps, rng,  # type: ignore[index]
+            config.exploration,
+        )  # fmt: skip
         # Random slots rather than the tail, so explored items' feedback is not all bottom-of-list.
         chosen = np.sort(rng.choice(explore_slots_allowed, size=len(explored_survivors), replace=False))
         slots[chosen] = explored_survivors

@@ -23,6 +23,7 @@ def make_candidates(
     brand: list[int] | np.ndarray | None = None,
     available: list[bool] | np.ndarray | None = None,
     exposure: list[float] | np.ndarray | None = None,
+    clicks: list[float] | np.ndarray | None = None,
 ) -> Candidates:
     """Items 100..100+n-1, scores descending by default, every item its own category, no brand."""
     return Candidates(
@@ -32,6 +33,7 @@ def make_candidates(
         brand=np.full(n, -1) if brand is None else brand,
         available=np.ones(n, dtype=bool) if available is None else available,
         exposure=np.zeros(n) if exposure is None else exposure,
+        clicks=clicks,
     )
 
 
@@ -347,6 +349,71 @@ def test_exploration_with_no_spare_candidates_keeps_the_list() -> None:
     assert not result.explored.any()
 
 
+def _explored_counts(cands: Candidates, config: dict[str, object], seeds: int = 300) -> np.ndarray:
+    """How often each candidate got an exploration slot over ``seeds`` requests."""
+    counts = np.zeros(len(cands), np.int64)
+    for seed in range(seeds):
+        result = rerank(cands, [], RerankConfig(seed=seed, **config))  # type: ignore[arg-type]
+        counts[result.item_idx[result.explored] - 100] += 1
+    return counts
+
+
+def test_thompson_sampling_favours_the_never_shown_and_the_clicked() -> None:
+    # Items 0-4 fill the list; the pool is 5-11. Items 5-9 were each seen 40 times without a click, item 10 never
+    # shown (Beta(1, 1)), item 11 seen 40 times with 30 clicks (Beta(31, 11)).
+    exposure = [0.0] * 5 + [40.0] * 5 + [0.0, 40.0]
+    clicks = [0.0] * 11 + [30.0]
+    cands = make_candidates(12, exposure=exposure, clicks=clicks)
+    counts = _explored_counts(cands, {"count": 5, "exploration_share": 0.2, "diversity": "off"})
+    assert counts[:5].sum() == 0  # the exploited items are never "explored"
+    # One slot per list: the clicked item's posterior (mean 0.74) beats the unseen item's uniform draw about
+    # three times in four, and both beat the unclicked items' Beta(1, 41) nearly always.
+    assert counts[11] > counts[10] > counts[5:10].sum()
+    assert counts[11] + counts[10] >= 0.95 * 300
+
+
+def test_thompson_counts_exposure_not_score() -> None:
+    # The pool's scores descend but every pool item has the same posterior: each gets its share of the slots.
+    cands = make_candidates(14, exposure=[0.0] * 4 + [3.0] * 10)
+    counts = _explored_counts(cands, {"count": 4, "exploration_share": 0.25, "diversity": "off"}, seeds=600)
+    pool = counts[4:]
+    assert pool.min() > 0.5 * pool.mean()
+
+
+def test_epsilon_greedy_draws_the_under_exposed_uniformly() -> None:
+    rng = np.random.default_rng(3)
+    exposure = np.concatenate([np.zeros(5), rng.integers(0, 3, 10), np.full(10, 500.0)])
+    clicks = np.concatenate([np.zeros(15), np.full(10, 400.0)])
+    cands = make_candidates(25, exposure=exposure, clicks=clicks)
+    counts = _explored_counts(
+        cands, {"count": 5, "exploration_share": 0.2, "diversity": "off", "exploration": "epsilon_greedy"}, seeds=600
+    )
+    # The heavily shown items (above the pool's median exposure) never explore, however well they click.
+    assert counts[15:].sum() == 0
+    assert counts[5:15].min() > 0.5 * counts[5:15].mean()
+
+
+def test_exploration_turned_off_never_consults_the_counters() -> None:
+    cands = make_candidates(20, exposure=[50.0] * 10 + [0.0] * 10, clicks=[0.0] * 19 + [0.0])
+    config = RerankConfig(count=10, exploration_share=0.0, seed=1, exploration="thompson")
+    result = rerank(cands, [], config)
+    assert items(result) == list(range(100, 110))
+    assert not result.explored.any()
+
+
+def test_mmr_respects_brand_and_category_caps() -> None:
+    rng = np.random.default_rng(21)
+    category = rng.integers(0, 4, 60)
+    brand = rng.integers(0, 5, 60)
+    cands = make_candidates(60, score=rng.random(60), category=category, brand=brand)
+    result = rerank(cands, [], RerankConfig(count=10, diversity="mmr", mmr_lambda=0.5, max_per_brand=2))
+    rows = result.item_idx - 100
+    assert np.bincount(category[rows]).max() <= 3
+    assert np.bincount(brand[rows]).max() <= 2
+    greedy = rerank(cands, [], RerankConfig(count=10, max_per_brand=2))
+    assert items(result) != items(greedy)
+
+
 # --- edge cases and validation -----------------------------------------------------------------
 
 
@@ -384,6 +451,7 @@ def test_invalid_rules(kwargs: dict[str, object], message: str) -> None:
         ({"count": 5, "exploration_share": 1.5}, "exploration_share"),
         ({"count": 5, "diversity": "random"}, "diversity"),
         ({"count": 5, "mmr_lambda": 2.0}, "mmr_lambda"),
+        ({"count": 5, "exploration": "ucb"}, "exploration"),
     ],
 )
 def test_invalid_config(kwargs: dict[str, object], message: str) -> None:
@@ -396,6 +464,8 @@ def test_invalid_candidates() -> None:
         make_candidates(3, category=[1, 2])
     with pytest.raises(ValueError, match="finite"):
         make_candidates(2, score=[1.0, math.nan])
+    with pytest.raises(ValueError, match="clicks"):
+        make_candidates(2, clicks=[-1.0, 0.0])
 
 
 # --- properties --------------------------------------------------------------------------------
