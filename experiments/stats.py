@@ -37,6 +37,11 @@ holm_adjust
 cuped_adjust
     CUPED control-variate adjustment (Deng, Xu, Kohavi & Walker 2013, "Improving the Sensitivity of
     Online Controlled Experiments by Utilizing Pre-Experiment Data", WSDM '13).
+ratio_test, always_valid_ratio_test, ratio_chance_to_beat_control, ratio_sample_size_per_variant
+    Ratio metrics (sum(y) / sum(x) over randomisation units, e.g. clicked lists / lists shown per
+    customer) by the delta method (Deng, Knoblich & Lu 2018, "Applying the Delta Method in Metric
+    Analytics: A Practical Guide with Novel Ideas", KDD '18, section 3). Units, not the lists inside
+    them, are independent, so the variance comes from per-unit sums.
 """
 
 from __future__ import annotations
@@ -54,14 +59,19 @@ from scipy import stats as sps
 __all__ = [
     "DEFAULT_TAU_SQUARED",
     "CupedResult",
+    "RatioSummary",
     "TestResult",
     "always_valid_proportion_test",
+    "always_valid_ratio_test",
     "chance_to_beat_control",
     "cuped_adjust",
     "holm_adjust",
     "mean_test",
     "probability_best",
     "proportion_test",
+    "ratio_chance_to_beat_control",
+    "ratio_sample_size_per_variant",
+    "ratio_test",
     "sample_size_per_variant",
     "srm_p_value",
 ]
@@ -508,3 +518,167 @@ def cuped_adjust(y: np.ndarray, x: np.ndarray) -> CupedResult:
     # A constant metric cannot be made less variable; report no reduction instead of 0/0.
     reduction = 1.0 - float(np.var(adjusted, ddof=1)) / var_y if var_y > 0 else 0.0
     return CupedResult(theta=theta, adjusted=adjusted, variance_reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ratio metrics over randomisation units (delta method)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """One arm of a ratio metric sum(y) / sum(x), summarised by per-unit sums.
+
+    For unit i (the thing randomised: a customer), y_i is the numerator (e.g. lists clicked) and x_i
+    the denominator (lists shown). The sums of squares and cross-products are all the delta method
+    needs, so the database can aggregate them without sending per-unit rows.
+    """
+
+    units: int
+    sum_y: float
+    sum_x: float
+    sum_yy: float
+    sum_xx: float
+    sum_xy: float
+
+    @classmethod
+    def from_units(cls, y: np.ndarray | Sequence[float], x: np.ndarray | Sequence[float]) -> RatioSummary:
+        y_arr, x_arr = np.asarray(y, dtype=float), np.asarray(x, dtype=float)
+        if y_arr.ndim != 1 or y_arr.shape != x_arr.shape:
+            raise ValueError(f"y and x must be 1-D arrays of one length, got {y_arr.shape} and {x_arr.shape}")
+        return cls(
+            units=int(y_arr.size),
+            sum_y=float(y_arr.sum()),
+            sum_x=float(x_arr.sum()),
+            sum_yy=float(np.dot(y_arr, y_arr)),
+            sum_xx=float(np.dot(x_arr, x_arr)),
+            sum_xy=float(np.dot(y_arr, x_arr)),
+        )
+
+    @property
+    def ratio(self) -> float:
+        return self.sum_y / self.sum_x
+
+
+def _ratio_arm(label: str, arm: RatioSummary) -> tuple[float, float]:
+    """(ratio, delta-method variance of the ratio) of one arm.
+
+    With unit means ybar, xbar, sample (co)variances s_yy, s_xx, s_xy (ddof 1) and r = ybar / xbar:
+    Var(r) = (s_yy - 2 r s_xy + r^2 s_xx) / (n xbar^2)  (Deng, Knoblich & Lu 2018, eq. 4). This is the
+    variance of the mean of the linearised unit values (y_i - r x_i) / xbar.
+    """
+    if not isinstance(arm, RatioSummary):
+        raise ValueError(f"{label} must be a RatioSummary, got {type(arm).__name__}")
+    n = _count(f"{label}.units", arm.units, minimum=2)
+    sums = [_finite(f"{label}.{name}", getattr(arm, name)) for name in ("sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy")]
+    sum_y, sum_x, sum_yy, sum_xx, sum_xy = sums
+    if sum_x <= 0:
+        raise ValueError(f"{label}.sum_x must be > 0, got {sum_x}")
+    y_bar, x_bar = sum_y / n, sum_x / n
+    r = sum_y / sum_x
+    s_yy = (sum_yy - n * y_bar * y_bar) / (n - 1)
+    s_xx = (sum_xx - n * x_bar * x_bar) / (n - 1)
+    s_xy = (sum_xy - n * y_bar * x_bar) / (n - 1)
+    # Rounding in the sums can push an exactly-zero variance a hair below zero.
+    variance = max(0.0, (s_yy - 2 * r * s_xy + r * r * s_xx) / (n * x_bar * x_bar))
+    return r, variance
+
+
+def ratio_test(control: RatioSummary, treatment: RatioSummary, alpha: float = 0.05) -> TestResult:
+    """Two-sided z-test and Wald CI of r_t - r_c for a ratio metric, by the delta method.
+
+    se = sqrt(Var(r_c) + Var(r_t)) with each variance from ``_ratio_arm``; p = 2 (1 - Phi(|d| / se)),
+    CI = d +/- z_{1-alpha/2} se. Unpooled, because the delta method has no pooled form for a ratio.
+    With one observation per unit (x_i = 1) it reduces to the unpooled two-proportion z-test up to
+    the n / (n - 1) of the sample variance. If both variances are 0 the p-value is 1 for equal ratios
+    and 0 otherwise, and the CI collapses to the difference.
+    """
+    r_c, v_c = _ratio_arm("control", control)
+    r_t, v_t = _ratio_arm("treatment", treatment)
+    a = _probability_open("alpha", alpha)
+    diff = r_t - r_c
+    se = math.sqrt(v_c + v_t)
+    if se == 0:
+        return TestResult(diff, _lift(diff, r_c), 1.0 if diff == 0 else 0.0, diff, diff)
+    p_value = float(2 * sps.norm.sf(abs(diff) / se))
+    half = float(sps.norm.isf(a / 2)) * se
+    return TestResult(diff, _lift(diff, r_c), p_value, diff - half, diff + half)
+
+
+def always_valid_ratio_test(
+    control: RatioSummary,
+    treatment: RatioSummary,
+    alpha: float = 0.05,
+    tau_squared: float = DEFAULT_TAU_SQUARED,
+) -> TestResult:
+    """The normal-mixture mSPRT of ``always_valid_proportion_test`` with V = the delta-method variance
+    Var(r_c) + Var(r_t), so that a ratio metric over correlated observations can be peeked at too.
+
+    p_value = min(1, 1 / Lambda(0)); CI = d +/- sqrt(V (V + tau^2) / tau^2 (2 ln(1/alpha) + ln((V + tau^2) / V))),
+    clipped to [-1, 1] only when both ratios lie in [0, 1] (a rate such as CTR).
+    """
+    r_c, v_c = _ratio_arm("control", control)
+    r_t, v_t = _ratio_arm("treatment", treatment)
+    a = _probability_open("alpha", alpha)
+    tau2 = _finite("tau_squared", tau_squared)
+    if tau2 <= 0:
+        raise ValueError(f"tau_squared must be > 0, got {tau2}")
+    diff = r_t - r_c
+    variance = v_c + v_t
+    is_rate = 0.0 <= r_c <= 1.0 and 0.0 <= r_t <= 1.0
+    if variance == 0:
+        # No variation in either arm yet: no evidence either way.
+        return TestResult(diff, _lift(diff, r_c), 1.0, -1.0 if is_rate else -math.inf, 1.0 if is_rate else math.inf)
+    log_lr = 0.5 * math.log(variance / (variance + tau2)) + tau2 * diff**2 / (2 * variance * (variance + tau2))
+    p_value = min(1.0, math.exp(-log_lr))
+    half = math.sqrt(
+        variance * (variance + tau2) / tau2 * (2 * math.log(1 / a) + math.log((variance + tau2) / variance))
+    )
+    low, high = diff - half, diff + half
+    if is_rate:
+        low, high = max(-1.0, low), min(1.0, high)
+    return TestResult(diff, _lift(diff, r_c), p_value, low, high)
+
+
+def ratio_chance_to_beat_control(control: RatioSummary, treatment: RatioSummary) -> float:
+    """P(r_t > r_c) = Phi(d / se): the posterior under a flat prior with the normal (delta-method)
+    likelihood of d, as GrowthBook's Bayesian engine does for ratio metrics.
+
+    An approximation, unlike ``chance_to_beat_control``'s exact Beta posteriors, which would need the
+    observations to be independent; lists of one customer are not. With se = 0: 1, 0 or 0.5.
+    """
+    r_c, v_c = _ratio_arm("control", control)
+    r_t, v_t = _ratio_arm("treatment", treatment)
+    diff = r_t - r_c
+    se = math.sqrt(v_c + v_t)
+    if se == 0:
+        return 0.5 if diff == 0 else float(diff > 0)
+    return float(sps.norm.cdf(diff / se))
+
+
+def ratio_sample_size_per_variant(
+    control: RatioSummary,
+    relative_mde: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int:
+    """Units per variant to detect a relative lift ``relative_mde`` of the control's ratio (two-sided).
+
+    n = (z_{1-alpha/2} + z_{power})^2 * 2 sigma^2 / (r * relative_mde)^2, rounded up, with
+    sigma^2 = n_c Var(r_c) the per-unit variance of the linearised metric (delta method), assumed the
+    same in both arms, and r the control's current ratio.
+    """
+    r, variance = _ratio_arm("control", control)
+    mde = _finite("relative_mde", relative_mde)
+    if mde == 0:
+        raise ValueError("relative_mde must be non-zero")
+    a = _probability_open("alpha", alpha)
+    pw = _probability_open("power", power)
+    effect = r * mde
+    if effect == 0:
+        raise ValueError("the control's ratio is 0: a relative effect on it is 0 too")
+    sigma2 = control.units * variance
+    if sigma2 == 0:
+        raise ValueError("the linearised metric does not vary across units yet")
+    z = float(sps.norm.isf(a / 2)) + float(sps.norm.ppf(pw))
+    return math.ceil(z * z * 2 * sigma2 / effect**2)

@@ -604,3 +604,146 @@ def test_cuped_constant_metric_has_no_reduction() -> None:
 def test_cuped_rejects_bad_input(y: np.ndarray, x: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cuped_adjust(y, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ratio metrics by the delta method (CTR per customer)
+# --------------------------------------------------------------------------------------------------
+
+
+def _linearised_variance(y: np.ndarray, x: np.ndarray) -> float:
+    """Var of sum(y)/sum(x) as the variance of the mean of (y_i - r x_i) / xbar: the delta method computed
+    another way (Deng, Knoblich & Lu 2018, section 3), from the unit values instead of the sums."""
+    r = y.sum() / x.sum()
+    z = (y - r * x) / x.mean()
+    return float(np.var(z, ddof=1) / z.size)
+
+
+def _clustered_arm(rng: np.random.Generator, units: int, a: float = 0.5, b: float = 4.5) -> tuple[np.ndarray, ...]:
+    """Customers with 1 + Poisson(7) lists each and their own click probability ~ Beta(a, b): lists of one customer
+    are correlated (intra-class correlation 1 / (a + b + 1))."""
+    lists = 1 + rng.poisson(7, size=units)
+    clicked = rng.binomial(lists, rng.beta(a, b, size=units))
+    return clicked.astype(float), lists.astype(float)
+
+
+def test_ratio_test_on_a_hand_worked_example() -> None:
+    # Control: r = 4/8 = 0.5, ybar = 1, xbar = 2, s_yy = s_xx = s_xy = 2/3:
+    #   Var = (2/3 - 2 * 0.5 * 2/3 + 0.25 * 2/3) / (4 * 2^2) = 1/96.
+    # Treatment: r = 7/10 = 0.7; linearised values (y - 0.7 x) / 2 = -0.05, -0.2, 0.15, -0.35, 0.45:
+    #   Var = (0.39 / 4) / 5 = 0.0195.
+    control = stats.RatioSummary.from_units([1, 0, 2, 1], [2, 1, 3, 2])
+    treatment = stats.RatioSummary.from_units([2, 1, 1, 0, 3], [3, 2, 1, 1, 3])
+    se = math.sqrt(1 / 96 + 0.0195)
+
+    result = stats.ratio_test(control, treatment)
+
+    assert result.difference == pytest.approx(0.2, abs=1e-15)
+    assert result.relative_lift == pytest.approx(0.4)
+    assert result.p_value == pytest.approx(2 * sps.norm.sf(0.2 / se), rel=1e-12)
+    assert result.p_value == pytest.approx(0.2476, abs=1e-4)
+    assert (result.ci_low, result.ci_high) == pytest.approx((0.2 - 1.959964 * se, 0.2 + 1.959964 * se), rel=1e-6)
+
+
+def test_ratio_test_standard_error_matches_a_bootstrap_over_customers() -> None:
+    rng = np.random.default_rng(20260302)
+    y_c, x_c = _clustered_arm(rng, 600)
+    y_t, x_t = _clustered_arm(rng, 600, a=0.6, b=4.4)
+    result = stats.ratio_test(stats.RatioSummary.from_units(y_c, x_c), stats.RatioSummary.from_units(y_t, x_t))
+    delta_se = (result.ci_high - result.ci_low) / (2 * sps.norm.isf(0.025))
+
+    # Resample customers (never lists) with replacement, 4000 times per arm.
+    boot = np.random.default_rng(7)
+    idx_c = boot.integers(0, y_c.size, size=(4000, y_c.size))
+    idx_t = boot.integers(0, y_t.size, size=(4000, y_t.size))
+    diffs = y_t[idx_t].sum(1) / x_t[idx_t].sum(1) - y_c[idx_c].sum(1) / x_c[idx_c].sum(1)
+
+    assert delta_se == pytest.approx(float(diffs.std(ddof=1)), rel=0.05)
+    assert delta_se**2 == pytest.approx(_linearised_variance(y_c, x_c) + _linearised_variance(y_t, x_t), rel=1e-9)
+    # The per-list test ignores the clustering: its interval is far too narrow.
+    per_list = stats.proportion_test(int(x_c.sum()), int(y_c.sum()), int(x_t.sum()), int(y_t.sum()))
+    assert (per_list.ci_high - per_list.ci_low) < 0.75 * (result.ci_high - result.ci_low)
+    # Chance to beat control (normal posterior) against the bootstrap's share of positive differences.
+    beat = stats.ratio_chance_to_beat_control(
+        stats.RatioSummary.from_units(y_c, x_c), stats.RatioSummary.from_units(y_t, x_t)
+    )
+    assert beat == pytest.approx(float((diffs > 0).mean()), abs=0.02)
+
+
+def test_ratio_test_keeps_its_false_positive_rate_on_clustered_data_where_the_per_list_test_does_not() -> None:
+    rng = np.random.default_rng(11)
+    sims = 600
+    ratio_rejections = per_list_rejections = 0
+    for _ in range(sims):
+        y_c, x_c = _clustered_arm(rng, 300)
+        y_t, x_t = _clustered_arm(rng, 300)  # no true difference
+        ratio = stats.ratio_test(stats.RatioSummary.from_units(y_c, x_c), stats.RatioSummary.from_units(y_t, x_t))
+        per_list = stats.proportion_test(int(x_c.sum()), int(y_c.sum()), int(x_t.sum()), int(y_t.sum()))
+        ratio_rejections += ratio.p_value < 0.05
+        per_list_rejections += per_list.p_value < 0.05
+
+    assert ratio_rejections / sims < 0.075  # nominal 5%; Monte Carlo SE about 0.9%
+    assert per_list_rejections / sims > 0.12
+
+
+def test_ratio_test_with_one_list_per_customer_is_the_unpooled_proportion_interval() -> None:
+    n_c, x_c, n_t, x_t = 2000, 210, 2100, 260
+    control = stats.RatioSummary.from_units(np.repeat([1.0, 0.0], [x_c, n_c - x_c]), np.ones(n_c))
+    treatment = stats.RatioSummary.from_units(np.repeat([1.0, 0.0], [x_t, n_t - x_t]), np.ones(n_t))
+    low, high = confint_proportions_2indep(x_t, n_t, x_c, n_c, method="wald", compare="diff")
+
+    result = stats.ratio_test(control, treatment)
+
+    assert result.difference == pytest.approx(x_t / n_t - x_c / n_c)
+    # Sample variances (ddof 1) against p(1 - p): the half-width is wider by a factor between 1 and
+    # sqrt(n_min / (n_min - 1)).
+    ratio = (result.ci_high - result.ci_low) / (high - low)
+    assert 1.0 < ratio <= math.sqrt(n_c / (n_c - 1)) + 1e-12
+
+
+def test_always_valid_ratio_test_is_the_msprt_with_the_delta_variance() -> None:
+    rng = np.random.default_rng(3)
+    y_c, x_c = _clustered_arm(rng, 800)
+    y_t, x_t = _clustered_arm(rng, 800, a=0.7, b=4.3)
+    control, treatment = stats.RatioSummary.from_units(y_c, x_c), stats.RatioSummary.from_units(y_t, x_t)
+    v = _linearised_variance(y_c, x_c) + _linearised_variance(y_t, x_t)
+    d = y_t.sum() / x_t.sum() - y_c.sum() / x_c.sum()
+    tau2 = stats.DEFAULT_TAU_SQUARED
+    likelihood_ratio = math.sqrt(v / (v + tau2)) * math.exp(tau2 * d * d / (2 * v * (v + tau2)))
+
+    result = stats.always_valid_ratio_test(control, treatment)
+
+    assert result.p_value == pytest.approx(min(1.0, 1 / likelihood_ratio), rel=1e-9)
+    assert (result.ci_low > 0 or result.ci_high < 0) == (result.p_value < 0.05)
+    # Safe to peek at, hence never more significant than the fixed-horizon test on the same data.
+    assert result.p_value >= stats.ratio_test(control, treatment).p_value
+
+
+def test_ratio_sample_size_matches_a_two_sample_z_power_calculation() -> None:
+    from statsmodels.stats.power import NormalIndPower
+
+    rng = np.random.default_rng(5)
+    y, x = _clustered_arm(rng, 5000)
+    control = stats.RatioSummary.from_units(y, x)
+    sigma = math.sqrt(_linearised_variance(y, x) * y.size)
+    effect = control.ratio * 0.1
+
+    n = stats.ratio_sample_size_per_variant(control, 0.1)
+
+    expected = NormalIndPower().solve_power(effect_size=effect / sigma, alpha=0.05, power=0.8, ratio=1.0)
+    assert n == math.ceil(expected)
+    # Sized in customers: far fewer units than the lists the per-list formula would ask for, yet each customer
+    # brings eight lists on average, so more lists in all (the clustering costs power).
+    per_list_n = stats.sample_size_per_variant(control.ratio, 0.1)
+    assert n < per_list_n < n * float(x.mean())
+
+
+def test_ratio_functions_reject_unusable_input() -> None:
+    one = stats.RatioSummary.from_units([1.0], [2.0])
+    ok = stats.RatioSummary.from_units([1.0, 0.0], [2.0, 1.0])
+    with pytest.raises(ValueError, match="units must be >= 2"):
+        stats.ratio_test(one, ok)
+    with pytest.raises(ValueError, match="sum_x must be > 0"):
+        stats.ratio_test(ok, stats.RatioSummary.from_units([0.0, 0.0], [0.0, 0.0]))
+    with pytest.raises(ValueError, match="does not vary"):
+        stats.ratio_sample_size_per_variant(stats.RatioSummary.from_units([1.0, 2.0], [2.0, 4.0]), 0.1)
