@@ -106,13 +106,17 @@ class QualityDashboardAdmin(admin.ModelAdmin):
         latest = snapshots[-1] if snapshots else None
         served = [s for s in snapshots if s.impressions]
         active = ranking_selectors.active_version()
+        replayed = {s.date: quality.replayed_share(s) for s in snapshots}
         return {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Recommendation quality",
             "days": DASHBOARD_DAYS,
             "snapshots": snapshots,
-            "recent": list(reversed(snapshots[-14:])),
+            "recent": [(s, replayed[s.date][0]) for s in reversed(snapshots[-14:])],
+            "replayed_days": sum(1 for lists, _ in replayed.values() if lists),
+            "replayed_lists": sum(lists for lists, _ in replayed.values()),
+            "latest_replayed": replayed[latest.date][0] if latest else 0,
             "latest": latest,
             "latest_is_today": latest is not None and latest.date == now.date(),
             "surfaces": _surface_rows(latest),

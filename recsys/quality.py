@@ -38,6 +38,9 @@ PURCHASE = int(Interaction.Type.PURCHASE)
 
 ALL = "all"  # label value of the totals (every surface, experiment or variant)
 NONE = "-"  # experiment and variant of lists served outside any experiment, as in recsys_recommendation_requests_total
+# request_id prefix of the lists ``manage.py replay_demo_traffic`` served (live request ids are uuid4 hex, so the
+# prefix cannot collide): counted apart so the dashboard says which figures come from replayed demo traffic.
+REPLAY_PREFIX = "replay-"
 WINDOW = timedelta(hours=24)
 WEEK = timedelta(days=7)
 # Diversity is a mean over lists: a uniform sample of this many lists per window estimates it to about ±0.002 while
@@ -64,11 +67,13 @@ class Outcome:
     impressions: int = 0
     clicks: int = 0
     conversions: int = 0
+    replayed: int = 0  # of the impressions, lists served by the demo traffic replay
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(
-            self.impressions + other.impressions, self.clicks + other.clicks, self.conversions + other.conversions
-        )
+            self.impressions + other.impressions, self.clicks + other.clicks, self.conversions + other.conversions,
+            self.replayed + other.replayed,
+        )  # fmt: skip
 
     @property
     def ctr(self) -> float | None:
@@ -169,7 +174,8 @@ outcome AS (
 SELECT imp.hour, imp.surface, imp.experiment, imp.variant, GROUPING(imp.experiment, imp.variant) <> 0,
        count(DISTINCT imp.request_id),
        count(DISTINCT imp.request_id) FILTER (WHERE o.clicked),
-       count(DISTINCT imp.request_id) FILTER (WHERE o.converted)
+       count(DISTINCT imp.request_id) FILTER (WHERE o.converted),
+       count(DISTINCT imp.request_id) FILTER (WHERE imp.request_id LIKE '{REPLAY_PREFIX}%%')
   FROM imp LEFT JOIN outcome o USING (request_id)
  GROUP BY GROUPING SETS ((imp.hour, imp.surface, imp.experiment, imp.variant), (imp.hour, imp.surface))
 """  # noqa: S608 (interpolates module constants only; values go as parameters)
@@ -229,9 +235,9 @@ def _traffic(*, since: datetime, until: datetime) -> list[_TrafficRow]:
             surface,
             ALL if total else experiment,
             ALL if total else variant,
-            Outcome(int(impressions), int(clicks), int(conversions)),
+            Outcome(int(impressions), int(clicks), int(conversions), int(replayed)),
         )  # fmt: skip
-        for hour, surface, experiment, variant, total, impressions, clicks, conversions in rows
+        for hour, surface, experiment, variant, total, impressions, clicks, conversions, replayed in rows
     ]
 
 
@@ -499,7 +505,7 @@ def _by_surface(period: Period) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "surface": surface, "experiment": experiment, "variant": variant, "impressions": outcome.impressions,
             "clicks": outcome.clicks, "conversions": outcome.conversions, "ctr": outcome.ctr,
-            "conversion_rate": outcome.conversion_rate,
+            "conversion_rate": outcome.conversion_rate, "replayed": outcome.replayed,
         }  # fmt: skip
         if experiment == ALL:
             row["max_category_share"] = period.max_category_share.get(surface)
@@ -572,6 +578,26 @@ def quality_refresh(*, now: datetime | None = None) -> QualityReport:
         report.finalised.append(yesterday)
     logger.info("quality_refreshed", extra=report.as_dict())
     return report
+
+
+def day_snapshot_compute(*, day: date, latency_p95_ms: float | None, now: datetime | None = None) -> QualitySnapshot:
+    """Compute and upsert the snapshot of one whole past UTC day from the lists served that day, as the day's last
+    run would have: no gauges and no cached 7-day figure (both describe the present). For ``replay_demo_traffic``,
+    which serves lists dated on past days and measures their latency itself. Idempotent."""
+    now = now or timezone.now()
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    end = start + timedelta(days=1)
+    _, period = _measure(since=start, until=end, day_start=start)
+    (week,) = _items_shown(until=end, starts=[end - WEEK])
+    period = dataclasses.replace(period, items_shown_7d=week)
+    snapshot_upsert(day=day, values=_snapshot_values(period, now) | {"latency_p95_ms": latency_p95_ms})
+    return QualitySnapshot.objects.get(date=day)
+
+
+def replayed_share(snapshot: QualitySnapshot) -> tuple[int, int]:
+    """(replayed lists, all lists) of a day, from its grand-total row."""
+    total = next((row for row in snapshot.by_surface if row.get("surface") == ALL), None)
+    return (int(total.get("replayed", 0)), int(total.get("impressions", 0))) if total else (0, 0)
 
 
 # --- Reads for the dashboard ------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from recsys.management.importing import run_import
 class Command(BaseCommand):
     help = (
         "Load the UCI Online Retail demo data (CC BY 4.0, see recsys/demo/README.md): about 3,900 items with "
-        "derived categories, 4,300 customers and 390,000 purchases. Does nothing if interactions already exist."
+        "derived categories, 4,300 customers and 390,000 purchases. Does nothing if interactions already exist. "
+        "`make run` then trains a model and runs replay_demo_traffic, which serves real lists over the data's last "
+        "days so the quality dashboard has (labelled) figures."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

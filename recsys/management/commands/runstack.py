@@ -39,6 +39,7 @@ class Command(BaseCommand):
         self._step("Loading the demo data (once)", lambda: call_command("load_demo"))
         self._fill_online_state()
         self._train_first_model()
+        self._replay_demo_traffic()
         self._ensure_admin()
         plaintext = self._ensure_demo_key()
         call_command("collectstatic", interactive=False, verbosity=0)
@@ -72,6 +73,15 @@ class Command(BaseCommand):
             self.stderr.write("==> A model version is active; not training again (run `manage.py train`).")
             return
         self._step("Training the first model version", lambda: call_command("train", force=True))
+
+    def _replay_demo_traffic(self) -> None:
+        """The demo data are purchases without any recommendation shown: replay its last days through the serving
+        pipeline once, so the quality dashboard has figures (labelled as replayed) from the first visit."""
+        from recsys.demo.replay import demo_traffic_exists
+
+        if demo_traffic_exists():
+            return
+        self._step("Replaying the last demo days as traffic", lambda: call_command("replay_demo_traffic"))
 
     def _ensure_admin(self) -> None:
         user_model = get_user_model()
