@@ -27,12 +27,25 @@ class ItemTable:
     item_ids: npt.NDArray[np.int64]
     category: npt.NDArray[np.int32]
     texts: Sequence[str]
+    # The ranker's item attributes (NaN: unknown): price, and when the item was listed (Unix time; offline, an
+    # item listed after a split's reference time did not exist yet).
+    price: npt.NDArray[np.float64] | None = None
+    created_ts: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         if self.item_ids.size and np.any(np.diff(self.item_ids) <= 0):
             raise ValueError("item_ids must be strictly ascending")
         if not (self.item_ids.size == self.category.size == len(self.texts)):
             raise ValueError("item_ids, category and texts must have the same length")
+        for name in ("price", "created_ts"):
+            column = getattr(self, name)
+            if column is not None and column.shape != self.item_ids.shape:
+                raise ValueError(f"{name} must have one entry per item")
+
+    def attribute(self, name: str) -> npt.NDArray[np.float64]:
+        """``price`` or ``created_ts`` per item, all NaN when the table was built without them."""
+        column = getattr(self, name)
+        return np.full(self.n_items, np.nan) if column is None else np.asarray(column, np.float64)
 
     @property
     def n_items(self) -> int:
@@ -102,6 +115,33 @@ class InteractionLog:
         known = self.user >= 0
         keys = np.unique(self.user[known].astype(np.int64) * self.n_items + self.item[known])
         return np.bincount(keys % max(self.n_items, 1), minlength=self.n_items).astype(np.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class UserEvents:
+    """A log's events grouped by user, newest first within a user: what the online state holds for a customer
+    (its history in Redis is newest first too). Row ``indptr[u]:indptr[u + 1]`` of the arrays is user ``u``."""
+
+    indptr: IntArray
+    item: IntArray
+    type: npt.NDArray[np.int8]
+    value: npt.NDArray[np.float32]
+    ts: npt.NDArray[np.float64]
+
+    def of(self, user: int) -> slice:
+        """The slice of ``user``'s events (empty for -1, a user without training data)."""
+        if user < 0 or user + 1 >= self.indptr.size:
+            return slice(0, 0)
+        return slice(int(self.indptr[user]), int(self.indptr[user + 1]))
+
+
+def user_events(log: InteractionLog) -> UserEvents:
+    """Every known user's events, newest first (anonymous events left out)."""
+    known = np.flatnonzero(log.user >= 0)
+    order = known[np.lexsort((-log.ts[known], log.user[known]))]
+    counts = np.bincount(log.user[order], minlength=log.n_users)
+    indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return UserEvents(indptr, log.item[order].astype(np.int64), log.type[order], log.value[order], log.ts[order])
 
 
 def _index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
@@ -260,10 +300,18 @@ def item_text(title: str, description: str, category: str, brand: str, tags: str
 
 def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
     """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
+    from catalog import selectors as catalog_selectors
     from ranking import selectors
 
     ids, category, texts = selectors.item_rows()
-    items = ItemTable(item_ids=ids, category=category, texts=texts)
+    # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
+    attributes = catalog_selectors.item_attribute_columns()
+    order = np.argsort(attributes.pk)
+    row = _index_of(attributes.pk[order], ids)
+    found = row >= 0
+    price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
+    created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
+    items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
     columns = selectors.interaction_columns(since=since, until=until)
     log = log_from_arrays(
         customer=columns["customer"],

@@ -12,7 +12,10 @@ import lightgbm as lgb
 import numpy as np
 from numpy.typing import NDArray
 
+from events.features import AFFINITY_HALF_LIFE_SECONDS, INTEREST_WEIGHTS, RATING, RATING_WEIGHT_PER_POINT
 from ranking.retrieval import NO_RANK, SOURCES, CandidateSet
+
+SECONDS_PER_DAY = 86_400.0
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"{source}_score" for source in SOURCES),
@@ -54,6 +57,80 @@ class FeatureContext:
     category_affinity: Mapping[int, float] = field(default_factory=dict)
     history_ids: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))  # most recent first
     last_category: int = -1  # category of the latest history item, -1 when none
+
+
+def candidate_context(
+    *,
+    model_idx: NDArray[np.int64],
+    popularity: NDArray[np.floating],
+    trend: NDArray[np.floating],
+    category: NDArray[np.int64],
+    price: NDArray[np.floating],
+    created_ts: NDArray[np.floating],
+    now: float,
+    item_factors: NDArray[np.floating] | None = None,
+    user_vector: NDArray[np.floating] | None = None,
+    ctr: NDArray[np.floating] | None = None,
+    category_affinity: Mapping[int, float] | None = None,
+    history_ids: NDArray[np.int64] | None = None,
+    last_category: int = -1,
+) -> FeatureContext:
+    """The one definition of every non-retrieval feature, called by serving (``ranking.serving``) and by the
+    ranker's offline training data (``ranking.offline_pipeline``), so both build the same columns.
+
+    Per candidate: ``model_idx`` (its row in the model version's arrays, -1 for an item the version has never seen),
+    ``category``, ``price`` (NaN none) and ``created_ts`` (Unix time the item was listed). Per model item:
+    ``popularity``, ``trend`` and ``item_factors``. ``now`` is the time the features are "as of": the request's
+    time when serving, the split's reference time offline (nothing after it is known). ``history_ids`` are the
+    customer's distinct items, newest first, in the same id space as the candidates' anchors.
+    """
+    known = model_idx >= 0
+    safe = np.maximum(model_idx, 0)
+    pop = np.where(known, np.asarray(popularity)[safe], 0.0).astype(np.float32)
+    tr = np.where(known, np.asarray(trend)[safe], np.nan).astype(np.float32)
+    als_dot = None
+    if user_vector is not None and item_factors is not None:
+        factors = np.asarray(item_factors[safe], np.float32)
+        als_dot = np.where(known, factors @ np.asarray(user_vector, np.float32), np.nan).astype(np.float32)
+    return FeatureContext(
+        category=category, popularity=pop, trend=tr,
+        age_days=((now - np.asarray(created_ts, np.float64)) / SECONDS_PER_DAY).astype(np.float32),
+        price=np.asarray(price, np.float32), als_dot=als_dot, ctr=ctr,
+        category_affinity=category_affinity or {},
+        history_ids=history_ids if history_ids is not None else np.empty(0, np.int64),
+        last_category=last_category,
+    )  # fmt: skip
+
+
+def category_affinity(
+    category: NDArray[np.integer],
+    types: NDArray[np.integer],
+    values: NDArray[np.floating],
+    ts: NDArray[np.floating],
+    now: float,
+) -> dict[int, float]:
+    """Category -> interest weight decayed to ``now``, from raw events: what the online state
+    (``events.online``) accumulates in Redis event by event (same weights, same 30-day half-life), recomputed
+    offline from the log. Only the shares matter to the feature, so the landmark of the forward decay cancels."""
+    types = np.asarray(types, np.int64)
+    weight = np.array([INTEREST_WEIGHTS.get(int(t), 0.0) for t in types.tolist()], np.float64)
+    rating = types == RATING
+    weight[rating] = RATING_WEIGHT_PER_POINT * np.nan_to_num(np.asarray(values, np.float64)[rating])
+    weight *= 2.0 ** (-(now - np.asarray(ts, np.float64)) / AFFINITY_HALF_LIFE_SECONDS)
+    category = np.asarray(category, np.int64)
+    keep = (category >= 0) & (weight > 0)
+    if not keep.any():
+        return {}
+    unique, inverse = np.unique(category[keep], return_inverse=True)
+    totals = np.bincount(inverse, weights=weight[keep], minlength=unique.size)
+    return dict(zip(unique.tolist(), totals.tolist(), strict=True))
+
+
+def click_through_rate(views: NDArray[np.floating], clicks: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Clicks per view; NaN where an item had no views (unknown, not zero)."""
+    views = np.asarray(views, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(views > 0, np.asarray(clicks, np.float32) / views, np.nan).astype(np.float32)
 
 
 def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray[np.float32]:

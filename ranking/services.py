@@ -274,7 +274,7 @@ def _validate(
             split.train, items, params, reference_ts=split.reference_ts, content=vectors, content_neighbours=False
         )
     with timer.stage("validation_eval"):
-        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, k=params.k, item_category=items.category)
+        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=params.k)
     return outcome.result, outcome.booster
 
 
@@ -554,9 +554,7 @@ def model_evaluate(
     with timer.stage("evaluate"):
         if pipeline:
             # The ranker is fitted on part of the test users, so every figure is reported on the others.
-            result = offline_pipeline.evaluate_with_pipeline(
-                split, trained, k=k, item_category=items.category, seed=seed
-            ).result
+            result = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
         else:
             result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()

@@ -42,7 +42,7 @@ from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
 from ranking.item_cache import ItemCache
 from ranking.offline_pipeline import booster_from_array
-from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features
+from ranking.ranker import FEATURE_NAMES, blend_scores, build_features, candidate_context, click_through_rate
 from ranking.ranker import score as ranker_score
 from recsys import redis_client
 
@@ -687,24 +687,17 @@ def _score(
     booster = _ranker_for(model) if (model is not None and config.ranker) else None
     if booster is None:
         return blend_scores(candidates, config.blend_weights), False
-    idx = model.item_index(candidates.item_idx)
-    known = idx >= 0
-    safe = np.maximum(idx, 0)
-    popularity = np.where(known, np.asarray(model.popularity)[safe], 0.0)
-    trend = np.where(known, np.asarray(model.trending)[safe], np.nan)
-    als_dot = None
-    if user_vector is not None and model.has("als_item_factors"):
-        factors = np.asarray(model.array("als_item_factors")[safe], np.float32)
-        als_dot = np.where(known, factors @ user_vector, np.nan).astype(np.float32)
     last_category = -1
     if history.pks.size:
         last = model.item_index(history.pks[:1])[0]
         last_category = int(model.array("item_category")[last]) if last >= 0 else -1
-    context = FeatureContext(
-        category=category, popularity=popularity, trend=trend, age_days=(now - created) / 86_400, price=price,
-        als_dot=als_dot, ctr=_ctr(candidates.item_idx), category_affinity=affinity,
-        history_ids=history.anchors(HISTORY_LIMIT)[0],
-        last_category=last_category,
+    # The same definition the ranker's training rows were built with (ranking.offline_pipeline).
+    context = candidate_context(
+        model_idx=model.item_index(candidates.item_idx), popularity=model.popularity, trend=model.trending,
+        category=category, price=price, created_ts=created, now=now,
+        item_factors=model.array("als_item_factors") if model.has("als_item_factors") else None,
+        user_vector=user_vector, ctr=_ctr(candidates.item_idx), category_affinity=affinity,
+        history_ids=history.anchors(HISTORY_LIMIT)[0], last_category=last_category,
     )  # fmt: skip
     X = build_features(candidates, context)
     assert X.shape[1] == len(FEATURE_NAMES)
@@ -738,8 +731,7 @@ def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
     safe = np.maximum(rows, 0)
     views = np.where(has, features.views_24h[safe], 0).astype(np.float32)
     clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(views > 0, clicks / views, np.nan).astype(np.float32)
+    return click_through_rate(views, clicks)
 
 
 def _exposure(model: ActiveModel | None, pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
