@@ -64,6 +64,7 @@ class RecommendationListApi(APIView):
             serving.RecommendRequest(
                 customer_id=data["customer_id"], session_id=data["session_id"], surface=data["surface"],
                 count=data["count"], category=data["category"] or None, exclude=tuple(data["exclude"]),
+                context_item_id=data["context_item_id"], context_category=data["context_category"],
                 debug=data["debug"], forced_variant=forced,
             )
         )  # fmt: skip

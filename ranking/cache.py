@@ -56,13 +56,19 @@ class ListCache:
         return now + self._jittered()
 
     def get_or_compute(
-        self, key: str, compute: Compute, *, version_key: str | None = None, prefetch: Prefetch | None = None
+        self,
+        key: str,
+        compute: Compute,
+        *,
+        version_key: str | Sequence[str] | None = None,
+        prefetch: Prefetch | None = None,
     ) -> tuple[Any, str]:
         """The cached value for ``key`` or the result of ``compute(prefetched)`` (JSON-serialisable), and where it
         came from: ``"l1"``, ``"l2"`` or ``"miss"``.
 
-        ``version_key`` names the Redis counter the value depends on (the owner's cache version): a value cached
-        under another version is never returned. Raises ``redis.RedisError`` when that version cannot be read,
+        ``version_key`` names the Redis counter the value depends on (the owner's cache version), or several (a
+        customer and their anonymous session), all read in the same round trip: a value cached under another
+        version is never returned. Raises ``redis.RedisError`` when that version cannot be read,
         since then no cached value can be trusted; the caller decides what to serve.
         """
         version, raw = self._lookup(key, version_key)
@@ -92,23 +98,26 @@ class ListCache:
                 with self._inflight_lock:
                     self._inflight.pop(local_key, None)
 
-    def _lookup(self, key: str, version_key: str | None) -> tuple[int, bytes | None]:
+    def _lookup(self, key: str, version_key: str | Sequence[str] | None) -> tuple[int | str, bytes | None]:
         """(current version, raw L2 entry) in one round trip."""
+        version_keys = (version_key,) if isinstance(version_key, str) else tuple(version_key or ())
         try:
             pipe = redis_client.get().pipeline(transaction=False)
-            if version_key is not None:
-                pipe.get(version_key)
+            for name in version_keys:
+                pipe.get(name)
             pipe.get(key)
             replies = pipe.execute()
         except redis.RedisError:
-            if version_key is not None:
+            if version_keys:
                 raise
             logger.warning("recommendation_cache_unavailable", exc_info=True)
             return 0, None
-        return (int(replies[0] or 0) if version_key is not None else 0), replies[-1]
+        if len(version_keys) > 1:
+            return ".".join(str(int(reply or 0)) for reply in replies[:-1]), replies[-1]
+        return (int(replies[0] or 0) if version_keys else 0), replies[-1]
 
     @staticmethod
-    def _decode(raw: bytes | None, version: int) -> Any:
+    def _decode(raw: bytes | None, version: int | str) -> Any:
         if raw is None:
             return None
         try:
@@ -120,7 +129,7 @@ class ListCache:
         return entry.get("d")
 
     def _compute_once_across_processes(
-        self, key: str, version: int, compute: Compute, prefetch: Prefetch | None
+        self, key: str, version: int | str, compute: Compute, prefetch: Prefetch | None
     ) -> tuple[Any, str]:
         """(value, "miss") when computed here, (value, "l2") when another process computed it meanwhile."""
         client = redis_client.get()
@@ -161,7 +170,7 @@ class ListCache:
         return value, "miss"
 
     @staticmethod
-    def _encode(value: Any, version: int) -> str:
+    def _encode(value: Any, version: int | str) -> str:
         return json.dumps({"v": version, "d": value}, separators=(",", ":"))
 
     @staticmethod
@@ -184,7 +193,7 @@ class ListCache:
         with self._l1_lock:
             self._l1[key] = raw
 
-    def _l2_get(self, key: str, version: int) -> Any:
+    def _l2_get(self, key: str, version: int | str) -> Any:
         try:
             raw = redis_client.get().get(key)
         except redis.RedisError:

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 from django.db import DatabaseError
 
@@ -41,6 +42,7 @@ class _Snapshot:
     def __init__(self) -> None:
         self.token = "none"  # noqa: S105 - a version token, not a secret
         self.rules: tuple[_StoredRule, ...] = ()
+        self.edges = np.empty(0)  # every rule's starts_at and ends_at, sorted
         self.checked = 0.0
         self.loaded = False
         self.lock = threading.Lock()
@@ -60,7 +62,11 @@ class _Snapshot:
             if self.loaded and token == self.token:
                 return
             try:
-                self.rules = _load()
+                loaded = _load()
+                self.edges = np.unique(
+                    [edge for stored in loaded for edge in (stored.starts_at, stored.ends_at) if edge is not None]
+                )
+                self.rules = loaded
             except DatabaseError:
                 # Keep serving the rules we have: a Postgres hiccup must not drop every pin and block.
                 logger.warning("rules_reload_failed", exc_info=True)
@@ -108,6 +114,17 @@ def version_token() -> str:
     """Changes whenever a rule changes: part of every cache key, so an edited rule shows at once."""
     _snapshot.refresh()
     return _snapshot.token
+
+
+def next_edge(*, now: float) -> float | None:
+    """The first rule schedule edge (a ``starts_at`` or ``ends_at``) after ``now`` (Unix time), None when no rule
+    starts or ends later. Part of every cache key, so a list cached before the edge is not served after it: a pin
+    that starts or a boost that ends takes effect at once, not when the cached list expires. (Edges of every
+    surface count: an edge elsewhere costs one recomputation, which is cheaper than sorting edges by surface.)"""
+    _snapshot.refresh()
+    edges = _snapshot.edges
+    at = int(np.searchsorted(edges, now, side="right"))
+    return float(edges[at]) if at < edges.size else None
 
 
 def version_bump() -> None:

@@ -20,6 +20,16 @@ class RecommendationQuerySerializer(CountQuerySerializer):
     exclude = serializers.CharField(
         required=False, allow_blank=True, default="", help_text="Comma-separated item ids to leave out."
     )
+    context_item_id = serializers.CharField(
+        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        help_text="The item on the page the visitor is looking at: its neighbours join the candidates as if the "
+        "visitor had just viewed it, and it is left out of the list. An id the catalog does not know is ignored.",
+    )  # fmt: skip
+    context_category = serializers.CharField(
+        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        help_text="The category of the page: a fresh interest in it and its popular items first among the popular "
+        "candidates. Shapes the list without filtering it (``category`` filters). Unknown ids are ignored.",
+    )  # fmt: skip
     debug = serializers.BooleanField(default=False, help_text="Add the pipeline trace (needs the admin scope).")
 
     def validate_exclude(self, value: str) -> list[str]:
@@ -66,5 +76,7 @@ class AnchorGroupSerializer(serializers.Serializer):
 
 class AnchorGroupsSerializer(serializers.Serializer):
     request_id = serializers.CharField()
+    experiment = serializers.CharField(allow_null=True)
+    variant = serializers.CharField(allow_null=True)
     model_version = serializers.IntegerField(allow_null=True)
     groups = AnchorGroupSerializer(many=True)

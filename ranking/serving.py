@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -299,6 +299,29 @@ class _TopLists:
                     self._key = key
         return self._lists[name]
 
+    def popular_in_category(self, model: ActiveModel, category_pk: int) -> retrieval.SourceHits:
+        """The popular list with ``category_pk``'s items first (a page's category as a retrieval anchor), then the
+        rest of the catalog's popular items; computed once per model and category."""
+        name = f"popular:{category_pk}"
+        lists = self._lists if self._key == (model.version_id, model.trending_computed_at) else None
+        found = lists.get(name) if lists is not None else None
+        if found is not None:
+            return found
+        overall = self.get(model, "popular")
+        popularity = np.asarray(model.popularity)
+        inside = retrieval.top_k(popularity, 1000, exclude=np.asarray(model.array("item_category")) != category_pk)
+        rest = ~np.isin(overall.item_idx, inside.item_idx)
+        merged = retrieval.SourceHits(
+            np.concatenate([inside.item_idx, overall.item_idx[rest]])[:1000],
+            np.concatenate([inside.score, overall.score[rest]])[:1000],
+            np.full(min(1000, inside.item_idx.size + int(rest.sum())), -1, np.int64),
+        )
+        with self._lock:
+            if len(self._lists) > 512:  # a bounded number of categories per model
+                self._lists = {key: value for key, value in self._lists.items() if ":" not in key}
+            self._lists[name] = merged
+        return merged
+
 
 _top_lists = _TopLists()
 
@@ -333,6 +356,17 @@ class _History:
             np.fromiter((e.item_pk for e in entries), np.int64, len(entries)),
             np.fromiter((e.type for e in entries), np.int64, len(entries)),
             np.fromiter((e.ts for e in entries), np.float64, len(entries)),
+        )
+
+    @classmethod
+    def merged(cls, histories: Sequence[_History], limit: int) -> _History:
+        """Several owners' histories as one, newest first."""
+        ts = np.concatenate([h.ts for h in histories])
+        order = np.argsort(-ts, kind="stable")[:limit]
+        return cls(
+            np.concatenate([h.pks for h in histories])[order],
+            np.concatenate([h.types for h in histories])[order],
+            ts[order],
         )
 
     def purchased(self) -> npt.NDArray[np.int64]:
@@ -372,6 +406,7 @@ def _retrieve(
     history: _History,
     user_vector: npt.NDArray[np.float32] | None,
     surface: str,
+    context_category: int | None = None,
 ) -> dict[str, retrieval.SourceHits]:
     """Every source's hits, as catalog pks."""
     hits: dict[str, retrieval.SourceHits] = {}
@@ -395,6 +430,8 @@ def _retrieve(
         hits[source] = _to_pks(model, _neighbour_source(model, prefix, anchor_idx, k))
     for source in ("trending", "popular"):
         top = _top_lists.get(model, source)
+        if source == "popular" and context_category is not None:
+            top = _top_lists.popular_in_category(model, context_category)
         quota = QUOTAS[source]
         hits[source] = _to_pks(model, retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota]))
     return hits
@@ -452,7 +489,11 @@ class RecommendRequest:
     exclude: tuple[str, ...] = ()
     debug: bool = False
     forced_variant: str | None = None
-    context: Mapping[str, str] = field(default_factory=dict)
+    # Where the visitor is: the item on the page and the page's category (external ids; unknown ids are ignored).
+    # Soft signals, never filters: the item becomes the newest history anchor (and is itself left out of the list),
+    # the category a fresh interest that also puts its popular items first among the popular candidates.
+    context_item_id: str = ""
+    context_category: str = ""
     rules: bool = True  # False: the merchandiser's "rules off" preview
     log_impression: bool = True  # previews are not traffic
 
@@ -482,6 +523,11 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     owner = owner_for(customer_id=request.customer_id, session_id=request.session_id) if personal else ""
     if owner == "s:":
         owner = ""
+    # A customer who browsed anonymously before signing up: the session's history is theirs too (until a session
+    # merge moves it over), read in the same round trip as the customer's own.
+    owners = tuple(o for o in (owner,) if o)
+    if owner and request.customer_id and request.session_id:
+        owners = (owner, owner_for(customer_id="", session_id=request.session_id))
     unit = owner or request.session_id or request.customer_id or "anonymous"
     assignment = experiments.assign(surface=request.surface, unit_id=unit, forced_variant=request.forced_variant)
     config = assignment.config
@@ -492,26 +538,27 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     request_id = uuid.uuid4().hex
 
     def compute(prefetched: Sequence[Any] | None, redis_ok: bool = True) -> dict[str, Any]:
-        return _compute(request, owner, config, model, assignment.variant, request_id, redis_ok, prefetched)
+        return _compute(request, owners, config, model, assignment.variant, request_id, redis_ok, prefetched)
 
     value: dict[str, Any] | None = None
     tier = "bypass"
     redis_ok = True
     if not request.debug:
-        exclude_key = hashlib.blake2b("\x1f".join(sorted(request.exclude)).encode(), digest_size=6).hexdigest()
+        # The exclusions and the page context, digested: free-form ids must not bend the key's shape.
+        extra_key = hashlib.blake2b(
+            "\x1e".join(("\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category))
+            .encode(), digest_size=6,
+        ).hexdigest()  # fmt: skip
         key = ":".join((
-            "rec", request.surface, owner or "-", str(request.count), request.category or "-", exclude_key,
+            "rec", request.surface, "|".join(owners) or "-", str(request.count), request.category or "-", extra_key,
             assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
-            _items.token(),
+            str(rules.next_edge(now=time.time())), _items.token(),
         ))  # fmt: skip
         try:
             value, tier = CACHE.get_or_compute(
                 key, compute,
-                version_key=event_selectors.cache_version_key(owner) if owner else None,
-                prefetch=(
-                    (lambda pipe: event_selectors.owner_state_queue(pipe, owner, history_limit=HISTORY_LIMIT))
-                    if owner else None
-                ),
+                version_key=[event_selectors.cache_version_key(o) for o in owners] or None,
+                prefetch=(lambda pipe: _queue_owner_state(pipe, owners)) if owners else None,
             )  # fmt: skip
         except redis.RedisError:
             # Without Redis there is no cache version, so no cache to trust: compute from Postgres and say so.
@@ -548,9 +595,76 @@ def _from_cached(value: dict[str, Any], *, request_id: str, cache: str) -> Recom
     )  # fmt: skip
 
 
+def _queue_owner_state(pipe: Any, owners: Sequence[str]) -> None:
+    for owner in owners:
+        event_selectors.owner_state_queue(pipe, owner, history_limit=HISTORY_LIMIT)
+
+
+def _owner_state(
+    owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool
+) -> tuple[_History, Mapping[int, float]]:
+    """The history (newest first, merged over ``owners``) and category affinities of the request's owners."""
+    if not owners:
+        return _History.empty(), {}
+    histories: list[_History] = []
+    affinity: dict[int, float] = {}
+    for n, owner in enumerate(owners):
+        if prefetched is not None:
+            size = event_selectors.OWNER_STATE_REPLIES
+            state = event_selectors.owner_state_parse(prefetched[n * size : (n + 1) * size])
+            histories.append(_History.of(state.history))
+            part: Mapping[int, float] = state.affinity
+        else:
+            histories.append(_History.load(owner, from_db=not redis_ok))
+            part = event_selectors.category_affinity(owner) if redis_ok else {}
+        for category, weight in part.items():
+            affinity[category] = affinity.get(category, 0.0) + weight
+    if len(histories) == 1:
+        return histories[0], affinity
+    return _History.merged(histories, HISTORY_LIMIT), affinity
+
+
+# A page's category counts as this much fresh interest: one view's worth (events.features.INTEREST_WEIGHTS), so it
+# decides a visitor's first list and only nudges a long history.
+CONTEXT_CATEGORY_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class _Context:
+    item_pk: int | None = None
+    category_pk: int | None = None
+
+
+def _context_of(request: RecommendRequest) -> _Context:
+    """The request's page context as primary keys (in-process lookups; ids unknown to the catalog are dropped)."""
+    if not (request.context_item_id or request.context_category):
+        return _Context()
+    found = _items.pks_of([request.context_item_id]) if request.context_item_id else np.empty(0, np.int64)
+    return _Context(
+        item_pk=int(found[0]) if found.size else None,
+        category_pk=_category_pk(request.context_category) if request.context_category else None,
+    )
+
+
+def _with_context(
+    context: _Context, history: _History, affinity: Mapping[int, float], now: float
+) -> tuple[_History, Mapping[int, float]]:
+    """The page's item as the newest view and its category as a fresh interest: retrieval, the user vector and the
+    ranker's features then see them like a real view, while nothing is written to the visitor's history."""
+    if context.item_pk is not None:
+        history = _History(
+            np.concatenate([[context.item_pk], history.pks]).astype(np.int64),
+            np.concatenate([[Interaction.Type.VIEW], history.types]).astype(np.int64),
+            np.concatenate([[now], history.ts]),
+        )
+    if context.category_pk is not None:
+        affinity = {**affinity, context.category_pk: affinity.get(context.category_pk, 0.0) + CONTEXT_CATEGORY_WEIGHT}
+    return history, affinity
+
+
 def _compute(
     request: RecommendRequest,
-    owner: str,
+    owners: tuple[str, ...],
     config: VariantConfig,
     model: ActiveModel | None,
     variant: str | None,
@@ -562,23 +676,18 @@ def _compute(
     read it here)."""
     trace = _Trace(request.debug)
     now = time.time()
+    owner = owners[0] if owners else ""
     degraded = model is None or not redis_ok
     if model is None:
         DEGRADED.labels("no_model").inc()
     with trace.stage("history"):
-        affinity: Mapping[int, float] = {}
-        if not owner:
-            history = _History.empty()
-        elif prefetched is not None:
-            state = event_selectors.owner_state_parse(prefetched)
-            history, affinity = _History.of(state.history), state.affinity
-        else:
-            history = _History.load(owner, from_db=not redis_ok)
-            affinity = event_selectors.category_affinity(owner) if redis_ok else {}
+        history, affinity = _owner_state(owners, prefetched, redis_ok)
+        context = _context_of(request)
+        history, affinity = _with_context(context, history, affinity, now)
     with trace.stage("user_vector"):
         user_vector = _user_vector(model, history, now) if model is not None else None
     with trace.stage("retrieval"):
-        hits = _retrieve(model, history, user_vector, request.surface)
+        hits = _retrieve(model, history, user_vector, request.surface, context.category_pk)
         candidates = retrieval.merge(hits)
         pin_rules = rules.active_rules(surface=request.surface, now=now) if config.rules_enabled else ()
         pinned_pks = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
@@ -607,17 +716,26 @@ def _compute(
         )
     with trace.stage("rerank"):
         exclude = _excluded(request, config, history)
+        if context.item_pk is not None:  # the item on the page is not recommended to its own viewer
+            exclude = np.union1d(exclude, [context.item_pk])
+        # Exposure and clicks matter only to exploration: skipped when it is off.
+        exposure, clicks = _exposure(model, cand) if config.exploration_share > 0 else (np.zeros(cand.size), None)
         result = rr.rerank(
             rr.Candidates(
                 item_idx=cand, score=scores.astype(np.float64), category=category, brand=brand, available=available,
-                exposure=_exposure(model, cand),
+                exposure=exposure, clicks=clicks,
             ),
             pin_rules,
             rr.RerankConfig(
                 count=request.count, max_category_share=config.diversity_cap, max_per_brand=config.max_per_brand,
                 exclude_idx=exclude, exploration_share=config.exploration_share,
                 seed=int(hashlib.blake2b(f"{owner}:{request_id}".encode(), digest_size=4).hexdigest(), 16),
-                diversity="greedy" if config.diversity_cap < 1 else "off",
+                # Greedy with no cap to enforce is plain score order, and "off" gets there without the slot loop.
+                diversity=(
+                    "off" if config.diversity == "greedy" and config.diversity_cap >= 1 and config.max_per_brand is None
+                    else config.diversity  # type: ignore[arg-type]
+                ),
+                mmr_lambda=config.mmr_lambda, exploration=config.exploration,  # type: ignore[arg-type]
             ),
         )  # fmt: skip
     with trace.stage("explain"):
@@ -734,13 +852,26 @@ def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
     return click_through_rate(views, clicks)
 
 
-def _exposure(model: ActiveModel | None, pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-    """How often each candidate was already seen: training-time users plus recent online views."""
+def _exposure(
+    model: ActiveModel | None, pks: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(exposure, clicks) per candidate, the counts exploration's Thompson sampling draws from: exposure is the
+    customers who interacted with the item in the training data plus its views in the last 24 hours, clicks its
+    clicks in the last 24 hours. Both from memory (the model's arrays and the folded online features, re-read at
+    most once a second), never a round trip per item."""
     exposure = np.zeros(pks.size, np.float64)
+    clicks = np.zeros(pks.size, np.float64)
     if model is not None and model.has("item_user_count"):
         idx = model.item_index(pks)
         exposure = np.where(idx >= 0, np.asarray(model.array("item_user_count"))[np.maximum(idx, 0)], 0.0)
-    return exposure
+    features = event_selectors.item_online_features(poll_seconds=1.0)
+    if features is not None and features.item_pk.size:
+        rows = features.rows(pks)
+        has = rows >= 0
+        safe = np.maximum(rows, 0)
+        exposure = exposure + np.where(has, features.views_24h[safe], 0)
+        clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float64)
+    return exposure, clicks
 
 
 def _excluded(request: RecommendRequest, config: VariantConfig, history: _History) -> npt.NDArray[np.int64]:
@@ -887,8 +1018,8 @@ def _respond(
     REQUESTS.labels(endpoint, surface, "-", "miss").inc()
     LATENCY.labels(endpoint, surface, "-").observe(time.perf_counter() - started)
     return RecommendationList(
-        request_id=request_id, surface=surface, items=tuple(items),
-        model_version=model.version_id if model else None, degraded=model is None,
+        request_id=request_id, surface=surface, items=tuple(items), experiment=assignment.experiment_key,
+        variant=assignment.variant, model_version=model.version_id if model else None, degraded=model is None,
     )  # fmt: skip
 
 
@@ -945,6 +1076,8 @@ class AnchorGroups:
     request_id: str
     groups: tuple[AnchorGroup, ...]
     model_version: int | None
+    experiment: str | None = None
+    variant: str | None = None
 
 
 def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) -> AnchorGroups:
@@ -953,8 +1086,10 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
     started = time.perf_counter()
     model = get_active_model()
     request_id = uuid.uuid4().hex
+    assignment = experiments.assign(surface="because_you_viewed", unit_id=customer_id)
+    arm = {"experiment": assignment.experiment_key, "variant": assignment.variant}
     if model is None or _opt_outs.contains(customer_id):
-        return AnchorGroups(request_id, (), model.version_id if model else None)
+        return AnchorGroups(request_id, (), model.version_id if model else None, **arm)
     history = _History.load(customer_id)
     anchor_pks, anchor_types = history.anchors(groups)
     purchased = history.purchased()
@@ -984,4 +1119,4 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
         )
     REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
     LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)
-    return AnchorGroups(request_id, tuple(result), model.version_id)
+    return AnchorGroups(request_id, tuple(result), model.version_id, **arm)
