@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST, require_safe
 
-from events.models import Interaction
 from recsys.demo.categories import CATEGORY_NAMES
 from recsys.models import ApiKey
 from recsys.services import api_key_create, hash_key
@@ -269,22 +267,18 @@ class _PickerCache:
 _picker = _PickerCache()
 
 
-def demo_customers() -> list[tuple[str, int]]:
-    """The customers with the most purchases, with their purchase counts, for the picker.
-
-    The one read that does not go through the API (it has no "list customers" endpoint): one aggregate query,
-    kept in memory for a few minutes.
-    """
+def demo_customers(request: HttpRequest) -> list[tuple[str, int]]:
+    """The most active customers with their purchase counts, for the picker: ``GET /v1/customers?ordering=-activity``
+    like any storefront would, kept in memory for a few minutes. An API failure leaves the picker empty (the page
+    still renders) and is asked again on the next page."""
     now = time.monotonic()
     if _picker.customers and now - _picker.at < PICKER_TTL_SECONDS:
         return _picker.customers
-    rows = (
-        Interaction.objects.filter(type=Interaction.Type.PURCHASE, customer__isnull=False)
-        .values_list("customer__external_id")
-        .annotate(purchases=Count("id"))
-        .order_by("-purchases", "customer__external_id")[:PICKER_SIZE]
-    )
-    _picker.customers = [(str(customer_id), int(purchases)) for customer_id, purchases in rows]
+    try:
+        page = api_get(request, "/v1/customers", {"ordering": "-activity", "limit": PICKER_SIZE})
+    except ApiError:
+        return []
+    _picker.customers = [(str(row["customer_id"]), int(row["purchases"])) for row in page.get("results", [])]
     _picker.at = now
     return _picker.customers
 
@@ -301,7 +295,7 @@ def clear_caches() -> None:
 def _base_context(request: HttpRequest, shopper: Shopper) -> dict[str, Any]:
     customers = [
         (customer_id, f"Customer {customer_id} · {purchases:,} purchase{'s' if purchases != 1 else ''}")
-        for customer_id, purchases in demo_customers()
+        for customer_id, purchases in demo_customers(request)
     ]
     if shopper.customer_id and shopper.customer_id not in {customer_id for customer_id, _ in customers}:
         customers.insert(0, (shopper.customer_id, f"Customer {shopper.customer_id}"))

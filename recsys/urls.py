@@ -6,10 +6,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recsys import api as privacy_api
-from recsys import health
+from recsys import customer_list, health
 from recsys.metrics import metrics_view
 
 api_v1 = [
+    # The customer list counts activity from the interactions, so it is a top-layer view too (recsys/customer_list.py).
+    path("customers", customer_list.CustomerListApi.as_view(), name="customer-list"),
     # Customer data rights. First: DELETE /v1/customers/{id} (erasure) reaches into every app, so its view is
     # recsys.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
     path("customers/<str:customer_id>", privacy_api.CustomerApi.as_view(), name="customer-data"),

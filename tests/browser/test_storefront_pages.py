@@ -15,6 +15,7 @@ from django.test import Client
 from recsys import storefront
 from recsys.models import ApiKey
 from recsys.services import api_key_revoke, hash_key
+from tests.browser.support import SHELVES, customer_id
 
 
 def _fetch(url: str) -> tuple[int, str]:
@@ -82,3 +83,27 @@ def test_demo_keys_are_made_once_kept_in_a_file_and_remade_when_gone(tmp_path: P
     assert renewed.server == keys.server
     assert renewed.browser != keys.browser
     assert json.loads(storefront.KEYS_FILE.read_text())["browser"] == renewed.browser
+
+
+def test_the_picker_offers_the_most_active_customers_from_the_public_api(
+    live_server: Any, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storefront asks GET /v1/customers like any client would, never the database."""
+    paths: list[str] = []
+    original = storefront.api_get
+
+    def recording(request: Any, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        paths.append(path)
+        return original(request, path, params)
+
+    monkeypatch.setattr(storefront, "api_get", recording)
+    status, html = _fetch(f"{live_server.url}/")
+    assert status == 200
+    assert "/v1/customers" in paths
+    picker = html.split('name="customer_id"', 1)[1].split("</select>", 1)[0]
+    # The first customer of each shelf bought ten items, everyone else five: those four lead the list.
+    leaders = [customer_id(shelf, 0) for shelf in range(len(SHELVES))]
+    offered = [chunk.split('"', 1)[0] for chunk in picker.split('<option value="')[2:]]
+    assert offered[:4] == sorted(leaders)
+    assert "10 purchases" in picker
+    assert len(offered) == storefront.PICKER_SIZE
