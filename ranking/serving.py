@@ -720,6 +720,9 @@ def _compute(
             exclude = np.union1d(exclude, [context.item_pk])
         # Exposure and clicks matter only to exploration: skipped when it is off.
         exposure, clicks = _exposure(model, cand) if config.exploration_share > 0 else (np.zeros(cand.size), None)
+        # Greedy with no cap to enforce is plain score order, and "off" gets there without the slot loop.
+        plain = config.diversity == "greedy" and config.diversity_cap >= 1 and config.max_per_brand is None
+        diversity = "off" if plain else config.diversity
         result = rr.rerank(
             rr.Candidates(
                 item_idx=cand, score=scores.astype(np.float64), category=category, brand=brand, available=available,
@@ -730,12 +733,7 @@ def _compute(
                 count=request.count, max_category_share=config.diversity_cap, max_per_brand=config.max_per_brand,
                 exclude_idx=exclude, exploration_share=config.exploration_share,
                 seed=int(hashlib.blake2b(f"{owner}:{request_id}".encode(), digest_size=4).hexdigest(), 16),
-                # Greedy with no cap to enforce is plain score order, and "off" gets there without the slot loop.
-                diversity=(
-                    "off" if config.diversity == "greedy" and config.diversity_cap >= 1 and config.max_per_brand is None
-                    else config.diversity  # type: ignore[arg-type]
-                ),
-                mmr_lambda=config.mmr_lambda, exploration=config.exploration,  # type: ignore[arg-type]
+                diversity=diversity, mmr_lambda=config.mmr_lambda, exploration=config.exploration,  # type: ignore[arg-type]
             ),
         )  # fmt: skip
     with trace.stage("explain"):
@@ -775,6 +773,8 @@ def _compute(
             "candidates_per_source": candidates.per_source_counts(),
             "candidates": int(cand.size),
             "ranker": "lambdamart" if ranker_used else "blend",
+            "diversity": diversity,
+            "context": {"item": context.item_pk is not None, "category": context.category_pk is not None},
             "dropped": dict(result.dropped),
             "rules_fired": sorted({rule for fired in result.fired for rule in fired}),
             "skipped_pins": list(result.skipped_pins),

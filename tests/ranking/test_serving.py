@@ -290,3 +290,241 @@ def test_online_features_without_any_recent_activity_are_ignored(world: dict[str
     pks = np.array([item.pk for item in world["items"][:5]])
     # The ranker's click-through feature is "unknown" rather than an error (a fresh demo has no recent events).
     assert serving._ctr(pks) is None
+
+
+# --- Page context and a new customer's session ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_context_item_shapes_the_cold_start_list(api: APIClient) -> None:
+    plain = _recs(api, customer_id="ctx-cold-1", count=10)
+    shaped = _recs(api, customer_id="ctx-cold-1", count=10, context_item_id="ring-3")
+    assert _ids(shaped) != _ids(plain)
+    # The rings lead (as many as the 30% cap allows), explained by the item on the page, which is not itself shown.
+    rings = [item for item in shaped["items"] if _category_of(item["item_id"]) == "ring"]
+    assert len(rings) == 3 > sum(_category_of(i) == "ring" for i in _ids(plain))
+    assert "ring-3" not in _ids(shaped)
+    title = Item.objects.get(external_id="ring-3").title
+    assert all(item["reason"]["text"] == f"Because you viewed {title}" for item in rings)
+    # An item the catalog does not know changes nothing (a storefront ahead of its catalog sync is no error).
+    assert _ids(_recs(api, customer_id="ctx-cold-1", count=10, context_item_id="not-in-catalog")) == _ids(plain)
+
+
+@pytest.mark.django_db
+def test_context_category_shapes_without_filtering(api: APIClient, world: dict[str, Any]) -> None:
+    plain = _recs(api, count=10)
+    seeds = world["categories"][2].external_id
+    shaped = _recs(api, count=10, context_category=seeds)
+    counts = Counter(_category_of(i) for i in _ids(shaped))
+    assert counts["seed"] > Counter(_category_of(i) for i in _ids(plain))["seed"]
+    assert len(shaped["items"]) == 10
+    assert len(counts) > 1  # a nudge, not a filter
+    filtered = _recs(api, count=10, category=seeds)
+    assert {_category_of(i) for i in _ids(filtered)} == {"seed"}  # ``category`` is the filter
+
+
+@pytest.mark.django_db
+def test_context_leaves_a_known_customers_taste_in_charge(api: APIClient, world: dict[str, Any]) -> None:
+    for n in range(4):
+        _send(api, "ctx-known-1", f"mug-{n}")
+    plain = _recs(api, customer_id="ctx-known-1", count=10)
+    shaped = _recs(api, customer_id="ctx-known-1", count=10, context_category=world["categories"][3].external_id)
+    mugs = [i for i in _ids(shaped) if _category_of(i) == "mug"]
+    assert mugs == [i for i in _ids(plain) if _category_of(i) == "mug"]
+    assert _category_of(_ids(shaped)[0]) == "mug"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["context_item_id", "context_category"])
+def test_context_ids_are_validated(api: APIClient, field: str) -> None:
+    response = api.get("/v1/recommendations", {field: "x" * 101})
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def _send_anonymous(api: APIClient, session: str, item: str) -> None:
+    response = api.post("/v1/events", {"session_id": session, "item_id": item, "type": "view"}, format="json")
+    assert response.status_code == 202, response.content
+
+
+@pytest.mark.django_db
+def test_a_new_customer_with_a_session_gets_the_sessions_history(api: APIClient) -> None:
+    for n in range(3):
+        _send_anonymous(api, "sess-new-1", f"scarf-{n}")
+    alone = _recs(api, customer_id="new-cust-1", count=10)
+    with_session = _recs(api, customer_id="new-cust-1", session_id="sess-new-1", count=10)
+    assert not any(item["reason"]["code"].startswith("because") for item in alone["items"])
+    scarves = [item for item in with_session["items"] if _category_of(item["item_id"]) == "scarf"]
+    assert len(scarves) == 3
+    assert all(item["reason"]["code"] == "because_you_viewed" for item in scarves)
+    # A later anonymous event of the session invalidates the cached list of the customer with that session.
+    cached = serving.recommend(serving.RecommendRequest(customer_id="new-cust-1", session_id="sess-new-1", count=10))
+    assert cached.cache == "l1"
+    for n in range(4):
+        _send_anonymous(api, "sess-new-1", f"ring-{n}")
+    after = serving.recommend(serving.RecommendRequest(customer_id="new-cust-1", session_id="sess-new-1", count=10))
+    assert after.cache == "miss"
+    assert _category_of(after.items[0].item_id) == "ring"
+
+
+# --- Item lists: experiment and variant -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_item_lists_name_their_experiment_and_variant(api: APIClient, django_user_model: Any) -> None:
+    from experiments import services as experiment_services
+    from experiments.validation import VariantSpec
+
+    _send(api, "byv-exp-1", "seed-2")
+    paths = ("/v1/items/mug-1/similar", "/v1/items/mug-1/bought-together", "/v1/customers/byv-exp-1/because-you-viewed")
+    for path in paths:
+        body = api.get(path, {"count": 3}).json()
+        assert (body["experiment"], body["variant"]) == (None, None), path
+    user = django_user_model.objects.create_user("exp-owner")
+    for surface in ("similar", "bought_together", "because_you_viewed"):
+        experiment = experiment_services.experiment_create(
+            key=f"exp-{surface}", name=surface, surface=surface,
+            variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5)],
+        )  # fmt: skip
+        experiment_services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    assignment_cache_clear()
+    for path, surface in zip(paths, ("similar", "bought_together", "because_you_viewed"), strict=True):
+        body = api.get(path, {"count": 3}).json()
+        assert body["experiment"] == f"exp-{surface}", path
+        assert body["variant"] in {"control", "b"}, path
+
+
+@pytest.mark.django_db
+def test_openapi_schema_lists_experiment_and_variant_on_every_list(api: APIClient) -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    components = schema["components"]["schemas"]
+    for path in ("/v1/items/{item_id}/similar", "/v1/items/{item_id}/bought-together",
+                 "/v1/customers/{customer_id}/because-you-viewed", "/v1/recommendations"):  # fmt: skip
+        ref = schema["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        properties = components[ref.rsplit("/", 1)[1]]["properties"]
+        assert {"experiment", "variant", "request_id", "model_version"} <= set(properties), path
+    parameters = {p["name"] for p in schema["paths"]["/v1/recommendations"]["get"]["parameters"]}
+    assert {"context_item_id", "context_category", "session_id"} <= parameters
+
+
+# --- Rule windows and the list cache ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_cached_list_does_not_outlive_a_rule_window_edge(api: APIClient) -> None:
+    for n in range(4):
+        _send(api, "edge-1", f"mug-{n + 1}")
+    base = _ids(_recs(api, customer_id="edge-1", count=10))
+    edge = timezone.now() + dt.timedelta(seconds=2)
+    boosted = next(i for i in ("seed-5", "seed-6", "seed-7") if i not in base[:1])
+    _rule(kind="boost", target="item", item=Item.objects.get(external_id=boosted), weight=5.0, ends_at=edge)
+    top_mug = next(i for i in base if _category_of(i) == "mug")
+    mug_category = Item.objects.get(external_id=top_mug).category
+    _rule(kind="bury", target="category", category=mug_category, weight=5.0, starts_at=edge)
+    pinned = next(i for i in ("ring-9", "ring-10", "ring-11") if i not in base[:2])
+    _rule(kind="pin", target="item", item=Item.objects.get(external_id=pinned), position=2, starts_at=edge)
+    try:
+        before = serving.recommend(serving.RecommendRequest(customer_id="edge-1", count=10))
+        again = serving.recommend(serving.RecommendRequest(customer_id="edge-1", count=10))
+        assert again.cache == "l1"  # the list is cached ...
+        assert before.items[0].item_id == boosted  # the boost is on, the bury and the pin not yet
+        assert any(_category_of(i.item_id) == "mug" for i in before.items[:3])
+        assert before.items[1].item_id != pinned
+        time.sleep(max(0.0, (edge - timezone.now()).total_seconds()) + 0.05)
+        after = serving.recommend(serving.RecommendRequest(customer_id="edge-1", count=10))
+        assert after.cache == "miss"  # ... but not past the edge, well inside its TTL
+        ids = [i.item_id for i in after.items]
+        assert ids[0] != boosted  # the boost ended
+        assert ids[1] == pinned  # the scheduled pin started
+        assert not any(_category_of(i) == "mug" for i in ids[:3])  # the scheduled bury started
+    finally:
+        BusinessRule.objects.all().delete()
+        rules.version_bump()
+
+
+@pytest.mark.django_db
+def test_next_edge_is_the_first_start_or_end_after_now() -> None:
+    now = timezone.now()
+    item = Item.objects.get(external_id="seed-1")
+    _rule(kind="boost", target="item", item=item, weight=1.0, starts_at=now + dt.timedelta(hours=1),
+          ends_at=now + dt.timedelta(hours=3))  # fmt: skip
+    _rule(kind="bury", target="item", item=item, weight=1.0, ends_at=now + dt.timedelta(hours=2))
+    try:
+        t = now.timestamp()
+        assert rules.next_edge(now=t) == pytest.approx(t + 3600)
+        assert rules.next_edge(now=t + 3600) == pytest.approx(t + 7200)  # an edge exactly at now has passed
+        assert rules.next_edge(now=t + 7300) == pytest.approx(t + 3 * 3600)
+        assert rules.next_edge(now=t + 4 * 3600) is None
+    finally:
+        BusinessRule.objects.all().delete()
+        rules.version_bump()
+
+
+# --- Diversity method and exploration from the variant config -------------------------------------------------
+
+
+def _with_home_config(config: dict[str, Any]) -> None:
+    SurfaceDefault.objects.update_or_create(surface="home", defaults={"config": config})
+    assignment_cache_clear()
+    serving.clear_caches()
+
+
+@pytest.mark.django_db
+def test_mmr_is_used_when_configured_and_the_caps_hold(admin_api: APIClient, api: APIClient) -> None:
+    for n in range(6):
+        _send(api, "mmr-1", f"scarf-{n}")
+    brand_of = dict(Item.objects.values_list("external_id", "brand__external_id"))
+    try:
+        _with_home_config({"max_per_brand": 2})
+        greedy = admin_api.get("/v1/recommendations", {"customer_id": "mmr-1", "count": 10, "debug": "true"}).json()
+        _with_home_config({"diversity": "mmr", "mmr_lambda": 0.2, "max_per_brand": 2})
+        mmr = admin_api.get("/v1/recommendations", {"customer_id": "mmr-1", "count": 10, "debug": "true"}).json()
+    finally:
+        SurfaceDefault.objects.all().delete()
+        assignment_cache_clear()
+    assert (greedy["debug"]["diversity"], mmr["debug"]["diversity"]) == ("greedy", "mmr")
+    assert _ids(mmr) != _ids(greedy)
+    for body in (greedy, mmr):
+        assert len(body["items"]) == 10
+        assert max(Counter(_category_of(i) for i in _ids(body)).values()) <= 3
+        assert max(Counter(brand_of[i] for i in _ids(body)).values()) <= 2
+
+
+@pytest.mark.django_db
+def test_exploration_reads_the_online_click_counters(api: APIClient, world: dict[str, Any]) -> None:
+    from events.services import item_features_fold
+
+    for n in range(5):
+        _send(api, f"ctr-{n}", "seed-1")
+    for n in range(3):
+        _send(api, f"ctr-{n}", "seed-1", "click")
+    item_features_fold()
+    model = loader().get()
+    pks = np.array([Item.objects.get(external_id="seed-1").pk, Item.objects.get(external_id="seed-2").pk])
+    exposure, clicks = serving._exposure(model, pks)
+    trained = np.asarray(model.array("item_user_count"))[model.item_index(pks)]
+    assert clicks.tolist() == [3.0, 0.0]
+    assert exposure.tolist() == [trained[0] + 5, trained[1]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["thompson", "epsilon_greedy"])
+def test_exploration_gives_slots_to_under_exposed_items(api: APIClient, method: str) -> None:
+    plain = _recs(api, customer_id="explore-2", count=10)
+    try:
+        _with_home_config({"exploration_share": 0.3, "exploration": method})
+        on = _recs(api, customer_id="explore-2", count=10)
+    finally:
+        SurfaceDefault.objects.all().delete()
+        assignment_cache_clear()
+    explored = [item["item_id"] for item in on["items"] if item["reason"]["code"] == "discover"]
+    assert len(explored) == 3
+    assert not set(explored) & set(_ids(plain))  # items the exploiting list would not have shown
+    model = loader().get()
+    seen = np.asarray(model.array("item_user_count"), np.float64)
+    pks = np.array([Item.objects.get(external_id=i).pk for i in explored])
+    idx = model.item_index(pks)
+    exposure = np.where(idx >= 0, seen[np.maximum(idx, 0)], 0.0)
+    assert (exposure <= np.median(seen)).all()  # under-exposed: at most the catalog's median exposure
