@@ -20,8 +20,9 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from experiments import charts
-from ranking import merchandising, services
+from ranking import merchandising, services, serving
 from ranking.models import BusinessRule, ModelVersion
+from recsys.admin_utils import EstimatedCountPaginator
 
 
 @dataclass(frozen=True)
@@ -307,9 +308,16 @@ class BusinessRuleForm(forms.ModelForm):
         return data
 
 
+ANONYMOUS = "anonymous"  # the picker's choice for a visitor without a customer id
+PREVIEW_SURFACES = (*merchandising.CUSTOMER_SURFACES, *merchandising.ITEM_SURFACES)
+
+
 @admin.register(BusinessRule)
 class BusinessRuleAdmin(admin.ModelAdmin):
     form = BusinessRuleForm
+    change_list_template = "admin/ranking/businessrule/change_list.html"
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
     list_display = ("name", "kind", "target", "target_label", "weight", "position", "surfaces_label", "window",
                     "enabled", "updated_by", "updated_at")  # fmt: skip
     list_filter = ("enabled", "kind", "target")
@@ -367,24 +375,42 @@ class BusinessRuleAdmin(admin.ModelAdmin):
         ]
 
     def preview_view(self, request: HttpRequest) -> HttpResponse:
-        """ "Preview as customer": the live list with rules on and off, side by side."""
+        """ "Preview as customer": the live list with rules on and off, side by side, and the rules that touch it."""
         customer_id = request.GET.get("customer_id", "").strip()[:100]
+        if customer_id.lower() == ANONYMOUS:
+            customer_id = ""
+        anchor_item_id = request.GET.get("anchor_item_id", "").strip()[:100]
         surface = request.GET.get("surface", "home").strip()[:32] or "home"
+        if surface not in PREVIEW_SURFACES:
+            surface = "home"
         try:
             count = max(1, min(int(request.GET.get("count", "10")), 50))
         except ValueError:
             count = 10
-        preview = None
+        preview, error = None, ""
         if "surface" in request.GET:
-            preview = merchandising.preview_as_customer(customer_id=customer_id, surface=surface, count=count)
+            if surface in merchandising.ITEM_SURFACES and not anchor_item_id:
+                error = f"The {surface} surface lists items for an item: enter its id as the anchor item."
+            else:
+                try:
+                    preview = merchandising.preview_as_customer(
+                        customer_id=customer_id, surface=surface, count=count, anchor_item_id=anchor_item_id
+                    )
+                except serving.UnknownItem:
+                    error = f"No item with id {anchor_item_id!r}."
         context = {
             **self.admin_site.each_context(request),
             "title": "Preview as customer",
             "opts": self.model._meta,
             "customer_id": customer_id,
+            "anchor_item_id": anchor_item_id,
             "surface": surface,
             "count": count,
             "preview": preview,
-            "surfaces": ("home", "item", "cart", "category", "similar", "bought_together"),
+            "error": error,
+            "surfaces": PREVIEW_SURFACES,
+            "item_surfaces": merchandising.ITEM_SURFACES,
+            "customers": merchandising.preview_customers(),
+            "anonymous": ANONYMOUS,
         }
         return TemplateResponse(request, "admin/ranking/preview.html", context)

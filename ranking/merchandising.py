@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from catalog.models import Item
+from events.models import Interaction
 from ranking import rules, serving
 from ranking.models import BusinessRule
 
@@ -56,21 +58,117 @@ def business_rule_reach(*, rule: BusinessRule) -> RuleReach:
     return RuleReach(count=min(len(ids), 1000), more=len(ids) > 1000, sample=sample)
 
 
+# Surfaces whose lists hang off an item (the item endpoints' service), not off a customer.
+ITEM_SURFACES = ("similar", "bought_together")
+CUSTOMER_SURFACES = ("home", "item", "cart", "category")
+PICKER_CUSTOMERS = 50
+PICKER_SCAN = 2_000  # the latest interactions the picker's customers come from
+MAX_PREVIEW_RULES = 500
+
+
+@dataclass(frozen=True)
+class RuleEffect:
+    """A rule that applies to the previewed surface and touches at least one item of either list."""
+
+    rule_id: int
+    name: str
+    kind: str
+    fired: bool  # reported by the re-ranker as applied to the list (boosts, buries, pins)
+    item_ids: tuple[str, ...]  # items of either list it targets, in list order
+
+
+@dataclass(frozen=True)
+class PreviewCard:
+    item: serving.RecommendedItem
+    rules: tuple[str, ...]  # names of the rules that target it
+
+
 @dataclass(frozen=True)
 class Preview:
     with_rules: serving.RecommendationList
-    without_rules: serving.RecommendationList
+    without_rules: serving.RecommendationList | None  # None on the item surfaces: their endpoints always apply rules
+    rules: tuple[RuleEffect, ...] = ()
+    with_cards: tuple[PreviewCard, ...] = ()
+    without_cards: tuple[PreviewCard, ...] = ()
+    anchor_item_id: str = ""
 
 
-def preview_as_customer(*, customer_id: str, session_id: str = "", surface: str = "home", count: int = 10) -> Preview:
+def preview_as_customer(
+    *, customer_id: str, session_id: str = "", surface: str = "home", count: int = 10, anchor_item_id: str = ""
+) -> Preview:
     """The live list for a customer (or nobody) with the rules applied and switched off, each with its pipeline
-    trace. Not logged as impressions: a preview is not traffic."""
-    base = serving.RecommendRequest(
-        customer_id=customer_id, session_id=session_id, surface=surface, count=count, debug=True,
-        log_impression=False,
+    trace, and which rules touch which items. On the item surfaces (``ITEM_SURFACES``) the list is the item
+    endpoints' for ``anchor_item_id`` (raises ``serving.UnknownItem``), with rules only. Not logged as impressions:
+    a preview is not traffic."""
+    without: serving.RecommendationList | None = None
+    if surface in ITEM_SURFACES:
+        lookup = serving.similar_items if surface == "similar" else serving.bought_together
+        with_rules = lookup(item_id=anchor_item_id, count=count, log_impression=False)
+    else:
+        base = serving.RecommendRequest(
+            customer_id=customer_id, session_id=session_id, surface=surface, count=count, debug=True,
+            log_impression=False,
+        )  # fmt: skip
+        with_rules = serving.recommend(base)
+        without = serving.recommend(
+            serving.RecommendRequest(**{**base.__dict__, "rules": False})  # type: ignore[arg-type]
+        )
+    shown = [item.item_id for item in with_rules.items]
+    shown += [item.item_id for item in (without.items if without else ()) if item.item_id not in set(shown)]
+    fired = set((with_rules.debug or {}).get("rules_fired") or ())
+    effects = _rule_effects(surface=surface, item_ids=shown, fired=fired)
+    names: dict[str, list[str]] = {}
+    for effect in effects:
+        for item_id in effect.item_ids:
+            names.setdefault(item_id, []).append(effect.name)
+
+    def cards(result: serving.RecommendationList | None) -> tuple[PreviewCard, ...]:
+        items = result.items if result else ()
+        return tuple(PreviewCard(item, tuple(names.get(item.item_id, ()))) for item in items)
+
+    return Preview(
+        with_rules=with_rules, without_rules=without, rules=effects, with_cards=cards(with_rules),
+        without_cards=cards(without), anchor_item_id=anchor_item_id,
     )  # fmt: skip
-    with_rules = serving.recommend(base)
-    without = serving.recommend(
-        serving.RecommendRequest(**{**base.__dict__, "rules": False})  # type: ignore[arg-type]
+
+
+def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tuple[RuleEffect, ...]:
+    """The enabled rules in force on ``surface`` now that target one of ``item_ids``: two queries."""
+    now = timezone.now()
+    rules_now = [
+        rule
+        for rule in BusinessRule.objects.filter(enabled=True)
+        .filter(Q(starts_at__isnull=True) | Q(starts_at__lte=now), Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        .order_by("pk")[:MAX_PREVIEW_RULES]
+        if not rule.surfaces or surface in rule.surfaces
+    ]
+    if not rules_now or not item_ids:
+        return ()
+    rows = {
+        external_id: (pk, category_id, brand_id)
+        for external_id, pk, category_id, brand_id in Item.objects.filter(external_id__in=item_ids).values_list(
+            "external_id", "pk", "category_id", "brand_id"
+        )
+    }
+    effects = []
+    for rule in rules_now:
+        column, wanted = {
+            BusinessRule.Target.ITEM: (0, rule.item_id),
+            BusinessRule.Target.CATEGORY: (1, rule.category_id),
+            BusinessRule.Target.BRAND: (2, rule.brand_id),
+        }[BusinessRule.Target(rule.target)]
+        touched = tuple(i for i in item_ids if i in rows and wanted is not None and rows[i][column] == wanted)
+        if touched or rule.pk in fired:
+            effects.append(RuleEffect(rule.pk, rule.name, rule.kind, rule.pk in fired, touched))
+    return tuple(effects)
+
+
+def preview_customers(*, limit: int = PICKER_CUSTOMERS) -> list[str]:
+    """Customers for the preview's picker: the most recently active, from the latest ``PICKER_SCAN`` interactions
+    (one bounded index scan, whatever the table's size)."""
+    latest = (
+        Interaction.objects.filter(customer__isnull=False)
+        .order_by("-pk")
+        .values_list("customer__external_id", flat=True)[:PICKER_SCAN]
     )
-    return Preview(with_rules=with_rules, without_rules=without)
+    return list(dict.fromkeys(latest))[:limit]

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import AbstractUser, Permission
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.contrib.auth.models import AbstractUser, Permission, User
 from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
@@ -29,9 +29,10 @@ from experiments.models import Impression
 from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
-from ranking.models import ModelVersion
+from ranking.models import BusinessRule, ModelVersion
 from recsys import quality, redis_client, tasks
 from recsys.admin_panels import CustomerWithPanelsAdmin
+from recsys.admin_utils import EstimatedCountPaginator
 from recsys.models import QualitySnapshot
 from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
@@ -387,3 +388,190 @@ def test_the_pages_are_registered_at_start_up_without_the_tests_help() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+# --- Business rules: reach, audit trail, preview ----------------------------------------------------------------
+
+RULES = "/admin/ranking/businessrule/"
+PREVIEW = f"{RULES}preview/"
+
+
+def _rule_form(**values: Any) -> dict[str, Any]:
+    """The add/change form's fields, as the browser posts them (split date/time, comma-separated surfaces)."""
+    form = {
+        "name": "rule", "enabled": "on", "kind": "boost", "target": "item", "item": "", "category": "", "brand": "",
+        "weight": "0.5", "position": "", "surfaces": "", "starts_at_0": "", "starts_at_1": "", "ends_at_0": "",
+        "ends_at_1": "",
+    }  # fmt: skip
+    form.update({key: str(value) for key, value in values.items()})
+    if form.get("enabled") in ("False", ""):
+        del form["enabled"]
+    return form
+
+
+@pytest.mark.django_db
+def test_the_rule_page_lists_the_items_it_touches(staff: Client, world: dict[str, Any]) -> None:
+    mug = Item.objects.get(external_id="mug-1")
+    rule = BusinessRule.objects.create(name="Mugs", kind="boost", target="category", category=mug.category)
+    reach = _page(staff, f"{RULES}{rule.pk}/change/").split('class="rule-reach"', 1)[1].split("</div>", 1)[0]
+    assert "<strong>10</strong> active items" in reach
+    assert all(f"<td>mug-{n}</td>" in reach for n in range(PER_CLUSTER))
+    assert "scarf-" not in reach
+    Item.objects.filter(external_id__in=["mug-1", "mug-2"]).update(active=False)  # deactivated items are untouched
+    reach = _page(staff, f"{RULES}{rule.pk}/change/").split('class="rule-reach"', 1)[1].split("</div>", 1)[0]
+    assert "<strong>8</strong> active items" in reach
+    assert "<td>mug-1</td>" not in reach
+    single = BusinessRule.objects.create(name="One scarf", kind="block", target="item", item=world["items"][3])
+    assert "<strong>1</strong> active item." in _page(staff, f"{RULES}{single.pk}/change/")
+
+
+@pytest.mark.django_db
+def test_every_rule_change_is_in_the_audit_trail(staff: Client, superuser: AbstractUser, world: dict[str, Any]) -> None:
+    item = world["items"][4]
+    assert staff.post(f"{RULES}add/", _rule_form(name="Scarf boost", item=item.pk)).status_code == 302
+    rule = BusinessRule.objects.get(name="Scarf boost")
+    assert rule.updated_by_id == superuser.pk
+    changed = staff.post(f"{RULES}{rule.pk}/change/", _rule_form(name="Scarf boost", item=item.pk, weight="0.9"))
+    assert changed.status_code == 302
+    staff.post(RULES, {"action": "disable", "_selected_action": [rule.pk]})
+    assert BusinessRule.objects.get(pk=rule.pk).enabled is False
+    staff.post(RULES, {"action": "enable", "_selected_action": [rule.pk]})
+    assert staff.post(f"{RULES}{rule.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not BusinessRule.objects.filter(pk=rule.pk).exists()
+
+    entries = LogEntry.objects.filter(object_id=str(rule.pk), content_type__model="businessrule").order_by("pk")
+    trail = [(e.user_id, e.action_flag, e.get_change_message()) for e in entries]
+    assert trail == [
+        (superuser.pk, ADDITION, "Added."),
+        (superuser.pk, CHANGE, "Changed Weight."),
+        (superuser.pk, CHANGE, "Disabled the rule."),
+        (superuser.pk, CHANGE, "Enabled the rule."),
+        (superuser.pk, DELETION, ""),
+    ]
+    assert entries.last().object_repr == "Scarf boost"
+    changes = _page(staff, "/admin/admin/logentry/?q=Scarf+boost")
+    assert "Disabled the rule." in changes
+    assert "Changed Weight." in changes
+
+
+@pytest.mark.django_db
+def test_preview_names_the_rules_and_the_items_they_touch(staff: Client, world: dict[str, Any]) -> None:
+    scarf_buyer = world["customers"][0].external_id
+    url = f"{PREVIEW}?customer_id={scarf_buyer}&surface=home&count=10"
+    before = _page(staff, url).split('id="without-rules"', 1)[1]
+    mug = next(i for i in world["items"] if i.external_id.startswith("mug-") and f'"{i.external_id}"' not in before)
+    pin = BusinessRule.objects.create(name="Mug of the week", kind="pin", target="item", item=mug, position=3)
+    garden = Item.objects.get(external_id="seed-1").category
+    BusinessRule.objects.create(name="Garden sale", kind="boost", target="category", category=garden, surfaces=["cart"])
+    rules.reset()
+    html = _page(staff, url)
+    with_rules = html.split('id="with-rules"', 1)[1].split("</section>", 1)[0]
+    cards = with_rules.split("data-item-id=")[1:]
+    assert cards[2].startswith(f'"{mug.external_id}"')  # pinned at position 3, not 1
+    assert "rules: Mug of the week" in cards[2]
+    assert "rules:" not in cards[0]
+    table = html.split('id="rules-touching"', 1)[1].split("</section>", 1)[0]
+    assert f'data-rule-id="{pin.pk}"' in table
+    assert ">Mug of the week</a>" in table
+    assert mug.external_id in table
+    assert "Garden sale" not in table  # in force on the cart surface only
+    without = html.split('id="without-rules"', 1)[1].split("</section>", 1)[0]
+    assert f'data-item-id="{mug.external_id}"' not in without
+
+
+@pytest.mark.django_db
+def test_preview_of_an_item_surface_uses_the_anchor_item(staff: Client, world: dict[str, Any]) -> None:
+    html = _page(staff, f"{PREVIEW}?customer_id=&surface=similar&anchor_item_id=scarf-3")
+    similar = html.split('id="with-rules"', 1)[1].split("</section>", 1)[0]
+    assert "Wool scarf no." in similar
+    assert "scarf-3" not in similar.split("data-item-id=", 1)[1][:20]  # never the anchor itself
+    assert "always apply the rules" in html
+    together = _page(staff, f"{PREVIEW}?surface=bought_together&anchor_item_id=scarf-3")
+    assert "data-item-id=" in together.split('id="with-rules"', 1)[1].split("</section>", 1)[0]
+    assert "enter its id as the anchor item" in _page(staff, f"{PREVIEW}?surface=similar")
+    assert "No item with id &#x27;nope&#x27;" in _page(staff, f"{PREVIEW}?surface=bought_together&anchor_item_id=nope")
+
+
+@pytest.mark.django_db
+def test_preview_picker_offers_recent_customers_and_anonymous(staff: Client, world: dict[str, Any]) -> None:
+    html = _page(staff, PREVIEW)
+    picker = html.split('<datalist id="preview-customers">', 1)[1].split("</datalist>", 1)[0]
+    assert '<option value="anonymous">' in picker
+    newest = Interaction.objects.filter(customer__isnull=False).order_by("-pk").first()
+    assert f'<option value="{newest.customer.external_id}">' in picker
+    assert picker.count("<option") <= 51
+    anonymous = _page(staff, f"{PREVIEW}?customer_id=anonymous&surface=home")
+    assert 'value=""' in anonymous.split('id="customer_id"', 1)[1][:200]  # an anonymous visitor: no customer id
+    assert "data-item-id=" in anonymous
+
+
+@pytest.mark.django_db
+def test_preview_is_linked_from_the_index_and_the_rule_list(staff: Client) -> None:
+    assert f'href="{PREVIEW}"' in _page(staff, "/admin/").split('id="monitoring"', 1)[1].split("</table>", 1)[0]
+    assert f'href="{PREVIEW}"' in _page(staff, RULES).split('class="object-tools"', 1)[1].split("</ul>", 1)[0]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", [RULES, f"{RULES}?q=rule", f"{PREVIEW}?customer_id=a0-0&surface=home"])
+def test_rule_list_and_preview_use_a_bounded_number_of_queries(
+    staff: Client, world: dict[str, Any], url: str, django_assert_max_num_queries: Any
+) -> None:
+    items = world["items"]
+    BusinessRule.objects.bulk_create(
+        BusinessRule(name=f"rule {n}", kind="boost", target="item", item=items[n]) for n in range(len(items))
+    )
+    rules.reset()
+    staff.get(url)  # warm the session and the serving caches
+    with django_assert_max_num_queries(12):
+        response = staff.get(url)
+    assert response.status_code == 200
+
+
+# --- Bounded counts on filtered lists ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_filtered_count_stops_at_the_cap(world: dict[str, Any], django_assert_num_queries: Any) -> None:
+    class Capped(EstimatedCountPaginator):
+        count_cap = 12
+
+    many = Item.objects.filter(title__contains="no.")  # all 30
+    with django_assert_num_queries(1) as captured:
+        paginator = Capped(many, 5)
+        assert paginator.count == 12
+    assert "LIMIT 13" in captured.captured_queries[0]["sql"]
+    assert paginator.capped
+    assert paginator.num_pages == 3
+    few = Capped(Item.objects.filter(title__startswith="Wool"), 5)
+    assert (few.count, few.capped) == (10, False)
+
+
+@pytest.mark.django_db
+def test_an_unfiltered_count_is_the_planner_estimate(world: dict[str, Any]) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE catalog_item")
+
+    class Small(EstimatedCountPaginator):
+        estimate_above = 5
+
+    estimated = Small(Item.objects.all(), 10)
+    assert (estimated.count, estimated.estimated) == (30, True)
+    exact = EstimatedCountPaginator(Item.objects.all(), 10)  # 30 rows: below the default threshold, counted
+    assert (exact.count, exact.estimated) == (30, False)
+
+
+@pytest.mark.django_db
+def test_a_capped_search_says_so_on_the_page(
+    staff: Client, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 4)
+    html = _page(staff, "/admin/catalog/item/?q=scarf-1")  # an exact id search: one row, not capped
+    assert '<span class="result-count">1</span>' in html
+    LogEntry.objects.log_actions(
+        user_id=User.objects.first().pk, queryset=world["items"][:6], action_flag=CHANGE, change_message="x"
+    )
+    html = _page(staff, "/admin/admin/logentry/?action_flag=2")
+    assert '<span class="result-count">4+</span>' in html
+    assert "4+ results" in html
