@@ -824,19 +824,24 @@ def _score(
 
 _rankers: dict[int, Any] = {}
 _rankers_lock = threading.Lock()
+_NOT_LOADED = object()
 
 
 def _ranker_for(model: ActiveModel) -> Any:
     """The version's LambdaMART booster, loaded once per process; None when the version has none (training
     ships it only when the pipeline with it beat the best single source on held-out users)."""
-    if model.version_id not in _rankers:
-        with _rankers_lock:
-            if model.version_id not in _rankers:
-                _rankers.clear()  # one version at a time: the old booster goes with the old model
-                _rankers[model.version_id] = (
-                    booster_from_array(model.array("ranker_model")) if model.has("ranker_model") else None
-                )
-    return _rankers[model.version_id]
+    found = _rankers.get(model.version_id, _NOT_LOADED)
+    if found is not _NOT_LOADED:
+        return found
+    with _rankers_lock:
+        if model.version_id not in _rankers:
+            booster = booster_from_array(model.array("ranker_model")) if model.has("ranker_model") else None
+            # Two versions at most: during a hot swap, requests that started on the old model still finish with
+            # its booster (a clear() here made them fail with KeyError); older ones go with their models.
+            for stale in list(_rankers)[:-1]:
+                _rankers.pop(stale, None)
+            _rankers[model.version_id] = booster
+        return _rankers[model.version_id]
 
 
 def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
