@@ -23,8 +23,8 @@ from django.utils.safestring import mark_safe
 
 from experiments import charts, services
 from experiments.models import Experiment, SurfaceDefault, Variant
-from experiments.results import METRICS, ExperimentResults, MetricValue, VariantResult
-from experiments.validation import VariantSpec, config_error, guardrail_errors, variant_set_errors
+from experiments.results import METHODS, METRICS, ExperimentResults, MetricValue, VariantResult
+from experiments.validation import VariantSpec, config_error, guardrail_errors, namespace_errors, variant_set_errors
 
 METRIC_LABELS = {
     "ctr": "Click-through rate",
@@ -104,7 +104,9 @@ class ExperimentForm(forms.ModelForm):
             "name",
             "hypothesis",
             "surface",
-            "layer",
+            "namespace",
+            "namespace_start",
+            "namespace_end",
             "mode",
             "primary_metric",
             "minimum_detectable_effect",
@@ -113,8 +115,8 @@ class ExperimentForm(forms.ModelForm):
             "hash_seed",
         )
 
-    def clean_layer(self) -> str | None:
-        return self.cleaned_data.get("layer") or None
+    def clean_namespace(self) -> str | None:
+        return self.cleaned_data.get("namespace") or None
 
     def clean_guardrails(self) -> Any:
         guardrails = self.cleaned_data.get("guardrails") or {}
@@ -125,6 +127,14 @@ class ExperimentForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        namespace, start, end = (cleaned.get(f) for f in ("namespace", "namespace_start", "namespace_end"))
+        if namespace is None:
+            if start is not None or end is not None:
+                raise ValidationError("A namespace range needs a namespace; leave all three empty for none.")
+        else:
+            errors = namespace_errors((namespace, start, end))
+            if errors:
+                raise ValidationError(errors)
         if not cleaned.get("hash_seed") and cleaned.get("key"):
             cleaned["hash_seed"] = cleaned["key"]
         return cleaned
@@ -148,7 +158,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         "key",
         "name",
         "surface",
-        "layer",
+        "namespace",
         "mode",
         "status",
         "primary_metric",
@@ -316,6 +326,7 @@ def _table(metric: str, variants: Sequence[VariantResult], pick: Any) -> dict[st
         "metric": metric,
         "label": METRIC_LABELS[metric],
         "is_rate": not metric.startswith("revenue"),
+        "method": METHODS[metric],
         "rows": rows,
     }
 

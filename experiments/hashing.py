@@ -11,6 +11,7 @@ __all__ = [
     "choose_variant",
     "fnv1a32",
     "hash_v1",
+    "in_namespace",
 ]
 
 _FNV32_OFFSET_BASIS = 0x811C9DC5
@@ -104,3 +105,15 @@ def choose_variant(n: float, ranges: Sequence[tuple[float, float]]) -> int:
         if start <= n < end:
             return i
     return -1
+
+
+def in_namespace(unit_id: str, namespace: tuple[str, float, float]) -> bool:
+    """GrowthBook ``inNamespace``: is ``unit_id`` in the range ``[start, end)`` of namespace ``id``?
+
+    ``hash("__" + id, unit_id, version 1)``, i.e. ``fnv1a32(unit_id + "__" + id) % 1000 / 1000``. The hash depends on
+    the namespace only, never on an experiment, so experiments given disjoint ranges of one namespace never share a
+    unit, while each still splits its own units by its own seed (``bucket``).
+    """
+    namespace_id, start, end = namespace
+    n = hash_v1("__" + namespace_id, unit_id)
+    return start <= n < end

@@ -1,22 +1,57 @@
 """Experiments, their variants, each surface's default serving config, impressions and bandit weight history.
 
-Invariants the database keeps (see the migrations): one running experiment per (surface, layer); one control per
-experiment; weights in [0, 1]; and, by a deferred constraint trigger, the weights of a running experiment sum to 1
-with exactly one control at every commit.
+Invariants the database keeps (see the migrations): the running experiments of a surface never share a unit (one
+experiment, or several in disjoint ranges of one namespace: two exclusion constraints); one control per experiment;
+weights in [0, 1]; and, by a deferred constraint trigger, the weights of a running experiment sum to 1 with exactly
+one control at every commit.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
-from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import ArrayField, DecimalRangeField, RangeOperators
 from django.contrib.postgres.indexes import BrinIndex
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from catalog.models import Customer
 
 # The tolerance of the weight-sum check, in the service, the admin form and the database trigger alike.
 WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+class RunningExclusionConstraint(ExclusionConstraint):
+    """An exclusion constraint over running experiments.
+
+    Django's model validation cannot evaluate the ``status = 'running'`` condition when the form leaves ``status``
+    out (it is not editable: only the lifecycle services change it), so it skips the check then; the database still
+    enforces it, and ``experiment_start`` checks first for a readable message.
+    """
+
+    def validate(self, model: Any, instance: Any, exclude: Any = None, using: str = DEFAULT_DB_ALIAS) -> None:
+        if exclude and "status" in exclude:
+            return
+        super().validate(model, instance, exclude=exclude, using=using)
+
+
+def namespace_range() -> models.Func:
+    """``numrange(start, end, '[)')`` of an experiment's namespace range; [0, 1) without a namespace.
+
+    numeric because Postgres has no built-in float8 range type; ten decimals are far finer than any split a
+    merchandiser enters (the hash itself has three).
+    """
+    numeric = models.DecimalField(max_digits=12, decimal_places=10)
+    return models.Func(
+        Cast(Coalesce("namespace_start", models.Value(0.0)), numeric),
+        Cast(Coalesce("namespace_end", models.Value(1.0)), numeric),
+        models.Value("[)"),
+        function="numrange",
+        output_field=DecimalRangeField(),
+    )
 
 
 class Experiment(models.Model):
@@ -40,13 +75,17 @@ class Experiment(models.Model):
     name = models.CharField(max_length=200)
     hypothesis = models.TextField(blank=True, default="", help_text="What you expect to change, and why.")
     surface = models.SlugField(max_length=50, help_text='Where the list is shown, e.g. "home", "item", "cart".')
-    layer = models.SlugField(
+    # GrowthBook namespaces: experiments of one surface run at the same time only in disjoint ranges of one
+    # namespace, so no unit is in two of them (experiments.hashing.in_namespace).
+    namespace = models.SlugField(
         max_length=50,
         null=True,
         blank=True,
-        help_text="Experiments in different layers may run on the same surface at once (each customer is in one "
-        "variant of each); leave empty for the surface's default layer.",
+        help_text="Mutually exclusive experiments on one surface: give them the same namespace and disjoint ranges "
+        "[start, end) of it. Leave empty for an experiment that takes the whole surface.",
     )
+    namespace_start = models.FloatField(null=True, blank=True, help_text="Start of the namespace range, 0..1.")
+    namespace_end = models.FloatField(null=True, blank=True, help_text="End of the namespace range (excluded), 0..1.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, editable=False)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.AB)
     hash_seed = models.CharField(
@@ -79,15 +118,45 @@ class Experiment(models.Model):
     class Meta:
         ordering = ("-created_at",)
         constraints = [
-            # NULLS NOT DISTINCT: two running experiments in the default (null) layer of a surface collide too.
-            models.UniqueConstraint(
-                fields=["surface", "layer"],
+            # Running experiments of a surface are mutually exclusive. No namespace counts as namespace "" over the
+            # whole of [0, 1), so it collides with any other running experiment on the surface. Two running
+            # experiments on a surface must share a namespace (btree_gist's <>) ...
+            RunningExclusionConstraint(
+                name="experiment_running_one_namespace_per_surface",
+                expressions=[
+                    (models.F("surface"), RangeOperators.EQUAL),
+                    (Coalesce("namespace", models.Value("")), RangeOperators.NOT_EQUAL),
+                ],
                 condition=models.Q(status="running"),
-                nulls_distinct=False,
-                name="experiment_one_running_per_surface_layer",
             ),
-            # One spelling of "the default layer", so the constraint above cannot be dodged with "".
-            models.CheckConstraint(condition=~models.Q(layer=""), name="experiment_layer_not_empty"),
+            # ... and take disjoint ranges of it.
+            RunningExclusionConstraint(
+                name="experiment_running_namespace_ranges_disjoint",
+                expressions=[
+                    (models.F("surface"), RangeOperators.EQUAL),
+                    (Coalesce("namespace", models.Value("")), RangeOperators.EQUAL),
+                    (namespace_range(), RangeOperators.OVERLAPS),
+                ],
+                condition=models.Q(status="running"),
+            ),
+            # A namespace comes with a non-empty range inside [0, 1]; no namespace, no range.
+            models.CheckConstraint(
+                condition=(
+                    models.Q(namespace__isnull=True, namespace_start__isnull=True, namespace_end__isnull=True)
+                    | models.Q(
+                        # Explicit: a CHECK passes on NULL, so "start >= 0" alone would let a NULL start through.
+                        namespace__isnull=False,
+                        namespace_start__isnull=False,
+                        namespace_end__isnull=False,
+                        namespace_start__gte=0,
+                        namespace_start__lt=models.F("namespace_end"),
+                        namespace_end__lte=1,
+                    )
+                ),
+                name="experiment_namespace_range_valid",
+            ),
+            # One spelling of "no namespace", so the constraints above cannot be dodged with "".
+            models.CheckConstraint(condition=~models.Q(namespace=""), name="experiment_namespace_not_empty"),
             models.CheckConstraint(condition=models.Q(minimum_detectable_effect__gt=0), name="experiment_mde_positive"),
             models.CheckConstraint(
                 condition=models.Q(attribution_window_hours__gte=1, attribution_window_hours__lte=24 * 30),
@@ -105,6 +174,13 @@ class Experiment(models.Model):
     @property
     def seed(self) -> str:
         return self.hash_seed or self.key
+
+    @property
+    def namespace_spec(self) -> tuple[str, float, float] | None:
+        """GrowthBook's ``namespace: [id, start, end]``, or None for an experiment that takes the whole surface."""
+        if self.namespace is None or self.namespace_start is None or self.namespace_end is None:
+            return None
+        return (self.namespace, self.namespace_start, self.namespace_end)
 
 
 class Variant(models.Model):
@@ -151,9 +227,10 @@ class Impression(models.Model):
     """One recommendation list served: which items, to whom, under which variant. Written in bulk by
     ``flush_impressions``, never on the request path.
 
-    A request in experiments of two layers yields one row per experiment, hence the uniqueness of
-    (request_id, experiment) rather than of request_id alone; a request outside any experiment has one row with no
-    experiment (NULLS NOT DISTINCT makes that one unique too).
+    A request has one row per experiment it was in (at most one since namespaces replaced layers; rows of older
+    layered experiments may have several), hence the uniqueness of (request_id, experiment) rather than of
+    request_id alone; a request outside any experiment has one row with no experiment (NULLS NOT DISTINCT makes that
+    one unique too).
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -169,6 +246,8 @@ class Impression(models.Model):
     model_version = models.IntegerField(null=True, blank=True)
     # catalog.Item primary keys in list order (position = index).
     item_pks = ArrayField(models.BigIntegerField(), default=list)
+    # Serving time of the list in milliseconds (the latency guardrail's p95); null for lists logged without it.
+    latency_ms = models.FloatField(null=True, blank=True)
 
     class Meta:
         indexes = [

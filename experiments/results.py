@@ -42,6 +42,16 @@ SRM_THRESHOLD = 0.001
 METRICS = ("ctr", "add_to_cart_rate", "conversion_rate", "revenue_per_customer")
 RATE_METRICS = ("ctr", "add_to_cart_rate", "conversion_rate")
 
+# How each metric is compared with the control: every test treats the randomisation unit (customer or anonymous
+# session) as the independent observation. CTR has several lists per unit, hence the delta method.
+METHODS: dict[str, str] = {
+    "ctr": "per customer: ratio metric (clicked lists / lists), delta method; chance to beat by normal approximation",
+    "add_to_cart_rate": "per customer: two-proportion z-test; chance to beat from Beta(1, 1) posteriors",
+    "conversion_rate": "per customer: two-proportion z-test; chance to beat from Beta(1, 1) posteriors",
+    "revenue_per_customer": "per customer: Welch t-test",
+    "revenue_per_customer_cuped": "per customer: Welch t-test on CUPED-adjusted revenue",
+}
+
 # Guardrail name -> "min" (breached below the threshold) or "max" (breached above it).
 GUARDRAILS: dict[str, str] = {"coverage": "min", "latency_p95_ms": "max"}
 
@@ -63,7 +73,7 @@ class ExperimentSpec:
     key: str
     name: str
     surface: str
-    layer: str | None
+    namespace: tuple[str, float, float] | None
     status: str
     mode: str
     primary_metric: str
@@ -88,6 +98,20 @@ class VariantTotals:
     converted_units: int  # units with an attributed purchase
     revenue: float  # sum of attributed purchase values
     revenue_sd: float  # sample SD of revenue per unit, units without purchases counted as 0
+    # CTR is a ratio metric over units: per unit i, c_i clicked lists of n_i shown. The delta method needs these.
+    clicks_sq: float  # sum of c_i^2
+    impressions_sq: float  # sum of n_i^2
+    clicks_impressions: float  # sum of c_i * n_i
+
+    def ctr_summary(self) -> stats.RatioSummary:
+        return stats.RatioSummary(
+            units=self.exposures,
+            sum_y=self.clicks,
+            sum_x=self.impressions,
+            sum_yy=self.clicks_sq,
+            sum_xx=self.impressions_sq,
+            sum_xy=self.clicks_impressions,
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,7 @@ class Comparison:
     p_value_holm: float  # Holm-adjusted over the variants compared with the control (= p_value with one)
     always_valid_p_value: float | None  # mSPRT, rates only
     chance_to_beat_control: float | None  # Bayesian, rates only
+    method: str  # how the interval and the p-values were computed, for the page and the API
 
 
 @dataclass(frozen=True)
@@ -197,7 +222,7 @@ class ExperimentResults:
     key: str
     name: str
     surface: str
-    layer: str | None
+    namespace: tuple[str, float, float] | None  # GrowthBook's [id, start, end); None: the whole surface
     status: str
     mode: str
     primary_metric: str
@@ -244,7 +269,7 @@ def results_build(
     """Apply the statistics to the aggregates. ``totals`` and ``items_shown`` are keyed by variant id; variants
     without impressions simply have no entry."""
     warnings: list[str] = []
-    empty = VariantTotals(0, 0, 0, 0, 0, 0, 0.0, 0.0)
+    empty = VariantTotals(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     rows = {v.id: totals.get(v.id, empty) for v in spec.variants}
     control = next((v for v in spec.variants if v.is_control), None)
     if control is None:
@@ -269,7 +294,8 @@ def results_build(
                     f"Guardrail {rail.name} breached by {info.name}: {rail.value:.4g} "
                     f"({'below the minimum' if rail.kind == 'min' else 'above the maximum'} {rail.threshold:g})."
                 )
-        denominator = t.impressions if spec.primary_metric == "ctr" else t.exposures
+        # Every metric is sized in units (CTR included: its lists are not independent).
+        denominator = t.exposures
         variants.append(
             VariantResult(
                 name=info.name,
@@ -310,7 +336,7 @@ def results_build(
         key=spec.key,
         name=spec.name,
         surface=spec.surface,
-        layer=spec.layer,
+        namespace=spec.namespace,
         status=spec.status,
         mode=spec.mode,
         primary_metric=spec.primary_metric,
@@ -358,7 +384,14 @@ def _comparisons(control: VariantTotals, treatments: Mapping[int, VariantTotals]
     """variant id -> metric -> comparison with the control, Holm-adjusted across the variants of each metric."""
     raw: dict[str, dict[int, tuple[stats.TestResult, float | None, float | None]]] = defaultdict(dict)
     for variant_id, t in treatments.items():
-        for metric in RATE_METRICS:
+        if control.exposures >= 2 and t.exposures >= 2 and control.impressions > 0 and t.impressions > 0:
+            c_ctr, t_ctr = control.ctr_summary(), t.ctr_summary()
+            raw["ctr"][variant_id] = (
+                stats.ratio_test(c_ctr, t_ctr),
+                stats.always_valid_ratio_test(c_ctr, t_ctr).p_value,
+                stats.ratio_chance_to_beat_control(c_ctr, t_ctr),
+            )
+        for metric in ("add_to_cart_rate", "conversion_rate"):
             n_c, x_c = _rate_counts(control, metric)
             n_t, x_t = _rate_counts(t, metric)
             if n_c == 0 or n_t == 0:
@@ -384,11 +417,13 @@ def _comparisons(control: VariantTotals, treatments: Mapping[int, VariantTotals]
         adjusted = stats.holm_adjust([by_variant[i][0].p_value for i in ids])
         for variant_id, p_holm in zip(ids, adjusted, strict=True):
             test, sequential_p, beat = by_variant[variant_id]
-            out[variant_id][metric] = _comparison(test, p_holm, sequential_p, beat)
+            out[variant_id][metric] = _comparison(test, p_holm, sequential_p, beat, METHODS[metric])
     return out
 
 
-def _comparison(test: stats.TestResult, p_holm: float, sequential_p: float | None, beat: float | None) -> Comparison:
+def _comparison(
+    test: stats.TestResult, p_holm: float, sequential_p: float | None, beat: float | None, method: str
+) -> Comparison:
     return Comparison(
         difference=test.difference,
         relative_lift=_finite_or_none(test.relative_lift),
@@ -398,6 +433,7 @@ def _comparison(test: stats.TestResult, p_holm: float, sequential_p: float | Non
         p_value_holm=p_holm,
         always_valid_p_value=sequential_p,
         chance_to_beat_control=beat,
+        method=method,
     )
 
 
@@ -431,7 +467,9 @@ def _cuped(
             m * n,
             n,
             m,
-            _comparison(tests[variant_id], adjusted_p[variant_id], None, None) if variant_id in tests else None,
+            _comparison(tests[variant_id], adjusted_p[variant_id], None, None, METHODS["revenue_per_customer_cuped"])
+            if variant_id in tests
+            else None,
         )
         for variant_id, (n, m, _) in summary.items()
     }
@@ -439,10 +477,18 @@ def _cuped(
 
 
 def _sample_size(spec: ExperimentSpec, control: VariantTotals) -> int | None:
-    """Units (impressions for CTR) per variant to detect the MDE on the primary metric with 80% power at 5%.
+    """Units (customers or sessions) per variant to detect the MDE on the primary metric with 80% power at 5%.
 
-    Revenue has no closed-form baseline here, so its experiments are sized on the conversion rate (the usual
-    proxy: revenue per customer moves through conversion)."""
+    CTR is sized in units with the delta-method variance of the control's clicks per list (its lists are not
+    independent). Revenue has no closed-form baseline here, so its experiments are sized on the conversion rate (the
+    usual proxy: revenue per customer moves through conversion)."""
+    if spec.primary_metric == "ctr":
+        if control.exposures < 2 or control.impressions == 0:
+            return None
+        try:
+            return stats.ratio_sample_size_per_variant(control.ctr_summary(), spec.minimum_detectable_effect)
+        except ValueError:  # no clicks yet, or no variation between units
+            return None
     metric = "conversion_rate" if spec.primary_metric == "revenue_per_customer" else spec.primary_metric
     n, x = _rate_counts(control, metric)
     if n == 0:
@@ -469,7 +515,7 @@ def _guardrails(
         value: float | None
         if name == "coverage":
             value = items_shown / active_items if active_items else None
-        else:  # latency_p95_ms: measured by serving once it records latencies per variant
+        else:  # latency_p95_ms: from the latency serving records with each impression
             value = (latency_p95_ms or {}).get(variant_id)
         breached = value is not None and (value < threshold if kind == "min" else value > threshold)
         out.append(Guardrail(name, kind, float(threshold), value, breached))

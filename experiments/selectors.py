@@ -45,7 +45,7 @@ class RunningExperiment:
     key: str
     seed: str
     surface: str
-    layer: str | None
+    namespace: tuple[str, float, float] | None  # GrowthBook's [id, start, end)
     mode: str
     variants: tuple[RunningVariant, ...]  # in hash-range order: control first, then creation order
 
@@ -70,7 +70,7 @@ def serving_data() -> ServingData:
             RunningVariant(variant.pk, variant.name, variant.weight, variant.is_control, dict(variant.config))
         )
     running = tuple(
-        RunningExperiment(exp.pk, exp.key, exp.seed, exp.surface, exp.layer, exp.mode, tuple(variants))
+        RunningExperiment(exp.pk, exp.key, exp.seed, exp.surface, exp.namespace_spec, exp.mode, tuple(variants))
         for exp, variants in experiments.values()
     )
     defaults = {row.surface: dict(row.config) for row in SurfaceDefault.objects.all()}
@@ -101,7 +101,7 @@ def experiment_spec(*, key: str) -> ExperimentSpec | None:
         key=experiment.key,
         name=experiment.name,
         surface=experiment.surface,
-        layer=experiment.layer,
+        namespace=experiment.namespace_spec,
         status=experiment.status,
         mode=experiment.mode,
         primary_metric=experiment.primary_metric,
@@ -165,7 +165,7 @@ units AS (
      GROUP BY variant_id, unit
 ),
 clicked AS (
-    SELECT imp.variant_id, imp.served_at
+    SELECT imp.variant_id, imp.unit, imp.served_at
       FROM imp
      WHERE imp.request_id <> ''
        AND EXISTS (SELECT 1 FROM events_interaction x
@@ -175,21 +175,23 @@ clicked AS (
 
 _TOTALS_SQL = f"""
 WITH {_CTES},
-per_variant AS (
-    SELECT u.variant_id,
-           count(*) AS exposures,
-           sum(u.impressions) AS impressions,
-           count(*) FILTER (WHERE o.carted) AS carted_units,
-           count(*) FILTER (WHERE o.converted) AS converted_units,
-           coalesce(sum(o.revenue), 0) AS revenue,
-           coalesce(stddev_samp(coalesce(o.revenue, 0)), 0) AS revenue_sd
-      FROM units u LEFT JOIN unit_outcomes o USING (variant_id, unit)
-     GROUP BY u.variant_id
-),
-clicks AS (SELECT variant_id, count(*) AS clicks FROM clicked GROUP BY variant_id)
-SELECT p.variant_id, p.exposures, p.impressions, coalesce(c.clicks, 0), p.carted_units, p.converted_units,
-       p.revenue, p.revenue_sd
-  FROM per_variant p LEFT JOIN clicks c USING (variant_id)
+unit_clicks AS (SELECT variant_id, unit, count(*) AS clicks FROM clicked GROUP BY variant_id, unit)
+SELECT u.variant_id,
+       count(*) AS exposures,
+       sum(u.impressions) AS impressions,
+       coalesce(sum(k.clicks), 0) AS clicks,
+       count(*) FILTER (WHERE o.carted) AS carted_units,
+       count(*) FILTER (WHERE o.converted) AS converted_units,
+       coalesce(sum(o.revenue), 0) AS revenue,
+       coalesce(stddev_samp(coalesce(o.revenue, 0)), 0) AS revenue_sd,
+       -- Per-unit sums of squares and products of (clicked lists, lists shown): CTR's delta-method variance.
+       coalesce(sum(k.clicks::float8 * k.clicks), 0) AS clicks_sq,
+       sum(u.impressions::float8 * u.impressions) AS impressions_sq,
+       coalesce(sum(k.clicks::float8 * u.impressions), 0) AS clicks_impressions
+  FROM units u
+  LEFT JOIN unit_outcomes o USING (variant_id, unit)
+  LEFT JOIN unit_clicks k USING (variant_id, unit)
+ GROUP BY u.variant_id
 """  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
 
 _DAILY_SQL = f"""
@@ -239,7 +241,8 @@ SELECT i.variant_id, count(DISTINCT item)
 
 
 def variant_totals(*, experiment_id: int, window_hours: int) -> dict[int, VariantTotals]:
-    """Per variant: exposures, impressions, clicked impressions, carted/converted units, revenue and its SD."""
+    """Per variant: exposures, impressions, clicked impressions, carted/converted units, revenue and its SD, and the
+    per-unit sums of squares and products of clicked and shown lists (CTR is a ratio metric over units)."""
     with connection.cursor() as cursor:
         cursor.execute(_TOTALS_SQL, {"experiment_id": experiment_id, "window_hours": window_hours})
         rows = cursor.fetchall()
@@ -253,6 +256,9 @@ def variant_totals(*, experiment_id: int, window_hours: int) -> dict[int, Varian
             converted_units=int(row[5]),
             revenue=float(row[6]),
             revenue_sd=float(row[7]),
+            clicks_sq=float(row[8]),
+            impressions_sq=float(row[9]),
+            clicks_impressions=float(row[10]),
         )
         for row in rows
     }
@@ -294,10 +300,20 @@ def active_item_count() -> int:
     return Item.objects.filter(active=True).count()
 
 
-def latency_p95_ms(*, experiment_id: int) -> dict[int, float] | None:
-    """Per-variant p95 serving latency: the hook for the latency guardrail. Serving does not record latencies per
-    variant yet, so this returns None and the guardrail shows "not measured"."""
-    return None
+_LATENCY_P95_SQL = """
+SELECT variant_id, percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
+  FROM experiments_impression
+ WHERE experiment_id = %(experiment_id)s AND variant_id IS NOT NULL AND latency_ms IS NOT NULL
+ GROUP BY variant_id
+"""
+
+
+def latency_p95_ms(*, experiment_id: int) -> dict[int, float]:
+    """Per variant, the 95th percentile of the serving latency recorded with its impressions (ms, interpolated).
+    Variants without a recorded latency (impressions logged before serving recorded it) have no entry."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LATENCY_P95_SQL, {"experiment_id": experiment_id})
+        return {variant_id: float(p95) for variant_id, p95 in cursor.fetchall()}
 
 
 def weight_history(*, experiment_id: int) -> list[WeightPoint]:

@@ -14,6 +14,7 @@ class ComparisonSerializer(serializers.Serializer):
     p_value_holm = serializers.FloatField(help_text="Holm-adjusted across the variants compared with the control.")
     always_valid_p_value = serializers.FloatField(allow_null=True, help_text="mSPRT; safe to check at any time.")
     chance_to_beat_control = serializers.FloatField(allow_null=True)
+    method = serializers.CharField(help_text="How the interval and p-values were computed (unit of analysis, test).")
 
 
 class MetricValueSerializer(serializers.Serializer):
@@ -71,7 +72,9 @@ class ExperimentResultsSerializer(serializers.Serializer):
     key = serializers.CharField()
     name = serializers.CharField()
     surface = serializers.CharField()
-    layer = serializers.CharField(allow_null=True)
+    namespace = serializers.ListField(
+        allow_null=True, help_text="GrowthBook's namespace [id, start, end): only units in the range are in it."
+    )
     status = serializers.CharField()
     mode = serializers.CharField()
     primary_metric = serializers.CharField()

@@ -9,7 +9,6 @@ Postgres, still at most once a second.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -30,11 +29,17 @@ from django.utils import timezone
 from experiments import keys, selectors, stats
 from experiments.bandit import floored_shares
 from experiments.config import InvalidConfig, VariantConfig, merged
-from experiments.hashing import bucket, bucket_ranges, choose_variant
+from experiments.hashing import bucket, bucket_ranges, choose_variant, in_namespace
 from experiments.metrics import ASSIGNMENT_SNAPSHOT_RELOADS, IMPRESSION_LOG_ERRORS, IMPRESSIONS_STORED
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.results import ExperimentResults, VariantTotals, results_build
-from experiments.validation import VariantSpec, guardrail_errors, variant_set_errors
+from experiments.validation import (
+    VariantSpec,
+    guardrail_errors,
+    namespace_errors,
+    namespaces_overlap,
+    variant_set_errors,
+)
 from recsys import redis_client
 
 logger = logging.getLogger(__name__)
@@ -44,7 +49,6 @@ __all__ = [
     "ExperimentError",
     "ExperimentNotFound",
     "FlushSummary",
-    "Membership",
     "VariantSpec",
     "assign",
     "assignment_cache_clear",
@@ -72,39 +76,31 @@ class ExperimentNotFound(ExperimentError):
 
 
 @dataclass(frozen=True)
-class Membership:
-    experiment_key: str
-    variant: str
-
-
-@dataclass(frozen=True)
 class Assignment:
     """What serving needs for one request: the variant (if any) and the configuration to serve with.
 
-    ``experiment_key``/``variant`` name the experiment of the surface's first layer the unit is in (the one to show
-    in responses); ``memberships`` lists every layer's. ``forced`` marks a QA override: such requests are served the
-    variant but left out of the experiment's results.
+    ``experiment_key``/``variant`` name the one experiment of the surface the unit is in (running experiments of a
+    surface are mutually exclusive). ``forced`` marks a QA override: such requests are served the variant but left
+    out of the experiment's results.
     """
 
     experiment_key: str | None
     variant: str | None
     config: VariantConfig
-    memberships: tuple[Membership, ...] = ()
     forced: bool = False
 
 
 @dataclass(frozen=True)
 class _Arm:
     name: str
-    override: dict[str, Any]  # validated, normalised values of the settings the variant changes
-    config: VariantConfig  # the surface default with the override applied
+    config: VariantConfig  # the surface default with the variant's override applied
 
 
 @dataclass(frozen=True)
 class _CompiledExperiment:
     key: str
     seed: str
-    layer: str | None
+    namespace: tuple[str, float, float] | None  # GrowthBook's [id, start, end); None: the whole surface
     ranges: tuple[tuple[float, float], ...]
     arms: tuple[_Arm, ...]
     index: dict[str, int]  # variant name -> arm index
@@ -131,11 +127,13 @@ _checked_at = -math.inf
 
 def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> Assignment:
     """The variant and serving configuration of ``unit_id`` (a customer's external id, or ``s:<session id>``) on
-    ``surface``: GrowthBook hash v2 of ``seed + unit_id`` against the variants' bucket ranges, in every layer running
-    on the surface. Deterministic and query-free.
+    ``surface``: the running experiment whose namespace range holds the unit (GrowthBook ``inNamespace``; an
+    experiment without a namespace holds every unit), then GrowthBook hash v2 of ``seed + unit_id`` against its
+    variants' bucket ranges. Deterministic and query-free.
 
     ``forced_variant`` (``"variant"`` or ``"experiment-key:variant"``; the caller checks the admin scope) serves
-    that variant when a running experiment on the surface has it. No running experiment: the surface default.
+    that variant when a running experiment on the surface has it, whatever the unit's namespace range. No running
+    experiment (or none holding the unit): the surface default.
     """
     snapshot = _current_snapshot()
     default = snapshot.defaults.get(surface, _PLATFORM_DEFAULT)
@@ -143,28 +141,20 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
     if not experiments:
         return Assignment(None, None, default)
     forced_key, forced_name = _parse_forced(forced_variant)
-    config = default
-    memberships: list[Membership] = []
-    forced = False
-    for experiment in experiments:
-        index = -1
-        if forced_name is not None and forced_key in (None, experiment.key):
-            index = experiment.index.get(forced_name, -1)
+    if forced_name is not None:
+        for experiment in experiments:
+            index = experiment.index.get(forced_name, -1) if forced_key in (None, experiment.key) else -1
             if index >= 0:
-                forced, forced_name = True, None
-        if index < 0:
-            index = choose_variant(bucket(experiment.seed, unit_id), experiment.ranges)
-        if index < 0:  # outside the experiment's coverage
+                return Assignment(experiment.key, forced_name, experiment.arms[index].config, forced=True)
+    for experiment in experiments:
+        if experiment.namespace is not None and not in_namespace(unit_id, experiment.namespace):
             continue
-        arm = experiment.arms[index]
-        memberships.append(Membership(experiment.key, arm.name))
-        # One layer (the common case): the precomputed config. Several: each layer's settings on top (start-up
-        # refuses layers that change the same setting, so the order cannot matter).
-        config = arm.config if len(experiments) == 1 else dataclasses.replace(config, **arm.override)
-    if not memberships:
-        return Assignment(None, None, default)
-    first = memberships[0]
-    return Assignment(first.experiment_key, first.variant, config, tuple(memberships), forced)
+        index = choose_variant(bucket(experiment.seed, unit_id), experiment.ranges)
+        if index < 0:  # outside the experiment's coverage
+            return Assignment(None, None, default)
+        # Ranges of one namespace are disjoint (a database constraint), so no later experiment could hold the unit.
+        return Assignment(experiment.key, experiment.arms[index].name, experiment.arms[index].config)
+    return Assignment(None, None, default)
 
 
 def assignment_cache_clear() -> None:
@@ -237,11 +227,7 @@ def _compile(data: selectors.ServingData, token: object, now: float) -> _Snapsho
     for experiment in data.experiments:
         default = defaults.get(experiment.surface, _PLATFORM_DEFAULT)
         try:
-            arms = []
-            for variant in experiment.variants:
-                full = merged(default, variant.config)
-                override = {name: getattr(full, name) for name in variant.config}
-                arms.append(_Arm(variant.name, override, full))
+            arms = [_Arm(variant.name, merged(default, variant.config)) for variant in experiment.variants]
             ranges = tuple(bucket_ranges([v.weight for v in experiment.variants]))
         except ValueError:  # InvalidConfig is a ValueError, as are bad weights
             logger.exception("experiment_invalid_in_snapshot", extra={"experiment": experiment.key})
@@ -250,14 +236,14 @@ def _compile(data: selectors.ServingData, token: object, now: float) -> _Snapsho
             _CompiledExperiment(
                 experiment.key,
                 experiment.seed,
-                experiment.layer,
+                experiment.namespace,
                 ranges,
                 tuple(arms),
                 {arm.name: i for i, arm in enumerate(arms)},
             )
         )
     ordered = {
-        surface: tuple(sorted(items, key=lambda e: (e.layer is not None, e.layer or "")))
+        surface: tuple(sorted(items, key=lambda e: e.namespace[1] if e.namespace else -1.0))
         for surface, items in by_surface.items()
     }
     return _Snapshot(token, now, ordered, defaults)
@@ -307,16 +293,20 @@ def impression_log(
     assignment: Assignment,
     item_pks: Sequence[int],
     model_version: int | None,
+    latency_ms: float | None = None,
 ) -> None:
     """Queue one served list for ``flush_impressions``: one RPUSH round trip, never raises.
 
     ``customer_id`` is the customer's external id ("" for anonymous traffic, then ``session_id`` identifies the
     unit). Forced (QA) assignments are logged without their experiment, so they never enter its results.
+    ``latency_ms`` is how long serving took to make the list (the latency guardrail's p95 per variant).
     """
     try:
-        memberships = [] if assignment.forced else [[m.experiment_key, m.variant] for m in assignment.memberships]
-        if not memberships and assignment.experiment_key and assignment.variant and not assignment.forced:
-            memberships = [[assignment.experiment_key, assignment.variant]]
+        memberships = (
+            [[assignment.experiment_key, assignment.variant]]
+            if assignment.experiment_key and assignment.variant and not assignment.forced
+            else []
+        )
         record = json.dumps(
             {
                 "r": request_id,
@@ -327,6 +317,7 @@ def impression_log(
                 "x": memberships,
                 "m": model_version,
                 "i": [int(pk) for pk in item_pks],
+                "l": None if latency_ms is None else round(float(latency_ms), 3),
             },
             separators=(",", ":"),
         )
@@ -395,10 +386,11 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
 
 _INSERT_IMPRESSIONS = """
 INSERT INTO experiments_impression
-       (request_id, served_at, surface, customer_id, session_id, experiment_id, variant_id, model_version, item_pks)
-SELECT r, to_timestamp(t), s, c, ss, e, v, m, i::bigint[]
+       (request_id, served_at, surface, customer_id, session_id, experiment_id, variant_id, model_version, item_pks,
+        latency_ms)
+SELECT r, to_timestamp(t), s, c, ss, e, v, m, i::bigint[], l
   FROM unnest(%s::text[], %s::float8[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[],
-              %s::integer[], %s::text[]) AS u(r, t, s, c, ss, e, v, m, i)
+              %s::integer[], %s::text[], %s::float8[]) AS u(r, t, s, c, ss, e, v, m, i, l)
     ON CONFLICT DO NOTHING
 """
 
@@ -429,7 +421,7 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
             ).values_list("experiment__key", "name", "experiment_id", "pk")
             if (key, name) in wanted
         }
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        columns: list[list[Any]] = [[] for _ in range(10)]
         for r in parsed:
             resolved = [variants[m] for m in map(tuple, r["x"]) if m in variants] or [(None, None)]
             for experiment_id, variant_id in resolved:
@@ -445,6 +437,7 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
                         variant_id,
                         r["m"],
                         "{" + ",".join(map(str, r["i"])) + "}",
+                        r.get("l"),
                     ),
                     strict=True,
                 ):
@@ -475,6 +468,11 @@ def _record_parse(item: bytes) -> dict[str, Any] | None:
             and (r.get("m") is None or (isinstance(r["m"], int) and abs(r["m"]) < 2**31))
             and isinstance(r.get("i"), list)
             and all(isinstance(pk, int) and not isinstance(pk, bool) and 0 < pk < 2**63 for pk in r["i"])
+            # Records queued before serving recorded latencies have no "l".
+            and (
+                r.get("l") is None
+                or (isinstance(r["l"], int | float) and not isinstance(r["l"], bool) and 0 <= r["l"] < 1e9)
+            )
         )
     except ValueError:
         ok = False
@@ -518,7 +516,7 @@ def experiment_create(
     name: str,
     surface: str,
     variants: Sequence[VariantSpec],
-    layer: str | None = None,
+    namespace: tuple[str, float, float] | None = None,
     mode: str = Experiment.Mode.AB,
     primary_metric: str = Experiment.Metric.CONVERSION_RATE,
     guardrails: dict[str, float] | None = None,
@@ -528,8 +526,12 @@ def experiment_create(
     hypothesis: str = "",
     created_by_id: int | None = None,
 ) -> Experiment:
-    """A draft experiment with its variants, validated as the admin validates it. Starting is a separate step."""
-    errors = variant_set_errors(variants) + guardrail_errors(guardrails or {})
+    """A draft experiment with its variants, validated as the admin validates it. Starting is a separate step.
+
+    ``namespace`` is GrowthBook's ``(id, start, end)``: experiments of one surface in disjoint ranges of one namespace
+    may run at the same time and never share a unit; without one the experiment takes the whole surface.
+    """
+    errors = variant_set_errors(variants) + guardrail_errors(guardrails or {}) + namespace_errors(namespace)
     if errors:
         raise ExperimentError(" ".join(errors))
     with transaction.atomic():
@@ -537,7 +539,9 @@ def experiment_create(
             key=key,
             name=name,
             surface=surface,
-            layer=layer or None,
+            namespace=namespace[0] if namespace else None,
+            namespace_start=namespace[1] if namespace else None,
+            namespace_end=namespace[2] if namespace else None,
             mode=mode,
             primary_metric=primary_metric,
             guardrails=dict(guardrails or {}),
@@ -557,10 +561,11 @@ def experiment_create(
 @transaction.atomic
 def experiment_start(*, experiment_id: int, user_id: int) -> Experiment:
     """Start a draft: validate its variants (weights sum to 1, one control, valid configs) under a row lock, refuse
-    a second running experiment on the same surface and layer, and publish it to every web process.
+    it while a running experiment on the same surface could share a unit with it (anything but disjoint ranges of
+    one namespace), and publish it to every web process.
 
-    The database re-checks at commit (deferred trigger on weights and control; partial unique index on surface and
-    layer), so a concurrent change between the check and the commit still cannot produce an invalid running
+    The database re-checks (deferred trigger on weights and control; exclusion constraints on the surface's running
+    namespaces), so a concurrent change between the check and the commit still cannot produce an invalid running
     experiment.
     """
     experiment = _locked(experiment_id)
@@ -568,18 +573,23 @@ def experiment_start(*, experiment_id: int, user_id: int) -> Experiment:
         raise ExperimentError(f"Only a draft can be started; {experiment.key} is {experiment.status}.")
     variants = list(Variant.objects.select_for_update().filter(experiment=experiment).order_by("-is_control", "pk"))
     specs = [VariantSpec(v.name, v.weight, v.is_control, v.config) for v in variants]
-    errors = variant_set_errors(specs) + guardrail_errors(experiment.guardrails)
+    errors = (
+        variant_set_errors(specs)
+        + guardrail_errors(experiment.guardrails)
+        + namespace_errors(
+            None
+            if experiment.namespace is None
+            else (experiment.namespace, experiment.namespace_start, experiment.namespace_end)
+        )
+    )
     if errors:
         raise ExperimentError(" ".join(errors))
-    running = Experiment.objects.filter(
-        surface=experiment.surface, status=Experiment.Status.RUNNING, layer=experiment.layer
-    ).first()
-    if running is not None:
-        raise ExperimentError(
-            f"{running.key} is already running on {experiment.surface} in this layer; stop it first or use "
-            "another layer."
-        )
-    _layer_overlap_check(experiment, specs)
+    for running in Experiment.objects.filter(surface=experiment.surface, status=Experiment.Status.RUNNING):
+        if namespaces_overlap(running.namespace_spec, experiment.namespace_spec):
+            raise ExperimentError(
+                f"{running.key} is already running on {experiment.surface} and could share customers with "
+                f"{experiment.key}; stop it first, or give both the same namespace with disjoint ranges."
+            )
 
     experiment.status = Experiment.Status.RUNNING
     experiment.start_at = timezone.now()
@@ -588,9 +598,10 @@ def experiment_start(*, experiment_id: int, user_id: int) -> Experiment:
     try:
         with transaction.atomic():
             experiment.save(update_fields=["status", "start_at", "end_at", "hash_seed", "updated_at"])
-    except IntegrityError as exc:  # a concurrent start won the race for the surface and layer
+    except IntegrityError as exc:  # a concurrent start won the race for the surface's namespace range
         raise ExperimentError(
-            f"Another experiment started on {experiment.surface} in this layer at the same time."
+            f"Another experiment that could share customers with {experiment.key} started on {experiment.surface} "
+            "at the same time."
         ) from exc
     if experiment.mode == Experiment.Mode.BANDIT:
         BanditWeightLog.objects.bulk_create(
@@ -601,24 +612,6 @@ def experiment_start(*, experiment_id: int, user_id: int) -> Experiment:
     _version_bump_on_commit()
     logger.info("experiment_started", extra={"experiment": experiment.key, "user_id": user_id})
     return experiment
-
-
-def _layer_overlap_check(experiment: Experiment, specs: Sequence[VariantSpec]) -> None:
-    """Experiments in different layers of one surface must change different settings, otherwise one would silently
-    overwrite the other's treatment."""
-    ours = {name for spec in specs for name in spec.config}
-    if not ours:
-        return
-    others = Variant.objects.filter(
-        experiment__surface=experiment.surface, experiment__status=Experiment.Status.RUNNING
-    ).exclude(experiment=experiment)
-    for key, config in others.values_list("experiment__key", "config"):
-        shared = ours & set(config)
-        if shared:
-            raise ExperimentError(
-                f"{key} (another layer on {experiment.surface}) already tests {', '.join(sorted(shared))}; "
-                "a setting can be tested in one layer at a time."
-            )
 
 
 @transaction.atomic

@@ -6,6 +6,7 @@ Pure: plain values in, a list of readable error messages out (empty when valid).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,32 @@ def config_error(config: object) -> str | None:
     except InvalidConfig as exc:
         return str(exc)
     return None
+
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+
+
+def namespace_errors(namespace: object) -> list[str]:
+    """None, or GrowthBook's ``[id, start, end]``: a slug id and a non-empty range with 0 <= start < end <= 1."""
+    if namespace is None:
+        return []
+    if not isinstance(namespace, Sequence) or isinstance(namespace, str) or len(namespace) != 3:
+        return [f'A namespace is [id, start, end], e.g. ["home", 0, 0.5], got {namespace!r}.']
+    namespace_id, start, end = namespace
+    errors = []
+    if not isinstance(namespace_id, str) or not _SLUG.match(namespace_id):
+        errors.append(f"The namespace id must be a slug of 1 to 50 letters, digits, - or _, got {namespace_id!r}.")
+    numbers = [v for v in (start, end) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    if len(numbers) != 2 or not 0.0 <= start < end <= 1.0:
+        errors.append(f"The namespace range needs 0 <= start < end <= 1, got [{start!r}, {end!r}).")
+    return errors
+
+
+def namespaces_overlap(a: tuple[str, float, float] | None, b: tuple[str, float, float] | None) -> bool:
+    """Could a unit be in both experiments? Always, unless both are in one namespace with disjoint ranges."""
+    if a is None or b is None or a[0] != b[0]:
+        return True
+    return a[1] < b[2] and b[1] < a[2]
 
 
 def guardrail_errors(guardrails: object) -> list[str]:

@@ -103,7 +103,8 @@ def _start_in_admin(staff: Client) -> Experiment:
     )
     assert response.status_code == 302, response.content.decode()
     form: dict[str, str] = {
-        "key": KEY, "name": "Home: less exploration", "surface": "home", "layer": "", "mode": "ab",
+        "key": KEY, "name": "Home: less exploration", "surface": "home", "namespace": "", "namespace_start": "",
+        "namespace_end": "", "mode": "ab",
         "hypothesis": "Most of the home list spent on exploration buries the picks shoppers came for.",
         "primary_metric": "ctr", "minimum_detectable_effect": "0.1", "attribution_window_hours": "24",
         "guardrails": '{"coverage": 0.05}', "hash_seed": "",

@@ -125,7 +125,8 @@ def test_start_and_stop_actions(browser: Client, superuser: AbstractUser) -> Non
 
 def _add_form(variants: list[tuple[str, str, bool, str]]) -> dict[str, object]:
     data: dict[str, object] = {
-        "key": "new-exp", "name": "New", "hypothesis": "", "surface": "home", "layer": "", "mode": "ab",
+        "key": "new-exp", "name": "New", "hypothesis": "", "surface": "home", "namespace": "", "namespace_start": "",
+        "namespace_end": "", "mode": "ab",
         "primary_metric": "ctr", "minimum_detectable_effect": "0.05", "attribution_window_hours": "24",
         "guardrails": "{}", "hash_seed": "",
         "variants-TOTAL_FORMS": str(len(variants)), "variants-INITIAL_FORMS": "0",

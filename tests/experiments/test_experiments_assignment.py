@@ -11,12 +11,14 @@ from django.contrib.auth.models import AbstractUser
 
 from experiments import services
 from experiments.config import VariantConfig
-from experiments.hashing import bucket, bucket_ranges, choose_variant
+from experiments.hashing import bucket, bucket_ranges, choose_variant, in_namespace
 from experiments.models import Experiment, SurfaceDefault, Variant
 from experiments.stats import srm_p_value
 from experiments.validation import VariantSpec
 
 pytestmark = pytest.mark.django_db
+
+Namespace = tuple[str, float, float]
 
 
 class FakeClock:
@@ -43,8 +45,12 @@ def user(django_user_model: type[AbstractUser]) -> AbstractUser:
 
 @pytest.fixture
 def start(user: AbstractUser, django_capture_on_commit_callbacks) -> Callable[..., Experiment]:
-    def start(key: str, variants: list[VariantSpec], *, surface: str = "home", layer: str | None = None) -> Experiment:
-        experiment = services.experiment_create(key=key, name=key, surface=surface, layer=layer, variants=variants)
+    def start(
+        key: str, variants: list[VariantSpec], *, surface: str = "home", namespace: Namespace | None = None
+    ) -> Experiment:
+        experiment = services.experiment_create(
+            key=key, name=key, surface=surface, namespace=namespace, variants=variants
+        )
         with django_capture_on_commit_callbacks(execute=True):
             services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
         return experiment
@@ -178,23 +184,47 @@ def test_forced_variant_overrides_the_hash(start: Callable[..., Experiment]) -> 
     assert services.assign(surface="home", unit_id=unit).forced is False
 
 
-def test_layers_overlap_and_merge_their_settings(start: Callable[..., Experiment]) -> None:
-    start("ranking", [VariantSpec("control", 0.5, True), VariantSpec("no-ranker", 0.5, False, {"ranker": False})])
-    start(
-        "diversity",
-        [VariantSpec("control", 0.5, True), VariantSpec("wide", 0.5, False, {"diversity_cap": 0.6})],
-        layer="diversity",
-    )
+def test_experiments_in_disjoint_namespace_ranges_never_share_a_unit_over_100k_ids(
+    start: Callable[..., Experiment],
+) -> None:
+    # Three mutually exclusive experiments on one surface; [0.8, 1) of the namespace is left to the default.
+    start("ranking", [VariantSpec("control", 0.5, True), VariantSpec("off", 0.5, False, {"ranker": False})],
+          namespace=("home-tests", 0.0, 0.3))  # fmt: skip
+    start("diversity", [VariantSpec("control", 0.5, True), VariantSpec("wide", 0.5, False, {"diversity_cap": 0.6})],
+          namespace=("home-tests", 0.3, 0.6))  # fmt: skip
+    start("explore", [VariantSpec("control", 0.5, True), VariantSpec("more", 0.5, False, {"exploration_share": 0.2})],
+          namespace=("home-tests", 0.6, 0.8))  # fmt: skip
+    ranges = {"ranking": (0.0, 0.3), "diversity": (0.3, 0.6), "explore": (0.6, 0.8)}
+    ids = [f"customer-{i}" for i in range(100_000)]
 
-    seen = Counter()
-    for i in range(4_000):
-        a = services.assign(surface="home", unit_id=f"u{i}")
-        assert [m.experiment_key for m in a.memberships] == ["ranking", "diversity"]
-        assert a.experiment_key == "ranking"
-        names = tuple(m.variant for m in a.memberships)
-        assert a.config.ranker is (names[0] == "control")
-        assert a.config.diversity_cap == (0.6 if names[1] == "wide" else 0.3)
-        seen[names] += 1
-    # Independent hashes (each experiment's own seed): all four combinations about equally often.
-    assert len(seen) == 4
-    assert min(seen.values()) > 900
+    seen: Counter[str | None] = Counter()
+    for unit in ids:
+        a = services.assign(surface="home", unit_id=unit)
+        seen[a.experiment_key] += 1
+        # Exactly the experiment whose range holds the unit's namespace hash (what a GrowthBook SDK computes), and
+        # that experiment's settings only: nothing of another experiment leaks into the config.
+        holders = [key for key, (lo, hi) in ranges.items() if in_namespace(unit, ("home-tests", lo, hi))]
+        assert len(holders) <= 1
+        assert a.experiment_key == (holders[0] if holders else None)
+        changed = {f for f in ("ranker", "diversity_cap", "exploration_share") if getattr(a.config, f) != getattr(
+            VariantConfig(), f)}  # fmt: skip
+        assert len(changed) <= 1
+        if a.experiment_key is None:
+            assert a.config == VariantConfig()
+
+    for key, (lo, hi) in ranges.items():
+        assert abs(seen[key] / len(ids) - (hi - lo)) < 0.01
+    assert abs(seen[None] / len(ids) - 0.2) < 0.01
+
+
+def test_forced_variant_reaches_an_experiment_outside_the_units_namespace_range(
+    start: Callable[..., Experiment],
+) -> None:
+    start("narrow", [VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"ranker": False})],
+          namespace=("qa", 0.0, 0.1))  # fmt: skip
+    outside = next(f"u{i}" for i in range(1000) if not in_namespace(f"u{i}", ("qa", 0.0, 0.1)))
+    assert services.assign(surface="home", unit_id=outside).experiment_key is None
+
+    forced = services.assign(surface="home", unit_id=outside, forced_variant="narrow:b")
+
+    assert (forced.experiment_key, forced.variant, forced.forced, forced.config.ranker) == ("narrow", "b", True, False)

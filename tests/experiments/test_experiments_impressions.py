@@ -149,13 +149,13 @@ def test_impression_log_never_raises_when_redis_is_down(monkeypatch: pytest.Monk
 def test_the_queued_record_is_compact_json() -> None:
     services.impression_log(
         request_id="r", surface="home", customer_id="c", session_id="s",
-        assignment=services.Assignment("exp", "b", VariantConfig(), (services.Membership("exp", "b"),)),
-        item_pks=[5, 6], model_version=2,
+        assignment=services.Assignment("exp", "b", VariantConfig()), item_pks=[5, 6], model_version=2,
+        latency_ms=12.34567,
     )  # fmt: skip
 
     record = json.loads(redis_client.get().lindex(keys.IMPRESSIONS, 0))
     assert {k: v for k, v in record.items() if k != "t"} == {
-        "r": "r", "s": "home", "c": "c", "ss": "s", "x": [["exp", "b"]], "m": 2, "i": [5, 6]
+        "r": "r", "s": "home", "c": "c", "ss": "s", "x": [["exp", "b"]], "m": 2, "i": [5, 6], "l": 12.346
     }  # fmt: skip
 
 

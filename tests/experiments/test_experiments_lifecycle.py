@@ -1,5 +1,6 @@
-"""Experiment lifecycle and the database's guarantees: one running experiment per surface and layer, weights summing
-to 1 at commit (deferred constraint trigger), audited start/stop/conclude, the winner becoming the default."""
+"""Experiment lifecycle and the database's guarantees: running experiments of a surface never share a unit (one at a
+time, or disjoint ranges of one namespace), weights summing to 1 at commit (deferred constraint trigger), audited
+start/stop/conclude, the winner becoming the default."""
 
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ def user(django_user_model: type[AbstractUser]) -> AbstractUser:
 
 
 def _draft(
-    key: str, *, surface: str = "home", layer: str | None = None, weights=(0.5, 0.5), config: dict | None = None
+    key: str,
+    *,
+    surface: str = "home",
+    namespace: tuple[str, float, float] | None = None,
+    weights=(0.5, 0.5),
+    config: dict | None = None,
 ) -> Experiment:
     return services.experiment_create(
         key=key,
         name=key,
         surface=surface,
-        layer=layer,
+        namespace=namespace,
         variants=[
             VariantSpec("control", weights[0], True),
             VariantSpec("b", weights[1], False, {"ranker": False} if config is None else config),
@@ -49,22 +55,69 @@ def _in_savepoint(*changes: Callable[[], object]) -> None:
         _check_deferred_constraints_now()
 
 
+def _run_behind_the_services_back(experiment: Experiment) -> None:
+    with transaction.atomic():
+        Experiment.objects.filter(pk=experiment.pk).update(status=Experiment.Status.RUNNING, start_at=timezone.now())
+
+
 @pytest.mark.django_db
-def test_one_running_experiment_per_surface_and_layer_is_a_database_constraint(user: AbstractUser) -> None:
+def test_one_running_experiment_per_surface_without_namespaces_is_a_database_constraint(user: AbstractUser) -> None:
     first, second = _draft("first"), _draft("second")
     services.experiment_start(experiment_id=first.pk, user_id=user.pk)
 
-    with pytest.raises(IntegrityError), transaction.atomic():
-        Experiment.objects.filter(pk=second.pk).update(status=Experiment.Status.RUNNING, start_at=timezone.now())
-    with pytest.raises(services.ExperimentError, match="already running"):
+    with pytest.raises(IntegrityError, match="experiment_running_namespace_ranges_disjoint"):
+        _run_behind_the_services_back(second)
+    with pytest.raises(services.ExperimentError, match="first is already running on home"):
         services.experiment_start(experiment_id=second.pk, user_id=user.pk)
+    # Nor may a namespaced experiment join an experiment that takes the whole surface.
+    with pytest.raises(IntegrityError, match="experiment_running_one_namespace_per_surface"):
+        _run_behind_the_services_back(_draft("namespaced", namespace=("home", 0.0, 0.5)))
 
-    # Another layer, or another surface, may run alongside.
-    services.experiment_start(
-        experiment_id=_draft("other-layer", layer="l2", config={"max_per_brand": 2}).pk, user_id=user.pk
-    )
+    # Another surface may run alongside.
     services.experiment_start(experiment_id=_draft("other-surface", surface="cart").pk, user_id=user.pk)
-    assert Experiment.objects.filter(status=Experiment.Status.RUNNING).count() == 3
+    assert Experiment.objects.filter(status=Experiment.Status.RUNNING).count() == 2
+
+
+@pytest.mark.django_db
+def test_only_disjoint_ranges_of_one_namespace_run_together(user: AbstractUser) -> None:
+    services.experiment_start(experiment_id=_draft("low", namespace=("home", 0.0, 0.5)).pk, user_id=user.pk)
+    services.experiment_start(experiment_id=_draft("high", namespace=("home", 0.5, 1.0)).pk, user_id=user.pk)
+
+    overlapping = _draft("middle", namespace=("home", 0.4, 0.6))
+    with pytest.raises(services.ExperimentError, match="could share customers"):
+        services.experiment_start(experiment_id=overlapping.pk, user_id=user.pk)
+    with pytest.raises(IntegrityError, match="experiment_running_namespace_ranges_disjoint"):
+        _run_behind_the_services_back(overlapping)
+    # Another namespace hashes units independently, so it would overlap every range of this one.
+    other_namespace = _draft("elsewhere", namespace=("other", 0.0, 0.1))
+    with pytest.raises(services.ExperimentError, match="could share customers"):
+        services.experiment_start(experiment_id=other_namespace.pk, user_id=user.pk)
+    with pytest.raises(IntegrityError, match="experiment_running_one_namespace_per_surface"):
+        _run_behind_the_services_back(other_namespace)
+    with pytest.raises(IntegrityError, match="experiment_running_one_namespace_per_surface"):
+        _run_behind_the_services_back(_draft("whole"))
+
+    # Once "low" stops, its range is free again: [0.4, 0.6) still touches "high", [0, 0.5) does not.
+    services.experiment_stop(experiment_id=Experiment.objects.get(key="low").pk, user_id=user.pk)
+    with pytest.raises(services.ExperimentError, match="high is already running"):
+        services.experiment_start(experiment_id=overlapping.pk, user_id=user.pk)
+    services.experiment_start(experiment_id=_draft("low-2", namespace=("home", 0.0, 0.5)).pk, user_id=user.pk)
+    assert set(Experiment.objects.filter(status=Experiment.Status.RUNNING).values_list("key", flat=True)) == {
+        "high",
+        "low-2",
+    }
+
+
+@pytest.mark.django_db
+def test_a_namespace_needs_a_valid_range(user: AbstractUser) -> None:
+    with pytest.raises(services.ExperimentError, match="0 <= start < end <= 1"):
+        _draft("empty-range", namespace=("home", 0.5, 0.5))
+    with pytest.raises(services.ExperimentError, match="slug"):
+        _draft("bad-id", namespace=("", 0.0, 0.5))
+    experiment = _draft("ok", namespace=("home", 0.0, 0.5))
+    for change in ({"namespace_end": 1.5}, {"namespace_start": None}, {"namespace": ""}, {"namespace": None}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Experiment.objects.filter(pk=experiment.pk).update(**change)
 
 
 @pytest.mark.django_db
@@ -159,15 +212,6 @@ def test_conclude_without_winner_keeps_the_default(user: AbstractUser) -> None:
 
     assert not SurfaceDefault.objects.filter(surface="home").exists()
     assert Experiment.objects.get(pk=experiment.pk).winner is None
-
-
-@pytest.mark.django_db
-def test_layers_may_not_test_the_same_setting(user: AbstractUser) -> None:
-    services.experiment_start(experiment_id=_draft("a").pk, user_id=user.pk)
-    clash = _draft("b", layer="second")  # also sets "ranker"
-
-    with pytest.raises(services.ExperimentError, match="ranker"):
-        services.experiment_start(experiment_id=clash.pk, user_id=user.pk)
 
 
 @pytest.mark.django_db

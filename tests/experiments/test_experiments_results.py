@@ -13,8 +13,17 @@ from django.contrib.auth.models import AbstractUser
 from catalog.models import Customer
 from events.models import Interaction
 from experiments import services
+from experiments.config import VariantConfig
 from experiments.models import Experiment, Impression, Variant
-from experiments.stats import holm_adjust
+from experiments.stats import (
+    RatioSummary,
+    always_valid_ratio_test,
+    holm_adjust,
+    proportion_test,
+    ratio_chance_to_beat_control,
+    ratio_sample_size_per_variant,
+    ratio_test,
+)
 from experiments.validation import VariantSpec
 from tests.factories import ItemFactory
 
@@ -123,12 +132,70 @@ def test_a_true_ctr_lift_is_detected(user: AbstractUser, items: list[int]) -> No
     assert results.srm_p_value > 0.001
     assert not results.srm_flagged
     assert b.sample_size_required is not None
-    assert b.sample_size_progress == b.impressions / b.sample_size_required
+    # CTR is sized in customers: its lists are not independent observations.
+    assert b.sample_size_progress == b.exposures / b.sample_size_required
     # A cumulative CTR point per variant and day of the four days.
     assert len(results.series) == 8
     last_b = [p for p in results.series if p.variant == "b"][-1]
     assert last_b.primary_value == pytest.approx(b.ctr.value)
     assert last_b.exposures == b.exposures
+
+
+def test_ctr_is_analysed_per_customer_by_the_delta_method(user: AbstractUser, items: list[int]) -> None:
+    """Customers see different numbers of lists and click with their own propensity: the results must treat the
+    customer, not the list, as the observation (the aggregates per customer are recomputed here from the simulation).
+    """
+    experiment, variants = _experiment(user, "ctr-units", {"control": 0.5, "b": 0.5})
+    rng = np.random.default_rng(99)
+    customers = _customers("units", 400)
+    assigned = {c.pk: services.assign(surface="home", unit_id=c.external_id).variant for c in customers}
+    per_unit: dict[str, tuple[list[float], list[float]]] = {"control": ([], []), "b": ([], [])}
+    impressions, clicks = [], []
+    for customer in customers:
+        name = assigned[customer.pk]
+        lists = int(rng.integers(1, 9))
+        propensity = rng.beta(0.6, 3.4) * (1.3 if name == "b" else 1.0)
+        clicked = 0
+        for n in range(lists):
+            at = START + dt.timedelta(hours=n, minutes=int(rng.integers(0, 50)))
+            request_id = f"units-{customer.pk}-{n}"
+            impressions.append(_impression(experiment, variants[name], customer, at, items[:4], request_id))
+            if rng.random() < propensity:
+                clicked += 1
+                # Two clicks on one list count once: CTR is clicked lists / lists.
+                for item in items[: int(rng.integers(1, 3))]:
+                    clicks.append(
+                        _event(
+                            Interaction.Type.CLICK, customer, item, at + dt.timedelta(seconds=30), request_id=request_id
+                        )
+                    )
+        per_unit[name][0].append(clicked)
+        per_unit[name][1].append(lists)
+    Impression.objects.bulk_create(impressions)
+    Interaction.objects.bulk_create(clicks)
+
+    results = services.experiment_results(key="ctr-units")
+
+    summaries = {name: RatioSummary.from_units(np.array(y), np.array(x)) for name, (y, x) in per_unit.items()}
+    expected = ratio_test(summaries["control"], summaries["b"])
+    comparison = results.variant("b").ctr.vs_control
+    assert results.variant("b").clicks == sum(per_unit["b"][0])
+    assert (comparison.difference, comparison.ci_low, comparison.ci_high, comparison.p_value) == pytest.approx(
+        (expected.difference, expected.ci_low, expected.ci_high, expected.p_value), rel=1e-9
+    )
+    assert comparison.always_valid_p_value == pytest.approx(
+        always_valid_ratio_test(summaries["control"], summaries["b"]).p_value, rel=1e-9
+    )
+    assert comparison.chance_to_beat_control == pytest.approx(
+        ratio_chance_to_beat_control(summaries["control"], summaries["b"]), rel=1e-9
+    )
+    assert "delta method" in comparison.method
+    # Not the per-list test, whose interval ignores that a customer's lists go together.
+    t, c = summaries["b"], summaries["control"]
+    per_list = proportion_test(int(c.sum_x), int(c.sum_y), int(t.sum_x), int(t.sum_y))
+    assert comparison.ci_high - comparison.ci_low > 1.2 * (per_list.ci_high - per_list.ci_low)
+    # Sized in customers, from the same per-customer variance.
+    assert results.variant("b").sample_size_required == ratio_sample_size_per_variant(summaries["control"], 0.05)
 
 
 def test_sample_ratio_mismatch_is_flagged(user: AbstractUser, items: list[int]) -> None:
@@ -272,10 +339,41 @@ def test_guardrails_are_flagged_when_breached(user: AbstractUser, items: list[in
     assert coverage["b"].value == pytest.approx(3 / 12)
     assert coverage["b"].breached
     latency = next(g for g in results.variant("b").guardrails if g.name == "latency_p95_ms")
-    assert latency.value is None
+    assert latency.value is None  # these lists were stored without a latency
     assert not latency.breached
     assert results.guardrails_breached
     assert any("coverage breached by b" in w for w in results.warnings)
+
+
+def test_latency_guardrail_uses_the_p95_serving_latency_logged_with_each_impression(
+    user: AbstractUser, items: list[int]
+) -> None:
+    _experiment(user, "slow", {"control": 0.5, "b": 0.5}, guardrails={"latency_p95_ms": 50})
+    rng = np.random.default_rng(4)
+    latencies = {"control": rng.gamma(4.0, 5.0, size=200), "b": rng.gamma(4.0, 5.0, size=200) + 35.0}
+    # Through serving's path: impression_log queues the record with the latency, the flush stores it.
+    for name, values in latencies.items():
+        for i, latency in enumerate(values):
+            services.impression_log(
+                request_id=f"slow-{name}-{i}", surface="home", customer_id=f"slow-{name}-{i % 40}", session_id="",
+                assignment=services.Assignment("slow", name, VariantConfig()), item_pks=items[:3], model_version=None,
+                latency_ms=float(latency),
+            )  # fmt: skip
+    services.impressions_flush()
+
+    results = services.experiment_results(key="slow")
+
+    rails = {v.name: next(g for g in v.guardrails if g.name == "latency_p95_ms") for v in results.variants}
+    for name, values in latencies.items():
+        # percentile_cont interpolates linearly, as numpy's default; records keep the latency to the microsecond.
+        assert rails[name].value == pytest.approx(float(np.percentile(np.round(values, 3), 95)), abs=1e-6)
+    assert rails["control"].value < 50
+    assert not rails["control"].breached
+    assert rails["b"].value > 50
+    assert rails["b"].breached
+    assert results.guardrails_breached
+    assert any("latency_p95_ms breached by b" in w for w in results.warnings)
+    assert not any("breached by control" in w for w in results.warnings)
 
 
 def test_results_of_an_unknown_or_unstarted_experiment(user: AbstractUser) -> None:

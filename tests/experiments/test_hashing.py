@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from experiments.hashing import bucket, bucket_ranges, choose_variant, fnv1a32, hash_v1
+from experiments.hashing import bucket, bucket_ranges, choose_variant, fnv1a32, hash_v1, in_namespace
 
 # Source: GrowthBook shared SDK spec test cases, tests/cases.json (specVersion 0.7.1) in
 # github.com/growthbook/growthbook-python, section "hash": [seed, value, hashVersion, expected].
@@ -193,3 +193,38 @@ def test_seed_changes_assignment() -> None:
     b = [bucket("exp-b", u) for u in ids]
     same = sum(x == y for x, y in zip(a, b, strict=True))
     assert same < 20  # independent hashes collide on ~1/10000 of the 4-decimal values
+
+
+# Source: GrowthBook shared SDK spec test cases, cases.json section "inNamespace":
+# [name, unit id, [namespace id, start, end], expected].
+GROWTHBOOK_IN_NAMESPACE_CASES: list[tuple[str, str, tuple[str, float, float], bool]] = [
+    ("user 1, namespace1, 1", "1", ("namespace1", 0, 0.4), False),
+    ("user 1, namespace1, 2", "1", ("namespace1", 0.4, 1), True),
+    ("user 1, namespace2, 1", "1", ("namespace2", 0, 0.4), False),
+    ("user 1, namespace2, 2", "1", ("namespace2", 0.4, 1), True),
+    ("user 2, namespace1, 1", "2", ("namespace1", 0, 0.4), False),
+    ("user 2, namespace1, 2", "2", ("namespace1", 0.4, 1), True),
+    ("user 2, namespace2, 1", "2", ("namespace2", 0, 0.4), False),
+    ("user 2, namespace2, 2", "2", ("namespace2", 0.4, 1), True),
+    ("user 3, namespace1, 1", "3", ("namespace1", 0, 0.4), False),
+    ("user 3, namespace1, 2", "3", ("namespace1", 0.4, 1), True),
+    ("user 3, namespace2, 1", "3", ("namespace2", 0, 0.4), True),
+    ("user 3, namespace2, 2", "3", ("namespace2", 0.4, 1), False),
+    ("user 4, namespace1, 1", "4", ("namespace1", 0, 0.4), False),
+    ("user 4, namespace1, 2", "4", ("namespace1", 0.4, 1), True),
+    ("user 4, namespace2, 1", "4", ("namespace2", 0, 0.4), True),
+    ("user 4, namespace2, 2", "4", ("namespace2", 0.4, 1), False),
+]
+
+
+@pytest.mark.parametrize(("name", "unit", "namespace", "expected"), GROWTHBOOK_IN_NAMESPACE_CASES)
+def test_growthbook_in_namespace_cases(
+    name: str, unit: str, namespace: tuple[str, float, float], expected: bool
+) -> None:
+    assert in_namespace(unit, namespace) is expected
+
+
+def test_disjoint_namespace_ranges_partition_units() -> None:
+    ranges = [("ns", 0.0, 0.25), ("ns", 0.25, 0.7), ("ns", 0.7, 1.0)]
+    for i in range(20_000):
+        assert sum(in_namespace(f"u{i}", r) for r in ranges) == 1

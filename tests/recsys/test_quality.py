@@ -62,7 +62,7 @@ def traffic() -> dict[str, Any]:
     home = Experiment.objects.create(key="home-exp", name="Home", surface="home")
     control = Variant.objects.create(experiment=home, name="control", weight=0.5, is_control=True)
     treat = Variant.objects.create(experiment=home, name="treat", weight=0.5)
-    layered = Experiment.objects.create(key="layer-exp", name="Layer", surface="home", layer="l2")
+    layered = Experiment.objects.create(key="layer-exp", name="Layer", surface="home")
     on = Variant.objects.create(experiment=layered, name="on", weight=1.0, is_control=True)
     customer = Customer.objects.create(external_id="shopper")
 
