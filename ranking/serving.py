@@ -572,7 +572,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
         experiments.impression_log(
             request_id=request_id, surface=request.surface, customer_id=request.customer_id if personal else "",
             session_id=request.session_id, assignment=assignment, item_pks=value["item_pks"],
-            model_version=model_version,
+            model_version=model_version, latency_ms=(time.perf_counter() - started) * 1000,
         )  # fmt: skip
     variant = assignment.variant or "-"
     REQUESTS.labels("recommendations", request.surface, variant, tier).inc()
@@ -1019,6 +1019,7 @@ def _respond(
         experiments.impression_log(
             request_id=request_id, surface=surface, customer_id="", session_id="", assignment=assignment,
             item_pks=pks.tolist(), model_version=model.version_id if model else None,
+            latency_ms=(time.perf_counter() - started) * 1000,
         )  # fmt: skip
     REQUESTS.labels(endpoint, surface, "-", "miss").inc()
     LATENCY.labels(endpoint, surface, "-").observe(time.perf_counter() - started)
