@@ -427,15 +427,29 @@ def format_table(result: Mapping[str, Any]) -> str:
         ("novelty", "novelty"),
     ]
     lines: list[str] = []
+    width = max([12, *(len(source) + 1 for segment in result["segments"].values() for source in segment["sources"])])
     for name, segment in result["segments"].items():
         lines.append(f"{name}: {segment['description']} (n={segment['n_users']:,})")
-        header = f"  {'source':<12}" + "".join(f"{title:>11}" for title, _ in columns)
+        header = f"  {'source':<{width}}" + "".join(f"{title:>11}" for title, _ in columns)
         lines.append(header)
         lines.append("  " + "-" * (len(header) - 2))
         for source, values in segment["sources"].items():
             cells = "".join(f"{values[key]:>11.4f}" for _, key in columns)
-            lines.append(f"  {source:<12}{cells}")
+            lines.append(f"  {source:<{width}}{cells}")
         lines.append("")
+    ranker = result.get("ranker")
+    if ranker is not None:
+        # The shipping rule of ranking.offline_pipeline, with both figures, so a reader sees why.
+        if not ranker["trained"] or ranker["pipeline_ndcg"] is None:
+            lines.append("ranker: not trained (too few users with a hit among their candidates); serving blends")
+        else:
+            verdict = "ships" if ranker["ships"] else "does not ship (serving blends)"
+            lines.append(
+                f"ranker: {verdict}: pipeline (ranker, cap 30%) ndcg@{k} {ranker['pipeline_ndcg']:.4f} vs best "
+                f"single source {ranker.get('best_single_source')} {ranker['best_single_source_ndcg']:.4f}; fitted "
+                f"on {ranker['fit_users']:,} users, early stopping on {ranker['early_stopping_users']:,}, figures "
+                f"above on {ranker['held_out_users']:,} others"
+            )
     return "\n".join(lines).rstrip()
 
 

@@ -333,12 +333,14 @@ def evaluate_with_pipeline(
     result = run_protocol(held, trained, k=k, item_category=items.category, extra=extra)
     main = result["segments"]["main"]["sources"]
     key = f"ndcg@{k}"
-    best_source = max((m[key] for name, m in main.items() if not name.startswith("pipeline")), default=0.0)
+    singles = {name: m[key] for name, m in main.items() if not name.startswith("pipeline")}
+    best_name = max(singles, key=singles.__getitem__, default=None)
+    best_source = singles[best_name] if best_name is not None else 0.0
     ships = booster is not None and main.get("pipeline (ranker, cap 30%)", {}).get(key, -1.0) >= best_source
     result["ranker"] = {
         "trained": report.trained, "fit_users": report.n_train_users, "early_stopping_users": report.n_valid_users,
         "best_iteration": report.best_iteration, "held_out_users": int(rows.size),
-        "best_single_source_ndcg": best_source,
+        "best_single_source": best_name, "best_single_source_ndcg": best_source,
         "pipeline_ndcg": main.get("pipeline (ranker, cap 30%)", {}).get(key),
         "ships": ships,
     }  # fmt: skip

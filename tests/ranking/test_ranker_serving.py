@@ -20,13 +20,7 @@ from experiments.services import assignment_cache_clear
 from ranking import offline_pipeline, rules, serving
 from ranking.artifacts import get_active_model, loader
 from ranking.models import ModelVersion
-from tests.ranking.ranker_world import new_arrivals_world
-
-TRAIN_ARGS = [
-    "--quiet", "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "als_regularization=1.0",
-    "--param", "neighbours_k=10", "--param", "fbt_k=5", "--param", "content_dims=8", "--param", "content_k=5",
-    "--param", "half_life_days=null", "--param", "history_half_life_days=null",
-]  # fmt: skip
+from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def trained(tmp_path: Path, django_capture_on_commit_callbacks: Callable[..., An
 
     def train() -> ModelVersion:
         with django_capture_on_commit_callbacks(execute=True):
-            call_command("train", *TRAIN_ARGS)
+            call_command("train", "--quiet", *PARAM_ARGS)
         online_state_rebuild()  # the world's events were written straight to Postgres: histories into Redis
         serving.clear_caches()
         rules.reset()

@@ -18,6 +18,7 @@ from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.evaluation import EvalUsers
 from ranking.training import TrainParams, train_sources
 from tests.factories import CustomerFactory, ItemFactory
+from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 
 DAY = sources.SECONDS_PER_DAY
 
@@ -191,3 +192,56 @@ def test_evaluate_command_errors_name_the_problem(tmp_path: Path) -> None:
         call_command("evaluate", "--quiet")
     with pytest.raises(CommandError, match="unknown parameter 'nope'"):
         call_command("evaluate", "--param", "nope=1")
+
+
+PIPELINES = {"pipeline (blend, cap 30%)", "pipeline (ranker, cap 30%)", "pipeline (ranker, no cap)"}
+SINGLE_SOURCES = {"als", "item_knn", "ease", "fbt", "content", "popularity", "trending"}
+
+
+@pytest.mark.django_db
+def test_evaluate_command_reports_the_pipeline_next_to_every_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new_arrivals_world()
+    out = tmp_path / "result.json"
+
+    call_command("evaluate", "--holdout-days", "30", "--json", str(out), "--quiet", *PARAM_ARGS)
+
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    main = result["segments"]["main"]
+    assert set(main["sources"]) == SINGLE_SOURCES | PIPELINES
+    for name in SINGLE_SOURCES | PIPELINES:
+        assert f"  {name} " in printed  # a row of the printed table
+    # Every figure is on the users the ranker was not fitted on.
+    assert main["n_users"] <= result["ranker"]["held_out_users"]
+    figures = main["sources"]
+    # The category cap holds (every user here wants one category), and without it the lists are narrower.
+    assert figures["pipeline (ranker, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
+    assert figures["pipeline (blend, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
+    assert figures["pipeline (ranker, no cap)"]["max_category_share"] > 0.3
+    # The ships rule: the capped ranker pipeline against the best single source, on the same users.
+    ranker = result["ranker"]
+    best = max(SINGLE_SOURCES, key=lambda name: figures[name]["ndcg@10"])
+    assert ranker["best_single_source"] == best
+    assert ranker["best_single_source_ndcg"] == figures[best]["ndcg@10"]
+    assert ranker["pipeline_ndcg"] == figures["pipeline (ranker, cap 30%)"]["ndcg@10"]
+    assert ranker["ships"] is True  # only the ranker can rank the new arrivals this world's customers buy
+    assert ranker["pipeline_ndcg"] > figures[best]["ndcg@10"]
+    assert f"ranker: ships: pipeline (ranker, cap 30%) ndcg@10 {ranker['pipeline_ndcg']:.4f}" in printed
+
+
+@pytest.mark.django_db
+def test_evaluate_command_without_enough_users_for_a_ranker_reports_the_blend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new_arrivals_world(buyers_per_cluster=4, observers_per_cluster=1)
+    out = tmp_path / "result.json"
+
+    call_command("evaluate", "--holdout-days", "30", "--json", str(out), "--quiet", *PARAM_ARGS)
+
+    result = json.loads(out.read_text())
+    assert set(result["segments"]["main"]["sources"]) == SINGLE_SOURCES | {"pipeline (blend, cap 30%)"}
+    assert result["ranker"]["trained"] is False
+    assert result["ranker"]["ships"] is False
+    assert "ranker: not trained" in capsys.readouterr().out
