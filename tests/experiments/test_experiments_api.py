@@ -7,7 +7,9 @@ from django.contrib.auth.models import AbstractUser
 from rest_framework.test import APIClient
 
 from experiments import services
+from experiments.models import Impression
 from experiments.validation import VariantSpec
+from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -41,3 +43,30 @@ def test_results_without_admin_scope_is_forbidden(api: APIClient, experiment_key
 
 def test_unknown_experiment_is_404(admin_api: APIClient) -> None:
     assert admin_api.get("/v1/experiments/nope/results").status_code == 404
+
+
+def test_forced_variant_header_serves_that_variant_and_keeps_it_out_of_the_results(
+    admin_api: APIClient, api: APIClient, experiment_key: str
+) -> None:
+    for _ in range(5):
+        ItemFactory()
+    # A customer the hash puts in the control: only the header can serve them "b".
+    customer = next(
+        f"qa-{i}" for i in range(100) if services.assign(surface="home", unit_id=f"qa-{i}").variant == "control"
+    )
+
+    forced = admin_api.get(
+        "/v1/recommendations", {"customer_id": customer, "surface": "home"},
+        HTTP_X_EXPERIMENT_VARIANT=f"{experiment_key}:b",
+    )  # fmt: skip
+    hashed = api.get("/v1/recommendations", {"customer_id": customer, "surface": "home"})
+
+    assert forced.status_code == 200, forced.content
+    assert (forced.json()["experiment"], forced.json()["variant"]) == (experiment_key, "b")
+    assert (hashed.json()["experiment"], hashed.json()["variant"]) == (experiment_key, "control")
+    services.impressions_flush()
+    stored = {row.request_id: row for row in Impression.objects.all()}
+    assert stored[forced.json()["request_id"]].experiment_id is None  # logged, but not as the experiment's traffic
+    assert stored[hashed.json()["request_id"]].variant.name == "control"
+    by_name = {v["name"]: v for v in admin_api.get(f"/v1/experiments/{experiment_key}/results").json()["variants"]}
+    assert (by_name["control"]["impressions"], by_name["b"]["impressions"]) == (1, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from events.models import Interaction
 from experiments import services
 from experiments.bandit import floored_shares
 from experiments.models import BanditWeightLog, Experiment, Impression, Variant
+from experiments.tasks import bandit_reweight_running
 from experiments.validation import VariantSpec
 from tests.factories import ItemFactory
 
@@ -136,3 +138,32 @@ def test_bandit_waits_until_every_arm_has_exposures(user: AbstractUser) -> None:
 
     assert services.bandit_reweight(experiment_id=experiment.pk) is None
     assert sorted(Variant.objects.filter(experiment=experiment).values_list("weight", flat=True)) == [0.5, 0.5]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_task_reweights_a_running_bandit_on_the_real_worker(celery_worker: object, user: AbstractUser) -> None:
+    experiment = services.experiment_create(
+        key="bandit-worker",
+        name="Bandit on the worker",
+        surface="home",
+        mode=Experiment.Mode.BANDIT,
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
+    )
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    experiment.refresh_from_db()
+    variants = {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+    _add_traffic(experiment, variants, {"control": 0.08, "b": 0.16}, 400, 0, np.random.default_rng(3))
+
+    # What beat enqueues every 15 minutes: it fans out one bandit_reweight per running bandit.
+    assert bandit_reweight_running.delay().get(timeout=30) == 1
+    deadline = time.monotonic() + 30
+    while BanditWeightLog.objects.filter(experiment=experiment).count() < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    weights = dict(Variant.objects.filter(experiment=experiment).values_list("name", "weight"))
+    assert weights["b"] > 0.9  # b converts twice as often: nearly all traffic moves to it...
+    assert weights["control"] == pytest.approx(0.05)  # ...down to the floor for the control
+    history = list(BanditWeightLog.objects.filter(experiment=experiment).order_by("at", "variant_id"))
+    assert len(history) == 4  # the start's weights, then one row per arm for the reweight
+    assert {(row.variant.name, row.weight) for row in history[:2]} == {("control", 0.5), ("b", 0.5)}
+    assert {row.variant.name: row.weight for row in history[2:]} == pytest.approx(weights)
