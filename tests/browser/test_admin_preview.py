@@ -1,5 +1,6 @@
-"""A merchandiser in a real browser: log in, pin an item with the business-rule form (picking the item with the
-autocomplete), and check "Preview as customer" shows it first with rules on, and not with rules off."""
+"""A merchandiser in a real browser: log in, pin an item to the third place with the business-rule form (picking the
+item with the autocomplete), open "Preview as customer" from the rule list, and check it shows the item third with
+rules on, named with its rule, and not there with rules off."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _ids(driver: WebDriver, column: str) -> list[str]:
     ]
 
 
-def test_a_pin_made_in_the_admin_leads_the_preview_with_rules_only(
+def test_a_pin_made_in_the_admin_holds_its_place_in_the_preview_with_rules_only(
     page: WebDriver, live_server: Any, world: dict[str, Any]
 ) -> None:
     get_user_model().objects.create_user("merchandiser", password="pin-it-first", is_staff=True, is_superuser=True)
@@ -55,21 +56,26 @@ def test_a_pin_made_in_the_admin_leads_the_preview_with_rules_only(
     assert Select(page.find_element(By.ID, "id_item")).first_selected_option.text == f"{pinned_title} ({pinned})"
     position = page.find_element(By.ID, "id_position")
     position.clear()
-    position.send_keys("1")
+    position.send_keys("3")
     page.find_element(By.NAME, "_save").click()
     wait(page).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     rule = BusinessRule.objects.get(name="Garden feature")
-    assert (rule.kind, rule.item.external_id, rule.position, rule.enabled) == ("pin", pinned, 1, True)
+    assert (rule.kind, rule.item.external_id, rule.position, rule.enabled) == ("pin", pinned, 3, True)
 
-    # Preview as the customer: pinned first with rules, not pinned with rules switched off.
-    page.get(f"{live_server.url}/admin/ranking/businessrule/preview/")
+    # Preview as the customer, from the rule list: pinned third with rules, absent with rules switched off.
+    page.get(f"{live_server.url}/admin/ranking/businessrule/")
+    page.find_element(By.ID, "preview-link").click()
+    wait(page).until(ec.presence_of_element_located((By.ID, "preview-form")))
     page.find_element(By.ID, "customer_id").send_keys(shopper)
     Select(page.find_element(By.ID, "surface")).select_by_value("home")
     page.find_element(By.ID, "preview-submit").click()
     wait(page).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#without-rules li[data-item-id]")))
     with_rules, without_rules = _ids(page, "with-rules"), _ids(page, "without-rules")
-    assert with_rules[0] == pinned
-    assert "pinned" in page.find_element(By.CSS_SELECTOR, "#with-rules li[data-item-id]").get_attribute("class")
+    assert with_rules[2] == pinned
+    card = page.find_elements(By.CSS_SELECTOR, "#with-rules li[data-item-id]")[2]
+    assert "pinned" in card.get_attribute("class")
+    assert "rules: Garden feature" in card.text
+    assert "Garden feature" in page.find_element(By.ID, "rules-touching").text
     assert without_rules
-    assert without_rules[0] != pinned
+    assert pinned not in without_rules
     save_screenshot(page, "admin-preview")

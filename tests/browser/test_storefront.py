@@ -58,13 +58,17 @@ def test_buying_a_recommendation_changes_the_home_page(
     assert page.find_elements(By.CSS_SELECTOR, "#frequently-bought-together li.card")
     save_screenshot(page, "storefront-item")
 
-    page.find_element(By.ID, "buy").click()
-    wait(page).until(ec.text_to_be_present_in_element((By.ID, "event-status"), "purchase is recorded"))
     attributed = Interaction.objects.filter(
         request_id=request_id, customer__external_id=shopper, item__external_id=bought
     )
+    page.find_element(By.ID, "add-to-cart").click()
+    wait(page).until(ec.text_to_be_present_in_element((By.ID, "event-status"), "Added to your cart."))
+    assert attributed.filter(type=Interaction.Type.ADD_TO_CART).count() == 1
+
+    page.find_element(By.ID, "buy").click()
+    wait(page).until(ec.text_to_be_present_in_element((By.ID, "event-status"), "purchase is recorded"))
     assert sorted(attributed.values_list("type", flat=True)) == [
-        Interaction.Type.VIEW, Interaction.Type.CLICK, Interaction.Type.PURCHASE,
+        Interaction.Type.VIEW, Interaction.Type.CLICK, Interaction.Type.ADD_TO_CART, Interaction.Type.PURCHASE,
     ]  # fmt: skip
 
     # Home again: the bought item is gone and the list has moved on.
