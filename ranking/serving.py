@@ -164,6 +164,11 @@ def catalog_rows(pks: Sequence[int]) -> dict[int, ItemRow]:
 
 
 def item_pk(item_id: str) -> int | None:
+    """From this process's item cache when it knows the item (an id never moves to another item), so the item
+    endpoints keep answering while Postgres is down; else one query (which raises when Postgres is down)."""
+    found = _items.pks_of([item_id])
+    if found.size and int(found[0]) in _items.rows([int(found[0])]):
+        return int(found[0])
     return catalog_selectors.item_pk(external_id=item_id)
 
 

@@ -156,6 +156,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
+# recommendations keep answering through an outage, and a key revoked meanwhile works until then.
+API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)
 # --- The rest -----------------------------------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
