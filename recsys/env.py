@@ -57,3 +57,30 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+WEB = "web"
+JOB = "job"
+_WEB_COMMANDS = frozenset({"runserver", "testserver"})
+
+
+def process_role(argv: list[str], environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """``web`` or ``job``: which database limits this process gets (see ``DB_STATEMENT_TIMEOUT_MS``).
+
+    ``DB_PROCESS_ROLE`` decides when set. Otherwise a web server (gunicorn, ``manage.py runserver``) and a test
+    run (which exercises the web path) are ``web``; everything else, Celery worker and beat, management commands
+    and scripts, is ``job``: an unknown process keeps the long limit, so nothing heavy is cancelled by surprise.
+    """
+    forced = environ.get("DB_PROCESS_ROLE", "").strip().lower()
+    if forced:
+        if forced not in (WEB, JOB):
+            raise ImproperlyConfigured(f"DB_PROCESS_ROLE={forced!r} is neither {WEB!r} nor {JOB!r}.")
+        return forced
+    program = os.path.basename(argv[0]) if argv else ""
+    if program == "__main__.py":  # python -m <package>
+        program = os.path.basename(os.path.dirname(argv[0]))
+    if program in ("gunicorn", "pytest", "py.test"):
+        return WEB
+    if program in ("manage.py", "django-admin") and len(argv) > 1 and argv[1] in _WEB_COMMANDS:
+        return WEB
+    return JOB

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import dj_database_url
 
 from recsys import redis_urls
-from recsys.env import env_bool, env_float, env_int, env_list, env_str
+from recsys.env import WEB, env_bool, env_float, env_int, env_list, env_str, process_role
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -77,8 +78,20 @@ DATABASES = {
 }
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("OPTIONS", {})
-# A slow query on the hot path must cost bounded latency, not a hung worker.
-DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)}"
+# Seconds to wait for a connection (libpq's minimum is 2): an unreachable host costs a request this long, not the
+# kernel's TCP timeout of minutes.
+DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 3)
+# A slow query on the hot path must cost bounded latency, not a hung worker: web processes (gunicorn, runserver,
+# tests) get the short limit (a request's queries take milliseconds; the longest statement a web process runs is
+# the item cache's full read of the catalog, 2-4 s for a million items); long jobs (Celery worker, management
+# commands such as train or the imports, scripts) the long one. recsys.env.process_role tells them apart;
+# DB_PROCESS_ROLE=web|job overrides it.
+DB_PROCESS_ROLE = process_role(sys.argv)
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 10_000)
+DB_JOB_STATEMENT_TIMEOUT_MS = env_int("DB_JOB_STATEMENT_TIMEOUT_MS", 1_800_000)
+_STATEMENT_TIMEOUT_MS = DB_STATEMENT_TIMEOUT_MS if DB_PROCESS_ROLE == WEB else DB_JOB_STATEMENT_TIMEOUT_MS
+DATABASES["default"]["OPTIONS"]["connect_timeout"] = DB_CONNECT_TIMEOUT
+DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
@@ -143,6 +156,9 @@ BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
 # Recommendation and event requests per minute per customer id and API key (recsys.throttling.ApiRateThrottle).
 API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
+# While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
+# recommendations keep answering through an outage, and a key revoked meanwhile works until then.
+API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)
 # Bytes; a batch of 1,000 events is about 250 KB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024)
 
@@ -156,9 +172,6 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
-# recommendations keep answering through an outage, and a key revoked meanwhile works until then.
-API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)
 # --- The rest -----------------------------------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
