@@ -80,6 +80,18 @@ A token, not a counter, so that a Redis that lost its data can never repeat a ve
 REBUILD_LOCK = "lock:events:rebuild"
 """``lock:events:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
 
+ONLINE_STATE_COMPLETE = "online:complete"
+"""``online:complete`` string: the Unix time the last ``rebuild_online_state`` finished.
+
+Deleted when a rebuild starts and written when it ends; nothing else writes it. A Redis that lost its data (FLUSHALL,
+a restart without its append-only file) has lost this key too, so serving then reads histories from Postgres, marks
+its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
+"""
+
+REBUILD_REQUESTED = "lock:events:rebuild-requested"
+"""``lock:events:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
+so a burst of requests queues it once; deleted when a rebuild ends."""
+
 
 # Pattern -> the builder documenting it; docs/events.md names every pattern (tests/events checks that).
 KEY_PATTERNS: dict[str, str] = {
@@ -90,4 +102,6 @@ KEY_PATTERNS: dict[str, str] = {
     "feat:items:blob": "ITEM_FEATURES_BLOB",
     "feat:items:version": "ITEM_FEATURES_VERSION",
     "lock:events:rebuild": "REBUILD_LOCK",
+    "online:complete": "ONLINE_STATE_COMPLETE",
+    "lock:events:rebuild-requested": "REBUILD_REQUESTED",
 }

@@ -211,6 +211,24 @@ def clear_rebuildable(*, batch: int = 1000) -> int:
     return deleted
 
 
+def mark_incomplete() -> None:
+    """A rebuild begins: until it ends, readers must not take the online state for the whole story."""
+    redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)
+
+
+def mark_complete(*, now: float) -> None:
+    """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again."""
+    pipe = redis_client.get().pipeline(transaction=True)
+    pipe.set(keys.ONLINE_STATE_COMPLETE, str(now))
+    pipe.delete(keys.REBUILD_REQUESTED)
+    pipe.execute()
+
+
+def claim_rebuild_request(*, ttl_seconds: int) -> bool:
+    """True for the one caller that should queue the rebuild (until a rebuild ends or ``ttl_seconds`` pass)."""
+    return bool(redis_client.get().set(keys.REBUILD_REQUESTED, b"1", nx=True, ex=ttl_seconds))
+
+
 def write_item_features(blob: bytes) -> str:
     """Store the folded features and a fresh version token together; return the token."""
     version = uuid.uuid4().hex
@@ -248,10 +266,16 @@ def parse_affinity(rows: list[tuple[bytes, float]], *, now: float | None = None)
 
 
 def queue_owner_reads(pipe: Pipeline, owner: str, *, limit: int) -> None:
-    """Queue what ``read_history`` and ``read_affinity`` read on a caller's pipeline (two replies, in that
-    order), so they share one round trip with the caller's own commands."""
+    """Queue what ``read_history`` and ``read_affinity`` read on a caller's pipeline, and whether the online state
+    is complete (three replies, in that order), so they share one round trip with the caller's own commands."""
     pipe.zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
     pipe.zrange(keys.affinity(owner), 0, -1, withscores=True)
+    pipe.exists(keys.ONLINE_STATE_COMPLETE)
+
+
+def read_complete() -> bool:
+    """Whether Redis still holds the marker the last rebuild wrote (False after FLUSHALL or an empty restart)."""
+    return bool(redis_client.get().exists(keys.ONLINE_STATE_COMPLETE))
 
 
 def read_raw_affinity(owner: str) -> dict[int, float]:

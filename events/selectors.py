@@ -64,9 +64,11 @@ class OwnerState:
 
     history: list[HistoryEntry]
     affinity: dict[int, float]
+    # False when Redis lost the online state (flushed, restarted empty): the history above may be missing events.
+    complete: bool = True
 
 
-OWNER_STATE_REPLIES = 2
+OWNER_STATE_REPLIES = 3
 
 
 def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None:
@@ -77,10 +79,11 @@ def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None
 
 
 def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
-    history_rows, affinity_rows = replies
+    history_rows, affinity_rows, complete = replies
     return OwnerState(
         [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in online.parse_history(history_rows)],
         online.parse_affinity(affinity_rows),
+        bool(complete),
     )
 
 

@@ -3,6 +3,7 @@ and the online state's fold and rebuild."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -14,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import psycopg
 import redis
 from django.db import connection, transaction
@@ -518,6 +520,7 @@ def online_state_rebuild(
     summary = RebuildSummary()
     progress = on_progress or (lambda stage, rows: None)
     try:
+        online.mark_incomplete()
         summary.keys_cleared = online.clear_rebuildable()
         snapshot = not connection.in_atomic_block
         with transaction.atomic():
@@ -533,6 +536,7 @@ def online_state_rebuild(
             online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
         summary.owners = len(owners)
         summary.items_folded = item_features_fold().items
+        online.mark_complete(now=time.time())
     finally:
         try:
             lock.release()
@@ -541,6 +545,32 @@ def online_state_rebuild(
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
     return summary
+
+
+# Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.
+REBUILD_REQUEST_SECONDS = 900
+
+
+def online_state_rebuild_request() -> bool:
+    """Queue ``rebuild_online_state`` because Redis lost the online state (see ``keys.ONLINE_STATE_COMPLETE``);
+    True if this call queued it. Once for any number of callers and processes: the first claims
+    ``keys.REBUILD_REQUESTED`` (NX); it is released when a rebuild ends, or expires after
+    ``REBUILD_REQUEST_SECONDS`` so a rebuild that never ran (no worker, a crash) is asked for again. Never raises:
+    callers are serving requests, which answer from Postgres meanwhile."""
+    from events.tasks import rebuild_online_state  # the tasks module imports this one
+
+    try:
+        if not online.claim_rebuild_request(ttl_seconds=REBUILD_REQUEST_SECONDS):
+            return False
+        rebuild_online_state.delay()
+    except (redis.RedisError, kombu.exceptions.OperationalError):
+        # Redis (the broker too) unreachable: let the next request try again.
+        logger.warning("online_state_rebuild_request_failed", exc_info=True)
+        with contextlib.suppress(redis.RedisError):
+            redis_client.get().delete(keys.REBUILD_REQUESTED)
+        return False
+    logger.warning("online_state_rebuild_requested")
+    return True
 
 
 def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: Callable[[str, int], None]) -> set[str]:

@@ -32,6 +32,7 @@ from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
 from catalog.services import OPT_OUT_VERSION_KEY
 from events import selectors as event_selectors
+from events import services as event_services
 from events.keys import owner_for
 from events.models import Interaction
 from experiments import services as experiments
@@ -600,6 +601,10 @@ def _from_cached(value: dict[str, Any], *, request_id: str, cache: str) -> Recom
     )  # fmt: skip
 
 
+class OnlineStateLost(Exception):
+    """Redis no longer holds the marker of a complete online state (events.keys.ONLINE_STATE_COMPLETE)."""
+
+
 def _queue_owner_state(pipe: Any, owners: Sequence[str]) -> None:
     for owner in owners:
         event_selectors.owner_state_queue(pipe, owner, history_limit=HISTORY_LIMIT)
@@ -617,6 +622,8 @@ def _owner_state(
         if prefetched is not None:
             size = event_selectors.OWNER_STATE_REPLIES
             state = event_selectors.owner_state_parse(prefetched[n * size : (n + 1) * size])
+            if not state.complete:
+                raise OnlineStateLost
             histories.append(_History.of(state.history))
             part: Mapping[int, float] = state.affinity
         else:
@@ -686,7 +693,15 @@ def _compute(
     if model is None:
         DEGRADED.labels("no_model").inc()
     with trace.stage("history"):
-        history, affinity = _owner_state(owners, prefetched, redis_ok)
+        try:
+            history, affinity = _owner_state(owners, prefetched, redis_ok)
+        except OnlineStateLost:
+            # Redis lost the online state (flushed, restarted empty): histories from Postgres, as when it is down,
+            # until the rebuild asked for here (once, whoever asks first) has restored it.
+            history, affinity = _owner_state(owners, None, redis_ok=False)
+            degraded = True
+            DEGRADED.labels("online_state").inc()
+            event_services.online_state_rebuild_request()
         context = _context_of(request)
         history, affinity = _with_context(context, history, affinity, now)
     with trace.stage("user_vector"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from rest_framework.test import APIClient
 
+from events import online
 from experiments.services import assignment_cache_clear
 from recsys import auth, redis_client
 from recsys.services import api_key_create
@@ -14,8 +16,10 @@ from recsys.services import api_key_create
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> None:
-    """Every test starts with an empty online store (the tests' own Redis database, never the demo's)."""
+    """Every test starts with an empty online store (the tests' own Redis database, never the demo's), complete as
+    far as serving knows (tests of a lost online state delete the marker)."""
     redis_client.get().flushdb()
+    online.mark_complete(now=time.time())
     auth.clear_cache()
     assignment_cache_clear()
 
