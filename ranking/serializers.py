@@ -4,11 +4,12 @@ from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
 from ranking.serving import MAX_COUNT
+from recsys.query_serializers import QuerySerializer
 
 MAX_EXCLUDE = 100
 
 
-class CountQuerySerializer(serializers.Serializer):
+class CountQuerySerializer(QuerySerializer):
     count = serializers.IntegerField(min_value=1, max_value=MAX_COUNT, default=10)
 
 
