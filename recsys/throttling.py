@@ -1,12 +1,14 @@
-"""Rate limits in Redis, per API key and per customer: fixed one-minute windows counted with INCR, shared by every
-web process. Both fail open: a Redis outage must not take the storefront down with it, nor slow it down (after a
-failure, this process stops asking Redis for a second instead of waiting out the socket timeout on every request).
+"""Rate limits per API key and per customer: fixed one-minute windows, counted in each process and summed in Redis
+by a background thread, so they cost the request no round trip and hold across every web process. A Redis outage
+neither takes the storefront down nor slows it: each process goes on limiting with its own counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Collection
 from typing import Any
@@ -25,31 +27,106 @@ from recsys.models import ApiKey
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
+_SYNC_INTERVAL_SECONDS = 0.1
 _PAUSE_AFTER_FAILURE_SECONDS = 1.0
-_paused_until = 0.0
+_MAX_KEYS = 200_000  # distinct counters one process tracks in a window (a flood of customer ids stays bounded)
 
 
-def _count(keys: list[str]) -> list[int] | None:
-    """INCR each key of the current window (one round trip); None when Redis failed: the caller lets the request in."""
-    global _paused_until
-    if time.monotonic() < _paused_until:
-        return None
-    try:
-        pipe = redis_client.get().pipeline(transaction=False)
-        for key in keys:
-            pipe.incr(key)
-            pipe.expire(key, 2 * WINDOW_SECONDS)
-        return pipe.execute()[::2]
-    except redis.RedisError:
-        _paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_SECONDS
-        logger.warning("throttle_unavailable", exc_info=True)
-        return None
+class _SharedCounts:
+    """This process's view of the shared per-window counters: what Redis last said each total was, plus the hits
+    this process counted since and has not sent yet.
+
+    A request is counted locally and decided at once; a background thread sends the pending hits (INCRBY, one
+    pipeline) every ``_SYNC_INTERVAL_SECONDS`` and reads back the totals of every process. So the limit costs no
+    round trip on the request path, one process alone is limited exactly, and the processes together can pass a
+    limit by at most what the others counted in the last interval. With Redis unreachable each process goes on
+    limiting with its own counts (the pending hits are sent once Redis is back).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window = -1
+        self._known: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self._paused_until = 0.0
+        self._thread_pid = 0
+
+    def hit(self, keys: list[str], window: int) -> list[int]:
+        """Count one request on each key of ``window``; the totals as far as this process knows them."""
+        with self._lock:
+            if window != self._window:
+                self._window, self._known, self._pending = window, {}, {}
+            if len(self._pending) + len(self._known) > _MAX_KEYS:
+                self._known = {}
+            counts = []
+            for key in keys:
+                pending = self._pending.get(key, 0) + 1
+                self._pending[key] = pending
+                counts.append(self._known.get(key, 0) + pending)
+        self._ensure_thread()
+        return counts
+
+    def sync(self) -> None:
+        """Send the pending hits and learn the totals; on a Redis failure keep them for the next try."""
+        if time.monotonic() < self._paused_until:
+            return
+        with self._lock:
+            window, pending, self._pending = self._window, self._pending, {}
+        if not pending:
+            return
+        try:
+            pipe = redis_client.get().pipeline(transaction=False)
+            for key, hits in pending.items():
+                pipe.incrby(key, hits)
+                pipe.expire(key, 2 * WINDOW_SECONDS)
+            totals = pipe.execute()[::2]
+        except redis.RedisError:
+            self._paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_SECONDS
+            logger.warning("throttle_unavailable", exc_info=True)
+            with self._lock:
+                if window == self._window:
+                    for key, hits in pending.items():
+                        self._pending[key] = self._pending.get(key, 0) + hits
+            return
+        with self._lock:
+            if window == self._window:
+                self._known.update(zip(pending, (int(total) for total in totals), strict=True))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._window, self._known, self._pending = -1, {}, {}
+        self._paused_until = 0.0
+
+    def _ensure_thread(self) -> None:
+        # Started on first use, in each process: a thread started before gunicorn forks would not exist in workers.
+        if self._thread_pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread_pid == os.getpid():
+                return
+            self._thread_pid = os.getpid()
+        threading.Thread(target=self._run, name="throttle-sync", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_SYNC_INTERVAL_SECONDS)
+            try:
+                self.sync()
+            except Exception:  # the thread must outlive anything one sync can raise
+                logger.exception("throttle_sync_failed")
+
+
+_counts = _SharedCounts()
+
+
+def sync_now() -> None:
+    """Send this process's pending hits to Redis and read back the shared totals now (tests, shutdown)."""
+    _counts.sync()
 
 
 def pause_clear() -> None:
-    """Ask Redis again from the next request on (tests, once Redis is back)."""
-    global _paused_until
-    _paused_until = 0.0
+    """Forget this process's counts and ask Redis again from the next request on (tests, once Redis is back)."""
+    _counts.reset()
 
 
 # Recommendation and event requests name a customer; the other endpoints are the storefront's back office.
@@ -58,7 +135,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class ApiRateThrottle(BaseThrottle):
-    """Both limits in one Redis round trip (it is on every request's path):
+    """Both limits, decided in process (see ``_SharedCounts``: no Redis round trip on the request path):
 
     - at most the key's ``rate_per_minute`` (default ``API_DEFAULT_RATE_PER_MINUTE``) requests per API key;
     - at most ``API_CUSTOMER_RATE_PER_MINUTE`` requests per customer and API key, for the views whose scope is
@@ -88,9 +165,7 @@ class ApiRateThrottle(BaseThrottle):
                 f"throttle:cust:{client.key_id}:{window}:{_digest(customer)}"
                 for customer in sorted(customers_named(request, view))
             ]
-        counts = _count(keys)
-        if counts is None:
-            return True
+        counts = _counts.hit(keys, window)
         key_limit = client.rate_per_minute or settings.API_DEFAULT_RATE_PER_MINUTE
         if counts[0] > key_limit or max(counts[1:], default=0) > settings.API_CUSTOMER_RATE_PER_MINUTE:
             self._wait = (window + 1) * WINDOW_SECONDS - now

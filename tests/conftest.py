@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from events import online
 from experiments.services import assignment_cache_clear
-from recsys import auth, redis_client
+from recsys import auth, redis_client, throttling
 from recsys.services import api_key_create
 
 
@@ -21,6 +21,7 @@ def _clean_redis() -> None:
     redis_client.get().flushdb()
     online.mark_complete(now=time.time())
     auth.clear_cache()
+    throttling.pause_clear()
     assignment_cache_clear()
 
 
