@@ -86,8 +86,7 @@ def demo_env(database: str, redis_db: int) -> tuple[dict[str, str], str]:
     manage(env, "load_demo", "--quiet")
     code = (
         "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
-        "print(active_version_id() or 0, int(next(redis_client.get().scan_iter(match=keys.history('*')), None)"
-        " is not None))"
+        "print(active_version_id() or 0, int(bool(redis_client.get().exists(keys.ONLINE_STATE_COMPLETE))))"
     )
     _, out = manage(env, "shell", "-c", code)
     version, has_state = (int(x) for x in out.strip().splitlines()[-1].split())
