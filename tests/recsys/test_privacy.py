@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 from catalog.models import Category, Customer, Item
 from events import keys, online
 from events.models import Interaction
+from events.services import online_state_rebuild
 from experiments.models import Impression
 from experiments.services import impressions_flush
 from ranking import artifacts, serving
@@ -110,13 +111,32 @@ def test_opt_out_of_an_unknown_customer_is_kept_for_their_first_event(api: APICl
     assert Customer.objects.get(external_id="newcomer").personalisation_opt_out
 
 
-def test_opted_out_customer_gets_the_anonymous_list(api: APIClient, world: dict[str, Any]) -> None:
-    api.post("/v1/events", {"customer_id": ALICE, "item_id": "c0-1", "type": "view"}, format="json")
+def _list(api: APIClient, **params: Any) -> list[str]:
+    response = api.get("/v1/recommendations", {"count": 8, **params})
+    assert response.status_code == 200, response.content
+    assert response.json()["degraded"] is False
+    return [item["item_id"] for item in response.json()["items"]]
+
+
+def test_opted_out_customer_gets_the_anonymous_list(api: APIClient, world: dict[str, Any], artifact_root: Path) -> None:
+    model_train(params=SMALL)
+    artifacts.loader().reset()  # serve the version just trained
+    online_state_rebuild()  # Alice's purchases in her online history, as ingestion would have put them
+    bought = set(Interaction.objects.filter(customer=world["alice"]).values_list("item__external_id", flat=True))
+    anonymous = _list(api)
+    personal = _list(api, customer_id=ALICE)
+    assert personal != anonymous  # her own list: what she bought is left out, her cluster comes first
+    assert not bought & set(personal)
+
     assert api.post(f"/v1/customers/{ALICE}/opt-out").status_code == 200
-    serving.clear_caches()  # the per-process opt-out cache (5 s) of this test's "web process"
-    mine = api.get("/v1/recommendations", {"customer_id": ALICE, "count": 10}).json()
-    anonymous = api.get("/v1/recommendations", {"count": 10}).json()
-    assert [item["item_id"] for item in mine["items"]] == [item["item_id"] for item in anonymous["items"]]
+    serving.clear_caches()  # the per-process opt-out set (reloaded within half a second) of this test's process
+    assert _list(api, customer_id=ALICE) == anonymous
+
+    assert api.post(f"/v1/customers/{ALICE}/opt-in").status_code == 200
+    serving.clear_caches()
+    again = _list(api, customer_id=ALICE)
+    assert again != anonymous
+    assert not bought & set(again)
 
 
 def test_training_after_opt_out_has_no_row_for_the_customer(

@@ -18,6 +18,7 @@ import redis
 from django.core.management import call_command
 from django.test import Client, override_settings
 from django_redis import get_redis_connection
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from catalog.models import Customer
@@ -96,16 +97,22 @@ def test_events_are_stored_during_an_outage_and_their_history_rebuilt_after(
     assert len(history) == 6
 
 
+def _degraded_count(reason: str) -> float:
+    return REGISTRY.get_sample_value("recsys_degraded_responses_total", {"reason": reason}) or 0.0
+
+
 @override_settings(API_CUSTOMER_RATE_PER_MINUTE=2)
 def test_the_api_keeps_answering_while_redis_is_down(
     make_api_client: Any, shop: dict[str, Any], redis_down: RedisOutage
 ) -> None:
     storefront = make_api_client("recommend", "catalog")
     for _ in range(2):
+        redis_degraded = _degraded_count("redis")
         response = storefront.get("/v1/recommendations", {"customer_id": "c1", "count": 3})
         assert response.status_code == 200, response.content
         body = response.json()
         assert body["degraded"] is True
+        assert _degraded_count("redis") == redis_degraded + 1  # counted in recsys_degraded_responses_total
         # The history comes from Postgres: what c1 already bought is left out...
         assert {item["item_id"] for item in body["items"]} == {"sku-3", "sku-4", "sku-5"}
     assert storefront.get("/v1/recommendations").status_code == 200  # ...and anonymous visitors get a list.
