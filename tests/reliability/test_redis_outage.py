@@ -1,23 +1,27 @@
-"""Redis really stopped (the local redis-server, not a mock) in the middle of a test: events are still stored durably
-and acknowledged, recommendations still served, readiness says not ready, liveness stays up, rate limits fail
-open, the privacy operations that need Redis refuse cleanly; and once Redis is back, rebuild_online_state restores
-the history of the events that arrived during the outage.
+"""Redis really stopped (a redis-server process, not a mock) in the middle of a test: events are still stored
+durably and acknowledged, recommendations still served, readiness says not ready, liveness stays up, rate limits go
+on counting per process, the privacy operations that need Redis refuse cleanly; and once Redis is back,
+rebuild_online_state restores the history of the events that arrived during the outage.
 
-The server is shared with whatever else runs on this machine (the demo, another test run), so each outage is kept
-to a few seconds and the server is always started again, and answering, before the test ends.
+The server stopped is a private one (the project's bundled redis-server with the flags of the shared one: unix
+socket, append-only file), serving as this process's online-state Redis for the test, so the shared server that
+other test runs and the demo use is never stopped. Celery's broker stays on the shared server.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.core.management import call_command
 from django.test import Client, override_settings
-from django_redis import get_redis_connection
 from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
@@ -32,37 +36,62 @@ pytestmark = pytest.mark.django_db
 
 
 class RedisOutage:
-    """The real server stopped; :meth:`restore` (also run at teardown, always) starts it and waits for it."""
+    """A private redis-server that this process uses as its Redis; :meth:`begin` stops it, :meth:`restore` (also
+    run at teardown, always) starts it again on the same data, as a restarted persistent server comes back."""
 
     def __init__(self) -> None:
-        self.down = False
+        # A short path: a unix socket path must fit in 107 bytes.
+        self.directory = Path(tempfile.mkdtemp(prefix="redis-outage-"))
+        self.socket = self.directory / "redis.sock"
+        self.down = True
+        self.restore()
+        self.client = redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT, health_check_interval=30,
+        )  # fmt: skip
 
     def begin(self) -> None:
-        localservices.stop_redis()
+        localservices.stop_redis_server(self.directory / "redis.pid")
         self.down = True
-        with pytest.raises(redis.ConnectionError):  # really down, not restarted by someone else meanwhile
-            redis.Redis(unix_socket_path=str(localservices.redis_socket()), socket_timeout=1).ping()
+        with pytest.raises(redis.ConnectionError):  # really down
+            redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping()
 
     def restore(self) -> None:
         if not self.down:
             return
-        localservices.ensure_redis()  # starts it and waits until it answers PING
+        localservices.launch_redis_server(self.directory, self.socket)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                pass
+            assert time.monotonic() < deadline, f"redis-server did not start; see {self.directory / 'redis.log'}"
+            time.sleep(0.05)
         self.down = False
-        # Connections of the old server are dead; pools would replace them on use, this just does it now.
-        redis_client.get().connection_pool.disconnect()
-        get_redis_connection("default").connection_pool.disconnect()
+        if hasattr(self, "client"):
+            # Connections to the stopped server are dead; the pool would replace them on use, this does it now.
+            self.client.connection_pool.disconnect()
         throttling.pause_clear()
-        assert redis_client.get().ping()
+
+    def close(self) -> None:
+        localservices.stop_redis_server(self.directory / "redis.pid")
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture
-def redis_down() -> Iterator[RedisOutage]:
+def redis_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisOutage]:
     outage = RedisOutage()
     try:
+        monkeypatch.setattr(redis_client, "_client", outage.client)
+        online.mark_complete(now=time.time())  # a running shop's Redis: the online state is whole
+        serving.clear_caches()
         outage.begin()
         yield outage
     finally:
         outage.restore()
+        outage.close()
 
 
 @pytest.fixture
@@ -89,6 +118,7 @@ def test_events_are_stored_during_an_outage_and_their_history_rebuilt_after(
     assert Interaction.objects.filter(event_id__startswith="out-").count() == 3
 
     redis_down.restore()
+    assert redis_client.get().ping()
     assert online.read_history("c1", limit=10) == []  # the online update was lost with the outage...
     call_command("rebuild_online_state", "--quiet", stdout=None)
     history = online.read_history("c1", limit=10)  # ...and is rebuilt from Postgres
