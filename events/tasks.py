@@ -29,14 +29,18 @@ def fold_item_counters() -> dict[str, Any]:
 @shared_task(
     name="events.tasks.rebuild_online_state",
     acks_late=True,
-    # A rebuild streams every interaction; it is not retried automatically (an operator re-runs it).
+    # A rebuild streams every interaction, so it is not retried on failure; serving queues it again when it still
+    # finds the online state incomplete (events.services.online_state_rebuild_request), or an operator re-runs it.
     soft_time_limit=3 * 3600,
     time_limit=3 * 3600 + 300,
 )
 def rebuild_online_state() -> dict[str, Any]:
-    """Rebuild the online state from Postgres (after a Redis loss, or when recsys_online_state_errors_total rose)."""
+    """Rebuild the online state from Postgres: queued by serving when Redis lost it, or by an operator (e.g. when
+    recsys_online_state_errors_total rose). A no-op while another rebuild runs: that one completes the state."""
     try:
         summary = services.online_state_rebuild()
+    except services.RebuildInProgress:
+        return {"skipped": "another rebuild_online_state is running"}
     finally:
         # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.
         connection.close()

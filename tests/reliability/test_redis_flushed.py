@@ -14,9 +14,10 @@ from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from catalog.models import Customer
-from events import online
+from events import keys, online
 from events.models import Interaction
 from events.services import online_state_rebuild
+from events.tasks import rebuild_online_state
 from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
@@ -80,3 +81,15 @@ def test_a_flushed_redis_serves_history_from_postgres_degraded_and_rebuilds_itse
     assert degraded is False
     assert rebuilt != anonymous
     assert not bought & set(rebuilt)
+
+
+def test_a_queued_rebuild_is_a_no_op_while_another_one_runs() -> None:
+    """Serving may queue a rebuild while an operator's is running: the queued one must not fail or interleave."""
+    running = redis_client.get().lock(keys.REBUILD_LOCK, timeout=60, blocking=False)
+    assert running.acquire()
+    try:
+        assert rebuild_online_state.apply().get() == {"skipped": "another rebuild_online_state is running"}
+    finally:
+        running.release()
+    assert rebuild_online_state.apply().get()["owners"] == 0  # and runs once the other one is done
+    assert online.read_complete()
