@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Collection
@@ -22,6 +21,7 @@ from rest_framework.throttling import BaseThrottle
 from catalog.models import EXTERNAL_ID_MAX
 from recsys import redis_client
 from recsys.auth import ApiClient
+from recsys.background import Periodic
 from recsys.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -49,21 +49,21 @@ class _SharedCounts:
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self._paused_until = 0.0
-        self._thread_pid = 0
+        self._loop = Periodic("throttle-sync", _SYNC_INTERVAL_SECONDS, self.sync)
 
     def hit(self, keys: list[str], window: int) -> list[int]:
         """Count one request on each key of ``window``; the totals as far as this process knows them."""
         with self._lock:
             if window != self._window:
                 self._window, self._known, self._pending = window, {}, {}
-            if len(self._pending) + len(self._known) > _MAX_KEYS:
+            if len(self._known) > _MAX_KEYS:
                 self._known = {}
             counts = []
             for key in keys:
                 pending = self._pending.get(key, 0) + 1
                 self._pending[key] = pending
                 counts.append(self._known.get(key, 0) + pending)
-        self._ensure_thread()
+        self._loop.ensure()
         return counts
 
     def sync(self) -> None:
@@ -96,24 +96,6 @@ class _SharedCounts:
         with self._lock:
             self._window, self._known, self._pending = -1, {}, {}
         self._paused_until = 0.0
-
-    def _ensure_thread(self) -> None:
-        # Started on first use, in each process: a thread started before gunicorn forks would not exist in workers.
-        if self._thread_pid == os.getpid():
-            return
-        with self._lock:
-            if self._thread_pid == os.getpid():
-                return
-            self._thread_pid = os.getpid()
-        threading.Thread(target=self._run, name="throttle-sync", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(_SYNC_INTERVAL_SECONDS)
-            try:
-                self.sync()
-            except Exception:  # the thread must outlive anything one sync can raise
-                logger.exception("throttle_sync_failed")
 
 
 _counts = _SharedCounts()
