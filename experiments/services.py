@@ -41,6 +41,7 @@ from experiments.validation import (
     variant_set_errors,
 )
 from recsys import redis_client
+from recsys.background import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ __all__ = [
     "experiment_stop",
     "impression_log",
     "impressions_flush",
+    "impressions_buffer_clear",
+    "impressions_push",
     "surface_default_set",
 ]
 
@@ -295,7 +298,8 @@ def impression_log(
     model_version: int | None,
     latency_ms: float | None = None,
 ) -> None:
-    """Queue one served list for ``flush_impressions``: one RPUSH round trip, never raises.
+    """Queue one served list for ``flush_impressions``, without a round trip (see ``_ImpressionBuffer``); never
+    raises.
 
     ``customer_id`` is the customer's external id ("" for anonymous traffic, then ``session_id`` identifies the
     unit). Forced (QA) assignments are logged without their experiment, so they never enter its results.
@@ -325,17 +329,71 @@ def impression_log(
         IMPRESSION_LOG_ERRORS.labels(reason="invalid").inc()
         logger.exception("impression_log_invalid", extra={"request_id": request_id})
         return
-    try:
-        pipe = redis_client.get().pipeline(transaction=False)
-        pipe.rpush(keys.IMPRESSIONS, record)
-        pipe.ltrim(keys.IMPRESSIONS, -MAX_QUEUED_IMPRESSIONS, -1)
-        length, _ = pipe.execute()
-    except redis.RedisError:
-        IMPRESSION_LOG_ERRORS.labels(reason="redis").inc()
-        logger.warning("impression_log_redis_unavailable", exc_info=True, extra={"request_id": request_id})
-        return
-    if length > MAX_QUEUED_IMPRESSIONS:
-        IMPRESSION_LOG_ERRORS.labels(reason="overflow").inc(length - MAX_QUEUED_IMPRESSIONS)
+    _buffer.add(record)
+
+
+class _ImpressionBuffer:
+    """This process's impressions on their way to the Redis queue: a request appends its record, and a background
+    loop pushes whatever accumulated every ``PUSH_INTERVAL_SECONDS`` in one RPUSH, so logging costs the request no
+    round trip. While Redis is unreachable records wait here, up to ``MAX_BUFFERED`` (beyond it the oldest are
+    dropped and counted as "redis"); a worker stopped gracefully pushes what it holds at exit, one that crashes
+    loses at most the last interval's.
+    """
+
+    PUSH_INTERVAL_SECONDS = 0.05
+    MAX_BUFFERED = 100_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[str] = []
+        self._loop = Periodic("impression-push", self.PUSH_INTERVAL_SECONDS, self.push)
+
+    def add(self, record: str) -> None:
+        with self._lock:
+            self._records.append(record)
+        self._loop.ensure()
+
+    def push(self) -> None:
+        with self._lock:
+            records, self._records = self._records, []
+        if not records:
+            return
+        try:
+            pipe = redis_client.get().pipeline(transaction=False)
+            for start in range(0, len(records), _FLUSH_BATCH_LIMIT):
+                pipe.rpush(keys.IMPRESSIONS, *records[start : start + _FLUSH_BATCH_LIMIT])
+            pipe.ltrim(keys.IMPRESSIONS, -MAX_QUEUED_IMPRESSIONS, -1)
+            length = max(pipe.execute()[:-1])
+        except redis.RedisError:
+            logger.warning("impression_push_redis_unavailable", exc_info=True, extra={"records": len(records)})
+            with self._lock:
+                self._records = records + self._records
+                dropped = len(self._records) - self.MAX_BUFFERED
+                if dropped > 0:
+                    del self._records[:dropped]
+            if dropped > 0:
+                IMPRESSION_LOG_ERRORS.labels(reason="redis").inc(dropped)
+            return
+        if length > MAX_QUEUED_IMPRESSIONS:
+            IMPRESSION_LOG_ERRORS.labels(reason="overflow").inc(length - MAX_QUEUED_IMPRESSIONS)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records = []
+
+
+_buffer = _ImpressionBuffer()
+
+
+def impressions_buffer_clear() -> None:
+    """Forget this process's unpushed impressions (tests)."""
+    _buffer.clear()
+
+
+def impressions_push() -> None:
+    """Push this process's logged impressions to the Redis queue now (the background loop does it within
+    ``_ImpressionBuffer.PUSH_INTERVAL_SECONDS`` anyway)."""
+    _buffer.push()
 
 
 @dataclass(frozen=True)
@@ -355,6 +413,7 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
     """
     if not 1 <= batch_size <= _FLUSH_BATCH_LIMIT:
         raise ValueError(f"batch_size must be between 1 and {_FLUSH_BATCH_LIMIT}, got {batch_size}")
+    impressions_push()  # this process's own first (a flush run where lists are served: tests, the demo replay)
     client = redis_client.get()
     token = uuid.uuid4().hex
     if not client.set(keys.FLUSH_LOCK, token, nx=True, ex=FLUSH_LOCK_SECONDS):

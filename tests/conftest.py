@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from events import online
-from experiments.services import assignment_cache_clear
+from experiments.services import assignment_cache_clear, impressions_buffer_clear
 from recsys import auth, redis_client, throttling
 from recsys.services import api_key_create
 
@@ -18,6 +18,7 @@ from recsys.services import api_key_create
 def _clean_redis() -> None:
     """Every test starts with an empty online store (the tests' own Redis database, never the demo's), complete as
     far as serving knows (tests of a lost online state delete the marker)."""
+    impressions_buffer_clear()  # first, so no record of the previous test is pushed into this one's store
     redis_client.get().flushdb()
     online.mark_complete(now=time.time())
     auth.clear_cache()

