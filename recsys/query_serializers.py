@@ -32,4 +32,3 @@ class QuerySerializer(serializers.Serializer):
                 fields[name] = field
             cache[type(self)] = fields
         return fields
-
