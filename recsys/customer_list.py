@@ -92,6 +92,7 @@ class CustomerListApi(APIView):
     required_scope = ApiKey.Scope.CATALOG
 
     @extend_schema(
+        operation_id="v1_customers_list",
         summary="List customers, the most active first",
         description=(
             f"A page of customers with their interactions and purchases among the latest {ACTIVITY_WINDOW:,} "
