@@ -46,6 +46,7 @@ from recsys.background import Periodic
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "IMPRESSION_PUSH_INTERVAL_SECONDS",
     "Assignment",
     "ExperimentError",
     "ExperimentNotFound",
@@ -332,6 +333,9 @@ def impression_log(
     _buffer.add(record)
 
 
+IMPRESSION_PUSH_INTERVAL_SECONDS = 0.05
+
+
 class _ImpressionBuffer:
     """This process's impressions on their way to the Redis queue: a request appends its record, and a background
     loop pushes whatever accumulated every ``PUSH_INTERVAL_SECONDS`` in one RPUSH, so logging costs the request no
@@ -340,7 +344,7 @@ class _ImpressionBuffer:
     loses at most the last interval's.
     """
 
-    PUSH_INTERVAL_SECONDS = 0.05
+    PUSH_INTERVAL_SECONDS = IMPRESSION_PUSH_INTERVAL_SECONDS
     MAX_BUFFERED = 100_000
 
     def __init__(self) -> None:

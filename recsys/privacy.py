@@ -24,7 +24,7 @@ from catalog.services import customer_upsert
 from events import online
 from events.models import Interaction
 from experiments.models import Impression
-from experiments.services import impressions_flush
+from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
 from recsys import redis_client
 from recsys.models import ApiKey, ErasureRecord
 
@@ -130,8 +130,11 @@ def _impressions_flush_queued() -> None:
     """Store the impressions still queued in Redis, so the CASCADE removes the customer's with the rest.
 
     Left in the queue, a later flush would store them and, naming an unknown customer, create the row again.
-    Another flush holding the lock is waited for (briefly), since it may be storing exactly those records.
+    Web processes push their buffered impressions to the queue every ``IMPRESSION_PUSH_INTERVAL_SECONDS``: two
+    intervals are waited out first, so lists served before the erasure began are in the queue. Another flush
+    holding the lock is waited for (briefly), since it may be storing exactly those records.
     """
+    time.sleep(2 * IMPRESSION_PUSH_INTERVAL_SECONDS)
     deadline = time.monotonic() + _FLUSH_LOCK_WAIT_SECONDS
     while impressions_flush(max_batches=_ERASURE_FLUSH_BATCHES).skipped and time.monotonic() < deadline:
         time.sleep(0.1)

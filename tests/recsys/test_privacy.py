@@ -20,7 +20,7 @@ from events import keys, online
 from events.models import Interaction
 from events.services import online_state_rebuild
 from experiments.models import Impression
-from experiments.services import impressions_flush
+from experiments.services import impressions_flush, impressions_push
 from ranking import artifacts, serving
 from ranking.services import model_train
 from ranking.training import TrainParams
@@ -165,6 +165,7 @@ def _alice_everywhere(api: APIClient) -> None:
     assert client.exists(keys.history(ALICE), keys.affinity(ALICE)) == 2
     assert _rec_keys(ALICE)
     assert Impression.objects.filter(customer__external_id=ALICE).exists()
+    impressions_push()  # what the web process's background loop does within 50 ms
     assert client.llen("exp:{impressions}") == 1
 
 
