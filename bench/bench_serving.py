@@ -27,7 +27,17 @@ from common import Server, demo_env, manage, print_table
 LUA = """
 local paths = {}
 for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
-local i = math.random(#paths)
+-- Each wrk thread walks its own stretch of the list: unseeded, math.random gave every thread the same start, so
+-- they asked for the same paths in lockstep and one thread's miss was the other's cache hit.
+local started = 0
+function setup(thread)
+  thread:set("stretch", started)
+  started = started + 1
+end
+local i = 0
+function init(args)
+  i = math.floor(stretch * #paths / 2) %% #paths
+end
 wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   i = i %% #paths + 1
