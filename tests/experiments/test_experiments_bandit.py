@@ -84,20 +84,25 @@ def _add_traffic(
     Interaction.objects.bulk_create(purchases)
 
 
-@pytest.mark.django_db
-def test_bandit_weights_move_toward_the_better_arm_and_respect_the_floor(
-    user: AbstractUser, django_capture_on_commit_callbacks
-) -> None:
+def _running_bandit(key: str, user: AbstractUser) -> tuple[Experiment, dict[str, Variant]]:
+    """A started bandit on the home surface: control and "b" at 50/50."""
     experiment = services.experiment_create(
-        key="bandit-home",
-        name="Bandit",
+        key=key,
+        name=key,
         surface="home",
         mode=Experiment.Mode.BANDIT,
         variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
     )
     services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
     experiment.refresh_from_db()
-    variants = {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+    return experiment, {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+
+
+@pytest.mark.django_db
+def test_bandit_weights_move_toward_the_better_arm_and_respect_the_floor(
+    user: AbstractUser, django_capture_on_commit_callbacks
+) -> None:
+    experiment, variants = _running_bandit("bandit-home", user)
     rng = np.random.default_rng(7)
     rates = {"control": 0.10, "b": 0.15}
 
@@ -142,16 +147,7 @@ def test_bandit_waits_until_every_arm_has_exposures(user: AbstractUser) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_beat_task_reweights_a_running_bandit_on_the_real_worker(celery_worker: object, user: AbstractUser) -> None:
-    experiment = services.experiment_create(
-        key="bandit-worker",
-        name="Bandit on the worker",
-        surface="home",
-        mode=Experiment.Mode.BANDIT,
-        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
-    )
-    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
-    experiment.refresh_from_db()
-    variants = {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+    experiment, variants = _running_bandit("bandit-worker", user)
     _add_traffic(experiment, variants, {"control": 0.08, "b": 0.16}, 400, 0, np.random.default_rng(3))
 
     # What beat enqueues every 15 minutes: it fans out one bandit_reweight per running bandit.
