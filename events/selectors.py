@@ -221,3 +221,14 @@ def recently_popular_item_pks(*, window: int = 100_000, limit: int = 500) -> lis
             [window, limit],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+def recently_active_customer_ids(*, scan: int, limit: int) -> list[str]:
+    """External ids of the customers behind the latest ``scan`` interactions, most recent first, at most ``limit``
+    (one bounded index scan, whatever the table's size)."""
+    latest = (
+        Interaction.objects.filter(customer__isnull=False)
+        .order_by("-pk")
+        .values_list("customer__external_id", flat=True)[:scan]
+    )
+    return list(dict.fromkeys(latest))[:limit]

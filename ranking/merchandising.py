@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from catalog.models import Item
-from events.models import Interaction
+from events import selectors as event_selectors
 from ranking import rules, serving
 from ranking.models import BusinessRule
 
@@ -166,9 +166,4 @@ def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tupl
 def preview_customers(*, limit: int = PICKER_CUSTOMERS) -> list[str]:
     """Customers for the preview's picker: the most recently active, from the latest ``PICKER_SCAN`` interactions
     (one bounded index scan, whatever the table's size)."""
-    latest = (
-        Interaction.objects.filter(customer__isnull=False)
-        .order_by("-pk")
-        .values_list("customer__external_id", flat=True)[:PICKER_SCAN]
-    )
-    return list(dict.fromkeys(latest))[:limit]
+    return event_selectors.recently_active_customer_ids(scan=PICKER_SCAN, limit=limit)
