@@ -349,6 +349,7 @@ class _ImpressionBuffer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._push_lock = threading.Lock()  # one push at a time; clear() waits for a push in flight
         self._records: list[str] = []
         self._loop = Periodic("impression-push", self.PUSH_INTERVAL_SECONDS, self.push)
 
@@ -358,6 +359,10 @@ class _ImpressionBuffer:
         self._loop.ensure()
 
     def push(self) -> None:
+        with self._push_lock:
+            self._push()
+
+    def _push(self) -> None:
         with self._lock:
             records, self._records = self._records, []
         if not records:
@@ -382,7 +387,7 @@ class _ImpressionBuffer:
             IMPRESSION_LOG_ERRORS.labels(reason="overflow").inc(length - MAX_QUEUED_IMPRESSIONS)
 
     def clear(self) -> None:
-        with self._lock:
+        with self._push_lock, self._lock:
             self._records = []
 
 

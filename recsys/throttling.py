@@ -49,6 +49,7 @@ class _SharedCounts:
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self._paused_until = 0.0
+        self._sync_lock = threading.Lock()  # one sync at a time; reset() waits for a sync in flight
         self._loop = Periodic("throttle-sync", _SYNC_INTERVAL_SECONDS, self.sync)
 
     def hit(self, keys: list[str], window: int) -> list[int]:
@@ -68,6 +69,10 @@ class _SharedCounts:
 
     def sync(self) -> None:
         """Send the pending hits and learn the totals; on a Redis failure keep them for the next try."""
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         if time.monotonic() < self._paused_until:
             return
         with self._lock:
@@ -93,7 +98,7 @@ class _SharedCounts:
                 self._known.update(zip(pending, (int(total) for total in totals), strict=True))
 
     def reset(self) -> None:
-        with self._lock:
+        with self._sync_lock, self._lock:
             self._window, self._known, self._pending = -1, {}, {}
         self._paused_until = 0.0
 

@@ -18,11 +18,12 @@ from recsys.services import api_key_create
 def _clean_redis() -> None:
     """Every test starts with an empty online store (the tests' own Redis database, never the demo's), complete as
     far as serving knows (tests of a lost online state delete the marker)."""
-    impressions_buffer_clear()  # first, so no record of the previous test is pushed into this one's store
+    # First this process's unsent counts and impressions, so nothing of the previous test reaches this one's store.
+    impressions_buffer_clear()
+    throttling.pause_clear()
     redis_client.get().flushdb()
     online.mark_complete(now=time.time())
     auth.clear_cache()
-    throttling.pause_clear()
     assignment_cache_clear()
 
 

@@ -55,7 +55,8 @@ def test_the_per_customer_limit_holds_across_processes(make_api_client: Any) -> 
     client = make_api_client("recommend")
     assert client.get("/v1/recommendations", {"customer_id": "c1"}).status_code == 200
     throttling.sync_now()
-    [counter] = [key.decode() for key in redis_client.get().scan_iter(match="throttle:cust:*")]
+    key_id = ApiKey.objects.latest("pk").pk
+    [counter] = [key.decode() for key in redis_client.get().scan_iter(match=f"throttle:cust:{key_id}:*")]
     redis_client.get().incrby(counter, 1)  # the same customer, served by another process
     assert client.get("/v1/recommendations", {"customer_id": "c1"}).status_code == 200
     throttling.sync_now()
