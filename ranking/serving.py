@@ -864,17 +864,26 @@ def _ranker_for(model: ActiveModel) -> Any:
         return _rankers[model.version_id]
 
 
-def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
-    """Clicks per view over the last 24 hours from the online features; NaN where an item had no views."""
+def _views_and_clicks(
+    pks: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """Each item's views and clicks over the last 24 hours, from the folded online features (in memory, re-read at
+    most once a second); None when there are none yet."""
     features = event_selectors.item_online_features(poll_seconds=1.0)
     if features is None or features.item_pk.size == 0:
         return None
     rows = features.rows(pks)
     has = rows >= 0
     safe = np.maximum(rows, 0)
-    views = np.where(has, features.views_24h[safe], 0).astype(np.float32)
-    clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float32)
-    return click_through_rate(views, clicks)
+    views = np.where(has, features.views_24h[safe], 0).astype(np.float64)
+    clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float64)
+    return views, clicks
+
+
+def _ctr(pks: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
+    """Clicks per view over the last 24 hours from the online features; NaN where an item had no views."""
+    counts = _views_and_clicks(pks)
+    return click_through_rate(counts[0].astype(np.float32), counts[1].astype(np.float32)) if counts else None
 
 
 def _exposure(
@@ -889,13 +898,9 @@ def _exposure(
     if model is not None and model.has("item_user_count"):
         idx = model.item_index(pks)
         exposure = np.where(idx >= 0, np.asarray(model.array("item_user_count"))[np.maximum(idx, 0)], 0.0)
-    features = event_selectors.item_online_features(poll_seconds=1.0)
-    if features is not None and features.item_pk.size:
-        rows = features.rows(pks)
-        has = rows >= 0
-        safe = np.maximum(rows, 0)
-        exposure = exposure + np.where(has, features.views_24h[safe], 0)
-        clicks = np.where(has, features.clicks_24h[safe], 0).astype(np.float64)
+    counts = _views_and_clicks(pks)
+    if counts is not None:
+        exposure, clicks = exposure + counts[0], counts[1]
     return exposure, clicks
 
 
