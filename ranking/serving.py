@@ -50,16 +50,14 @@ from recsys import redis_client
 logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
-HISTORY_LIMIT = 200
-ANCHORS = 20  # most recent distinct history items whose neighbours are retrieved
 CACHE = ListCache(ttl_seconds=60.0)
 
-# Candidates each source contributes before the merge, a few hundred in all: the same quotas the ranker was
-# trained and evaluated on (ranking.offline_pipeline), so what is served is what `evaluate` measured; plus new
-# arrivals, which the offline split cannot judge.
-QUOTAS: dict[str, int] = {**offline_pipeline.QUOTAS, "new": 20}
-# Recency weight of the i-th most recent anchor: the latest items matter most.
-ANCHOR_DECAY = 0.85
+# History length, anchors, their recency weights and each source's candidate quota (a few hundred in all) are
+# defined once, in ranking.offline_pipeline: the ranker is trained and evaluated on exactly what is served.
+HISTORY_LIMIT = offline_pipeline.HISTORY_LIMIT
+ANCHORS = offline_pipeline.ANCHORS
+ANCHOR_DECAY = offline_pipeline.ANCHOR_DECAY
+QUOTAS = offline_pipeline.QUOTAS
 
 REQUESTS = Counter(
     "recsys_recommendation_requests_total", "Recommendation requests.", ["endpoint", "surface", "variant", "cache"]
@@ -403,7 +401,7 @@ def _neighbour_source(
 ) -> retrieval.SourceHits:
     if not model.has(f"{prefix}_idx") or anchors_idx.size == 0:
         return retrieval.SourceHits.empty()
-    weights = ANCHOR_DECAY ** np.arange(anchors_idx.size, dtype=np.float32)
+    weights = offline_pipeline.anchor_weights(anchors_idx.size)
     return retrieval.neighbours(anchors_idx, weights, model.array(f"{prefix}_idx"), model.array(f"{prefix}_score"), k)
 
 
@@ -431,8 +429,8 @@ def _retrieve(
         idx, scores = model.search(user_vector, QUOTAS["ann"])
         keep = idx >= 0
         hits["ann"] = _to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
-    for source, prefix in (("item_knn", "knn"), ("ease", "ease"), ("content", "content"), ("fbt", "fbt")):
-        k = QUOTAS[source] if source != "fbt" or surface in ("cart", "item", "checkout") else QUOTAS[source] // 2
+    for source, prefix in offline_pipeline.NEIGHBOUR_TABLES:
+        k = offline_pipeline.fbt_quota(surface) if source == "fbt" else QUOTAS[source]
         hits[source] = _to_pks(model, _neighbour_source(model, prefix, anchor_idx, k))
     for source in ("trending", "popular"):
         top = _top_lists.get(model, source)
