@@ -40,7 +40,6 @@ __all__ = [
 SRM_THRESHOLD = 0.001
 
 METRICS = ("ctr", "add_to_cart_rate", "conversion_rate", "revenue_per_customer")
-RATE_METRICS = ("ctr", "add_to_cart_rate", "conversion_rate")
 
 # How each metric is compared with the control: every test treats the randomisation unit (customer or anonymous
 # session) as the independent observation. CTR has several lists per unit, hence the delta method.

@@ -334,24 +334,25 @@ def impression_log(
 
 
 IMPRESSION_PUSH_INTERVAL_SECONDS = 0.05
+_PUSH_PAUSE_AFTER_FAILURE_SECONDS = 1.0
 
 
 class _ImpressionBuffer:
     """This process's impressions on their way to the Redis queue: a request appends its record, and a background
-    loop pushes whatever accumulated every ``PUSH_INTERVAL_SECONDS`` in one RPUSH, so logging costs the request no
-    round trip. While Redis is unreachable records wait here, up to ``MAX_BUFFERED`` (beyond it the oldest are
-    dropped and counted as "redis"); a worker stopped gracefully pushes what it holds at exit, one that crashes
-    loses at most the last interval's.
+    loop pushes whatever accumulated every ``IMPRESSION_PUSH_INTERVAL_SECONDS`` in one RPUSH, so logging costs the
+    request no round trip. While Redis is unreachable records wait here, up to ``MAX_BUFFERED`` (beyond it the
+    oldest are dropped and counted as "redis"), and the loop tries again only after a pause, not every interval; a
+    worker stopped gracefully pushes what it holds at exit, one that crashes loses at most the last interval's.
     """
 
-    PUSH_INTERVAL_SECONDS = IMPRESSION_PUSH_INTERVAL_SECONDS
     MAX_BUFFERED = 100_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._push_lock = threading.Lock()  # one push at a time; clear() waits for a push in flight
         self._records: list[str] = []
-        self._loop = Periodic("impression-push", self.PUSH_INTERVAL_SECONDS, self.push)
+        self._paused_until = 0.0
+        self._loop = Periodic("impression-push", IMPRESSION_PUSH_INTERVAL_SECONDS, self._push_when_due)
 
     def add(self, record: str) -> None:
         with self._lock:
@@ -359,8 +360,13 @@ class _ImpressionBuffer:
         self._loop.ensure()
 
     def push(self) -> None:
+        """Push now, whether or not the loop is pausing after a failure."""
         with self._push_lock:
             self._push()
+
+    def _push_when_due(self) -> None:
+        if time.monotonic() >= self._paused_until:
+            self.push()
 
     def _push(self) -> None:
         with self._lock:
@@ -374,6 +380,7 @@ class _ImpressionBuffer:
             pipe.ltrim(keys.IMPRESSIONS, -MAX_QUEUED_IMPRESSIONS, -1)
             length = max(pipe.execute()[:-1])
         except redis.RedisError:
+            self._paused_until = time.monotonic() + _PUSH_PAUSE_AFTER_FAILURE_SECONDS
             logger.warning("impression_push_redis_unavailable", exc_info=True, extra={"records": len(records)})
             with self._lock:
                 self._records = records + self._records
@@ -385,10 +392,12 @@ class _ImpressionBuffer:
             return
         if length > MAX_QUEUED_IMPRESSIONS:
             IMPRESSION_LOG_ERRORS.labels(reason="overflow").inc(length - MAX_QUEUED_IMPRESSIONS)
+        self._paused_until = 0.0
 
     def clear(self) -> None:
         with self._push_lock, self._lock:
             self._records = []
+            self._paused_until = 0.0
 
 
 _buffer = _ImpressionBuffer()
@@ -401,7 +410,7 @@ def impressions_buffer_clear() -> None:
 
 def impressions_push() -> None:
     """Push this process's logged impressions to the Redis queue now (the background loop does it within
-    ``_ImpressionBuffer.PUSH_INTERVAL_SECONDS`` anyway)."""
+    ``IMPRESSION_PUSH_INTERVAL_SECONDS`` anyway)."""
     _buffer.push()
 
 
@@ -802,7 +811,10 @@ def _experiment_results(key: str) -> ExperimentResults:
         active_items=selectors.active_item_count(),
         cuped=selectors.cuped_data(**params, start_at=spec.start_at) if spec.start_at else None,
         weight_history=selectors.weight_history(experiment_id=spec.id),
-        latency_p95_ms=selectors.latency_p95_ms(experiment_id=spec.id),
+        # Only for an experiment that has this guardrail: the query sorts every impression's latency.
+        latency_p95_ms=(
+            selectors.latency_p95_ms(experiment_id=spec.id) if started and "latency_p95_ms" in spec.guardrails else None
+        ),
         computed_at=timezone.now(),
     )
 

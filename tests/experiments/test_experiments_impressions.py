@@ -182,3 +182,24 @@ def test_beat_runs_registered_experiment_tasks() -> None:
 
     assert ours == {"experiments.tasks.flush_impressions", "experiments.tasks.bandit_reweight_running"}
     assert ours <= set(app.tasks)
+
+
+@pytest.mark.django_db
+def test_the_background_loop_pauses_after_a_failed_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = []
+
+    class DownRedis:
+        def pipeline(self, transaction: bool = True) -> object:
+            attempts.append(1)
+            raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(services.redis_client, "get", lambda: DownRedis())
+    services.impression_log(
+        request_id="p", surface="home", customer_id="c", session_id="",
+        assignment=services.Assignment(None, None, VariantConfig()), item_pks=[1], model_version=None,
+    )  # fmt: skip
+    services._buffer._push_when_due()
+    services._buffer._push_when_due()  # within the pause: Redis is not asked again every 50 ms
+    assert len(attempts) == 1
+    services.impressions_push()  # an explicit push (a flush, an erasure) does not wait
+    assert len(attempts) == 2
