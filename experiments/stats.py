@@ -404,6 +404,17 @@ def srm_p_value(observed_counts: Sequence[int], expected_weights: Sequence[float
 # --------------------------------------------------------------------------------------------------
 
 
+def _msprt(diff: float, variance: float, alpha: float, tau2: float) -> tuple[float, float]:
+    """The normal-mixture mSPRT for an estimated difference ``diff`` with ``variance`` > 0 and mixing variance
+    ``tau2``: (always-valid p-value, half-width of the 1 - ``alpha`` confidence sequence)."""
+    # log Lambda(0); staying in logs avoids overflow of exp() for large, clear-cut experiments.
+    log_lr = 0.5 * math.log(variance / (variance + tau2)) + tau2 * diff**2 / (2 * variance * (variance + tau2))
+    half = math.sqrt(
+        variance * (variance + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance))
+    )
+    return min(1.0, math.exp(-log_lr)), half
+
+
 def always_valid_proportion_test(
     n_control: int,
     conversions_control: int,
@@ -448,12 +459,7 @@ def always_valid_proportion_test(
         # Every observation identical in both arms (e.g. no conversions yet): no evidence either way.
         return TestResult(diff, _lift(diff, p_c), 1.0, -1.0, 1.0)
 
-    # log Lambda(0); staying in logs avoids overflow of exp() for large, clear-cut experiments.
-    log_lr = 0.5 * math.log(variance / (variance + tau2)) + tau2 * diff**2 / (2 * variance * (variance + tau2))
-    p_value = min(1.0, math.exp(-log_lr))
-    half = math.sqrt(
-        variance * (variance + tau2) / tau2 * (2 * math.log(1 / a) + math.log((variance + tau2) / variance))
-    )
+    p_value, half = _msprt(diff, variance, a, tau2)
     # A difference of proportions lies in [-1, 1]; clipping keeps early, wide intervals meaningful.
     return TestResult(diff, _lift(diff, p_c), p_value, max(-1.0, diff - half), min(1.0, diff + half))
 
@@ -629,11 +635,7 @@ def always_valid_ratio_test(
     if variance == 0:
         # No variation in either arm yet: no evidence either way.
         return TestResult(diff, _lift(diff, r_c), 1.0, -1.0 if is_rate else -math.inf, 1.0 if is_rate else math.inf)
-    log_lr = 0.5 * math.log(variance / (variance + tau2)) + tau2 * diff**2 / (2 * variance * (variance + tau2))
-    p_value = min(1.0, math.exp(-log_lr))
-    half = math.sqrt(
-        variance * (variance + tau2) / tau2 * (2 * math.log(1 / a) + math.log((variance + tau2) / variance))
-    )
+    p_value, half = _msprt(diff, variance, a, tau2)
     low, high = diff - half, diff + half
     if is_rate:
         low, high = max(-1.0, low), min(1.0, high)
