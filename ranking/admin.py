@@ -22,7 +22,6 @@ from django.utils.safestring import mark_safe
 from experiments import charts
 from ranking import merchandising, services, serving
 from ranking.models import BusinessRule, ModelVersion
-from recsys.admin_utils import EstimatedCountPaginator
 
 
 @dataclass(frozen=True)
@@ -316,8 +315,6 @@ PREVIEW_SURFACES = (*merchandising.CUSTOMER_SURFACES, *merchandising.ITEM_SURFAC
 class BusinessRuleAdmin(admin.ModelAdmin):
     form = BusinessRuleForm
     change_list_template = "admin/ranking/businessrule/change_list.html"
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
     list_display = ("name", "kind", "target", "target_label", "weight", "position", "surfaces_label", "window",
                     "enabled", "updated_by", "updated_at")  # fmt: skip
     list_filter = ("enabled", "kind", "target")

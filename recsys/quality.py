@@ -580,7 +580,7 @@ def quality_refresh(*, now: datetime | None = None) -> QualityReport:
     return report
 
 
-def day_snapshot_compute(*, day: date, latency_p95_ms: float | None, now: datetime | None = None) -> QualitySnapshot:
+def day_snapshot_compute(*, day: date, latency_p95_ms: float | None, now: datetime | None = None) -> None:
     """Compute and upsert the snapshot of one whole past UTC day from the lists served that day, as the day's last
     run would have: no gauges and no cached 7-day figure (both describe the present). For ``replay_demo_traffic``,
     which serves lists dated on past days and measures their latency itself. Idempotent."""
@@ -591,7 +591,6 @@ def day_snapshot_compute(*, day: date, latency_p95_ms: float | None, now: dateti
     (week,) = _items_shown(until=end, starts=[end - WEEK])
     period = dataclasses.replace(period, items_shown_7d=week)
     snapshot_upsert(day=day, values=_snapshot_values(period, now) | {"latency_p95_ms": latency_p95_ms})
-    return QualitySnapshot.objects.get(date=day)
 
 
 def replayed_share(snapshot: QualitySnapshot) -> tuple[int, int]:
