@@ -3,11 +3,11 @@ side-by-side "preview as customer" with rules on and off."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
 
 from catalog.models import Item
 from events import selectors as event_selectors
@@ -63,7 +63,6 @@ ITEM_SURFACES = ("similar", "bought_together")
 CUSTOMER_SURFACES = ("home", "item", "cart", "category")
 PICKER_CUSTOMERS = 50
 PICKER_SCAN = 2_000  # the latest interactions the picker's customers come from
-MAX_PREVIEW_RULES = 500
 
 
 @dataclass(frozen=True)
@@ -133,15 +132,9 @@ def preview_as_customer(
 
 
 def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tuple[RuleEffect, ...]:
-    """The enabled rules in force on ``surface`` now that target one of ``item_ids``: two queries."""
-    now = timezone.now()
-    rules_now = [
-        rule
-        for rule in BusinessRule.objects.filter(enabled=True)
-        .filter(Q(starts_at__isnull=True) | Q(starts_at__lte=now), Q(ends_at__isnull=True) | Q(ends_at__gt=now))
-        .order_by("pk")[:MAX_PREVIEW_RULES]
-        if not rule.surfaces or surface in rule.surfaces
-    ]
+    """The rules in force on ``surface`` now (serving's own snapshot, ``rules.active_rules``) that target one of
+    ``item_ids``, with their names: two queries."""
+    rules_now = rules.active_rules(surface=surface, now=time.time())
     if not rules_now or not item_ids:
         return ()
     rows = {
@@ -150,17 +143,18 @@ def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tupl
             "external_id", "pk", "category_id", "brand_id"
         )
     }
-    effects = []
-    for rule in rules_now:
-        column, wanted = {
-            BusinessRule.Target.ITEM: (0, rule.item_id),
-            BusinessRule.Target.CATEGORY: (1, rule.category_id),
-            BusinessRule.Target.BRAND: (2, rule.brand_id),
-        }[BusinessRule.Target(rule.target)]
-        touched = tuple(i for i in item_ids if i in rows and wanted is not None and rows[i][column] == wanted)
-        if touched or rule.pk in fired:
-            effects.append(RuleEffect(rule.pk, rule.name, rule.kind, rule.pk in fired, touched))
-    return tuple(effects)
+    column = {"item": 0, "category": 1, "brand": 2}
+    effects = [
+        (rule, tuple(i for i in item_ids if i in rows and rows[i][column[rule.target]] == rule.target_value))
+        for rule in rules_now
+    ]
+    effects = [(rule, touched) for rule, touched in effects if touched or rule.rule_id in fired]
+    names = dict(BusinessRule.objects.filter(pk__in=[rule.rule_id for rule, _ in effects]).values_list("pk", "name"))
+    return tuple(
+        RuleEffect(rule.rule_id, names.get(rule.rule_id, f"rule {rule.rule_id}"), rule.kind, rule.rule_id in fired,
+                   touched)
+        for rule, touched in effects
+    )  # fmt: skip
 
 
 def preview_customers(*, limit: int = PICKER_CUSTOMERS) -> list[str]:
