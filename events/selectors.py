@@ -232,3 +232,53 @@ def recently_active_customer_ids(*, scan: int, limit: int) -> list[str]:
         .values_list("customer__external_id", flat=True)[:scan]
     )
     return list(dict.fromkeys(latest))[:limit]
+
+
+# GET /v1/customers (recsys/customer_list.py): activity is counted over the latest ACTIVITY_WINDOW interactions (an
+# id range on the primary key), a page holds at most MAX_LIMIT customers at an offset of at most MAX_OFFSET.
+ACTIVITY_WINDOW = 200_000  # the latest interactions activity is counted over
+MAX_LIMIT = 100
+MAX_OFFSET = 10_000
+ORDERINGS = ("-activity", "customer_id")
+
+
+@dataclass(frozen=True)
+class CustomerActivity:
+    customer_id: str
+    interactions: int  # among the latest ACTIVITY_WINDOW interactions
+    purchases: int
+
+
+_WINDOW = "r.id > (SELECT coalesce(max(id), 0) FROM events_interaction) - %(window)s"
+
+_BY_ACTIVITY = f"""
+SELECT c.external_id, count(*) AS interactions, count(*) FILTER (WHERE r.type = %(purchase)s) AS purchases
+  FROM events_interaction r JOIN catalog_customer c ON c.id = r.customer_id
+ WHERE {_WINDOW}
+ GROUP BY c.external_id
+ ORDER BY interactions DESC, purchases DESC, c.external_id
+ LIMIT %(limit)s OFFSET %(offset)s
+"""  # noqa: S608 (interpolates a module constant only; values go as parameters)
+
+_BY_ID = f"""
+SELECT c.external_id, count(r.id), count(r.id) FILTER (WHERE r.type = %(purchase)s)
+  FROM (SELECT id, external_id FROM catalog_customer ORDER BY external_id LIMIT %(limit)s OFFSET %(offset)s) c
+  LEFT JOIN events_interaction r ON r.customer_id = c.id AND {_WINDOW}
+ GROUP BY c.external_id
+ ORDER BY c.external_id
+"""  # noqa: S608 (same)
+
+
+def customer_activity_list(*, ordering: str = "-activity", limit: int = 20, offset: int = 0) -> list[CustomerActivity]:
+    """A page of customers with their recent activity; ``-activity``: the most interactions first (customers with
+    none in the window are not listed), ``customer_id``: every customer by id. One query."""
+    if ordering not in ORDERINGS:
+        raise ValueError(f"ordering must be one of {ORDERINGS}")
+    params = {
+        "window": ACTIVITY_WINDOW, "purchase": int(Interaction.Type.PURCHASE),
+        "limit": max(1, min(limit, MAX_LIMIT)), "offset": max(0, min(offset, MAX_OFFSET)),
+    }  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_BY_ACTIVITY if ordering == "-activity" else _BY_ID, params)
+        rows = cursor.fetchall()
+    return [CustomerActivity(str(external_id), int(n), int(purchases)) for external_id, n, purchases in rows]

@@ -11,6 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from catalog.models import Customer
+from events import selectors as event_selectors
 from events.models import Interaction
 from recsys import customer_list
 from tests.factories import ItemFactory
@@ -63,7 +64,7 @@ def test_activity_counts_only_the_latest_window(
     api: APIClient, shoppers: list[Customer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stored in id order c0 x3, c1 x4, c2 x1: the latest two are one of c1's views and c2's purchase.
-    monkeypatch.setattr(customer_list, "ACTIVITY_WINDOW", 2)
+    monkeypatch.setattr(event_selectors, "ACTIVITY_WINDOW", 2)
     rows = customer_list.customer_activity_list(limit=10)
     assert [(row.customer_id, row.interactions, row.purchases) for row in rows] == [("c2", 1, 1), ("c1", 1, 0)]
 
