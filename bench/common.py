@@ -66,7 +66,9 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+        if abs(value) < 10:
+            return f"{value:,.3f}"
+        return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

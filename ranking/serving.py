@@ -20,11 +20,13 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
+from django.conf import settings
 from django.db import DatabaseError
 from prometheus_client import Counter, Histogram
 
@@ -41,10 +43,10 @@ from ranking import offline_pipeline, retrieval, rules
 from ranking import rerank as rr
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
+from ranking.compiled_ranker import ServingRanker
 from ranking.item_cache import ItemCache
 from ranking.offline_pipeline import booster_from_array
 from ranking.ranker import FEATURE_NAMES, blend_scores, build_features, candidate_context, click_through_rate
-from ranking.ranker import score as ranker_score
 from recsys import redis_client
 
 logger = logging.getLogger(__name__)
@@ -729,7 +731,7 @@ def _compute(
         wanted = _category_pk(request.category)
         available &= category == (wanted if wanted is not None else -2)
     with trace.stage("ranking"):
-        scores, ranker_used = _score(
+        scores, ranker_engine = _score(
             model, candidates, config, user_vector, history, affinity, category, price, created, now
         )
     with trace.stage("rerank"):
@@ -790,7 +792,8 @@ def _compute(
             "stages_ms": trace.stages,
             "candidates_per_source": candidates.per_source_counts(),
             "candidates": int(cand.size),
-            "ranker": "lambdamart" if ranker_used else "blend",
+            "ranker": "lambdamart" if ranker_engine else "blend",
+            "ranker_engine": ranker_engine,  # lleaves (compiled), lightgbm (until compiled), None: the blend
             "diversity": diversity,
             "context": {"item": context.item_pk is not None, "category": context.category_pk is not None},
             "dropped": dict(result.dropped),
@@ -818,11 +821,12 @@ def _score(
     price: npt.NDArray[np.float64],
     created: npt.NDArray[np.float64],
     now: float,
-) -> tuple[npt.NDArray[np.float32], bool]:
-    """LambdaMART scores when the version has a ranker and the config wants it, else the blended score."""
-    booster = _ranker_for(model) if (model is not None and config.ranker) else None
-    if booster is None:
-        return blend_scores(candidates, config.blend_weights), False
+) -> tuple[npt.NDArray[np.float32], str | None]:
+    """LambdaMART scores when the version has a ranker and the config wants it, else the blended score; and the
+    engine that computed them (None: the blend)."""
+    ranker = _ranker_for(model) if (model is not None and config.ranker) else None
+    if ranker is None:
+        return blend_scores(candidates, config.blend_weights), None
     last_category = -1
     if history.pks.size:
         last = model.item_index(history.pks[:1])[0]
@@ -837,28 +841,34 @@ def _score(
     )  # fmt: skip
     X = build_features(candidates, context)
     assert X.shape[1] == len(FEATURE_NAMES)
-    return ranker_score(booster, X), True
+    return ranker.score(X), ranker.engine
 
 
-_rankers: dict[int, Any] = {}
+_rankers: dict[int, ServingRanker | None] = {}
 _rankers_lock = threading.Lock()
 _NOT_LOADED = object()
 
 
-def _ranker_for(model: ActiveModel) -> Any:
-    """The version's LambdaMART booster, loaded once per process; None when the version has none (training
-    ships it only when the pipeline with it beat the best single source on held-out users)."""
+def _ranker_for(model: ActiveModel) -> ServingRanker | None:
+    """The version's LambdaMART ranker, loaded once per process (and compiled to machine code in the background);
+    None when the version has none (training ships it only when the pipeline with it beat the best single source
+    on held-out users)."""
     found = _rankers.get(model.version_id, _NOT_LOADED)
     if found is not _NOT_LOADED:
         return found
     with _rankers_lock:
         if model.version_id not in _rankers:
-            booster = booster_from_array(model.array("ranker_model")) if model.has("ranker_model") else None
+            ranker = None
+            if model.has("ranker_model"):
+                cache_dir = settings.COMPILED_RANKER_DIR
+                ranker = ServingRanker(
+                    booster_from_array(model.array("ranker_model")), Path(cache_dir) if cache_dir else None
+                )
             # Two versions at most: during a hot swap, requests that started on the old model still finish with
-            # its booster (a clear() here made them fail with KeyError); older ones go with their models.
+            # its ranker (a clear() here made them fail with KeyError); older ones go with their models.
             for stale in list(_rankers)[:-1]:
                 _rankers.pop(stale, None)
-            _rankers[model.version_id] = booster
+            _rankers[model.version_id] = ranker
         return _rankers[model.version_id]
 
 

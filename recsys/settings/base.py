@@ -114,6 +114,9 @@ CACHES = {
 }
 
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(BASE_DIR / "var" / "artifacts")))
+# Serving scores with the ranker compiled to machine code (lleaves), cached here per model and CPU
+# (ranking/compiled_ranker.py); empty: always LightGBM's own predict.
+COMPILED_RANKER_DIR = env_str("COMPILED_RANKER_DIR", str(ARTIFACT_ROOT / ".compiled"))
 
 # --- Celery -------------------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .base import *  # noqa: E402,F403
 DATABASES["default"]["TEST"] = {"NAME": f"test_recsys_{_RUN_SLOT}"}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ARTIFACT_ROOT = BASE_DIR / "var" / "test-artifacts"  # noqa: F405
+COMPILED_RANKER_DIR = str(ARTIFACT_ROOT / ".compiled")
 API_DEFAULT_RATE_PER_MINUTE = 1_000_000
 # Tests render admin pages without running collectstatic first.
 STORAGES = {

@@ -19,6 +19,7 @@ from experiments.models import SurfaceDefault
 from experiments.services import assignment_cache_clear
 from ranking import offline_pipeline, rules, serving
 from ranking.artifacts import get_active_model, loader
+from ranking.compiled_ranker import ServingRanker
 from ranking.models import ModelVersion
 from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 
@@ -81,14 +82,14 @@ def test_a_shipped_ranker_scores_the_served_list(
 
     # Spy on (not replace) the scoring call: which booster scored which feature rows, and what it said.
     calls: list[tuple[str, np.ndarray]] = []
-    real_score = serving.ranker_score
+    real_score = ServingRanker.score
 
-    def spy(booster: Any, X: np.ndarray) -> np.ndarray:
-        out = real_score(booster, X)
-        calls.append((booster.model_to_string(), out))
+    def spy(ranker: ServingRanker, X: np.ndarray) -> np.ndarray:
+        out = real_score(ranker, X)
+        calls.append((ranker.booster.model_to_string(), out))
         return out
 
-    monkeypatch.setattr(serving, "ranker_score", spy)
+    monkeypatch.setattr(ServingRanker, "score", spy)
     _score_order_config()
     observer = world["observers"][0][0]
     body = _debug_list(admin_api, observer.external_id)
@@ -105,6 +106,18 @@ def test_a_shipped_ranker_scores_the_served_list(
     # What it learnt: the observer's own category's new arrivals (never bought before the split) come first.
     own_new = {item.external_id for item in world["new"][0]}
     assert {item["item_id"] for item in body["items"][:3]} == own_new
+
+    # Once the background compile is done the same ranker scores as machine code (lleaves): the same list, the same
+    # scores, now said to come from the compiled engine.
+    serving_ranker = serving._ranker_for(model)
+    assert serving_ranker is not None
+    assert serving_ranker.wait_compiled(timeout=120)
+    again = _debug_list(admin_api, observer.external_id)
+    assert again["debug"]["ranker_engine"] == "lleaves"
+    assert [item["item_id"] for item in again["items"]] == [item["item_id"] for item in body["items"]]
+    assert [e["score"] for e in again["debug"]["top_scores"]] == pytest.approx(
+        [e["score"] for e in body["debug"]["top_scores"]], abs=1e-6
+    )
 
 
 @pytest.mark.django_db
