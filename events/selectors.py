@@ -59,10 +59,19 @@ def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
 
 
 @dataclass(frozen=True)
+class HistoryColumns:
+    """A history as arrays, newest first."""
+
+    item_pk: np.ndarray  # int64 catalog.Item primary keys
+    type: np.ndarray  # int64 Interaction.Type values
+    ts: np.ndarray  # float64 Unix times
+
+
+@dataclass(frozen=True)
 class OwnerState:
     """An owner's recent history and category affinities, read in one round trip."""
 
-    history: list[HistoryEntry]
+    history: HistoryColumns
     affinity: dict[int, float]
     # False when Redis lost the online state (flushed, restarted empty): the history above may be missing events.
     complete: bool = True
@@ -81,7 +90,7 @@ def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None
 def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
     history_rows, affinity_rows, complete = replies
     return OwnerState(
-        [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in online.parse_history(history_rows)],
+        HistoryColumns(*online.parse_history_columns(history_rows)),
         online.parse_affinity(affinity_rows),
         bool(complete),
     )

@@ -336,7 +336,10 @@ def model_load(*, version_id: int, name: str, checksum: str, path: Path, verify:
     try:
         for filename in meta["files"]:
             if filename.endswith(".npy"):
-                arrays[filename[: -len(".npy")]] = np.load(path / filename, mmap_mode="r", allow_pickle=False)
+                mapped = np.load(path / filename, mmap_mode="r", allow_pickle=False)
+                # Plain ndarray views of the mapping (which they keep alive): np.memmap's subclass hooks run on
+                # every slice and fancy index of it, some thirty per request.
+                arrays[filename[: -len(".npy")]] = mapped.view(np.ndarray)
         index = None
         if ANN_FILE in meta["files"]:
             index = ann.read_index(path / ANN_FILE, mmap=True)

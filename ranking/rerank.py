@@ -365,7 +365,7 @@ def _drop_masks(candidates: Candidates, block_match: BoolArray, exclude_idx: Int
     reasons = {
         "duplicate": duplicate,
         "unavailable": ~candidates.available,
-        "excluded": np.isin(candidates.item_idx, exclude_idx),
+        "excluded": np.isin(candidates.item_idx, exclude_idx) if exclude_idx.size else np.zeros(n, dtype=bool),
         "blocked": block_match.any(axis=0),
     }
     already = np.zeros(n, dtype=bool)

@@ -624,7 +624,7 @@ def _owner_state(
             state = event_selectors.owner_state_parse(prefetched[n * size : (n + 1) * size])
             if not state.complete:
                 raise OnlineStateLost
-            histories.append(_History.of(state.history))
+            histories.append(_History(state.history.item_pk, state.history.type, state.history.ts))
             part: Mapping[int, float] = state.affinity
         else:
             histories.append(_History.load(owner, from_db=not redis_ok))
@@ -711,7 +711,7 @@ def _compute(
         candidates = retrieval.merge(hits)
         pin_rules = rules.active_rules(surface=request.surface, now=now) if config.rules_enabled else ()
         pinned_pks = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
-        missing_pins = pinned_pks[~np.isin(pinned_pks, candidates.item_idx)]
+        missing_pins = pinned_pks[~np.isin(pinned_pks, candidates.item_idx)] if pinned_pks.size else pinned_pks
         if missing_pins.size:
             # Pinned items join the candidates so the re-ranker can place them (it never invents items).
             hits["pinned"] = retrieval.SourceHits(
@@ -775,7 +775,7 @@ def _compute(
             )  # fmt: skip
             items.append({
                 "item_id": row.item_id, "title": row.title, "category": row.category, "price": row.price,
-                "score": round(float(result.score[slot]), 6), "reason": asdict(reason),
+                "score": round(float(result.score[slot]), 6), "reason": {"code": reason.code, "text": reason.text},
                 "sources": list(sources) or ["pinned"],
             })  # fmt: skip
     if items:

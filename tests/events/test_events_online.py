@@ -74,6 +74,23 @@ def test_history_is_newest_first_with_item_pk_type_and_time(api: APIClient, cata
     assert selectors.recent_history("C1", limit=2) == history[:2]
 
 
+def test_the_owner_state_read_in_one_round_trip_holds_the_same_history(
+    api: APIClient, catalog: dict[str, Item]
+) -> None:
+    send(api, ev("a", "I1", minutes_ago=30), ev("b", "I2", "click", minutes_ago=20), ev("c", "I3", "purchase", 10))
+    pipe = redis_client.get().pipeline(transaction=False)
+    selectors.owner_state_queue(pipe, "C1", history_limit=50)
+    state = selectors.owner_state_parse(pipe.execute())
+    rows = selectors.recent_history("C1")
+    assert state.history.item_pk.tolist() == [row.item_pk for row in rows]
+    assert state.history.type.tolist() == [row.type for row in rows]
+    assert state.history.ts.tolist() == [row.ts for row in rows]
+    assert state.history.item_pk.dtype == np.int64
+    assert state.complete
+    empty = selectors.owner_state_parse([[], [], 1]).history
+    assert (empty.item_pk.size, empty.type.size, empty.ts.size) == (0, 0, 0)
+
+
 def test_late_event_lands_in_time_order(api: APIClient, catalog: dict[str, Item]) -> None:
     send(api, ev("new", "I1", minutes_ago=1))
     send(api, ev("old", "I2", minutes_ago=60))

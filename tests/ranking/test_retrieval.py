@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ranking.retrieval import NO_RANK, SOURCE_INDEX, SourceHits, merge, neighbours, top_k
 
@@ -58,3 +60,51 @@ def test_merge_keeps_every_source_and_picks_the_best() -> None:
     assert merged.anchor[2] == 2
     assert merged.per_source_counts()["popular"] == 3
     assert merge({}).item_idx.size == 0
+
+
+def _neighbours_by_hand(
+    anchors: np.ndarray, weights: np.ndarray, idx: np.ndarray, score: np.ndarray, k: int, exclude: np.ndarray | None
+) -> list[tuple[int, float, int]]:
+    """The definition, one hit at a time: (item, summed weighted similarity, strongest anchor), best first; ties
+    in the sum go to the smaller item, ties in strength to the more recent anchor."""
+    totals: dict[int, float] = {}
+    best: dict[int, tuple[float, int]] = {}
+    for a, w in zip(anchors.tolist(), weights.tolist(), strict=True):
+        for item, s in zip(idx[a].tolist(), score[a].tolist(), strict=True):
+            if item < 0 or item in anchors.tolist() or (exclude is not None and exclude[item]):
+                continue
+            c = float(np.float32(s) * np.float32(w))
+            totals[item] = totals.get(item, 0.0) + c
+            if item not in best or c > best[item][0]:
+                best[item] = (c, a)
+    ranked = sorted(totals, key=lambda item: (-np.float32(totals[item]), item))[:k]
+    return [(item, float(np.float32(totals[item])), best[item][1]) for item in ranked]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_items=st.integers(12, 80),
+    width=st.integers(1, 12),
+    n_anchors=st.integers(1, 10),
+    k=st.integers(1, 30),
+    with_exclude=st.booleans(),
+)
+def test_neighbours_agree_with_the_definition(
+    seed: int, n_items: int, width: int, n_anchors: int, k: int, with_exclude: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    # Top-m tables as training writes them: distinct neighbours per row, −1 padding; coarse scores make ties.
+    idx = np.stack([rng.permutation(n_items)[:width] for _ in range(n_items)]).astype(np.int32)
+    idx[rng.random(idx.shape) < 0.2] = -1
+    score = rng.choice(np.array([1.0, 0.5, 0.25, 0.125], np.float32), size=idx.shape)
+    anchors = rng.permutation(n_items)[:n_anchors].astype(np.int64)
+    weights = (0.85 ** np.arange(n_anchors)).astype(np.float32)
+    exclude = rng.random(n_items) < 0.2 if with_exclude else None
+
+    hits = neighbours(anchors, weights, idx, score, k, exclude)
+
+    expected = _neighbours_by_hand(anchors, weights, idx, score, k, exclude)
+    assert hits.item_idx.tolist() == [item for item, _, _ in expected]
+    np.testing.assert_allclose(hits.score, [total for _, total, _ in expected], rtol=1e-6)
+    assert hits.anchor.tolist() == [anchor for _, _, anchor in expected]
