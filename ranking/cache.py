@@ -13,7 +13,6 @@ lock is the third. Redis trouble degrades to computing every time, never to an e
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -21,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 import redis
 from cachetools import TLRUCache
 from prometheus_client import Counter
@@ -37,6 +37,11 @@ _WAIT_FOR_PEER_S = 0.25  # how long a loser waits for the winner's value before 
 
 # ``compute`` gets the replies of the commands ``prefetch`` queued (None when they could not be read).
 Compute = Callable[[Sequence[Any] | None], Any]
+
+
+def _dumps(value: Any) -> bytes:
+    # orjson: several times faster than the json module on these lists, in both directions.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 Prefetch = Callable[[Pipeline], None]
 
 
@@ -44,7 +49,7 @@ class ListCache:
     def __init__(self, *, ttl_seconds: float = 60.0, l1_size: int = 20_000, jitter: float = 0.1) -> None:
         self.ttl = ttl_seconds
         self.jitter = jitter
-        self._l1: TLRUCache[str, str] = TLRUCache(maxsize=l1_size, ttu=self._expiry, timer=time.monotonic)
+        self._l1: TLRUCache[str, bytes] = TLRUCache(maxsize=l1_size, ttu=self._expiry, timer=time.monotonic)
         self._l1_lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
@@ -88,10 +93,10 @@ class ListCache:
                 value = self._decode(raw, version)
                 if value is not None:
                     CACHE_REQUESTS.labels("l2_hit").inc()
-                    self._l1_set(local_key, value)
+                    self._l1_set(local_key, _dumps(value))
                     return value, "l2"
-                value, tier = self._compute_once_across_processes(key, version, compute, prefetch)
-                self._l1_set(local_key, value)
+                value, tier, encoded = self._compute_once_across_processes(key, version, compute, prefetch)
+                self._l1_set(local_key, encoded)
                 CACHE_REQUESTS.labels("miss" if tier == "miss" else "l2_hit").inc()
                 return value, tier
             finally:
@@ -121,7 +126,7 @@ class ListCache:
         if raw is None:
             return None
         try:
-            entry = json.loads(raw)
+            entry = orjson.loads(raw)
         except ValueError:  # not ours (or from another release): a miss, never an error
             return None
         if not isinstance(entry, dict) or entry.get("v") != version:
@@ -130,8 +135,9 @@ class ListCache:
 
     def _compute_once_across_processes(
         self, key: str, version: int | str, compute: Compute, prefetch: Prefetch | None
-    ) -> tuple[Any, str]:
-        """(value, "miss") when computed here, (value, "l2") when another process computed it meanwhile."""
+    ) -> tuple[Any, str, bytes]:
+        """(value, "miss", its JSON) when computed here, (value, "l2", its JSON) when another process computed it
+        meanwhile."""
         client = redis_client.get()
         lock_key = f"lock:{key}#{version}"
         prefetched: Sequence[Any] | None = None
@@ -152,26 +158,28 @@ class ListCache:
                 time.sleep(0.005)
                 value = self._l2_get(key, version)
                 if value is not None:
-                    return value, "l2"
+                    return value, "l2", _dumps(value)
         try:
             value = compute(prefetched)
         except BaseException:
             if won:
                 self._release(lock_key)
             raise
+        encoded = _dumps(value)  # once, for both tiers
         try:
             pipe = client.pipeline(transaction=False)
-            pipe.set(key, self._encode(value, version), ex=max(1, round(self._jittered())))
+            pipe.set(key, self._entry(encoded, version), ex=max(1, round(self._jittered())))
             if won:
                 pipe.delete(lock_key)
             pipe.execute()
         except redis.RedisError:
             logger.warning("recommendation_cache_unavailable", exc_info=True)
-        return value, "miss"
+        return value, "miss", encoded
 
     @staticmethod
-    def _encode(value: Any, version: int | str) -> str:
-        return json.dumps({"v": version, "d": value}, separators=(",", ":"))
+    def _entry(encoded: bytes, version: int | str) -> bytes:
+        """The L2 entry ``{"v": version, "d": value}`` around the value's JSON."""
+        return b'{"v":%b,"d":%b}' % (_dumps(version), encoded)
 
     @staticmethod
     def _release(lock_key: str) -> None:
@@ -182,16 +190,15 @@ class ListCache:
 
     # L1 holds each list as its JSON text, one object that the garbage collector does not track: twenty thousand
     # lists as dicts are about a million tracked objects, and a full collection over them stalled a worker for
-    # 100-300 ms (the serving bench's p99). Decoding one on a hit costs some 20 µs.
+    # 100-300 ms (the serving bench's p99). Decoding one on a hit costs a few µs (orjson).
     def _l1_get(self, key: str) -> Any:
         with self._l1_lock:
             raw = self._l1.get(key)
-        return json.loads(raw) if raw is not None else None
+        return orjson.loads(raw) if raw is not None else None
 
-    def _l1_set(self, key: str, value: Any) -> None:
-        raw = json.dumps(value, separators=(",", ":"))
+    def _l1_set(self, key: str, encoded: bytes) -> None:
         with self._l1_lock:
-            self._l1[key] = raw
+            self._l1[key] = encoded
 
     def _l2_get(self, key: str, version: int | str) -> Any:
         try:
