@@ -42,6 +42,8 @@ Compute = Callable[[Sequence[Any] | None], Any]
 def _dumps(value: Any) -> bytes:
     # orjson: several times faster than the json module on these lists, in both directions.
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
 Prefetch = Callable[[Pipeline], None]
 
 
