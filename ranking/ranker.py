@@ -134,23 +134,36 @@ def click_through_rate(views: NDArray[np.floating], clicks: NDArray[np.floating]
 
 
 def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray[np.float32]:
-    """(n_candidates, len(FEATURE_NAMES)) float32, vectorised over the whole candidate set."""
+    """(n_candidates, len(FEATURE_NAMES)) float32, vectorised over the whole candidate set, written column by
+    column into one matrix."""
     n = candidates.item_idx.size
-    ranks = candidates.source_rank.astype(np.float32)
+    n_sources = len(SOURCES)
+    X = np.empty((n, len(FEATURE_NAMES)), np.float32)
     found = candidates.source_rank < NO_RANK
-    ranks[~found] = np.nan  # LightGBM treats NaN as "missing", which is what an absent source is
     # Reciprocal ranks, not the sources' raw scores: raw scales differ between sources and between the offline
-    # training (ranked lists) and serving, ranks mean the same everywhere.
-    scores = np.where(found, 1.0 / (1.0 + candidates.source_rank), np.nan).astype(np.float32)
+    # training (ranked lists) and serving, ranks mean the same everywhere. LightGBM treats NaN as "missing",
+    # which is what an absent source is.
+    X[:, :n_sources] = np.where(found, 1.0 / (1.0 + candidates.source_rank), np.nan)
+    X[:, n_sources : 2 * n_sources] = np.where(found, candidates.source_rank, np.nan)
+    column = 2 * n_sources
+    X[:, column] = found.sum(axis=1)
+    X[:, column + 1] = context.als_dot if context.als_dot is not None else np.nan
+    X[:, column + 2] = np.log1p(np.asarray(context.popularity, np.float32))
+    X[:, column + 3] = context.trend
+    X[:, column + 4] = context.age_days
+    X[:, column + 5] = np.log1p(np.asarray(context.price, np.float32))
+    X[:, column + 6] = context.ctr if context.ctr is not None else np.nan
     category = context.category
     if context.category_affinity:
-        total = sum(context.category_affinity.values()) or 1.0
-        unique, inverse = np.unique(category, return_inverse=True)
         # Shares in float64: decayed affinities of old events can be ~1e-50, below float32's range (0/0 = NaN).
-        per_category = np.array([context.category_affinity.get(int(c), 0.0) for c in unique], np.float64) / total
-        affinity = per_category.astype(np.float32)[inverse]
+        known = np.fromiter(context.category_affinity, np.int64, len(context.category_affinity))
+        weight = np.fromiter(context.category_affinity.values(), np.float64, known.size)
+        order = np.argsort(known)
+        known, share = known[order], weight[order] / (weight.sum() or 1.0)
+        at = np.minimum(np.searchsorted(known, category), known.size - 1)
+        X[:, column + 7] = np.where(known[at] == category, share[at].astype(np.float32), np.float32(0.0))
     else:
-        affinity = np.zeros(n, np.float32)
+        X[:, column + 7] = 0.0
     history = context.history_ids
     position = np.full(n, np.nan, np.float32)
     anchors = candidates.anchor
@@ -163,28 +176,10 @@ def build_features(candidates: CandidateSet, context: FeatureContext) -> NDArray
         values = np.full(int(has.sum()), np.nan, np.float32)
         values[hit] = first_pos[slot[hit]]
         position[has] = values
-    same_as_last = (
-        (category == context.last_category).astype(np.float32)
-        if context.last_category >= 0
-        else (np.zeros(n, np.float32))
-    )
-    nan = np.full(n, np.nan, np.float32)
-    columns: list[NDArray[np.floating]] = [
-        scores,
-        ranks,
-        found.sum(axis=1, dtype=np.float32)[:, None],
-        (context.als_dot if context.als_dot is not None else nan)[:, None],
-        np.log1p(np.asarray(context.popularity, np.float32))[:, None],
-        np.asarray(context.trend, np.float32)[:, None],
-        np.asarray(context.age_days, np.float32)[:, None],
-        np.log1p(np.asarray(context.price, np.float32))[:, None],
-        (context.ctr if context.ctr is not None else nan)[:, None],
-        affinity[:, None],
-        position[:, None],
-        np.full((n, 1), history.size, np.float32),
-        same_as_last[:, None],
-    ]
-    return np.hstack(columns).astype(np.float32, copy=False)
+    X[:, column + 8] = position
+    X[:, column + 9] = history.size
+    X[:, column + 10] = (category == context.last_category) if context.last_category >= 0 else 0.0
+    return X
 
 
 def blend_scores(candidates: CandidateSet, weights: Mapping[str, float] | None = None) -> NDArray[np.float32]:

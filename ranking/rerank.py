@@ -51,6 +51,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ranking.arrays import isin
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -239,6 +241,12 @@ class _Caps:
         branded_rows = rows[self.branded[rows]]
         np.add.at(self.brand_counts, self.brand_code[branded_rows], 1)
 
+    def at_cap(self, j: int) -> bool:
+        """Whether survivor ``j``'s category or brand has reached its cap."""
+        if self.cat_counts[self.cat_code[j]] >= self.cat_cap:
+            return True
+        return bool(self.branded[j]) and self.brand_counts[self.brand_code[j]] >= self.brand_cap
+
     def _brand_fits(self) -> BoolArray:
         return ~self.branded | (self.brand_counts[self.brand_code] < self.brand_cap)
 
@@ -289,9 +297,10 @@ def _fill(
             max_sim = np.maximum(max_sim, _similarity_to(int(j), caps))
 
     picked_list: list[int] = []
-    # One iteration per list slot; each step is a vectorised scan of the candidates.
+    # One iteration per list slot; each step is a vectorised scan of the candidates. The eligible set only
+    # shrinks by the pick itself until a category or brand reaches its cap, so the caps are re-checked only then.
+    eligible = ~taken & caps.fits()
     for _ in range(n_pick):
-        eligible = ~taken & caps.fits()
         if not eligible.any():
             caps.relax(~taken)
             eligible = ~taken & caps.fits()
@@ -303,7 +312,10 @@ def _fill(
             # Survivors are sorted by adjusted score, so the first eligible one is the best.
             j = int(np.argmax(eligible))
         taken[j] = True
+        eligible[j] = False
         caps.add(j)
+        if caps.at_cap(j):
+            eligible &= caps.fits()
         picked_list.append(j)
     return picked_list
 
@@ -357,15 +369,19 @@ def _explore(
 def _drop_masks(candidates: Candidates, block_match: BoolArray, exclude_idx: IntArray) -> dict[str, BoolArray]:
     """Per-row drop reason masks; each row is attributed to the first matching reason."""
     n = len(candidates)
-    # Highest score first, so np.unique's first index per item is that item's best row.
-    order = np.argsort(-candidates.score, kind="stable")
-    _, first = np.unique(candidates.item_idx[order], return_index=True)
-    duplicate = np.ones(n, dtype=bool)
-    duplicate[order[first]] = False
+    items = candidates.item_idx
+    if n < 2 or bool((items[1:] > items[:-1]).all()):
+        duplicate = np.zeros(n, dtype=bool)  # ascending and distinct, as retrieval's candidate sets are
+    else:
+        # Highest score first, so np.unique's first index per item is that item's best row.
+        order = np.argsort(-candidates.score, kind="stable")
+        _, first = np.unique(items[order], return_index=True)
+        duplicate = np.ones(n, dtype=bool)
+        duplicate[order[first]] = False
     reasons = {
         "duplicate": duplicate,
         "unavailable": ~candidates.available,
-        "excluded": np.isin(candidates.item_idx, exclude_idx) if exclude_idx.size else np.zeros(n, dtype=bool),
+        "excluded": isin(items, exclude_idx),
         "blocked": block_match.any(axis=0),
     }
     already = np.zeros(n, dtype=bool)
@@ -468,7 +484,7 @@ def rerank(candidates: Candidates, rules: Sequence[Rule], config: RerankConfig) 
     slots[slots < 0] = exploit
 
     rows = ranked[slots]
-    boost_bury = np.isin(kinds, ["boost", "bury"])
+    boost_bury = np.array([r.kind in ("boost", "bury") for r in rules], dtype=bool)
     fired_matrix = match[:, rows] & boost_bury[:, None]
     fired = tuple(
         tuple(sorted([*rule_ids[fired_matrix[:, i]].tolist(), *([slot_rule[i]] if i in slot_rule else [])]))
