@@ -58,6 +58,17 @@ def _cpu_tag() -> str:
     return f"{llvm.get_host_cpu_name()}-{hashlib.blake2b(features.encode(), digest_size=6).hexdigest()}"
 
 
+KEEP_COMPILED = 8  # object files kept in the cache directory, the most recently used
+
+
+def _prune(cache_dir: Path, *, keep: Path) -> None:
+    """Drop all but the ``KEEP_COMPILED`` most recently used object files (one per version trained here)."""
+    files = sorted(cache_dir.glob("ranker-*.o"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in files[KEEP_COMPILED:]:
+        if stale != keep:
+            stale.unlink(missing_ok=True)
+
+
 class ServingRanker:
     """A version's ranker: ``score(X)`` with LightGBM until the compiled function is ready, then with it."""
 
@@ -115,6 +126,9 @@ class ServingRanker:
                                 check=True, capture_output=True, timeout=_COMPILE_TIMEOUT_S,
                             )  # fmt: skip
                             os.replace(scratch, target)
+                            _prune(cache_dir, keep=target)
+                        else:
+                            os.utime(target)  # recently used: kept by _prune
                     finally:
                         fcntl.flock(lock, fcntl.LOCK_UN)
                 model.compile(cache=str(target))  # loads the object file

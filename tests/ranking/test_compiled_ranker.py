@@ -3,12 +3,14 @@ CPU (later processes load the cached object file), and any failure leaves LightG
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 
+from ranking import compiled_ranker
 from ranking.compiled_ranker import COMPILES, ServingRanker
 
 
@@ -86,3 +88,16 @@ def test_compiling_can_be_turned_off(booster: lgb.Booster) -> None:
     ranker = ServingRanker(booster, None)
     assert not ranker.wait_compiled(timeout=0)
     assert ranker.engine == "lightgbm"
+
+
+def test_the_cache_directory_keeps_the_most_recently_used_files(booster: lgb.Booster, tmp_path: Path) -> None:
+    old = [tmp_path / f"ranker-old{i}-cpu.o" for i in range(compiled_ranker.KEEP_COMPILED + 2)]
+    for n, path in enumerate(old):
+        path.write_bytes(b"stale")
+        os.utime(path, (1_000_000 + n, 1_000_000 + n))
+    ranker = ServingRanker(booster, tmp_path)
+    assert ranker.wait_compiled(timeout=120)
+    left = sorted(p.name for p in tmp_path.glob("ranker-*.o"))
+    assert len(left) == compiled_ranker.KEEP_COMPILED
+    # The new file and the most recently used old ones stay; the oldest three go.
+    assert not {p.name for p in old[:3]} & set(left)
