@@ -38,13 +38,12 @@ _WAIT_FOR_PEER_S = 0.25  # how long a loser waits for the winner's value before 
 # ``compute`` gets the replies of the commands ``prefetch`` queued (None when they could not be read).
 Compute = Callable[[Sequence[Any] | None], Any]
 
+Prefetch = Callable[[Pipeline], None]
+
 
 def _dumps(value: Any) -> bytes:
     # orjson: several times faster than the json module on these lists, in both directions.
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-
-
-Prefetch = Callable[[Pipeline], None]
 
 
 class ListCache:
