@@ -444,6 +444,8 @@ def format_table(result: Mapping[str, Any]) -> str:
             lines.append("ranker: not trained (too few users with a hit among their candidates); serving blends")
         else:
             verdict = "ships" if ranker["ships"] else "does not ship (serving blends)"
+            if ranker.get("ship_rule", "auto") != "auto":
+                verdict += f" (ranker_ship={ranker['ship_rule']})"
             lines.append(
                 f"ranker: {verdict}: pipeline (ranker, cap 30%) ndcg@{k} {ranker['pipeline_ndcg']:.4f} vs best "
                 f"single source {ranker.get('best_single_source')} {ranker['best_single_source_ndcg']:.4f}; fitted "

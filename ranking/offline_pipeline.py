@@ -308,12 +308,13 @@ class PipelineEvaluation:
 
 
 def evaluate_with_pipeline(
-    split: Split, trained: TrainedSources, items: ItemTable, *, k: int, seed: int = 7
+    split: Split, trained: TrainedSources, items: ItemTable, *, k: int, seed: int = 7, ship: str = "auto"
 ) -> PipelineEvaluation:
     """Fit the ranker on part of the split's users, then evaluate every source and the full pipeline (ranker or
     blend; with and without the 30% category cap) on the other users, side by side.
 
-    The ranker ships only if the capped pipeline's NDCG@k is at least the best single source's on those users.
+    With ``ship="auto"`` the ranker ships only if the capped pipeline's NDCG@k is at least the best single
+    source's on those users; ``"always"`` and ``"never"`` override that (the figures are reported either way).
     """
     from ranking.evaluation import run_protocol
 
@@ -336,15 +337,16 @@ def evaluate_with_pipeline(
     singles = {name: m[key] for name, m in main.items() if not name.startswith("pipeline")}
     best_name = max(singles, key=singles.__getitem__, default=None)
     best_source = singles[best_name] if best_name is not None else 0.0
-    ships = booster is not None and main.get("pipeline (ranker, cap 30%)", {}).get(key, -1.0) >= best_source
+    beats = booster is not None and main.get("pipeline (ranker, cap 30%)", {}).get(key, -1.0) >= best_source
+    ships = booster is not None and (ship == "always" or (ship == "auto" and beats))
     result["ranker"] = {
         "trained": report.trained, "fit_users": report.n_train_users, "early_stopping_users": report.n_valid_users,
         "best_iteration": report.best_iteration, "held_out_users": int(rows.size),
         "best_single_source": best_name, "best_single_source_ndcg": best_source,
         "pipeline_ndcg": main.get("pipeline (ranker, cap 30%)", {}).get(key),
-        "ships": ships,
+        "beats_sources": beats, "ship_rule": ship, "ships": ships,
     }  # fmt: skip
-    return PipelineEvaluation(result, booster if ships else None, report, ships)
+    return PipelineEvaluation(result, booster if ships else None, report, beats)
 
 
 def booster_to_array(booster: lgb.Booster) -> npt.NDArray[np.uint8]:

@@ -274,7 +274,7 @@ def _validate(
             split.train, items, params, reference_ts=split.reference_ts, content=vectors, content_neighbours=False
         )
     with timer.stage("validation_eval"):
-        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=params.k)
+        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=params.k, ship=params.ranker_ship)
     return outcome.result, outcome.booster
 
 

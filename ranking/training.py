@@ -91,6 +91,9 @@ class TrainParams:
     validation_max_users: int = 5_000
     promotion_source: str = "als"
     promotion_tolerance: float = 0.005
+    # When the version keeps its LambdaMART ranker: "auto" when the pipeline with it reaches the best single
+    # source's NDCG on held-out users, "always" (e.g. to measure serving with it), "never" (serve the blend).
+    ranker_ship: str = "auto"
     k: int = 10
     seed: int = 42
     num_threads: int = 0
@@ -100,6 +103,8 @@ class TrainParams:
             raise ValueError(f"aggregate must be 'max' or 'sum', not {self.aggregate!r}")
         if self.promotion_source not in SOURCE_NAMES:
             raise ValueError(f"promotion_source must be one of {', '.join(SOURCE_NAMES)}")
+        if self.ranker_ship not in ("auto", "always", "never"):
+            raise ValueError(f"ranker_ship must be 'auto', 'always' or 'never', not {self.ranker_ship!r}")
         if self.knn_method not in ("bm25", "cosine"):
             raise ValueError(f"knn_method must be 'bm25' or 'cosine', not {self.knn_method!r}")
 

@@ -21,6 +21,7 @@ from ranking import offline_pipeline, rules, serving
 from ranking.artifacts import get_active_model, loader
 from ranking.compiled_ranker import ServingRanker
 from ranking.models import ModelVersion
+from ranking.training import TrainParams
 from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 
 
@@ -28,9 +29,9 @@ from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 def trained(tmp_path: Path, django_capture_on_commit_callbacks: Callable[..., Any]) -> Iterator[Callable[[], Any]]:
     """Train through the command (the Redis marker is published on commit), with fresh serving caches."""
 
-    def train() -> ModelVersion:
+    def train(*extra: str) -> ModelVersion:
         with django_capture_on_commit_callbacks(execute=True):
-            call_command("train", "--quiet", *PARAM_ARGS)
+            call_command("train", "--quiet", *PARAM_ARGS, *extra)
         online_state_rebuild()  # the world's events were written straight to Postgres: histories into Redis
         serving.clear_caches()
         rules.reset()
@@ -138,3 +139,27 @@ def test_without_a_shipped_ranker_the_blend_orders_the_list(
 
     assert body["debug"]["ranker"] == "blend"
     _assert_listed_in_trace_score_order(body)
+
+
+@pytest.mark.django_db
+def test_ranker_ship_never_keeps_a_winning_ranker_out_of_the_version(
+    trained: Callable[..., ModelVersion], admin_api: APIClient
+) -> None:
+    world = new_arrivals_world()
+    version = trained("--param", 'ranker_ship="never"')
+
+    ranker = version.metrics["validation"]["ranker"]
+    assert ranker["beats_sources"] is True  # it would have shipped under the default rule ...
+    assert ranker["ship_rule"] == "never"
+    assert ranker["ships"] is False  # ... but the operator said never
+    model = get_active_model()
+    assert model is not None
+    assert not model.has("ranker_model")
+    _score_order_config()
+    assert _debug_list(admin_api, world["observers"][0][0].external_id)["debug"]["ranker"] == "blend"
+
+
+def test_ranker_ship_takes_only_its_three_values() -> None:
+    assert TrainParams(ranker_ship="always").ranker_ship == "always"
+    with pytest.raises(ValueError, match="ranker_ship"):
+        TrainParams(ranker_ship="sometimes")
