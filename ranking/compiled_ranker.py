@@ -45,9 +45,10 @@ COMPILES = Counter(
     ["outcome"],
 )
 
-
+# The compiler's child process: lleaves needs only the model file and where to write the object file.
 _COMPILE = "import sys, lleaves; lleaves.Model(model_file=sys.argv[1]).compile(cache=sys.argv[2])"
 _COMPILE_TIMEOUT_S = 600
+KEEP_COMPILED = 8  # object files kept in the cache directory, the most recently used
 
 
 def _cpu_tag() -> str:
@@ -56,9 +57,6 @@ def _cpu_tag() -> str:
 
     features = llvm.get_host_cpu_features().flatten()
     return f"{llvm.get_host_cpu_name()}-{hashlib.blake2b(features.encode(), digest_size=6).hexdigest()}"
-
-
-KEEP_COMPILED = 8  # object files kept in the cache directory, the most recently used
 
 
 def _prune(cache_dir: Path, *, keep: Path) -> None:
@@ -72,11 +70,12 @@ def _prune(cache_dir: Path, *, keep: Path) -> None:
 class ServingRanker:
     """A version's ranker: ``score(X)`` with LightGBM until the compiled function is ready, then with it."""
 
-    def __init__(self, booster: lgb.Booster, cache_dir: Path | None, *, compile: bool = True) -> None:
+    def __init__(self, booster: lgb.Booster, cache_dir: Path | None) -> None:
+        """``cache_dir`` None: never compile, LightGBM's predict serves."""
         self.booster = booster
         self._compiled: Any = None  # lleaves.Model once ready
         self._ready = threading.Event()
-        if compile and cache_dir is not None:
+        if cache_dir is not None:
             threading.Thread(
                 target=self._compile, args=(booster.model_to_string(), cache_dir), name="ranker-compile", daemon=True
             ).start()
