@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -312,7 +313,7 @@ def impression_log(
             if assignment.experiment_key and assignment.variant and not assignment.forced
             else []
         )
-        record = json.dumps(
+        record = orjson.dumps(
             {
                 "r": request_id,
                 "t": round(time.time(), 3),
@@ -324,7 +325,6 @@ def impression_log(
                 "i": [int(pk) for pk in item_pks],
                 "l": None if latency_ms is None else round(float(latency_ms), 3),
             },
-            separators=(",", ":"),
         )
     except (TypeError, ValueError):
         IMPRESSION_LOG_ERRORS.labels(reason="invalid").inc()
@@ -350,11 +350,11 @@ class _ImpressionBuffer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._push_lock = threading.Lock()  # one push at a time; clear() waits for a push in flight
-        self._records: list[str] = []
+        self._records: list[bytes] = []
         self._paused_until = 0.0
         self._loop = Periodic("impression-push", IMPRESSION_PUSH_INTERVAL_SECONDS, self._push_when_due)
 
-    def add(self, record: str) -> None:
+    def add(self, record: bytes) -> None:
         with self._lock:
             self._records.append(record)
         self._loop.ensure()
