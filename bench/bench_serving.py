@@ -19,12 +19,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
-from common import Server, demo_env, manage, print_table
+from common import Server, debug_trace, demo_env, manage, print_table, wait_for_compiled_ranker
 
 LUA = """
 local paths = {}
@@ -95,26 +93,6 @@ def _wrk(wrk: str, base: str, key: str, paths: list[str], seconds: int, workdir:
     }  # fmt: skip
 
 
-def _debug(base: str, key: str, customer: str) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"{base}/v1/recommendations?customer_id={customer}&count=10&debug=true",
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    return json.loads(urllib.request.urlopen(request, timeout=5).read())["debug"]
-
-
-def _wait_for_compiled_ranker(base: str, key: str, customers: list[str]) -> set[str]:
-    """Every worker compiles (or loads) the ranker in the background after its first request: measure once the
-    traces of 20 requests in a row (spread over the workers) name the compiled engine, or after 60 s, whichever
-    comes first. Returns the engines seen last."""
-    deadline = time.monotonic() + 60
-    while True:
-        engines = {str(_debug(base, key, c)["ranker_engine"]) for c in random.sample(customers, 20)}
-        if engines == {"lleaves"} or time.monotonic() > deadline:
-            return engines
-        time.sleep(0.5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
@@ -135,7 +113,7 @@ def main() -> None:
             # Warm every worker: model mapped, caches of slowly-changing lookups filled.
             warm = [f"/v1/recommendations?customer_id={c}&count=10" for c in rng.sample(customers, 200)]
             _wrk(wrk, base, key, warm, 3, workdir)
-            engines = _wait_for_compiled_ranker(base, key, customers)
+            engines = wait_for_compiled_ranker(base, key, customers)
             floor = _wrk(wrk, base, key, ["/bench/floor"], args.seconds, workdir)
             # A different `exclude` pair of real items per request (as a storefront excludes the cart) makes every
             # cache key new: each request runs the whole pipeline.
@@ -153,7 +131,7 @@ def main() -> None:
             )  # fmt: skip
         stages: dict[str, list[float]] = {}
         for customer in rng.sample(customers, 200):
-            trace = _debug(base, key, customer)
+            trace = debug_trace(base, key, customer)
             for stage, ms in trace["stages_ms"].items():  # type: ignore[attr-defined]
                 stages.setdefault(stage, []).append(ms)
         assert server.process is not None

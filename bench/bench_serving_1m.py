@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 from bench_serving import _ensure_wrk, _wrk
 from bench_training import _run_measured, synthetic_log
-from common import ROOT, Server, bench_env, manage, print_table
+from common import ROOT, Server, bench_env, debug_trace, manage, print_table, wait_for_compiled_ranker
 
 DATABASE = "recsys_bench_1m"
 REDIS_DB = 40
@@ -435,6 +435,7 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> None:
         warm_paths = [f"/v1/recommendations?customer_id={c}&count=10" for c in customers[:400]]
         warm_s = _warm(base, key, warm_paths + [f"/v1/items/{i}/similar?count=10" for i in items[:400]], args.workers)
         _log(f"workers warm after {warm_s:.0f} s")
+        engines = wait_for_compiled_ranker(base, key, customers)
         _wrk(wrk, base, key, warm_paths, 5, workdir)
         floor = _wrk(wrk, base, key, ["/bench/floor"], args.seconds, workdir)
         # A different `exclude` pair of real items per request (as a storefront excludes the cart) makes every
@@ -449,7 +450,7 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> None:
         stages: dict[str, list[float]] = {}
         candidates: list[int] = []
         for customer in rng.sample(customers, 200):
-            trace = _get(base, key, f"/v1/recommendations?customer_id={customer}&count=10&debug=true", 10)["debug"]
+            trace = debug_trace(base, key, customer, timeout=10)
             candidates.append(trace["candidates"])
             for stage, ms in trace["stages_ms"].items():
                 stages.setdefault(stage, []).append(ms)
@@ -483,7 +484,7 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> None:
         f"{statistics.median(candidates):.0f} candidates per request)"
     )
     print_table(
-        "Pipeline stages (median of 200 traced requests, ms)",
+        f"Pipeline stages (median of 200 traced requests, ms); ranker engine: {', '.join(sorted(engines))}",
         ["stage", "median ms", "p95 ms"],
         [[stage, statistics.median(v), sorted(v)[int(0.95 * len(v)) - 1]] for stage, v in stages.items()],
     )

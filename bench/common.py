@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -119,8 +122,6 @@ class Server:
         self.log = log  # where the server's stdout/stderr go (default: this process's)
 
     def __enter__(self) -> Server:
-        import urllib.request
-
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "recsys.wsgi", "--bind", f"127.0.0.1:{self.port}",
              *self.args, "--log-level", "warning"],
@@ -141,3 +142,24 @@ class Server:
         assert self.process is not None
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def debug_trace(base: str, key: str, customer: str, timeout: float = 5) -> dict[str, object]:
+    """The ``?debug=true`` trace of one personalised list (admin key)."""
+    request = urllib.request.Request(
+        f"{base}/v1/recommendations?customer_id={customer}&count=10&debug=true",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return json.loads(urllib.request.urlopen(request, timeout=timeout).read())["debug"]
+
+
+def wait_for_compiled_ranker(base: str, key: str, customers: list[str]) -> set[str]:
+    """Every worker compiles (or loads) the ranker in the background after its first request: measure once the
+    traces of 20 requests in a row (spread over the workers) name the compiled engine, or after 60 s, whichever
+    comes first. Returns the engines seen last."""
+    deadline = time.monotonic() + 60
+    while True:
+        engines = {str(debug_trace(base, key, c)["ranker_engine"]) for c in random.sample(customers, 20)}
+        if engines == {"lleaves"} or time.monotonic() > deadline:
+            return engines
+        time.sleep(0.5)
