@@ -211,9 +211,13 @@ def clear_rebuildable(*, batch: int = 1000) -> int:
     return deleted
 
 
-def mark_incomplete() -> None:
-    """A rebuild begins: until it ends, readers must not take the online state for the whole story."""
-    redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)
+def mark_incomplete(*, request_ttl_seconds: int) -> None:
+    """A rebuild begins: until it ends, readers must not take the online state for the whole story, and need not
+    ask for another rebuild (this one counts as the requested one, whoever started it)."""
+    pipe = redis_client.get().pipeline(transaction=True)
+    pipe.delete(keys.ONLINE_STATE_COMPLETE)
+    pipe.set(keys.REBUILD_REQUESTED, b"1", ex=request_ttl_seconds)
+    pipe.execute()
 
 
 def mark_complete(*, now: float) -> None:
@@ -224,9 +228,22 @@ def mark_complete(*, now: float) -> None:
     pipe.execute()
 
 
+# Atomically: nothing to claim when the state is complete (the caller saw it incomplete a moment ago, while a
+# rebuild was finishing), else the request, once.
+_CLAIM_REBUILD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
+"""
+
+
 def claim_rebuild_request(*, ttl_seconds: int) -> bool:
-    """True for the one caller that should queue the rebuild (until a rebuild ends or ``ttl_seconds`` pass)."""
-    return bool(redis_client.get().set(keys.REBUILD_REQUESTED, b"1", nx=True, ex=ttl_seconds))
+    """True for the one caller that should queue the rebuild (until a rebuild ends or ``ttl_seconds`` pass); False
+    when the online state is complete by now. Without that check, a request that read the state just before a
+    rebuild finished asked for another one, whose start made the state incomplete again for the next requests:
+    rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart)."""
+    claim = redis_client.get().register_script(_CLAIM_REBUILD)
+    return bool(claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
 
 
 def write_item_features(blob: bytes) -> str:

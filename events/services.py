@@ -520,7 +520,7 @@ def online_state_rebuild(
     summary = RebuildSummary()
     progress = on_progress or (lambda stage, rows: None)
     try:
-        online.mark_incomplete()
+        online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
         summary.keys_cleared = online.clear_rebuildable()
         snapshot = not connection.in_atomic_block
         with transaction.atomic():

@@ -294,6 +294,36 @@ def test_rebuild_refuses_to_run_twice_at_once(catalog: dict[str, Item]) -> None:
         services.online_state_rebuild()
 
 
+def test_a_rebuild_is_asked_for_only_while_the_state_is_incomplete_and_none_runs() -> None:
+    client = redis_client.get()
+    ttl = services.REBUILD_REQUEST_SECONDS
+    # Complete (e.g. a request read it incomplete just before a rebuild finished): nothing to ask for.
+    online.mark_complete(now=time.time())
+    assert online.claim_rebuild_request(ttl_seconds=ttl) is False
+    assert client.exists(keys.REBUILD_REQUESTED) == 0
+    # A rebuild running, whoever started it (the command, a task): it is the requested one.
+    online.mark_incomplete(request_ttl_seconds=ttl)
+    assert online.claim_rebuild_request(ttl_seconds=ttl) is False
+    # Lost and nobody rebuilding (an empty Redis): the first caller claims it, once.
+    client.delete(keys.REBUILD_REQUESTED)
+    assert online.claim_rebuild_request(ttl_seconds=ttl) is True
+    assert online.claim_rebuild_request(ttl_seconds=ttl) is False
+    # The rebuild ends: complete again, and no request left behind.
+    online.mark_complete(now=time.time())
+    assert client.exists(keys.REBUILD_REQUESTED) == 0
+    assert online.claim_rebuild_request(ttl_seconds=ttl) is False
+
+
+def test_a_finished_rebuild_leaves_nothing_to_ask_for(api: APIClient, catalog: dict[str, Item]) -> None:
+    send(api, ev("a", "I1"))
+    redis_client.get().flushdb()
+    services.online_state_rebuild()
+    assert online.read_complete()
+    # A request that saw the state incomplete during the rebuild asks only now: no second rebuild is queued.
+    assert services.online_state_rebuild_request() is False
+    assert redis_client.get().exists(keys.REBUILD_REQUESTED) == 0
+
+
 def test_rebuild_command_prints_a_summary(api: APIClient, catalog: dict[str, Item]) -> None:
     send(api, ev("a", "I1"), ev("b", "I3", "click", session_id="S1", customer_id=...))
     redis_client.get().flushdb()
