@@ -265,18 +265,15 @@ def read_history(owner: str, *, limit: int) -> list[HistoryRow]:
 
 
 def parse_history(rows: list[tuple[bytes, float]]) -> list[HistoryRow]:
-    out = []
-    for member, score in rows:
-        item_pk, type_, _ = member.split(b":", 2)
-        out.append(HistoryRow(int(item_pk), int(type_), score))
-    return out
+    pks, types, ts = parse_history_columns(rows)
+    return [HistoryRow(*row) for row in zip(pks.tolist(), types.tolist(), ts.tolist(), strict=True)]
 
 
 def parse_history_columns(
     rows: Sequence[tuple[bytes, float]],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``parse_history`` as three arrays (item pks, types, times), newest first: the members' digits parsed by
-    numpy in one pass (a fifth of the time of the row-by-row parse, for the 200 rows serving reads)."""
+    """History rows as three arrays (item pks, types, times), newest first: the members' digits parsed by numpy in
+    one pass (a fifth of the time of a row-by-row parse, for the 200 rows serving reads)."""
     if not rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
     members, scores = zip(*rows, strict=True)

@@ -15,6 +15,6 @@ def isin(values: NDArray[np.integer], members: NDArray[np.integer]) -> NDArray[n
     values = np.asarray(values)
     if members.size == 0 or values.size == 0:
         return np.zeros(values.shape, dtype=bool)
-    ordered = np.sort(members, kind="stable") if members.size > 1 else np.asarray(members)
+    ordered = np.sort(members)
     at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
     return ordered[at] == values

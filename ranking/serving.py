@@ -41,6 +41,7 @@ from experiments import services as experiments
 from experiments.config import VariantConfig
 from ranking import offline_pipeline, retrieval, rules
 from ranking import rerank as rr
+from ranking.arrays import isin
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
 from ranking.compiled_ranker import ServingRanker
@@ -711,7 +712,7 @@ def _compute(
         candidates = retrieval.merge(hits)
         pin_rules = rules.active_rules(surface=request.surface, now=now) if config.rules_enabled else ()
         pinned_pks = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
-        missing_pins = pinned_pks[~np.isin(pinned_pks, candidates.item_idx)] if pinned_pks.size else pinned_pks
+        missing_pins = pinned_pks[~isin(pinned_pks, candidates.item_idx)]
         if missing_pins.size:
             # Pinned items join the candidates so the re-ranker can place them (it never invents items).
             hits["pinned"] = retrieval.SourceHits(
