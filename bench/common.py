@@ -163,3 +163,33 @@ def wait_for_compiled_ranker(base: str, key: str, customers: list[str]) -> set[s
         if engines == {"lleaves"} or time.monotonic() > deadline:
             return engines
         time.sleep(0.5)
+
+
+def fresh_env(database: str, redis_db: int) -> dict[str, str]:
+    """An EMPTY scratch database ``database`` (dropped and created again), Redis databases ``redis_db`` and
+    ``redis_db + 1`` flushed, its own artifact directory (emptied) and the rate limits lifted; migrated."""
+    import shutil
+
+    import psycopg
+    import redis
+
+    from recsys.localservices import ensure_local_services
+    from recsys.redis_urls import with_db
+
+    ensure_local_services()
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    admin_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    env = bench_env(database)
+    env["REDIS_URL"] = with_db(env["REDIS_URL"], redis_db)
+    for db in (redis_db, redis_db + 1):
+        redis.Redis.from_url(with_db(env["REDIS_URL"], db)).flushdb()
+    artifacts = ROOT / "var" / f"{database}-artifacts"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    env["ARTIFACT_ROOT"] = str(artifacts)
+    env["DEBUG"] = "0"
+    env["API_DEFAULT_RATE_PER_MINUTE"] = "100000000"
+    env["API_CUSTOMER_RATE_PER_MINUTE"] = "100000000"
+    manage(env, "migrate", "--verbosity", "0")
+    return env
