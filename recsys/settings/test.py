@@ -9,7 +9,8 @@ os.environ["DEBUG"] = "0"
 ensure_local_services()
 # Each test run gets its own Redis database pair and Postgres test database, so a running demo (Redis 0/1,
 # database recsys) is never touched and two runs on one machine (a developer's and an editor's) never collide.
-_RUN_SLOT = os.getpid() % 14
+# RECSYS_TEST_SLOT (0-13) pins the slot, for several checkouts testing side by side on one machine.
+_RUN_SLOT = int(os.environ.get("RECSYS_TEST_SLOT", os.getpid())) % 14
 if not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
     from recsys.redis_urls import with_db
 
