@@ -18,7 +18,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from common import print_table
+from common import print_environment, print_table
 
 from ranking import ann
 
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=ann.HNSW_M)
     parser.add_argument("--ef-construction", type=int, default=ann.HNSW_EF_CONSTRUCTION)
     args = parser.parse_args()
+    print_environment()
 
     vectors, centres = clustered_vectors(args.items, args.dim, seed=0)
     tune_queries = user_queries(centres, args.queries, seed=1)

@@ -21,7 +21,7 @@ import time
 import urllib.request
 import uuid
 
-from common import Server, demo_env, manage, print_table
+from common import Server, demo_env, manage, print_environment, print_table
 
 
 def _call(base: str, key: str, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
+    print_environment()
     env, key = demo_env("recsys_bench_freshness", 34)
     _, out = manage(env, "shell", "-c", (
         "import json; from catalog.models import Customer, Item; print(json.dumps(["

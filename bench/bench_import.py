@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from common import ROOT, bench_env, manage, median, print_table
+from common import ROOT, bench_env, manage, median, print_environment, print_table
 
 DATA = ROOT / "recsys" / "demo" / "online_retail.csv.gz"
 ROWS = 541_909
@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    print_environment()
     env = bench_env()
     manage(env, "migrate", "--verbosity", "0")
     first, second, stored, again = [], [], [], []

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from common import ROOT, bench_env, manage, median, print_table
+from common import ROOT, bench_env, manage, median, print_environment, print_table
 
 DATABASE = "recsys_bench_ingest"
 REDIS_DB = 36  # data in database 36 (37 its broker): clear of the demo (0/1), the tests (2-29), other benches
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads for batches")
     parser.add_argument("--singles", type=int, default=400, help="single-event requests per round and mode")
     args = parser.parse_args()
+    print_environment()
 
     env = _environment()
     manage(env, "migrate", "--verbosity", "0")

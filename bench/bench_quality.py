@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from common import print_table
+from common import print_environment, print_table
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings.dev")
 import django  # noqa: E402
@@ -401,6 +401,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every figure and the tuned parameters here")
     parser.add_argument("--no-tune", action="store_true", help="skip the validation search: product defaults")
     args = parser.parse_args()
+    print_environment()
     builders: dict[str, Callable[[], Dataset]] = {"ml100k": ml100k_dataset, "retail": retail_dataset}
     report: dict[str, Any] = {}
     for name in args.datasets.split(","):

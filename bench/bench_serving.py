@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from common import Server, debug_trace, demo_env, manage, print_table, wait_for_compiled_ranker
+from common import Server, debug_trace, demo_env, manage, print_environment, print_table, wait_for_compiled_ranker
 
 LUA = """
 local paths = {}
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (gthread when > 1)")
     args = parser.parse_args()
+    print_environment()
     wrk = _ensure_wrk()
     env, key = demo_env("recsys_bench_serving", 32)
     env["BENCH_ENDPOINTS"] = "1"

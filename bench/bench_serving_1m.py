@@ -43,7 +43,16 @@ import numpy as np
 import psutil
 from bench_serving import _ensure_wrk, _wrk
 from bench_training import _run_measured, synthetic_log
-from common import ROOT, Server, bench_env, debug_trace, manage, print_table, wait_for_compiled_ranker
+from common import (
+    ROOT,
+    Server,
+    bench_env,
+    debug_trace,
+    manage,
+    print_environment,
+    print_table,
+    wait_for_compiled_ranker,
+)
 
 DATABASE = "recsys_bench_1m"
 REDIS_DB = 40
@@ -510,6 +519,7 @@ def main() -> None:
     parser.add_argument("--py-spy", metavar="PREFIX", help="also profile every worker under uncached load")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    print_environment()
     if args.memory_child:
         memory_child()
         return

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import ROOT, Server, demo_env, manage, print_table
+from common import ROOT, Server, demo_env, manage, print_environment, print_table
 from loadgen import OpenLoop, Request, Result, percentile
 
 DATABASE, REDIS_DB = "recsys_bench_soak", 38
@@ -374,6 +374,7 @@ def main() -> int:
     parser.add_argument("--records", type=Path, help="write every response's record here (JSON lines)")
     parser.add_argument("--shared-redis", action="store_true", help="restart the machine's local Redis server")
     args = parser.parse_args()
+    print_environment()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     total = args.minutes * 60
     control = RedisControl(shared=args.shared_redis)

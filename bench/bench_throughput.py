@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from common import Server, demo_env, manage, print_table
+from common import Server, demo_env, manage, print_environment, print_table
 from loadgen import OpenLoop, Request, Result, percentile
 
 
@@ -36,6 +36,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="client connections (threads)")
     parser.add_argument("--target-ms", type=float, default=25, help="p95 target")
     args = parser.parse_args()
+    print_environment()
     rates = [float(r) for r in args.rates.split(",")]
     env, key = demo_env("recsys_bench_serving", 32)
     _, out = manage(env, "shell", "-c", (

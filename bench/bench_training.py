@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, bench_env, manage, print_table
+from common import ROOT, bench_env, manage, print_environment, print_table
 
 RETAIL_TARGET_S = 60.0
 SYNTHETIC_TARGET_S = 180.0
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--synthetic-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    print_environment()
     if args.synthetic_child:
         synthetic_child(args.items, args.interactions)
         return

@@ -67,6 +67,62 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
 
 
+def environment() -> list[tuple[str, str]]:
+    """What a figure depends on besides the code: CPU, cores, numpy and its BLAS, the native thread pools (this
+    process's, as the host sets them, and a web process's, as recsys.native_threads sets them) and the BLAS/OpenMP
+    variables of the environment."""
+    import platform
+
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    cpu = "?"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )  # fmt: skip
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "?"
+
+    def pools(info: list[dict[str, object]]) -> str:
+        return ", ".join(
+            f"{p.get('internal_api')} {p.get('version') or ''} ({p.get('architecture') or '-'}) x{p.get('num_threads')}"
+            .replace(" (-)", "").replace("  ", " ")
+            for p in info
+        )  # fmt: skip
+
+    host_pools = pools(threadpool_info())
+    web = subprocess.run(
+        [sys.executable, "-c", "import json; from recsys.native_threads import limit_for_serving, describe; "
+         "limit_for_serving(); print(json.dumps(describe()))"],
+        cwd=ROOT, capture_output=True, text=True, check=False, env={**os.environ},
+    )  # fmt: skip
+    web_pools = pools(json.loads(web.stdout)) if web.returncode == 0 else f"? ({web.stderr.strip()[-80:]})"
+    variables = [
+        f"{name}={os.environ[name]}" for name in sorted(os.environ)
+        if name.startswith(("OPENBLAS_", "OMP_", "MKL_", "GOTO", "WEB_NATIVE"))
+    ]  # fmt: skip
+    return [
+        ("date (UTC)", time.strftime("%Y-%m-%d %H:%M", time.gmtime())),
+        ("CPU", cpu),
+        ("cores", f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable)"),
+        ("python / numpy", f"{platform.python_version()} / {np.__version__}"),
+        ("native pools, bench process (host defaults)", host_pools),
+        ("native pools, web process (as served)", web_pools),
+        ("BLAS/OpenMP variables", " ".join(variables) or "none set"),
+    ]
+
+
+def print_environment() -> None:
+    """Print ``environment()`` beside a bench's tables, so a figure says where it comes from."""
+    rows = environment()
+    width = max(len(name) for name, _ in rows)
+    print("\nEnvironment")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         if abs(value) < 10:

@@ -3,7 +3,12 @@
 import gc
 import os
 
-from django.core.wsgi import get_wsgi_application
+from recsys.native_threads import limit_for_serving
+
+# One native thread per web process (BLAS, OpenMP, faiss) before anything starts a pool: docs/operations.md.
+limit_for_serving()
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings.dev")
 
