@@ -1,6 +1,7 @@
 """Serving latency under gunicorn, measured with wrk on loopback: the framework floor (a DRF view returning a
-constant list), uncached personalised recommendations (full pipeline) and cached ones, plus per-stage times and
-the serving processes' memory.
+constant list), uncached personalised recommendations (full pipeline, count 10 and 50) and cached ones, per-stage
+times, one request at a time against the sum of its stages, a whole-request profile by layer
+(bench/request_profile.py), the serving processes' memory, and the environment it ran in.
 
 Uses its own database (recsys_bench_serving: the demo data, its online state and a trained model, built on the
 first run and reused) and Redis databases 32/33. Targets (issue 4): uncached p50 <= 10 ms, p95 <= 25 ms,
@@ -18,8 +19,12 @@ import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 from common import Server, debug_trace, demo_env, manage, print_environment, print_table, wait_for_compiled_ranker
@@ -123,6 +128,9 @@ def main() -> None:
                 for a, b in {tuple(rng.sample(items, 2)) for _ in range(200_000)}
             ]
             uncached = _wrk(wrk, base, key, uncached_paths, args.seconds, workdir)
+            uncached_50 = _wrk(
+                wrk, base, key, [p.replace("count=10", "count=50") for p in uncached_paths], args.seconds, workdir
+            )
             hot = [f"/v1/recommendations?customer_id={c}&count=10" for c in rng.sample(customers, 50)]
             _wrk(wrk, base, key, hot, 2, workdir)  # fill the caches
             cached = _wrk(wrk, base, key, hot, args.seconds, workdir)
@@ -135,6 +143,13 @@ def main() -> None:
             trace = debug_trace(base, key, customer)
             for stage, ms in trace["stages_ms"].items():  # type: ignore[attr-defined]
                 stages.setdefault(stage, []).append(ms)
+        # One request at a time (nothing queues): what a request costs end to end, next to its traced stages.
+        sequential = []
+        for path in uncached_paths[-300:]:
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"})
+            started = time.perf_counter()
+            urllib.request.urlopen(request, timeout=10).read()
+            sequential.append((time.perf_counter() - started) * 1000)
         assert server.process is not None
         rss = [p.memory_info().rss / 2**20 for p in psutil.Process(server.process.pid).children()]
 
@@ -158,6 +173,7 @@ def main() -> None:
         [
             row("floor: DRF constant list", floor, "-"),
             row("recommendations, uncached (full pipeline)", uncached, "25 ms"),
+            row("recommendations, uncached, count=50", uncached_50, "-"),
             row("recommendations, cached", cached, "5 ms"),
             row("similar items", similar, "-"),
         ],
@@ -168,7 +184,37 @@ def main() -> None:
         ["stage", "median ms", "p95 ms"],
         [[stage, statistics.median(v), sorted(v)[int(0.95 * len(v)) - 1]] for stage, v in stages.items()],
     )
+    stage_sum = sum(statistics.median(v) for v in stages.values())
+    profile = _request_profile(env, key)
+    in_process = statistics.median(profile["wall_ms"])
+    http = statistics.median(sequential)
+    print_table(
+        "One uncached request at a time (300 sequential requests, medians): the whole request vs its traced stages "
+        "(target: at most 1.5x)",
+        ["measure", "ms", "vs stages"],
+        [
+            ["sum of the traced stages' medians", stage_sum, "1.0x"],
+            ["in-process (Django test client, no HTTP)", in_process, f"{in_process / stage_sum:.2f}x"],
+            ["over HTTP to gunicorn (client's clock)", http, f"{http / stage_sum:.2f}x"],
+        ],
+    )
+    layers = [*profile["layers"], ["HTTP + gunicorn (over HTTP minus in-process)", http - in_process, None]]
+    print_table(
+        f"Whole-request profile of an uncached request (cProfile, {profile['requests']} requests in process; shares "
+        "of the profiled time, which cProfile inflates for call-heavy code: read them as where to look)",
+        ["layer", "ms/request (profiled)", "share"],
+        [[name, ms, f"{share:.0%}" if share is not None else "-"] for name, ms, share in layers],
+    )
     print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
+
+
+def _request_profile(env: dict[str, str], key: str) -> dict[str, Any]:
+    """bench/request_profile.py in a subprocess with the bench's environment: wall times and per-layer shares."""
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("request_profile.py"))],
+        env={**env, "PROFILE_KEY": key}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
