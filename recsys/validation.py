@@ -60,14 +60,18 @@ def check_id(value: str, field: str) -> str:
 
 
 class IdField(serializers.CharField):
-    """A body field holding an id: a JSON string (a number or a boolean is refused) under :func:`id_problem`."""
+    """A body field holding an id: a JSON string (a number or a boolean is refused) under :func:`id_problem`;
+    ``strip=True`` strips surrounding whitespace first, as the events API does with its ids."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, strip: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", ID_MAX_LENGTH)
         kwargs["trim_whitespace"] = False
         super().__init__(**kwargs)
+        self.strip = strip
 
     def to_internal_value(self, data: Any) -> str:
+        if self.strip and isinstance(data, str):
+            data = data.strip()
         problem = id_problem(data)
         if problem is not None:
             raise ValidationError(sentence(problem))
