@@ -41,7 +41,7 @@ def id_problem(value: object) -> str | None:
     if len(value) > ID_MAX_LENGTH:
         return f"longer than {ID_MAX_LENGTH} characters"
     if not value.isprintable():
-        return "contains control or unprintable characters"
+        return "null characters are not allowed" if "\x00" in value else "contains control or unprintable characters"
     if value[0].isspace() or value[-1].isspace():
         return "starts or ends with whitespace" if value.strip() else "may not be blank"
     return None
