@@ -28,7 +28,9 @@ from rest_framework.parsers import JSONParser
 MAX_JSON_DEPTH = 32
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_STRUCTURAL = np.zeros(256, dtype=bool)
+_STRUCTURAL[list(b'[]{}"')] = True
 _BRACKET_STEP = np.zeros(256, dtype=np.int8)
 _BRACKET_STEP[list(b"[{")] = 1
 _BRACKET_STEP[list(b"]}")] = -1
@@ -44,9 +46,24 @@ class RequestTooLarge(APIException):
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in the JSON text ``raw`` (0 for a scalar). Brackets inside strings
-    do not count. Vectorised: a 250 KB batch of events takes well under a millisecond."""
-    blanked = _STRING.sub(b'""', raw)
-    steps = _BRACKET_STEP[np.frombuffer(blanked, dtype=np.uint8)]
+    do not count. Vectorised over the bytes that matter (quotes and brackets): a byte is inside a string when an odd
+    number of unescaped quotes precede it, and a quote is escaped when an odd run of backslashes precedes it (only
+    computed when the body holds a backslash at all)."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    where = np.flatnonzero(_STRUCTURAL[data])
+    kinds = data[where]
+    quote = kinds == _QUOTE
+    if b"\\" in raw:
+        backslash = data == _BACKSLASH
+        position = np.arange(data.size)
+        # For each byte, the position of the last byte at or before it that is not a backslash.
+        last_plain = np.maximum.accumulate(np.where(backslash, -1, position))
+        before = np.maximum(where - 1, 0)
+        run = np.where(where > 0, before - last_plain[before], 0)
+        quote &= run % 2 == 0
+    # An opening quote counts as inside its string, the closing one as outside: neither is a bracket anyway.
+    outside = (np.cumsum(quote, dtype=np.int64) & 1) == 0
+    steps = np.where(outside, _BRACKET_STEP[kinds], 0)
     return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
 
 

@@ -22,8 +22,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from django.conf import settings
+from django.conf import settings as django_settings
 from django.db import connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from catalog.models import Customer, Item
@@ -111,6 +113,28 @@ def test_nesting_up_to_the_limit_is_parsed(api: APIClient, sku: Item) -> None:
 )
 def test_json_depth_counts_brackets_outside_strings(raw: bytes, depth: int) -> None:
     assert json_depth(raw) == depth
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_TRICKY_TEXT = st.text(st.sampled_from('[]{}"\\ax\u00e9'), max_size=8)
+_JSON = st.recursive(
+    st.none() | st.integers() | _TRICKY_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_TRICKY_TEXT, children, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(value=_JSON, ascii_only=st.booleans())
+def test_json_depth_is_the_nesting_of_any_json(value: Any, ascii_only: bool) -> None:
+    assert json_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _depth(value)
 
 
 # --- Ratings and values: bounded and finite -----------------------------------------------------------------
@@ -256,7 +280,9 @@ def test_attributes_already_stored_never_break_a_read(api: APIClient) -> None:
     customer = api.get("/v1/customers/c-odd")
     assert customer.status_code == 200
     assert customer.json()["attributes"]["n"] == "1180591620717411303424"
-    assert api.get("/v1/customers/c-odd/export").status_code == 200
+    export = api.get("/v1/customers/c-odd/export")
+    assert export.status_code == 200
+    assert json.loads(b"".join(export.streaming_content))["customer"]["attributes"]["n"] == "1180591620717411303424"
 
 
 def test_render_safe_json_keeps_plain_values_and_fixes_the_rest() -> None:
@@ -452,13 +478,13 @@ def test_debug_is_off_in_the_demo_settings_unless_asked_for() -> None:
 @pytest.fixture(scope="module")
 def gunicorn_server(django_db_setup: None) -> Iterator[str]:
     """gunicorn serving this checkout (its gunicorn.conf.py included) on the test database and Redis."""
-    parts = urlsplit(settings.DATABASE_URL)
+    parts = urlsplit(django_settings.DATABASE_URL)
     database_url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
     env = os.environ | {
         "DJANGO_SETTINGS_MODULE": "recsys.settings.test",
         "DATABASE_URL": database_url,
         "RECSYS_TEST_KEEP_REDIS_DB": "1",
-        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_URL": django_settings.REDIS_URL,
     }
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
