@@ -59,6 +59,16 @@ def check_id(value: str, field: str) -> str:
     return value
 
 
+def optional_id(value: str) -> str:
+    """A query-string id that may be absent (``""``): under :func:`id_problem` when given (for ``validate_<field>``
+    methods of query serializers, whose fields are shared and plain)."""
+    if value:
+        problem = id_problem(value)
+        if problem is not None:
+            raise ValidationError(sentence(problem))
+    return value
+
+
 class IdField(serializers.CharField):
     """A body field holding an id: a JSON string (a number or a boolean is refused) under :func:`id_problem`;
     ``strip=True`` strips surrounding whitespace first, as the events API does with its ids."""

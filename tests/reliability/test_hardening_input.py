@@ -578,3 +578,11 @@ def test_the_storefront_page_of_an_item_with_odd_stored_attributes_renders(gunic
     status, _, body = _raw(gunicorn_server, request)
     assert status == 200
     assert b"Odd" in body
+
+
+@pytest.mark.parametrize("field", ["customer_id", "session_id"])
+@pytest.mark.parametrize("raw", ["\x1b[31mred", "a\tb", "zero\u200bwidth", "x" * 101])
+def test_a_bad_id_in_the_recommendation_query_is_a_400_naming_it(api: APIClient, field: str, raw: str) -> None:
+    response = api.get("/v1/recommendations", {field: raw})
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
