@@ -586,3 +586,17 @@ def test_a_bad_id_in_the_recommendation_query_is_a_400_naming_it(api: APIClient,
     response = api.get("/v1/recommendations", {field: raw})
     assert response.status_code == 400
     assert list(response.json()) == [field]
+
+
+def test_an_unexpected_error_in_an_api_view_is_a_json_500(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ranking import serving
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(serving, "because_you_viewed", broken)
+    api.raise_request_exception = False
+    response = api.get("/v1/customers/c1/because-you-viewed")
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Internal server error."}
