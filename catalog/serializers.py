@@ -15,8 +15,9 @@ MAX_TAGS = 50
 class ItemInputSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=500)
     description = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
-    category = IdField(required=False, allow_null=True, default=None)
-    brand = IdField(required=False, allow_null=True, default=None)
+    # Surrounding whitespace stripped, as import_items does with every cell.
+    category = IdField(strip=True, required=False, allow_null=True, default=None)
+    brand = IdField(strip=True, required=False, allow_null=True, default=None)
     price = serializers.DecimalField(
         max_digits=12, decimal_places=2, min_value=0, required=False, allow_null=True, default=None
     )

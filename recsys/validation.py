@@ -3,9 +3,10 @@
 **Ids** (customer, item, session, category, brand, event ids; in a path, a body, a query or a CSV file): 1 to 100
 characters, every one printable (no control characters, no ANSI escapes, no NUL, no line or paragraph separators,
 no invisible format characters such as U+200B), and no whitespace at either end. :func:`id_problem` is the rule;
-:func:`check_id` applies it to a path id and :class:`IdField` to a body field (which must be a JSON string: a
-number is not an id). The events API and ``import_events`` strip surrounding whitespace before they apply it (a
-historical leniency of the event formats); ``import_items`` applies it as is.
+:func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
+number is not an id) and :func:`optional_id` to a query-string id. Body fields and CSV cells are stripped of
+surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
+is the resource), so whitespace at its ends is refused.
 
 **Stored JSON** (item and customer ``attributes``): an object nested at most :data:`ATTRIBUTES_MAX_DEPTH` deep,
 at most :data:`ATTRIBUTES_MAX_BYTES` as JSON, string keys, integers within the signed 64-bit range, finite floats,

@@ -342,12 +342,15 @@ def test_a_bad_session_id_in_a_merge_path_is_a_400_naming_it(api: APIClient, raw
 
 
 def test_a_category_or_brand_id_follows_the_rule_too(api: APIClient) -> None:
-    response = api.put("/v1/items/sku-c", {"title": "T", "category": "\x1b[2J", "brand": " b"}, format="json")
+    response = api.put("/v1/items/sku-c", {"title": "T", "category": "\x1b[2J", "brand": "b\x00"}, format="json")
     assert response.status_code == 400
     assert response.json() == {
         "category": ["Contains control or unprintable characters."],
-        "brand": ["Starts or ends with whitespace."],
+        "brand": ["Null characters are not allowed."],
     }
+    response = api.put("/v1/items/sku-c", {"title": "T", "category": " kitchen ", "brand": 7}, format="json")
+    assert response.json() == {"brand": ["Must be a string."]}
+    assert not Item.objects.filter(external_id="sku-c").exists()
 
 
 def test_the_events_api_applies_the_same_rule(api: APIClient, sku: Item) -> None:
