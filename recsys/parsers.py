@@ -4,11 +4,11 @@ refused.
 DRF reads the body from the stream itself, which bypasses Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``, so a large
 body would otherwise be parsed whole. Python's ``json`` recurses once per nesting level: a 2 KB body nested 1,000
 deep raised ``RecursionError`` (a 500), and a few hundred levels parsed but could not be rendered back. So the
-nesting is measured on the raw bytes before parsing (strings blanked out by one regular expression, then a numpy
-running sum of the brackets) and anything deeper than :data:`MAX_JSON_DEPTH` is a 400. ``1e999`` parses as an
-infinite float in Python: refused as well, as are ``NaN``/``Infinity``. JSON may also escape half of a UTF-16
-surrogate pair (``"\\ud800"``): valid JSON, but no character, and nothing downstream (hashing, Postgres) can encode
-it.
+nesting is measured on the raw bytes before parsing (:func:`json_depth`: numpy over the quotes and brackets, about
+half a millisecond for a 1,000-event batch) and anything deeper than :data:`MAX_JSON_DEPTH` is a 400. ``1e999``
+parses as an infinite float in Python: refused as well, as are ``NaN``/``Infinity``. JSON may also escape half of
+a UTF-16 surrogate pair (``"\\ud800"``): valid JSON, but no character, and nothing downstream (hashing, Postgres)
+can encode it.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class BoundedJSONParser(JSONParser):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             data = json.loads(raw.decode(encoding), parse_constant=_reject_constant, parse_float=_finite_float)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        except (ValueError, LookupError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
             raise ParseError(f"JSON parse error - {exc}") from None
         # Surrogate escapes are rare (emoji escaped as pairs are fine): only then is the parsed value checked.
         if _SURROGATE_ESCAPE.search(raw):
