@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog import selectors, services
-from catalog.models import EXTERNAL_ID_MAX
 from catalog.serializers import (
     CustomerInputSerializer,
     CustomerOutputSerializer,
@@ -18,12 +17,7 @@ from catalog.serializers import (
     ItemOutputSerializer,
 )
 from recsys.models import ApiKey
-
-
-def _check_id(value: str, field: str) -> str:
-    if len(value) > EXTERNAL_ID_MAX:
-        raise ValidationError({field: [f"Ensure this field has no more than {EXTERNAL_ID_MAX} characters."]})
-    return value
+from recsys.validation import check_id as _check_id
 
 
 class ItemApi(APIView):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
-from catalog.models import EXTERNAL_ID_MAX
 from catalog.services import catalog_version_bump
 from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
+from recsys.validation import id_problem
 
 REQUIRED = {"item_id", "title"}
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
@@ -30,22 +30,30 @@ def _cell(row: list[str], index: dict[str, int], name: str) -> str:
     return row[position].strip() if position is not None else ""
 
 
+def _check_id(value: str, field: str) -> None:
+    """The one id rule of every entry point (recsys.validation), reported as ``field: reason``."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise BadItem(f"{field}: {problem}")
+
+
 def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tuple:
     item_id = _cell(row, index, "item_id")
     title = _cell(row, index, "title")
     if not item_id:
         raise BadItem("item_id: is required")
-    if len(item_id) > EXTERNAL_ID_MAX:
-        raise BadItem(f"item_id: longer than {EXTERNAL_ID_MAX} characters")
+    _check_id(item_id, "item_id")
     if not title:
         raise BadItem("title: is required")
     if len(title) > 500:
         raise BadItem("title: longer than 500 characters")
+    if "\x00" in title or "\x00" in _cell(row, index, "description"):
+        raise BadItem("title/description: contains a NUL character")
     category = _cell(row, index, "category")
     brand = _cell(row, index, "brand")
     for name, value in (("category", category), ("brand", brand)):
-        if len(value) > EXTERNAL_ID_MAX:
-            raise BadItem(f"{name}: longer than {EXTERNAL_ID_MAX} characters")
+        if value:
+            _check_id(value, name)
     raw_price = _cell(row, index, "price")
     price = None
     if raw_price:
@@ -73,8 +81,10 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
     tags = [tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()]
-    if any(len(tag) > 100 for tag in tags):
-        raise BadItem("tags: a tag is longer than 100 characters")
+    for tag in tags:
+        problem = id_problem(tag)
+        if problem is not None:
+            raise BadItem(f"tags: a tag {'is ' if problem.startswith('longer') else ''}{problem}")
     return item_id, title, _cell(row, index, "description"), category, brand, price, in_stock, created, tags
 
 

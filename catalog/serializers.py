@@ -1,8 +1,13 @@
-"""Catalog API input validation and output shapes."""
+"""Catalog API input validation and output shapes.
+
+Ids (category, brand, tags) follow the one id rule (recsys.validation); ``attributes`` are bounded JSON at write
+and rendered defensively at read, so nothing stored can make a later GET fail.
+"""
 
 from rest_framework import serializers
 
-from catalog.models import EXTERNAL_ID_MAX, Customer, Item
+from catalog.models import Customer, Item
+from recsys.validation import AttributesField, IdField
 
 MAX_TAGS = 50
 
@@ -10,17 +15,16 @@ MAX_TAGS = 50
 class ItemInputSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=500)
     description = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
-    category = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_null=True, default=None)
-    brand = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_null=True, default=None)
+    # Surrounding whitespace stripped, as import_items does with every cell.
+    category = IdField(strip=True, required=False, allow_null=True, default=None)
+    brand = IdField(strip=True, required=False, allow_null=True, default=None)
     price = serializers.DecimalField(
         max_digits=12, decimal_places=2, min_value=0, required=False, allow_null=True, default=None
     )
     in_stock = serializers.BooleanField(required=False, default=True)
     active = serializers.BooleanField(required=False, default=True)
-    tags = serializers.ListField(
-        child=serializers.CharField(max_length=100), required=False, default=list, max_length=MAX_TAGS
-    )
-    attributes = serializers.DictField(required=False, default=dict)
+    tags = serializers.ListField(child=IdField(strip=True), required=False, default=list, max_length=MAX_TAGS)
+    attributes = AttributesField(required=False, default=dict)
     created_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
@@ -28,6 +32,7 @@ class ItemOutputSerializer(serializers.ModelSerializer):
     item_id = serializers.CharField(source="external_id")
     category = serializers.CharField(source="category.external_id", default=None, allow_null=True)
     brand = serializers.CharField(source="brand.external_id", default=None, allow_null=True)
+    attributes = AttributesField(read_only=True)
 
     class Meta:
         model = Item
@@ -38,12 +43,13 @@ class ItemOutputSerializer(serializers.ModelSerializer):
 
 
 class CustomerInputSerializer(serializers.Serializer):
-    attributes = serializers.DictField(required=False)
+    attributes = AttributesField(required=False)
     personalisation_opt_out = serializers.BooleanField(required=False)
 
 
 class CustomerOutputSerializer(serializers.ModelSerializer):
     customer_id = serializers.CharField(source="external_id")
+    attributes = AttributesField(read_only=True)
 
     class Meta:
         model = Customer

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events import services
-from events.parsing import MAX_ID_LENGTH
+from events.parsing import InvalidEvent, parse_id
 from events.serializers import (
     EventBatchInputSerializer,
     EventInputSerializer,
@@ -20,6 +20,7 @@ from events.serializers import (
 )
 from events.validation import NON_FIELD, InvalidBody, unpack_body
 from recsys.models import ApiKey
+from recsys.validation import sentence
 
 _EVENT_EXAMPLE = {
     "event_id": "evt-7f3a",
@@ -79,9 +80,11 @@ class SessionMergeApi(APIView):
         responses={200: SessionMergeOutputSerializer, 400: OpenApiResponse(description="Invalid ids.")},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session_id = session_id.strip()
-        if not session_id or len(session_id) > MAX_ID_LENGTH:
-            raise ValidationError({"session_id": [f"Must be 1 to {MAX_ID_LENGTH} characters."]})
+        try:
+            # The events' own id rule (surrounding whitespace stripped, then recsys.validation's rule).
+            session_id = parse_id(session_id, "session_id", required=True)
+        except InvalidEvent as exc:
+            raise ValidationError({"session_id": [sentence(exc.reason)]}) from None
         serializer = SessionMergeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = services.session_merge(session_id=session_id, customer_id=serializer.validated_data["customer_id"])

@@ -19,6 +19,9 @@ COUNTED_NAMES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 INTEREST_WEIGHTS: dict[int, float] = {VIEW: 1.0, CLICK: 2.0, ADD_TO_CART: 4.0, PURCHASE: 8.0}
 # A rating weighs its value (a 5-star rating lands between an add-to-cart and a purchase).
 RATING_WEIGHT_PER_POINT = 1.0
+# The documented range of a rating's value (docs/events.md). Ingestion refuses values outside it; the weight is
+# clipped to it as well, so a value stored before that rule (or by other means) cannot make an affinity infinite.
+RATING_MIN, RATING_MAX = 0.0, 10.0
 
 # Forward decay (Cormode et al. 2009): scores are stored scaled up from a fixed landmark so that adding an event is
 # a plain increment. With a 30-day half-life doubles overflow only ~80 years after the landmark.
@@ -34,7 +37,10 @@ HOURS_7D = 168
 
 def interest_weight(type_: int, value: float | None) -> float:
     if type_ == RATING:
-        return RATING_WEIGHT_PER_POINT * (value or 0.0)
+        rating = value or 0.0
+        # min/max of a NaN is not a number either: an unusable value weighs nothing.
+        rating = min(max(rating, RATING_MIN), RATING_MAX) if rating == rating else 0.0
+        return RATING_WEIGHT_PER_POINT * rating
     return INTEREST_WEIGHTS[type_]
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from events.models import Interaction
 from events.parsing import (
     InvalidEvent,
+    check_value,
     derive_event_id,
     parse_id,
     parse_time,
@@ -54,6 +55,7 @@ def generic_adapter(index: dict[str, int], now: datetime) -> Adapter:
         value = parse_value(row[i_value]) if i_value is not None else None
         if type_ == Interaction.Type.RATING and value is None:
             raise InvalidEvent("value", "a rating needs a value")
+        check_value(type_, value)
         raw_time = row[i_time].strip() if i_time is not None else ""
         occurred = parse_time(raw_time, now=now) if raw_time else now
         session = parse_id(row[i_session], "session_id", required=False) if i_session is not None else ""
@@ -89,6 +91,7 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
         quantity = parse_value(row[i_qty])
         if quantity is None or quantity <= 0:
             raise SkipRow("quantity <= 0")
+        check_value(Interaction.Type.PURCHASE, quantity)
         price = parse_value(row[i_price])
         if price is None or price <= 0:
             raise SkipRow("price <= 0")

@@ -7,6 +7,7 @@ Functions raise ``redis.RedisError``; callers decide whether that is fatal (see 
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -154,7 +155,11 @@ def write_affinities(affinities: Mapping[str, Mapping[int, float]]) -> None:
     pipe = redis_client.get().pipeline(transaction=False)
     for owner, scores in affinities.items():
         key = keys.affinity(owner)
-        pipe.zadd(key, {str(category): score for category, score in scores.items()})
+        # A non-finite score (from rows stored before values were bounded) is left out rather than stored.
+        finite = {str(category): score for category, score in scores.items() if math.isfinite(score)}
+        if not finite:
+            continue
+        pipe.zadd(key, finite)
         if keys.is_session_owner(owner):
             pipe.expire(key, SESSION_TTL_SECONDS)
     pipe.execute()
@@ -289,7 +294,8 @@ def read_affinity(owner: str, *, now: float | None = None) -> dict[int, float]:
 
 def parse_affinity(rows: list[tuple[bytes, float]], *, now: float | None = None) -> dict[int, float]:
     factor = decay_to(time.time() if now is None else now)
-    return {int(category): score * factor for category, score in rows}
+    # A non-finite score (an affinity poisoned before values were bounded) is skipped, never served.
+    return {int(category): score * factor for category, score in rows if math.isfinite(score)}
 
 
 def queue_owner_reads(pipe: Pipeline, owner: str, *, limit: int) -> None:

@@ -7,11 +7,17 @@ import json
 import math
 from datetime import UTC, datetime, timedelta
 
+from events.features import RATING_MAX, RATING_MIN
 from events.models import Interaction
+from recsys.validation import id_problem
 
 TYPE_BY_NAME: dict[str, int] = {label: value for value, label in Interaction.Type.choices}
 TYPE_NAMES = ", ".join(TYPE_BY_NAME)
 MAX_ID_LENGTH = 100
+# The documented ranges of `value` (docs/events.md): a rating is a score from 0 to 10; a quantity or revenue is
+# within ±1e9. Anything else is refused: one 1e308 rating once made a customer's affinity infinite in Redis and
+# overflowed the rebuild's affinity query.
+VALUE_MAX = 1e9
 # Clocks differ; an event a few minutes "ahead" is skew, one a day ahead is a bug on the client.
 MAX_FUTURE = timedelta(hours=1)
 
@@ -38,10 +44,10 @@ def parse_id(raw: str, field: str, *, required: bool) -> str:
         if required:
             raise InvalidEvent(field, "is required")
         return ""
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidEvent(field, f"longer than {MAX_ID_LENGTH} characters")
-    if not value.isprintable():
-        raise InvalidEvent(field, "contains control or unprintable characters")
+    # The one id rule of every entry point (recsys.validation), after the event formats' stripping.
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidEvent(field, problem)
     return value
 
 
@@ -54,6 +60,18 @@ def parse_value(raw: str) -> float | None:
         raise InvalidEvent("value", f"{raw!r} is not a number") from None
     if not math.isfinite(value):
         raise InvalidEvent("value", "must be a finite number")
+    return value
+
+
+def check_value(type_: int, value: float | None) -> float | None:
+    """``value`` within its documented range for events of ``type_`` (a rating 0-10, otherwise ±1e9)."""
+    if value is None:
+        return None
+    if type_ == Interaction.Type.RATING:
+        if not RATING_MIN <= value <= RATING_MAX:
+            raise InvalidEvent("value", f"a rating must be between {RATING_MIN:g} and {RATING_MAX:g}")
+    elif not -VALUE_MAX <= value <= VALUE_MAX:
+        raise InvalidEvent("value", f"must be between {-VALUE_MAX:g} and {VALUE_MAX:g}")
     return value
 
 

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from events.parsing import TYPE_BY_NAME
 from events.validation import MAX_BATCH, REQUEST_ID_MAX
+from recsys.validation import IdField
 
 
 class EventInputSerializer(serializers.Serializer):
@@ -52,7 +53,8 @@ class IngestResultSerializer(serializers.Serializer):
 
 
 class SessionMergeInputSerializer(serializers.Serializer):
-    customer_id = serializers.CharField(max_length=EXTERNAL_ID_MAX)
+    # A JSON string under the one id rule (a number is refused), surrounding whitespace stripped as in events.
+    customer_id = IdField(strip=True)
 
 
 class SessionMergeOutputSerializer(serializers.Serializer):

@@ -29,6 +29,8 @@ from events.features import (
     HOURS_7D,
     INTEREST_WEIGHTS,
     RATING,
+    RATING_MAX,
+    RATING_MIN,
     RATING_WEIGHT_PER_POINT,
     fold_counters,
 )
@@ -608,11 +610,14 @@ def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], 
     params: list[Any] = [keys.SESSION_OWNER_PREFIX]
     for type_, weight in INTEREST_WEIGHTS.items():
         params += [type_, weight]
-    params += [RATING, RATING_WEIGHT_PER_POINT, DECAY_LANDMARK, AFFINITY_HALF_LIFE_SECONDS]
+    # A rating's value clipped to its documented range, as ingestion weighs it: a row stored before that rule
+    # (1e308) would otherwise overflow the sum and fail the whole rebuild.
+    params += [RATING, RATING_WEIGHT_PER_POINT, RATING_MIN, RATING_MAX, DECAY_LANDMARK, AFFINITY_HALF_LIFE_SECONDS]
     with connection.chunked_cursor() as cursor:
         cursor.execute(
             f"""SELECT coalesce(c.external_id, %s || i.session_id), it.category_id,
-                       sum(CASE i.type {cases} WHEN %s THEN %s * coalesce(i.value, 0) ELSE 0 END
+                       sum(CASE i.type {cases}
+                               WHEN %s THEN %s * least(greatest(coalesce(i.value, 0), %s), %s) ELSE 0 END
                            * power(2::float8, (extract(epoch FROM i.occurred_at)::float8 - %s) / %s))
                 FROM events_interaction i
                 JOIN catalog_item it ON it.id = i.item_id

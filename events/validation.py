@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from events.models import Interaction
-from events.parsing import InvalidEvent, derive_event_id, parse_id, parse_time, parse_type, parse_value
+from events.parsing import (
+    InvalidEvent,
+    check_value,
+    derive_event_id,
+    parse_id,
+    parse_time,
+    parse_type,
+    parse_value,
+)
 
 MAX_BATCH = 1000
 REQUEST_ID_MAX = 64
@@ -109,6 +117,11 @@ def parse_event(raw: object, *, index: int, now: datetime) -> ParsedEvent | Reje
         errors["value"] = ["Must be a number."]
     if type_ == Interaction.Type.RATING and value is None and "value" not in errors:
         errors["value"] = ["A rating needs a value."]
+    elif "value" not in errors and "type" not in errors:
+        try:
+            value = check_value(type_, value)
+        except InvalidEvent as exc:
+            errors["value"] = [_sentence(exc)]
 
     occurred_at = now
     raw_time = raw.get("occurred_at")

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.models import EXTERNAL_ID_MAX
 from ranking import serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
@@ -21,6 +20,7 @@ from ranking.serializers import (
 )
 from recsys.auth import request_has_scope
 from recsys.models import ApiKey
+from recsys.validation import check_id as _check_id
 
 FORCE_VARIANT_HEADER = "X-Experiment-Variant"
 
@@ -31,12 +31,6 @@ def _list_body(result: serving.RecommendationList) -> dict:
     if body.get("debug") is None:
         body.pop("debug")
     return body
-
-
-def _check_id(value: str, field: str) -> str:
-    if len(value) > EXTERNAL_ID_MAX:
-        raise ValidationError({field: [f"Ensure this field has no more than {EXTERNAL_ID_MAX} characters."]})
-    return value
 
 
 class RecommendationListApi(APIView):

@@ -5,6 +5,7 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from ranking.serving import MAX_COUNT
 from recsys.query_serializers import QuerySerializer
+from recsys.validation import optional_id
 
 MAX_EXCLUDE = 100
 
@@ -32,6 +33,13 @@ class RecommendationQuerySerializer(CountQuerySerializer):
         "candidates. Shapes the list without filtering it (``category`` filters). Unknown ids are ignored.",
     )  # fmt: skip
     debug = serializers.BooleanField(default=False, help_text="Add the pipeline trace (needs the admin scope).")
+
+    # The one id rule (recsys.validation): ids a read names can end up stored (impressions).
+    def validate_customer_id(self, value: str) -> str:
+        return optional_id(value)
+
+    def validate_session_id(self, value: str) -> str:
+        return optional_id(value)
 
     def validate_exclude(self, value: str) -> list[str]:
         ids = [part.strip() for part in value.split(",") if part.strip()]

@@ -6,28 +6,24 @@ from __future__ import annotations
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog import api as catalog_api
-from catalog.models import EXTERNAL_ID_MAX
 from recsys import privacy
 from recsys.auth import ApiClient
 from recsys.models import ApiKey
 from recsys.serializers import CustomerExportSerializer, PersonalisationSerializer, export_json_chunks
+from recsys.validation import check_id
 
 _NOT_FOUND = OpenApiResponse(description="No customer with this id.")
 _UNAVAILABLE = OpenApiResponse(description="Redis or Postgres is unavailable; nothing was changed. Retry later.")
 
 
 def _check_id(customer_id: str) -> str:
-    if len(customer_id) > EXTERNAL_ID_MAX:
-        raise ValidationError({"customer_id": [f"Ensure this field has no more than {EXTERNAL_ID_MAX} characters."]})
-    if "\x00" in customer_id:
-        raise ValidationError({"customer_id": ["Null characters are not allowed."]})
-    return customer_id
+    return check_id(customer_id, "customer_id")
 
 
 class CustomerApi(catalog_api.CustomerApi):

@@ -12,6 +12,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from catalog.serializers import CustomerOutputSerializer
 from events.parsing import TYPE_BY_NAME
 from recsys.privacy import CustomerExport
+from recsys.validation import render_safe_json
 
 
 class PersonalisationSerializer(serializers.Serializer):
@@ -83,7 +84,10 @@ def export_json_chunks(export: CustomerExport, *, rows_per_chunk: int = 500) -> 
     """The export as one JSON object, in chunks of bytes: memory stays bounded however long the history is."""
 
     def parts() -> Iterator[str]:
-        yield "{" + f'"exported_at":{_dumps(export.exported_at)},"customer":{_dumps(export.customer)},'
+        # The customer's stored attributes made renderable whatever they hold (recsys.validation.render_safe_json).
+        customer = dict(export.customer)
+        customer["attributes"] = render_safe_json(customer.get("attributes"))
+        yield "{" + f'"exported_at":{_dumps(export.exported_at)},"customer":{_dumps(customer)},'
         yield f'"online":{_dumps(export.online)},"interactions":'
         yield from _array(export.interactions)
         yield ',"impressions":'

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recsys import api as privacy_api
 from recsys import customer_list, health
+from recsys.exceptions import json_error_view
 from recsys.metrics import metrics_view
 
 api_v1 = [
@@ -39,3 +40,10 @@ if settings.BENCH_ENDPOINTS:
     from recsys.bench_views import FloorApi
 
     urlpatterns.append(path("bench/floor", FloorApi.as_view()))
+
+# JSON errors on API paths (/v1/, /api/), Django's pages elsewhere (recsys/exceptions.py). Django uses these only
+# with DEBUG off, which every served configuration has (docs/operations.md).
+handler400 = json_error_view(400)
+handler403 = json_error_view(403)
+handler404 = json_error_view(404)
+handler500 = json_error_view(500)

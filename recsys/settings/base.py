@@ -13,6 +13,7 @@ from recsys.env import WEB, env_bool, env_float, env_int, env_list, env_str, pro
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 SECRET_KEY = env_str("SECRET_KEY")
+# Off in every served configuration; DEBUG=1 is the explicit development flag (dev settings only: prod.py refuses it).
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

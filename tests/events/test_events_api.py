@@ -297,7 +297,7 @@ def test_session_merge_creates_the_customer_and_validates(api: APIClient) -> Non
     assert response.status_code == 400
     assert response.json() == {"customer_id": ["This field is required."]}
     response = api.post(f"/v1/sessions/{'s' * 101}/merge", {"customer_id": "C1"}, format="json")
-    assert response.json() == {"session_id": ["Must be 1 to 100 characters."]}
+    assert response.json() == {"session_id": ["Longer than 100 characters."]}
 
 
 # --- Redis down ---------------------------------------------------------------------------------------------

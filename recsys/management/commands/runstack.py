@@ -33,8 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not settings.DEBUG:
-            self.stderr.write("runstack is the local demo launcher; in production run gunicorn/celery directly.")
+        if settings.DEBUG:
+            self.stderr.write("DEBUG=1: debug pages are on (development only; they show settings to any client).")
         self._step("Migrating the database", lambda: call_command("migrate", interactive=False, verbosity=0))
         self._step("Loading the demo data (once)", lambda: call_command("load_demo"))
         self._fill_online_state()

@@ -1,0 +1,24 @@
+"""gunicorn settings read from the working directory by every `gunicorn recsys.wsgi` started here (`make run`, the
+benches, a deployment from this checkout; docs/operations.md). Command-line flags override them."""
+
+import os
+
+from recsys import gunicorn_errors
+
+# The request line: gunicorn's largest bounded limit (8,190 bytes; its default is 4,094), about what a CDN passes
+# on (CloudFront: 8,192). Longer lines are answered 414 by gunicorn itself, in JSON (below); Django's side answers
+# 414 in JSON past the same length under any other server (recsys/wsgi_guards.py). docs/reliability.md.
+limit_request_line = 8190
+# One header line: twice gunicorn's default (8,190), for the cookies of a storefront on the same domain.
+limit_request_field_size = 16380
+
+# gunicorn's own error answers (bad request line or header bytes, 414, 431) as JSON instead of an HTML page.
+gunicorn_errors.install()
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Tell prometheus_client when a worker exits, so its live gauges stop being reported (docs/operations.md)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

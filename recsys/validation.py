@@ -1,0 +1,166 @@
+"""The input rules every entry point shares (shared kernel: imports no app of ours).
+
+**Ids** (customer, item, session, category, brand, event ids; in a path, a body, a query or a CSV file): 1 to 100
+characters, every one printable (no control characters, no ANSI escapes, no NUL, no line or paragraph separators,
+no invisible format characters such as U+200B), and no whitespace at either end. :func:`id_problem` is the rule;
+:func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
+number is not an id) and :func:`optional_id` to a query-string id. Body fields and CSV cells are stripped of
+surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
+is the resource), so whitespace at its ends is refused.
+
+**Stored JSON** (item and customer ``attributes``): an object nested at most :data:`ATTRIBUTES_MAX_DEPTH` deep,
+at most :data:`ATTRIBUTES_MAX_BYTES` as JSON, string keys, integers within the signed 64-bit range, finite floats,
+and no NUL in any string (Postgres' ``jsonb`` cannot hold one). :func:`json_problem` is the rule; what is already
+stored is rendered through :func:`render_safe_json`, which never fails whatever an old row holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+
+ID_MAX_LENGTH = 100
+
+ATTRIBUTES_MAX_DEPTH = 16
+ATTRIBUTES_MAX_BYTES = 1024 * 1024
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# Rendering what is stored: deeper than this is cut (None), far below the JSON renderer's own limit (254).
+RENDER_MAX_DEPTH = 64
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid id (a sentence fragment, e.g. ``"longer than 100 characters"``), or None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value:
+        return "may not be blank"
+    if len(value) > ID_MAX_LENGTH:
+        return f"longer than {ID_MAX_LENGTH} characters"
+    if not value.isprintable():
+        return "null characters are not allowed" if "\x00" in value else "contains control or unprintable characters"
+    if value[0].isspace() or value[-1].isspace():
+        return "starts or ends with whitespace" if value.strip() else "may not be blank"
+    return None
+
+
+def sentence(fragment: str) -> str:
+    return fragment[:1].upper() + fragment[1:] + "."
+
+
+def check_id(value: str, field: str) -> str:
+    """A path id: itself when valid, else a 400 naming ``field``."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValidationError({field: [sentence(problem)]})
+    return value
+
+
+def optional_id(value: str) -> str:
+    """A query-string id that may be absent (``""``): under :func:`id_problem` when given (for ``validate_<field>``
+    methods of query serializers, whose fields are shared and plain)."""
+    if value:
+        problem = id_problem(value)
+        if problem is not None:
+            raise ValidationError(sentence(problem))
+    return value
+
+
+class IdField(serializers.CharField):
+    """A body field holding an id: a JSON string (a number or a boolean is refused) under :func:`id_problem`;
+    ``strip=True`` strips surrounding whitespace first, as the events API does with its ids."""
+
+    def __init__(self, *, strip: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", ID_MAX_LENGTH)
+        kwargs["trim_whitespace"] = False
+        super().__init__(**kwargs)
+        self.strip = strip
+
+    def to_internal_value(self, data: Any) -> str:
+        if self.strip and isinstance(data, str):
+            data = data.strip()
+        problem = id_problem(data)
+        if problem is not None:
+            raise ValidationError(sentence(problem))
+        return data
+
+
+# --- Stored JSON --------------------------------------------------------------------------------------------
+
+
+def json_problem(value: object, *, max_depth: int = ATTRIBUTES_MAX_DEPTH) -> str | None:
+    """Why ``value`` (parsed JSON) cannot be stored as attributes, or None. Iterative: no recursion limit to hit."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels"
+            for key, child in node.items():
+                if not isinstance(key, str):
+                    return "keys must be strings"
+                if "\x00" in key:
+                    return "a key contains a NUL character"
+                stack.append((child, depth + 1))
+        elif isinstance(node, list):
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels"
+            stack.extend((child, depth + 1) for child in node)
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not INT64_MIN <= node <= INT64_MAX:
+                return "an integer is outside the 64-bit range (send it as a string)"
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return "a number is not finite"
+        elif isinstance(node, str):
+            if "\x00" in node:
+                return "a string contains a NUL character"
+        else:
+            return f"holds a value JSON cannot represent ({type(node).__name__})"
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError):
+        return "is not representable as JSON"
+    if size > ATTRIBUTES_MAX_BYTES:
+        return f"larger than {ATTRIBUTES_MAX_BYTES:,} bytes as JSON"
+    return None
+
+
+class AttributesField(serializers.DictField):
+    """A JSON object stored as is (``attributes``), under :func:`json_problem`."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        value = super().to_internal_value(data)
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValidationError(sentence(problem))
+        return value
+
+    def to_representation(self, value: Any) -> Any:
+        return render_safe_json(value)
+
+
+def render_safe_json(value: Any, _depth: int = 1) -> Any:
+    """What is stored, made renderable whatever it holds (rows stored before the write rules, or by other means):
+    integers outside 64 bits become strings, non-finite floats and anything deeper than :data:`RENDER_MAX_DEPTH`
+    become None, non-string keys become strings. Plain values pass through untouched (the common case costs a type
+    check per node)."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if _depth > RENDER_MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {str(key): render_safe_json(child, _depth + 1) for key, child in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_safe_json(child, _depth + 1) for child in value]
+    return str(value)
