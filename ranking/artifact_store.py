@@ -217,17 +217,19 @@ def _download_file(store: Storage, key: str, target: Path, expected_sha: str) ->
     return size
 
 
-def fetch(directory: str, expected_checksum: str | None = None) -> Path:
-    """The local directory of version ``directory``, downloaded from the storage first when it is not cached.
+def fetch(directory: str, expected_checksum: str | None = None) -> bool:
+    """Make version ``directory`` present in the cache (``local_path(directory)``), downloading it when it is not.
 
-    Raises :class:`ArtifactError`; nothing partial is ever left at the returned path.
+    True when this call downloaded it, every file verified against the manifest (and the manifest against
+    ``expected_checksum``) on the way; False when it was already there. Raises :class:`ArtifactError`; nothing
+    partial is ever left at the local path.
     """
     final = local_path(directory)
     if final.is_dir():
-        return final
+        return False
     with _host_lock(directory):
         if final.is_dir():  # another process of this host downloaded it while we waited
-            return final
+            return False
         store = storage()
         tmp = cache_root() / f"{TMP_PREFIX}{directory}-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
@@ -251,7 +253,7 @@ def fetch(directory: str, expected_checksum: str | None = None) -> Path:
         "model_artifacts_downloaded",
         extra={"version": directory, "bytes": size, "seconds": round(time.monotonic() - started, 3)},
     )
-    return final
+    return True
 
 
 def discard(path: Path) -> None:

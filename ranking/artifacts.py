@@ -162,10 +162,12 @@ def version_reindex_copy(
     return final, checksum
 
 
-def _ensure_local(path: Path, expected_checksum: str | None) -> None:
-    """With a remote storage, download a version of this host's cache that is not there yet (a no-op otherwise)."""
+def _ensure_local(path: Path, expected_checksum: str | None) -> bool:
+    """With a remote storage, download a version of this host's cache that is not there yet (a no-op otherwise).
+    True when it did: the download has verified every file against the manifest and ``expected_checksum``."""
     if not path.is_dir() and artifact_store.in_cache(path):
-        artifact_store.fetch(path.name, expected_checksum)
+        return artifact_store.fetch(path.name, expected_checksum)
+    return False
 
 
 def version_read_meta(path: Path) -> dict[str, Any]:
@@ -189,7 +191,8 @@ def version_verify(path: Path, expected_checksum: str | None = None) -> dict[str
     otherwise. With a remote storage the version is downloaded into the cache first, and a cached copy that fails
     is discarded, so the next attempt downloads it again.
     """
-    _ensure_local(path, expected_checksum)
+    if _ensure_local(path, expected_checksum):
+        return version_read_meta(path)  # just verified while downloading: no second pass over the files
     try:
         return _verify_local(path, expected_checksum)
     except ArtifactError as exc:
