@@ -318,6 +318,34 @@ def test_processes_of_one_host_share_one_download(
     assert artifacts.version_verify(host_cache / "v1", version.checksum)["checksum"] == version.checksum
 
 
+@pytest.mark.django_db
+def test_reindex_and_the_trending_refresh_run_on_any_host(bucket: Bucket, on_s3: Path, tmp_path: Path) -> None:
+    """Jobs that read a version (re-index, hourly trending) on a worker that did not train it download it first;
+    the re-indexed copy goes to the storage like a trained version."""
+    cluster_world(clusters=(("linen", "towel"), ("brass", "lamp")), per_cluster=8, seed=4)
+    trained = services.model_train(params=SMALL_PARAMS, force=True).version
+    with override_settings(ARTIFACT_CACHE_DIR=str(tmp_path / "worker")):
+        reindexed, report = services.model_reindex(kind="hnsw")
+        assert report.kind == "hnsw"
+        summary = services.trending_refresh()
+    assert summary is not None
+    directory = Path(reindexed.artifact_path).name
+    assert directory != trained.name
+    assert Path(reindexed.artifact_path).parent == tmp_path / "worker"
+    manifest = json.loads(bucket.get(directory, "meta.json"))
+    assert manifest["checksum"] == reindexed.checksum
+    assert manifest["ann"]["kind"] == "hnsw"
+    with override_settings(ARTIFACT_CACHE_DIR=str(tmp_path / "web")):
+        model = _host_loader().refresh()
+    assert model is not None
+    assert (model.version_id, model.checksum, model.path) == (
+        trained.id,
+        reindexed.checksum,
+        tmp_path / "web" / directory,
+    )
+    assert model.index is not None
+
+
 # --- Two hosts: separate processes, separate caches, no shared disk path --------------------------------------
 
 # A "host": its own process and cache directory; the artifacts reach it only through the S3 endpoint. Each line on
