@@ -164,6 +164,24 @@ def publish(local_dir: Path, directory: str, files: Mapping[str, str]) -> None:
     )
 
 
+def remove(directory: str) -> None:
+    """Delete version ``directory`` from a remote storage: the manifest first (it stops being a version at once),
+    then its files. A no-op with the default storage, where the local directory is the version (pruned locally)."""
+    if colocated():
+        return
+    store = storage()
+    try:
+        store.delete(_key(directory, META_FILE))
+        _, filenames = store.listdir(directory)
+        for filename in filenames:
+            store.delete(_key(directory, filename))
+    except FileNotFoundError:
+        return
+    except Exception as exc:  # any backend's error
+        raise ArtifactError(f"deleting {directory} from the artifact storage failed: {exc}", "storage") from exc
+    logger.info("model_artifacts_removed", extra={"version": directory})
+
+
 # --- Download (every serving process and worker) --------------------------------------------------------------
 
 

@@ -179,6 +179,24 @@ def test_a_version_in_the_storage_is_never_overwritten(bucket: Bucket, on_s3: Pa
 
 
 @pytest.mark.django_db
+def test_a_removed_version_is_gone_from_the_storage_manifest_first(
+    bucket: Bucket, on_s3: Path, tmp_path: Path, activate: Callable[[int], None]
+) -> None:
+    version = _version("v1", seed=1)
+    kept = _version("v2", seed=2)
+    activate(version.id)
+    artifact_store.remove("v1")
+    assert bucket.keys("v1") == set()
+    assert "meta.json" in bucket.keys("v2")
+    with override_settings(ARTIFACT_CACHE_DIR=str(tmp_path / "host")):
+        with pytest.raises(artifacts.ArtifactError, match="not in the artifact storage") as gone:
+            artifacts.version_verify(artifact_store.local_path("v1"), version.checksum)
+        assert gone.value.reason == "missing"
+        assert artifacts.version_verify(artifact_store.local_path("v2"), kept.checksum)["checksum"] == kept.checksum
+    artifact_store.remove("v1")  # twice: nothing left to delete, no error
+
+
+@pytest.mark.django_db
 def test_an_unreachable_storage_fails_the_write_and_leaves_nothing(bucket: Bucket, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
     with override_settings(STORAGES=bucket.storage_settings(endpoint=dead), ARTIFACT_ROOT=tmp_path / "trainer"):
