@@ -482,6 +482,22 @@ def test_two_hosts_serve_a_trained_version_from_object_storage_and_survive_a_cor
         world_clear()
 
 
+@pytest.mark.django_db
+def test_any_django_storage_works_as_the_remote_one(tmp_path: Path, activate: Callable[[int], None]) -> None:
+    """Nothing S3-specific: a file system elsewhere (a shared mount, say) is uploaded to and downloaded from too."""
+    shared = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path / "nfs")}}
+    with override_settings(STORAGES={**settings.STORAGES, "artifacts": shared}, ARTIFACT_ROOT=tmp_path / "trainer"):
+        assert not artifact_store.colocated()
+        version = _version("v1", seed=1)
+        activate(version.id)
+        with override_settings(ARTIFACT_CACHE_DIR=str(tmp_path / "host")):
+            model = _host_loader().refresh()
+    assert model is not None
+    assert model.path == tmp_path / "host" / "v1"
+    assert sorted(p.name for p in (tmp_path / "nfs" / "v1").iterdir()) == sorted(p.name for p in model.path.iterdir())
+    np.testing.assert_array_equal(model.array("popularity"), _arrays(6, 1)["popularity"])
+
+
 # --- The default: the local file system, used in place -------------------------------------------------------
 
 
