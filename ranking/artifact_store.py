@@ -9,7 +9,7 @@ directory, ``ARTIFACT_CACHE_DIR`` (default: ``ARTIFACT_ROOT``).
 - Any other storage (S3-compatible object storage through django-storages' ``S3Storage``, or a file system
   elsewhere): training uploads the files and then the manifest LAST, so a partial upload is never a version;
   a host downloads a version into its cache before it activates it: into a temporary directory, every file's
-  sha256 checked against the manifest while it streams, renamed into place when complete. Processes on one host
+  sha256 checked against the manifest as it lands, renamed into place when complete. Processes on one host
   share one download (an exclusive file lock per version). A version in the cache is never modified; one that
   fails its checksums later is discarded so the next attempt downloads it again.
 
@@ -221,18 +221,26 @@ def _read_manifest(store: Storage, directory: str, expected_checksum: str | None
 def _download_file(store: Storage, key: str, target: Path, expected_sha: str) -> int:
     if not store.exists(key):
         raise ArtifactError(f"{key} is not in the artifact storage", "missing")
-    digest = hashlib.sha256()
-    size = 0
     with store.open(key, "rb") as source, open(target, "wb") as out:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    if digest.hexdigest() != expected_sha:
+        s3_object = getattr(source, "obj", None)  # django-storages' S3File: its boto3 Object
+        if s3_object is not None and hasattr(s3_object, "download_fileobj"):
+            # Straight into the cache with boto3's parallel ranged GETs; reading the S3File would first copy the
+            # whole object into a temporary file.
+            s3_object.download_fileobj(out, Config=getattr(store, "transfer_config", None))
+            out.flush()
+            os.fsync(out.fileno())
+            digest = file_sha256(target)  # the file is in the page cache now
+        else:
+            sha = hashlib.sha256()
+            while chunk := source.read(_CHUNK):
+                sha.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            digest = sha.hexdigest()
+    if digest != expected_sha:
         raise ArtifactError(f"{key} does not match its sha256 in the manifest", "checksum")
-    return size
+    return target.stat().st_size
 
 
 def fetch(directory: str, expected_checksum: str | None = None) -> bool:
