@@ -1,20 +1,24 @@
 """Model version artifacts: writing a version directory atomically, checksums, memory-mapped loading, and the
 loader every serving process uses to hot-swap to a newly activated version without a restart.
 
-A version is a directory ``ARTIFACT_ROOT/<name>/`` of ``.npy`` arrays (``np.load(mmap_mode="r")``), an optional
-faiss index and ``meta.json`` (parameters, sizes, metrics, the sha256 of every file and one checksum over them).
-It is written under a temporary name and renamed when complete, so a reader never sees half a version.
+A version is a directory ``<name>/`` of ``.npy`` arrays (``np.load(mmap_mode="r")``), an optional faiss index and
+``meta.json``, its manifest (parameters, sizes, metrics, the sha256 of every file and one checksum over them). It
+is written under a temporary name and renamed when complete, so a reader never sees half a version. Where it lives
+is ``STORAGES["artifacts"]`` (ranking/artifact_store.py): by default ``ARTIFACT_ROOT`` on this disk, used in place;
+with a remote storage (S3-compatible object storage) training uploads it (manifest last) and every process
+downloads it into its local cache (``ARTIFACT_CACHE_DIR``) and verifies it before memory-mapping it:
+:func:`version_verify` and :func:`version_read_meta` fetch a version of the cache that is not there yet.
 
 Serving calls :func:`get_active_model`: it returns the loaded :class:`ActiveModel` and, at most once per second
 per process, compares the Redis marker (``model:active`` = version id, ``model:active:checksum``) with what it
-holds (falling back to the database when Redis is down). A version whose files are missing or fail their
-checksums is not loaded: the previous one keeps serving, and ``recsys_model_load_failures_total`` counts it.
+holds (falling back to the database when Redis is down). A version whose files are missing, cannot be downloaded
+or fail their checksums is not loaded: the previous one keeps serving, and ``recsys_model_load_failures_total``
+counts it (reason ``missing``, ``checksum``, ``download``, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -32,14 +36,15 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
-from ranking import ann, sources
+from ranking import ann, artifact_store, sources
+from ranking.artifact_store import ArtifactError, combined_checksum, file_sha256
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-META_FILE = "meta.json"
+META_FILE = artifact_store.META_FILE
 ANN_FILE = "ann_als.faiss"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = artifact_store.TMP_PREFIX
 
 # The Redis marker: written by ranking.services when a version is activated or re-indexed, read by the loader.
 ACTIVE_KEY = "model:active"
@@ -55,31 +60,12 @@ LOAD_FAILURES = Counter(
 )
 
 
-class ArtifactError(Exception):
-    """A version directory that cannot be used; ``reason`` is the counter label."""
-
-    def __init__(self, message: str, reason: str = "error") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 # --- Writing and verifying ------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def combined_checksum(file_checksums: Mapping[str, str]) -> str:
-    """One sha256 over the files' sha256 (sorted by name): the version's identity for the registry and marker."""
-    digest = hashlib.sha256()
-    for name in sorted(file_checksums):
-        digest.update(f"{name}\0{file_checksums[name]}\n".encode())
-    return digest.hexdigest()
+def local_root() -> Path:
+    """The directory training writes a version into (this host's cache; the storage itself by default)."""
+    return artifact_store.cache_root()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,6 +86,10 @@ def _write_meta_and_publish(tmp: Path, final: Path, meta: dict[str, Any], files:
     _fsync_dir(tmp)
     if final.exists():
         raise ArtifactError(f"{final} already exists; a version directory is never overwritten")
+    if not artifact_store.colocated():
+        # Remote storage: the version exists once its manifest is uploaded (last); the local copy then becomes
+        # this host's cached copy.
+        artifact_store.publish(tmp, final.name, files)
     os.rename(tmp, final)
     _fsync_dir(final.parent)
     return checksum
@@ -172,7 +162,16 @@ def version_reindex_copy(
     return final, checksum
 
 
+def _ensure_local(path: Path, expected_checksum: str | None) -> bool:
+    """With a remote storage, download a version of this host's cache that is not there yet (a no-op otherwise).
+    True when it did: the download has verified every file against the manifest and ``expected_checksum``."""
+    if not path.is_dir() and artifact_store.in_cache(path):
+        return artifact_store.fetch(path.name, expected_checksum)
+    return False
+
+
 def version_read_meta(path: Path) -> dict[str, Any]:
+    _ensure_local(path, None)
     try:
         with open(path / META_FILE) as handle:
             meta = json.load(handle)
@@ -188,8 +187,21 @@ def version_read_meta(path: Path) -> dict[str, Any]:
 def version_verify(path: Path, expected_checksum: str | None = None) -> dict[str, Any]:
     """Check that every file listed in meta.json exists and matches its sha256; return the meta.
 
-    Raises :class:`ArtifactError` (reason ``missing`` or ``checksum``) otherwise.
+    Raises :class:`ArtifactError` (reason ``missing`` or ``checksum``; ``download`` when a remote storage fails)
+    otherwise. With a remote storage the version is downloaded into the cache first, and a cached copy that fails
+    is discarded, so the next attempt downloads it again.
     """
+    if _ensure_local(path, expected_checksum):
+        return version_read_meta(path)  # just verified while downloading: no second pass over the files
+    try:
+        return _verify_local(path, expected_checksum)
+    except ArtifactError as exc:
+        if exc.reason in ("missing", "checksum") and artifact_store.in_cache(path):
+            artifact_store.discard(path)
+        raise
+
+
+def _verify_local(path: Path, expected_checksum: str | None) -> dict[str, Any]:
     meta = version_read_meta(path)
     files: dict[str, str] = meta.get("files", {})
     if expected_checksum and meta.get("checksum") != expected_checksum:

@@ -13,6 +13,7 @@ from django.db.models import Max, Min
 
 from catalog.models import Customer, Item
 from events.models import Interaction
+from ranking import artifact_store
 from ranking.artifacts import VersionLocation
 from ranking.dataset import item_text
 from ranking.models import ModelVersion
@@ -105,10 +106,14 @@ def active_version_id() -> int | None:
 
 
 def _location(row: tuple[int, str, str, str]) -> VersionLocation:
+    """Where this host memory-maps the version: the registered directory with the default local storage; with a
+    remote one, the directory of that name in this host's cache (``artifact_path`` is the training host's)."""
     pk, name, checksum, path = row
-    return VersionLocation(
-        version_id=pk, name=name, checksum=checksum, path=Path(path or settings.ARTIFACT_ROOT / name)
-    )
+    if artifact_store.colocated():
+        local = Path(path or settings.ARTIFACT_ROOT / name)
+    else:
+        local = artifact_store.local_path(Path(path).name if path else name)
+    return VersionLocation(version_id=pk, name=name, checksum=checksum, path=local)
 
 
 def active_version_location() -> VersionLocation | None:

@@ -224,7 +224,7 @@ def _train_and_register(
     meta = version_meta(build, name=name, created_at=now)
     with timer.stage("write"):
         path, checksum = artifacts.version_write(
-            Path(settings.ARTIFACT_ROOT), name, build.trained.arrays, index=build.index, meta=meta
+            artifacts.local_root(), name, build.trained.arrays, index=build.index, meta=meta
         )
     report = build.ann_report
     version = ModelVersion.objects.create(

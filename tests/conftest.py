@@ -81,3 +81,46 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
 @pytest.fixture
 def celery_worker(celery_worker_session: object, transactional_db: None) -> object:
     return celery_worker_session
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server for the session: moto's standalone server (a PyPI package, no Docker, no
+    account) as a subprocess on a free loopback port. Its endpoint URL; the tests skip, saying why, only when it
+    cannot start."""
+    import socket
+    import subprocess
+    import sys
+
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"object storage tests need moto's server (pip install 'moto[server]'): {exc}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + 30.0
+    while True:
+        if process.poll() is not None:
+            pytest.skip(f"moto's S3 server exited at start ({process.returncode}): {log_path.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.skip(f"moto's S3 server did not listen on 127.0.0.1:{port} within 30 s")
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -114,10 +114,16 @@ CACHES = {
     }
 }
 
+# Model versions (ranking/artifact_store.py): written to STORAGES["artifacts"] (below), memory-mapped from this
+# host's local ARTIFACT_CACHE_DIR. By default the storage is the file system at ARTIFACT_ROOT and the cache is the
+# same directory: nothing is copied. With ARTIFACT_S3_BUCKET set, versions go to S3-compatible object storage and
+# every host downloads (and verifies) a version into its cache before it serves it.
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(BASE_DIR / "var" / "artifacts")))
+ARTIFACT_CACHE_DIR = env_str("ARTIFACT_CACHE_DIR", "")  # empty: ARTIFACT_ROOT
+ARTIFACT_S3_BUCKET = env_str("ARTIFACT_S3_BUCKET", "")
 # Serving scores with the ranker compiled to machine code (lleaves), cached here per model and CPU
 # (ranking/compiled_ranker.py); empty: always LightGBM's own predict.
-COMPILED_RANKER_DIR = env_str("COMPILED_RANKER_DIR", str(ARTIFACT_ROOT / ".compiled"))
+COMPILED_RANKER_DIR = env_str("COMPILED_RANKER_DIR", str(Path(ARTIFACT_CACHE_DIR or ARTIFACT_ROOT) / ".compiled"))
 
 # --- Celery -------------------------------------------------------------------------------------------------
 
@@ -196,7 +202,27 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Model versions: ARTIFACT_ROOT on this disk unless ARTIFACT_S3_BUCKET is set (see ARTIFACT_ROOT above).
+    "artifacts": {"BACKEND": "ranking.artifact_store.LocalArtifactStorage"},
 }
+if ARTIFACT_S3_BUCKET:
+    STORAGES["artifacts"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": ARTIFACT_S3_BUCKET,
+            "location": env_str("ARTIFACT_S3_PREFIX", "artifacts"),  # key prefix inside the bucket
+            "endpoint_url": env_str("ARTIFACT_S3_ENDPOINT_URL", "") or None,  # empty: AWS; else MinIO, R2, Ceph ...
+            "region_name": env_str("ARTIFACT_S3_REGION", "") or None,
+            # Empty: boto3's own chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role).
+            "access_key": env_str("ARTIFACT_S3_ACCESS_KEY_ID", "") or None,
+            "secret_key": env_str("ARTIFACT_S3_SECRET_ACCESS_KEY", "") or None,
+            "file_overwrite": True,  # keys are version/file names; a version is never re-uploaded over itself
+            "default_acl": None,  # the bucket's own policy; artifacts are never public
+            "querystring_auth": True,
+            # A download spills to a temporary file beyond this, instead of holding a whole array in memory.
+            "max_memory_size": 16 * 1024 * 1024,
+        },
+    }
 
 LOGGING = {
     "version": 1,

@@ -27,4 +27,5 @@ API_DEFAULT_RATE_PER_MINUTE = 1_000_000
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": STORAGES["artifacts"],  # noqa: F405  base's: ARTIFACT_ROOT, or S3 when ARTIFACT_S3_BUCKET is set
 }
