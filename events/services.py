@@ -439,7 +439,7 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
         )
     session_owner = keys.owner_for(customer_id="", session_id=session_id)
     try:
-        online.merge_owner(source=session_owner, target=customer_id)
+        online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
     except redis.RedisError:
         ONLINE_STATE_ERRORS.inc()
         logger.exception("online_state_merge_failed", extra={"session_id": session_id})
@@ -577,7 +577,7 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
     owners: set[str] = set()
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            """SELECT coalesce(c.external_id, %s || t.session_id), t.item_id, t.type, t.occurred_at, t.id
+            f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id
                FROM (
                    SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, i.occurred_at,
                           row_number() OVER (
@@ -588,7 +588,7 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
                ) t
                LEFT JOIN catalog_customer c ON c.id = t.customer_id
                WHERE t.rank <= %s""",
-            [keys.SESSION_OWNER_PREFIX, history_length],
+            [history_length],
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             histories: dict[str, dict[str, float]] = defaultdict(dict)
@@ -605,13 +605,13 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
 def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], None]) -> None:
     # The same weights and decay as ingestion (events.features), passed in as parameters.
     cases = " ".join("WHEN %s THEN %s" for _ in INTEREST_WEIGHTS)
-    params: list[Any] = [keys.SESSION_OWNER_PREFIX]
+    params: list[Any] = []
     for type_, weight in INTEREST_WEIGHTS.items():
         params += [type_, weight]
     params += [RATING, RATING_WEIGHT_PER_POINT, DECAY_LANDMARK, AFFINITY_HALF_LIFE_SECONDS]
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            f"""SELECT coalesce(c.external_id, %s || i.session_id), it.category_id,
+            f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, it.category_id,
                        sum(CASE i.type {cases} WHEN %s THEN %s * coalesce(i.value, 0) ELSE 0 END
                            * power(2::float8, (extract(epoch FROM i.occurred_at)::float8 - %s) / %s))
                 FROM events_interaction i

@@ -162,6 +162,19 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
     return Assignment(None, None, default)
 
 
+def surface_known(surface: str) -> bool:
+    """Whether a running experiment or a stored surface default names ``surface`` (from the in-process snapshot,
+    no query): metrics label only known surfaces by name (recsys.metrics.metric_surface)."""
+    snapshot = _current_snapshot()
+    return surface in snapshot.defaults or surface in snapshot.by_surface
+
+
+def variant_known(variant: str) -> bool:
+    """Whether a running experiment has a variant called ``variant`` (from the snapshot, no query)."""
+    snapshot = _current_snapshot()
+    return any(variant in experiment.index for group in snapshot.by_surface.values() for experiment in group)
+
+
 def assignment_cache_clear() -> None:
     """Forget the in-process snapshot (tests; the next ``assign`` reloads)."""
     global _snapshot, _checked_at

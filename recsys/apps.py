@@ -7,3 +7,6 @@ class RecsysConfig(AppConfig):
 
     def ready(self) -> None:
         from recsys import metrics, schema  # noqa: F401  (registers the OpenAPI auth extension, task metrics)
+
+        # Serving labels its request metrics with the client's surface: only known ones by name.
+        metrics.bound_serving_labels()

@@ -22,6 +22,7 @@ from django.utils import timezone
 from catalog.models import Category, Customer, Item
 from catalog.services import customer_upsert
 from events import online
+from events.keys import customer_owner
 from events.models import Interaction
 from experiments.models import Impression
 from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
@@ -65,7 +66,7 @@ def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Person
     """
     customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
     try:
-        online.bump_cache_versions([customer_id])
+        online.bump_cache_versions([customer_owner(customer_id)])
     except redis.RedisError:
         logger.warning("personalisation_cache_bump_failed", exc_info=True)
     logger.info("customer_personalisation_set", extra={"opted_out": opted_out})
@@ -198,7 +199,7 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     return CustomerExport(
         exported_at=timezone.now(),
         customer=row,
-        online=_online_state(customer_id),
+        online=_online_state(customer_owner(customer_id)),
         interactions=_interactions(customer_pk),
         impressions=_impressions(customer_pk),
     )
