@@ -37,7 +37,7 @@ from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
 from events.models import Interaction
 from events.parsing import InvalidEvent, utcnow
 from events.validation import ParsedEvent, Rejection, parse_events
-from recsys import redis_client
+from recsys import erasure, redis_client
 from recsys.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
 
 logger = logging.getLogger(__name__)
@@ -228,6 +228,24 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         missing = cursor.fetchall()
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
+        # Customers this batch would create: an erased id among them is refused (recsys.erasure), its rows too.
+        cursor.execute(
+            f"""SELECT DISTINCT s.customer FROM {_STAGE} s
+                LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                WHERE s.customer <> '' AND c.id IS NULL"""
+        )
+        erased = sorted(erasure.erased_ids(row[0] for row in cursor.fetchall()))
+        refused = 0
+        if erased:
+            cursor.execute(
+                f"""DELETE FROM {_STAGE} s USING catalog_item i
+                    WHERE i.external_id = s.item AND s.customer = ANY(%s::text[]) RETURNING s.line""",
+                [erased],
+            )
+            lines = sorted(line for (line,) in cursor.fetchall())
+            refused = len(lines)
+            for line in lines:
+                errors.add(line, "customer_id: this customer id was erased; its events are not imported")
         cursor.execute(
             f"""INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
                 SELECT s.customer, min(s.occurred_at), '{{}}', false
@@ -249,7 +267,7 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         stored = cursor.rowcount
     with _summary_lock:
         summary.stored += stored
-        summary.duplicates += len(batch) - len(missing) - stored
+        summary.duplicates += len(batch) - len(missing) - refused - stored
 
 
 # --- Real-time ingestion --------------------------------------------------------------------------------------
@@ -335,6 +353,13 @@ def _events_store(
         if not valid:
             return [], unknown, duplicates
         customers = _customer_pks(cursor, {event.customer_id for event in valid.values()}, created_at=received_at)
+        for event_id, event in list(valid.items()):
+            if event.customer_id and event.customer_id not in customers:
+                # An erased id (recsys.erasure): its events are refused, so the erasure sticks.
+                unknown.append(Rejection(event.index, {"customer_id": [ERASED_CUSTOMER_MESSAGE]}))
+                del valid[event_id]
+        if not valid:
+            return [], unknown, duplicates
         # Inserted in event_id order: two concurrent requests carrying the same events then wait on each other's
         # unique-index entries in the same order, instead of deadlocking.
         batch = [valid[event_id] for event_id in sorted(valid)]
@@ -378,8 +403,21 @@ def _binary_cursor() -> psycopg.Cursor[Any]:
     return psycopg.Cursor(connection.connection)
 
 
+ERASED_CUSTOMER_MESSAGE = (
+    "This customer id was erased; events naming it are not stored. Send the event without customer_id, or create "
+    "the customer again (PUT /v1/customers/<id>) first."
+)
+
+
+class CustomerErased(Exception):
+    """The customer id is on the erasure suppression list and has no customer row (see recsys.erasure)."""
+
+    field = "customer_id"
+    message = ERASED_CUSTOMER_MESSAGE
+
+
 def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, created_at: datetime) -> dict[str, int]:
-    """Primary keys of the customers, creating the unknown ones.
+    """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result).
 
     Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
     known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
@@ -394,6 +432,9 @@ def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, create
     cursor.execute(select, [wanted])
     found: dict[str, int] = dict(cursor.fetchall())
     missing = [external_id for external_id in wanted if external_id not in found]
+    if missing:
+        erased = erasure.erased_ids(missing)
+        missing = [external_id for external_id in missing if external_id not in erased]
     if missing:
         cursor.execute(
             """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
@@ -429,11 +470,14 @@ class SessionMergeResult:
 def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     """Give an anonymous session's interactions to the customer who just logged in, in Postgres and in Redis.
 
-    Ids are validated by the caller. Idempotent: the UPDATE only touches interactions without a customer and the
-    Redis merge deletes what it moved; a retry after a Redis failure still merges the online state.
+    Ids are validated by the caller. Raises :class:`CustomerErased` for an erased customer id (without a row).
+    Idempotent: the UPDATE only touches interactions without a customer and the Redis merge deletes what it moved;
+    a retry after a Redis failure still merges the online state.
     """
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow())[customer_id]
+        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow()).get(customer_id)
+        if customer_pk is None:
+            raise CustomerErased(customer_id)
         merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
             customer_id=customer_pk
         )

@@ -160,6 +160,9 @@ BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
 # Recommendation and event requests per minute per customer id and API key (recsys.throttling.ApiRateThrottle).
 API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
+# The key of the erased-ids suppression list (recsys.models.ErasedCustomer): keep it stable, rotating it forgets
+# every erased id. Defaults to SECRET_KEY.
+ERASURE_HASH_KEY = env_str("ERASURE_HASH_KEY", SECRET_KEY)
 # While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
 # recommendations keep answering through an outage, and a key revoked meanwhile works until then.
 API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)
