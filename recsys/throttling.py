@@ -1,6 +1,7 @@
-"""Rate limits per API key and per customer: fixed one-minute windows, counted in each process and summed in Redis
-by a background thread, so they cost the request no round trip and hold across every web process. A Redis outage
-neither takes the storefront down nor slows it: each process goes on limiting with its own counts.
+"""Rate limits per API key, per customer, and per client address for requests without a valid key: fixed one-minute
+windows, counted in each process and summed in Redis by a background thread, so they cost the request no round
+trip and hold across every web process. A Redis outage neither takes the storefront down nor slows it: each process
+goes on limiting with its own counts.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ class _SharedCounts:
                 counts.append(self._known.get(key, 0) + pending)
         self._loop.ensure()
         return counts
+
+    def peek(self, keys: list[str], window: int) -> list[int]:
+        """The totals of ``keys`` in ``window`` as far as this process knows them, counting nothing."""
+        with self._lock:
+            if window != self._window:
+                return [0] * len(keys)
+            return [self._known.get(key, 0) + self._pending.get(key, 0) for key in keys]
 
     def sync(self) -> None:
         """Send the pending hits and learn the totals; on a Redis failure keep them for the next try."""
@@ -161,6 +169,27 @@ class ApiRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+class _AddressIdent(BaseThrottle):
+    """DRF's client address (REMOTE_ADDR, or X-Forwarded-For behind ``NUM_PROXIES`` proxies)."""
+
+
+_ident = _AddressIdent()
+
+
+def unauthenticated_hit(request: Request, *, count: bool = True) -> float | None:
+    """Count one request without a valid API key against its client address (when ``count``) and return how many
+    seconds it must wait when the address is over ``API_UNAUTHENTICATED_RATE_PER_MINUTE``, else None. In process,
+    like the other limits (no round trip, no database): recsys.auth calls it before looking a key up, so a flood
+    of random keys costs no query once over the limit. Keyed by a hash of the address."""
+    now = time.time()
+    window = int(now // WINDOW_SECONDS)
+    key = f"throttle:addr:{window}:{_digest(_ident.get_ident(request) or '-')}"
+    (total,) = _counts.hit([key], window) if count else _counts.peek([key], window)
+    if total > settings.API_UNAUTHENTICATED_RATE_PER_MINUTE:
+        return (window + 1) * WINDOW_SECONDS - now
+    return None
 
 
 def _digest(customer_id: str) -> str:
