@@ -186,7 +186,8 @@ def unauthenticated_hit(request: Request, *, count: bool = True) -> float | None
     now = time.time()
     window = int(now // WINDOW_SECONDS)
     key = f"throttle:addr:{window}:{_digest(_ident.get_ident(request) or '-')}"
-    (total,) = _counts.hit([key], window) if count else _counts.peek([key], window)
+    # Peeking asks whether this request would be over the limit if it were counted.
+    (total,) = _counts.hit([key], window) if count else [n + 1 for n in _counts.peek([key], window)]
     if total > settings.API_UNAUTHENTICATED_RATE_PER_MINUTE:
         return (window + 1) * WINDOW_SECONDS - now
     return None
