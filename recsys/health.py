@@ -13,8 +13,8 @@ API (docs/operations.md, "Load balancer"):
 
 No Celery worker is contacted: serving needs none. The worker's liveness is reported from the heartbeat the beat
 schedules every minute (``worker.heartbeat_age_seconds``, read from Redis in the same call as the Redis check, and
-the Prometheus gauge ``recsys_worker_heartbeat_age_seconds`` with its alert rule in docs/alerts.yml); it never
-changes the status.
+the Prometheus gauge ``recsys_worker_heartbeat_age_seconds`` with its alert rule in docs/operations.md); it
+never changes the status.
 
 The checks run at most once per ``READINESS_CACHE_SECONDS`` per process: one probe runs them while concurrent
 probes answer at once with the last result, so 16 probes in flight cost one ``SELECT 1`` and one Redis round trip.

@@ -161,7 +161,8 @@ class QualityCollector(Collector):
 class WorkerHeartbeatCollector(Collector):
     """``recsys_worker_heartbeat_age_seconds``: seconds since a Celery worker last ran the beat's one-minute
     heartbeat task (recsys.tasks.heartbeat). Absent when Redis is unreachable; ``+Inf`` when no heartbeat was ever
-    stored (or it expired after an hour). The alert rule (docs/alerts.yml) fires above 180 s."""
+    stored (or it expired after an hour). The alert RecsysWorkerHeartbeatStale (docs/operations.md, "Alert rules")
+    fires above 180 s."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:

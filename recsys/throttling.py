@@ -49,6 +49,9 @@ class _SharedCounts:
         self._window = -1
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
+        # Hits a sync is sending right now: still counted by hit() until Redis has answered with totals that include
+        # them (without this, a request arriving during a slow or failing sync saw too low a count).
+        self._sending: dict[str, int] = {}
         self._paused_until = 0.0
         self._sync_lock = threading.Lock()  # one sync at a time; reset() waits for a sync in flight
         self._loop = Periodic("throttle-sync", _SYNC_INTERVAL_SECONDS, self.sync)
@@ -57,14 +60,14 @@ class _SharedCounts:
         """Count one request on each key of ``window``; the totals as far as this process knows them."""
         with self._lock:
             if window != self._window:
-                self._window, self._known, self._pending = window, {}, {}
+                self._window, self._known, self._pending, self._sending = window, {}, {}, {}
             if len(self._known) > _MAX_KEYS:
                 self._known = {}
             counts = []
             for key in keys:
                 pending = self._pending.get(key, 0) + 1
                 self._pending[key] = pending
-                counts.append(self._known.get(key, 0) + pending)
+                counts.append(self._known.get(key, 0) + self._sending.get(key, 0) + pending)
         self._loop.ensure()
         return counts
 
@@ -73,7 +76,7 @@ class _SharedCounts:
         with self._lock:
             if window != self._window:
                 return [0] * len(keys)
-            return [self._known.get(key, 0) + self._pending.get(key, 0) for key in keys]
+            return [self._known.get(key, 0) + self._sending.get(key, 0) + self._pending.get(key, 0) for key in keys]
 
     def sync(self) -> None:
         """Send the pending hits and learn the totals; on a Redis failure keep them for the next try."""
@@ -85,6 +88,7 @@ class _SharedCounts:
             return
         with self._lock:
             window, pending, self._pending = self._window, self._pending, {}
+            self._sending = pending
         if not pending:
             return
         try:
@@ -98,16 +102,18 @@ class _SharedCounts:
             logger.warning("throttle_unavailable", exc_info=True)
             with self._lock:
                 if window == self._window:
+                    self._sending = {}
                     for key, hits in pending.items():
                         self._pending[key] = self._pending.get(key, 0) + hits
             return
         with self._lock:
             if window == self._window:
+                self._sending = {}
                 self._known.update(zip(pending, (int(total) for total in totals), strict=True))
 
     def reset(self) -> None:
         with self._sync_lock, self._lock:
-            self._window, self._known, self._pending = -1, {}, {}
+            self._window, self._known, self._pending, self._sending = -1, {}, {}, {}
         self._paused_until = 0.0
 
 
