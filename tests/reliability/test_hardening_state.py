@@ -33,7 +33,7 @@ from rest_framework.test import APIClient
 from catalog.models import Customer
 from events import keys, online, selectors
 from events.models import Interaction
-from events.services import online_state_rebuild
+from events.services import interactions_import, online_state_rebuild
 from experiments.models import Impression
 from experiments.services import impressions_flush
 from ranking import serving
@@ -446,3 +446,19 @@ def test_serving_keeps_answering_when_redis_refuses_writes_at_its_ceiling(
     assert Interaction.objects.filter(event_id="e-2").exists()
     response = api.get("/v1/recommendations", {"customer_id": "dora", "count": 3})
     assert response.status_code == 200, response.content
+
+
+def test_a_csv_import_does_not_bring_an_erased_customer_back(api: APIClient, items: list[Any], tmp_path: Path) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="carol"))
+    assert api.delete("/v1/customers/carol").status_code == 204
+    csv = tmp_path / "events.csv"
+    csv.write_text(
+        "event_id,customer_id,item_id,type,occurred_at\n"
+        "i-1,carol,sku-1,view,2026-11-01T10:00:00Z\n"
+        "i-2,dave,sku-2,view,2026-11-01T10:00:00Z\n"
+    )
+    summary = interactions_import(path=csv)
+    assert summary.stored == 1
+    assert summary.rejected == 1
+    assert not Customer.objects.filter(external_id="carol").exists()
+    assert Customer.objects.filter(external_id="dave").exists()
