@@ -140,7 +140,11 @@ def quality_set(values: dict[str, dict[str, float]]) -> None:
 
 
 class QualityCollector(Collector):
-    """Exposes the gauges stored by :func:`quality_set`; silent when Redis is unreachable."""
+    """Exposes the gauges stored by :func:`quality_set`; silent when Redis is unreachable.
+
+    The task computes them per surface as stored with each impression, i.e. as clients sent it: a series of a
+    surface that does not exist (:func:`metric_surface`) is left out here (its lists still count in the
+    ``surface="all"`` totals), so made-up surfaces add no series; ratios cannot be summed into one ``other``."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -154,6 +158,9 @@ class QualityCollector(Collector):
             family = GaugeMetricFamily(name, f"{name} (computed by a Celery task)", labels=label_names)
             for key, value in series.items():
                 labels = dict(part.split("=", 1) for part in key.split(",") if part)
+                surface = labels.get("surface")
+                if surface is not None and surface != "all" and metric_surface(surface) == OTHER:
+                    continue
                 family.add_metric([labels.get(label, "") for label in label_names], float(value))
             yield family
 

@@ -245,6 +245,22 @@ def test_made_up_surfaces_add_no_metric_series(api: APIClient, items: list[Any])
     assert "other" in labels
 
 
+def test_quality_gauges_of_made_up_surfaces_are_not_exposed() -> None:
+    from recsys.metrics import quality_set
+
+    quality_set({
+        "recsys_recommendation_ctr": {
+            "surface=home,experiment=all,variant=all": 0.1,
+            "surface=made-up-7,experiment=all,variant=all": 0.5,
+            "surface=all,experiment=all,variant=all": 0.12,
+        },
+    })  # fmt: skip
+    text = Client().get("/metrics").content.decode()
+    assert 'recsys_recommendation_ctr{experiment="all",surface="home",variant="all"} 0.1' in text
+    assert 'recsys_recommendation_ctr{experiment="all",surface="all",variant="all"} 0.12' in text
+    assert "made-up-7" not in text
+
+
 # --- Row: a read creates a customer; an erased id comes back -----------------------------------------------------
 
 
