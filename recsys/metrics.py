@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry
+from django.core.signals import request_started
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -101,12 +102,27 @@ def bound_labels(metric: MetricWrapperBase, **normalisers: Callable[[str], str])
 
 
 def bound_serving_labels() -> None:
-    """Bound the surface and variant labels of ranking.serving's request metrics (called once at start-up, from
-    RecsysConfig.ready): serving labels them with the request's surface as sent."""
+    """Bound the surface and variant labels of ranking.serving's request metrics: serving labels them with the
+    request's surface as sent."""
     from ranking import serving
 
     for metric in (serving.REQUESTS, serving.LATENCY):
         bound_labels(metric, surface=metric_surface, variant=metric_variant)
+
+
+_BOUND_LABELS_UID = "recsys.metrics.bound_serving_labels"
+
+
+def _bound_serving_labels_now(**_: object) -> None:
+    request_started.disconnect(dispatch_uid=_BOUND_LABELS_UID)
+    bound_serving_labels()
+
+
+def bound_serving_labels_on_first_request() -> None:
+    """Install :func:`bound_serving_labels` when this process starts its first request (RecsysConfig.ready): every
+    recommendation a client asks for comes through a request, and processes that serve none (management commands,
+    workers) never import ranking.serving for it."""
+    request_started.connect(_bound_serving_labels_now, dispatch_uid=_BOUND_LABELS_UID, weak=False)
 
 
 @task_prerun.connect
