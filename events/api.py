@@ -87,5 +87,8 @@ class SessionMergeApi(APIView):
             raise ValidationError({"session_id": [sentence(exc.reason)]}) from None
         serializer = SessionMergeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = services.session_merge(session_id=session_id, customer_id=serializer.validated_data["customer_id"])
+        try:
+            result = services.session_merge(session_id=session_id, customer_id=serializer.validated_data["customer_id"])
+        except services.CustomerErased as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
         return Response(SessionMergeOutputSerializer(result).data)

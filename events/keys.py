@@ -1,12 +1,19 @@
 """Every Redis key of the events online state, in one place: a builder and a docstring per key.
 
-An *owner* is whoever a history belongs to: the customer's external id, or ``s:<session_id>`` for anonymous
-events. docs/events.md lists the same keys; a test keeps the two in step through :data:`KEY_PATTERNS`.
+An *owner* is whoever a history belongs to, one namespace per principal kind so that no customer id can name a
+session's state (or the other way round): ``s:<session_id>`` for anonymous events; a customer is ``c:<external id>``
+when the id itself starts with a reserved prefix (``s:`` or ``c:``), else the bare external id. The mapping is
+one-to-one (:func:`owner_for` builds it, :func:`parse_owner` inverts it); customers keep their bare id otherwise so
+their experiment unit (GrowthBook hashes the storefront's own customer id) and cache versions stay what they were.
+docs/events.md lists the same keys; a test keeps the two in step through :data:`KEY_PATTERNS`.
 """
 
 from __future__ import annotations
 
 SESSION_OWNER_PREFIX = "s:"
+CUSTOMER_OWNER_PREFIX = "c:"
+# A customer id starting with one of these is written with CUSTOMER_OWNER_PREFIX in front (see owner_for).
+RESERVED_OWNER_PREFIXES: tuple[str, ...] = (SESSION_OWNER_PREFIX, CUSTOMER_OWNER_PREFIX)
 
 HISTORY_PREFIX = "hist:"
 AFFINITY_PREFIX = "aff:"
@@ -20,12 +27,42 @@ REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTE
 
 
 def owner_for(*, customer_id: str, session_id: str) -> str:
-    """The owner key of an event: the customer when known, else the anonymous session."""
-    return customer_id if customer_id else SESSION_OWNER_PREFIX + session_id
+    """The owner key of an event: the customer when known, else the anonymous session. The one place an owner
+    string is built (Postgres rebuilds build the same in SQL: :data:`OWNER_SQL`)."""
+    if customer_id:
+        return customer_owner(customer_id)
+    return SESSION_OWNER_PREFIX + session_id
+
+
+def customer_owner(customer_id: str) -> str:
+    """The owner of a customer's state: the bare id, or ``c:<id>`` when the id starts with a reserved prefix."""
+    if customer_id.startswith(RESERVED_OWNER_PREFIXES):
+        return CUSTOMER_OWNER_PREFIX + customer_id
+    return customer_id
 
 
 def is_session_owner(owner: str) -> bool:
     return owner.startswith(SESSION_OWNER_PREFIX)
+
+
+def parse_owner(owner: str) -> tuple[str, str]:
+    """``(customer_id, session_id)`` of an owner string (one of the two is empty): the inverse of :func:`owner_for`."""
+    if owner.startswith(SESSION_OWNER_PREFIX):
+        return "", owner[len(SESSION_OWNER_PREFIX) :]
+    if owner.startswith(CUSTOMER_OWNER_PREFIX):
+        return owner[len(CUSTOMER_OWNER_PREFIX) :], ""
+    return owner, ""
+
+
+def owner_sql(customer_column: str, session_column: str) -> str:
+    """The SQL expression computing :func:`owner_for` from a customer external-id column (NULL for anonymous
+    events) and a session-id column; the rebuild reads owners from Postgres with it. Columns are trusted names."""
+    reserved = " OR ".join(f"starts_with({customer_column}, '{prefix}')" for prefix in RESERVED_OWNER_PREFIXES)
+    return (
+        f"CASE WHEN {customer_column} IS NULL THEN '{SESSION_OWNER_PREFIX}' || {session_column}"
+        f" WHEN {reserved} THEN '{CUSTOMER_OWNER_PREFIX}' || {customer_column}"
+        f" ELSE {customer_column} END"
+    )
 
 
 def history(owner: str) -> str:
@@ -80,13 +117,20 @@ A token, not a counter, so that a Redis that lost its data can never repeat a ve
 REBUILD_LOCK = "lock:events:rebuild"
 """``lock:events:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
 
-ONLINE_STATE_COMPLETE = "online:complete"
-"""``online:complete`` string: the Unix time the last ``rebuild_online_state`` finished.
+ONLINE_STATE_COMPLETE = "online:complete:v2"
+"""``online:complete:v2`` string: the Unix time the last ``rebuild_online_state`` finished.
+
+The suffix is the format of the online state: it moves when owners or keys change shape (v2: one owner namespace
+per principal kind), so an install upgraded in place finds no marker, serves from Postgres meanwhile and queues
+the rebuild that rewrites every owner's state in the new format (the older markers are in
+:data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
 
 Deleted when a rebuild starts and written when it ends; nothing else writes it. A Redis that lost its data (FLUSHALL,
 a restart without its append-only file) has lost this key too, so serving then reads histories from Postgres, marks
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
+
+LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete",)
 
 REBUILD_REQUESTED = "lock:events:rebuild-requested"
 """``lock:events:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
@@ -102,6 +146,6 @@ KEY_PATTERNS: dict[str, str] = {
     "feat:items:blob": "ITEM_FEATURES_BLOB",
     "feat:items:version": "ITEM_FEATURES_VERSION",
     "lock:events:rebuild": "REBUILD_LOCK",
-    "online:complete": "ONLINE_STATE_COMPLETE",
+    "online:complete:v2": "ONLINE_STATE_COMPLETE",
     "lock:events:rebuild-requested": "REBUILD_REQUESTED",
 }

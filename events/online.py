@@ -24,6 +24,17 @@ from recsys import redis_client
 HISTORY_LENGTH = 200
 # An anonymous session nobody has touched for a month will not log in any more; its keys go.
 SESSION_TTL_SECONDS = 30 * 86_400
+# Every per-owner key expires (Redis runs without eviction for the state database, so keys must bound themselves):
+# a customer's after half a year without events. A customer who comes back later starts from an empty recent
+# history (the trained model still knows them); a rebuild_online_state restores it from Postgres.
+CUSTOMER_TTL_SECONDS = 180 * 86_400
+
+
+def owner_ttl_seconds(owner: str) -> int:
+    """How long an owner's history, affinities and cache version live after their last event."""
+    return SESSION_TTL_SECONDS if keys.is_session_owner(owner) else CUSTOMER_TTL_SECONDS
+
+
 # Trending and CTR look back seven days; one more day of buckets lets a fold at any hour see full days.
 COUNTER_RETENTION_SECONDS = 8 * 86_400
 HOUR = 3600
@@ -107,8 +118,7 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         pipe.expireat(key, counter_expiry(hour))
     for owner in history:
         pipe.incr(keys.cache_version(owner))
-        if keys.is_session_owner(owner):
-            _expire_session(pipe, owner)
+        _expire_owner(pipe, owner)
     pipe.execute()
 
 
@@ -127,15 +137,15 @@ def merge_owner(*, source: str, target: str) -> None:
     pipe.unlink(keys.history(source), keys.affinity(source))
     for owner in (target, source):
         pipe.incr(keys.cache_version(owner))
-        if keys.is_session_owner(owner):
-            # Without it the session's version, bumped here, would outlive the session forever.
-            _expire_session(pipe, owner)
+        # Without it the version, bumped here, would outlive its owner forever.
+        _expire_owner(pipe, owner)
     pipe.execute()
 
 
-def _expire_session(pipe: Pipeline, owner: str) -> None:
+def _expire_owner(pipe: Pipeline, owner: str) -> None:
+    ttl = owner_ttl_seconds(owner)
     for key in (keys.history(owner), keys.affinity(owner), keys.cache_version(owner)):
-        pipe.expire(key, SESSION_TTL_SECONDS)
+        pipe.expire(key, ttl)
 
 
 def write_histories(histories: Mapping[str, Mapping[str, float]]) -> None:
@@ -145,8 +155,7 @@ def write_histories(histories: Mapping[str, Mapping[str, float]]) -> None:
         key = keys.history(owner)
         pipe.zadd(key, dict(members))
         pipe.zremrangebyrank(key, 0, -HISTORY_LENGTH - 1)
-        if keys.is_session_owner(owner):
-            pipe.expire(key, SESSION_TTL_SECONDS)
+        pipe.expire(key, owner_ttl_seconds(owner))
     pipe.execute()
 
 
@@ -160,8 +169,7 @@ def write_affinities(affinities: Mapping[str, Mapping[int, float]]) -> None:
         if not finite:
             continue
         pipe.zadd(key, finite)
-        if keys.is_session_owner(owner):
-            pipe.expire(key, SESSION_TTL_SECONDS)
+        pipe.expire(key, owner_ttl_seconds(owner))
     pipe.execute()
 
 
@@ -179,8 +187,7 @@ def bump_cache_versions(owners: Iterable[str]) -> None:
     pipe = redis_client.get().pipeline(transaction=False)
     for owner in owners:
         pipe.incr(keys.cache_version(owner))
-        if keys.is_session_owner(owner):
-            pipe.expire(keys.cache_version(owner), SESSION_TTL_SECONDS)
+        pipe.expire(keys.cache_version(owner), owner_ttl_seconds(owner))
     pipe.execute()
 
 
@@ -229,7 +236,7 @@ def mark_complete(*, now: float) -> None:
     """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again."""
     pipe = redis_client.get().pipeline(transaction=True)
     pipe.set(keys.ONLINE_STATE_COMPLETE, str(now))
-    pipe.delete(keys.REBUILD_REQUESTED)
+    pipe.delete(keys.REBUILD_REQUESTED, *keys.LEGACY_COMPLETE_MARKERS)
     pipe.execute()
 
 

@@ -48,12 +48,12 @@ def recent_history(owner: str, limit: int = 50) -> list[HistoryEntry]:
 def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
     """The same history from Postgres: for callers that already know Redis is down and must not wait on it."""
     interactions = Interaction.objects.all()
-    if keys.is_session_owner(owner):
+    customer_id, session_id = keys.parse_owner(owner)
+    if not customer_id:
         # A merged session's events belong to the customer now, as in Redis.
-        session_id = owner[len(keys.SESSION_OWNER_PREFIX) :]
         interactions = interactions.filter(session_id=session_id, customer__isnull=True)
     else:
-        interactions = interactions.filter(customer__external_id=owner)
+        interactions = interactions.filter(customer__external_id=customer_id)
     rows = interactions.order_by("-occurred_at", "-id").values_list("item_id", "type", "occurred_at")[:limit]
     return [HistoryEntry(item_pk, type_, occurred_at.timestamp()) for item_pk, type_, occurred_at in rows]
 

@@ -39,7 +39,7 @@ from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
 from events.models import Interaction
 from events.parsing import InvalidEvent, utcnow
 from events.validation import ParsedEvent, Rejection, parse_events
-from recsys import redis_client
+from recsys import erasure, redis_client
 from recsys.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,24 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         missing = cursor.fetchall()
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
+        # Customers this batch would create: an erased id among them is refused (recsys.erasure), its rows too.
+        cursor.execute(
+            f"""SELECT DISTINCT s.customer FROM {_STAGE} s
+                LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                WHERE s.customer <> '' AND c.id IS NULL"""
+        )
+        erased = sorted(erasure.erased_ids(row[0] for row in cursor.fetchall()))
+        refused = 0
+        if erased:
+            cursor.execute(
+                f"""DELETE FROM {_STAGE} s USING catalog_item i
+                    WHERE i.external_id = s.item AND s.customer = ANY(%s::text[]) RETURNING s.line""",
+                [erased],
+            )
+            lines = sorted(line for (line,) in cursor.fetchall())
+            refused = len(lines)
+            for line in lines:
+                errors.add(line, "customer_id: this customer id was erased; its events are not imported")
         cursor.execute(
             f"""INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
                 SELECT s.customer, min(s.occurred_at), '{{}}', false
@@ -251,7 +269,7 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         stored = cursor.rowcount
     with _summary_lock:
         summary.stored += stored
-        summary.duplicates += len(batch) - len(missing) - stored
+        summary.duplicates += len(batch) - len(missing) - refused - stored
 
 
 # --- Real-time ingestion --------------------------------------------------------------------------------------
@@ -337,6 +355,13 @@ def _events_store(
         if not valid:
             return [], unknown, duplicates
         customers = _customer_pks(cursor, {event.customer_id for event in valid.values()}, created_at=received_at)
+        for event_id, event in list(valid.items()):
+            if event.customer_id and event.customer_id not in customers:
+                # An erased id (recsys.erasure): its events are refused, so the erasure sticks.
+                unknown.append(Rejection(event.index, {"customer_id": [ERASED_CUSTOMER_MESSAGE]}))
+                del valid[event_id]
+        if not valid:
+            return [], unknown, duplicates
         # Inserted in event_id order: two concurrent requests carrying the same events then wait on each other's
         # unique-index entries in the same order, instead of deadlocking.
         batch = [valid[event_id] for event_id in sorted(valid)]
@@ -380,8 +405,21 @@ def _binary_cursor() -> psycopg.Cursor[Any]:
     return psycopg.Cursor(connection.connection)
 
 
+ERASED_CUSTOMER_MESSAGE = (
+    "This customer id was erased; events naming it are not stored. Send the event without customer_id, or create "
+    "the customer again (PUT /v1/customers/<id>) first."
+)
+
+
+class CustomerErased(Exception):
+    """The customer id is on the erasure suppression list and has no customer row (see recsys.erasure)."""
+
+    field = "customer_id"
+    message = ERASED_CUSTOMER_MESSAGE
+
+
 def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, created_at: datetime) -> dict[str, int]:
-    """Primary keys of the customers, creating the unknown ones.
+    """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result).
 
     Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
     known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
@@ -396,6 +434,9 @@ def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, create
     cursor.execute(select, [wanted])
     found: dict[str, int] = dict(cursor.fetchall())
     missing = [external_id for external_id in wanted if external_id not in found]
+    if missing:
+        erased = erasure.erased_ids(missing)
+        missing = [external_id for external_id in missing if external_id not in erased]
     if missing:
         cursor.execute(
             """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
@@ -431,17 +472,20 @@ class SessionMergeResult:
 def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     """Give an anonymous session's interactions to the customer who just logged in, in Postgres and in Redis.
 
-    Ids are validated by the caller. Idempotent: the UPDATE only touches interactions without a customer and the
-    Redis merge deletes what it moved; a retry after a Redis failure still merges the online state.
+    Ids are validated by the caller. Raises :class:`CustomerErased` for an erased customer id (without a row).
+    Idempotent: the UPDATE only touches interactions without a customer and the Redis merge deletes what it moved;
+    a retry after a Redis failure still merges the online state.
     """
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow())[customer_id]
+        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow()).get(customer_id)
+        if customer_pk is None:
+            raise CustomerErased(customer_id)
         merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
             customer_id=customer_pk
         )
     session_owner = keys.owner_for(customer_id="", session_id=session_id)
     try:
-        online.merge_owner(source=session_owner, target=customer_id)
+        online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
     except redis.RedisError:
         ONLINE_STATE_ERRORS.inc()
         logger.exception("online_state_merge_failed", extra={"session_id": session_id})
@@ -579,7 +623,7 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
     owners: set[str] = set()
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            """SELECT coalesce(c.external_id, %s || t.session_id), t.item_id, t.type, t.occurred_at, t.id
+            f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id
                FROM (
                    SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, i.occurred_at,
                           row_number() OVER (
@@ -590,7 +634,7 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
                ) t
                LEFT JOIN catalog_customer c ON c.id = t.customer_id
                WHERE t.rank <= %s""",
-            [keys.SESSION_OWNER_PREFIX, history_length],
+            [history_length],
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             histories: dict[str, dict[str, float]] = defaultdict(dict)
@@ -607,7 +651,7 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
 def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], None]) -> None:
     # The same weights and decay as ingestion (events.features), passed in as parameters.
     cases = " ".join("WHEN %s THEN %s" for _ in INTEREST_WEIGHTS)
-    params: list[Any] = [keys.SESSION_OWNER_PREFIX]
+    params: list[Any] = []
     for type_, weight in INTEREST_WEIGHTS.items():
         params += [type_, weight]
     # A rating's value clipped to its documented range, as ingestion weighs it: a row stored before that rule
@@ -615,7 +659,7 @@ def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], 
     params += [RATING, RATING_WEIGHT_PER_POINT, RATING_MIN, RATING_MAX, DECAY_LANDMARK, AFFINITY_HALF_LIFE_SECONDS]
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            f"""SELECT coalesce(c.external_id, %s || i.session_id), it.category_id,
+            f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, it.category_id,
                        sum(CASE i.type {cases}
                                WHEN %s THEN %s * least(greatest(coalesce(i.value, 0), %s), %s) ELSE 0 END
                            * power(2::float8, (extract(epoch FROM i.occurred_at)::float8 - %s) / %s))

@@ -162,6 +162,19 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
     return Assignment(None, None, default)
 
 
+def surface_known(surface: str) -> bool:
+    """Whether a running experiment or a stored surface default names ``surface`` (from the in-process snapshot,
+    no query): metrics label only known surfaces by name (recsys.metrics.metric_surface)."""
+    snapshot = _current_snapshot()
+    return surface in snapshot.defaults or surface in snapshot.by_surface
+
+
+def variant_known(variant: str) -> bool:
+    """Whether a running experiment has a variant called ``variant`` (from the snapshot, no query)."""
+    snapshot = _current_snapshot()
+    return any(variant in experiment.index for group in snapshot.by_surface.values() for experiment in group)
+
+
 def assignment_cache_clear() -> None:
     """Forget the in-process snapshot (tests; the next ``assign`` reloads)."""
     global _snapshot, _checked_at
@@ -563,25 +576,15 @@ _SELECT_CUSTOMERS = "SELECT external_id, id FROM catalog_customer WHERE external
 
 
 def _customer_pks(external_ids: set[str]) -> dict[str, int]:
-    """Primary keys of the customers, creating unknown ones (a customer's first recommendation may come before any
-    of their events), as events ingestion does. Selects first: INSERT ... ON CONFLICT burns sequence values."""
+    """Primary keys of the customers that exist. A served list never creates a customer: a read must not create
+    data, and an id erased meanwhile must not come back. The impression of an unknown (or erased) id is stored
+    without a customer (its session and request id still attribute it); a customer whose first event arrives
+    before the flush (every ten seconds) is linked."""
     if not external_ids:
         return {}
-    ids = sorted(external_ids)
     with connection.cursor() as cursor:
-        cursor.execute(_SELECT_CUSTOMERS, [ids])
-        found = dict(cursor.fetchall())
-        missing = [i for i in ids if i not in found]
-        if missing:
-            cursor.execute(
-                """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-                   SELECT unnest(%s::text[]), now(), '{}', false
-                   ON CONFLICT (external_id) DO NOTHING""",
-                [missing],
-            )
-            cursor.execute(_SELECT_CUSTOMERS, [missing])
-            found.update(cursor.fetchall())
-    return found
+        cursor.execute(_SELECT_CUSTOMERS, [sorted(external_ids)])
+        return dict(cursor.fetchall())
 
 
 # --- lifecycle ------------------------------------------------------------------------------------------------

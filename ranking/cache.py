@@ -212,3 +212,43 @@ class ListCache:
     def clear_local(self) -> None:
         with self._l1_lock:
             self._l1.clear()
+
+
+# --- Key forms, for erasure -------------------------------------------------------------------------------------
+
+# ranking.serving keys a list ``rec:<surface>:<owners>:<...>`` where ``<owners>`` is the owner alone, or the
+# customer's owner and the anonymous session's joined by OWNER_SEPARATOR (``<customer>|s:<session>``): a request
+# naming both reads both histories. The entry is valid only under the versions of all its owners (``version_key``).
+OWNER_SEPARATOR = "|"
+_SCAN_COUNT = 1000
+
+
+def _glob_escape(value: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in value)
+
+
+def owner_entry_patterns(owner: str) -> tuple[str, ...]:
+    """SCAN patterns matching every cached list keyed with ``owner``, alone or beside another owner. They may match
+    a few lists of other owners too (the surface is a slug, ids are free text): deleting one too many costs one
+    recomputation, missing one would keep an erased customer's list."""
+    owner = _glob_escape(owner)
+    return (
+        f"rec:*:{owner}:*",
+        f"rec:*:{owner}{OWNER_SEPARATOR}*",
+        f"rec:*{OWNER_SEPARATOR}{owner}:*",
+    )
+
+
+def owner_entries_delete(owner: str) -> int:
+    """Delete every cached list of ``owner`` in every key form (SCAN, UNLINK in batches); returns how many. Callers
+    also bump the owner's cache version, which makes every form unreachable at once, in every process's L1 too
+    (this deletion frees the memory and leaves nothing naming the owner). Raises ``redis.RedisError``."""
+    client = redis_client.get()
+    found: set[bytes] = set()
+    for pattern in owner_entry_patterns(owner):
+        found.update(client.scan_iter(match=pattern, count=_SCAN_COUNT))
+    keys = sorted(found)
+    deleted = 0
+    for start in range(0, len(keys), _SCAN_COUNT):
+        deleted += client.unlink(*keys[start : start + _SCAN_COUNT])
+    return deleted

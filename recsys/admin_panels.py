@@ -22,6 +22,7 @@ from django.urls import reverse
 from catalog.admin import CustomerAdmin, ItemAdmin
 from catalog.models import Customer, Item
 from events import selectors as event_selectors
+from events.keys import customer_owner
 from events.models import Interaction
 from ranking import serving
 
@@ -104,7 +105,7 @@ class CustomerWithPanelsAdmin(CustomerAdmin):
     @admin.display(description="recent history")
     def recent_history_panel(self, obj: Customer) -> str:
         try:
-            entries = event_selectors.recent_history(owner=obj.external_id, limit=HISTORY_ITEMS)
+            entries = event_selectors.recent_history(owner=customer_owner(obj.external_id), limit=HISTORY_ITEMS)
             rows = Item.objects.filter(pk__in={e.item_pk for e in entries}).values_list("pk", "external_id", "title")
             titles = {pk: (external_id, title) for pk, external_id, title in rows}
         except PANEL_ERRORS as exc:

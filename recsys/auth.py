@@ -106,6 +106,14 @@ def _touch(client: ApiClient) -> None:
         logger.warning("api_key_last_used_not_recorded", extra={"key_id": client.key_id}, exc_info=True)
 
 
+def _refuse_if_over(request: Request, *, count: bool) -> None:
+    from recsys.throttling import unauthenticated_hit  # throttling imports this module
+
+    wait = unauthenticated_hit(request, count=count)
+    if wait is not None:
+        raise exceptions.Throttled(wait=wait, detail="Too many requests without a valid API key from this address.")
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
@@ -116,17 +124,29 @@ class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request: Request) -> tuple[ApiClient, ApiClient] | None:
+        """The key's client. Requests without a valid key (none, malformed, unknown or revoked) count against their
+        client address (recsys.throttling.unauthenticated_hit): over the limit they are answered 429 before any
+        lookup, so neither a flood of missing keys nor one of random keys reaches the database."""
         header = get_authorization_header(request).split()
         if not header:
+            _refuse_if_over(request, count=True)
             return None
         if header[0].lower() != self.keyword.lower().encode() or len(header) != 2:
+            _refuse_if_over(request, count=True)
             raise exceptions.AuthenticationFailed("Use the header 'Authorization: Bearer <api key>'.")
         try:
             plaintext = header[1].decode("ascii")
         except UnicodeDecodeError as exc:
+            _refuse_if_over(request, count=True)
             raise exceptions.AuthenticationFailed("The API key contains invalid characters.") from exc
-        client = _lookup(hash_key(plaintext))
+        key_hash = hash_key(plaintext)
+        cached = _cache.get(key_hash)
+        if cached is None or cached.client is None:
+            # A key this process does not know to be valid: an address over its budget is not looked up.
+            _refuse_if_over(request, count=False)
+        client = _lookup(key_hash)
         if client is None:
+            _refuse_if_over(request, count=True)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         _touch(client)
         return client, client

@@ -1,8 +1,30 @@
-"""Liveness (/healthz: the process answers) and readiness (/readyz: database, Redis and a Celery worker reachable)."""
+"""Liveness (/healthz: the process answers) and readiness (/readyz: can THIS web process serve requests?).
+
+Readiness answers what a load balancer needs to know, cheaply enough that any number of probes cannot starve the
+API (docs/operations.md, "Load balancer"):
+
+* ``200 {"status": "ready"}``: Postgres and Redis both answer.
+* ``200 {"status": "degraded"}``: one of them is down. Serving was built to degrade then, and every web process
+  sees the same outage, so taking this one out of the pool would only turn degraded answers into none: with Redis
+  down lists are computed from Postgres and events stored in Postgres (rebuilt into Redis afterwards); with
+  Postgres down API keys verified within ``API_KEY_STALE_SECONDS`` keep working and cached or Redis-backed lists
+  keep answering, while writes answer 503 with Retry-After.
+* ``503 {"status": "not ready"}``: neither answers; this process cannot authenticate a request or serve a list.
+
+No Celery worker is contacted: serving needs none. The worker's liveness is reported from the heartbeat the beat
+schedules every minute (``worker.heartbeat_age_seconds``, read from Redis in the same call as the Redis check, and
+the Prometheus gauge ``recsys_worker_heartbeat_age_seconds`` with its alert rule in docs/operations.md); it
+never changes the status.
+
+The checks run at most once per ``READINESS_CACHE_SECONDS`` per process: one probe runs them while concurrent
+probes answer at once with the last result, so 16 probes in flight cost one ``SELECT 1`` and one Redis round trip.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -10,6 +32,8 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
 from recsys import redis_client
+
+READINESS_CACHE_SECONDS = 1.0
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -22,34 +46,85 @@ def _check_database() -> dict[str, Any]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        return {"ok": False, "error": str(exc).splitlines()[0]}
+        # The broken connection is closed, so the next check connects afresh instead of reusing it.
+        connection.close_if_unusable_or_obsolete()
+        return {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-def _check_redis() -> dict[str, Any]:
+def _check_redis() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Redis check and the worker's heartbeat age, in one round trip."""
     started = time.perf_counter()
     try:
-        redis_client.get().ping()
+        pipe = redis_client.get().pipeline(transaction=False)
+        pipe.ping()
+        pipe.get(redis_client.WORKER_HEARTBEAT_KEY)
+        _, beat = pipe.execute()
     except redis.RedisError as exc:
-        return {"ok": False, "error": str(exc)}
-    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {"ok": False, "error": str(exc) or type(exc).__name__}, {"ok": None, "error": "Redis down"}
+    checked = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+    if beat is None:
+        return checked, {"ok": False, "heartbeat_age_seconds": None}
+    age = max(0.0, time.time() - float(beat))
+    return checked, {"ok": age <= WORKER_HEARTBEAT_STALE_SECONDS, "heartbeat_age_seconds": round(age, 1)}
 
 
-def _check_worker() -> dict[str, Any]:
-    from recsys.celery import app
+# The beat schedules the heartbeat every minute: three missed beats mean no worker consumes the default queue.
+WORKER_HEARTBEAT_STALE_SECONDS = 180
 
+
+@dataclass(frozen=True)
+class Readiness:
+    status: str  # "ready", "degraded" or "not ready"
+    checks: dict[str, dict[str, Any]]
+    checked_at: float  # time.monotonic() of the check
+
+    @property
+    def http_status(self) -> int:
+        return 503 if self.status == "not ready" else 200
+
+
+def check() -> Readiness:
+    """Run the checks now (no caching)."""
+    database = _check_database()
+    redis_check, worker = _check_redis()
+    up = database["ok"] + redis_check["ok"]
+    status = "ready" if up == 2 else "degraded" if up == 1 else "not ready"
+    return Readiness(
+        status=status,
+        checks={"database": database, "redis": redis_check, "worker": {**worker, "affects_readiness": False}},
+        checked_at=time.monotonic(),
+    )
+
+
+_last: Readiness | None = None
+_check_lock = threading.Lock()
+
+
+def current() -> Readiness:
+    """The readiness of this process, at most ``READINESS_CACHE_SECONDS`` old. One thread checks at a time; the
+    others answer with the last result instead of queueing (only the very first probes wait for a result)."""
+    global _last
+    last = _last
+    if last is not None and time.monotonic() - last.checked_at < READINESS_CACHE_SECONDS:
+        return last
+    if not _check_lock.acquire(blocking=last is None):
+        return last  # type: ignore[return-value]  # not None: a None result blocks above
     try:
-        replies = app.control.ping(timeout=1.0)
-    except Exception as exc:  # noqa: BLE001 - any broker failure means "not ready", reported, not raised
-        return {"ok": False, "error": str(exc)}
-    if not replies:
-        return {"ok": False, "error": "no Celery worker answered within 1 s"}
-    return {"ok": True, "workers": sorted(name for reply in replies for name in reply)}
+        last = _last
+        if last is None or time.monotonic() - last.checked_at >= READINESS_CACHE_SECONDS:
+            last = _last = check()
+        return last
+    finally:
+        _check_lock.release()
+
+
+def reset() -> None:
+    """Forget the last result (tests)."""
+    global _last
+    _last = None
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _check_database(), "redis": _check_redis()}
-    # The broker is that Redis: pinging workers through a dead broker only adds seconds of retries.
-    checks["worker"] = _check_worker() if checks["redis"]["ok"] else {"ok": False, "error": "broker (Redis) down"}
-    ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+    readiness = current()
+    return JsonResponse({"status": readiness.status, "checks": readiness.checks}, status=readiness.http_status)

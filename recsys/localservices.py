@@ -169,9 +169,20 @@ def start_redis() -> None:
         time.sleep(0.05)
 
 
+# Memory policy (docs/operations.md, "Redis memory"): one server holds the online state, the list cache, throttle
+# counters (database N) and the Celery broker (N+1). maxmemory-policy is per server, and evicting state or queued
+# tasks would lose data silently, so the policy is noeviction with a ceiling: at the ceiling writes fail (counted
+# and logged; events are still stored in Postgres, lists computed without the cache) instead of the host running
+# out of memory. What keeps it below the ceiling is that every key bounds itself: per-owner state expires (30 days
+# for sessions, 180 for customers, events.online), cached lists after about a minute, throttle counters after two.
+REDIS_MAXMEMORY = os.environ.get("RECSYS_REDIS_MAXMEMORY", "1gb")
+REDIS_MAXMEMORY_POLICY = "noeviction"
+
+
 def launch_redis_server(directory: Path, socket: Path) -> None:
     """Start the bundled redis-server as a daemon on ``socket`` (append-only file, fsync every second, 64
-    databases), its pid file and log in ``directory``; returns without waiting for it to answer."""
+    databases, ``REDIS_MAXMEMORY`` with ``noeviction``), its pid file and log in ``directory``; returns without
+    waiting for it to answer."""
     subprocess.run(
         [
             str(redis_server_binary()),
@@ -186,6 +197,8 @@ def launch_redis_server(directory: Path, socket: Path) -> None:
             "--appendfsync", "everysec",
             "--save", "",
             "--databases", "64",
+            "--maxmemory", REDIS_MAXMEMORY,
+            "--maxmemory-policy", REDIS_MAXMEMORY_POLICY,
         ],
         check=True,
     )  # fmt: skip

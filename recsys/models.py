@@ -103,7 +103,8 @@ class ErasureRecord(models.Model):
     """That a customer was erased (GDPR art. 17), when, and on whose request: nothing about the customer.
 
     Deliberately no identifier, not even a salted hash: customer ids are short and guessable, so any hash of one
-    could be reversed by trying them all, and would itself be personal data kept after the erasure.
+    could be reversed by trying them all, and would itself be personal data kept after the erasure. (What keeps an
+    erased id from coming back is :class:`ErasedCustomer`, a separate suppression list not linked to this record.)
     """
 
     erased_at = models.DateTimeField(db_index=True)
@@ -120,3 +121,24 @@ class ErasureRecord(models.Model):
 
     def __str__(self) -> str:
         return f"erasure at {self.erased_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ErasedCustomer(models.Model):
+    """A suppression-list entry: a customer id that was erased, so nothing recreates it implicitly.
+
+    Events naming it are rejected (``customer_id``), a session merge into it is refused, and impressions are stored
+    without a customer (recsys.privacy). Only an explicit ``PUT /v1/customers/<id>`` creates the customer again.
+
+    The id is kept only as an HMAC-SHA256 under ``ERASURE_HASH_KEY`` (a server secret): without the secret the
+    hash reveals nothing, and honouring the erasure needs some way to recognise the id again. Keep the secret
+    stable: rotating it forgets every entry. Nothing links an entry to its :class:`ErasureRecord`.
+    """
+
+    id_hash = models.CharField(max_length=64, unique=True, editable=False)
+    erased_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "erased customer id"
+
+    def __str__(self) -> str:
+        return f"erased id {self.id_hash[:12]}…"

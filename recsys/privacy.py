@@ -22,10 +22,12 @@ from django.utils import timezone
 from catalog.models import Category, Customer, Item
 from catalog.services import customer_upsert
 from events import online
+from events.keys import customer_owner
 from events.models import Interaction
 from experiments.models import Impression
 from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
-from recsys import redis_client
+from ranking import cache
+from recsys import erasure
 from recsys.models import ApiKey, ErasureRecord
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ ERASURE_VERSION_TTL_SECONDS = 600
 # Queued impressions are flushed before an erasure (see customer_erase); at most this many batches of 2,000.
 _ERASURE_FLUSH_BATCHES = 50
 _FLUSH_LOCK_WAIT_SECONDS = 2.0
-_SCAN_COUNT = 1000
 _EXPORT_CHUNK = 2000
 
 
@@ -65,7 +66,7 @@ def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Person
     """
     customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
     try:
-        online.bump_cache_versions([customer_id])
+        online.bump_cache_versions([customer_owner(customer_id)])
     except redis.RedisError:
         logger.warning("personalisation_cache_bump_failed", exc_info=True)
     logger.info("customer_personalisation_set", extra={"opted_out": opted_out})
@@ -83,23 +84,29 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
     1. Redis first (queued impressions flushed into Postgres, history and affinities deleted, cache version bumped):
        with Redis down this raises ``redis.RedisError`` before anything is deleted, and the caller answers 503.
     2. One Postgres transaction: the customer row, with its interactions and impressions (ON DELETE CASCADE of
-       their foreign keys), and an :class:`ErasureRecord` that names nobody.
+       their foreign keys), an :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
+       (recsys.erasure): afterwards events naming the id are rejected, a merge into it refused, and impressions
+       of it stored without a customer, so nothing brings the customer back but an explicit PUT.
     3. Redis again, best effort: history an event racing the erasure may have re-created, and every cached
-       recommendation list of the customer (SCAN by pattern; they would expire within a minute anyway).
+       recommendation list of the customer in every key form (ranking.cache.owner_entries_delete; the version
+       bump of step 1 already made them unreachable, and they would expire within a minute anyway).
 
     Raises :class:`CustomerNotFound`. Trained model versions keep an anonymous row for the customer's primary key
     until the next training run, which cannot see them any more.
     """
     if not Customer.objects.filter(external_id=customer_id).exists():
         raise CustomerNotFound(customer_id)
+    owner = customer_owner(customer_id)
     _impressions_flush_queued()
-    online_keys = online.forget_owner(customer_id, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+    online_keys = online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
 
     with transaction.atomic():
         customer = Customer.objects.select_for_update().filter(external_id=customer_id).first()
         if customer is None:  # erased by a concurrent request meanwhile
             raise CustomerNotFound(customer_id)
         _, deleted = customer.delete()
+        # Nothing may create the customer again implicitly (events, merges, impressions): recsys.erasure.
+        erasure.tombstone_add(customer_id=customer_id, erased_at=timezone.now())
         prefix = ""
         if requested_by_key_id is not None:
             prefix = ApiKey.objects.filter(pk=requested_by_key_id).values_list("prefix", flat=True).first() or ""
@@ -112,8 +119,9 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         )
 
     try:
-        record.online_keys_deleted += online.forget_owner(customer_id, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
-        record.cached_lists_deleted = _cached_lists_delete(customer_id)
+        record.online_keys_deleted += online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+        # Every key form (alone, or beside a session): the version bump above already made them unreachable.
+        record.cached_lists_deleted = cache.owner_entries_delete(owner)
     except redis.RedisError:
         # The customer is gone from Postgres; what a racing event left in Redis goes with the next
         # rebuild_online_state, cached lists expire within a minute.
@@ -138,30 +146,6 @@ def _impressions_flush_queued() -> None:
     deadline = time.monotonic() + _FLUSH_LOCK_WAIT_SECONDS
     while impressions_flush(max_batches=_ERASURE_FLUSH_BATCHES).skipped and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def _glob_escape(value: str) -> str:
-    return "".join("\\" + char if char in "*?[]\\" else char for char in value)
-
-
-def _cached_lists_delete(owner: str) -> int:
-    """Delete every cached recommendation list of ``owner``; returns how many.
-
-    ranking.serving caches lists under ``rec:<surface>:<owner>:...`` (the surface is a slug, so has
-    no colon). The pattern may also match lists of an owner whose id extends this one after a colon; deleting a
-    cache entry too many costs one recomputation.
-    """
-    client = redis_client.get()
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"rec:*:{_glob_escape(owner)}:*", count=_SCAN_COUNT):
-        batch.append(key)
-        if len(batch) >= _SCAN_COUNT:
-            deleted += client.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
 
 
 # --- Export -------------------------------------------------------------------------------------------------
@@ -198,7 +182,7 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     return CustomerExport(
         exported_at=timezone.now(),
         customer=row,
-        online=_online_state(customer_id),
+        online=_online_state(customer_owner(customer_id)),
         interactions=_interactions(customer_pk),
         impressions=_impressions(customer_pk),
     )

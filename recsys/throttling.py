@@ -1,6 +1,7 @@
-"""Rate limits per API key and per customer: fixed one-minute windows, counted in each process and summed in Redis
-by a background thread, so they cost the request no round trip and hold across every web process. A Redis outage
-neither takes the storefront down nor slows it: each process goes on limiting with its own counts.
+"""Rate limits per API key, per customer, and per client address for requests without a valid key: fixed one-minute
+windows, counted in each process and summed in Redis by a background thread, so they cost the request no round
+trip and hold across every web process. A Redis outage neither takes the storefront down nor slows it: each process
+goes on limiting with its own counts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class _SharedCounts:
         self._window = -1
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
+        # Hits a sync is sending right now: still counted by hit() until Redis has answered with totals that include
+        # them (without this, a request arriving during a slow or failing sync saw too low a count).
+        self._sending: dict[str, int] = {}
         self._paused_until = 0.0
         self._sync_lock = threading.Lock()  # one sync at a time; reset() waits for a sync in flight
         self._loop = Periodic("throttle-sync", _SYNC_INTERVAL_SECONDS, self.sync)
@@ -56,16 +60,23 @@ class _SharedCounts:
         """Count one request on each key of ``window``; the totals as far as this process knows them."""
         with self._lock:
             if window != self._window:
-                self._window, self._known, self._pending = window, {}, {}
+                self._window, self._known, self._pending, self._sending = window, {}, {}, {}
             if len(self._known) > _MAX_KEYS:
                 self._known = {}
             counts = []
             for key in keys:
                 pending = self._pending.get(key, 0) + 1
                 self._pending[key] = pending
-                counts.append(self._known.get(key, 0) + pending)
+                counts.append(self._known.get(key, 0) + self._sending.get(key, 0) + pending)
         self._loop.ensure()
         return counts
+
+    def peek(self, keys: list[str], window: int) -> list[int]:
+        """The totals of ``keys`` in ``window`` as far as this process knows them, counting nothing."""
+        with self._lock:
+            if window != self._window:
+                return [0] * len(keys)
+            return [self._known.get(key, 0) + self._sending.get(key, 0) + self._pending.get(key, 0) for key in keys]
 
     def sync(self) -> None:
         """Send the pending hits and learn the totals; on a Redis failure keep them for the next try."""
@@ -77,6 +88,7 @@ class _SharedCounts:
             return
         with self._lock:
             window, pending, self._pending = self._window, self._pending, {}
+            self._sending = pending
         if not pending:
             return
         try:
@@ -90,16 +102,18 @@ class _SharedCounts:
             logger.warning("throttle_unavailable", exc_info=True)
             with self._lock:
                 if window == self._window:
+                    self._sending = {}
                     for key, hits in pending.items():
                         self._pending[key] = self._pending.get(key, 0) + hits
             return
         with self._lock:
             if window == self._window:
+                self._sending = {}
                 self._known.update(zip(pending, (int(total) for total in totals), strict=True))
 
     def reset(self) -> None:
         with self._sync_lock, self._lock:
-            self._window, self._known, self._pending = -1, {}, {}
+            self._window, self._known, self._pending, self._sending = -1, {}, {}, {}
         self._paused_until = 0.0
 
 
@@ -161,6 +175,28 @@ class ApiRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+class _AddressIdent(BaseThrottle):
+    """DRF's client address (REMOTE_ADDR, or X-Forwarded-For behind ``NUM_PROXIES`` proxies)."""
+
+
+_ident = _AddressIdent()
+
+
+def unauthenticated_hit(request: Request, *, count: bool = True) -> float | None:
+    """Count one request without a valid API key against its client address (when ``count``) and return how many
+    seconds it must wait when the address is over ``API_UNAUTHENTICATED_RATE_PER_MINUTE``, else None. In process,
+    like the other limits (no round trip, no database): recsys.auth calls it before looking a key up, so a flood
+    of random keys costs no query once over the limit. Keyed by a hash of the address."""
+    now = time.time()
+    window = int(now // WINDOW_SECONDS)
+    key = f"throttle:addr:{window}:{_digest(_ident.get_ident(request) or '-')}"
+    # Peeking asks whether this request would be over the limit if it were counted.
+    (total,) = _counts.hit([key], window) if count else [n + 1 for n in _counts.peek([key], window)]
+    if total > settings.API_UNAUTHENTICATED_RATE_PER_MINUTE:
+        return (window + 1) * WINDOW_SECONDS - now
+    return None
 
 
 def _digest(customer_id: str) -> str:

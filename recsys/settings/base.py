@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "events",
     "ranking",
     "experiments",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -47,7 +49,26 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes asks: answers a locked-out address's admin login with 429.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin login lockout (django-axes): AxesStandaloneBackend first refuses a locked-out address before any password is
+# checked. AXES_FAILURE_LIMIT failed logins from one address lock that address out for AXES_COOLOFF_TIME; a success
+# resets its count. Attempts and lockouts are listed in the admin ("Axes"); `manage.py axes_reset` lifts them all.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# Behind a reverse proxy set API_NUM_PROXIES: the client address is then taken from X-Forwarded-For, the same way
+# for the admin lockout (axes, through python-ipware) and the API's unauthenticated throttle (DRF's NUM_PROXIES).
+API_NUM_PROXIES = env_int("API_NUM_PROXIES", 0)
+AXES_IPWARE_PROXY_COUNT = API_NUM_PROXIES or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if API_NUM_PROXIES else ["REMOTE_ADDR"]
 
 ROOT_URLCONF = "recsys.urls"
 WSGI_APPLICATION = "recsys.wsgi.application"
@@ -160,13 +181,23 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "recsys.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # How many proxies in front of gunicorn append to X-Forwarded-For (0: the client address is REMOTE_ADDR).
+    "NUM_PROXIES": API_NUM_PROXIES or None,
 }
 # bench/bench_serving.py's framework-floor endpoint; never on in production.
 BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
-# Requests per minute per API key unless the key sets its own.
-API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 60_000)
+# Requests per minute per API key unless the key sets its own: 300 req/s, five sixths of the measured sustained
+# capacity of two gunicorn workers (README, bench_throughput: 360 req/s with p95 < 25 ms), so one key alone cannot
+# push a small deployment past the point where its queue grows. Raise it with the capacity (more workers).
+API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 18_000)
+# API requests per minute per client address without a valid key (no key, a malformed or an unknown one), counted
+# in process like the other limits: no database lookup once an address is over it (recsys.auth).
+API_UNAUTHENTICATED_RATE_PER_MINUTE = env_int("API_UNAUTHENTICATED_RATE_PER_MINUTE", 60)
 # Recommendation and event requests per minute per customer id and API key (recsys.throttling.ApiRateThrottle).
 API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
+# The key of the erased-ids suppression list (recsys.models.ErasedCustomer): keep it stable, rotating it forgets
+# every erased id. Defaults to SECRET_KEY.
+ERASURE_HASH_KEY = env_str("ERASURE_HASH_KEY", SECRET_KEY)
 # While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
 # recommendations keep answering through an outage, and a key revoked meanwhile works until then.
 API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)

@@ -77,8 +77,11 @@ def test_logged_impressions_reach_postgres_through_the_worker(
     assert rows["req-known"].model_version == 3
     assert rows["req-known"].experiment_id == experiment.pk
     assert rows["req-known"].variant.name == served["known"]
-    # A customer first seen by serving is created, as events ingestion does.
-    assert rows["req-new-customer"].customer == Customer.objects.get(external_id="new-customer")
+    # A customer first seen by serving is not created (a read never creates data): the impression is kept without
+    # one, its session still naming the unit.
+    assert rows["req-new-customer"].customer is None
+    assert rows["req-new-customer"].session_id == "s9"
+    assert not Customer.objects.filter(external_id="new-customer").exists()
     assert rows["req-s:anon"].customer is None
     assert rows["req-s:anon"].session_id == "anon"
     assert rows["req-none"].experiment_id is None

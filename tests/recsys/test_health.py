@@ -7,7 +7,7 @@ import time
 import pytest
 from django.test import Client
 
-from recsys import redis_client
+from recsys import health, redis_client
 from recsys.tasks import heartbeat
 
 
@@ -19,13 +19,16 @@ def test_healthz_answers_without_dependencies() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_readyz_reports_every_dependency_ready(celery_worker: object) -> None:
+    heartbeat.delay().get(timeout=30)
+    health.reset()
     response = Client().get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
     assert body["status"] == "ready"
     assert set(body["checks"]) == {"database", "redis", "worker"}
     assert all(check["ok"] for check in body["checks"].values())
-    assert body["checks"]["worker"]["workers"]
+    assert body["checks"]["worker"]["heartbeat_age_seconds"] < 60
+    assert body["checks"]["worker"]["affects_readiness"] is False
 
 
 @pytest.mark.django_db(transaction=True)

@@ -29,7 +29,7 @@ from catalog.models import Customer
 from events import online
 from events.models import Interaction
 from ranking import serving
-from recsys import localservices, redis_client, throttling
+from recsys import health, localservices, redis_client, throttling
 from tests.factories import CustomerFactory, InteractionFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -150,11 +150,13 @@ def test_the_api_keeps_answering_while_redis_is_down(
     assert storefront.get("/v1/recommendations", {"customer_id": "c1", "count": 3}).status_code == 429
 
     assert Client().get("/healthz").status_code == 200
+    health.reset()  # readiness is re-checked at most once a second per process: forget the last answer
     started = time.monotonic()
     ready = Client().get("/readyz")
     readyz_seconds = time.monotonic() - started
-    assert ready.status_code == 503
-    assert ready.json()["status"] == "not ready"
+    # Serving degrades without Redis (lists from Postgres), so this process stays in the pool, saying so.
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
     assert ready.json()["checks"]["redis"]["ok"] is False
     assert ready.json()["checks"]["database"]["ok"] is True
     assert readyz_seconds < 15

@@ -1,0 +1,480 @@
+"""Issue 14, the state side: each attack of docs/reliability.md "State, identity and readiness", replayed against
+the real Postgres, Redis and (where it matters) a real Celery worker.
+
+Rows: identity namespaces in Redis, honest readiness, bounded metric labels, reads that never create customers and
+erasures that stick, erasure of every cached-list key form, throttling of traffic without a valid key and the admin
+login lockout, bounded Redis key growth.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+from prometheus_client import REGISTRY
+from rest_framework.test import APIClient
+
+from catalog.models import Customer
+from events import keys, online, selectors
+from events.models import Interaction
+from events.services import interactions_import, online_state_rebuild
+from experiments.models import Impression
+from experiments.services import impressions_flush
+from ranking import serving
+from recsys import health, localservices, redis_client, throttling
+from recsys.erasure import id_hash
+from recsys.models import ErasedCustomer, ErasureRecord
+from recsys.tasks import heartbeat
+from tests.factories import CategoryFactory, ItemFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def items() -> list[Any]:
+    category = CategoryFactory(external_id="cat-1")
+    return [ItemFactory(external_id=f"sku-{n}", category=category) for n in range(6)]
+
+
+def _event(event_id: str, item: str, *, customer_id: str = "", session_id: str = "", kind: str = "view") -> dict:
+    event: dict[str, Any] = {"event_id": event_id, "item_id": item, "type": kind}
+    if customer_id:
+        event["customer_id"] = customer_id
+    if session_id:
+        event["session_id"] = session_id
+    return event
+
+
+def _send(api: APIClient, *events: dict) -> dict:
+    response = api.post("/v1/events", {"events": list(events)}, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()
+
+
+# --- Row: customer id "s:<session id>" reads, poisons and erases the session's state ---------------------------
+
+
+def test_a_customer_id_shaped_like_a_session_owner_has_its_own_state(api: APIClient, items: list[Any]) -> None:
+    _send(
+        api,
+        _event("anon-1", "sku-1", session_id="S1"),
+        _event("anon-2", "sku-2", session_id="S1"),
+        _event("evil-1", "sku-3", customer_id="s:S1"),
+    )
+    session_owner = keys.owner_for(customer_id="", session_id="S1")
+    evil_owner = keys.owner_for(customer_id="s:S1", session_id="")
+    assert session_owner == "s:S1"
+    assert evil_owner == "c:s:S1"
+    assert keys.parse_owner(evil_owner) == ("s:S1", "")
+    assert keys.parse_owner(session_owner) == ("", "S1")
+    by_pk = {item.pk: item.external_id for item in items}
+    assert [by_pk[e.item_pk] for e in selectors.recent_history(session_owner)] == ["sku-2", "sku-1"]
+    assert [by_pk[e.item_pk] for e in selectors.recent_history(evil_owner)] == ["sku-3"]
+    # The Postgres fallback resolves owners the same way.
+    assert [by_pk[e.item_pk] for e in selectors.recent_history_from_db(evil_owner)] == ["sku-3"]
+
+    # Its export holds only its own history...
+    export = api.get("/v1/customers/s:S1/export")
+    assert export.status_code == 200, export.content
+    exported = json.loads(b"".join(export.streaming_content))
+    assert [row["item_id"] for row in exported["online"]["history"]] == ["sku-3"]
+    # ...and its erasure leaves the session's state alone.
+    assert api.delete("/v1/customers/s:S1").status_code in (200, 202, 204)
+    assert [by_pk[e.item_pk] for e in selectors.recent_history(session_owner)] == ["sku-2", "sku-1"]
+    assert selectors.recent_history(evil_owner) == []
+
+    # A rebuild from Postgres writes the same namespaces (the session's events are still there, the erased
+    # customer's are gone).
+    _send(api, _event("evil-2", "sku-4", customer_id="c:x"))
+    online_state_rebuild()
+    assert [by_pk[e.item_pk] for e in selectors.recent_history(session_owner)] == ["sku-2", "sku-1"]
+    assert [by_pk[e.item_pk] for e in selectors.recent_history("c:c:x")] == ["sku-4"]
+    assert selectors.recent_history("c:x") == []
+
+
+def test_an_install_upgraded_in_place_rebuilds_its_online_state_in_the_new_format(
+    api: APIClient, items: list[Any]
+) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="s:S9"))
+    # What an install of the previous format holds: the old marker, the customer's history under the bare id.
+    client = redis_client.get()
+    client.delete(keys.ONLINE_STATE_COMPLETE, keys.history("c:s:S9"))
+    client.set("online:complete", str(time.time()))
+    client.zadd(keys.history("s:S9"), {"1:1:1": time.time()})
+    assert online.read_complete() is False  # serving's lost-state path: reads Postgres, asks for a rebuild
+    online_state_rebuild()
+    assert online.read_complete() is True
+    assert client.exists("online:complete") == 0
+    assert selectors.recent_history("s:S9") == []  # the old, colliding key was cleared
+    assert [e.item_pk for e in selectors.recent_history("c:s:S9")] == [items[1].pk]
+
+
+# --- Row: readiness ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_unreachable(tmp_path: Path) -> Callable[[], AbstractContextManager[None]]:
+    """``with postgres_unreachable():`` points this process's connection at an empty directory (no server)."""
+
+    @contextmanager
+    def outage() -> Iterator[None]:
+        saved = (connection.settings_dict["HOST"], copy.deepcopy(connection.settings_dict["OPTIONS"]))
+        connection.close()
+        connection.settings_dict["HOST"] = connection.settings_dict["OPTIONS"]["host"] = str(tmp_path)
+        try:
+            yield
+        finally:
+            connection.close()
+            connection.settings_dict["HOST"], connection.settings_dict["OPTIONS"] = saved
+
+    return outage
+
+
+def _ready() -> tuple[int, dict[str, Any]]:
+    health.reset()
+    response = Client().get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_readyz_is_200_without_any_worker_and_reports_the_heartbeat_instead() -> None:
+    # No worker runs in this test and no heartbeat was ever stored.
+    status, body = _ready()
+    assert status == 200, body
+    assert body["status"] == "ready"
+    assert body["checks"]["worker"] == {"ok": False, "heartbeat_age_seconds": None, "affects_readiness": False}
+    text = Client().get("/metrics").content.decode()
+    assert "recsys_worker_heartbeat_age_seconds +Inf" in text
+
+
+def test_the_heartbeat_of_a_real_worker_is_a_metric(celery_worker: object) -> None:
+    heartbeat.delay().get(timeout=30)
+    status, body = _ready()
+    assert status == 200
+    assert body["checks"]["worker"]["ok"] is True
+    text = Client().get("/metrics").content.decode()
+    line = next(row for row in text.splitlines() if row.startswith("recsys_worker_heartbeat_age_seconds "))
+    assert 0 <= float(line.split()[1]) < 60
+
+
+def test_readyz_with_postgres_down_is_degraded_not_out_of_the_pool(
+    postgres_unreachable: Callable[[], AbstractContextManager[None]],
+) -> None:
+    with postgres_unreachable():
+        status, body = _ready()
+    assert status == 200, body
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"]["ok"] is False
+    assert body["checks"]["redis"]["ok"] is True
+
+
+def test_readyz_is_503_only_when_neither_postgres_nor_redis_answers(
+    postgres_unreachable: Callable[[], AbstractContextManager[None]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A Redis client for a socket where nothing listens: this process's Redis is down.
+    dead = redis.Redis(unix_socket_path=str(tmp_path / "none.sock"), socket_timeout=0.2, socket_connect_timeout=0.2)
+    monkeypatch.setattr(redis_client, "_client", dead)
+    with postgres_unreachable():
+        status, body = _ready()
+    assert status == 503, body
+    assert body["status"] == "not ready"
+    assert body["checks"]["worker"]["affects_readiness"] is False
+
+
+def test_concurrent_probes_share_one_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    real_check = health.check
+
+    def counted() -> health.Readiness:
+        calls.append(time.monotonic())
+        time.sleep(0.05)  # a slow dependency: the other probes must not queue behind it
+        return real_check()
+
+    monkeypatch.setattr(health, "check", counted)
+    health.reset()
+    health.current()  # a first result exists
+    calls.clear()
+    monkeypatch.setattr(health, "READINESS_CACHE_SECONDS", 0.0)  # every probe would like a fresh check
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda: answers.append(health.current().status)) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == ["ready"] * 16
+    # One probe checked (maybe a second one after it finished); the others answered with the last result.
+    assert 1 <= len(calls) <= 3
+
+
+# --- Row: 100 distinct surfaces -> 1,600 metric series ------------------------------------------------------------
+
+
+def _surface_labels() -> set[str]:
+    return {
+        sample.labels["surface"]
+        for metric in REGISTRY.collect()
+        if metric.name in ("recsys_recommendation_requests", "recsys_recommendation_latency_seconds")
+        for sample in metric.samples
+        if "surface" in sample.labels
+    }
+
+
+def test_made_up_surfaces_add_no_metric_series(api: APIClient, items: list[Any]) -> None:
+    before = _surface_labels()
+    for n in range(100):
+        assert api.get("/v1/recommendations", {"surface": f"made-up-{n}", "count": 2}).status_code == 200
+    assert api.get("/v1/recommendations", {"surface": "home", "count": 2}).status_code == 200
+    labels = _surface_labels()
+    assert not any(label.startswith("made-up-") for label in labels)
+    assert labels - before <= {"other", "home"}
+    assert "other" in labels
+
+
+def test_quality_gauges_of_made_up_surfaces_are_not_exposed() -> None:
+    from recsys.metrics import quality_set
+
+    quality_set({
+        "recsys_recommendation_ctr": {
+            "surface=home,experiment=all,variant=all": 0.1,
+            "surface=made-up-7,experiment=all,variant=all": 0.5,
+            "surface=all,experiment=all,variant=all": 0.12,
+        },
+    })  # fmt: skip
+    text = Client().get("/metrics").content.decode()
+    assert 'recsys_recommendation_ctr{experiment="all",surface="home",variant="all"} 0.1' in text
+    assert 'recsys_recommendation_ctr{experiment="all",surface="all",variant="all"} 0.12' in text
+    assert "made-up-7" not in text
+
+
+# --- Row: a read creates a customer; an erased id comes back -----------------------------------------------------
+
+
+def test_a_read_for_an_unknown_customer_creates_no_customer(api: APIClient, items: list[Any]) -> None:
+    response = api.get("/v1/recommendations", {"customer_id": "ghost", "session_id": "S-ghost", "count": 3})
+    assert response.status_code == 200
+    impressions_flush()
+    assert not Customer.objects.filter(external_id="ghost").exists()
+    impression = Impression.objects.get(request_id=response.json()["request_id"])
+    assert impression.customer_id is None  # kept, without a customer
+    assert impression.session_id == "S-ghost"
+
+
+def test_an_erased_id_stays_erased(api: APIClient, items: list[Any]) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="alice"))
+    assert api.delete("/v1/customers/alice").status_code in (200, 202, 204)
+    assert ErasedCustomer.objects.filter(id_hash=id_hash("alice")).exists()
+    assert not ErasedCustomer.objects.filter(id_hash__contains="alice").exists()  # hashed, not the id
+
+    # A read right after the erasure: its impression is stored without a customer.
+    assert api.get("/v1/recommendations", {"customer_id": "alice", "count": 3}).status_code == 200
+    impressions_flush()
+    assert not Customer.objects.filter(external_id="alice").exists()
+
+    # Events naming the erased id are refused by field; the others of the batch are stored.
+    body = _send(api, _event("e-2", "sku-2", customer_id="alice"), _event("e-3", "sku-2", session_id="S2"))
+    assert body["accepted"] == 1
+    assert list(body["rejected"][0]["errors"]) == ["customer_id"]
+    assert not Interaction.objects.filter(event_id="e-2").exists()
+    single = api.post("/v1/events", _event("e-4", "sku-2", customer_id="alice"), format="json")
+    assert single.status_code == 400
+    assert "customer_id" in single.json()
+    # A session merge into the erased id is refused by field, and creates nothing.
+    merge = api.post("/v1/sessions/S2/merge", {"customer_id": "alice"}, format="json")
+    assert merge.status_code == 400
+    assert "customer_id" in merge.json()
+    assert not Customer.objects.filter(external_id="alice").exists()
+    assert not selectors.recent_history("alice")
+
+    # Only an explicit PUT creates the customer again; its events are then stored.
+    assert api.put("/v1/customers/alice", {"attributes": {}}, format="json").status_code in (200, 201)
+    assert _send(api, _event("e-5", "sku-3", customer_id="alice"))["accepted"] == 1
+
+
+# --- Row: erasure after a request naming customer + session leaves the cached list ------------------------------
+
+
+def test_erasure_deletes_the_cached_list_of_customer_and_session(api: APIClient, items: list[Any]) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="bob"))
+    assert api.get("/v1/recommendations", {"customer_id": "bob", "session_id": "S5", "count": 3}).status_code == 200
+    client = redis_client.get()
+    assert list(client.scan_iter(match="rec:*:bob|s:S5:*"))  # the key form of the issue exists
+    version_before = online.read_cache_version("bob")
+    response = api.delete("/v1/customers/bob")
+    assert response.status_code in (200, 202, 204)
+    assert not [key for key in client.scan_iter(match="rec:*") if b"bob" in key]
+    assert online.read_cache_version("bob") > version_before  # and every form was dead already
+    assert ErasureRecord.objects.get().cached_lists_deleted >= 1
+
+
+# --- Row: unauthenticated traffic never 429; admin login without lockout --------------------------------------
+
+
+def _clear_of_the_minute_boundary(seconds: float = 10) -> None:
+    """Limits count in fixed one-minute windows: start a test that counts when ``seconds`` of the window remain."""
+    left = throttling.WINDOW_SECONDS - time.time() % throttling.WINDOW_SECONDS
+    if left < seconds:
+        time.sleep(left + 0.1)
+
+
+@override_settings(API_UNAUTHENTICATED_RATE_PER_MINUTE=20)
+def test_requests_without_a_valid_key_are_limited_per_address_without_database_lookups(items: list[Any]) -> None:
+    limit = settings.API_UNAUTHENTICATED_RATE_PER_MINUTE
+    _clear_of_the_minute_boundary()
+    statuses = []
+    for _ in range(limit):
+        bad = APIClient(REMOTE_ADDR="203.0.113.7")
+        bad.credentials(HTTP_AUTHORIZATION=f"Bearer {uuid.uuid4().hex}")
+        statuses.append(bad.get("/v1/recommendations").status_code)
+    assert set(statuses) == {401}
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(40):
+            bad = APIClient(REMOTE_ADDR="203.0.113.7")
+            bad.credentials(HTTP_AUTHORIZATION=f"Bearer {uuid.uuid4().hex}")
+            response = bad.get("/v1/recommendations")
+            assert response.status_code == 429
+            assert 0 < int(response["Retry-After"]) <= 60
+            assert "detail" in response.json()
+        no_key = APIClient(REMOTE_ADDR="203.0.113.7").get("/v1/recommendations")
+        assert no_key.status_code == 429
+    assert not [q for q in queries.captured_queries if "recsys_apikey" in q["sql"]]
+    # Another address is not affected, nor a valid key from the same address.
+    assert APIClient(REMOTE_ADDR="203.0.113.8").get("/v1/recommendations").status_code == 401
+
+
+def test_a_valid_key_behind_an_abusive_address_still_works_once_verified(
+    make_api_client: Callable[..., APIClient], items: list[Any]
+) -> None:
+    good = make_api_client("recommend")
+    good.defaults["REMOTE_ADDR"] = "203.0.113.9"
+    _clear_of_the_minute_boundary()
+    assert good.get("/v1/recommendations").status_code == 200  # verified (and cached) first
+    for _ in range(settings.API_UNAUTHENTICATED_RATE_PER_MINUTE + 5):
+        APIClient(REMOTE_ADDR="203.0.113.9").get("/v1/recommendations")
+    assert good.get("/v1/recommendations").status_code == 200
+
+
+def test_admin_login_locks_an_address_out_after_repeated_failures(db: None) -> None:
+    User.objects.create_user("merch", password="right-password-123", is_staff=True)
+    browser = Client(REMOTE_ADDR="198.51.100.4")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        response = browser.post("/admin/login/", {"username": "merch", "password": "wrong"})
+        assert response.status_code == 200  # the form again, with its error
+    # The limit-th failure locks the address out...
+    assert browser.post("/admin/login/", {"username": "merch", "password": "wrong"}).status_code == 429
+    # ...and then even the right password is refused.
+    locked = browser.post("/admin/login/", {"username": "merch", "password": "right-password-123"})
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in browser.session
+    # Another address logs in.
+    other = Client(REMOTE_ADDR="198.51.100.5")
+    assert other.post("/admin/login/", {"username": "merch", "password": "right-password-123"}).status_code == 302
+
+
+def test_the_default_per_key_rate_comes_from_measured_capacity() -> None:
+    from recsys.settings import base
+
+    # README: ~360 req/s sustained on two workers; the default leaves a sixth of it to everything else.
+    assert base.API_DEFAULT_RATE_PER_MINUTE == 18_000 < 360 * 60
+
+
+# --- Row: 1,000 events with distinct owners -> keys without TTL; Redis without a memory policy -----------------
+
+
+def test_every_per_owner_key_expires(api: APIClient, items: list[Any]) -> None:
+    events = [_event(f"s-{n}", "sku-1", session_id=f"sess-{n}") for n in range(500)]
+    events += [_event(f"c-{n}", "sku-2", customer_id=f"cust-{n}") for n in range(500)]
+    assert _send(api, *events)["accepted"] == 1000
+    assert api.post("/v1/sessions/sess-1/merge", {"customer_id": "cust-1"}, format="json").status_code == 200
+    assert api.get("/v1/recommendations", {"customer_id": "cust-2", "count": 2}).status_code == 200
+    throttling.sync_now()
+    client = redis_client.get()
+    # Global keys (the folded features, the completeness marker, schedules' locks) are few and fixed.
+    # The impressions queue is one list, capped (experiments.services.MAX_QUEUED_IMPRESSIONS) and drained every 10 s.
+    fixed = {
+        keys.ONLINE_STATE_COMPLETE.encode(), keys.ITEM_FEATURES_BLOB.encode(), keys.ITEM_FEATURES_VERSION.encode(),
+        b"exp:{impressions}",
+    }  # fmt: skip
+    without_ttl = [key for key in client.scan_iter(count=1000) if key not in fixed and client.ttl(key) == -1]
+    assert without_ttl == []
+    assert client.dbsize() >= 2000  # 1,000 histories and 1,000 versions at least: all of them expiring
+    assert 0 < client.ttl(keys.history("cust-3")) <= online.CUSTOMER_TTL_SECONDS
+    assert 0 < client.ttl(keys.history("s:sess-3")) <= online.SESSION_TTL_SECONDS
+
+
+@pytest.fixture
+def private_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """A redis-server of this test's own, started as localservices starts the demo's, used as this process's Redis
+    (its memory ceiling is lowered below; the shared test server must never be)."""
+    directory = Path(tempfile.mkdtemp(prefix="redis-policy-"))  # a unix socket path must be short
+    socket = directory / "redis.sock"
+    localservices.launch_redis_server(directory, socket)
+    client = redis.Redis(unix_socket_path=str(socket), socket_timeout=2, socket_connect_timeout=2)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                assert time.monotonic() < deadline, f"redis-server did not start; see {directory / 'redis.log'}"
+                time.sleep(0.05)
+        monkeypatch.setattr(redis_client, "_client", client)
+        online.mark_complete(now=time.time())
+        serving.clear_caches()
+        yield client
+    finally:
+        throttling.pause_clear()
+        localservices.stop_redis_server(directory / "redis.pid")
+        shutil.rmtree(directory, ignore_errors=True)
+        serving.clear_caches()
+
+
+def test_the_local_redis_runs_with_a_memory_ceiling_and_no_eviction(private_redis: redis.Redis) -> None:
+    assert private_redis.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert int(private_redis.config_get("maxmemory")["maxmemory"]) > 0
+
+
+def test_serving_keeps_answering_when_redis_refuses_writes_at_its_ceiling(
+    private_redis: redis.Redis, api: APIClient, items: list[Any]
+) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="dora"))
+    used = int(private_redis.info("memory")["used_memory"])
+    private_redis.config_set("maxmemory", str(max(used - 1, 1)))
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        private_redis.set("probe", "x" * 1000)
+    # Events are still stored (Postgres); the online state misses them, as after any Redis write failure.
+    assert _send(api, _event("e-2", "sku-2", customer_id="dora"))["accepted"] == 1
+    assert Interaction.objects.filter(event_id="e-2").exists()
+    response = api.get("/v1/recommendations", {"customer_id": "dora", "count": 3})
+    assert response.status_code == 200, response.content
+
+
+def test_a_csv_import_does_not_bring_an_erased_customer_back(api: APIClient, items: list[Any], tmp_path: Path) -> None:
+    _send(api, _event("e-1", "sku-1", customer_id="carol"))
+    assert api.delete("/v1/customers/carol").status_code == 204
+    csv = tmp_path / "events.csv"
+    csv.write_text(
+        "event_id,customer_id,item_id,type,occurred_at\n"
+        "i-1,carol,sku-1,view,2026-11-01T10:00:00Z\n"
+        "i-2,dave,sku-2,view,2026-11-01T10:00:00Z\n"
+    )
+    summary = interactions_import(path=csv)
+    assert summary.stored == 1
+    assert summary.rejected == 1
+    assert not Customer.objects.filter(external_id="carol").exists()
+    assert Customer.objects.filter(external_id="dave").exists()
