@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from experiments.config import VariantConfig
-from ranking import metrics, retrieval, sources
+from ranking import ann, metrics, retrieval, sources
 from ranking.dataset import ItemTable, UserEvents, user_events
 from ranking.evaluation import Segment, SourceFn, Split, run_protocol
 from ranking.pipeline import stages
@@ -61,8 +61,8 @@ class TrainedModel:
 
     def __init__(self, trained: TrainedSources) -> None:
         self.trained = trained
-        self.arrays: Mapping[str, np.ndarray] = trained.arrays
         self.p = trained.params
+        self.arrays: Mapping[str, np.ndarray] = {**trained.arrays, **_content_table(trained)}
         self.index: Any = True if "als_item_factors" in self.arrays else None
 
     @property
@@ -116,6 +116,22 @@ class TrainedModel:
         factors = self.arrays["als_item_factors"]
         hits = retrieval.top_k(np.asarray(factors @ np.asarray(query, np.float32), np.float32), k)
         return hits.item_idx, hits.score
+
+
+def _content_table(trained: TrainedSources) -> dict[str, np.ndarray]:
+    """Content neighbours as the version will have them: validation runs skip them to save time, so they are
+    computed here when the catalog is small enough for exact search (above that, offline lists go without the
+    content source; docs/models.md names the difference)."""
+    a, p = trained.arrays, trained.params
+    vectors = a.get("content_vectors")
+    if "content_idx" in a or vectors is None or vectors.shape[0] >= p.ann_flat_max_items:
+        return {}
+    idx, score = ann.neighbours_table(vectors, p.content_k, flat_max_items=p.ann_flat_max_items)
+    return {"content_idx": idx, "content_score": score}
+
+
+def as_model(trained: TrainedSources | TrainedModel) -> TrainedModel:
+    return trained if isinstance(trained, TrainedModel) else TrainedModel(trained)
 
 
 class BoosterRanker:
@@ -252,7 +268,7 @@ def served_lists(
     "source:<name>": that source's candidates by its own score), through the same re-ranker as served (the default
     surface config unless ``config``: 30 % category cap, purchased and rated items left out)."""
     serve_source(serve)  # raises ValueError on an unknown mode
-    model = trained if isinstance(trained, TrainedModel) else TrainedModel(trained)
+    model = as_model(trained)
     inputs = inputs or offline_inputs(split, items, model)
     config = config or VariantConfig()
     rows = range(split.n_test_users) if rows is None else rows
@@ -278,7 +294,7 @@ def served_quality(split: Split, lists: IntArray, *, k: int, item_category: npt.
 
 
 def served_recommender(
-    trained: TrainedSources,
+    trained: TrainedSources | TrainedModel,
     split: Split,
     items: ItemTable,
     *,
@@ -288,7 +304,7 @@ def served_recommender(
     inputs: OfflineInputs | None = None,
 ) -> SourceFn:
     """:func:`served_lists` as an evaluation recommender over the split's test users (rows in split order)."""
-    model = TrainedModel(trained)
+    model = as_model(trained)
     inputs = inputs or offline_inputs(split, items, model)
 
     def recommend(users: Any, k: int) -> IntArray:
@@ -312,16 +328,19 @@ class RankerReport:
 
 def candidate_rows(
     model: TrainedModel, inputs: OfflineInputs, user_index: int
-) -> tuple[retrieval.CandidateSet, npt.NDArray[np.float32]]:
-    """A user's served candidates and their ranker features at the reference time (the training rows)."""
+) -> tuple[IntArray, npt.NDArray[np.float32]]:
+    """A user's servable candidates (catalog pks) and their ranker features at the reference time: the training
+    rows. Candidates the re-ranker would drop as unavailable (not listed yet) are left out: they can never be
+    served, and learning from them (negative ages) would teach the ranker what the future looks like."""
     state = retrieved(model, inputs, user_index, mode=PIPELINE, count=10)
-    assert state.candidates is not None
-    return state.candidates, stages.features(state, model, _ctr(model, inputs))
+    assert state.attributes is not None
+    keep = state.attributes.available
+    return state.cand[keep], stages.features(state, model, _ctr(model, inputs))[keep]
 
 
 def ranker_fit(
     split: Split,
-    trained: TrainedSources,
+    trained: TrainedSources | TrainedModel,
     items: ItemTable,
     *,
     params: RankerParams | None = None,
@@ -330,7 +349,7 @@ def ranker_fit(
 ) -> tuple[lgb.Booster | None, RankerReport, npt.NDArray[np.bool_]]:
     """LambdaMART on half of the split's test users (early stopping on a quarter); returns the booster, a report
     and the mask of users it never saw (neither fitted nor early-stopped on)."""
-    model = TrainedModel(trained)
+    model = as_model(trained)
     inputs = inputs or offline_inputs(split, items, model)
     rng = np.random.default_rng(seed)
     role = rng.random(split.n_test_users)  # < 0.5 fit, 0.5..0.75 early stopping, >= 0.75 never seen
@@ -338,7 +357,7 @@ def ranker_fit(
     for row in np.flatnonzero(role < 0.75).tolist():
         cands, X = candidate_rows(model, inputs, int(split.user_index[row]))
         relevant_pks = model.item_ids[np.asarray(split.relevant[row], np.int64)]
-        y = np.isin(cands.item_idx, relevant_pks).astype(np.float32)
+        y = np.isin(cands, relevant_pks).astype(np.float32)
         if y.sum() == 0 or y.sum() == y.size:
             continue  # no signal for a ranking loss
         rows["fit" if role[row] < 0.5 else "stop"].append((X, y))
@@ -387,15 +406,15 @@ def evaluate_with_pipeline(
     """
     model = TrainedModel(trained)
     inputs = offline_inputs(split, items, model)
-    booster, report, unseen = ranker_fit(split, trained, items, seed=seed, inputs=inputs)
+    booster, report, unseen = ranker_fit(split, model, items, seed=seed, inputs=inputs)
     extra: dict[str, SourceFn] = {
-        BLEND_ROW: served_recommender(trained, split, items, inputs=inputs),
+        BLEND_ROW: served_recommender(model, split, items, inputs=inputs),
     }
     segments: list[Segment] = []
     if booster is not None:
-        extra[RANKER_ROW] = served_recommender(trained, split, items, ranker=booster, inputs=inputs)
+        extra[RANKER_ROW] = served_recommender(model, split, items, ranker=booster, inputs=inputs)
         no_cap = dataclasses.replace(VariantConfig(), diversity_cap=1.0)
-        extra[RANKER_NO_CAP_ROW] = served_recommender(trained, split, items, ranker=booster, config=no_cap,
+        extra[RANKER_NO_CAP_ROW] = served_recommender(model, split, items, ranker=booster, config=no_cap,
                                                       inputs=inputs)  # fmt: skip
         segments.append(Segment(UNSEEN_SEGMENT, "test users the ranker was neither fitted nor early-stopped on",
                                 unseen & (split.user_index >= 0)))  # fmt: skip
