@@ -213,21 +213,27 @@ def test_evaluate_command_reports_the_pipeline_next_to_every_source(
     assert set(main["sources"]) == SINGLE_SOURCES | PIPELINES
     for name in SINGLE_SOURCES | PIPELINES:
         assert f"  {name} " in printed  # a row of the printed table
-    # Every figure is on the users the ranker was not fitted on.
-    assert main["n_users"] <= result["ranker"]["held_out_users"]
+    # Every test user is evaluated (no quarter); the users the ranker never saw are a segment of their own, the one
+    # the ship rule judges on.
+    assert main["n_users"] + result["segments"]["cold"]["n_users"] >= result["info"]["evaluated_users"]
+    unseen = result["segments"]["ranker_unseen"]
+    assert 0 < unseen["n_users"] <= result["ranker"]["held_out_users"] < main["n_users"]
+    assert result["ranker"]["judged_on"] == "ranker_unseen"
     figures = main["sources"]
     # The category cap holds (every user here wants one category), and without it the lists are narrower.
     assert figures["pipeline (ranker, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
     assert figures["pipeline (blend, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
     assert figures["pipeline (ranker, no cap)"]["max_category_share"] > 0.3
-    # The ships rule: the capped ranker pipeline against the best single source, on the same users.
+    # The ships rule: the capped ranker pipeline against the best single source, on the same (unseen) users.
     ranker = result["ranker"]
-    best = max(SINGLE_SOURCES, key=lambda name: figures[name]["ndcg@10"])
+    judged = unseen["sources"]
+    best = max(SINGLE_SOURCES, key=lambda name: judged[name]["ndcg@10"])
     assert ranker["best_single_source"] == best
-    assert ranker["best_single_source_ndcg"] == figures[best]["ndcg@10"]
-    assert ranker["pipeline_ndcg"] == figures["pipeline (ranker, cap 30%)"]["ndcg@10"]
+    assert ranker["best_single_source_ndcg"] == judged[best]["ndcg@10"]
+    assert ranker["pipeline_ndcg"] == judged["pipeline (ranker, cap 30%)"]["ndcg@10"]
     assert ranker["ships"] is True  # only the ranker can rank the new arrivals this world's customers buy
-    assert ranker["pipeline_ndcg"] > figures[best]["ndcg@10"]
+    assert ranker["pipeline_ndcg"] > judged[best]["ndcg@10"]
+    assert figures["pipeline (ranker, cap 30%)"]["ndcg@10"] > figures[best]["ndcg@10"]
     assert f"ranker: ships: pipeline (ranker, cap 30%) ndcg@10 {ranker['pipeline_ndcg']:.4f}" in printed
 
 
@@ -245,3 +251,43 @@ def test_evaluate_command_without_enough_users_for_a_ranker_reports_the_blend(
     assert result["ranker"]["trained"] is False
     assert result["ranker"]["ships"] is False
     assert "ranker: not trained" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_evaluate_test_file_reports_the_served_pipeline_over_all_test_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shape a shop's import has: the catalog imported after its history (every item "listed" now, later than
+    every event), the held-out month in a file. The pipeline rows are lists over every test user, not empty ones
+    (which they were while items listed after the reference time counted as not existing yet)."""
+    from django.utils import timezone
+
+    from catalog.models import Item
+
+    new_arrivals_world()
+    Item.objects.update(created_at=timezone.now())
+    split_at = timezone.now() - dt.timedelta(days=20)
+    held = Interaction.objects.filter(occurred_at__gte=split_at).select_related("customer", "item")
+    test_csv = tmp_path / "holdout.csv"
+    test_csv.write_text(
+        "customer_id,item_id,type\n"
+        + "".join(f"{e.customer.external_id},{e.item.external_id},purchase\n" for e in held)
+    )
+    test_users = len({e.customer_id for e in held})
+    held.delete()
+    out = tmp_path / "result.json"
+
+    call_command("evaluate", "--test-file", str(test_csv), "--json", str(out), "--quiet", *PARAM_ARGS)
+
+    result = json.loads(out.read_text())
+    assert result["info"]["evaluated_users"] == test_users
+    main = result["segments"]["main"]
+    assert main["n_users"] == test_users  # all of them, not a quarter
+    for name in PIPELINES & set(main["sources"]):
+        assert main["sources"][name]["coverage@10"] > 0
+        assert main["sources"][name]["max_category_share"] > 0
+    assert main["sources"]["pipeline (blend, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
+    assert result["ranker"]["trained"] is True
+    assert main["sources"]["pipeline (ranker, cap 30%)"]["ndcg@10"] > 0.5  # the new arrivals, found and ranked
+    printed = capsys.readouterr().out
+    assert "test users it never saw (segment ranker_unseen" in printed
