@@ -32,13 +32,13 @@ START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 # ALS regularization is sized for 36 users (the product default is sized for thousands).
 SMALL = TrainParams(
     als_factors=8, als_iterations=10, als_regularization=1.0, neighbours_k=10, fbt_k=5, content_dims=8,
-    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30,
+    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30, tune_budget_seconds=0,
 )  # fmt: skip
 SMALL_ARGS = [
     "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "als_regularization=1.0",
     "--param", "neighbours_k=10",
     "--param", "content_dims=8", "--param", "content_k=5", "--param", "half_life_days=null",
-    "--param", "history_half_life_days=null",
+    "--param", "history_half_life_days=null", "--param", "tune_budget_seconds=0",
 ]  # fmt: skip
 
 
