@@ -93,7 +93,7 @@ class TrainParams:
     # users with validation_min_history+ events; else each user's own last validation_tail_fraction of events
     # (ranking.tuning.validation_plan).
     validation_min_users: int = 50
-    validation_min_share: float = 0.25
+    validation_min_share: float = 1 / 3
     validation_min_history: int = 3
     validation_tail_fraction: float = 0.2
     # Tuning (ranking.tuning): seconds the Optuna search may take (0: keep these values), and its trial cap.

@@ -102,8 +102,12 @@ def test_train_command_builds_a_complete_active_version(
 
     out = capsys.readouterr().out
     assert "status       active (first)" in out
-    assert "validation: temporal hold-out" in out
+    # 36 customers: the last 30 days hold too few of them, so each customer's own tail validates.
+    assert "validation protocol: user_tail (the last 30 days hold only" in out
+    assert "\nserves: " in out
     version = ModelVersion.objects.get()
+    assert version.parameters["serve"] == version.metrics["validation"]["serve"]["choice"]
+    assert version.parameters["serve"] == "pipeline" or version.parameters["serve"].startswith("source:")
     assert version.status == ModelVersion.Status.ACTIVE
     assert version.decision == ModelVersion.Decision.FIRST
     assert version.sizes["n_users"] == 36  # the opted-out customer is not there
