@@ -373,3 +373,37 @@ def test_prune_keeps_recent_retired_versions_and_removes_stale_leftovers(artifac
     # training in progress and stays.
     assert sorted(Path(p).name for p in deleted) == [".tmp-crashed-run", "v0", "v1"]
     assert sorted(p.name for p in artifact_root.iterdir()) == [".tmp-still-writing", "v2", "v3", "v4"]
+
+
+def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_registry(
+    artifact_root: Path, commit_hooks: Callable[[], Any], capsys: pytest.CaptureFixture[str], admin_client: Any
+) -> None:
+    _world()
+    budget = 4.0
+    started = time.perf_counter()
+    with commit_hooks():
+        call_command("train", *SMALL_ARGS, "--param", "tune_budget_seconds=99", "--budget", str(budget))
+    elapsed = time.perf_counter() - started
+    out = capsys.readouterr().out
+    version = ModelVersion.objects.get()
+    search = version.metrics["validation"]["tuning"]
+    assert search["budget_seconds"] == budget  # --budget wins over --param
+    assert search["n_trials"] == len(search["trials"]) >= 2
+    slowest = max(trial["seconds"] for trial in search["trials"])
+    assert search["seconds"] <= budget + 2 * slowest + 0.5
+    assert elapsed < budget + 60  # the rest of training on 36 users takes seconds
+    # The chosen values are the version's parameters, and the best trial's.
+    best = next(trial for trial in search["trials"] if trial["trial"] == search["best_trial"])
+    for name, value in best["params"].items():
+        assert search["chosen"][name] == value == version.parameters[name]
+    assert f"tuning: {search['n_trials']} trials" in out
+    assert "chosen: half_life_days=" in out
+
+    page = admin_client.get(f"/admin/ranking/modelversion/{version.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Validation protocol: user_tail" in html
+    assert f"Serves: {version.parameters['serve']}" in html
+    assert html.count("<td>decay</td>") + html.count("<td>sources</td>") == search["n_trials"]
+    listing = admin_client.get("/admin/ranking/modelversion/")
+    assert version.parameters["serve"] in listing.content.decode()
