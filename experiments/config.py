@@ -47,6 +47,8 @@ class VariantConfig:
     exploration: str = "thompson"
     # Leave out items the customer already bought.
     exclude_purchased: bool = True
+    # Leave out items the customer already rated (a rating says they have had it).
+    exclude_rated: bool = True
     # Retrieval source -> weight in the blended score; None keeps ranking's own weights.
     blend_weights: dict[str, float] | None = None
     # Apply the merchandiser's business rules (boosts, pins, exclusions).
@@ -158,6 +160,7 @@ _VALIDATORS: dict[str, Any] = {
     "exploration_share": _share,
     "exploration": _choice("thompson", "epsilon_greedy"),
     "exclude_purchased": _bool,
+    "exclude_rated": _bool,
     "blend_weights": _blend_weights,
     "rules_enabled": _bool,
 }

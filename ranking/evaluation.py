@@ -419,8 +419,10 @@ def evaluate_sources(
     *,
     k: int,
     item_category: npt.ArrayLike,
+    segments: Sequence[Segment] = (),
 ) -> dict[str, Any]:
-    """Metrics of ``ranking.metrics.evaluate_lists`` for every recommender and segment.
+    """Metrics of ``ranking.metrics.evaluate_lists`` for every recommender and segment (``segments_for``'s, then
+    ``segments``, e.g. the users a ranker never saw).
 
     Returns ``{"segments": {segment: {"description", "n_users", "sources": {name: metrics}}}, ...}``. Novelty
     uses the training popularity (distinct users per item) over the training users.
@@ -430,7 +432,7 @@ def evaluate_sources(
     n_items = split.train.n_items
     lists = {name: _mask_seen(fn(users, k), users.seen) for name, fn in recommenders.items()}
     result: dict[str, Any] = {"protocol": split.protocol, "k": k, "info": split.info, "segments": {}}
-    for segment in segments_for(split):
+    for segment in [*segments_for(split), *segments]:
         rows = np.flatnonzero(segment.mask)
         entry: dict[str, Any] = {"description": segment.description, "n_users": int(rows.size), "sources": {}}
         if rows.size:
@@ -469,18 +471,22 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append("")
     ranker = result.get("ranker")
     if ranker is not None:
-        # The shipping rule of ranking.offline_pipeline, with both figures, so a reader sees why.
+        # The shipping rule of ranking.pipeline.offline, with both figures, so a reader sees why.
         if not ranker["trained"] or ranker["pipeline_ndcg"] is None:
-            lines.append("ranker: not trained (too few users with a hit among their candidates); serving blends")
+            lines.append(
+                "ranker: not trained (too few users with a hit among their candidates); serving blends; every "
+                "figure above is on all test users"
+            )
         else:
             verdict = "ships" if ranker["ships"] else "does not ship (serving blends)"
             if ranker.get("ship_rule", "auto") != "auto":
                 verdict += f" (ranker_ship={ranker['ship_rule']})"
             lines.append(
                 f"ranker: {verdict}: pipeline (ranker, cap 30%) ndcg@{k} {ranker['pipeline_ndcg']:.4f} vs best "
-                f"single source {ranker.get('best_single_source')} {ranker['best_single_source_ndcg']:.4f}; fitted "
-                f"on {ranker['fit_users']:,} users, early stopping on {ranker['early_stopping_users']:,}, figures "
-                f"above on {ranker['held_out_users']:,} others"
+                f"single source {ranker.get('best_single_source')} {ranker['best_single_source_ndcg']:.4f} on the "
+                f"{ranker['held_out_users']:,} test users it never saw (segment ranker_unseen; main and cold "
+                f"include the {ranker['fit_users']:,} it was fitted on and {ranker['early_stopping_users']:,} "
+                "it early-stopped on)"
             )
     return "\n".join(lines).rstrip()
 
@@ -505,10 +511,13 @@ def run_protocol(
     item_category: npt.ArrayLike,
     extra: Mapping[str, SourceFn] | None = None,
     include: Sequence[str] | None = None,
+    segments: Sequence[Segment] = (),
 ) -> dict[str, Any]:
-    """Evaluate the trained sources (optionally only ``include``) plus ``extra`` recommenders on ``split``."""
+    """Evaluate the trained sources (optionally only ``include``) plus ``extra`` recommenders on ``split``, over
+    every test user (and the extra ``segments``)."""
     recs = source_recommenders(trained)
     if include is not None:
         recs = {name: fn for name, fn in recs.items() if name in include}
     recs.update(extra or {})
-    return evaluate_sources(split, recs, eval_users(split, trained.params), k=k, item_category=item_category)
+    users = eval_users(split, trained.params)
+    return evaluate_sources(split, recs, users, k=k, item_category=item_category, segments=segments)

@@ -76,7 +76,7 @@ def candidate_context(
     last_category: int = -1,
 ) -> FeatureContext:
     """The one definition of every non-retrieval feature, called by serving (``ranking.serving``) and by the
-    ranker's offline training data (``ranking.offline_pipeline``), so both build the same columns.
+    ranker's offline training data (``ranking.pipeline.offline``, the same stage), so both build the same columns.
 
     Per candidate: ``model_idx`` (its row in the model version's arrays, -1 for an item the version has never seen),
     ``category``, ``price`` (NaN none) and ``created_ts`` (Unix time the item was listed). Per model item:

@@ -26,9 +26,10 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from ranking import ann, artifacts, evaluation, offline_pipeline, selectors, tuning
+from ranking import ann, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
+from ranking.pipeline import booster_to_array, evaluate_with_pipeline
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 from recsys import redis_client
 
@@ -227,7 +228,7 @@ def version_build(
     if ranker is not None:
         # The LambdaMART ranker learnt on the validation split's sources scores the final sources' candidates:
         # its features (per-source ranks, popularity, affinities) keep their meaning from one training to the next.
-        trained.arrays["ranker_model"] = offline_pipeline.booster_to_array(ranker)
+        trained.arrays["ranker_model"] = booster_to_array(ranker)
     with timer.stage("ann"):
         index, report = _build_ann(
             trained.arrays["als_item_factors"], trained.arrays["als_user_factors"], params, kind=params.ann_kind
@@ -328,7 +329,7 @@ def _validate(
             split.train, items, params, reference_ts=split.reference_ts, content=vectors, content_neighbours=False
         )
     with timer.stage("validation_eval"):
-        outcome = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=params.k, ship=params.ranker_ship)
+        outcome = evaluate_with_pipeline(split, trained, items, k=params.k, ship=params.ranker_ship)
     return outcome.result, outcome.booster
 
 
@@ -607,8 +608,8 @@ def model_evaluate(
         )
     with timer.stage("evaluate"):
         if pipeline:
-            # The ranker is fitted on part of the test users, so every figure is reported on the others.
-            result = offline_pipeline.evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
+            # Every test user; a ranker fitted on part of them is also reported on the others (ranker_unseen).
+            result = evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
         else:
             result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()

@@ -99,6 +99,7 @@ class TrainParams:
     # Tuning (ranking.tuning): seconds the Optuna search may take (0: keep these values), and its trial cap.
     tune_budget_seconds: float = 60.0
     tune_max_trials: int = 200
+    tune_max_users: int = 1_000  # validation users each trial serves (a seeded sample; the final validation uses all)
     promotion_source: str = "als"
     promotion_tolerance: float = 0.005
     # When the version keeps its LambdaMART ranker: "auto" when the pipeline with it reaches the best single

@@ -29,19 +29,18 @@ import numpy as np
 import numpy.typing as npt
 import optuna
 
-from ranking import ann, evaluation, offline_pipeline
+from ranking import ann, evaluation
 from ranking.dataset import InteractionLog, ItemTable
+from ranking.pipeline import PIPELINE, TrainedModel, offline_inputs, served_lists, served_quality
 from ranking.training import TrainedSources, TrainParams, train_sources
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # train prints its own line per trial
 
 WINDOW, USER_TAIL = "window", "user_tail"
-PIPELINE = "pipeline"
 SOURCE_PREFIX = "source:"
 # Sources a version may serve alone (through the same re-ranker) when it beats the pipeline on validation.
-SERVABLE_SOURCES = ("als", "item_knn", "ease", "content", "fbt", "popularity")
-SERVED_CATEGORY_SHARE = 0.3  # the serving default's category cap, applied to every list compared
+SERVABLE_SOURCES = ("als", "item_knn", "ease", "popularity")
 
 # The search space: discrete grids around each knob's usual range (None = no decay).
 DECAY_SPACE: dict[str, Sequence[Any]] = {
@@ -240,80 +239,29 @@ class _SourceCache:
         return TrainedSources(arrays=arrays, params=params, reference_ts=self.split.reference_ts, info=info)
 
 
-def capped_lists(
-    lists: npt.NDArray[np.int64], category: npt.NDArray[np.int64], *, k: int, max_share: float
-) -> npt.NDArray[np.int64]:
-    """The re-ranker's greedy category cap on ranked lists (``-1`` padded), vectorised: best first, an item is
-    skipped while its category already has ``max(1, floor(max_share * k))`` items; lists short of ``k`` are filled
-    with the skipped items in order (the re-ranker relaxes the cap when nothing else fits)."""
-    n, depth = lists.shape
-    cap = max(1, math.floor(max_share * k + 1e-9))
-    valid = lists >= 0
-    cats = np.where(valid, category[np.maximum(lists, 0)], -1)
-    # Occurrence index of each slot's category within its row, in rank order.
-    key = np.arange(n)[:, None] * (int(category.max(initial=0)) + 2) + (cats + 1)
-    flat = key.ravel()
-    order = np.lexsort((np.tile(np.arange(depth), n), flat))
-    sorted_keys = flat[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_keys.size]))
-    occurrence = np.empty(flat.size, np.int64)
-    occurrence[order] = np.arange(flat.size) - group_start
-    occurrence = occurrence.reshape(n, depth)
-    # Kept slots first (in rank order), then the skipped ones, then the padding.
-    tier = np.where(~valid, 2, np.where(occurrence < cap, 0, 1))
-    rank = np.argsort(tier * depth + np.arange(depth)[None, :], axis=1, kind="stable")
-    out = np.take_along_axis(lists, rank, axis=1)[:, :k]
-    if out.shape[1] < k:
-        out = np.hstack([out, np.full((n, k - out.shape[1]), -1, np.int64)])
-    return out
-
-
-def capped_source(
-    source: evaluation.SourceFn, category: npt.NDArray[np.int64], *, max_share: float, depth: int = 100
-) -> evaluation.SourceFn:
-    """A single source as the re-ranker would serve it alone: its top ``depth`` under the category cap."""
-
-    def recommend(users: evaluation.EvalUsers, k: int) -> npt.NDArray[np.int64]:
-        lists = np.asarray(source(users, max(depth, k)), np.int64)
-        seen_free = _drop_seen(lists, users)
-        return capped_lists(seen_free, category, k=k, max_share=max_share)
-
-    return recommend
-
-
-def _drop_seen(lists: npt.NDArray[np.int64], users: evaluation.EvalUsers) -> npt.NDArray[np.int64]:
-    """Blank the items each user already had (serving excludes them before capping), keeping rank order."""
-    seen = users.seen.tocsr()
-    n_items = max(int(seen.shape[1]), 1)
-    seen_keys = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr)) * n_items + seen.indices
-    keys = np.arange(lists.shape[0], dtype=np.int64)[:, None] * n_items + lists
-    had = (lists >= 0) & np.isin(keys, seen_keys)
-    cleaned = np.where(had, -1, lists)
-    order = np.argsort(cleaned < 0, axis=1, kind="stable")
-    return np.take_along_axis(cleaned, order, axis=1)
-
-
-def score_params(
-    cache: _SourceCache, params: TrainParams, inputs: offline_pipeline.FeatureInputs
-) -> tuple[float, dict[str, float]]:
-    """THE objective (the one place that knows how the served pipeline is evaluated offline): the pipeline's
-    NDCG@k (retrieval from every source, the blend, the 30% category cap) and every servable single source's under
-    the same cap, on the split's users."""
+def score_params(cache: _SourceCache, params: TrainParams) -> tuple[float, dict[str, float]]:
+    """THE objective, the one place that knows how a version is judged offline: the NDCG@k of the lists the version
+    would serve the split's users (``ranking.pipeline.served_lists``: the same stages as the API, the default
+    surface config's 30% category cap, purchased and rated items left out) in the "pipeline" mode (the blend: the
+    ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode."""
     trained = cache.trained(params)
-    category = np.asarray(trained.arrays["item_category"], np.int64)
-    recs = {
-        name: capped_source(fn, category, max_share=SERVED_CATEGORY_SHARE)
-        for name, fn in evaluation.source_recommenders(trained).items()
-        if name in SERVABLE_SOURCES
-    }
-    recs[PIPELINE] = offline_pipeline.pipeline_recommender(trained, None, inputs, diversity_cap=SERVED_CATEGORY_SHARE)
-    result = evaluation.evaluate_sources(
-        cache.split, recs, evaluation.eval_users(cache.split, params), k=params.k, item_category=cache.items.category
-    )
-    key = f"ndcg@{params.k}"
-    figures = {name: float(m[key]) for name, m in result["segments"]["main"]["sources"].items()}
-    return figures.pop(PIPELINE), figures
+    model = TrainedModel(trained)
+    inputs = offline_inputs(cache.split, cache.items, model)
+    figures: dict[str, float] = {}
+    for mode in (PIPELINE, *(SOURCE_PREFIX + name for name in SERVABLE_SOURCES)):
+        if mode != PIPELINE and not _has_source(trained, mode.removeprefix(SOURCE_PREFIX)):
+            continue
+        lists = served_lists(model, cache.split, cache.items, serve=mode, k=params.k, inputs=inputs)
+        quality = served_quality(cache.split, lists, k=params.k, item_category=cache.items.category)
+        figures[mode] = float(quality[f"ndcg@{params.k}"])
+    pipeline = figures.pop(PIPELINE)
+    return pipeline, {mode.removeprefix(SOURCE_PREFIX): value for mode, value in figures.items()}
+
+
+def _has_source(trained: TrainedSources, name: str) -> bool:
+    """Whether the version has the arrays a single-source mode serves from (EASE is skipped on large catalogs)."""
+    needs = {"als": "als_item_factors", "item_knn": "knn_idx", "ease": "ease_idx", "popularity": "popularity"}
+    return needs.get(name, name) in trained.arrays
 
 
 def tune(
@@ -331,8 +279,7 @@ def tune(
     value of its knobs; the result's params are the best trial's."""
     started = time.perf_counter()
     deadline = started + max(budget_seconds, 0.0)
-    cache = _SourceCache(split, items, vectors)
-    inputs = offline_pipeline.feature_inputs(split, items)
+    cache = _SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors)
     trials: list[Trial] = []
     best = params
     slowest = 0.0
@@ -353,7 +300,7 @@ def tune(
             t0 = time.perf_counter()
             chosen = {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
             candidate = base.replace(**chosen)
-            ndcg, singles = score_params(cache, candidate, inputs)
+            ndcg, singles = score_params(cache, candidate)
             seconds = time.perf_counter() - t0
             slowest = max(slowest, seconds)
             record = Trial(len(trials), phase, chosen, ndcg, singles, seconds)
@@ -386,7 +333,7 @@ def tune(
         trials=trials,
         budget_seconds=budget_seconds,
         seconds=time.perf_counter() - started,
-        users=split.n_test_users,
+        users=cache.split.n_test_users,
     )
 
 
@@ -430,8 +377,7 @@ def evaluate_choice(
     split: evaluation.Split, items: ItemTable, params: TrainParams, vectors: npt.NDArray[np.float32]
 ) -> tuple[float, dict[str, float]]:
     """The objective's figures for one set of values (what the guard compares when no search ran)."""
-    cache = _SourceCache(split, items, vectors)
-    return score_params(cache, params, offline_pipeline.feature_inputs(split, items))
+    return score_params(_SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors), params)
 
 
 def trials_table(trials: Sequence[Mapping[str, Any]], *, limit: int | None = None) -> str:

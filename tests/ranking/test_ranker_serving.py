@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from events.services import online_state_rebuild
 from experiments.models import SurfaceDefault
 from experiments.services import assignment_cache_clear
-from ranking import offline_pipeline, rules, serving
+from ranking import pipeline, rules, serving
 from ranking.artifacts import get_active_model, loader
 from ranking.compiled_ranker import ServingRanker
 from ranking.models import ModelVersion
@@ -79,7 +79,7 @@ def test_a_shipped_ranker_scores_the_served_list(
     model = get_active_model()
     assert model is not None
     assert model.has("ranker_model")
-    shipped = offline_pipeline.booster_from_array(model.array("ranker_model")).model_to_string()
+    shipped = pipeline.booster_from_array(model.array("ranker_model")).model_to_string()
 
     # Spy on (not replace) the scoring call: which booster scored which feature rows, and what it said.
     calls: list[tuple[str, np.ndarray]] = []

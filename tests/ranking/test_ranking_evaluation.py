@@ -213,21 +213,27 @@ def test_evaluate_command_reports_the_pipeline_next_to_every_source(
     assert set(main["sources"]) == SINGLE_SOURCES | PIPELINES
     for name in SINGLE_SOURCES | PIPELINES:
         assert f"  {name} " in printed  # a row of the printed table
-    # Every figure is on the users the ranker was not fitted on.
-    assert main["n_users"] <= result["ranker"]["held_out_users"]
+    # Every test user is evaluated (no quarter); the users the ranker never saw are a segment of their own, the one
+    # the ship rule judges on.
+    assert main["n_users"] + result["segments"]["cold"]["n_users"] >= result["info"]["evaluated_users"]
+    unseen = result["segments"]["ranker_unseen"]
+    assert 0 < unseen["n_users"] <= result["ranker"]["held_out_users"] < main["n_users"]
+    assert result["ranker"]["judged_on"] == "ranker_unseen"
     figures = main["sources"]
     # The category cap holds (every user here wants one category), and without it the lists are narrower.
     assert figures["pipeline (ranker, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
     assert figures["pipeline (blend, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
     assert figures["pipeline (ranker, no cap)"]["max_category_share"] > 0.3
-    # The ships rule: the capped ranker pipeline against the best single source, on the same users.
+    # The ships rule: the capped ranker pipeline against the best single source, on the same (unseen) users.
     ranker = result["ranker"]
-    best = max(SINGLE_SOURCES, key=lambda name: figures[name]["ndcg@10"])
+    judged = unseen["sources"]
+    best = max(SINGLE_SOURCES, key=lambda name: judged[name]["ndcg@10"])
     assert ranker["best_single_source"] == best
-    assert ranker["best_single_source_ndcg"] == figures[best]["ndcg@10"]
-    assert ranker["pipeline_ndcg"] == figures["pipeline (ranker, cap 30%)"]["ndcg@10"]
+    assert ranker["best_single_source_ndcg"] == judged[best]["ndcg@10"]
+    assert ranker["pipeline_ndcg"] == judged["pipeline (ranker, cap 30%)"]["ndcg@10"]
     assert ranker["ships"] is True  # only the ranker can rank the new arrivals this world's customers buy
-    assert ranker["pipeline_ndcg"] > figures[best]["ndcg@10"]
+    assert ranker["pipeline_ndcg"] > judged[best]["ndcg@10"]
+    assert figures["pipeline (ranker, cap 30%)"]["ndcg@10"] > figures[best]["ndcg@10"]
     assert f"ranker: ships: pipeline (ranker, cap 30%) ndcg@10 {ranker['pipeline_ndcg']:.4f}" in printed
 
 

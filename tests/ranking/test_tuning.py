@@ -104,15 +104,6 @@ def test_protocol_choice_fits_the_data() -> None:
     assert "at least" in plan.reason
 
 
-def test_capped_lists_follow_the_rerankers_greedy_cap() -> None:
-    category = np.array([0, 0, 0, 0, 1, 1, 2, 0], np.int64)
-    lists = np.array([[0, 1, 2, 3, 4, 5, 6, 7], [7, 0, -1, -1, -1, -1, -1, -1]], np.int64)
-    out = tuning.capped_lists(lists, category, k=5, max_share=0.4)  # cap: two per category
-    assert out[0].tolist() == [0, 1, 4, 5, 6]
-    # Too few items that fit: the skipped ones fill the list, in order, then padding.
-    assert out[1].tolist() == [7, 0, -1, -1, -1]
-
-
 def test_serve_choice_never_worse_than_its_best_part() -> None:
     choice, reason = tuning.serve_choice(0.10, {"ease": 0.15, "als": 0.12}, ranker_ships=False, k=10)
     assert choice == "source:ease"

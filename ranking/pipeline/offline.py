@@ -1,0 +1,454 @@
+"""The served pipeline offline: each user's request state as of a split's reference time, from the training log,
+run through the same stages serving runs (``ranking.pipeline.stages``). Pure: no ORM, no Redis, no settings.
+
+Where serving reads Redis or Postgres, this module passes the equivalent built from the training log:
+
+* history: the user's latest ``HISTORY_LIMIT`` training events, newest first (the online state's list);
+* category affinities: every training event's interest weight decayed to the reference time (what the online
+  state accumulates event by event);
+* item attributes: category, price and listing time from the item table; an item is available when it was listed
+  by the reference time or has training events (a catalog imported after its history still existed then);
+* click-through rates of the 24 hours before the reference time (the online counters' window);
+* new arrivals: the newest items listed by then; trending and popular: the version's arrays;
+* the version: :class:`TrainedModel`, a view of ``ranking.training.TrainedSources`` with the interface of
+  ``ranking.artifacts.ActiveModel`` (the ANN search is exact here).
+
+Public interface (used by training's tuning): :func:`served_lists` returns the top-K lists a version would serve
+to a split's test users in a serving mode, :func:`served_quality` their NDCG@K, hit rate, coverage and max
+category share. The LambdaMART ranker's training rows (:func:`ranker_fit`) are the same stages' features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+
+from experiments.config import VariantConfig
+from ranking import ann, metrics, retrieval, sources
+from ranking.dataset import ItemTable, UserEvents, user_events
+from ranking.evaluation import Segment, SourceFn, Split, run_protocol
+from ranking.pipeline import stages
+from ranking.pipeline.state import (
+    CTR_HOURS,
+    HISTORY_LIMIT,
+    PIPELINE,
+    QUOTAS,
+    GlobalLists,
+    History,
+    IntArray,
+    ItemAttributes,
+    RequestState,
+    serve_source,
+)
+from ranking.ranker import RankerParams, category_affinity, click_through_rate, train_ranker
+from ranking.ranker import score as booster_score
+from ranking.training import TrainedSources
+
+VIEW, CLICK = sources.VIEW, sources.CLICK
+TOP_LIST = 1000  # serving's popular/trending lists are this long (ranking.pipeline.online)
+
+
+class TrainedModel:
+    """A :class:`~ranking.pipeline.state.ModelView` of freshly trained arrays (no artifacts, no index file)."""
+
+    version_id = -1
+
+    def __init__(self, trained: TrainedSources) -> None:
+        self.trained = trained
+        self.p = trained.params
+        self.arrays: Mapping[str, np.ndarray] = {**trained.arrays, **_content_table(trained)}
+        self.index: Any = True if "als_item_factors" in self.arrays else None
+
+    @property
+    def item_ids(self) -> IntArray:
+        return np.asarray(self.arrays["item_ids"], np.int64)
+
+    @property
+    def popularity(self) -> np.ndarray:
+        return self.arrays["popularity"]
+
+    @property
+    def trending(self) -> np.ndarray:
+        return self.arrays["trending"]
+
+    def has(self, name: str) -> bool:
+        return name in self.arrays
+
+    def array(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def item_index(self, item_pks: npt.ArrayLike) -> IntArray:
+        pks = np.asarray(item_pks, dtype=np.int64)
+        ids = self.item_ids
+        if ids.size == 0:
+            return np.full(pks.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(ids, pks), ids.size - 1)
+        return np.where(ids[pos] == pks, pos, -1).astype(np.int64)
+
+    def history_confidences(
+        self, item_idx: npt.ArrayLike, types: npt.ArrayLike, values: npt.ArrayLike, age_days: npt.ArrayLike
+    ) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """As ``ActiveModel.history_confidences``, with the run's parameters."""
+        p = self.p
+        w = sources.event_weights(
+            types, values, dict(p.type_weights), rating_base=p.rating_base, rating_per_point=p.rating_per_point
+        ) * sources.decay(age_days, p.history_half_life_days)
+        items = np.asarray(item_idx, dtype=np.int64)
+        keep = items >= 0
+        return sources.history_confidences(
+            items[keep], w[keep], aggregate=p.aggregate, alpha=p.als_alpha, scaling=p.als_scaling, eps=p.als_eps
+        )
+
+    def fold_in(self, item_idx: npt.ArrayLike, confidences: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        return sources.fold_in(
+            self.arrays["als_item_factors"], item_idx, confidences, float(self.p.als_regularization),
+            self.arrays["als_yty"],
+        )  # fmt: skip
+
+    def search(self, query: npt.ArrayLike, k: int) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """Exact maximum inner product search (the served index is tuned to a recall target of this)."""
+        factors = self.arrays["als_item_factors"]
+        hits = retrieval.top_k(np.asarray(factors @ np.asarray(query, np.float32), np.float32), k)
+        return hits.item_idx, hits.score
+
+
+def _content_table(trained: TrainedSources) -> dict[str, np.ndarray]:
+    """Content neighbours as the version will have them: validation runs skip them to save time, so they are
+    computed here when the catalog is small enough for exact search (above that, offline lists go without the
+    content source; docs/models.md names the difference)."""
+    a, p = trained.arrays, trained.params
+    vectors = a.get("content_vectors")
+    if "content_idx" in a or vectors is None or vectors.shape[0] >= p.ann_flat_max_items:
+        return {}
+    idx, score = ann.neighbours_table(vectors, p.content_k, flat_max_items=p.ann_flat_max_items)
+    return {"content_idx": idx, "content_score": score}
+
+
+def as_model(trained: TrainedSources | TrainedModel) -> TrainedModel:
+    return trained if isinstance(trained, TrainedModel) else TrainedModel(trained)
+
+
+class BoosterRanker:
+    """A LightGBM booster with the serving ranker's interface."""
+
+    engine = "lightgbm"
+
+    def __init__(self, booster: lgb.Booster) -> None:
+        self.booster = booster
+
+    def score(self, X: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return booster_score(self.booster, X)
+
+
+@dataclass(frozen=True, eq=False)
+class OfflineInputs:
+    """What serving would read from Redis and Postgres, as of ``reference_ts``, per model item and per user."""
+
+    reference_ts: float
+    events: UserEvents
+    category: IntArray
+    price: npt.NDArray[np.float64]
+    created_ts: npt.NDArray[np.float64]
+    available: npt.NDArray[np.bool_]
+    ctr: npt.NDArray[np.float32]
+    lists: GlobalLists
+
+
+def offline_inputs(split: Split, items: ItemTable, model: TrainedModel) -> OfflineInputs:
+    """The item and customer side at the split's reference time, from its training log only."""
+    log, now = split.train, split.reference_ts
+    created = items.attribute("created_ts")
+    had_events = np.bincount(log.item[log.ts <= now], minlength=log.n_items)[: items.n_items] > 0
+    # Unknown listing time (NaN) counts as listed; so does an item with events (the catalog may be newer than them).
+    available = ~(created > now) | had_events
+    # The online counters are hourly buckets: the current hour and the 23 before it.
+    first_hour = (int(now // 3600) - CTR_HOURS + 1) * 3600.0
+    window = (log.ts >= first_hour) & (log.ts <= now)
+    views = np.bincount(log.item[window & (log.type == VIEW)], minlength=log.n_items)
+    clicks = np.bincount(log.item[window & (log.type == CLICK)], minlength=log.n_items)
+    listed = np.flatnonzero(available & ~np.isnan(created))
+    newest = listed[np.argsort(-created[listed], kind="stable")[: QUOTAS["new"]]]
+    ids = model.item_ids
+    lists = GlobalLists(
+        new=ids[newest].astype(np.int64),
+        trending=stages.to_pks(model, retrieval.top_k(np.asarray(model.trending), TOP_LIST)),
+        popular=stages.to_pks(model, retrieval.top_k(np.asarray(model.popularity), TOP_LIST)),
+    )
+    return OfflineInputs(
+        reference_ts=now, events=user_events(log), category=np.asarray(items.category, np.int64),
+        price=items.attribute("price"), created_ts=created, available=available,
+        ctr=click_through_rate(views, clicks), lists=lists,
+    )  # fmt: skip
+
+
+def user_state(
+    model: TrainedModel, inputs: OfflineInputs, user_index: int, *, mode: str = PIPELINE, count: int = 10
+) -> RequestState:
+    """A user's request state at the reference time: their latest events newest first and their affinities."""
+    where = inputs.events.of(int(user_index))
+    ev_items, ev_types = inputs.events.item[where], inputs.events.type[where].astype(np.int64)
+    ev_values, ev_ts = inputs.events.value[where], inputs.events.ts[where]
+    latest = slice(0, HISTORY_LIMIT)
+    history = History(model.item_ids[ev_items[latest]].astype(np.int64), ev_types[latest], ev_ts[latest])
+    affinity = category_affinity(inputs.category[ev_items], ev_types, ev_values, ev_ts, inputs.reference_ts)
+    return RequestState(
+        surface="home", count=count, now=inputs.reference_ts, mode=mode, history=history, affinity=affinity
+    )
+
+
+def _attributes(model: TrainedModel, inputs: OfflineInputs, pks: IntArray) -> ItemAttributes:
+    idx = model.item_index(pks)
+    known = idx >= 0
+    safe = np.maximum(idx, 0)
+    return ItemAttributes(
+        category=np.where(known, inputs.category[safe], -1).astype(np.int64),
+        brand=np.full(pks.size, -1, np.int64),
+        available=known & inputs.available[safe],
+        price=np.where(known, inputs.price[safe], np.nan),
+        created_ts=np.where(known, inputs.created_ts[safe], inputs.reference_ts),
+    )
+
+
+def _ctr(model: TrainedModel, inputs: OfflineInputs) -> stages.CtrFn:
+    def ctr(pks: IntArray) -> npt.NDArray[np.float32]:
+        idx = model.item_index(pks)
+        return np.where(idx >= 0, inputs.ctr[np.maximum(idx, 0)], np.nan).astype(np.float32)
+
+    return ctr
+
+
+def retrieved(model: TrainedModel, inputs: OfflineInputs, user_index: int, *, mode: str, count: int) -> RequestState:
+    """The stages up to the candidates and their attributes (history -> user vector -> retrieve)."""
+    state = user_state(model, inputs, user_index, mode=mode, count=count)
+    stages.user_vector(state, model)
+    stages.retrieve(state, model, inputs.lists, np.empty(0, np.int64))
+    state.attributes = _attributes(model, inputs, state.cand)
+    return state
+
+
+def finish(
+    state: RequestState, model: TrainedModel, inputs: OfflineInputs, ranker: Any, config: VariantConfig, seed: int
+) -> IntArray:
+    """Score -> re-rank on a retrieved state; the final list as catalog pks."""
+    stages.score(state, model, ranker, config, _ctr(model, inputs))
+    stages.rerank(
+        state, config, (), exclude=stages.had_items(state, config), exposure=np.zeros(state.cand.size), clicks=None,
+        seed=seed,
+    )  # fmt: skip
+    assert state.result is not None
+    return state.result.item_idx
+
+
+def _as_ranker(ranker: lgb.Booster | Any | None) -> Any:
+    return BoosterRanker(ranker) if isinstance(ranker, lgb.Booster) else ranker
+
+
+def served_lists(
+    trained: TrainedSources | TrainedModel,
+    split: Split,
+    items: ItemTable,
+    *,
+    ranker: lgb.Booster | Any | None = None,
+    serve: str = PIPELINE,
+    k: int = 10,
+    config: VariantConfig | None = None,
+    rows: Sequence[int] | None = None,
+    inputs: OfflineInputs | None = None,
+) -> IntArray:
+    """The top-``k`` lists the version would serve each of the split's test users (``rows``: only these), as of the
+    split's reference time: ``(n, k)`` model item indices, -1 padded.
+
+    ``serve`` is the version's serving mode ("pipeline": the ranker when one is given, else the blend;
+    "source:<name>": that source's candidates by its own score), through the same re-ranker as served (the default
+    surface config unless ``config``: 30 % category cap, purchased and rated items left out)."""
+    serve_source(serve)  # raises ValueError on an unknown mode
+    model = as_model(trained)
+    inputs = inputs or offline_inputs(split, items, model)
+    config = config or VariantConfig()
+    rows = range(split.n_test_users) if rows is None else rows
+    scorer = _as_ranker(ranker) if serve == PIPELINE else None
+    out = np.full((len(rows), k), -1, np.int64)
+    for n, row in enumerate(rows):
+        state = retrieved(model, inputs, int(split.user_index[row]), mode=serve, count=k)
+        pks = finish(state, model, inputs, scorer, config, seed=int(split.user_ids[row]) & 0x7FFFFFFF)
+        idx = model.item_index(pks)
+        idx = idx[idx >= 0][:k]
+        out[n, : idx.size] = idx
+    return out
+
+
+def served_quality(split: Split, lists: IntArray, *, k: int, item_category: npt.ArrayLike) -> dict[str, float]:
+    """NDCG@k, hit rate@k, coverage@k and max category share of served lists (all of the split's test users, in
+    row order, as :func:`served_lists` returns them)."""
+    figures = metrics.evaluate_lists(
+        lists, split.relevant, k, split.train.n_items, item_category, split.train.item_user_counts(),
+        max(split.train.n_users, 1),
+    )  # fmt: skip
+    return {name: figures[name] for name in (f"ndcg@{k}", f"hit_rate@{k}", f"coverage@{k}", "max_category_share")}
+
+
+def served_recommender(
+    trained: TrainedSources | TrainedModel,
+    split: Split,
+    items: ItemTable,
+    *,
+    ranker: lgb.Booster | None = None,
+    serve: str = PIPELINE,
+    config: VariantConfig | None = None,
+    inputs: OfflineInputs | None = None,
+) -> SourceFn:
+    """:func:`served_lists` as an evaluation recommender over the split's test users (rows in split order)."""
+    model = as_model(trained)
+    inputs = inputs or offline_inputs(split, items, model)
+
+    def recommend(users: Any, k: int) -> IntArray:
+        assert len(users) == split.n_test_users, "the served recommender answers for the split's test users"
+        return served_lists(model, split, items, ranker=ranker, serve=serve, k=k, config=config, inputs=inputs)
+
+    return recommend
+
+
+# --- The ranker's training rows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankerReport:
+    trained: bool
+    n_train_users: int
+    n_valid_users: int
+    best_iteration: int | None
+    reason: str
+
+
+def candidate_rows(
+    model: TrainedModel, inputs: OfflineInputs, user_index: int
+) -> tuple[IntArray, npt.NDArray[np.float32]]:
+    """A user's servable candidates (catalog pks) and their ranker features at the reference time: the training
+    rows. Candidates the re-ranker would drop as unavailable (not listed yet) are left out: they can never be
+    served, and learning from them (negative ages) would teach the ranker what the future looks like."""
+    state = retrieved(model, inputs, user_index, mode=PIPELINE, count=10)
+    assert state.attributes is not None
+    keep = state.attributes.available
+    return state.cand[keep], stages.features(state, model, _ctr(model, inputs))[keep]
+
+
+def ranker_fit(
+    split: Split,
+    trained: TrainedSources | TrainedModel,
+    items: ItemTable,
+    *,
+    params: RankerParams | None = None,
+    seed: int = 7,
+    inputs: OfflineInputs | None = None,
+) -> tuple[lgb.Booster | None, RankerReport, npt.NDArray[np.bool_]]:
+    """LambdaMART on half of the split's test users (early stopping on a quarter); returns the booster, a report
+    and the mask of users it never saw (neither fitted nor early-stopped on)."""
+    model = as_model(trained)
+    inputs = inputs or offline_inputs(split, items, model)
+    rng = np.random.default_rng(seed)
+    role = rng.random(split.n_test_users)  # < 0.5 fit, 0.5..0.75 early stopping, >= 0.75 never seen
+    rows: dict[str, list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]] = {"fit": [], "stop": []}
+    for row in np.flatnonzero(role < 0.75).tolist():
+        cands, X = candidate_rows(model, inputs, int(split.user_index[row]))
+        relevant_pks = model.item_ids[np.asarray(split.relevant[row], np.int64)]
+        y = np.isin(cands, relevant_pks).astype(np.float32)
+        if y.sum() == 0 or y.sum() == y.size:
+            continue  # no signal for a ranking loss
+        rows["fit" if role[row] < 0.5 else "stop"].append((X, y))
+    unseen = role >= 0.75
+    if len(rows["fit"]) < 20 or len(rows["stop"]) < 5:
+        return None, RankerReport(False, len(rows["fit"]), len(rows["stop"]), None, "too few users"), unseen
+
+    def stack(
+        part: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], IntArray]:
+        return (
+            np.vstack([X for X, _ in part]), np.concatenate([y for _, y in part]),
+            np.array([y.size for _, y in part], np.int64),
+        )  # fmt: skip
+
+    booster = train_ranker(*stack(rows["fit"]), *stack(rows["stop"]), params)
+    report = RankerReport(True, len(rows["fit"]), len(rows["stop"]), booster.best_iteration, "trained")
+    return booster, report, unseen
+
+
+@dataclass(frozen=True, eq=False)
+class PipelineEvaluation:
+    """The evaluation of every source and the served pipeline, and the ranker worth shipping (or None)."""
+
+    result: dict
+    booster: lgb.Booster | None
+    report: RankerReport
+    ranker_beats_sources: bool
+
+
+BLEND_ROW = "pipeline (blend, cap 30%)"
+RANKER_ROW = "pipeline (ranker, cap 30%)"
+RANKER_NO_CAP_ROW = "pipeline (ranker, no cap)"
+UNSEEN_SEGMENT = "ranker_unseen"
+
+
+def evaluate_with_pipeline(
+    split: Split, trained: TrainedSources, items: ItemTable, *, k: int, seed: int = 7, ship: str = "auto"
+) -> PipelineEvaluation:
+    """Every source and the served pipeline (blend; and, when a ranker could be fitted on part of the test users,
+    the ranker with and without the 30 % category cap) over ALL test users; when a ranker was fitted, the segment
+    ``ranker_unseen`` repeats the figures on the users it never saw.
+
+    With ``ship="auto"`` the ranker ships only if the capped ranker pipeline's NDCG@k on the unseen users is at
+    least the best single source's there; ``"always"`` and ``"never"`` override that.
+    """
+    model = TrainedModel(trained)
+    inputs = offline_inputs(split, items, model)
+    booster, report, unseen = ranker_fit(split, model, items, seed=seed, inputs=inputs)
+    extra: dict[str, SourceFn] = {
+        BLEND_ROW: served_recommender(model, split, items, inputs=inputs),
+    }
+    segments: list[Segment] = []
+    if booster is not None:
+        extra[RANKER_ROW] = served_recommender(model, split, items, ranker=booster, inputs=inputs)
+        no_cap = dataclasses.replace(VariantConfig(), diversity_cap=1.0)
+        extra[RANKER_NO_CAP_ROW] = served_recommender(model, split, items, ranker=booster, config=no_cap,
+                                                      inputs=inputs)  # fmt: skip
+        segments.append(Segment(UNSEEN_SEGMENT, "test users the ranker was neither fitted nor early-stopped on",
+                                unseen & (split.user_index >= 0)))  # fmt: skip
+    result = run_protocol(split, trained, k=k, item_category=items.category, extra=extra, segments=segments)
+    judged = result["segments"].get(UNSEEN_SEGMENT, result["segments"]["main"])["sources"]
+    key = f"ndcg@{k}"
+    singles = {name: m[key] for name, m in judged.items() if not name.startswith("pipeline")}
+    best_name = max(singles, key=singles.__getitem__, default=None)
+    best_source = singles[best_name] if best_name is not None else 0.0
+    pipeline_ndcg = judged.get(RANKER_ROW, {}).get(key)
+    beats = booster is not None and pipeline_ndcg is not None and pipeline_ndcg >= best_source
+    ships = booster is not None and (ship == "always" or (ship == "auto" and beats))
+    result["ranker"] = {
+        "trained": report.trained, "fit_users": report.n_train_users, "early_stopping_users": report.n_valid_users,
+        "best_iteration": report.best_iteration, "held_out_users": int(unseen.sum()),
+        "judged_on": UNSEEN_SEGMENT if booster is not None else None,
+        "best_single_source": best_name, "best_single_source_ndcg": best_source,
+        "pipeline_ndcg": pipeline_ndcg, "beats_sources": beats, "ship_rule": ship, "ships": ships,
+    }  # fmt: skip
+    result["info"] = {**result["info"], "evaluated_users": split.n_test_users}
+    return PipelineEvaluation(result, booster if ships else None, report, beats)
+
+
+def booster_to_array(booster: lgb.Booster) -> npt.NDArray[np.uint8]:
+    """The ranker as a byte array, so it travels with the version's other arrays and checksums."""
+    return np.frombuffer(booster.model_to_string().encode(), dtype=np.uint8).copy()
+
+
+def booster_from_array(array: npt.NDArray[np.uint8]) -> lgb.Booster:
+    return lgb.Booster(model_str=bytes(np.asarray(array)).decode())
+
+
+__all__ = [
+    "BoosterRanker", "OfflineInputs", "PipelineEvaluation", "RankerReport", "TrainedModel", "booster_from_array",
+    "booster_to_array", "candidate_rows", "evaluate_with_pipeline", "offline_inputs", "ranker_fit",
+    "served_lists", "served_quality", "served_recommender", "user_state",
+]  # fmt: skip

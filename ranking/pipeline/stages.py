@@ -1,0 +1,324 @@
+"""The pipeline's stages: history (with the page context) -> user vector -> retrieve -> score (ranker, blend or
+one source) -> re-rank -> explain, each a function of the :class:`~ranking.pipeline.state.RequestState` and what
+the stage reads. Pure: numpy only; whatever comes from Redis or Postgres is passed in (arrays, a model view, or a
+callable the adapter provides, e.g. the click-through rates of the candidates).
+
+Serving (``ranking.serving``) and offline evaluation / the ranker's training rows (``ranking.pipeline.offline``)
+call exactly these functions, so what is evaluated and learnt from is what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from experiments.config import VariantConfig
+from ranking import rerank as rr
+from ranking import retrieval
+from ranking.arrays import isin
+from ranking.pipeline.state import (
+    ANCHORS,
+    HISTORY_LIMIT,
+    NEIGHBOUR_TABLES,
+    QUOTAS,
+    VERBS,
+    GlobalLists,
+    IntArray,
+    ItemAttributes,
+    ModelView,
+    Ranker,
+    RequestState,
+    anchor_weights,
+    fbt_quota,
+    serve_source,
+)
+from ranking.ranker import FEATURE_NAMES, blend_scores, build_features, candidate_context
+from ranking.sources import PURCHASE, RATING, VIEW
+
+# A page's category counts as this much fresh interest: one view's worth (events.features.INTEREST_WEIGHTS), so it
+# decides a visitor's first list and only nudges a long history.
+CONTEXT_CATEGORY_WEIGHT = 1.0
+NEIGHBOUR_SOURCES = frozenset({"item_knn", "ease", "content"})
+
+CtrFn = Callable[[IntArray], npt.NDArray[np.float32] | None]
+
+
+# --- history ------------------------------------------------------------------------------------------------------
+
+
+def with_context(state: RequestState) -> None:
+    """The page's item as the newest view and its category as a fresh interest: retrieval, the user vector and the
+    ranker's features then see them like a real view, while nothing is written to the visitor's history."""
+    if state.context_item_pk is not None:
+        state.history = state.history.with_item(state.context_item_pk, VIEW, state.now)
+    if state.context_category_pk is not None:
+        pk = state.context_category_pk
+        state.affinity = {**state.affinity, pk: state.affinity.get(pk, 0.0) + CONTEXT_CATEGORY_WEIGHT}
+
+
+def had_items(state: RequestState, config: VariantConfig) -> IntArray:
+    """What the owner already has and the config leaves out of personal lists: purchases and/or rated items."""
+    types = [t for t, on in ((PURCHASE, config.exclude_purchased), (RATING, config.exclude_rated)) if on]
+    return state.history.of_types(*types) if types else np.empty(0, np.int64)
+
+
+# --- user vector --------------------------------------------------------------------------------------------------
+
+
+def user_vector(state: RequestState, model: ModelView | None) -> None:
+    """Fold the history into the version's ALS factors (None without a model, factors or a known history item)."""
+    history = state.history
+    state.user_vector = None
+    if model is None or not history.pks.size or not model.has("als_item_factors"):
+        return
+    idx = model.item_index(history.pks)
+    if not (idx >= 0).any():
+        return
+    values = np.zeros(idx.size, np.float64)
+    items, confidences = model.history_confidences(idx, history.types, values, (state.now - history.ts) / 86_400)
+    if items.size:
+        state.user_vector = model.fold_in(items, confidences)
+
+
+# --- retrieve -----------------------------------------------------------------------------------------------------
+
+
+def to_pks(model: ModelView, hits: retrieval.SourceHits) -> retrieval.SourceHits:
+    """Model indices -> catalog primary keys, the ids every later stage speaks."""
+    ids = model.item_ids
+    valid = hits.item_idx >= 0
+    anchors = np.where(hits.anchor >= 0, ids[np.maximum(hits.anchor, 0)], -1)
+    return retrieval.SourceHits(ids[hits.item_idx[valid]], hits.score[valid], anchors[valid])
+
+
+def neighbour_hits(model: ModelView, prefix: str, anchors_idx: IntArray, k: int) -> retrieval.SourceHits:
+    """The aggregated neighbours of the anchors in one of the version's neighbour tables (model indices)."""
+    if not model.has(f"{prefix}_idx") or anchors_idx.size == 0:
+        return retrieval.SourceHits.empty()
+    weights = anchor_weights(anchors_idx.size)
+    return retrieval.neighbours(anchors_idx, weights, model.array(f"{prefix}_idx"), model.array(f"{prefix}_score"), k)
+
+
+def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, pinned: IntArray) -> None:
+    """Every source's hits (catalog pks), restricted to one source when the serving mode says so, merged; pinned
+    items missing from the candidates join them so the re-ranker can place them."""
+    hits: dict[str, retrieval.SourceHits] = {}
+    new = lists.new
+    hits["new"] = retrieval.SourceHits(new, np.linspace(1.0, 0.5, new.size).astype(np.float32), np.full(new.size, -1))
+    if model is None:
+        hits["popular"] = lists.popular
+    else:
+        anchor_pks, _ = state.history.anchors(ANCHORS)
+        anchor_idx = model.item_index(anchor_pks)
+        anchor_idx = anchor_idx[anchor_idx >= 0]
+        if state.user_vector is not None and model.index is not None:
+            idx, scores = model.search(state.user_vector, QUOTAS["ann"])
+            keep = idx >= 0
+            hits["ann"] = to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
+        for source, prefix in NEIGHBOUR_TABLES:
+            k = fbt_quota(state.surface) if source == "fbt" else QUOTAS[source]
+            hits[source] = to_pks(model, neighbour_hits(model, prefix, anchor_idx, k))
+        for source, top in (("trending", lists.trending), ("popular", lists.popular)):
+            quota = QUOTAS[source]
+            hits[source] = retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])
+    only = serve_source(state.mode)
+    if only is not None:
+        hits = {only: hits.get(only, retrieval.SourceHits.empty())}
+    candidates = retrieval.merge(hits)
+    missing = pinned[~isin(pinned, candidates.item_idx)]
+    if missing.size:
+        hits["pinned"] = retrieval.SourceHits(missing, np.zeros(missing.size, np.float32), np.full(missing.size, -1))
+        candidates = retrieval.merge(hits)
+    state.hits, state.candidates = hits, candidates
+
+
+def restrict_category(state: RequestState, category_pk: int | None) -> None:
+    """Only items of the request's category (an unknown category: nothing)."""
+    assert state.attributes is not None
+    a = state.attributes
+    wanted = a.category == (category_pk if category_pk is not None else -2)
+    state.attributes = ItemAttributes(a.category, a.brand, a.available & wanted, a.price, a.created_ts)
+
+
+# --- score --------------------------------------------------------------------------------------------------------
+
+
+def features(state: RequestState, model: ModelView, ctr: CtrFn) -> npt.NDArray[np.float32]:
+    """The ranker's feature matrix of the candidates, as of ``state.now`` (the ranker's training rows are built by
+    this same function, fed with each user's history as of the split's reference time)."""
+    assert state.candidates is not None
+    assert state.attributes is not None
+    history, a = state.history, state.attributes
+    last_category = -1
+    if history.pks.size:
+        last = model.item_index(history.pks[:1])[0]
+        last_category = int(model.array("item_category")[last]) if last >= 0 else -1
+    context = candidate_context(
+        model_idx=model.item_index(state.cand), popularity=model.popularity, trend=model.trending,
+        category=a.category, price=a.price, created_ts=a.created_ts, now=state.now,
+        item_factors=model.array("als_item_factors") if model.has("als_item_factors") else None,
+        user_vector=state.user_vector, ctr=ctr(state.cand), category_affinity=state.affinity,
+        history_ids=history.anchors(HISTORY_LIMIT)[0], last_category=last_category,
+    )  # fmt: skip
+    X = build_features(state.candidates, context)
+    assert X.shape[1] == len(FEATURE_NAMES)
+    return X
+
+
+def score(
+    state: RequestState,
+    model: ModelView | None,
+    ranker: Ranker | None,
+    config: VariantConfig,
+    ctr: CtrFn,
+) -> None:
+    """One source's own score when the serving mode names a source; else LambdaMART when the version has a ranker
+    and the config wants it; else the blended score."""
+    assert state.candidates is not None
+    only = serve_source(state.mode)
+    if only is not None:
+        state.scores = state.candidates.source_score[:, retrieval.SOURCE_INDEX[only]].astype(np.float32)
+        state.scorer, state.engine = state.mode, None
+        return
+    if ranker is None or model is None or not config.ranker:
+        state.scores = blend_scores(state.candidates, config.blend_weights)
+        state.scorer, state.engine = "blend", None
+        return
+    state.scores = ranker.score(features(state, model, ctr))
+    state.scorer, state.engine = "lambdamart", ranker.engine
+
+
+# --- re-rank ------------------------------------------------------------------------------------------------------
+
+
+def seed_of(owner: str, request_id: str) -> int:
+    return int(hashlib.blake2b(f"{owner}:{request_id}".encode(), digest_size=4).hexdigest(), 16)
+
+
+def rerank(
+    state: RequestState,
+    config: VariantConfig,
+    pin_rules: Sequence[rr.Rule],
+    *,
+    exclude: IntArray,
+    exposure: npt.NDArray[np.float64],
+    clicks: npt.NDArray[np.float64] | None,
+    seed: int,
+) -> None:
+    """Availability, exclusions, business rules, diversity caps, exploration and pins (``ranking.rerank``)."""
+    assert state.candidates is not None
+    assert state.attributes is not None
+    assert state.scores is not None
+    a = state.attributes
+    # Greedy with no cap to enforce is plain score order, and "off" gets there without the slot loop.
+    plain = config.diversity == "greedy" and config.diversity_cap >= 1 and config.max_per_brand is None
+    state.diversity = "off" if plain else config.diversity
+    state.result = rr.rerank(
+        rr.Candidates(
+            item_idx=state.cand, score=state.scores.astype(np.float64), category=a.category, brand=a.brand,
+            available=a.available, exposure=exposure, clicks=clicks,
+        ),
+        pin_rules,
+        rr.RerankConfig(
+            count=state.count, max_category_share=config.diversity_cap, max_per_brand=config.max_per_brand,
+            exclude_idx=exclude, exploration_share=config.exploration_share, seed=seed,
+            diversity=state.diversity, mmr_lambda=config.mmr_lambda, exploration=config.exploration,  # type: ignore[arg-type]
+        ),
+    )  # fmt: skip
+
+
+# --- explain ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+
+class Titled(Protocol):
+    """What an explanation reads of a catalog row (``catalog.selectors.ItemRow`` has both)."""
+
+    title: str
+    category_name: str | None
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One served item: its pk, score, the sources that found it and why it is shown."""
+
+    pk: int
+    score: float
+    sources: tuple[str, ...]
+    reason: Reason
+
+
+def reason_for(
+    source: str,
+    sources: tuple[str, ...],
+    anchor_title: str | None,
+    anchor_type: int,
+    category_name: str | None,
+    pinned: bool,
+    explored: bool,
+) -> Reason:
+    if pinned:
+        return Reason("featured", "Featured")
+    if explored:
+        return Reason("discover", "Something new to discover")
+    if anchor_title is not None:
+        if "fbt" in sources and not NEIGHBOUR_SOURCES.intersection(sources):
+            return Reason("bought_together", f"Frequently bought with {anchor_title}")
+        verb = VERBS.get(anchor_type, "viewed")
+        return Reason(f"because_you_{verb}", f"Because you {verb} {anchor_title}")
+    if source == "trending" and category_name:
+        return Reason("trending", f"Trending in {category_name}")
+    if source == "trending":
+        return Reason("trending", "Trending now")
+    if source == "ann":
+        return Reason("for_you", "Picked for your taste")
+    if source == "new":
+        return Reason("new_arrival", "New arrival")
+    if source == "popular" and category_name:
+        return Reason("popular", f"Popular in {category_name}")
+    return Reason("popular", "Popular")
+
+
+def anchor_pks_of(state: RequestState) -> IntArray:
+    """The history items the final list's explanations may name (their rows are fetched with the items')."""
+    assert state.candidates is not None
+    assert state.result is not None
+    anchors = state.candidates.anchor[np.searchsorted(state.cand, state.result.item_idx)]
+    return anchors[anchors >= 0]
+
+
+def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
+    """Why each final item is shown; items without a row (evicted while Postgres is down) are left out."""
+    assert state.candidates is not None
+    assert state.result is not None
+    candidates, result = state.candidates, state.result
+    anchor_pks, anchor_types = state.history.anchors(ANCHORS)
+    anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
+    out = []
+    for slot, (pk, i) in enumerate(
+        zip(result.item_idx.tolist(), np.searchsorted(state.cand, result.item_idx).tolist(), strict=True)
+    ):
+        row = rows.get(pk)
+        if row is None:
+            continue
+        found = candidates.source_rank[i] < retrieval.NO_RANK
+        sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
+        anchor = int(candidates.anchor[i])
+        anchor_row = rows.get(anchor) if anchor >= 0 else None
+        reason = reason_for(
+            retrieval.SOURCES[int(candidates.best_source[i])] if sources else "pinned", sources,
+            anchor_row.title if anchor_row is not None else None, anchor_type.get(anchor, VIEW), row.category_name,
+            bool(result.pinned[slot]), bool(result.explored[slot]),
+        )  # fmt: skip
+        out.append(Explained(pk, round(float(result.score[slot]), 6), sources or ("pinned",), reason))
+    return out

@@ -1,0 +1,219 @@
+"""The request state the pipeline's stages pass along, the constants they share, and what a stage needs to know of
+a model version. Pure: numpy only (no ORM, no Redis, no settings).
+
+Serving (``ranking.serving`` through ``ranking.pipeline.online``) and offline evaluation / the ranker's training
+rows (``ranking.pipeline.offline``) fill the same :class:`RequestState` and run the same stages on it
+(``ranking.pipeline.stages``); only where the inputs come from differs (Redis/Postgres online, the training log
+offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ranking import retrieval
+from ranking.rerank import RerankResult
+from ranking.sources import ADD_TO_CART, CLICK, PURCHASE, RATING, VIEW
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+# Candidates each source contributes before the merge.
+QUOTAS: dict[str, int] = {
+    "ann": 100, "item_knn": 100, "ease": 100, "content": 40, "fbt": 30, "trending": 40, "popular": 40, "new": 20,
+}  # fmt: skip
+HISTORY_LIMIT = 200  # a customer's latest events, as the online state keeps them
+ANCHORS = 20  # most recent distinct history items whose neighbours are retrieved
+ANCHOR_DECAY = 0.85  # weight of the i-th most recent anchor: ANCHOR_DECAY ** i
+CTR_HOURS = 24  # the online item features' click-through window
+# Neighbour sources: retrieval name -> array prefix of the version.
+NEIGHBOUR_TABLES: tuple[tuple[str, str], ...] = (
+    ("item_knn", "knn"), ("ease", "ease"), ("content", "content"), ("fbt", "fbt"),
+)  # fmt: skip
+VERBS: dict[int, str] = {VIEW: "viewed", CLICK: "viewed", ADD_TO_CART: "added", PURCHASE: "bought", RATING: "rated"}
+
+# --- Serving modes ------------------------------------------------------------------------------------------------
+
+PIPELINE = "pipeline"
+SERVE_KEY = "serve"
+# Source names as training/evaluation spells them -> the retrieval source that serves them.
+SOURCE_ALIASES: dict[str, str] = {"als": "ann", "popularity": "popular", "knn": "item_knn"}
+
+
+def fbt_quota(surface: str) -> int:
+    """Co-purchase fills half its quota except where a basket is in view (the offline lists are "home")."""
+    return QUOTAS["fbt"] if surface in ("cart", "item", "checkout") else QUOTAS["fbt"] // 2
+
+
+def anchor_weights(n: int) -> npt.NDArray[np.float32]:
+    return (ANCHOR_DECAY ** np.arange(n, dtype=np.float32)).astype(np.float32)
+
+
+def serve_source(mode: str) -> str | None:
+    """The retrieval source a serving mode restricts the candidates to (``"source:ease"`` -> ``"ease"``), None for
+    ``"pipeline"``. Raises ValueError for anything else, naming the accepted values."""
+    if mode == PIPELINE:
+        return None
+    if mode.startswith("source:"):
+        name = SOURCE_ALIASES.get(mode[7:], mode[7:])
+        if name in retrieval.SOURCE_INDEX:
+            return name
+    accepted = ", ".join(f"source:{s}" for s in (*retrieval.SOURCES, *SOURCE_ALIASES))
+    raise ValueError(f"serve must be 'pipeline' or one of {accepted}, not {mode!r}")
+
+
+def serve_mode_of(meta: Mapping[str, Any]) -> str:
+    """The serving mode a version records: ``meta["serve"]`` or ``meta["params"]["serve"]``; "pipeline" when it
+    records none or a value this code does not know (the safe default: every source, ranker or blend)."""
+    params = meta.get("params")
+    value = meta.get(SERVE_KEY) or (params.get(SERVE_KEY) if isinstance(params, Mapping) else None) or PIPELINE
+    try:
+        serve_source(str(value))
+    except ValueError:
+        return PIPELINE
+    return str(value)
+
+
+# --- What a stage needs of a model version ------------------------------------------------------------------------
+
+
+class ModelView(Protocol):
+    """The part of a loaded version the stages read: ``ranking.artifacts.ActiveModel`` online,
+    ``ranking.pipeline.offline.TrainedModel`` (a view of ``ranking.training.TrainedSources``) offline."""
+
+    @property
+    def item_ids(self) -> IntArray: ...
+
+    @property
+    def popularity(self) -> np.ndarray: ...
+
+    @property
+    def trending(self) -> np.ndarray: ...
+
+    @property
+    def index(self) -> Any: ...
+
+    def has(self, name: str) -> bool: ...
+
+    def array(self, name: str) -> np.ndarray: ...
+
+    def item_index(self, item_pks: npt.ArrayLike) -> IntArray: ...
+
+    def history_confidences(
+        self, item_idx: npt.ArrayLike, types: npt.ArrayLike, values: npt.ArrayLike, age_days: npt.ArrayLike
+    ) -> tuple[IntArray, npt.NDArray[np.float32]]: ...
+
+    def fold_in(self, item_idx: npt.ArrayLike, confidences: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+
+    def search(self, query: npt.ArrayLike, k: int) -> tuple[IntArray, npt.NDArray[np.float32]]: ...
+
+
+class Ranker(Protocol):
+    """A LambdaMART ranker: ``ranking.compiled_ranker.ServingRanker`` online, a plain booster offline."""
+
+    @property
+    def engine(self) -> str: ...
+
+    def score(self, X: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+# --- The request state --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """An owner's latest events, newest first, as catalog pks."""
+
+    pks: IntArray
+    types: IntArray
+    ts: FloatArray
+
+    @classmethod
+    def empty(cls) -> History:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+
+    @classmethod
+    def merged(cls, histories: list[History], limit: int) -> History:
+        """Several owners' histories as one, newest first."""
+        ts = np.concatenate([h.ts for h in histories])
+        order = np.argsort(-ts, kind="stable")[:limit]
+        return cls(
+            np.concatenate([h.pks for h in histories])[order],
+            np.concatenate([h.types for h in histories])[order],
+            ts[order],
+        )
+
+    def with_item(self, pk: int, type_: int, ts: float) -> History:
+        """This history with one more event in front (the page's item as the newest view)."""
+        return History(
+            np.concatenate([[pk], self.pks]).astype(np.int64),
+            np.concatenate([[type_], self.types]).astype(np.int64),
+            np.concatenate([[ts], self.ts]),
+        )
+
+    def of_types(self, *types: int) -> IntArray:
+        """The distinct items of these event types (e.g. purchases, ratings)."""
+        return np.unique(self.pks[np.isin(self.types, types)])
+
+    def anchors(self, limit: int) -> tuple[IntArray, IntArray]:
+        """The latest ``limit`` distinct items (newest first) and the event type that made each an anchor."""
+        _, first = np.unique(self.pks, return_index=True)
+        order = np.sort(first)[:limit]
+        return self.pks[order], self.types[order]
+
+
+@dataclass(frozen=True, eq=False)
+class ItemAttributes:
+    """Per candidate (aligned with ``CandidateSet.item_idx``): catalog category and brand pks (-1 none), whether it
+    can be shown, price (NaN unknown) and listing time."""
+
+    category: IntArray
+    brand: IntArray
+    available: npt.NDArray[np.bool_]
+    price: FloatArray
+    created_ts: FloatArray
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalLists:
+    """The lists that are the same for everyone, as catalog pks: newest arrivals, trending and popular (the popular
+    list with the page's category first when there is one; without a model, the recently popular fallback)."""
+
+    new: IntArray
+    trending: retrieval.SourceHits
+    popular: retrieval.SourceHits
+
+
+@dataclass
+class RequestState:
+    """One list's way through the stages. Inputs first (filled by the adapters), then each stage's output."""
+
+    surface: str
+    count: int
+    now: float
+    mode: str = PIPELINE  # the version's serving mode (``serve_mode_of``)
+    history: History = field(default_factory=History.empty)
+    affinity: Mapping[int, float] = field(default_factory=dict)
+    context_item_pk: int | None = None
+    context_category_pk: int | None = None
+    degraded: bool = False
+    # Stage outputs.
+    user_vector: npt.NDArray[np.float32] | None = None
+    hits: dict[str, retrieval.SourceHits] = field(default_factory=dict)
+    candidates: retrieval.CandidateSet | None = None
+    attributes: ItemAttributes | None = None
+    scores: npt.NDArray[np.float32] | None = None
+    scorer: str = "blend"  # "lambdamart", "blend" or "source:<name>"
+    engine: str | None = None  # lleaves / lightgbm when the ranker scored, None otherwise
+    diversity: str = "greedy"
+    result: RerankResult | None = None
+
+    @property
+    def cand(self) -> IntArray:
+        assert self.candidates is not None
+        return self.candidates.item_idx
