@@ -30,6 +30,7 @@ from ranking import ann, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.pipeline import booster_to_array, evaluate_with_pipeline
+from ranking.pipeline.offline import served_recommender
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 from recsys import redis_client
 
@@ -610,12 +611,28 @@ def model_evaluate(
         if pipeline:
             # Every test user; a ranker fitted on part of them is also reported on the others (ranker_unseen).
             result = evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
+            if params.serve.startswith(tuning.SOURCE_PREFIX):
+                # The version serves one source through the re-ranker: that is the row to compare with the API.
+                name = f"served ({params.serve}, cap 30%)"
+                served = evaluation.evaluate_sources(
+                    split, {name: served_recommender(trained, split, items, serve=params.serve)},
+                    evaluation.eval_users(split, params), k=k, item_category=items.category,
+                )  # fmt: skip
+                for segment, entry in served["segments"].items():
+                    if segment in result["segments"]:
+                        result["segments"][segment]["sources"].update(entry["sources"])
         else:
             result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()
     result["timings"] = dict(timer.timings)
     result["sizes"] = trained.info["sizes"]
     return result
+
+
+def active_version_params() -> TrainParams | None:
+    """The parameters the active version was trained with (its tuned values and serve mode), or None."""
+    row = selectors.active_version()
+    return TrainParams.from_dict(row.parameters) if row is not None and row.parameters else None
 
 
 def _split_from_file(log: InteractionLog, items: ItemTable, path: Path) -> evaluation.Split:
