@@ -79,7 +79,7 @@ def user_vector(state: RequestState, model: ModelView | None) -> None:
     idx = model.item_index(history.pks)
     if not (idx >= 0).any():
         return
-    values = np.zeros(idx.size, np.float64)
+    values = np.full(idx.size, np.nan)  # the online history has no event values: unknown, not zero
     items, confidences = model.history_confidences(idx, history.types, values, (state.now - history.ts) / 86_400)
     if items.size:
         state.user_vector = model.fold_in(items, confidences)
