@@ -163,3 +163,30 @@ def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> Non
     else:
         assert serve["choice"] == "pipeline"
     assert build.validation["protocol"]["protocol"] == tuning.USER_TAIL
+
+
+def test_a_source_mode_with_too_few_candidates_leaves_the_request_to_the_pipeline() -> None:
+    """A version that serves one source still answers a cold customer (no history, no neighbours) in full."""
+    from ranking.pipeline import TrainedModel, offline_inputs
+    from ranking.pipeline.stages import retrieve
+    from ranking.pipeline.state import History, RequestState
+    from ranking.training import train_sources
+
+    log, items = dense_recent(n_users=60)
+    split = evaluation.split_temporal(log, holdout_days=30)
+    model = TrainedModel(train_sources(split.train, items, SMALL, reference_ts=split.reference_ts))
+    inputs = offline_inputs(split, items, model)
+    cold = RequestState(surface="home", count=10, now=split.reference_ts, mode="source:ease", history=History.empty())
+    retrieve(cold, model, inputs.lists, np.empty(0, np.int64))
+    assert cold.mode == "pipeline"
+    assert cold.candidates is not None
+    assert len(cold.candidates) >= 10
+    pks = model.item_ids[split.train.item[split.train.user == 0]]
+    warm = RequestState(
+        surface="home", count=5, now=split.reference_ts, mode="source:ease",
+        history=History(pks.astype(np.int64), np.full(pks.size, sources.PURCHASE, np.int64), np.zeros(pks.size)),
+    )  # fmt: skip
+    retrieve(warm, model, inputs.lists, np.empty(0, np.int64))
+    assert warm.mode == "source:ease"
+    assert warm.hits is not None
+    assert set(warm.hits) == {"ease"}
