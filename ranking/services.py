@@ -199,6 +199,14 @@ def version_build(
             )  # fmt: skip
         params = tuned.params
     validation, ranker = _validate(split, items, params, vectors, timer)
+    if validation is not None and ranker is not None and params.ranker_ship == "auto":
+        beats, why = tuning.ranker_beats_blend(validation, k=params.k)
+        validation["ranker"]["beats_blend"] = why
+        if not beats:
+            # Never worse than its parts: the blend of the same candidates is one of them.
+            ranker = None
+            validation["ranker"]["ships"] = False
+            notify("ranker", f"the ranker does not ship: {why}")
     figures: tuple[float, dict[str, float]] | None = None
     if params.serve != "auto":
         serve, serve_reason = params.serve, "set by hand (serve parameter)"

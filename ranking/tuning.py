@@ -32,6 +32,7 @@ import optuna
 from ranking import ann, evaluation
 from ranking.dataset import InteractionLog, ItemTable
 from ranking.pipeline import PIPELINE, TrainedModel, offline_inputs, served_lists, served_quality
+from ranking.pipeline.offline import BLEND_ROW, RANKER_ROW, UNSEEN_SEGMENT
 from ranking.training import TrainedSources, TrainParams, train_sources
 
 logger = logging.getLogger(__name__)
@@ -371,6 +372,19 @@ def serve_choice(pipeline_ndcg: float, singles: Mapping[str, float], *, ranker_s
         f"the blended pipeline (NDCG@{k} {pipeline_ndcg:.4f}) is not below the best single source, {best} "
         f"({singles[best]:.4f} with the 30% category cap)",
     )
+
+
+def ranker_beats_blend(validation: Mapping[str, Any], *, k: int) -> tuple[bool, str]:
+    """Whether the capped ranker pipeline scores at least the capped blend on the validation users the ranker never
+    saw (the blend is one of the version's parts too: a ranker below it must not ship)."""
+    segments = validation.get("segments", {})
+    rows = segments.get(UNSEEN_SEGMENT, segments.get("main", {})).get("sources", {})
+    key = f"ndcg@{k}"
+    ranker, blend = rows.get(RANKER_ROW, {}).get(key), rows.get(BLEND_ROW, {}).get(key)
+    if ranker is None or blend is None:
+        return True, "no blend figure to compare"
+    verdict = ranker >= blend
+    return verdict, f"ranker NDCG@{k} {ranker:.4f} vs blend {blend:.4f} on the users the ranker never saw"
 
 
 def evaluate_choice(

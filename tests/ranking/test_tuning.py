@@ -190,3 +190,14 @@ def test_a_source_mode_with_too_few_candidates_leaves_the_request_to_the_pipelin
     assert warm.mode == "source:ease"
     assert warm.hits is not None
     assert set(warm.hits) == {"ease"}
+
+
+def test_a_ranker_below_the_blend_does_not_ship() -> None:
+    def validation(ranker: float, blend: float) -> dict:
+        rows = {"pipeline (ranker, cap 30%)": {"ndcg@10": ranker}, "pipeline (blend, cap 30%)": {"ndcg@10": blend}}
+        return {"segments": {"main": {"sources": {}}, "ranker_unseen": {"sources": rows}}}
+
+    beats, why = tuning.ranker_beats_blend(validation(0.20, 0.21), k=10)
+    assert not beats
+    assert "0.2000 vs blend 0.2100" in why
+    assert tuning.ranker_beats_blend(validation(0.25, 0.21), k=10)[0]

@@ -134,5 +134,7 @@ class Command(BaseCommand):
                 f"  trial {payload.number:>3} {payload.phase:<7} pipeline {payload.ndcg:.4f}, best single source "
                 f"{payload.best_source} {payload.best_source_ndcg:.4f} ({payload.seconds:.1f} s): {params}"
             )
+        elif kind == "ranker":
+            self.stderr.write(f"  {payload}")
         elif kind == "serve":
             self.stderr.write(f"  serves: {payload[0]} ({payload[1]})")
