@@ -276,15 +276,15 @@ def tune(
     on_trial: Callable[[Trial], None] | None = None,
 ) -> TuningResult:
     """Search the two phases' grids with TPE (seeded) until ``budget_seconds`` would be exceeded by one more
-    trial (estimated from the slowest so far) or ``max_trials`` ran. The first trial of each phase is the current
+    trial (estimated from the latest trial) or ``max_trials`` ran. The first trial of each phase is the current
     value of its knobs; the result's params are the best trial's."""
     started = time.perf_counter()
     deadline = started + max(budget_seconds, 0.0)
     cache = _SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors)
     trials: list[Trial] = []
     best = params
-    slowest = 0.0
-    phases = (("decay", DECAY_SPACE, 0.5), ("sources", SOURCE_SPACE, 1.0))
+    latest = 0.0
+    phases = (("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
     for phase, grids, share in phases:
         phase_deadline = started + share * max(budget_seconds, 0.0)
         base = best
@@ -297,13 +297,14 @@ def tune(
 
         def objective(trial: optuna.Trial, space: Mapping[str, Sequence[Any]] = space, base: TrainParams = base,
                       phase: str = phase) -> float:  # fmt: skip
-            nonlocal slowest
+            nonlocal latest
             t0 = time.perf_counter()
             chosen = {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
             candidate = base.replace(**chosen)
             ndcg, singles = score_params(cache, candidate)
             seconds = time.perf_counter() - t0
-            slowest = max(slowest, seconds)
+            # The next trial's cost: the latest one's (the first trains every source; later ones reuse most).
+            latest = seconds
             record = Trial(len(trials), phase, chosen, ndcg, singles, seconds)
             trials.append(record)
             if on_trial is not None:
@@ -319,11 +320,11 @@ def tune(
             study: optuna.Study, _trial: Any, limit: float = phase_deadline, first: int = len(trials) + enqueued
         ) -> None:
             # The enqueued candidates (the current values, no decay) always run; then one more trial only if it
-            # would end before the phase's share of the budget (estimated from the slowest trial so far).
-            if len(trials) >= first and time.perf_counter() + slowest > min(limit, deadline):
+            # would end before the phase's share of the budget (estimated from the latest trial).
+            if len(trials) >= first and time.perf_counter() + latest > min(limit, deadline):
                 study.stop()
 
-        if trials and (time.perf_counter() + slowest > phase_deadline or phase_trials <= 0):
+        if trials and (time.perf_counter() + latest > phase_deadline or phase_trials <= 0):
             continue
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
         best = base.replace(**study.best_params)
