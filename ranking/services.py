@@ -29,7 +29,7 @@ from redis.exceptions import LockError
 from ranking import ann, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
-from ranking.pipeline import booster_to_array, evaluate_with_pipeline
+from ranking.pipeline import booster_from_array, booster_to_array, evaluate_with_pipeline
 from ranking.pipeline.offline import served_recommender
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 from recsys import redis_client
@@ -619,11 +619,12 @@ def model_evaluate(
         if pipeline:
             # Every test user; a ranker fitted on part of them is also reported on the others (ranker_unseen).
             result = evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
-            if params.serve.startswith(tuning.SOURCE_PREFIX):
-                # The version serves one source through the re-ranker: that is the row to compare with the API.
-                name = f"served ({params.serve}, cap 30%)"
+            # The row to compare with the API: the version's serve mode, with its shipped ranker when it has one.
+            shipped = _active_ranker() if protocol == "test_file" and params.serve == tuning.PIPELINE else None
+            if params.serve.startswith(tuning.SOURCE_PREFIX) or shipped is not None:
+                name = f"served ({params.serve}{', shipped ranker' if shipped is not None else ''}, cap 30%)"
                 served = evaluation.evaluate_sources(
-                    split, {name: served_recommender(trained, split, items, serve=params.serve)},
+                    split, {name: served_recommender(trained, split, items, ranker=shipped, serve=params.serve)},
                     evaluation.eval_users(split, params), k=k, item_category=items.category,
                 )  # fmt: skip
                 for segment, entry in served["segments"].items():
@@ -635,6 +636,15 @@ def model_evaluate(
     result["timings"] = dict(timer.timings)
     result["sizes"] = trained.info["sizes"]
     return result
+
+
+def _active_ranker() -> Any:
+    """The active version's shipped LambdaMART ranker (a LightGBM booster), or None."""
+    row = selectors.active_version()
+    location = selectors.version_location(version_id=row.id) if row is not None else None
+    if location is None or not (location.path / "ranker_model.npy").exists():
+        return None
+    return booster_from_array(np.load(location.path / "ranker_model.npy"))
 
 
 def active_version_params() -> TrainParams | None:
