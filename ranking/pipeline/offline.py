@@ -416,8 +416,10 @@ def evaluate_with_pipeline(
         no_cap = dataclasses.replace(VariantConfig(), diversity_cap=1.0)
         extra[RANKER_NO_CAP_ROW] = served_recommender(model, split, items, ranker=booster, config=no_cap,
                                                       inputs=inputs)  # fmt: skip
-        segments.append(Segment(UNSEEN_SEGMENT, "test users the ranker was neither fitted nor early-stopped on",
-                                unseen & (split.user_index >= 0)))  # fmt: skip
+        unseen = unseen & (split.train.user_event_counts()[np.maximum(split.user_index, 0)] > 0)
+        unseen &= split.user_index >= 0
+        segments.append(Segment(UNSEEN_SEGMENT, "test users with history the ranker was neither fitted nor "
+                                "early-stopped on", unseen))  # fmt: skip
     result = run_protocol(split, trained, k=k, item_category=items.category, extra=extra, segments=segments)
     judged = result["segments"].get(UNSEEN_SEGMENT, result["segments"]["main"])["sources"]
     key = f"ndcg@{k}"
@@ -429,7 +431,7 @@ def evaluate_with_pipeline(
     ships = booster is not None and (ship == "always" or (ship == "auto" and beats))
     result["ranker"] = {
         "trained": report.trained, "fit_users": report.n_train_users, "early_stopping_users": report.n_valid_users,
-        "best_iteration": report.best_iteration, "held_out_users": int(unseen.sum()),
+        "best_iteration": report.best_iteration, "held_out_users": int(unseen.sum()) if booster is not None else 0,
         "judged_on": UNSEEN_SEGMENT if booster is not None else None,
         "best_single_source": best_name, "best_single_source_ndcg": best_source,
         "pipeline_ndcg": pipeline_ndcg, "beats_sources": beats, "ship_rule": ship, "ships": ships,

@@ -251,3 +251,43 @@ def test_evaluate_command_without_enough_users_for_a_ranker_reports_the_blend(
     assert result["ranker"]["trained"] is False
     assert result["ranker"]["ships"] is False
     assert "ranker: not trained" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_evaluate_test_file_reports_the_served_pipeline_over_all_test_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shape a shop's import has: the catalog imported after its history (every item "listed" now, later than
+    every event), the held-out month in a file. The pipeline rows are lists over every test user, not empty ones
+    (which they were while items listed after the reference time counted as not existing yet)."""
+    from django.utils import timezone
+
+    from catalog.models import Item
+
+    new_arrivals_world()
+    Item.objects.update(created_at=timezone.now())
+    split_at = timezone.now() - dt.timedelta(days=20)
+    held = Interaction.objects.filter(occurred_at__gte=split_at).select_related("customer", "item")
+    test_csv = tmp_path / "holdout.csv"
+    test_csv.write_text(
+        "customer_id,item_id,type\n"
+        + "".join(f"{e.customer.external_id},{e.item.external_id},purchase\n" for e in held)
+    )
+    test_users = len({e.customer_id for e in held})
+    held.delete()
+    out = tmp_path / "result.json"
+
+    call_command("evaluate", "--test-file", str(test_csv), "--json", str(out), "--quiet", *PARAM_ARGS)
+
+    result = json.loads(out.read_text())
+    assert result["info"]["evaluated_users"] == test_users
+    main = result["segments"]["main"]
+    assert main["n_users"] == test_users  # all of them, not a quarter
+    for name in PIPELINES & set(main["sources"]):
+        assert main["sources"][name]["coverage@10"] > 0
+        assert main["sources"][name]["max_category_share"] > 0
+    assert main["sources"]["pipeline (blend, cap 30%)"]["max_category_share"] <= 0.3 + 1e-9
+    assert result["ranker"]["trained"] is True
+    assert main["sources"]["pipeline (ranker, cap 30%)"]["ndcg@10"] > 0.5  # the new arrivals, found and ranked
+    printed = capsys.readouterr().out
+    assert "test users it never saw (segment ranker_unseen" in printed

@@ -1,4 +1,5 @@
-"""manage.py evaluate: offline metrics of every source under a protocol (temporal, per-user random, test file)."""
+"""manage.py evaluate: offline metrics of every source and of the served pipeline (the same stage code serving
+runs) under a protocol (temporal, per-user random, test file), over every test user."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ranking.training import SOURCE_NAMES, StageTimer, TrainParams
 class Command(BaseCommand):
     help = (
         "Train every source on a protocol's training part and report precision/recall/NDCG/MAP/hit-rate@K, "
-        "coverage, max category share and novelty per source, for all test users with history and for cold users. "
+        "coverage, max category share and novelty per source and for the served pipeline (blend; LambdaMART fitted "
+        "on part of the test users, whose unseen users form the extra segment ranker_unseen), for all test users "
+        "with history and for cold users. "
         "Protocols: --holdout-days N (default 30), --per-user-fraction F --seed S, --test-file events.csv."
     )
 
@@ -30,8 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--source", action="append", choices=SOURCE_NAMES, help="only these sources; repeatable")
         parser.add_argument(
             "--no-pipeline", action="store_true",
-            help="sources only: skip the full pipeline (LambdaMART fitted on part of the test users, with and "
-            "without the diversity cap); --source implies it",
+            help="sources only: skip the served pipeline rows (blend, and LambdaMART fitted on part of the test "
+            "users, with and without the diversity cap); --source implies it",
         )  # fmt: skip
         parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="training parameter")
         parser.add_argument("--quiet", action="store_true", help="no progress output")

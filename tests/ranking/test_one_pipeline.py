@@ -1,0 +1,163 @@
+"""One pipeline: for the same history and time, the offline recommender (ranking.pipeline.offline, what evaluation
+and the ranker's training rows run) gives the list the API serves, in every serving mode; a source serving mode
+serves that source through the re-ranker (rules still apply); and debug=true follows the served path, also when
+the online state is lost and the history comes from Postgres. Real Postgres, Redis and artifacts throughout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from catalog.models import Customer, Item
+from events import keys
+from events.services import online_state_rebuild
+from experiments.services import assignment_cache_clear
+from ranking import rules, serving
+from ranking.artifacts import get_active_model, loader
+from ranking.dataset import dataset_load
+from ranking.evaluation import Split
+from ranking.models import BusinessRule, ModelVersion
+from ranking.pipeline import booster_from_array, served_lists
+from ranking.training import TrainedSources, TrainParams
+from recsys import redis_client
+from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
+
+
+@pytest.fixture
+def served(tmp_path: Path, settings: Any, django_capture_on_commit_callbacks: Callable[..., Any]) -> Iterator[dict]:
+    """The ranker world with distinct listing times (so "newest" has one order in Postgres and offline), trained
+    through the command with its ranker shipped, the online state rebuilt, serving's caches fresh."""
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    world = new_arrivals_world()
+    for n, item in enumerate(Item.objects.order_by("pk")):
+        Item.objects.filter(pk=item.pk).update(created_at=item.created_at + dt.timedelta(seconds=n))
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("train", "--quiet", *PARAM_ARGS)
+    online_state_rebuild()
+    _fresh()
+    yield world
+    _fresh()
+
+
+def _fresh() -> None:
+    serving.clear_caches()
+    rules.reset()
+    loader().reset()
+    assignment_cache_clear()
+
+
+def _api_list(api: APIClient, customer: str, **extra: Any) -> dict[str, Any]:
+    response = api.get("/v1/recommendations", {"customer_id": customer, "count": 10, **extra})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _offline_lists(customers: list[str], serve: str) -> dict[str, list[str]]:
+    """What the offline recommender serves these customers now, from the active version's own arrays and the
+    database's log (their whole history is "training" here; the reference time is now)."""
+    model = get_active_model()
+    assert model is not None
+    log, items = dataset_load()
+    trained = TrainedSources(dict(model.arrays), TrainParams.from_dict(model.params), time.time(), {})
+    pk_of = dict(Item.objects.values_list("external_id", "pk"))
+    customer_pk = dict(Customer.objects.filter(external_id__in=customers).values_list("external_id", "pk"))
+    keys_ = np.array([customer_pk[c] for c in customers], np.int64)
+    user_index = np.searchsorted(log.user_ids, keys_)
+    assert (log.user_ids[user_index] == keys_).all()
+    split = Split("now", log, user_index, keys_, [np.empty(0, np.int64)] * len(customers), time.time())
+    ranker = booster_from_array(model.array("ranker_model")) if model.has("ranker_model") else None
+    lists = served_lists(trained, split, items, ranker=ranker, serve=serve, k=10)
+    external = {pk: ext for ext, pk in pk_of.items()}
+    return {c: [external[int(items.item_ids[i])] for i in lists[n] if i >= 0] for n, c in enumerate(customers)}
+
+
+def _record_serve_mode(mode: str) -> None:
+    """Record a serving mode in the active version's meta.json (what training writes; not part of the checksum)."""
+    version = ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
+    meta_path = Path(version.artifact_path) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["serve"] = mode
+    meta_path.write_text(json.dumps(meta))
+    _fresh()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["pipeline", "source:ease", "source:popularity"])
+def test_the_offline_recommender_serves_what_the_api_serves(served: dict, admin_api: APIClient, mode: str) -> None:
+    if mode != "pipeline":
+        _record_serve_mode(mode)
+    # Observers: each event on its own day, so the newest-first history has one order in Redis and offline.
+    customers = [customer.external_id for cluster in served["observers"] for customer in cluster]
+    offline = _offline_lists(customers, mode)
+
+    for customer in customers:
+        body = _api_list(admin_api, customer, debug="true")
+        assert body["debug"]["serve"] == mode
+        assert body["debug"]["ranker"] == ("lambdamart" if mode == "pipeline" else mode)
+        assert [item["item_id"] for item in body["items"]] == offline[customer], customer
+        if mode != "pipeline":
+            source = {"source:ease": "ease", "source:popularity": "popular"}[mode]
+            assert all(item["sources"] == [source] for item in body["items"])
+    # Real lists: ten items each (one source's neighbours of a short history may be fewer).
+    assert all(len(found) == 10 if mode != "source:ease" else found for found in offline.values())
+
+
+@pytest.mark.django_db
+def test_a_source_serving_mode_still_applies_the_merchandisers_rules(served: dict, admin_api: APIClient) -> None:
+    _record_serve_mode("source:popularity")
+    customer = served["observers"][0][0].external_id
+    before = [item["item_id"] for item in _api_list(admin_api, customer)["items"]]
+    blocked, pinned = before[0], served["new"][3][0]
+    BusinessRule.objects.create(name="block", kind="block", target="item", item=Item.objects.get(external_id=blocked))
+    BusinessRule.objects.create(name="pin", kind="pin", target="item", item=pinned, position=1)
+    rules.version_bump()
+
+    after = _api_list(admin_api, customer)["items"]
+
+    ids = [item["item_id"] for item in after]
+    assert blocked not in ids
+    assert ids[0] == pinned.external_id
+    assert after[0]["reason"]["code"] == "featured"
+    assert [i for i in ids if i != pinned.external_id] == [i for i in before if i != blocked][: len(ids) - 1]
+
+
+def _debug_matches_served(api: APIClient, customer: str) -> dict[str, Any]:
+    served_body = _api_list(api, customer)
+    debug_body = _api_list(api, customer, debug="true")
+    assert [i["item_id"] for i in debug_body["items"]] == [i["item_id"] for i in served_body["items"]]
+    assert [i["reason"] for i in debug_body["items"]] == [i["reason"] for i in served_body["items"]]
+    assert debug_body["degraded"] == served_body["degraded"] == debug_body["debug"]["degraded"]
+    return debug_body
+
+
+@pytest.mark.django_db
+def test_debug_follows_the_served_path_with_the_online_state(served: dict, admin_api: APIClient) -> None:
+    body = _debug_matches_served(admin_api, served["observers"][0][0].external_id)
+
+    assert body["degraded"] is False
+    assert body["debug"]["history_source"] == "redis"
+    assert body["debug"]["history_length"] == 4
+    assert body["debug"]["ranker"] == "lambdamart"
+
+
+@pytest.mark.django_db
+def test_debug_follows_the_served_path_when_the_online_state_is_lost(served: dict, admin_api: APIClient) -> None:
+    redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)  # as after a flush: Redis no longer vouches for it
+    customer = served["observers"][1][0].external_id
+
+    body = _debug_matches_served(admin_api, customer)
+
+    # Built from the Postgres history (not an empty one), and both answers say so.
+    assert body["degraded"] is True
+    assert body["debug"]["history_source"] == "postgres"
+    assert body["debug"]["history_length"] == 4
+    assert body["debug"]["ranker"] == "lambdamart"
