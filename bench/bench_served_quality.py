@@ -5,8 +5,8 @@ and created again per row; Redis databases 42/43 flushed; its own artifact direc
 
 1. writes the TRAINING part as the CSV files the README documents (items: ``item_id,title,description,category,
    brand,price,in_stock,created_at``; events: ``event_id,customer_id,item_id,type,value,occurred_at,session_id``);
-2. imports them with ``manage.py import_items`` and ``manage.py import_events``, trains with ``manage.py train``
-   (the defaults: no parameter set by hand), and runs ``manage.py rebuild_online_state``;
+2. imports them with ``manage.py import_items`` and ``manage.py import_events`` (which brings the online state up
+   to date itself) and trains with ``manage.py train`` (the defaults: no parameter set by hand, its own tuning);
 3. starts gunicorn (2 workers, rate limits lifted as the other benches do) and asks
    ``GET /v1/recommendations?customer_id=...&count=10`` for EVERY test user (4 connections);
 4. scores the served lists, and the lists of plain baselines computed in the same run from the same training part
@@ -432,7 +432,6 @@ def run_row(row: Row, max_users: int | None, workdir: Path) -> dict[str, Any]:
         ("import_items", ["import_items", str(items_csv), "--quiet"]),
         ("import_events", ["import_events", str(events_csv), "--quiet"]),
         ("train", ["train"]),
-        ("rebuild_online_state", ["rebuild_online_state"]),
     ):
         seconds, out = manage(env, *args)
         steps[step] = seconds

@@ -60,18 +60,21 @@ class ModelVersionAdmin(admin.ModelAdmin):
     are created by training and changed only by the registry services."""
 
     list_display = (
-        "name", "status", "created_at", "ndcg_display", "coverage_display", "best_source", "ann_display",
-        "decision_code",
+        "name", "status", "created_at", "ndcg_display", "coverage_display", "best_source", "serves_display",
+        "ann_display", "decision_code",
     )  # fmt: skip
     list_filter = ("status", "decision", "ann_kind")
     search_fields = ("=name",)
     ordering = ("-created_at",)
     list_per_page = 50
     change_list_template = "admin/ranking/modelversion/change_list.html"
-    readonly_fields = [field.name for field in ModelVersion._meta.fields] + ["validation_table", "activation_link"]
+    readonly_fields = [field.name for field in ModelVersion._meta.fields] + [
+        "validation_table", "training_choices", "activation_link",
+    ]  # fmt: skip
     fieldsets = (
         (None, {"fields": ("name", "status", "decision", "activation_link", "created_at", "activated_at")}),
         ("Offline evaluation", {"fields": ("validation_table",)}),
+        ("Training choices", {"fields": ("training_choices",)}),
         ("Data and index", {"fields": ("data_from", "data_to", "sizes", "ann_kind", "ann_recall")}),
         ("Artifacts", {"classes": ("collapse",), "fields": ("checksum", "artifact_path", "parameters", "metrics")}),
         ("Notes", {"fields": ("notes",)}),
@@ -126,6 +129,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         ranked = validation.ranked("ndcg")
         return "-" if not ranked else f"{ranked[0]} {validation.value('ndcg', ranked[0]):.4f}"
 
+    @admin.display(description="serves")
+    def serves_display(self, obj: ModelVersion) -> str:
+        """ "pipeline" or "source:<name>" (a single source beat the pipeline on validation)."""
+        return str((obj.parameters or {}).get("serve") or "-")
+
     @admin.display(description="ANN index (recall)")
     def ann_display(self, obj: ModelVersion) -> str:
         if not obj.ann_kind:
@@ -159,6 +167,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return render_to_string(
             "admin/ranking/modelversion/validation.html",
             {"k": validation.k, "metrics": metrics, "rows": rows, "promotion": obj.metrics.get("promotion")},
+        )
+
+    @admin.display(description="validation protocol, tuning and what the version serves")
+    def training_choices(self, obj: ModelVersion) -> str:
+        validation = (obj.metrics or {}).get("validation") or {}
+        search = validation.get("tuning") or {}
+        trials = sorted(search.get("trials") or [], key=lambda t: t.get("trial", 0))
+        return render_to_string(
+            "admin/ranking/modelversion/tuning.html",
+            {
+                "protocol": validation.get("protocol"),
+                "serve": validation.get("serve"),
+                "tuning": search,
+                "chosen": sorted((search.get("chosen") or {}).items()),
+                "trials": trials,
+                "best_trial": search.get("best_trial"),
+            },
         )
 
     # --- the registry page: charts over versions ---

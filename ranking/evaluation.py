@@ -151,6 +151,36 @@ def split_per_user(log: InteractionLog, *, fraction: float, seed: int) -> Split:
     return split
 
 
+def split_user_tail(log: InteractionLog, *, fraction: float, min_history: int = 3) -> Split:
+    """Per-user temporal split: each user's events in time order, the last ``ceil(fraction * n)`` held out (users
+    with fewer than ``min_history`` events keep everything in training). Fits logs whose users were active at
+    different times (a global window would hold few of them); "now" is the log's reference time, as in serving.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError("fraction must be between 0 and 1")
+    known = np.flatnonzero(log.user >= 0)
+    order = known[np.lexsort((np.arange(known.size), log.ts[known], log.user[known]))]
+    user_sorted = log.user[order].astype(np.int64)
+    counts = np.bincount(user_sorted, minlength=log.n_users)
+    n_test = np.where(counts >= min_history, np.ceil(fraction * counts), 0).astype(np.int64)
+    ends = np.cumsum(counts)
+    position_from_end = ends[user_sorted] - np.arange(order.size)  # 1 for a user's latest event
+    is_test = np.zeros(len(log), bool)
+    is_test[order[position_from_end <= n_test[user_sorted]]] = True
+    train = log.subset(~is_test)
+    test = log.subset(is_test)
+    split = _split_from_test_events(
+        "user_tail",
+        train,
+        test.user.astype(np.int64),
+        log.user_ids[test.user],
+        test.item.astype(np.int64),
+        reference_ts=log.reference_ts(),
+    )
+    split.info.update({"fraction": fraction, "min_history": min_history})
+    return split
+
+
 def split_external(
     train: InteractionLog, *, test_user_keys: npt.ArrayLike, test_items: npt.ArrayLike, info: dict[str, Any]
 ) -> Split:

@@ -13,7 +13,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,10 +26,11 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from ranking import ann, artifacts, evaluation, selectors, sources
+from ranking import ann, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
-from ranking.pipeline import booster_to_array, evaluate_with_pipeline
+from ranking.pipeline import booster_from_array, booster_to_array, evaluate_with_pipeline
+from ranking.pipeline.offline import served_recommender
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 from recsys import redis_client
 
@@ -122,8 +123,9 @@ def model_train(
     force: bool = False,
     activate: bool = True,
     timer: StageTimer | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
 ) -> TrainResult:
-    """Train every source on the interactions of the window, validate on its last ``validation_days``, write the
+    """Train every source on the interactions of the window, tune and validate (see :func:`version_build`), write the
     artifacts, register a ``ModelVersion`` and (when ``activate``) promote it if validation allows or ``force``.
 
     Holds the training lock for the whole run (raises :class:`TrainingBusy` when another run holds it). A failure
@@ -141,7 +143,7 @@ def model_train(
         data_from = datetime.fromtimestamp(first_ts, tz=UTC)
         data_to = datetime.fromtimestamp(last_ts, tz=UTC)
         try:
-            return _train_and_register(log, items, params, data_from, data_to, force, activate, timer)
+            return _train_and_register(log, items, params, data_from, data_to, force, activate, timer, on_event)
         except Exception as exc:
             ModelVersion.objects.create(
                 name=_version_name(timezone.now()),
@@ -163,14 +165,74 @@ class VersionBuild:
     validation: dict[str, Any] | None
     index: Any
     ann_report: ann.AnnReport
+    plan: tuning.ValidationPlan | None = None
+    tuned: tuning.TuningResult | None = None
+    serve: str = tuning.PIPELINE
+    serve_reason: str = ""
 
 
-def version_build(log: InteractionLog, items: ItemTable, params: TrainParams, timer: StageTimer) -> VersionBuild:
-    """Content vectors (once), the validation run, the final training and the tuned ANN index. No database: the
-    training benchmark runs exactly this on in-memory data."""
+def version_build(
+    log: InteractionLog,
+    items: ItemTable,
+    params: TrainParams,
+    timer: StageTimer,
+    *,
+    on_event: Callable[[str, Any], None] | None = None,
+) -> VersionBuild:
+    """Content vectors (once), the validation protocol the data supports, the tuning of the parameters on it
+    (within ``params.tune_budget_seconds``), the validation run with the chosen values (ranker fit and ship
+    decision), what to serve (never worse than the best single source), the final training and the tuned ANN index.
+    No database: the training benchmark runs exactly this on in-memory data. ``on_event(kind, payload)`` hears
+    the plan ("plan"), each trial ("trial") and the serve choice ("serve") as they happen."""
+    notify = on_event or (lambda kind, payload: None)
     with timer.stage("content_vectors"):
         vectors = content_vectors(items, params)
-    validation, ranker = _validate(log, items, params, vectors, timer)
+    with timer.stage("validation_split"):
+        plan, split = tuning.validation_plan(log, params)
+    notify("plan", plan)
+    tuned: tuning.TuningResult | None = None
+    if split is not None and params.tune_budget_seconds > 0:
+        with timer.stage("tuning"):
+            tuned = tuning.tune(
+                split, items, params, vectors, budget_seconds=params.tune_budget_seconds,
+                max_trials=params.tune_max_trials, on_trial=lambda trial: notify("trial", trial),
+            )  # fmt: skip
+        params = tuned.params
+    validation, ranker = _validate(split, items, params, vectors, timer)
+    if validation is not None and ranker is not None and params.ranker_ship == "auto":
+        beats, why = tuning.ranker_beats_blend(validation, k=params.k)
+        validation["ranker"]["beats_blend"] = why
+        if not beats:
+            # Never worse than its parts: the blend of the same candidates is one of them.
+            ranker = None
+            validation["ranker"]["ships"] = False
+            notify("ranker", f"the ranker does not ship: {why}")
+    figures: tuple[float, dict[str, float]] | None = None
+    if params.serve != "auto":
+        serve, serve_reason = params.serve, "set by hand (serve parameter)"
+    elif validation is None or split is None:
+        serve, serve_reason = tuning.PIPELINE, "no validation: the pipeline by default"
+    else:
+        best = tuned.best if tuned is not None else None
+        if best is not None:
+            figures = (best.ndcg, best.singles)
+        else:
+            with timer.stage("validation_guard"):
+                figures = tuning.evaluate_choice(split, items, params, vectors)
+        serve, serve_reason = tuning.serve_choice(figures[0], figures[1], ranker_ships=ranker is not None, k=params.k)
+    notify("serve", (serve, serve_reason))
+    params = params.replace(serve=serve)
+    if validation is not None:
+        validation["protocol"] = plan.to_dict()
+        validation["serve"] = {
+            "choice": serve,
+            "reason": serve_reason,
+            "pipeline_ndcg": figures[0] if figures else None,
+            "single_sources_ndcg": figures[1] if figures else None,
+            "users": split.n_test_users if split is not None else 0,
+        }
+        if tuned is not None:
+            validation["tuning"] = tuned.to_dict()
     trained = train_sources(log, items, params, timer=timer, content=vectors)
     if ranker is not None:
         # The LambdaMART ranker learnt on the validation split's sources scores the final sources' candidates:
@@ -180,7 +242,10 @@ def version_build(log: InteractionLog, items: ItemTable, params: TrainParams, ti
         index, report = _build_ann(
             trained.arrays["als_item_factors"], trained.arrays["als_user_factors"], params, kind=params.ann_kind
         )
-    return VersionBuild(trained=trained, validation=validation, index=index, ann_report=report)
+    return VersionBuild(
+        trained=trained, validation=validation, index=index, ann_report=report, plan=plan, tuned=tuned,
+        serve=serve, serve_reason=serve_reason,
+    )  # fmt: skip
 
 
 def version_meta(build: VersionBuild, *, name: str, created_at: datetime) -> dict[str, Any]:
@@ -202,6 +267,8 @@ def version_meta(build: VersionBuild, *, name: str, created_at: datetime) -> dic
             "reference_ts": trained.reference_ts,
         },
         "params": params.to_dict(),
+        "serve": params.serve,
+        "validation_protocol": build.plan.to_dict() if build.plan is not None else None,
         "sizes": trained.info["sizes"],
         "skipped": trained.info["skipped"],
         "metrics": metrics,
@@ -218,8 +285,9 @@ def _train_and_register(
     force: bool,
     activate: bool,
     timer: StageTimer,
+    on_event: Callable[[str, Any], None] | None = None,
 ) -> TrainResult:
-    build = version_build(log, items, params, timer)
+    build = version_build(log, items, params, timer, on_event=on_event)
     now = timezone.now()
     name = _version_name(now)
     meta = version_meta(build, name=name, created_at=now)
@@ -233,7 +301,7 @@ def _train_and_register(
         created_at=now,
         data_from=data_from,
         data_to=data_to,
-        parameters=params.to_dict(),
+        parameters=build.trained.params.to_dict(),
         sizes=build.trained.info["sizes"],
         metrics=meta["metrics"],
         status=ModelVersion.Status.CANDIDATE,
@@ -258,17 +326,12 @@ def _train_and_register(
 
 
 def _validate(
-    log: InteractionLog, items: ItemTable, params: TrainParams, vectors: np.ndarray, timer: StageTimer
+    split: evaluation.Split | None, items: ItemTable, params: TrainParams, vectors: np.ndarray, timer: StageTimer
 ) -> tuple[dict[str, Any] | None, Any]:
-    """Temporal hold-out of the window's last ``validation_days``: train on the rest, fit the LambdaMART ranker on
-    part of the test users and score every source and the full pipeline on the others. Returns the figures and
-    the ranker when it beats the best single source (else None: serving then uses the blended score)."""
-    first, last = log.time_range()
-    if not params.validation_days or last - first <= 2 * params.validation_days * sources.SECONDS_PER_DAY:
-        return None, None
-    split = evaluation.split_temporal(log, holdout_days=params.validation_days)
-    split = split.sample_users(params.validation_max_users, params.seed)
-    if split.n_test_users == 0:
+    """On the validation split (see :func:`ranking.tuning.validation_plan`): train on its training part, fit the
+    LambdaMART ranker on part of its users and score every source and the full pipeline on the others. Returns
+    the figures and the ranker when it beats the best single source (else None: serving then uses the blend)."""
+    if split is None:
         return None, None
     with timer.stage("validation_train"):
         trained = train_sources(
@@ -556,12 +619,38 @@ def model_evaluate(
         if pipeline:
             # Every test user; a ranker fitted on part of them is also reported on the others (ranker_unseen).
             result = evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
+            # The row to compare with the API: the version's serve mode, with its shipped ranker when it has one.
+            shipped = _active_ranker() if protocol == "test_file" and params.serve == tuning.PIPELINE else None
+            if params.serve.startswith(tuning.SOURCE_PREFIX) or shipped is not None:
+                name = f"served ({params.serve}{', shipped ranker' if shipped is not None else ''}, cap 30%)"
+                served = evaluation.evaluate_sources(
+                    split, {name: served_recommender(trained, split, items, ranker=shipped, serve=params.serve)},
+                    evaluation.eval_users(split, params), k=k, item_category=items.category,
+                )  # fmt: skip
+                for segment, entry in served["segments"].items():
+                    if segment in result["segments"]:
+                        result["segments"][segment]["sources"].update(entry["sources"])
         else:
             result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()
     result["timings"] = dict(timer.timings)
     result["sizes"] = trained.info["sizes"]
     return result
+
+
+def _active_ranker() -> Any:
+    """The active version's shipped LambdaMART ranker (a LightGBM booster), or None."""
+    row = selectors.active_version()
+    location = selectors.version_location(version_id=row.id) if row is not None else None
+    if location is None or not (location.path / "ranker_model.npy").exists():
+        return None
+    return booster_from_array(np.load(location.path / "ranker_model.npy"))
+
+
+def active_version_params() -> TrainParams | None:
+    """The parameters the active version was trained with (its tuned values and serve mode), or None."""
+    row = selectors.active_version()
+    return TrainParams.from_dict(row.parameters) if row is not None and row.parameters else None
 
 
 def _split_from_file(log: InteractionLog, items: ItemTable, path: Path) -> evaluation.Split:

@@ -58,7 +58,10 @@ def event_weights(
 ) -> FloatArray:
     """How much one event says about interest: a fixed weight per type, ``base + per_point * value`` for ratings.
 
-    Unknown types weigh 0 (a new event type is ignored until someone gives it a weight).
+    Unknown types weigh 0 (a new event type is ignored until someone gives it a weight). A rating whose value is
+    unknown (NaN: the online history keeps types and times, not values) weighs its type weight if one is set, else
+    1: the customer rated the item, which says more than nothing (with weight 0 a ratings-only shop's histories
+    folded into no user vector at all, so serving had no ALS candidates).
     """
     types = np.asarray(types, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -69,8 +72,11 @@ def event_weights(
     weights[(types < 0) | (types >= table.size)] = 0.0
     is_rating = types == RATING
     if is_rating.any():
-        rating = np.nan_to_num(values[is_rating], nan=0.0)
-        weights[is_rating] = np.maximum(rating_base + rating_per_point * rating, 0.0)
+        rating = values[is_rating]
+        unknown = float(type_weights.get(RATING, 1.0))
+        weights[is_rating] = np.where(
+            np.isnan(rating), unknown, np.maximum(rating_base + rating_per_point * np.nan_to_num(rating), 0.0)
+        )
     return weights.astype(np.float32)
 
 

@@ -89,11 +89,25 @@ class TrainParams:
     # Validation and promotion.
     validation_days: float = 30.0
     validation_max_users: int = 5_000
+    # The window validates only when it holds at least this many users with a new item and this share of the
+    # users with validation_min_history+ events; else each user's own last validation_tail_fraction of events
+    # (ranking.tuning.validation_plan).
+    validation_min_users: int = 50
+    validation_min_share: float = 1 / 3
+    validation_min_history: int = 3
+    validation_tail_fraction: float = 0.2
+    # Tuning (ranking.tuning): seconds the Optuna search may take (0: keep these values), and its trial cap.
+    tune_budget_seconds: float = 60.0
+    tune_max_trials: int = 200
+    tune_max_users: int = 1_000  # validation users each trial serves (a seeded sample; the final validation uses all)
     promotion_source: str = "als"
     promotion_tolerance: float = 0.005
     # When the version keeps its LambdaMART ranker: "auto" when the pipeline with it reaches the best single
     # source's NDCG on held-out users, "always" (e.g. to measure serving with it), "never" (serve the blend).
     ranker_ship: str = "auto"
+    # What the version serves: "pipeline" (ranker or blend) or "source:<name>" (that source alone through the same
+    # re-ranker); "auto" lets training choose the better on validation (never worse than its best part).
+    serve: str = "auto"
     k: int = 10
     seed: int = 42
     num_threads: int = 0
@@ -105,6 +119,8 @@ class TrainParams:
             raise ValueError(f"promotion_source must be one of {', '.join(SOURCE_NAMES)}")
         if self.ranker_ship not in ("auto", "always", "never"):
             raise ValueError(f"ranker_ship must be 'auto', 'always' or 'never', not {self.ranker_ship!r}")
+        if self.serve != "auto" and self.serve != "pipeline" and not self.serve.startswith("source:"):
+            raise ValueError(f"serve must be 'auto', 'pipeline' or 'source:<name>', not {self.serve!r}")
         if self.knn_method not in ("bm25", "cosine"):
             raise ValueError(f"knn_method must be 'bm25' or 'cosine', not {self.knn_method!r}")
 

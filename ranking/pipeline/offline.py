@@ -272,7 +272,9 @@ def served_lists(
     inputs = inputs or offline_inputs(split, items, model)
     config = config or VariantConfig()
     rows = range(split.n_test_users) if rows is None else rows
-    scorer = _as_ranker(ranker) if serve == PIPELINE else None
+    # A source mode ignores the ranker, except for a request the source finds too few candidates for: the whole
+    # pipeline answers it, with the ranker, as online.
+    scorer = _as_ranker(ranker)
     out = np.full((len(rows), k), -1, np.int64)
     for n, row in enumerate(rows):
         state = retrieved(model, inputs, int(split.user_index[row]), mode=serve, count=k)

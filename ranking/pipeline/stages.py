@@ -25,6 +25,7 @@ from ranking.pipeline.state import (
     ANCHORS,
     HISTORY_LIMIT,
     NEIGHBOUR_TABLES,
+    PIPELINE,
     QUOTAS,
     VERBS,
     GlobalLists,
@@ -79,7 +80,7 @@ def user_vector(state: RequestState, model: ModelView | None) -> None:
     idx = model.item_index(history.pks)
     if not (idx >= 0).any():
         return
-    values = np.zeros(idx.size, np.float64)
+    values = np.full(idx.size, np.nan)  # the online history has no event values: unknown, not zero
     items, confidences = model.history_confidences(idx, history.types, values, (state.now - history.ts) / 86_400)
     if items.size:
         state.user_vector = model.fold_in(items, confidences)
@@ -128,7 +129,13 @@ def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, p
             hits[source] = retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])
     only = serve_source(state.mode)
     if only is not None:
-        hits = {only: hits.get(only, retrieval.SourceHits.empty())}
+        chosen = hits.get(only, retrieval.SourceHits.empty())
+        if chosen.item_idx.size >= state.count:
+            hits = {only: chosen}
+        else:
+            # The source finds too few for this request (a cold customer, an unknown history): the whole pipeline
+            # answers instead of a short or empty list.
+            state.mode = PIPELINE
     candidates = retrieval.merge(hits)
     missing = pinned[~isin(pinned, candidates.item_idx)]
     if missing.size:

@@ -26,11 +26,11 @@ NEW_LISTED_DAY = 80  # the validation split is at about day 90: the new items ex
 PARAM_ARGS = [
     "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "als_regularization=1.0",
     "--param", "neighbours_k=10", "--param", "fbt_k=5", "--param", "content_dims=8", "--param", "content_k=5",
-    "--param", "half_life_days=null", "--param", "history_half_life_days=null",
+    "--param", "half_life_days=null", "--param", "history_half_life_days=null", "--param", "tune_budget_seconds=0",
 ]  # fmt: skip
 PARAMS = TrainParams(
     als_factors=8, als_iterations=10, als_regularization=1.0, neighbours_k=10, fbt_k=5, content_dims=8,
-    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30,
+    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30, tune_budget_seconds=0,
 )  # fmt: skip
 
 

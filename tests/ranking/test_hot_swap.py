@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from experiments.services import assignment_cache_clear
@@ -69,6 +70,8 @@ def _traffic(n: int, client: APIClient, stop: threading.Event, out: list[Served]
 
 
 @pytest.mark.django_db(transaction=True)
+# Ten customers asked in a loop for as long as a training takes: the per-customer rate limit is not under test.
+@override_settings(API_CUSTOMER_RATE_PER_MINUTE=10**9)
 def test_activation_under_concurrent_traffic(world: dict[str, Any], make_api_client: Any) -> None:
     serving.clear_caches()
     rules.reset()

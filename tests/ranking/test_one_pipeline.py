@@ -101,7 +101,13 @@ def test_the_offline_recommender_serves_what_the_api_serves(served: dict, admin_
 
     for customer in customers:
         body = _api_list(admin_api, customer, debug="true")
-        assert body["debug"]["serve"] == mode
+        if body["debug"]["serve"] != mode:
+            # The source found fewer candidates than asked for (a short history): the whole pipeline answered,
+            # online and offline alike (ranking.pipeline.stages.retrieve).
+            assert mode != "pipeline"
+            assert body["debug"]["serve"] == "pipeline"
+            assert [item["item_id"] for item in body["items"]] == offline[customer], customer
+            continue
         assert body["debug"]["ranker"] == ("lambdamart" if mode == "pipeline" else mode)
         assert [item["item_id"] for item in body["items"]] == offline[customer], customer
         if mode != "pipeline":

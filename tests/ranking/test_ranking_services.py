@@ -32,13 +32,13 @@ START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 # ALS regularization is sized for 36 users (the product default is sized for thousands).
 SMALL = TrainParams(
     als_factors=8, als_iterations=10, als_regularization=1.0, neighbours_k=10, fbt_k=5, content_dims=8,
-    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30,
+    content_k=5, half_life_days=None, history_half_life_days=None, validation_days=30, tune_budget_seconds=0,
 )  # fmt: skip
 SMALL_ARGS = [
     "--param", "als_factors=8", "--param", "als_iterations=10", "--param", "als_regularization=1.0",
     "--param", "neighbours_k=10",
     "--param", "content_dims=8", "--param", "content_k=5", "--param", "half_life_days=null",
-    "--param", "history_half_life_days=null",
+    "--param", "history_half_life_days=null", "--param", "tune_budget_seconds=0",
 ]  # fmt: skip
 
 
@@ -102,8 +102,12 @@ def test_train_command_builds_a_complete_active_version(
 
     out = capsys.readouterr().out
     assert "status       active (first)" in out
-    assert "validation: temporal hold-out" in out
+    # 36 customers: the last 30 days hold too few of them, so each customer's own tail validates.
+    assert "validation protocol: user_tail (the last 30 days hold only" in out
+    assert "\nserves: " in out
     version = ModelVersion.objects.get()
+    assert version.parameters["serve"] == version.metrics["validation"]["serve"]["choice"]
+    assert version.parameters["serve"] == "pipeline" or version.parameters["serve"].startswith("source:")
     assert version.status == ModelVersion.Status.ACTIVE
     assert version.decision == ModelVersion.Decision.FIRST
     assert version.sizes["n_users"] == 36  # the opted-out customer is not there
@@ -369,3 +373,37 @@ def test_prune_keeps_recent_retired_versions_and_removes_stale_leftovers(artifac
     # training in progress and stays.
     assert sorted(Path(p).name for p in deleted) == [".tmp-crashed-run", "v0", "v1"]
     assert sorted(p.name for p in artifact_root.iterdir()) == [".tmp-still-writing", "v2", "v3", "v4"]
+
+
+def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_registry(
+    artifact_root: Path, commit_hooks: Callable[[], Any], capsys: pytest.CaptureFixture[str], admin_client: Any
+) -> None:
+    _world()
+    budget = 4.0
+    started = time.perf_counter()
+    with commit_hooks():
+        call_command("train", *SMALL_ARGS, "--param", "tune_budget_seconds=99", "--budget", str(budget))
+    elapsed = time.perf_counter() - started
+    out = capsys.readouterr().out
+    version = ModelVersion.objects.get()
+    search = version.metrics["validation"]["tuning"]
+    assert search["budget_seconds"] == budget  # --budget wins over --param
+    assert search["n_trials"] == len(search["trials"]) >= 2
+    slowest = max(trial["seconds"] for trial in search["trials"])
+    assert search["seconds"] <= budget + 2 * slowest + 0.5
+    assert elapsed < budget + 60  # the rest of training on 36 users takes seconds
+    # The chosen values are the version's parameters, and the best trial's.
+    best = next(trial for trial in search["trials"] if trial["trial"] == search["best_trial"])
+    for name, value in best["params"].items():
+        assert search["chosen"][name] == value == version.parameters[name]
+    assert f"tuning: {search['n_trials']} trials" in out
+    assert "chosen: half_life_days=" in out
+
+    page = admin_client.get(f"/admin/ranking/modelversion/{version.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Validation protocol: user_tail" in html
+    assert f"Serves: {version.parameters['serve']}" in html
+    assert html.count("<td>decay</td>") + html.count("<td>sources</td>") == search["n_trials"]
+    listing = admin_client.get("/admin/ranking/modelversion/")
+    assert version.parameters["serve"] in listing.content.decode()

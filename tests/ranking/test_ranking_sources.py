@@ -28,7 +28,10 @@ def test_event_weights_per_type_and_rating_value() -> None:
         [1, 2, 3, 4, 5, 5, 9], [np.nan, np.nan, np.nan, 3.0, 4.0, np.nan, 1.0], {1: 1.0, 2: 2.0, 3: 4.0, 4: 8.0},
         rating_base=0.5, rating_per_point=2.0,
     )  # fmt: skip
-    assert weights.tolist() == [1.0, 2.0, 4.0, 8.0, 8.5, 0.5, 0.0]
+    # A rating of unknown value (the online history has none) weighs 1, not nothing.
+    assert weights.tolist() == [1.0, 2.0, 4.0, 8.0, 8.5, 1.0, 0.0]
+    with_rating_weight = sources.event_weights([5, 5], [np.nan, 2.0], {5: 3.0}, rating_per_point=1.0)
+    assert with_rating_weight.tolist() == [3.0, 2.0]
 
 
 def test_decay_and_confidence() -> None:

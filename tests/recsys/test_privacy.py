@@ -34,7 +34,8 @@ START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 # As tests/ranking/test_ranking_services.py: small and time-independent.
 SMALL = TrainParams(
     als_factors=8, als_iterations=10, neighbours_k=10, fbt_k=5, content_dims=8, content_k=5,
-    half_life_days=None, history_half_life_days=None, validation_days=30,
+    half_life_days=None, history_half_life_days=None, validation_days=30, tune_budget_seconds=0,
+    serve="pipeline",  # these tests are about the pipeline; the never-worse choice has its own tests
 )  # fmt: skip
 ALICE = "alice"
 

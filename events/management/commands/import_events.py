@@ -1,10 +1,13 @@
-"""manage.py import_events FILE.csv: bulk, idempotent import of interactions."""
+"""manage.py import_events FILE.csv: bulk, idempotent import of interactions, then the online state brought up to
+date so serving sees the imported histories at once."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+import redis
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from events.importers import FORMATS
 from events.services import interactions_import
@@ -15,7 +18,9 @@ class Command(BaseCommand):
     help = (
         "Import interactions from CSV (.csv or .csv.gz). Generic columns: "
         "event_id,customer_id,item_id,type,value,occurred_at,session_id (customer_id, item_id, type required). "
-        "Re-running stores nothing twice."
+        "Re-running stores nothing twice. When rows were stored, the online state (histories, affinities, "
+        "counters in Redis) is rebuilt from Postgres at the end, so serving personalises from the imported history "
+        "right away (--no-rebuild to skip, e.g. between several imports)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,11 +32,34 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--max-errors", type=int, default=None, help="stop after this many bad rows")
         parser.add_argument("--batch-size", type=int, default=50_000)
+        parser.add_argument(
+            "--no-rebuild", action="store_true",
+            help="do not rebuild the online state afterwards (run manage.py rebuild_online_state yourself)",
+        )  # fmt: skip
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        run_import(
+        summary = run_import(
             self, interactions_import, options["path"], fmt=options["fmt"],
             create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
             batch_size=options["batch_size"], quiet=options["quiet"],
         )  # fmt: skip
+        if options["no_rebuild"]:
+            if summary.stored:
+                self.stderr.write("online state not rebuilt (--no-rebuild): run manage.py rebuild_online_state")
+            return
+        if not summary.stored:
+            return
+        # Imported events reach Postgres only; without this step serving would answer from an online state that
+        # knows none of them (unpersonalised lists) until a rebuild ran.
+        # Its progress and summary go to stderr: stdout stays the import's summary table.
+        self.stderr.write("Bringing the online state up to date with the imported events (rebuild_online_state)")
+        try:
+            call_command(
+                "rebuild_online_state", quiet=options["quiet"], stdout=self.stderr._out, stderr=self.stderr._out
+            )
+        except (CommandError, redis.RedisError) as exc:
+            raise CommandError(
+                f"the events were imported, but the online state was not rebuilt ({exc}); "
+                "run manage.py rebuild_online_state"
+            ) from exc

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ranking.evaluation import format_table, to_json
-from ranking.services import TrainingError, model_evaluate
+from ranking.services import TrainingError, active_version_params, model_evaluate
 from ranking.training import SOURCE_NAMES, StageTimer, TrainParams
 
 
@@ -51,7 +51,9 @@ class Command(BaseCommand):
             raise CommandError(f"--test-file {options['test_file']}: no such file")
         protocol = "per_user" if fraction is not None else "test_file" if options["test_file"] else "temporal"
         try:
-            params = TrainParams().with_overrides(options["param"])
+            # The active version's values (tuned by train, with its serve mode) unless there is none.
+            base = active_version_params() or TrainParams()
+            params = base.with_overrides(options["param"])
         except (TypeError, ValueError) as exc:
             raise CommandError(f"--param: {exc}") from exc
         timer = StageTimer(("load", "split", "train", "evaluate"), desc="evaluate", file=self.stderr._out,

@@ -8,12 +8,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ranking import tuning
 from ranking.evaluation import format_table
 from ranking.services import TrainingBusy, TrainingError, model_train
 from ranking.training import StageTimer, TrainParams
 
 TRAIN_STAGES = (
-    "load", "content_vectors", "validation_train", "validation_eval", "weights", "als", "item_knn", "ease", "fbt",
+    "load", "content_vectors", "validation_split", "tuning", "validation_train", "validation_eval", "validation_guard",
+    "weights",
+    "als", "item_knn", "ease", "fbt",
     "content", "popularity_trending", "ann", "write",
 )  # fmt: skip
 
@@ -50,6 +53,11 @@ class Command(BaseCommand):
             "--param", action="append", default=[], metavar="NAME=VALUE",
             help="override a training parameter (JSON value), e.g. --param als_factors=128; repeatable",
         )  # fmt: skip
+        parser.add_argument(
+            "--budget", type=float, default=None, metavar="SECONDS",
+            help=f"seconds the parameter search may take (default {TrainParams().tune_budget_seconds:g}; 0: no "
+            "tuning, the parameters as given)",
+        )  # fmt: skip
         parser.add_argument("--quiet", action="store_true", help="no progress output")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -59,6 +67,10 @@ class Command(BaseCommand):
                 params = params.replace(ann_kind=options["ann_kind"])
         except (TypeError, ValueError) as exc:
             raise CommandError(f"--param: {exc}") from exc
+        if options["budget"] is not None:
+            if options["budget"] < 0:
+                raise CommandError("--budget must be zero or positive (seconds)")
+            params = params.replace(tune_budget_seconds=options["budget"])
         timer = StageTimer(TRAIN_STAGES, desc="train", file=self.stderr._out, enabled=not options["quiet"])
         try:
             result = model_train(
@@ -69,6 +81,7 @@ class Command(BaseCommand):
                 force=options["force"],
                 activate=not options["no_activate"],
                 timer=timer,
+                on_event=None if options["quiet"] else self._progress,
             )
         except TrainingBusy as exc:
             raise CommandError(str(exc)) from exc
@@ -89,10 +102,39 @@ class Command(BaseCommand):
             f"decision     {version.notes.splitlines()[-1] if version.notes else '-'}",
         ]
         self.stdout.write("\n".join(lines))
-        if result.validation is not None:
-            self.stdout.write(f"\nvalidation: temporal hold-out of the last {params.validation_days:g} days")
-            self.stdout.write(format_table(result.validation))
+        validation = result.validation
+        if validation is not None:
+            plan = validation["protocol"]
+            self.stdout.write(f"\nvalidation protocol: {plan['protocol']} ({plan['reason']})")
+            search = validation.get("tuning")
+            if search is not None:
+                self.stdout.write(
+                    f"\ntuning: {search['n_trials']} trials in {search['seconds']:.0f} s (budget "
+                    f"{search['budget_seconds']:g} s) on {search['validation_users']:,} validation users; best trial "
+                    f"{search['best_trial']} (NDCG@10 served {search['best_served_ndcg']:.4f}); the 10 best:"
+                )
+                self.stdout.write(tuning.trials_table(search["trials"], limit=10))
+                chosen = ", ".join(f"{name}={value}" for name, value in search["chosen"].items())
+                self.stdout.write(f"chosen: {chosen}")
+            self.stdout.write("\nvalidation (chosen values; users the ranker never saw)")
+            self.stdout.write(format_table(validation))
+            self.stdout.write(f"\nserves: {validation['serve']['choice']} ({validation['serve']['reason']})")
         else:
-            self.stdout.write("\nvalidation: skipped (the window is shorter than twice the validation period)")
+            self.stdout.write("\nvalidation: skipped (no user has enough events to hold some out); serves the pipeline")
         self.stdout.write("\ntimings")
         self.stdout.write(timer.table())
+
+    def _progress(self, kind: str, payload: Any) -> None:
+        """Train's running commentary on stderr: the protocol, each trial, the serve choice."""
+        if kind == "plan":
+            self.stderr.write(f"  validation protocol: {payload.protocol} ({payload.reason})")
+        elif kind == "trial":
+            params = ", ".join(f"{name}={value}" for name, value in payload.params.items())
+            self.stderr.write(
+                f"  trial {payload.number:>3} {payload.phase:<7} pipeline {payload.ndcg:.4f}, best single source "
+                f"{payload.best_source} {payload.best_source_ndcg:.4f} ({payload.seconds:.1f} s): {params}"
+            )
+        elif kind == "ranker":
+            self.stderr.write(f"  {payload}")
+        elif kind == "serve":
+            self.stderr.write(f"  serves: {payload[0]} ({payload[1]})")

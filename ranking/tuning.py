@@ -1,0 +1,406 @@
+"""Training that fits the shop's data: which validation protocol the log supports, the Optuna search of the
+training parameters on it within a time budget, and the "never worse than its parts" choice of what to serve.
+Pure: numpy and Optuna, no ORM, Redis or settings.
+
+The validation protocol: the window's last ``validation_days`` when it holds enough users (at least
+``validation_min_users`` and ``validation_min_share`` of the users with enough history to hold some out), else each
+user's own tail (their last ``validation_tail_fraction`` of events), which fits logs whose users were active at
+different times over months or years.
+
+The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in two
+phases, cheap things first: the decay half-lives (no decay is a candidate) and EASE's lambda, then the other
+sources' hyper-parameters with the first phase's choice fixed. Each trial trains the sources on the validation
+split's training part and scores the served pipeline (retrieval from every source, the blend, the 30% category
+cap) and every single source on its users: the objective is the NDCG@k of what the version would serve, the
+pipeline or its best single source when that is better (:func:`serve_choice`). The defaults are always the first
+trial, so tuning never chooses something worse than the defaults on validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import optuna
+
+from ranking import ann, evaluation
+from ranking.dataset import InteractionLog, ItemTable
+from ranking.pipeline import PIPELINE, TrainedModel, offline_inputs, served_lists, served_quality
+from ranking.pipeline.offline import BLEND_ROW, RANKER_ROW, UNSEEN_SEGMENT
+from ranking.training import TrainedSources, TrainParams, train_sources
+
+logger = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # train prints its own line per trial
+
+WINDOW, USER_TAIL = "window", "user_tail"
+SOURCE_PREFIX = "source:"
+# Sources a version may serve alone (through the same re-ranker) when it beats the pipeline on validation.
+SERVABLE_SOURCES = ("als", "item_knn", "ease", "popularity")
+
+# The search space: discrete grids around each knob's usual range (None = no decay).
+DECAY_SPACE: dict[str, Sequence[Any]] = {
+    "half_life_days": (None, 14.0, 40.0, 120.0, 365.0),
+    "history_half_life_days": (None, 14.0, 60.0, 180.0, 365.0),
+    "popularity_half_life_days": (None, 3.0, 7.0, 30.0, 180.0),
+    "ease_lambda": (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0),
+}
+SOURCE_SPACE: dict[str, Sequence[Any]] = {
+    "als_factors": (32, 64, 128),
+    "als_regularization": (5.0, 20.0, 50.0, 150.0),
+    "als_alpha": (0.5, 1.0, 2.0, 5.0, 10.0),
+    "neighbours_k": (50, 100, 200),
+    "knn_bm25_k1": (0.6, 1.2, 2.0),
+    "knn_bm25_b": (0.25, 0.5, 0.75, 1.0),
+}
+# Which parameters each source's arrays depend on (a trial retrains only the sources whose inputs changed).
+SOURCE_INPUTS: dict[str, tuple[str, ...]] = {
+    "als": ("half_life_days", "als_factors", "als_regularization", "als_alpha"),
+    "item_knn": ("half_life_days", "neighbours_k", "knn_bm25_k1", "knn_bm25_b"),
+    "ease": ("half_life_days", "ease_lambda", "neighbours_k"),
+    "fbt": (),
+    "content": (),
+    "popularity": ("popularity_half_life_days",),
+}
+
+
+# --- The validation protocol ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """Which protocol validates this log, and why (printed by ``train`` and recorded in the version)."""
+
+    protocol: str  # WINDOW, USER_TAIL or "none"
+    reason: str
+    window_users: int  # users with a new item in the last validation_days
+    eligible_users: int  # users with enough events to hold some out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "reason": self.reason,
+            "window_users": self.window_users,
+            "eligible_users": self.eligible_users,
+        }
+
+
+def validation_plan(log: InteractionLog, params: TrainParams) -> tuple[ValidationPlan, evaluation.Split | None]:
+    """Choose the protocol and build its split (sampled to ``validation_max_users``); None when nothing can be
+    held out."""
+    counts = log.user_event_counts()
+    eligible = int((counts >= params.validation_min_history).sum())
+    first, last = log.time_range() if len(log) else (0.0, 0.0)
+    window: evaluation.Split | None = None
+    window_users = 0
+    span_days = (last - first) / 86_400.0
+    if params.validation_days and span_days > 2 * params.validation_days:
+        window = evaluation.split_temporal(log, holdout_days=params.validation_days)
+        window_users = window.n_test_users
+    needed = max(params.validation_min_users, math.ceil(params.validation_min_share * eligible))
+    if window is not None and window_users >= needed:
+        plan = ValidationPlan(
+            WINDOW,
+            f"the last {params.validation_days:g} days hold {window_users:,} users with a new item, at least "
+            f"{needed:,} (max of {params.validation_min_users} and {params.validation_min_share:.0%} of the "
+            f"{eligible:,} users with {params.validation_min_history}+ events)",
+            window_users,
+            eligible,
+        )
+        split = window
+    else:
+        why = (
+            f"the data span {span_days:.0f} days, not more than twice the {params.validation_days:g}-day window"
+            if window is None
+            else f"the last {params.validation_days:g} days hold only {window_users:,} users with a new item, fewer "
+            f"than {needed:,} (max of {params.validation_min_users} and {params.validation_min_share:.0%} of the "
+            f"{eligible:,} users with {params.validation_min_history}+ events)"
+        )
+        split = evaluation.split_user_tail(
+            log, fraction=params.validation_tail_fraction, min_history=params.validation_min_history
+        )
+        if split.n_test_users == 0:
+            return ValidationPlan("none", f"{why}, and no user has enough events to hold some out", 0, eligible), None
+        plan = ValidationPlan(
+            USER_TAIL,
+            f"{why}: each user's last {params.validation_tail_fraction:.0%} of events is held out instead",
+            window_users,
+            eligible,
+        )
+    if split.n_test_users == 0:
+        return plan, None
+    return plan, split.sample_users(params.validation_max_users, params.seed)
+
+
+# --- The search -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    number: int
+    phase: str
+    params: dict[str, Any]
+    ndcg: float  # the pipeline's NDCG@k (blend, 30% cap)
+    singles: dict[str, float]  # every servable source's NDCG@k under the same cap
+    seconds: float
+
+    @property
+    def best_source(self) -> str | None:
+        return max(self.singles, key=self.singles.__getitem__, default=None)
+
+    @property
+    def best_source_ndcg(self) -> float:
+        return max(self.singles.values(), default=0.0)
+
+    @property
+    def served_ndcg(self) -> float:
+        """What the version would serve with these values: the pipeline or its better single source."""
+        return max(self.ndcg, self.best_source_ndcg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.number,
+            "phase": self.phase,
+            "params": self.params,
+            "ndcg": round(self.ndcg, 5),
+            "best_source": self.best_source,
+            "best_source_ndcg": round(self.best_source_ndcg, 5),
+            "singles": {name: round(value, 5) for name, value in self.singles.items()},
+            "served_ndcg": round(self.served_ndcg, 5),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class TuningResult:
+    params: TrainParams
+    chosen: dict[str, Any]  # the tuned knobs' values
+    trials: list[Trial] = field(default_factory=list)
+    budget_seconds: float = 0.0
+    seconds: float = 0.0
+    users: int = 0
+
+    @property
+    def best(self) -> Trial | None:
+        """The trial whose values were chosen (the first of the best, as Optuna reports it)."""
+        return max(self.trials, key=lambda t: t.served_ndcg, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "chosen": self.chosen,
+            "budget_seconds": self.budget_seconds,
+            "seconds": round(self.seconds, 2),
+            "validation_users": self.users,
+            "n_trials": len(self.trials),
+            "best_trial": best.number if best else None,
+            "best_served_ndcg": round(best.served_ndcg, 5) if best else None,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+class _SourceCache:
+    """Trained arrays per source, keyed by the parameters they depend on: a trial retrains only what changed."""
+
+    def __init__(self, split: evaluation.Split, items: ItemTable, vectors: npt.NDArray[np.float32]) -> None:
+        self.split, self.items, self.vectors = split, items, vectors
+        self._arrays: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+        self._content: tuple[np.ndarray, np.ndarray] | None = None  # computed on first use
+
+    def trained(self, params: TrainParams) -> TrainedSources:
+        arrays: dict[str, np.ndarray] = {}
+        info: dict[str, Any] = {}
+        for source, inputs in SOURCE_INPUTS.items():
+            key = (source, *(getattr(params, name) for name in inputs))
+            if key not in self._arrays:
+                include = (source, "trending") if source == "popularity" else (source,)
+                run = train_sources(
+                    self.split.train, self.items, params, reference_ts=self.split.reference_ts,
+                    content=self.vectors, include=include, content_neighbours=False,
+                )  # fmt: skip
+                self._arrays[key] = run.arrays
+                info = run.info
+            arrays.update(self._arrays[key])
+        # Content neighbours depend on the catalog only: once per search, as serving has them (exact search on a
+        # catalog small enough; larger ones fall back to the profile recommender, as the offline pipeline does).
+        if self._content is None:
+            small = self.vectors.shape[0] < params.ann_flat_max_items
+            self._content = (
+                ann.neighbours_table(self.vectors, params.content_k, flat_max_items=params.ann_flat_max_items)
+                if small
+                else None
+            )
+        if self._content is not None:
+            arrays["content_idx"], arrays["content_score"] = self._content
+        return TrainedSources(arrays=arrays, params=params, reference_ts=self.split.reference_ts, info=info)
+
+
+def score_params(cache: _SourceCache, params: TrainParams) -> tuple[float, dict[str, float]]:
+    """THE objective, the one place that knows how a version is judged offline: the NDCG@k of the lists the version
+    would serve the split's users (``ranking.pipeline.served_lists``: the same stages as the API, the default
+    surface config's 30% category cap, purchased and rated items left out) in the "pipeline" mode (the blend: the
+    ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode."""
+    trained = cache.trained(params)
+    model = TrainedModel(trained)
+    inputs = offline_inputs(cache.split, cache.items, model)
+    figures: dict[str, float] = {}
+    for mode in (PIPELINE, *(SOURCE_PREFIX + name for name in SERVABLE_SOURCES)):
+        if mode != PIPELINE and not _has_source(trained, mode.removeprefix(SOURCE_PREFIX)):
+            continue
+        lists = served_lists(model, cache.split, cache.items, serve=mode, k=params.k, inputs=inputs)
+        quality = served_quality(cache.split, lists, k=params.k, item_category=cache.items.category)
+        figures[mode] = float(quality[f"ndcg@{params.k}"])
+    pipeline = figures.pop(PIPELINE)
+    return pipeline, {mode.removeprefix(SOURCE_PREFIX): value for mode, value in figures.items()}
+
+
+def _has_source(trained: TrainedSources, name: str) -> bool:
+    """Whether the version has the arrays a single-source mode serves from (EASE is skipped on large catalogs)."""
+    needs = {"als": "als_item_factors", "item_knn": "knn_idx", "ease": "ease_idx", "popularity": "popularity"}
+    return needs.get(name, name) in trained.arrays
+
+
+def tune(
+    split: evaluation.Split,
+    items: ItemTable,
+    params: TrainParams,
+    vectors: npt.NDArray[np.float32],
+    *,
+    budget_seconds: float,
+    max_trials: int = 200,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> TuningResult:
+    """Search the two phases' grids with TPE (seeded) until ``budget_seconds`` would be exceeded by one more
+    trial (estimated from the latest trial) or ``max_trials`` ran. The first trial of each phase is the current
+    value of its knobs; the result's params are the best trial's."""
+    started = time.perf_counter()
+    deadline = started + max(budget_seconds, 0.0)
+    cache = _SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors)
+    trials: list[Trial] = []
+    best = params
+    latest = 0.0
+    phases = (("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
+    for phase, grids, share in phases:
+        phase_deadline = started + share * max(budget_seconds, 0.0)
+        base = best
+        space = {name: _with_value(values, getattr(base, name)) for name, values in grids.items()}
+        sampler = optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=6)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.enqueue_trial({name: getattr(base, name) for name in space})
+        if phase == "decay":
+            study.enqueue_trial({**{name: getattr(base, name) for name in space}, **_no_decay()})
+
+        def objective(trial: optuna.Trial, space: Mapping[str, Sequence[Any]] = space, base: TrainParams = base,
+                      phase: str = phase) -> float:  # fmt: skip
+            nonlocal latest
+            t0 = time.perf_counter()
+            chosen = {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
+            candidate = base.replace(**chosen)
+            ndcg, singles = score_params(cache, candidate)
+            seconds = time.perf_counter() - t0
+            # The next trial's cost: the latest one's (the first trains every source; later ones reuse most).
+            latest = seconds
+            record = Trial(len(trials), phase, chosen, ndcg, singles, seconds)
+            trials.append(record)
+            if on_trial is not None:
+                on_trial(record)
+            # What the version would serve: the pipeline, or its best single source when that is better (the
+            # never-worse rule, see serve_choice), so a source that will be served alone is tuned too.
+            return max(ndcg, record.best_source_ndcg)
+
+        enqueued = len(study.trials)
+        phase_trials = max(enqueued, max_trials // 2 if phase == "decay" else max_trials - len(trials))
+
+        def stop_when_out_of_time(
+            study: optuna.Study, _trial: Any, limit: float = phase_deadline, first: int = len(trials) + enqueued
+        ) -> None:
+            # The enqueued candidates (the current values, no decay) always run; then one more trial only if it
+            # would end before the phase's share of the budget (estimated from the latest trial).
+            if len(trials) >= first and time.perf_counter() + latest > min(limit, deadline):
+                study.stop()
+
+        if trials and (time.perf_counter() + latest > phase_deadline or phase_trials <= 0):
+            continue
+        study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
+        best = base.replace(**study.best_params)
+    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, SOURCE_SPACE) for name in space}
+    return TuningResult(
+        params=best,
+        chosen=chosen,
+        trials=trials,
+        budget_seconds=budget_seconds,
+        seconds=time.perf_counter() - started,
+        users=cache.split.n_test_users,
+    )
+
+
+def _with_value(grid: Sequence[Any], value: Any) -> list[Any]:
+    """The grid plus the current value (the first trial tries it), None first, the rest ascending."""
+    values = list(dict.fromkeys([*grid, value]))
+    return sorted(values, key=lambda v: (v is not None, v if v is not None else 0))
+
+
+def _no_decay() -> dict[str, Any]:
+    return {"half_life_days": None, "history_half_life_days": None, "popularity_half_life_days": None}
+
+
+# --- What the version serves ----------------------------------------------------------------------------------
+
+
+def serve_choice(pipeline_ndcg: float, singles: Mapping[str, float], *, ranker_ships: bool, k: int) -> tuple[str, str]:
+    """``"pipeline"`` unless the best single servable source, under the same category cap, beats the blended
+    pipeline on the validation users: then ``"source:<name>"``. A ranker that ships has already beaten every single
+    source on the users it never saw, so the pipeline serves. Returns the choice and a sentence saying why."""
+    if ranker_ships:
+        return PIPELINE, "the LambdaMART ranker ships: it beat every single source on validation users it never saw"
+    if not singles:
+        return PIPELINE, f"the blended pipeline (NDCG@{k} {pipeline_ndcg:.4f}); no single source to compare"
+    best = max(singles, key=singles.__getitem__)
+    if singles[best] > pipeline_ndcg:
+        return (
+            SOURCE_PREFIX + best,
+            f"the best single source, {best} (NDCG@{k} {singles[best]:.4f} with the 30% category cap), beats the "
+            f"blended pipeline ({pipeline_ndcg:.4f}) on validation: the version serves {best} alone through the "
+            "same re-ranker",
+        )
+    return (
+        PIPELINE,
+        f"the blended pipeline (NDCG@{k} {pipeline_ndcg:.4f}) is not below the best single source, {best} "
+        f"({singles[best]:.4f} with the 30% category cap)",
+    )
+
+
+def ranker_beats_blend(validation: Mapping[str, Any], *, k: int) -> tuple[bool, str]:
+    """Whether the capped ranker pipeline scores at least the capped blend on the validation users the ranker never
+    saw (the blend is one of the version's parts too: a ranker below it must not ship)."""
+    segments = validation.get("segments", {})
+    rows = segments.get(UNSEEN_SEGMENT, segments.get("main", {})).get("sources", {})
+    key = f"ndcg@{k}"
+    ranker, blend = rows.get(RANKER_ROW, {}).get(key), rows.get(BLEND_ROW, {}).get(key)
+    if ranker is None or blend is None:
+        return True, "no blend figure to compare"
+    verdict = ranker >= blend
+    return verdict, f"ranker NDCG@{k} {ranker:.4f} vs blend {blend:.4f} on the users the ranker never saw"
+
+
+def evaluate_choice(
+    split: evaluation.Split, items: ItemTable, params: TrainParams, vectors: npt.NDArray[np.float32]
+) -> tuple[float, dict[str, float]]:
+    """The objective's figures for one set of values (what the guard compares when no search ran)."""
+    return score_params(_SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors), params)
+
+
+def trials_table(trials: Sequence[Mapping[str, Any]], *, limit: int | None = None) -> str:
+    """The trials as a plain-text table, best first (train's output)."""
+    rows = sorted(trials, key=lambda t: -t["served_ndcg"])[:limit] if limit else list(trials)
+    lines = [f"{'trial':>5}  {'phase':<7}  {'pipeline':>8}  {'best single source':<20}  params"]
+    for t in rows:
+        source = f"{t['best_source']} {t['best_source_ndcg']:.4f}" if t.get("best_source") else "-"
+        params = ", ".join(f"{name}={value}" for name, value in t["params"].items())
+        lines.append(f"{t['trial']:>5}  {t['phase']:<7}  {t['ndcg']:>8.4f}  {source:<20}  {params}")
+    return "\n".join(lines)
