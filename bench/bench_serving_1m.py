@@ -69,7 +69,7 @@ def _log(message: str) -> None:
 
 
 def _environment() -> dict[str, str]:
-    from recsys.redis_urls import with_db
+    from kernel.redis_urls import with_db
 
     env = bench_env(DATABASE)
     env["REDIS_URL"] = with_db(env["REDIS_URL"], REDIS_DB)
@@ -251,7 +251,7 @@ def _database_size(env: dict[str, str]) -> str:
 
 def _active_version(env: dict[str, str]) -> tuple[int, int]:
     code = (
-        "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
+        "from ranking.selectors import active_version_id; from events import keys; from kernel import redis_client;"
         "print(active_version_id() or 0, int(next(redis_client.get().scan_iter(match=keys.history('*')), None)"
         " is not None))"
     )
@@ -355,7 +355,7 @@ def build(
         _log(f"found {counts['items']:,} items / {counts['interactions']:,} interactions: (re)loading")
         record = {"load": load_data(env, n_items, n_interactions)}
         # New data: the online state and any model of older data are stale.
-        manage(env, "shell", "-c", "from recsys import redis_client; redis_client.get().flushdb()")
+        manage(env, "shell", "-c", "from kernel import redis_client; redis_client.get().flushdb()")
         manage(env, "shell", "-c", "from ranking.models import ModelVersion; ModelVersion.objects.all().delete()")
         counts = _counts(env)
     version, has_state = _active_version(env)
