@@ -31,6 +31,7 @@ from events import selectors as event_selectors
 from events.keys import owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
+from ranking import rerank as rr
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
@@ -107,6 +108,8 @@ class RecommendRequest:
     context_category: str = ""
     rules: bool = True  # False: the merchandiser's "rules off" preview
     log_impression: bool = True  # previews are not traffic
+    # An explicit rule set instead of the published rules in force (the dry run's draft); never cached.
+    rule_set: tuple[rr.Rule, ...] | None = None
 
 
 class CachedList(TypedDict, total=False):
@@ -167,7 +170,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     value: CachedList | None = None
     tier = "bypass"
     redis_ok = True
-    if not request.debug:
+    if not request.debug and request.rule_set is None:
         # The exclusions and the page context, digested: free-form ids must not bend the key's shape.
         extra_key = hashlib.blake2b(
             "\x1e".join(("\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category))
@@ -245,7 +248,11 @@ def _serve(
     with trace.stage("user_vector"):
         stages.user_vector(state, model)
     with trace.stage("retrieval"):
-        pin_rules = rules.active_rules(surface=request.surface, now=state.now) if config.rules_enabled else ()
+        pin_rules = (
+            (request.rule_set if request.rule_set is not None else rules.active_rules(surface=request.surface,
+                                                                                      now=state.now))
+            if config.rules_enabled else ()
+        )  # fmt: skip
         pinned = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
         stages.retrieve(state, model, online.global_lists(model, state.context_category_pk), pinned)
     with trace.stage("catalog"):
