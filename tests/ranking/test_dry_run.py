@@ -152,9 +152,11 @@ def test_lists_changed_equals_a_brute_force_re_serve_and_the_estimate_covers_the
     # The tables: rings gained, something was pushed out, the category mix moved towards rings.
     rings = {row["name"]: row for row in result["categories"]}["Rings"]
     assert rings["after"] > rings["before"]
-    assert result["pushed_out"] and all(row["lists_left"] > 0 for row in result["pushed_out"])
+    assert result["pushed_out"]
+    assert all(row["lists_left"] > 0 for row in result["pushed_out"])
     ring_rows = [row for row in result["items"] if row["item_id"].startswith("ring-")]
-    assert ring_rows and all(row["lists_entered"] + row["positions_gained"] > 0 for row in ring_rows)
+    assert ring_rows
+    assert all(row["lists_entered"] + row["positions_gained"] > 0 for row in ring_rows)
     pushed = {row["item_id"] for row in result["pushed_out"]}
     gone = {a for b, c in zip(before, after, strict=True) for a in b if a not in c}
     assert pushed <= gone
@@ -190,7 +192,8 @@ def test_a_change_to_a_published_rule_replaces_it_in_the_dry_run(api: APIClient,
     assert rings["before"] == 0 < rings["after"]  # blocked before, boosted after
     # Trying the live rule itself with its own settings changes nothing.
     same = dry_run.rule_dry_run(rule_id=live.pk, days=1, sample=100)
-    assert same["lists_changed"] == 0 and same["lists"] == result["lists"] > 0
+    assert same["lists_changed"] == 0
+    assert same["lists"] == result["lists"] > 0
 
 
 @pytest.mark.django_db
@@ -200,8 +203,10 @@ def test_command_prints_the_tables(api: APIClient, world: dict[str, Any]) -> Non
     out = io.StringIO()
     call_command("rule_dry_run", str(draft.pk), "--days", "1", "--sample", "50", stdout=out)
     text = out.getvalue()
-    assert "Lists changed:" in text and "of 20" in text
-    assert "Category mix" in text and "Rings" in text
+    assert "Lists changed:" in text
+    assert "of 20" in text
+    assert "Category mix" in text
+    assert "Rings" in text
     assert "Estimate (not a measurement)" in text
 
 
@@ -223,6 +228,47 @@ def test_api_validates_naming_the_field(admin_api: APIClient, api: APIClient, wo
         assert response.status_code == 400, (body, response.content)
         assert field in response.json(), (body, response.json())
     assert admin_api.get("/v1/rules/dry-runs/not-a-run").status_code == 404
+
+
+RULES = "/admin/ranking/businessrule/"
+
+
+@pytest.mark.django_db
+def test_admin_starts_rules_as_drafts_and_publishes_a_draft_change_onto_its_rule(
+    staff: Client, world: dict[str, Any]
+) -> None:
+    form = staff.get(f"{RULES}add/").content.decode()
+    assert '<option value="draft" selected>' in form
+    ring = Category.objects.get(name="Rings")
+    live = BusinessRule.objects.create(name="Rings", kind="boost", target="category", category=ring, weight=0.2)
+    assert staff.post(RULES, {"action": "draft_copy", "_selected_action": [live.pk]}).status_code == 302
+    draft = BusinessRule.objects.get(replaces=live)
+    assert (draft.status, draft.name, draft.weight) == ("draft", "Rings (draft)", 0.2)
+    change = staff.get(f"{RULES}{draft.pk}/change/").content.decode()
+    assert 'id="dry-run-link"' in change
+    assert 'id="draft-note"' in change
+    draft.weight = 0.9
+    draft.save()
+    page = staff.get(f"{RULES}{draft.pk}/dry-run/").content.decode()
+    assert 'id="dry-run-form"' in page
+    assert 'id="publish-submit"' in page
+    assert f"replaces rule {live.pk}" in page
+    assert staff.post(f"{RULES}{draft.pk}/publish/").status_code == 302
+    live.refresh_from_db()
+    assert (live.status, live.weight, live.name) == ("published", 0.9, "Rings")
+    assert not BusinessRule.objects.filter(pk=draft.pk).exists()
+    # A plain draft becomes published itself; the list action does the same.
+    other = _draft(name="Another")
+    assert staff.post(RULES, {"action": "publish", "_selected_action": [other.pk]}).status_code == 302
+    assert BusinessRule.objects.get(pk=other.pk).status == "published"
+    # Bad input on the page is a message, not an error page.
+    bad = staff.post(f"{RULES}{other.pk}/dry-run/", {"days": "0", "sample": "10"})
+    assert bad.status_code == 200
+    assert "days must be" in bad.content.decode()
+    bad = staff.post(f"{RULES}{other.pk}/dry-run/", {"days": "x", "sample": "10"})
+    assert bad.status_code == 200
+    assert "must be numbers" in bad.content.decode()
+    assert staff.get(f"{RULES}{other.pk}/dry-run/nope/status/").status_code == 404
 
 
 # Last in the module: a transactional test empties every table when it ends.

@@ -400,7 +400,7 @@ PREVIEW = f"{RULES}preview/"
 def _rule_form(**values: Any) -> dict[str, Any]:
     """The add/change form's fields, as the browser posts them (split date/time, comma-separated surfaces)."""
     form = {
-        "name": "rule", "enabled": "on", "kind": "boost", "target": "item", "item": "", "category": "", "brand": "",
+        "name": "rule", "status": "published", "enabled": "on", "kind": "boost", "target": "item", "item": "", "category": "", "brand": "",
         "weight": "0.5", "position": "", "surfaces": "", "starts_at_0": "", "starts_at_1": "", "ends_at_0": "",
         "ends_at_1": "",
     }  # fmt: skip
