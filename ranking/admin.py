@@ -322,7 +322,29 @@ class BusinessRuleForm(forms.ModelForm):
 def _dry_run_html(state: dict[str, Any] | None) -> str:
     if not state or state.get("status") != "done":
         return ""
-    return render_to_string("admin/ranking/dry_run_result.html", {"result": state["result"]})
+    result = state["result"]
+
+    def pct(value: float, sign: bool = True) -> str:
+        return f"{value:+.1%}" if sign else f"{value:.1%}"
+
+    estimates = [
+        {**e, "change_pct": pct(e["change"]), "low_pct": pct(e["interval"][0]), "high_pct": pct(e["interval"][1])}
+        for e in result["estimate"].values()
+        if e.get("lists")
+    ]
+    categories = [
+        {**row, "before_pct": pct(row["before"], False), "after_pct": pct(row["after"], False)}
+        for row in result["categories"]
+    ]
+    return render_to_string(
+        "admin/ranking/dry_run_result.html",
+        {
+            "result": result,
+            "estimates": estimates,
+            "categories": categories,
+            "share": pct(result["share_changed"], False),
+        },
+    )
 
 
 ANONYMOUS = "anonymous"  # the picker's choice for a visitor without a customer id
@@ -436,6 +458,8 @@ class BusinessRuleAdmin(admin.ModelAdmin):
             else:
                 return HttpResponseRedirect(reverse("admin:ranking_rule_dry_run_run", args=(rule.pk, run_id)))
         state = dry_run.run_status(run_id=run_id[:64]) if run_id else None
+        if state is not None:
+            days, sample = state.get("days", days), state.get("sample", sample)
         if run_id and state is None:
             error = "This dry run is no longer kept (runs are kept for 7 days): start another."
         context = {

@@ -144,6 +144,7 @@ def estimate(
         "outcome": outcome,
         "lists": n,
         "estimate": True,
+        "observed_events": int(events.sum()),  # attributed events the rates come from
         "before_per_1000": round(float(before / n * 1000), 3),
         "after_per_1000": round(float(after / n * 1000), 3),
         "change": round(float(after / before - 1.0), 5) if before > 0 else 0.0,

@@ -127,6 +127,7 @@ class DryRunEstimateSerializer(serializers.Serializer):
     outcome = serializers.CharField()
     lists = serializers.IntegerField()
     estimate = serializers.BooleanField(help_text="Always true: modelled from observed rates, not measured.")
+    observed_events = serializers.IntegerField(required=False, help_text="Attributed events behind the rates.")
     before_per_1000 = serializers.FloatField(required=False)
     after_per_1000 = serializers.FloatField(required=False)
     change = serializers.FloatField(required=False, help_text="Relative change, e.g. 0.05 = +5%.")
