@@ -348,8 +348,11 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise DryRunError(f"config.{name}", f"config.{name} must be a number.")
-        if not 0 <= value <= (1 if kind is float else 100):
-            raise DryRunError(f"config.{name}", f"config.{name} is out of range.")
+        if kind is int and value != int(value):
+            raise DryRunError(f"config.{name}", f"config.{name} must be a whole number.")
+        if not ((0 <= value <= 1) if kind is float else (1 <= value <= 100)):
+            raise DryRunError(f"config.{name}", f"config.{name} must be between {0 if kind is float else 1} and "
+                              f"{1 if kind is float else 100}.")  # fmt: skip
         clean[name] = kind(value)
     return clean
 
