@@ -1,8 +1,8 @@
 """A draft rule's effect on recent traffic, before it goes live ("Try on recent traffic").
 
 A sample of the last N days' served requests on the customer surfaces (the impression log: who asked, surface,
-time, list length) is re-served twice through serving's own pipeline (``ranking.serving``'s ``_serve``, the code
-every live list runs): once with the published rules in force at the logged time, once with the draft swapped in
+time, list length) is re-served twice through serving's own pipeline (``serving.recommend``, the code every live
+list runs): once with the published rules in force at the logged time, once with the draft swapped in
 (the rule set is an input of the re-rank stage, passed explicitly: nothing is published, nothing is cached, no
 impression is logged). Both runs see the same current online state, model and experiment configuration and use the
 logged request id as the exploration seed, so every difference between the two lists is the draft's.
@@ -13,6 +13,7 @@ observed attributed rates under a position-based model (a slot at position p is 
 1/log2(p + 1)), with a 95% interval from a bootstrap over requests that also redraws each item's rate from its
 Gamma posterior. A draft's schedule is ignored (a rule for next week's sale is tried on last week's traffic); its
 surfaces are not. The item surfaces (similar, bought together) are not replayed: the log has no anchor item.
+The replay goes through ``serving.recommend`` itself with a ``serving.Replay`` (the one hook serving has for this).
 
 Runs as a Celery task (``ranking.tasks.rule_dry_run``) with its progress and result in Redis
 (:func:`run_start`, :func:`run_status`); ``manage.py rule_dry_run`` runs it in the foreground.
@@ -20,7 +21,6 @@ Runs as a Celery task (``ranking.tasks.rule_dry_run``) with its progress and res
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -38,16 +38,12 @@ from django.db.models.functions import MD5
 from django.utils import timezone
 
 from catalog.models import Item
-from events.keys import owner_for
 from events.models import Interaction
-from experiments import services as experiments
 from experiments.models import Impression
 from ranking import rerank as rr
 from ranking import rules, serving
-from ranking.artifacts import get_active_model
 from ranking.merchandising import CUSTOMER_SURFACES
 from ranking.models import BusinessRule
-from ranking.pipeline import online
 from recsys import redis_client
 
 logger = logging.getLogger(__name__)
@@ -310,27 +306,17 @@ def draft_rule_set(
 
 def replay(request: LoggedRequest, *, rule_set: tuple[rr.Rule, ...], config_changes: Mapping[str, Any]) -> IntArray:
     """The list serving would give this logged request now with ``rule_set`` (and ``config_changes``): the served
-    path's own ``_serve`` on the request's owner, with its request id as the exploration seed. Not logged, not
-    cached."""
-    personal = not (request.customer_id and online.opt_outs.contains(request.customer_id))
-    owner = owner_for(customer_id=request.customer_id, session_id=request.session_id) if personal else ""
-    owner = "" if owner == "s:" else owner
-    owners = tuple(o for o in (owner,) if o)
-    if owner and request.customer_id and request.session_id:
-        owners = (owner, owner_for(customer_id="", session_id=request.session_id))
-    unit = owner or request.session_id or request.customer_id or "anonymous"
-    assignment = experiments.assign(surface=request.surface, unit_id=unit)
-    config = dataclasses.replace(assignment.config, **config_changes) if config_changes else assignment.config
-    model = get_active_model()
-    value = serving._serve(  # noqa: SLF001 - the served path itself, with the logged request id as seed
+    path itself (``serving.recommend``) under the logged request id, the exploration seed. Not cached, not logged,
+    not counted as traffic."""
+    result = serving.recommend(
         serving.RecommendRequest(
-            customer_id=request.customer_id if personal else "", session_id=request.session_id,
-            surface=request.surface, count=request.count, log_impression=False, rule_set=rule_set,
-        ),
-        owners=owners, config=config, model=model, variant=assignment.variant, request_id=request.request_id,
-        redis_ok=True, prefetched=None,
+            customer_id=request.customer_id, session_id=request.session_id, surface=request.surface,
+            count=request.count, log_impression=False,
+            replay=serving.Replay(request.request_id, rule_set, tuple(sorted(config_changes.items()))),
+        )
     )  # fmt: skip
-    return np.asarray(value["item_pks"], np.int64)
+    pks = [serving.item_pk(item.item_id) for item in result.items]  # served items: in the item cache
+    return np.array([pk for pk in pks if pk is not None], np.int64)
 
 
 def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
