@@ -230,6 +230,33 @@ def test_api_validates_naming_the_field(admin_api: APIClient, api: APIClient, wo
     assert admin_api.get("/v1/rules/dry-runs/not-a-run").status_code == 404
 
 
+def test_compare_counts_moves_entries_and_push_outs_by_hand() -> None:
+    base = [np.array([1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8])]
+    draft = [np.array([3, 1, 2]), np.array([4, 5, 6]), np.array([9, 7])]
+    result = dry_run.compare(base=base, draft=draft, category_of={1: 10, 2: 10, 3: 20, 7: 20, 8: 10, 9: 30})
+    assert (result["lists"], result["lists_changed"], result["items_affected"]) == (3, 2, 6)
+    rows = {row["pk"]: row for row in result["items"]}
+    assert rows[3]["positions_gained"] == 2
+    assert rows[1]["positions_gained"] == rows[2]["positions_gained"] == -1
+    assert rows[7]["positions_gained"] == -1
+    assert (rows[9]["lists_entered"], rows[8]["lists_left"]) == (1, 1)
+    assert result["pushed_out"] == [{"pk": 8, "lists_left": 1}]
+    mix = {row["category"]: (row["before"], row["after"]) for row in result["categories"]}
+    assert mix[30] == (0.0, 0.125)  # one slot of eight
+    assert mix[-1] == (0.375, 0.375)  # items 4, 5, 6 have no category here
+
+
+@pytest.mark.django_db
+def test_a_diversity_setting_alone_can_be_tried(api: APIClient, world: dict[str, Any]) -> None:
+    _shop(api, [c.external_id for c in world["customers"][:20]], np.random.default_rng(4), visits=1)
+    result = dry_run.rule_dry_run(rule_id=None, days=1, sample=100, config_changes={"diversity_cap": 1.0})
+    assert result["lists"] == 20
+    assert result["lists_changed"] > 0
+    top = max(result["categories"], key=lambda row: row["after"])
+    assert top["after"] > 0.3  # the default cap held every category to 30% of a list
+    assert max(row["before"] for row in result["categories"]) <= 0.3 + 1e-9
+
+
 RULES = "/admin/ranking/businessrule/"
 
 
