@@ -446,7 +446,7 @@ class BusinessRuleAdmin(admin.ModelAdmin):
 
     def dry_run_view(self, request: HttpRequest, object_id: int, run_id: str = "") -> HttpResponse:
         """ "Try on recent traffic": start a dry run (POST), then watch it (the page polls its status)."""
-        rule = self._rule_for(request, object_id)
+        rule = self._rule_for(request, object_id, change=request.method == "POST")
         days, sample, error = dry_run.DEFAULT_DAYS, dry_run.DEFAULT_SAMPLE, ""
         if request.method == "POST":
             try:

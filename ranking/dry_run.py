@@ -236,7 +236,7 @@ def sample_requests(*, days: float, size: int, surfaces: Sequence[str] = CUSTOME
         .annotate(digest=MD5("request_id"))
         .order_by("digest", "request_id")
         .values_list("request_id", "surface", "customer__external_id", "session_id", "served_at", "item_pks")
-    )
+    )[: size * 4]  # a LIMIT lets Postgres keep only the top rows while it scans; a request has a row per experiment
     seen: set[str] = set()
     sample: list[LoggedRequest] = []
     for request_id, surface, customer, session, served_at, item_pks in rows.iterator(chunk_size=1000):
