@@ -448,18 +448,25 @@ class BusinessRuleAdmin(admin.ModelAdmin):
         """ "Try on recent traffic": start a dry run (POST), then watch it (the page polls its status)."""
         rule = self._rule_for(request, object_id, change=request.method == "POST")
         days, sample, error = dry_run.DEFAULT_DAYS, dry_run.DEFAULT_SAMPLE, ""
+        config: dict[str, Any] = {}
         if request.method == "POST":
             try:
                 days = float(request.POST.get("days", days))
                 sample = int(request.POST.get("sample", sample))
-                run_id = dry_run.run_start(rule_id=rule.pk, days=days, sample=sample)
+                changes: dict[str, Any] = {}
+                for name, kind in (("diversity_cap", float), ("max_per_brand", int)):
+                    if raw := request.POST.get(name, "").strip():
+                        changes[name] = kind(raw)
+                config = changes
+                run_id = dry_run.run_start(rule_id=rule.pk, days=days, sample=sample, config_changes=changes)
             except ValueError as exc:  # DryRunError is one
-                error = str(exc) if isinstance(exc, dry_run.DryRunError) else "Days and sample must be numbers."
+                numbers = "Days, sample and settings must be numbers."
+                error = str(exc) if isinstance(exc, dry_run.DryRunError) else numbers
             else:
                 return HttpResponseRedirect(reverse("admin:ranking_rule_dry_run_run", args=(rule.pk, run_id)))
         state = dry_run.run_status(run_id=run_id[:64]) if run_id else None
         if state is not None:
-            days, sample = state.get("days", days), state.get("sample", sample)
+            days, sample, config = state.get("days", days), state.get("sample", sample), state.get("config") or {}
         if run_id and state is None:
             error = "This dry run is no longer kept (runs are kept for 7 days): start another."
         context = {
@@ -470,6 +477,7 @@ class BusinessRuleAdmin(admin.ModelAdmin):
             "rule": rule,
             "days": days,
             "sample": sample,
+            "config": config,
             "run_id": run_id if state else "",
             "state": state,
             "result_html": _dry_run_html(state),

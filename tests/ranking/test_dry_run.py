@@ -295,6 +295,8 @@ def test_admin_starts_rules_as_drafts_and_publishes_a_draft_change_onto_its_rule
     bad = staff.post(f"{RULES}{other.pk}/dry-run/", {"days": "x", "sample": "10"})
     assert bad.status_code == 200
     assert "must be numbers" in bad.content.decode()
+    bad = staff.post(f"{RULES}{other.pk}/dry-run/", {"days": "1", "sample": "10", "diversity_cap": "2"})
+    assert "config.diversity_cap must be between 0 and 1" in bad.content.decode()
     assert staff.get(f"{RULES}{other.pk}/dry-run/nope/status/").status_code == 404
 
 
