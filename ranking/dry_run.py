@@ -40,11 +40,11 @@ from django.utils import timezone
 from catalog.models import Item
 from events.models import Interaction
 from experiments.models import Impression
+from kernel import redis_client
 from ranking import rerank as rr
 from ranking import rules, serving
 from ranking.merchandising import CUSTOMER_SURFACES
 from ranking.models import BusinessRule
-from recsys import redis_client
 
 logger = logging.getLogger(__name__)
 
