@@ -1,6 +1,8 @@
-"""Merchandising rules as the serving path sees them: every enabled rule, cached in each process and reloaded
-only when the rules version in Redis changes (checked at most once a second), then filtered per request by
-surface and schedule. Rule changes go through :func:`ranking.services.business_rule_save`, which bumps the version.
+"""Merchandising rules as the serving path sees them: every enabled, published rule (drafts are never served),
+cached in each process and reloaded only when the rules version in Redis changes (checked at most once a second),
+then filtered per request by surface and schedule. Rule changes go through
+:func:`ranking.merchandising.business_rule_save` (and ``business_rule_publish``), which bump the version. The dry run
+(``ranking.dry_run``) builds its own rule sets from :func:`published_rules` and :func:`stored_rule`.
 """
 
 from __future__ import annotations
