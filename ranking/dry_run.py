@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import redis
+from celery import current_app
 from django.db import connection
 from django.db.models.functions import MD5
 from django.utils import timezone
@@ -57,6 +58,7 @@ PRIOR_WEIGHT = 1.0  # exposure units of the global rate every item starts from (
 TOP_ITEMS = 20
 RUN_TTL = 7 * 24 * 3600
 RUN_KEY = "dryrun:{}"
+TASK = "ranking.tasks.rule_dry_run"
 # Serving settings a dry run may change for the draft side ("a change to a diversity setting").
 CONFIG_FIELDS: dict[str, type] = {
     "diversity": str, "diversity_cap": float, "max_per_brand": int, "mmr_lambda": float,
@@ -422,9 +424,8 @@ def run_start(
     *, rule_id: int | None, days: float = DEFAULT_DAYS, sample: int = DEFAULT_SAMPLE,
     config_changes: Mapping[str, Any] | None = None,
 ) -> str:  # fmt: skip
-    """Validate, record a queued run and send it to a Celery worker; its id. Raises DryRunError for bad input."""
-    from ranking import tasks
-
+    """Validate, record a queued run and send it to a Celery worker (the task by name: ``ranking.tasks`` calls this
+    module); its id. Raises DryRunError for bad input."""
     if not 0 < days <= MAX_DAYS:
         raise DryRunError("days", f"days must be more than 0 and at most {MAX_DAYS}.")
     if not 0 < sample <= MAX_SAMPLE:
@@ -437,7 +438,7 @@ def run_start(
     run_id = uuid.uuid4().hex
     _save(run_id, {"id": run_id, "status": "queued", "done": 0, "total": 0, "rule_id": rule_id, "days": days,
                    "sample": sample, "config": changes, "queued_at": time.time()})  # fmt: skip
-    tasks.rule_dry_run.delay(run_id, rule_id, days, sample, changes)
+    current_app.send_task(TASK, args=(run_id, rule_id, days, sample, changes))
     return run_id
 
 
