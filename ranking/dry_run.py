@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +49,7 @@ from ranking.models import BusinessRule
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DAYS = 7
+DEFAULT_DAYS = 7.0
 DEFAULT_SAMPLE = 500
 MAX_DAYS = 90
 MAX_SAMPLE = 5_000
@@ -416,7 +416,7 @@ def _save(run_id: str, state: dict[str, Any]) -> None:
 
 def run_status(*, run_id: str) -> dict[str, Any] | None:
     """A run's state: status (queued, running, done, failed), done/total requests, the result when done."""
-    raw = redis_client.get().get(RUN_KEY.format(run_id))
+    raw = cast(bytes | None, redis_client.get().get(RUN_KEY.format(run_id)))
     return orjson.loads(raw) if raw else None
 
 
