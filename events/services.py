@@ -18,6 +18,7 @@ from typing import Any
 import kombu.exceptions
 import psycopg
 import redis
+from celery import current_app
 from django.db import connection, transaction
 
 from catalog import erasure
@@ -596,6 +597,7 @@ def online_state_rebuild(
 
 # Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.
 REBUILD_REQUEST_SECONDS = 900
+REBUILD_TASK = "events.tasks.rebuild_online_state"
 
 
 def online_state_rebuild_request() -> bool:
@@ -604,12 +606,11 @@ def online_state_rebuild_request() -> bool:
     ``keys.REBUILD_REQUESTED`` (NX); it is released when a rebuild ends, or expires after
     ``REBUILD_REQUEST_SECONDS`` so a rebuild that never ran (no worker, a crash) is asked for again. Never raises:
     callers are serving requests, which answer from Postgres meanwhile."""
-    from events.tasks import rebuild_online_state  # the tasks module imports this one
-
     try:
         if not online.claim_rebuild_request(ttl_seconds=REBUILD_REQUEST_SECONDS):
             return False
-        rebuild_online_state.delay()
+        # By name (routed like the task itself): the tasks module calls this one, so it is not imported here.
+        current_app.send_task(REBUILD_TASK)
     except (redis.RedisError, kombu.exceptions.OperationalError):
         # Redis (the broker too) unreachable: let the next request try again.
         logger.warning("online_state_rebuild_request_failed", exc_info=True)

@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -164,7 +164,7 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
 
 def surface_known(surface: str) -> bool:
     """Whether a running experiment or a stored surface default names ``surface`` (from the in-process snapshot,
-    no query): metrics label only known surfaces by name (kernel.metrics.metric_surface)."""
+    no query): metrics label only known surfaces by name (recsys.metric_labels.metric_surface)."""
     snapshot = _current_snapshot()
     return surface in snapshot.defaults or surface in snapshot.by_surface
 
@@ -205,7 +205,7 @@ def _current_snapshot() -> _Snapshot:
             return snapshot
         _checked_at = now
         try:
-            raw = redis_client.get().get(keys.VERSION)
+            raw = cast(bytes | None, redis_client.get().get(keys.VERSION))
             token: object = raw.decode() if raw is not None else None
         except redis.RedisError:
             logger.warning("experiment_version_unreadable", exc_info=True)
@@ -455,7 +455,7 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
         batches = 0
         while batches < max_batches:
             # A batch left by a flush that died first, then new ones.
-            raw = client.lrange(keys.IMPRESSIONS_PROCESSING, 0, batch_size - 1)
+            raw = cast(list[bytes], client.lrange(keys.IMPRESSIONS_PROCESSING, 0, batch_size - 1))
             if not raw:
                 if not move(keys=[keys.IMPRESSIONS, keys.IMPRESSIONS_PROCESSING], args=[batch_size]):
                     break
@@ -513,7 +513,9 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
         }
         columns: list[list[Any]] = [[] for _ in range(10)]
         for r in parsed:
-            resolved = [variants[m] for m in map(tuple, r["x"]) if m in variants] or [(None, None)]
+            resolved: list[tuple[int | None, int | None]] = [
+                variants[m] for m in map(tuple, r["x"]) if m in variants
+            ] or [(None, None)]
             for experiment_id, variant_id in resolved:
                 for column, value in zip(
                     columns,

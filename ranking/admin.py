@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, Subquery
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from experiments import charts
-from ranking import merchandising, services, serving
+from ranking import dry_run, merchandising, services, serving
 from ranking.models import BusinessRule, ModelVersion
 
 
@@ -308,9 +308,15 @@ class BusinessRuleForm(forms.ModelForm):
     class Meta:
         model = BusinessRule
         fields = (
-            "name", "enabled", "kind", "target", "item", "category", "brand", "weight", "position", "surfaces",
-            "starts_at", "ends_at",
+            "name", "status", "enabled", "kind", "target", "item", "category", "brand", "weight", "position",
+            "surfaces", "starts_at", "ends_at", "replaces",
         )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None and "status" not in self.initial:
+            # A new rule starts as a draft: serving ignores it until it is tried and published.
+            self.initial["status"] = BusinessRule.Status.DRAFT
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -326,10 +332,44 @@ class BusinessRuleForm(forms.ModelForm):
                 self.add_error("target", "A pin places one item: choose 'an item'.")
             if not data.get("position"):
                 self.add_error("position", "A pin needs a position (1 = first).")
+        replaces = data.get("replaces")
+        if replaces is not None:
+            if data.get("status") != BusinessRule.Status.DRAFT:
+                self.add_error("replaces", "Only a draft changes another rule: publishing it replaces that rule.")
+            elif replaces.status != BusinessRule.Status.PUBLISHED or replaces.pk == self.instance.pk:
+                self.add_error("replaces", "Choose a published rule.")
         starts, ends = data.get("starts_at"), data.get("ends_at")
         if starts and ends and ends <= starts:
             self.add_error("ends_at", "The end must be after the start.")
         return data
+
+
+def _dry_run_html(state: dict[str, Any] | None) -> str:
+    if not state or state.get("status") != "done":
+        return ""
+    result = state["result"]
+
+    def pct(value: float, sign: bool = True) -> str:
+        return f"{value:+.1%}" if sign else f"{value:.1%}"
+
+    estimates = [
+        {**e, "change_pct": pct(e["change"]), "low_pct": pct(e["interval"][0]), "high_pct": pct(e["interval"][1])}
+        for e in result["estimate"].values()
+        if e.get("lists")
+    ]
+    categories = [
+        {**row, "before_pct": pct(row["before"], False), "after_pct": pct(row["after"], False)}
+        for row in result["categories"]
+    ]
+    return render_to_string(
+        "admin/ranking/dry_run_result.html",
+        {
+            "result": result,
+            "estimates": estimates,
+            "categories": categories,
+            "share": pct(result["share_changed"], False),
+        },
+    )
 
 
 ANONYMOUS = "anonymous"  # the picker's choice for a visitor without a customer id
@@ -340,14 +380,15 @@ PREVIEW_SURFACES = (*merchandising.CUSTOMER_SURFACES, *merchandising.ITEM_SURFAC
 class BusinessRuleAdmin(admin.ModelAdmin):
     form = BusinessRuleForm
     change_list_template = "admin/ranking/businessrule/change_list.html"
-    list_display = ("name", "kind", "target", "target_label", "weight", "position", "surfaces_label", "window",
-                    "enabled", "updated_by", "updated_at")  # fmt: skip
-    list_filter = ("enabled", "kind", "target")
+    change_form_template = "admin/ranking/businessrule/change_form.html"
+    list_display = ("name", "status", "kind", "target", "target_label", "weight", "position", "surfaces_label",
+                    "window", "enabled", "updated_by", "updated_at")  # fmt: skip
+    list_filter = ("status", "enabled", "kind", "target")
     search_fields = ("name",)
-    autocomplete_fields = ("item", "category", "brand")
+    autocomplete_fields = ("item", "category", "brand", "replaces")
     list_select_related = ("item", "category", "brand", "updated_by")
     readonly_fields = ("reach",)
-    actions = ("enable", "disable")
+    actions = ("enable", "disable", "publish", "draft_copy")
 
     def save_model(self, request: HttpRequest, obj: BusinessRule, form: Any, change: bool) -> None:
         merchandising.business_rule_save(rule=obj, user_id=request.user.pk)
@@ -366,6 +407,22 @@ class BusinessRuleAdmin(admin.ModelAdmin):
     @admin.action(description="Disable selected rules")
     def disable(self, request: HttpRequest, queryset: QuerySet[BusinessRule]) -> None:
         self._set_enabled(request, queryset, False)
+
+    @admin.action(description="Publish selected drafts (serving uses them at once)")
+    def publish(self, request: HttpRequest, queryset: QuerySet[BusinessRule]) -> None:
+        published = 0
+        for rule in queryset.filter(status=BusinessRule.Status.DRAFT):
+            live = merchandising.business_rule_publish(rule=rule, user_id=request.user.pk)
+            self.log_change(request, live, "Published the rule.")
+            published += 1
+        self.message_user(request, f"Published {published} draft{'s' if published != 1 else ''}.")
+
+    @admin.action(description="Make a draft change of the selected rules")
+    def draft_copy(self, request: HttpRequest, queryset: QuerySet[BusinessRule]) -> None:
+        for rule in queryset.filter(status=BusinessRule.Status.PUBLISHED):
+            draft = merchandising.business_rule_draft_of(rule=rule, user_id=request.user.pk)
+            self.log_addition(request, draft, f"Draft change of rule {rule.pk}.")
+        self.message_user(request, "Edit the draft, try it on recent traffic, then publish it to replace the rule.")
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[BusinessRule], enabled: bool) -> None:
         for rule in queryset:
@@ -391,10 +448,92 @@ class BusinessRuleAdmin(admin.ModelAdmin):
         return render_to_string("admin/ranking/rule_reach.html", {"reach": reach})
 
     def get_urls(self) -> list:
+        view = self.admin_site.admin_view
         return [
-            path("preview/", self.admin_site.admin_view(self.preview_view), name="ranking_preview"),
+            path("preview/", view(self.preview_view), name="ranking_preview"),
+            path("<int:object_id>/dry-run/", view(self.dry_run_view), name="ranking_rule_dry_run"),
+            path("<int:object_id>/dry-run/<str:run_id>/", view(self.dry_run_view), name="ranking_rule_dry_run_run"),
+            path(
+                "<int:object_id>/dry-run/<str:run_id>/status/",
+                view(self.dry_run_status_view),
+                name="ranking_rule_dry_run_status",
+            ),  # fmt: skip
+            path("<int:object_id>/publish/", view(self.publish_view), name="ranking_rule_publish"),
             *super().get_urls(),
         ]
+
+    def _rule_for(self, request: HttpRequest, object_id: int, change: bool = False) -> BusinessRule:
+        rule = get_object_or_404(BusinessRule, pk=object_id)
+        allowed = self.has_change_permission(request, rule) if change else self.has_view_permission(request, rule)
+        if not allowed:
+            raise PermissionDenied
+        return rule
+
+    def dry_run_view(self, request: HttpRequest, object_id: int, run_id: str = "") -> HttpResponse:
+        """ "Try on recent traffic": start a dry run (POST), then watch it (the page polls its status)."""
+        rule = self._rule_for(request, object_id, change=request.method == "POST")
+        days, sample, error = dry_run.DEFAULT_DAYS, dry_run.DEFAULT_SAMPLE, ""
+        config: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                days = float(request.POST.get("days", days))
+                sample = int(request.POST.get("sample", sample))
+                changes: dict[str, Any] = {}
+                for name, kind in (("diversity_cap", float), ("max_per_brand", int)):
+                    if raw := request.POST.get(name, "").strip():
+                        changes[name] = kind(raw)
+                config = changes
+                run_id = dry_run.run_start(rule_id=rule.pk, days=days, sample=sample, config_changes=changes)
+            except ValueError as exc:  # DryRunError is one
+                numbers = "Days, sample and settings must be numbers."
+                error = str(exc) if isinstance(exc, dry_run.DryRunError) else numbers
+            else:
+                return HttpResponseRedirect(reverse("admin:ranking_rule_dry_run_run", args=(rule.pk, run_id)))
+        state = dry_run.run_status(run_id=run_id[:64]) if run_id else None
+        if state is not None:
+            days, sample, config = state.get("days", days), state.get("sample", sample), state.get("config") or {}
+        if run_id and state is None:
+            error = "This dry run is no longer kept (runs are kept for 7 days): start another."
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Try on recent traffic: {rule.name}",
+            "opts": self.model._meta,
+            "original": rule,
+            "rule": rule,
+            "days": days,
+            "sample": sample,
+            "config": config,
+            "run_id": run_id if state else "",
+            "state": state,
+            "result_html": _dry_run_html(state),
+            "error": error,
+            "can_publish": rule.status == BusinessRule.Status.DRAFT and self.has_change_permission(request, rule),
+        }
+        return TemplateResponse(request, "admin/ranking/dry_run.html", context)
+
+    def dry_run_status_view(self, request: HttpRequest, object_id: int, run_id: str) -> HttpResponse:
+        """What the dry-run page polls: the run's progress, and its tables as HTML once done."""
+        self._rule_for(request, object_id)
+        state = dry_run.run_status(run_id=run_id[:64])
+        if state is None:
+            return JsonResponse({"status": "missing", "error": "No such dry run."}, status=404)
+        return JsonResponse({
+            "status": state["status"], "done": state.get("done", 0), "total": state.get("total", 0),
+            "error": state.get("error", ""), "html": _dry_run_html(state),
+        })  # fmt: skip
+
+    def publish_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        rule = self._rule_for(request, object_id, change=True)
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:ranking_rule_dry_run", args=(rule.pk,)))
+        if rule.status != BusinessRule.Status.DRAFT:
+            self.message_user(request, "This rule is already published.", messages.WARNING)
+        else:
+            live = merchandising.business_rule_publish(rule=rule, user_id=request.user.pk)
+            self.log_change(request, live, "Published the rule.")
+            self.message_user(request, f"Published “{live.name}”: serving uses it now.", messages.SUCCESS)
+            rule = live
+        return HttpResponseRedirect(reverse("admin:ranking_businessrule_change", args=(rule.pk,)))
 
     def preview_view(self, request: HttpRequest) -> HttpResponse:
         """ "Preview as customer": the live list with rules on and off, side by side, and the rules that touch it."""

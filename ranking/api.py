@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,10 +14,12 @@ from rest_framework.views import APIView
 from kernel.auth import request_has_scope
 from kernel.models import ApiKey
 from kernel.validation import check_id as _check_id
-from ranking import serving
+from ranking import dry_run, serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
     CountQuerySerializer,
+    DryRunSerializer,
+    DryRunStartSerializer,
     RecommendationListSerializer,
     RecommendationQuerySerializer,
 )
@@ -112,3 +114,41 @@ class BecauseYouViewedApi(APIView):
             customer_id=_check_id(customer_id, "customer_id"), count=query.validated_data["count"]
         )
         return Response(asdict(result))
+
+
+class RuleDryRunStartApi(APIView):
+    """Try a draft business rule (or a serving-settings change) on recent traffic: starts a background run."""
+
+    required_scope = ApiKey.Scope.ADMIN
+
+    @extend_schema(
+        summary="Try a draft rule on recent traffic",
+        description="Re-serves a sample of the last `days` of served requests with and without the draft and "
+        "compares them (lists changed, positions gained/lost, items pushed out, category mix, an estimate of the "
+        "click/purchase change with a 95% interval). Runs on a Celery worker; poll the returned run.",
+        request=DryRunStartSerializer,
+        responses={202: DryRunSerializer},
+    )  # fmt: skip
+    def post(self, request: Request) -> Response:
+        data = DryRunStartSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        try:
+            run_id = dry_run.run_start(
+                rule_id=values["rule_id"], days=values["days"], sample=values["sample"],
+                config_changes=values["config"],
+            )  # fmt: skip
+        except dry_run.DryRunError as exc:
+            raise ValidationError({exc.field: [str(exc)]}) from None
+        return Response(dry_run.run_status(run_id=run_id), status=202)
+
+
+class RuleDryRunApi(APIView):
+    required_scope = ApiKey.Scope.ADMIN
+
+    @extend_schema(summary="A dry run's progress and result", responses=DryRunSerializer)
+    def get(self, request: Request, run_id: str) -> Response:
+        state = dry_run.run_status(run_id=_check_id(run_id, "run_id"))
+        if state is None:
+            raise NotFound(f"No dry run {run_id!r} (runs are kept for 7 days).")
+        return Response(state)

@@ -26,6 +26,39 @@ def business_rule_save(*, rule: BusinessRule, user_id: int | None) -> BusinessRu
     return rule
 
 
+# The fields a published draft carries over onto the rule it changes (``replaces``).
+RULE_FIELDS = (
+    "name", "kind", "target", "item", "category", "brand", "weight", "position", "surfaces", "starts_at", "ends_at",
+    "enabled",
+)  # fmt: skip
+
+
+def business_rule_publish(*, rule: BusinessRule, user_id: int | None) -> BusinessRule:
+    """Make a draft live. A draft that changes a published rule (``replaces``) is copied onto that rule (which keeps
+    its id and history) and removed; otherwise the draft itself becomes published. The published rule."""
+    with transaction.atomic():
+        rule = BusinessRule.objects.select_for_update().get(pk=rule.pk)
+        if rule.replaces_id is not None:
+            target = BusinessRule.objects.select_for_update().get(pk=rule.replaces_id)
+            for name in RULE_FIELDS:
+                setattr(target, name, getattr(rule, name))
+            target.name = target.name.removesuffix(" (draft)")
+            target.status = BusinessRule.Status.PUBLISHED
+            rule.delete()
+            rule = target
+        rule.status = BusinessRule.Status.PUBLISHED
+        return business_rule_save(rule=rule, user_id=user_id)
+
+
+def business_rule_draft_of(*, rule: BusinessRule, user_id: int | None) -> BusinessRule:
+    """A draft copy of a published rule, to change and try before it replaces the rule."""
+    draft = BusinessRule(**{name: getattr(rule, name) for name in RULE_FIELDS})
+    draft.name = f"{rule.name} (draft)"[:200]
+    draft.status = BusinessRule.Status.DRAFT
+    draft.replaces = rule
+    return business_rule_save(rule=draft, user_id=user_id)
+
+
 def business_rule_delete(*, rule: BusinessRule) -> None:
     with transaction.atomic():
         rule.delete()

@@ -61,7 +61,13 @@ class ModelVersion(models.Model):
 
 class BusinessRule(models.Model):
     """A merchandiser's rule: boost, bury, pin or block an item, a category or a brand, on some surfaces, for a
-    while. Edited in the admin; serving reads every enabled rule once per change (ranking/rules.py)."""
+    while. Edited in the admin; serving reads every enabled, published rule once per change (ranking/rules.py).
+    A draft is ignored by serving until published: it can be tried on recent traffic first (ranking/dry_run.py).
+    A draft with ``replaces`` is a change to a published rule: publishing it swaps the two."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "draft (not served)"
+        PUBLISHED = "published", "published"
 
     class Kind(models.TextChoices):
         BOOST = "boost", "boost (move up)"
@@ -95,6 +101,15 @@ class BusinessRule(models.Model):
     starts_at = models.DateTimeField(null=True, blank=True, help_text="Empty = active now.")
     ends_at = models.DateTimeField(null=True, blank=True, help_text="Empty = until switched off.")
     enabled = models.BooleanField(default=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PUBLISHED,
+        help_text="Drafts are never served: try them on recent traffic, then publish. (The admin's add form starts "
+        "new rules as drafts; rules created in code are published unless they say otherwise.)",
+    )  # fmt: skip
+    replaces = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="drafts",
+        help_text="A draft that changes this published rule: publishing the draft replaces it.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
@@ -122,6 +137,10 @@ class BusinessRule(models.Model):
                 condition=models.Q(starts_at__isnull=True)
                 | models.Q(ends_at__isnull=True)
                 | models.Q(ends_at__gt=models.F("starts_at")),
+            ),
+            models.CheckConstraint(
+                name="rule_only_drafts_replace",
+                condition=models.Q(replaces__isnull=True) | models.Q(status="draft"),
             ),
         ]
         indexes = [models.Index(name="rule_enabled", fields=["enabled"])]

@@ -126,7 +126,9 @@ def category_affinity(
     return dict(zip(unique.tolist(), totals.tolist(), strict=True))
 
 
-def click_through_rate(views: NDArray[np.floating], clicks: NDArray[np.floating]) -> NDArray[np.float32]:
+def click_through_rate(
+    views: NDArray[np.floating] | NDArray[np.integer], clicks: NDArray[np.floating] | NDArray[np.integer]
+) -> NDArray[np.float32]:
     """Clicks per view; NaN where an item had no views (unknown, not zero)."""
     views = np.asarray(views, np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):

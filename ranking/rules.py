@@ -1,6 +1,8 @@
-"""Merchandising rules as the serving path sees them: every enabled rule, cached in each process and reloaded
-only when the rules version in Redis changes (checked at most once a second), then filtered per request by
-surface and schedule. Rule changes go through :func:`ranking.services.business_rule_save`, which bumps the version.
+"""Merchandising rules as the serving path sees them: every enabled, published rule (drafts are never served),
+cached in each process and reloaded only when the rules version in Redis changes (checked at most once a second),
+then filtered per request by surface and schedule. Rule changes go through
+:func:`ranking.merchandising.business_rule_save` (and ``business_rule_publish``), which bump the version. The dry run
+(``ranking.dry_run``) builds its own rule sets from :func:`published_rules` and :func:`stored_rule`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
@@ -24,7 +27,7 @@ _CHECK_EVERY = 1.0
 
 
 @dataclass(frozen=True)
-class _StoredRule:
+class StoredRule:
     rule: rr.Rule
     surfaces: frozenset[str]
     starts_at: float | None
@@ -41,7 +44,7 @@ class _StoredRule:
 class _Snapshot:
     def __init__(self) -> None:
         self.token = "none"  # noqa: S105 - a version token, not a secret
-        self.rules: tuple[_StoredRule, ...] = ()
+        self.rules: tuple[StoredRule, ...] = ()
         self.edges = np.empty(0)  # every rule's starts_at and ends_at, sorted
         self.checked = 0.0
         self.loaded = False
@@ -78,30 +81,34 @@ class _Snapshot:
 _snapshot = _Snapshot()
 
 
-def _load() -> tuple[_StoredRule, ...]:
+def _load() -> tuple[StoredRule, ...]:
     from ranking.models import BusinessRule
 
-    loaded = []
-    for rule in BusinessRule.objects.filter(enabled=True).order_by("pk"):
-        target_value = {"item": rule.item_id, "category": rule.category_id, "brand": rule.brand_id}[rule.target]
-        if target_value is None:
-            continue
-        loaded.append(
-            _StoredRule(
-                rule=rr.Rule(
-                    rule_id=rule.pk,
-                    kind=rule.kind,
-                    target=rule.target,
-                    target_value=int(target_value),
-                    weight=float(rule.weight),
-                    position=(rule.position - 1) if rule.position else None,
-                ),
-                surfaces=frozenset(rule.surfaces),
-                starts_at=rule.starts_at.timestamp() if rule.starts_at else None,
-                ends_at=rule.ends_at.timestamp() if rule.ends_at else None,
-            )  # fmt: skip
-        )
-    return tuple(loaded)
+    published = BusinessRule.objects.filter(enabled=True, status=BusinessRule.Status.PUBLISHED).order_by("pk")
+    return tuple(stored for rule in published if (stored := stored_rule(rule)) is not None)
+
+
+def stored_rule(rule: Any) -> StoredRule | None:
+    """A ``BusinessRule`` row as the re-ranker takes it, with its surfaces and schedule (None: no target)."""
+    target_value = {"item": rule.item_id, "category": rule.category_id, "brand": rule.brand_id}[rule.target]
+    if target_value is None:
+        return None
+    return StoredRule(
+        rule=rr.Rule(
+            rule_id=rule.pk or 0, kind=rule.kind, target=rule.target, target_value=int(target_value),
+            weight=float(rule.weight), position=(rule.position - 1) if rule.position else None,
+        ),
+        surfaces=frozenset(rule.surfaces),
+        starts_at=rule.starts_at.timestamp() if rule.starts_at else None,
+        ends_at=rule.ends_at.timestamp() if rule.ends_at else None,
+    )  # fmt: skip
+
+
+def published_rules() -> tuple[StoredRule, ...]:
+    """Every enabled, published rule with its surfaces and schedule (this process's snapshot): the dry run
+    filters them per replayed request with ``StoredRule.applies``."""
+    _snapshot.refresh()
+    return _snapshot.rules
 
 
 def active_rules(*, surface: str, now: float) -> tuple[rr.Rule, ...]:

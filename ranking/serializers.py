@@ -89,3 +89,73 @@ class AnchorGroupsSerializer(serializers.Serializer):
     variant = serializers.CharField(allow_null=True)
     model_version = serializers.IntegerField(allow_null=True)
     groups = AnchorGroupSerializer(many=True)
+
+
+class DryRunStartSerializer(serializers.Serializer):
+    """What to try on recent traffic: a rule (usually a draft), a change of serving settings, or both."""
+
+    rule_id = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1,
+        help_text="The business rule to try (a draft, or a published rule with its current settings).",
+    )  # fmt: skip
+    days = serializers.FloatField(default=7, help_text="How many days of served requests to sample (at most 90).")
+    sample = serializers.IntegerField(default=500, help_text="How many requests to re-serve (at most 5,000).")
+    config = serializers.DictField(
+        required=False, default=dict,
+        help_text="Serving settings to change on the draft side only: diversity ('greedy'/'mmr'), diversity_cap, "
+        "max_per_brand, mmr_lambda, exploration_share.",
+    )  # fmt: skip
+
+
+class DryRunItemSerializer(serializers.Serializer):
+    item_id = serializers.CharField()
+    title = serializers.CharField()
+    lists_entered = serializers.IntegerField(required=False)
+    lists_left = serializers.IntegerField()
+    lists_moved = serializers.IntegerField(required=False)
+    positions_gained = serializers.IntegerField(required=False, help_text="Summed over the lists it stayed in.")
+    mean_positions_gained = serializers.FloatField(required=False)
+
+
+class DryRunCategorySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    before = serializers.FloatField(help_text="Share of the sample's slots.")
+    after = serializers.FloatField()
+
+
+class DryRunEstimateSerializer(serializers.Serializer):
+    outcome = serializers.CharField()
+    lists = serializers.IntegerField()
+    estimate = serializers.BooleanField(help_text="Always true: modelled from observed rates, not measured.")
+    observed_events = serializers.IntegerField(required=False, help_text="Attributed events behind the rates.")
+    before_per_1000 = serializers.FloatField(required=False)
+    after_per_1000 = serializers.FloatField(required=False)
+    change = serializers.FloatField(required=False, help_text="Relative change, e.g. 0.05 = +5%.")
+    interval = serializers.ListField(child=serializers.FloatField(), required=False, help_text="95% interval.")
+
+
+class DryRunResultSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField(allow_null=True)
+    rule = serializers.CharField(allow_null=True)
+    days = serializers.FloatField()
+    sample = serializers.IntegerField()
+    config = serializers.DictField()
+    surfaces = serializers.ListField(child=serializers.CharField())
+    lists = serializers.IntegerField(help_text="Requests re-served.")
+    lists_changed = serializers.IntegerField()
+    share_changed = serializers.FloatField()
+    items_affected = serializers.IntegerField()
+    items = DryRunItemSerializer(many=True)
+    pushed_out = DryRunItemSerializer(many=True)
+    categories = DryRunCategorySerializer(many=True)
+    estimate = serializers.DictField(child=DryRunEstimateSerializer())
+    seconds = serializers.FloatField()
+
+
+class DryRunSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["queued", "running", "done", "failed"])
+    done = serializers.IntegerField(required=False)
+    total = serializers.IntegerField(required=False)
+    error = serializers.CharField(required=False)
+    result = DryRunResultSerializer(required=False)

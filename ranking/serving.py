@@ -31,6 +31,7 @@ from events import selectors as event_selectors
 from events.keys import owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
+from ranking import rerank as rr
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
@@ -107,6 +108,18 @@ class RecommendRequest:
     context_category: str = ""
     rules: bool = True  # False: the merchandiser's "rules off" preview
     log_impression: bool = True  # previews are not traffic
+    replay: Replay | None = None  # the dry run re-serving a logged request (ranking/dry_run.py)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A logged request served again by the dry run: under its logged request id (the exploration seed), with an
+    explicit rule set instead of the published rules in force, and serving-setting changes. Never cached, logged or
+    counted as traffic."""
+
+    request_id: str
+    rule_set: tuple[rr.Rule, ...]
+    config_changes: tuple[tuple[str, Any], ...] = ()
 
 
 class CachedList(TypedDict, total=False):
@@ -154,9 +167,11 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     config = assignment.config
     if not request.rules:
         config = dataclasses.replace(config, rules_enabled=False)
+    if request.replay is not None and request.replay.config_changes:
+        config = dataclasses.replace(config, **dict(request.replay.config_changes))
     model = get_active_model()
     model_version = model.version_id if model else None
-    request_id = uuid.uuid4().hex
+    request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
 
     def compute(prefetched: Sequence[Any] | None, redis_ok: bool = True) -> CachedList:
         return _serve(
@@ -167,7 +182,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     value: CachedList | None = None
     tier = "bypass"
     redis_ok = True
-    if not request.debug:
+    if not request.debug and request.replay is None:
         # The exclusions and the page context, digested: free-form ids must not bend the key's shape.
         extra_key = hashlib.blake2b(
             "\x1e".join(("\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category))
@@ -195,6 +210,12 @@ def recommend(request: RecommendRequest) -> RecommendationList:
         RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
         for item in value["items"]
     )
+    if request.replay is not None:  # not traffic: no impression, no request metrics
+        return RecommendationList(
+            request_id=request_id, surface=request.surface, items=items, experiment=assignment.experiment_key,
+            variant=assignment.variant, model_version=model_version, degraded=value["degraded"], cache=tier,
+            debug=value.get("debug"),
+        )  # fmt: skip
     if request.log_impression and redis_ok:
         experiments.impression_log(
             request_id=request_id, surface=request.surface, customer_id=request.customer_id if personal else "",
@@ -245,7 +266,11 @@ def _serve(
     with trace.stage("user_vector"):
         stages.user_vector(state, model)
     with trace.stage("retrieval"):
-        pin_rules = rules.active_rules(surface=request.surface, now=state.now) if config.rules_enabled else ()
+        pin_rules = (
+            (request.replay.rule_set if request.replay is not None else rules.active_rules(surface=request.surface,
+                                                                                           now=state.now))
+            if config.rules_enabled else ()
+        )  # fmt: skip
         pinned = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
         stages.retrieve(state, model, online.global_lists(model, state.context_category_pk), pinned)
     with trace.stage("catalog"):

@@ -88,3 +88,23 @@ def refresh_trending() -> dict[str, Any]:
     """Recompute the active version's popularity/trending from recent Postgres data into Redis; overwrites."""
     summary = services.trending_refresh()
     return summary or {"skipped": "no active model version"}
+
+
+@shared_task(
+    name="ranking.tasks.rule_dry_run",
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=10,
+    max_retries=2,
+    soft_time_limit=1800,
+    time_limit=1800 + 120,
+)
+def rule_dry_run(
+    run_id: str, rule_id: int | None, days: float, sample: int, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A draft rule tried on recent traffic (``ranking.dry_run``); progress and result in Redis under the run id.
+    A redelivery simply runs it again and overwrites the same run."""
+    from ranking import dry_run
+
+    dry_run.run_execute(run_id=run_id, rule_id=rule_id, days=days, sample=sample, config_changes=config or {})
+    return {"run_id": run_id}

@@ -13,4 +13,6 @@ urlpatterns = [
         api.BecauseYouViewedApi.as_view(),
         name="because-you-viewed",
     ),
+    path("rules/dry-runs", api.RuleDryRunStartApi.as_view(), name="rule-dry-runs"),
+    path("rules/dry-runs/<str:run_id>", api.RuleDryRunApi.as_view(), name="rule-dry-run"),
 ]

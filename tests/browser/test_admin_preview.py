@@ -45,6 +45,7 @@ def test_a_pin_made_in_the_admin_holds_its_place_in_the_preview_with_rules_only(
     # Add a pin rule, choosing the item through the autocomplete.
     page.get(f"{live_server.url}/admin/ranking/businessrule/add/")
     page.find_element(By.ID, "id_name").send_keys("Garden feature")
+    Select(page.find_element(By.ID, "id_status")).select_by_value("published")  # new rules start as drafts
     Select(page.find_element(By.ID, "id_kind")).select_by_value("pin")
     Select(page.find_element(By.ID, "id_target")).select_by_value("item")
     page.find_element(By.CSS_SELECTOR, "#id_item + .select2 .select2-selection").click()

@@ -404,7 +404,7 @@ def _rule_form(**values: Any) -> dict[str, Any]:
     form = {
         "name": "rule", "enabled": "on", "kind": "boost", "target": "item", "item": "", "category": "", "brand": "",
         "weight": "0.5", "position": "", "surfaces": "", "starts_at_0": "", "starts_at_1": "", "ends_at_0": "",
-        "ends_at_1": "",
+        "ends_at_1": "", "status": "published",
     }  # fmt: skip
     form.update({key: str(value) for key, value in values.items()})
     if form.get("enabled") in ("False", ""):
