@@ -47,8 +47,9 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
         raise BadItem("title: is required")
     if len(title) > 500:
         raise BadItem("title: longer than 500 characters")
-    if "\x00" in title or "\x00" in _cell(row, index, "description"):
-        raise BadItem("title/description: contains a NUL character")
+    for name, value in (("title", title), ("description", _cell(row, index, "description"))):
+        if "\x00" in value:
+            raise BadItem(f"{name}: contains a NUL character")
     category = _cell(row, index, "category")
     brand = _cell(row, index, "brand")
     for name, value in (("category", category), ("brand", brand)):
