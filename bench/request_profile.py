@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, str | None, tuple[str, str]]] = [
     ("recommend (serving)", "view dispatch (DRF)", ("ranking/serving.py", "recommend")),
     ("experiment assignment", "recommend (serving)", ("experiments/services.py", "assign")),
     ("list cache (round trips)", "recommend (serving)", ("ranking/cache.py", "get_or_compute")),
-    ("pipeline (traced stages)", "list cache (round trips)", ("ranking/serving.py", "_compute")),
+    ("pipeline (traced stages)", "list cache (round trips)", ("ranking/serving.py", "_serve")),
     ("impression logging", "recommend (serving)", ("experiments/services.py", "impression_log")),
     ("response serialisation", "whole request (Django handler)", ("rest_framework/response.py", "rendered_content")),
 ]
