@@ -59,7 +59,8 @@ def interactions_import(
     on_error: Callable[[RowError], None] | None = None,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
-    with ``ON CONFLICT (event_id) DO NOTHING``, so a re-run stores nothing twice.
+    with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id already stored), so a re-run stores
+    nothing twice.
 
     Each batch commits on its own: an abort (``max_errors``) keeps what was stored and a re-run skips it. Bad rows
     never reach the table. ``on_progress`` gets the bytes read so far.
@@ -263,8 +264,9 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                 FROM {_STAGE} s
                 JOIN catalog_item i ON i.external_id = s.item
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                WHERE NOT EXISTS (SELECT 1 FROM events_interaction x WHERE x.event_id = s.event_id)
                 ORDER BY s.event_id
-                ON CONFLICT (event_id) DO NOTHING"""
+                ON CONFLICT (event_id, occurred_at) DO NOTHING"""
         )
         stored = cursor.rowcount
     with _summary_lock:
@@ -329,7 +331,8 @@ class _StoredEvent:
 def _events_store(
     parsed: list[ParsedEvent], *, received_at: datetime
 ) -> tuple[list[_StoredEvent], list[Rejection], int]:
-    """One transaction: bulk item lookup, bulk customer upsert, bulk insert ``ON CONFLICT (event_id) DO NOTHING``.
+    """One transaction: bulk item lookup, bulk customer upsert, bulk insert ``ON CONFLICT (event_id, occurred_at)
+    DO NOTHING``.
 
     Returns the newly stored events, the rejections for unknown items and the number of duplicates.
     """
@@ -371,7 +374,10 @@ def _events_store(
                SELECT e, c, s, i, t, v, o, %b, r
                FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::smallint[], %b::float8[],
                            %b::timestamptz[], %b::text[]) AS u(e, c, s, i, t, v, o, r)
-               ON CONFLICT (event_id) DO NOTHING
+               -- The table is partitioned by month, so its unique key is (event_id, occurred_at): an event_id
+               -- already stored at another time (a retry whose occurred_at defaulted to its arrival) is skipped here.
+               WHERE NOT EXISTS (SELECT 1 FROM events_interaction x WHERE x.event_id = u.e)
+               ON CONFLICT (event_id, occurred_at) DO NOTHING
                RETURNING event_id, id""",
             [
                 received_at,
