@@ -161,6 +161,28 @@ def partitions_ensure(
     return created
 
 
+def partitions_split_default(
+    *, tables: tuple[PartitionedTable, ...] = TABLES, conn: BaseDatabaseWrapper | None = None
+) -> list[str]:
+    """Give every month that has rows in the default partition its own partition (an import of older data landed
+    there); returns the names created. Cheap when the default partition is empty, as it normally is."""
+    conn = conn or connection
+    created = []
+    for spec in tables:
+        if not is_partitioned(spec=spec, conn=conn):
+            continue
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT DISTINCT date_trunc('month', {_q(spec.column)} AT TIME ZONE 'UTC')::date
+                      FROM {_q(default_name(spec))} ORDER BY 1"""  # noqa: S608 (quoted identifiers of constants)
+            )
+            found = [row[0] for row in cursor.fetchall()]
+        for month in found:
+            if partition_create(spec=spec, month=month, conn=conn):
+                created.append(partition_name(spec, month))
+    return created
+
+
 # --- Retention ----------------------------------------------------------------------------------------------
 
 

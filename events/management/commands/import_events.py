@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from events import partitions
 from events.importers import FORMATS
 from events.services import interactions_import
 from recsys.management.importing import run_import
@@ -35,3 +36,6 @@ class Command(BaseCommand):
             create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
             batch_size=options["batch_size"], quiet=options["quiet"],
         )  # fmt: skip
+        # Older months landed in the default partition: give each its own, so retention can drop it whole.
+        for name in partitions.partitions_split_default(tables=(partitions.INTERACTIONS,)):
+            self.stdout.write(f"created partition {name}")
