@@ -271,6 +271,9 @@ def table_partition(
     """
     table, old = spec.table, f"{spec.table}_unpartitioned"
     with conn.cursor() as cursor:
+        # Deferred foreign-key checks of rows written earlier in this transaction run now: a table with pending
+        # trigger events cannot be dropped.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
         cursor.execute(
             """SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
@@ -343,6 +346,9 @@ def table_unpartition(*, spec: PartitionedTable, unique: dict[str, str], conn: B
     table, old = spec.table, f"{spec.table}_partitioned"
     back = {new: old_name for old_name, new in unique.items()}
     with conn.cursor() as cursor:
+        # Deferred foreign-key checks of rows written earlier in this transaction run now: a table with pending
+        # trigger events cannot be dropped.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
         cursor.execute(
             """SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
