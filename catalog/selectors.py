@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from catalog.models import Category, Customer, Item
 
@@ -97,13 +97,15 @@ _ATTRIBUTES_SINCE_COPY = (
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
-def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttributeColumns:
+def item_attribute_columns(
+    *, updated_since: float | None = None, using: str = DEFAULT_DB_ALIAS
+) -> ItemAttributeColumns:
     """Every item's attributes (or those of the items updated at or after ``updated_since``, Unix time, by the
-    item_updated index), in one binary COPY."""
+    item_updated index), in one binary COPY on the ``using`` database (training passes the replica's alias)."""
     sql = _ATTRIBUTES_SINCE_COPY if updated_since is not None else _ATTRIBUTES_COPY
     params = None if updated_since is None else (float(updated_since),)
     buffer = bytearray()
-    with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+    with connections[using].cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
         for chunk in copy:
             buffer += chunk
     if not buffer.startswith(_COPY_SIGNATURE):

@@ -299,20 +299,23 @@ def item_text(title: str, description: str, category: str, brand: str, tags: str
 
 
 def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
-    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
+    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres: from
+    the replica when one is configured (``DATABASE_REPLICA_URL``), as these are a training's long scans."""
     from catalog import selectors as catalog_selectors
     from ranking import selectors
+    from recsys.db_router import replica_reads
 
-    ids, category, texts = selectors.item_rows()
-    # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
-    attributes = catalog_selectors.item_attribute_columns()
+    with replica_reads() as using:
+        ids, category, texts = selectors.item_rows()  # the ORM: routed to ``using`` by recsys.db_router
+        # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
+        attributes = catalog_selectors.item_attribute_columns(using=using)
+        columns = selectors.interaction_columns(since=since, until=until, using=using)
     order = np.argsort(attributes.pk)
     row = _index_of(attributes.pk[order], ids)
     found = row >= 0
     price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
     created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
     items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
-    columns = selectors.interaction_columns(since=since, until=until)
     log = log_from_arrays(
         customer=columns["customer"],
         item=columns["item"],

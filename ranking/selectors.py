@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Max, Min
 
 from catalog.models import Customer, Item
@@ -32,11 +32,14 @@ _INTERACTIONS_SQL = """
 _FETCH_ROWS = 200_000
 
 
-def interaction_columns(*, since: datetime | None = None, until: datetime | None = None) -> dict[str, np.ndarray]:
+def interaction_columns(
+    *, since: datetime | None = None, until: datetime | None = None, using: str = DEFAULT_DB_ALIAS
+) -> dict[str, np.ndarray]:
     """Columns of the interactions in ``[since, until)``: customer pk (-1 anonymous), item pk, type, value
-    (NaN when none), Unix time, session id. Fetched in chunks so the driver's row tuples stay bounded."""
+    (NaN when none), Unix time, session id, from the ``using`` database (training passes the replica's alias).
+    Fetched in chunks so the driver's row tuples stay bounded."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ("customer", "item", "type", "value", "ts", "session")}
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         cursor.execute(_INTERACTIONS_SQL, [since, until])
         while rows := cursor.fetchmany(_FETCH_ROWS):
             customer, item, type_, value, ts, session = zip(*rows, strict=True)
