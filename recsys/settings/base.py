@@ -124,7 +124,10 @@ if DATABASE_REPLICA_URL:
         DATABASE_REPLICA_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 600), conn_health_checks=True
     )
     DATABASES["replica"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
-    DATABASES["replica"]["OPTIONS"] = dict(DATABASES["default"]["OPTIONS"])
+    # The same timeouts as the primary's; its own connection options (e.g. ?host=) kept.
+    DATABASES["replica"].setdefault("OPTIONS", {}).update(
+        connect_timeout=DB_CONNECT_TIMEOUT, options=DATABASES["default"]["OPTIONS"]["options"]
+    )
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["recsys.db_router.ReplicaRouter"]
 
