@@ -3,9 +3,9 @@
 from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
+from kernel.query_serializers import QuerySerializer
+from kernel.validation import optional_id
 from ranking.serving import MAX_COUNT
-from recsys.query_serializers import QuerySerializer
-from recsys.validation import optional_id
 
 MAX_EXCLUDE = 100
 
@@ -34,7 +34,7 @@ class RecommendationQuerySerializer(CountQuerySerializer):
     )  # fmt: skip
     debug = serializers.BooleanField(default=False, help_text="Add the pipeline trace (needs the admin scope).")
 
-    # The one id rule (recsys.validation): ids a read names can end up stored (impressions).
+    # The one id rule (kernel.validation): ids a read names can end up stored (impressions).
     def validate_customer_id(self, value: str) -> str:
         return optional_id(value)
 
