@@ -302,11 +302,11 @@ def dataset_load(*, since: datetime | None = None, until: datetime | None = None
     """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres: from
     the replica when one is configured (``DATABASE_REPLICA_URL``), as these are a training's long scans."""
     from catalog import selectors as catalog_selectors
+    from kernel.db_router import replica_reads
     from ranking import selectors
-    from recsys.db_router import replica_reads
 
     with replica_reads() as using:
-        ids, category, texts = selectors.item_rows()  # the ORM: routed to ``using`` by recsys.db_router
+        ids, category, texts = selectors.item_rows()  # the ORM: routed to ``using`` by kernel.db_router
         # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
         attributes = catalog_selectors.item_attribute_columns(using=using)
         columns = selectors.interaction_columns(since=since, until=until, using=using)

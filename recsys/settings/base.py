@@ -122,7 +122,7 @@ DATABASES["default"]["OPTIONS"]["connect_timeout"] = DB_CONNECT_TIMEOUT
 DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # An optional streaming replica of the primary: training and evaluation read their interactions and catalog there
-# (recsys.db_router.replica_reads), so a nightly training's long scans never compete with the ingest on the primary.
+# (kernel.db_router.replica_reads), so a nightly training's long scans never compete with the ingest on the primary.
 # Everything else, and every write, uses the primary. Tests mirror it onto the default test database.
 DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL", "")
 if DATABASE_REPLICA_URL:
@@ -135,7 +135,7 @@ if DATABASE_REPLICA_URL:
         connect_timeout=DB_CONNECT_TIMEOUT, options=DATABASES["default"]["OPTIONS"]["options"]
     )
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
-DATABASE_ROUTERS = ["recsys.db_router.ReplicaRouter"]
+DATABASE_ROUTERS = ["kernel.db_router.ReplicaRouter"]
 
 REDIS_URL = env_str("REDIS_URL")
 _REDIS_DB = redis_urls.db_of(REDIS_URL)

@@ -21,8 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from recsys import db_router
-from recsys.localservices import BASE_DIR
+from kernel import db_router
+from kernel.localservices import BASE_DIR
 
 _SCRIPT = r"""
 import json, time
@@ -32,7 +32,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from catalog.models import Category, Item
 from events.models import Interaction
-from recsys.db_router import replica_reads
+from kernel.db_router import replica_reads
 from ranking.dataset import dataset_load
 
 out = {}

@@ -13,9 +13,9 @@ import redis
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from kernel import redis_client
 from ranking import rules, serving
 from ranking.artifacts import loader
-from recsys import redis_client
 from tests.ranking.test_serving import world  # noqa: F401 - the trained module world
 
 pytestmark = pytest.mark.django_db
