@@ -11,7 +11,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,12 @@ logger = logging.getLogger(__name__)
 
 _STAGE = "import_event_stage"
 _STAGE_COLUMNS = "line, event_id, customer, session_id, item, type, value, occurred_at"
+# The interactions table is partitioned by month on occurred_at, so the database's idempotency key is
+# (event_id, occurred_at). An event_id stored at another time within this window is also a duplicate: a client's
+# retry that omitted occurred_at (which then defaults to the arrival time). Bounded, so a batch probes only the
+# partitions around its own times, not every month kept.
+RETRY_WINDOW = timedelta(days=7)
+_RETRY_WINDOW_SQL = "interval '7 days'"
 
 
 def interactions_import(
@@ -60,8 +66,8 @@ def interactions_import(
     on_error: Callable[[RowError], None] | None = None,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
-    with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id already stored), so a re-run stores
-    nothing twice.
+    with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id stored within ``RETRY_WINDOW``), so a
+    re-run stores nothing twice.
 
     Each batch commits on its own: an abort (``max_errors``) keeps what was stored and a re-run skips it. Bad rows
     never reach the table. ``on_progress`` gets the bytes read so far.
@@ -265,7 +271,11 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                 FROM {_STAGE} s
                 JOIN catalog_item i ON i.external_id = s.item
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
-                WHERE NOT EXISTS (SELECT 1 FROM events_interaction x WHERE x.event_id = s.event_id)
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM events_interaction x
+                     WHERE x.event_id = s.event_id
+                       AND x.occurred_at >= (SELECT min(occurred_at) FROM {_STAGE}) - {_RETRY_WINDOW_SQL}
+                       AND x.occurred_at <= (SELECT max(occurred_at) FROM {_STAGE}) + {_RETRY_WINDOW_SQL})
                 ORDER BY s.event_id
                 ON CONFLICT (event_id, occurred_at) DO NOTHING"""
         )
@@ -376,8 +386,10 @@ def _events_store(
                FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::smallint[], %b::float8[],
                            %b::timestamptz[], %b::text[]) AS u(e, c, s, i, t, v, o, r)
                -- The table is partitioned by month, so its unique key is (event_id, occurred_at): an event_id
-               -- already stored at another time (a retry whose occurred_at defaulted to its arrival) is skipped here.
-               WHERE NOT EXISTS (SELECT 1 FROM events_interaction x WHERE x.event_id = u.e)
+               -- already stored at another time (a retry whose occurred_at defaulted to its arrival) is skipped
+               -- here, looked up within RETRY_WINDOW of the batch's times so only those partitions are probed.
+               WHERE NOT EXISTS (SELECT 1 FROM events_interaction x
+                                  WHERE x.event_id = u.e AND x.occurred_at >= %b AND x.occurred_at <= %b)
                ON CONFLICT (event_id, occurred_at) DO NOTHING
                RETURNING event_id, id""",
             [
@@ -390,6 +402,8 @@ def _events_store(
                 [event.value for event in batch],
                 [event.occurred_at for event in batch],
                 [event.request_id for event in batch],
+                min(event.occurred_at for event in batch) - RETRY_WINDOW,
+                max(event.occurred_at for event in batch) + RETRY_WINDOW,
             ],
         )
         inserted: dict[str, int] = dict(cursor.fetchall())

@@ -15,7 +15,7 @@ from catalog.models import Item
 from events import partitions
 from events.management.commands.prune_interactions import parse_cutoff
 from events.models import Interaction
-from events.services import event_ingest_batch
+from events.services import RETRY_WINDOW, event_ingest_batch
 from experiments.models import Impression
 from tests.factories import ItemFactory
 
@@ -134,11 +134,18 @@ def test_a_resent_event_is_stored_once(item: None) -> None:
 
 
 def test_a_retry_without_occurred_at_is_stored_once_though_its_time_differs(item: None) -> None:
-    # Without occurred_at the arrival time is used: the retry carries another time, maybe another month.
-    first = event_ingest_batch(events=[event("e2", None)], received_at=NOW - dt.timedelta(days=40))
+    # Without occurred_at the arrival time is used: the retry carries another time, maybe in another month.
+    first = event_ingest_batch(events=[event("e2", None)], received_at=NOW - RETRY_WINDOW + dt.timedelta(hours=1))
     retry = event_ingest_batch(events=[event("e2", None)], received_at=NOW)
     assert (first.accepted, retry.accepted, retry.duplicates) == (1, 0, 1)
     assert Interaction.objects.filter(event_id="e2").count() == 1
+
+
+def test_an_event_id_reused_beyond_the_retry_window_at_another_time_is_a_new_event(item: None) -> None:
+    # The documented bound (docs/events.md): only this window is searched for the same id at another time.
+    event_ingest_batch(events=[event("e3", None)], received_at=NOW - RETRY_WINDOW - dt.timedelta(hours=1))
+    assert event_ingest_batch(events=[event("e3", None)], received_at=NOW).accepted == 1
+    assert Interaction.objects.filter(event_id="e3").count() == 2
 
 
 def test_a_replayed_impression_batch_is_stored_once() -> None:
