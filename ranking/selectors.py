@@ -13,7 +13,7 @@ from django.db import connection
 from django.db.models import Max, Min
 
 from catalog import selectors as catalog_selectors
-from catalog.models import Customer, Item
+from catalog.models import Item
 from events.models import Interaction
 from ranking import artifact_store
 from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
@@ -86,21 +86,13 @@ def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def item_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Item.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.item_pks), under the name evaluation's callers use."""
+    return catalog_selectors.item_pks(external_ids=external_ids)
 
 
 def customer_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Customer.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.customer_pks), under the name evaluation's callers use."""
+    return catalog_selectors.customer_pks(external_ids=external_ids)
 
 
 # --- Registry -------------------------------------------------------------------------------------------------
