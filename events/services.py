@@ -18,9 +18,11 @@ from typing import Any
 import kombu.exceptions
 import psycopg
 import redis
+from celery import current_app
 from django.db import connection, transaction
 
 from catalog import erasure
+from catalog.services import customer_pks_get_or_create
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -368,7 +370,9 @@ def _events_store(
                 valid[event.event_id] = event
         if not valid:
             return [], unknown, duplicates
-        customers = _customer_pks(cursor, {event.customer_id for event in valid.values()}, created_at=received_at)
+        customers = customer_pks_get_or_create(
+            external_ids={event.customer_id for event in valid.values()}, created_at=received_at, cursor=cursor
+        )
         for event_id, event in list(valid.items()):
             if event.customer_id and event.customer_id not in customers:
                 # An erased id (catalog.erasure): its events are refused, so the erasure sticks.
@@ -439,41 +443,6 @@ class CustomerErased(Exception):
     message = ERASED_CUSTOMER_MESSAGE
 
 
-def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, created_at: datetime) -> dict[str, int]:
-    """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result).
-
-    Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
-    known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
-    order (concurrent requests lock them in one order) and those another request created meanwhile are selected
-    again, by a new statement that sees its commit.
-    """
-    external_ids.discard("")
-    if not external_ids:
-        return {}
-    wanted = sorted(external_ids)
-    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[])"
-    cursor.execute(select, [wanted])
-    found: dict[str, int] = dict(cursor.fetchall())
-    missing = [external_id for external_id in wanted if external_id not in found]
-    if missing:
-        erased = erasure.erased_ids(missing)
-        missing = [external_id for external_id in missing if external_id not in erased]
-    if missing:
-        cursor.execute(
-            """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-               SELECT x, %b, '{}', false FROM unnest(%b::text[]) AS x
-               ON CONFLICT (external_id) DO NOTHING
-               RETURNING external_id, id""",
-            [created_at, missing],
-        )
-        found.update(cursor.fetchall())
-        raced = [external_id for external_id in missing if external_id not in found]
-        if raced:
-            cursor.execute(select, [raced])
-            found.update(cursor.fetchall())
-    return found
-
-
 def _online_apply(events: list[online.OnlineEvent], *, now: float) -> None:
     try:
         online.apply_events(events, now=now)
@@ -498,7 +467,9 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     a retry after a Redis failure still merges the online state.
     """
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow()).get(customer_id)
+        customer_pk = customer_pks_get_or_create(external_ids={customer_id}, created_at=utcnow(), cursor=cursor).get(
+            customer_id
+        )
         if customer_pk is None:
             raise CustomerErased(customer_id)
         merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
@@ -616,6 +587,7 @@ def online_state_rebuild(
 
 # Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.
 REBUILD_REQUEST_SECONDS = 900
+REBUILD_TASK = "events.tasks.rebuild_online_state"
 
 
 def online_state_rebuild_request() -> bool:
@@ -624,12 +596,11 @@ def online_state_rebuild_request() -> bool:
     ``keys.REBUILD_REQUESTED`` (NX); it is released when a rebuild ends, or expires after
     ``REBUILD_REQUEST_SECONDS`` so a rebuild that never ran (no worker, a crash) is asked for again. Never raises:
     callers are serving requests, which answer from Postgres meanwhile."""
-    from events.tasks import rebuild_online_state  # the tasks module imports this one
-
     try:
         if not online.claim_rebuild_request(ttl_seconds=REBUILD_REQUEST_SECONDS):
             return False
-        rebuild_online_state.delay()
+        # By name (routed like the task itself): the tasks module calls this one, so it is not imported here.
+        current_app.send_task(REBUILD_TASK)
     except (redis.RedisError, kombu.exceptions.OperationalError):
         # Redis (the broker too) unreachable: let the next request try again.
         logger.warning("online_state_rebuild_request_failed", exc_info=True)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.db import connection
@@ -330,7 +330,7 @@ def _items_shown_7d(*, now: datetime, at_least: int) -> int:
     the last 24 hours alone reached (then stale), else one scan of the week, cached for an hour."""
     client = redis_client.get()
     try:
-        cached = client.get(COVERAGE_7D_KEY)
+        cached = cast(bytes | None, client.get(COVERAGE_7D_KEY))
     except redis.RedisError:
         cached = None
     if cached is not None and int(cached) >= at_least:
@@ -430,10 +430,10 @@ def _latency_p95(today: date) -> tuple[float | None, float | None]:
     client = redis_client.get()
     key = LATENCY_BASELINE_KEY.format(day=today.isoformat())
     yesterday_key = LATENCY_BASELINE_KEY.format(day=(today - timedelta(days=1)).isoformat())
-    baseline = _load_buckets(client.get(key))
+    baseline = _load_buckets(cast(bytes | None, client.get(key)))
     yesterday_p95 = None
     if baseline is None:
-        yesterday_baseline = _load_buckets(client.get(yesterday_key))
+        yesterday_baseline = _load_buckets(cast(bytes | None, client.get(yesterday_key)))
         if yesterday_baseline is not None:
             # The first run of a day closes yesterday: its growth up to now (at most a few minutes of today).
             grown = _bucket_diff(current, yesterday_baseline)

@@ -33,7 +33,7 @@ from django.test.utils import CaptureQueriesContext
 from catalog.models import Category, Item
 from events.models import Interaction
 from kernel.db_router import replica_reads
-from ranking.dataset import dataset_load
+from ranking.selectors import dataset_load
 
 out = {}
 category = Category.objects.create(external_id="c1", name="One")
