@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from catalog.models import Category, Customer, Item
 
@@ -97,13 +97,15 @@ _ATTRIBUTES_SINCE_COPY = (
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
-def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttributeColumns:
+def item_attribute_columns(
+    *, updated_since: float | None = None, using: str = DEFAULT_DB_ALIAS
+) -> ItemAttributeColumns:
     """Every item's attributes (or those of the items updated at or after ``updated_since``, Unix time, by the
-    item_updated index), in one binary COPY."""
+    item_updated index), in one binary COPY on the ``using`` database (training passes the replica's alias)."""
     sql = _ATTRIBUTES_SINCE_COPY if updated_since is not None else _ATTRIBUTES_COPY
     params = None if updated_since is None else (float(updated_since),)
     buffer = bytearray()
-    with connection.cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
+    with connections[using].cursor() as cursor, cursor.cursor.copy(sql, params) as copy:
         for chunk in copy:
             buffer += chunk
     if not buffer.startswith(_COPY_SIGNATURE):
@@ -122,12 +124,24 @@ def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttribu
     )
 
 
-def item_pks(*, external_ids: Sequence[str]) -> dict[str, int]:
-    """Primary keys of the given external ids (unknown ids left out), in one query."""
-    if not external_ids:
+def item_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
+    """Primary keys of the given items' external ids (unknown ids left out), in one query."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
         return {}
     with connection.cursor() as cursor:
-        cursor.execute("SELECT external_id, id FROM catalog_item WHERE external_id = ANY(%s)", [list(external_ids)])
+        cursor.execute("SELECT external_id, id FROM catalog_item WHERE external_id = ANY(%s::text[])", [wanted])
+        return dict(cursor.fetchall())
+
+
+def customer_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
+    """Primary keys of the customers that exist (unknown ids left out), in one query. Creates nothing: for the
+    customers an event may create, :func:`catalog.services.customer_pks_get_or_create`."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%s::text[])", [wanted])
         return dict(cursor.fetchall())
 
 

@@ -17,6 +17,8 @@ class Interaction(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     # The client's idempotency key (or one derived from the event's content): a retry is stored once.
+    # The table is partitioned by month (events.partitions, migration 0002): in the database the primary key is
+    # (id, occurred_at); ids come from one identity sequence, so ``id`` stays unique and Django's primary key.
     # Opaque keys: byte-wise "C" collation keeps the unique index fast; a constraint, not unique=True, so Django adds
     # no second (LIKE) index that nothing queries.
     event_id = models.CharField(max_length=100, db_collation="C")
@@ -51,7 +53,10 @@ class Interaction(models.Model):
             models.Index(name="interaction_request", fields=["request_id"], condition=~models.Q(request_id="")),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["event_id"], name="interaction_event_id_unique"),
+            # The idempotency key. The table is partitioned by month on occurred_at (events.partitions), and Postgres
+            # requires the partition key in every unique constraint, so it is (event_id, occurred_at); the ingest
+            # also skips an event_id stored at another time (a client's retry without occurred_at).
+            models.UniqueConstraint(fields=["event_id", "occurred_at"], name="interaction_event_time_unique"),
             models.CheckConstraint(
                 condition=models.Q(customer__isnull=False) | ~models.Q(session_id=""),
                 name="interaction_has_customer_or_session",

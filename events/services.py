@@ -11,7 +11,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from celery import current_app
 from django.db import connection, transaction
 
 from catalog import erasure
+from catalog.services import customer_pks_get_or_create
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -48,6 +49,12 @@ logger = logging.getLogger(__name__)
 
 _STAGE = "import_event_stage"
 _STAGE_COLUMNS = "line, event_id, customer, session_id, item, type, value, occurred_at"
+# The interactions table is partitioned by month on occurred_at, so the database's idempotency key is
+# (event_id, occurred_at). An event_id stored at another time within this window is also a duplicate: a client's
+# retry that omitted occurred_at (which then defaults to the arrival time). Bounded, so a batch probes only the
+# partitions around its own times, not every month kept.
+RETRY_WINDOW = timedelta(days=7)
+_RETRY_WINDOW_SQL = "interval '7 days'"
 
 
 def interactions_import(
@@ -61,7 +68,8 @@ def interactions_import(
     on_error: Callable[[RowError], None] | None = None,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
-    with ``ON CONFLICT (event_id) DO NOTHING``, so a re-run stores nothing twice.
+    with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id stored within ``RETRY_WINDOW``), so a
+    re-run stores nothing twice.
 
     Each batch commits on its own: an abort (``max_errors``) keeps what was stored and a re-run skips it. Bad rows
     never reach the table. ``on_progress`` gets the bytes read so far.
@@ -265,8 +273,13 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                 FROM {_STAGE} s
                 JOIN catalog_item i ON i.external_id = s.item
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM events_interaction x
+                     WHERE x.event_id = s.event_id
+                       AND x.occurred_at >= (SELECT min(occurred_at) FROM {_STAGE}) - {_RETRY_WINDOW_SQL}
+                       AND x.occurred_at <= (SELECT max(occurred_at) FROM {_STAGE}) + {_RETRY_WINDOW_SQL})
                 ORDER BY s.event_id
-                ON CONFLICT (event_id) DO NOTHING"""
+                ON CONFLICT (event_id, occurred_at) DO NOTHING"""
         )
         stored = cursor.rowcount
     with _summary_lock:
@@ -331,7 +344,8 @@ class _StoredEvent:
 def _events_store(
     parsed: list[ParsedEvent], *, received_at: datetime
 ) -> tuple[list[_StoredEvent], list[Rejection], int]:
-    """One transaction: bulk item lookup, bulk customer upsert, bulk insert ``ON CONFLICT (event_id) DO NOTHING``.
+    """One transaction: bulk item lookup, bulk customer upsert, bulk insert ``ON CONFLICT (event_id, occurred_at)
+    DO NOTHING``.
 
     Returns the newly stored events, the rejections for unknown items and the number of duplicates.
     """
@@ -356,7 +370,9 @@ def _events_store(
                 valid[event.event_id] = event
         if not valid:
             return [], unknown, duplicates
-        customers = _customer_pks(cursor, {event.customer_id for event in valid.values()}, created_at=received_at)
+        customers = customer_pks_get_or_create(
+            external_ids={event.customer_id for event in valid.values()}, created_at=received_at, cursor=cursor
+        )
         for event_id, event in list(valid.items()):
             if event.customer_id and event.customer_id not in customers:
                 # An erased id (catalog.erasure): its events are refused, so the erasure sticks.
@@ -373,7 +389,12 @@ def _events_store(
                SELECT e, c, s, i, t, v, o, %b, r
                FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::smallint[], %b::float8[],
                            %b::timestamptz[], %b::text[]) AS u(e, c, s, i, t, v, o, r)
-               ON CONFLICT (event_id) DO NOTHING
+               -- The table is partitioned by month, so its unique key is (event_id, occurred_at): an event_id
+               -- already stored at another time (a retry whose occurred_at defaulted to its arrival) is skipped
+               -- here, looked up within RETRY_WINDOW of the batch's times so only those partitions are probed.
+               WHERE NOT EXISTS (SELECT 1 FROM events_interaction x
+                                  WHERE x.event_id = u.e AND x.occurred_at >= %b AND x.occurred_at <= %b)
+               ON CONFLICT (event_id, occurred_at) DO NOTHING
                RETURNING event_id, id""",
             [
                 received_at,
@@ -385,6 +406,8 @@ def _events_store(
                 [event.value for event in batch],
                 [event.occurred_at for event in batch],
                 [event.request_id for event in batch],
+                min(event.occurred_at for event in batch) - RETRY_WINDOW,
+                max(event.occurred_at for event in batch) + RETRY_WINDOW,
             ],
         )
         inserted: dict[str, int] = dict(cursor.fetchall())
@@ -420,41 +443,6 @@ class CustomerErased(Exception):
     message = ERASED_CUSTOMER_MESSAGE
 
 
-def _customer_pks(cursor: psycopg.Cursor[Any], external_ids: set[str], *, created_at: datetime) -> dict[str, int]:
-    """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result).
-
-    Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
-    known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
-    order (concurrent requests lock them in one order) and those another request created meanwhile are selected
-    again, by a new statement that sees its commit.
-    """
-    external_ids.discard("")
-    if not external_ids:
-        return {}
-    wanted = sorted(external_ids)
-    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[])"
-    cursor.execute(select, [wanted])
-    found: dict[str, int] = dict(cursor.fetchall())
-    missing = [external_id for external_id in wanted if external_id not in found]
-    if missing:
-        erased = erasure.erased_ids(missing)
-        missing = [external_id for external_id in missing if external_id not in erased]
-    if missing:
-        cursor.execute(
-            """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-               SELECT x, %b, '{}', false FROM unnest(%b::text[]) AS x
-               ON CONFLICT (external_id) DO NOTHING
-               RETURNING external_id, id""",
-            [created_at, missing],
-        )
-        found.update(cursor.fetchall())
-        raced = [external_id for external_id in missing if external_id not in found]
-        if raced:
-            cursor.execute(select, [raced])
-            found.update(cursor.fetchall())
-    return found
-
-
 def _online_apply(events: list[online.OnlineEvent], *, now: float) -> None:
     try:
         online.apply_events(events, now=now)
@@ -479,7 +467,9 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     a retry after a Redis failure still merges the online state.
     """
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        customer_pk = _customer_pks(cursor, {customer_id}, created_at=utcnow()).get(customer_id)
+        customer_pk = customer_pks_get_or_create(external_ids={customer_id}, created_at=utcnow(), cursor=cursor).get(
+            customer_id
+        )
         if customer_pk is None:
             raise CustomerErased(customer_id)
         merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(

@@ -8,7 +8,7 @@ import redis
 from celery import shared_task
 from django.db import connection
 
-from events import services
+from events import partitions, services
 
 
 @shared_task(
@@ -53,3 +53,14 @@ def rebuild_online_state() -> dict[str, Any]:
         "items_folded": summary.items_folded,
         "seconds": round(summary.seconds, 1),
     }
+
+
+@shared_task(
+    name="events.tasks.partitions_ensure",
+    acks_late=True,
+    soft_time_limit=600,
+    time_limit=660,
+)
+def partitions_ensure() -> dict[str, Any]:
+    """Create the monthly partitions of interactions and impressions ahead of time; a no-op when they exist."""
+    return {"created": partitions.partitions_ensure()}

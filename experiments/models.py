@@ -256,8 +256,12 @@ class Impression(models.Model):
             BrinIndex(name="impression_served_brin", fields=["served_at"], autosummarize=True),
         ]
         constraints = [
+            # With served_at: the table is partitioned by month on it (events.partitions, migration 0005) and Postgres
+            # requires the partition key in every unique constraint; a replayed flush carries the same served_at.
             models.UniqueConstraint(
-                fields=["request_id", "experiment"], nulls_distinct=False, name="impression_request_experiment"
+                fields=["request_id", "experiment", "served_at"],
+                nulls_distinct=False,
+                name="impression_request_experiment_time",
             ),
         ]
 

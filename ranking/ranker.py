@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -236,10 +235,6 @@ def train_ranker(
         valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
     )
-
-
-def load_ranker(path: Path) -> lgb.Booster:
-    return lgb.Booster(model_file=str(path))
 
 
 def score(booster: lgb.Booster, X: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Max, Min
 
 from catalog import selectors as catalog_selectors
-from catalog.models import Customer, Item
+from catalog.models import Item
 from events.models import Interaction
+from kernel.db_router import replica_reads
 from ranking import artifact_store
 from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
 from ranking.models import ModelVersion
@@ -41,11 +42,14 @@ class VersionLocation:
     path: Path
 
 
-def interaction_columns(*, since: datetime | None = None, until: datetime | None = None) -> dict[str, np.ndarray]:
+def interaction_columns(
+    *, since: datetime | None = None, until: datetime | None = None, using: str = DEFAULT_DB_ALIAS
+) -> dict[str, np.ndarray]:
     """Columns of the interactions in ``[since, until)``: customer pk (-1 anonymous), item pk, type, value
-    (NaN when none), Unix time, session id. Fetched in chunks so the driver's row tuples stay bounded."""
+    (NaN when none), Unix time, session id, from the ``using`` database (training passes the replica's alias).
+    Fetched in chunks so the driver's row tuples stay bounded."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ("customer", "item", "type", "value", "ts", "session")}
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         cursor.execute(_INTERACTIONS_SQL, [since, until])
         while rows := cursor.fetchmany(_FETCH_ROWS):
             customer, item, type_, value, ts, session = zip(*rows, strict=True)
@@ -86,21 +90,13 @@ def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def item_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Item.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.item_pks), under the name evaluation's callers use."""
+    return catalog_selectors.item_pks(external_ids=external_ids)
 
 
 def customer_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Customer.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.customer_pks), under the name evaluation's callers use."""
+    return catalog_selectors.customer_pks(external_ids=external_ids)
 
 
 # --- Registry -------------------------------------------------------------------------------------------------
@@ -149,17 +145,19 @@ def versions_with_artifacts() -> list[tuple[int, str, str, str]]:
 
 
 def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
-    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
-    ids, category, texts = item_rows()
-    # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
-    attributes = catalog_selectors.item_attribute_columns()
+    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres: from
+    the replica when one is configured (``DATABASE_REPLICA_URL``), as these are a training's long scans."""
+    with replica_reads() as using:
+        ids, category, texts = item_rows()  # the ORM: routed to ``using`` by kernel.db_router
+        # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
+        attributes = catalog_selectors.item_attribute_columns(using=using)
+        columns = interaction_columns(since=since, until=until, using=using)
     order = np.argsort(attributes.pk)
     row = index_of(attributes.pk[order], ids)
     found = row >= 0
     price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
     created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
     items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
-    columns = interaction_columns(since=since, until=until)
     log = log_from_arrays(
         customer=columns["customer"],
         item=columns["item"],

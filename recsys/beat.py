@@ -56,4 +56,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 240},
     },
+    # Interactions and impressions are partitioned by month (events.partitions); the coming two months' partitions
+    # are created ahead, so inserts never wait on DDL nor land in the default partition. Daily (off the hour, after
+    # the nightly training) leaves a month of missed runs before anything lands in the default partition.
+    "partitions-ensure-daily": {
+        "task": "events.tasks.partitions_ensure",
+        "schedule": crontab(hour=5, minute=41),
+        "options": {"expires": 12 * 3600},
+    },
 }

@@ -121,6 +121,21 @@ _STATEMENT_TIMEOUT_MS = DB_STATEMENT_TIMEOUT_MS if DB_PROCESS_ROLE == WEB else D
 DATABASES["default"]["OPTIONS"]["connect_timeout"] = DB_CONNECT_TIMEOUT
 DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# An optional streaming replica of the primary: training and evaluation read their interactions and catalog there
+# (kernel.db_router.replica_reads), so a nightly training's long scans never compete with the ingest on the primary.
+# Everything else, and every write, uses the primary. Tests mirror it onto the default test database.
+DATABASE_REPLICA_URL = env_str("DATABASE_REPLICA_URL", "")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        DATABASE_REPLICA_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 600), conn_health_checks=True
+    )
+    DATABASES["replica"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+    # The same timeouts as the primary's; its own connection options (e.g. ?host=) kept.
+    DATABASES["replica"].setdefault("OPTIONS", {}).update(
+        connect_timeout=DB_CONNECT_TIMEOUT, options=DATABASES["default"]["OPTIONS"]["options"]
+    )
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["kernel.db_router.ReplicaRouter"]
 
 REDIS_URL = env_str("REDIS_URL")
 _REDIS_DB = redis_urls.db_of(REDIS_URL)

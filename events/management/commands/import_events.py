@@ -9,6 +9,7 @@ import redis
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from events import partitions
 from events.importers import FORMATS
 from events.services import interactions_import
 from kernel.management.importing import run_import
@@ -44,6 +45,8 @@ class Command(BaseCommand):
             create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
             batch_size=options["batch_size"], quiet=options["quiet"],
         )  # fmt: skip
+        # Older months landed in the default partition: give each its own (logged), so retention can drop it whole.
+        partitions.partitions_split_default(tables=(partitions.INTERACTIONS,))
         if options["no_rebuild"]:
             if summary.stored:
                 self.stderr.write("online state not rebuilt (--no-rebuild): run manage.py rebuild_online_state")
