@@ -1,7 +1,7 @@
 """Event use cases: bulk import of interactions from CSV, real-time ingestion through the API, session merge,
 and the online state's fold and rebuild."""
 
-from events.services.imports import interactions_import
+from events.services.imports import RETRY_WINDOW, interactions_import
 from events.services.ingest import (
     ERASED_CUSTOMER_MESSAGE,
     CustomerErased,
@@ -27,6 +27,7 @@ __all__ = [
     "REBUILD_LOCK_SECONDS",
     "REBUILD_REQUEST_SECONDS",
     "REBUILD_TASK",
+    "RETRY_WINDOW",
     "CustomerErased",
     "FoldSummary",
     "IngestResult",
