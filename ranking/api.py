@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,6 +15,8 @@ from ranking import serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
     CountQuerySerializer,
+    PageRequestSerializer,
+    PageSerializer,
     RecommendationListSerializer,
     RecommendationQuerySerializer,
 )
@@ -59,7 +61,7 @@ class RecommendationListApi(APIView):
                 customer_id=data["customer_id"], session_id=data["session_id"], surface=data["surface"],
                 count=data["count"], category=data["category"] or None, exclude=tuple(data["exclude"]),
                 context_item_id=data["context_item_id"], context_category=data["context_category"],
-                debug=data["debug"], forced_variant=forced,
+                debug=data["debug"], forced_variant=forced, exclude_request_ids=tuple(data["exclude_request_ids"]),
             )
         )  # fmt: skip
         return Response(_list_body(result))
@@ -112,3 +114,47 @@ class BecauseYouViewedApi(APIView):
             customer_id=_check_id(customer_id, "customer_id"), count=query.validated_data["count"]
         )
         return Response(asdict(result))
+
+
+class PageApi(APIView):
+    """Several widgets of one page in one call, without repeats (``ranking.serving.recommend_page``)."""
+
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(summary="A whole page of widgets, no item twice", request=PageRequestSerializer,
+                   responses=PageSerializer)  # fmt: skip
+    def post(self, request: Request) -> Response:
+        body = PageRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        widgets = tuple(
+            serving.PageWidget(
+                kind=w["kind"], surface=w["surface"], count=w["count"], category=w["category"] or None,
+                item_id=w["item_id"], groups=w["groups"],
+            )
+            for w in data["widgets"]
+        )  # fmt: skip
+        try:
+            page = serving.recommend_page(
+                serving.PageRequest(
+                    customer_id=data["customer_id"], session_id=data["session_id"], widgets=widgets,
+                    context_item_id=data["context_item_id"], context_category=data["context_category"],
+                    exclude_request_ids=tuple(data["exclude_request_ids"]),
+                )
+            )  # fmt: skip
+        except serving.PageWidgetError as exc:
+            raise ValidationError({"widgets": {str(exc.index): {exc.field: [exc.message]}}}) from None
+        return Response(
+            {
+                "model_version": page.model_version,
+                "degraded": page.degraded,
+                "widgets": [
+                    {
+                        "kind": w.kind, "request_id": w.request_id, "surface": w.surface, "experiment": w.experiment,
+                        "variant": w.variant, "items": [asdict(item) for item in w.items],
+                        "groups": [asdict(group) for group in w.groups],
+                    }
+                    for w in page.widgets
+                ],
+            }
+        )  # fmt: skip

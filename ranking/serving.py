@@ -26,11 +26,12 @@ from typing import Any, TypedDict
 import numpy as np
 import redis
 from django.db import DatabaseError
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from events import online as events_online
 from events import selectors as event_selectors
-from events.keys import owner_for
+from events.features import DISMISS
+from events.keys import PROBE_SESSION_ID, owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
 from ranking import rules
@@ -388,6 +389,45 @@ def recommend_page(request: PageRequest) -> Page:
     REQUESTS.labels("page", "page", "-", "miss").inc()
     LATENCY.labels("page", "page", "-").observe(time.perf_counter() - started)
     return Page(tuple(results), model.version_id if model else None, degraded)
+
+
+# --- The freshness probe ------------------------------------------------------------------------------------------
+
+PROBE_RESULTS = Counter(
+    "recsys_freshness_probe_total", "Synthetic freshness probes: ok, stale (the list ignored the event), error.",
+    ["result"],
+)  # fmt: skip
+PROBE_SURFACE = "probe"
+
+
+def freshness_probe() -> str:
+    """Serve a list to the reserved probe session (events.keys.PROBE_SESSION_ID), dismiss its first item through
+    the online state as ingestion would, serve again through the same path (cache included) and check the item is
+    gone: "ok", "stale" (silent staleness: the event did not reach the list) or "error" (nothing to dismiss, or a
+    failure). The probe's state is forgotten afterwards; it never touches Postgres, impressions or traffic metrics."""
+    owner = owner_for(customer_id="", session_id=PROBE_SESSION_ID)
+    probe = RecommendRequest(session_id=PROBE_SESSION_ID, surface=PROBE_SURFACE, count=5, probe=True)
+    result = "error"
+    try:
+        first = recommend(probe)
+        pk = online.item_pk(first.items[0].item_id) if first.items else None
+        if pk is not None:
+            now = time.time()
+            dismiss = events_online.OnlineEvent(owner, 0, pk, None, DISMISS, None, now)
+            events_online.apply_events([dismiss], now=now)
+            second = recommend(probe)
+            result = "stale" if first.items[0].item_id in {item.item_id for item in second.items} else "ok"
+    except (redis.RedisError, DatabaseError):
+        logger.warning("freshness_probe_failed", exc_info=True)
+    finally:
+        try:
+            events_online.forget_owner(owner, version_ttl_seconds=SHOWN_TTL_SECONDS)
+        except redis.RedisError:
+            logger.warning("freshness_probe_cleanup_failed", exc_info=True)
+    PROBE_RESULTS.labels(result).inc()
+    if result != "ok":
+        logger.warning("freshness_probe", extra={"result": result})
+    return result
 
 
 def serve_mode(model: ActiveModel | None) -> str:

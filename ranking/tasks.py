@@ -88,3 +88,11 @@ def refresh_trending() -> dict[str, Any]:
     """Recompute the active version's popularity/trending from recent Postgres data into Redis; overwrites."""
     summary = services.trending_refresh()
     return summary or {"skipped": "no active model version"}
+
+
+@shared_task(name="ranking.tasks.freshness_probe", acks_late=True, soft_time_limit=20, time_limit=30)
+def freshness_probe() -> str:
+    """The synthetic freshness probe (``ranking.serving.freshness_probe``): "ok", "stale" or "error"."""
+    from ranking import serving  # serving loads the model machinery; only this task needs it
+
+    return serving.freshness_probe()
