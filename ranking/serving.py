@@ -334,6 +334,8 @@ def recommend_page(request: PageRequest) -> Page:
         context_category=request.context_category, excluded_requests=excluded_requests,
     )  # fmt: skip
     page_shown = np.union1d(shared.read.dismissed_pks, shared.shown)
+    if shared.context_item_pk is not None:  # the item on the page is recommended in none of its widgets
+        page_shown = np.union1d(page_shown, [shared.context_item_pk])
     degraded = model is None or shared.read.source == "postgres"
     results: list[PageWidgetResult] = []
     answers: dict[str, list[int]] = {}
