@@ -377,11 +377,13 @@ def arrivals_reflected(observed: Mapping[str, bytes]) -> None:
     pipe.execute()
 
 
-def write_shown(owner: str, request_id: str, item_pks: Sequence[int], *, ttl_seconds: int) -> None:
-    """Note which items the answer ``request_id`` showed the owner (``keys.shown``)."""
+def write_shown(answers: Mapping[str, Mapping[str, Sequence[int]]], *, ttl_seconds: int) -> None:
+    """Note which items each answer showed its owner (``keys.shown``): owner -> {request id: item pks}, one
+    pipeline for them all."""
     pipe = redis_client.get().pipeline(transaction=False)
-    pipe.hset(keys.shown(owner), request_id, ",".join(map(str, item_pks)))
-    pipe.expire(keys.shown(owner), ttl_seconds)
+    for owner, shown in answers.items():
+        pipe.hset(keys.shown(owner), mapping={rid: ",".join(map(str, pks)) for rid, pks in shown.items()})
+        pipe.expire(keys.shown(owner), ttl_seconds)
     pipe.execute()
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -72,6 +73,7 @@ from ranking.pipeline.state import (
     serve_source,
 )
 from recsys import redis_client
+from recsys.background import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -501,6 +503,8 @@ def _shared_work(
             shown = events_online.parse_shown(prefetched[size])
             prefetched = prefetched[:size]
         read = online.owner_state(owners, prefetched, redis_ok)
+        if owners and excluded_requests:  # answers of this process not yet in Redis
+            shown = np.union1d(shown, SHOWN.pending(owners[0], excluded_requests))
         if read.arrivals:
             _observe_freshness(read.arrivals, probe=probe)
         context_item_pk, context_category_pk = online.context_of(context_item_id, context_category)
@@ -531,14 +535,49 @@ def _observe_freshness(arrivals: dict[str, bytes], *, probe: bool) -> None:
         logger.warning("arrivals_reflected_failed", exc_info=True)
 
 
+class _ShownBuffer:
+    """What answers showed their owners (for ``exclude_request_ids``), written to Redis off the request path: a
+    background loop of this process sends what accumulated every 50 ms in one pipeline, so a list still costs one
+    round trip when cached (docs/architecture.md). Until then this process reads its own pending answers."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._pending: dict[str, dict[str, list[int]]] = {}
+        self._lock = threading.Lock()
+        self._loop = Periodic("shown-writer", interval, self.flush)
+
+    def add(self, owner: str, answers: dict[str, list[int]]) -> None:
+        with self._lock:
+            self._pending.setdefault(owner, {}).update(answers)
+        self._loop.ensure()
+
+    def pending(self, owner: str, request_ids: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            mine = self._pending.get(owner, {})
+            found = [pk for request_id in request_ids for pk in mine.get(request_id, ())]
+        return np.unique(np.asarray(found, np.int64))
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        try:
+            events_online.write_shown(pending, ttl_seconds=SHOWN_TTL_SECONDS)
+        except redis.RedisError:
+            logger.warning("shown_write_failed", extra={"owners": len(pending)})
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
+
+SHOWN = _ShownBuffer()
+
+
 def _remember_shown(shown: dict[str, dict[str, list[int]]]) -> None:
     """Note what each answer showed its owner, for later ``exclude_request_ids`` (never fails a request)."""
-    try:
-        for owner, answers in shown.items():
-            for request_id, pks in answers.items():
-                events_online.write_shown(owner, request_id, pks, ttl_seconds=SHOWN_TTL_SECONDS)
-    except redis.RedisError:
-        logger.warning("shown_write_failed", exc_info=True)
+    for owner, answers in shown.items():
+        SHOWN.add(owner, answers)
 
 
 def _serve(
@@ -660,6 +699,7 @@ def _debug(state: RequestState, trace: _Trace, history_source: str, variant: str
 def clear_caches() -> None:
     """Forget per-process caches (tests, and after a catalog rebuild)."""
     CACHE.clear_local()
+    SHOWN.clear()
     online.clear()
 
 
