@@ -82,10 +82,10 @@ lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 services-up: $(STAMP)  ## start the local Postgres and Redis (under var/)
-	$(BIN)/python -m recsys.localservices up
+	$(BIN)/python -m kernel.localservices up
 
 services-down: $(STAMP)  ## stop the local Postgres and Redis
-	$(BIN)/python -m recsys.localservices down
+	$(BIN)/python -m kernel.localservices down
 
 clean: services-down  ## stop the local servers and delete var/ (database, Redis data, artifacts)
 	rm -rf var

@@ -12,7 +12,7 @@ import re
 
 from common import ROOT, bench_env, manage, median, print_environment, print_table
 
-DATA = ROOT / "recsys" / "demo" / "online_retail.csv.gz"
+DATA = ROOT / "storefront" / "demo" / "online_retail.csv.gz"
 ROWS = 541_909
 
 

@@ -84,7 +84,7 @@ def main() -> None:
 
 def _environment() -> dict[str, str]:
     env = bench_env(DATABASE)
-    from recsys.redis_urls import with_db
+    from kernel.redis_urls import with_db
 
     env["REDIS_URL"] = with_db(env["REDIS_URL"], REDIS_DB)
     env["DJANGO_SETTINGS_MODULE"] = "recsys.settings.dev"
@@ -104,9 +104,9 @@ def _prepare(env: dict[str, str]) -> str:
 
     from catalog.models import Category, Item
     from events import keys
-    from recsys import redis_client
-    from recsys.models import ApiKey
-    from recsys.services import api_key_create
+    from kernel import redis_client
+    from kernel.api_keys import api_key_create
+    from kernel.models import ApiKey
 
     Category.objects.bulk_create(
         [Category(external_id=f"bench-cat-{i}", name=f"Bench {i}") for i in range(50)], ignore_conflicts=True

@@ -12,7 +12,7 @@ Our hyper-parameters are tuned honestly: the test split's training part is split
 best validation NDCG@10; only then is everything retrained on the full training part and scored on the test split.
 Baselines run with plain, default-ish parameters. The benchmark works on in-memory arrays with the product's own
 training and evaluation functions; MovieLens is obtained at run time from the recbole wheel on PyPI (never
-committed, see ../shared/datasets/README.md); Online Retail is read from the file shipped in recsys/demo.
+committed, see ../shared/datasets/README.md); Online Retail is read from the file shipped in storefront/demo.
 On Online Retail it also evaluates the full serving pipeline (every source -> LambdaMART or the blend -> 30 %
 category cap, ``ranking.pipeline``) with the product defaults, on the quarter of test users the ranker was
 not fitted on, next to every single source on the same users.
@@ -110,8 +110,8 @@ def load_retail() -> tuple[InteractionLog, ItemTable]:
     """The shipped Online Retail file through the importer's own row rules and the demo's catalog builder."""
     from events.importers import ONLINE_RETAIL_COLUMNS, SkipRow, online_retail_adapter
     from events.parsing import InvalidEvent, utcnow
-    from recsys.csvimport import CsvSource, ErrorLog, ImportSummary
-    from recsys.demo.build import DATA_FILE, build_items_csv
+    from kernel.csvimport import CsvSource, ErrorLog, ImportSummary
+    from storefront.demo.build import DATA_FILE, build_items_csv
 
     with tempfile.TemporaryDirectory() as tmp:
         items_csv = Path(tmp) / "items.csv"

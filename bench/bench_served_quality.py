@@ -26,7 +26,7 @@ Rows:
   2000-01-01 plus an offset uniform over 20 years from a hash of the user id (``spread_over_years``).
 * ``retail``: Online Retail, the last 30 days held out (global cut); test users bought in those days and have
   training history; validation: the training part's own last 30 days. Items: the demo's catalog builder
-  (``recsys.demo.build.build_items_csv``, categories from ``recsys/demo/categories.py``) run on the lines before
+  (``storefront.demo.build.build_items_csv``, categories from ``storefront/demo/categories.py``) run on the lines before
   the cut, so the catalog is what the shop knew then; held-out purchases of items first sold after the cut are
   not relevant (nobody can list them).
 
@@ -231,8 +231,8 @@ def retail_row() -> Row:
     before the cut."""
     from events.importers import ONLINE_RETAIL_COLUMNS, SkipRow, online_retail_adapter
     from events.parsing import InvalidEvent, utcnow
-    from recsys.csvimport import CsvSource, ErrorLog, ImportSummary
-    from recsys.demo.build import DATA_FILE, build_items_csv
+    from kernel.csvimport import CsvSource, ErrorLog, ImportSummary
+    from storefront.demo.build import DATA_FILE, build_items_csv
 
     parsed: list[tuple[str, str, str, float, float, str]] = []  # customer, code, invoice, quantity, ts, event id
     summary = ImportSummary(path=str(DATA_FILE))

@@ -69,7 +69,7 @@ def _log(message: str) -> None:
 
 
 def _environment() -> dict[str, str]:
-    from recsys.redis_urls import with_db
+    from kernel.redis_urls import with_db
 
     env = bench_env(DATABASE)
     env["REDIS_URL"] = with_db(env["REDIS_URL"], REDIS_DB)

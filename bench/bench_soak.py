@@ -68,14 +68,14 @@ class RedisControl:
 
     @property
     def url(self) -> str:
-        from recsys import localservices
+        from kernel import localservices
 
         sock = localservices.redis_socket() if self.shared else self.socket
         return f"unix://{sock}?db=0"
 
     def ready(self) -> bool:
         if self.shared:
-            from recsys import localservices
+            from kernel import localservices
 
             return localservices.redis_ready()
         import redis
@@ -87,13 +87,13 @@ class RedisControl:
 
     def start(self) -> None:
         if self.shared:
-            from recsys import localservices
+            from kernel import localservices
 
             localservices.ensure_redis()
             return
         if self.ready():
             return
-        from recsys import localservices
+        from kernel import localservices
 
         self.directory.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -107,11 +107,11 @@ class RedisControl:
 
     def stop(self) -> None:
         if self.shared:
-            from recsys import localservices
+            from kernel import localservices
 
             localservices.stop_redis()
         else:
-            from recsys import localservices
+            from kernel import localservices
 
             localservices.stop_redis_server(self.pidfile)
         if self.ready():

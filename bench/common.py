@@ -23,7 +23,7 @@ def bench_env(database: str = "recsys_bench") -> dict[str, str]:
 
     Benchmarks never touch the demo's database.
     """
-    from recsys.localservices import ensure_local_services
+    from kernel.localservices import ensure_local_services
 
     ensure_local_services()
     import psycopg
@@ -69,7 +69,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
 
 def environment() -> list[tuple[str, str]]:
     """What a figure depends on besides the code: CPU, cores, numpy and its BLAS, the native thread pools (this
-    process's, as the host sets them, and a web process's, as recsys.native_threads sets them) and the BLAS/OpenMP
+    process's, as the host sets them, and a web process's, as kernel.native_threads sets them) and the BLAS/OpenMP
     variables of the environment."""
     import platform
 
@@ -94,7 +94,7 @@ def environment() -> list[tuple[str, str]]:
 
     host_pools = pools(threadpool_info())
     web = subprocess.run(
-        [sys.executable, "-c", "import json; from recsys.native_threads import limit_for_serving, describe; "
+        [sys.executable, "-c", "import json; from kernel.native_threads import limit_for_serving, describe; "
          "limit_for_serving(); print(json.dumps(describe()))"],
         cwd=ROOT, capture_output=True, text=True, check=False, env={**os.environ},
     )  # fmt: skip
@@ -136,7 +136,7 @@ def _fmt(value: object) -> str:
 def demo_env(database: str, redis_db: int) -> tuple[dict[str, str], str]:
     """A scratch database with the demo data, its online state and a trained model (built once, then reused),
     its own Redis databases, and an API key with every scope. Returns (env, key)."""
-    from recsys.redis_urls import with_db
+    from kernel.redis_urls import with_db
 
     env = bench_env(database)
     env["REDIS_URL"] = with_db(env["REDIS_URL"], redis_db)
@@ -229,8 +229,8 @@ def fresh_env(database: str, redis_db: int) -> dict[str, str]:
     import psycopg
     import redis
 
-    from recsys.localservices import ensure_local_services
-    from recsys.redis_urls import with_db
+    from kernel.localservices import ensure_local_services
+    from kernel.redis_urls import with_db
 
     ensure_local_services()
     parts = urlsplit(os.environ["DATABASE_URL"])

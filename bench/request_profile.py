@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 LAYERS: list[tuple[str, str | None, tuple[str, str]]] = [
     ("whole request (Django handler)", None, ("django/core/handlers/base.py", "get_response")),
     ("view dispatch (DRF)", "whole request (Django handler)", ("rest_framework/views.py", "dispatch")),
-    ("authentication (API key)", "view dispatch (DRF)", ("recsys/auth.py", "authenticate")),
-    ("scope check", "view dispatch (DRF)", ("recsys/auth.py", "has_permission")),
-    ("throttling", "view dispatch (DRF)", ("recsys/throttling.py", "allow_request")),
+    ("authentication (API key)", "view dispatch (DRF)", ("kernel/auth.py", "authenticate")),
+    ("scope check", "view dispatch (DRF)", ("kernel/auth.py", "has_permission")),
+    ("throttling", "view dispatch (DRF)", ("kernel/throttling.py", "allow_request")),
     ("query validation", "view dispatch (DRF)", ("rest_framework/serializers.py", "is_valid")),
     ("recommend (serving)", "view dispatch (DRF)", ("ranking/serving.py", "recommend")),
     ("experiment assignment", "recommend (serving)", ("experiments/services.py", "assign")),
@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, str | None, tuple[str, str]]] = [
 
 
 def main() -> None:
-    from recsys.native_threads import limit_for_serving
+    from kernel.native_threads import limit_for_serving
 
     limit_for_serving()  # as a web process does (recsys/wsgi.py)
     import django

@@ -5,7 +5,7 @@ from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
 from catalog.services import catalog_version_bump, opt_out_version_bump
-from recsys.admin_utils import EstimatedCountPaginator
+from kernel.admin_utils import EstimatedCountPaginator
 
 
 @admin.register(Category)

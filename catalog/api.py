@@ -16,8 +16,8 @@ from catalog.serializers import (
     ItemInputSerializer,
     ItemOutputSerializer,
 )
-from recsys.models import ApiKey
-from recsys.validation import check_id as _check_id
+from kernel.models import ApiKey
+from kernel.validation import check_id as _check_id
 
 
 class ItemApi(APIView):

@@ -11,8 +11,8 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from catalog.services import catalog_version_bump
-from recsys.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
-from recsys.validation import id_problem
+from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
+from kernel.validation import id_problem
 
 REQUIRED = {"item_id", "title"}
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
@@ -31,7 +31,7 @@ def _cell(row: list[str], index: dict[str, int], name: str) -> str:
 
 
 def _check_id(value: str, field: str) -> None:
-    """The one id rule of every entry point (recsys.validation), reported as ``field: reason``."""
+    """The one id rule of every entry point (kernel.validation), reported as ``field: reason``."""
     problem = id_problem(value)
     if problem is not None:
         raise BadItem(f"{field}: {problem}")

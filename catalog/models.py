@@ -78,3 +78,25 @@ class Customer(models.Model):
 
     def __str__(self) -> str:
         return self.external_id
+
+
+class ErasedCustomer(models.Model):
+    """A suppression-list entry: a customer id that was erased, so nothing recreates it implicitly.
+
+    Events naming it are rejected (``customer_id``), a session merge into it is refused, and impressions are stored
+    without a customer (privacy.services). Only an explicit ``PUT /v1/customers/<id>`` creates the customer again.
+
+    The id is kept only as an HMAC-SHA256 under ``ERASURE_HASH_KEY`` (a server secret): without the secret the
+    hash reveals nothing, and honouring the erasure needs some way to recognise the id again. Keep the secret
+    stable: rotating it forgets every entry. Nothing links an entry to its :class:`ErasureRecord`.
+    """
+
+    id_hash = models.CharField(max_length=64, unique=True, editable=False)
+    erased_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "recsys_erasedcustomer"  # kept from before the move out of recsys/
+        verbose_name = "erased customer id"
+
+    def __str__(self) -> str:
+        return f"erased id {self.id_hash[:12]}…"

@@ -1,13 +1,13 @@
 """Catalog API input validation and output shapes.
 
-Ids (category, brand, tags) follow the one id rule (recsys.validation); ``attributes`` are bounded JSON at write
+Ids (category, brand, tags) follow the one id rule (kernel.validation); ``attributes`` are bounded JSON at write
 and rendered defensively at read, so nothing stored can make a later GET fail.
 """
 
 from rest_framework import serializers
 
 from catalog.models import Customer, Item
-from recsys.validation import AttributesField, IdField
+from kernel.validation import AttributesField, IdField
 
 MAX_TAGS = 50
 

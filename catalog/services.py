@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.models import Brand, Category, Customer, Item
-from recsys import redis_client
+from kernel import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from events.models import Interaction
-from recsys.admin_utils import EstimatedCountPaginator
+from kernel.admin_utils import EstimatedCountPaginator
 
 
 @admin.register(Interaction)

@@ -19,8 +19,8 @@ from events.serializers import (
     SessionMergeOutputSerializer,
 )
 from events.validation import NON_FIELD, InvalidBody, unpack_body
-from recsys.models import ApiKey
-from recsys.validation import sentence
+from kernel.models import ApiKey
+from kernel.validation import sentence
 
 _EVENT_EXAMPLE = {
     "event_id": "evt-7f3a",
@@ -81,7 +81,7 @@ class SessionMergeApi(APIView):
     )
     def post(self, request: Request, session_id: str) -> Response:
         try:
-            # The events' own id rule (surrounding whitespace stripped, then recsys.validation's rule).
+            # The events' own id rule (surrounding whitespace stripped, then kernel.validation's rule).
             session_id = parse_id(session_id, "session_id", required=True)
         except InvalidEvent as exc:
             raise ValidationError({"session_id": [sentence(exc.reason)]}) from None

@@ -24,7 +24,7 @@ ARRIVAL_PREFIX = "arrival:"
 SHOWN_PREFIX = "shown:"
 
 # The freshness probe's owner (ranking.tasks.freshness_probe): an anonymous session whose id holds a tab inside it
-# (not at an end, where it would be stripped), which no client can send (recsys.validation.id_problem refuses it),
+# (not at an end, where it would be stripped), which no client can send (kernel.validation.id_problem refuses it),
 # so its state is never anyone's; its events never reach Postgres (the probe writes the online state only): not
 # training, not exports, not dashboards.
 PROBE_SESSION_ID = "freshness\tprobe"

@@ -19,7 +19,7 @@ from redis.client import Pipeline
 
 from events import keys
 from events.features import COUNTED_NAMES, COUNTED_TYPES, DISMISS, decay_to, forward_decayed, interest_weight
-from recsys import redis_client
+from kernel import redis_client
 
 HISTORY_LENGTH = 200
 # An anonymous session nobody has touched for a month will not log in any more; its keys go.

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from events.features import RATING_MAX, RATING_MIN
 from events.models import Interaction
-from recsys.validation import id_problem
+from kernel.validation import id_problem
 
 TYPE_BY_NAME: dict[str, int] = {label: value for value, label in Interaction.Type.choices}
 TYPE_NAMES = ", ".join(TYPE_BY_NAME)
@@ -44,7 +44,7 @@ def parse_id(raw: str, field: str, *, required: bool) -> str:
         if required:
             raise InvalidEvent(field, "is required")
         return ""
-    # The one id rule of every entry point (recsys.validation), after the event formats' stripping.
+    # The one id rule of every entry point (kernel.validation), after the event formats' stripping.
     problem = id_problem(value)
     if problem is not None:
         raise InvalidEvent(field, problem)

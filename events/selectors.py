@@ -279,7 +279,7 @@ def recently_active_customer_ids(*, scan: int, limit: int) -> list[str]:
     return list(dict.fromkeys(latest))[:limit]
 
 
-# GET /v1/customers (recsys/customer_list.py): activity is counted over the latest ACTIVITY_WINDOW interactions (an
+# GET /v1/customers (storefront/customer_list.py): activity is counted over the latest ACTIVITY_WINDOW interactions (an
 # id range on the primary key), a page holds at most MAX_LIMIT customers at an offset of at most MAX_OFFSET.
 ACTIVITY_WINDOW = 200_000  # the latest interactions activity is counted over
 MAX_LIMIT = 100

@@ -11,7 +11,7 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from events.parsing import TYPE_BY_NAME
 from events.validation import MAX_BATCH, REQUEST_ID_MAX
-from recsys.validation import IdField
+from kernel.validation import IdField
 
 
 class EventInputSerializer(serializers.Serializer):

@@ -20,6 +20,7 @@ import psycopg
 import redis
 from django.db import connection, transaction
 
+from catalog import erasure
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -40,8 +41,8 @@ from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
 from events.models import Interaction
 from events.parsing import InvalidEvent, utcnow
 from events.validation import ParsedEvent, Rejection, parse_events
-from recsys import erasure, redis_client
-from recsys.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
+from kernel import redis_client
+from kernel.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         missing = cursor.fetchall()
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
-        # Customers this batch would create: an erased id among them is refused (recsys.erasure), its rows too.
+        # Customers this batch would create: an erased id among them is refused (catalog.erasure), its rows too.
         cursor.execute(
             f"""SELECT DISTINCT s.customer FROM {_STAGE} s
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
@@ -358,7 +359,7 @@ def _events_store(
         customers = _customer_pks(cursor, {event.customer_id for event in valid.values()}, created_at=received_at)
         for event_id, event in list(valid.items()):
             if event.customer_id and event.customer_id not in customers:
-                # An erased id (recsys.erasure): its events are refused, so the erasure sticks.
+                # An erased id (catalog.erasure): its events are refused, so the erasure sticks.
                 unknown.append(Rejection(event.index, {"customer_id": [ERASED_CUSTOMER_MESSAGE]}))
                 del valid[event_id]
         if not valid:
@@ -413,7 +414,7 @@ ERASED_CUSTOMER_MESSAGE = (
 
 
 class CustomerErased(Exception):
-    """The customer id is on the erasure suppression list and has no customer row (see recsys.erasure)."""
+    """The customer id is on the erasure suppression list and has no customer row (see catalog.erasure)."""
 
     field = "customer_id"
     message = ERASED_CUSTOMER_MESSAGE

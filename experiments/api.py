@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from experiments import services
 from experiments.serializers import ExperimentResultsSerializer
-from recsys.models import ApiKey
+from kernel.models import ApiKey
 
 
 class Conflict(APIException):

@@ -41,8 +41,8 @@ from experiments.validation import (
     namespaces_overlap,
     variant_set_errors,
 )
-from recsys import redis_client
-from recsys.background import Periodic
+from kernel import redis_client
+from kernel.background import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
 
 def surface_known(surface: str) -> bool:
     """Whether a running experiment or a stored surface default names ``surface`` (from the in-process snapshot,
-    no query): metrics label only known surfaces by name (recsys.metrics.metric_surface)."""
+    no query): metrics label only known surfaces by name (kernel.metrics.metric_surface)."""
     snapshot = _current_snapshot()
     return surface in snapshot.defaults or surface in snapshot.by_surface
 

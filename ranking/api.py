@@ -11,6 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from kernel.auth import request_has_scope
+from kernel.models import ApiKey
+from kernel.validation import check_id as _check_id
 from ranking import serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
@@ -20,9 +23,6 @@ from ranking.serializers import (
     RecommendationListSerializer,
     RecommendationQuerySerializer,
 )
-from recsys.auth import request_has_scope
-from recsys.models import ApiKey
-from recsys.validation import check_id as _check_id
 
 FORCE_VARIANT_HEADER = "X-Experiment-Variant"
 

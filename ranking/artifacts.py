@@ -418,7 +418,7 @@ class VersionLocation:
 
 def _redis_marker() -> Marker | None:
     """The marker from Redis; raises redis.RedisError when Redis is unreachable, None when no marker is set."""
-    from recsys import redis_client
+    from kernel import redis_client
 
     raw_id, raw_checksum, raw_stamp = redis_client.get().mget(ACTIVE_KEY, ACTIVE_CHECKSUM_KEY, TRENDING_STAMP_KEY)
     if raw_id is None:
@@ -452,7 +452,7 @@ def _default_locate(version_id: int) -> VersionLocation | None:
 
 
 def _default_read_trending(version_id: int) -> Mapping[bytes, bytes]:
-    from recsys import redis_client
+    from kernel import redis_client
 
     return redis_client.get().hgetall(TRENDING_KEY.format(version_id=version_id))
 

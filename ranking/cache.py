@@ -26,7 +26,7 @@ from cachetools import TLRUCache
 from prometheus_client import Counter
 from redis.client import Pipeline
 
-from recsys import redis_client
+from kernel import redis_client
 
 logger = logging.getLogger(__name__)
 

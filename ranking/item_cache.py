@@ -37,7 +37,7 @@ from django.db import DatabaseError, connection
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
 from catalog.services import CATALOG_VERSION_KEY
-from recsys import redis_client
+from kernel import redis_client
 
 logger = logging.getLogger(__name__)
 

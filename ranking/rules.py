@@ -14,8 +14,8 @@ import numpy as np
 import redis
 from django.db import DatabaseError
 
+from kernel import redis_client
 from ranking import rerank as rr
-from recsys import redis_client
 
 logger = logging.getLogger(__name__)
 

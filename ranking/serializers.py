@@ -3,9 +3,9 @@
 from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
+from kernel.query_serializers import QuerySerializer
+from kernel.validation import optional_id
 from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS
-from recsys.query_serializers import QuerySerializer
-from recsys.validation import optional_id
 
 MAX_EXCLUDE = 100
 
@@ -42,7 +42,7 @@ class RecommendationQuerySerializer(CountQuerySerializer):
     def validate_exclude_request_ids(self, value: str) -> list[str]:
         return _request_ids(value.split(","))
 
-    # The one id rule (recsys.validation): ids a read names can end up stored (impressions).
+    # The one id rule (kernel.validation): ids a read names can end up stored (impressions).
     def validate_customer_id(self, value: str) -> str:
         return optional_id(value)
 

@@ -26,12 +26,12 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
+from kernel import redis_client
 from ranking import ann, artifacts, evaluation, selectors, sources
 from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.pipeline import booster_to_array, evaluate_with_pipeline
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
-from recsys import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -569,7 +569,7 @@ def _split_from_file(log: InteractionLog, items: ItemTable, path: Path) -> evalu
     counted, customers unknown to the database are new users (no history)."""
     from events.importers import GENERIC_OPTIONAL, GENERIC_REQUIRED, generic_adapter
     from events.parsing import InvalidEvent, utcnow
-    from recsys.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary
+    from kernel.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary
 
     customers: list[str] = []
     item_keys: list[str] = []

@@ -35,6 +35,8 @@ from events.features import DISMISS
 from events.keys import PROBE_SESSION_ID, owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
+from kernel import redis_client
+from kernel.background import Periodic
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
@@ -72,8 +74,6 @@ from ranking.pipeline.state import (
     serve_mode_of,
     serve_source,
 )
-from recsys import redis_client
-from recsys.background import Periodic
 
 logger = logging.getLogger(__name__)
 

@@ -1,44 +1,4 @@
-"""Admin for API keys: create (the plaintext is shown once), revoke, see last use."""
+"""Admin site wiring of the project: the catalog pages' recommendation panels (they ask ranking and events, so they
+live at the top, in recsys/admin_panels.py) register themselves on import. Each app registers its own pages."""
 
-from __future__ import annotations
-
-from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils import timezone
-
-from recsys.models import ApiKey
-from recsys.services import api_key_create
-
-
-@admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "scopes", "rate_per_minute", "created_at", "last_used_at", "revoked_at")
-    list_filter = ("revoked_at",)
-    search_fields = ("name", "prefix")
-    readonly_fields = ("prefix", "created_at", "created_by", "last_used_at")
-    fields = ("name", "scopes", "rate_per_minute", "revoked_at", *readonly_fields)
-    actions = ("revoke",)
-
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        key, plaintext = api_key_create(
-            name=obj.name,
-            scopes=obj.scopes,
-            rate_per_minute=obj.rate_per_minute,
-            created_by_id=request.user.pk,
-        )
-        obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
-        messages.warning(request, f"Copy the new key now, it will not be shown again: {plaintext}")
-
-    @admin.action(description="Revoke selected keys")
-    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        messages.success(request, f"Revoked {count} key(s).")
-
-
-# The monitoring pages (quality dashboard, change log) and the catalog pages' recommendation panels register
-# themselves on import.
-from recsys import admin_panels, admin_views  # noqa: E402,F401
+from recsys import admin_panels  # noqa: F401

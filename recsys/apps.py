@@ -3,10 +3,10 @@ from django.apps import AppConfig
 
 class RecsysConfig(AppConfig):
     name = "recsys"
-    verbose_name = "API access"
+    verbose_name = "Project"
 
     def ready(self) -> None:
-        from recsys import metrics, schema  # noqa: F401  (registers the OpenAPI auth extension, task metrics)
+        from kernel import metrics, schema  # noqa: F401  (registers the OpenAPI auth extension, task metrics)
 
         # Serving labels its request metrics with the client's surface: only known ones by name. Installed by the
         # first request, not here: importing ranking.serving at start-up would cost every management command ~1 s.

@@ -31,7 +31,7 @@ import redis
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
-from recsys import redis_client
+from kernel import redis_client
 
 READINESS_CACHE_SECONDS = 1.0
 

@@ -5,16 +5,17 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from recsys import api as privacy_api
-from recsys import customer_list, health
-from recsys.exceptions import json_error_view
-from recsys.metrics import metrics_view
+from kernel.exceptions import json_error_view
+from kernel.metrics import metrics_view
+from privacy import api as privacy_api
+from recsys import health
+from storefront import customer_list
 
 api_v1 = [
-    # The customer list counts activity from the interactions, so it is a top-layer view too (recsys/customer_list.py).
+    # The customer list counts activity from the interactions: a top-layer view (storefront/customer_list.py).
     path("customers", customer_list.CustomerListApi.as_view(), name="customer-list"),
     # Customer data rights. First: DELETE /v1/customers/{id} (erasure) reaches into every app, so its view is
-    # recsys.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
+    # privacy.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
     path("customers/<str:customer_id>", privacy_api.CustomerApi.as_view(), name="customer-data"),
     path("customers/<str:customer_id>/opt-out", privacy_api.CustomerOptOutApi.as_view(), name="customer-opt-out"),
     path("customers/<str:customer_id>/opt-in", privacy_api.CustomerOptInApi.as_view(), name="customer-opt-in"),
@@ -33,7 +34,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
-    path("", include("recsys.storefront_urls")),
+    path("", include("storefront.urls")),
 ]
 
 if settings.BENCH_ENDPOINTS:
@@ -41,7 +42,7 @@ if settings.BENCH_ENDPOINTS:
 
     urlpatterns.append(path("bench/floor", FloorApi.as_view()))
 
-# JSON errors on API paths (/v1/, /api/), Django's pages elsewhere (recsys/exceptions.py). Django uses these only
+# JSON errors on API paths (/v1/, /api/), Django's pages elsewhere (kernel/exceptions.py). Django uses these only
 # with DEBUG off, which every served configuration has (docs/operations.md).
 handler400 = json_error_view(400)
 handler403 = json_error_view(403)

@@ -3,7 +3,7 @@
 import gc
 import os
 
-from recsys.native_threads import limit_for_serving
+from kernel.native_threads import limit_for_serving
 
 # One native thread per web process (BLAS, OpenMP, faiss) before anything starts a pool: docs/operations.md.
 limit_for_serving()

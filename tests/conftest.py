@@ -10,8 +10,8 @@ from rest_framework.test import APIClient
 
 from events import online
 from experiments.services import assignment_cache_clear, impressions_buffer_clear
-from recsys import auth, redis_client, throttling
-from recsys.services import api_key_create
+from kernel import auth, redis_client, throttling
+from kernel.api_keys import api_key_create
 
 
 @pytest.fixture(autouse=True)

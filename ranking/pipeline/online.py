@@ -27,6 +27,7 @@ from catalog.selectors import ItemRow
 from catalog.services import OPT_OUT_VERSION_KEY
 from events import selectors as event_selectors
 from events import services as event_services
+from kernel import redis_client
 from ranking import retrieval
 from ranking.artifacts import ActiveModel
 from ranking.compiled_ranker import ServingRanker
@@ -36,7 +37,6 @@ from ranking.pipeline.responses import DEGRADED
 from ranking.pipeline.stages import to_pks
 from ranking.pipeline.state import HISTORY_LIMIT, QUOTAS, GlobalLists, History, ItemAttributes
 from ranking.ranker import click_through_rate
-from recsys import redis_client
 
 logger = logging.getLogger(__name__)
 TOP_LIST = 1000  # popular/trending candidates kept per model (the quotas take their heads)

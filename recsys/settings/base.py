@@ -8,8 +8,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from recsys import redis_urls
-from recsys.env import WEB, env_bool, env_float, env_int, env_list, env_str, process_role
+from kernel import redis_urls
+from kernel.env import WEB, env_bool, env_float, env_int, env_list, env_str, process_role
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -30,11 +30,17 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "django_prometheus",
-    "recsys",
+    # The shared kernel, the domain apps (catalog -> events -> ranking | experiments), the cross-app top layer and
+    # the project (docs/architecture.md).
+    "kernel",
     "catalog",
     "events",
     "ranking",
     "experiments",
+    "privacy",
+    "quality",
+    "storefront",
+    "recsys",
     "axes",
 ]
 
@@ -106,7 +112,7 @@ DB_CONNECT_TIMEOUT = env_int("DB_CONNECT_TIMEOUT", 3)
 # A slow query on the hot path must cost bounded latency, not a hung worker: web processes (gunicorn, runserver,
 # tests) get the short limit (a request's queries take milliseconds; the longest statement a web process runs is
 # the item cache's full read of the catalog, 2-4 s for a million items); long jobs (Celery worker, management
-# commands such as train or the imports, scripts) the long one. recsys.env.process_role tells them apart;
+# commands such as train or the imports, scripts) the long one. kernel.env.process_role tells them apart;
 # DB_PROCESS_ROLE=web|job overrides it.
 DB_PROCESS_ROLE = process_role(sys.argv)
 DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 10_000)
@@ -171,15 +177,15 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # --- API ----------------------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["recsys.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["recsys.auth.HasScope"],
-    "DEFAULT_THROTTLE_CLASSES": ["recsys.throttling.ApiRateThrottle"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["kernel.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["kernel.auth.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["kernel.throttling.ApiRateThrottle"],
     # orjson: the same JSON as DRF's renderer in a tenth of the time (a recommendation list: ~40 µs -> ~4 µs).
     "DEFAULT_RENDERER_CLASSES": ["drf_orjson_renderer.renderers.ORJSONRenderer"],
     # JSONParser with DATA_UPLOAD_MAX_MEMORY_SIZE applied (DRF reads past it) and lone surrogates refused.
-    "DEFAULT_PARSER_CLASSES": ["recsys.parsers.BoundedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["kernel.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "recsys.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "kernel.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     # How many proxies in front of gunicorn append to X-Forwarded-For (0: the client address is REMOTE_ADDR).
     "NUM_PROXIES": API_NUM_PROXIES or None,
@@ -191,14 +197,14 @@ BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)
 # push a small deployment past the point where its queue grows. Raise it with the capacity (more workers).
 API_DEFAULT_RATE_PER_MINUTE = env_int("API_DEFAULT_RATE_PER_MINUTE", 18_000)
 # API requests per minute per client address without a valid key (no key, a malformed or an unknown one), counted
-# in process like the other limits: no database lookup once an address is over it (recsys.auth).
+# in process like the other limits: no database lookup once an address is over it (kernel.auth).
 API_UNAUTHENTICATED_RATE_PER_MINUTE = env_int("API_UNAUTHENTICATED_RATE_PER_MINUTE", 60)
-# Recommendation and event requests per minute per customer id and API key (recsys.throttling.ApiRateThrottle).
+# Recommendation and event requests per minute per customer id and API key (kernel.throttling.ApiRateThrottle).
 API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
-# The key of the erased-ids suppression list (recsys.models.ErasedCustomer): keep it stable, rotating it forgets
+# The key of the erased-ids suppression list (catalog.models.ErasedCustomer): keep it stable, rotating it forgets
 # every erased id. Defaults to SECRET_KEY.
 ERASURE_HASH_KEY = env_str("ERASURE_HASH_KEY", SECRET_KEY)
-# While Postgres is unreachable, an API key verified within this many seconds is still accepted (recsys.auth):
+# While Postgres is unreachable, an API key verified within this many seconds is still accepted (kernel.auth):
 # recommendations keep answering through an outage, and a key revoked meanwhile works until then.
 API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)
 # Bytes; a batch of 1,000 events is about 250 KB.

@@ -2,7 +2,7 @@
 
 import os
 
-from recsys.localservices import ensure_local_services
+from kernel.localservices import ensure_local_services
 
 # Not a secret: a fixed key for local use only; prod.py refuses to start with it.
 os.environ.setdefault("SECRET_KEY", "dev-insecure-secret-key-do-not-use-in-production")

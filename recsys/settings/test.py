@@ -2,7 +2,7 @@
 
 import os
 
-from recsys.localservices import ensure_local_services
+from kernel.localservices import ensure_local_services
 
 os.environ.setdefault("SECRET_KEY", "test-insecure-secret-key")
 os.environ["DEBUG"] = "0"
@@ -12,7 +12,7 @@ ensure_local_services()
 # RECSYS_TEST_SLOT (0-13) pins the slot, for several checkouts testing side by side on one machine.
 _RUN_SLOT = int(os.environ.get("RECSYS_TEST_SLOT", os.getpid())) % 14
 if not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
-    from recsys.redis_urls import with_db
+    from kernel.redis_urls import with_db
 
     os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], 2 + 2 * _RUN_SLOT)
 

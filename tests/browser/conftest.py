@@ -28,7 +28,7 @@ from events.services import online_state_rebuild
 from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
-from recsys import storefront
+from storefront import views as storefront
 from tests.browser.support import (
     CHROMEDRIVER,
     CHROMIUM,

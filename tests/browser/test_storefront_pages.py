@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from recsys import storefront
-from recsys.models import ApiKey
-from recsys.services import api_key_revoke, hash_key
+from kernel.api_keys import api_key_revoke, hash_key
+from kernel.models import ApiKey
+from storefront import views as storefront
 from tests.browser.support import SHELVES, customer_id
 
 

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from catalog.models import Customer
 from events import selectors
 from events.models import Interaction
-from recsys import redis_client
+from kernel import redis_client
 from tests.factories import CustomerFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

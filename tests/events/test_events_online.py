@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from catalog.models import Item
 from events import features, keys, online, selectors, services
 from events.models import Interaction
-from recsys import redis_client
+from kernel import redis_client
 from tests.factories import CategoryFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from events import selectors
 from events.tasks import fold_item_counters, rebuild_online_state
-from recsys import redis_client
+from kernel import redis_client
 from tests.factories import ItemFactory
 
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from catalog.models import Customer, Item
 from events.models import Interaction
-from recsys.demo.build import DATA_FILE
+from storefront.demo.build import DATA_FILE
 from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db

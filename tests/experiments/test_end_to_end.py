@@ -33,10 +33,10 @@ from events.services import online_state_rebuild
 from experiments import keys
 from experiments.models import Experiment, SurfaceDefault
 from experiments.services import assignment_cache_clear, impressions_flush
+from kernel import redis_client
 from ranking import rules, serving
 from ranking import services as ranking_services
 from ranking.artifacts import loader
-from recsys import redis_client
 from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))

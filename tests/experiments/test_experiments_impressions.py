@@ -17,7 +17,7 @@ from experiments.metrics import IMPRESSION_LOG_ERRORS
 from experiments.models import Experiment, Impression
 from experiments.tasks import flush_impressions
 from experiments.validation import VariantSpec
-from recsys import redis_client
+from kernel import redis_client
 from recsys.beat import BEAT_SCHEDULE
 from recsys.celery import app
 from tests.factories import CustomerFactory, ItemFactory

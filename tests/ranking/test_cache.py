@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+from kernel import redis_client
 from ranking.cache import ListCache
-from recsys import redis_client
 
 
 def test_miss_then_l1_then_l2_from_another_process() -> None:

@@ -20,11 +20,11 @@ from events.features import DISMISS, PURCHASE, VIEW
 from events.models import Interaction
 from events.services import online_state_rebuild
 from experiments.services import assignment_cache_clear
+from kernel import redis_client
 from ranking import dataset, retrieval, rules, services, serving
 from ranking.artifacts import get_active_model, loader
 from ranking.pipeline import online, stages
 from ranking.pipeline.state import RequestState
-from recsys import redis_client
 from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))

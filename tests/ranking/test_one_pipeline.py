@@ -21,6 +21,7 @@ from catalog.models import Customer, Item
 from events import keys
 from events.services import online_state_rebuild
 from experiments.services import assignment_cache_clear
+from kernel import redis_client
 from ranking import rules, serving
 from ranking.artifacts import get_active_model, loader
 from ranking.dataset import dataset_load
@@ -28,7 +29,6 @@ from ranking.evaluation import Split
 from ranking.models import BusinessRule, ModelVersion
 from ranking.pipeline import booster_from_array, served_lists
 from ranking.training import TrainedSources, TrainParams
-from recsys import redis_client
 from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 
 

@@ -15,10 +15,10 @@ from django.db import connection
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
+from kernel import redis_client
 from ranking import artifacts, services
 from ranking.models import ModelVersion
 from ranking.training import TrainParams
-from recsys import redis_client
 
 
 def _arrays(n_items: int, seed: int) -> dict[str, np.ndarray]:

@@ -19,10 +19,10 @@ from django.test import override_settings
 
 from catalog.models import Category, Customer, Item
 from events.models import Interaction
+from kernel import redis_client
 from ranking import ann, artifacts, services, tasks
 from ranking.models import ModelVersion
 from ranking.training import TrainParams
-from recsys import redis_client
 
 CLUSTERS = (("wool", "scarf", "knit"), ("ceramic", "mug", "tea"), ("garden", "seed", "plant"))
 ITEMS_PER_CLUSTER = 10

@@ -21,26 +21,28 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-import recsys.admin_views  # noqa: F401  (registers the dashboard and the change log; see the wiring test below)
+import quality.admin  # noqa: F401  (registers the dashboard and the change log; see the wiring test below)
 from catalog.models import Customer, Item
 from events.models import Interaction
 from experiments import keys as experiment_keys
 from experiments.models import Impression
 from experiments.services import assignment_cache_clear, impressions_push
+from kernel import redis_client
+from kernel.admin_utils import EstimatedCountPaginator
+from quality import services as quality
+from quality import tasks
+from quality.models import QualitySnapshot
 from ranking import rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import BusinessRule, ModelVersion
-from recsys import quality, redis_client, tasks
 from recsys.admin_panels import CustomerWithPanelsAdmin
-from recsys.admin_utils import EstimatedCountPaginator
-from recsys.models import QualitySnapshot
 from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"))
 PER_CLUSTER = 10
 PARAMS = SMALL_PARAMS
 REGISTRY = "/admin/ranking/modelversion/"
-DASHBOARD = "/admin/recsys/qualitysnapshot/"
+DASHBOARD = "/admin/quality/qualitysnapshot/"
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +382,7 @@ def test_admin_index_links_the_monitoring_pages(staff: Client) -> None:
 def test_the_pages_are_registered_at_start_up_without_the_tests_help() -> None:
     code = (
         "import django; django.setup(); from django.contrib import admin; "
-        "from django.contrib.admin.models import LogEntry; from recsys.models import QualitySnapshot; "
+        "from django.contrib.admin.models import LogEntry; from quality.models import QualitySnapshot; "
         "print(admin.site.is_registered(LogEntry) and admin.site.is_registered(QualitySnapshot))"
     )
     env = os.environ | {"DJANGO_SETTINGS_MODULE": "recsys.settings.test"}

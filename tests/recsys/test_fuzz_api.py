@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
-from recsys.services import api_key_create
+from kernel.api_keys import api_key_create
 from recsys.wsgi import application
 from tests.factories import CustomerFactory, InteractionFactory, ItemFactory
 

@@ -7,7 +7,8 @@ import time
 import pytest
 from django.test import Client
 
-from recsys import health, redis_client
+from kernel import redis_client
+from recsys import health
 from recsys.tasks import heartbeat
 
 
@@ -58,7 +59,7 @@ def test_openapi_schema_and_docs_are_served() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_task_and_quality_metrics_are_exposed(celery_worker: object) -> None:
-    from recsys.metrics import quality_set
+    from kernel.metrics import quality_set
 
     heartbeat.delay().get(timeout=30)
     quality_set({"recsys_catalog_coverage": {"window=24h": 0.42}})

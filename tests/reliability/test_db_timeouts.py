@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from recsys.env import JOB, WEB, process_role
+from kernel.env import JOB, WEB, process_role
 
 pytestmark = pytest.mark.django_db
 

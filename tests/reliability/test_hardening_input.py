@@ -33,10 +33,10 @@ from events import keys
 from events.models import Interaction
 from events.selectors import category_affinity
 from events.services import online_state_rebuild
-from recsys import redis_client
-from recsys.parsers import MAX_JSON_DEPTH, json_depth
-from recsys.services import api_key_create
-from recsys.validation import ATTRIBUTES_MAX_DEPTH, render_safe_json
+from kernel import redis_client
+from kernel.api_keys import api_key_create
+from kernel.parsers import MAX_JSON_DEPTH, json_depth
+from kernel.validation import ATTRIBUTES_MAX_DEPTH, render_safe_json
 from recsys.wsgi_guards import MAX_URL_BYTES, url_length_guard
 from tests.factories import CategoryFactory, CustomerFactory, InteractionFactory, ItemFactory
 
@@ -230,7 +230,7 @@ def test_an_invalid_tag_is_a_400_keyed_by_its_path(api: APIClient, tags: list[An
 
 
 def test_every_error_key_becomes_a_string_path() -> None:
-    from recsys.exceptions import error_paths
+    from kernel.exceptions import error_paths
 
     nested = {"tags": {0: ["bad"], 3: ["worse"]}, "events": [{"x": {1: ["e"]}}], "title": ["t"]}
     assert error_paths(nested) == {

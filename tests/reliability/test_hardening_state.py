@@ -30,16 +30,17 @@ from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
-from catalog.models import Customer
+from catalog.erasure import id_hash
+from catalog.models import Customer, ErasedCustomer
 from events import keys, online, selectors
 from events.models import Interaction
 from events.services import interactions_import, online_state_rebuild
 from experiments.models import Impression
 from experiments.services import impressions_flush
+from kernel import localservices, redis_client, throttling
+from privacy.models import ErasureRecord
 from ranking import serving
-from recsys import health, localservices, redis_client, throttling
-from recsys.erasure import id_hash
-from recsys.models import ErasedCustomer, ErasureRecord
+from recsys import health
 from recsys.tasks import heartbeat
 from tests.factories import CategoryFactory, ItemFactory
 
@@ -246,7 +247,7 @@ def test_made_up_surfaces_add_no_metric_series(api: APIClient, items: list[Any])
 
 
 def test_quality_gauges_of_made_up_surfaces_are_not_exposed() -> None:
-    from recsys.metrics import quality_set
+    from kernel.metrics import quality_set
 
     quality_set({
         "recsys_recommendation_ctr": {

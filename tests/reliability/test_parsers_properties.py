@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from catalog.importing import BadItem, parse_item_row
 from events.models import Interaction
 from events.parsing import MAX_FUTURE, TYPE_BY_NAME, InvalidEvent, derive_event_id, parse_time, parse_type, parse_value
-from recsys import redis_urls
+from kernel import redis_urls
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 # Everything Python text can hold, control characters and surrogate-free Unicode included.
@@ -193,7 +193,7 @@ def test_parse_item_row_keeps_valid_values(item_id: str, price: Decimal, in_stoc
     assert parsed[8] == tags
 
 
-# --- recsys.redis_urls --------------------------------------------------------------------------------------
+# --- kernel.redis_urls --------------------------------------------------------------------------------------
 
 DBS = st.integers(min_value=0, max_value=1000)
 HOSTS = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}(\.[a-z0-9-]{1,10}){0,2}\Z")

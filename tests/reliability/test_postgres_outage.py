@@ -31,11 +31,11 @@ from rest_framework.test import APIClient
 
 from events.models import Interaction
 from experiments.services import assignment_cache_clear
+from kernel import auth
+from kernel.api_keys import api_key_create
+from kernel.models import ApiKey
 from ranking import rules, services, serving
 from ranking.artifacts import loader
-from recsys import auth
-from recsys.models import ApiKey
-from recsys.services import api_key_create
 from tests.factories import ItemFactory
 from tests.worlds import SMALL_PARAMS, cluster_world
 

@@ -19,9 +19,9 @@ from events.models import Interaction
 from events.services import online_state_rebuild
 from events.tasks import rebuild_online_state
 from experiments.services import assignment_cache_clear
+from kernel import redis_client
 from ranking import rules, services, serving
 from ranking.artifacts import loader
-from recsys import redis_client
 from tests.worlds import SMALL_PARAMS, cluster_world
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the worker's threads only see committed rows

@@ -28,8 +28,9 @@ from rest_framework.test import APIClient
 from catalog.models import Customer
 from events import online
 from events.models import Interaction
+from kernel import localservices, redis_client, throttling
 from ranking import serving
-from recsys import health, localservices, redis_client, throttling
+from recsys import health
 from tests.factories import CustomerFactory, InteractionFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db

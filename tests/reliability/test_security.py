@@ -13,8 +13,8 @@ from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from recsys.auth import ApiKeyAuthentication, HasScope
-from recsys.models import ApiKey
+from kernel.auth import ApiKeyAuthentication, HasScope
+from kernel.models import ApiKey
 from tests.factories import CustomerFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -31,7 +31,7 @@ def _routes(patterns: list[URLPattern | URLResolver], prefix: str = "") -> Itera
             yield route, pattern.callback.view_class  # type: ignore[attr-defined]
 
 
-# The first pattern of a route is the one Django serves (recsys.api.CustomerApi takes over the catalog's).
+# The first pattern of a route is the one Django serves (privacy.api.CustomerApi takes over the catalog's).
 V1 = sorted(dict(reversed(list(_routes(get_resolver().url_patterns)))).items())
 ENDPOINTS = [
     (route, view, method)
@@ -75,10 +75,10 @@ def test_admin_needs_a_staff_login() -> None:
     assert response["Location"] == "/admin/login/?next=/admin/"
     shopper = Client()
     shopper.force_login(User.objects.create_user("shopper", password="not-staff-pw-123"))
-    assert shopper.get("/admin/recsys/apikey/").status_code == 302
+    assert shopper.get("/admin/kernel/apikey/").status_code == 302
     staff = Client()
     staff.force_login(User.objects.create_user("merch", password="staff-pw-123", is_staff=True, is_superuser=True))
-    assert staff.get("/admin/recsys/apikey/").status_code == 200
+    assert staff.get("/admin/kernel/apikey/").status_code == 200
 
 
 # --- Per-customer rate limits -------------------------------------------------------------------------------

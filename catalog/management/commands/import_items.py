@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from catalog.importing import items_import
-from recsys.management.importing import run_import
+from kernel.management.importing import run_import
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from events.importers import FORMATS
 from events.services import interactions_import
-from recsys.management.importing import run_import
+from kernel.management.importing import run_import
 
 
 class Command(BaseCommand):

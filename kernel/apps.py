@@ -1,0 +1,10 @@
+"""The shared kernel: Redis, auth and API keys, throttling, parsing, validation, CSV import, metrics.
+
+Imports no app of ours."""
+
+from django.apps import AppConfig
+
+
+class KernelConfig(AppConfig):
+    name = "kernel"
+    verbose_name = "API access"

@@ -1,0 +1,46 @@
+"""The part of the import commands that is the same for items and events: progress bar, bad-row lines, summary."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from kernel.csvimport import ImportAborted, ImportSummary, RowError
+
+MAX_PRINTED_ERRORS = 50
+
+
+def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], path: str, **kwargs: Any) -> ImportSummary:
+    """Run ``importer`` with a byte-based progress bar on stderr and print each bad row as ``FILE:LINE: reason``."""
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file")
+    printed = 0
+
+    def report(error: RowError) -> None:
+        nonlocal printed
+        printed += 1
+        if printed <= MAX_PRINTED_ERRORS:
+            bar.write(f"{path}:{error.line}: {error.reason}", file=command.stderr._out)
+        elif printed == MAX_PRINTED_ERRORS + 1:
+            bar.write(f"{path}: more bad rows follow; only the first {MAX_PRINTED_ERRORS} are printed")
+
+    bar = tqdm(
+        total=os.path.getsize(path), unit="B", unit_scale=True, desc=os.path.basename(path),
+        file=command.stderr._out, disable=kwargs.pop("quiet", False), mininterval=0.5,
+    )  # fmt: skip
+
+    def progress(position: int) -> None:
+        bar.update(position - bar.n)
+
+    try:
+        summary = importer(path=path, on_progress=progress, on_error=report, **kwargs)
+    except ImportAborted as exc:
+        bar.close()
+        raise CommandError(str(exc)) from exc
+    bar.close()
+    command.stdout.write(summary.table())
+    return summary

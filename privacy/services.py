@@ -1,0 +1,285 @@
+"""A customer's data rights (GDPR): personalisation opt-out and opt-in, erasure and export.
+
+They span every app that keeps something about a customer, which is why they live here, above the apps: catalog (the
+customer row), events (interactions in Postgres, history and affinities in Redis), experiments (impressions, queued
+in Redis then stored) and ranking (recommendation lists cached in Redis under the customer's id).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from django.db import transaction
+from django.utils import timezone
+
+from catalog import erasure
+from catalog.models import Category, Customer, Item
+from catalog.services import customer_upsert
+from events import online
+from events.keys import customer_owner
+from events.models import Interaction
+from experiments.models import Impression
+from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
+from kernel.models import ApiKey
+from privacy.models import ErasureRecord
+from ranking import cache
+
+logger = logging.getLogger(__name__)
+
+# How long an erased customer's bumped cache version lives on: longer than any cached list (ranking.serving caches
+# lists for 60 s ± 10%), so every list cached under an older version has expired before the counter could restart.
+ERASURE_VERSION_TTL_SECONDS = 600
+# Queued impressions are flushed before an erasure (see customer_erase); at most this many batches of 2,000.
+_ERASURE_FLUSH_BATCHES = 50
+_FLUSH_LOCK_WAIT_SECONDS = 2.0
+_EXPORT_CHUNK = 2000
+
+
+class CustomerNotFound(LookupError):
+    """No customer with this id."""
+
+
+# --- Opt-out and opt-in -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Personalisation:
+    customer_id: str
+    personalisation_opt_out: bool
+
+
+def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Personalisation:
+    """Record the customer's choice; an unknown customer is created, so a choice made before their first event
+    still holds for it. ``customer_id`` is validated by the caller (at most 100 characters).
+
+    Serving keeps the opted-out ids in memory and reloads them when the opt-out version moves (bumped by
+    ``customer_upsert`` after commit, seen within half a second): an opted-out customer then gets the anonymous
+    list, and training leaves their events out (ranking.selectors). Their cache version is bumped too,
+    so no list cached before the change is served after it. A Redis failure there is logged, not raised: the
+    choice is stored, and cached lists expire within a minute anyway.
+    """
+    customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
+    try:
+        online.bump_cache_versions([customer_owner(customer_id)])
+    except redis.RedisError:
+        logger.warning("personalisation_cache_bump_failed", exc_info=True)
+    logger.info("customer_personalisation_set", extra={"opted_out": opted_out})
+    return Personalisation(customer.external_id, customer.personalisation_opt_out)
+
+
+# --- Erasure ------------------------------------------------------------------------------------------------
+
+
+def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) -> ErasureRecord:
+    """Erase everything stored about the customer and keep only the fact that an erasure happened.
+
+    In this order, so that a failure leaves nothing half done that a retry would not finish:
+
+    1. Redis first (queued impressions flushed into Postgres, history and affinities deleted, cache version bumped):
+       with Redis down this raises ``redis.RedisError`` before anything is deleted, and the caller answers 503.
+    2. One Postgres transaction: the customer row, with its interactions and impressions (ON DELETE CASCADE of
+       their foreign keys), an :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
+       (catalog.erasure): afterwards events naming the id are rejected, a merge into it refused, and impressions
+       of it stored without a customer, so nothing brings the customer back but an explicit PUT.
+    3. Redis again, best effort: history an event racing the erasure may have re-created, and every cached
+       recommendation list of the customer in every key form (ranking.cache.owner_entries_delete; the version
+       bump of step 1 already made them unreachable, and they would expire within a minute anyway).
+
+    Raises :class:`CustomerNotFound`. Trained model versions keep an anonymous row for the customer's primary key
+    until the next training run, which cannot see them any more.
+    """
+    if not Customer.objects.filter(external_id=customer_id).exists():
+        raise CustomerNotFound(customer_id)
+    owner = customer_owner(customer_id)
+    _impressions_flush_queued()
+    online_keys = online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+
+    with transaction.atomic():
+        customer = Customer.objects.select_for_update().filter(external_id=customer_id).first()
+        if customer is None:  # erased by a concurrent request meanwhile
+            raise CustomerNotFound(customer_id)
+        _, deleted = customer.delete()
+        # Nothing may create the customer again implicitly (events, merges, impressions): catalog.erasure.
+        erasure.tombstone_add(customer_id=customer_id, erased_at=timezone.now())
+        prefix = ""
+        if requested_by_key_id is not None:
+            prefix = ApiKey.objects.filter(pk=requested_by_key_id).values_list("prefix", flat=True).first() or ""
+        record = ErasureRecord.objects.create(
+            erased_at=timezone.now(),
+            requested_by_key_prefix=prefix,
+            interactions_deleted=deleted.get(Interaction._meta.label, 0),
+            impressions_deleted=deleted.get(Impression._meta.label, 0),
+            online_keys_deleted=online_keys,
+        )
+
+    try:
+        record.online_keys_deleted += online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+        # Every key form (alone, or beside a session): the version bump above already made them unreachable.
+        record.cached_lists_deleted = cache.owner_entries_delete(owner)
+    except redis.RedisError:
+        # The customer is gone from Postgres; what a racing event left in Redis goes with the next
+        # rebuild_online_state, cached lists expire within a minute.
+        logger.warning("erasure_redis_cleanup_failed", exc_info=True, extra={"erasure": record.pk})
+    else:
+        ErasureRecord.objects.filter(pk=record.pk).update(
+            online_keys_deleted=record.online_keys_deleted, cached_lists_deleted=record.cached_lists_deleted
+        )
+    logger.info("customer_erased", extra={"erasure": record.pk, "interactions": record.interactions_deleted})
+    return record
+
+
+def _impressions_flush_queued() -> None:
+    """Store the impressions still queued in Redis, so the CASCADE removes the customer's with the rest.
+
+    Left in the queue, a later flush would store them and, naming an unknown customer, create the row again.
+    Web processes push their buffered impressions to the queue every ``IMPRESSION_PUSH_INTERVAL_SECONDS``: two
+    intervals are waited out first, so lists served before the erasure began are in the queue. Another flush
+    holding the lock is waited for (briefly), since it may be storing exactly those records.
+    """
+    time.sleep(2 * IMPRESSION_PUSH_INTERVAL_SECONDS)
+    deadline = time.monotonic() + _FLUSH_LOCK_WAIT_SECONDS
+    while impressions_flush(max_batches=_ERASURE_FLUSH_BATCHES).skipped and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# --- Export -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomerExport:
+    """Everything stored about a customer. The small parts are read at once (so a missing customer or an
+    unreachable Redis is known before anything is sent); interactions and impressions are iterators that read
+    Postgres in chunks while the response streams, so a long history costs bounded memory."""
+
+    exported_at: datetime
+    customer: dict[str, Any]
+    online: dict[str, Any]
+    interactions: Iterator[dict[str, Any]]
+    impressions: Iterator[dict[str, Any]]
+
+
+def customer_export(*, customer_id: str) -> CustomerExport:
+    """The customer's data as plain values: the customer row, every interaction and impression (those still queued in
+    Redis are stored first), and the online state (recent history and category affinities) from Redis. Raises
+    :class:`CustomerNotFound`, and ``redis.RedisError`` when Redis is unavailable: an export without the online
+    state would be incomplete."""
+    row = (
+        Customer.objects.filter(external_id=customer_id)
+        .values("id", "external_id", "created_at", "attributes", "personalisation_opt_out")
+        .first()
+    )
+    if row is None:
+        raise CustomerNotFound(customer_id)
+    customer_pk = row.pop("id")
+    row["customer_id"] = row.pop("external_id")
+    _impressions_flush_queued()
+    return CustomerExport(
+        exported_at=timezone.now(),
+        customer=row,
+        online=_online_state(customer_owner(customer_id)),
+        interactions=_interactions(customer_pk),
+        impressions=_impressions(customer_pk),
+    )
+
+
+def _online_state(owner: str) -> dict[str, Any]:
+    history = online.read_history(owner, limit=online.HISTORY_LENGTH)
+    affinity = online.read_affinity(owner)
+    dismissed_pks, dismissed_ts = online.read_dismissed(owner)
+    item_ids = _item_ids([*(row.item_pk for row in history), *dismissed_pks.tolist()])
+    categories = dict(Category.objects.filter(pk__in=list(affinity)).values_list("pk", "external_id"))
+    return {
+        "history": [
+            {
+                "item_id": item_ids.get(row.item_pk, str(row.item_pk)),
+                "type": Interaction.Type(row.type).label,
+                "occurred_at": datetime.fromtimestamp(row.ts, UTC),
+            }
+            for row in history
+        ],
+        # "Not interested" (dismiss events): items never shown to the customer again.
+        "dismissed": [
+            {"item_id": item_ids.get(pk, str(pk)), "dismissed_at": datetime.fromtimestamp(ts, UTC)}
+            for pk, ts in zip(dismissed_pks.tolist(), dismissed_ts.tolist(), strict=True)
+        ],
+        "category_affinity": {
+            categories.get(pk, str(pk)): round(weight, 6) for pk, weight in affinity.items() if math.isfinite(weight)
+        },
+    }
+
+
+def _item_ids(pks: Iterable[int]) -> dict[int, str]:
+    return dict(Item.objects.filter(pk__in=set(pks)).values_list("pk", "external_id"))
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _interactions(customer_pk: int) -> Iterator[dict[str, Any]]:
+    rows = (
+        Interaction.objects.filter(customer_id=customer_pk)
+        .order_by("occurred_at", "id")
+        .values_list(
+            "event_id", "item__external_id", "session_id", "type", "value", "occurred_at", "received_at", "request_id"
+        )
+    )
+    for event_id, item_id, session_id, type_, value, occurred_at, received_at, request_id in rows.iterator(
+        chunk_size=_EXPORT_CHUNK
+    ):
+        yield {
+            "event_id": event_id,
+            "item_id": item_id,
+            "session_id": session_id,
+            "type": Interaction.Type(type_).label,
+            "value": _finite(value),
+            "occurred_at": occurred_at,
+            "received_at": received_at,
+            "request_id": request_id,
+        }
+
+
+def _impressions(customer_pk: int) -> Iterator[dict[str, Any]]:
+    rows = (
+        Impression.objects.filter(customer_id=customer_pk)
+        .order_by("served_at", "id")
+        .values_list(
+            "request_id",
+            "served_at",
+            "surface",
+            "session_id",
+            "experiment__key",
+            "variant__name",
+            "model_version",
+            "item_pks",
+        )  # fmt: skip
+    )
+    chunk: list[Sequence[Any]] = []
+    for row in rows.iterator(chunk_size=_EXPORT_CHUNK):
+        chunk.append(row)
+        if len(chunk) >= _EXPORT_CHUNK:
+            yield from _impression_dicts(chunk)
+            chunk = []
+    yield from _impression_dicts(chunk)
+
+
+def _impression_dicts(rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    item_ids = _item_ids(pk for row in rows for pk in row[7])
+    for request_id, served_at, surface, session_id, experiment, variant, model_version, item_pks in rows:
+        yield {
+            "request_id": request_id,
+            "served_at": served_at,
+            "surface": surface,
+            "session_id": session_id,
+            "experiment": experiment,
+            "variant": variant,
+            "model_version": model_version,
+            "item_ids": [item_ids.get(pk, str(pk)) for pk in item_pks],
+        }
