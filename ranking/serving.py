@@ -180,12 +180,13 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     request_id = uuid.uuid4().hex
 
     excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
+    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
 
     def compute(prefetched: Sequence[Any] | None, redis_ok: bool = True) -> CachedList:
         shared = _shared_work(
             owners, prefetched, redis_ok, model=model, context_item_id=request.context_item_id,
             context_category=request.context_category, excluded_requests=excluded_requests,
-            probe=request.probe,
+            pending_shown=pending_shown, probe=request.probe,
         )  # fmt: skip
         return _serve(
             request, owners=owners, config=config, model=model, variant=assignment.variant, request_id=request_id,
@@ -321,6 +322,7 @@ def recommend_page(request: PageRequest) -> Page:
             anchors[index] = pk
     model = get_active_model()
     excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
+    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
     redis_ok = True
     prefetched: Sequence[Any] | None = None
     if owners:
@@ -333,7 +335,7 @@ def recommend_page(request: PageRequest) -> Page:
             DEGRADED.labels("redis").inc()
     shared = _shared_work(
         owners, prefetched, redis_ok, model=model, context_item_id=request.context_item_id,
-        context_category=request.context_category, excluded_requests=excluded_requests,
+        context_category=request.context_category, excluded_requests=excluded_requests, pending_shown=pending_shown,
     )  # fmt: skip
     page_shown = np.union1d(shared.read.dismissed_pks, shared.shown)
     if shared.context_item_pk is not None:  # the item on the page is recommended in none of its widgets
@@ -484,10 +486,13 @@ def _shared_work(
     context_item_id: str,
     context_category: str,
     excluded_requests: Sequence[str],
+    pending_shown: np.ndarray | None = None,
     probe: bool = False,
 ) -> SharedWork:
     """Read the owners' state (from the prefetched replies, else in one round trip here), observe the freshness of
-    their pending events, apply the page context, fold the user vector."""
+    their pending events, apply the page context, fold the user vector. ``pending_shown``: the items of
+    ``excluded_requests`` this process has not written to Redis yet, looked up BEFORE the Redis read (so an answer
+    is found in one place or the other, whenever the background write happens)."""
     trace = _Trace()
     shown = np.empty(0, np.int64)
     with trace.stage("history"):
@@ -503,8 +508,8 @@ def _shared_work(
             shown = events_online.parse_shown(prefetched[size])
             prefetched = prefetched[:size]
         read = online.owner_state(owners, prefetched, redis_ok)
-        if owners and excluded_requests:  # answers of this process not yet in Redis
-            shown = np.union1d(shown, SHOWN.pending(owners[0], excluded_requests))
+        if pending_shown is not None:
+            shown = np.union1d(shown, pending_shown)
         if read.arrivals:
             _observe_freshness(read.arrivals, probe=probe)
         context_item_pk, context_category_pk = online.context_of(context_item_id, context_category)
@@ -557,14 +562,25 @@ class _ShownBuffer:
         return np.unique(np.asarray(found, np.int64))
 
     def flush(self) -> None:
+        """Write what is pending; entries stay readable here until Redis has them (a reader that looks here first
+        and in Redis after never misses one), then go (written or not: a failed write is logged, not retried)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
+            pending = {owner: dict(answers) for owner, answers in self._pending.items()}
         if not pending:
             return
         try:
             events_online.write_shown(pending, ttl_seconds=SHOWN_TTL_SECONDS)
         except redis.RedisError:
             logger.warning("shown_write_failed", extra={"owners": len(pending)})
+        with self._lock:
+            for owner, answers in pending.items():
+                mine = self._pending.get(owner)
+                if mine is None:
+                    continue
+                for request_id in answers:
+                    mine.pop(request_id, None)
+                if not mine:
+                    del self._pending[owner]
 
     def clear(self) -> None:
         with self._lock:
