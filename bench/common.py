@@ -148,7 +148,7 @@ def demo_env(database: str, redis_db: int) -> tuple[dict[str, str], str]:
     manage(env, "migrate", "--verbosity", "0")
     manage(env, "load_demo", "--quiet")
     code = (
-        "from ranking.selectors import active_version_id; from events import keys; from recsys import redis_client;"
+        "from ranking.selectors import active_version_id; from events import keys; from kernel import redis_client;"
         "print(active_version_id() or 0, int(bool(redis_client.get().exists(keys.ONLINE_STATE_COMPLETE))))"
     )
     _, out = manage(env, "shell", "-c", code)
