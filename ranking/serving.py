@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import threading
 import time
 import uuid
@@ -717,10 +716,6 @@ def clear_caches() -> None:
     CACHE.clear_local()
     SHOWN.clear()
     online.clear()
-
-
-def safe_round(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 6)
 
 
 __all__ = [
