@@ -10,6 +10,8 @@ import numpy as np
 
 # Interaction.Type values, repeated here (and checked against the model in the tests) so this module stays pure.
 VIEW, CLICK, ADD_TO_CART, PURCHASE, RATING = 1, 2, 3, 4, 5
+# "Not interested": kept apart from the history (a per-owner dismissed set), never an interest.
+DISMISS = 6
 
 # The counted types, in the order of every counter array; ratings are not counted (they are rare and late).
 COUNTED_TYPES: tuple[int, ...] = (VIEW, CLICK, ADD_TO_CART, PURCHASE)

@@ -19,11 +19,20 @@ HISTORY_PREFIX = "hist:"
 AFFINITY_PREFIX = "aff:"
 CACHE_VERSION_PREFIX = "cv:"
 COUNTER_PREFIX = "cnt:"
+DISMISSED_PREFIX = "dis:"
+ARRIVAL_PREFIX = "arrival:"
+SHOWN_PREFIX = "shown:"
+
+# The freshness probe's owner (ranking.tasks.freshness_probe): an anonymous session whose id holds a tab inside it
+# (not at an end, where it would be stripped), which no client can send (kernel.validation.id_problem refuses it),
+# so its state is never anyone's; its events never reach Postgres (the probe writes the online state only): not
+# training, not exports, not dashboards.
+PROBE_SESSION_ID = "freshness\tprobe"
 
 # Rebuildable from Postgres, so ``rebuild_online_state`` clears them (by SCAN on these prefixes) before rebuilding.
 # Cache versions and the item-features version are deliberately absent: resetting a version to an old value could
 # make a cache hit an entry written before the reset, so those are only ever moved forward.
-REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX)
+REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX, DISMISSED_PREFIX)
 
 
 def owner_for(*, customer_id: str, session_id: str) -> str:
@@ -93,6 +102,35 @@ def cache_version(owner: str) -> str:
     return CACHE_VERSION_PREFIX + owner
 
 
+def dismissed(owner: str) -> str:
+    """``dis:<owner>`` sorted set: item pk -> Unix time of the owner's latest ``dismiss`` ("not interested").
+
+    Serving never shows these items to the owner again and demotes their nearest neighbours for a while (a penalty
+    decaying with the dismissal's age). Dismissals are not history entries (they are no interest); rebuilt from
+    Postgres like the history, and expiring with the owner's other keys.
+    """
+    return DISMISSED_PREFIX + owner
+
+
+def arrival(owner: str) -> str:
+    """``arrival:<owner>`` string: the Unix time the oldest event not yet reflected in a served list arrived.
+
+    Written (SET NX, so the first unreflected event's time stays) with every accepted event; the first list
+    computed after it observes ``now - arrival`` into ``recsys_event_to_list_seconds`` and deletes it (only if
+    unchanged). Expires after an hour: an owner who never asks for a list again is not "stale".
+    """
+    return ARRIVAL_PREFIX + owner
+
+
+def shown(owner: str) -> str:
+    """``shown:<owner>`` hash: request id -> comma-separated item pks that answer showed this owner.
+
+    Written by serving for each personal list; ``exclude_request_ids`` reads it to leave out what earlier answers
+    of the session showed. Expires ``ranking.serving.SHOWN_TTL_SECONDS`` after the last write (a page visit).
+    """
+    return SHOWN_PREFIX + owner
+
+
 def item_counter(type_name: str, hour: int) -> str:
     """``cnt:<type>:<hour>`` hash: item pk -> number of ``type`` events in that hour (``hour`` = Unix time // 3600).
 
@@ -142,6 +180,9 @@ KEY_PATTERNS: dict[str, str] = {
     "hist:<owner>": "history",
     "aff:<owner>": "affinity",
     "cv:<owner>": "cache_version",
+    "dis:<owner>": "dismissed",
+    "arrival:<owner>": "arrival",
+    "shown:<owner>": "shown",
     "cnt:<type>:<hour>": "item_counter",
     "feat:items:blob": "ITEM_FEATURES_BLOB",
     "feat:items:version": "ITEM_FEATURES_VERSION",

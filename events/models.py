@@ -14,6 +14,9 @@ class Interaction(models.Model):
         ADD_TO_CART = 3, "add_to_cart"
         PURCHASE = 4, "purchase"
         RATING = 5, "rating"
+        # "Not interested": never shown again to this owner, its neighbours demoted for a while, a negative
+        # signal for training (docs/events.md).
+        DISMISS = 6, "dismiss"
 
     id = models.BigAutoField(primary_key=True)
     # The client's idempotency key (or one derived from the event's content): a retry is stored once.

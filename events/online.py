@@ -18,7 +18,7 @@ import numpy as np
 from redis.client import Pipeline
 
 from events import keys
-from events.features import COUNTED_NAMES, COUNTED_TYPES, decay_to, forward_decayed, interest_weight
+from events.features import COUNTED_NAMES, COUNTED_TYPES, DISMISS, decay_to, forward_decayed, interest_weight
 from kernel import redis_client
 
 HISTORY_LENGTH = 200
@@ -38,6 +38,8 @@ def owner_ttl_seconds(owner: str) -> int:
 # Trending and CTR look back seven days; one more day of buckets lets a fold at any hour see full days.
 COUNTER_RETENTION_SECONDS = 8 * 86_400
 HOUR = 3600
+# An event's arrival time waits this long for a list to reflect it (keys.arrival).
+ARRIVAL_TTL_SECONDS = 3600
 
 _COUNTER_NAME: dict[int, str] = dict(zip(COUNTED_TYPES, COUNTED_NAMES, strict=True))
 
@@ -79,7 +81,8 @@ def first_live_hour(now: float) -> int:
 
 
 def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
-    """Add newly stored events to history, affinities and counters and bump their owners' cache versions.
+    """Add newly stored events to history, affinities and counters (a ``dismiss`` to the owner's dismissed set
+    instead), bump their owners' cache versions and note the arrival time serving's freshness histogram reads.
 
     One MULTI/EXEC: one round trip, and a failure leaves either all of the batch or none of it in Redis. Callers
     pass only events that were not stored before, so a retried request never counts twice.
@@ -87,10 +90,18 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
     if not events:
         return
     history: dict[str, dict[str, float]] = defaultdict(dict)
+    dismissed: dict[str, dict[str, float]] = defaultdict(dict)
     affinity: dict[tuple[str, int], float] = defaultdict(float)
     counters: Counter[tuple[str, int, int]] = Counter()
+    owners: dict[str, None] = {}
     oldest_hour = first_live_hour(now)
     for event in events:
+        owners[event.owner] = None
+        if event.type == DISMISS:
+            # Not an interest: no history entry, affinity or counter; the latest dismissal's time is kept.
+            item = str(event.item_pk)
+            dismissed[event.owner][item] = max(event.ts, dismissed[event.owner].get(item, event.ts))
+            continue
         member = history_member(item_pk=event.item_pk, type_=event.type, interaction_pk=event.interaction_pk)
         history[event.owner][member] = event.ts
         if event.category_pk is not None:
@@ -107,6 +118,9 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         key = keys.history(owner)
         pipe.zadd(key, members)
         pipe.zremrangebyrank(key, 0, -HISTORY_LENGTH - 1)
+    for owner, items in dismissed.items():
+        # GT: a replayed older dismissal never moves an item's time back.
+        pipe.zadd(keys.dismissed(owner), items, gt=True)
     for (owner, category_pk), weight in affinity.items():
         pipe.zincrby(keys.affinity(owner), weight, category_pk)
     buckets: dict[str, int] = {}
@@ -116,8 +130,9 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         buckets[key] = hour
     for key, hour in buckets.items():
         pipe.expireat(key, counter_expiry(hour))
-    for owner in history:
+    for owner in owners:
         pipe.incr(keys.cache_version(owner))
+        pipe.set(keys.arrival(owner), repr(now), nx=True, ex=ARRIVAL_TTL_SECONDS)
         _expire_owner(pipe, owner)
     pipe.execute()
 
@@ -134,7 +149,9 @@ def merge_owner(*, source: str, target: str) -> None:
     pipe.zremrangebyrank(target_history, 0, -HISTORY_LENGTH - 1)
     target_affinity = keys.affinity(target)
     pipe.zunionstore(target_affinity, [target_affinity, keys.affinity(source)], aggregate="SUM")
-    pipe.unlink(keys.history(source), keys.affinity(source))
+    target_dismissed = keys.dismissed(target)
+    pipe.zunionstore(target_dismissed, [target_dismissed, keys.dismissed(source)], aggregate="MAX")
+    pipe.unlink(keys.history(source), keys.affinity(source), keys.dismissed(source))
     for owner in (target, source):
         pipe.incr(keys.cache_version(owner))
         # Without it the version, bumped here, would outlive its owner forever.
@@ -144,7 +161,7 @@ def merge_owner(*, source: str, target: str) -> None:
 
 def _expire_owner(pipe: Pipeline, owner: str) -> None:
     ttl = owner_ttl_seconds(owner)
-    for key in (keys.history(owner), keys.affinity(owner), keys.cache_version(owner)):
+    for key in (keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.cache_version(owner)):
         pipe.expire(key, ttl)
 
 
@@ -155,6 +172,16 @@ def write_histories(histories: Mapping[str, Mapping[str, float]]) -> None:
         key = keys.history(owner)
         pipe.zadd(key, dict(members))
         pipe.zremrangebyrank(key, 0, -HISTORY_LENGTH - 1)
+        pipe.expire(key, owner_ttl_seconds(owner))
+    pipe.execute()
+
+
+def write_dismissed(dismissed: Mapping[str, Mapping[int, float]]) -> None:
+    """Rebuild: set each owner's dismissed items (item pk -> Unix time of the latest dismissal)."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner, items in dismissed.items():
+        key = keys.dismissed(owner)
+        pipe.zadd(key, {str(pk): ts for pk, ts in items.items()}, gt=True)
         pipe.expire(key, owner_ttl_seconds(owner))
     pipe.execute()
 
@@ -200,7 +227,9 @@ def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
     key naming the owner is left behind.
     """
     pipe = redis_client.get().pipeline(transaction=True)
-    pipe.unlink(keys.history(owner), keys.affinity(owner))
+    pipe.unlink(
+        keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.arrival(owner), keys.shown(owner)
+    )
     pipe.incr(keys.cache_version(owner))
     pipe.expire(keys.cache_version(owner), version_ttl_seconds)
     deleted, _, _ = pipe.execute()
@@ -306,11 +335,69 @@ def parse_affinity(rows: list[tuple[bytes, float]], *, now: float | None = None)
 
 
 def queue_owner_reads(pipe: Pipeline, owner: str, *, limit: int) -> None:
-    """Queue what ``read_history`` and ``read_affinity`` read on a caller's pipeline, and whether the online state
-    is complete (three replies, in that order), so they share one round trip with the caller's own commands."""
+    """Queue what ``read_history``, ``read_affinity`` and ``read_dismissed`` read on a caller's pipeline, whether
+    the online state is complete and the owner's pending event arrival (five replies, in that order), so they share
+    one round trip with the caller's own commands."""
     pipe.zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
     pipe.zrange(keys.affinity(owner), 0, -1, withscores=True)
     pipe.exists(keys.ONLINE_STATE_COMPLETE)
+    pipe.zrange(keys.dismissed(owner), 0, -1, withscores=True)
+    pipe.get(keys.arrival(owner))
+
+
+def parse_dismissed(rows: Sequence[tuple[bytes, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Dismissed items as (item pks, Unix times of dismissal), in pk order."""
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    members, scores = zip(*rows, strict=True)
+    pks = np.array(b",".join(members).split(b","), dtype=np.int64)
+    order = np.argsort(pks)
+    return pks[order], np.array(scores, np.float64)[order]
+
+
+def read_dismissed(owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's dismissed items (pks, times), in pk order."""
+    return parse_dismissed(redis_client.get().zrange(keys.dismissed(owner), 0, -1, withscores=True))
+
+
+# Delete the arrival only if it is still the one observed: an event that arrived meanwhile keeps its own time.
+_ARRIVAL_REFLECTED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def arrivals_reflected(observed: Mapping[str, bytes]) -> None:
+    """A list reflecting these owners' events was served: forget the arrivals it observed (owner -> value)."""
+    client = redis_client.get()
+    script = client.register_script(_ARRIVAL_REFLECTED)
+    pipe = client.pipeline(transaction=False)
+    for owner, value in observed.items():
+        script(keys=[keys.arrival(owner)], args=[value], client=pipe)
+    pipe.execute()
+
+
+def write_shown(answers: Mapping[str, Mapping[str, Sequence[int]]], *, ttl_seconds: int) -> None:
+    """Note which items each answer showed its owner (``keys.shown``): owner -> {request id: item pks}, one
+    pipeline for them all."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner, shown in answers.items():
+        pipe.hset(keys.shown(owner), mapping={rid: ",".join(map(str, pks)) for rid, pks in shown.items()})
+        pipe.expire(keys.shown(owner), ttl_seconds)
+    pipe.execute()
+
+
+def queue_shown_reads(pipe: Pipeline, owner: str, request_ids: Sequence[str]) -> None:
+    """Queue the HMGET of what earlier answers ``request_ids`` showed the owner (one reply)."""
+    pipe.hmget(keys.shown(owner), list(request_ids))
+
+
+def parse_shown(reply: Sequence[bytes | None]) -> np.ndarray:
+    """Item pks of an HMGET of ``keys.shown`` (unknown or expired request ids: nothing)."""
+    found = [value for value in reply if value]
+    if not found:
+        return np.empty(0, np.int64)
+    return np.unique(np.array(b",".join(found).split(b","), dtype=np.int64))
 
 
 def read_complete() -> bool:

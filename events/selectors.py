@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -54,8 +54,35 @@ def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
         interactions = interactions.filter(session_id=session_id, customer__isnull=True)
     else:
         interactions = interactions.filter(customer__external_id=customer_id)
+    # Dismissals are not history (the online state keeps them apart: dismissed_from_db).
+    interactions = interactions.exclude(type=Interaction.Type.DISMISS)
     rows = interactions.order_by("-occurred_at", "-id").values_list("item_id", "type", "occurred_at")[:limit]
     return [HistoryEntry(item_pk, type_, occurred_at.timestamp()) for item_pk, type_, occurred_at in rows]
+
+
+def dismissed_from_db(owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's dismissed items from Postgres (pks in order, Unix time of the latest dismissal): what serving
+    leaves out when the online state cannot be read."""
+    interactions = Interaction.objects.filter(type=Interaction.Type.DISMISS)
+    customer_id, session_id = keys.parse_owner(owner)
+    if not customer_id:
+        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
+    else:
+        interactions = interactions.filter(customer__external_id=customer_id)
+    latest: dict[int, float] = {}
+    for item_pk, occurred_at in interactions.values_list("item_id", "occurred_at")[:10_000]:
+        latest[item_pk] = max(latest.get(item_pk, 0.0), occurred_at.timestamp())
+    pks = np.array(sorted(latest), np.int64)
+    return pks, np.array([latest[pk] for pk in pks.tolist()], np.float64)
+
+
+def dismissed(owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's dismissed items (pks in order, times): from Redis, from Postgres when Redis is unavailable."""
+    try:
+        return online.read_dismissed(owner)
+    except redis.RedisError:
+        logger.warning("dismissed_redis_unavailable", exc_info=True)
+        return dismissed_from_db(owner)
 
 
 @dataclass(frozen=True)
@@ -75,9 +102,14 @@ class OwnerState:
     affinity: dict[int, float]
     # False when Redis lost the online state (flushed, restarted empty): the history above may be missing events.
     complete: bool = True
+    # "Not interested": item pks (ascending) and the Unix time of each one's latest dismissal.
+    dismissed_pks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    dismissed_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    # The raw arrival time of the oldest event no served list has reflected yet (events.keys.arrival), or None.
+    arrival: bytes | None = None
 
 
-OWNER_STATE_REPLIES = 3
+OWNER_STATE_REPLIES = 5
 
 
 def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None:
@@ -88,11 +120,15 @@ def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None
 
 
 def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
-    history_rows, affinity_rows, complete = replies
+    history_rows, affinity_rows, complete, dismissed_rows, arrival = replies
+    dismissed_pks, dismissed_ts = online.parse_dismissed(dismissed_rows)
     return OwnerState(
         HistoryColumns(*online.parse_history_columns(history_rows)),
         online.parse_affinity(affinity_rows),
         bool(complete),
+        dismissed_pks,
+        dismissed_ts,
+        arrival,
     )
 
 

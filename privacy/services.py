@@ -193,7 +193,8 @@ def customer_export(*, customer_id: str) -> CustomerExport:
 def _online_state(owner: str) -> dict[str, Any]:
     history = online.read_history(owner, limit=online.HISTORY_LENGTH)
     affinity = online.read_affinity(owner)
-    item_ids = _item_ids(row.item_pk for row in history)
+    dismissed_pks, dismissed_ts = online.read_dismissed(owner)
+    item_ids = _item_ids([*(row.item_pk for row in history), *dismissed_pks.tolist()])
     categories = dict(Category.objects.filter(pk__in=list(affinity)).values_list("pk", "external_id"))
     return {
         "history": [
@@ -203,6 +204,11 @@ def _online_state(owner: str) -> dict[str, Any]:
                 "occurred_at": datetime.fromtimestamp(row.ts, UTC),
             }
             for row in history
+        ],
+        # "Not interested" (dismiss events): items never shown to the customer again.
+        "dismissed": [
+            {"item_id": item_ids.get(pk, str(pk)), "dismissed_at": datetime.fromtimestamp(ts, UTC)}
+            for pk, ts in zip(dismissed_pks.tolist(), dismissed_ts.tolist(), strict=True)
         ],
         "category_affinity": {
             categories.get(pk, str(pk)): round(weight, 6) for pk, weight in affinity.items() if math.isfinite(weight)

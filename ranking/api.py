@@ -20,6 +20,8 @@ from ranking.serializers import (
     CountQuerySerializer,
     DryRunSerializer,
     DryRunStartSerializer,
+    PageRequestSerializer,
+    PageSerializer,
     RecommendationListSerializer,
     RecommendationQuerySerializer,
 )
@@ -61,7 +63,7 @@ class RecommendationListApi(APIView):
                 customer_id=data["customer_id"], session_id=data["session_id"], surface=data["surface"],
                 count=data["count"], category=data["category"] or None, exclude=tuple(data["exclude"]),
                 context_item_id=data["context_item_id"], context_category=data["context_category"],
-                debug=data["debug"], forced_variant=forced,
+                debug=data["debug"], forced_variant=forced, exclude_request_ids=tuple(data["exclude_request_ids"]),
             )
         )  # fmt: skip
         return Response(_list_body(result))
@@ -152,3 +154,47 @@ class RuleDryRunApi(APIView):
         if state is None:
             raise NotFound(f"No dry run {run_id!r} (runs are kept for 7 days).")
         return Response(state)
+
+
+class PageApi(APIView):
+    """Several widgets of one page in one call, without repeats (``ranking.serving.recommend_page``)."""
+
+    required_scope = ApiKey.Scope.RECOMMEND
+
+    @extend_schema(summary="A whole page of widgets, no item twice", request=PageRequestSerializer,
+                   responses=PageSerializer)  # fmt: skip
+    def post(self, request: Request) -> Response:
+        body = PageRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        widgets = tuple(
+            serving.PageWidget(
+                kind=w["kind"], surface=w["surface"], count=w["count"], category=w["category"] or None,
+                item_id=w["item_id"], groups=w["groups"],
+            )
+            for w in data["widgets"]
+        )  # fmt: skip
+        try:
+            page = serving.recommend_page(
+                serving.PageRequest(
+                    customer_id=data["customer_id"], session_id=data["session_id"], widgets=widgets,
+                    context_item_id=data["context_item_id"], context_category=data["context_category"],
+                    exclude_request_ids=tuple(data["exclude_request_ids"]),
+                )
+            )  # fmt: skip
+        except serving.PageWidgetError as exc:
+            raise ValidationError({"widgets": {str(exc.index): {exc.field: [exc.message]}}}) from None
+        return Response(
+            {
+                "model_version": page.model_version,
+                "degraded": page.degraded,
+                "widgets": [
+                    {
+                        "kind": w.kind, "request_id": w.request_id, "surface": w.surface, "experiment": w.experiment,
+                        "variant": w.variant, "items": [asdict(item) for item in w.items],
+                        "groups": [asdict(group) for group in w.groups],
+                    }
+                    for w in page.widgets
+                ],
+            }
+        )  # fmt: skip

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from events.features import DISMISS
 from ranking.sources import PURCHASE, SECONDS_PER_DAY, decay, event_weights
 
 IntArray = npt.NDArray[np.int64]
@@ -151,6 +153,30 @@ def index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
     return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
 
 
+def dismissed_pairs(
+    customer: npt.NDArray[np.int64],
+    item_idx: npt.NDArray[np.int64],
+    type_: npt.NDArray[Any],
+    session: Sequence[str] | npt.NDArray[np.object_] | None,
+) -> npt.NDArray[np.bool_]:
+    """Per event, whether its (owner, item) pair has a ``dismiss`` ("not interested"): training's negative signal.
+    Those pairs leave the positives altogether, every event of them (the views that led to the dismissal too), and
+    the dismissals themselves are no interest. The owner is the customer, or the session for anonymous events."""
+    dismiss = type_ == DISMISS
+    if not dismiss.any():
+        return dismiss
+    owner = customer.copy()
+    anonymous = customer < 0
+    if session is not None and anonymous.any():
+        _, codes = np.unique(np.asarray(session, dtype=object)[anonymous].astype(str), return_inverse=True)
+        owner[anonymous] = -1 - codes.astype(np.int64)
+    pair = owner * (int(item_idx.max(initial=0)) + 2) + (item_idx + 1)
+    matched = np.isin(pair, pair[dismiss])
+    if session is None:  # anonymous events without sessions have no owner to pair them by
+        matched &= ~anonymous
+    return matched | dismiss
+
+
 def log_from_arrays(
     *,
     customer: npt.ArrayLike,
@@ -170,7 +196,7 @@ def log_from_arrays(
     """
     customer = np.asarray(customer, dtype=np.int64)
     item_idx = items.index_of(item)
-    keep = item_idx >= 0
+    keep = (item_idx >= 0) & ~dismissed_pairs(customer, item_idx, np.asarray(type_), session)
     customer, item_idx = customer[keep], item_idx[keep]
     type_arr = np.asarray(type_, dtype=np.int8)[keep]
     value_arr = np.asarray(value, dtype=np.float32)[keep]

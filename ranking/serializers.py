@@ -5,7 +5,7 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
 from kernel.validation import optional_id
-from ranking.serving import MAX_COUNT
+from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS
 
 MAX_EXCLUDE = 100
 
@@ -32,7 +32,15 @@ class RecommendationQuerySerializer(CountQuerySerializer):
         help_text="The category of the page: a fresh interest in it and its popular items first among the popular "
         "candidates. Shapes the list without filtering it (``category`` filters). Unknown ids are ignored.",
     )  # fmt: skip
+    exclude_request_ids = serializers.CharField(
+        required=False, allow_blank=True, default="",
+        help_text=f"Comma-separated request ids (at most {MAX_EXCLUDE_REQUESTS}) of earlier answers to this customer "
+        "or session (the last 30 minutes): their items are left out. Unknown or expired ids leave nothing out.",
+    )  # fmt: skip
     debug = serializers.BooleanField(default=False, help_text="Add the pipeline trace (needs the admin scope).")
+
+    def validate_exclude_request_ids(self, value: str) -> list[str]:
+        return _request_ids(value.split(","))
 
     # The one id rule (kernel.validation): ids a read names can end up stored (impressions).
     def validate_customer_id(self, value: str) -> str:
@@ -48,6 +56,54 @@ class RecommendationQuerySerializer(CountQuerySerializer):
         if any(len(item) > EXTERNAL_ID_MAX for item in ids):
             raise serializers.ValidationError(f"An item id is longer than {EXTERNAL_ID_MAX} characters.")
         return ids
+
+
+def _request_ids(values: list[str]) -> list[str]:
+    ids = [part.strip() for part in values if part.strip()]
+    if len(ids) > MAX_EXCLUDE_REQUESTS:
+        raise serializers.ValidationError(f"At most {MAX_EXCLUDE_REQUESTS} request ids.")
+    for request_id in ids:
+        if len(request_id) > 64 or not request_id.isprintable():
+            raise serializers.ValidationError(f"Not a request id: {request_id[:70]!r}.")
+    return ids
+
+
+class PageWidgetSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=PAGE_WIDGET_KINDS)
+    surface = serializers.SlugField(max_length=32, default="home", help_text="recommendations: the surface.")
+    count = serializers.IntegerField(min_value=1, max_value=MAX_COUNT, default=10)
+    category = serializers.CharField(
+        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        help_text="recommendations: only this category.",
+    )  # fmt: skip
+    item_id = serializers.CharField(
+        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        help_text="similar: the anchor item (default: the page's context_item_id).",
+    )  # fmt: skip
+    groups = serializers.IntegerField(min_value=1, max_value=5, default=2, help_text="because_you_viewed: rows.")
+
+    def validate_item_id(self, value: str) -> str:
+        return optional_id(value)
+
+
+class PageRequestSerializer(serializers.Serializer):
+    customer_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    session_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    context_item_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    context_category = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    exclude_request_ids = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list, max_length=MAX_EXCLUDE_REQUESTS
+    )
+    widgets = PageWidgetSerializer(many=True, min_length=1, max_length=MAX_PAGE_WIDGETS)
+
+    def validate_customer_id(self, value: str) -> str:
+        return optional_id(value)
+
+    def validate_session_id(self, value: str) -> str:
+        return optional_id(value)
+
+    def validate_exclude_request_ids(self, value: list[str]) -> list[str]:
+        return _request_ids(value)
 
 
 class ReasonSerializer(serializers.Serializer):
@@ -159,3 +215,19 @@ class DryRunSerializer(serializers.Serializer):
     total = serializers.IntegerField(required=False)
     error = serializers.CharField(required=False)
     result = DryRunResultSerializer(required=False)
+
+
+class PageWidgetResultSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    request_id = serializers.CharField(help_text="This widget's own request id: send it back with its events.")
+    surface = serializers.CharField()
+    experiment = serializers.CharField(allow_null=True)
+    variant = serializers.CharField(allow_null=True)
+    items = RecommendedItemSerializer(many=True, help_text="recommendations and similar widgets.")
+    groups = AnchorGroupSerializer(many=True, help_text="because_you_viewed widgets.")
+
+
+class PageSerializer(serializers.Serializer):
+    model_version = serializers.IntegerField(allow_null=True)
+    degraded = serializers.BooleanField()
+    widgets = PageWidgetResultSerializer(many=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -25,17 +26,29 @@ from typing import Any, TypedDict
 import numpy as np
 import redis
 from django.db import DatabaseError
+from prometheus_client import Counter, Histogram
 
+from events import online as events_online
 from events import selectors as event_selectors
-from events.keys import owner_for
+from events.features import DISMISS
+from events.keys import PROBE_SESSION_ID, owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
+from kernel import redis_client
+from kernel.background import Periodic
 from ranking import rerank as rr
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model
 from ranking.cache import ListCache
 from ranking.pipeline import online, stages
-from ranking.pipeline.anchored import SIMILAR_BLEND, because_you_viewed, bought_together, similar_items
+from ranking.pipeline.anchored import (
+    SIMILAR_BLEND,
+    anchor_groups,
+    because_you_viewed,
+    bought_together,
+    similar_items,
+    similar_list,
+)
 from ranking.pipeline.online import catalog_rows, item_pk
 from ranking.pipeline.responses import (
     CATEGORY_SHARE,
@@ -66,6 +79,19 @@ logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
 CACHE = ListCache(ttl_seconds=60.0)
+# How long what an answer showed stays excludable by ``exclude_request_ids`` (keys.shown): a page visit.
+SHOWN_TTL_SECONDS = 1800
+MAX_EXCLUDE_REQUESTS = 20
+
+# Freshness, measured (issue 16): for a list computed after an owner's events, the seconds from the arrival of the
+# oldest event no list had reflected yet to this list. A list computed after an event always reflects it (the
+# event bumped the owner's cache version, so the list was computed from the state that holds the event); what this
+# measures is how long owners wait for that, including events whose owner asks again only later. "probe": the
+# synthetic freshness probe (ranking.tasks.freshness_probe), kept apart from real traffic.
+EVENT_TO_LIST = Histogram(
+    "recsys_event_to_list_seconds", "From an owner's event arriving to the first list that reflects it.", ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)  # fmt: skip
 
 # The adapters tests and benchmarks reach through this module.
 _ranker_for = online.ranker_for
@@ -107,6 +133,9 @@ class RecommendRequest:
     context_category: str = ""
     rules: bool = True  # False: the merchandiser's "rules off" preview
     log_impression: bool = True  # previews are not traffic
+    # Earlier answers of this owner (their request ids) whose items are left out: a page's second and later lists.
+    exclude_request_ids: tuple[str, ...] = ()
+    probe: bool = False  # the freshness probe: no impression, no traffic metrics, its own freshness label
     replay: Replay | None = None  # the dry run re-serving a logged request (ranking/dry_run.py)
 
 
@@ -151,16 +180,8 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     """A personalised list for a customer, an anonymous session, or nobody (cold start); never an error for an
     unknown customer. Opted-out customers get the same list as an anonymous visitor."""
     started = time.perf_counter()
-    opted_out = bool(request.customer_id) and online.opt_outs.contains(request.customer_id)
-    personal = not opted_out
-    owner = owner_for(customer_id=request.customer_id, session_id=request.session_id) if personal else ""
-    if owner == "s:":
-        owner = ""
-    # A customer who browsed anonymously before signing up: the session's history is theirs too (until a session
-    # merge moves it over), read in the same round trip as the customer's own.
-    owners = tuple(o for o in (owner,) if o)
-    if owner and request.customer_id and request.session_id:
-        owners = (owner, owner_for(customer_id="", session_id=request.session_id))
+    personal, owners = owners_of(customer_id=request.customer_id, session_id=request.session_id)
+    owner = owners[0] if owners else ""
     unit = owner or request.session_id or request.customer_id or "anonymous"
     assignment = experiments.assign(surface=request.surface, unit_id=unit, forced_variant=request.forced_variant)
     config = assignment.config
@@ -172,10 +193,18 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     model_version = model.version_id if model else None
     request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
 
+    excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
+    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
+
     def compute(prefetched: Sequence[Any] | None, redis_ok: bool = True) -> CachedList:
+        shared = _shared_work(
+            owners, prefetched, redis_ok, model=model, context_item_id=request.context_item_id,
+            context_category=request.context_category, excluded_requests=excluded_requests,
+            pending_shown=pending_shown, probe=request.probe,
+        )  # fmt: skip
         return _serve(
             request, owners=owners, config=config, model=model, variant=assignment.variant, request_id=request_id,
-            redis_ok=redis_ok, prefetched=prefetched,
+            shared=shared,
         )  # fmt: skip
 
     value: CachedList | None = None
@@ -184,8 +213,10 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     if not request.debug and request.replay is None:
         # The exclusions and the page context, digested: free-form ids must not bend the key's shape.
         extra_key = hashlib.blake2b(
-            "\x1e".join(("\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category))
-            .encode(), digest_size=6,
+            "\x1e".join((
+                "\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category,
+                "\x1f".join(sorted(excluded_requests)),
+            )).encode(), digest_size=6,
         ).hexdigest()  # fmt: skip
         key = ":".join((
             "rec", request.surface, "|".join(owners) or "-", str(request.count), request.category or "-", extra_key,
@@ -196,7 +227,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
             value, tier = CACHE.get_or_compute(
                 key, compute,
                 version_key=[event_selectors.cache_version_key(o) for o in owners] or None,
-                prefetch=(lambda pipe: online.queue_owner_state(pipe, owners)) if owners else None,
+                prefetch=(lambda pipe: _queue_shared_reads(pipe, owners, excluded_requests)) if owners else None,
             )  # fmt: skip
         except redis.RedisError:
             # Without Redis there is no cache version, so no cache to trust: compute from Postgres and say so.
@@ -205,25 +236,25 @@ def recommend(request: RecommendRequest) -> RecommendationList:
             logger.warning("recommend_without_redis", extra={"owner": owner})
     if value is None:
         value = compute(None, redis_ok)
-    items = tuple(
-        RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
-        for item in value["items"]
-    )
+    items = _items_of(value)
     if request.replay is not None:  # not traffic: no impression, no request metrics
         return RecommendationList(
             request_id=request_id, surface=request.surface, items=items, experiment=assignment.experiment_key,
             variant=assignment.variant, model_version=model_version, degraded=value["degraded"], cache=tier,
             debug=value.get("debug"),
         )  # fmt: skip
-    if request.log_impression and redis_ok:
+    if request.log_impression and redis_ok and not request.probe:
         experiments.impression_log(
             request_id=request_id, surface=request.surface, customer_id=request.customer_id if personal else "",
             session_id=request.session_id, assignment=assignment, item_pks=value["item_pks"],
             model_version=model_version, latency_ms=(time.perf_counter() - started) * 1000,
         )  # fmt: skip
+        if owner:
+            _remember_shown({owner: {request_id: value["item_pks"]}})
     variant = assignment.variant or "-"
-    REQUESTS.labels("recommendations", request.surface, variant, tier).inc()
-    LATENCY.labels("recommendations", request.surface, variant).observe(time.perf_counter() - started)
+    if not request.probe:
+        REQUESTS.labels("recommendations", request.surface, variant, tier).inc()
+        LATENCY.labels("recommendations", request.surface, variant).observe(time.perf_counter() - started)
     return RecommendationList(
         request_id=request_id, surface=request.surface, items=items, experiment=assignment.experiment_key,
         variant=assignment.variant, model_version=model_version, degraded=value["degraded"], cache=tier,
@@ -231,9 +262,358 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     )  # fmt: skip
 
 
+def _items_of(value: CachedList) -> tuple[RecommendedItem, ...]:
+    return tuple(
+        RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
+        for item in value["items"]
+    )
+
+
+# --- A whole page ---------------------------------------------------------------------------------------------------
+
+PAGE_WIDGET_KINDS = ("recommendations", "because_you_viewed", "similar")
+MAX_PAGE_WIDGETS = 8
+
+
+@dataclass(frozen=True)
+class PageWidget:
+    kind: str  # one of PAGE_WIDGET_KINDS
+    surface: str = "home"  # recommendations: the surface (rules, experiments)
+    count: int = 10
+    category: str | None = None  # recommendations: only this category
+    item_id: str = ""  # similar: the anchor (default: the page's context item)
+    groups: int = 2  # because_you_viewed: at most this many rows
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    customer_id: str = ""
+    session_id: str = ""
+    widgets: tuple[PageWidget, ...] = ()
+    context_item_id: str = ""
+    context_category: str = ""
+    exclude_request_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PageWidgetResult:
+    kind: str
+    request_id: str
+    surface: str
+    items: tuple[RecommendedItem, ...]
+    groups: tuple[AnchorGroup, ...]
+    experiment: str | None
+    variant: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    widgets: tuple[PageWidgetResult, ...]
+    model_version: int | None
+    degraded: bool
+
+
+class PageWidgetError(ValueError):
+    """A widget the page cannot answer (e.g. a similar-items widget naming an unknown item)."""
+
+    def __init__(self, index: int, field: str, message: str) -> None:
+        super().__init__(f"widgets[{index}].{field}: {message}")
+        self.index, self.field, self.message = index, field, message
+
+
+def recommend_page(request: PageRequest) -> Page:
+    """Several widgets of one page in one call, in the order given, no item twice across them (nor any item of the
+    ``exclude_request_ids`` answers, nor a dismissed one), each with its own request id and reasons. The pipeline's
+    shared work is done once: one owner-state round trip, one user vector. Not served from the list cache (a page's
+    lists depend on each other); each widget's impression is logged under its own request id."""
+    started = time.perf_counter()
+    personal, owners = owners_of(customer_id=request.customer_id, session_id=request.session_id)
+    owner = owners[0] if owners else ""
+    unit = owner or request.session_id or request.customer_id or "anonymous"
+    anchors: dict[int, int] = {}
+    for index, widget in enumerate(request.widgets):
+        if widget.kind == "similar":
+            item_id = widget.item_id or request.context_item_id
+            if not item_id:
+                raise PageWidgetError(index, "item_id", "Required (or the page's context_item_id).")
+            pk = online.item_pk(item_id)
+            if pk is None:
+                raise PageWidgetError(index, "item_id", f"No item with id {item_id!r}.")
+            anchors[index] = pk
+    model = get_active_model()
+    excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
+    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
+    redis_ok = True
+    prefetched: Sequence[Any] | None = None
+    if owners:
+        try:
+            pipe = redis_client.get().pipeline(transaction=False)
+            _queue_shared_reads(pipe, owners, excluded_requests)
+            prefetched = pipe.execute()
+        except redis.RedisError:
+            redis_ok = False
+            DEGRADED.labels("redis").inc()
+    shared = _shared_work(
+        owners, prefetched, redis_ok, model=model, context_item_id=request.context_item_id,
+        context_category=request.context_category, excluded_requests=excluded_requests, pending_shown=pending_shown,
+    )  # fmt: skip
+    page_shown = np.union1d(shared.read.dismissed_pks, shared.shown)
+    if shared.context_item_pk is not None:  # the item on the page is recommended in none of its widgets
+        page_shown = np.union1d(page_shown, [shared.context_item_pk])
+    degraded = model is None or shared.read.source == "postgres"
+    results: list[PageWidgetResult] = []
+    answers: dict[str, list[int]] = {}
+    for index, widget in enumerate(request.widgets):
+        request_id = uuid.uuid4().hex
+        items: tuple[RecommendedItem, ...] = ()
+        groups: tuple[AnchorGroup, ...] = ()
+        if widget.kind == "recommendations":
+            surface = widget.surface
+            assignment = experiments.assign(surface=surface, unit_id=unit)
+            value = _serve(
+                RecommendRequest(
+                    customer_id=request.customer_id, session_id=request.session_id, surface=surface,
+                    count=widget.count, category=widget.category, context_item_id=request.context_item_id,
+                    context_category=request.context_category,
+                ),
+                owners=owners, config=assignment.config, model=model, variant=assignment.variant,
+                request_id=request_id, shared=shared, page_exclude=page_shown,
+            )  # fmt: skip
+            items, pks = _items_of(value), np.asarray(value["item_pks"], np.int64)
+            degraded |= value["degraded"]
+        elif widget.kind == "because_you_viewed":
+            surface = "because_you_viewed"
+            assignment = experiments.assign(surface=surface, unit_id=unit)
+            found: list[AnchorGroup] = []
+            pks = np.empty(0, np.int64)
+            if model is not None and personal and owners:
+                found, pks = anchor_groups(
+                    model, shared.read.history, count=widget.count, groups=widget.groups, exclude=page_shown
+                )
+            groups = tuple(found)
+        else:
+            surface = "similar"
+            assignment = experiments.assign(surface=surface, unit_id=request_id)
+            listed, pks = similar_list(model, anchors[index], count=widget.count, exclude=page_shown)
+            items = tuple(listed)
+        page_shown = np.union1d(page_shown, pks)
+        answers[request_id] = pks.tolist()
+        if redis_ok:
+            experiments.impression_log(
+                request_id=request_id, surface=surface, customer_id=request.customer_id if personal else "",
+                session_id=request.session_id, assignment=assignment, item_pks=pks.tolist(),
+                model_version=model.version_id if model else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )  # fmt: skip
+        results.append(
+            PageWidgetResult(
+                widget.kind, request_id, surface, items, groups, assignment.experiment_key, assignment.variant
+            )
+        )
+    if owner and redis_ok:
+        _remember_shown({owner: answers})
+    REQUESTS.labels("page", "page", "-", "miss").inc()
+    LATENCY.labels("page", "page", "-").observe(time.perf_counter() - started)
+    return Page(tuple(results), model.version_id if model else None, degraded)
+
+
+# --- The freshness probe ------------------------------------------------------------------------------------------
+
+PROBE_RESULTS = Counter(
+    "recsys_freshness_probe_total", "Synthetic freshness probes: ok, stale (the list ignored the event), error.",
+    ["result"],
+)  # fmt: skip
+PROBE_SURFACE = "probe"
+
+
+def freshness_probe() -> str:
+    """Serve a list to the reserved probe session (events.keys.PROBE_SESSION_ID), dismiss its first item through
+    the online state as ingestion would, serve again through the same path (cache included) and check the item is
+    gone: "ok", "stale" (silent staleness: the event did not reach the list) or "error" (nothing to dismiss, or a
+    failure). The probe's state is forgotten afterwards; it never touches Postgres, impressions or traffic metrics."""
+    owner = owner_for(customer_id="", session_id=PROBE_SESSION_ID)
+    probe = RecommendRequest(session_id=PROBE_SESSION_ID, surface=PROBE_SURFACE, count=5, probe=True)
+    result = "error"
+    try:
+        first = recommend(probe)
+        pk = online.item_pk(first.items[0].item_id) if first.items else None
+        if pk is not None:
+            now = time.time()
+            dismiss = events_online.OnlineEvent(owner, 0, pk, None, DISMISS, None, now)
+            events_online.apply_events([dismiss], now=now)
+            second = recommend(probe)
+            result = "stale" if first.items[0].item_id in {item.item_id for item in second.items} else "ok"
+    except (redis.RedisError, DatabaseError):
+        logger.warning("freshness_probe_failed", exc_info=True)
+    finally:
+        try:
+            events_online.forget_owner(owner, version_ttl_seconds=SHOWN_TTL_SECONDS)
+        except redis.RedisError:
+            logger.warning("freshness_probe_cleanup_failed", exc_info=True)
+    PROBE_RESULTS.labels(result).inc()
+    if result != "ok":
+        logger.warning("freshness_probe", extra={"result": result})
+    return result
+
+
 def serve_mode(model: ActiveModel | None) -> str:
     """What the version serves ("pipeline" or "source:<name>", recorded at training); "pipeline" without one."""
     return serve_mode_of(model.meta) if model is not None else PIPELINE
+
+
+def owners_of(*, customer_id: str, session_id: str) -> tuple[bool, tuple[str, ...]]:
+    """(personal, the owners whose online state a list reads): nobody for an opted-out customer (personal False);
+    a customer who browsed anonymously before signing up reads the session's state too (until a session merge moves
+    it over), in the same round trip as the customer's own."""
+    if customer_id and online.opt_outs.contains(customer_id):
+        return False, ()
+    owner = owner_for(customer_id=customer_id, session_id=session_id)
+    if owner == "s:":
+        return True, ()
+    if customer_id and session_id:
+        return True, (owner, owner_for(customer_id="", session_id=session_id))
+    return True, (owner,)
+
+
+def _queue_shared_reads(pipe: Any, owners: Sequence[str], excluded_requests: Sequence[str]) -> None:
+    """The owners' online state and (for ``exclude_request_ids``) what those answers showed, on one pipeline."""
+    online.queue_owner_state(pipe, owners)
+    if excluded_requests:
+        events_online.queue_shown_reads(pipe, owners[0], excluded_requests)
+
+
+@dataclass
+class SharedWork:
+    """What every list of one request (or one page) shares: the owners' online state read once, the page context,
+    the user vector folded once, and the items already shown (earlier answers, dismissed items)."""
+
+    read: online.OwnerRead
+    context_item_pk: int | None
+    context_category_pk: int | None
+    history: Any  # the history with the page context in front (stages.with_context)
+    affinity: dict[int, float]
+    user_vector: Any
+    shown: np.ndarray  # items of ``exclude_request_ids`` answers
+    stages_ms: dict[str, float]
+
+
+def _shared_work(
+    owners: tuple[str, ...],
+    prefetched: Sequence[Any] | None,
+    redis_ok: bool,
+    *,
+    model: ActiveModel | None,
+    context_item_id: str,
+    context_category: str,
+    excluded_requests: Sequence[str],
+    pending_shown: np.ndarray | None = None,
+    probe: bool = False,
+) -> SharedWork:
+    """Read the owners' state (from the prefetched replies, else in one round trip here), observe the freshness of
+    their pending events, apply the page context, fold the user vector. ``pending_shown``: the items of
+    ``excluded_requests`` this process has not written to Redis yet, looked up BEFORE the Redis read (so an answer
+    is found in one place or the other, whenever the background write happens)."""
+    trace = _Trace()
+    shown = np.empty(0, np.int64)
+    with trace.stage("history"):
+        if owners and excluded_requests and redis_ok and prefetched is None:
+            try:
+                pipe = redis_client.get().pipeline(transaction=False)
+                _queue_shared_reads(pipe, owners, excluded_requests)
+                prefetched = pipe.execute()
+            except redis.RedisError:
+                prefetched = None
+        size = event_selectors.OWNER_STATE_REPLIES * len(owners)
+        if prefetched is not None and excluded_requests and len(prefetched) > size:
+            shown = events_online.parse_shown(prefetched[size])
+            prefetched = prefetched[:size]
+        read = online.owner_state(owners, prefetched, redis_ok)
+        if pending_shown is not None:
+            shown = np.union1d(shown, pending_shown)
+        if read.arrivals:
+            _observe_freshness(read.arrivals, probe=probe)
+        context_item_pk, context_category_pk = online.context_of(context_item_id, context_category)
+        state = RequestState(surface="", count=0, now=time.time())
+        state.history, state.affinity = read.history, read.affinity
+        state.context_item_pk, state.context_category_pk = context_item_pk, context_category_pk
+        stages.with_context(state)
+    with trace.stage("user_vector"):
+        stages.user_vector(state, model)
+    return SharedWork(
+        read, context_item_pk, context_category_pk, state.history, state.affinity, state.user_vector, shown,
+        trace.stages,
+    )  # fmt: skip
+
+
+def _observe_freshness(arrivals: dict[str, bytes], *, probe: bool) -> None:
+    """A list is being computed from a state holding these owners' pending events: record how long they waited,
+    and forget them (so only the first list that reflects an event counts it)."""
+    now = time.time()
+    for raw in arrivals.values():
+        try:
+            EVENT_TO_LIST.labels("probe" if probe else "traffic").observe(max(0.0, now - float(raw)))
+        except ValueError:
+            continue
+    try:
+        events_online.arrivals_reflected(arrivals)
+    except redis.RedisError:
+        logger.warning("arrivals_reflected_failed", exc_info=True)
+
+
+class _ShownBuffer:
+    """What answers showed their owners (for ``exclude_request_ids``), written to Redis off the request path: a
+    background loop of this process sends what accumulated every 50 ms in one pipeline, so a list still costs one
+    round trip when cached (docs/architecture.md). Until then this process reads its own pending answers."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self._pending: dict[str, dict[str, list[int]]] = {}
+        self._lock = threading.Lock()
+        self._loop = Periodic("shown-writer", interval, self.flush)
+
+    def add(self, owner: str, answers: dict[str, list[int]]) -> None:
+        with self._lock:
+            self._pending.setdefault(owner, {}).update(answers)
+        self._loop.ensure()
+
+    def pending(self, owner: str, request_ids: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            mine = self._pending.get(owner, {})
+            found = [pk for request_id in request_ids for pk in mine.get(request_id, ())]
+        return np.unique(np.asarray(found, np.int64))
+
+    def flush(self) -> None:
+        """Write what is pending; entries stay readable here until Redis has them (a reader that looks here first
+        and in Redis after never misses one), then go (written or not: a failed write is logged, not retried)."""
+        with self._lock:
+            pending = {owner: dict(answers) for owner, answers in self._pending.items()}
+        if not pending:
+            return
+        try:
+            events_online.write_shown(pending, ttl_seconds=SHOWN_TTL_SECONDS)
+        except redis.RedisError:
+            logger.warning("shown_write_failed", extra={"owners": len(pending)})
+        with self._lock:
+            for owner, answers in pending.items():
+                mine = self._pending.get(owner)
+                if mine is None:
+                    continue
+                for request_id in answers:
+                    mine.pop(request_id, None)
+                if not mine:
+                    del self._pending[owner]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
+
+SHOWN = _ShownBuffer()
+
+
+def _remember_shown(shown: dict[str, dict[str, list[int]]]) -> None:
+    """Note what each answer showed its owner, for later ``exclude_request_ids`` (never fails a request)."""
+    for owner, answers in shown.items():
+        SHOWN.add(owner, answers)
 
 
 def _serve(
@@ -244,26 +624,24 @@ def _serve(
     model: ActiveModel | None,
     variant: str | None,
     request_id: str,
-    redis_ok: bool,
-    prefetched: Sequence[Any] | None,
+    shared: SharedWork,
+    page_exclude: np.ndarray | None = None,
 ) -> CachedList:
-    """The list itself: the pipeline's stages on one request state. ``prefetched``: the owners' online state as
-    read by the cache's miss round trip (None: read here, the same way)."""
+    """The list itself: the pipeline's stages on one request state, from the shared work (``_shared_work``: the
+    owners' state, the page context, the user vector). ``page_exclude``: items other lists of the page showed."""
     trace = _Trace()
+    trace.stages.update(shared.stages_ms)
     state = RequestState(
         surface=request.surface, count=request.count, now=time.time(), mode=serve_mode(model), degraded=model is None
     )
     if model is None:
         DEGRADED.labels("no_model").inc()
-    with trace.stage("history"):
-        state.history, state.affinity, history_source = online.owner_state(owners, prefetched, redis_ok)
-        state.degraded |= history_source == "postgres"
-        state.context_item_pk, state.context_category_pk = online.context_of(
-            request.context_item_id, request.context_category
-        )
-        stages.with_context(state)
-    with trace.stage("user_vector"):
-        stages.user_vector(state, model)
+    history_source = shared.read.source
+    state.degraded |= history_source == "postgres"
+    state.history, state.affinity = shared.history, shared.affinity
+    state.context_item_pk, state.context_category_pk = shared.context_item_pk, shared.context_category_pk
+    state.dismissed_pks, state.dismissed_ts = shared.read.dismissed_pks, shared.read.dismissed_ts
+    state.user_vector = shared.user_vector
     with trace.stage("retrieval"):
         pin_rules = (
             (request.replay.rule_set if request.replay is not None else rules.active_rules(surface=request.surface,
@@ -282,8 +660,13 @@ def _serve(
     with trace.stage("ranking"):
         wants_ranker = model is not None and config.ranker and serve_source(state.mode) is None
         stages.score(state, model, online.ranker_for(model) if wants_ranker else None, config, online.ctr)
+        stages.demote_dismissed(state, model)
     with trace.stage("rerank"):
-        exclude = stages.had_items(state, config)
+        # Dismissed ("not interested") items never come back; neither do earlier answers' and the page's items.
+        exclude = np.union1d(stages.had_items(state, config), state.dismissed_pks)
+        exclude = np.union1d(exclude, shared.shown)
+        if page_exclude is not None:
+            exclude = np.union1d(exclude, page_exclude)
         if request.exclude:
             exclude = np.union1d(exclude, online.item_pks(request.exclude))
         if state.context_item_pk is not None:  # the item on the page is not recommended to its own viewer
@@ -317,6 +700,7 @@ def _serve(
     }  # fmt: skip
     if request.debug:
         value["debug"] = _debug(state, trace, history_source, variant)
+        value["debug"]["dismissed"] = int(state.dismissed_pks.size)
     return value
 
 
@@ -355,6 +739,7 @@ def _debug(state: RequestState, trace: _Trace, history_source: str, variant: str
 def clear_caches() -> None:
     """Forget per-process caches (tests, and after a catalog rebuild)."""
     CACHE.clear_local()
+    SHOWN.clear()
     online.clear()
 
 

@@ -108,3 +108,11 @@ def rule_dry_run(
 
     dry_run.run_execute(run_id=run_id, rule_id=rule_id, days=days, sample=sample, config_changes=config or {})
     return {"run_id": run_id}
+
+
+@shared_task(name="ranking.tasks.freshness_probe", acks_late=True, soft_time_limit=20, time_limit=30)
+def freshness_probe() -> str:
+    """The synthetic freshness probe (``ranking.serving.freshness_probe``): "ok", "stale" or "error"."""
+    from ranking import serving  # serving loads the model machinery; only this task needs it
+
+    return serving.freshness_probe()

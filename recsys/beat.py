@@ -48,6 +48,14 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute=17),
         "options": {"expires": 50 * 60},
     },
+    # Freshness, measured without traffic: the probe serves a list to a reserved session, dismisses its first item
+    # and checks the next list no longer has it (docs/events.md); "stale" results page through
+    # RecsysFreshnessProbeFailing. Every minute: a silent staleness is caught within minutes, at a cost of two lists.
+    "freshness-probe": {
+        "task": "ranking.tasks.freshness_probe",
+        "schedule": crontab(minute="*"),
+        "options": {"expires": 50},
+    },
     # CTR, conversion, coverage, diversity and freshness gauges for Prometheus and today's dashboard row. Five
     # minutes: alerts react within a quarter of an hour, and each run reads only the last 24 h of served lists (the
     # 7-day coverage at most hourly). A run older than its period is superseded by the next one.

@@ -21,6 +21,7 @@ from events.features import (
     COUNTED_NAMES,
     COUNTED_TYPES,
     DECAY_LANDMARK,
+    DISMISS,
     HOURS_7D,
     INTEREST_WEIGHTS,
     RATING,
@@ -63,6 +64,7 @@ class RebuildSummary:
     owners: int = 0
     history_entries: int = 0
     affinity_pairs: int = 0
+    dismissed_items: int = 0
     counter_cells: int = 0
     items_folded: int = 0
     seconds: float = 0.0
@@ -73,6 +75,7 @@ class RebuildSummary:
             ("owners (customers + sessions)", self.owners),
             ("history entries", self.history_entries),
             ("affinity pairs", self.affinity_pairs),
+            ("dismissed items", self.dismissed_items),
             ("counter cells", self.counter_cells),
             ("items folded", self.items_folded),
         ]
@@ -113,6 +116,7 @@ def online_state_rebuild(
                 with connection.cursor() as cursor:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             owners = _rebuild_histories(summary, history_length, progress)
+            owners |= _rebuild_dismissed(summary, progress)
             _rebuild_affinities(summary, progress)
             _rebuild_counters(summary, progress)
         owner_list = sorted(owners)
@@ -169,10 +173,11 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
                               ORDER BY i.occurred_at DESC, i.id DESC
                           ) AS rank
                    FROM events_interaction i
+                   WHERE i.type <> %s
                ) t
                LEFT JOIN catalog_customer c ON c.id = t.customer_id
                WHERE t.rank <= %s""",
-            [history_length],
+            [DISMISS, history_length],
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             histories: dict[str, dict[str, float]] = defaultdict(dict)
@@ -183,6 +188,30 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
             owners.update(histories)
             summary.history_entries += len(rows)
             progress("history", len(rows))
+    return owners
+
+
+def _rebuild_dismissed(summary: RebuildSummary, progress: Callable[[str, int], None]) -> set[str]:
+    """Every owner's dismissed items (the latest dismissal of each), as ingestion keeps them."""
+    owners: set[str] = set()
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, i.item_id,
+                       max(extract(epoch FROM i.occurred_at))::float8
+                FROM events_interaction i
+                LEFT JOIN catalog_customer c ON c.id = i.customer_id
+                WHERE i.type = %s
+                GROUP BY 1, 2""",
+            [DISMISS],
+        )
+        while rows := cursor.fetchmany(_REBUILD_CHUNK):
+            dismissed: dict[str, dict[int, float]] = defaultdict(dict)
+            for owner, item_pk, ts in rows:
+                dismissed[owner][item_pk] = ts
+            online.write_dismissed(dismissed)
+            owners.update(dismissed)
+            summary.dismissed_items += len(rows)
+            progress("dismissed", len(rows))
     return owners
 
 
@@ -204,9 +233,9 @@ def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], 
                 FROM events_interaction i
                 JOIN catalog_item it ON it.id = i.item_id
                 LEFT JOIN catalog_customer c ON c.id = i.customer_id
-                WHERE it.category_id IS NOT NULL
+                WHERE it.category_id IS NOT NULL AND i.type <> %s
                 GROUP BY 1, 2""",
-            params,
+            [*params, DISMISS],
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             affinities: dict[str, dict[int, float]] = defaultdict(dict)

@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.selectors import ItemRow
+from events import selectors as event_selectors
+from events.keys import customer_owner
 from experiments import services as experiments
 from ranking import rerank as rr
 from ranking import retrieval, rules
@@ -28,7 +30,7 @@ from ranking.pipeline.responses import (
     UnknownItem,
 )
 from ranking.pipeline.stages import Reason, neighbour_hits, to_pks
-from ranking.pipeline.state import VERBS
+from ranking.pipeline.state import VERBS, History
 from ranking.sources import PURCHASE
 
 # Collaborative neighbours carry the "people who liked this also liked" signal; content keeps cold items covered.
@@ -153,6 +155,19 @@ def _respond(
     )  # fmt: skip
 
 
+def similar_list(
+    model: ActiveModel | None, anchor_pk: int, *, count: int, exclude: npt.NDArray[np.int64] | None = None
+) -> tuple[list[RecommendedItem], npt.NDArray[np.int64]]:
+    """The items of a similar-items list (and their pks), leaving out ``exclude``."""
+    hits = _neighbour_lists(model, np.array([anchor_pk]), SIMILAR_BLEND, count * 4)
+    if not hits:
+        hits["popular"] = _category_popular(model, anchor_pk, count * 4)
+    return _item_list(
+        endpoint="similar", surface="similar", anchor_pk=anchor_pk, hits=hits, count=count,
+        reason_for=_similar_reason, exclude=exclude,
+    )  # fmt: skip
+
+
 def similar_items(*, item_id: str, count: int = 10, log_impression: bool = True) -> RecommendationList:
     """Items similar to ``item_id``: collaborative neighbours blended with content similarity; content alone for
     items without interactions; popular items of its category for an item added after the last training."""
@@ -161,13 +176,7 @@ def similar_items(*, item_id: str, count: int = 10, log_impression: bool = True)
     if anchor_pk is None:
         raise UnknownItem(item_id)
     model = get_active_model()
-    hits = _neighbour_lists(model, np.array([anchor_pk]), SIMILAR_BLEND, count * 4)
-    if not hits:
-        hits["popular"] = _category_popular(model, anchor_pk, count * 4)
-    items, pks = _item_list(
-        endpoint="similar", surface="similar", anchor_pk=anchor_pk, hits=hits, count=count,
-        reason_for=_similar_reason,
-    )  # fmt: skip
+    items, pks = similar_list(model, anchor_pk, count=count)
     return _respond("similar", "similar", items, pks, model, started, log_impression)
 
 
@@ -193,17 +202,11 @@ def _because(verb: str, title: str) -> Reason:
     return Reason(f"because_you_{verb}", f"Because you {verb} {title}")
 
 
-def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) -> AnchorGroups:
-    """Up to ``groups`` lists, one per recently viewed or bought item, each of its neighbours (already bought
-    items left out). An unknown or opted-out customer gets no groups."""
-    started = time.perf_counter()
-    model = get_active_model()
-    request_id = uuid.uuid4().hex
-    assignment = experiments.assign(surface="because_you_viewed", unit_id=customer_id)
-    arm = {"experiment": assignment.experiment_key, "variant": assignment.variant}
-    if model is None or online.opt_outs.contains(customer_id):
-        return AnchorGroups(request_id, (), model.version_id if model else None, **arm)
-    history = online.load_history(customer_id)
+def anchor_groups(
+    model: ActiveModel, history: History, *, count: int, groups: int, exclude: npt.NDArray[np.int64]
+) -> tuple[list[AnchorGroup], npt.NDArray[np.int64]]:
+    """Up to ``groups`` lists, one per recent history anchor, each of its neighbours, leaving out bought items,
+    ``exclude`` and what earlier groups showed; and every item pk shown."""
     anchor_pks, anchor_types = history.anchors(groups)
     purchased = history.of_types(PURCHASE)
     result = []
@@ -216,7 +219,7 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
         items, pks = _item_list(
             endpoint="because_you_viewed", surface="because_you_viewed", anchor_pk=pk, hits=hits, count=count,
             reason_for=lambda anchor, _sources, verb=verb: _because(verb, anchor.title),
-            exclude=np.union1d(purchased, np.array(shown, np.int64)),
+            exclude=np.union1d(np.union1d(purchased, exclude), np.array(shown, np.int64)),
         )  # fmt: skip
         if not items:
             continue
@@ -230,6 +233,23 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
                 tuple(items),
             )
         )
+    return result, np.asarray(shown, np.int64)
+
+
+def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) -> AnchorGroups:
+    """Up to ``groups`` lists, one per recently viewed or bought item, each of its neighbours (already bought
+    and dismissed items left out). An unknown or opted-out customer gets no groups."""
+    started = time.perf_counter()
+    model = get_active_model()
+    request_id = uuid.uuid4().hex
+    assignment = experiments.assign(surface="because_you_viewed", unit_id=customer_id)
+    arm = {"experiment": assignment.experiment_key, "variant": assignment.variant}
+    if model is None or online.opt_outs.contains(customer_id):
+        return AnchorGroups(request_id, (), model.version_id if model else None, **arm)
+    owner = customer_owner(customer_id)
+    history = online.load_history(owner)
+    dismissed, _ = event_selectors.dismissed(owner)
+    result, _ = anchor_groups(model, history, count=count, groups=groups, exclude=dismissed)
     REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
     LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)
     return AnchorGroups(request_id, tuple(result), model.version_id, **arm)

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,39 +219,72 @@ def load_history(owner: str, *, from_db: bool = False) -> History:
     return _history_of(event_selectors.recent_history(owner, HISTORY_LIMIT))
 
 
-def _from_replies(owners: Sequence[str], replies: Sequence[Any]) -> tuple[History, dict[int, float]]:
+@dataclass(frozen=True)
+class OwnerRead:
+    """What serving read of the request's owners: history merged over them (newest first), category affinities,
+    where it came from ("redis", "postgres" (degraded) or "none" without an owner), their dismissed items (pks
+    ascending, times) and the arrival times of events no list has reflected yet (owner -> raw value)."""
+
+    history: History
+    affinity: dict[int, float]
+    source: str
+    dismissed_pks: npt.NDArray[np.int64]
+    dismissed_ts: npt.NDArray[np.float64]
+    arrivals: dict[str, bytes]
+
+
+def _merged_dismissed(
+    parts: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    if len(parts) == 1:
+        return parts[0]
+    pks = np.concatenate([p[0] for p in parts])
+    ts = np.concatenate([p[1] for p in parts])
+    order = np.lexsort((-ts, pks))  # per pk, the latest dismissal first
+    pks, ts = pks[order], ts[order]
+    first = np.ones(pks.size, bool)
+    first[1:] = pks[1:] != pks[:-1]
+    return pks[first], ts[first]
+
+
+def _from_replies(owners: Sequence[str], replies: Sequence[Any]) -> OwnerRead:
     histories: list[History] = []
     affinity: dict[int, float] = {}
+    dismissed = []
+    arrivals: dict[str, bytes] = {}
     size = event_selectors.OWNER_STATE_REPLIES
-    for n in range(len(owners)):
+    for n, owner in enumerate(owners):
         state = event_selectors.owner_state_parse(replies[n * size : (n + 1) * size])
         if not state.complete:
             raise OnlineStateLost
         histories.append(History(state.history.item_pk, state.history.type, state.history.ts))
         for category, weight in state.affinity.items():
             affinity[category] = affinity.get(category, 0.0) + weight
-    if len(histories) == 1:
-        return histories[0], affinity
-    return History.merged(histories, HISTORY_LIMIT), affinity
+        dismissed.append((state.dismissed_pks, state.dismissed_ts))
+        if state.arrival is not None:
+            arrivals[owner] = state.arrival
+    history = histories[0] if len(histories) == 1 else History.merged(histories, HISTORY_LIMIT)
+    pks, ts = _merged_dismissed(dismissed)
+    return OwnerRead(history, affinity, "redis", pks, ts, arrivals)
 
 
-def _from_db(owners: Sequence[str]) -> History:
+def _from_db(owners: Sequence[str]) -> OwnerRead:
     histories = [load_history(owner, from_db=True) for owner in owners]
-    return histories[0] if len(histories) == 1 else History.merged(histories, HISTORY_LIMIT)
+    history = histories[0] if len(histories) == 1 else History.merged(histories, HISTORY_LIMIT)
+    pks, ts = _merged_dismissed([event_selectors.dismissed_from_db(owner) for owner in owners])
+    return OwnerRead(history, {}, "postgres", pks, ts, {})
 
 
-def owner_state(
-    owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool
-) -> tuple[History, dict[int, float], str]:
-    """(history newest first merged over ``owners``, category affinities, where they came from: "redis",
-    "postgres" (degraded) or "none" without an owner) of the request's owners.
+def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool) -> OwnerRead:
+    """The online state of the request's owners (:class:`OwnerRead`).
 
     One path for every caller: the replies the cache's miss round trip prefetched, or (a debug request, a failed
     prefetch) the same reads in one round trip here. An online state Redis no longer marks complete (flushed,
-    restarted empty) or Redis down: the history from Postgres, no affinities, degraded; a lost state also asks
-    (once, whoever asks first) for the rebuild that restores it."""
+    restarted empty) or Redis down: the history and dismissals from Postgres, no affinities, degraded; a lost state
+    also asks (once, whoever asks first) for the rebuild that restores it."""
     if not owners:
-        return History.empty(), {}, "none"
+        empty = np.empty(0, np.int64)
+        return OwnerRead(History.empty(), {}, "none", empty, np.empty(0, np.float64), {})
     if redis_ok and prefetched is None:
         try:
             pipe = redis_client.get().pipeline(transaction=False)
@@ -262,12 +296,11 @@ def owner_state(
             redis_ok = False
     if redis_ok and prefetched is not None:
         try:
-            history, affinity = _from_replies(owners, prefetched)
-            return history, affinity, "redis"
+            return _from_replies(owners, prefetched)
         except OnlineStateLost:
             DEGRADED.labels("online_state").inc()
             event_services.online_state_rebuild_request()
-    return _from_db(owners), {}, "postgres"
+    return _from_db(owners)
 
 
 # --- Item attributes and online counters --------------------------------------------------------------------------

@@ -46,6 +46,13 @@ from ranking.sources import PURCHASE, RATING, VIEW
 CONTEXT_CATEGORY_WEIGHT = 1.0
 NEIGHBOUR_SOURCES = frozenset({"item_knn", "ease", "content"})
 
+# "Not interested": the dismissed items' nearest neighbours (these tables) lose up to DISMISS_DEMOTION of the list's
+# score range, halving every DISMISS_HALF_LIFE_SECONDS (a while, not forever: tastes change).
+DISMISS_TABLES = ("knn", "ease")
+DISMISS_NEIGHBOURS = 10
+DISMISS_DEMOTION = 0.5
+DISMISS_HALF_LIFE_SECONDS = 3 * 86_400.0
+
 CtrFn = Callable[[IntArray], npt.NDArray[np.float32] | None]
 
 
@@ -198,6 +205,43 @@ def score(
         return
     state.scores = ranker.score(features(state, model, ctr))
     state.scorer, state.engine = "lambdamart", ranker.engine
+
+
+def dismissal_penalty(state: RequestState, model: ModelView | None) -> npt.NDArray[np.float64]:
+    """Per candidate, how much a dismissal weighs on it (0..1): the decay of the latest dismissal among the items
+    whose nearest neighbours (in the version's kNN / EASE tables) it is. Zero without dismissals or a model."""
+    assert state.candidates is not None
+    penalty = np.zeros(state.cand.size, np.float64)
+    if model is None or state.dismissed_pks.size == 0:
+        return penalty
+    idx = model.item_index(state.dismissed_pks)
+    known = idx >= 0
+    if not known.any():
+        return penalty
+    weight = 0.5 ** (np.maximum(state.now - state.dismissed_ts[known], 0.0) / DISMISS_HALF_LIFE_SECONDS)
+    ids = model.item_ids
+    for prefix in DISMISS_TABLES:
+        if not model.has(f"{prefix}_idx"):
+            continue
+        neighbours = np.asarray(model.array(f"{prefix}_idx"))[idx[known], :DISMISS_NEIGHBOURS]
+        valid = neighbours >= 0
+        pks = ids[np.maximum(neighbours, 0)][valid]
+        weights = np.broadcast_to(weight[:, None], neighbours.shape)[valid]
+        pos = np.searchsorted(state.cand, pks)
+        hit = (pos < state.cand.size) & (state.cand[np.minimum(pos, state.cand.size - 1)] == pks)
+        np.maximum.at(penalty, pos[hit], weights[hit])
+    return penalty
+
+
+def demote_dismissed(state: RequestState, model: ModelView | None) -> None:
+    """Lower the scores of the dismissed items' neighbours by up to ``DISMISS_DEMOTION`` of the score range."""
+    assert state.scores is not None
+    penalty = dismissal_penalty(state, model)
+    if not penalty.any():
+        return
+    scores = state.scores.astype(np.float64)
+    spread = float(scores.max() - scores.min()) or 1.0
+    state.scores = (scores - DISMISS_DEMOTION * spread * penalty).astype(np.float32)
 
 
 # --- re-rank ------------------------------------------------------------------------------------------------------

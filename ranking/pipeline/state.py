@@ -198,6 +198,9 @@ class RequestState:
     now: float
     mode: str = PIPELINE  # the version's serving mode (``serve_mode_of``)
     history: History = field(default_factory=History.empty)
+    # "Not interested": the owner's dismissed items (pks ascending) and when each was dismissed (Unix time).
+    dismissed_pks: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    dismissed_ts: FloatArray = field(default_factory=lambda: np.empty(0, np.float64))
     affinity: Mapping[int, float] = field(default_factory=dict)
     context_item_pk: int | None = None
     context_category_pk: int | None = None

@@ -88,7 +88,7 @@ def test_occurred_at_defaults_to_now_and_naive_time_is_utc(api: APIClient, items
         ({"session_id": ["s"]}, {"session_id": ["Must be a string."]}),
         ({"event_id": "e" * 101}, {"event_id": ["Longer than 100 characters."]}),
         ({"type": ...}, {"type": ["This field is required."]}),
-        ({"type": "like"}, {"type": ["'like' is not one of view, click, add_to_cart, purchase, rating."]}),
+        ({"type": "like"}, {"type": ["'like' is not one of view, click, add_to_cart, purchase, rating, dismiss."]}),
         ({"type": 1}, {"type": ["Must be a string."]}),
         ({"type": "rating"}, {"value": ["A rating needs a value."]}),
         ({"value": "lots"}, {"value": ["'lots' is not a number."]}),
@@ -174,7 +174,10 @@ def test_batch_stores_valid_events_and_reports_invalid_ones_by_index(api: APICli
         "accepted": 2,
         "duplicates": 0,
         "rejected": [
-            {"index": 1, "errors": {"type": ["'teleport' is not one of view, click, add_to_cart, purchase, rating."]}},
+            {
+                "index": 1,
+                "errors": {"type": ["'teleport' is not one of view, click, add_to_cart, purchase, rating, dismiss."]},
+            },
             {"index": 2, "errors": {"non_field_errors": ["Expected a JSON object."]}},
             {"index": 4, "errors": {"item_id": ["Unknown item_id 'GONE'."]}},
         ],

@@ -11,9 +11,9 @@ from events.models import Interaction
 
 
 def test_type_codes_match_the_model() -> None:
-    assert (features.VIEW, features.CLICK, features.ADD_TO_CART, features.PURCHASE, features.RATING) == tuple(
-        Interaction.Type.values
-    )
+    assert (
+        features.VIEW, features.CLICK, features.ADD_TO_CART, features.PURCHASE, features.RATING, features.DISMISS
+    ) == tuple(Interaction.Type.values)  # fmt: skip
     assert features.COUNTED_NAMES == tuple(Interaction.Type(t).label for t in features.COUNTED_TYPES)
 
 

@@ -25,7 +25,7 @@ from tests.factories import CategoryFactory, ItemFactory
 pytestmark = pytest.mark.django_db
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-VIEW, CLICK, ADD_TO_CART, PURCHASE, RATING = (t.value for t in Interaction.Type)
+VIEW, CLICK, ADD_TO_CART, PURCHASE, RATING, _DISMISS = (t.value for t in Interaction.Type)
 
 
 def at(minutes_ago: float) -> str:
@@ -87,7 +87,7 @@ def test_the_owner_state_read_in_one_round_trip_holds_the_same_history(
     assert state.history.ts.tolist() == [row.ts for row in rows]
     assert state.history.item_pk.dtype == np.int64
     assert state.complete
-    empty = selectors.owner_state_parse([[], [], 1]).history
+    empty = selectors.owner_state_parse([[], [], 1, [], None]).history
     assert (empty.item_pk.size, empty.type.size, empty.ts.size) == (0, 0, 0)
 
 

@@ -164,6 +164,8 @@ def _alice_everywhere(api: APIClient) -> None:
     assert api.get("/v1/recommendations", {"customer_id": ALICE, "count": 5}).status_code == 200
     client = redis_client.get()
     assert client.exists(keys.history(ALICE), keys.affinity(ALICE)) == 2
+    serving.SHOWN.flush()  # what the web process's background loop does within 50 ms
+    assert client.exists(keys.shown(ALICE))  # what her lists showed, for exclude_request_ids
     assert _rec_keys(ALICE)
     assert Impression.objects.filter(customer__external_id=ALICE).exists()
     impressions_push()  # what the web process's background loop does within 50 ms
@@ -186,7 +188,7 @@ def test_erasure_removes_everything_about_the_customer_and_keeps_an_anonymous_re
     assert not Interaction.objects.filter(customer_id=alice.pk).exists()
     assert not Impression.objects.filter(customer_id=alice.pk).exists()
     client = redis_client.get()
-    assert client.exists(keys.history(ALICE), keys.affinity(ALICE)) == 0
+    assert client.exists(keys.history(ALICE), keys.affinity(ALICE), keys.shown(ALICE), keys.dismissed(ALICE)) == 0
     assert _rec_keys(ALICE) == []
     # The version lives on briefly (bumped, so no cached list of Alice is reachable), then goes too.
     assert 0 < client.ttl(keys.cache_version(ALICE)) <= ERASURE_VERSION_TTL_SECONDS
@@ -201,7 +203,7 @@ def test_erasure_removes_everything_about_the_customer_and_keeps_an_anonymous_re
     assert record.requested_by_key_prefix.startswith("rk_")
     assert record.interactions_deleted == interactions
     assert record.impressions_deleted == 2
-    assert record.online_keys_deleted == 2
+    assert record.online_keys_deleted == 3  # history, affinities, what her lists showed
     assert record.cached_lists_deleted >= 1
     # Only that an erasure happened: no column could hold who it was.
     stored = ErasureRecord.objects.values().get()
