@@ -58,6 +58,7 @@ from ranking.pipeline.state import (
     QUOTAS,
     VERBS,
     RequestState,
+    RetrievalParams,
     serve_mode_of,
     serve_source,
 )
@@ -231,7 +232,12 @@ def _serve(
     read by the cache's miss round trip (None: read here, the same way)."""
     trace = _Trace()
     state = RequestState(
-        surface=request.surface, count=request.count, now=time.time(), mode=serve_mode(model), degraded=model is None
+        surface=request.surface,
+        count=request.count,
+        now=time.time(),
+        mode=serve_mode(model),
+        degraded=model is None,
+        retrieval=RetrievalParams.of(model.params if model is not None else None),
     )
     if model is None:
         DEGRADED.labels("no_model").inc()

@@ -7,9 +7,10 @@ The validation protocol: the window's last ``validation_days`` when it holds eno
 user's own tail (their last ``validation_tail_fraction`` of events), which fits logs whose users were active at
 different times over months or years.
 
-The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in two
-phases, cheap things first: the decay half-lives (no decay is a candidate) and EASE's lambda, then the other
-sources' hyper-parameters with the first phase's choice fixed. Each trial trains the sources on the validation
+The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in three
+phases, cheap things first: serving's retrieval knobs (how many history anchors, their recency decay: re-serving
+only, no retraining), the decay half-lives (no decay is a candidate) and EASE's lambda, then the other sources'
+hyper-parameters, each phase with the earlier phases' choices fixed. Each trial trains the sources on the validation
 split's training part and scores the served pipeline (retrieval from every source, the blend, the 30% category
 cap) and every single source on its users: the objective is the NDCG@k of what the version would serve, the
 pipeline or its best single source when that is better (:func:`serve_choice`). The defaults are always the first
@@ -49,6 +50,12 @@ DECAY_SPACE: dict[str, Sequence[Any]] = {
     "history_half_life_days": (None, 14.0, 60.0, 180.0, 365.0),
     "popularity_half_life_days": (None, 3.0, 7.0, 30.0, 180.0),
     "ease_lambda": (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0),
+}
+# Serving's retrieval knobs (ranking.pipeline.state.RetrievalParams): no retraining, only re-serving, so they are
+# searched first, on the default sources. 200 anchors = the whole online history; decay 1.0 = no recency weighting.
+RETRIEVAL_SPACE: dict[str, Sequence[Any]] = {
+    "anchors": (20, 50, 100, 200),
+    "anchor_decay": (0.85, 0.95, 0.99, 1.0),
 }
 SOURCE_SPACE: dict[str, Sequence[Any]] = {
     "als_factors": (32, 64, 128),
@@ -284,7 +291,7 @@ def tune(
     trials: list[Trial] = []
     best = params
     latest = 0.0
-    phases = (("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
+    phases = (("retrieval", RETRIEVAL_SPACE, 0.25), ("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
     for phase, grids, share in phases:
         phase_deadline = started + share * max(budget_seconds, 0.0)
         base = best
@@ -294,6 +301,8 @@ def tune(
         study.enqueue_trial({name: getattr(base, name) for name in space})
         if phase == "decay":
             study.enqueue_trial({**{name: getattr(base, name) for name in space}, **_no_decay()})
+        if phase == "retrieval":
+            study.enqueue_trial({"anchors": max(RETRIEVAL_SPACE["anchors"]), "anchor_decay": 1.0})
 
         def objective(trial: optuna.Trial, space: Mapping[str, Sequence[Any]] = space, base: TrainParams = base,
                       phase: str = phase) -> float:  # fmt: skip
@@ -314,7 +323,8 @@ def tune(
             return max(ndcg, record.best_source_ndcg)
 
         enqueued = len(study.trials)
-        phase_trials = max(enqueued, max_trials // 2 if phase == "decay" else max_trials - len(trials))
+        caps = {"retrieval": max_trials // 4, "decay": max_trials // 2}
+        phase_trials = max(enqueued, min(caps.get(phase, max_trials), max_trials - len(trials)))
 
         def stop_when_out_of_time(
             study: optuna.Study, _trial: Any, limit: float = phase_deadline, first: int = len(trials) + enqueued
@@ -328,7 +338,7 @@ def tune(
             continue
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
         best = base.replace(**study.best_params)
-    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, SOURCE_SPACE) for name in space}
+    chosen = {name: getattr(best, name) for space in (RETRIEVAL_SPACE, DECAY_SPACE, SOURCE_SPACE) for name in space}
     return TuningResult(
         params=best,
         chosen=chosen,

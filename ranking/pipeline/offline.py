@@ -44,6 +44,7 @@ from ranking.pipeline.state import (
     IntArray,
     ItemAttributes,
     RequestState,
+    RetrievalParams,
     serve_source,
 )
 from ranking.ranker import RankerParams, category_affinity, click_through_rate, train_ranker
@@ -198,7 +199,13 @@ def user_state(
     history = History(model.item_ids[ev_items[latest]].astype(np.int64), ev_types[latest], ev_ts[latest])
     affinity = category_affinity(inputs.category[ev_items], ev_types, ev_values, ev_ts, inputs.reference_ts)
     return RequestState(
-        surface="home", count=count, now=inputs.reference_ts, mode=mode, history=history, affinity=affinity
+        surface="home",
+        count=count,
+        now=inputs.reference_ts,
+        mode=mode,
+        history=history,
+        affinity=affinity,
+        retrieval=RetrievalParams.of(model.p),
     )
 
 
