@@ -8,9 +8,10 @@ user's own tail (their last ``validation_tail_fraction`` of events), which fits 
 different times over months or years.
 
 The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in three
-phases, cheap things first: serving's retrieval knobs (how many history anchors, their recency decay: re-serving
-only, no retraining), the decay half-lives (no decay is a candidate) and EASE's lambda, then the other sources'
-hyper-parameters, each phase with the earlier phases' choices fixed. Each trial trains the sources on the validation
+phases, the most telling first: the decay half-lives (no decay is a candidate) and EASE's lambda; serving's
+retrieval knobs (how many history anchors, their recency decay: re-serving only, no retraining; the defaults and
+"every anchor, no recency weighting" first); then the other sources' hyper-parameters, each phase with the earlier
+phases' choices fixed. Each trial trains the sources on the validation
 split's training part and scores the served pipeline (retrieval from every source, the blend, the 30% category
 cap) and every single source on its users: the objective is the NDCG@k of what the version would serve, the
 pipeline or its best single source when that is better (:func:`serve_choice`). The defaults are always the first
@@ -51,8 +52,8 @@ DECAY_SPACE: dict[str, Sequence[Any]] = {
     "popularity_half_life_days": (None, 3.0, 7.0, 30.0, 180.0),
     "ease_lambda": (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0),
 }
-# Serving's retrieval knobs (ranking.pipeline.state.RetrievalParams): no retraining, only re-serving, so they are
-# searched first, on the default sources. 200 anchors = the whole online history; decay 1.0 = no recency weighting.
+# Serving's retrieval knobs (ranking.pipeline.state.RetrievalParams): no retraining, only re-serving.
+# 200 anchors = the whole online history; decay 1.0 = no recency weighting.
 RETRIEVAL_SPACE: dict[str, Sequence[Any]] = {
     "anchors": (20, 50, 100, 200),
     "anchor_decay": (0.85, 0.95, 0.99, 1.0),
@@ -299,7 +300,7 @@ def tune(
     trials: list[Trial] = []
     best = params
     latest = 0.0
-    phases = (("retrieval", RETRIEVAL_SPACE, 0.25), ("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
+    phases = (("decay", DECAY_SPACE, 0.5), ("retrieval", RETRIEVAL_SPACE, 0.75), ("sources", SOURCE_SPACE, 1.0))
     for phase, grids, share in phases:
         phase_deadline = started + share * max(budget_seconds, 0.0)
         base = best
@@ -331,7 +332,7 @@ def tune(
             return max(ndcg, record.best_source_ndcg)
 
         enqueued = len(study.trials)
-        caps = {"retrieval": max_trials // 4, "decay": max_trials // 2}
+        caps = {"decay": max_trials // 2, "retrieval": max_trials * 3 // 4 - len(trials)}
         phase_trials = max(enqueued, min(caps.get(phase, max_trials), max_trials - len(trials)))
 
         def stop_when_out_of_time(

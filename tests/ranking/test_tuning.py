@@ -162,10 +162,10 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     # The search stops before a trial would cross the budget (estimated from the slowest trial so far).
     assert elapsed <= budget + 2 * slowest + 0.5
     assert len(result.trials) >= 2
-    # The cheap retrieval knobs first: the defaults, then every anchor of the history without recency weighting.
-    assert result.trials[0].phase == "retrieval"
-    assert result.trials[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay}
-    assert result.trials[1].params == {"anchors": 200, "anchor_decay": 1.0}
+    # The defaults and "no decay" are the first two candidates.
+    assert result.trials[0].params["half_life_days"] == SMALL.half_life_days
+    assert result.trials[1].params["half_life_days"] is None
+    assert result.trials[1].params["history_half_life_days"] is None
     best = result.best
     assert best is not None
     assert best.served_ndcg == max(t.served_ndcg for t in result.trials)
@@ -182,11 +182,10 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
     assert [t.ndcg for t in first.trials] == pytest.approx([t.ndcg for t in second.trials], abs=1e-3)
     assert first.chosen == second.chosen
-    # Then the decay phase: the defaults and "no decay" are its first two candidates.
-    decay = [t for t in first.trials if t.phase == "decay"]
-    assert decay[0].params["half_life_days"] == SMALL.half_life_days
-    assert decay[1].params["half_life_days"] is None
-    assert decay[1].params["history_half_life_days"] is None
+    # Then the retrieval knobs: the defaults, then every anchor of the history without recency weighting.
+    retrieval = [t for t in first.trials if t.phase == "retrieval"]
+    assert retrieval[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay}
+    assert retrieval[1].params == {"anchors": 200, "anchor_decay": 1.0}
     assert {"anchors", "anchor_decay", "half_life_days", "ease_lambda"} <= set(first.chosen)
 
 
