@@ -347,7 +347,7 @@ def tune(
             continue
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
         best = base.replace(**study.best_params)
-    chosen = {name: getattr(best, name) for space in (RETRIEVAL_SPACE, DECAY_SPACE, SOURCE_SPACE) for name in space}
+    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, RETRIEVAL_SPACE, SOURCE_SPACE) for name in space}
     return TuningResult(
         params=best,
         chosen=chosen,
