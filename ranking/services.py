@@ -200,6 +200,9 @@ def version_build(
             )  # fmt: skip
         params = tuned.params
     validation, ranker = _validate(split, items, params, vectors, timer)
+    if validation is not None and validation["ranker"].get("confidence_reason"):
+        notify("ranker", f"the ranker {'ships' if ranker is not None else 'does not ship'}: "
+               f"{validation['ranker']['confidence_reason']}")  # fmt: skip
     if validation is not None and ranker is not None and params.ranker_ship == "auto":
         beats, why = tuning.ranker_beats_blend(validation, k=params.k)
         validation["ranker"]["beats_blend"] = why
@@ -208,19 +211,22 @@ def version_build(
             ranker = None
             validation["ranker"]["ships"] = False
             notify("ranker", f"the ranker does not ship: {why}")
-    figures: tuple[float, dict[str, float]] | None = None
+    figures: tuple[float, dict[str, float], dict[str, Any]] | None = None
+    serve_confidence: dict[str, Any] = {}
     if params.serve != "auto":
         serve, serve_reason = params.serve, "set by hand (serve parameter)"
     elif validation is None or split is None:
         serve, serve_reason = tuning.PIPELINE, "no validation: the pipeline by default"
     else:
         best = tuned.best if tuned is not None else None
-        if best is not None:
-            figures = (best.ndcg, best.singles)
+        if best is not None and best.per_user:
+            figures = (best.ndcg, best.singles, best.per_user)
         else:
             with timer.stage("validation_guard"):
                 figures = tuning.evaluate_choice(split, items, params, vectors)
-        serve, serve_reason = tuning.serve_choice(figures[0], figures[1], ranker_ships=ranker is not None, k=params.k)
+        serve, serve_reason, serve_confidence = tuning.serve_choice(
+            figures[2], ranker_ships=ranker is not None, k=params.k, seed=params.seed
+        )
     notify("serve", (serve, serve_reason))
     params = params.replace(serve=serve)
     if validation is not None:
@@ -230,6 +236,7 @@ def version_build(
             "reason": serve_reason,
             "pipeline_ndcg": figures[0] if figures else None,
             "single_sources_ndcg": figures[1] if figures else None,
+            "confidence": serve_confidence,
             "users": split.n_test_users if split is not None else 0,
         }
         if tuned is not None:

@@ -71,6 +71,7 @@ from ranking.pipeline.state import (
     QUOTAS,
     VERBS,
     RequestState,
+    RetrievalParams,
     serve_mode_of,
     serve_source,
 )
@@ -632,7 +633,12 @@ def _serve(
     trace = _Trace()
     trace.stages.update(shared.stages_ms)
     state = RequestState(
-        surface=request.surface, count=request.count, now=time.time(), mode=serve_mode(model), degraded=model is None
+        surface=request.surface,
+        count=request.count,
+        now=time.time(),
+        mode=serve_mode(model),
+        degraded=model is None,
+        retrieval=RetrievalParams.of(model.params if model is not None else None),
     )
     if model is None:
         DEGRADED.labels("no_model").inc()

@@ -65,6 +65,11 @@ class TrainParams:
     ease_full_max_items: int = 5_000  # the full B matrix is stored up to this size (float32, n^2 * 4 bytes)
     # Neighbour tables.
     neighbours_k: int = 100
+    # Serving's retrieval (ranking.pipeline.state.RetrievalParams, read back from the version's params): the latest
+    # distinct history items whose neighbours are retrieved (up to the online history's 200) and the weight of the
+    # i-th most recent, anchor_decay ** i (1.0: every anchor alike). Tuned on validation without retraining.
+    anchors: int = 20
+    anchor_decay: float = 0.85
     knn_method: str = "bm25"
     knn_bm25_k1: float = 1.2
     knn_bm25_b: float = 0.75
@@ -121,6 +126,10 @@ class TrainParams:
             raise ValueError(f"ranker_ship must be 'auto', 'always' or 'never', not {self.ranker_ship!r}")
         if self.serve != "auto" and self.serve != "pipeline" and not self.serve.startswith("source:"):
             raise ValueError(f"serve must be 'auto', 'pipeline' or 'source:<name>', not {self.serve!r}")
+        if not 1 <= self.anchors <= 200:
+            raise ValueError(f"anchors must be between 1 and 200 (the online history's length), not {self.anchors}")
+        if not 0.0 < self.anchor_decay <= 1.0:
+            raise ValueError(f"anchor_decay must be in (0, 1], not {self.anchor_decay}")
         if self.knn_method not in ("bm25", "cosine"):
             raise ValueError(f"knn_method must be 'bm25' or 'cosine', not {self.knn_method!r}")
 

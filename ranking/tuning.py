@@ -7,9 +7,11 @@ The validation protocol: the window's last ``validation_days`` when it holds eno
 user's own tail (their last ``validation_tail_fraction`` of events), which fits logs whose users were active at
 different times over months or years.
 
-The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in two
-phases, cheap things first: the decay half-lives (no decay is a candidate) and EASE's lambda, then the other
-sources' hyper-parameters with the first phase's choice fixed. Each trial trains the sources on the validation
+The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in three
+phases, the most telling first: the decay half-lives (no decay is a candidate) and EASE's lambda; serving's
+retrieval knobs (how many history anchors, their recency decay: re-serving only, no retraining; the defaults and
+"every anchor, no recency weighting" first); then the other sources' hyper-parameters, each phase with the earlier
+phases' choices fixed. Each trial trains the sources on the validation
 split's training part and scores the served pipeline (retrieval from every source, the blend, the 30% category
 cap) and every single source on its users: the objective is the NDCG@k of what the version would serve, the
 pipeline or its best single source when that is better (:func:`serve_choice`). The defaults are always the first
@@ -29,10 +31,10 @@ import numpy as np
 import numpy.typing as npt
 import optuna
 
-from ranking import ann, evaluation
+from ranking import ann, confidence, evaluation
 from ranking.dataset import InteractionLog, ItemTable
 from ranking.pipeline import PIPELINE, TrainedModel, offline_inputs, served_lists, served_quality
-from ranking.pipeline.offline import BLEND_ROW, RANKER_ROW, UNSEEN_SEGMENT
+from ranking.pipeline.offline import BLEND_ROW, RANKER_ROW, UNSEEN_SEGMENT, served_ndcg_per_user
 from ranking.training import TrainedSources, TrainParams, train_sources
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ DECAY_SPACE: dict[str, Sequence[Any]] = {
     "history_half_life_days": (None, 14.0, 60.0, 180.0, 365.0),
     "popularity_half_life_days": (None, 3.0, 7.0, 30.0, 180.0),
     "ease_lambda": (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0),
+}
+# Serving's retrieval knobs (ranking.pipeline.state.RetrievalParams): no retraining, only re-serving.
+# 200 anchors = the whole online history; decay 1.0 = no recency weighting.
+RETRIEVAL_SPACE: dict[str, Sequence[Any]] = {
+    "anchors": (20, 50, 100, 200),
+    "anchor_decay": (0.85, 0.95, 0.99, 1.0),
 }
 SOURCE_SPACE: dict[str, Sequence[Any]] = {
     "als_factors": (32, 64, 128),
@@ -148,6 +156,9 @@ class Trial:
     ndcg: float  # the pipeline's NDCG@k (blend, 30% cap)
     singles: dict[str, float]  # every servable source's NDCG@k under the same cap
     seconds: float
+    # Per validation user, NDCG@k of the pipeline ("pipeline") and of each servable source: the serve choice's
+    # paired comparison (not recorded in the version).
+    per_user: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict, repr=False)
 
     @property
     def best_source(self) -> str | None:
@@ -240,23 +251,28 @@ class _SourceCache:
         return TrainedSources(arrays=arrays, params=params, reference_ts=self.split.reference_ts, info=info)
 
 
-def score_params(cache: _SourceCache, params: TrainParams) -> tuple[float, dict[str, float]]:
+def score_params(
+    cache: _SourceCache, params: TrainParams
+) -> tuple[float, dict[str, float], dict[str, npt.NDArray[np.float64]]]:
     """THE objective, the one place that knows how a version is judged offline: the NDCG@k of the lists the version
     would serve the split's users (``ranking.pipeline.served_lists``: the same stages as the API, the default
     surface config's 30% category cap, purchased and rated items left out) in the "pipeline" mode (the blend: the
-    ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode."""
+    ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode. Returns the
+    pipeline's figure, each source's, and the per-user NDCG@k of all of them (keyed "pipeline" and source name)."""
     trained = cache.trained(params)
     model = TrainedModel(trained)
     inputs = offline_inputs(cache.split, cache.items, model)
     figures: dict[str, float] = {}
+    per_user: dict[str, npt.NDArray[np.float64]] = {}
     for mode in (PIPELINE, *(SOURCE_PREFIX + name for name in SERVABLE_SOURCES)):
         if mode != PIPELINE and not _has_source(trained, mode.removeprefix(SOURCE_PREFIX)):
             continue
         lists = served_lists(model, cache.split, cache.items, serve=mode, k=params.k, inputs=inputs)
         quality = served_quality(cache.split, lists, k=params.k, item_category=cache.items.category)
         figures[mode] = float(quality[f"ndcg@{params.k}"])
+        per_user[mode.removeprefix(SOURCE_PREFIX)] = served_ndcg_per_user(cache.split, lists, k=params.k)
     pipeline = figures.pop(PIPELINE)
-    return pipeline, {mode.removeprefix(SOURCE_PREFIX): value for mode, value in figures.items()}
+    return pipeline, {mode.removeprefix(SOURCE_PREFIX): value for mode, value in figures.items()}, per_user
 
 
 def _has_source(trained: TrainedSources, name: str) -> bool:
@@ -284,7 +300,7 @@ def tune(
     trials: list[Trial] = []
     best = params
     latest = 0.0
-    phases = (("decay", DECAY_SPACE, 0.6), ("sources", SOURCE_SPACE, 1.0))
+    phases = (("decay", DECAY_SPACE, 0.5), ("retrieval", RETRIEVAL_SPACE, 0.75), ("sources", SOURCE_SPACE, 1.0))
     for phase, grids, share in phases:
         phase_deadline = started + share * max(budget_seconds, 0.0)
         base = best
@@ -294,6 +310,8 @@ def tune(
         study.enqueue_trial({name: getattr(base, name) for name in space})
         if phase == "decay":
             study.enqueue_trial({**{name: getattr(base, name) for name in space}, **_no_decay()})
+        if phase == "retrieval":
+            study.enqueue_trial({"anchors": max(RETRIEVAL_SPACE["anchors"]), "anchor_decay": 1.0})
 
         def objective(trial: optuna.Trial, space: Mapping[str, Sequence[Any]] = space, base: TrainParams = base,
                       phase: str = phase) -> float:  # fmt: skip
@@ -301,11 +319,11 @@ def tune(
             t0 = time.perf_counter()
             chosen = {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
             candidate = base.replace(**chosen)
-            ndcg, singles = score_params(cache, candidate)
+            ndcg, singles, per_user = score_params(cache, candidate)
             seconds = time.perf_counter() - t0
             # The next trial's cost: the latest one's (the first trains every source; later ones reuse most).
             latest = seconds
-            record = Trial(len(trials), phase, chosen, ndcg, singles, seconds)
+            record = Trial(len(trials), phase, chosen, ndcg, singles, seconds, per_user)
             trials.append(record)
             if on_trial is not None:
                 on_trial(record)
@@ -314,7 +332,8 @@ def tune(
             return max(ndcg, record.best_source_ndcg)
 
         enqueued = len(study.trials)
-        phase_trials = max(enqueued, max_trials // 2 if phase == "decay" else max_trials - len(trials))
+        caps = {"decay": max_trials // 2, "retrieval": max_trials * 3 // 4 - len(trials)}
+        phase_trials = max(enqueued, min(caps.get(phase, max_trials), max_trials - len(trials)))
 
         def stop_when_out_of_time(
             study: optuna.Study, _trial: Any, limit: float = phase_deadline, first: int = len(trials) + enqueued
@@ -328,7 +347,7 @@ def tune(
             continue
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
         best = base.replace(**study.best_params)
-    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, SOURCE_SPACE) for name in space}
+    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, RETRIEVAL_SPACE, SOURCE_SPACE) for name in space}
     return TuningResult(
         params=best,
         chosen=chosen,
@@ -352,26 +371,36 @@ def _no_decay() -> dict[str, Any]:
 # --- What the version serves ----------------------------------------------------------------------------------
 
 
-def serve_choice(pipeline_ndcg: float, singles: Mapping[str, float], *, ranker_ships: bool, k: int) -> tuple[str, str]:
-    """``"pipeline"`` unless the best single servable source, under the same category cap, beats the blended
-    pipeline on the validation users: then ``"source:<name>"``. A ranker that ships has already beaten every single
-    source on the users it never saw, so the pipeline serves. Returns the choice and a sentence saying why."""
+def serve_choice(
+    per_user: Mapping[str, npt.ArrayLike], *, ranker_ships: bool, k: int, seed: int = 0
+) -> tuple[str, str, dict[str, Any]]:
+    """What the version serves, from the validation users' per-user NDCG@k (``per_user["pipeline"]``: the blended
+    pipeline; the other keys: each servable source alone, all under the same category cap).
+
+    A ranker that ships has already beaten the blend and the best servable single source with confidence on the
+    users it never saw: the pipeline serves. Else the simpler choice, the best single source (by its mean) served
+    alone through the same re-ranker, unless the blended pipeline beats it with confidence (paired bootstrap over
+    the users, ``ranking.confidence``: the lower bound of the difference above zero). Returns the choice, a sentence
+    saying why and the comparison's figures."""
     if ranker_ships:
-        return PIPELINE, "the LambdaMART ranker ships: it beat every single source on validation users it never saw"
+        why = "the LambdaMART ranker ships: it beat the blend and the best single source with confidence on validation"
+        return PIPELINE, why, {}
+    pipeline = np.asarray(per_user.get(PIPELINE, ()), np.float64)
+    singles = {name: np.asarray(v, np.float64) for name, v in per_user.items() if name != PIPELINE}
+    mean = float(np.nanmean(pipeline)) if np.isfinite(pipeline).any() else 0.0
     if not singles:
-        return PIPELINE, f"the blended pipeline (NDCG@{k} {pipeline_ndcg:.4f}); no single source to compare"
-    best = max(singles, key=singles.__getitem__)
-    if singles[best] > pipeline_ndcg:
-        return (
-            SOURCE_PREFIX + best,
-            f"the best single source, {best} (NDCG@{k} {singles[best]:.4f} with the 30% category cap), beats the "
-            f"blended pipeline ({pipeline_ndcg:.4f}) on validation: the version serves {best} alone through the "
-            "same re-ranker",
-        )
+        return PIPELINE, f"the blended pipeline (NDCG@{k} {mean:.4f}); no single source to compare", {}
+    means = {name: float(np.nanmean(v)) if np.isfinite(v).any() else 0.0 for name, v in singles.items()}
+    best = max(means, key=means.__getitem__)
+    comparison = confidence.paired_bootstrap(pipeline, singles[best], seed=seed)
+    figures = {"against": best, **comparison.to_dict()}
+    said = comparison.describe("blended pipeline", f"{best} alone", f"NDCG@{k}")
+    if comparison.confident:
+        return PIPELINE, f"{said}: the pipeline serves", figures
     return (
-        PIPELINE,
-        f"the blended pipeline (NDCG@{k} {pipeline_ndcg:.4f}) is not below the best single source, {best} "
-        f"({singles[best]:.4f} with the 30% category cap)",
+        SOURCE_PREFIX + best,
+        f"{said}: the simpler choice serves, {best} alone through the same re-ranker (30% category cap)",
+        figures,
     )
 
 
@@ -390,7 +419,7 @@ def ranker_beats_blend(validation: Mapping[str, Any], *, k: int) -> tuple[bool, 
 
 def evaluate_choice(
     split: evaluation.Split, items: ItemTable, params: TrainParams, vectors: npt.NDArray[np.float32]
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, npt.NDArray[np.float64]]]:
     """The objective's figures for one set of values (what the guard compares when no search ran)."""
     return score_params(_SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors), params)
 

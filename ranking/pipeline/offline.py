@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from experiments.config import VariantConfig
-from ranking import ann, metrics, retrieval, sources
+from ranking import ann, confidence, metrics, retrieval, sources
 from ranking.dataset import ItemTable, UserEvents, user_events
 from ranking.evaluation import Segment, SourceFn, Split, run_protocol
 from ranking.pipeline import stages
@@ -39,11 +39,13 @@ from ranking.pipeline.state import (
     HISTORY_LIMIT,
     PIPELINE,
     QUOTAS,
+    FloatArray,
     GlobalLists,
     History,
     IntArray,
     ItemAttributes,
     RequestState,
+    RetrievalParams,
     serve_source,
 )
 from ranking.ranker import RankerParams, category_affinity, click_through_rate, train_ranker
@@ -198,7 +200,13 @@ def user_state(
     history = History(model.item_ids[ev_items[latest]].astype(np.int64), ev_types[latest], ev_ts[latest])
     affinity = category_affinity(inputs.category[ev_items], ev_types, ev_values, ev_ts, inputs.reference_ts)
     return RequestState(
-        surface="home", count=count, now=inputs.reference_ts, mode=mode, history=history, affinity=affinity
+        surface="home",
+        count=count,
+        now=inputs.reference_ts,
+        mode=mode,
+        history=history,
+        affinity=affinity,
+        retrieval=RetrievalParams.of(model.p),
     )
 
 
@@ -293,6 +301,13 @@ def served_quality(split: Split, lists: IntArray, *, k: int, item_category: npt.
         max(split.train.n_users, 1),
     )  # fmt: skip
     return {name: figures[name] for name in (f"ndcg@{k}", f"hit_rate@{k}", f"coverage@{k}", "max_category_share")}
+
+
+def served_ndcg_per_user(split: Split, lists: IntArray, *, k: int, rows: Sequence[int] | None = None) -> FloatArray:
+    """Each listed user's NDCG@k (NaN without a relevant item): what the confidence rules
+    (``ranking.confidence``) compare user by user. ``rows``: the split rows ``lists`` was computed for."""
+    relevant = split.relevant if rows is None else [split.relevant[row] for row in rows]
+    return metrics.ndcg_at_k_per_user(lists, relevant, k)
 
 
 def served_recommender(
@@ -397,14 +412,23 @@ UNSEEN_SEGMENT = "ranker_unseen"
 
 
 def evaluate_with_pipeline(
-    split: Split, trained: TrainedSources, items: ItemTable, *, k: int, seed: int = 7, ship: str = "auto"
+    split: Split,
+    trained: TrainedSources,
+    items: ItemTable,
+    *,
+    k: int,
+    seed: int = 7,
+    ship: str = "auto",
+    servable_sources: Sequence[str] = ("als", "item_knn", "ease", "popularity"),
 ) -> PipelineEvaluation:
     """Every source and the served pipeline (blend; and, when a ranker could be fitted on part of the test users,
     the ranker with and without the 30 % category cap) over ALL test users; when a ranker was fitted, the segment
     ``ranker_unseen`` repeats the figures on the users it never saw.
 
     With ``ship="auto"`` the ranker ships only if the capped ranker pipeline's NDCG@k on the unseen users is at
-    least the best single source's there; ``"always"`` and ``"never"`` override that.
+    least the best single source's there and it beats both the capped blend and the best servable single source
+    served alone with confidence (paired bootstrap over those users, ``ranking.confidence``); ``"always"`` and
+    ``"never"`` override that.
     """
     model = TrainedModel(trained)
     inputs = offline_inputs(split, items, model)
@@ -430,13 +454,34 @@ def evaluate_with_pipeline(
     best_source = singles[best_name] if best_name is not None else 0.0
     pipeline_ndcg = judged.get(RANKER_ROW, {}).get(key)
     beats = booster is not None and pipeline_ndcg is not None and pipeline_ndcg >= best_source
-    ships = booster is not None and (ship == "always" or (ship == "auto" and beats))
+    # The confidence rule: on the users it never saw, the capped ranker pipeline must beat, user by user, both
+    # what serves without it (the capped blend) and the best servable single source served alone, each with the
+    # paired bootstrap's lower bound above zero. A small advantage on a few hundred users is noise.
+    comparisons: dict[str, confidence.Comparison] = {}
+    if booster is not None and ship == "auto":
+        rows = np.flatnonzero(unseen).tolist()
+        ranker_ndcg = served_ndcg_per_user(
+            split, served_lists(model, split, items, ranker=booster, k=k, rows=rows, inputs=inputs), k=k, rows=rows
+        )
+        alternatives = {BLEND_ROW: PIPELINE}
+        servable = [name for name in singles if name in servable_sources]
+        if servable:
+            best_servable = max(servable, key=singles.__getitem__)
+            alternatives[f"source:{best_servable} (cap 30%)"] = f"source:{best_servable}"
+        for name, mode in alternatives.items():
+            lists = served_lists(model, split, items, serve=mode, k=k, rows=rows, inputs=inputs)
+            other = served_ndcg_per_user(split, lists, k=k, rows=rows)
+            comparisons[name] = confidence.paired_bootstrap(ranker_ndcg, other, seed=seed)
+    confident = all(c.confident for c in comparisons.values())
+    ships = booster is not None and (ship == "always" or (ship == "auto" and beats and confident))
     result["ranker"] = {
         "trained": report.trained, "fit_users": report.n_train_users, "early_stopping_users": report.n_valid_users,
         "best_iteration": report.best_iteration, "held_out_users": int(unseen.sum()) if booster is not None else 0,
         "judged_on": UNSEEN_SEGMENT if booster is not None else None,
         "best_single_source": best_name, "best_single_source_ndcg": best_source,
         "pipeline_ndcg": pipeline_ndcg, "beats_sources": beats, "ship_rule": ship, "ships": ships,
+        "confidence": {name: c.to_dict() for name, c in comparisons.items()},
+        "confidence_reason": "; ".join(c.describe("ranker", name, key.upper()) for name, c in comparisons.items()),
     }  # fmt: skip
     result["info"] = {**result["info"], "evaluated_users": split.n_test_users}
     return PipelineEvaluation(result, booster if ships else None, report, beats)
@@ -454,5 +499,5 @@ def booster_from_array(array: npt.NDArray[np.uint8]) -> lgb.Booster:
 __all__ = [
     "BoosterRanker", "OfflineInputs", "PipelineEvaluation", "RankerReport", "TrainedModel", "booster_from_array",
     "booster_to_array", "candidate_rows", "evaluate_with_pipeline", "offline_inputs", "ranker_fit",
-    "served_lists", "served_quality", "served_recommender", "user_state",
+    "served_lists", "served_ndcg_per_user", "served_quality", "served_recommender", "user_state",
 ]  # fmt: skip

@@ -22,7 +22,7 @@ from ranking import rerank as rr
 from ranking import retrieval
 from ranking.arrays import isin
 from ranking.pipeline.state import (
-    ANCHORS,
+    ANCHOR_DECAY,
     HISTORY_LIMIT,
     NEIGHBOUR_TABLES,
     PIPELINE,
@@ -104,11 +104,14 @@ def to_pks(model: ModelView, hits: retrieval.SourceHits) -> retrieval.SourceHits
     return retrieval.SourceHits(ids[hits.item_idx[valid]], hits.score[valid], anchors[valid])
 
 
-def neighbour_hits(model: ModelView, prefix: str, anchors_idx: IntArray, k: int) -> retrieval.SourceHits:
-    """The aggregated neighbours of the anchors in one of the version's neighbour tables (model indices)."""
+def neighbour_hits(
+    model: ModelView, prefix: str, anchors_idx: IntArray, k: int, decay: float = ANCHOR_DECAY
+) -> retrieval.SourceHits:
+    """The aggregated neighbours of the anchors (newest first) in one of the version's neighbour tables (model
+    indices), the i-th anchor weighted ``decay ** i``."""
     if not model.has(f"{prefix}_idx") or anchors_idx.size == 0:
         return retrieval.SourceHits.empty()
-    weights = anchor_weights(anchors_idx.size)
+    weights = anchor_weights(anchors_idx.size, decay)
     return retrieval.neighbours(anchors_idx, weights, model.array(f"{prefix}_idx"), model.array(f"{prefix}_score"), k)
 
 
@@ -121,7 +124,7 @@ def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, p
     if model is None:
         hits["popular"] = lists.popular
     else:
-        anchor_pks, _ = state.history.anchors(ANCHORS)
+        anchor_pks, _ = state.history.anchors(state.retrieval.anchors)
         anchor_idx = model.item_index(anchor_pks)
         anchor_idx = anchor_idx[anchor_idx >= 0]
         if state.user_vector is not None and model.index is not None:
@@ -130,7 +133,7 @@ def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, p
             hits["ann"] = to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
         for source, prefix in NEIGHBOUR_TABLES:
             k = fbt_quota(state.surface) if source == "fbt" else QUOTAS[source]
-            hits[source] = to_pks(model, neighbour_hits(model, prefix, anchor_idx, k))
+            hits[source] = to_pks(model, neighbour_hits(model, prefix, anchor_idx, k, state.retrieval.anchor_decay))
         for source, top in (("trending", lists.trending), ("popular", lists.popular)):
             quota = QUOTAS[source]
             hits[source] = retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])
@@ -353,7 +356,7 @@ def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
     assert state.candidates is not None
     assert state.result is not None
     candidates, result = state.candidates, state.result
-    anchor_pks, anchor_types = state.history.anchors(ANCHORS)
+    anchor_pks, anchor_types = state.history.anchors(state.retrieval.anchors)
     anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
     out = []
     for slot, (pk, i) in enumerate(

@@ -50,8 +50,35 @@ def fbt_quota(surface: str) -> int:
     return QUOTAS["fbt"] if surface in ("cart", "item", "checkout") else QUOTAS["fbt"] // 2
 
 
-def anchor_weights(n: int) -> npt.NDArray[np.float32]:
-    return (ANCHOR_DECAY ** np.arange(n, dtype=np.float32)).astype(np.float32)
+def anchor_weights(n: int, decay: float = ANCHOR_DECAY) -> npt.NDArray[np.float32]:
+    return (np.float32(decay) ** np.arange(n, dtype=np.float32)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    """The retrieval knobs that depend on the shop's data, chosen on validation at training (``ranking.tuning``)
+    and recorded in the version's params: how many distinct history items anchor the neighbour sources and how
+    much an older anchor counts (``anchor_decay ** i`` for the i-th most recent; 1.0: no recency weighting). The
+    defaults are the values these were constants at (the demo's shape: recent views matter most)."""
+
+    anchors: int = ANCHORS
+    anchor_decay: float = ANCHOR_DECAY
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any] | Any | None) -> RetrievalParams:
+        """From a version's params (a mapping, e.g. meta.json's) or a ``TrainParams``; defaults for what is missing
+        or out of range (an older version recorded none)."""
+        if params is None:
+            return cls()
+        get = params.get if isinstance(params, Mapping) else (lambda name, default=None: getattr(params, name, default))
+        anchors, decay = get("anchors", ANCHORS), get("anchor_decay", ANCHOR_DECAY)
+        try:
+            anchors, decay = int(anchors), float(decay)
+        except (TypeError, ValueError):
+            return cls()
+        if not 1 <= anchors <= HISTORY_LIMIT or not 0.0 < decay <= 1.0:
+            return cls()
+        return cls(anchors, decay)
 
 
 def serve_source(mode: str) -> str | None:
@@ -205,6 +232,7 @@ class RequestState:
     context_item_pk: int | None = None
     context_category_pk: int | None = None
     degraded: bool = False
+    retrieval: RetrievalParams = field(default_factory=RetrievalParams)  # the version's (``RetrievalParams.of``)
     # Stage outputs.
     user_vector: npt.NDArray[np.float32] | None = None
     hits: dict[str, retrieval.SourceHits] = field(default_factory=dict)

@@ -167,3 +167,37 @@ def test_debug_follows_the_served_path_when_the_online_state_is_lost(served: dic
     assert body["debug"]["history_source"] == "postgres"
     assert body["debug"]["history_length"] == 4
     assert body["debug"]["ranker"] == "lambdamart"
+
+
+def _record_params(**values: Any) -> None:
+    """Record parameter values in the active version's meta.json params (what training writes after tuning)."""
+    version = ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
+    meta_path = Path(version.artifact_path) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"] = {**meta.get("params", {}), **values}
+    meta_path.write_text(json.dumps(meta))
+    _fresh()
+
+
+@pytest.mark.django_db
+def test_serving_uses_the_versions_retrieval_parameters(served: dict, admin_api: APIClient) -> None:
+    """The anchors and their decay are the version's (tuned at training), not constants: a version recording one
+    anchor serves other lists than one recording the default 20 for customers whose older history matters, and
+    the offline recommender, reading the same params, serves exactly what the API serves. Served by EASE's
+    neighbours alone, so the anchors decide the candidates (in this small world the ranker pipeline's top 10 come
+    out the same either way)."""
+    mode = "source:ease"
+    _record_serve_mode(mode)
+    customers = [customer.external_id for cluster in served["observers"] for customer in cluster]
+    assert get_active_model().params.get("anchors", 20) == 20  # type: ignore[union-attr]
+    # The default anchors' lists, offline (the API serves them, test above; asking it here would cache them).
+    default = _offline_lists(customers, mode)
+
+    _record_params(anchors=1, anchor_decay=1.0)
+    assert get_active_model().params["anchors"] == 1  # type: ignore[union-attr]
+    offline = _offline_lists(customers, mode)
+    newest_only = {c: [item["item_id"] for item in _api_list(admin_api, c)["items"]] for c in customers}
+
+    assert newest_only == offline
+    changed = [c for c in customers if newest_only[c] != default[c]]
+    assert changed, "one anchor instead of the whole (4-item) history must change some lists"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ranking import evaluation, sources, tuning
+from ranking import confidence, evaluation, sources, tuning
 from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.services import version_build
 from ranking.training import StageTimer, TrainParams, content_vectors
@@ -105,11 +105,48 @@ def test_protocol_choice_fits_the_data() -> None:
 
 
 def test_serve_choice_never_worse_than_its_best_part() -> None:
-    choice, reason = tuning.serve_choice(0.10, {"ease": 0.15, "als": 0.12}, ranker_ships=False, k=10)
+    rng = np.random.default_rng(1)
+    n = 800
+    ease = rng.uniform(0.0, 0.6, n)
+    # The pipeline clearly below the best single source: the source serves.
+    choice, reason, figures = tuning.serve_choice(
+        {"pipeline": ease - 0.05, "ease": ease, "als": ease - 0.03}, ranker_ships=False, k=10
+    )
     assert choice == "source:ease"
-    assert "beats the blended pipeline" in reason
-    assert tuning.serve_choice(0.20, {"ease": 0.15}, ranker_ships=False, k=10)[0] == "pipeline"
-    assert tuning.serve_choice(0.10, {"ease": 0.15}, ranker_ships=True, k=10)[0] == "pipeline"
+    assert "not better with confidence" in reason
+    assert figures["against"] == "ease"
+    assert figures["lower_bound"] < 0
+    # Clearly above it: the pipeline serves.
+    choice, reason, figures = tuning.serve_choice({"pipeline": ease + 0.05, "ease": ease}, ranker_ships=False, k=10)
+    assert choice == "pipeline"
+    assert figures["confident"]
+    assert figures["lower_bound"] > 0
+    # A shipped ranker has already been judged: the pipeline.
+    assert tuning.serve_choice({"pipeline": ease - 0.05, "ease": ease}, ranker_ships=True, k=10)[0] == "pipeline"
+
+
+def test_confidence_rule_a_tiny_noisy_advantage_does_not_ship_a_clear_one_does() -> None:
+    rng = np.random.default_rng(7)
+    n = 240  # about the ranker's unseen validation users on MovieLens 100K
+    base = np.where(rng.random(n) < 0.5, rng.uniform(0.1, 1.0, n), 0.0)
+    noise = rng.normal(0.0, 0.25, n)
+    tiny = base + (noise - noise.mean()) + 0.015  # exactly +0.015 on average, inside the per-user noise
+    verdict = confidence.paired_bootstrap(tiny, base, seed=3)
+    assert verdict.difference > 0
+    assert not verdict.confident
+    assert verdict.lower < 0
+    clear = np.clip(base + 0.1 + rng.normal(0.0, 0.05, n), 0.0, 1.0)
+    verdict = confidence.paired_bootstrap(clear, base, seed=3)
+    assert verdict.confident
+    assert verdict.lower > 0.05
+    # Users without a relevant item (NaN) are left out; too few users are never conclusive.
+    with_nan = np.where(np.arange(n) % 2 == 0, np.nan, clear)
+    assert confidence.paired_bootstrap(with_nan, base).users == n // 2
+    assert not confidence.paired_bootstrap(clear[:10], base[:10]).confident
+    # In the serve choice: the same tiny advantage of the pipeline leaves the simpler single source serving.
+    choice, _, _ = tuning.serve_choice({"pipeline": tiny, "ease": base}, ranker_ships=False, k=10)
+    assert choice == "source:ease"
+    assert tuning.serve_choice({"pipeline": clear, "ease": base}, ranker_ships=False, k=10)[0] == "pipeline"
 
 
 def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None:
@@ -145,6 +182,11 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
     assert [t.ndcg for t in first.trials] == pytest.approx([t.ndcg for t in second.trials], abs=1e-3)
     assert first.chosen == second.chosen
+    # Then the retrieval knobs: the defaults, then every anchor of the history without recency weighting.
+    retrieval = [t for t in first.trials if t.phase == "retrieval"]
+    assert retrieval[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay}
+    assert retrieval[1].params == {"anchors": 200, "anchor_decay": 1.0}
+    assert {"anchors", "anchor_decay", "half_life_days", "ease_lambda"} <= set(first.chosen)
 
 
 def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> None:
@@ -158,10 +200,13 @@ def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> Non
     pipeline, singles = serve["pipeline_ndcg"], serve["single_sources_ndcg"]
     best = max(singles, key=singles.__getitem__)
     assert build.trained.params.serve == serve["choice"] == build.serve
-    if singles[best] > pipeline:
-        assert serve["choice"] == f"source:{best}"
-    else:
+    # The simpler choice (the best single source) unless the pipeline beats it with confidence.
+    assert serve["confidence"]["against"] == best
+    if serve["confidence"]["confident"]:
         assert serve["choice"] == "pipeline"
+        assert pipeline > singles[best]
+    else:
+        assert serve["choice"] == f"source:{best}"
     assert build.validation["protocol"]["protocol"] == tuning.USER_TAIL
 
 
