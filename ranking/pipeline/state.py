@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from ranking import retrieval
 from ranking.rerank import RerankResult
+from ranking.retrieval import CandidateSet, SourceHits
 from ranking.sources import ADD_TO_CART, CLICK, PURCHASE, RATING, VIEW
 
 IntArray = npt.NDArray[np.int64]
@@ -71,9 +72,10 @@ class RetrievalParams:
         if params is None:
             return cls()
         get = params.get if isinstance(params, Mapping) else (lambda name, default=None: getattr(params, name, default))
-        anchors, decay = get("anchors", ANCHORS), get("anchor_decay", ANCHOR_DECAY)
+        raw_anchors: Any = get("anchors", ANCHORS)
+        raw_decay: Any = get("anchor_decay", ANCHOR_DECAY)
         try:
-            anchors, decay = int(anchors), float(decay)
+            anchors, decay = int(raw_anchors), float(raw_decay)
         except (TypeError, ValueError):
             return cls()
         if not 1 <= anchors <= HISTORY_LIMIT or not 0.0 < decay <= 1.0:
@@ -235,8 +237,8 @@ class RequestState:
     retrieval: RetrievalParams = field(default_factory=RetrievalParams)  # the version's (``RetrievalParams.of``)
     # Stage outputs.
     user_vector: npt.NDArray[np.float32] | None = None
-    hits: dict[str, retrieval.SourceHits] = field(default_factory=dict)
-    candidates: retrieval.CandidateSet | None = None
+    hits: dict[str, SourceHits] = field(default_factory=dict)
+    candidates: CandidateSet | None = None
     attributes: ItemAttributes | None = None
     scores: npt.NDArray[np.float32] | None = None
     scorer: str = "blend"  # "lambdamart", "blend" or "source:<name>"
