@@ -77,7 +77,7 @@ def owner_tag(owner: str) -> str:
     meet.
     """
     if "}" in owner:
-        return "{" + hashlib.sha1(owner.encode()).hexdigest() + "}" + owner
+        return "{" + hashlib.sha1(owner.encode(), usedforsecurity=False).hexdigest() + "}" + owner
     return "{" + owner + "}"
 
 
@@ -138,9 +138,9 @@ ONLINE_STATE_COMPLETE = "online:{online}:complete:v3"
 """``online:{online}:complete:v3`` string: the Unix time the last ``rebuild_online_state`` finished.
 
 The suffix is the format of the online state: it moves when owners or keys change shape (v2: one owner namespace
-per principal kind; v3: keys carry hash tags for Redis Cluster), so an install upgraded in place finds no marker, serves from Postgres meanwhile and queues
-the rebuild that rewrites every owner's state in the new format (the older markers are in
-:data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
+per principal kind; v3: keys carry Redis Cluster hash tags), so an install upgraded in place finds no marker, serves
+from Postgres meanwhile and queues the rebuild that rewrites every owner's state in the new format (older markers are
+in :data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
 
 Deleted when a rebuild starts and written when it ends; nothing else writes it. A Redis that lost its data (FLUSHALL,
 a restart without its append-only file) has lost this key too, so serving then reads histories from Postgres, marks

@@ -553,7 +553,6 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
     reference = datetime.fromtimestamp(log.reference_ts(), tz=UTC) if len(log) else now
     trained = train_sources(log, items, params, reference_ts=reference.timestamp(), include=("popularity", "trending"))
     computed_at = time.time()
-    client = redis_client.get()
     key = artifacts.TRENDING_KEY.format(version_id=row.id)
     pipe = redis_client.atomic(key)  # the trending keys share the tag {model}
     pipe.delete(key)
