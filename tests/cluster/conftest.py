@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -29,8 +28,7 @@ def redis_cluster_url() -> str:
     """The URL of a node of the running cluster: the configured one in the cluster group, else one started here."""
     if settings.REDIS_CLUSTER:
         return settings.REDIS_DATA_URL
-    port = _port()
-    return rediscluster.start(Path(rediscluster.default_dir()) / str(port), port)
+    return rediscluster.start(port=_port())
 
 
 @pytest.fixture
