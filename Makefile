@@ -23,10 +23,12 @@ install: $(STAMP)  ## create the virtualenv and install everything
 run: $(STAMP)  ## start Postgres/Redis if needed, migrate, load the demo, train, serve API + admin + worker + beat
 	$(BIN)/python manage.py runstack
 
-test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery worker (plus lint and migration checks)
+test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery worker (plus lint, layers, types, migrations)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DJANGO_SETTINGS_MODULE=recsys.settings.test $(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/lint-imports  # the layers, no import circles, pure cores (pyproject [tool.importlinter])
+	$(BIN)/mypy  # the pure cores and the services (pyproject [tool.mypy])
 	@# tests/browser drives Debian's headless Chromium: install it when missing (CI runs as root); without it
 	@# those tests skip, saying why.
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \

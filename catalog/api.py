@@ -17,7 +17,7 @@ from catalog.serializers import (
     ItemOutputSerializer,
 )
 from kernel.models import ApiKey
-from kernel.validation import check_id as _check_id
+from kernel.validation import check_id
 
 
 class ItemApi(APIView):
@@ -25,14 +25,14 @@ class ItemApi(APIView):
 
     @extend_schema(responses=ItemOutputSerializer)
     def get(self, request: Request, item_id: str) -> Response:
-        item = selectors.item_get(external_id=_check_id(item_id, "item_id"))
+        item = selectors.item_get(external_id=check_id(item_id, "item_id"))
         if item is None:
             raise NotFound(f"No item with id {item_id!r}.")
         return Response(ItemOutputSerializer(item).data)
 
     @extend_schema(request=ItemInputSerializer, responses={200: ItemOutputSerializer, 201: ItemOutputSerializer})
     def put(self, request: Request, item_id: str) -> Response:
-        _check_id(item_id, "item_id")
+        check_id(item_id, "item_id")
         serializer = ItemInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -45,7 +45,7 @@ class ItemApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, item_id: str) -> Response:
-        if not services.item_deactivate(external_id=_check_id(item_id, "item_id")):
+        if not services.item_deactivate(external_id=check_id(item_id, "item_id")):
             raise NotFound(f"No item with id {item_id!r}.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -55,7 +55,7 @@ class CustomerApi(APIView):
 
     @extend_schema(responses=CustomerOutputSerializer)
     def get(self, request: Request, customer_id: str) -> Response:
-        customer = selectors.customer_get(external_id=_check_id(customer_id, "customer_id"))
+        customer = selectors.customer_get(external_id=check_id(customer_id, "customer_id"))
         if customer is None:
             raise NotFound(f"No customer with id {customer_id!r}.")
         return Response(CustomerOutputSerializer(customer).data)
@@ -65,7 +65,7 @@ class CustomerApi(APIView):
         responses={200: CustomerOutputSerializer, 201: CustomerOutputSerializer},
     )
     def put(self, request: Request, customer_id: str) -> Response:
-        _check_id(customer_id, "customer_id")
+        check_id(customer_id, "customer_id")
         serializer = CustomerInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         customer, created = services.customer_upsert(external_id=customer_id, **serializer.validated_data)

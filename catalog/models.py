@@ -5,7 +5,10 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.utils import timezone
 
-EXTERNAL_ID_MAX = 100
+from kernel.validation import ID_MAX_LENGTH
+
+# The one id rule's bound (kernel.validation): every external id column is this wide.
+EXTERNAL_ID_MAX = ID_MAX_LENGTH
 
 
 class Category(models.Model):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,12 +122,24 @@ def item_attribute_columns(*, updated_since: float | None = None) -> ItemAttribu
     )
 
 
-def item_pks(*, external_ids: Sequence[str]) -> dict[str, int]:
-    """Primary keys of the given external ids (unknown ids left out), in one query."""
-    if not external_ids:
+def item_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
+    """Primary keys of the given items' external ids (unknown ids left out), in one query."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
         return {}
     with connection.cursor() as cursor:
-        cursor.execute("SELECT external_id, id FROM catalog_item WHERE external_id = ANY(%s)", [list(external_ids)])
+        cursor.execute("SELECT external_id, id FROM catalog_item WHERE external_id = ANY(%s::text[])", [wanted])
+        return dict(cursor.fetchall())
+
+
+def customer_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
+    """Primary keys of the customers that exist (unknown ids left out), in one query. Creates nothing: for the
+    customers an event may create, :func:`catalog.services.customer_pks_get_or_create`."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%s::text[])", [wanted])
         return dict(cursor.fetchall())
 
 

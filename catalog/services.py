@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
+import psycopg
 from django.db import transaction
 from django.utils import timezone
 
+from catalog import erasure
 from catalog.models import Brand, Category, Customer, Item
-from kernel import redis_client
+from kernel.versions import bump_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -23,24 +25,14 @@ CATALOG_VERSION_KEY = "catalog:version"
 OPT_OUT_VERSION_KEY = "catalog:opt_out_version"
 
 
-def _bump_on_commit(key: str) -> None:
-    def bump() -> None:
-        try:
-            redis_client.get().incr(key)
-        except redis.RedisError:
-            logger.warning("catalog_version_bump_failed", exc_info=True, extra={"key": key})
-
-    transaction.on_commit(bump)
-
-
 def catalog_version_bump() -> None:
     """Tell every serving process that item attributes changed (after the transaction commits)."""
-    _bump_on_commit(CATALOG_VERSION_KEY)
+    bump_on_commit(CATALOG_VERSION_KEY)
 
 
 def opt_out_version_bump() -> None:
     """Tell every serving process that a customer's opt-out changed (after the transaction commits)."""
-    _bump_on_commit(OPT_OUT_VERSION_KEY)
+    bump_on_commit(OPT_OUT_VERSION_KEY)
 
 
 @dataclass(frozen=True)
@@ -105,3 +97,41 @@ def customer_upsert(
         defaults["personalisation_opt_out"] = personalisation_opt_out
         opt_out_version_bump()
     return Customer.objects.update_or_create(external_id=external_id, defaults=defaults)
+
+
+def customer_pks_get_or_create(
+    *, external_ids: Iterable[str], created_at: datetime, cursor: psycopg.Cursor[Any]
+) -> dict[str, int]:
+    """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result): the
+    one place besides ``customer_upsert`` that writes the customer table (events create their customers). Runs on
+    the caller's psycopg cursor, in its transaction.
+
+    Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
+    known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
+    order (concurrent requests lock them in one order) and those another request created meanwhile are selected
+    again, by a new statement that sees its commit.
+    """
+    wanted = sorted(set(external_ids) - {""})
+    if not wanted:
+        return {}
+    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[])"
+    cursor.execute(select, [wanted])
+    found: dict[str, int] = dict(cursor.fetchall())
+    missing = [external_id for external_id in wanted if external_id not in found]
+    if missing:
+        erased = erasure.erased_ids(missing)
+        missing = [external_id for external_id in missing if external_id not in erased]
+    if missing:
+        cursor.execute(
+            """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
+               SELECT x, %b, '{}', false FROM unnest(%b::text[]) AS x
+               ON CONFLICT (external_id) DO NOTHING
+               RETURNING external_id, id""",
+            [created_at, missing],
+        )
+        found.update(cursor.fetchall())
+        raced = [external_id for external_id in missing if external_id not in found]
+        if raced:
+            cursor.execute(select, [raced])
+            found.update(cursor.fetchall())
+    return found

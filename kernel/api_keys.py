@@ -1,16 +1,32 @@
-"""Use cases of the project layer: API key creation and revocation."""
+"""API keys: the authenticated caller (ApiClient), key creation and revocation."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.utils import timezone
 
 from kernel.models import ApiKey
 
 KEY_PREFIX = "rk_"
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """The authenticated caller: what a view needs to know about the key, nothing more."""
+
+    key_id: int
+    name: str
+    scopes: frozenset[str]
+    rate_per_minute: int | None
+
+    is_authenticated = True
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or ApiKey.Scope.ADMIN in self.scopes
 
 
 def hash_key(plaintext: str) -> str:

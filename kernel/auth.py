@@ -16,29 +16,15 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from kernel.api_keys import hash_key
+from kernel.api_keys import ApiClient, hash_key
 from kernel.models import ApiKey
+from kernel.throttling import unauthenticated_hit
 
 logger = logging.getLogger(__name__)
 
 # A revoked key stops working within this many seconds on every process; it saves a query on every request.
 _CACHE_SECONDS = 5.0
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class ApiClient:
-    """The authenticated caller: what a view needs to know about the key, nothing more."""
-
-    key_id: int
-    name: str
-    scopes: frozenset[str]
-    rate_per_minute: int | None
-
-    is_authenticated = True
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes or ApiKey.Scope.ADMIN in self.scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +93,6 @@ def _touch(client: ApiClient) -> None:
 
 
 def _refuse_if_over(request: Request, *, count: bool) -> None:
-    from kernel.throttling import unauthenticated_hit  # throttling imports this module
-
     wait = unauthenticated_hit(request, count=count)
     if wait is not None:
         raise exceptions.Throttled(wait=wait, detail="Too many requests without a valid API key from this address.")

@@ -23,7 +23,6 @@ from typing import Any
 
 import redis
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry
-from django.core.signals import request_started
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -44,39 +43,6 @@ TASK_SECONDS = Histogram(
 )  # fmt: skip
 
 _started: dict[str, float] = {}
-
-OTHER = "other"
-# The surfaces the platform itself serves (ranking.merchandising's customer and item surfaces, and the endpoint of
-# because-you-viewed); experiments and surface defaults add theirs (experiments.services.surface_known).
-BUILTIN_SURFACES: frozenset[str] = frozenset(
-    ("home", "item", "cart", "category", "similar", "bought_together", "because_you_viewed")
-)
-_NO_VARIANT = "-"
-
-
-def metric_surface(surface: str) -> str:
-    """``surface`` when it exists (built in, or named by a running experiment or a surface default), else
-    ``"other"``: a metric label must never take a client's free-form value."""
-    if surface in BUILTIN_SURFACES:
-        return surface
-    from experiments.services import surface_known  # experiments imports the metrics of this app
-
-    try:
-        return surface if surface_known(surface) else OTHER
-    except Exception:  # noqa: BLE001 - a label must never fail a request; unknown is the safe answer
-        return OTHER
-
-
-def metric_variant(variant: str) -> str:
-    """``variant`` when a running experiment has it (or ``-``, no variant), else ``"other"``."""
-    if variant in ("", _NO_VARIANT):
-        return variant
-    from experiments.services import variant_known
-
-    try:
-        return variant if variant_known(variant) else OTHER
-    except Exception:  # noqa: BLE001 - as above
-        return OTHER
 
 
 def bound_labels(metric: MetricWrapperBase, **normalisers: Callable[[str], str]) -> MetricWrapperBase:
@@ -99,30 +65,6 @@ def bound_labels(metric: MetricWrapperBase, **normalisers: Callable[[str], str])
     metric._unbounded_labels = original  # type: ignore[attr-defined]
     metric.labels = labels  # type: ignore[method-assign]
     return metric
-
-
-def bound_serving_labels() -> None:
-    """Bound the surface and variant labels of ranking.serving's request metrics: serving labels them with the
-    request's surface as sent."""
-    from ranking import serving
-
-    for metric in (serving.REQUESTS, serving.LATENCY):
-        bound_labels(metric, surface=metric_surface, variant=metric_variant)
-
-
-_BOUND_LABELS_UID = "kernel.metrics.bound_serving_labels"
-
-
-def _bound_serving_labels_now(**_: object) -> None:
-    request_started.disconnect(dispatch_uid=_BOUND_LABELS_UID)
-    bound_serving_labels()
-
-
-def bound_serving_labels_on_first_request() -> None:
-    """Install :func:`bound_serving_labels` when this process starts its first request (RecsysConfig.ready): every
-    recommendation a client asks for comes through a request, and processes that serve none (management commands,
-    workers) never import ranking.serving for it."""
-    request_started.connect(_bound_serving_labels_now, dispatch_uid=_BOUND_LABELS_UID, weak=False)
 
 
 @task_prerun.connect
@@ -155,11 +97,26 @@ def quality_set(values: dict[str, dict[str, float]]) -> None:
     redis_client.get().hset(QUALITY_KEY, mapping={name: json.dumps(series) for name, series in values.items()})
 
 
+def _every_surface_exists(surface: str) -> bool:
+    return True
+
+
+# Whether a surface label names a surface that exists. The kernel cannot know (experiments and ranking define
+# surfaces): the project installs the answer at start-up (recsys.metric_labels, RecsysConfig.ready).
+_surface_exists: Callable[[str], bool] = _every_surface_exists
+
+
+def surface_filter_install(surface_exists: Callable[[str], bool]) -> None:
+    """Leave out of the quality gauges the series of surfaces for which ``surface_exists`` says no."""
+    global _surface_exists
+    _surface_exists = surface_exists
+
+
 class QualityCollector(Collector):
     """Exposes the gauges stored by :func:`quality_set`; silent when Redis is unreachable.
 
     The task computes them per surface as stored with each impression, i.e. as clients sent it: a series of a
-    surface that does not exist (:func:`metric_surface`) is left out here (its lists still count in the
+    surface that does not exist (:func:`surface_filter_install`) is left out here (its lists still count in the
     ``surface="all"`` totals), so made-up surfaces add no series; ratios cannot be summed into one ``other``."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -175,7 +132,7 @@ class QualityCollector(Collector):
             for key, value in series.items():
                 labels = dict(part.split("=", 1) for part in key.split(",") if part)
                 surface = labels.get("surface")
-                if surface is not None and surface != "all" and metric_surface(surface) == OTHER:
+                if surface is not None and surface != "all" and not _surface_exists(surface):
                     continue
                 family.add_metric([labels.get(label, "") for label in label_names], float(value))
             yield family

@@ -19,11 +19,11 @@ from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.request import Empty, Request
 from rest_framework.throttling import BaseThrottle
 
-from catalog.models import EXTERNAL_ID_MAX
 from kernel import redis_client
-from kernel.auth import ApiClient
+from kernel.api_keys import ApiClient
 from kernel.background import Periodic
 from kernel.models import ApiKey
+from kernel.validation import ID_MAX_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def _valid_ids(values: Collection[Any]) -> set[str]:
     return {
         value.strip()
         for value in values
-        if isinstance(value, str) and value.strip() and len(value.strip()) <= EXTERNAL_ID_MAX
+        if isinstance(value, str) and value.strip() and len(value.strip()) <= ID_MAX_LENGTH
     }
 
 

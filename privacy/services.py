@@ -177,12 +177,13 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     )
     if row is None:
         raise CustomerNotFound(customer_id)
-    customer_pk = row.pop("id")
-    row["customer_id"] = row.pop("external_id")
+    customer: dict[str, Any] = dict(row)
+    customer_pk = customer.pop("id")
+    customer["customer_id"] = customer.pop("external_id")
     _impressions_flush_queued()
     return CustomerExport(
         exported_at=timezone.now(),
-        customer=row,
+        customer=customer,
         online=_online_state(customer_owner(customer_id)),
         interactions=_interactions(customer_pk),
         impressions=_impressions(customer_pk),

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from kernel.auth import request_has_scope
 from kernel.models import ApiKey
-from kernel.validation import check_id as _check_id
+from kernel.validation import check_id
 from ranking import serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
@@ -78,7 +78,7 @@ class _ItemAnchoredListApi(APIView):
         query = CountQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         try:
-            result = self.make_list(item_id=_check_id(item_id, "item_id"), count=query.validated_data["count"])
+            result = self.make_list(item_id=check_id(item_id, "item_id"), count=query.validated_data["count"])
         except serving.UnknownItem:
             raise NotFound(f"No item with id {item_id!r}.") from None
         return Response(_list_body(result))
@@ -109,6 +109,6 @@ class BecauseYouViewedApi(APIView):
         query = CountQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         result = serving.because_you_viewed(
-            customer_id=_check_id(customer_id, "customer_id"), count=query.validated_data["count"]
+            customer_id=check_id(customer_id, "customer_id"), count=query.validated_data["count"]
         )
         return Response(asdict(result))

@@ -38,6 +38,7 @@ from prometheus_client import Counter
 
 from ranking import ann, artifact_store, sources
 from ranking.artifact_store import ArtifactError, combined_checksum, file_sha256
+from ranking.selectors import VersionLocation
 
 logger = logging.getLogger(__name__)
 
@@ -408,14 +409,6 @@ class Marker:
     version_id: int
     checksum: str
     trending_stamp: str = ""
-
-
-@dataclass(frozen=True)
-class VersionLocation:
-    version_id: int
-    name: str
-    checksum: str
-    path: Path
 
 
 def _redis_marker() -> Marker | None:

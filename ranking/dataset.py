@@ -1,5 +1,5 @@
 """Interactions as arrays: the id maps (model index <-> catalog primary key), the weighted user-item matrix and the
-basket matrix every source trains on. :func:`dataset_load` reads Postgres through the selectors; everything else
+basket matrix every source trains on. ``ranking.selectors.dataset_load`` reads them from Postgres; everything else
 here is pure, so the benchmarks build the same structures from in-memory data sets.
 """
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +52,7 @@ class ItemTable:
 
     def index_of(self, item_pks: npt.ArrayLike) -> IntArray:
         """Model index of each pk, -1 for pks not in the table."""
-        return _index_of(self.item_ids, item_pks)
+        return index_of(self.item_ids, item_pks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +143,7 @@ def user_events(log: InteractionLog) -> UserEvents:
     return UserEvents(indptr, log.item[order].astype(np.int64), log.type[order], log.value[order], log.ts[order])
 
 
-def _index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
+def index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
     ids = np.asarray(ids, dtype=np.int64)
     if sorted_ids.size == 0:
         return np.full(ids.shape, -1, dtype=np.int64)
@@ -180,9 +179,9 @@ def log_from_arrays(
         user_ids_arr = np.unique(customer[customer >= 0])
     else:
         user_ids_arr = np.asarray(user_ids, dtype=np.int64)
-    user_idx = np.where(customer >= 0, _index_of(user_ids_arr, customer), -1)
+    user_idx = np.where(customer >= 0, index_of(user_ids_arr, customer), -1)
     if session is None:
-        session_arr = np.full(customer.size, "", dtype=object)
+        session_arr: npt.NDArray[np.object_] = np.full(customer.size, "", dtype=object)
     else:
         session_arr = np.asarray(session, dtype=object)[keep]
     basket = _basket_codes(customer, session_arr, ts_arr)
@@ -296,30 +295,3 @@ def item_text(title: str, description: str, category: str, brand: str, tags: str
         parts.append(description)
     parts += [category, brand, tags]
     return " ".join(part for part in parts if part)
-
-
-def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
-    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
-    from catalog import selectors as catalog_selectors
-    from ranking import selectors
-
-    ids, category, texts = selectors.item_rows()
-    # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
-    attributes = catalog_selectors.item_attribute_columns()
-    order = np.argsort(attributes.pk)
-    row = _index_of(attributes.pk[order], ids)
-    found = row >= 0
-    price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
-    created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
-    items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
-    columns = selectors.interaction_columns(since=since, until=until)
-    log = log_from_arrays(
-        customer=columns["customer"],
-        item=columns["item"],
-        type_=columns["type"],
-        value=columns["value"],
-        ts=columns["ts"],
-        session=columns["session"],
-        items=items,
-    )
-    return log, items

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import redis
 from cachetools import LRUCache
 from django.db import DatabaseError, connection
 
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
 from catalog.services import CATALOG_VERSION_KEY
-from kernel import redis_client
+from kernel.versions import read_version
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +86,7 @@ class ItemCache:
         if now - self._checked < _CHECK_SECONDS:
             return
         self._checked = now
-        try:
-            token: bytes | None = redis_client.get().get(CATALOG_VERSION_KEY) or b"0"
-        except redis.RedisError:
-            token = None  # unknown: re-read the recently updated items at every check
+        token = read_version(CATALOG_VERSION_KEY)  # None, unknown: re-read the recently updated items at every check
         full_due = now - self._synced_at >= _FULL_SYNC_SECONDS
         if token is not None and token == self._token and not full_due:
             return

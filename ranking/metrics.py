@@ -25,7 +25,8 @@ binary relevance:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -95,7 +96,7 @@ def _hits_and_counts(rec: IntArray, relevant: Sequence[npt.ArrayLike]) -> tuple[
         return np.zeros(rec.shape, dtype=bool), np.zeros(0, dtype=np.int64)
 
     # One flat array of (user, item) pairs lets a single sorted search replace n_users set lookups.
-    lengths = np.fromiter(map(len, relevant), dtype=np.int64, count=n_users)
+    lengths = np.fromiter((len(cast(Sized, r)) for r in relevant), dtype=np.int64, count=n_users)
     rel_items = np.concatenate(relevant).astype(np.int64, copy=False)
     rel_users = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
     keep = rel_items >= 0
@@ -157,11 +158,11 @@ def _average_precision(hits: BoolArray, n_rel: IntArray) -> FloatArray:
     precision_at_rank = np.cumsum(hits, axis=1) / np.arange(1, k + 1, dtype=np.float64)
     summed = (precision_at_rank * hits).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _undefined_where_no_relevant(summed / np.minimum(n_rel, k), n_rel)
+        return _undefined_where_no_relevant(np.asarray(summed / np.minimum(n_rel, k), np.float64), n_rel)
 
 
 def _hit_rate(hits: BoolArray, n_rel: IntArray) -> FloatArray:
-    return _undefined_where_no_relevant(hits.any(axis=1).astype(np.float64), n_rel)
+    return _undefined_where_no_relevant(np.asarray(hits.any(axis=1), dtype=np.float64), n_rel)
 
 
 def precision_at_k_per_user(recommended: npt.ArrayLike, relevant: Sequence[npt.ArrayLike], k: int) -> FloatArray:

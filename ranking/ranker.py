@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -126,7 +125,9 @@ def category_affinity(
     return dict(zip(unique.tolist(), totals.tolist(), strict=True))
 
 
-def click_through_rate(views: NDArray[np.floating], clicks: NDArray[np.floating]) -> NDArray[np.float32]:
+def click_through_rate(
+    views: NDArray[np.floating] | NDArray[np.integer], clicks: NDArray[np.floating] | NDArray[np.integer]
+) -> NDArray[np.float32]:
     """Clicks per view; NaN where an item had no views (unknown, not zero)."""
     views = np.asarray(views, np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -234,10 +235,6 @@ def train_ranker(
         valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
     )
-
-
-def load_ranker(path: Path) -> lgb.Booster:
-    return lgb.Booster(model_file=str(path))
 
 
 def score(booster: lgb.Booster, X: NDArray[np.float32]) -> NDArray[np.float32]:

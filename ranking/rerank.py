@@ -113,7 +113,7 @@ class Candidates:
             object.__setattr__(self, name, arr)
         if not np.isfinite(self.score).all():
             raise ValueError("Candidates.score must be finite")
-        if (self.exposure < 0).any() or (self.clicks < 0).any():  # type: ignore[operator]
+        if np.any(self.exposure < 0) or np.any(self.clicks < 0):  # type: ignore[operator]
             raise ValueError("Candidates.exposure and clicks must be >= 0")
 
     def __len__(self) -> int:
@@ -378,11 +378,11 @@ def _drop_masks(candidates: Candidates, block_match: BoolArray, exclude_idx: Int
         _, first = np.unique(items[order], return_index=True)
         duplicate = np.ones(n, dtype=bool)
         duplicate[order[first]] = False
-    reasons = {
+    reasons: dict[str, BoolArray] = {
         "duplicate": duplicate,
         "unavailable": ~candidates.available,
         "excluded": isin(items, exclude_idx),
-        "blocked": block_match.any(axis=0),
+        "blocked": np.asarray(block_match.any(axis=0), dtype=bool),
     }
     already = np.zeros(n, dtype=bool)
     for name, mask in reasons.items():

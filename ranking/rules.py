@@ -5,19 +5,13 @@ surface and schedule. Rule changes go through :func:`ranking.services.business_r
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import redis
-from django.db import DatabaseError
+import numpy.typing as npt
 
-from kernel import redis_client
+from kernel.versions import VersionedSnapshot, bump
 from ranking import rerank as rr
-
-logger = logging.getLogger(__name__)
 
 VERSION_KEY = "rules:version"
 _CHECK_EVERY = 1.0
@@ -38,44 +32,28 @@ class _StoredRule:
         return self.ends_at is None or now < self.ends_at
 
 
-class _Snapshot:
-    def __init__(self) -> None:
-        self.token = "none"  # noqa: S105 - a version token, not a secret
-        self.rules: tuple[_StoredRule, ...] = ()
-        self.edges = np.empty(0)  # every rule's starts_at and ends_at, sorted
-        self.checked = 0.0
-        self.loaded = False
-        self.lock = threading.Lock()
-
-    def refresh(self) -> None:
-        now = time.monotonic()
-        if self.loaded and now - self.checked < _CHECK_EVERY:
-            return
-        with self.lock:
-            if self.loaded and now - self.checked < _CHECK_EVERY:
-                return
-            self.checked = now
-            try:
-                token = (redis_client.get().get(VERSION_KEY) or b"0").decode()
-            except redis.RedisError:
-                token = self.token if self.loaded else "unknown"  # noqa: S105
-            if self.loaded and token == self.token:
-                return
-            try:
-                loaded = _load()
-                self.edges = np.unique(
-                    [edge for stored in loaded for edge in (stored.starts_at, stored.ends_at) if edge is not None]
-                )
-                self.rules = loaded
-            except DatabaseError:
-                # Keep serving the rules we have: a Postgres hiccup must not drop every pin and block.
-                logger.warning("rules_reload_failed", exc_info=True)
-                return
-            self.token = token
-            self.loaded = True
+@dataclass(frozen=True)
+class _Rules:
+    rules: tuple[_StoredRule, ...]
+    edges: npt.NDArray[np.float64]  # every rule's starts_at and ends_at, sorted
 
 
-_snapshot = _Snapshot()
+def _load_rules() -> _Rules:
+    loaded = _load()
+    edges = np.unique([edge for stored in loaded for edge in (stored.starts_at, stored.ends_at) if edge is not None])
+    return _Rules(loaded, np.asarray(edges, dtype=np.float64))
+
+
+# Redis unreachable: keep the rules we have (a rule cannot change meanwhile without the bump failing loudly).
+# Postgres unreachable: keep serving the rules we have, so a hiccup does not drop every pin and block.
+_snapshot: VersionedSnapshot[_Rules] = VersionedSnapshot(
+    key=VERSION_KEY,
+    load=lambda: _load_rules(),
+    fallback=_Rules((), np.empty(0, dtype=np.float64)),
+    check_seconds=_CHECK_EVERY,
+    reload_when_unknown=False,
+    name="rules",
+)
 
 
 def _load() -> tuple[_StoredRule, ...]:
@@ -106,14 +84,13 @@ def _load() -> tuple[_StoredRule, ...]:
 
 def active_rules(*, surface: str, now: float) -> tuple[rr.Rule, ...]:
     """The rules that apply to ``surface`` at ``now`` (Unix time)."""
-    _snapshot.refresh()
-    return tuple(stored.rule for stored in _snapshot.rules if stored.applies(surface, now))
+    return tuple(stored.rule for stored in _snapshot.get().rules if stored.applies(surface, now))
 
 
 def version_token() -> str:
     """Changes whenever a rule changes: part of every cache key, so an edited rule shows at once."""
-    _snapshot.refresh()
-    return _snapshot.token
+    token = _snapshot.token
+    return "unknown" if token is None else token.decode()
 
 
 def next_edge(*, now: float) -> float | None:
@@ -121,22 +98,17 @@ def next_edge(*, now: float) -> float | None:
     starts or ends later. Part of every cache key, so a list cached before the edge is not served after it: a pin
     that starts or a boost that ends takes effect at once, not when the cached list expires. (Edges of every
     surface count: an edge elsewhere costs one recomputation, which is cheaper than sorting edges by surface.)"""
-    _snapshot.refresh()
-    edges = _snapshot.edges
+    edges = _snapshot.get().edges
     at = int(np.searchsorted(edges, now, side="right"))
     return float(edges[at]) if at < edges.size else None
 
 
 def version_bump() -> None:
-    try:
-        redis_client.get().incr(VERSION_KEY)
-    except redis.RedisError:
-        logger.warning("rules_version_bump_failed", exc_info=True)
+    """Move the rules version now (every process reloads within a second) and forget this process's rules."""
+    bump(VERSION_KEY)
     reset()
 
 
 def reset() -> None:
     """Forget this process's snapshot (tests; the admin after a change)."""
-    with _snapshot.lock:
-        _snapshot.loaded = False
-        _snapshot.checked = 0.0
+    _snapshot.clear()

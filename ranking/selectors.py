@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -11,11 +12,11 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Max, Min
 
-from catalog.models import Customer, Item
+from catalog import selectors as catalog_selectors
+from catalog.models import Item
 from events.models import Interaction
 from ranking import artifact_store
-from ranking.artifacts import VersionLocation
-from ranking.dataset import item_text
+from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
 from ranking.models import ModelVersion
 
 # One pass over the interactions, opted-out customers' events left out (anonymous session events stay: they feed
@@ -30,6 +31,14 @@ _INTERACTIONS_SQL = """
       AND i.occurred_at < COALESCE(%s::timestamptz, 'infinity'::timestamptz)
 """
 _FETCH_ROWS = 200_000
+
+
+@dataclass(frozen=True)
+class VersionLocation:
+    version_id: int
+    name: str
+    checksum: str
+    path: Path
 
 
 def interaction_columns(*, since: datetime | None = None, until: datetime | None = None) -> dict[str, np.ndarray]:
@@ -77,21 +86,13 @@ def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def item_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Item.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.item_pks), under the name evaluation's callers use."""
+    return catalog_selectors.item_pks(external_ids=external_ids)
 
 
 def customer_pks_by_external_id(external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    found: dict[str, int] = {}
-    for start in range(0, len(wanted), 10_000):
-        chunk = wanted[start : start + 10_000]
-        found.update(Customer.objects.filter(external_id__in=chunk).values_list("external_id", "id"))
-    return found
+    """The catalog's lookup (catalog.selectors.customer_pks), under the name evaluation's callers use."""
+    return catalog_selectors.customer_pks(external_ids=external_ids)
 
 
 # --- Registry -------------------------------------------------------------------------------------------------
@@ -137,3 +138,27 @@ def version_list(*, limit: int = 20) -> list[ModelVersion]:
 def versions_with_artifacts() -> list[tuple[int, str, str, str]]:
     """(id, status, name, artifact_path) of every version, newest first, for pruning old directories."""
     return list(ModelVersion.objects.order_by("-created_at").values_list("id", "status", "name", "artifact_path"))
+
+
+def dataset_load(*, since: datetime | None = None, until: datetime | None = None) -> tuple[InteractionLog, ItemTable]:
+    """Interactions (opted-out customers excluded) in ``[since, until)`` and the whole catalog, from Postgres."""
+    ids, category, texts = item_rows()
+    # Price and listing time for the ranker's features, by the same binary COPY serving's item cache reads.
+    attributes = catalog_selectors.item_attribute_columns()
+    order = np.argsort(attributes.pk)
+    row = index_of(attributes.pk[order], ids)
+    found = row >= 0
+    price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
+    created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
+    items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
+    columns = interaction_columns(since=since, until=until)
+    log = log_from_arrays(
+        customer=columns["customer"],
+        item=columns["item"],
+        type_=columns["type"],
+        value=columns["value"],
+        ts=columns["ts"],
+        session=columns["session"],
+        items=items,
+    )
+    return log, items

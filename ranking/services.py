@@ -28,10 +28,11 @@ from redis.exceptions import LockError
 
 from kernel import redis_client
 from ranking import ann, artifacts, evaluation, selectors, tuning
-from ranking.dataset import InteractionLog, ItemTable, dataset_load, log_from_arrays
+from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.pipeline import booster_from_array, booster_to_array, evaluate_with_pipeline
 from ranking.pipeline.offline import served_recommender
+from ranking.selectors import dataset_load
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 
 logger = logging.getLogger(__name__)

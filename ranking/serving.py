@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -332,10 +331,6 @@ def clear_caches() -> None:
     """Forget per-process caches (tests, and after a catalog rebuild)."""
     CACHE.clear_local()
     online.clear()
-
-
-def safe_round(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 6)
 
 
 __all__ = [

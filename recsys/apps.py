@@ -7,7 +7,9 @@ class RecsysConfig(AppConfig):
 
     def ready(self) -> None:
         from kernel import metrics, schema  # noqa: F401  (registers the OpenAPI auth extension, task metrics)
+        from recsys import metric_labels
 
         # Serving labels its request metrics with the client's surface: only known ones by name. Installed by the
         # first request, not here: importing ranking.serving at start-up would cost every management command ~1 s.
-        metrics.bound_serving_labels_on_first_request()
+        metric_labels.bound_serving_labels_on_first_request()
+        metrics.surface_filter_install(metric_labels.surface_exists)

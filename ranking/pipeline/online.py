@@ -8,7 +8,6 @@ same arrays built from a training log (``ranking.pipeline.offline``).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from catalog.services import OPT_OUT_VERSION_KEY
 from events import selectors as event_selectors
 from events import services as event_services
 from kernel import redis_client
+from kernel.versions import VersionedSnapshot
 from ranking import retrieval
 from ranking.artifacts import ActiveModel
 from ranking.compiled_ranker import ServingRanker
@@ -64,52 +64,27 @@ class _OptOuts:
     """The external ids of opted-out customers, in process memory: every request asks, and they are few.
 
     Reloaded from Postgres when the opt-out version in Redis moves (every change bumps it; checked at most twice a
-    second) and at least once a minute. Until the first load succeeds (Postgres down at start-up) everyone counts
-    as opted out: a non-personal list is the privacy-safe answer. A failed reload keeps the last complete set,
-    which stays right because an opt-out cannot be recorded while Postgres is down.
+    second) and at least once a minute (kernel.versions.VersionedSnapshot). Until the first load succeeds (Postgres
+    down at start-up) everyone counts as opted out: a non-personal list is the privacy-safe answer. A failed reload
+    keeps the last complete set, which stays right because an opt-out cannot be recorded while Postgres is down.
     """
 
     def __init__(self, *, check_seconds: float = 0.5, max_age_seconds: float = 60.0) -> None:
-        self.check_seconds = check_seconds
-        self.max_age_seconds = max_age_seconds
-        self._ids: frozenset[str] | None = None
-        self._token: bytes | None = None
-        self._checked = -math.inf
-        self._loaded_at = -math.inf
-        self._lock = threading.Lock()
+        self._ids: VersionedSnapshot[frozenset[str] | None] = VersionedSnapshot(
+            key=OPT_OUT_VERSION_KEY,
+            load=lambda: catalog_selectors.opted_out_customer_ids(),
+            fallback=None,
+            check_seconds=check_seconds,
+            max_age_seconds=max_age_seconds,
+            name="opt_outs",
+        )
 
     def contains(self, customer_id: str) -> bool:
-        now = time.monotonic()
-        if now - self._checked >= self.check_seconds and self._lock.acquire(blocking=self._ids is None):
-            try:
-                self._refresh(now)
-            finally:
-                self._lock.release()
-        ids = self._ids
+        ids = self._ids.get()
         return True if ids is None else customer_id in ids
 
-    def _refresh(self, now: float) -> None:
-        self._checked = now
-        try:
-            token: bytes | None = redis_client.get().get(OPT_OUT_VERSION_KEY) or b"0"
-        except redis.RedisError:
-            token = None  # unknown: reload from Postgres on every check
-        if (
-            self._ids is not None and token is not None and token == self._token
-            and now - self._loaded_at < self.max_age_seconds
-        ):  # fmt: skip
-            return
-        try:
-            self._ids = catalog_selectors.opted_out_customer_ids()
-        except DatabaseError:
-            logger.warning("opt_outs_unreadable", exc_info=True)
-            return
-        self._token, self._loaded_at = token, now
-
     def clear(self) -> None:
-        with self._lock:
-            self._ids, self._token = None, None
-            self._checked = self._loaded_at = -math.inf
+        self._ids.clear()
 
 
 opt_outs = _OptOuts()

@@ -33,7 +33,7 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """The snapshot's once-a-second check runs on this clock, so tests move time instead of sleeping."""
     fake = FakeClock()
-    monkeypatch.setattr(services, "_clock", fake)
+    monkeypatch.setattr(services.assignment, "_clock", fake)
     services.assignment_cache_clear()
     return fake
 
@@ -144,7 +144,7 @@ def test_bandit_weight_change_is_picked_up(
     with django_capture_on_commit_callbacks(execute=True):
         Variant.objects.filter(experiment=experiment, name="control").update(weight=0.1)
         Variant.objects.filter(experiment=experiment, name="b").update(weight=0.9)
-        services._version_bump_on_commit()
+        services.version_bump_on_commit()
     clock.now += 2
     after = Counter(services.assign(surface="home", unit_id=u).variant for u in units)
 

@@ -24,10 +24,10 @@ from experiments.services import assignment_cache_clear
 from kernel import redis_client
 from ranking import rules, serving
 from ranking.artifacts import get_active_model, loader
-from ranking.dataset import dataset_load
 from ranking.evaluation import Split
 from ranking.models import BusinessRule, ModelVersion
 from ranking.pipeline import booster_from_array, served_lists
+from ranking.selectors import dataset_load
 from ranking.training import TrainedSources, TrainParams
 from tests.ranking.ranker_world import PARAM_ARGS, new_arrivals_world
 

@@ -1,0 +1,246 @@
+"""Bulk import of interactions from CSV: staged through COPY, items and customers created as needed."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.db import connection, transaction
+
+from catalog import erasure
+from events.importers import FORMATS, SkipRow
+from events.parsing import InvalidEvent, utcnow
+from kernel.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
+
+logger = logging.getLogger(__name__)
+
+_STAGE = "import_event_stage"
+_STAGE_COLUMNS = "line, event_id, customer, session_id, item, type, value, occurred_at"
+
+
+def interactions_import(
+    *,
+    path: str | Path,
+    fmt: str = "generic",
+    create_missing_items: bool = False,
+    max_errors: int | None = None,
+    batch_size: int = 50_000,
+    on_progress: Callable[[int], None] | None = None,
+    on_error: Callable[[RowError], None] | None = None,
+) -> ImportSummary:
+    """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
+    with ``ON CONFLICT (event_id) DO NOTHING``, so a re-run stores nothing twice.
+
+    Each batch commits on its own: an abort (``max_errors``) keeps what was stored and a re-run skips it. Bad rows
+    never reach the table. ``on_progress`` gets the bytes read so far.
+    """
+    required, optional, make_adapter = FORMATS[fmt]
+    summary = ImportSummary(path=str(path))
+    errors = ErrorLog(summary, max_errors, on_error)
+    started = time.perf_counter()
+    writer = _BatchWriter(summary, errors, create_missing_items)
+    writer.start()
+    try:
+        with gc_paused(), CsvSource(path, required=required, optional=optional) as source:
+            adapt = make_adapter(source.index, utcnow())
+            batch: list[tuple] = []
+            for line, cells in source.rows(errors):
+                summary.read += 1
+                try:
+                    batch.append((line, *adapt(cells)))
+                except SkipRow as skip:
+                    summary.skipped[str(skip)] += 1
+                except InvalidEvent as exc:
+                    errors.add(line, str(exc))
+                if len(batch) >= batch_size:
+                    writer.put(batch)
+                    batch = []
+                    if on_progress:
+                        on_progress(source.position())
+            if batch:
+                writer.put(batch)
+            writer.finish()
+            if on_progress:
+                on_progress(source.position())
+    finally:
+        writer.abandon()
+    summary.seconds = time.perf_counter() - started
+    logger.info(
+        "interactions_imported",
+        extra={
+            "path": str(path),
+            "read": summary.read,
+            "stored": summary.stored,
+            "rejected": summary.rejected,
+        },
+    )
+    return summary
+
+
+class _BatchWriter:
+    """Writes batches on their own connections while the caller parses the next ones.
+
+    Parsing is Python on one core; the inserts are Postgres, on two connections so two backends share the other
+    core and the parser's idle moments. At most ``2 * writers`` batches wait in the queue, which bounds memory.
+    The first error stops the writers and is raised again in the caller by ``put``/``finish``. Batches commit
+    without waiting for the WAL flush; ``finish`` then makes one synchronous commit, which flushes all of them,
+    before the summary can say "stored".
+
+    Inside a caller's transaction another connection could neither see nor join it, so there the writer works
+    inline, on the caller's connection, each batch a savepoint.
+    """
+
+    def __init__(
+        self, summary: ImportSummary, errors: ErrorLog, create_missing_items: bool, *, writers: int = 2
+    ) -> None:
+        self.summary = summary
+        self.errors = errors
+        self.create_missing_items = create_missing_items
+        self.inline = connection.in_atomic_block
+        if self.inline:
+            _create_stage()
+        self.queue: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2 * writers)
+        self.error: BaseException | None = None
+        self.threads = [
+            threading.Thread(target=self._run, name=f"import-writer-{n}", daemon=True) for n in range(writers)
+        ]
+
+    def _run(self) -> None:
+        try:
+            _create_stage()
+            while (batch := self.queue.get()) is not None:
+                if self.error is None:
+                    _store_batch(batch, self.summary, self.errors, self.create_missing_items)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            self.error = exc
+            while self.queue.get() is not None:  # drain so the caller never blocks on a full queue
+                pass
+        finally:
+            connection.close()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def start(self) -> None:
+        if not self.inline:
+            for thread in self.threads:
+                thread.start()
+
+    def put(self, batch: list[tuple]) -> None:
+        if self.inline:
+            _store_batch(batch, self.summary, self.errors, self.create_missing_items)
+            return
+        self._raise()
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        if not self.inline:
+            for _ in self.threads:
+                self.queue.put(None)
+            for thread in self.threads:
+                thread.join()
+            self._raise()
+        _flush_wal()
+
+    def abandon(self) -> None:
+        if not self.inline and any(thread.is_alive() for thread in self.threads):
+            self.error = self.error or ImportAborted("import interrupted")
+            for _ in self.threads:
+                self.queue.put(None)
+            for thread in self.threads:
+                thread.join()
+
+
+def _flush_wal() -> None:
+    """A synchronous commit of a transaction with an id waits for the WAL up to it, and so for every batch
+    committed (asynchronously) before it."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")
+        cursor.execute("SELECT pg_current_xact_id()")
+
+
+_summary_lock = threading.Lock()
+
+
+def _create_stage() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
+                line integer, event_id text, customer text, session_id text, item text,
+                type smallint, value double precision, occurred_at timestamptz
+            ) ON COMMIT DELETE ROWS"""
+        )
+
+
+def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, create_missing_items: bool) -> None:
+    """One batch in one transaction. Rows are inserted in key order, so two writers that meet on the same new
+    customer or event id wait for each other instead of deadlocking."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Durability comes from the writer's final synchronous commit (see _BatchWriter).
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        raw = cursor.cursor
+        with raw.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+            for row in batch:
+                copy.write_row(row)
+        if create_missing_items:
+            # A placeholder item (title = id) the catalog import or the API can fill in later.
+            cursor.execute(
+                f"""INSERT INTO catalog_item (external_id, title, description, in_stock, active, tags, attributes,
+                                              created_at, updated_at)
+                    SELECT item, item, '', true, true, '{{}}', '{{}}', min(occurred_at), now()
+                    FROM {_STAGE} GROUP BY item ORDER BY item
+                    ON CONFLICT (external_id) DO NOTHING"""
+            )
+        cursor.execute(
+            f"""SELECT s.line, s.item FROM {_STAGE} s
+                LEFT JOIN catalog_item i ON i.external_id = s.item
+                WHERE i.id IS NULL ORDER BY s.line"""
+        )
+        missing = cursor.fetchall()
+        for line, item in missing:
+            errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
+        # Customers this batch would create: an erased id among them is refused (catalog.erasure), its rows too.
+        cursor.execute(
+            f"""SELECT DISTINCT s.customer FROM {_STAGE} s
+                LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                WHERE s.customer <> '' AND c.id IS NULL"""
+        )
+        erased = sorted(erasure.erased_ids(row[0] for row in cursor.fetchall()))
+        refused = 0
+        if erased:
+            cursor.execute(
+                f"""DELETE FROM {_STAGE} s USING catalog_item i
+                    WHERE i.external_id = s.item AND s.customer = ANY(%s::text[]) RETURNING s.line""",
+                [erased],
+            )
+            lines = sorted(line for (line,) in cursor.fetchall())
+            refused = len(lines)
+            for line in lines:
+                errors.add(line, "customer_id: this customer id was erased; its events are not imported")
+        cursor.execute(
+            f"""INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
+                SELECT s.customer, min(s.occurred_at), '{{}}', false
+                FROM {_STAGE} s JOIN catalog_item i ON i.external_id = s.item
+                WHERE s.customer <> ''
+                GROUP BY s.customer ORDER BY s.customer
+                ON CONFLICT (external_id) DO NOTHING"""
+        )
+        cursor.execute(
+            f"""INSERT INTO events_interaction
+                    (event_id, customer_id, session_id, item_id, type, value, occurred_at, received_at, request_id)
+                SELECT s.event_id, c.id, coalesce(s.session_id, ''), i.id, s.type, s.value, s.occurred_at, now(), ''
+                FROM {_STAGE} s
+                JOIN catalog_item i ON i.external_id = s.item
+                LEFT JOIN catalog_customer c ON c.external_id = s.customer
+                ORDER BY s.event_id
+                ON CONFLICT (event_id) DO NOTHING"""
+        )
+        stored = cursor.rowcount
+    with _summary_lock:
+        summary.stored += stored
+        summary.duplicates += len(batch) - len(missing) - refused - stored

@@ -1,0 +1,237 @@
+"""The online state's fold (item features) and its rebuild from Postgres, and the request for a rebuild."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kombu.exceptions
+import redis
+from celery import current_app
+from django.db import connection, transaction
+
+from events import keys, online
+from events.features import (
+    AFFINITY_HALF_LIFE_SECONDS,
+    COUNTED_NAMES,
+    COUNTED_TYPES,
+    DECAY_LANDMARK,
+    HOURS_7D,
+    INTEREST_WEIGHTS,
+    RATING,
+    RATING_MAX,
+    RATING_MIN,
+    RATING_WEIGHT_PER_POINT,
+    fold_counters,
+)
+from kernel import redis_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldSummary:
+    items: int  # items with activity in the last seven days
+    version: str
+    seconds: float
+
+
+def item_features_fold(*, now: float | None = None) -> FoldSummary:
+    """Fold the hourly item counters of the last seven days into the item-features blob (idempotent)."""
+    started = time.perf_counter()
+    now = time.time() if now is None else now
+    item_pk, count, type_index, age_hours = online.read_counter_cells(hours=HOURS_7D, now=now)
+    features = fold_counters(item_pk=item_pk, count=count, type_index=type_index, age_hours=age_hours, computed_at=now)
+    version = online.write_item_features(features.to_bytes())
+    summary = FoldSummary(items=int(features.item_pk.size), version=version, seconds=time.perf_counter() - started)
+    logger.info("item_features_folded", extra={"items": summary.items, "seconds": round(summary.seconds, 3)})
+    return summary
+
+
+class RebuildInProgress(Exception):
+    """Another rebuild holds the lock."""
+
+
+@dataclass
+class RebuildSummary:
+    keys_cleared: int = 0
+    owners: int = 0
+    history_entries: int = 0
+    affinity_pairs: int = 0
+    counter_cells: int = 0
+    items_folded: int = 0
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        rows = [
+            ("keys cleared", self.keys_cleared),
+            ("owners (customers + sessions)", self.owners),
+            ("history entries", self.history_entries),
+            ("affinity pairs", self.affinity_pairs),
+            ("counter cells", self.counter_cells),
+            ("items folded", self.items_folded),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"{name:<{width}}  {count:>12,}" for name, count in rows]
+        lines.append(f"{'seconds':<{width}}  {self.seconds:>12,.1f}")
+        return "\n".join(lines)
+
+
+REBUILD_LOCK_SECONDS = 4 * 3600
+_REBUILD_CHUNK = 5000
+
+
+def online_state_rebuild(
+    *, history_length: int = online.HISTORY_LENGTH, on_progress: Callable[[str, int], None] | None = None
+) -> RebuildSummary:
+    """Rebuild the whole online state from Postgres, e.g. after Redis lost its data.
+
+    Clears our rebuildable keys (SCAN by prefix), then streams from one REPEATABLE READ snapshot: each owner's
+    latest ``history_length`` events, every owner's category affinities, the hourly item counters of the last
+    eight days; bumps every owner's cache version and folds the item features. Idempotent; one at a time (a Redis
+    lock). Events ingested while it runs may be counted twice in counters and affinities until the next rebuild;
+    histories are exact (re-adding an event is a no-op). ``on_progress(stage, rows)`` reports rows as they stream.
+    """
+    started = time.perf_counter()
+    lock = redis_client.get().lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_SECONDS, blocking=False)
+    if not lock.acquire():
+        raise RebuildInProgress("another rebuild_online_state is running")
+    summary = RebuildSummary()
+    progress = on_progress or (lambda stage, rows: None)
+    try:
+        online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
+        summary.keys_cleared = online.clear_rebuildable()
+        snapshot = not connection.in_atomic_block
+        with transaction.atomic():
+            if snapshot:
+                # One snapshot for the three reads, so history, affinities and counters describe the same events.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            owners = _rebuild_histories(summary, history_length, progress)
+            _rebuild_affinities(summary, progress)
+            _rebuild_counters(summary, progress)
+        owner_list = sorted(owners)
+        for start in range(0, len(owner_list), _REBUILD_CHUNK):
+            online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
+        summary.owners = len(owners)
+        summary.items_folded = item_features_fold().items
+        online.mark_complete(now=time.time())
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            logger.warning("online_state_rebuild_lock_expired")
+    summary.seconds = time.perf_counter() - started
+    logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
+    return summary
+
+
+# Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.
+REBUILD_REQUEST_SECONDS = 900
+REBUILD_TASK = "events.tasks.rebuild_online_state"
+
+
+def online_state_rebuild_request() -> bool:
+    """Queue ``rebuild_online_state`` because Redis lost the online state (see ``keys.ONLINE_STATE_COMPLETE``);
+    True if this call queued it. Once for any number of callers and processes: the first claims
+    ``keys.REBUILD_REQUESTED`` (NX); it is released when a rebuild ends, or expires after
+    ``REBUILD_REQUEST_SECONDS`` so a rebuild that never ran (no worker, a crash) is asked for again. Never raises:
+    callers are serving requests, which answer from Postgres meanwhile."""
+    try:
+        if not online.claim_rebuild_request(ttl_seconds=REBUILD_REQUEST_SECONDS):
+            return False
+        # By name (routed like the task itself): the tasks module calls this one, so it is not imported here.
+        current_app.send_task(REBUILD_TASK)
+    except (redis.RedisError, kombu.exceptions.OperationalError):
+        # Redis (the broker too) unreachable: let the next request try again.
+        logger.warning("online_state_rebuild_request_failed", exc_info=True)
+        with contextlib.suppress(redis.RedisError):
+            redis_client.get().delete(keys.REBUILD_REQUESTED)
+        return False
+    logger.warning("online_state_rebuild_requested")
+    return True
+
+
+def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: Callable[[str, int], None]) -> set[str]:
+    owners: set[str] = set()
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id
+               FROM (
+                   SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, i.occurred_at,
+                          row_number() OVER (
+                              PARTITION BY i.customer_id, CASE WHEN i.customer_id IS NULL THEN i.session_id END
+                              ORDER BY i.occurred_at DESC, i.id DESC
+                          ) AS rank
+                   FROM events_interaction i
+               ) t
+               LEFT JOIN catalog_customer c ON c.id = t.customer_id
+               WHERE t.rank <= %s""",
+            [history_length],
+        )
+        while rows := cursor.fetchmany(_REBUILD_CHUNK):
+            histories: dict[str, dict[str, float]] = defaultdict(dict)
+            for owner, item_pk, type_, occurred_at, interaction_pk in rows:
+                member = online.history_member(item_pk=item_pk, type_=type_, interaction_pk=interaction_pk)
+                histories[owner][member] = occurred_at.timestamp()
+            online.write_histories(histories)
+            owners.update(histories)
+            summary.history_entries += len(rows)
+            progress("history", len(rows))
+    return owners
+
+
+def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], None]) -> None:
+    # The same weights and decay as ingestion (events.features), passed in as parameters.
+    cases = " ".join("WHEN %s THEN %s" for _ in INTEREST_WEIGHTS)
+    params: list[Any] = []
+    for type_, weight in INTEREST_WEIGHTS.items():
+        params += [type_, weight]
+    # A rating's value clipped to its documented range, as ingestion weighs it: a row stored before that rule
+    # (1e308) would otherwise overflow the sum and fail the whole rebuild.
+    params += [RATING, RATING_WEIGHT_PER_POINT, RATING_MIN, RATING_MAX, DECAY_LANDMARK, AFFINITY_HALF_LIFE_SECONDS]
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, it.category_id,
+                       sum(CASE i.type {cases}
+                               WHEN %s THEN %s * least(greatest(coalesce(i.value, 0), %s), %s) ELSE 0 END
+                           * power(2::float8, (extract(epoch FROM i.occurred_at)::float8 - %s) / %s))
+                FROM events_interaction i
+                JOIN catalog_item it ON it.id = i.item_id
+                LEFT JOIN catalog_customer c ON c.id = i.customer_id
+                WHERE it.category_id IS NOT NULL
+                GROUP BY 1, 2""",
+            params,
+        )
+        while rows := cursor.fetchmany(_REBUILD_CHUNK):
+            affinities: dict[str, dict[int, float]] = defaultdict(dict)
+            for owner, category_pk, score in rows:
+                affinities[owner][category_pk] = score
+            online.write_affinities(affinities)
+            summary.affinity_pairs += len(rows)
+            progress("affinities", len(rows))
+
+
+def _rebuild_counters(summary: RebuildSummary, progress: Callable[[str, int], None]) -> None:
+    names = dict(zip(COUNTED_TYPES, COUNTED_NAMES, strict=True))
+    since = online.first_live_hour(time.time()) * online.HOUR
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(
+            """SELECT i.type, floor(extract(epoch FROM i.occurred_at) / 3600)::bigint, i.item_id, count(*)
+               FROM events_interaction i
+               WHERE i.occurred_at >= to_timestamp(%s) AND i.type = ANY(%s::smallint[])
+               GROUP BY 1, 2, 3""",
+            [since, list(COUNTED_TYPES)],
+        )
+        while rows := cursor.fetchmany(_REBUILD_CHUNK):
+            cells: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
+            for type_, hour, item_pk, count in rows:
+                cells[(names[type_], hour)][item_pk] = count
+            online.write_counters(cells)
+            summary.counter_cells += len(rows)
+            progress("counters", len(rows))

@@ -1,0 +1,220 @@
+"""Assignment on the hot path: ``assign`` runs no query. Running experiments, variants and surface defaults live
+in an in-process snapshot checked against the Redis version token ``exp:version`` at most once a second and
+reloaded when it changed (every lifecycle service writes a new token after commit). With Redis down the snapshot
+is reloaded from Postgres, still at most once a second."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+from django.db import DatabaseError
+
+from experiments import keys, selectors
+from experiments.config import InvalidConfig, VariantConfig, merged
+from experiments.hashing import bucket, bucket_ranges, choose_variant, in_namespace
+from experiments.metrics import ASSIGNMENT_SNAPSHOT_RELOADS
+from kernel import redis_client
+from kernel.versions import bump_on_commit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What serving needs for one request: the variant (if any) and the configuration to serve with.
+
+    ``experiment_key``/``variant`` name the one experiment of the surface the unit is in (running experiments of a
+    surface are mutually exclusive). ``forced`` marks a QA override: such requests are served the variant but left
+    out of the experiment's results.
+    """
+
+    experiment_key: str | None
+    variant: str | None
+    config: VariantConfig
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class _Arm:
+    name: str
+    config: VariantConfig  # the surface default with the variant's override applied
+
+
+@dataclass(frozen=True)
+class _CompiledExperiment:
+    key: str
+    seed: str
+    namespace: tuple[str, float, float] | None  # GrowthBook's [id, start, end); None: the whole surface
+    ranges: tuple[tuple[float, float], ...]
+    arms: tuple[_Arm, ...]
+    index: dict[str, int]  # variant name -> arm index
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    token: object  # the exp:version token it was loaded under; _UNKNOWN when Redis could not be read
+    loaded_at: float
+    by_surface: dict[str, tuple[_CompiledExperiment, ...]]
+    defaults: dict[str, VariantConfig]
+
+
+PLATFORM_DEFAULT = VariantConfig()
+_UNKNOWN = object()  # never equal to a token read from Redis, so the next successful read reloads
+_CHECK_SECONDS = 1.0
+# A safety net for a lost version write (Redis blip right after a commit): reload at least this often anyway.
+_MAX_AGE_SECONDS = 60.0
+_clock = time.monotonic
+_refresh_lock = threading.Lock()
+_snapshot: _Snapshot | None = None
+_checked_at = -math.inf
+
+
+def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> Assignment:
+    """The variant and serving configuration of ``unit_id`` (a customer's external id, or ``s:<session id>``) on
+    ``surface``: the running experiment whose namespace range holds the unit (GrowthBook ``inNamespace``; an
+    experiment without a namespace holds every unit), then GrowthBook hash v2 of ``seed + unit_id`` against its
+    variants' bucket ranges. Deterministic and query-free.
+
+    ``forced_variant`` (``"variant"`` or ``"experiment-key:variant"``; the caller checks the admin scope) serves
+    that variant when a running experiment on the surface has it, whatever the unit's namespace range. No running
+    experiment (or none holding the unit): the surface default.
+    """
+    snapshot = _current_snapshot()
+    default = snapshot.defaults.get(surface, PLATFORM_DEFAULT)
+    experiments = snapshot.by_surface.get(surface)
+    if not experiments:
+        return Assignment(None, None, default)
+    forced_key, forced_name = _parse_forced(forced_variant)
+    if forced_name is not None:
+        for experiment in experiments:
+            index = experiment.index.get(forced_name, -1) if forced_key in (None, experiment.key) else -1
+            if index >= 0:
+                return Assignment(experiment.key, forced_name, experiment.arms[index].config, forced=True)
+    for experiment in experiments:
+        if experiment.namespace is not None and not in_namespace(unit_id, experiment.namespace):
+            continue
+        index = choose_variant(bucket(experiment.seed, unit_id), experiment.ranges)
+        if index < 0:  # outside the experiment's coverage
+            return Assignment(None, None, default)
+        # Ranges of one namespace are disjoint (a database constraint), so no later experiment could hold the unit.
+        return Assignment(experiment.key, experiment.arms[index].name, experiment.arms[index].config)
+    return Assignment(None, None, default)
+
+
+def surface_known(surface: str) -> bool:
+    """Whether a running experiment or a stored surface default names ``surface`` (from the in-process snapshot,
+    no query): metrics label only known surfaces by name (recsys.metric_labels.metric_surface)."""
+    snapshot = _current_snapshot()
+    return surface in snapshot.defaults or surface in snapshot.by_surface
+
+
+def variant_known(variant: str) -> bool:
+    """Whether a running experiment has a variant called ``variant`` (from the snapshot, no query)."""
+    snapshot = _current_snapshot()
+    return any(variant in experiment.index for group in snapshot.by_surface.values() for experiment in group)
+
+
+def assignment_cache_clear() -> None:
+    """Forget the in-process snapshot (tests; the next ``assign`` reloads)."""
+    global _snapshot, _checked_at
+    with _refresh_lock:
+        _snapshot = None
+        _checked_at = -math.inf
+
+
+def _parse_forced(forced_variant: str | None) -> tuple[str | None, str | None]:
+    if not forced_variant:
+        return None, None
+    key, sep, name = forced_variant.partition(":")
+    return (key, name) if sep else (None, forced_variant)
+
+
+def _current_snapshot() -> _Snapshot:
+    global _snapshot, _checked_at
+    snapshot = _snapshot
+    if snapshot is not None and _clock() - _checked_at < _CHECK_SECONDS:
+        return snapshot
+    # One thread refreshes; the others keep serving the current snapshot instead of queueing behind it.
+    if not _refresh_lock.acquire(blocking=snapshot is None):
+        return snapshot  # type: ignore[return-value]  # not None: a None snapshot blocks above
+    try:
+        now = _clock()
+        snapshot = _snapshot
+        if snapshot is not None and now - _checked_at < _CHECK_SECONDS:
+            return snapshot
+        _checked_at = now
+        try:
+            raw = cast(bytes | None, redis_client.get().get(keys.VERSION))
+            token: object = raw.decode() if raw is not None else None
+        except redis.RedisError:
+            logger.warning("experiment_version_unreadable", exc_info=True)
+            token = _UNKNOWN
+        if snapshot is not None and token is not _UNKNOWN and token == snapshot.token:
+            if now - snapshot.loaded_at < _MAX_AGE_SECONDS:
+                return snapshot
+            cause = "max_age"
+        else:
+            cause = "cold" if snapshot is None else ("redis_unavailable" if token is _UNKNOWN else "version")
+        try:
+            data = selectors.serving_data()
+        except DatabaseError:
+            logger.exception("experiment_snapshot_load_failed")
+            if snapshot is not None:
+                return snapshot
+            # Serve the platform defaults rather than fail requests; retried after _CHECK_SECONDS.
+            _snapshot = _Snapshot(_UNKNOWN, now, {}, {})
+            return _snapshot
+        _snapshot = _compile(data, token, now)
+        ASSIGNMENT_SNAPSHOT_RELOADS.labels(cause=cause).inc()
+        return _snapshot
+    finally:
+        _refresh_lock.release()
+
+
+def _compile(data: selectors.ServingData, token: object, now: float) -> _Snapshot:
+    """Precompute what ``assign`` needs. A row that fails validation (written behind the services' back) is logged
+    and skipped: serving the default beats failing every request of the surface."""
+    defaults: dict[str, VariantConfig] = {}
+    for surface, config in data.surface_defaults.items():
+        try:
+            defaults[surface] = merged(PLATFORM_DEFAULT, config)
+        except InvalidConfig:
+            logger.exception("surface_default_invalid", extra={"surface": surface})
+    by_surface: dict[str, list[_CompiledExperiment]] = defaultdict(list)
+    for experiment in data.experiments:
+        default = defaults.get(experiment.surface, PLATFORM_DEFAULT)
+        try:
+            arms = [_Arm(variant.name, merged(default, variant.config)) for variant in experiment.variants]
+            ranges = tuple(bucket_ranges([v.weight for v in experiment.variants]))
+        except ValueError:  # InvalidConfig is a ValueError, as are bad weights
+            logger.exception("experiment_invalid_in_snapshot", extra={"experiment": experiment.key})
+            continue
+        by_surface[experiment.surface].append(
+            _CompiledExperiment(
+                experiment.key,
+                experiment.seed,
+                experiment.namespace,
+                ranges,
+                tuple(arms),
+                {arm.name: i for i, arm in enumerate(arms)},
+            )
+        )
+    ordered = {
+        surface: tuple(sorted(items, key=lambda e: e.namespace[1] if e.namespace else -1.0))
+        for surface, items in by_surface.items()
+    }
+    return _Snapshot(token, now, ordered, defaults)
+
+
+def version_bump_on_commit() -> None:
+    """Make every process reload its snapshot within a second, once the change is committed. A random token, not
+    INCR: the key may be flushed and must never come back to a value a process still holds. Redis down: processes
+    pick the change up within _MAX_AGE_SECONDS (or every second while Redis is down)."""
+    bump_on_commit(keys.VERSION, unique=True)
