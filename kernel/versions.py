@@ -61,7 +61,8 @@ class VersionedSnapshot(Generic[T]):
     whatever the version. While the version cannot be read (Redis down) the value is reloaded at every check when
     ``reload_when_unknown``, else kept. One thread reloads while the others keep reading the current value; before
     the first load they wait for it. A failed load (Postgres down) keeps the last value; with none yet, ``get``
-    answers ``fallback`` and the load is tried again at the next check.
+    answers ``fallback`` and the load is tried again at the next check. ``on_reload`` hears why each reload
+    happened: ``cold``, ``version``, ``redis_unavailable`` or ``max_age``.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class VersionedSnapshot(Generic[T]):
         reload_when_unknown: bool = True,
         name: str = "snapshot",
         clock: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[str], None] | None = None,
     ) -> None:
         self.key = key
         self.load = load
@@ -84,6 +86,7 @@ class VersionedSnapshot(Generic[T]):
         self.reload_when_unknown = reload_when_unknown
         self.name = name
         self.clock = clock
+        self.on_reload = on_reload
         self._value: T | None = None
         self._loaded = False
         self._token: bytes | None = None
@@ -114,11 +117,18 @@ class VersionedSnapshot(Generic[T]):
     def _refresh(self, now: float) -> None:
         self._checked = now
         token = read_version(self.key)
-        if self._loaded:
-            if token is None and not self.reload_when_unknown:
+        if not self._loaded:
+            cause = "cold"
+        elif token is None:
+            if not self.reload_when_unknown:
                 return
-            if token is not None and token == self._token and now - self._loaded_at < self.max_age_seconds:
-                return
+            cause = "redis_unavailable"
+        elif token != self._token:
+            cause = "version"
+        elif now - self._loaded_at >= self.max_age_seconds:
+            cause = "max_age"
+        else:
+            return
         try:
             value = self.load()
         except DatabaseError:
@@ -126,6 +136,8 @@ class VersionedSnapshot(Generic[T]):
             return
         self._value, self._loaded = value, True
         self._token, self._loaded_at = token, now
+        if self.on_reload is not None:
+            self.on_reload(cause)
 
     def clear(self) -> None:
         """Forget the value: the next ``get`` loads it again (tests; after a change in this process)."""

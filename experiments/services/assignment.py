@@ -6,22 +6,15 @@ is reloaded from Postgres, still at most once a second."""
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import cast
-
-import redis
-from django.db import DatabaseError
 
 from experiments import keys, selectors
 from experiments.config import InvalidConfig, VariantConfig, merged
 from experiments.hashing import bucket, bucket_ranges, choose_variant, in_namespace
 from experiments.metrics import ASSIGNMENT_SNAPSHOT_RELOADS
-from kernel import redis_client
-from kernel.versions import bump_on_commit
+from kernel.versions import VersionedSnapshot, bump_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +52,37 @@ class _CompiledExperiment:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    token: object  # the exp:version token it was loaded under; _UNKNOWN when Redis could not be read
-    loaded_at: float
     by_surface: dict[str, tuple[_CompiledExperiment, ...]]
     defaults: dict[str, VariantConfig]
 
 
 PLATFORM_DEFAULT = VariantConfig()
-_UNKNOWN = object()  # never equal to a token read from Redis, so the next successful read reloads
 _CHECK_SECONDS = 1.0
 # A safety net for a lost version write (Redis blip right after a commit): reload at least this often anyway.
 _MAX_AGE_SECONDS = 60.0
 _clock = time.monotonic
-_refresh_lock = threading.Lock()
-_snapshot: _Snapshot | None = None
-_checked_at = -math.inf
+
+
+def _load() -> _Snapshot:
+    return _compile(selectors.serving_data())
+
+
+def _reloaded(cause: str) -> None:
+    ASSIGNMENT_SNAPSHOT_RELOADS.labels(cause=cause).inc()
+
+
+# Checked against exp:version at most once a second, reloaded when it moved, every second while Redis cannot be
+# read, and at least once a minute. Postgres down before the first load: the platform defaults, retried each second.
+_snapshot: VersionedSnapshot[_Snapshot] = VersionedSnapshot(
+    key=keys.VERSION,
+    load=lambda: _load(),
+    fallback=_Snapshot({}, {}),
+    check_seconds=_CHECK_SECONDS,
+    max_age_seconds=_MAX_AGE_SECONDS,
+    name="experiment_snapshot",
+    clock=lambda: _clock(),
+    on_reload=_reloaded,
+)
 
 
 def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> Assignment:
@@ -123,10 +132,7 @@ def variant_known(variant: str) -> bool:
 
 def assignment_cache_clear() -> None:
     """Forget the in-process snapshot (tests; the next ``assign`` reloads)."""
-    global _snapshot, _checked_at
-    with _refresh_lock:
-        _snapshot = None
-        _checked_at = -math.inf
+    _snapshot.clear()
 
 
 def _parse_forced(forced_variant: str | None) -> tuple[str | None, str | None]:
@@ -137,48 +143,10 @@ def _parse_forced(forced_variant: str | None) -> tuple[str | None, str | None]:
 
 
 def _current_snapshot() -> _Snapshot:
-    global _snapshot, _checked_at
-    snapshot = _snapshot
-    if snapshot is not None and _clock() - _checked_at < _CHECK_SECONDS:
-        return snapshot
-    # One thread refreshes; the others keep serving the current snapshot instead of queueing behind it.
-    if not _refresh_lock.acquire(blocking=snapshot is None):
-        return snapshot  # type: ignore[return-value]  # not None: a None snapshot blocks above
-    try:
-        now = _clock()
-        snapshot = _snapshot
-        if snapshot is not None and now - _checked_at < _CHECK_SECONDS:
-            return snapshot
-        _checked_at = now
-        try:
-            raw = cast(bytes | None, redis_client.get().get(keys.VERSION))
-            token: object = raw.decode() if raw is not None else None
-        except redis.RedisError:
-            logger.warning("experiment_version_unreadable", exc_info=True)
-            token = _UNKNOWN
-        if snapshot is not None and token is not _UNKNOWN and token == snapshot.token:
-            if now - snapshot.loaded_at < _MAX_AGE_SECONDS:
-                return snapshot
-            cause = "max_age"
-        else:
-            cause = "cold" if snapshot is None else ("redis_unavailable" if token is _UNKNOWN else "version")
-        try:
-            data = selectors.serving_data()
-        except DatabaseError:
-            logger.exception("experiment_snapshot_load_failed")
-            if snapshot is not None:
-                return snapshot
-            # Serve the platform defaults rather than fail requests; retried after _CHECK_SECONDS.
-            _snapshot = _Snapshot(_UNKNOWN, now, {}, {})
-            return _snapshot
-        _snapshot = _compile(data, token, now)
-        ASSIGNMENT_SNAPSHOT_RELOADS.labels(cause=cause).inc()
-        return _snapshot
-    finally:
-        _refresh_lock.release()
+    return _snapshot.get()
 
 
-def _compile(data: selectors.ServingData, token: object, now: float) -> _Snapshot:
+def _compile(data: selectors.ServingData) -> _Snapshot:
     """Precompute what ``assign`` needs. A row that fails validation (written behind the services' back) is logged
     and skipped: serving the default beats failing every request of the surface."""
     defaults: dict[str, VariantConfig] = {}
@@ -210,7 +178,7 @@ def _compile(data: selectors.ServingData, token: object, now: float) -> _Snapsho
         surface: tuple(sorted(items, key=lambda e: e.namespace[1] if e.namespace else -1.0))
         for surface, items in by_surface.items()
     }
-    return _Snapshot(token, now, ordered, defaults)
+    return _Snapshot(ordered, defaults)
 
 
 def version_bump_on_commit() -> None:
