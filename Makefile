@@ -41,6 +41,16 @@ test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery wor
 	fi
 	$(MAKE) --no-print-directory audit
 	$(BIN)/python -m pytest
+	@# The cluster group: the Redis-facing tests again with the online state on a real local 3-master Redis Cluster
+	@# (kernel.rediscluster, from the bundled redis-server; the Celery broker stays on the single Redis).
+	url=$$($(BIN)/python -m kernel.rediscluster start --port $$((7100 + 10 * ($${RECSYS_TEST_SLOT:-0} % 14)))) \
+	  && REDIS_CLUSTER=1 REDIS_URL=$$url $(BIN)/python -m pytest $(CLUSTER_TESTS)
+
+# Run by `make test` a second time on a Redis Cluster (docs/operations.md, "Redis Cluster").
+CLUSTER_TESTS := tests/cluster tests/events tests/experiments tests/kernel/test_throttling.py \
+  tests/ranking/test_cache.py tests/ranking/test_serving.py tests/ranking/test_hot_swap.py \
+  tests/ranking/test_ranking_services.py tests/ranking/test_ranking_artifacts.py tests/ranking/test_artifact_storage.py \
+  tests/reliability/test_redis_flushed.py tests/reliability/test_hardening_state.py
 
 # Fails on a known vulnerability. Dependencies the advisory feed could not answer for (or all of them, when
 # pypi.org cannot be reached) are named loudly and fail the target only with AUDIT_STRICT=1.

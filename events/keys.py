@@ -10,6 +10,8 @@ docs/events.md lists the same keys; a test keeps the two in step through :data:`
 
 from __future__ import annotations
 
+import hashlib
+
 SESSION_OWNER_PREFIX = "s:"
 CUSTOMER_OWNER_PREFIX = "c:"
 # A customer id starting with one of these is written with CUSTOMER_OWNER_PREFIX in front (see owner_for).
@@ -74,61 +76,75 @@ def owner_sql(customer_column: str, session_column: str) -> str:
     )
 
 
+def owner_tag(owner: str) -> str:
+    """``{<owner>}``: the Redis Cluster hash tag every key of the owner carries, so that the owner's history,
+    affinities and cache version share one slot and one MULTI (or Lua script) may touch them together.
+
+    Redis hashes the text between the first ``{`` and the first ``}`` after it; an owner containing ``}`` would cut
+    its tag short (an empty tag hashes the whole key, scattering the owner's keys), so such an owner is tagged by a
+    digest and named in full after it: ``{<sha1>}<owner>``. Other owners never contain ``}``, so the two forms never
+    meet.
+    """
+    if "}" in owner:
+        return "{" + hashlib.sha1(owner.encode(), usedforsecurity=False).hexdigest() + "}" + owner
+    return "{" + owner + "}"
+
+
 def history(owner: str) -> str:
-    """``hist:<owner>`` sorted set: the owner's latest events (at most ``online.HISTORY_LENGTH``).
+    """``hist:{<owner>}`` sorted set: the owner's latest events (at most ``online.HISTORY_LENGTH``).
 
     Member ``<item_pk>:<type>:<interaction_pk>``, score the event's Unix time: a sorted set rather than a list so
     late events land in time order, a merge is one ZUNIONSTORE, and re-adding an event (retry, rebuild) is a
     no-op. Anonymous sessions' keys expire after ``online.SESSION_TTL_SECONDS`` without events.
     """
-    return HISTORY_PREFIX + owner
+    return HISTORY_PREFIX + owner_tag(owner)
 
 
 def affinity(owner: str) -> str:
-    """``aff:<owner>`` sorted set: category pk -> interest weight, forward-decayed.
+    """``aff:{<owner>}`` sorted set: category pk -> interest weight, forward-decayed.
 
     Scores are stored multiplied by ``2 ** ((t - landmark) / half_life)`` so adding an event is one ZINCRBY and
     nothing is ever rewritten to age it; the reader scales by ``2 ** (-(now - landmark) / half_life)``.
     """
-    return AFFINITY_PREFIX + owner
+    return AFFINITY_PREFIX + owner_tag(owner)
 
 
 def cache_version(owner: str) -> str:
-    """``cv:<owner>`` integer: bumped (INCR) by every newly stored event of the owner and by a session merge.
+    """``cv:{<owner>}`` integer: bumped (INCR) by every newly stored event of the owner and by a session merge.
 
     Serving cache keys include it, so a new event makes the owner's cached recommendations unreachable at once.
     Never deleted by a rebuild (only bumped); anonymous sessions' versions expire with their history.
     """
-    return CACHE_VERSION_PREFIX + owner
+    return CACHE_VERSION_PREFIX + owner_tag(owner)
 
 
 def dismissed(owner: str) -> str:
-    """``dis:<owner>`` sorted set: item pk -> Unix time of the owner's latest ``dismiss`` ("not interested").
+    """``dis:{<owner>}`` sorted set: item pk -> Unix time of the owner's latest ``dismiss`` ("not interested").
 
     Serving never shows these items to the owner again and demotes their nearest neighbours for a while (a penalty
     decaying with the dismissal's age). Dismissals are not history entries (they are no interest); rebuilt from
     Postgres like the history, and expiring with the owner's other keys.
     """
-    return DISMISSED_PREFIX + owner
+    return DISMISSED_PREFIX + owner_tag(owner)
 
 
 def arrival(owner: str) -> str:
-    """``arrival:<owner>`` string: the Unix time the oldest event not yet reflected in a served list arrived.
+    """``arrival:{<owner>}`` string: the Unix time the oldest event not yet reflected in a served list arrived.
 
     Written (SET NX, so the first unreflected event's time stays) with every accepted event; the first list
     computed after it observes ``now - arrival`` into ``recsys_event_to_list_seconds`` and deletes it (only if
     unchanged). Expires after an hour: an owner who never asks for a list again is not "stale".
     """
-    return ARRIVAL_PREFIX + owner
+    return ARRIVAL_PREFIX + owner_tag(owner)
 
 
 def shown(owner: str) -> str:
-    """``shown:<owner>`` hash: request id -> comma-separated item pks that answer showed this owner.
+    """``shown:{<owner>}`` hash: request id -> comma-separated item pks that answer showed this owner.
 
     Written by serving for each personal list; ``exclude_request_ids`` reads it to leave out what earlier answers
     of the session showed. Expires ``ranking.serving.SHOWN_TTL_SECONDS`` after the last write (a page visit).
     """
-    return SHOWN_PREFIX + owner
+    return SHOWN_PREFIX + owner_tag(owner)
 
 
 def item_counter(type_name: str, hour: int) -> str:
@@ -140,53 +156,55 @@ def item_counter(type_name: str, hour: int) -> str:
     return f"{COUNTER_PREFIX}{type_name}:{hour}"
 
 
-ITEM_FEATURES_BLOB = "feat:items:blob"
-"""``feat:items:blob`` bytes: the folded per-item online features, one numpy ``.npz`` (see events.features).
+ITEM_FEATURES_BLOB = "feat:{items}:blob"
+"""``feat:{items}:blob`` bytes: the folded per-item online features, one numpy ``.npz`` (see events.features).
 
-Written by ``fold_item_counters`` together with :data:`ITEM_FEATURES_VERSION`, in one MULTI.
+Written by ``fold_item_counters`` together with :data:`ITEM_FEATURES_VERSION`, in one MULTI (one hash tag,
+``{items}``, so one slot on a cluster).
 """
 
-ITEM_FEATURES_VERSION = "feat:items:version"
-"""``feat:items:version`` string: a fresh token on every fold; web processes re-read the blob only when it changes.
+ITEM_FEATURES_VERSION = "feat:{items}:version"
+"""``feat:{items}:version`` string: a fresh token on every fold; web processes re-read the blob only when it changes.
 
 A token, not a counter, so that a Redis that lost its data can never repeat a version a process has cached.
 """
 
-REBUILD_LOCK = "lock:events:rebuild"
-"""``lock:events:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
+REBUILD_LOCK = "lock:{online}:rebuild"
+"""``lock:{online}:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
 
-ONLINE_STATE_COMPLETE = "online:complete:v2"
-"""``online:complete:v2`` string: the Unix time the last ``rebuild_online_state`` finished.
+ONLINE_STATE_COMPLETE = "online:{online}:complete:v3"
+"""``online:{online}:complete:v3`` string: the Unix time the last ``rebuild_online_state`` finished.
 
 The suffix is the format of the online state: it moves when owners or keys change shape (v2: one owner namespace
-per principal kind), so an install upgraded in place finds no marker, serves from Postgres meanwhile and queues
-the rebuild that rewrites every owner's state in the new format (the older markers are in
-:data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
+per principal kind; v3: keys carry Redis Cluster hash tags), so an install upgraded in place finds no marker, serves
+from Postgres meanwhile and queues the rebuild that rewrites every owner's state in the new format (older markers are
+in :data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
 
 Deleted when a rebuild starts and written when it ends; nothing else writes it. A Redis that lost its data (FLUSHALL,
 a restart without its append-only file) has lost this key too, so serving then reads histories from Postgres, marks
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
 
-LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete",)
+LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2")
 
-REBUILD_REQUESTED = "lock:events:rebuild-requested"
-"""``lock:events:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
-so a burst of requests queues it once; deleted when a rebuild ends."""
+REBUILD_REQUESTED = "lock:{online}:rebuild-requested"
+"""``lock:{online}:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
+so a burst of requests queues it once; deleted when a rebuild ends. Shares the tag ``{online}`` with
+:data:`ONLINE_STATE_COMPLETE`: one Lua script reads the one and sets the other."""
 
 
 # Pattern -> the builder documenting it; docs/events.md names every pattern (tests/events checks that).
 KEY_PATTERNS: dict[str, str] = {
-    "hist:<owner>": "history",
-    "aff:<owner>": "affinity",
-    "cv:<owner>": "cache_version",
-    "dis:<owner>": "dismissed",
-    "arrival:<owner>": "arrival",
-    "shown:<owner>": "shown",
+    "hist:{<owner>}": "history",
+    "aff:{<owner>}": "affinity",
+    "cv:{<owner>}": "cache_version",
+    "dis:{<owner>}": "dismissed",
+    "arrival:{<owner>}": "arrival",
+    "shown:{<owner>}": "shown",
     "cnt:<type>:<hour>": "item_counter",
-    "feat:items:blob": "ITEM_FEATURES_BLOB",
-    "feat:items:version": "ITEM_FEATURES_VERSION",
-    "lock:events:rebuild": "REBUILD_LOCK",
-    "online:complete:v2": "ONLINE_STATE_COMPLETE",
-    "lock:events:rebuild-requested": "REBUILD_REQUESTED",
+    "feat:{items}:blob": "ITEM_FEATURES_BLOB",
+    "feat:{items}:version": "ITEM_FEATURES_VERSION",
+    "lock:{online}:rebuild": "REBUILD_LOCK",
+    "online:{online}:complete:v3": "ONLINE_STATE_COMPLETE",
+    "lock:{online}:rebuild-requested": "REBUILD_REQUESTED",
 }

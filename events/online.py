@@ -84,8 +84,10 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
     """Add newly stored events to history, affinities and counters (a ``dismiss`` to the owner's dismissed set
     instead), bump their owners' cache versions and note the arrival time serving's freshness histogram reads.
 
-    One MULTI/EXEC: one round trip, and a failure leaves either all of the batch or none of it in Redis. Callers
-    pass only events that were not stored before, so a retried request never counts twice.
+    One round trip. On a single Redis one MULTI/EXEC, so a failure leaves either all of the batch or none of it; on a
+    cluster the batch spans owners (slots) and is split by node, so a failure may leave part of it (the state is
+    derived: ``rebuild_online_state`` restores it from Postgres). Callers pass only events that were not stored
+    before, so a retried request never counts twice.
     """
     if not events:
         return
@@ -113,7 +115,7 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         if name is not None and hour >= oldest_hour:
             counters[(name, hour, event.item_pk)] += 1
 
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.batch()
     for owner, members in history.items():
         key = keys.history(owner)
         pipe.zadd(key, members)
@@ -138,24 +140,45 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
 
 
 def merge_owner(*, source: str, target: str) -> None:
-    """Move ``source``'s history and affinities into ``target`` and delete the source's, atomically.
+    """Move ``source``'s history, affinities and dismissals into ``target`` and delete the source's.
 
-    Idempotent: a second call finds nothing left under ``source``. Both cache versions are bumped.
+    The two owners live in different hash slots (on a cluster, maybe on different nodes), so the move is three
+    single-slot steps instead of one cross-slot MULTI: read the source's keys (one MULTI on its slot), add them to
+    the target's (one MULTI: ``ZADD GT`` keeps the later time of an event found under both owners, as the old
+    ``ZUNIONSTORE ... MAX`` did; ``ZINCRBY`` sums affinities), then delete the source's (one MULTI). An event the
+    source receives between the first and the last step is dropped from the online state (it stays in Postgres; a
+    rebuild restores it): a login is the moment the session stops receiving events, so the window is empty in
+    practice. Idempotent: a second call finds nothing left under ``source``. Both cache versions are bumped.
     """
-    pipe = redis_client.get().pipeline(transaction=True)
-    target_history = keys.history(target)
-    # MAX: an event found under both owners (a rebuild raced the merge) keeps its one time, not a sum of two.
-    pipe.zunionstore(target_history, [target_history, keys.history(source)], aggregate="MAX")
-    pipe.zremrangebyrank(target_history, 0, -HISTORY_LENGTH - 1)
-    target_affinity = keys.affinity(target)
-    pipe.zunionstore(target_affinity, [target_affinity, keys.affinity(source)], aggregate="SUM")
-    target_dismissed = keys.dismissed(target)
-    pipe.zunionstore(target_dismissed, [target_dismissed, keys.dismissed(source)], aggregate="MAX")
-    pipe.unlink(keys.history(source), keys.affinity(source), keys.dismissed(source))
-    for owner in (target, source):
-        pipe.incr(keys.cache_version(owner))
-        # Without it the version, bumped here, would outlive its owner forever.
-        _expire_owner(pipe, owner)
+    source_history, source_affinity, source_dismissed = (
+        keys.history(source),
+        keys.affinity(source),
+        keys.dismissed(source),
+    )
+    read = redis_client.atomic(source_history)
+    read.zrange(source_history, 0, -1, withscores=True)
+    read.zrange(source_affinity, 0, -1, withscores=True)
+    read.zrange(source_dismissed, 0, -1, withscores=True)
+    history, affinity, dismissed = read.execute()
+
+    target_history, target_affinity = keys.history(target), keys.affinity(target)
+    pipe = redis_client.atomic(target_history)
+    if history:
+        pipe.zadd(target_history, dict(history), gt=True)
+        pipe.zremrangebyrank(target_history, 0, -HISTORY_LENGTH - 1)
+    for category, score in affinity:
+        pipe.zincrby(target_affinity, score, category)
+    if dismissed:  # the latest dismissal of an item found under both owners
+        pipe.zadd(keys.dismissed(target), dict(dismissed), gt=True)
+    pipe.incr(keys.cache_version(target))
+    # Without it the version, bumped here, would outlive its owner forever.
+    _expire_owner(pipe, target)
+    pipe.execute()
+
+    pipe = redis_client.atomic(source_history)
+    pipe.unlink(source_history, source_affinity, source_dismissed)
+    pipe.incr(keys.cache_version(source))
+    _expire_owner(pipe, source)
     pipe.execute()
 
 
@@ -220,13 +243,13 @@ def bump_cache_versions(owners: Iterable[str]) -> None:
 
 def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
     """Erasure: delete the owner's history and affinities and make every list cached for them unreachable, in one
-    MULTI. Returns how many keys were deleted.
+    MULTI (the owner's keys share its hash tag). Returns how many keys were deleted.
 
     The cache version is bumped, not deleted: a deleted one would restart at 0 and could meet a list cached under
     that number before. It expires after ``version_ttl_seconds`` (chosen longer than any cached list lives), so no
     key naming the owner is left behind.
     """
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.atomic(keys.history(owner))
     pipe.unlink(
         keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.arrival(owner), keys.shown(owner)
     )
@@ -255,7 +278,7 @@ def clear_rebuildable(*, batch: int = 1000) -> int:
 def mark_incomplete(*, request_ttl_seconds: int) -> None:
     """A rebuild begins: until it ends, readers must not take the online state for the whole story, and need not
     ask for another rebuild (this one counts as the requested one, whoever started it)."""
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.delete(keys.ONLINE_STATE_COMPLETE)
     pipe.set(keys.REBUILD_REQUESTED, b"1", ex=request_ttl_seconds)
     pipe.execute()
@@ -263,10 +286,13 @@ def mark_incomplete(*, request_ttl_seconds: int) -> None:
 
 def mark_complete(*, now: float) -> None:
     """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again."""
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.set(keys.ONLINE_STATE_COMPLETE, str(now))
-    pipe.delete(keys.REBUILD_REQUESTED, *keys.LEGACY_COMPLETE_MARKERS)
+    pipe.delete(keys.REBUILD_REQUESTED)
     pipe.execute()
+    # The markers of older formats sit in other slots: deleted on their own (DEL of several keys is split per slot
+    # on a cluster).
+    redis_client.get().delete(*keys.LEGACY_COMPLETE_MARKERS)
 
 
 # Atomically: nothing to claim when the state is complete (the caller saw it incomplete a moment ago, while a
@@ -283,14 +309,14 @@ def claim_rebuild_request(*, ttl_seconds: int) -> bool:
     when the online state is complete by now. Without that check, a request that read the state just before a
     rebuild finished asked for another one, whose start made the state incomplete again for the next requests:
     rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart)."""
-    claim = redis_client.get().register_script(_CLAIM_REBUILD)
+    claim = redis_client.script(_CLAIM_REBUILD, slot_key=keys.ONLINE_STATE_COMPLETE)
     return bool(claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
 
 
 def write_item_features(blob: bytes) -> str:
     """Store the folded features and a fresh version token together; return the token."""
     version = uuid.uuid4().hex
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.atomic(keys.ITEM_FEATURES_BLOB)  # both keys carry the tag {items}
     pipe.set(keys.ITEM_FEATURES_BLOB, blob)
     pipe.set(keys.ITEM_FEATURES_VERSION, version)
     pipe.execute()
@@ -369,6 +395,11 @@ return 0
 
 def arrivals_reflected(observed: Mapping[str, bytes]) -> None:
     """A list reflecting these owners' events was served: forget the arrivals it observed (owner -> value)."""
+    if redis_client.is_cluster():  # a script runs on the node of its key's slot: one call per owner (usually one)
+        for owner, value in observed.items():
+            key = keys.arrival(owner)
+            redis_client.script(_ARRIVAL_REFLECTED, slot_key=key)(keys=[key], args=[value])
+        return
     client = redis_client.get()
     script = client.register_script(_ARRIVAL_REFLECTED)
     pipe = client.pipeline(transaction=False)
@@ -472,7 +503,7 @@ def read_item_features_version() -> str | None:
 
 def read_item_features() -> tuple[str, bytes] | None:
     """The version token and blob, read together so they always match."""
-    pipe = redis_client.get().pipeline(transaction=True)
+    pipe = redis_client.atomic(keys.ITEM_FEATURES_BLOB)
     pipe.get(keys.ITEM_FEATURES_VERSION)
     pipe.get(keys.ITEM_FEATURES_BLOB)
     version, blob = pipe.execute()

@@ -1,27 +1,91 @@
-"""One shared redis-py client per process for the online state, with short timeouts so a slow Redis costs little."""
+"""One shared redis-py client per process for the online state, with short timeouts so a slow Redis costs little.
+
+With ``REDIS_CLUSTER=1`` the client is redis-py's ``RedisCluster`` (``REDIS_URL`` names any node; it discovers the
+rest). The rules every caller follows so that the same code runs on one Redis and on a cluster (docs/operations.md,
+"Redis Cluster"):
+
+- Keys of one owner share a hash tag (``hist:{<owner>}``, ``aff:{<owner>}``, ``cv:{<owner>}``); global keys that are
+  written or read together share one too (``{online}``, ``{model}``, ``{items}``, ``{impressions}``).
+- A MULTI/EXEC or a Lua script touches keys of one slot only: :func:`atomic` opens such a transaction on the node
+  that owns the slot (``RedisCluster`` has no MULTI of its own), :func:`script` runs a script there.
+- Plain pipelines (``get().pipeline(transaction=False)``) may mix slots: ``RedisCluster`` splits them by node. So
+  may DEL/UNLINK/EXISTS of several keys (split per slot); MGET may not (use a plain pipeline).
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
 from django.conf import settings
+from redis.client import Pipeline
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 WORKER_HEARTBEAT_KEY = "sys:worker:heartbeat"
 
-_client: redis.Redis | None = None
+Client = redis.Redis | RedisCluster
+
+_client: Client | None = None
 _lock = threading.Lock()
 
 
-def get() -> redis.Redis:
+def _build() -> Client:
+    options: dict[str, Any] = {
+        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "health_check_interval": 30,
+    }
+    if settings.REDIS_CLUSTER:
+        return RedisCluster.from_url(settings.REDIS_DATA_URL, **options)
+    return redis.Redis.from_url(settings.REDIS_DATA_URL, **options)
+
+
+def get() -> Client:
     global _client
     if _client is None:
         with _lock:
             if _client is None:
-                _client = redis.Redis.from_url(
-                    settings.REDIS_DATA_URL,
-                    socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                    socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                    health_check_interval=30,
-                )
+                _client = _build()
     return _client
+
+
+def is_cluster() -> bool:
+    return isinstance(get(), RedisCluster)
+
+
+def node_client(slot_key: str) -> redis.Redis:
+    """A plain client of the node that holds ``slot_key``'s hash slot (the one client itself when not a cluster)."""
+    client = get()
+    if isinstance(client, RedisCluster):
+        return client.get_redis_connection(client.get_node_from_key(slot_key))
+    return client
+
+
+def atomic(slot_key: str) -> Pipeline:
+    """A MULTI/EXEC pipeline for keys in ``slot_key``'s hash slot (every key queued on it must share its hash tag;
+    on a cluster a key of another slot fails the EXEC with CROSSSLOT / MOVED)."""
+    return node_client(slot_key).pipeline(transaction=True)
+
+
+def batch() -> Pipeline:
+    """A pipeline for a batch of writes that may span owners: all-or-nothing (MULTI) on a single Redis; on a cluster
+    split by node and not atomic across them (``RedisCluster`` has no cross-slot transactions). For derived state
+    only (the online state, rebuildable from Postgres), never where atomicity across keys is the point."""
+    client = get()
+    if isinstance(client, RedisCluster):
+        return client.pipeline(transaction=False)  # type: ignore[return-value]
+    return client.pipeline(transaction=True)
+
+
+def script(source: str, *, slot_key: str) -> Script:
+    """A Lua script for keys in ``slot_key``'s hash slot, run on the node that holds it."""
+    return node_client(slot_key).register_script(source)
+
+
+def reset() -> None:
+    """Forget the client (tests and benches that point the settings at another server)."""
+    global _client
+    with _lock:
+        _client = None

@@ -48,11 +48,13 @@ ANN_FILE = "ann_als.faiss"
 TMP_PREFIX = artifact_store.TMP_PREFIX
 
 # The Redis marker: written by ranking.services when a version is activated or re-indexed, read by the loader.
-ACTIVE_KEY = "model:active"
-ACTIVE_CHECKSUM_KEY = "model:active:checksum"
+# Every model key carries the hash tag {model}: the marker is published in one MULTI and read in one MGET, and the
+# trending blob and its stamp are written in one MULTI, which on a Redis Cluster needs one slot.
+ACTIVE_KEY = "model:{model}:active"
+ACTIVE_CHECKSUM_KEY = "model:{model}:active:checksum"
 # Hourly popularity/trending refresh of the active version: "<version id>:<computed_at>" plus a hash of arrays.
-TRENDING_STAMP_KEY = "model:trending:stamp"
-TRENDING_KEY = "model:{version_id}:trending"
+TRENDING_STAMP_KEY = "model:{model}:trending:stamp"
+TRENDING_KEY = "model:{{model}}:{version_id}:trending"  # str.format: {{model}} is the literal tag
 
 LOAD_FAILURES = Counter(
     "recsys_model_load_failures_total",

@@ -374,7 +374,7 @@ def _publish_marker(version_id: int, checksum: str) -> None:
     """Tell every serving process which version to serve. Best effort: if Redis is down, loaders fall back to the
     database (and check it once a minute regardless), so a lost publish delays the swap, never breaks serving."""
     try:
-        pipe = redis_client.get().pipeline(transaction=True)
+        pipe = redis_client.atomic(artifacts.ACTIVE_KEY)  # the marker's keys share the tag {model}
         pipe.set(artifacts.ACTIVE_KEY, version_id)
         pipe.set(artifacts.ACTIVE_CHECKSUM_KEY, checksum)
         pipe.execute()
@@ -561,9 +561,8 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
     reference = datetime.fromtimestamp(log.reference_ts(), tz=UTC) if len(log) else now
     trained = train_sources(log, items, params, reference_ts=reference.timestamp(), include=("popularity", "trending"))
     computed_at = time.time()
-    client = redis_client.get()
     key = artifacts.TRENDING_KEY.format(version_id=row.id)
-    pipe = client.pipeline(transaction=True)
+    pipe = redis_client.atomic(key)  # the trending keys share the tag {model}
     pipe.delete(key)
     pipe.hset(
         key, mapping=artifacts.trending_encode(trained.arrays["popularity"], trained.arrays["trending"], computed_at)

@@ -56,10 +56,15 @@ def _check_redis() -> tuple[dict[str, Any], dict[str, Any]]:
     """The Redis check and the worker's heartbeat age, in one round trip."""
     started = time.perf_counter()
     try:
-        pipe = redis_client.get().pipeline(transaction=False)
-        pipe.ping()
-        pipe.get(redis_client.WORKER_HEARTBEAT_KEY)
-        _, beat = pipe.execute()
+        client = redis_client.get()
+        if redis_client.is_cluster():  # a cluster pipeline refuses PING (a command of every node)
+            client.ping()
+            beat = client.get(redis_client.WORKER_HEARTBEAT_KEY)
+        else:
+            pipe = client.pipeline(transaction=False)
+            pipe.ping()
+            pipe.get(redis_client.WORKER_HEARTBEAT_KEY)
+            _, beat = pipe.execute()
     except redis.RedisError as exc:
         return {"ok": False, "error": str(exc) or type(exc).__name__}, {"ok": None, "error": "Redis down"}
     checked = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -196,7 +196,7 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
         return FlushSummary(0, 0, 0, skipped=True)
     records = stored = invalid = 0
     try:
-        move = client.register_script(_MOVE_BATCH)
+        move = redis_client.script(_MOVE_BATCH, slot_key=keys.IMPRESSIONS)
         batches = 0
         while batches < max_batches:
             # A batch left by a flush that died first, then new ones.
@@ -212,7 +212,7 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
             invalid += batch_invalid
             batches += 1
     finally:
-        client.register_script(_RELEASE_LOCK)(keys=[keys.FLUSH_LOCK], args=[token])
+        redis_client.script(_RELEASE_LOCK, slot_key=keys.FLUSH_LOCK)(keys=[keys.FLUSH_LOCK], args=[token])
     IMPRESSIONS_STORED.inc(stored)
     if records:
         logger.info("impressions_flushed", extra={"records": records, "stored": stored, "invalid": invalid})

@@ -138,11 +138,18 @@ if DATABASE_REPLICA_URL:
 DATABASE_ROUTERS = ["kernel.db_router.ReplicaRouter"]
 
 REDIS_URL = env_str("REDIS_URL")
-_REDIS_DB = redis_urls.db_of(REDIS_URL)
+# REDIS_CLUSTER=1: REDIS_URL names any node of a Redis Cluster (redis-py's RedisCluster finds the rest; database 0,
+# the only one a cluster has). Celery's broker cannot live there (kombu has no cluster transport): set
+# CELERY_BROKER_URL (and CELERY_RESULT_BACKEND) to a single Redis. docs/operations.md, "Redis Cluster".
+REDIS_CLUSTER = env_bool("REDIS_CLUSTER", False)
+_REDIS_DB = 0 if REDIS_CLUSTER else redis_urls.db_of(REDIS_URL)
 # Database N: online state + cache + throttles; N+1: Celery broker and results.
 REDIS_DATA_URL = redis_urls.with_db(REDIS_URL, _REDIS_DB)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
 
+# Django's cache framework: nothing in the project reads or writes it (the list cache, throttles and API-key
+# lookups go through kernel.redis_client), so on a cluster, where django-redis has no cluster client, it is each
+# process's memory rather than a second Redis to run.
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -155,6 +162,8 @@ CACHES = {
         },
     }
 }
+if REDIS_CLUSTER:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": "c"}}
 
 # Model versions (ranking/artifact_store.py): written to STORAGES["artifacts"] (below), memory-mapped from this
 # host's local ARTIFACT_CACHE_DIR. By default the storage is the file system at ARTIFACT_ROOT and the cache is the
@@ -169,8 +178,17 @@ COMPILED_RANKER_DIR = env_str("COMPILED_RANKER_DIR", str(Path(ARTIFACT_CACHE_DIR
 
 # --- Celery -------------------------------------------------------------------------------------------------
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", redis_urls.celery_url(REDIS_URL, _REDIS_DB + 1))
-CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", redis_urls.celery_url(REDIS_URL, _REDIS_DB + 1))
+# On a cluster there is no default: the broker must be a single Redis (kombu has no cluster transport).
+CELERY_BROKER_URL = (
+    env_str("CELERY_BROKER_URL")
+    if REDIS_CLUSTER
+    else env_str("CELERY_BROKER_URL", redis_urls.celery_url(REDIS_URL, _REDIS_DB + 1))
+)
+CELERY_RESULT_BACKEND = (
+    env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+    if REDIS_CLUSTER
+    else env_str("CELERY_RESULT_BACKEND", redis_urls.celery_url(REDIS_URL, _REDIS_DB + 1))
+)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -11,7 +11,14 @@ ensure_local_services()
 # database recsys) is never touched and two runs on one machine (a developer's and an editor's) never collide.
 # RECSYS_TEST_SLOT (0-13) pins the slot, for several checkouts testing side by side on one machine.
 _RUN_SLOT = int(os.environ.get("RECSYS_TEST_SLOT", os.getpid())) % 14
-if not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
+if os.environ.get("REDIS_CLUSTER") == "1":
+    # The cluster group (tests/cluster, the Makefile's second run): the online state on the cluster REDIS_URL names
+    # (one database, so the cluster is the run's own), the Celery broker on the local single Redis, this slot's pair.
+    from kernel.localservices import ensure_redis
+    from kernel.redis_urls import celery_url
+
+    os.environ.setdefault("CELERY_BROKER_URL", celery_url(ensure_redis(), 3 + 2 * _RUN_SLOT))
+elif not os.environ.get("RECSYS_TEST_KEEP_REDIS_DB"):
     from kernel.redis_urls import with_db
 
     os.environ["REDIS_URL"] = with_db(os.environ["REDIS_URL"], 2 + 2 * _RUN_SLOT)

@@ -1,0 +1,135 @@
+"""The Redis layout on a real 3-master Redis Cluster: every MULTI and Lua script touches one slot, owners spread
+over the nodes, and the multi-key operations of the online state, the model marker and the rebuild markers work
+there (a cross-slot MULTI would fail with CROSSSLOT, which the first test shows the cluster does enforce)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from events import keys, online
+from kernel import redis_client
+from ranking import artifacts
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def test_the_cluster_is_real_and_refuses_a_cross_slot_transaction(on_cluster: RedisCluster) -> None:
+    assert len(on_cluster.get_primaries()) == 3
+    pipe = redis_client.atomic("a")
+    pipe.set("a", 1)
+    pipe.set("b", 2)  # another slot
+    with pytest.raises(redis.RedisError):
+        pipe.execute()
+
+
+@pytest.mark.parametrize("owner", ["alice", "s:sess-1", "c:s:odd", "we{ird", "br}ace", "}", "{x}", "a}b{c}"])
+def test_an_owners_keys_share_one_slot(owner: str) -> None:
+    slots = {_slot(keys.history(owner)), _slot(keys.affinity(owner)), _slot(keys.cache_version(owner))}
+    assert len(slots) == 1
+
+
+def test_owners_with_braces_keep_distinct_keys() -> None:
+    owners = ["br}ace", "}", "a}b{c}", "{x}", "x"]
+    assert len({keys.history(owner) for owner in owners}) == len(owners)
+
+
+def test_global_keys_written_together_share_a_slot() -> None:
+    assert _slot(keys.ONLINE_STATE_COMPLETE) == _slot(keys.REBUILD_REQUESTED)
+    assert _slot(keys.ITEM_FEATURES_BLOB) == _slot(keys.ITEM_FEATURES_VERSION)
+    trending = artifacts.TRENDING_KEY.format(version_id=7)
+    assert (
+        len(
+            {
+                _slot(k)
+                for k in (artifacts.ACTIVE_KEY, artifacts.ACTIVE_CHECKSUM_KEY, artifacts.TRENDING_STAMP_KEY, trending)
+            }
+        )
+        == 1
+    )
+
+
+def _owners_on_two_nodes(client: RedisCluster) -> tuple[str, str]:
+    """A session and a customer whose keys live on different nodes (so a merge really crosses nodes)."""
+    session = "s:sess-1"
+    node = client.get_node_from_key(keys.history(session)).name
+    for i in range(1000):
+        customer = f"cust-{i}"
+        if client.get_node_from_key(keys.history(customer)).name != node:
+            return session, customer
+    raise AssertionError("no owner on another node")
+
+
+def test_events_merge_and_erasure_across_nodes(on_cluster: RedisCluster) -> None:
+    session, customer = _owners_on_two_nodes(on_cluster)
+    now = time.time()
+    online.apply_events(
+        [
+            online.OnlineEvent(session, 1, 10, 3, 1, None, now - 5),
+            online.OnlineEvent(session, 2, 11, 4, 1, None, now - 4),
+            online.OnlineEvent(customer, 3, 12, 3, 1, None, now - 3),
+        ],
+        now=now,
+    )
+    assert [row.item_pk for row in online.read_history(session, limit=10)] == [11, 10]
+    assert online.read_cache_version(customer) == 1
+
+    online.merge_owner(source=session, target=customer)
+    assert [row.item_pk for row in online.read_history(customer, limit=10)] == [12, 11, 10]
+    assert set(online.read_raw_affinity(customer)) == {3, 4}
+    assert online.read_history(session, limit=10) == []
+    assert online.read_cache_version(customer) == 2
+    assert online.read_cache_version(session) == 2
+    online.merge_owner(source=session, target=customer)  # idempotent: nothing left to move
+    assert len(online.read_history(customer, limit=10)) == 3
+
+    assert online.forget_owner(customer, version_ttl_seconds=60) == 2
+    assert online.read_history(customer, limit=10) == []
+    assert online.read_cache_version(customer) == 4  # bumped (merge twice, erasure), never reset
+    counters = online.read_item_counters([10, 11, 12], hours=1, now=now)
+    assert counters.sum() == 3  # the three views, counted on whichever nodes their buckets live
+
+
+def test_rebuild_markers_and_claim_on_the_cluster(on_cluster: RedisCluster) -> None:
+    on_cluster.set(keys.LEGACY_COMPLETE_MARKERS[0], "1")
+    online.mark_complete(now=time.time())
+    assert online.read_complete()
+    assert not online.claim_rebuild_request(ttl_seconds=60)  # complete: nothing to claim
+    on_cluster.delete(keys.ONLINE_STATE_COMPLETE)
+    assert online.claim_rebuild_request(ttl_seconds=60)
+    assert not online.claim_rebuild_request(ttl_seconds=60)  # once
+    online.mark_incomplete(request_ttl_seconds=60)
+    assert not online.read_complete()
+    online.mark_complete(now=time.time())
+    assert online.read_complete()
+    assert not on_cluster.exists(keys.REBUILD_REQUESTED)
+    assert not on_cluster.exists(keys.LEGACY_COMPLETE_MARKERS[0])
+
+
+def test_clear_rebuildable_scans_every_node(on_cluster: RedisCluster) -> None:
+    now = time.time()
+    owners = [f"cust-{i}" for i in range(30)]
+    online.apply_events([online.OnlineEvent(o, i, 10 + i, 3, 1, None, now) for i, o in enumerate(owners)], now=now)
+    nodes = {on_cluster.get_node_from_key(keys.history(o)).name for o in owners}
+    assert len(nodes) == 3
+    deleted = online.clear_rebuildable(batch=7)
+    assert deleted >= 2 * len(owners)  # histories and affinities, plus the counter bucket
+    assert all(online.read_history(o, limit=5) == [] for o in owners)
+    assert online.read_cache_version(owners[0]) == 1  # versions survive a rebuild's clear
+
+
+def test_item_features_and_model_marker_on_the_cluster(on_cluster: RedisCluster) -> None:
+    token = online.write_item_features(b"blob")
+    assert online.read_item_features() == (token, b"blob")
+    from ranking.services import _publish_marker
+
+    _publish_marker(41, "abc")
+    marker = artifacts._redis_marker()
+    assert marker is not None
+    assert (marker.version_id, marker.checksum) == (41, "abc")
