@@ -89,8 +89,10 @@ def test_events_merge_and_erasure_across_nodes(on_cluster: RedisCluster) -> None
     online.merge_owner(source=session, target=customer)  # idempotent: nothing left to move
     assert len(online.read_history(customer, limit=10)) == 3
 
-    assert online.forget_owner(customer, version_ttl_seconds=60) == 2
+    # History, affinities and the arrival mark of its unreflected events (events.keys.arrival): one slot, one UNLINK.
+    assert online.forget_owner(customer, version_ttl_seconds=60) == 3
     assert online.read_history(customer, limit=10) == []
+    assert not redis_client.get().exists(keys.arrival(customer))
     assert online.read_cache_version(customer) == 4  # bumped (merge twice, erasure), never reset
     counters = online.read_item_counters([10, 11, 12], hours=1, now=now)
     assert counters.sum() == 3  # the three views, counted on whichever nodes their buckets live
