@@ -34,10 +34,10 @@ LAYERS: list[tuple[str, str | None, tuple[str, str]]] = [
     ("throttling", "view dispatch (DRF)", ("kernel/throttling.py", "allow_request")),
     ("query validation", "view dispatch (DRF)", ("rest_framework/serializers.py", "is_valid")),
     ("recommend (serving)", "view dispatch (DRF)", ("ranking/serving.py", "recommend")),
-    ("experiment assignment", "recommend (serving)", ("experiments/services.py", "assign")),
+    ("experiment assignment", "recommend (serving)", ("experiments/services/assignment.py", "assign")),
     ("list cache (round trips)", "recommend (serving)", ("ranking/cache.py", "get_or_compute")),
     ("pipeline (traced stages)", "list cache (round trips)", ("ranking/serving.py", "_serve")),
-    ("impression logging", "recommend (serving)", ("experiments/services.py", "impression_log")),
+    ("impression logging", "recommend (serving)", ("experiments/services/impressions.py", "impression_log")),
     ("response serialisation", "whole request (Django handler)", ("rest_framework/response.py", "rendered_content")),
 ]
 
