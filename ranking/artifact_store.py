@@ -117,7 +117,8 @@ def _key(directory: str, filename: str) -> str:
     return f"{directory}/{filename}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -266,9 +267,9 @@ def fetch(directory: str, expected_checksum: str | None = None) -> bool:
             for filename, sha in manifest["files"].items():
                 size += _download_file(store, _key(directory, filename), tmp / filename, sha)
             (tmp / META_FILE).write_bytes(raw)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except ArtifactError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -71,14 +71,6 @@ def local_root() -> Path:
     return artifact_store.cache_root()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_meta_and_publish(tmp: Path, final: Path, meta: dict[str, Any], files: dict[str, str]) -> str:
     checksum = combined_checksum(files)
     meta = {**meta, "format": FORMAT_VERSION, "files": files, "checksum": checksum}
@@ -86,7 +78,7 @@ def _write_meta_and_publish(tmp: Path, final: Path, meta: dict[str, Any], files:
         json.dump(meta, handle, indent=2, sort_keys=True, default=_json_default)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    artifact_store.fsync_dir(tmp)
     if final.exists():
         raise ArtifactError(f"{final} already exists; a version directory is never overwritten")
     if not artifact_store.colocated():
@@ -94,7 +86,7 @@ def _write_meta_and_publish(tmp: Path, final: Path, meta: dict[str, Any], files:
         # this host's cached copy.
         artifact_store.publish(tmp, final.name, files)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    artifact_store.fsync_dir(final.parent)
     return checksum
 
 
