@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -259,6 +260,31 @@ def partitions_prune(
 # --- Conversion of an unpartitioned table (the migrations) ----------------------------------------------------
 
 
+def _lock_and_describe(cursor: Any, table: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Lock ``table`` for a conversion and read what must be re-created on the new one: its own constraints
+    (primary, unique, foreign, exclusion; not those a partition inherits) and its indexes that back no constraint."""
+    # Deferred foreign-key checks of rows written earlier in this transaction run now: a table with pending
+    # trigger events cannot be dropped.
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    cursor.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
+    cursor.execute(
+        """SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'f', 'x') AND conparentid = 0
+            ORDER BY conname""",
+        [table],
+    )
+    constraints = cursor.fetchall()
+    cursor.execute(
+        """SELECT ci.relname, pg_get_indexdef(i.indexrelid)
+             FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
+            WHERE i.indrelid = %s::regclass
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+            ORDER BY ci.relname""",
+        [table],
+    )
+    return constraints, cursor.fetchall()
+
+
 def table_partition(
     *, spec: PartitionedTable, unique: dict[str, str], conn: BaseDatabaseWrapper, months_ahead: int = MONTHS_AHEAD
 ) -> int:
@@ -271,25 +297,7 @@ def table_partition(
     """
     table, old = spec.table, f"{spec.table}_unpartitioned"
     with conn.cursor() as cursor:
-        # Deferred foreign-key checks of rows written earlier in this transaction run now: a table with pending
-        # trigger events cannot be dropped.
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
-        cursor.execute(
-            """SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
-                WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'f', 'x') ORDER BY conname""",
-            [table],
-        )
-        constraints = cursor.fetchall()
-        cursor.execute(
-            """SELECT ci.relname, pg_get_indexdef(i.indexrelid)
-                 FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
-                WHERE i.indrelid = %s::regclass
-                  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-                ORDER BY ci.relname""",
-            [table],
-        )
-        indexes = cursor.fetchall()
+        constraints, indexes = _lock_and_describe(cursor, table)
         cursor.execute(f"ALTER TABLE {_q(table)} RENAME TO {_q(old)}")
         cursor.execute(
             f"""CREATE TABLE {_q(table)} (LIKE {_q(old)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS
@@ -346,26 +354,7 @@ def table_unpartition(*, spec: PartitionedTable, unique: dict[str, str], conn: B
     table, old = spec.table, f"{spec.table}_partitioned"
     back = {new: old_name for old_name, new in unique.items()}
     with conn.cursor() as cursor:
-        # Deferred foreign-key checks of rows written earlier in this transaction run now: a table with pending
-        # trigger events cannot be dropped.
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(f"LOCK TABLE {_q(table)} IN ACCESS EXCLUSIVE MODE")
-        cursor.execute(
-            """SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint
-                WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'f', 'x') AND conparentid = 0
-                ORDER BY conname""",
-            [table],
-        )
-        constraints = cursor.fetchall()
-        cursor.execute(
-            """SELECT ci.relname, pg_get_indexdef(i.indexrelid)
-                 FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
-                WHERE i.indrelid = %s::regclass
-                  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-                ORDER BY ci.relname""",
-            [table],
-        )
-        indexes = cursor.fetchall()
+        constraints, indexes = _lock_and_describe(cursor, table)
         cursor.execute(f"ALTER TABLE {_q(table)} RENAME TO {_q(old)}")
         cursor.execute(
             f"CREATE TABLE {_q(table)} (LIKE {_q(old)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
