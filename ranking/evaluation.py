@@ -151,13 +151,21 @@ def split_per_user(log: InteractionLog, *, fraction: float, seed: int) -> Split:
     return split
 
 
-def split_user_tail(log: InteractionLog, *, fraction: float, min_history: int = 3) -> Split:
+def split_user_tail(
+    log: InteractionLog, *, fraction: float, min_history: int = 3, random_fraction: float = 0.0, seed: int = 0
+) -> Split:
     """Per-user temporal split: each user's events in time order, the last ``ceil(fraction * n)`` held out (users
     with fewer than ``min_history`` events keep everything in training). Fits logs whose users were active at
     different times (a global window would hold few of them); "now" is the log's reference time, as in serving.
+
+    ``random_fraction``: besides the tail, hold out ``round(random_fraction * m)`` of the user's other ``m``
+    distinct items at random (seeded), with all their events (at most ``m - 1``): the held-out set then asks both
+    what the customer did next and what else from their whole history a list should have found.
     """
     if not 0 < fraction < 1:
         raise ValueError("fraction must be between 0 and 1")
+    if not 0 <= random_fraction < 1:
+        raise ValueError("random_fraction must be between 0 and 1")
     known = np.flatnonzero(log.user >= 0)
     order = known[np.lexsort((np.arange(known.size), log.ts[known], log.user[known]))]
     user_sorted = log.user[order].astype(np.int64)
@@ -167,6 +175,8 @@ def split_user_tail(log: InteractionLog, *, fraction: float, min_history: int = 
     position_from_end = ends[user_sorted] - np.arange(order.size)  # 1 for a user's latest event
     is_test = np.zeros(len(log), bool)
     is_test[order[position_from_end <= n_test[user_sorted]]] = True
+    if random_fraction > 0:
+        is_test |= _random_pairs(log, ~is_test & (log.user >= 0), n_test > 0, random_fraction, seed)
     train = log.subset(~is_test)
     test = log.subset(is_test)
     split = _split_from_test_events(
@@ -177,8 +187,33 @@ def split_user_tail(log: InteractionLog, *, fraction: float, min_history: int = 
         test.item.astype(np.int64),
         reference_ts=log.reference_ts(),
     )
-    split.info.update({"fraction": fraction, "min_history": min_history})
+    split.info.update({"fraction": fraction, "min_history": min_history, "random_fraction": random_fraction})
     return split
+
+
+def _random_pairs(
+    log: InteractionLog,
+    candidates: npt.NDArray[np.bool_],
+    eligible_user: npt.NDArray[np.bool_],
+    share: float,
+    seed: int,
+) -> npt.NDArray[np.bool_]:
+    """Events of ``round(share * m)`` random (user, item) pairs of each eligible user's ``m`` candidate pairs (at
+    most ``m - 1``; every event of a chosen pair, among the candidates)."""
+    pick = candidates & eligible_user[np.maximum(log.user, 0)]
+    pair_key = log.user.astype(np.int64) * log.n_items + log.item
+    pairs = np.unique(pair_key[pick])
+    if pairs.size == 0:
+        return np.zeros(len(log), bool)
+    pair_user = pairs // log.n_items
+    order = np.lexsort((np.random.default_rng(seed).random(pairs.size), pair_user))
+    user_sorted = pair_user[order]
+    per_user = np.bincount(user_sorted, minlength=log.n_users)
+    n_out = np.minimum(np.rint(share * per_user), np.maximum(per_user - 1, 0)).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(per_user)[:-1]))
+    rank = np.arange(pairs.size) - starts[user_sorted]
+    chosen = np.sort(pairs[order][rank < n_out[user_sorted]])
+    return pick & np.isin(pair_key, chosen)
 
 
 def split_external(

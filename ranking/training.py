@@ -70,6 +70,7 @@ class TrainParams:
     # i-th most recent, anchor_decay ** i (1.0: every anchor alike). Tuned on validation without retraining.
     anchors: int = 20
     anchor_decay: float = 0.85
+    anchor_floor: float = 0.0  # the share every anchor keeps: weight floor + (1 - floor) * anchor_decay ** i
     knn_method: str = "bm25"
     knn_bm25_k1: float = 1.2
     knn_bm25_b: float = 0.75
@@ -96,11 +97,13 @@ class TrainParams:
     validation_max_users: int = 5_000
     # The window validates only when it holds at least this many users with a new item and this share of the
     # users with validation_min_history+ events; else each user's own last validation_tail_fraction of events
-    # (ranking.tuning.validation_plan).
+    # (ranking.tuning.validation_plan), plus validation_random_fraction of their other items at random when set (a
+    # shop whose lists are judged on the whole history's taste as much as on what comes next; 0: what comes next).
     validation_min_users: int = 50
     validation_min_share: float = 1 / 3
     validation_min_history: int = 3
     validation_tail_fraction: float = 0.2
+    validation_random_fraction: float = 0.0
     # Tuning (ranking.tuning): seconds the Optuna search may take (0: keep these values), and its trial cap.
     tune_budget_seconds: float = 60.0
     tune_max_trials: int = 200
@@ -130,6 +133,8 @@ class TrainParams:
             raise ValueError(f"anchors must be between 1 and 200 (the online history's length), not {self.anchors}")
         if not 0.0 < self.anchor_decay <= 1.0:
             raise ValueError(f"anchor_decay must be in (0, 1], not {self.anchor_decay}")
+        if not 0.0 <= self.anchor_floor <= 1.0:
+            raise ValueError(f"anchor_floor must be in [0, 1], not {self.anchor_floor}")
         if self.knn_method not in ("bm25", "cosine"):
             raise ValueError(f"knn_method must be 'bm25' or 'cosine', not {self.knn_method!r}")
 
@@ -164,7 +169,8 @@ class TrainParams:
 
         Raises ValueError naming the unknown parameter or the bad value.
         """
-        known = {f.name for f in dataclasses.fields(self)}
+        types = {f.name: str(f.type) for f in dataclasses.fields(self)}
+        known = set(types)
         changes: dict[str, Any] = {}
         for assignment in assignments:
             key, sep, raw = assignment.partition("=")
@@ -179,8 +185,24 @@ class TrainParams:
                 if not isinstance(value, dict):
                     raise ValueError('type_weights takes a JSON object, e.g. {"1": 1, "4": 8}')
                 value = {int(k): float(v) for k, v in value.items()}
+            _check_type(key, types[key], value)
             changes[key] = value
         return dataclasses.replace(self, **changes)
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """A parameter's value fits its declared type (``--param half_life_days=none`` must fail here, naming the
+    parameter, not later inside training)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    accepted = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": number,
+        "float | None": number or value is None,
+        "str": isinstance(value, str),
+    }
+    if annotation in accepted and not accepted[annotation]:
+        expected = {"int": "an integer", "float": "a number", "float | None": "a number or null", "str": "a string"}
+        raise ValueError(f"{name} takes {expected[annotation]}, not {value!r}")
 
 
 class StageTimer:

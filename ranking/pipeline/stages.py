@@ -105,13 +105,17 @@ def to_pks(model: ModelView, hits: retrieval.SourceHits) -> retrieval.SourceHits
 
 
 def neighbour_hits(
-    model: ModelView, prefix: str, anchors_idx: IntArray, k: int, decay: float = ANCHOR_DECAY
+    model: ModelView, prefix: str, anchors_idx: IntArray, k: int, decay: float = ANCHOR_DECAY, floor: float = 0.0
 ) -> retrieval.SourceHits:
     """The aggregated neighbours of the anchors (newest first) in one of the version's neighbour tables (model
-    indices), the i-th anchor weighted ``decay ** i``."""
+    indices), the i-th anchor weighted ``floor + (1 - floor) * decay ** i``. EASE scores from its full matrix
+    when the version keeps it (small catalogs, ``TrainParams.ease_full_max_items``): every item, not only each
+    anchor's top neighbours."""
     if not model.has(f"{prefix}_idx") or anchors_idx.size == 0:
         return retrieval.SourceHits.empty()
-    weights = anchor_weights(anchors_idx.size, decay)
+    weights = anchor_weights(anchors_idx.size, decay, floor)
+    if prefix == "ease" and model.has("ease_b"):
+        return retrieval.dense_neighbours(anchors_idx, weights, model.array("ease_b"), k)
     return retrieval.neighbours(anchors_idx, weights, model.array(f"{prefix}_idx"), model.array(f"{prefix}_score"), k)
 
 
@@ -133,7 +137,12 @@ def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, p
             hits["ann"] = to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
         for source, prefix in NEIGHBOUR_TABLES:
             k = fbt_quota(state.surface) if source == "fbt" else QUOTAS[source]
-            hits[source] = to_pks(model, neighbour_hits(model, prefix, anchor_idx, k, state.retrieval.anchor_decay))
+            hits[source] = to_pks(
+                model,
+                neighbour_hits(
+                    model, prefix, anchor_idx, k, state.retrieval.anchor_decay, state.retrieval.anchor_floor
+                ),
+            )
         for source, top in (("trending", lists.trending), ("popular", lists.popular)):
             quota = QUOTAS[source]
             hits[source] = retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])

@@ -51,19 +51,29 @@ def fbt_quota(surface: str) -> int:
     return QUOTAS["fbt"] if surface in ("cart", "item", "checkout") else QUOTAS["fbt"] // 2
 
 
-def anchor_weights(n: int, decay: float = ANCHOR_DECAY) -> npt.NDArray[np.float32]:
-    return (np.float32(decay) ** np.arange(n, dtype=np.float32)).astype(np.float32)
+def anchor_weights(n: int, decay: float = ANCHOR_DECAY, floor: float = 0.0) -> npt.NDArray[np.float32]:
+    """The i-th most recent anchor's weight, ``floor + (1 - floor) * decay ** i``: recency on top of a share every
+    history item keeps (0: recency only; 1: every anchor alike)."""
+    recency = np.float32(decay) ** np.arange(n, dtype=np.float32)
+    return (np.float32(floor) + np.float32(1.0 - floor) * recency).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class RetrievalParams:
     """The retrieval knobs that depend on the shop's data, chosen on validation at training (``ranking.tuning``)
     and recorded in the version's params: how many distinct history items anchor the neighbour sources and how
-    much an older anchor counts (``anchor_decay ** i`` for the i-th most recent; 1.0: no recency weighting). The
-    defaults are the values these were constants at (the demo's shape: recent views matter most)."""
+    much an older anchor counts (``anchor_floor + (1 - anchor_floor) * anchor_decay ** i`` for the i-th most recent,
+    :func:`anchor_weights`; decay 1.0 or floor 1.0: no recency weighting). The defaults are the values these were
+    constants at (the demo's shape: recent views matter most).
+
+    The floor lets one version answer both questions a "for you" list is asked: what the customer does next (the
+    latest anchors, weighted up) and what else fits their whole history (every anchor keeps the floor's share); on
+    MovieLens 100K recency alone loses half the NDCG@10 of a random per-user hold-out, no recency loses a fifth of a
+    temporal one."""
 
     anchors: int = ANCHORS
     anchor_decay: float = ANCHOR_DECAY
+    anchor_floor: float = 0.0
 
     @classmethod
     def of(cls, params: Mapping[str, Any] | Any | None) -> RetrievalParams:
@@ -74,13 +84,14 @@ class RetrievalParams:
         get = params.get if isinstance(params, Mapping) else (lambda name, default=None: getattr(params, name, default))
         raw_anchors: Any = get("anchors", ANCHORS)
         raw_decay: Any = get("anchor_decay", ANCHOR_DECAY)
+        raw_floor: Any = get("anchor_floor", 0.0)
         try:
-            anchors, decay = int(raw_anchors), float(raw_decay)
+            anchors, decay, floor = int(raw_anchors), float(raw_decay), float(raw_floor if raw_floor is not None else 0)
         except (TypeError, ValueError):
             return cls()
-        if not 1 <= anchors <= HISTORY_LIMIT or not 0.0 < decay <= 1.0:
+        if not 1 <= anchors <= HISTORY_LIMIT or not 0.0 < decay <= 1.0 or not 0.0 <= floor <= 1.0:
             return cls()
-        return cls(anchors, decay)
+        return cls(anchors, decay, floor)
 
 
 def serve_source(mode: str) -> str | None:

@@ -332,6 +332,11 @@ def test_train_command_errors_name_the_problem() -> None:
         call_command("train", "--quiet")
     with pytest.raises(CommandError, match="unknown parameter 'als_factor'"):
         call_command("train", "--param", "als_factor=3")
+    # A value of the wrong type fails here, naming the parameter, not as a TypeError deep inside training.
+    with pytest.raises(CommandError, match="half_life_days takes a number or null, not 'none'"):
+        call_command("train", "--param", "half_life_days=none")
+    with pytest.raises(CommandError, match="als_factors takes an integer"):
+        call_command("train", "--param", "als_factors=3.5")
     with pytest.raises(CommandError, match="not an ISO 8601"):
         call_command("train", "--since", "yesterday")
 

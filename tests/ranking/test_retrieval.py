@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranking.retrieval import NO_RANK, SOURCE_INDEX, SourceHits, merge, neighbours, top_k
+from ranking.pipeline.state import anchor_weights
+from ranking.retrieval import NO_RANK, SOURCE_INDEX, SourceHits, dense_neighbours, merge, neighbours, top_k
 
 
 def test_top_k_orders_and_excludes() -> None:
@@ -108,3 +109,24 @@ def test_neighbours_agree_with_the_definition(
     assert hits.item_idx.tolist() == [item for item, _, _ in expected]
     np.testing.assert_allclose(hits.score, [total for _, total, _ in expected], rtol=1e-6)
     assert hits.anchor.tolist() == [anchor for _, _, anchor in expected]
+
+
+def test_dense_neighbours_equal_the_tables_when_the_tables_hold_every_item() -> None:
+    """EASE's full matrix (a catalog small enough to keep it) scores exactly what a neighbour table of full width
+    would: the weighted sum over the anchors, the anchors left out, the strongest contributor named."""
+    rng = np.random.default_rng(3)
+    n = 30
+    matrix = rng.uniform(0.01, 1.0, (n, n)).astype(np.float32)
+    np.fill_diagonal(matrix, 0.0)
+    table_idx = np.argsort(-matrix, axis=1)[:, : n - 1]
+    table_score = np.take_along_axis(matrix, table_idx, axis=1)
+    anchors = np.array([4, 17, 9])
+    weights = anchor_weights(3, 0.5, 0.2)
+    assert np.allclose(weights, [1.0, 0.6, 0.4])
+    dense = dense_neighbours(anchors, weights, matrix, k=8)
+    table = neighbours(anchors, weights, table_idx, table_score, k=8)
+    assert dense.item_idx.tolist() == table.item_idx.tolist()
+    assert np.allclose(dense.score, table.score, atol=1e-5)
+    assert dense.anchor.tolist() == table.anchor.tolist()
+    assert not set(dense.item_idx.tolist()) & set(anchors.tolist())
+    assert dense_neighbours(np.array([], np.int64), weights[:0], matrix, k=8).item_idx.size == 0

@@ -85,6 +85,27 @@ def test_user_tail_split_holds_out_each_users_latest_events() -> None:
         assert split.relevant[row].size == 2
 
 
+def test_user_tail_split_can_also_hold_out_random_items_of_the_rest() -> None:
+    log, _ = spread_over_years(n_users=40)
+    split = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=5)
+    assert split.n_test_users == 40
+    # Two latest items plus round(0.25 * 8) = 2 of the other eight at random, all four new to the user.
+    assert len(split.train) == 40 * 6
+    earlier_held = 0
+    for row in range(split.n_test_users):
+        u = split.user_index[row]
+        user_ts = np.sort(log.ts[log.user == u])
+        train_ts = split.train.ts[split.train.user == u]
+        assert split.relevant[row].size == 4
+        assert set(user_ts[-2:]).isdisjoint(train_ts)  # the tail is held out
+        earlier_held += int(np.isin(user_ts[:-2], train_ts, invert=True).sum())
+    assert earlier_held == 40 * 2
+    again = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=5)
+    other = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=6)
+    assert [r.tolist() for r in again.relevant] == [r.tolist() for r in split.relevant]
+    assert [r.tolist() for r in other.relevant] != [r.tolist() for r in split.relevant]
+
+
 def test_protocol_choice_fits_the_data() -> None:
     spread, _ = spread_over_years()
     plan, split = tuning.validation_plan(spread, TrainParams())
@@ -182,11 +203,14 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
     assert [t.ndcg for t in first.trials] == pytest.approx([t.ndcg for t in second.trials], abs=1e-3)
     assert first.chosen == second.chosen
-    # Then the retrieval knobs: the defaults, then every anchor of the history without recency weighting.
+    # Then the retrieval knobs: the defaults, every anchor of the history alike, every anchor with recency on a floor.
     retrieval = [t for t in first.trials if t.phase == "retrieval"]
-    assert retrieval[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay}
-    assert retrieval[1].params == {"anchors": 200, "anchor_decay": 1.0}
-    assert {"anchors", "anchor_decay", "half_life_days", "ease_lambda"} <= set(first.chosen)
+    assert retrieval[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay, "anchor_floor": 0.0}
+    assert retrieval[1].params == {"anchors": 200, "anchor_decay": 1.0, "anchor_floor": 1.0}
+    assert retrieval[2].params == {"anchors": 200, "anchor_decay": 0.85, "anchor_floor": 0.3}
+    assert {"anchors", "anchor_decay", "anchor_floor", "half_life_days", "ease_lambda", "ease_user_exponent"} <= set(
+        first.chosen
+    )
 
 
 def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> None:
