@@ -40,6 +40,29 @@ DEFAULT_BLEND_WEIGHTS: dict[str, float] = {
 }  # fmt: skip
 
 
+# The blend's tuned knobs (TrainParams.blend_*, chosen on validation by ranking.tuning): one multiplier of the
+# default weights per group of sources that play the same part.
+BLEND_GROUPS: dict[str, tuple[str, ...]] = {
+    "blend_neighbours": ("item_knn", "ease"),
+    "blend_ann": ("ann",),
+    "blend_content": ("content",),
+    "blend_fbt": ("fbt",),
+    "blend_global": ("trending", "popular", "new"),
+}
+
+
+def scaled_blend_weights(multipliers: Mapping[str, float]) -> dict[str, float] | None:
+    """The default blend weights times each group's multiplier (absent: 1); None when every multiplier is 1 (the
+    defaults as they are)."""
+    if all(float(multipliers.get(group, 1.0)) == 1.0 for group in BLEND_GROUPS):
+        return None
+    weights = dict(DEFAULT_BLEND_WEIGHTS)
+    for group, sources in BLEND_GROUPS.items():
+        for source in sources:
+            weights[source] *= float(multipliers.get(group, 1.0))
+    return weights
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class FeatureContext:
     """Everything besides the retrieval scores that the features need, one entry per candidate (aligned with

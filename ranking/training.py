@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,6 +72,13 @@ class TrainParams:
     anchors: int = 20
     anchor_decay: float = 0.85
     anchor_floor: float = 0.0  # the share every anchor keeps: weight floor + (1 - floor) * anchor_decay ** i
+    # The blend (served when no ranker ships): multipliers of the default source weights per group of sources
+    # (ranking.ranker.BLEND_GROUPS), tuned on validation without retraining; 1.0 keeps a group's defaults.
+    blend_neighbours: float = 1.0
+    blend_ann: float = 1.0
+    blend_content: float = 1.0
+    blend_fbt: float = 1.0
+    blend_global: float = 1.0
     knn_method: str = "bm25"
     knn_bm25_k1: float = 1.2
     knn_bm25_b: float = 0.75
@@ -135,6 +143,10 @@ class TrainParams:
             raise ValueError(f"anchor_decay must be in (0, 1], not {self.anchor_decay}")
         if not 0.0 <= self.anchor_floor <= 1.0:
             raise ValueError(f"anchor_floor must be in [0, 1], not {self.anchor_floor}")
+        for group in ("blend_neighbours", "blend_ann", "blend_content", "blend_fbt", "blend_global"):
+            value = getattr(self, group)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{group} must be a finite number >= 0, not {value!r}")
         if self.knn_method not in ("bm25", "cosine"):
             raise ValueError(f"knn_method must be 'bm25' or 'cosine', not {self.knn_method!r}")
 

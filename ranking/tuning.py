@@ -14,7 +14,8 @@ The search: a TPE sampler with a fixed seed over discrete grids (repeated values
 phases, the most telling first: the decay half-lives (no decay is a candidate) and EASE's lambda and user
 exponent; serving's retrieval knobs (how many history anchors, their recency decay and the floor every anchor keeps:
 re-serving only, no retraining; the defaults, "every anchor alike" and "every anchor, recency on a 0.3 floor"
-first); then the other sources' hyper-parameters, each phase with the earlier
+first); the blend's source weights (a multiplier per group of sources, re-serving only; the defaults and "without
+trending, popular and new arrivals" first); then the other sources' hyper-parameters, each phase with the earlier
 phases' choices fixed. Each trial trains the sources on the validation
 split's training part and scores the served pipeline (retrieval from every source, the blend, the 30% category
 cap) and every single source on its users: the objective is the NDCG@k of what the version would serve, the
@@ -63,6 +64,14 @@ RETRIEVAL_SPACE: dict[str, Sequence[Any]] = {
     "anchors": (20, 50, 100, 200),
     "anchor_decay": (0.85, 0.95, 0.99, 1.0),
     "anchor_floor": (0.0, 0.1, 0.3, 0.5, 1.0),
+}
+# The blend's weights (ranking.ranker.BLEND_GROUPS: a multiplier of the defaults per group): re-serving only.
+BLEND_SPACE: dict[str, Sequence[Any]] = {
+    "blend_neighbours": (0.5, 1.0, 2.0),
+    "blend_ann": (0.0, 0.5, 1.0, 2.0),
+    "blend_content": (0.0, 0.5, 1.0, 2.0),
+    "blend_fbt": (0.0, 1.0, 2.0),
+    "blend_global": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 SOURCE_SPACE: dict[str, Sequence[Any]] = {
     "als_factors": (32, 64, 128),
@@ -303,7 +312,7 @@ def tune(
     max_trials: int = 200,
     on_trial: Callable[[Trial], None] | None = None,
 ) -> TuningResult:
-    """Search the two phases' grids with TPE (seeded) until ``budget_seconds`` would be exceeded by one more
+    """Search the four phases' grids with TPE (seeded) until ``budget_seconds`` would be exceeded by one more
     trial (estimated from the latest trial) or ``max_trials`` ran. The first trial of each phase is the current
     value of its knobs; the result's params are the best trial's."""
     started = time.perf_counter()
@@ -312,7 +321,10 @@ def tune(
     trials: list[Trial] = []
     best = params
     latest = 0.0
-    phases = (("decay", DECAY_SPACE, 0.5), ("retrieval", RETRIEVAL_SPACE, 0.75), ("sources", SOURCE_SPACE, 1.0))
+    phases = (
+        ("decay", DECAY_SPACE, 0.4), ("retrieval", RETRIEVAL_SPACE, 0.6), ("blend", BLEND_SPACE, 0.8),
+        ("sources", SOURCE_SPACE, 1.0),
+    )  # fmt: skip
     for phase, grids, share in phases:
         phase_deadline = started + share * max(budget_seconds, 0.0)
         base = best
@@ -326,6 +338,9 @@ def tune(
             whole = max(RETRIEVAL_SPACE["anchors"])
             study.enqueue_trial({"anchors": whole, "anchor_decay": 1.0, "anchor_floor": 1.0})
             study.enqueue_trial({"anchors": whole, "anchor_decay": 0.85, "anchor_floor": 0.3})
+        if phase == "blend":
+            # The personal sources alone: trending, popular and new arrivals out of the blend.
+            study.enqueue_trial({**{name: getattr(base, name) for name in space}, "blend_global": 0.0})
 
         def objective(trial: optuna.Trial, space: Mapping[str, Sequence[Any]] = space, base: TrainParams = base,
                       phase: str = phase) -> float:  # fmt: skip
@@ -346,8 +361,7 @@ def tune(
             return max(ndcg, record.best_source_ndcg)
 
         enqueued = len(study.trials)
-        caps = {"decay": max_trials // 2, "retrieval": max_trials * 3 // 4 - len(trials)}
-        phase_trials = max(enqueued, min(caps.get(phase, max_trials), max_trials - len(trials)))
+        phase_trials = max(enqueued, min(round(share * max_trials), max_trials) - len(trials))
 
         def stop_when_out_of_time(
             study: optuna.Study, _trial: Any, limit: float = phase_deadline, first: int = len(trials) + enqueued
@@ -361,7 +375,8 @@ def tune(
             continue
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
         best = base.replace(**study.best_params)
-    chosen = {name: getattr(best, name) for space in (DECAY_SPACE, RETRIEVAL_SPACE, SOURCE_SPACE) for name in space}
+    spaces = (DECAY_SPACE, RETRIEVAL_SPACE, BLEND_SPACE, SOURCE_SPACE)
+    chosen = {name: getattr(best, name) for space in spaces for name in space}
     return TuningResult(
         params=best,
         chosen=chosen,

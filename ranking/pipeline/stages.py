@@ -212,7 +212,7 @@ def score(
         state.scorer, state.engine = state.mode, None
         return
     if ranker is None or model is None or not config.ranker:
-        state.scores = blend_scores(state.candidates, config.blend_weights)
+        state.scores = blend_scores(state.candidates, config.blend_weights or state.retrieval.blend_weights)
         state.scorer, state.engine = "blend", None
         return
     state.scores = ranker.score(features(state, model, ctr))

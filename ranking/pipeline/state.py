@@ -9,6 +9,7 @@ offline).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking import retrieval
+from ranking.ranker import BLEND_GROUPS, scaled_blend_weights
 from ranking.rerank import RerankResult
 from ranking.retrieval import CandidateSet, SourceHits
 from ranking.sources import ADD_TO_CART, CLICK, PURCHASE, RATING, VIEW
@@ -74,6 +76,9 @@ class RetrievalParams:
     anchors: int = ANCHORS
     anchor_decay: float = ANCHOR_DECAY
     anchor_floor: float = 0.0
+    # The blend's source weights when the version tuned them (ranking.ranker.scaled_blend_weights), else None: the
+    # defaults. A request's experiment config (VariantConfig.blend_weights) still wins over both.
+    blend_weights: Mapping[str, float] | None = None
 
     @classmethod
     def of(cls, params: Mapping[str, Any] | Any | None) -> RetrievalParams:
@@ -91,7 +96,16 @@ class RetrievalParams:
             return cls()
         if not 1 <= anchors <= HISTORY_LIMIT or not 0.0 < decay <= 1.0 or not 0.0 <= floor <= 1.0:
             return cls()
-        return cls(anchors, decay, floor)
+        multipliers: dict[str, float] = {}
+        for group in BLEND_GROUPS:
+            raw: Any = get(group, 1.0)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value) and value >= 0:
+                multipliers[group] = value
+        return cls(anchors, decay, floor, scaled_blend_weights(multipliers))
 
 
 def serve_source(mode: str) -> str | None:

@@ -73,3 +73,29 @@ def test_lambdamart_learns_a_planted_signal() -> None:
     assert np.corrcoef(predicted, y[half:])[0, 1] > 0.7
     importance = booster.feature_importance("gain")
     assert FEATURE_NAMES[int(np.argmax(importance))] == "category_affinity"
+
+
+def test_the_versions_blend_multipliers_scale_the_default_weights() -> None:
+    from ranking.pipeline.state import RetrievalParams
+    from ranking.ranker import DEFAULT_BLEND_WEIGHTS, blend_scores
+    from ranking.retrieval import SourceHits, merge
+
+    assert RetrievalParams.of({"anchors": 20}).blend_weights is None  # no multipliers: the defaults
+    tuned = RetrievalParams.of({"blend_global": 0.0, "blend_neighbours": 2.0, "blend_ann": "x", "blend_fbt": -1})
+    assert tuned.blend_weights is not None
+    weights = dict(tuned.blend_weights)
+    assert weights["trending"] == weights["popular"] == weights["new"] == 0.0
+    assert weights["item_knn"] == 2 * DEFAULT_BLEND_WEIGHTS["item_knn"]
+    assert weights["ease"] == 2 * DEFAULT_BLEND_WEIGHTS["ease"]
+    # An unreadable or negative multiplier keeps its group's default.
+    assert weights["ann"] == DEFAULT_BLEND_WEIGHTS["ann"]
+    assert weights["fbt"] == DEFAULT_BLEND_WEIGHTS["fbt"]
+    # Without the global sources, an item only they found scores nothing; a neighbour hit keeps its score.
+    hits = {
+        "popular": SourceHits(np.array([7]), np.array([1.0], np.float32), np.array([-1])),
+        "item_knn": SourceHits(np.array([3]), np.array([0.5], np.float32), np.array([1])),
+    }
+    candidates = merge(hits)
+    scores = dict(zip(candidates.item_idx.tolist(), blend_scores(candidates, weights).tolist(), strict=True))
+    assert scores[7] == 0.0
+    assert scores[3] > 0.0

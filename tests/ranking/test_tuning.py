@@ -211,6 +211,11 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert {"anchors", "anchor_decay", "anchor_floor", "half_life_days", "ease_lambda", "ease_user_exponent"} <= set(
         first.chosen
     )
+    # Then the blend's weights: the defaults, then the personal sources without trending, popular and new arrivals.
+    blend = [t for t in first.trials if t.phase == "blend"]
+    assert blend[0].params == dict.fromkeys(tuning.BLEND_SPACE, 1.0)
+    assert blend[1].params == {**dict.fromkeys(tuning.BLEND_SPACE, 1.0), "blend_global": 0.0}
+    assert set(tuning.BLEND_SPACE) <= set(first.chosen)
 
 
 def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> None:
