@@ -16,6 +16,8 @@ import numpy.typing as npt
 import scipy.linalg
 import scipy.sparse as sp
 
+from events.features import RATING_MAX, RATING_MIN
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
@@ -74,9 +76,11 @@ def event_weights(
     if is_rating.any():
         rating = values[is_rating]
         unknown = float(type_weights.get(RATING, 1.0))
-        weights[is_rating] = np.where(
-            np.isnan(rating), unknown, np.maximum(rating_base + rating_per_point * np.nan_to_num(rating), 0.0)
-        )
+        # Clipped to the documented range, as ingestion and the online affinities weigh it: a value stored before
+        # that rule (1e308, -inf) must not make a training matrix infinite.
+        known = np.clip(np.nan_to_num(rating), RATING_MIN, RATING_MAX)
+        weighed = np.maximum(rating_base + rating_per_point * known, 0.0)
+        weights[is_rating] = np.where(np.isnan(rating), unknown, weighed)
     return weights.astype(np.float32)
 
 

@@ -32,6 +32,9 @@ def test_event_weights_per_type_and_rating_value() -> None:
     assert weights.tolist() == [1.0, 2.0, 4.0, 8.0, 8.5, 1.0, 0.0]
     with_rating_weight = sources.event_weights([5, 5], [np.nan, 2.0], {5: 3.0}, rating_per_point=1.0)
     assert with_rating_weight.tolist() == [3.0, 2.0]
+    # A rating stored before values were bounded weighs as the nearest end of the documented 0..10 range.
+    hostile = sources.event_weights([5, 5, 5], [1e308, -1e308, np.inf], {}, rating_base=0.5, rating_per_point=2.0)
+    assert hostile.tolist() == [20.5, 0.5, 20.5]
 
 
 def test_decay_and_confidence() -> None:
