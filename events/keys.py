@@ -22,6 +22,7 @@ AFFINITY_PREFIX = "aff:"
 CACHE_VERSION_PREFIX = "cv:"
 COUNTER_PREFIX = "cnt:"
 DISMISSED_PREFIX = "dis:"
+HAD_PREFIX = "had:"
 ARRIVAL_PREFIX = "arrival:"
 SHOWN_PREFIX = "shown:"
 
@@ -34,7 +35,9 @@ PROBE_SESSION_ID = "freshness\tprobe"
 # Rebuildable from Postgres, so ``rebuild_online_state`` clears them (by SCAN on these prefixes) before rebuilding.
 # Cache versions and the item-features version are deliberately absent: resetting a version to an old value could
 # make a cache hit an entry written before the reset, so those are only ever moved forward.
-REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX, DISMISSED_PREFIX)
+REBUILDABLE_PREFIXES: tuple[str, ...] = (
+    HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX, DISMISSED_PREFIX, HAD_PREFIX,
+)  # fmt: skip
 
 
 def owner_for(*, customer_id: str, session_id: str) -> str:
@@ -128,6 +131,18 @@ def dismissed(owner: str) -> str:
     return DISMISSED_PREFIX + owner_tag(owner)
 
 
+def had(owner: str) -> str:
+    """``had:{<owner>}`` sorted set: what the owner already has, member ``<item_pk>:<type>`` for each item they
+    bought (``purchase``) or rated (``rating``), score the Unix time of the latest such event.
+
+    Serving leaves these items out of personal lists (``VariantConfig.exclude_purchased`` / ``exclude_rated``)
+    over the owner's whole history, not only the latest ``online.HISTORY_LENGTH`` events the history keeps: at most
+    ``online.HAD_LENGTH`` members (the newest). Written with the history (``ZADD GT``), moved by a session merge,
+    deleted by erasure, rebuilt from Postgres and expiring with the owner's other keys.
+    """
+    return HAD_PREFIX + owner_tag(owner)
+
+
 def arrival(owner: str) -> str:
     """``arrival:{<owner>}`` string: the Unix time the oldest event not yet reflected in a served list arrived.
 
@@ -199,6 +214,7 @@ KEY_PATTERNS: dict[str, str] = {
     "aff:{<owner>}": "affinity",
     "cv:{<owner>}": "cache_version",
     "dis:{<owner>}": "dismissed",
+    "had:{<owner>}": "had",
     "arrival:{<owner>}": "arrival",
     "shown:{<owner>}": "shown",
     "cnt:<type>:<hour>": "item_counter",
