@@ -206,9 +206,7 @@ def online_snapshot(owners: list[str], item_pks: list[int]) -> dict[str, Any]:
         "history": {owner: selectors.recent_history(owner, limit=online.HISTORY_LENGTH) for owner in owners},
         "affinity": {owner: online.read_raw_affinity(owner) for owner in owners},
         "counters": online.read_item_counters(item_pks, hours=8 * 24, now=dt.datetime.now(dt.UTC).timestamp()),
-        "had": {
-            owner: dict(redis_client.get().zrange(keys.had(owner), 0, -1, withscores=True)) for owner in owners
-        },
+        "had": {owner: dict(redis_client.get().zrange(keys.had(owner), 0, -1, withscores=True)) for owner in owners},
     }
 
 
