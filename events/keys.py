@@ -187,11 +187,12 @@ A token, not a counter, so that a Redis that lost its data can never repeat a ve
 REBUILD_LOCK = "lock:{online}:rebuild"
 """``lock:{online}:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
 
-ONLINE_STATE_COMPLETE = "online:{online}:complete:v3"
-"""``online:{online}:complete:v3`` string: the Unix time the last ``rebuild_online_state`` finished.
+ONLINE_STATE_COMPLETE = "online:{online}:complete:v4"
+"""``online:{online}:complete:v4`` string: the Unix time the last ``rebuild_online_state`` finished.
 
 The suffix is the format of the online state: it moves when owners or keys change shape (v2: one owner namespace
-per principal kind; v3: keys carry Redis Cluster hash tags), so an install upgraded in place finds no marker, serves
+per principal kind; v3: keys carry Redis Cluster hash tags; v4: the had set, :func:`had`, which only a rebuild fills
+with what owners bought or rated before the upgrade), so an install upgraded in place finds no marker, serves
 from Postgres meanwhile and queues the rebuild that rewrites every owner's state in the new format (older markers are
 in :data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
 
@@ -200,7 +201,7 @@ a restart without its append-only file) has lost this key too, so serving then r
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
 
-LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2")
+LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2", "online:{online}:complete:v3")
 
 REBUILD_REQUESTED = "lock:{online}:rebuild-requested"
 """``lock:{online}:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
@@ -221,6 +222,6 @@ KEY_PATTERNS: dict[str, str] = {
     "feat:{items}:blob": "ITEM_FEATURES_BLOB",
     "feat:{items}:version": "ITEM_FEATURES_VERSION",
     "lock:{online}:rebuild": "REBUILD_LOCK",
-    "online:{online}:complete:v3": "ONLINE_STATE_COMPLETE",
+    "online:{online}:complete:v4": "ONLINE_STATE_COMPLETE",
     "lock:{online}:rebuild-requested": "REBUILD_REQUESTED",
 }

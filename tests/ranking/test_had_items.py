@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +200,29 @@ def test_the_offline_pipeline_keeps_what_the_online_had_set_keeps() -> None:
     """ranking.pipeline.offline imports no Django app, so it names the had set's types and bound itself."""
     assert pipeline_offline.HAD_TYPES == events_online.HAD_TYPES
     assert pipeline_offline.HAD_LENGTH == events_online.HAD_LENGTH
+
+
+@pytest.mark.django_db
+def test_an_install_upgraded_from_the_format_without_had_sets_serves_from_postgres_until_rebuilt(
+    api: APIClient, admin_api: APIClient
+) -> None:
+    _send_long_history(api, "hx-6")
+    # What an install of the previous format holds: its marker (v3), histories, no had sets.
+    client = redis_client.get()
+    client.delete(keys.ONLINE_STATE_COMPLETE, keys.had("hx-6"))
+    client.set("online:{online}:complete:v3", str(time.time()))
+    serving.clear_caches()
+
+    before = _recs(admin_api, customer_id="hx-6", count=40, debug="true")
+    assert before["degraded"] is True  # no marker of the new format: the Postgres path, had items included
+    assert before["debug"]["history_source"] == "postgres"
+    _assert_none_had(_ids(before))
+
+    online_state_rebuild()
+    serving.clear_caches()
+
+    assert not client.exists("online:{online}:complete:v3")
+    assert _had_pairs("hx-6") == EXPECTED_HAD
+    after = _recs(admin_api, customer_id="hx-6", count=40, debug="true")
+    assert after["degraded"] is False
+    _assert_none_had(_ids(after))
