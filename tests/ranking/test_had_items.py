@@ -189,6 +189,9 @@ def test_erasure_deletes_the_had_set(api: APIClient, admin_api: APIClient) -> No
     assert export.status_code == 200
     body = json.loads(b"".join(export.streaming_content))
     assert sum(row["type"] == "purchase" for row in body["interactions"]) == 150
+    assert {(row["item_id"], row["type"]) for row in body["online"]["had"]} == {
+        *((item, "purchase") for item in BOUGHT), *((item, "rating") for item in RATED),
+    }  # fmt: skip
 
     response = admin_api.delete("/v1/customers/hx-5")
 
