@@ -51,7 +51,7 @@ CLUSTER_TESTS := tests/cluster tests/events tests/experiments tests/kernel/test_
   tests/ranking/test_cache.py tests/ranking/test_serving.py tests/ranking/test_hot_swap.py \
   tests/ranking/test_ranking_services.py tests/ranking/test_ranking_artifacts.py tests/ranking/test_artifact_storage.py \
   tests/reliability/test_redis_flushed.py tests/reliability/test_hardening_state.py \
-  tests/ranking/test_not_interested_and_pages.py
+  tests/ranking/test_not_interested_and_pages.py tests/ranking/test_had_items.py
 
 # Fails on a known vulnerability. Dependencies the advisory feed could not answer for (or all of them, when
 # pypi.org cannot be reached) are named loudly and fail the target only with AUDIT_STRICT=1.

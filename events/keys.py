@@ -22,6 +22,7 @@ AFFINITY_PREFIX = "aff:"
 CACHE_VERSION_PREFIX = "cv:"
 COUNTER_PREFIX = "cnt:"
 DISMISSED_PREFIX = "dis:"
+HAD_PREFIX = "had:"
 ARRIVAL_PREFIX = "arrival:"
 SHOWN_PREFIX = "shown:"
 
@@ -34,7 +35,9 @@ PROBE_SESSION_ID = "freshness\tprobe"
 # Rebuildable from Postgres, so ``rebuild_online_state`` clears them (by SCAN on these prefixes) before rebuilding.
 # Cache versions and the item-features version are deliberately absent: resetting a version to an old value could
 # make a cache hit an entry written before the reset, so those are only ever moved forward.
-REBUILDABLE_PREFIXES: tuple[str, ...] = (HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX, DISMISSED_PREFIX)
+REBUILDABLE_PREFIXES: tuple[str, ...] = (
+    HISTORY_PREFIX, AFFINITY_PREFIX, COUNTER_PREFIX, DISMISSED_PREFIX, HAD_PREFIX,
+)  # fmt: skip
 
 
 def owner_for(*, customer_id: str, session_id: str) -> str:
@@ -128,6 +131,18 @@ def dismissed(owner: str) -> str:
     return DISMISSED_PREFIX + owner_tag(owner)
 
 
+def had(owner: str) -> str:
+    """``had:{<owner>}`` sorted set: what the owner already has, member ``<item_pk>:<type>`` for each item they
+    bought (``purchase``) or rated (``rating``), score the Unix time of the latest such event.
+
+    Serving leaves these items out of personal lists (``VariantConfig.exclude_purchased`` / ``exclude_rated``)
+    over the owner's whole history, not only the latest ``online.HISTORY_LENGTH`` events the history keeps: at most
+    ``online.HAD_LENGTH`` members (the newest). Written with the history (``ZADD GT``), moved by a session merge,
+    deleted by erasure, rebuilt from Postgres and expiring with the owner's other keys.
+    """
+    return HAD_PREFIX + owner_tag(owner)
+
+
 def arrival(owner: str) -> str:
     """``arrival:{<owner>}`` string: the Unix time the oldest event not yet reflected in a served list arrived.
 
@@ -172,11 +187,12 @@ A token, not a counter, so that a Redis that lost its data can never repeat a ve
 REBUILD_LOCK = "lock:{online}:rebuild"
 """``lock:{online}:rebuild``: held while ``rebuild_online_state`` runs, so two rebuilds never interleave."""
 
-ONLINE_STATE_COMPLETE = "online:{online}:complete:v3"
-"""``online:{online}:complete:v3`` string: the Unix time the last ``rebuild_online_state`` finished.
+ONLINE_STATE_COMPLETE = "online:{online}:complete:v4"
+"""``online:{online}:complete:v4`` string: the Unix time the last ``rebuild_online_state`` finished.
 
 The suffix is the format of the online state: it moves when owners or keys change shape (v2: one owner namespace
-per principal kind; v3: keys carry Redis Cluster hash tags), so an install upgraded in place finds no marker, serves
+per principal kind; v3: keys carry Redis Cluster hash tags; v4: the had set, :func:`had`, which only a rebuild fills
+with what owners bought or rated before the upgrade), so an install upgraded in place finds no marker, serves
 from Postgres meanwhile and queues the rebuild that rewrites every owner's state in the new format (older markers are
 in :data:`LEGACY_COMPLETE_MARKERS`, deleted by the rebuild).
 
@@ -185,7 +201,7 @@ a restart without its append-only file) has lost this key too, so serving then r
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
 
-LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2")
+LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2", "online:{online}:complete:v3")
 
 REBUILD_REQUESTED = "lock:{online}:rebuild-requested"
 """``lock:{online}:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
@@ -199,12 +215,13 @@ KEY_PATTERNS: dict[str, str] = {
     "aff:{<owner>}": "affinity",
     "cv:{<owner>}": "cache_version",
     "dis:{<owner>}": "dismissed",
+    "had:{<owner>}": "had",
     "arrival:{<owner>}": "arrival",
     "shown:{<owner>}": "shown",
     "cnt:<type>:<hour>": "item_counter",
     "feat:{items}:blob": "ITEM_FEATURES_BLOB",
     "feat:{items}:version": "ITEM_FEATURES_VERSION",
     "lock:{online}:rebuild": "REBUILD_LOCK",
-    "online:{online}:complete:v3": "ONLINE_STATE_COMPLETE",
+    "online:{online}:complete:v4": "ONLINE_STATE_COMPLETE",
     "lock:{online}:rebuild-requested": "REBUILD_REQUESTED",
 }

@@ -18,10 +18,22 @@ import numpy as np
 from redis.client import Pipeline
 
 from events import keys
-from events.features import COUNTED_NAMES, COUNTED_TYPES, DISMISS, decay_to, forward_decayed, interest_weight
+from events.features import (
+    COUNTED_NAMES,
+    COUNTED_TYPES,
+    DISMISS,
+    PURCHASE,
+    RATING,
+    decay_to,
+    forward_decayed,
+    interest_weight,
+)
 from kernel import redis_client
 
 HISTORY_LENGTH = 200
+# What an owner already has (keys.had): the event types kept and how many distinct (item, type) members, the newest.
+HAD_TYPES: tuple[int, ...] = (PURCHASE, RATING)
+HAD_LENGTH = 2000
 # An anonymous session nobody has touched for a month will not log in any more; its keys go.
 SESSION_TTL_SECONDS = 30 * 86_400
 # Every per-owner key expires (Redis runs without eviction for the state database, so keys must bound themselves):
@@ -67,6 +79,11 @@ def history_member(*, item_pk: int, type_: int, interaction_pk: int) -> str:
     return f"{item_pk}:{type_}:{interaction_pk}"
 
 
+def had_member(*, item_pk: int, type_: int) -> str:
+    # One member per (item, type): buying an item twice keeps one entry, scored with the latest time.
+    return f"{item_pk}:{type_}"
+
+
 def counter_expiry(hour: int) -> int:
     """Unix time at which the counter bucket of ``hour`` expires."""
     return (hour + 1) * HOUR + COUNTER_RETENTION_SECONDS
@@ -93,6 +110,7 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         return
     history: dict[str, dict[str, float]] = defaultdict(dict)
     dismissed: dict[str, dict[str, float]] = defaultdict(dict)
+    had: dict[str, dict[str, float]] = defaultdict(dict)
     affinity: dict[tuple[str, int], float] = defaultdict(float)
     counters: Counter[tuple[str, int, int]] = Counter()
     owners: dict[str, None] = {}
@@ -106,6 +124,9 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
             continue
         member = history_member(item_pk=event.item_pk, type_=event.type, interaction_pk=event.interaction_pk)
         history[event.owner][member] = event.ts
+        if event.type in HAD_TYPES:
+            owned = had_member(item_pk=event.item_pk, type_=event.type)
+            had[event.owner][owned] = max(event.ts, had[event.owner].get(owned, event.ts))
         if event.category_pk is not None:
             weight = interest_weight(event.type, event.value)
             affinity[(event.owner, event.category_pk)] += forward_decayed(weight, event.ts)
@@ -123,6 +144,10 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
     for owner, items in dismissed.items():
         # GT: a replayed older dismissal never moves an item's time back.
         pipe.zadd(keys.dismissed(owner), items, gt=True)
+    for owner, members in had.items():
+        # GT as for dismissals; the oldest members beyond HAD_LENGTH go.
+        pipe.zadd(keys.had(owner), members, gt=True)
+        pipe.zremrangebyrank(keys.had(owner), 0, -HAD_LENGTH - 1)
     for (owner, category_pk), weight in affinity.items():
         pipe.zincrby(keys.affinity(owner), weight, category_pk)
     buckets: dict[str, int] = {}
@@ -140,7 +165,7 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
 
 
 def merge_owner(*, source: str, target: str) -> None:
-    """Move ``source``'s history, affinities and dismissals into ``target`` and delete the source's.
+    """Move ``source``'s history, affinities, dismissals and had items into ``target`` and delete the source's.
 
     The two owners live in different hash slots (on a cluster, maybe on different nodes), so the move is three
     single-slot steps instead of one cross-slot MULTI: read the source's keys (one MULTI on its slot), add them to
@@ -150,16 +175,18 @@ def merge_owner(*, source: str, target: str) -> None:
     rebuild restores it): a login is the moment the session stops receiving events, so the window is empty in
     practice. Idempotent: a second call finds nothing left under ``source``. Both cache versions are bumped.
     """
-    source_history, source_affinity, source_dismissed = (
+    source_history, source_affinity, source_dismissed, source_had = (
         keys.history(source),
         keys.affinity(source),
         keys.dismissed(source),
+        keys.had(source),
     )
     read = redis_client.atomic(source_history)
     read.zrange(source_history, 0, -1, withscores=True)
     read.zrange(source_affinity, 0, -1, withscores=True)
     read.zrange(source_dismissed, 0, -1, withscores=True)
-    history, affinity, dismissed = read.execute()
+    read.zrange(source_had, 0, -1, withscores=True)
+    history, affinity, dismissed, had = read.execute()
 
     target_history, target_affinity = keys.history(target), keys.affinity(target)
     pipe = redis_client.atomic(target_history)
@@ -170,13 +197,16 @@ def merge_owner(*, source: str, target: str) -> None:
         pipe.zincrby(target_affinity, score, category)
     if dismissed:  # the latest dismissal of an item found under both owners
         pipe.zadd(keys.dismissed(target), dict(dismissed), gt=True)
+    if had:  # the latest time of an item bought (or rated) under both owners
+        pipe.zadd(keys.had(target), dict(had), gt=True)
+        pipe.zremrangebyrank(keys.had(target), 0, -HAD_LENGTH - 1)
     pipe.incr(keys.cache_version(target))
     # Without it the version, bumped here, would outlive its owner forever.
     _expire_owner(pipe, target)
     pipe.execute()
 
     pipe = redis_client.atomic(source_history)
-    pipe.unlink(source_history, source_affinity, source_dismissed)
+    pipe.unlink(source_history, source_affinity, source_dismissed, source_had)
     pipe.incr(keys.cache_version(source))
     _expire_owner(pipe, source)
     pipe.execute()
@@ -184,7 +214,9 @@ def merge_owner(*, source: str, target: str) -> None:
 
 def _expire_owner(pipe: Pipeline, owner: str) -> None:
     ttl = owner_ttl_seconds(owner)
-    for key in (keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.cache_version(owner)):
+    for key in (
+        keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.had(owner), keys.cache_version(owner),
+    ):  # fmt: skip
         pipe.expire(key, ttl)
 
 
@@ -205,6 +237,18 @@ def write_dismissed(dismissed: Mapping[str, Mapping[int, float]]) -> None:
     for owner, items in dismissed.items():
         key = keys.dismissed(owner)
         pipe.zadd(key, {str(pk): ts for pk, ts in items.items()}, gt=True)
+        pipe.expire(key, owner_ttl_seconds(owner))
+    pipe.execute()
+
+
+def write_had(had: Mapping[str, Mapping[str, float]]) -> None:
+    """Rebuild: add to each owner's had items (members as from :func:`had_member`, scores = Unix time of the
+    latest such event), trimmed to the newest ``HAD_LENGTH``."""
+    pipe = redis_client.get().pipeline(transaction=False)
+    for owner, members in had.items():
+        key = keys.had(owner)
+        pipe.zadd(key, dict(members), gt=True)
+        pipe.zremrangebyrank(key, 0, -HAD_LENGTH - 1)
         pipe.expire(key, owner_ttl_seconds(owner))
     pipe.execute()
 
@@ -242,8 +286,8 @@ def bump_cache_versions(owners: Iterable[str]) -> None:
 
 
 def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
-    """Erasure: delete the owner's history and affinities and make every list cached for them unreachable, in one
-    MULTI (the owner's keys share its hash tag). Returns how many keys were deleted.
+    """Erasure: delete the owner's history, affinities, dismissed and had items and make every list cached for them
+    unreachable, in one MULTI (the owner's keys share its hash tag). Returns how many keys were deleted.
 
     The cache version is bumped, not deleted: a deleted one would restart at 0 and could meet a list cached under
     that number before. It expires after ``version_ttl_seconds`` (chosen longer than any cached list lives), so no
@@ -251,8 +295,9 @@ def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
     """
     pipe = redis_client.atomic(keys.history(owner))
     pipe.unlink(
-        keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.arrival(owner), keys.shown(owner)
-    )
+        keys.history(owner), keys.affinity(owner), keys.dismissed(owner), keys.had(owner), keys.arrival(owner),
+        keys.shown(owner),
+    )  # fmt: skip
     pipe.incr(keys.cache_version(owner))
     pipe.expire(keys.cache_version(owner), version_ttl_seconds)
     deleted, _, _ = pipe.execute()
@@ -260,7 +305,8 @@ def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
 
 
 def clear_rebuildable(*, batch: int = 1000) -> int:
-    """Delete every history, affinity and counter key (SCAN by prefix, never FLUSHDB); return how many."""
+    """Delete every rebuildable key (``keys.REBUILDABLE_PREFIXES``: SCAN by prefix, never FLUSHDB); return how
+    many."""
     client = redis_client.get()
     deleted = 0
     for prefix in keys.REBUILDABLE_PREFIXES:
@@ -361,14 +407,15 @@ def parse_affinity(rows: list[tuple[bytes, float]], *, now: float | None = None)
 
 
 def queue_owner_reads(pipe: Pipeline, owner: str, *, limit: int) -> None:
-    """Queue what ``read_history``, ``read_affinity`` and ``read_dismissed`` read on a caller's pipeline, whether
-    the online state is complete and the owner's pending event arrival (five replies, in that order), so they share
-    one round trip with the caller's own commands."""
+    """Queue what ``read_history``, ``read_affinity``, ``read_dismissed`` and ``read_had`` read on a caller's
+    pipeline, whether the online state is complete and the owner's pending event arrival (six replies: history,
+    affinity, complete, dismissed, arrival, had), so they share one round trip with the caller's own commands."""
     pipe.zrevrange(keys.history(owner), 0, limit - 1, withscores=True)
     pipe.zrange(keys.affinity(owner), 0, -1, withscores=True)
     pipe.exists(keys.ONLINE_STATE_COMPLETE)
     pipe.zrange(keys.dismissed(owner), 0, -1, withscores=True)
     pipe.get(keys.arrival(owner))
+    pipe.zrange(keys.had(owner), 0, -1)
 
 
 def parse_dismissed(rows: Sequence[tuple[bytes, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -384,6 +431,21 @@ def parse_dismissed(rows: Sequence[tuple[bytes, float]]) -> tuple[np.ndarray, np
 def read_dismissed(owner: str) -> tuple[np.ndarray, np.ndarray]:
     """The owner's dismissed items (pks, times), in pk order."""
     return parse_dismissed(redis_client.get().zrange(keys.dismissed(owner), 0, -1, withscores=True))
+
+
+def parse_had(members: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Had items as (item pks, event types), one row per member: the members' digits parsed by numpy in one pass
+    (a customer with thousands of purchases costs one split, not a loop)."""
+    if not members:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    # Members are "<item pk>:<type>" (had_member): two integers each.
+    fields = np.array(b":".join(members).split(b":"), dtype=np.int64).reshape(len(members), 2)
+    return fields[:, 0].copy(), fields[:, 1].copy()
+
+
+def read_had(owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's had items (pks, types), oldest first."""
+    return parse_had(redis_client.get().zrange(keys.had(owner), 0, -1))
 
 
 # Delete the arrival only if it is still the one observed: an event that arrived meanwhile keeps its own time.

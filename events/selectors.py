@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.db import connection
+from django.db.models import Max
 from redis.client import Pipeline
 
 from events import keys, online
@@ -76,6 +77,28 @@ def dismissed_from_db(owner: str) -> tuple[np.ndarray, np.ndarray]:
     return pks, np.array([latest[pk] for pk in pks.tolist()], np.float64)
 
 
+def had_from_db(owner: str, *, limit: int = online.HAD_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's had items from Postgres (item pks, types): the distinct (item, type) pairs of their purchases and
+    ratings, the newest ``limit`` (as ``keys.had`` keeps them). What serving leaves out when the online state
+    cannot be read."""
+    interactions = Interaction.objects.filter(type__in=online.HAD_TYPES)
+    customer_id, session_id = keys.parse_owner(owner)
+    if not customer_id:
+        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
+    else:
+        interactions = interactions.filter(customer__external_id=customer_id)
+    rows = list(
+        interactions.values("item_id", "type")  # GROUP BY item, type
+        .annotate(latest=Max("occurred_at"))
+        .order_by("-latest", "item_id", "type")
+        .values_list("item_id", "type")[:limit]
+    )
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    pairs = np.array(rows, np.int64)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
 def dismissed(owner: str) -> tuple[np.ndarray, np.ndarray]:
     """The owner's dismissed items (pks in order, times): from Redis, from Postgres when Redis is unavailable."""
     try:
@@ -107,9 +130,12 @@ class OwnerState:
     dismissed_ts: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     # The raw arrival time of the oldest event no served list has reflected yet (events.keys.arrival), or None.
     arrival: bytes | None = None
+    # What the owner already has (events.keys.had): item pks and the event type (purchase, rating), one per pair.
+    had_pks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    had_types: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
-OWNER_STATE_REPLIES = 5
+OWNER_STATE_REPLIES = 6
 
 
 def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None:
@@ -120,8 +146,9 @@ def owner_state_queue(pipe: Pipeline, owner: str, *, history_limit: int) -> None
 
 
 def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
-    history_rows, affinity_rows, complete, dismissed_rows, arrival = replies
+    history_rows, affinity_rows, complete, dismissed_rows, arrival, had_members = replies
     dismissed_pks, dismissed_ts = online.parse_dismissed(dismissed_rows)
+    had_pks, had_types = online.parse_had(had_members)
     return OwnerState(
         HistoryColumns(*online.parse_history_columns(history_rows)),
         online.parse_affinity(affinity_rows),
@@ -129,6 +156,8 @@ def owner_state_parse(replies: Sequence[Any]) -> OwnerState:
         dismissed_pks,
         dismissed_ts,
         arrival,
+        had_pks,
+        had_types,
     )
 
 

@@ -194,7 +194,8 @@ def _online_state(owner: str) -> dict[str, Any]:
     history = online.read_history(owner, limit=online.HISTORY_LENGTH)
     affinity = online.read_affinity(owner)
     dismissed_pks, dismissed_ts = online.read_dismissed(owner)
-    item_ids = _item_ids([*(row.item_pk for row in history), *dismissed_pks.tolist()])
+    had_pks, had_types = online.read_had(owner)
+    item_ids = _item_ids([*(row.item_pk for row in history), *dismissed_pks.tolist(), *had_pks.tolist()])
     categories = dict(Category.objects.filter(pk__in=list(affinity)).values_list("pk", "external_id"))
     return {
         "history": [
@@ -209,6 +210,11 @@ def _online_state(owner: str) -> dict[str, Any]:
         "dismissed": [
             {"item_id": item_ids.get(pk, str(pk)), "dismissed_at": datetime.fromtimestamp(ts, UTC)}
             for pk, ts in zip(dismissed_pks.tolist(), dismissed_ts.tolist(), strict=True)
+        ],
+        # Items bought or rated over the whole history (events.keys.had): left out of personal lists.
+        "had": [
+            {"item_id": item_ids.get(pk, str(pk)), "type": Interaction.Type(type_).label}
+            for pk, type_ in zip(had_pks.tolist(), had_types.tolist(), strict=True)
         ],
         "category_affinity": {
             categories.get(pk, str(pk)): round(weight, 6) for pk, weight in affinity.items() if math.isfinite(weight)

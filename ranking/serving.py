@@ -647,6 +647,7 @@ def _serve(
     state.history, state.affinity = shared.history, shared.affinity
     state.context_item_pk, state.context_category_pk = shared.context_item_pk, shared.context_category_pk
     state.dismissed_pks, state.dismissed_ts = shared.read.dismissed_pks, shared.read.dismissed_ts
+    state.had_pks, state.had_types = shared.read.had_pks, shared.read.had_types
     state.user_vector = shared.user_vector
     with trace.stage("retrieval"):
         pin_rules = (
@@ -707,6 +708,7 @@ def _serve(
     if request.debug:
         value["debug"] = _debug(state, trace, history_source, variant)
         value["debug"]["dismissed"] = int(state.dismissed_pks.size)
+        value["debug"]["had"] = int(state.had_pks.size)
     return value
 
 

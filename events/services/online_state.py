@@ -65,6 +65,7 @@ class RebuildSummary:
     history_entries: int = 0
     affinity_pairs: int = 0
     dismissed_items: int = 0
+    had_items: int = 0
     counter_cells: int = 0
     items_folded: int = 0
     seconds: float = 0.0
@@ -76,6 +77,7 @@ class RebuildSummary:
             ("history entries", self.history_entries),
             ("affinity pairs", self.affinity_pairs),
             ("dismissed items", self.dismissed_items),
+            ("had items (bought, rated)", self.had_items),
             ("counter cells", self.counter_cells),
             ("items folded", self.items_folded),
         ]
@@ -96,9 +98,11 @@ def online_state_rebuild(
 
     Clears our rebuildable keys (SCAN by prefix), then streams from one REPEATABLE READ snapshot: each owner's
     latest ``history_length`` events, every owner's category affinities, the hourly item counters of the last
-    eight days; bumps every owner's cache version and folds the item features. Idempotent; one at a time (a Redis
-    lock). Events ingested while it runs may be counted twice in counters and affinities until the next rebuild;
-    histories are exact (re-adding an event is a no-op). ``on_progress(stage, rows)`` reports rows as they stream.
+    eight days, every owner's had items (the newest ``online.HAD_LENGTH`` distinct items bought or rated, over
+    their whole history); bumps every owner's cache version and folds the item features. Idempotent; one at a time
+    (a Redis lock). Events ingested while it runs may be counted twice in counters and affinities until the next
+    rebuild; histories are exact (re-adding an event is a no-op). ``on_progress(stage, rows)`` reports rows as they
+    stream.
     """
     started = time.perf_counter()
     lock = redis_client.get().lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_SECONDS, blocking=False)
@@ -117,6 +121,7 @@ def online_state_rebuild(
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             owners = _rebuild_histories(summary, history_length, progress)
             owners |= _rebuild_dismissed(summary, progress)
+            owners |= _rebuild_had(summary, progress)
             _rebuild_affinities(summary, progress)
             _rebuild_counters(summary, progress)
         owner_list = sorted(owners)
@@ -212,6 +217,39 @@ def _rebuild_dismissed(summary: RebuildSummary, progress: Callable[[str, int], N
             owners.update(dismissed)
             summary.dismissed_items += len(rows)
             progress("dismissed", len(rows))
+    return owners
+
+
+def _rebuild_had(summary: RebuildSummary, progress: Callable[[str, int], None]) -> set[str]:
+    """Every owner's had items: the distinct (item, type) pairs of their purchases and ratings with the latest time
+    of each, the newest ``online.HAD_LENGTH`` per owner, as ingestion keeps them."""
+    owners: set[str] = set()
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT owner, item_id, type, ts
+               FROM (
+                   SELECT owner, item_id, type, ts,
+                          row_number() OVER (PARTITION BY owner ORDER BY ts DESC, item_id, type) AS rank
+                   FROM (
+                       SELECT {keys.owner_sql("c.external_id", "i.session_id")} AS owner, i.item_id, i.type,
+                              max(extract(epoch FROM i.occurred_at))::float8 AS ts
+                       FROM events_interaction i
+                       LEFT JOIN catalog_customer c ON c.id = i.customer_id
+                       WHERE i.type = ANY(%s::smallint[])
+                       GROUP BY 1, 2, 3
+                   ) pairs
+               ) ranked
+               WHERE rank <= %s""",
+            [list(online.HAD_TYPES), online.HAD_LENGTH],
+        )
+        while rows := cursor.fetchmany(_REBUILD_CHUNK):
+            had: dict[str, dict[str, float]] = defaultdict(dict)
+            for owner, item_pk, type_, ts in rows:
+                had[owner][online.had_member(item_pk=item_pk, type_=type_)] = ts
+            online.write_had(had)
+            owners.update(had)
+            summary.had_items += len(rows)
+            progress("had", len(rows))
     return owners
 
 

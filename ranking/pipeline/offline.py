@@ -4,6 +4,8 @@ run through the same stages serving runs (``ranking.pipeline.stages``). Pure: no
 Where serving reads Redis or Postgres, this module passes the equivalent built from the training log:
 
 * history: the user's latest ``HISTORY_LIMIT`` training events, newest first (the online state's list);
+* had items: the distinct (item, type) pairs of ALL the user's training purchases and ratings, the newest
+  ``HAD_LENGTH`` (the online state's had set), so "already had" reaches past the history;
 * category affinities: every training event's interest weight decayed to the reference time (what the online
   state accumulates event by event);
 * item attributes: category, price and listing time from the item table; an item is available when it was listed
@@ -54,6 +56,10 @@ from ranking.training import TrainedSources
 
 VIEW, CLICK = sources.VIEW, sources.CLICK
 TOP_LIST = 1000  # serving's popular/trending lists are this long (ranking.pipeline.online)
+# What the online state's had set (events.keys.had) keeps: these event types, the newest HAD_LENGTH (item, type)
+# pairs (events.online.HAD_TYPES / HAD_LENGTH; a test keeps them equal, this module imports no Django app).
+HAD_TYPES: tuple[int, ...] = (sources.PURCHASE, sources.RATING)
+HAD_LENGTH = 2000
 
 
 class TrainedModel:
@@ -192,22 +198,38 @@ def offline_inputs(split: Split, items: ItemTable, model: TrainedModel) -> Offli
 def user_state(
     model: TrainedModel, inputs: OfflineInputs, user_index: int, *, mode: str = PIPELINE, count: int = 10
 ) -> RequestState:
-    """A user's request state at the reference time: their latest events newest first and their affinities."""
+    """A user's request state at the reference time: their latest events newest first, their affinities and what
+    they already had (every training purchase and rating)."""
     where = inputs.events.of(int(user_index))
     ev_items, ev_types = inputs.events.item[where], inputs.events.type[where].astype(np.int64)
     ev_values, ev_ts = inputs.events.value[where], inputs.events.ts[where]
     latest = slice(0, HISTORY_LIMIT)
     history = History(model.item_ids[ev_items[latest]].astype(np.int64), ev_types[latest], ev_ts[latest])
     affinity = category_affinity(inputs.category[ev_items], ev_types, ev_values, ev_ts, inputs.reference_ts)
+    had_items, had_types = _had(ev_items, ev_types)
     return RequestState(
         surface="home",
         count=count,
         now=inputs.reference_ts,
         mode=mode,
         history=history,
+        had_pks=model.item_ids[had_items].astype(np.int64),
+        had_types=had_types,
         affinity=affinity,
         retrieval=RetrievalParams.of(model.p),
     )
+
+
+def _had(ev_items: IntArray, ev_types: IntArray) -> tuple[IntArray, IntArray]:
+    """The distinct (item, type) pairs of a user's purchases and ratings (events newest first), the newest
+    ``HAD_LENGTH``: what the online had set holds (model item indices, types)."""
+    owned = np.isin(ev_types, HAD_TYPES)
+    if not owned.any():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    items, types = ev_items[owned], ev_types[owned]
+    _, first = np.unique(items * 256 + types, return_index=True)
+    newest = np.sort(first)[:HAD_LENGTH]  # each pair at its latest event, newest pairs first
+    return items[newest].astype(np.int64), types[newest]
 
 
 def _attributes(model: TrainedModel, inputs: OfflineInputs, pks: IntArray) -> ItemAttributes:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,8 @@ def load_history(owner: str, *, from_db: bool = False) -> History:
 class OwnerRead:
     """What serving read of the request's owners: history merged over them (newest first), category affinities,
     where it came from ("redis", "postgres" (degraded) or "none" without an owner), their dismissed items (pks
-    ascending, times) and the arrival times of events no list has reflected yet (owner -> raw value)."""
+    ascending, times), the arrival times of events no list has reflected yet (owner -> raw value) and what they
+    already have (items bought or rated over their whole history: pks and the type of each, events.keys.had)."""
 
     history: History
     affinity: dict[int, float]
@@ -231,6 +232,17 @@ class OwnerRead:
     dismissed_pks: npt.NDArray[np.int64]
     dismissed_ts: npt.NDArray[np.float64]
     arrivals: dict[str, bytes]
+    had_pks: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    had_types: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+def _merged_had(
+    parts: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Several owners' had items as one (a pair found under both owners twice: harmless, the stage unions them)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _merged_dismissed(
@@ -251,6 +263,7 @@ def _from_replies(owners: Sequence[str], replies: Sequence[Any]) -> OwnerRead:
     histories: list[History] = []
     affinity: dict[int, float] = {}
     dismissed = []
+    had = []
     arrivals: dict[str, bytes] = {}
     size = event_selectors.OWNER_STATE_REPLIES
     for n, owner in enumerate(owners):
@@ -261,18 +274,21 @@ def _from_replies(owners: Sequence[str], replies: Sequence[Any]) -> OwnerRead:
         for category, weight in state.affinity.items():
             affinity[category] = affinity.get(category, 0.0) + weight
         dismissed.append((state.dismissed_pks, state.dismissed_ts))
+        had.append((state.had_pks, state.had_types))
         if state.arrival is not None:
             arrivals[owner] = state.arrival
     history = histories[0] if len(histories) == 1 else History.merged(histories, HISTORY_LIMIT)
     pks, ts = _merged_dismissed(dismissed)
-    return OwnerRead(history, affinity, "redis", pks, ts, arrivals)
+    had_pks, had_types = _merged_had(had)
+    return OwnerRead(history, affinity, "redis", pks, ts, arrivals, had_pks, had_types)
 
 
 def _from_db(owners: Sequence[str]) -> OwnerRead:
     histories = [load_history(owner, from_db=True) for owner in owners]
     history = histories[0] if len(histories) == 1 else History.merged(histories, HISTORY_LIMIT)
     pks, ts = _merged_dismissed([event_selectors.dismissed_from_db(owner) for owner in owners])
-    return OwnerRead(history, {}, "postgres", pks, ts, {})
+    had_pks, had_types = _merged_had([event_selectors.had_from_db(owner) for owner in owners])
+    return OwnerRead(history, {}, "postgres", pks, ts, {}, had_pks, had_types)
 
 
 def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool) -> OwnerRead:
@@ -280,8 +296,8 @@ def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_o
 
     One path for every caller: the replies the cache's miss round trip prefetched, or (a debug request, a failed
     prefetch) the same reads in one round trip here. An online state Redis no longer marks complete (flushed,
-    restarted empty) or Redis down: the history and dismissals from Postgres, no affinities, degraded; a lost state
-    also asks (once, whoever asks first) for the rebuild that restores it."""
+    restarted empty) or Redis down: the history, dismissals and had items from Postgres, no affinities, degraded; a
+    lost state also asks (once, whoever asks first) for the rebuild that restores it."""
     if not owners:
         empty = np.empty(0, np.int64)
         return OwnerRead(History.empty(), {}, "none", empty, np.empty(0, np.float64), {})

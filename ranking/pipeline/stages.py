@@ -70,9 +70,15 @@ def with_context(state: RequestState) -> None:
 
 
 def had_items(state: RequestState, config: VariantConfig) -> IntArray:
-    """What the owner already has and the config leaves out of personal lists: purchases and/or rated items."""
+    """What the owner already has and the config leaves out of personal lists: purchases and/or rated items, from the
+    history and from the had set (the whole history's, beyond the latest ``HISTORY_LIMIT`` events)."""
     types = [t for t, on in ((PURCHASE, config.exclude_purchased), (RATING, config.exclude_rated)) if on]
-    return state.history.of_types(*types) if types else np.empty(0, np.int64)
+    if not types:
+        return np.empty(0, np.int64)
+    recent = state.history.of_types(*types)
+    if not state.had_pks.size:
+        return recent
+    return np.union1d(recent, state.had_pks[np.isin(state.had_types, types)])
 
 
 # --- user vector --------------------------------------------------------------------------------------------------

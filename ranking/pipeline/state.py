@@ -255,6 +255,10 @@ class RequestState:
     # "Not interested": the owner's dismissed items (pks ascending) and when each was dismissed (Unix time).
     dismissed_pks: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     dismissed_ts: FloatArray = field(default_factory=lambda: np.empty(0, np.float64))
+    # What the owner already has over their whole history, not only the latest HISTORY_LIMIT events: items bought or
+    # rated (pks, and the event type of each pair; events.keys.had online, the training log offline).
+    had_pks: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    had_types: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     affinity: Mapping[int, float] = field(default_factory=dict)
     context_item_pk: int | None = None
     context_category_pk: int | None = None

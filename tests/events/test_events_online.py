@@ -87,8 +87,12 @@ def test_the_owner_state_read_in_one_round_trip_holds_the_same_history(
     assert state.history.ts.tolist() == [row.ts for row in rows]
     assert state.history.item_pk.dtype == np.int64
     assert state.complete
-    empty = selectors.owner_state_parse([[], [], 1, [], None]).history
+    assert state.had_pks.tolist() == [catalog["I3"].pk]
+    assert state.had_types.tolist() == [PURCHASE]
+    empty_state = selectors.owner_state_parse([[], [], 1, [], None, []])
+    empty = empty_state.history
     assert (empty.item_pk.size, empty.type.size, empty.ts.size) == (0, 0, 0)
+    assert (empty_state.had_pks.size, empty_state.had_types.size) == (0, 0)
 
 
 def test_late_event_lands_in_time_order(api: APIClient, catalog: dict[str, Item]) -> None:
@@ -202,6 +206,7 @@ def online_snapshot(owners: list[str], item_pks: list[int]) -> dict[str, Any]:
         "history": {owner: selectors.recent_history(owner, limit=online.HISTORY_LENGTH) for owner in owners},
         "affinity": {owner: online.read_raw_affinity(owner) for owner in owners},
         "counters": online.read_item_counters(item_pks, hours=8 * 24, now=dt.datetime.now(dt.UTC).timestamp()),
+        "had": {owner: dict(redis_client.get().zrange(keys.had(owner), 0, -1, withscores=True)) for owner in owners},
     }
 
 
@@ -214,6 +219,10 @@ def assert_same_state(before: dict[str, Any], after: dict[str, Any]) -> None:
             # Summed in a different order (per request vs in SQL): equal to rounding.
             assert after["affinity"][owner][category] == pytest.approx(score, rel=1e-9)
     assert np.array_equal(after["counters"], before["counters"])
+    assert after["had"].keys() == before["had"].keys()
+    for owner, members in before["had"].items():
+        assert after["had"][owner].keys() == members.keys(), owner
+        assert list(after["had"][owner].values()) == pytest.approx(list(members.values()), abs=1e-6)
 
 
 def test_duplicates_do_not_double_count_online_state(api: APIClient, catalog: dict[str, Item]) -> None:
@@ -262,10 +271,16 @@ def test_rebuild_after_redis_loss_restores_the_same_state(api: APIClient, catalo
     assert all(len(before["history"][owner]) == online.HISTORY_LENGTH for owner in owners if owner != "s:S0")
     assert before["history"]["s:S0"] == []
 
+    # Bought and rated items outlive the history: each customer had more than HISTORY_LENGTH events, and the had
+    # set keeps every item they bought or rated (one member per item and type), the session's moved to C0.
+    assert all(before["had"][owner] for owner in owners if owner != "s:S0")
+    assert before["had"]["s:S0"] == {}
+
     redis_client.get().flushdb()
     summary = services.online_state_rebuild()
 
     assert_same_state(before, online_snapshot(owners, pks))
+    assert summary.had_items == sum(len(members) for members in before["had"].values())
     assert summary.owners == 6  # S0 belongs to C0 now
     assert all(selectors.cache_version(owner) >= 1 for owner in owners if owner != "s:S0")
     assert selectors.item_online_features() is not None
@@ -287,6 +302,57 @@ def test_rebuild_is_idempotent_and_clears_only_its_own_keys(api: APIClient, cata
     assert client.exists(keys.history("ghost")) == 0
     assert client.get("throttle:key:1:1") == b"5"
     assert selectors.cache_version("C1") == version + 2  # only ever moved forward
+
+
+def test_the_had_set_keeps_every_item_bought_or_rated_beyond_the_history(
+    api: APIClient, catalog: dict[str, Item]
+) -> None:
+    # Early: I1 bought twice and rated, I2 rated; then 250 views push all of them out of the 200-entry history.
+    send(
+        api, ev("p1", "I1", "purchase", 2000), ev("p2", "I1", "purchase", 1990),
+        ev("r1", "I1", "rating", 1980, value=4), ev("r2", "I2", "rating", 1970, value=5),
+    )  # fmt: skip
+    send(api, *(ev(f"v{n}", ("I3", "I4")[n % 2], minutes_ago=1000 - n) for n in range(250)))
+    history = online.read_history("C1", limit=online.HISTORY_LENGTH)
+    assert len(history) == online.HISTORY_LENGTH
+    assert {row.type for row in history} == {VIEW}
+
+    members = dict(redis_client.get().zrange(keys.had("C1"), 0, -1, withscores=True))
+    i1, i2 = catalog["I1"].pk, catalog["I2"].pk
+    # One member per (item, type), scored with the latest such event (ZADD GT keeps the later purchase).
+    assert members == {
+        f"{i1}:{PURCHASE}".encode(): ts(1990), f"{i1}:{RATING}".encode(): ts(1980), f"{i2}:{RATING}".encode(): ts(1970),
+    }  # fmt: skip
+    pks, types = online.read_had("C1")
+    assert sorted(zip(pks.tolist(), types.tolist(), strict=True)) == [(i1, PURCHASE), (i1, RATING), (i2, RATING)]
+    # The same from Postgres (serving's degraded path), newest first.
+    db_pks, db_types = selectors.had_from_db("C1")
+    assert list(zip(db_pks.tolist(), db_types.tolist(), strict=True)) == [(i2, RATING), (i1, RATING), (i1, PURCHASE)]
+    assert redis_client.get().ttl(keys.had("C1")) > 0  # bounded like the owner's other keys
+
+
+def test_the_had_set_is_trimmed_to_the_newest_members(
+    api: APIClient, catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(online, "HAD_LENGTH", 2)
+    send(api, *(ev(f"p{n}", item, "purchase", 100 - n) for n, item in enumerate(["I1", "I2", "I3", "I4"])))
+    pks, _ = online.read_had("C1")
+    assert sorted(pks.tolist()) == sorted([catalog["I3"].pk, catalog["I4"].pk])
+    db_pks, _ = selectors.had_from_db("C1", limit=2)
+    assert db_pks.tolist() == [catalog["I4"].pk, catalog["I3"].pk]
+
+
+def test_a_merge_moves_the_sessions_had_items_and_erasure_deletes_them(
+    api: APIClient, catalog: dict[str, Item]
+) -> None:
+    send(api, ev("s1", "I2", "purchase", 50, session_id="S9", customer_id=...), ev("c1", "I1", "purchase", 40))
+    assert api.post("/v1/sessions/S9/merge", {"customer_id": "C1"}, format="json").status_code == 200
+    pks, _ = online.read_had("C1")
+    assert sorted(pks.tolist()) == sorted([catalog["I1"].pk, catalog["I2"].pk])
+    assert redis_client.get().exists(keys.had("s:S9")) == 0
+
+    online.forget_owner("C1", version_ttl_seconds=60)
+    assert redis_client.get().exists(keys.had("C1")) == 0
 
 
 def test_rebuild_refuses_to_run_twice_at_once(catalog: dict[str, Item]) -> None:

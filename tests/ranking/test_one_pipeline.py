@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from catalog.models import Customer, Item
 from events import keys
+from events import online as events_online
+from events.models import Interaction
 from events.services import online_state_rebuild
 from experiments.services import assignment_cache_clear
 from kernel import redis_client
@@ -201,3 +204,45 @@ def test_serving_uses_the_versions_retrieval_parameters(served: dict, admin_api:
     assert newest_only == offline
     changed = [c for c in customers if newest_only[c] != default[c]]
     assert changed, "one anchor instead of the whole (4-item) history must change some lists"
+
+
+@pytest.mark.django_db
+def test_an_old_purchase_beyond_the_latest_200_events_is_left_out_online_and_offline(
+    served: dict, admin_api: APIClient
+) -> None:
+    """A history longer than the 200 events the online state keeps: the customer's purchases (the world's four, all
+    before day 78) are followed by 210 views of the other items of their cluster. The purchases are in neither
+    history any more; the had set (online) and every training purchase (offline) still leave them out, and the two
+    lists stay the same."""
+    observer = served["observers"][0][0]
+    bought = set(
+        Interaction.objects.filter(customer=observer, type=Interaction.Type.PURCHASE).values_list(
+            "item__external_id", flat=True
+        )
+    )
+    others = [item for item in served["old"][0] if item.external_id not in bought]
+    start = timezone.now() - dt.timedelta(days=30)
+    Interaction.objects.bulk_create(
+        Interaction(
+            event_id=f"long-{n}", customer=observer, item=others[n % len(others)], type=Interaction.Type.VIEW,
+            session_id="long", occurred_at=start + dt.timedelta(hours=2 * n),
+        )
+        for n in range(210)
+    )  # fmt: skip
+    online_state_rebuild()
+    _fresh()
+    history = events_online.read_history(observer.external_id, limit=events_online.HISTORY_LENGTH)
+    assert len(history) == 200
+    assert {row.type for row in history} == {Interaction.Type.VIEW}
+
+    offline = _offline_lists([observer.external_id], "pipeline")[observer.external_id]
+    body = _api_list(admin_api, observer.external_id, debug="true")
+    served_ids = [item["item_id"] for item in body["items"]]
+
+    assert served_ids == offline
+    assert len(served_ids) == 10
+    assert not bought & set(served_ids)
+    assert body["debug"]["history_length"] == 200
+    assert body["debug"]["had"] == len(bought)
+    # They were candidates (neighbours of the viewed items), left out by the re-ranker's exclusions: the had set's.
+    assert body["debug"]["dropped"]["excluded"] == len(bought)
