@@ -105,13 +105,13 @@ class TrainParams:
     validation_max_users: int = 5_000
     # The window validates only when it holds at least this many users with a new item and this share of the
     # users with validation_min_history+ events; else each user's own last validation_tail_fraction of events
-    # (ranking.tuning.validation_plan), plus validation_random_fraction of their other items at random when set (a
-    # shop whose lists are judged on the whole history's taste as much as on what comes next; 0: what comes next).
+    # plus validation_random_fraction of their other items at random (ranking.tuning.validation_plan): what they did
+    # next and what else from their whole history a list should find, both asked of a "for you" list.
     validation_min_users: int = 50
     validation_min_share: float = 1 / 3
     validation_min_history: int = 3
     validation_tail_fraction: float = 0.2
-    validation_random_fraction: float = 0.0
+    validation_random_fraction: float = 0.1
     # Tuning (ranking.tuning): seconds the Optuna search may take (0: keep these values), and its trial cap.
     tune_budget_seconds: float = 60.0
     tune_max_trials: int = 200

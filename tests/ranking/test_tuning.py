@@ -112,6 +112,9 @@ def test_protocol_choice_fits_the_data() -> None:
     assert plan.protocol == tuning.USER_TAIL
     assert "fewer than" in plan.reason
     assert "last 20%" in plan.reason
+    assert "with 10% of their other items at random" in plan.reason
+    assert split is not None
+    assert split.info["random_fraction"] == 0.1
     assert split is not None
     assert split.protocol == "user_tail"
     assert split.n_test_users == plan.eligible_users == 200
