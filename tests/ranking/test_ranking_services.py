@@ -409,7 +409,7 @@ def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_regi
     html = page.content.decode()
     assert "Validation protocol: user_tail" in html
     assert f"Serves: {version.parameters['serve']}" in html
-    phases = ("decay", "retrieval", "sources")
+    phases = ("decay", "retrieval", "blend", "sources")
     assert sum(html.count(f"<td>{phase}</td>") for phase in phases) == search["n_trials"]
     listing = admin_client.get("/admin/ranking/modelversion/")
     assert version.parameters["serve"] in listing.content.decode()
