@@ -7,8 +7,10 @@ key compute once (single-flight: a thread lock within the process, a short Redis
 
 Round trips, because they are most of a cached request's cost: a lookup reads the owner's version and the L2
 entry in one pipeline (a hit costs that one round trip); a miss takes the cross-process lock in a second one,
-together with whatever the computation will need from Redis (``prefetch``); storing the value and releasing the
-lock is the third. Redis trouble degrades to computing every time, never to an error.
+together with whatever the computation will need from Redis (``prefetch``). Storing the value and releasing the
+lock are off the request path: the value is in L1 at once, and a background thread of the process writes what
+misses queued to Redis in one pipeline as soon as it runs (under load, several stores per round trip); ``flush``
+waits for it. Redis trouble degrades to computing every time, never to an error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +30,7 @@ from prometheus_client import Counter
 from redis.client import Pipeline
 
 from kernel import redis_client
+from kernel.background import Nudged
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,10 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+# Every list cache of this process, so erasure can flush their pending stores (owner_entries_delete).
+_instances: weakref.WeakSet[ListCache] = weakref.WeakSet()
+
+
 class ListCache:
     def __init__(self, *, ttl_seconds: float = 60.0, l1_size: int = 20_000, jitter: float = 0.1) -> None:
         self.ttl = ttl_seconds
@@ -54,6 +62,12 @@ class ListCache:
         self._l1_lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
+        # Stores queued by misses, written by the writer thread: (key, L2 entry, TTL seconds, lock key or None).
+        self._stores: list[tuple[str, bytes, int, str | None]] = []
+        self._stores_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one write at a time; flush() waits for one in flight
+        self._writer = Nudged("list-cache-writer", self.flush)
+        _instances.add(self)
 
     def _jittered(self) -> float:
         return self.ttl * random.uniform(1 - self.jitter, 1 + self.jitter)
@@ -167,15 +181,29 @@ class ListCache:
                 self._release(lock_key)
             raise
         encoded = _dumps(value)  # once, for both tiers
-        try:
-            pipe = client.pipeline(transaction=False)
-            pipe.set(key, self._entry(encoded, version), ex=max(1, round(self._jittered())))
-            if won:
-                pipe.delete(lock_key)
-            pipe.execute()
-        except redis.RedisError:
-            logger.warning("recommendation_cache_unavailable", exc_info=True)
+        entry = (key, self._entry(encoded, version), max(1, round(self._jittered())), lock_key if won else None)
+        with self._stores_lock:
+            self._stores.append(entry)
+        self._writer.nudge()
         return value, "miss", encoded
+
+    def flush(self) -> None:
+        """Write the stores misses queued (and release their locks) in one pipeline; returns once every store queued
+        before the call is in Redis (or failed: logged, the entry is simply not shared)."""
+        with self._flush_lock:
+            with self._stores_lock:
+                stores, self._stores = self._stores, []
+            if not stores:
+                return
+            try:
+                pipe = redis_client.get().pipeline(transaction=False)
+                for key, entry, ttl, lock_key in stores:
+                    pipe.set(key, entry, ex=ttl)
+                    if lock_key is not None:
+                        pipe.delete(lock_key)
+                pipe.execute()
+            except redis.RedisError:
+                logger.warning("recommendation_cache_unavailable", exc_info=True, extra={"stores": len(stores)})
 
     @staticmethod
     def _entry(encoded: bytes, version: int | str) -> bytes:
@@ -210,8 +238,11 @@ class ListCache:
         return self._decode(raw, version)
 
     def clear_local(self) -> None:
+        """Forget L1 and the stores not written yet (waiting for a write in flight, so none lands afterwards)."""
         with self._l1_lock:
             self._l1.clear()
+        with self._flush_lock, self._stores_lock:
+            self._stores.clear()
 
 
 # --- Key forms, for erasure -------------------------------------------------------------------------------------
@@ -243,6 +274,8 @@ def owner_entries_delete(owner: str) -> int:
     """Delete every cached list of ``owner`` in every key form (SCAN, UNLINK in batches); returns how many. Callers
     also bump the owner's cache version, which makes every form unreachable at once, in every process's L1 too
     (this deletion frees the memory and leaves nothing naming the owner). Raises ``redis.RedisError``."""
+    for cache in list(_instances):  # a list this process computed and has not stored yet must not land afterwards
+        cache.flush()
     client = redis_client.get()
     found: set[bytes] = set()
     for pattern in owner_entry_patterns(owner):
