@@ -24,6 +24,8 @@ from ranking.serializers import (
     PageSerializer,
     RecommendationListSerializer,
     RecommendationQuerySerializer,
+    count_query,
+    recommendation_query,
 )
 
 FORCE_VARIANT_HEADER = "X-Experiment-Variant"
@@ -52,9 +54,7 @@ class RecommendationListApi(APIView):
         responses=RecommendationListSerializer,
     )  # fmt: skip
     def get(self, request: Request) -> Response:
-        query = RecommendationQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        data = query.validated_data
+        data = recommendation_query(request.query_params)
         forced = request.headers.get(FORCE_VARIANT_HEADER) or None
         if (data["debug"] or forced) and not request_has_scope(request, ApiKey.Scope.ADMIN):
             raise PermissionDenied("debug=true and forced variants need an API key with the 'admin' scope.")
@@ -79,10 +79,9 @@ class _ItemAnchoredListApi(APIView):
         raise NotImplementedError
 
     def get(self, request: Request, item_id: str) -> Response:
-        query = CountQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
+        count = count_query(request.query_params)
         try:
-            result = self.make_list(item_id=check_id(item_id, "item_id"), count=query.validated_data["count"])
+            result = self.make_list(item_id=check_id(item_id, "item_id"), count=count)
         except serving.UnknownItem:
             raise NotFound(f"No item with id {item_id!r}.") from None
         return Response(_list_body(result))
@@ -110,11 +109,8 @@ class BecauseYouViewedApi(APIView):
     @extend_schema(summary="Lists grouped by recently viewed or bought items", parameters=[CountQuerySerializer],
                    responses=AnchorGroupsSerializer)  # fmt: skip
     def get(self, request: Request, customer_id: str) -> Response:
-        query = CountQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        result = serving.because_you_viewed(
-            customer_id=check_id(customer_id, "customer_id"), count=query.validated_data["count"]
-        )
+        count = count_query(request.query_params)
+        result = serving.because_you_viewed(customer_id=check_id(customer_id, "customer_id"), count=count)
         return Response(asdict(result))
 
 
