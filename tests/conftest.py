@@ -19,10 +19,11 @@ from ranking import serving
 def _clean_redis() -> None:
     """Every test starts with an empty online store (the tests' own Redis database, never the demo's), complete as
     far as serving knows (tests of a lost online state delete the marker)."""
-    # First this process's unsent counts, impressions and list stores, so nothing of the previous test reaches this one's store.
+    # First this process's unsent counts, impressions and list stores, so nothing of the previous test reaches this
+    # one's store.
     impressions_buffer_clear()
     throttling.pause_clear()
-    serving.CACHE.clear_local()  # and the lists it has not stored yet (ranking.cache writes them in the background)
+    serving.CACHE.clear_local()  # its L1 and the lists it has not stored yet (written in the background)
     redis_client.get().flushdb()
     online.mark_complete(now=time.time())
     auth.clear_cache()
