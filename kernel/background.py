@@ -47,38 +47,3 @@ class Periodic:
             self.work()
         except Exception:  # the loop must outlive anything one run can raise
             logger.exception("background_work_failed", extra={"loop": self.name})
-
-
-class Nudged:
-    """Runs ``work`` in a daemon thread of this process soon after each ``nudge()``: whatever was queued meanwhile is
-    handled by one run, so a burst of nudges costs one run, and under load the work batches itself. Started on the
-    first nudge in each process (after gunicorn's fork), and run once more at interpreter exit."""
-
-    def __init__(self, name: str, work: Callable[[], None]) -> None:
-        self.name = name
-        self.work = work
-        self._pid = 0
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        atexit.register(self._run_once)
-
-    def nudge(self) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._pid = os.getpid()
-                    self._wake = threading.Event()  # a fresh one: the parent's may be set, and no thread waits on it
-                    threading.Thread(target=self._loop, args=(self._wake,), name=self.name, daemon=True).start()
-        self._wake.set()
-
-    def _loop(self, wake: threading.Event) -> None:
-        while True:
-            wake.wait()
-            wake.clear()
-            self._run_once()
-
-    def _run_once(self) -> None:
-        try:
-            self.work()
-        except Exception:  # the loop must outlive anything one run can raise
-            logger.exception("background_work_failed", extra={"loop": self.name})

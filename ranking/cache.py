@@ -8,9 +8,10 @@ key compute once (single-flight: a thread lock within the process, a short Redis
 Round trips, because they are most of a cached request's cost: a lookup reads the owner's version and the L2
 entry in one pipeline (a hit costs that one round trip); a miss takes the cross-process lock in a second one,
 together with whatever the computation will need from Redis (``prefetch``). Storing the value and releasing the
-lock are off the request path: the value is in L1 at once, and a background thread of the process writes what
-misses queued to Redis in one pipeline as soon as it runs (under load, several stores per round trip); ``flush``
-waits for it. Redis trouble degrades to computing every time, never to an error.
+lock is the third, and within a web request it is off the client's clock: the value is in L1 at once, and the
+store waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is
+written), where every store the request queued goes in one pipeline. Outside a request (tasks, commands) a miss
+stores at once. Redis trouble degrades to computing every time, never to an error.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import Any
 import orjson
 import redis
 from cachetools import TLRUCache
+from django.core.signals import request_finished, request_started
 from prometheus_client import Counter
 from redis.client import Pipeline
 
 from kernel import redis_client
-from kernel.background import Nudged
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,26 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-# Every list cache of this process, so erasure can flush their pending stores (owner_entries_delete).
+# Every list cache of this process, whose queued stores the end of a request writes.
 _instances: weakref.WeakSet[ListCache] = weakref.WeakSet()
+_request = threading.local()  # .active: this thread is serving a web request
+
+
+def _request_began(**_: Any) -> None:
+    _request.active = True
+
+
+def _request_ended(**_: Any) -> None:
+    """Store what the request's misses computed, once the response is written (gunicorn sends the signal after the
+    last byte; the test client before returning)."""
+    _request.active = False
+    for cache in list(_instances):
+        if cache._stores:
+            cache.flush()
+
+
+request_started.connect(_request_began, dispatch_uid="ranking.cache.request_began")
+request_finished.connect(_request_ended, dispatch_uid="ranking.cache.request_ended")
 
 
 class ListCache:
@@ -62,11 +81,9 @@ class ListCache:
         self._l1_lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
-        # Stores queued by misses, written by the writer thread: (key, L2 entry, TTL seconds, lock key or None).
+        # Stores queued by misses within a request, written when it ends: (key, L2 entry, TTL seconds, lock key).
         self._stores: list[tuple[str, bytes, int, str | None]] = []
         self._stores_lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # one write at a time; flush() waits for one in flight
-        self._writer = Nudged("list-cache-writer", self.flush)
         _instances.add(self)
 
     def _jittered(self) -> float:
@@ -184,26 +201,26 @@ class ListCache:
         entry = (key, self._entry(encoded, version), max(1, round(self._jittered())), lock_key if won else None)
         with self._stores_lock:
             self._stores.append(entry)
-        self._writer.nudge()
+        if not getattr(_request, "active", False):
+            self.flush()
         return value, "miss", encoded
 
     def flush(self) -> None:
-        """Write the stores misses queued (and release their locks) in one pipeline; returns once every store queued
-        before the call is in Redis (or failed: logged, the entry is simply not shared)."""
-        with self._flush_lock:
-            with self._stores_lock:
-                stores, self._stores = self._stores, []
-            if not stores:
-                return
-            try:
-                pipe = redis_client.get().pipeline(transaction=False)
-                for key, entry, ttl, lock_key in stores:
-                    pipe.set(key, entry, ex=ttl)
-                    if lock_key is not None:
-                        pipe.delete(lock_key)
-                pipe.execute()
-            except redis.RedisError:
-                logger.warning("recommendation_cache_unavailable", exc_info=True, extra={"stores": len(stores)})
+        """Write the queued stores (and release their locks) in one pipeline; a failure is logged, and the entry is
+        simply not shared."""
+        with self._stores_lock:
+            stores, self._stores = self._stores, []
+        if not stores:
+            return
+        try:
+            pipe = redis_client.get().pipeline(transaction=False)
+            for key, entry, ttl, lock_key in stores:
+                pipe.set(key, entry, ex=ttl)
+                if lock_key is not None:
+                    pipe.delete(lock_key)
+            pipe.execute()
+        except redis.RedisError:
+            logger.warning("recommendation_cache_unavailable", exc_info=True, extra={"stores": len(stores)})
 
     @staticmethod
     def _entry(encoded: bytes, version: int | str) -> bytes:
@@ -238,11 +255,8 @@ class ListCache:
         return self._decode(raw, version)
 
     def clear_local(self) -> None:
-        """Forget L1 and the stores not written yet (waiting for a write in flight, so none lands afterwards)."""
         with self._l1_lock:
             self._l1.clear()
-        with self._flush_lock, self._stores_lock:
-            self._stores.clear()
 
 
 # --- Key forms, for erasure -------------------------------------------------------------------------------------
@@ -274,7 +288,7 @@ def owner_entries_delete(owner: str) -> int:
     """Delete every cached list of ``owner`` in every key form (SCAN, UNLINK in batches); returns how many. Callers
     also bump the owner's cache version, which makes every form unreachable at once, in every process's L1 too
     (this deletion frees the memory and leaves nothing naming the owner). Raises ``redis.RedisError``."""
-    for cache in list(_instances):  # a list this process computed and has not stored yet must not land afterwards
+    for cache in list(_instances):  # a list this request computed and has not stored yet must not land afterwards
         cache.flush()
     client = redis_client.get()
     found: set[bytes] = set()

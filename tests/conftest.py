@@ -12,18 +12,15 @@ from events import online
 from experiments.services import assignment_cache_clear, impressions_buffer_clear
 from kernel import auth, redis_client, throttling
 from kernel.api_keys import api_key_create
-from ranking import serving
 
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> None:
     """Every test starts with an empty online store (the tests' own Redis database, never the demo's), complete as
     far as serving knows (tests of a lost online state delete the marker)."""
-    # First this process's unsent counts, impressions and list stores, so nothing of the previous test reaches this
-    # one's store.
+    # First this process's unsent counts and impressions, so nothing of the previous test reaches this one's store.
     impressions_buffer_clear()
     throttling.pause_clear()
-    serving.CACHE.clear_local()  # its L1 and the lists it has not stored yet (written in the background)
     redis_client.get().flushdb()
     online.mark_complete(now=time.time())
     auth.clear_cache()

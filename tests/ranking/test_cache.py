@@ -1,5 +1,5 @@
 """The two-tier list cache: hits per tier, single-flight under a stampede, TTL, Redis shared across processes,
-owner versions, reads prefetched in the miss round trip, the store written off the request path."""
+owner versions, reads prefetched in the miss round trip, the store written once the request has answered."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.core.signals import request_finished, request_started
 
 from kernel import redis_client
 from ranking.cache import ListCache, owner_entries_delete
@@ -18,7 +19,6 @@ def test_miss_then_l1_then_l2_from_another_process() -> None:
     value, tier = first.get_or_compute("rec:a", lambda _: calls.append(1) or {"items": [1, 2]})
     assert (value, tier) == ({"items": [1, 2]}, "miss")
     assert first.get_or_compute("rec:a", lambda _: {"items": []}) == ({"items": [1, 2]}, "l1")
-    first.flush()  # the store, off the request path: what the process's writer thread does as soon as it runs
     # A second process has an empty L1 but shares Redis.
     second = ListCache(ttl_seconds=30)
     assert second.get_or_compute("rec:a", lambda _: {"items": []}) == ({"items": [1, 2]}, "l2")
@@ -87,11 +87,9 @@ def test_a_bumped_owner_version_misses_in_both_tiers() -> None:
     client.set("cv:test-owner", 3)
     first, second = ListCache(ttl_seconds=30), ListCache(ttl_seconds=30)
     assert first.get_or_compute("rec:v", lambda _: {"at": 3}, version_key="cv:test-owner") == ({"at": 3}, "miss")
-    first.flush()
     assert second.get_or_compute("rec:v", lambda _: {"at": 0}, version_key="cv:test-owner") == ({"at": 3}, "l2")
     client.incr("cv:test-owner")  # an event for the owner
     assert first.get_or_compute("rec:v", lambda _: {"at": 4}, version_key="cv:test-owner") == ({"at": 4}, "miss")
-    first.flush()
     assert second.get_or_compute("rec:v", lambda _: {"at": 0}, version_key="cv:test-owner") == ({"at": 4}, "l2")
 
 
@@ -111,7 +109,6 @@ def test_prefetched_reads_reach_the_computation_only_on_a_miss() -> None:
     assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "miss")
     assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "l1")
     assert seen == [[b"hello"]]
-    cache.flush()  # what the process's writer thread does as soon as it runs
     assert client.get("lock:rec:p#0") is None  # the single-flight lock was released with the store
 
 
@@ -123,23 +120,30 @@ def test_an_l2_entry_that_is_not_ours_is_a_miss() -> None:
     assert cache.get_or_compute("rec:old-format", lambda _: {"ok": 2}) == ({"ok": 2}, "miss")
 
 
-def test_the_store_and_the_unlock_happen_off_the_request_path_without_a_flush() -> None:
+@pytest.mark.django_db  # the request signals' other receivers tend the database connection
+def test_within_a_request_the_store_and_the_unlock_wait_for_its_end() -> None:
     client = redis_client.get()
-    ListCache(ttl_seconds=30).get_or_compute("rec:bg", lambda _: {"n": 1})
-    deadline = time.monotonic() + 2
-    while client.get("rec:bg") is None and time.monotonic() < deadline:
-        time.sleep(0.005)  # the writer thread, nudged by the miss
-    assert ListCache(ttl_seconds=30).get_or_compute("rec:bg", lambda _: {"n": 2}) == ({"n": 1}, "l2")
-    assert client.get("lock:rec:bg#0") is None
-
-
-def test_erasing_an_owners_lists_first_writes_what_this_process_has_not_stored_yet(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
     cache = ListCache(ttl_seconds=30)
-    monkeypatch.setattr(cache._writer, "nudge", lambda: None)  # the writer thread has not run yet
-    cache.get_or_compute("rec:home:erased-owner:10", lambda _: {"n": 1})
-    assert redis_client.get().get("rec:home:erased-owner:10") is None  # still pending
-    assert owner_entries_delete("erased-owner") == 1  # written first, then deleted with the rest
-    cache.flush()
+    request_started.send(sender=None)
+    try:
+        assert cache.get_or_compute("rec:req", lambda _: {"n": 1}) == ({"n": 1}, "miss")
+        assert cache.get_or_compute("rec:req", lambda _: {"n": 2}) == ({"n": 1}, "l1")  # in L1 at once
+        assert client.get("rec:req") is None  # not yet in Redis: the client is not kept waiting for it
+        assert client.get("lock:rec:req#0") is not None
+    finally:
+        request_finished.send(sender=None)  # gunicorn sends it once the response is written
+    assert ListCache(ttl_seconds=30).get_or_compute("rec:req", lambda _: {"n": 3}) == ({"n": 1}, "l2")
+    assert client.get("lock:rec:req#0") is None
+
+
+@pytest.mark.django_db
+def test_erasing_an_owners_lists_first_writes_what_the_request_has_not_stored_yet() -> None:
+    cache = ListCache(ttl_seconds=30)
+    request_started.send(sender=None)
+    try:
+        cache.get_or_compute("rec:home:erased-owner:10", lambda _: {"n": 1})
+        assert redis_client.get().get("rec:home:erased-owner:10") is None  # still queued
+        assert owner_entries_delete("erased-owner") == 1  # written first, then deleted with the rest
+    finally:
+        request_finished.send(sender=None)
     assert not list(redis_client.get().scan_iter(match="rec:*erased-owner*"))
