@@ -226,6 +226,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["drf_orjson_renderer.renderers.ORJSONRenderer"],
     # JSONParser with DATA_UPLOAD_MAX_MEMORY_SIZE applied (DRF reads past it) and lone surrogates refused.
     "DEFAULT_PARSER_CLASSES": ["kernel.parsers.BoundedJSONParser"],
+    # DRF's negotiation with a fast path for "Accept: */*" and "application/json" (issue 18).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "kernel.negotiation.FastContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "kernel.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
