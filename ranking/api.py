@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -39,6 +40,16 @@ def _list_body(result: serving.RecommendationList) -> dict:
     return body
 
 
+def _json(request: Request, body: dict) -> HttpResponse | Response:
+    """``Response(body)``, rendered at once by the negotiated renderer when it is plain JSON (the everyday case):
+    the same bytes and content type without DRF's response machinery, a measurable share of a cached list's time.
+    Anything else negotiated (e.g. ``application/json; indent=4``) goes through DRF as usual."""
+    renderer, media_type = request.accepted_renderer, request.accepted_media_type
+    if media_type == renderer.media_type == "application/json" and renderer.charset is None:
+        return HttpResponse(renderer.render(body, media_type), content_type=media_type)
+    return Response(body)
+
+
 class RecommendationListApi(APIView):
     required_scope = ApiKey.Scope.RECOMMEND
 
@@ -66,7 +77,7 @@ class RecommendationListApi(APIView):
                 debug=data["debug"], forced_variant=forced, exclude_request_ids=tuple(data["exclude_request_ids"]),
             )
         )  # fmt: skip
-        return Response(_list_body(result))
+        return _json(request, _list_body(result))
 
 
 class _ItemAnchoredListApi(APIView):
@@ -84,7 +95,7 @@ class _ItemAnchoredListApi(APIView):
             result = self.make_list(item_id=check_id(item_id, "item_id"), count=count)
         except serving.UnknownItem:
             raise NotFound(f"No item with id {item_id!r}.") from None
-        return Response(_list_body(result))
+        return _json(request, _list_body(result))
 
 
 @extend_schema(summary="Items similar to this one", parameters=[CountQuerySerializer],
