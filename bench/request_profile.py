@@ -34,7 +34,9 @@ LAYERS: list[tuple[str, str | None, tuple[tuple[str, str], ...]]] = [
     ("authentication (API key)", "view dispatch (DRF)", (("kernel/auth.py", "authenticate"),)),
     ("scope check", "view dispatch (DRF)", (("kernel/auth.py", "has_permission"),)),
     ("throttling", "view dispatch (DRF)", (("kernel/throttling.py", "allow_request"),)),
-    ("content negotiation", "view dispatch (DRF)", (("kernel/negotiation.py", "select_renderer"),)),
+    # The first read of the query string, which parses it, happens here.
+    ("content negotiation (and the query string's parsing)", "view dispatch (DRF)",
+     (("kernel/negotiation.py", "select_renderer"),)),
     ("query validation", "view dispatch (DRF)", (("ranking/serializers.py", "recommendation_query"),)),
     ("recommend (serving)", "view dispatch (DRF)", (("ranking/serving.py", "recommend"),)),
     ("experiment assignment", "recommend (serving)", (("experiments/services/assignment.py", "assign"),)),
@@ -45,8 +47,10 @@ LAYERS: list[tuple[str, str | None, tuple[tuple[str, str], ...]]] = [
     ("pipeline (traced stages)", "list cache (lookup, lock + owner-state round trips)",
      (("ranking/serving.py", "_shared_work"), ("ranking/serving.py", "_serve"))),
     ("impression logging", "recommend (serving)", (("experiments/services/impressions.py", "impression_log"),)),
-    ("response serialisation", "middleware + URL routing + Django",
+    ("response serialisation (DRF Response)", "middleware + URL routing + Django",
      (("rest_framework/response.py", "rendered_content"),)),
+    # Plain JSON lists are rendered in the view itself (ranking/api.py, _json).
+    ("response serialisation (in the view)", "view dispatch (DRF)", (("ranking/api.py", "_json"),)),
     # Over HTTP this runs after gunicorn has written the response (ranking/cache.py): off the client's clock.
     ("list cache store (at the request's end)", "whole request (test client's WSGI handler)",
      (("ranking/cache.py", "_request_ended"),)),
