@@ -2,9 +2,9 @@
 
 Sessions, CSRF, the logged-in user, messages, framing and login lockouts serve the admin and the storefront pages.
 The JSON API authenticates every request by its API key and uses none of them, yet running them cost every API
-request about a tenth of a cached list's time (issue 18). :class:`BrowserMiddleware` stands in MIDDLEWARE for the
-list ``BROWSER_MIDDLEWARE``: it runs that chain, hooks included, for every path except those under
-``API_PATH_PREFIXES``, which go straight on. Middleware every response needs (security headers, metrics) stays in
+request about 0.04 ms, some 7% of a cached list's time in process (issue 18). :class:`BrowserMiddleware` stands
+in MIDDLEWARE for the list ``BROWSER_MIDDLEWARE``: it runs that chain, hooks included, for every path except those
+under ``API_PATH_PREFIXES``, which go straight on. Middleware every response needs (security headers, metrics) stays in
 MIDDLEWARE itself.
 """
 

@@ -54,8 +54,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 # What the admin and the storefront pages need and the API key-authenticated JSON API does not: run for every path
-# but the API's, in this order, as if listed in MIDDLEWARE in BrowserMiddleware's place (issue 18: on a cached list
-# they cost about a tenth of the request).
+# but the API's, in this order, as if listed in MIDDLEWARE in BrowserMiddleware's place (issue 18: about 0.04 ms of
+# every API request, some 7% of a cached list's time in process).
 BROWSER_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
