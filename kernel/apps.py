@@ -8,3 +8,6 @@ from django.apps import AppConfig
 class KernelConfig(AppConfig):
     name = "kernel"
     verbose_name = "API access"
+
+    def ready(self) -> None:
+        from kernel import middleware  # noqa: F401 - registers its system check

@@ -17,6 +17,19 @@ from collections.abc import Callable
 logger = logging.getLogger(__name__)
 
 
+# Which process this is, as a count of forks: a loop compares it with the one it started in, which costs no system
+# call (os.getpid() did, on every request that queued work).
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Periodic:
     """Runs ``work`` every ``interval`` seconds in a daemon thread of this process, from the first ``ensure()``."""
 
@@ -24,17 +37,17 @@ class Periodic:
         self.name = name
         self.interval = interval
         self.work = work
-        self._pid = 0
+        self._started_in = -1  # the value of _forks when this process's thread started
         self._lock = threading.Lock()
         atexit.register(self._run_once)
 
     def ensure(self) -> None:
-        if self._pid == os.getpid():
+        if self._started_in == _forks:
             return
         with self._lock:
-            if self._pid == os.getpid():
+            if self._started_in == _forks:
                 return
-            self._pid = os.getpid()
+            self._started_in = _forks
         threading.Thread(target=self._loop, name=self.name, daemon=True).start()
 
     def _loop(self) -> None:

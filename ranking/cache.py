@@ -7,8 +7,11 @@ key compute once (single-flight: a thread lock within the process, a short Redis
 
 Round trips, because they are most of a cached request's cost: a lookup reads the owner's version and the L2
 entry in one pipeline (a hit costs that one round trip); a miss takes the cross-process lock in a second one,
-together with whatever the computation will need from Redis (``prefetch``); storing the value and releasing the
-lock is the third. Redis trouble degrades to computing every time, never to an error.
+together with whatever the computation will need from Redis (``prefetch``). Storing the value and releasing the
+lock is the third, and within a web request it is off the client's clock: the value is in L1 at once, and the
+store waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is
+written), where every store the request queued goes in one pipeline. Outside a request (tasks, commands) a miss
+stores at once. Redis trouble degrades to computing every time, never to an error.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 import redis
 from cachetools import TLRUCache
+from django.core.signals import request_finished, request_started
 from prometheus_client import Counter
 from redis.client import Pipeline
 
@@ -46,6 +51,28 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+# Every list cache of this process, whose queued stores the end of a request writes.
+_instances: weakref.WeakSet[ListCache] = weakref.WeakSet()
+_request = threading.local()  # .active: this thread is serving a web request
+
+
+def _request_began(**_: Any) -> None:
+    _request.active = True
+
+
+def _request_ended(**_: Any) -> None:
+    """Store what the request's misses computed, once the response is written (gunicorn sends the signal after the
+    last byte; the test client before returning)."""
+    _request.active = False
+    for cache in list(_instances):
+        if cache._stores:
+            cache.flush()
+
+
+request_started.connect(_request_began, dispatch_uid="ranking.cache.request_began")
+request_finished.connect(_request_ended, dispatch_uid="ranking.cache.request_ended")
+
+
 class ListCache:
     def __init__(self, *, ttl_seconds: float = 60.0, l1_size: int = 20_000, jitter: float = 0.1) -> None:
         self.ttl = ttl_seconds
@@ -54,6 +81,10 @@ class ListCache:
         self._l1_lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
+        # Stores queued by misses within a request, written when it ends: (key, L2 entry, TTL seconds, lock key).
+        self._stores: list[tuple[str, bytes, int, str | None]] = []
+        self._stores_lock = threading.Lock()
+        _instances.add(self)
 
     def _jittered(self) -> float:
         return self.ttl * random.uniform(1 - self.jitter, 1 + self.jitter)
@@ -167,15 +198,29 @@ class ListCache:
                 self._release(lock_key)
             raise
         encoded = _dumps(value)  # once, for both tiers
+        entry = (key, self._entry(encoded, version), max(1, round(self._jittered())), lock_key if won else None)
+        with self._stores_lock:
+            self._stores.append(entry)
+        if not getattr(_request, "active", False):
+            self.flush()
+        return value, "miss", encoded
+
+    def flush(self) -> None:
+        """Write the queued stores (and release their locks) in one pipeline; a failure is logged, and the entry is
+        simply not shared."""
+        with self._stores_lock:
+            stores, self._stores = self._stores, []
+        if not stores:
+            return
         try:
-            pipe = client.pipeline(transaction=False)
-            pipe.set(key, self._entry(encoded, version), ex=max(1, round(self._jittered())))
-            if won:
-                pipe.delete(lock_key)
+            pipe = redis_client.get().pipeline(transaction=False)
+            for key, entry, ttl, lock_key in stores:
+                pipe.set(key, entry, ex=ttl)
+                if lock_key is not None:
+                    pipe.delete(lock_key)
             pipe.execute()
         except redis.RedisError:
-            logger.warning("recommendation_cache_unavailable", exc_info=True)
-        return value, "miss", encoded
+            logger.warning("recommendation_cache_unavailable", exc_info=True, extra={"stores": len(stores)})
 
     @staticmethod
     def _entry(encoded: bytes, version: int | str) -> bytes:
@@ -243,6 +288,8 @@ def owner_entries_delete(owner: str) -> int:
     """Delete every cached list of ``owner`` in every key form (SCAN, UNLINK in batches); returns how many. Callers
     also bump the owner's cache version, which makes every form unreachable at once, in every process's L1 too
     (this deletion frees the memory and leaves nothing naming the owner). Raises ``redis.RedisError``."""
+    for cache in list(_instances):  # a list this request computed and has not stored yet must not land afterwards
+        cache.flush()
     client = redis_client.get()
     found: set[bytes] = set()
     for pattern in owner_entry_patterns(owner):

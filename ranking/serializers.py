@@ -1,5 +1,16 @@
-"""Recommendation API input validation and output shapes."""
+"""Recommendation API input validation and output shapes.
 
+The query strings of the hot endpoints (a list, the item-anchored lists) are validated by :func:`recommendation_query`
+and :func:`count_query`: a plain-Python check accepts the everyday query and returns exactly what the serializer
+would; anything it does not recognise as plainly valid goes through the serializer, which answers it (the same
+values, or the same field-named 400). The serializers stay the one definition of the rules and the API schema;
+tests/ranking/test_query_parsing.py checks the two agree on generated queries.
+"""
+
+import re
+from typing import Any
+
+from django.http import QueryDict
 from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
@@ -50,12 +61,16 @@ class RecommendationQuerySerializer(CountQuerySerializer):
         return optional_id(value)
 
     def validate_exclude(self, value: str) -> list[str]:
-        ids = [part.strip() for part in value.split(",") if part.strip()]
-        if len(ids) > MAX_EXCLUDE:
-            raise serializers.ValidationError(f"At most {MAX_EXCLUDE} item ids.")
-        if any(len(item) > EXTERNAL_ID_MAX for item in ids):
-            raise serializers.ValidationError(f"An item id is longer than {EXTERNAL_ID_MAX} characters.")
-        return ids
+        return _exclude_ids(value)
+
+
+def _exclude_ids(value: str) -> list[str]:
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if len(ids) > MAX_EXCLUDE:
+        raise serializers.ValidationError(f"At most {MAX_EXCLUDE} item ids.")
+    if any(len(item) > EXTERNAL_ID_MAX for item in ids):
+        raise serializers.ValidationError(f"An item id is longer than {EXTERNAL_ID_MAX} characters.")
+    return ids
 
 
 def _request_ids(values: list[str]) -> list[str]:
@@ -66,6 +81,86 @@ def _request_ids(values: list[str]) -> list[str]:
         if len(request_id) > 64 or not request_id.isprintable():
             raise serializers.ValidationError(f"Not a request id: {request_id[:70]!r}.")
     return ids
+
+
+# --- The hot path's query strings ----------------------------------------------------------------------------------
+# Building and running a DRF serializer costs more than a cached list's own work; these checks accept only what is
+# plainly valid (ASCII digits, slugs, printable ids without surrounding whitespace, known booleans) and leave every
+# other case, valid or not, to the serializer.
+
+_COUNT = re.compile(r"[0-9]{1,3}")
+_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,32}")  # SlugField(max_length=32)
+_TRUE = frozenset(v for v in serializers.BooleanField.TRUE_VALUES if isinstance(v, str))
+_FALSE = frozenset(v for v in serializers.BooleanField.FALSE_VALUES if isinstance(v, str))
+_TEXT_FIELDS = ("customer_id", "session_id", "category", "context_item_id", "context_category")
+
+
+def _plain_text(value: str, max_length: int | None = EXTERNAL_ID_MAX) -> bool:
+    """A CharField value the serializer takes as it is: printable (no NUL, no surrogate), nothing to trim, short
+    enough; for the id fields that is also everything ``optional_id`` asks."""
+    return (max_length is None or len(value) <= max_length) and value.isprintable() and value == value.strip()
+
+
+def _fast_count(params: QueryDict) -> int | None:
+    value = params.get("count", "")
+    if value == "":
+        return 10
+    if _COUNT.fullmatch(value) and 1 <= int(value) <= MAX_COUNT:
+        return int(value)
+    return None
+
+
+def _fast_recommendation_query(params: QueryDict) -> dict[str, Any] | None:
+    count = _fast_count(params)
+    if count is None:
+        return None
+    data: dict[str, Any] = {"count": count}
+    for name in _TEXT_FIELDS:
+        value = params.get(name, "")
+        if not _plain_text(value):
+            return None
+        data[name] = value
+    surface = params.get("surface", "")
+    if surface and not _SLUG.fullmatch(surface):
+        return None
+    data["surface"] = surface or "home"
+    debug = params.get("debug", "")
+    if debug in _TRUE:
+        data["debug"] = True
+    elif debug == "" or debug in _FALSE:
+        data["debug"] = False
+    else:
+        return None
+    exclude, request_ids = params.get("exclude", ""), params.get("exclude_request_ids", "")
+    if not (_plain_text(exclude, None) and _plain_text(request_ids, None)):
+        return None
+    try:
+        data["exclude"] = _exclude_ids(exclude)
+        data["exclude_request_ids"] = _request_ids(request_ids.split(","))
+    except serializers.ValidationError:
+        return None
+    return data
+
+
+def recommendation_query(params: QueryDict) -> dict[str, Any]:
+    """The validated query of a personalised list (``RecommendationQuerySerializer``'s ``validated_data``); raises
+    its ``ValidationError`` (a 400 naming each field) when invalid."""
+    data = _fast_recommendation_query(params)
+    if data is not None:
+        return data
+    query = RecommendationQuerySerializer(data=params)
+    query.is_valid(raise_exception=True)
+    return dict(query.validated_data)
+
+
+def count_query(params: QueryDict) -> int:
+    """The validated ``count`` of an item-anchored list (``CountQuerySerializer``); raises its ``ValidationError``."""
+    count = _fast_count(params)
+    if count is not None:
+        return count
+    query = CountQuerySerializer(data=params)
+    query.is_valid(raise_exception=True)
+    return int(query.validated_data["count"])
 
 
 class PageWidgetSerializer(serializers.Serializer):

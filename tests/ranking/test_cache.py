@@ -1,13 +1,16 @@
 """The two-tier list cache: hits per tier, single-flight under a stampede, TTL, Redis shared across processes,
-owner versions, reads prefetched in the miss round trip."""
+owner versions, reads prefetched in the miss round trip, the store written once the request has answered."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+from django.core.signals import request_finished, request_started
+
 from kernel import redis_client
-from ranking.cache import ListCache
+from ranking.cache import ListCache, owner_entries_delete
 
 
 def test_miss_then_l1_then_l2_from_another_process() -> None:
@@ -115,3 +118,32 @@ def test_an_l2_entry_that_is_not_ours_is_a_miss() -> None:
     cache = ListCache(ttl_seconds=30)
     assert cache.get_or_compute("rec:garbage", lambda _: {"ok": 1}) == ({"ok": 1}, "miss")
     assert cache.get_or_compute("rec:old-format", lambda _: {"ok": 2}) == ({"ok": 2}, "miss")
+
+
+@pytest.mark.django_db  # the request signals' other receivers tend the database connection
+def test_within_a_request_the_store_and_the_unlock_wait_for_its_end() -> None:
+    client = redis_client.get()
+    cache = ListCache(ttl_seconds=30)
+    request_started.send(sender=None)
+    try:
+        assert cache.get_or_compute("rec:req", lambda _: {"n": 1}) == ({"n": 1}, "miss")
+        assert cache.get_or_compute("rec:req", lambda _: {"n": 2}) == ({"n": 1}, "l1")  # in L1 at once
+        assert client.get("rec:req") is None  # not yet in Redis: the client is not kept waiting for it
+        assert client.get("lock:rec:req#0") is not None
+    finally:
+        request_finished.send(sender=None)  # gunicorn sends it once the response is written
+    assert ListCache(ttl_seconds=30).get_or_compute("rec:req", lambda _: {"n": 3}) == ({"n": 1}, "l2")
+    assert client.get("lock:rec:req#0") is None
+
+
+@pytest.mark.django_db
+def test_erasing_an_owners_lists_first_writes_what_the_request_has_not_stored_yet() -> None:
+    cache = ListCache(ttl_seconds=30)
+    request_started.send(sender=None)
+    try:
+        cache.get_or_compute("rec:home:erased-owner:10", lambda _: {"n": 1})
+        assert redis_client.get().get("rec:home:erased-owner:10") is None  # still queued
+        assert owner_entries_delete("erased-owner") == 1  # written first, then deleted with the rest
+    finally:
+        request_finished.send(sender=None)
+    assert not list(redis_client.get().scan_iter(match="rec:*erased-owner*"))
