@@ -483,7 +483,7 @@ class BusinessRuleAdmin(admin.ModelAdmin):
                     if raw := request.POST.get(name, "").strip():
                         changes[name] = kind(raw)
                 config = changes
-                run_id = dry_run.run_start(rule_id=rule.pk, days=days, sample=sample, config_changes=changes)
+                run_id = dry_run.run_start(rule_id=rule.pk, days=days, sample=sample, config_changes=changes)["id"]
             except ValueError as exc:  # DryRunError is one
                 numbers = "Days, sample and settings must be numbers."
                 error = str(exc) if isinstance(exc, dry_run.DryRunError) else numbers

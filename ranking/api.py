@@ -143,13 +143,13 @@ class RuleDryRunStartApi(APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         try:
-            run_id = dry_run.run_start(
+            queued = dry_run.run_start(
                 rule_id=values["rule_id"], days=values["days"], sample=values["sample"],
                 config_changes=values["config"],
             )  # fmt: skip
         except dry_run.DryRunError as exc:
             raise ValidationError({exc.field: [str(exc)]}) from None
-        return Response(dry_run.run_status(run_id=run_id), status=202)
+        return Response(queued, status=202)
 
 
 class RuleDryRunApi(APIView):

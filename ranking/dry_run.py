@@ -423,9 +423,10 @@ def run_status(*, run_id: str) -> dict[str, Any] | None:
 def run_start(
     *, rule_id: int | None, days: float = DEFAULT_DAYS, sample: int = DEFAULT_SAMPLE,
     config_changes: Mapping[str, Any] | None = None,
-) -> str:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     """Validate, record a queued run and send it to a Celery worker (the task by name: ``ranking.tasks`` calls this
-    module); its id. Raises DryRunError for bad input."""
+    module); the run's state as queued (its ``id`` among it), which is what the API answers: a fast worker may have
+    moved the stored state on before it could be read back. Raises DryRunError for bad input."""
     if not 0 < days <= MAX_DAYS:
         raise DryRunError("days", f"days must be more than 0 and at most {MAX_DAYS}.")
     if not 0 < sample <= MAX_SAMPLE:
@@ -436,10 +437,11 @@ def run_start(
     if rule_id is None and not changes:
         raise DryRunError("rule_id", "Give a rule to try, a config change, or both.")
     run_id = uuid.uuid4().hex
-    _save(run_id, {"id": run_id, "status": "queued", "done": 0, "total": 0, "rule_id": rule_id, "days": days,
-                   "sample": sample, "config": changes, "queued_at": time.time()})  # fmt: skip
+    state = {"id": run_id, "status": "queued", "done": 0, "total": 0, "rule_id": rule_id, "days": days,
+             "sample": sample, "config": changes, "queued_at": time.time()}  # fmt: skip
+    _save(run_id, state)
     current_app.send_task(TASK, args=(run_id, rule_id, days, sample, changes))
-    return run_id
+    return state
 
 
 def run_execute(

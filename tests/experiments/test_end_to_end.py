@@ -201,7 +201,6 @@ def test_the_better_variant_wins_on_real_traffic_and_concluding_promotes_it(
     world: dict[str, Any],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    started = time.perf_counter()
     experiment = _start_in_admin(staff)
     customers = [c.external_id for c in world["customers"]]
 
@@ -279,4 +278,3 @@ def test_the_better_variant_wins_on_real_traffic_and_concluding_promotes_it(
     assert [item["reason"]["code"] for item in body["items"] if item["reason"]["code"] == "discover"] == []
     assert _kind(body["items"][0]["item_id"]) == _taste(former_control)
     assert admin_api.get(f"/v1/experiments/{KEY}/results").json()["winner"] == "focused"
-    assert time.perf_counter() - started < 20
