@@ -43,8 +43,11 @@ test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery wor
 	$(BIN)/python -m pytest
 	@# The cluster group: the Redis-facing tests again with the online state on a real local 3-master Redis Cluster
 	@# (kernel.rediscluster, from the bundled redis-server; the Celery broker stays on the single Redis).
-	url=$$($(BIN)/python -m kernel.rediscluster start --port $$((7100 + 10 * ($${RECSYS_TEST_SLOT:-0} % 14)))) \
-	  && REDIS_CLUSTER=1 REDIS_URL=$$url $(BIN)/python -m pytest $(CLUSTER_TESTS)
+	@# The cluster is stopped afterwards whatever the tests' outcome, which is the recipe's exit status.
+	port=$$((7100 + 10 * ($${RECSYS_TEST_SLOT:-0} % 14))); \
+	  url=$$($(BIN)/python -m kernel.rediscluster start --port $$port) || exit 1; \
+	  REDIS_CLUSTER=1 REDIS_URL=$$url $(BIN)/python -m pytest $(CLUSTER_TESTS); status=$$?; \
+	  $(BIN)/python -m kernel.rediscluster stop --port $$port; exit $$status
 
 # Run by `make test` a second time on a Redis Cluster (docs/operations.md, "Redis Cluster").
 CLUSTER_TESTS := tests/cluster tests/events tests/experiments tests/kernel/test_throttling.py \
