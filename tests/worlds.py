@@ -12,6 +12,9 @@ import numpy as np
 
 from catalog.models import Brand, Category, Customer, Item
 from events.models import Interaction
+from experiments.services import assignment_cache_clear
+from ranking import rules, services, serving
+from ranking.artifacts import loader
 from ranking.models import BusinessRule, ModelVersion
 from ranking.training import TrainParams
 
@@ -76,6 +79,21 @@ def cluster_world(
             ))  # fmt: skip
     Interaction.objects.bulk_create(events)
     return {"items": items, "categories": categories, "customers": customers}
+
+
+def trained_cluster_world(*, params: TrainParams = SMALL_PARAMS, **world: Any) -> dict[str, Any]:
+    """:func:`cluster_world` with a model trained on it and activated: the world plus its ``"version"``."""
+    built = cluster_world(**world)
+    return {**built, "version": services.model_train(params=params, force=True).version}
+
+
+def serving_reset() -> None:
+    """Forget what this process's serving keeps between requests (list caches, rule and experiment snapshots, the
+    loaded model), so a test serves from the database and Redis as they are now."""
+    serving.clear_caches()
+    rules.reset()
+    loader().reset()
+    assignment_cache_clear()
 
 
 def world_clear() -> None:

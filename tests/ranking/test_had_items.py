@@ -20,12 +20,10 @@ from events import keys
 from events import online as events_online
 from events.features import PURCHASE, RATING, VIEW
 from events.services import online_state_rebuild
-from experiments.services import assignment_cache_clear
 from kernel import redis_client
-from ranking import rules, services, serving
-from ranking.artifacts import loader
+from ranking import serving
 from ranking.pipeline import offline as pipeline_offline
-from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
+from tests.worlds import serving_reset, trained_cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 BOUGHT = [f"scarf-{i}" for i in range(6)]  # bought early, 25 times each: 150 purchases
@@ -36,18 +34,13 @@ VIEWED = [f"scarf-{i}" for i in range(6, 12)]  # then 200 views of the rest of t
 @pytest.fixture(scope="module")
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
     with django_db_blocker.unblock():
-        built = cluster_world(clusters=CLUSTERS, per_cluster=12, seed=11)
-        version = services.model_train(params=SMALL_PARAMS, force=True).version
-        yield {**built, "version": version}
+        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=12, seed=11)
         world_clear()
 
 
 @pytest.fixture(autouse=True)
 def _fresh(world: dict[str, Any]) -> None:
-    serving.clear_caches()
-    rules.reset()
-    loader().reset()
-    assignment_cache_clear()
+    serving_reset()
     online_state_rebuild()  # the world's purchases in the online state, and the completeness marker
 
 

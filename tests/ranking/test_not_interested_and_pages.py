@@ -19,13 +19,12 @@ from events import online as events_online
 from events.features import DISMISS, PURCHASE, VIEW
 from events.models import Interaction
 from events.services import online_state_rebuild
-from experiments.services import assignment_cache_clear
 from kernel import redis_client
-from ranking import dataset, retrieval, rules, services, serving
-from ranking.artifacts import get_active_model, loader
+from ranking import dataset, retrieval, serving
+from ranking.artifacts import get_active_model
 from ranking.pipeline import online, stages
 from ranking.pipeline.state import RequestState
-from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
+from tests.worlds import serving_reset, trained_cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 
@@ -33,18 +32,13 @@ CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver"
 @pytest.fixture(scope="module")
 def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
     with django_db_blocker.unblock():
-        built = cluster_world(clusters=CLUSTERS, per_cluster=12, seed=5)
-        version = services.model_train(params=SMALL_PARAMS, force=True).version
-        yield {**built, "version": version}
+        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=12, seed=5)
         world_clear()
 
 
 @pytest.fixture(autouse=True)
 def _fresh(world: dict[str, Any]) -> None:
-    serving.clear_caches()
-    rules.reset()
-    loader().reset()
-    assignment_cache_clear()
+    serving_reset()
     online_state_rebuild()  # the world's purchases in the online state, and the completeness marker
 
 

@@ -21,7 +21,7 @@ from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import BusinessRule
-from tests.worlds import SMALL_PARAMS, cluster_world, world_clear
+from tests.worlds import SMALL_PARAMS, serving_reset, trained_cluster_world, world_clear
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 PER_CLUSTER = 12
@@ -33,18 +33,13 @@ def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, A
     """Four clusters of twelve items, two brands each; customers buy within their cluster. Committed once for
     the module, with a model trained and activated on it."""
     with django_db_blocker.unblock():
-        built = cluster_world(clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=3)
-        version = services.model_train(params=PARAMS, force=True).version
-        yield {**built, "version": version}
+        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=3, params=PARAMS)
         world_clear()
 
 
 @pytest.fixture(autouse=True)
 def _fresh(world: dict[str, Any]) -> None:
-    serving.clear_caches()
-    rules.reset()
-    loader().reset()
-    assignment_cache_clear()
+    serving_reset()
 
 
 def _recs(api: APIClient, **params: Any) -> dict[str, Any]:
