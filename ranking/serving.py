@@ -347,11 +347,8 @@ def recommend_page(request: PageRequest) -> Page:
     redis_ok = True
     prefetched: Sequence[Any] | None = None
     if owners:
-        try:
-            pipe = redis_client.get().pipeline(transaction=False)
-            _queue_shared_reads(pipe, owners, excluded_requests)
-            prefetched = pipe.execute()
-        except redis.RedisError:
+        prefetched = _read_shared(owners, excluded_requests)
+        if prefetched is None:
             redis_ok = False
             DEGRADED.labels("redis").inc()
     shared = _shared_work(
@@ -483,6 +480,16 @@ def _queue_shared_reads(pipe: Any, owners: Sequence[str], excluded_requests: Seq
         events_online.queue_shown_reads(pipe, owners[0], excluded_requests)
 
 
+def _read_shared(owners: Sequence[str], excluded_requests: Sequence[str]) -> list[Any] | None:
+    """:func:`_queue_shared_reads` in a round trip of its own; None when Redis is unavailable."""
+    try:
+        pipe = redis_client.get().pipeline(transaction=False)
+        _queue_shared_reads(pipe, owners, excluded_requests)
+        return list(pipe.execute())
+    except redis.RedisError:
+        return None
+
+
 @dataclass
 class SharedWork:
     """What every list of one request (or one page) shares: the owners' online state read once, the page context,
@@ -518,12 +525,7 @@ def _shared_work(
     shown = np.empty(0, np.int64)
     with trace.stage("history"):
         if owners and excluded_requests and redis_ok and prefetched is None:
-            try:
-                pipe = redis_client.get().pipeline(transaction=False)
-                _queue_shared_reads(pipe, owners, excluded_requests)
-                prefetched = pipe.execute()
-            except redis.RedisError:
-                prefetched = None
+            prefetched = _read_shared(owners, excluded_requests)
         size = event_selectors.OWNER_STATE_REPLIES * len(owners)
         if prefetched is not None and excluded_requests and len(prefetched) > size:
             shown = events_online.parse_shown(prefetched[size])
