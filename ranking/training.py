@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ranking import ann, sources
 from ranking.dataset import InteractionLog, ItemTable, Weighting, basket_matrix, user_item_matrix
+from ranking.ranker import BLEND_GROUPS
 
 SOURCE_NAMES: tuple[str, ...] = ("als", "item_knn", "ease", "fbt", "content", "popularity", "trending")
 
@@ -143,7 +144,7 @@ class TrainParams:
             raise ValueError(f"anchor_decay must be in (0, 1], not {self.anchor_decay}")
         if not 0.0 <= self.anchor_floor <= 1.0:
             raise ValueError(f"anchor_floor must be in [0, 1], not {self.anchor_floor}")
-        for group in ("blend_neighbours", "blend_ann", "blend_content", "blend_fbt", "blend_global"):
+        for group in BLEND_GROUPS:
             value = getattr(self, group)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{group} must be a finite number >= 0, not {value!r}")
