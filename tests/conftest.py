@@ -49,6 +49,9 @@ def admin_api(make_api_client: Callable[..., APIClient]) -> APIClient:
     return make_api_client("admin")
 
 
+WORKER_QUEUES = ["default", "events", "training", "indexing"]
+
+
 @pytest.fixture(scope="session")
 def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> Iterator[object]:
     """A real Celery worker (threads pool) consuming from the real Redis broker, for the whole session.
@@ -64,7 +67,7 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         with start_worker(
             app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30,
-            queues=["default", "events", "training", "indexing"],
+            queues=WORKER_QUEUES,
         ) as worker:  # fmt: skip
             yield worker
     # The worker's threads kept their own database connections; close them so the test database can be dropped.
@@ -78,9 +81,35 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
             )
 
 
+def _worker_quiesce(timeout: float = 120.0) -> None:
+    """Drop the messages waiting in the broker and wait until the worker runs no task.
+
+    Tests without the worker still queue tasks (serving asks for ``rebuild_online_state`` when the online state
+    is lost), and the broker's Redis database is not flushed between tests: without this a stale task would run
+    during a later test, or hold its locks while the test's tables are truncated (a deadlock in the flush).
+    """
+    from celery.worker import state
+
+    from recsys.celery import app
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.connection_for_write() as conn:
+            for queue in WORKER_QUEUES:
+                conn.default_channel.queue_purge(queue)
+        if not state.active_requests and not state.reserved_requests:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test worker still runs {len(state.active_requests)} task(s) after {timeout} s")
+        time.sleep(0.05)
+
+
 @pytest.fixture
-def celery_worker(celery_worker_session: object, transactional_db: None) -> object:
-    return celery_worker_session
+def celery_worker(celery_worker_session: object, transactional_db: None) -> Iterator[object]:
+    _worker_quiesce()
+    yield celery_worker_session
+    # Before transactional_db truncates the tables: nothing the test queued may still hold their locks.
+    _worker_quiesce()
 
 
 @pytest.fixture(scope="session")
