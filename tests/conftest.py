@@ -54,7 +54,8 @@ WORKER_QUEUES = ["default", "events", "training", "indexing"]
 
 @pytest.fixture(scope="session")
 def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> Iterator[object]:
-    """A real Celery worker (threads pool) consuming from the real Redis broker, for the whole session.
+    """A real Celery worker (threads pool) on the real Redis broker, for the whole session; it consumes only while
+    a test holds the ``celery_worker`` fixture.
 
     Tests that need it take the ``celery_worker`` fixture and must be ``transaction=True``: the worker's threads
     use their own database connections and only see committed rows.
@@ -69,6 +70,7 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
             app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30,
             queues=WORKER_QUEUES,
         ) as worker:  # fmt: skip
+            _worker_consume(worker, on=False)
             yield worker
     # The worker's threads kept their own database connections; close them so the test database can be dropped.
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
@@ -81,35 +83,49 @@ def celery_worker_session(django_db_setup: None, django_db_blocker: object) -> I
             )
 
 
-def _worker_quiesce(timeout: float = 120.0) -> None:
-    """Drop the messages waiting in the broker and wait until the worker runs no task.
+def _worker_consume(worker: object, *, on: bool) -> None:
+    """Start or stop the worker's consumers of every queue (remote control, answered before this returns).
 
-    Tests without the worker still queue tasks (serving asks for ``rebuild_online_state`` when the online state
-    is lost), and the broker's Redis database is not flushed between tests: without this a stale task would run
-    during a later test, or hold its locks while the test's tables are truncated (a deadlock in the flush).
+    Between worker tests it consumes nothing: tests without the worker still queue tasks (serving asks for
+    ``rebuild_online_state`` when the online state is lost), and a task run then would race that test (a rebuild
+    from its uncommitted data clears its Redis state) or hold locks while a transactional test's tables are
+    truncated (a deadlock in the flush, seen in CI).
     """
+    from recsys.celery import app
+
+    hostname = worker.hostname  # type: ignore[attr-defined]
+    for queue in WORKER_QUEUES:
+        command = app.control.add_consumer if on else app.control.cancel_consumer
+        replies = command(queue, destination=[hostname], reply=True, timeout=10)
+        if not replies:
+            raise TimeoutError(f"the test worker did not answer {'add' if on else 'cancel'}_consumer({queue!r})")
+
+
+def _worker_idle_and_purged(timeout: float = 120.0) -> None:
+    """Wait until the worker runs (and holds) no task, then drop the messages waiting in the broker, whose Redis
+    database is not flushed between tests."""
     from celery.worker import state
 
     from recsys.celery import app
 
     deadline = time.monotonic() + timeout
-    while True:
-        with app.connection_for_write() as conn:
-            for queue in WORKER_QUEUES:
-                conn.default_channel.queue_purge(queue)
-        if not state.active_requests and not state.reserved_requests:
-            return
+    while state.active_requests or state.reserved_requests:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the test worker still runs {len(state.active_requests)} task(s) after {timeout} s")
         time.sleep(0.05)
+    with app.connection_for_write() as conn:
+        for queue in WORKER_QUEUES:
+            conn.default_channel.queue_purge(queue)
 
 
 @pytest.fixture
 def celery_worker(celery_worker_session: object, transactional_db: None) -> Iterator[object]:
-    _worker_quiesce()
+    _worker_idle_and_purged()  # what earlier tests queued is not this test's to run
+    _worker_consume(celery_worker_session, on=True)
     yield celery_worker_session
-    # Before transactional_db truncates the tables: nothing the test queued may still hold their locks.
-    _worker_quiesce()
+    # Before transactional_db truncates the tables: nothing the test queued may still run or hold their locks.
+    _worker_consume(celery_worker_session, on=False)
+    _worker_idle_and_purged()
 
 
 @pytest.fixture(scope="session")
