@@ -293,14 +293,43 @@ def choose_ease_lambda(
 BASELINES = ("popularity count", "BM25 item-kNN", "implicit ALS 64", "EASE")
 
 
-def baseline_lists(task: Task, validation: Task, k: int = 10) -> tuple[dict[str, IntArray], float, dict[float, float]]:
-    """Every baseline's lists for ``task``, EASE's lambda chosen on ``validation`` and every candidate's
-    validation NDCG@k."""
+def baseline_lists(
+    task: Task, validation: Task, k: int = 10, depth: int | None = None
+) -> tuple[dict[str, IntArray], float, dict[float, float]]:
+    """Every baseline's lists for ``task`` (``depth`` long, default ``k``: a longer list lets
+    :func:`category_capped` fill ``k`` slots under a cap), EASE's lambda chosen on ``validation`` and every
+    candidate's validation NDCG@k."""
     lam, figures = choose_ease_lambda(validation, k=k)
+    n = max(k, depth or k)
     lists = {
-        "popularity count": popularity_lists(task, k),
-        "BM25 item-kNN": bm25_knn_lists(task, k),
-        "implicit ALS 64": als_lists(task, k),
-        "EASE": ease_lists(task, lam, k),
+        "popularity count": popularity_lists(task, n),
+        "BM25 item-kNN": bm25_knn_lists(task, n),
+        "implicit ALS 64": als_lists(task, n),
+        "EASE": ease_lists(task, lam, n),
     }
     return lists, lam, figures
+
+
+def category_capped(lists: IntArray, category: IntArray, k: int, max_share: float) -> IntArray:
+    """The first ``k`` entries of each ranked list that keep every category at ``floor(max_share * k)`` slots or
+    fewer (the served lists' diversity cap, ``VariantConfig.max_category_share``), in the list's order: a plain
+    baseline re-ranked by the same rule the API applies. Items of unknown category (−1) are not capped; a list too
+    short to fill ``k`` slots is padded with −1."""
+    limit = max(1, int(max_share * k))
+    out = np.full((lists.shape[0], k), -1, np.int64)
+    for row, ranked in enumerate(lists.tolist()):
+        used: dict[int, int] = {}
+        filled = 0
+        for item in ranked:
+            if item < 0:
+                continue
+            c = int(category[item])
+            if c >= 0:
+                if used.get(c, 0) >= limit:
+                    continue
+                used[c] = used.get(c, 0) + 1
+            out[row, filled] = item
+            filled += 1
+            if filled == k:
+                break
+    return out

@@ -30,6 +30,7 @@ _INTERACTIONS_SQL = """
     WHERE (c.id IS NULL OR NOT c.personalisation_opt_out)
       AND i.occurred_at >= COALESCE(%s::timestamptz, '-infinity'::timestamptz)
       AND i.occurred_at < COALESCE(%s::timestamptz, 'infinity'::timestamptz)
+    ORDER BY i.occurred_at, i.event_id
 """
 _FETCH_ROWS = 200_000
 
@@ -47,7 +48,10 @@ def interaction_columns(
 ) -> dict[str, np.ndarray]:
     """Columns of the interactions in ``[since, until)``: customer pk (-1 anonymous), item pk, type, value
     (NaN when none), Unix time, session id, from the ``using`` database (training passes the replica's alias).
-    Fetched in chunks so the driver's row tuples stay bounded."""
+    Fetched in chunks so the driver's row tuples stay bounded. In time order, ties by event id (with the time, the
+    idempotency key: unique), so the rows' order is the data's, not the plan's: the validation split breaks ties
+    in time (ratings saved in the same second) by position, and an unordered scan returns rows in physical order,
+    which parallel import writers and parallel scans vary."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ("customer", "item", "type", "value", "ts", "session")}
     with connections[using].cursor() as cursor:
         cursor.execute(_INTERACTIONS_SQL, [since, until])
