@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -40,8 +41,18 @@ CACHE_REQUESTS = Counter("recsys_recommendation_cache_total", "Recommendation ca
 _LOCK_MS = 2_000  # longest a computation may hold the cross-process lock
 _WAIT_FOR_PEER_S = 0.25  # how long a loser waits for the winner's value before computing itself
 
-# ``compute`` gets the replies of the commands ``prefetch`` queued (None when they could not be read).
-Compute = Callable[[Sequence[Any] | None], Any]
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """The replies of the commands ``prefetch`` queued, and how long their round trip took (the computation's
+    trace counts it as the work it read for)."""
+
+    replies: Sequence[Any]
+    seconds: float
+
+
+# ``compute`` gets what ``prefetch`` queued (None when it could not be read, or nothing was queued).
+Compute = Callable[[Prefetched | None], Any]
 
 Prefetch = Callable[[Pipeline], None]
 
@@ -172,15 +183,17 @@ class ListCache:
         meanwhile."""
         client = redis_client.get()
         lock_key = f"lock:{key}#{version}"
-        prefetched: Sequence[Any] | None = None
+        prefetched: Prefetched | None = None
         try:
             pipe = client.pipeline(transaction=False)
             pipe.set(lock_key, b"1", nx=True, px=_LOCK_MS)
             if prefetch is not None:
                 prefetch(pipe)
+            started = time.perf_counter()
             replies = pipe.execute()
             won = bool(replies[0])
-            prefetched = replies[1:] if prefetch is not None else None
+            if prefetch is not None:
+                prefetched = Prefetched(replies[1:], time.perf_counter() - started)
         except redis.RedisError:
             logger.warning("recommendation_cache_unavailable", exc_info=True)
             won = True  # no Redis: nobody to coordinate with
