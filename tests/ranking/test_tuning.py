@@ -149,6 +149,36 @@ def test_serve_choice_never_worse_than_its_best_part() -> None:
     assert tuning.serve_choice({"pipeline": ease - 0.05, "ease": ease}, ranker_ships=True, k=10)[0] == "pipeline"
 
 
+def test_serve_choice_between_tied_sources_serves_the_blend() -> None:
+    """A tiny, noisy advantage of the pipeline leaves the best single source serving only when validation can tell
+    it is the best source; between sources it cannot tell apart, the blend of them serves."""
+    rng = np.random.default_rng(11)
+    n = 900
+    ease = np.where(rng.random(n) < 0.6, rng.uniform(0.1, 1.0, n), 0.0)
+    noise = rng.normal(0.0, 0.2, n)
+    pipeline = ease + (noise - noise.mean()) + 0.003  # above ease on average, within the noise
+    other = rng.normal(0.0, 0.2, n)
+    tied = ease + (other - other.mean()) - 0.002  # the runner-up: 0.002 below ease, within the noise
+    choice, reason, figures = tuning.serve_choice(
+        {"pipeline": pipeline, "ease": ease, "als": tied}, ranker_ships=False, k=10
+    )
+    assert choice == "pipeline"
+    assert "tied sources" in reason
+    assert figures["best_source_vs_runner_up"]["runner_up"] == "als"
+    assert not figures["best_source_vs_runner_up"]["confident"]
+    # A runner-up clearly below the best source: that source serves, the simpler choice.
+    clearly_below = np.clip(ease - 0.1, 0.0, None)
+    choice, reason, figures = tuning.serve_choice(
+        {"pipeline": pipeline, "ease": ease, "als": clearly_below}, ranker_ships=False, k=10
+    )
+    assert choice == "source:ease"
+    assert figures["best_source_vs_runner_up"]["confident"]
+    # The pipeline below the best source, tied sources or not: never worse than its best part.
+    assert tuning.serve_choice({"pipeline": ease - 0.01, "ease": ease, "als": tied}, ranker_ships=False, k=10)[0] == (
+        "source:ease"
+    )
+
+
 def test_confidence_rule_a_tiny_noisy_advantage_does_not_ship_a_clear_one_does() -> None:
     rng = np.random.default_rng(7)
     n = 240  # about the ranker's unseen validation users on MovieLens 100K
@@ -232,13 +262,19 @@ def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> Non
     pipeline, singles = serve["pipeline_ndcg"], serve["single_sources_ndcg"]
     best = max(singles, key=singles.__getitem__)
     assert build.trained.params.serve == serve["choice"] == build.serve
-    # The simpler choice (the best single source) unless the pipeline beats it with confidence.
-    assert serve["confidence"]["against"] == best
-    if serve["confidence"]["confident"]:
+    # The pipeline when it beats the best single source with confidence; that source when the pipeline is below
+    # it, or when validation can tell it is the best single source; between tied sources, the pipeline.
+    comparison = serve["confidence"]
+    assert comparison["against"] == best
+    if comparison["confident"]:
         assert serve["choice"] == "pipeline"
         assert pipeline > singles[best]
-    else:
+    elif comparison["difference"] < 0:
         assert serve["choice"] == f"source:{best}"
+    else:
+        separation = comparison["best_source_vs_runner_up"]
+        assert singles[separation["runner_up"]] <= singles[best]
+        assert serve["choice"] == (f"source:{best}" if separation["confident"] else "pipeline")
     assert build.validation["protocol"]["protocol"] == tuning.USER_TAIL
 
 
