@@ -516,12 +516,23 @@ def format_table(result: Mapping[str, Any]) -> str:
             verdict = "ships" if ranker["ships"] else "does not ship (serving blends)"
             if ranker.get("ship_rule", "auto") != "auto":
                 verdict += f" (ranker_ship={ranker['ship_rule']})"
+            if ranker.get("judged_on") == "cross_fitted":
+                on = (
+                    f"{ranker['judged_users']:,} test users, each scored by a ranker that never saw them (cross-"
+                    f"fitted: one per quarter of the users; the segment ranker_unseen is the shipped ranker's "
+                    f"quarter, main and cold include the {ranker['fit_users']:,} it was fitted on and "
+                    f"{ranker['early_stopping_users']:,} it early-stopped on)"
+                )
+            else:
+                on = (
+                    f"{ranker['held_out_users']:,} test users it never saw (segment ranker_unseen; main and cold "
+                    f"include the {ranker['fit_users']:,} it was fitted on and {ranker['early_stopping_users']:,} "
+                    "it early-stopped on)"
+                )
             lines.append(
                 f"ranker: {verdict}: pipeline (ranker, cap 30%) ndcg@{k} {ranker['pipeline_ndcg']:.4f} vs best "
                 f"single source {ranker.get('best_single_source')} {ranker['best_single_source_ndcg']:.4f} on the "
-                f"{ranker['held_out_users']:,} test users it never saw (segment ranker_unseen; main and cold "
-                f"include the {ranker['fit_users']:,} it was fitted on and {ranker['early_stopping_users']:,} "
-                "it early-stopped on)"
+                f"{on}"
             )
     return "\n".join(lines).rstrip()
 

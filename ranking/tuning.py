@@ -454,7 +454,19 @@ def serve_choice(
 
 def ranker_beats_blend(validation: Mapping[str, Any], *, k: int) -> tuple[bool, str]:
     """Whether the capped ranker pipeline scores at least the capped blend on the validation users the ranker never
-    saw (the blend is one of the version's parts too: a ranker below it must not ship)."""
+    saw (the blend is one of the version's parts too: a ranker below it must not ship): cross-fitted, the means of
+    the comparison the ship rule made over every user, each scored by a ranker that never saw them."""
+    ranker_info = validation.get("ranker", {})
+    crossed = (
+        ranker_info.get("confidence", {}).get(BLEND_ROW) if ranker_info.get("judged_on") == "cross_fitted" else None
+    )
+    if crossed is not None:
+        ranker, blend, users = crossed["mean_a"], crossed["mean_b"], crossed["users"]
+        verdict = ranker >= blend
+        return verdict, (
+            f"ranker NDCG@{k} {ranker:.4f} vs blend {blend:.4f} on {users} users, each scored by a ranker that never "
+            "saw them"
+        )
     segments = validation.get("segments", {})
     rows = segments.get(UNSEEN_SEGMENT, segments.get("main", {})).get("sources", {})
     key = f"ndcg@{k}"
