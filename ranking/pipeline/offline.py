@@ -524,9 +524,13 @@ def evaluate_with_pipeline(
         ranker_ndcg = ranker_ndcg[scored]
         judged_users = len(rows)
         alternatives = {BLEND_ROW: PIPELINE}
-        servable = [name for name in singles if name in servable_sources]
+        # The best servable single source over every test user (the users the verdict asks), not one quarter.
+        everyone = {
+            name: m[key] for name, m in result["segments"]["main"]["sources"].items() if not name.startswith("pipeline")
+        }
+        servable = [name for name in everyone if name in servable_sources]
         if servable:
-            best_servable = max(servable, key=singles.__getitem__)
+            best_servable = max(servable, key=everyone.__getitem__)
             alternatives[f"source:{best_servable} (cap 30%)"] = f"source:{best_servable}"
         per_alternative: dict[str, npt.NDArray[np.float64]] = {}
         for name, mode in alternatives.items():
