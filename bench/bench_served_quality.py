@@ -38,7 +38,11 @@ ratings are imported as ``rating`` events with their value; an item's category i
 
 Usage (heavy: take the machine-wide lock):
     flock /tmp/recsys-cpu.lock .venv/bin/python bench/bench_served_quality.py \
-        [--rows ml-random,ml-temporal,ml-temporal-20y,retail] [--max-users N] [--json PATH]
+        [--rows ml-random,ml-temporal,ml-temporal-20y,retail] [--max-users N] [--repeat N] [--json PATH]
+
+``--repeat N`` runs each row N times, each on a fresh import, and prints the spread: a fresh import numbers new
+customers in arrival order (``import_events``' parallel writers), which moves the validation's random draw and so
+what ``train`` chooses; one run of a row is one draw.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -581,6 +586,32 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _served_choice(train_output: str) -> str:
+    """What the version serves, from ``train``'s "serves: ..." line."""
+    match = re.search(r"^serves: (\S+)", train_output, re.MULTILINE)
+    return match.group(1) if match else "?"
+
+
+def repeat_table(results: list[dict[str, Any]]) -> str:
+    """Per row: each run's served NDCG@10 and choice, their median and range, and the best baseline (the same in
+    every run: the baselines do not depend on the import)."""
+    header = ["row", "runs", "served NDCG@10 per run (what served)", "median", "min-max", "best baseline",
+              "runs at or above it"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for key in dict.fromkeys(r["row"] for r in results):
+        runs = [r for r in results if r["row"] == key]
+        served = [r["served"]["ndcg@10"] for r in runs]
+        best = runs[0]["best_baseline"]
+        bar = runs[0]["baselines"][best]["ndcg@10"]
+        each = ", ".join(f"{v:.4f} ({_served_choice(r['train_output'])})" for v, r in zip(served, runs, strict=True))
+        cells = [
+            key, str(len(runs)), each, f"{float(np.median(served)):.4f}", f"{min(served):.4f}-{max(served):.4f}",
+            f"{best} {bar:.4f}", f"{sum(v >= bar for v in served)}/{len(runs)}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def detail_table(results: list[dict[str, Any]]) -> str:
     header = ["row", "recommender", "NDCG@10", "hit@10", "coverage", "max cat. share", "already-had share"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -598,6 +629,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--max-users", type=int, default=None, help="serve and score only this many test users")
+    parser.add_argument("--repeat", type=int, default=1, help="run each row this many times (fresh imports)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     keys = [k.strip() for k in args.rows.split(",") if k.strip()]
@@ -620,7 +652,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     workdir = ROOT / "var" / "bench_served_quality"
     for key in keys:
-        results.append(run_row(builders[key](), args.max_users, workdir))
+        row = builders[key]()
+        for _ in range(max(1, args.repeat)):
+            results.append(run_row(row, args.max_users, workdir))
     print_environment(info)
     print(f"\nServed quality vs plain baselines, K={K} ({info['date_utc']}; `{command}`)\n")
     print(markdown_table(results))
@@ -629,6 +663,9 @@ def main() -> None:
         "(MovieLens: first genre; Online Retail: the demo's derived category)\n"
     )
     print(detail_table(results))
+    if args.repeat > 1:
+        print(f"\nThe same rows, {args.repeat} fresh imports each\n")
+        print(repeat_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": info, "command": command, "rows": results}, indent=1))
         log(f"wrote {args.json}")
