@@ -312,7 +312,7 @@ def baseline_lists(
 
 def category_capped(lists: IntArray, category: IntArray, k: int, max_share: float) -> IntArray:
     """The first ``k`` entries of each ranked list that keep every category at ``floor(max_share * k)`` slots or
-    fewer (the served lists' diversity cap, ``VariantConfig.max_category_share``), in the list's order: a plain
+    fewer (the served lists' diversity cap, ``VariantConfig.diversity_cap``), in the list's order: a plain
     baseline re-ranked by the same rule the API applies. Items of unknown category (−1) are not capped; a list too
     short to fill ``k`` slots is padded with −1."""
     limit = max(1, int(max_share * k))
