@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.db import connection
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from redis.client import Pipeline
 
 from events import keys, online
@@ -46,15 +46,18 @@ def recent_history(owner: str, limit: int = 50) -> list[HistoryEntry]:
     return [HistoryEntry(item_pk, type_, ts) for item_pk, type_, ts in rows]
 
 
-def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
-    """The same history from Postgres: for callers that already know Redis is down and must not wait on it."""
-    interactions = Interaction.objects.all()
+def _owner_interactions(owner: str) -> QuerySet[Interaction]:
+    """The owner's interactions in Postgres: a customer's, or an anonymous session's (a merged session's events
+    belong to the customer now, as in Redis)."""
     customer_id, session_id = keys.parse_owner(owner)
     if not customer_id:
-        # A merged session's events belong to the customer now, as in Redis.
-        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
-    else:
-        interactions = interactions.filter(customer__external_id=customer_id)
+        return Interaction.objects.filter(session_id=session_id, customer__isnull=True)
+    return Interaction.objects.filter(customer__external_id=customer_id)
+
+
+def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
+    """The same history from Postgres: for callers that already know Redis is down and must not wait on it."""
+    interactions = _owner_interactions(owner)
     # Dismissals are not history (the online state keeps them apart: dismissed_from_db).
     interactions = interactions.exclude(type=Interaction.Type.DISMISS)
     rows = interactions.order_by("-occurred_at", "-id").values_list("item_id", "type", "occurred_at")[:limit]
@@ -64,12 +67,7 @@ def recent_history_from_db(owner: str, limit: int = 50) -> list[HistoryEntry]:
 def dismissed_from_db(owner: str) -> tuple[np.ndarray, np.ndarray]:
     """The owner's dismissed items from Postgres (pks in order, Unix time of the latest dismissal): what serving
     leaves out when the online state cannot be read."""
-    interactions = Interaction.objects.filter(type=Interaction.Type.DISMISS)
-    customer_id, session_id = keys.parse_owner(owner)
-    if not customer_id:
-        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
-    else:
-        interactions = interactions.filter(customer__external_id=customer_id)
+    interactions = _owner_interactions(owner).filter(type=Interaction.Type.DISMISS)
     latest: dict[int, float] = {}
     for item_pk, occurred_at in interactions.values_list("item_id", "occurred_at")[:10_000]:
         latest[item_pk] = max(latest.get(item_pk, 0.0), occurred_at.timestamp())
@@ -81,12 +79,7 @@ def had_from_db(owner: str, *, limit: int = online.HAD_LENGTH) -> tuple[np.ndarr
     """The owner's had items from Postgres (item pks, types): the distinct (item, type) pairs of their purchases and
     ratings, the newest ``limit`` (as ``keys.had`` keeps them). What serving leaves out when the online state
     cannot be read."""
-    interactions = Interaction.objects.filter(type__in=online.HAD_TYPES)
-    customer_id, session_id = keys.parse_owner(owner)
-    if not customer_id:
-        interactions = interactions.filter(session_id=session_id, customer__isnull=True)
-    else:
-        interactions = interactions.filter(customer__external_id=customer_id)
+    interactions = _owner_interactions(owner).filter(type__in=online.HAD_TYPES)
     rows = list(
         interactions.values("item_id", "type")  # GROUP BY item, type
         .annotate(latest=Max("occurred_at"))

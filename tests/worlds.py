@@ -5,13 +5,15 @@ them."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 
 from catalog.models import Brand, Category, Customer, Item
 from events.models import Interaction
+from events.services import online_state_rebuild
 from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
@@ -100,3 +102,26 @@ def world_clear() -> None:
     """Delete everything a world (and the tests on it) created, dependants first."""
     for model in (Interaction, BusinessRule, ModelVersion, Item, Customer, Brand, Category):
         model.objects.all().delete()
+
+
+def trained_world_fixtures(
+    *, rebuild_online_state: bool = False, **world: Any
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A test module's ``world`` fixture (:func:`trained_cluster_world`, committed once for the module so real
+    workers and live servers see it, cleared after it) and its autouse ``_fresh`` (:func:`serving_reset` before each
+    test; with ``rebuild_online_state``, the world's events in the online state and its completeness marker too).
+    A module takes them as ``world, _fresh = trained_world_fixtures(...)``."""
+
+    @pytest.fixture(scope="module", name="world")
+    def world_fixture(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
+        with django_db_blocker.unblock():
+            yield trained_cluster_world(**world)
+            world_clear()
+
+    @pytest.fixture(autouse=True, name="_fresh")
+    def fresh(world: dict[str, Any]) -> None:
+        serving_reset()
+        if rebuild_online_state:
+            online_state_rebuild()
+
+    return world_fixture, fresh

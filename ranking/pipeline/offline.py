@@ -476,6 +476,7 @@ def evaluate_with_pipeline(
     model = TrainedModel(trained)
     inputs = offline_inputs(split, items, model)
     training_rows: TrainingRows = {}
+    has_history = (split.user_index >= 0) & (split.train.user_event_counts()[np.maximum(split.user_index, 0)] > 0)
     booster, report, unseen = ranker_fit(split, model, items, seed=seed, inputs=inputs, training_rows=training_rows)
     extra: dict[str, SourceFn] = {
         BLEND_ROW: served_recommender(model, split, items, inputs=inputs),
@@ -486,8 +487,7 @@ def evaluate_with_pipeline(
         no_cap = dataclasses.replace(VariantConfig(), diversity_cap=1.0)
         extra[RANKER_NO_CAP_ROW] = served_recommender(model, split, items, ranker=booster, config=no_cap,
                                                       inputs=inputs)  # fmt: skip
-        unseen = unseen & (split.train.user_event_counts()[np.maximum(split.user_index, 0)] > 0)
-        unseen &= split.user_index >= 0
+        unseen = unseen & has_history
         segments.append(Segment(UNSEEN_SEGMENT, "test users with history the ranker was neither fitted nor "
                                 "early-stopped on", unseen))  # fmt: skip
     result = run_protocol(split, trained, k=k, item_category=items.category, extra=extra, segments=segments)
@@ -505,7 +505,6 @@ def evaluate_with_pipeline(
     # of them (a ranker 0.02 ahead on one quarter of MovieLens' users could not tell, and lost 0.09 on the test).
     comparisons: dict[str, confidence.Comparison] = {}
     if booster is not None and ship == "auto":
-        has_history = (split.user_index >= 0) & (split.train.user_event_counts()[np.maximum(split.user_index, 0)] > 0)
         all_rows = np.flatnonzero(has_history)
         fold = ranker_folds(split.n_test_users, seed)
         ranker_ndcg = np.full(all_rows.size, np.nan)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from events.services import online_state_rebuild
 from kernel import redis_client
 from ranking import serving
 from ranking.pipeline import offline as pipeline_offline
-from tests.worlds import serving_reset, trained_cluster_world, world_clear
+from tests.worlds import trained_world_fixtures
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 BOUGHT = [f"scarf-{i}" for i in range(6)]  # bought early, 25 times each: 150 purchases
@@ -31,17 +30,7 @@ RATED = ["mug-0", "mug-1"]  # rated early
 VIEWED = [f"scarf-{i}" for i in range(6, 12)]  # then 200 views of the rest of the cluster
 
 
-@pytest.fixture(scope="module")
-def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
-    with django_db_blocker.unblock():
-        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=12, seed=11)
-        world_clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(world: dict[str, Any]) -> None:
-    serving_reset()
-    online_state_rebuild()  # the world's purchases in the online state, and the completeness marker
+world, _fresh = trained_world_fixtures(clusters=CLUSTERS, per_cluster=12, seed=11, rebuild_online_state=True)
 
 
 def _owner_fields(owner: str) -> dict[str, str]:

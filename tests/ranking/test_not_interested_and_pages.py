@@ -5,7 +5,7 @@ look-alikes demoted, a negative signal for training, export/erasure/rebuild), a 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,22 +24,12 @@ from ranking import dataset, retrieval, serving
 from ranking.artifacts import get_active_model
 from ranking.pipeline import online, stages
 from ranking.pipeline.state import RequestState
-from tests.worlds import serving_reset, trained_cluster_world, world_clear
+from tests.worlds import trained_world_fixtures
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 
 
-@pytest.fixture(scope="module")
-def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
-    with django_db_blocker.unblock():
-        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=12, seed=5)
-        world_clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(world: dict[str, Any]) -> None:
-    serving_reset()
-    online_state_rebuild()  # the world's purchases in the online state, and the completeness marker
+world, _fresh = trained_world_fixtures(clusters=CLUSTERS, per_cluster=12, seed=5, rebuild_online_state=True)
 
 
 def _send(api: APIClient, type_: str = "view", **fields: str) -> None:

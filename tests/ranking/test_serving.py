@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,25 +20,16 @@ from experiments.services import assignment_cache_clear
 from ranking import rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import BusinessRule
-from tests.worlds import SMALL_PARAMS, serving_reset, trained_cluster_world, world_clear
+from tests.worlds import SMALL_PARAMS, trained_world_fixtures
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
 PER_CLUSTER = 12
 PARAMS = SMALL_PARAMS
 
 
-@pytest.fixture(scope="module")
-def world(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
-    """Four clusters of twelve items, two brands each; customers buy within their cluster. Committed once for
-    the module, with a model trained and activated on it."""
-    with django_db_blocker.unblock():
-        yield trained_cluster_world(clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=3, params=PARAMS)
-        world_clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(world: dict[str, Any]) -> None:
-    serving_reset()
+# Four clusters of twelve items, two brands each; customers buy within their cluster. Committed once for the
+# module, with a model trained and activated on it.
+world, _fresh = trained_world_fixtures(clusters=CLUSTERS, per_cluster=PER_CLUSTER, seed=3, params=PARAMS)
 
 
 def _recs(api: APIClient, **params: Any) -> dict[str, Any]:
