@@ -183,6 +183,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 "chosen": sorted((search.get("chosen") or {}).items()),
                 "trials": trials,
                 "best_trial": search.get("best_trial"),
+                "balanced": any(trial.get("by_question") for trial in trials),
             },
         )
 

@@ -11,6 +11,7 @@ and :func:`global_source` turn a scoring function, a neighbour table or one glob
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from ranking.training import TrainedSources, TrainParams, als_confidences
 IntArray = npt.NDArray[np.int64]
 SECONDS_PER_DAY = sources.SECONDS_PER_DAY
 COLD_MAX_HISTORY = 2  # users with at most this many training items form the cold segment
+# The two questions a per-user tail split with a random share asks (``Split.questions``).
+TAIL_QUESTION = "next"  # what the customer went on to do: their latest events
+RANDOM_QUESTION = "other"  # what else from their whole history a list should have found: items drawn at random
 # Dense score blocks stay under ~80 MB of float32.
 _BLOCK_CELLS = 20_000_000
 
@@ -68,6 +72,10 @@ class Split:
     relevant: list[IntArray]  # per test user: held-out items not already in their training history
     reference_ts: float  # "now" for the trained model and for history decay
     info: dict[str, Any] = field(default_factory=dict)
+    # When the held-out items answer more than one question (``split_user_tail`` with a random share: "what did
+    # they do next", "what else from their history"), each question's part of ``relevant``, per test user (an
+    # empty array when a user's held-out items answer only the other question). Empty: one question.
+    questions: dict[str, list[IntArray]] = field(default_factory=dict)
 
     @property
     def n_test_users(self) -> int:
@@ -87,6 +95,7 @@ class Split:
             [self.relevant[i] for i in rows],
             self.reference_ts,
             info,
+            {name: [parts[i] for i in rows] for name, parts in self.questions.items()},
         )
 
 
@@ -175,6 +184,7 @@ def split_user_tail(
     position_from_end = ends[user_sorted] - np.arange(order.size)  # 1 for a user's latest event
     is_test = np.zeros(len(log), bool)
     is_test[order[position_from_end <= n_test[user_sorted]]] = True
+    is_tail = is_test.copy()
     if random_fraction > 0:
         is_test |= _random_pairs(log, ~is_test & (log.user >= 0), n_test > 0, random_fraction, seed)
     train = log.subset(~is_test)
@@ -188,6 +198,20 @@ def split_user_tail(
         reference_ts=log.reference_ts(),
     )
     split.info.update({"fraction": fraction, "min_history": min_history, "random_fraction": random_fraction})
+    if random_fraction > 0:
+        # A pair is the tail's when any of its held-out events is (the random share takes whole pairs outside it).
+        tail_pairs = np.unique(log.user[is_tail].astype(np.int64) * log.n_items + log.item[is_tail])
+        in_tail = [
+            np.isin(user * log.n_items + relevant, tail_pairs)
+            for user, relevant in zip(split.user_index.tolist(), split.relevant, strict=True)
+        ]
+        split = dataclasses.replace(
+            split,
+            questions={
+                TAIL_QUESTION: [relevant[mask] for relevant, mask in zip(split.relevant, in_tail, strict=True)],
+                RANDOM_QUESTION: [relevant[~mask] for relevant, mask in zip(split.relevant, in_tail, strict=True)],
+            },
+        )
     return split
 
 

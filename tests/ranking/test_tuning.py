@@ -99,11 +99,47 @@ def test_user_tail_split_can_also_hold_out_random_items_of_the_rest() -> None:
         assert split.relevant[row].size == 4
         assert set(user_ts[-2:]).isdisjoint(train_ts)  # the tail is held out
         earlier_held += int(np.isin(user_ts[:-2], train_ts, invert=True).sum())
+        # The two questions split the held-out items: the two latest answer "next", the two drawn "other".
+        latest = log.item[(log.user == u) & np.isin(log.ts, user_ts[-2:])]
+        nxt = split.questions[evaluation.TAIL_QUESTION][row]
+        other = split.questions[evaluation.RANDOM_QUESTION][row]
+        assert sorted(nxt.tolist()) == sorted(latest.tolist())
+        assert sorted([*nxt.tolist(), *other.tolist()]) == split.relevant[row].tolist()
     assert earlier_held == 40 * 2
+    sampled = split.sample_users(10, seed=1)
+    assert [len(part) for part in sampled.questions.values()] == [10, 10]
+    assert all(
+        sorted([*a.tolist(), *b.tolist()]) == r.tolist()
+        for a, b, r in zip(*sampled.questions.values(), sampled.relevant, strict=True)
+    )
+    assert evaluation.split_user_tail(log, fraction=0.2, min_history=3).questions == {}
     again = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=5)
     other = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=6)
     assert [r.tolist() for r in again.relevant] == [r.tolist() for r in split.relevant]
     assert [r.tolist() for r in other.relevant] != [r.tolist() for r in split.relevant]
+
+
+def test_two_questions_weigh_the_same_in_proportion() -> None:
+    # The geometric mean: a 10% gain on one question does not pay for a 20% loss on the other, whatever the scales.
+    assert tuning.balanced({"next": 0.1, "other": 0.4}) == pytest.approx(0.2)
+    recency = tuning.balanced({"next": 0.11, "other": 0.32})
+    whole_history = tuning.balanced({"next": 0.10, "other": 0.40})
+    assert whole_history > recency
+    # Pooled, the larger question's items would decide: here "next" (1,000 users) outweighs "other".
+    nan = np.nan
+    per_question = {
+        "pipeline": {"next": np.array([0.2, 0.2, nan]), "other": np.array([0.5, nan, 0.5])},
+        "ease": {"next": np.array([0.3, 0.1, nan]), "other": np.array([0.3, nan, 0.7])},
+    }
+    per_user = tuning.balanced_per_user(per_question)
+    # Scales: "next" 0.2, "other" 0.5 (over both modes); unit sqrt(0.2 * 0.5).
+    unit = np.sqrt(0.1)
+    assert per_user["pipeline"] == pytest.approx([unit * (1.0 + 1.0) / 2, unit * 1.0, unit * 1.0])
+    assert per_user["ease"] == pytest.approx([unit * (1.5 + 0.6) / 2, unit * 0.5, unit * 1.4])
+    # Paired: users who answer no question stay out (NaN), for every mode alike.
+    none = tuning.balanced_per_user({"a": {"next": np.array([nan, 0.5])}, "b": {"next": np.array([nan, 0.1])}})
+    assert np.isnan(none["a"][0])
+    assert np.isnan(none["b"][0])
 
 
 def test_protocol_choice_fits_the_data() -> None:

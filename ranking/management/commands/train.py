@@ -130,9 +130,12 @@ class Command(BaseCommand):
             self.stderr.write(f"  validation protocol: {payload.protocol} ({payload.reason})")
         elif kind == "trial":
             params = ", ".join(f"{name}={value}" for name, value in payload.params.items())
+            questions = payload.by_question.get("pipeline", {})
+            per_question = f" ({' · '.join(f'{q} {v:.4f}' for q, v in questions.items())})" if questions else ""
             self.stderr.write(
-                f"  trial {payload.number:>3} {payload.phase:<7} pipeline {payload.ndcg:.4f}, best single source "
-                f"{payload.best_source} {payload.best_source_ndcg:.4f} ({payload.seconds:.1f} s): {params}"
+                f"  trial {payload.number:>3} {payload.phase:<7} pipeline {payload.ndcg:.4f}{per_question}, best "
+                f"single source {payload.best_source} {payload.best_source_ndcg:.4f} ({payload.seconds:.1f} s): "
+                f"{params}"
             )
         elif kind == "ranker":
             self.stderr.write(f"  {payload}")
