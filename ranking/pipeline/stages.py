@@ -126,22 +126,48 @@ def neighbour_hits(
 
 
 def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, pinned: IntArray) -> None:
-    """Every source's hits (catalog pks), restricted to one source when the serving mode says so, merged; pinned
-    items missing from the candidates join them so the re-ranker can place them."""
+    """Every source's hits (catalog pks), or only the one the serving mode names (the others are not computed),
+    merged; pinned items missing from the candidates join them so the re-ranker can place them."""
+    only = serve_source(state.mode)
+    if only is not None:
+        chosen = source_hits(state, model, lists, only=only).get(only, retrieval.SourceHits.empty())
+        if chosen.item_idx.size >= state.count:
+            _merge(state, {only: chosen}, pinned)
+            return
+        # The source finds too few for this request (a cold customer, an unknown history): the whole pipeline
+        # answers instead of a short or empty list.
+        state.mode = PIPELINE
+    _merge(state, source_hits(state, model, lists), pinned)
+
+
+def source_hits(
+    state: RequestState, model: ModelView | None, lists: GlobalLists, *, only: str | None = None
+) -> dict[str, retrieval.SourceHits]:
+    """Each source's hits, in catalog pks: all of them, or ``only`` that one."""
+
+    def wanted(source: str) -> bool:
+        return only is None or only == source
+
     hits: dict[str, retrieval.SourceHits] = {}
-    new = lists.new
-    hits["new"] = retrieval.SourceHits(new, np.linspace(1.0, 0.5, new.size).astype(np.float32), np.full(new.size, -1))
+    if wanted("new"):
+        new = lists.new
+        hits["new"] = retrieval.SourceHits(
+            new, np.linspace(1.0, 0.5, new.size).astype(np.float32), np.full(new.size, -1)
+        )
     if model is None:
-        hits["popular"] = lists.popular
-    else:
+        if wanted("popular"):
+            hits["popular"] = lists.popular
+        return hits
+    if wanted("ann") and state.user_vector is not None and model.index is not None:
+        idx, scores = model.search(state.user_vector, QUOTAS["ann"])
+        keep = idx >= 0
+        hits["ann"] = to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
+    tables = [(source, prefix) for source, prefix in NEIGHBOUR_TABLES if wanted(source)]
+    if tables:
         anchor_pks, _ = state.history.anchors(state.retrieval.anchors)
         anchor_idx = model.item_index(anchor_pks)
         anchor_idx = anchor_idx[anchor_idx >= 0]
-        if state.user_vector is not None and model.index is not None:
-            idx, scores = model.search(state.user_vector, QUOTAS["ann"])
-            keep = idx >= 0
-            hits["ann"] = to_pks(model, retrieval.SourceHits(idx[keep], scores[keep], np.full(int(keep.sum()), -1)))
-        for source, prefix in NEIGHBOUR_TABLES:
+        for source, prefix in tables:
             k = fbt_quota(state.surface) if source == "fbt" else QUOTAS[source]
             hits[source] = to_pks(
                 model,
@@ -149,18 +175,14 @@ def retrieve(state: RequestState, model: ModelView | None, lists: GlobalLists, p
                     model, prefix, anchor_idx, k, state.retrieval.anchor_decay, state.retrieval.anchor_floor
                 ),
             )
-        for source, top in (("trending", lists.trending), ("popular", lists.popular)):
+    for source, top in (("trending", lists.trending), ("popular", lists.popular)):
+        if wanted(source):
             quota = QUOTAS[source]
             hits[source] = retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])
-    only = serve_source(state.mode)
-    if only is not None:
-        chosen = hits.get(only, retrieval.SourceHits.empty())
-        if chosen.item_idx.size >= state.count:
-            hits = {only: chosen}
-        else:
-            # The source finds too few for this request (a cold customer, an unknown history): the whole pipeline
-            # answers instead of a short or empty list.
-            state.mode = PIPELINE
+    return hits
+
+
+def _merge(state: RequestState, hits: dict[str, retrieval.SourceHits], pinned: IntArray) -> None:
     candidates = retrieval.merge(hits)
     missing = pinned[~isin(pinned, candidates.item_idx)]
     if missing.size:

@@ -318,7 +318,7 @@ def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> Non
 def test_a_source_mode_with_too_few_candidates_leaves_the_request_to_the_pipeline() -> None:
     """A version that serves one source still answers a cold customer (no history, no neighbours) in full."""
     from ranking.pipeline import TrainedModel, offline_inputs
-    from ranking.pipeline.stages import retrieve
+    from ranking.pipeline.stages import retrieve, source_hits
     from ranking.pipeline.state import History, RequestState
     from ranking.training import train_sources
 
@@ -340,6 +340,15 @@ def test_a_source_mode_with_too_few_candidates_leaves_the_request_to_the_pipelin
     assert warm.mode == "source:ease"
     assert warm.hits is not None
     assert set(warm.hits) == {"ease"}
+    # Only that source is computed, and it is the same as among all of them.
+    every = source_hits(warm, model, inputs.lists)
+    assert {"ease", "item_knn", "popular", "new"} <= set(every)
+    for name in ("ease", "item_knn", "popular", "ann"):
+        alone = source_hits(warm, model, inputs.lists, only=name)
+        assert set(alone) == ({name} if name in every else set())
+        if name in every:
+            assert alone[name].item_idx.tolist() == every[name].item_idx.tolist()
+            assert alone[name].score.tolist() == every[name].score.tolist()
 
 
 def test_a_ranker_below_the_blend_does_not_ship() -> None:
