@@ -153,6 +153,15 @@ def main() -> None:
             sequential.append((time.perf_counter() - started) * 1000)
         assert server.process is not None
         rss = [p.memory_info().rss / 2**20 for p in psutil.Process(server.process.pid).children()]
+    # The same kind of request timed by the worker itself (gunicorn's access log, one worker, nothing else running):
+    # the whole request on the server, Django, DRF, the list cache and its store included, without the client's
+    # side of HTTP (a new connection per request: sync workers close it, and Python's urllib).
+    used = set(uncached_paths[-300:])
+    fresh = [p for p in dict.fromkeys(
+        f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
+        for a, b in (rng.sample(items, 2) for _ in range(2_000))
+    ) if p not in used][:300]  # fmt: skip
+    worker_ms, client_ms = _worker_clock(env, key, customers, fresh)
 
     def row(name: str, r: dict[str, float], p95_target: str) -> list[object]:
         return [
@@ -201,6 +210,16 @@ def main() -> None:
                 f"{in_process / stage_sum:.2f}x",
             ],
             ["over HTTP to gunicorn (client's clock)", http, f"{http / stage_sum:.2f}x"],
+            [
+                "the same kind of request, the worker's clock (gunicorn access log, 1 worker)",
+                statistics.median(worker_ms),
+                f"{statistics.median(worker_ms) / stage_sum:.2f}x",
+            ],
+            [
+                "  ... and those requests on the client's clock",
+                statistics.median(client_ms),
+                f"{statistics.median(client_ms) / stage_sum:.2f}x",
+            ],
         ],
     )
     layers = [*profile["layers"], ["HTTP + gunicorn (over HTTP minus in-process)", http - in_process, None]]
@@ -211,6 +230,30 @@ def main() -> None:
         [[name, ms, f"{share:.0%}" if share is not None else "-"] for name, ms, share in layers],
     )
     print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
+
+
+def _worker_clock(
+    env: dict[str, str], key: str, customers: list[str], paths: list[str]
+) -> tuple[list[float], list[float]]:
+    """``paths`` sent one at a time to a gunicorn with one worker that logs each request's time: (the worker's
+    times, the client's times) in ms, the same requests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "access.log"
+        with Server(env, workers=1, access_log=log) as server:
+            for customer in random.Random(11).sample(customers, 100):  # warm: model mapped, lookups cached
+                debug_trace(server.base, key, customer)
+            wait_for_compiled_ranker(server.base, key, customers)
+            before = len(log.read_text().splitlines())
+            client = []
+            for path in paths:
+                request = urllib.request.Request(server.base + path, headers={"Authorization": f"Bearer {key}"})
+                started = time.perf_counter()
+                urllib.request.urlopen(request, timeout=10).read()
+                client.append((time.perf_counter() - started) * 1000)
+        lines = log.read_text().splitlines()[before:]
+    worker = [int(line) / 1000 for line in lines if line.strip().isdigit()]
+    assert len(worker) == len(paths), f"{len(worker)} access-log lines for {len(paths)} requests"
+    return worker, client
 
 
 def _request_profile(env: dict[str, str], key: str) -> dict[str, Any]:
