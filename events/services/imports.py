@@ -6,8 +6,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.db import connection, transaction
@@ -111,8 +112,10 @@ class _BatchWriter:
         self.inline = connection.in_atomic_block
         if self.inline:
             _create_stage()
-        self.queue: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2 * writers)
+        self.queue: queue.Queue[tuple[int, list[tuple]] | None] = queue.Queue(maxsize=2 * writers)
         self.error: BaseException | None = None
+        self.turns = _CustomerTurns()
+        self.sent = 0
         self.threads = [
             threading.Thread(target=self._run, name=f"import-writer-{n}", daemon=True) for n in range(writers)
         ]
@@ -120,11 +123,15 @@ class _BatchWriter:
     def _run(self) -> None:
         try:
             _create_stage()
-            while (batch := self.queue.get()) is not None:
+            while (item := self.queue.get()) is not None:
                 if self.error is None:
+                    index, batch = item
+                    with self.turns.turn(index):
+                        _create_customers(batch, self.create_missing_items)
                     _store_batch(batch, self.summary, self.errors, self.create_missing_items)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             self.error = exc
+            self.turns.fail()
             while self.queue.get() is not None:  # drain so the caller never blocks on a full queue
                 pass
         finally:
@@ -144,7 +151,8 @@ class _BatchWriter:
             _store_batch(batch, self.summary, self.errors, self.create_missing_items)
             return
         self._raise()
-        self.queue.put(batch)
+        self.queue.put((self.sent, batch))
+        self.sent += 1
 
     def finish(self) -> None:
         if not self.inline:
@@ -158,10 +166,80 @@ class _BatchWriter:
     def abandon(self) -> None:
         if not self.inline and any(thread.is_alive() for thread in self.threads):
             self.error = self.error or ImportAborted("import interrupted")
+            self.turns.fail()
             for _ in self.threads:
                 self.queue.put(None)
             for thread in self.threads:
                 thread.join()
+
+
+class _CustomerTurns:
+    """The writers create each batch's new customers one batch at a time, in file order (a short transaction of its
+    own before the batch's), so a fresh import of the same file numbers its customers the same way every time: the
+    training's validation draws, samples and folds follow that numbering, and two imports of one file would
+    otherwise train differently (customers numbered in whichever order the two writers committed)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._failed = False
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self, index: int) -> Iterator[None]:
+        with self._changed:
+            while self._next != index and not self._failed:
+                self._changed.wait()
+            if self._failed:
+                raise ImportAborted("import interrupted")
+        try:
+            yield
+        except BaseException:
+            self.fail()
+            raise
+        with self._changed:
+            self._next += 1
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        """Wake every writer waiting for its turn: the import stops."""
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()
+
+
+def _create_customers(batch: list[tuple], create_missing_items: bool) -> None:
+    """The batch's customers not yet stored, in external-id order, each with its earliest event's time, as
+    ``_store_batch`` would create them: only customers with an event on a known item (any item with
+    ``create_missing_items``), never an erased id (``_store_batch`` refuses those rows)."""
+    first: dict[str, datetime] = {}
+    items = {row[4] for row in batch}
+    if not create_missing_items and items:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT external_id FROM catalog_item WHERE external_id = ANY(%s)", [list(items)])
+            items = {external_id for (external_id,) in cursor.fetchall()}
+    for row in batch:
+        customer, item, occurred_at = row[2], row[4], row[7]
+        if customer and item in items and (customer not in first or occurred_at < first[customer]):
+            first[customer] = occurred_at
+    if not first:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT external_id FROM catalog_customer WHERE external_id = ANY(%s)", [list(first)])
+        for (known,) in cursor.fetchall():
+            first.pop(known, None)
+    for erased in erasure.erased_ids(first):
+        first.pop(erased, None)
+    if not first:
+        return
+    ids = sorted(first)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        cursor.execute(
+            """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
+               SELECT id, at, '{}', false FROM unnest(%s::text[], %s::timestamptz[]) AS t(id, at) ORDER BY id
+               ON CONFLICT (external_id) DO NOTHING""",
+            [ids, [first[customer_id] for customer_id in ids]],
+        )
 
 
 def _flush_wal() -> None:

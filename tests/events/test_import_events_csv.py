@@ -163,3 +163,33 @@ def test_outside_a_transaction_batches_are_written_by_the_background_writer(tmp_
     assert (summary["stored"], summary["rejected"]) == (50, 0)
     assert Interaction.objects.count() == 50
     assert Customer.objects.count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_number_new_customers_in_file_order(tmp_path: Path) -> None:
+    """Batches create their new customers one after the other, in file order (ids sorted within a batch), whichever
+    writer commits first: a fresh import of the same file numbers its customers the same way every time. Erased ids
+    and customers whose every row names an unknown item are not created, as before."""
+    from datetime import UTC, datetime
+
+    from catalog import erasure
+
+    ItemFactory(external_id="I1")
+    erasure.tombstone_add(customer_id="C-erased", erased_at=datetime(2024, 1, 1, tzinfo=UTC))
+    rows, expected = [], []
+    for batch in range(12):
+        # Ten rows per batch (the batch size), new customers named against file order (Z before A), one customer
+        # seen again in a later batch, one erased, one whose only row names an unknown item.
+        names = [f"C{batch:02d}-{letter}" for letter in "ZYXWVU"]
+        expected += sorted(names)
+        lines = [*names, names[0], "C00-Z", "C-erased", f"C{batch:02d}-nothing"]
+        for n, customer in enumerate(lines):
+            item = "I-unknown" if customer.endswith("nothing") else "I1"
+            rows.append(f"e{batch}-{n},{customer},{item},view,,2024-03-01T10:{n:02d}:00Z,\n")
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "".join(rows))
+    summary, _ = _run(path, "--batch-size", "10")
+    assert summary["stored"] == 12 * 8
+    assert list(Customer.objects.order_by("pk").values_list("external_id", flat=True)) == expected
+    # Each customer's creation time is their earliest event's.
+    assert Customer.objects.get(external_id="C00-Z").created_at == datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
