@@ -25,7 +25,7 @@ binary relevance:
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from typing import cast
 
 import numpy as np
@@ -328,3 +328,39 @@ def evaluate_lists(
         "max_category_share": mean_max_category_share(rec, item_category),
         "novelty": novelty(rec, item_popularity, n_users),
     }
+
+
+# --- Two questions, weighed alike ---------------------------------------------------------------------------------
+
+
+def nan_mean(values: npt.ArrayLike) -> float:
+    """The mean over defined (finite) values; 0 when none is."""
+    array = np.asarray(values, np.float64)
+    return float(np.nanmean(array)) if np.isfinite(array).any() else 0.0
+
+
+def balanced(by_question: Mapping[str, float]) -> float:
+    """The geometric mean of the questions' NDCG@k: each question weighs the same in proportion (a 10% loss on one
+    needs more than a 10% gain on the other), whatever their scales or how many items answer each."""
+    values = np.asarray(list(by_question.values()), np.float64)
+    return float(np.exp(np.log(np.maximum(values, 1e-12)).mean())) if values.size else 0.0
+
+
+def balanced_per_user(per_question: Mapping[str, Mapping[str, npt.NDArray[np.float64]]]) -> dict[str, FloatArray]:
+    """Per mode, each user's NDCG@k on the questions they answer, each divided by that question's mean over all modes
+    and users (one scale per question, shared by the modes, so a comparison of two modes stays paired user by user),
+    averaged over the user's questions and brought back to NDCG@k's unit (times the scales' geometric mean): what the
+    serve choice and the ranker's ship rule compare when validation asks two questions, weighing them as
+    :func:`balanced` does."""
+    questions = sorted({q for values in per_question.values() for q in values})
+    scales = {
+        q: max(nan_mean(np.concatenate([values[q] for values in per_question.values()])), 1e-12) for q in questions
+    }
+    unit = balanced(scales)
+    out: dict[str, FloatArray] = {}
+    for mode, values in per_question.items():
+        stacked = np.vstack([values[q] / scales[q] for q in questions])
+        answered = np.isfinite(stacked).any(axis=0)
+        out[mode] = np.full(stacked.shape[1], np.nan)
+        out[mode][answered] = unit * np.nanmean(stacked[:, answered], axis=0)
+    return out

@@ -10,12 +10,11 @@ items at random: a log with no window that asks "what comes next" of everyone at
 user instead, what they did next and what else from their whole history a list should find. The two want different
 knobs (on MovieLens 100K the recency that wins the first loses two fifths of the second); validated on the tail
 alone, a version chose recency and served 0.29 NDCG@10 on a random per-user split against 0.47 validated on both,
-while the temporal split's figure stayed (0.2536 vs 0.2553; docs/benchmarks.md). Two questions are weighed
-equally, in proportion: the objective is the geometric mean of each question's NDCG@k (:func:`balanced`), so a
-setting must not buy a gain on one with a larger relative loss on the other. Pooled into one set of held-out items
-the tail outnumbers the random share about 2.6 to 1, and the pool chose the latest 20 anchors: 0.29 on the random
-split's test against 0.45-0.46 for the whole history on a recency floor, which the balanced figure prefers on
-both MovieLens splits (docs/models.md).
+while the temporal split's figure stayed (0.2536 vs 0.2553; docs/benchmarks.md). The two questions weigh the same,
+in proportion: the objective is the geometric mean of their NDCG@k (:func:`ranking.metrics.balanced`), so a
+setting must not buy a gain on one with a larger relative loss on the other; pooled into one set of held-out
+items, the tail (about 2.6 times as many items on MovieLens 100K) would decide alone (docs/models.md, "Two
+questions, weighed alike").
 
 The search: a TPE sampler with a fixed seed over discrete grids (repeated values reuse trained sources), in four
 phases, the most telling first: the decay half-lives (no decay is a candidate) and EASE's lambda and user
@@ -46,7 +45,13 @@ import optuna
 from ranking import ann, confidence, evaluation, metrics
 from ranking.dataset import InteractionLog, ItemTable
 from ranking.pipeline import PIPELINE, TrainedModel, offline_inputs, served_lists, served_quality
-from ranking.pipeline.offline import BLEND_ROW, RANKER_ROW, UNSEEN_SEGMENT, served_ndcg_per_user
+from ranking.pipeline.offline import (
+    BLEND_ROW,
+    RANKER_ROW,
+    UNSEEN_SEGMENT,
+    served_ndcg_per_question,
+    served_ndcg_per_user,
+)
 from ranking.training import TrainedSources, TrainParams, train_sources
 
 logger = logging.getLogger(__name__)
@@ -188,7 +193,7 @@ class Trial:
     # paired comparison (not recorded in the version).
     per_user: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict, repr=False)
     # Per mode ("pipeline" and each source), each validation question's NDCG@k when the split asks two: ``ndcg`` and
-    # ``singles`` are then their geometric mean (:func:`balanced`).
+    # ``singles`` are then their geometric mean (:func:`ranking.metrics.balanced`).
     by_question: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -294,8 +299,8 @@ def score_params(
     would serve the split's users (``ranking.pipeline.served_lists``: the same stages as the API, the default
     surface config's 30% category cap, purchased and rated items left out) in the "pipeline" mode (the blend: the
     ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode, balanced over the
-    split's questions when it asks two (:func:`balanced`). Returns the pipeline's figure, each source's, and the
-    per-user NDCG@k over all held-out items of all of them (keyed "pipeline" and source name)."""
+    split's questions when it asks two (``ranking.metrics.balanced``). Returns the pipeline's figure, each
+    source's, and the per-user figures of all of them (keyed "pipeline" and source name)."""
     figures, _, per_user = score_questions(cache, params)
     pipeline = figures.pop(PIPELINE)
     return pipeline, figures, per_user
@@ -305,8 +310,9 @@ def score_questions(
     cache: _SourceCache, params: TrainParams
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, npt.NDArray[np.float64]]]:
     """:func:`score_params`' work: per mode ("pipeline" and each servable source's name) the objective's figure
-    (:func:`balanced` over the split's questions, or the plain NDCG@k when it asks one), each question's NDCG@k,
-    and the per-user NDCG@k over all held-out items."""
+    (``ranking.metrics.balanced`` over the split's questions, or the plain NDCG@k when it asks one), each
+    question's NDCG@k, and the per-user figures the serve choice compares (``ranking.metrics.balanced_per_user``
+    with two questions, else each user's NDCG@k)."""
     trained = cache.trained(params)
     model = TrainedModel(trained)
     inputs = offline_inputs(cache.split, cache.items, model)
@@ -321,45 +327,12 @@ def score_questions(
         lists = served_lists(model, cache.split, cache.items, serve=mode, k=params.k, inputs=inputs)
         quality = served_quality(cache.split, lists, k=params.k, item_category=cache.items.category)
         per_user[name] = served_ndcg_per_user(cache.split, lists, k=params.k)
-        per_question[name] = {
-            question: metrics.ndcg_at_k_per_user(lists, relevant, params.k)
-            for question, relevant in cache.split.questions.items()
-        }
-        by_question[name] = {question: _mean(values) for question, values in per_question[name].items()}
-        figures[name] = balanced(by_question[name]) if by_question[name] else float(quality[f"ndcg@{params.k}"])
+        per_question[name] = served_ndcg_per_question(cache.split, lists, k=params.k)
+        by_question[name] = {question: metrics.nan_mean(values) for question, values in per_question[name].items()}
+        figures[name] = metrics.balanced(by_question[name]) if by_question[name] else float(quality[f"ndcg@{params.k}"])
     if cache.split.questions:
-        per_user = balanced_per_user(per_question)
+        per_user = metrics.balanced_per_user(per_question)
     return figures, by_question, per_user
-
-
-def balanced_per_user(
-    per_question: Mapping[str, Mapping[str, npt.NDArray[np.float64]]],
-) -> dict[str, npt.NDArray[np.float64]]:
-    """Per mode, each user's NDCG@k on the questions they answer, each divided by that question's mean over all modes
-    and users (one scale per question, shared by the modes, so a comparison of two modes stays paired user by user),
-    averaged over the user's questions and brought back to NDCG@k's unit (times the scales' geometric mean): what
-    :func:`serve_choice` compares when the split asks two questions, weighing them as :func:`balanced` does."""
-    questions = sorted({q for values in per_question.values() for q in values})
-    scales = {q: max(_mean(np.concatenate([values[q] for values in per_question.values()])), 1e-12) for q in questions}
-    unit = balanced(scales)
-    out: dict[str, npt.NDArray[np.float64]] = {}
-    for mode, values in per_question.items():
-        stacked = np.vstack([values[q] / scales[q] for q in questions])
-        answered = np.isfinite(stacked).any(axis=0)
-        out[mode] = np.full(stacked.shape[1], np.nan)
-        out[mode][answered] = unit * np.nanmean(stacked[:, answered], axis=0)
-    return out
-
-
-def balanced(by_question: Mapping[str, float]) -> float:
-    """The geometric mean of the questions' NDCG@k: each question weighs the same in proportion (a 10% loss on one
-    needs more than a 10% gain on the other), whatever their scales or how many items answer each."""
-    values = np.asarray(list(by_question.values()), np.float64)
-    return float(np.exp(np.log(np.maximum(values, 1e-12)).mean())) if values.size else 0.0
-
-
-def _mean(values: npt.NDArray[np.float64]) -> float:
-    return float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
 
 
 def _has_source(trained: TrainedSources, name: str) -> bool:
@@ -480,8 +453,8 @@ def serve_choice(
     the simpler choice, that source, serves only if validation can tell it is the best single source (better with
     confidence than the runner-up): between tied sources it is picked on noise, and on a protocol the validation
     does not ask (MovieLens' random split) tied sources differed by 0.18 NDCG@10, so the blend of them serves.
-    When validation asks two questions the per-user figures are :func:`balanced_per_user`'s, so the choice weighs
-    them as the search did. Returns the choice, a sentence saying why and the comparison's figures."""
+    When validation asks two questions the per-user figures are ``ranking.metrics.balanced_per_user``'s, so the
+    choice weighs them as the search did. Returns the choice, a sentence saying why and the comparison's figures."""
     if ranker_ships:
         why = "the LambdaMART ranker ships: it beat the blend and the best single source with confidence on validation"
         return PIPELINE, why, {}
@@ -529,9 +502,10 @@ def ranker_beats_blend(validation: Mapping[str, Any], *, k: int) -> tuple[bool, 
     if crossed is not None:
         ranker, blend, users = crossed["mean_a"], crossed["mean_b"], crossed["users"]
         verdict = ranker >= blend
+        scale = " (balanced over validation's two questions)" if ranker_info.get("balanced") else ""
         return verdict, (
-            f"ranker NDCG@{k} {ranker:.4f} vs blend {blend:.4f} on {users} users, each scored by a ranker that never "
-            "saw them"
+            f"ranker NDCG@{k}{scale} {ranker:.4f} vs blend {blend:.4f} on {users} users, each scored by a ranker that "
+            "never saw them"
         )
     segments = validation.get("segments", {})
     rows = segments.get(UNSEEN_SEGMENT, segments.get("main", {})).get("sources", {})

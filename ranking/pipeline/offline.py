@@ -325,6 +325,17 @@ def served_quality(split: Split, lists: IntArray, *, k: int, item_category: npt.
     return {name: figures[name] for name in (f"ndcg@{k}", f"hit_rate@{k}", f"coverage@{k}", "max_category_share")}
 
 
+def served_ndcg_per_question(
+    split: Split, lists: IntArray, *, k: int, rows: Sequence[int] | None = None
+) -> dict[str, FloatArray]:
+    """Per question the split asks (``Split.questions``; none: an empty dict), each listed user's NDCG@k on that
+    question's held-out items (NaN when none of theirs answers it)."""
+    return {
+        question: metrics.ndcg_at_k_per_user(lists, parts if rows is None else [parts[row] for row in rows], k)
+        for question, parts in split.questions.items()
+    }
+
+
 def served_ndcg_per_user(split: Split, lists: IntArray, *, k: int, rows: Sequence[int] | None = None) -> FloatArray:
     """Each listed user's NDCG@k (NaN without a relevant item): what the confidence rules
     (``ranking.confidence``) compare user by user. ``rows``: the split rows ``lists`` was computed for."""
@@ -507,7 +518,8 @@ def evaluate_with_pipeline(
     if booster is not None and ship == "auto":
         all_rows = np.flatnonzero(has_history)
         fold = ranker_folds(split.n_test_users, seed)
-        ranker_ndcg = np.full(all_rows.size, np.nan)
+        ranker_ndcg: npt.NDArray[np.float64] = np.full(all_rows.size, np.nan)
+        ranker_questions = {question: np.full(all_rows.size, np.nan) for question in split.questions}
         for quarter in range(RANKER_FOLDS):
             quarter_booster = booster if quarter == RANKER_FOLDS - 1 else ranker_fit(
                 split, model, items, seed=seed, inputs=inputs, unseen_fold=quarter, training_rows=training_rows
@@ -518,9 +530,12 @@ def evaluate_with_pipeline(
                 continue  # too few users with a hit to fit that quarter's ranker: its users are left out
             lists = served_lists(model, split, items, ranker=quarter_booster, k=k, rows=rows_q, inputs=inputs)
             ranker_ndcg[in_quarter] = served_ndcg_per_user(split, lists, k=k, rows=rows_q)
+            for question, values in served_ndcg_per_question(split, lists, k=k, rows=rows_q).items():
+                ranker_questions[question][in_quarter] = values
         scored = np.isfinite(ranker_ndcg)
         rows = all_rows[scored].tolist()
         ranker_ndcg = ranker_ndcg[scored]
+        per_question = {RANKER_ROW: {question: values[scored] for question, values in ranker_questions.items()}}
         judged_users = len(rows)
         alternatives = {BLEND_ROW: PIPELINE}
         # The best servable single source over every test user (the users the verdict asks), not one quarter.
@@ -534,8 +549,14 @@ def evaluate_with_pipeline(
         per_alternative: dict[str, npt.NDArray[np.float64]] = {}
         for name, mode in alternatives.items():
             lists = served_lists(model, split, items, serve=mode, k=k, rows=rows, inputs=inputs)
-            other = served_ndcg_per_user(split, lists, k=k, rows=rows)
-            per_alternative[name] = other
+            per_alternative[name] = served_ndcg_per_user(split, lists, k=k, rows=rows)
+            per_question[name] = served_ndcg_per_question(split, lists, k=k, rows=rows)
+        if split.questions:
+            # Two questions: compared user by user on the scale the tuning and the serve choice use.
+            balanced = metrics.balanced_per_user(per_question)
+            ranker_ndcg = balanced.pop(RANKER_ROW)
+            per_alternative = balanced
+        for name, other in per_alternative.items():
             comparisons[name] = confidence.paired_bootstrap(ranker_ndcg, other, seed=seed)
         # The means the verdict compares, over the same users as the comparisons.
         pipeline_ndcg = float(np.nanmean(ranker_ndcg)) if rows else None
@@ -551,6 +572,8 @@ def evaluate_with_pipeline(
         "best_iteration": report.best_iteration, "held_out_users": int(unseen.sum()) if booster is not None else 0,
         "judged_on": (("cross_fitted" if comparisons else UNSEEN_SEGMENT) if booster is not None else None),
         "judged_users": judged_users,
+        # With two validation questions the verdict's figures are balanced (ranking.metrics.balanced_per_user).
+        "balanced": bool(comparisons) and bool(split.questions),
         "best_single_source": best_name, "best_single_source_ndcg": best_source,
         "pipeline_ndcg": pipeline_ndcg, "beats_sources": beats, "ship_rule": ship, "ships": ships,
         "confidence": {name: c.to_dict() for name, c in comparisons.items()},

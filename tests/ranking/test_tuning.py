@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ranking import confidence, evaluation, sources, tuning
+from ranking import confidence, evaluation, metrics, sources, tuning
 from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.services import version_build
 from ranking.training import StageTimer, TrainParams, content_vectors
@@ -121,9 +121,9 @@ def test_user_tail_split_can_also_hold_out_random_items_of_the_rest() -> None:
 
 def test_two_questions_weigh_the_same_in_proportion() -> None:
     # The geometric mean: a 10% gain on one question does not pay for a 20% loss on the other, whatever the scales.
-    assert tuning.balanced({"next": 0.1, "other": 0.4}) == pytest.approx(0.2)
-    recency = tuning.balanced({"next": 0.11, "other": 0.32})
-    whole_history = tuning.balanced({"next": 0.10, "other": 0.40})
+    assert metrics.balanced({"next": 0.1, "other": 0.4}) == pytest.approx(0.2)
+    recency = metrics.balanced({"next": 0.11, "other": 0.32})
+    whole_history = metrics.balanced({"next": 0.10, "other": 0.40})
     assert whole_history > recency
     # Pooled, the larger question's items would decide: here "next" (1,000 users) outweighs "other".
     nan = np.nan
@@ -131,15 +131,34 @@ def test_two_questions_weigh_the_same_in_proportion() -> None:
         "pipeline": {"next": np.array([0.2, 0.2, nan]), "other": np.array([0.5, nan, 0.5])},
         "ease": {"next": np.array([0.3, 0.1, nan]), "other": np.array([0.3, nan, 0.7])},
     }
-    per_user = tuning.balanced_per_user(per_question)
+    per_user = metrics.balanced_per_user(per_question)
     # Scales: "next" 0.2, "other" 0.5 (over both modes); unit sqrt(0.2 * 0.5).
     unit = np.sqrt(0.1)
     assert per_user["pipeline"] == pytest.approx([unit * (1.0 + 1.0) / 2, unit * 1.0, unit * 1.0])
     assert per_user["ease"] == pytest.approx([unit * (1.5 + 0.6) / 2, unit * 0.5, unit * 1.4])
     # Paired: users who answer no question stay out (NaN), for every mode alike.
-    none = tuning.balanced_per_user({"a": {"next": np.array([nan, 0.5])}, "b": {"next": np.array([nan, 0.1])}})
+    none = metrics.balanced_per_user({"a": {"next": np.array([nan, 0.5])}, "b": {"next": np.array([nan, 0.1])}})
     assert np.isnan(none["a"][0])
     assert np.isnan(none["b"][0])
+
+
+def test_each_question_is_scored_on_its_own_items() -> None:
+    from ranking.pipeline.offline import served_ndcg_per_question
+
+    log, _ = spread_over_years(n_users=40)
+    split = evaluation.split_user_tail(log, fraction=0.2, min_history=3, random_fraction=0.25, seed=5)
+    nxt = split.questions[evaluation.TAIL_QUESTION]
+    lists = np.full((split.n_test_users, 10), -1, np.int64)
+    for row, items in enumerate(nxt):
+        lists[row, : items.size] = items
+    scores = served_ndcg_per_question(split, lists, k=10)
+    assert scores[evaluation.TAIL_QUESTION].tolist() == [1.0] * split.n_test_users
+    assert scores[evaluation.RANDOM_QUESTION].tolist() == [0.0] * split.n_test_users
+    rows = [3, 7]
+    subset = served_ndcg_per_question(split, lists[rows], k=10, rows=rows)
+    assert subset[evaluation.TAIL_QUESTION].tolist() == [1.0, 1.0]
+    one_question = evaluation.split_user_tail(log, fraction=0.2, min_history=3)
+    assert served_ndcg_per_question(one_question, lists[: one_question.n_test_users], k=10) == {}
 
 
 def test_protocol_choice_fits_the_data() -> None:
