@@ -130,7 +130,8 @@ class _BatchWriter:
                         _create_customers(batch, self.create_missing_items)
                     _store_batch(batch, self.summary, self.errors, self.create_missing_items)
         except BaseException as exc:  # handed to the caller's thread, which raises it
-            self.error = exc
+            # The first error is the cause; a writer woken by it from its turn only says "interrupted".
+            self.error = self.error or exc
             self.turns.fail()
             while self.queue.get() is not None:  # drain so the caller never blocks on a full queue
                 pass

@@ -193,3 +193,15 @@ def test_two_writers_number_new_customers_in_file_order(tmp_path: Path) -> None:
     assert list(Customer.objects.order_by("pk").values_list("external_id", flat=True)) == expected
     # Each customer's creation time is their earliest event's.
     assert Customer.objects.get(external_id="C00-Z").created_at == datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writers_error_is_the_one_reported_not_the_other_writers_interruption(tmp_path: Path) -> None:
+    ItemFactory(external_id="I1")
+    path = tmp_path / "events.csv"
+    # Rows on an unknown item are rejected by the writers (not the parser): the third one stops the import.
+    path.write_text(HEADER + "".join(f"e{n},C{n},I-unknown,view,,2024-03-01T10:00:00Z,\n" for n in range(40)))
+    with pytest.raises(CommandError, match="stopped after 3 bad rows"):
+        _run(path, "--max-errors", "3", "--batch-size", "2")
+    assert Interaction.objects.count() == 0
+    assert Customer.objects.count() == 0
