@@ -403,11 +403,15 @@ def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_regi
         assert search["chosen"][name] == value == version.parameters[name]
     assert f"tuning: {search['n_trials']} trials" in out
     assert "chosen: half_life_days=" in out
+    # The users' tails and a random share: two questions, each recorded per trial, the figures their balance.
+    assert all(set(trial["by_question"]["pipeline"]) == {"next", "other"} for trial in search["trials"])
+    assert "balanced NDCG@10 served" in out
 
     page = admin_client.get(f"/admin/ranking/modelversion/{version.pk}/change/")
     assert page.status_code == 200
     html = page.content.decode()
     assert "Validation protocol: user_tail" in html
+    assert "pipeline per question" in html
     assert f"Serves: {version.parameters['serve']}" in html
     phases = ("decay", "retrieval", "blend", "sources")
     assert sum(html.count(f"<td>{phase}</td>") for phase in phases) == search["n_trials"]

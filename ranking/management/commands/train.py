@@ -108,10 +108,12 @@ class Command(BaseCommand):
             self.stdout.write(f"\nvalidation protocol: {plan['protocol']} ({plan['reason']})")
             search = validation.get("tuning")
             if search is not None:
+                # Two validation questions: the figures are their geometric mean (ranking.metrics.balanced).
+                scale = "balanced " if any(trial.get("by_question") for trial in search["trials"]) else ""
                 self.stdout.write(
                     f"\ntuning: {search['n_trials']} trials in {search['seconds']:.0f} s (budget "
                     f"{search['budget_seconds']:g} s) on {search['validation_users']:,} validation users; best trial "
-                    f"{search['best_trial']} (NDCG@10 served {search['best_served_ndcg']:.4f}); the 10 best:"
+                    f"{search['best_trial']} ({scale}NDCG@10 served {search['best_served_ndcg']:.4f}); the 10 best:"
                 )
                 self.stdout.write(tuning.trials_table(search["trials"], limit=10))
                 chosen = ", ".join(f"{name}={value}" for name, value in search["chosen"].items())
