@@ -325,14 +325,14 @@ def score_questions(
         if mode != PIPELINE and not _has_source(trained, name):
             continue
         lists = served_lists(model, cache.split, cache.items, serve=mode, k=params.k, inputs=inputs)
-        per_user[name] = served_ndcg_per_user(cache.split, lists, k=params.k)
-        per_question[name] = served_ndcg_per_question(cache.split, lists, k=params.k)
-        by_question[name] = {question: metrics.nan_mean(values) for question, values in per_question[name].items()}
-        if by_question[name]:
+        if cache.split.questions:
+            per_question[name] = served_ndcg_per_question(cache.split, lists, k=params.k)
+            by_question[name] = {question: metrics.nan_mean(values) for question, values in per_question[name].items()}
             figures[name] = metrics.balanced(by_question[name])
         else:
             quality = served_quality(cache.split, lists, k=params.k, item_category=cache.items.category)
             figures[name] = float(quality[f"ndcg@{params.k}"])
+            per_user[name] = served_ndcg_per_user(cache.split, lists, k=params.k)
     if cache.split.questions:
         per_user = metrics.balanced_per_user(per_question)
     return figures, by_question, per_user

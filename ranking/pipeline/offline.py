@@ -336,6 +336,18 @@ def served_ndcg_per_question(
     }
 
 
+def judged_per_user(
+    split: Split, lists: Mapping[str, IntArray], *, k: int, rows: Sequence[int] | None = None
+) -> dict[str, FloatArray]:
+    """Per mode, each listed user's figure the confidence rules compare: their NDCG@k, or, when the split asks two
+    questions, the balanced per-user figure over these modes (``ranking.metrics.balanced_per_user``)."""
+    if not split.questions:
+        return {mode: served_ndcg_per_user(split, modal, k=k, rows=rows) for mode, modal in lists.items()}
+    return metrics.balanced_per_user(
+        {mode: served_ndcg_per_question(split, modal, k=k, rows=rows) for mode, modal in lists.items()}
+    )
+
+
 def served_ndcg_per_user(split: Split, lists: IntArray, *, k: int, rows: Sequence[int] | None = None) -> FloatArray:
     """Each listed user's NDCG@k (NaN without a relevant item): what the confidence rules
     (``ranking.confidence``) compare user by user. ``rows``: the split rows ``lists`` was computed for."""
@@ -518,24 +530,24 @@ def evaluate_with_pipeline(
     if booster is not None and ship == "auto":
         all_rows = np.flatnonzero(has_history)
         fold = ranker_folds(split.n_test_users, seed)
-        ranker_ndcg: npt.NDArray[np.float64] = np.full(all_rows.size, np.nan)
-        ranker_questions = {question: np.full(all_rows.size, np.nan) for question in split.questions}
+        # Every user's list from the ranker of the quarter that never saw them (users of a quarter too thin to fit
+        # one are left out).
+        ranker_lists = np.full((all_rows.size, k), -1, np.int64)
+        fitted = np.zeros(all_rows.size, bool)
         for quarter in range(RANKER_FOLDS):
             quarter_booster = booster if quarter == RANKER_FOLDS - 1 else ranker_fit(
                 split, model, items, seed=seed, inputs=inputs, unseen_fold=quarter, training_rows=training_rows
             )[0]  # fmt: skip
             in_quarter = fold[all_rows] == quarter
+            if quarter_booster is None or not in_quarter.any():
+                continue
             rows_q = all_rows[in_quarter].tolist()
-            if quarter_booster is None or not rows_q:
-                continue  # too few users with a hit to fit that quarter's ranker: its users are left out
-            lists = served_lists(model, split, items, ranker=quarter_booster, k=k, rows=rows_q, inputs=inputs)
-            ranker_ndcg[in_quarter] = served_ndcg_per_user(split, lists, k=k, rows=rows_q)
-            for question, values in served_ndcg_per_question(split, lists, k=k, rows=rows_q).items():
-                ranker_questions[question][in_quarter] = values
-        scored = np.isfinite(ranker_ndcg)
+            ranker_lists[in_quarter] = served_lists(
+                model, split, items, ranker=quarter_booster, k=k, rows=rows_q, inputs=inputs
+            )
+            fitted |= in_quarter
+        scored = fitted & np.isfinite(served_ndcg_per_user(split, ranker_lists, k=k, rows=all_rows.tolist()))
         rows = all_rows[scored].tolist()
-        ranker_ndcg = ranker_ndcg[scored]
-        per_question = {RANKER_ROW: {question: values[scored] for question, values in ranker_questions.items()}}
         judged_users = len(rows)
         alternatives = {BLEND_ROW: PIPELINE}
         # The best servable single source over every test user (the users the verdict asks), not one quarter.
@@ -546,16 +558,12 @@ def evaluate_with_pipeline(
         if servable:
             best_servable = max(servable, key=everyone.__getitem__)
             alternatives[f"source:{best_servable} (cap 30%)"] = f"source:{best_servable}"
-        per_alternative: dict[str, npt.NDArray[np.float64]] = {}
+        lists = {RANKER_ROW: ranker_lists[scored]}
         for name, mode in alternatives.items():
-            lists = served_lists(model, split, items, serve=mode, k=k, rows=rows, inputs=inputs)
-            per_alternative[name] = served_ndcg_per_user(split, lists, k=k, rows=rows)
-            per_question[name] = served_ndcg_per_question(split, lists, k=k, rows=rows)
-        if split.questions:
-            # Two questions: compared user by user on the scale the tuning and the serve choice use.
-            balanced = metrics.balanced_per_user(per_question)
-            ranker_ndcg = balanced.pop(RANKER_ROW)
-            per_alternative = balanced
+            lists[name] = served_lists(model, split, items, serve=mode, k=k, rows=rows, inputs=inputs)
+        # With two validation questions, compared user by user on the scale the tuning and the serve choice use.
+        per_alternative = judged_per_user(split, lists, k=k, rows=rows)
+        ranker_ndcg = per_alternative.pop(RANKER_ROW)
         for name, other in per_alternative.items():
             comparisons[name] = confidence.paired_bootstrap(ranker_ndcg, other, seed=seed)
         # The means the verdict compares, over the same users as the comparisons.
