@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -100,7 +100,7 @@ def customer_upsert(
 
 
 def customer_pks_get_or_create(
-    *, external_ids: Iterable[str], created_at: datetime, cursor: psycopg.Cursor[Any]
+    *, external_ids: Iterable[str], created_at: datetime | Mapping[str, datetime], cursor: psycopg.Cursor[Any]
 ) -> dict[str, int]:
     """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result): the
     one place besides ``customer_upsert`` that writes the customer table (events create their customers). Runs on
@@ -108,8 +108,9 @@ def customer_pks_get_or_create(
 
     Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
     known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
-    order (concurrent requests lock them in one order) and those another request created meanwhile are selected
-    again, by a new statement that sees its commit.
+    order (concurrent requests lock them in one order; new customers are numbered in that order) and those another
+    request created meanwhile are selected again, by a new statement that sees its commit. ``created_at``: one time
+    for all, or each id's own (a bulk import: its earliest event).
     """
     wanted = sorted(set(external_ids) - {""})
     if not wanted:
@@ -122,12 +123,13 @@ def customer_pks_get_or_create(
         erased = erasure.erased_ids(missing)
         missing = [external_id for external_id in missing if external_id not in erased]
     if missing:
+        times = [created_at[x] for x in missing] if isinstance(created_at, Mapping) else [created_at] * len(missing)
         cursor.execute(
             """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-               SELECT x, %b, '{}', false FROM unnest(%b::text[]) AS x
+               SELECT x, t, '{}', false FROM unnest(%b::text[], %b::timestamptz[]) AS u(x, t) ORDER BY x
                ON CONFLICT (external_id) DO NOTHING
                RETURNING external_id, id""",
-            [created_at, missing],
+            [missing, times],
         )
         found.update(cursor.fetchall())
         raced = [external_id for external_id in missing if external_id not in found]

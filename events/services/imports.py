@@ -14,6 +14,8 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from catalog import erasure
+from catalog import selectors as catalog_selectors
+from catalog.services import customer_pks_get_or_create
 from events.importers import FORMATS, SkipRow
 from events.parsing import InvalidEvent, utcnow
 from kernel.csvimport import CsvSource, ErrorLog, ImportAborted, ImportSummary, RowError, gc_paused
@@ -209,38 +211,21 @@ class _CustomerTurns:
 
 
 def _create_customers(batch: list[tuple], create_missing_items: bool) -> None:
-    """The batch's customers not yet stored, in external-id order, each with its earliest event's time, as
-    ``_store_batch`` would create them: only customers with an event on a known item (any item with
-    ``create_missing_items``), never an erased id (``_store_batch`` refuses those rows)."""
-    first: dict[str, datetime] = {}
+    """The batch's customers not yet stored, each with its earliest event's time, as ``_store_batch`` would create
+    them: only customers with an event on a known item (any item with ``create_missing_items``), never an erased id
+    (``catalog.services.customer_pks_get_or_create`` leaves those out, and ``_store_batch`` refuses their rows)."""
     items = {row[4] for row in batch}
-    if not create_missing_items and items:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT external_id FROM catalog_item WHERE external_id = ANY(%s)", [list(items)])
-            items = {external_id for (external_id,) in cursor.fetchall()}
+    known = items if create_missing_items else catalog_selectors.item_pks(external_ids=items).keys()
+    first: dict[str, datetime] = {}
     for row in batch:
         customer, item, occurred_at = row[2], row[4], row[7]
-        if customer and item in items and (customer not in first or occurred_at < first[customer]):
+        if customer and item in known and (customer not in first or occurred_at < first[customer]):
             first[customer] = occurred_at
     if not first:
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT external_id FROM catalog_customer WHERE external_id = ANY(%s)", [list(first)])
-        for (known,) in cursor.fetchall():
-            first.pop(known, None)
-    for erased in erasure.erased_ids(first):
-        first.pop(erased, None)
-    if not first:
-        return
-    ids = sorted(first)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL synchronous_commit = off")
-        cursor.execute(
-            """INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-               SELECT id, at, '{}', false FROM unnest(%s::text[], %s::timestamptz[]) AS t(id, at) ORDER BY id
-               ON CONFLICT (external_id) DO NOTHING""",
-            [ids, [first[customer_id] for customer_id in ids]],
-        )
+        customer_pks_get_or_create(external_ids=first, created_at=first, cursor=cursor.cursor)
 
 
 def _flush_wal() -> None:
