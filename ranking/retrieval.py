@@ -1,4 +1,5 @@
-"""Candidate retrieval: several sources in one pass, merged with source attribution. Pure numpy, no I/O.
+"""Candidate retrieval: several sources in one pass, merged with source attribution. Pure numpy (and the compiled
+loops of ``ranking.kernels``), no I/O.
 
 Every source returns (item indices, scores, anchors) where ``anchor`` is the history item that led to a
 candidate (−1 when none: ANN, trending, popular, new arrivals). :func:`merge` de-duplicates into one
@@ -13,9 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from ranking import kernels
+
 SOURCES: tuple[str, ...] = ("ann", "item_knn", "ease", "content", "fbt", "trending", "popular", "new")
 SOURCE_INDEX = {name: position for position, name in enumerate(SOURCES)}
 NO_RANK = np.int32(10_000)
+_NO_EXCLUSION = np.empty(0, np.bool_)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -78,47 +82,18 @@ def neighbours(
     """
     if anchors.size == 0 or k <= 0:
         return SourceHits.empty()
-    # One sort of (item, position) keys groups the hits by item with each group in anchor order (most recent
-    # first): it does the work of a unique, a weighted bincount and a second sort for the anchors, and sorting
-    # plain int64 keys is several times faster than a stable argsort.
-    width = neighbour_idx.shape[1]
-    n = anchors.size * width
-    shift = n.bit_length()
-    contrib = (neighbour_score[anchors].astype(np.float32) * anchor_weight.astype(np.float32)[:, None]).ravel()
-    keys = (neighbour_idx[anchors].ravel().astype(np.int64) << shift) | np.arange(n)
-    keys.sort()
-    keys = keys[np.searchsorted(keys, 0) :]  # −1 padding sorts first
-    if keys.size == 0:
+    # Compiled (ranking.kernels): one pass over the anchors' rows into a hash of item -> sum, then the top k.
+    items, total, where = kernels.neighbour_sums(
+        anchors,
+        np.asarray(anchor_weight, np.float32),
+        neighbour_idx,
+        neighbour_score,
+        exclude if exclude is not None else _NO_EXCLUSION,
+        k,
+    )
+    if items.size == 0:
         return SourceHits.empty()
-    position = keys & ((1 << shift) - 1)
-    items = keys >> shift
-    contrib = contrib[position]
-    starts = np.flatnonzero(np.concatenate(([True], items[1:] != items[:-1])))
-    total = np.add.reduceat(contrib.astype(np.float64), starts).astype(np.float32)
-    unique = items[starts]
-    keep = np.ones(unique.size, bool)
-    at = np.minimum(np.searchsorted(unique, anchors), unique.size - 1)
-    keep[at[unique[at] == anchors]] = False  # never recommend the anchor itself back
-    if exclude is not None:
-        keep &= ~exclude[unique]
-    kept = np.flatnonzero(keep)
-    if kept.size == 0:
-        return SourceHits.empty()
-    # The k best sums; a tie at the cut goes to the smaller item index, so the same history gives the same list.
-    k = min(k, kept.size)
-    values = total[kept]
-    cut = -np.partition(-values, k - 1)[k - 1]
-    above, level = kept[values > cut], kept[values == cut]
-    chosen = np.concatenate((above, level[: k - above.size]))
-    top = chosen[np.argsort(-total[chosen], kind="stable")]
-    # The strongest single contributor is the anchor the explanation names (ties: the most recent anchor); only
-    # the winners need one.
-    sizes = np.diff(np.append(starts, items.size))[top]
-    span = np.arange(int(sizes.max()))
-    slots = starts[top][:, None] + span
-    strength = np.where(span < sizes[:, None], contrib[np.minimum(slots, items.size - 1)], -np.inf)
-    strongest = slots[np.arange(top.size), np.argmax(strength, axis=1)]
-    return SourceHits(unique[top], total[top], anchors[position[strongest] // width])
+    return SourceHits(items, total, anchors[where])
 
 
 def dense_neighbours(
@@ -156,25 +131,15 @@ def merge(hits: dict[str, SourceHits]) -> CandidateSet:
             empty, np.empty((0, len(SOURCES)), np.float32), np.empty((0, len(SOURCES)), np.int32),
             np.empty(0, np.int8), empty,
         )  # fmt: skip
-    items = np.concatenate([hits[n].item_idx for n in names])
-    scores = np.concatenate([hits[n].score for n in names]).astype(np.float32)
-    anchors = np.concatenate([hits[n].anchor for n in names])
+    items = np.concatenate([hits[n].item_idx for n in names]).astype(np.int64, copy=False)
+    scores = np.concatenate([hits[n].score for n in names]).astype(np.float32, copy=False)
+    anchors = np.concatenate([hits[n].anchor for n in names]).astype(np.int64, copy=False)
     source = np.concatenate([np.full(len(hits[n]), SOURCE_INDEX[n], np.int8) for n in names])
     rank = np.concatenate([np.arange(len(hits[n]), dtype=np.int32) for n in names])
-    unique, inverse = np.unique(items, return_inverse=True)
-    source_score = np.zeros((unique.size, len(SOURCES)), np.float32)
-    source_rank = np.full((unique.size, len(SOURCES)), NO_RANK, np.int32)
-    source_score[inverse, source] = scores
-    source_rank[inverse, source] = rank
-    # Best source: the lowest rank across sources; ties go to the earlier source in SOURCES.
-    best = np.argmin(source_rank, axis=1).astype(np.int8)
-    # The anchor is the history item behind the best-ranked neighbour hit, whichever source won: "because you
-    # viewed X" explains a candidate better than "picked for you" whenever a history item led to it.
-    anchor = np.full(unique.size, -1, np.int64)
-    anchored = np.flatnonzero(anchors >= 0)
-    if anchored.size:
-        order = anchored[np.lexsort((rank[anchored], inverse[anchored]))]
-        first = np.ones(order.size, bool)
-        first[1:] = inverse[order][1:] != inverse[order][:-1]
-        anchor[inverse[order][first]] = anchors[order][first]
+    # Compiled (ranking.kernels): unique items, the per-source score/rank matrices, the best source (lowest rank,
+    # ties to the earlier source in SOURCES) and the anchor: the history item behind the best-ranked neighbour hit,
+    # whichever source won ("because you viewed X" explains a candidate better than "picked for you").
+    unique, source_score, source_rank, best, anchor = kernels.merge_hits(
+        items, scores, anchors, source, rank, len(SOURCES), NO_RANK
+    )
     return CandidateSet(unique, source_score, source_rank, best, anchor)

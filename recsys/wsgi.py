@@ -14,11 +14,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings.dev")
 
 django_application = get_wsgi_application()
 
+from ranking import kernels  # noqa: E402
 from recsys.wsgi_guards import chunked_body_shim, url_length_guard  # noqa: E402 - needs the settings above
 
 # Django reads CONTENT_LENGTH bytes only: the shim makes a chunked body (gunicorn de-chunks it) readable; an
 # over-long URL is a JSON 414 (recsys/wsgi_guards.py).
 application = url_length_guard(chunked_body_shim(django_application))
+
+# Retrieval's compiled loops, compiled (or loaded from numba's disk cache) now rather than on the first request.
+kernels.warm()
 
 # Everything imported so far (Django, DRF, numpy, LightGBM, faiss: a few hundred thousand objects) lives as long as
 # the process. Moving it out of the collector's reach keeps full collections short: without this they walked all

@@ -1,0 +1,168 @@
+"""Retrieval's two hottest loops compiled to machine code (numba): the neighbour aggregation and the merge of the
+sources' hits. Pure: numpy arrays in, numpy arrays out; ``ranking.retrieval`` wraps them.
+
+Why compiled: a request aggregates three neighbour tables and merges eight sources over a few thousand entries,
+and in numpy each step is a dozen array calls whose fixed cost (a few µs each) is most of the time: 70 µs an
+aggregation on the demo against 21 µs here, same results bit for bit (issue 18's whole-request profile;
+``tests/ranking/test_kernels.py`` checks them against the numpy versions they replace).
+
+Both are compiled on first use and cached on disk next to this file (numba's ``cache=True``; another process loads
+the machine code in a fraction of a second); ``warm()`` does it at a web process's start so no request pays for it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+_GOLDEN = np.uint64(11400714819323198485)  # 2**64 / golden ratio: multiplicative hashing (Knuth)
+
+
+@njit(cache=True, nogil=True)
+def _slot(item: int, mask: int) -> np.int64:
+    return np.int64((np.uint64(item) * _GOLDEN) >> np.uint64(32)) & mask
+
+
+@njit(cache=True, nogil=True)
+def neighbour_sums(
+    anchors: NDArray[np.int64],
+    weights: NDArray[np.float32],
+    neighbour_idx: NDArray[np.integer],
+    neighbour_score: NDArray[np.floating],
+    exclude: NDArray[np.bool_],
+    k: int,
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """The ``k`` items with the largest weighted similarity sums over the anchors' neighbour lists.
+
+    An item's sum adds ``float32(score) * weights[i]`` over every anchor ``i`` listing it, in anchor order, in float64
+    (then float32); the anchors themselves and items with ``exclude[item]`` are left out (``exclude`` may be
+    empty); −1 pads the tables. Order: sum descending, ties to the smaller item index. Returns (items, sums, the
+    anchor position of each item's strongest single contribution, ties to the earlier anchor).
+    """
+    n_anchors = anchors.size
+    width = neighbour_idx.shape[1]
+    n = n_anchors * width
+    size = 16
+    while size < 2 * n:
+        size <<= 1
+    mask = size - 1
+    # Open addressing, linear probing: item -> (sum, strongest contribution, its position).
+    keys = np.full(size, -1, np.int64)
+    sums = np.empty(size, np.float64)
+    strongest = np.empty(size, np.float32)
+    position = np.empty(size, np.int64)
+    used = np.empty(n, np.int64)
+    m = 0
+    for i in range(n_anchors):
+        row = anchors[i]
+        weight = weights[i]
+        for j in range(width):
+            item = np.int64(neighbour_idx[row, j])
+            if item < 0:
+                continue
+            contribution = np.float32(neighbour_score[row, j]) * weight
+            h = _slot(item, mask)
+            while keys[h] != -1 and keys[h] != item:
+                h = (h + 1) & mask
+            if keys[h] == -1:
+                keys[h] = item
+                sums[h] = np.float64(contribution)
+                strongest[h] = contribution
+                position[h] = i
+                used[m] = h
+                m += 1
+            else:
+                sums[h] += np.float64(contribution)
+                if contribution > strongest[h]:
+                    strongest[h] = contribution
+                    position[h] = i
+    for i in range(n_anchors):  # never recommend an anchor back: mark it removed, its probe chain intact
+        item = anchors[i]
+        h = _slot(item, mask)
+        while keys[h] != -1:
+            if keys[h] == item:
+                keys[h] = -2
+                break
+            h = (h + 1) & mask
+    items = np.empty(m, np.int64)
+    values = np.empty(m, np.float32)
+    where = np.empty(m, np.int64)
+    q = 0
+    for s in range(m):
+        h = used[s]
+        item = keys[h]
+        if item < 0 or (exclude.size > 0 and exclude[item]):
+            continue
+        items[q] = item
+        values[q] = np.float32(sums[h])
+        where[q] = position[h]
+        q += 1
+    if q == 0 or k <= 0:
+        return items[:0], values[:0], where[:0]
+    k = min(k, q)
+    cut = -np.partition(-values[:q], k - 1)[k - 1]
+    chosen = np.flatnonzero(values[:q] >= cut)  # the k best and any tied with the k-th
+    by_item = chosen[np.argsort(items[chosen], kind="mergesort")]
+    top = by_item[np.argsort(-values[by_item], kind="mergesort")][:k]  # sum descending, ties to the smaller item
+    return items[top], values[top], where[top]
+
+
+@njit(cache=True, nogil=True)
+def merge_hits(
+    items: NDArray[np.int64],
+    scores: NDArray[np.float32],
+    anchors: NDArray[np.int64],
+    source: NDArray[np.int8],
+    rank: NDArray[np.int32],
+    n_sources: int,
+    no_rank: np.int32,
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32], NDArray[np.int8], NDArray[np.int64]]:
+    """The union of the sources' hits (concatenated, each source's in its own rank order, sources in their fixed
+    order): sorted unique items, per source the score and rank (0 / ``no_rank`` where it did not find the item), the
+    best source (lowest rank, ties to the earlier source) and the anchor of the best-ranked anchored hit (ties to the
+    earlier source; −1 when none)."""
+    order = np.argsort(items, kind="mergesort")
+    n = items.size
+    inverse = np.empty(n, np.int64)
+    uniques = np.empty(n, np.int64)
+    u = -1
+    for s in range(n):
+        i = order[s]
+        if u < 0 or items[i] != uniques[u]:
+            u += 1
+            uniques[u] = items[i]
+        inverse[i] = u
+    u += 1
+    unique = uniques[:u]
+    source_score = np.zeros((u, n_sources), np.float32)
+    source_rank = np.full((u, n_sources), no_rank, np.int32)
+    anchor = np.full(u, -1, np.int64)
+    anchor_rank = np.full(u, 2**62, np.int64)
+    for i in range(n):
+        row = inverse[i]
+        source_score[row, source[i]] = scores[i]
+        source_rank[row, source[i]] = rank[i]
+        if anchors[i] >= 0 and rank[i] < anchor_rank[row]:
+            anchor_rank[row] = rank[i]
+            anchor[row] = anchors[i]
+    best = np.empty(u, np.int8)
+    for row in range(u):
+        b = 0
+        for c in range(1, n_sources):
+            if source_rank[row, c] < source_rank[row, b]:
+                b = c
+        best[row] = b
+    return unique, source_score, source_rank, best, anchor
+
+
+def warm() -> None:
+    """Compile (or load from the disk cache) both kernels for the types serving passes, before the first request."""
+    anchors = np.array([0], np.int64)
+    weights = np.ones(1, np.float32)
+    for idx_type in (np.int32, np.int64):
+        table = np.array([[1, -1]], idx_type)
+        neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.zeros(2, np.bool_), 1)
+        neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.empty(0, np.bool_), 1)
+    one = np.zeros(1, np.int64)
+    merge_hits(one, np.zeros(1, np.float32), one, np.zeros(1, np.int8), np.zeros(1, np.int32), 8, np.int32(10_000))

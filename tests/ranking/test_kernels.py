@@ -1,0 +1,150 @@
+"""The compiled retrieval loops (ranking.kernels) give exactly what the numpy versions they replaced gave: same
+items, same float32 sums, same anchors, same merged matrices, on random tables full of ties."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
+from ranking.retrieval import NO_RANK, SOURCES, SourceHits, merge, neighbours
+
+
+def _neighbours_numpy(
+    anchors: NDArray[np.int64],
+    anchor_weight: NDArray[np.floating],
+    neighbour_idx: NDArray[np.integer],
+    neighbour_score: NDArray[np.floating],
+    k: int,
+    exclude: NDArray[np.bool_] | None = None,
+) -> SourceHits:
+    """ranking.retrieval.neighbours as it was in numpy (one sort of (item, position) keys), the reference."""
+    width = neighbour_idx.shape[1]
+    n = anchors.size * width
+    shift = n.bit_length()
+    contrib = (neighbour_score[anchors].astype(np.float32) * anchor_weight.astype(np.float32)[:, None]).ravel()
+    keys = (neighbour_idx[anchors].ravel().astype(np.int64) << shift) | np.arange(n)
+    keys.sort()
+    keys = keys[np.searchsorted(keys, 0) :]
+    if keys.size == 0:
+        return SourceHits.empty()
+    position = keys & ((1 << shift) - 1)
+    items = keys >> shift
+    contrib = contrib[position]
+    starts = np.flatnonzero(np.concatenate(([True], items[1:] != items[:-1])))
+    total = np.add.reduceat(contrib.astype(np.float64), starts).astype(np.float32)
+    unique = items[starts]
+    keep = np.ones(unique.size, bool)
+    at = np.minimum(np.searchsorted(unique, anchors), unique.size - 1)
+    keep[at[unique[at] == anchors]] = False
+    if exclude is not None:
+        keep &= ~exclude[unique]
+    kept = np.flatnonzero(keep)
+    if kept.size == 0:
+        return SourceHits.empty()
+    k = min(k, kept.size)
+    values = total[kept]
+    cut = -np.partition(-values, k - 1)[k - 1]
+    above, level = kept[values > cut], kept[values == cut]
+    chosen = np.concatenate((above, level[: k - above.size]))
+    top = chosen[np.argsort(-total[chosen], kind="stable")]
+    sizes = np.diff(np.append(starts, items.size))[top]
+    span = np.arange(int(sizes.max()))
+    slots = starts[top][:, None] + span
+    strength = np.where(span < sizes[:, None], contrib[np.minimum(slots, items.size - 1)], -np.inf)
+    strongest = slots[np.arange(top.size), np.argmax(strength, axis=1)]
+    return SourceHits(unique[top], total[top], anchors[position[strongest] // width])
+
+
+def _merge_numpy(hits: dict[str, SourceHits]) -> tuple[NDArray[np.generic], ...]:
+    """ranking.retrieval.merge as it was in numpy, the reference."""
+    names = [name for name in SOURCES if name in hits and len(hits[name])]
+    items = np.concatenate([hits[n].item_idx for n in names])
+    scores = np.concatenate([hits[n].score for n in names]).astype(np.float32)
+    anchors = np.concatenate([hits[n].anchor for n in names])
+    source = np.concatenate([np.full(len(hits[n]), SOURCES.index(n), np.int8) for n in names])
+    rank = np.concatenate([np.arange(len(hits[n]), dtype=np.int32) for n in names])
+    unique, inverse = np.unique(items, return_inverse=True)
+    source_score = np.zeros((unique.size, len(SOURCES)), np.float32)
+    source_rank = np.full((unique.size, len(SOURCES)), NO_RANK, np.int32)
+    source_score[inverse, source] = scores
+    source_rank[inverse, source] = rank
+    best = np.argmin(source_rank, axis=1).astype(np.int8)
+    anchor = np.full(unique.size, -1, np.int64)
+    anchored = np.flatnonzero(anchors >= 0)
+    if anchored.size:
+        order = anchored[np.lexsort((rank[anchored], inverse[anchored]))]
+        first = np.ones(order.size, bool)
+        first[1:] = inverse[order][1:] != inverse[order][:-1]
+        anchor[inverse[order][first]] = anchors[order][first]
+    return unique, source_score, source_rank, best, anchor
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_items=st.integers(2, 400),
+    width=st.integers(1, 40),
+    n_anchors=st.integers(1, 60),
+    k=st.integers(1, 120),
+    floor=st.sampled_from([0.0, 0.3, 1.0]),
+    with_exclude=st.booleans(),
+    table_type=st.sampled_from([np.int32, np.int64]),
+)
+def test_the_compiled_aggregation_is_the_numpy_one_bit_for_bit(
+    seed: int, n_items: int, width: int, n_anchors: int, k: int, floor: float, with_exclude: bool, table_type: type
+) -> None:
+    rng = np.random.default_rng(seed)
+    width = min(width, n_items)
+    idx = np.stack([rng.permutation(n_items)[:width] for _ in range(n_items)]).astype(table_type)
+    idx[rng.random(idx.shape) < 0.15] = -1
+    # Coarse scores make many exact ties in the sums and in the strongest contribution.
+    score = rng.choice(np.array([1.0, 0.5, 0.25, 0.125, 0.3], np.float32), size=idx.shape)
+    anchors = rng.choice(n_items, size=min(n_anchors, n_items), replace=False).astype(np.int64)
+    weights = (floor + (1 - floor) * 0.85 ** np.arange(anchors.size)).astype(np.float32)
+    exclude = rng.random(n_items) < 0.2 if with_exclude else None
+
+    got = neighbours(anchors, weights, idx, score, k, exclude)
+    want = _neighbours_numpy(anchors, weights, idx, score, k, exclude)
+
+    np.testing.assert_array_equal(got.item_idx, want.item_idx)
+    np.testing.assert_array_equal(got.score, want.score)
+    np.testing.assert_array_equal(got.anchor, want.anchor)
+    assert got.item_idx.dtype == np.int64
+    assert got.score.dtype == np.float32
+    assert got.anchor.dtype == np.int64
+
+
+def test_an_anchor_listed_twice_or_every_neighbour_excluded_leaves_nothing_behind() -> None:
+    idx = np.array([[1, 2], [0, 2], [0, 1]], np.int32)
+    score = np.ones((3, 2), np.float32)
+    assert neighbours(np.array([0, 0, 1]), np.ones(3), idx, score, 5).item_idx.tolist() == [2]
+    assert len(neighbours(np.array([0]), np.ones(1), idx, score, 5, np.array([False, True, True]))) == 0
+    assert len(neighbours(np.array([0]), np.ones(1), np.full((3, 2), -1, np.int32), score, 5)) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_items=st.integers(1, 60), n_sources=st.integers(1, len(SOURCES)))
+def test_the_compiled_merge_is_the_numpy_one(seed: int, n_items: int, n_sources: int) -> None:
+    rng = np.random.default_rng(seed)
+    hits = {}
+    for name in rng.choice(np.array(SOURCES), size=n_sources, replace=False).tolist():
+        size = int(rng.integers(0, n_items + 1))
+        items = rng.choice(n_items, size=size, replace=False).astype(np.int64)
+        anchors = np.where(rng.random(size) < 0.5, rng.integers(0, 5, size), -1).astype(np.int64)
+        hits[name] = SourceHits(items, rng.random(size).astype(np.float32), anchors)
+    if not any(len(h) for h in hits.values()):
+        assert merge(hits).item_idx.size == 0
+        return
+
+    got = merge(hits)
+    unique, source_score, source_rank, best, anchor = _merge_numpy(hits)
+
+    np.testing.assert_array_equal(got.item_idx, unique)
+    np.testing.assert_array_equal(got.source_score, source_score)
+    np.testing.assert_array_equal(got.source_rank, source_rank)
+    np.testing.assert_array_equal(got.best_source, best)
+    np.testing.assert_array_equal(got.anchor, anchor)
+    assert got.source_rank.dtype == np.int32
+    assert got.best_source.dtype == np.int8
