@@ -119,7 +119,7 @@ def merge_hits(
     no_rank: np.int32,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32], NDArray[np.int8], NDArray[np.int64]]:
     """The union of the sources' hits (concatenated, each source's in its own rank order, sources in their fixed
-    order): sorted unique items, per source the score and rank (0 / ``no_rank`` where it did not find the item), the
+    order, then any hits of no source with ``source`` −1): sorted unique items, per source the score and rank (0 / ``no_rank`` where it did not find the item), the
     best source (lowest rank, ties to the earlier source) and the anchor of the best-ranked anchored hit (ties to the
     earlier source; −1 when none)."""
     order = np.argsort(items, kind="mergesort")
@@ -141,6 +141,8 @@ def merge_hits(
     anchor_rank = np.full(u, 2**62, np.int64)
     for i in range(n):
         row = inverse[i]
+        if source[i] < 0:  # a candidate no source found (a pinned item): a row of its own, nothing to fill
+            continue
         source_score[row, source[i]] = scores[i]
         source_rank[row, source[i]] = rank[i]
         if anchors[i] >= 0 and rank[i] < anchor_rank[row]:

@@ -123,8 +123,10 @@ def dense_neighbours(
 
 
 def merge(hits: dict[str, SourceHits]) -> CandidateSet:
-    """Union of every source's hits with per-source scores and ranks; vectorised over all hits at once."""
+    """Union of every source's hits with per-source scores and ranks. Hits under a name that is not a source (the
+    pinned items no source found, ``ranking.pipeline.stages.retrieve``) join as candidates of no source."""
     names = [name for name in SOURCES if name in hits and len(hits[name])]
+    names += sorted(name for name in hits if name not in SOURCE_INDEX and len(hits[name]))
     if not names:
         empty = np.empty(0, np.int64)
         return CandidateSet(
@@ -134,7 +136,7 @@ def merge(hits: dict[str, SourceHits]) -> CandidateSet:
     items = np.concatenate([hits[n].item_idx for n in names]).astype(np.int64, copy=False)
     scores = np.concatenate([hits[n].score for n in names]).astype(np.float32, copy=False)
     anchors = np.concatenate([hits[n].anchor for n in names]).astype(np.int64, copy=False)
-    source = np.concatenate([np.full(len(hits[n]), SOURCE_INDEX[n], np.int8) for n in names])
+    source = np.concatenate([np.full(len(hits[n]), SOURCE_INDEX.get(n, -1), np.int8) for n in names])
     rank = np.concatenate([np.arange(len(hits[n]), dtype=np.int32) for n in names])
     # Compiled (ranking.kernels): unique items, the per-source score/rank matrices, the best source (lowest rank,
     # ties to the earlier source in SOURCES) and the anchor: the history item behind the best-ranked neighbour hit,

@@ -130,3 +130,14 @@ def test_dense_neighbours_equal_the_tables_when_the_tables_hold_every_item() -> 
     assert dense.anchor.tolist() == table.anchor.tolist()
     assert not set(dense.item_idx.tolist()) & set(anchors.tolist())
     assert dense_neighbours(np.array([], np.int64), weights[:0], matrix, k=8).item_idx.size == 0
+
+
+def test_merge_keeps_hits_of_no_source_as_candidates_no_source_found() -> None:
+    """Pinned items no source found join the candidates (so the re-ranker can place them) with no source's rank."""
+    popular = SourceHits(np.array([3, 1]), np.array([2.0, 1.0], np.float32), np.full(2, -1))
+    pinned = SourceHits(np.array([9, 1]), np.zeros(2, np.float32), np.full(2, -1))
+    merged = merge({"popular": popular, "pinned": pinned})
+    assert merged.item_idx.tolist() == [1, 3, 9]
+    assert merged.source_rank[2].tolist() == [NO_RANK] * len(merged.source_rank[2])
+    assert merged.source_rank[0, SOURCE_INDEX["popular"]] == 1
+    assert merged.per_source_counts()["popular"] == 2

@@ -128,6 +128,28 @@ def _rule(**fields: Any) -> BusinessRule:
 
 
 @pytest.mark.django_db
+def test_a_pinned_item_no_source_finds_is_placed_all_the_same(api: APIClient) -> None:
+    """A merchandiser pins an item the model has never seen (no interactions, not new, not popular): retrieval finds
+    nothing for it, and it still takes its slot, explained as featured."""
+    ring = Item.objects.get(external_id="ring-0")
+    quiet = Item.objects.create(
+        external_id="pin-quiet", title="A quiet ring", category=ring.category, brand=ring.brand, price=12
+    )
+    # Listed long before the world's items: not a new arrival either.
+    Item.objects.filter(pk=quiet.pk).update(created_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    before = _ids(_recs(api, customer_id="pin-1", count=10))
+    assert "pin-quiet" not in before
+    _rule(kind="pin", target="item", item=quiet, position=2)  # positions count from 1
+    try:
+        body = _recs(api, customer_id="pin-1", count=10)
+        assert _ids(body)[1] == "pin-quiet"
+        assert body["items"][1]["reason"]["code"] == "featured"
+    finally:
+        BusinessRule.objects.all().delete()
+        rules.version_bump()
+
+
+@pytest.mark.django_db
 def test_pin_block_boost_and_bury_with_schedules(api: APIClient) -> None:
     pinned = Item.objects.get(external_id="ring-11")
     blocked = Item.objects.get(external_id="mug-0")
