@@ -119,9 +119,9 @@ def merge_hits(
     no_rank: np.int32,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int32], NDArray[np.int8], NDArray[np.int64]]:
     """The union of the sources' hits (concatenated, each source's in its own rank order, sources in their fixed
-    order, then any hits of no source with ``source`` −1): sorted unique items, per source the score and rank (0 / ``no_rank`` where it did not find the item), the
-    best source (lowest rank, ties to the earlier source) and the anchor of the best-ranked anchored hit (ties to the
-    earlier source; −1 when none)."""
+    order, then any hits of no source with ``source`` −1): sorted unique items, per source the score and rank (0 /
+    ``no_rank`` where it did not find the item), the best source (lowest rank, ties to the earlier source) and the
+    anchor of the best-ranked anchored hit (ties to the earlier source; −1 when none)."""
     order = np.argsort(items, kind="mergesort")
     n = items.size
     inverse = np.empty(n, np.int64)
