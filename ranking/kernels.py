@@ -109,6 +109,46 @@ def neighbour_sums(
 
 
 @njit(cache=True, nogil=True)
+def dense_top(
+    total: NDArray[np.float32],
+    rows: NDArray[np.float32],
+    weights: NDArray[np.float32],
+    anchors: NDArray[np.int64],
+    k: int,
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """The ``k`` best items of a dense score vector ``total`` (``weights @ rows``, the anchors' rows of a full
+    item-item matrix): positive scores only, the anchors left out; sum descending, ties to the smaller item. Returns
+    (items, scores, the anchor position of each item's strongest weighted contribution, ties to the earlier anchor)."""
+    n = total.size
+    is_anchor = np.zeros(n, np.bool_)
+    for i in range(anchors.size):
+        is_anchor[anchors[i]] = True
+    positive = np.empty(n, np.int64)
+    q = 0
+    for item in range(n):
+        if total[item] > 0 and not is_anchor[item]:
+            positive[q] = item
+            q += 1
+    if q == 0 or k <= 0:
+        return positive[:0], total[:0], positive[:0]
+    values = total[positive[:q]]
+    k = min(k, q)
+    cut = -np.partition(-values, k - 1)[k - 1]
+    chosen = positive[:q][values >= cut]  # ascending items: the stable sort below keeps ties in item order
+    top = chosen[np.argsort(-total[chosen], kind="mergesort")][:k]
+    strongest = np.empty(top.size, np.int64)
+    for t in range(top.size):
+        best = 0
+        best_value = rows[0, top[t]] * weights[0]
+        for i in range(1, anchors.size):
+            value = rows[i, top[t]] * weights[i]
+            if value > best_value:
+                best, best_value = i, value
+        strongest[t] = best
+    return top, total[top], strongest
+
+
+@njit(cache=True, nogil=True)
 def merge_hits(
     items: NDArray[np.int64],
     scores: NDArray[np.float32],
@@ -166,5 +206,6 @@ def warm() -> None:
         table = np.array([[1, -1]], idx_type)
         neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.zeros(2, np.bool_), 1)
         neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.empty(0, np.bool_), 1)
+    dense_top(np.ones(2, np.float32), np.ones((1, 2), np.float32), weights, anchors, 1)
     one = np.zeros(1, np.int64)
     merge_hits(one, np.zeros(1, np.float32), one, np.zeros(1, np.int8), np.zeros(1, np.int32), 8, np.int32(10_000))

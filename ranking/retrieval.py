@@ -108,18 +108,12 @@ def dense_neighbours(
     if anchors.size == 0 or k <= 0:
         return SourceHits.empty()
     rows = np.asarray(matrix[anchors], np.float32)
-    total = np.asarray(anchor_weight, np.float32) @ rows
-    total[anchors] = -np.inf  # never recommend the anchor itself back
-    positive = np.flatnonzero(total > 0)  # as the tables, which keep positive similarities only
-    if positive.size == 0:
-        return SourceHits.empty()
-    k = min(k, positive.size)
-    values = total[positive]
-    top = positive[np.argpartition(-values, k - 1)[:k]] if k < positive.size else positive
-    # Score order, ties to the smaller item index (the same history gives the same list).
-    top = top[np.lexsort((top, -total[top]))]
-    strongest = np.argmax(rows[:, top] * np.asarray(anchor_weight, np.float32)[:, None], axis=0)
-    return SourceHits(top.astype(np.int64), total[top], anchors[strongest].astype(np.int64))
+    weights = np.asarray(anchor_weight, np.float32)
+    total = weights @ rows
+    # Compiled (ranking.kernels): the positive scores as the tables keep positive similarities only, the anchors
+    # left out, score order with ties to the smaller item index, and each winner's strongest anchor.
+    top, scores, strongest = kernels.dense_top(total, rows, weights, anchors, k)
+    return SourceHits(top, scores, anchors[strongest])
 
 
 def merge(hits: dict[str, SourceHits]) -> CandidateSet:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from ranking.retrieval import NO_RANK, SOURCES, SourceHits, merge, neighbours
+from ranking.retrieval import NO_RANK, SOURCES, SourceHits, dense_neighbours, merge, neighbours
 
 
 def _neighbours_numpy(
@@ -55,6 +55,25 @@ def _neighbours_numpy(
     strength = np.where(span < sizes[:, None], contrib[np.minimum(slots, items.size - 1)], -np.inf)
     strongest = slots[np.arange(top.size), np.argmax(strength, axis=1)]
     return SourceHits(unique[top], total[top], anchors[position[strongest] // width])
+
+
+def _dense_numpy(
+    anchors: NDArray[np.int64], anchor_weight: NDArray[np.floating], matrix: NDArray[np.floating], k: int
+) -> SourceHits:
+    """ranking.retrieval.dense_neighbours as it was in numpy, the reference (exact ties at the k-th score aside:
+    argpartition kept an arbitrary one, the kernel the smaller item)."""
+    rows = np.asarray(matrix[anchors], np.float32)
+    total = np.asarray(anchor_weight, np.float32) @ rows
+    total[anchors] = -np.inf
+    positive = np.flatnonzero(total > 0)
+    if positive.size == 0:
+        return SourceHits.empty()
+    k = min(k, positive.size)
+    values = total[positive]
+    top = positive[np.argpartition(-values, k - 1)[:k]] if k < positive.size else positive
+    top = top[np.lexsort((top, -total[top]))]
+    strongest = np.argmax(rows[:, top] * np.asarray(anchor_weight, np.float32)[:, None], axis=0)
+    return SourceHits(top.astype(np.int64), total[top], anchors[strongest].astype(np.int64))
 
 
 def _merge_numpy(hits: dict[str, SourceHits]) -> tuple[NDArray[np.generic], ...]:
@@ -148,3 +167,27 @@ def test_the_compiled_merge_is_the_numpy_one(seed: int, n_items: int, n_sources:
     np.testing.assert_array_equal(got.anchor, anchor)
     assert got.source_rank.dtype == np.int32
     assert got.best_source.dtype == np.int8
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_items=st.integers(2, 300),
+    n_anchors=st.integers(1, 40),
+    k=st.integers(1, 150),
+    floor=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_the_compiled_dense_top_is_the_numpy_one(seed: int, n_items: int, n_anchors: int, k: int, floor: float) -> None:
+    rng = np.random.default_rng(seed)
+    # An EASE-like matrix: mostly small weights of both signs, a zero diagonal.
+    matrix = rng.normal(0.0, 0.1, (n_items, n_items)).astype(np.float32)
+    np.fill_diagonal(matrix, 0.0)
+    anchors = rng.choice(n_items, size=min(n_anchors, n_items), replace=False).astype(np.int64)
+    weights = (floor + (1 - floor) * 0.85 ** np.arange(anchors.size)).astype(np.float32)
+
+    got = dense_neighbours(anchors, weights, matrix, k)
+    want = _dense_numpy(anchors, weights, matrix, k)
+
+    np.testing.assert_array_equal(got.item_idx, want.item_idx)
+    np.testing.assert_array_equal(got.score, want.score)
+    np.testing.assert_array_equal(got.anchor, want.anchor)
