@@ -154,8 +154,10 @@ def main() -> None:
         assert server.process is not None
         rss = [p.memory_info().rss / 2**20 for p in psutil.Process(server.process.pid).children()]
     # The same kind of request timed by the worker itself (gunicorn's access log, one worker, nothing else running):
-    # the whole request on the server, Django, DRF, the list cache and its store included, without the client's
-    # side of HTTP (a new connection per request: sync workers close it, and Python's urllib).
+    # from the parsed request to the response written (Django, DRF, the list cache's lookup and lock round trips),
+    # without the client's side of HTTP (a new connection per request: sync workers close it, and Python's urllib).
+    # The list cache's store is not on this clock either: gunicorn logs the time before it closes the response
+    # iterable, which sends Django's request_finished, where the store runs (ranking/cache.py).
     used = set(uncached_paths[-300:])
     fresh = [p for p in dict.fromkeys(
         f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
