@@ -82,6 +82,11 @@ def neighbours(
     """
     if anchors.size == 0 or k <= 0:
         return SourceHits.empty()
+    # The compiled loop does not check bounds: what numpy would refuse is refused here.
+    if anchors.min() < 0 or anchors.max() >= neighbour_idx.shape[0]:
+        raise IndexError("neighbours: an anchor outside the table")
+    if exclude is not None and exclude.size < neighbour_idx.shape[0]:
+        raise IndexError("neighbours: the exclusion mask is shorter than the table")
     # Compiled (ranking.kernels): one pass over the anchors' rows into a hash of item -> sum, then the top k.
     items, total, where = kernels.neighbour_sums(
         anchors,

@@ -4,6 +4,7 @@ items, same float32 sums, same anchors, same merged matrices, on random tables f
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -133,6 +134,19 @@ def test_the_compiled_aggregation_is_the_numpy_one_bit_for_bit(
     assert got.item_idx.dtype == np.int64
     assert got.score.dtype == np.float32
     assert got.anchor.dtype == np.int64
+
+
+def test_what_numpy_would_refuse_is_refused_before_the_compiled_loop() -> None:
+    idx = np.array([[1, 2], [0, 2], [0, 1]], np.int32)
+    score = np.ones((3, 2), np.float32)
+    with pytest.raises(IndexError):
+        neighbours(np.array([3]), np.ones(1), idx, score, 5)
+    with pytest.raises(IndexError):
+        neighbours(np.array([-1]), np.ones(1), idx, score, 5)
+    with pytest.raises(IndexError):
+        neighbours(np.array([0]), np.ones(1), idx, score, 5, np.zeros(2, bool))
+    with pytest.raises(IndexError):
+        dense_neighbours(np.array([3]), np.ones(1), np.ones((3, 3), np.float32), 5)
 
 
 def test_an_anchor_listed_twice_or_every_neighbour_excluded_leaves_nothing_behind() -> None:
