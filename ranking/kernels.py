@@ -1,15 +1,15 @@
-"""Retrieval's two hottest loops compiled to machine code (numba): the neighbour aggregation and the merge of the
-sources' hits. Pure: numpy arrays in, numpy arrays out; ``ranking.retrieval`` wraps them.
+"""Retrieval's hottest loops compiled to machine code (numba): the neighbour aggregation, EASE's dense top k and
+the merge of the sources' hits. Pure: numpy arrays in, numpy arrays out; ``ranking.retrieval`` wraps them (and
+checks what numba does not: indices within bounds).
 
 Why compiled: a request aggregates three neighbour tables and merges eight sources over a few thousand entries,
 and in numpy each step is a dozen array calls whose fixed cost (a few µs each) is most of the time: 70 µs an
 aggregation on the demo against 21 µs here, same results bit for bit (issue 18's whole-request profile;
 ``tests/ranking/test_kernels.py`` checks them against the numpy versions they replace).
 
-Both are compiled on first use and cached on disk next to this file (numba's ``cache=True``; another process loads
+They are compiled on first use and cached on disk next to this file (numba's ``cache=True``; another process loads
 the machine code in a fraction of a second); ``warm()`` does it at a web process's start so no request pays for it.
 """
-
 from __future__ import annotations
 
 import numpy as np
