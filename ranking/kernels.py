@@ -10,6 +10,7 @@ aggregation on the demo against 21 µs here, same results bit for bit (issue 18'
 They are compiled on first use and cached on disk next to this file (numba's ``cache=True``; another process loads
 the machine code in a fraction of a second); ``warm()`` does it at a web process's start so no request pays for it.
 """
+
 from __future__ import annotations
 
 import numpy as np
