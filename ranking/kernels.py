@@ -13,19 +13,37 @@ the machine code in a fraction of a second); ``warm()`` does it at a web process
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+logger = logging.getLogger(__name__)
+
+
+def _compiled(function: Callable[..., Any]) -> Any:
+    """``numba.njit`` with the disk cache where there is a writable place for it (next to this file, or
+    ``NUMBA_CACHE_DIR``, or the user's cache directory); on a read-only install without one (numba then refuses
+    ``cache=True`` outright), compiled in each process instead."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError:
+        logger.warning("numba_cache_unavailable", extra={"function": function.__qualname__})
+        return njit(nogil=True)(function)
+
+
 _GOLDEN = np.uint64(11400714819323198485)  # 2**64 / golden ratio: multiplicative hashing (Knuth)
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _slot(item: int, mask: int) -> np.int64:
     return np.int64((np.uint64(item) * _GOLDEN) >> np.uint64(32)) & mask
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def neighbour_sums(
     anchors: NDArray[np.int64],
     weights: NDArray[np.float32],
@@ -109,7 +127,7 @@ def neighbour_sums(
     return items[top], values[top], where[top]
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def dense_top(
     total: NDArray[np.float32],
     rows: NDArray[np.float32],
@@ -149,7 +167,7 @@ def dense_top(
     return top, total[top], strongest
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def merge_hits(
     items: NDArray[np.int64],
     scores: NDArray[np.float32],

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from ranking import kernels
 from ranking.retrieval import NO_RANK, SOURCES, SourceHits, dense_neighbours, merge, neighbours
 
 
@@ -205,3 +206,14 @@ def test_the_compiled_dense_top_is_the_numpy_one(seed: int, n_items: int, n_anch
     np.testing.assert_array_equal(got.item_idx, want.item_idx)
     np.testing.assert_array_equal(got.score, want.score)
     np.testing.assert_array_equal(got.anchor, want.anchor)
+
+
+def test_without_a_place_for_numbas_cache_the_loops_are_compiled_all_the_same(caplog: pytest.LogCaptureFixture) -> None:
+    """numba refuses ``cache=True`` when no cache location is writable (a read-only install): the kernels then
+    compile in the process. A function with no source file has no cache location either, like that install."""
+    namespace: dict[str, object] = {}
+    exec(compile("def plus_one(x):\n    return x + 1\n", "<no file>", "exec"), namespace)  # noqa: S102
+    with caplog.at_level("WARNING", logger="ranking.kernels"):
+        plus_one = kernels._compiled(namespace["plus_one"])
+    assert [r.message for r in caplog.records] == ["numba_cache_unavailable"]
+    assert plus_one(41) == 42
