@@ -1,6 +1,7 @@
-"""Retrieval's hottest loops compiled to machine code (numba): the neighbour aggregation, EASE's dense top k and
-the merge of the sources' hits. Pure: numpy arrays in, numpy arrays out; ``ranking.retrieval`` wraps them (and
-checks what numba does not: indices within bounds).
+"""The serving pipeline's hottest loops compiled to machine code (numba): retrieval's neighbour aggregation, EASE's
+dense top k and the merge of the sources' hits, and the re-ranker's greedy diversity fill. Pure: numpy arrays in,
+numpy arrays out; ``ranking.retrieval`` and ``ranking.rerank`` wrap them (and check what numba does not: indices
+within bounds).
 
 Why compiled: a request aggregates three neighbour tables and merges eight sources over a few thousand entries,
 and in numpy each step is a dozen array calls whose fixed cost (a few µs each) is most of the time: 70 µs an
@@ -217,6 +218,65 @@ def merge_hits(
     return unique, source_score, source_rank, best, anchor
 
 
+@_compiled
+def greedy_fill(
+    n_pick: int,
+    taken: NDArray[np.bool_],
+    cat_code: NDArray[np.intp],
+    brand_code: NDArray[np.intp],
+    branded: NDArray[np.bool_],
+    cat_counts: NDArray[np.int64],
+    brand_counts: NDArray[np.int64],
+    cat_cap: int,
+    brand_cap: int,
+) -> tuple[NDArray[np.int64], int, int]:
+    """The re-ranker's greedy diversity fill (``ranking.rerank._fill``): ``n_pick`` times the first untaken
+    survivor (survivors in score order) whose category and brand are under their caps; when none is, the caps are
+    raised just enough (brand first, then category, as ``_Caps.relax``). ``taken`` and the counts are updated in
+    place; returns (the picks in list order, the category cap, the brand cap)."""
+    n = taken.size
+    picked = np.empty(n_pick, np.int64)
+    for slot in range(n_pick):
+        j = -1
+        for attempt in range(2):
+            for i in range(n):
+                if (
+                    not taken[i]
+                    and cat_counts[cat_code[i]] < cat_cap
+                    and (not branded[i] or brand_counts[brand_code[i]] < brand_cap)
+                ):
+                    j = i
+                    break
+            if j >= 0 or attempt == 1:
+                break
+            # Nothing fits: raise the brand cap if no remaining survivor's brand fits, then the category cap.
+            any_brand_ok = False
+            lowest_brand = np.int64(2**62)
+            for i in range(n):
+                if not taken[i]:
+                    if not branded[i] or brand_counts[brand_code[i]] < brand_cap:
+                        any_brand_ok = True
+                    lowest_brand = min(lowest_brand, brand_counts[brand_code[i]])
+            if not any_brand_ok:
+                if lowest_brand == 2**62:
+                    break  # nothing left at all
+                brand_cap = int(lowest_brand) + 1
+            lowest_cat = np.int64(2**62)
+            for i in range(n):
+                if not taken[i] and (not branded[i] or brand_counts[brand_code[i]] < brand_cap):
+                    lowest_cat = min(lowest_cat, cat_counts[cat_code[i]])
+            if lowest_cat < 2**62:
+                cat_cap = max(cat_cap, int(lowest_cat) + 1)
+        if j < 0:
+            return picked[:slot], cat_cap, brand_cap
+        taken[j] = True
+        cat_counts[cat_code[j]] += 1
+        if branded[j]:
+            brand_counts[brand_code[j]] += 1
+        picked[slot] = j
+    return picked, cat_cap, brand_cap
+
+
 def warm() -> None:
     """Compile (or load from the disk cache) both kernels for the types serving passes, before the first request."""
     anchors = np.array([0], np.int64)
@@ -226,5 +286,8 @@ def warm() -> None:
         neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.zeros(2, np.bool_), 1)
         neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.empty(0, np.bool_), 1)
     dense_top(np.ones(2, np.float32), np.ones((1, 2), np.float32), weights, anchors, 1)
+    codes = np.zeros(2, np.intp)
+    greedy_fill(1, np.zeros(2, np.bool_), codes, codes, np.ones(2, np.bool_), np.zeros(1, np.int64),
+                np.zeros(1, np.int64), 1, 1)  # fmt: skip
     one = np.zeros(1, np.int64)
     merge_hits(one, np.zeros(1, np.float32), one, np.zeros(1, np.int8), np.zeros(1, np.int32), 8, np.int32(10_000))

@@ -51,6 +51,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ranking import kernels
 from ranking.arrays import isin
 
 IntArray = npt.NDArray[np.int64]
@@ -287,6 +288,13 @@ def _fill(
         caps.add_many(picked)
         taken[picked] = True
         return [int(j) for j in picked]
+    if config.diversity == "greedy":
+        # Compiled (ranking.kernels.greedy_fill): the slot loop below without MMR's scores, same picks and caps.
+        greedy, caps.cat_cap, caps.brand_cap = kernels.greedy_fill(
+            n_pick, taken, caps.cat_code, caps.brand_code, caps.branded, caps.cat_counts, caps.brand_counts,
+            caps.cat_cap, caps.brand_cap,
+        )  # fmt: skip
+        return greedy.tolist()
 
     # MMR works on min-max normalised scores so mmr_lambda means the same for every model.
     spread = float(np.ptp(adjusted)) if adjusted.size else 0.0

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from ranking import kernels
+from ranking.rerank import RerankConfig, _Caps, _fill
 from ranking.retrieval import NO_RANK, SOURCES, SourceHits, dense_neighbours, merge, neighbours
 
 
@@ -217,3 +218,56 @@ def test_without_a_place_for_numbas_cache_the_loops_are_compiled_all_the_same(ca
         plus_one = kernels._compiled(namespace["plus_one"])
     assert [r.message for r in caplog.records] == ["numba_cache_unavailable"]
     assert plus_one(41) == 42
+
+
+def _greedy_fill_python(n_pick: int, taken: NDArray[np.bool_], caps: _Caps) -> list[int]:
+    """ranking.rerank._fill's greedy path as it was in numpy (the caps' own methods), the reference."""
+    picked = []
+    eligible = ~taken & caps.fits()
+    for _ in range(n_pick):
+        if not eligible.any():
+            caps.relax(~taken)
+            eligible = ~taken & caps.fits()
+        j = int(np.argmax(eligible))
+        taken[j] = True
+        eligible[j] = False
+        caps.add(j)
+        if caps.at_cap(j):
+            eligible &= caps.fits()
+        picked.append(j)
+    return picked
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 80),
+    n_categories=st.integers(1, 6),
+    n_brands=st.integers(0, 5),
+    cat_cap=st.integers(1, 5),
+    brand_cap=st.integers(1, 5),
+    pinned=st.integers(0, 4),
+)
+def test_the_compiled_greedy_fill_is_the_numpy_one(
+    seed: int, n: int, n_categories: int, n_brands: int, cat_cap: int, brand_cap: int, pinned: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    category = rng.integers(0, n_categories, n) * 7  # sparse codes, as catalog primary keys are
+    brand = np.where(rng.random(n) < 0.3, -1, rng.integers(0, max(n_brands, 1), n)) if n_brands else np.full(n, -1)
+    taken = np.zeros(n, bool)
+    taken[rng.choice(n, size=min(pinned, n), replace=False)] = True  # pinned slots, counted before the fill
+    n_pick = int(rng.integers(0, (~taken).sum() + 1))
+    python_caps = _Caps(category, brand, cat_cap, brand_cap)
+    python_caps.add_many(np.flatnonzero(taken))
+    kernel_caps = _Caps(category, brand, cat_cap, brand_cap)
+    kernel_caps.add_many(np.flatnonzero(taken))
+    python_taken, kernel_taken = taken.copy(), taken.copy()
+
+    want = _greedy_fill_python(n_pick, python_taken, python_caps)
+    got = _fill(n_pick, kernel_taken, np.zeros(n), kernel_caps, RerankConfig(count=n_pick, diversity="greedy"))
+
+    assert got == want
+    np.testing.assert_array_equal(kernel_taken, python_taken)
+    np.testing.assert_array_equal(kernel_caps.cat_counts, python_caps.cat_counts)
+    np.testing.assert_array_equal(kernel_caps.brand_counts, python_caps.brand_counts)
+    assert (kernel_caps.cat_cap, kernel_caps.brand_cap) == (python_caps.cat_cap, python_caps.brand_cap)
