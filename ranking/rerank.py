@@ -289,20 +289,19 @@ def _fill(
         taken[picked] = True
         return [int(j) for j in picked]
     if config.diversity == "greedy":
-        # Compiled (ranking.kernels.greedy_fill): the slot loop below without MMR's scores, same picks and caps.
+        # Compiled (ranking.kernels.greedy_fill): the first untaken survivor under the caps, slot by slot.
         greedy, caps.cat_cap, caps.brand_cap = kernels.greedy_fill(
             n_pick, taken, caps.cat_code, caps.brand_code, caps.branded, caps.cat_counts, caps.brand_counts,
             caps.cat_cap, caps.brand_cap,
         )  # fmt: skip
         return greedy.tolist()
 
-    # MMR works on min-max normalised scores so mmr_lambda means the same for every model.
+    # MMR, on min-max normalised scores so mmr_lambda means the same for every model.
     spread = float(np.ptp(adjusted)) if adjusted.size else 0.0
     relevance = (adjusted - adjusted.min()) / spread if spread > 0 else np.zeros_like(adjusted)
     max_sim = np.zeros_like(adjusted)
-    if config.diversity == "mmr":
-        for j in np.flatnonzero(taken):
-            max_sim = np.maximum(max_sim, _similarity_to(int(j), caps))
+    for j in np.flatnonzero(taken):
+        max_sim = np.maximum(max_sim, _similarity_to(int(j), caps))
 
     picked_list: list[int] = []
     # One iteration per list slot; each step is a vectorised scan of the candidates. The eligible set only
@@ -312,13 +311,9 @@ def _fill(
         if not eligible.any():
             caps.relax(~taken)
             eligible = ~taken & caps.fits()
-        if config.diversity == "mmr":
-            value = config.mmr_lambda * relevance - (1.0 - config.mmr_lambda) * max_sim
-            j = int(np.argmax(np.where(eligible, value, -np.inf)))
-            max_sim = np.maximum(max_sim, _similarity_to(j, caps))
-        else:
-            # Survivors are sorted by adjusted score, so the first eligible one is the best.
-            j = int(np.argmax(eligible))
+        value = config.mmr_lambda * relevance - (1.0 - config.mmr_lambda) * max_sim
+        j = int(np.argmax(np.where(eligible, value, -np.inf)))
+        max_sim = np.maximum(max_sim, _similarity_to(j, caps))
         taken[j] = True
         eligible[j] = False
         caps.add(j)
