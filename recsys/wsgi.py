@@ -21,7 +21,7 @@ from recsys.wsgi_guards import chunked_body_shim, url_length_guard  # noqa: E402
 # over-long URL is a JSON 414 (recsys/wsgi_guards.py).
 application = url_length_guard(chunked_body_shim(django_application))
 
-# Retrieval's compiled loops, compiled (or loaded from numba's disk cache) now rather than on the first request.
+# Serving's compiled loops (ranking/kernels.py), compiled or loaded from numba's disk cache now, not on a request.
 kernels.warm()
 
 # Everything imported so far (Django, DRF, numpy, LightGBM, faiss: a few hundred thousand objects) lives as long as
