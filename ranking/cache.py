@@ -5,13 +5,16 @@ which every accepted event bumps, so a list is never shown to someone else and n
 changed it. TTLs carry ±10% jitter so entries written together do not expire together; concurrent misses for one
 key compute once (single-flight: a thread lock within the process, a short Redis lock across processes).
 
-Round trips, because they are most of a cached request's cost: a lookup reads the owner's version and the L2
-entry in one pipeline (a hit costs that one round trip); a miss takes the cross-process lock in a second one,
-together with whatever the computation will need from Redis (``prefetch``). Storing the value and releasing the
-lock is the third, and within a web request it is off the client's clock: the value is in L1 at once, and the
+Round trips, because they are most of a cached request's cost: a lookup reads the owners' versions and the L2 entry
+in one pipeline (a hit costs that one round trip). A key this process holds no list for, under any version, is most
+likely a miss (a new owner, other exclusions, a new model), so its lookup also claims the cross-process lock and
+reads whatever the computation will need from Redis (``prefetch``): such a miss waits for one round trip, not two
+(a key held under an older version claims and reads in a second one). Storing the value and releasing the lock is
+the last round trip, and within a web request it is off the client's clock: the value is in L1 at once, and the
 store waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is
-written), where every store the request queued goes in one pipeline. Outside a request (tasks, commands) a miss
-stores at once. Redis trouble degrades to computing every time, never to an error.
+written), where every store the request queued goes in one pipeline, with the release of a lock claimed for a list
+that was found after all. Outside a request (tasks, commands) a miss stores at once. Redis trouble degrades to
+computing every time, never to an error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,17 +88,37 @@ request_started.connect(_request_began, dispatch_uid="ranking.cache.request_bega
 request_finished.connect(_request_ended, dispatch_uid="ranking.cache.request_ended")
 
 
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What a lookup's round trip read: the owners' version, the L2 entry, and, when it also asked for the
+    cross-process lock (``claimed``), whether this process holds the lock and what ``prefetch`` read."""
+
+    version: int | str
+    raw: bytes | None
+    claimed: bool = False
+    ours: bool = False  # the lock is this process's (this thread's, or another thread of this process's)
+    taken_here: bool = False  # this very call set the lock (it releases it unless it stores a value)
+    prefetched: Prefetched | None = None
+
+
 class ListCache:
     def __init__(self, *, ttl_seconds: float = 60.0, l1_size: int = 20_000, jitter: float = 0.1) -> None:
         self.ttl = ttl_seconds
         self.jitter = jitter
-        self._l1: TLRUCache[str, bytes] = TLRUCache(maxsize=l1_size, ttu=self._expiry, timer=time.monotonic)
+        # L1: key -> (the owners' version it was computed under, its JSON); a newer version replaces the entry.
+        self._l1: TLRUCache[str, tuple[int | str, bytes]] = TLRUCache(
+            maxsize=l1_size, ttu=self._expiry, timer=time.monotonic
+        )
         self._l1_lock = threading.Lock()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
-        # Stores queued by misses within a request, written when it ends: (key, L2 entry, TTL seconds, lock key).
-        self._stores: list[tuple[str, bytes, int, str | None]] = []
+        # Stores queued by misses within a request, written when it ends: (key, L2 entry or None for a lock release
+        # alone, TTL seconds, lock key to release or None).
+        self._stores: list[tuple[str, bytes | None, int, str | None]] = []
         self._stores_lock = threading.Lock()
+        # The value of the cross-process locks this process takes: a thread that finds the lock taken by a sibling
+        # thread waits on the in-process lock, not for another process's value.
+        self._token = uuid.uuid4().hex.encode()
         _instances.add(self)
 
     def _jittered(self) -> float:
@@ -119,50 +143,88 @@ class ListCache:
         version is never returned. Raises ``redis.RedisError`` when that version cannot be read,
         since then no cached value can be trusted; the caller decides what to serve.
         """
-        version, raw = self._lookup(key, version_key)
-        local_key = f"{key}#{version}"
-        value = self._l1_get(local_key)
+        # A key this process holds no list for, under any version, is most likely a miss (a new owner, other
+        # exclusions, a new model): its lookup also claims the cross-process lock and reads what the computation
+        # needs, so such a miss waits for one round trip, not two. Found after all (in L2, or computed by another
+        # thread meanwhile), it gives the lock back with the request's stores.
+        claim = not self._l1_holds(key)
+        looked = self._lookup(key, version_key, prefetch if claim else None, claim=claim)
+        version = looked.version
+        value = self._l1_get(key, version)
         if value is not None:
+            self._release_unused(key, looked)
             CACHE_REQUESTS.labels("l1_hit").inc()
             return value, "l1"
+        local_key = f"{key}#{version}"
         with self._inflight_lock:
             lock = self._inflight.setdefault(local_key, threading.Lock())
         with lock:  # threads of this process asking for the same key wait for the first one
             try:
-                value = self._l1_get(local_key)
+                value = self._l1_get(key, version)
                 if value is not None:
+                    self._release_unused(key, looked)
                     CACHE_REQUESTS.labels("l1_hit").inc()
                     return value, "l1"
-                value = self._decode(raw, version)
+                value = self._decode(looked.raw, version)
                 if value is not None:
+                    self._release_unused(key, looked)
                     CACHE_REQUESTS.labels("l2_hit").inc()
-                    self._l1_set(local_key, _dumps(value))
+                    self._l1_set(key, version, _dumps(value))
                     return value, "l2"
-                value, tier, encoded = self._compute_once_across_processes(key, version, compute, prefetch)
-                self._l1_set(local_key, encoded)
+                value, tier, encoded = self._compute_once_across_processes(key, version, compute, prefetch, looked)
+                self._l1_set(key, version, encoded)
                 CACHE_REQUESTS.labels("miss" if tier == "miss" else "l2_hit").inc()
                 return value, tier
             finally:
                 with self._inflight_lock:
                     self._inflight.pop(local_key, None)
 
-    def _lookup(self, key: str, version_key: str | Sequence[str] | None) -> tuple[int | str, bytes | None]:
-        """(current version, raw L2 entry) in one round trip."""
+    def _claim(self, pipe: Pipeline, key: str, prefetch: Prefetch | None) -> None:
+        """Queue the lock claim (set it if free, then read who holds it) and the computation's reads."""
+        lock_key = _lock_key(key)
+        pipe.set(lock_key, self._token, nx=True, px=_LOCK_MS)
+        pipe.get(lock_key)
+        if prefetch is not None:
+            prefetch(pipe)
+
+    def _claimed(self, replies: Sequence[Any], seconds: float, prefetch: Prefetch | None) -> dict[str, Any]:
+        return {
+            "claimed": True, "taken_here": bool(replies[0]), "ours": replies[1] == self._token,
+            "prefetched": Prefetched(replies[2:], seconds) if prefetch is not None else None,
+        }  # fmt: skip
+
+    def _lookup(
+        self, key: str, version_key: str | Sequence[str] | None, prefetch: Prefetch | None, *, claim: bool
+    ) -> _Lookup:
+        """The current version and the raw L2 entry (and with ``claim`` the lock and the reads) in one round trip."""
         version_keys = (version_key,) if isinstance(version_key, str) else tuple(version_key or ())
         try:
             pipe = redis_client.get().pipeline(transaction=False)
             for name in version_keys:
                 pipe.get(name)
             pipe.get(key)
+            if claim:
+                self._claim(pipe, key, prefetch)
+            started = time.perf_counter()
             replies = pipe.execute()
+            seconds = time.perf_counter() - started
         except redis.RedisError:
             if version_keys:
                 raise
             logger.warning("recommendation_cache_unavailable", exc_info=True)
-            return 0, None
-        if len(version_keys) > 1:
-            return ".".join(str(int(reply or 0)) for reply in replies[:-1]), replies[-1]
-        return (int(replies[0] or 0) if version_keys else 0), replies[-1]
+            return _Lookup(0, None)
+        n = len(version_keys)
+        if n > 1:
+            version: int | str = ".".join(str(int(reply or 0)) for reply in replies[:n])
+        else:
+            version = int(replies[0] or 0) if n else 0
+        claimed = self._claimed(replies[n + 1 :], seconds, prefetch) if claim else {}
+        return _Lookup(version, replies[n], **claimed)
+
+    def _release_unused(self, key: str, looked: _Lookup) -> None:
+        """A lock this call took and then did not need: released with the request's stores (at once outside one)."""
+        if looked.taken_here:
+            self._queue_store((key, None, 0, _lock_key(key)))
 
     @staticmethod
     def _decode(raw: bytes | None, version: int | str) -> Any:
@@ -177,46 +239,49 @@ class ListCache:
         return entry.get("d")
 
     def _compute_once_across_processes(
-        self, key: str, version: int | str, compute: Compute, prefetch: Prefetch | None
+        self, key: str, version: int | str, compute: Compute, prefetch: Prefetch | None, looked: _Lookup
     ) -> tuple[Any, str, bytes]:
         """(value, "miss", its JSON) when computed here, (value, "l2", its JSON) when another process computed it
         meanwhile."""
-        client = redis_client.get()
-        lock_key = f"lock:{key}#{version}"
-        prefetched: Prefetched | None = None
-        try:
-            pipe = client.pipeline(transaction=False)
-            pipe.set(lock_key, b"1", nx=True, px=_LOCK_MS)
-            if prefetch is not None:
-                prefetch(pipe)
-            started = time.perf_counter()
-            replies = pipe.execute()
-            won = bool(replies[0])
-            if prefetch is not None:
-                prefetched = Prefetched(replies[1:], time.perf_counter() - started)
-        except redis.RedisError:
-            logger.warning("recommendation_cache_unavailable", exc_info=True)
-            won = True  # no Redis: nobody to coordinate with
-        if not won:
+        lock_key = _lock_key(key)
+        if not looked.claimed:  # the lookup did not claim the lock: claim it now, with the reads
+            try:
+                pipe = redis_client.get().pipeline(transaction=False)
+                self._claim(pipe, key, prefetch)
+                started = time.perf_counter()
+                replies = pipe.execute()
+                looked = _Lookup(version, None, **self._claimed(replies, time.perf_counter() - started, prefetch))
+            except redis.RedisError:
+                logger.warning("recommendation_cache_unavailable", exc_info=True)
+                looked = _Lookup(version, None, claimed=True, ours=True)  # no Redis: nobody to coordinate with
+        if not looked.ours:
+            # Another process is computing: wait for its value, or until it lets go of the lock (it stored a value
+            # for another version, or failed), then compute here.
             deadline = time.monotonic() + _WAIT_FOR_PEER_S
             while time.monotonic() < deadline:
                 time.sleep(0.005)
-                value = self._l2_get(key, version)
+                raw, held = self._peek(key, lock_key)
+                value = self._decode(raw, version)
                 if value is not None:
                     return value, "l2", _dumps(value)
+                if not held:
+                    break
         try:
-            value = compute(prefetched)
+            value = compute(looked.prefetched)
         except BaseException:
-            if won:
+            if looked.ours:
                 self._release(lock_key)
             raise
         encoded = _dumps(value)  # once, for both tiers
-        entry = (key, self._entry(encoded, version), max(1, round(self._jittered())), lock_key if won else None)
+        entry = self._entry(encoded, version)
+        self._queue_store((key, entry, max(1, round(self._jittered())), lock_key if looked.ours else None))
+        return value, "miss", encoded
+
+    def _queue_store(self, store: tuple[str, bytes | None, int, str | None]) -> None:
         with self._stores_lock:
-            self._stores.append(entry)
+            self._stores.append(store)
         if not getattr(_request, "active", False):
             self.flush()
-        return value, "miss", encoded
 
     def flush(self) -> None:
         """Write the queued stores (and release their locks) in one pipeline; a failure is logged, and the entry is
@@ -228,7 +293,8 @@ class ListCache:
         try:
             pipe = redis_client.get().pipeline(transaction=False)
             for key, entry, ttl, lock_key in stores:
-                pipe.set(key, entry, ex=ttl)
+                if entry is not None:
+                    pipe.set(key, entry, ex=ttl)
                 if lock_key is not None:
                     pipe.delete(lock_key)
             pipe.execute()
@@ -250,26 +316,41 @@ class ListCache:
     # L1 holds each list as its JSON text, one object that the garbage collector does not track: twenty thousand
     # lists as dicts are about a million tracked objects, and a full collection over them stalled a worker for
     # 100-300 ms (the serving bench's p99). Decoding one on a hit costs a few µs (orjson).
-    def _l1_get(self, key: str) -> Any:
+    def _l1_holds(self, key: str) -> bool:
         with self._l1_lock:
-            raw = self._l1.get(key)
-        return orjson.loads(raw) if raw is not None else None
+            return key in self._l1
 
-    def _l1_set(self, key: str, encoded: bytes) -> None:
+    def _l1_get(self, key: str, version: int | str) -> Any:
         with self._l1_lock:
-            self._l1[key] = encoded
+            held = self._l1.get(key)
+        return orjson.loads(held[1]) if held is not None and held[0] == version else None
 
-    def _l2_get(self, key: str, version: int | str) -> Any:
+    def _l1_set(self, key: str, version: int | str, encoded: bytes) -> None:
+        with self._l1_lock:
+            self._l1[key] = (version, encoded)
+
+    @staticmethod
+    def _peek(key: str, lock_key: str) -> tuple[bytes | None, bool]:
+        """The L2 entry and whether the lock is still held, in one round trip ((None, False) without Redis)."""
         try:
-            raw = redis_client.get().get(key)
+            pipe = redis_client.get().pipeline(transaction=False)
+            pipe.get(key)
+            pipe.exists(lock_key)
+            raw, held = pipe.execute()
         except redis.RedisError:
             logger.warning("recommendation_cache_unavailable", exc_info=True)
-            return None
-        return self._decode(raw, version)
+            return None, False
+        return raw, bool(held)
 
     def clear_local(self) -> None:
         with self._l1_lock:
             self._l1.clear()
+
+
+def _lock_key(key: str) -> str:
+    """The single-flight lock of a cached list, across processes (whatever the owners' version: a process computing
+    for an older version holds it until it stores, which its waiters see)."""
+    return f"lock:{key}"
 
 
 # --- Key forms, for erasure -------------------------------------------------------------------------------------

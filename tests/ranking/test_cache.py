@@ -1,5 +1,6 @@
 """The two-tier list cache: hits per tier, single-flight under a stampede, TTL, Redis shared across processes,
-owner versions, reads prefetched in the miss round trip, the store written once the request has answered."""
+owner versions, reads prefetched in the miss round trip (the lookup's own for a key the process never held), the
+store written once the request has answered."""
 
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def test_prefetched_reads_reach_the_computation_only_on_a_miss() -> None:
     assert cache.get_or_compute("rec:p", compute, prefetch=prefetch) == ({"ok": True}, "l1")
     assert [prefetched.replies for prefetched in seen] == [[b"hello"]]  # type: ignore[attr-defined]
     assert 0 < seen[0].seconds < 5  # type: ignore[attr-defined]  # the round trip's time, for the trace
-    assert client.get("lock:rec:p#0") is None  # the single-flight lock was released with the store
+    assert client.get("lock:rec:p") is None  # the single-flight lock was released with the store
 
 
 def test_an_l2_entry_that_is_not_ours_is_a_miss() -> None:
@@ -130,11 +131,11 @@ def test_within_a_request_the_store_and_the_unlock_wait_for_its_end() -> None:
         assert cache.get_or_compute("rec:req", lambda _: {"n": 1}) == ({"n": 1}, "miss")
         assert cache.get_or_compute("rec:req", lambda _: {"n": 2}) == ({"n": 1}, "l1")  # in L1 at once
         assert client.get("rec:req") is None  # not yet in Redis: the client is not kept waiting for it
-        assert client.get("lock:rec:req#0") is not None
+        assert client.get("lock:rec:req") is not None
     finally:
         request_finished.send(sender=None)  # gunicorn sends it once the response is written
     assert ListCache(ttl_seconds=30).get_or_compute("rec:req", lambda _: {"n": 3}) == ({"n": 1}, "l2")
-    assert client.get("lock:rec:req#0") is None
+    assert client.get("lock:rec:req") is None
 
 
 @pytest.mark.django_db
@@ -148,3 +149,84 @@ def test_erasing_an_owners_lists_first_writes_what_the_request_has_not_stored_ye
     finally:
         request_finished.send(sender=None)
     assert not list(redis_client.get().scan_iter(match="rec:*erased-owner*"))
+
+
+class _RoundTrips:
+    """Counts the pipelines this process sends (the real client's, wrapped: every command still reaches Redis)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.client import Pipeline
+
+        self.sent: list[list[str]] = []
+        execute = Pipeline.execute
+
+        def counted(pipe: Pipeline, *args: object, **kwargs: object) -> object:
+            self.sent.append([str(command[0][0]) for command in pipe.command_stack])
+            return execute(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "execute", counted)
+
+
+def test_a_key_never_held_misses_in_one_round_trip_with_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis_client.get()
+    client.set("cv:one-trip", 7)
+    client.set("prefetch:one-trip", b"state")
+    trips = _RoundTrips(monkeypatch)
+    seen: list[object] = []
+    cache = ListCache(ttl_seconds=30)
+
+    def compute(prefetched: object) -> dict:
+        seen.append(prefetched.replies)  # type: ignore[attr-defined]
+        return {"n": 1}
+
+    value = cache.get_or_compute(
+        "rec:one-trip", compute, version_key="cv:one-trip", prefetch=lambda pipe: pipe.get("prefetch:one-trip")
+    )
+    assert value == ({"n": 1}, "miss")
+    assert seen == [[b"state"]]
+    # Before the answer: one pipeline (the version, the entry, the lock claim, the reads); after it, the store.
+    assert trips.sent[0] == ["GET", "GET", "SET", "GET", "GET"]
+    assert trips.sent[1:] == [["SET", "DEL"]]
+    assert client.get("lock:rec:one-trip") is None
+
+
+def test_a_key_held_under_an_older_version_claims_in_a_second_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis_client.get()
+    client.set("cv:older", 1)
+    cache = ListCache(ttl_seconds=30)
+    cache.get_or_compute("rec:older", lambda _: {"at": 1}, version_key="cv:older")
+    client.incr("cv:older")
+    trips = _RoundTrips(monkeypatch)
+    assert cache.get_or_compute("rec:older", lambda _: {"at": 2}, version_key="cv:older") == ({"at": 2}, "miss")
+    # A key in L1 is most likely a hit: the lookup reads only the version and the entry.
+    assert trips.sent == [["GET", "GET"], ["SET", "GET"], ["SET", "DEL"]]
+    assert cache.get_or_compute("rec:older", lambda _: {"at": 0}, version_key="cv:older") == ({"at": 2}, "l1")
+    assert trips.sent[3:] == [["GET", "GET"]]  # a hit: one round trip, nothing claimed
+
+
+@pytest.mark.django_db
+def test_a_lock_claimed_for_a_list_found_in_l2_is_given_back_with_the_requests_stores() -> None:
+    client = redis_client.get()
+    ListCache(ttl_seconds=30).get_or_compute("rec:found", lambda _: {"n": 1})  # another process stored it
+    cache = ListCache(ttl_seconds=30)
+    request_started.send(sender=None)
+    try:
+        assert cache.get_or_compute("rec:found", lambda _: {"n": 2}) == ({"n": 1}, "l2")
+        assert client.get("lock:rec:found") is not None  # claimed in the lookup, not needed
+    finally:
+        request_finished.send(sender=None)
+    assert client.get("lock:rec:found") is None
+
+
+def test_a_waiter_computes_as_soon_as_the_holder_lets_go_without_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process holds the lock (computing for another version, or failing): once it lets go with no value
+    # for this version in L2, the waiter computes at once instead of waiting out its patience.
+    monkeypatch.setattr("ranking.cache._WAIT_FOR_PEER_S", 60.0)
+    client = redis_client.get()
+    client.set("lock:rec:let-go", b"another-process", px=60_000)
+    releaser = threading.Timer(0.1, lambda: client.delete("lock:rec:let-go"))
+    releaser.start()
+    started = time.monotonic()
+    assert ListCache(ttl_seconds=30).get_or_compute("rec:let-go", lambda _: {"n": 1}) == ({"n": 1}, "miss")
+    assert time.monotonic() - started < 30  # not the 60 s patience
+    releaser.join()
