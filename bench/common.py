@@ -232,6 +232,14 @@ def wait_for_compiled_ranker(base: str, key: str, customers: list[str]) -> set[s
         time.sleep(0.5)
 
 
+def redis_forks(env: dict[str, str]) -> int:
+    """How many times the Redis server of ``env`` has forked since it started (``INFO stats`` ``total_forks``): an
+    AOF rewrite or an RDB save runs in a child that copies the dataset, on the same cores as what a bench measures."""
+    import redis
+
+    return int(redis.Redis.from_url(env["REDIS_URL"]).info("stats").get("total_forks", 0))
+
+
 def fresh_env(database: str, redis_db: int) -> dict[str, str]:
     """An EMPTY scratch database ``database`` (dropped and created again), Redis databases ``redis_db`` and
     ``redis_db + 1`` flushed, its own artifact directory (emptied) and the rate limits lifted; migrated."""

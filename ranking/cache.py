@@ -5,16 +5,17 @@ which every accepted event bumps, so a list is never shown to someone else and n
 changed it. TTLs carry ±10% jitter so entries written together do not expire together; concurrent misses for one
 key compute once (single-flight: a thread lock within the process, a short Redis lock across processes).
 
-Round trips, because they are most of a cached request's cost: a lookup reads the owners' versions and the L2 entry
-in one pipeline (a hit costs that one round trip). A key this process holds no list for, under any version, is most
-likely a miss (a new owner, other exclusions, a new model), so its lookup also claims the cross-process lock and
-reads whatever the computation will need from Redis (``prefetch``): such a miss waits for one round trip, not two
-(a key held under an older version claims and reads in a second one). Storing the value and releasing the lock is
-the last round trip, and within a web request it is off the client's clock: the value is in L1 at once, and the
-store waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is
-written), where every store the request queued goes in one pipeline, with the release of a lock claimed for a list
-that was found after all. Outside a request (tasks, commands) a miss stores at once. Redis trouble degrades to
-computing every time, never to an error.
+Round trips, because they are most of a cached request's cost. A key this process holds a list for is most likely
+a hit: its lookup reads the owners' versions alone (a hit costs that one round trip of a few bytes; a list without
+owners, none). A key it holds no list for, under any version, is most likely a miss (a new owner, other exclusions,
+a new model), so its lookup also reads the L2 entry, claims the cross-process lock and reads whatever the
+computation will need from Redis (``prefetch``): such a miss waits for one round trip, not two (a list held under an
+older version reads the entry, claims and reads in a second one). Storing the value and releasing the lock is the
+last round trip, and within a web request it is off the client's clock: the value is in L1 at once, and the store
+waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is written),
+where every store the request queued goes in one pipeline, with the release of a lock claimed for a list that was
+found after all. Outside a request (tasks, commands) a miss stores at once. Redis trouble degrades to computing
+every time, never to an error.
 """
 
 from __future__ import annotations
@@ -90,15 +91,20 @@ request_finished.connect(_request_ended, dispatch_uid="ranking.cache.request_end
 
 @dataclass(frozen=True, slots=True)
 class _Lookup:
-    """What a lookup's round trip read: the owners' version, the L2 entry, and, when it also asked for the
-    cross-process lock (``claimed``), whether this process holds the lock and what ``prefetch`` read."""
+    """What a round trip of a lookup read: the owners' version; the L2 entry, if it was read (``entry_read``); and,
+    when it claimed the cross-process lock (``claimed``), whether this process holds it and what ``prefetch`` read.
+    """
 
     version: int | str
-    raw: bytes | None
+    raw: bytes | None = None
+    entry_read: bool = False
     claimed: bool = False
     ours: bool = False  # the lock is this process's (this thread's, or another thread of this process's)
     taken_here: bool = False  # this very call set the lock (it releases it unless it stores a value)
     prefetched: Prefetched | None = None
+
+
+_NO_REDIS = {"entry_read": True, "claimed": True, "ours": True}  # nobody to coordinate with, nothing read
 
 
 class ListCache:
@@ -143,18 +149,19 @@ class ListCache:
         version is never returned. Raises ``redis.RedisError`` when that version cannot be read,
         since then no cached value can be trusted; the caller decides what to serve.
         """
-        # A key this process holds no list for, under any version, is most likely a miss (a new owner, other
-        # exclusions, a new model): its lookup also claims the cross-process lock and reads what the computation
-        # needs, so such a miss waits for one round trip, not two. Found after all (in L2, or computed by another
-        # thread meanwhile), it gives the lock back with the request's stores.
-        claim = not self._l1_holds(key)
-        looked = self._lookup(key, version_key, prefetch if claim else None, claim=claim)
+        # A key this process holds a list for is most likely a hit: its lookup reads the owners' versions alone (and
+        # a list without owners needs no round trip at all). A key it holds nothing for is most likely a miss (a new
+        # owner, other exclusions, a new model): its lookup also reads the L2 entry, claims the cross-process lock
+        # and reads what the computation needs, so such a miss waits for one round trip, not two. A list found
+        # after all (in L2, or computed by another thread meanwhile) gives the lock back with the request's stores.
+        held = self._l1_version(key)
+        looked = self._lookup(key, version_key, prefetch, hit_likely=held is not None)
         version = looked.version
-        value = self._l1_get(key, version)
-        if value is not None:
-            self._release_unused(key, looked)
-            CACHE_REQUESTS.labels("l1_hit").inc()
-            return value, "l1"
+        if held == version:
+            value = self._l1_get(key, version)
+            if value is not None:
+                CACHE_REQUESTS.labels("l1_hit").inc()
+                return value, "l1"
         local_key = f"{key}#{version}"
         with self._inflight_lock:
             lock = self._inflight.setdefault(local_key, threading.Lock())
@@ -165,13 +172,15 @@ class ListCache:
                     self._release_unused(key, looked)
                     CACHE_REQUESTS.labels("l1_hit").inc()
                     return value, "l1"
+                if not looked.entry_read:  # held under an older version: the entry, the lock and the reads now
+                    looked = self._claim_now(key, version, prefetch)
                 value = self._decode(looked.raw, version)
                 if value is not None:
                     self._release_unused(key, looked)
                     CACHE_REQUESTS.labels("l2_hit").inc()
                     self._l1_set(key, version, _dumps(value))
                     return value, "l2"
-                value, tier, encoded = self._compute_once_across_processes(key, version, compute, prefetch, looked)
+                value, tier, encoded = self._compute_once_across_processes(key, version, compute, looked)
                 self._l1_set(key, version, encoded)
                 CACHE_REQUESTS.labels("miss" if tier == "miss" else "l2_hit").inc()
                 return value, tier
@@ -180,30 +189,37 @@ class ListCache:
                     self._inflight.pop(local_key, None)
 
     def _claim(self, pipe: Pipeline, key: str, prefetch: Prefetch | None) -> None:
-        """Queue the lock claim (set it if free, then read who holds it) and the computation's reads."""
+        """Queue the read of the L2 entry, the lock claim (set it if free, then read who holds it) and the
+        computation's reads."""
         lock_key = _lock_key(key)
+        pipe.get(key)
         pipe.set(lock_key, self._token, nx=True, px=_LOCK_MS)
         pipe.get(lock_key)
         if prefetch is not None:
             prefetch(pipe)
 
-    def _claimed(self, replies: Sequence[Any], seconds: float, prefetch: Prefetch | None) -> dict[str, Any]:
-        return {
-            "claimed": True, "taken_here": bool(replies[0]), "ours": replies[1] == self._token,
-            "prefetched": Prefetched(replies[2:], seconds) if prefetch is not None else None,
-        }  # fmt: skip
+    def _claimed(
+        self, version: int | str, replies: Sequence[Any], seconds: float, prefetch: Prefetch | None
+    ) -> _Lookup:
+        raw, taken, holder, *read = replies
+        return _Lookup(
+            version, raw, entry_read=True, claimed=True, ours=holder == self._token, taken_here=bool(taken),
+            prefetched=Prefetched(read, seconds) if prefetch is not None else None,
+        )  # fmt: skip
 
     def _lookup(
-        self, key: str, version_key: str | Sequence[str] | None, prefetch: Prefetch | None, *, claim: bool
+        self, key: str, version_key: str | Sequence[str] | None, prefetch: Prefetch | None, *, hit_likely: bool
     ) -> _Lookup:
-        """The current version and the raw L2 entry (and with ``claim`` the lock and the reads) in one round trip."""
+        """The current version, and unless ``hit_likely`` the L2 entry, the lock claim and the reads, in one round
+        trip."""
         version_keys = (version_key,) if isinstance(version_key, str) else tuple(version_key or ())
+        if hit_likely and not version_keys:
+            return _Lookup(0)
         try:
             pipe = redis_client.get().pipeline(transaction=False)
             for name in version_keys:
                 pipe.get(name)
-            pipe.get(key)
-            if claim:
+            if not hit_likely:
                 self._claim(pipe, key, prefetch)
             started = time.perf_counter()
             replies = pipe.execute()
@@ -212,14 +228,25 @@ class ListCache:
             if version_keys:
                 raise
             logger.warning("recommendation_cache_unavailable", exc_info=True)
-            return _Lookup(0, None)
+            return _Lookup(0, **_NO_REDIS)
         n = len(version_keys)
         if n > 1:
             version: int | str = ".".join(str(int(reply or 0)) for reply in replies[:n])
         else:
             version = int(replies[0] or 0) if n else 0
-        claimed = self._claimed(replies[n + 1 :], seconds, prefetch) if claim else {}
-        return _Lookup(version, replies[n], **claimed)
+        return _Lookup(version) if hit_likely else self._claimed(version, replies[n:], seconds, prefetch)
+
+    def _claim_now(self, key: str, version: int | str, prefetch: Prefetch | None) -> _Lookup:
+        """The L2 entry, the lock claim and the reads, in a round trip of their own."""
+        try:
+            pipe = redis_client.get().pipeline(transaction=False)
+            self._claim(pipe, key, prefetch)
+            started = time.perf_counter()
+            replies = pipe.execute()
+        except redis.RedisError:
+            logger.warning("recommendation_cache_unavailable", exc_info=True)
+            return _Lookup(version, **_NO_REDIS)
+        return self._claimed(version, replies, time.perf_counter() - started, prefetch)
 
     def _release_unused(self, key: str, looked: _Lookup) -> None:
         """A lock this call took and then did not need: released with the request's stores (at once outside one)."""
@@ -239,21 +266,11 @@ class ListCache:
         return entry.get("d")
 
     def _compute_once_across_processes(
-        self, key: str, version: int | str, compute: Compute, prefetch: Prefetch | None, looked: _Lookup
+        self, key: str, version: int | str, compute: Compute, looked: _Lookup
     ) -> tuple[Any, str, bytes]:
         """(value, "miss", its JSON) when computed here, (value, "l2", its JSON) when another process computed it
         meanwhile."""
         lock_key = _lock_key(key)
-        if not looked.claimed:  # the lookup did not claim the lock: claim it now, with the reads
-            try:
-                pipe = redis_client.get().pipeline(transaction=False)
-                self._claim(pipe, key, prefetch)
-                started = time.perf_counter()
-                replies = pipe.execute()
-                looked = _Lookup(version, None, **self._claimed(replies, time.perf_counter() - started, prefetch))
-            except redis.RedisError:
-                logger.warning("recommendation_cache_unavailable", exc_info=True)
-                looked = _Lookup(version, None, claimed=True, ours=True)  # no Redis: nobody to coordinate with
         if not looked.ours:
             # Another process is computing: wait for its value, or until it lets go of the lock (it stored a value
             # for another version, or failed), then compute here.
@@ -316,9 +333,11 @@ class ListCache:
     # L1 holds each list as its JSON text, one object that the garbage collector does not track: twenty thousand
     # lists as dicts are about a million tracked objects, and a full collection over them stalled a worker for
     # 100-300 ms (the serving bench's p99). Decoding one on a hit costs a few µs (orjson).
-    def _l1_holds(self, key: str) -> bool:
+    def _l1_version(self, key: str) -> int | str | None:
+        """The version of the list L1 holds for ``key`` (None: none)."""
         with self._l1_lock:
-            return key in self._l1
+            held = self._l1.get(key)
+        return None if held is None else held[0]
 
     def _l1_get(self, key: str, version: int | str) -> Any:
         with self._l1_lock:

@@ -198,10 +198,19 @@ def test_a_key_held_under_an_older_version_claims_in_a_second_round_trip(monkeyp
     client.incr("cv:older")
     trips = _RoundTrips(monkeypatch)
     assert cache.get_or_compute("rec:older", lambda _: {"at": 2}, version_key="cv:older") == ({"at": 2}, "miss")
-    # A key in L1 is most likely a hit: the lookup reads only the version and the entry.
-    assert trips.sent == [["GET", "GET"], ["SET", "GET"], ["SET", "DEL"]]
+    # A key in L1 is most likely a hit: the lookup reads the version alone; held under an older one, the entry,
+    # the lock claim and the reads follow in a second round trip.
+    assert trips.sent == [["GET"], ["GET", "SET", "GET"], ["SET", "DEL"]]
     assert cache.get_or_compute("rec:older", lambda _: {"at": 0}, version_key="cv:older") == ({"at": 2}, "l1")
-    assert trips.sent[3:] == [["GET", "GET"]]  # a hit: one round trip, nothing claimed
+    assert trips.sent[3:] == [["GET"]]  # a hit: one round trip of the version alone, nothing claimed
+
+
+def test_a_list_without_owners_held_in_l1_costs_no_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ListCache(ttl_seconds=30)
+    cache.get_or_compute("rec:nobody", lambda _: {"n": 1})
+    trips = _RoundTrips(monkeypatch)
+    assert cache.get_or_compute("rec:nobody", lambda _: {"n": 2}) == ({"n": 1}, "l1")
+    assert trips.sent == []
 
 
 @pytest.mark.django_db
