@@ -21,6 +21,7 @@ every time, never to an error.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -89,6 +90,16 @@ request_started.connect(_request_began, dispatch_uid="ranking.cache.request_bega
 request_finished.connect(_request_ended, dispatch_uid="ranking.cache.request_ended")
 
 
+def _new_process_tokens() -> None:
+    """A forked process (gunicorn's workers fork from a master that imported this module) is another process to
+    the cross-process lock: it takes locks under a token of its own."""
+    for cache in list(_instances):
+        cache._token = uuid.uuid4().hex.encode()
+
+
+os.register_at_fork(after_in_child=_new_process_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class _Lookup:
     """What a round trip of a lookup read: the owners' version; the L2 entry, if it was read (``entry_read``); and,
@@ -122,8 +133,8 @@ class ListCache:
         # alone, TTL seconds, lock key to release or None).
         self._stores: list[tuple[str, bytes | None, int, str | None]] = []
         self._stores_lock = threading.Lock()
-        # The value of the cross-process locks this process takes: a thread that finds the lock taken by a sibling
-        # thread waits on the in-process lock, not for another process's value.
+        # The value of the cross-process locks this process takes (a new one after a fork): a thread that finds the
+        # lock taken by a sibling thread waits on the in-process lock, not for another process's value.
         self._token = uuid.uuid4().hex.encode()
         _instances.add(self)
 

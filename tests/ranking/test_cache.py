@@ -239,3 +239,18 @@ def test_a_waiter_computes_as_soon_as_the_holder_lets_go_without_a_value(monkeyp
     assert ListCache(ttl_seconds=30).get_or_compute("rec:let-go", lambda _: {"n": 1}) == ({"n": 1}, "miss")
     assert time.monotonic() - started < 30  # not the 60 s patience
     releaser.join()
+
+
+def test_a_forked_process_takes_locks_under_a_token_of_its_own() -> None:
+    # gunicorn forks its workers from a master that imported the module cache: two workers are two processes to the
+    # lock, so one waits for the other's value instead of computing the same list beside it.
+    import multiprocessing
+
+    cache = ListCache(ttl_seconds=30)
+    context = multiprocessing.get_context("fork")
+    tokens = context.Queue()
+    child = context.Process(target=lambda: tokens.put(cache._token))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert tokens.get(timeout=5) != cache._token
