@@ -392,7 +392,13 @@ def parse_history_columns(
     members, scores = zip(*rows, strict=True)
     # Members are "<item pk>:<type>:<interaction pk>" (history_member): three integers each.
     fields = np.array(b":".join(members).split(b":"), dtype=np.int64).reshape(len(rows), 3)
-    return fields[:, 0].copy(), fields[:, 1].copy(), np.array(scores, np.float64)
+    times = np.array(scores, np.float64)
+    if times.size > 1 and bool(np.any(times[1:] == times[:-1])):
+        # Events of the same moment (a batch sent without timestamps) come from Redis in the members' text order:
+        # the later interaction first, as Postgres orders them (-occurred_at, -id), so both paths agree.
+        order = np.lexsort((-fields[:, 2], -times))
+        fields, times = fields[order], times[order]
+    return fields[:, 0].copy(), fields[:, 1].copy(), times
 
 
 def read_affinity(owner: str, *, now: float | None = None) -> dict[int, float]:

@@ -137,8 +137,11 @@ class UserEvents:
 
 
 def user_events(log: InteractionLog) -> UserEvents:
-    """Every known user's events, newest first (anonymous events left out)."""
-    known = np.flatnonzero(log.user >= 0)
+    """Every known user's events, newest first (anonymous events left out). Events of the same moment (ratings saved
+    in the same second, a batch sent without timestamps) come the later row first, as the online state orders them
+    (the later interaction first: ``events.online.parse_history_columns``) and as the validation split counts them
+    (the later row is the later event), so the history the offline pipeline anchors on is the one serving reads."""
+    known = np.flatnonzero(log.user >= 0)[::-1]  # reversed: the stable sort keeps the later row of a tie first
     order = known[np.lexsort((-log.ts[known], log.user[known]))]
     counts = np.bincount(log.user[order], minlength=log.n_users)
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)

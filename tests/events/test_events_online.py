@@ -101,6 +101,22 @@ def test_late_event_lands_in_time_order(api: APIClient, catalog: dict[str, Item]
     assert [entry.item_pk for entry in selectors.recent_history("C1")] == [catalog["I1"].pk, catalog["I2"].pk]
 
 
+def test_events_of_the_same_moment_read_back_in_the_order_postgres_gives(
+    api: APIClient, catalog: dict[str, Item]
+) -> None:
+    # One batch at one timestamp: Redis holds the events under the same score and returns them in the members' text
+    # order, which for item pks like 99999 and 100000 is not the order they were sent in. Both paths say: the later
+    # first.
+    low, high = ItemFactory(pk=99_999, external_id="P5"), ItemFactory(pk=100_000, external_id="P6")
+    same = 5
+    send(api, ev("x", "P6", minutes_ago=same), ev("y", "P5", minutes_ago=same), ev("z", "I1", minutes_ago=same))
+    expected = [catalog["I1"].pk, low.pk, high.pk]
+    assert [entry.item_pk for entry in selectors.recent_history("C1")] == expected
+    assert [entry.item_pk for entry in selectors.recent_history_from_db("C1")] == expected
+    rows = [(b"9:1:101", 100.0), (b"10:1:102", 100.0), (b"7:1:100", 50.0)]  # as ZREVRANGE gives them
+    assert online.parse_history_columns(rows)[0].tolist() == [10, 9, 7]
+
+
 def test_history_is_bounded_to_the_latest_entries(api: APIClient, catalog: dict[str, Item]) -> None:
     total = online.HISTORY_LENGTH + 15
     send(api, *(ev(f"e{i}", "I1", minutes_ago=total - i) for i in range(total)))

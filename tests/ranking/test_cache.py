@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.core.signals import request_finished, request_started
@@ -152,19 +154,25 @@ def test_erasing_an_owners_lists_first_writes_what_the_request_has_not_stored_ye
 
 
 class _RoundTrips:
-    """Counts the pipelines this process sends (the real client's, wrapped: every command still reaches Redis)."""
+    """Counts the pipelines this process sends, on a single Redis or a cluster (the real clients' own, wrapped:
+    every command still reaches Redis)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from redis.client import Pipeline
+        from redis.cluster import ClusterPipeline
 
         self.sent: list[list[str]] = []
-        execute = Pipeline.execute
+        for cls in (Pipeline, ClusterPipeline):
+            monkeypatch.setattr(cls, "execute", self._counted(cls.execute))
 
-        def counted(pipe: Pipeline, *args: object, **kwargs: object) -> object:
-            self.sent.append([str(command[0][0]) for command in pipe.command_stack])
+    def _counted(self, execute: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            # A Pipeline queues (args, options); a ClusterPipeline queues commands with .args.
+            queued = [getattr(command, "args", None) or command[0] for command in pipe.command_stack]
+            self.sent.append([str(args[0]).upper() for args in queued])
             return execute(pipe, *args, **kwargs)
 
-        monkeypatch.setattr(Pipeline, "execute", counted)
+        return counted
 
 
 def test_a_key_never_held_misses_in_one_round_trip_with_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,6 +148,18 @@ def test_user_events_are_grouped_by_user_newest_first() -> None:
     assert events.of(-1) == slice(0, 0)
 
 
+def test_user_events_of_the_same_moment_come_the_later_row_first() -> None:
+    # As the online state reads them (the later interaction first) and as the validation split counts them.
+    items, _ = _world()
+    log = log_from_arrays(
+        customer=np.array([1, 1, 1, 2]), item=np.array([4, 1, 2, 3]), type_=np.full(4, sources.VIEW),
+        value=np.full(4, np.nan), ts=np.array([5.0, 9.0, 9.0, 9.0]) * DAY, session=None, items=items,
+    )  # fmt: skip
+    events = user_events(log)
+    assert events.item[events.of(0)].tolist() == [1, 0, 3]  # items 2 then 1 at day 9 (the later row first), 4
+    assert events.item[events.of(1)].tolist() == [2]
+
+
 def _rated_world() -> tuple[ItemTable, object]:
     """Customers 1-6 rate mugs (items 1-3) and tables (4-6); customer 7 rated mug 1 and bought table 4."""
     items = ItemTable(
