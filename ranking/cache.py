@@ -102,20 +102,19 @@ os.register_at_fork(after_in_child=_new_process_tokens)
 
 @dataclass(frozen=True, slots=True)
 class _Lookup:
-    """What a round trip of a lookup read: the owners' version; the L2 entry, if it was read (``entry_read``); and,
-    when it claimed the cross-process lock (``claimed``), whether this process holds it and what ``prefetch`` read.
-    """
+    """What a round trip of a lookup read: the owners' version; and, when it claimed the cross-process lock
+    (``claimed``: the L2 entry is read with the claim), the entry, whether this process holds the lock and what
+    ``prefetch`` read."""
 
     version: int | str
     raw: bytes | None = None
-    entry_read: bool = False
     claimed: bool = False
     ours: bool = False  # the lock is this process's (this thread's, or another thread of this process's)
     taken_here: bool = False  # this very call set the lock (it releases it unless it stores a value)
     prefetched: Prefetched | None = None
 
 
-_NO_REDIS = {"entry_read": True, "claimed": True, "ours": True}  # nobody to coordinate with, nothing read
+_NO_REDIS = {"claimed": True, "ours": True}  # nobody to coordinate with, nothing read
 
 
 class ListCache:
@@ -165,14 +164,12 @@ class ListCache:
         # owner, other exclusions, a new model): its lookup also reads the L2 entry, claims the cross-process lock
         # and reads what the computation needs, so such a miss waits for one round trip, not two. A list found
         # after all (in L2, or computed by another thread meanwhile) gives the lock back with the request's stores.
-        held = self._l1_version(key)
+        held = self._l1_held(key)
         looked = self._lookup(key, version_key, prefetch, hit_likely=held is not None)
         version = looked.version
-        if held == version:
-            value = self._l1_get(key, version)
-            if value is not None:
-                CACHE_REQUESTS.labels("l1_hit").inc()
-                return value, "l1"
+        if held is not None and held[0] == version:
+            CACHE_REQUESTS.labels("l1_hit").inc()
+            return orjson.loads(held[1]), "l1"
         local_key = f"{key}#{version}"
         with self._inflight_lock:
             lock = self._inflight.setdefault(local_key, threading.Lock())
@@ -183,7 +180,7 @@ class ListCache:
                     self._release_unused(key, looked)
                     CACHE_REQUESTS.labels("l1_hit").inc()
                     return value, "l1"
-                if not looked.entry_read:  # held under an older version: the entry, the lock and the reads now
+                if not looked.claimed:  # held under an older version: the entry, the lock and the reads now
                     looked = self._claim_now(key, version, prefetch)
                 value = self._decode(looked.raw, version)
                 if value is not None:
@@ -214,7 +211,7 @@ class ListCache:
     ) -> _Lookup:
         raw, taken, holder, *read = replies
         return _Lookup(
-            version, raw, entry_read=True, claimed=True, ours=holder == self._token, taken_here=bool(taken),
+            version, raw, claimed=True, ours=holder == self._token, taken_here=bool(taken),
             prefetched=Prefetched(read, seconds) if prefetch is not None else None,
         )  # fmt: skip
 
@@ -344,15 +341,13 @@ class ListCache:
     # L1 holds each list as its JSON text, one object that the garbage collector does not track: twenty thousand
     # lists as dicts are about a million tracked objects, and a full collection over them stalled a worker for
     # 100-300 ms (the serving bench's p99). Decoding one on a hit costs a few µs (orjson).
-    def _l1_version(self, key: str) -> int | str | None:
-        """The version of the list L1 holds for ``key`` (None: none)."""
+    def _l1_held(self, key: str) -> tuple[int | str, bytes] | None:
+        """(the version, the JSON) of the list L1 holds for ``key``, None when it holds none."""
         with self._l1_lock:
-            held = self._l1.get(key)
-        return None if held is None else held[0]
+            return self._l1.get(key)
 
     def _l1_get(self, key: str, version: int | str) -> Any:
-        with self._l1_lock:
-            held = self._l1.get(key)
+        held = self._l1_held(key)
         return orjson.loads(held[1]) if held is not None and held[0] == version else None
 
     def _l1_set(self, key: str, version: int | str, encoded: bytes) -> None:
