@@ -50,7 +50,7 @@ test: $(STAMP)  ## the whole test suite on real Postgres, Redis and a Celery wor
 	  $(BIN)/python -m kernel.rediscluster stop --port $$port; exit $$status
 
 # Run by `make test` a second time on a Redis Cluster (docs/operations.md, "Redis Cluster").
-CLUSTER_TESTS := tests/cluster tests/events tests/experiments tests/kernel/test_throttling.py \
+CLUSTER_TESTS := tests/cluster tests/events tests/experiments tests/kernel/test_throttling.py tests/kernel/test_tracking.py \
   tests/ranking/test_cache.py tests/ranking/test_serving.py tests/ranking/test_hot_swap.py \
   tests/ranking/test_ranking_services.py tests/ranking/test_ranking_artifacts.py tests/ranking/test_artifact_storage.py \
   tests/reliability/test_redis_flushed.py tests/reliability/test_hardening_state.py \

@@ -28,7 +28,7 @@ from events.features import (
     forward_decayed,
     interest_weight,
 )
-from kernel import redis_client
+from kernel import redis_client, tracking
 
 HISTORY_LENGTH = 200
 # What an owner already has (keys.had): the event types kept and how many distinct (item, type) members, the newest.
@@ -162,6 +162,7 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
         pipe.set(keys.arrival(owner), repr(now), nx=True, ex=ARRIVAL_TTL_SECONDS)
         _expire_owner(pipe, owner)
     pipe.execute()
+    _versions_moved(owners)
 
 
 def merge_owner(*, source: str, target: str) -> None:
@@ -210,6 +211,13 @@ def merge_owner(*, source: str, target: str) -> None:
     pipe.incr(keys.cache_version(source))
     _expire_owner(pipe, source)
     pipe.execute()
+    _versions_moved((target, source))
+
+
+def _versions_moved(owners: Iterable[str]) -> None:
+    """This process bumped these owners' cache versions: its own list cache stops trusting what it read of them at
+    once (other processes hear it from Redis, kernel/tracking.py)."""
+    tracking.forget(keys.cache_version(owner) for owner in owners)
 
 
 def _expire_owner(pipe: Pipeline, owner: str) -> None:
@@ -278,11 +286,13 @@ def write_counters(cells: Mapping[tuple[str, int], Mapping[int, int]]) -> None:
 
 
 def bump_cache_versions(owners: Iterable[str]) -> None:
+    owners = list(owners)
     pipe = redis_client.get().pipeline(transaction=False)
     for owner in owners:
         pipe.incr(keys.cache_version(owner))
         pipe.expire(keys.cache_version(owner), owner_ttl_seconds(owner))
     pipe.execute()
+    _versions_moved(owners)
 
 
 def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
@@ -301,6 +311,7 @@ def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
     pipe.incr(keys.cache_version(owner))
     pipe.expire(keys.cache_version(owner), version_ttl_seconds)
     deleted, _, _ = pipe.execute()
+    _versions_moved((owner,))
     return int(deleted)
 
 

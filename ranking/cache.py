@@ -38,7 +38,7 @@ from django.core.signals import request_finished, request_started
 from prometheus_client import Counter
 from redis.client import Pipeline
 
-from kernel import redis_client
+from kernel import redis_client, tracking
 
 logger = logging.getLogger(__name__)
 
@@ -221,16 +221,20 @@ class ListCache:
         """The current version, and unless ``hit_likely`` the L2 entry, the lock claim and the reads, in one round
         trip."""
         version_keys = (version_key,) if isinstance(version_key, str) else tuple(version_key or ())
-        if hit_likely and not version_keys:
-            return _Lookup(0)
+        if hit_likely:
+            if not version_keys:
+                return _Lookup(0)
+            known = tracking.TRACKER.known(version_keys)  # versions Redis has not said changed: no round trip
+            if known is not None:
+                return _Lookup(_version_of(known))
+        ticket = tracking.TRACKER.begin(version_keys)
         try:
             pipe = redis_client.get().pipeline(transaction=False)
-            for name in version_keys:
-                pipe.get(name)
+            tracking.TRACKER.queue(pipe, ticket, version_keys)
             if not hit_likely:
                 self._claim(pipe, key, prefetch)
             started = time.perf_counter()
-            replies = pipe.execute()
+            replies = tracking.TRACKER.finish(ticket, pipe.execute(raise_on_error=ticket is None))
             seconds = time.perf_counter() - started
         except redis.RedisError:
             if version_keys:
@@ -238,10 +242,7 @@ class ListCache:
             logger.warning("recommendation_cache_unavailable", exc_info=True)
             return _Lookup(0, **_NO_REDIS)
         n = len(version_keys)
-        if n > 1:
-            version: int | str = ".".join(str(int(reply or 0)) for reply in replies[:n])
-        else:
-            version = int(replies[0] or 0) if n else 0
+        version = _version_of([int(reply or 0) for reply in replies[:n]])
         return _Lookup(version) if hit_likely else self._claimed(version, replies[n:], seconds, prefetch)
 
     def _claim_now(self, key: str, version: int | str, prefetch: Prefetch | None) -> _Lookup:
@@ -370,6 +371,13 @@ class ListCache:
     def clear_local(self) -> None:
         with self._l1_lock:
             self._l1.clear()
+
+
+def _version_of(values: Sequence[int]) -> int | str:
+    """The version a list is cached under: its owner's counter, or the counters of its owners joined (0: none)."""
+    if len(values) > 1:
+        return ".".join(str(value) for value in values)
+    return values[0] if values else 0
 
 
 def _lock_key(key: str) -> str:

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from events import online
 from experiments.services import assignment_cache_clear, impressions_buffer_clear
-from kernel import auth, redis_client, throttling
+from kernel import auth, redis_client, throttling, tracking
 from kernel.api_keys import api_key_create
 
 
@@ -22,6 +22,7 @@ def _clean_redis() -> None:
     impressions_buffer_clear()
     throttling.pause_clear()
     redis_client.get().flushdb()
+    tracking.TRACKER.clear()  # Redis says so too (a flush invalidates everything), only asynchronously
     online.mark_complete(now=time.time())
     auth.clear_cache()
     assignment_cache_clear()

@@ -155,6 +155,9 @@ _REDIS_DB = 0 if REDIS_CLUSTER else redis_urls.db_of(REDIS_URL)
 # Database N: online state + cache + throttles; N+1: Celery broker and results.
 REDIS_DATA_URL = redis_urls.with_db(REDIS_URL, _REDIS_DB)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+# Cached lists trust their owners' versions without a round trip while Redis has not said they changed (CLIENT
+# TRACKING, Redis 6.0+; kernel/tracking.py). Off: every cached list reads its versions. A cluster never tracks.
+REDIS_VERSION_TRACKING = env_bool("REDIS_VERSION_TRACKING", True)
 
 # Django's cache framework: nothing in the project reads or writes it (the list cache, throttles and API-key
 # lookups go through kernel.redis_client), so on a cluster, where django-redis has no cluster client, it is each

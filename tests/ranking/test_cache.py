@@ -12,8 +12,23 @@ from typing import Any
 import pytest
 from django.core.signals import request_finished, request_started
 
-from kernel import redis_client
+from kernel import redis_client, tracking
 from ranking.cache import ListCache, owner_entries_delete
+
+
+def _versions(n: int = 1) -> list[str]:
+    """The commands that read ``n`` owners' versions: each GET after CLIENT CACHING YES, behind one CLIENT TRACKING,
+    when the process tracks versions (kernel/tracking.py; never on a cluster)."""
+    return ["CLIENT", *["CLIENT", "GET"] * n] if tracking.VersionTracker.enabled() else ["GET"] * n
+
+
+def _another_process_wrote(key: str) -> None:
+    """Wait until Redis's invalidation of ``key`` has reached this process (a few µs after the write, when tracked):
+    the same process wrote it here, without telling its tracker as the events service does."""
+    deadline = time.monotonic() + 5
+    while tracking.TRACKER.known([key]) is not None:
+        assert time.monotonic() < deadline, "no invalidation"
+        time.sleep(0.001)
 
 
 def test_miss_then_l1_then_l2_from_another_process() -> None:
@@ -193,7 +208,7 @@ def test_a_key_never_held_misses_in_one_round_trip_with_its_reads(monkeypatch: p
     assert value == ({"n": 1}, "miss")
     assert seen == [[b"state"]]
     # Before the answer: one pipeline (the version, the entry, the lock claim, the reads); after it, the store.
-    assert trips.sent[0] == ["GET", "GET", "SET", "GET", "GET"]
+    assert trips.sent[0] == [*_versions(), "GET", "SET", "GET", "GET"]
     assert trips.sent[1:] == [["SET", "DEL"]]
     assert client.get("lock:rec:one-trip") is None
 
@@ -204,13 +219,15 @@ def test_a_key_held_under_an_older_version_claims_in_a_second_round_trip(monkeyp
     cache = ListCache(ttl_seconds=30)
     cache.get_or_compute("rec:older", lambda _: {"at": 1}, version_key="cv:older")
     client.incr("cv:older")
+    _another_process_wrote("cv:older")
     trips = _RoundTrips(monkeypatch)
     assert cache.get_or_compute("rec:older", lambda _: {"at": 2}, version_key="cv:older") == ({"at": 2}, "miss")
     # A key in L1 is most likely a hit: the lookup reads the version alone; held under an older one, the entry,
     # the lock claim and the reads follow in a second round trip.
-    assert trips.sent == [["GET"], ["GET", "SET", "GET"], ["SET", "DEL"]]
+    assert trips.sent == [_versions(), ["GET", "SET", "GET"], ["SET", "DEL"]]
     assert cache.get_or_compute("rec:older", lambda _: {"at": 0}, version_key="cv:older") == ({"at": 2}, "l1")
-    assert trips.sent[3:] == [["GET"]]  # a hit: one round trip of the version alone, nothing claimed
+    # A hit: no round trip while Redis has not said the version moved (tracked), else the version alone.
+    assert trips.sent[3:] == ([] if tracking.VersionTracker.enabled() else [["GET"]])
 
 
 def test_a_list_without_owners_held_in_l1_costs_no_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
