@@ -84,13 +84,14 @@ class VersionTracker:
         self._known: dict[str, tuple[int, float]] = {}
         self._pending: dict[str, object] = {}
         self._retry_at = 0.0
+        self._refused = False  # this Redis refuses tracking or the subscription (ACLs, a proxy): round trips
 
     # --- reading ------------------------------------------------------------------------------------------------
 
     def known(self, keys: Sequence[str]) -> list[int] | None:
         """The values of ``keys`` when every one is tracked, current and younger than ``max_age``, else None (then
         read them with :meth:`begin` / :meth:`queue` / :meth:`finish`)."""
-        if not keys or not self.enabled():
+        if not keys or self._refused or not self.enabled():
             return None
         with self._lock:
             if not self._current() or not self._drain():
@@ -107,7 +108,7 @@ class VersionTracker:
     def begin(self, keys: Sequence[str]) -> Ticket | None:
         """Register a tracked read of ``keys`` (None when tracking is off or its connection cannot be opened: read
         them untracked)."""
-        if not keys or not self.enabled():
+        if not keys or self._refused or not self.enabled():
             return None
         with self._lock:
             if not self._current() and not self._connect():
@@ -143,9 +144,14 @@ class VersionTracker:
         ok = not isinstance(tracking_reply, Exception) and not any(isinstance(r, Exception) for r in paired[::2])
         with self._lock:
             if not ok:
-                # The redirect target is gone (Redis restarted, failed over): nothing registered under it holds.
-                logger.warning("version_tracking_failed", extra={"reply": repr(tracking_reply)})
+                refusal = next(r for r in (tracking_reply, *paired[::2]) if isinstance(r, Exception))
                 self._reset("reset")
+                if "redirect" in str(refusal).lower():
+                    # The redirect target is gone (Redis restarted, failed over): nothing registered under it holds;
+                    # the next tracked read opens a new invalidation connection.
+                    logger.warning("version_tracking_lost", extra={"reply": str(refusal)})
+                else:
+                    self._refuse(refusal)
             # No drain here: an invalidation already received but not yet applied removes the value at the next
             # drain, before anything trusts it; the token catches one applied while the read was in flight.
             elif ticket.epoch == self._epoch:
@@ -204,6 +210,10 @@ class VersionTracker:
             redirect = int(cast(int, conn.read_response()))
             conn.send_command("SUBSCRIBE", CHANNEL)
             conn.read_response()
+        except redis.ResponseError as refusal:  # the server answered no (ACLs, a proxy without pub/sub)
+            conn.disconnect()
+            self._refuse(refusal)
+            return False
         except (redis.RedisError, OSError, ValueError):
             logger.warning("version_tracking_unavailable", exc_info=True)
             conn.disconnect()
@@ -214,6 +224,12 @@ class VersionTracker:
         self._known.clear()
         self._pending.clear()
         return True
+
+    def _refuse(self, refusal: Exception) -> None:
+        """This Redis will not track (or not let the process subscribe): every hit reads its versions, as with
+        ``REDIS_VERSION_TRACKING=0``, for the rest of the process's life; said once."""
+        self._refused = True
+        logger.error("version_tracking_refused", extra={"reply": str(refusal)})
 
     def _drain(self) -> bool:
         """Apply every invalidation received so far (under the lock); False when the connection is lost."""
@@ -266,6 +282,8 @@ class VersionTracker:
         """Close the connection and trust nothing (tests, benches and commands pointing at another Redis)."""
         with self._lock:
             self._reset("reset")
+            self._refused = False
+            self._retry_at = 0.0
 
 
 TRACKER = VersionTracker(max_age=5.0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
@@ -136,6 +137,29 @@ def test_switched_off_nothing_is_tracked() -> None:
         tracker.queue(pipe, None, ["cv:{off}"])
         assert tracker.finish(None, pipe.execute()) == [None]
         assert tracker.known(["cv:{off}"]) is None
+
+
+def test_a_redis_that_refuses_tracking_gets_round_trips(tracker: VersionTracker) -> None:
+    # A managed Redis may deny CLIENT to the application's user: the process reads versions every time, as with
+    # REDIS_VERSION_TRACKING=0, instead of failing or retrying on every request.
+    admin = redis_client.get()
+    admin.acl_setuser(
+        "no-tracking", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"], commands=["+@all", "-client"]
+    )
+    parts = urlsplit(settings.REDIS_DATA_URL)
+    url = urlunsplit(parts._replace(netloc=f"no-tracking:secret@{parts.hostname}:{parts.port}"))
+    try:
+        with override_settings(REDIS_DATA_URL=url):
+            redis_client.reset()
+            assert tracker.begin(["cv:{acl}"]) is None
+            assert tracker.begin(["cv:{acl}"]) is None  # said once, not tried again
+            pipe = redis_client.get().pipeline(transaction=False)
+            tracker.queue(pipe, None, ["cv:{acl}"])
+            assert tracker.finish(None, pipe.execute()) == [None]
+            assert tracker.known(["cv:{acl}"]) is None
+    finally:
+        redis_client.reset()
+        admin.acl_deluser("no-tracking")
 
 
 @pytest.mark.skipif(not settings.REDIS_CLUSTER, reason="on a Redis Cluster only")
