@@ -73,6 +73,7 @@ class TrainParams:
     anchors: int = 20
     anchor_decay: float = 0.85
     anchor_floor: float = 0.0  # the share every anchor keeps: weight floor + (1 - floor) * anchor_decay ** i
+    ease_whole_history: bool = False  # EASE from every history item alike, not the anchors (RetrievalParams)
     # The blend (served when no ranker ships): multipliers of the default source weights per group of sources
     # (ranking.ranker.BLEND_GROUPS), tuned on validation without retraining; 1.0 keeps a group's defaults.
     blend_neighbours: float = 1.0
@@ -212,9 +213,13 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
         "float": number,
         "float | None": number or value is None,
         "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
     }
     if annotation in accepted and not accepted[annotation]:
-        expected = {"int": "an integer", "float": "a number", "float | None": "a number or null", "str": "a string"}
+        expected = {
+            "int": "an integer", "float": "a number", "float | None": "a number or null", "str": "a string",
+            "bool": "true or false",
+        }  # fmt: skip
         raise ValueError(f"{name} takes {expected[annotation]}, not {value!r}")
 
 

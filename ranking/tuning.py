@@ -76,6 +76,7 @@ RETRIEVAL_SPACE: dict[str, Sequence[Any]] = {
     "anchors": (20, 50, 100, 200),
     "anchor_decay": (0.85, 0.95, 0.99, 1.0),
     "anchor_floor": (0.0, 0.1, 0.3, 0.5, 1.0),
+    "ease_whole_history": (False, True),
 }
 # The blend's weights (ranking.ranker.BLEND_GROUPS: a multiplier of the defaults per group): re-serving only.
 BLEND_SPACE: dict[str, Sequence[Any]] = {
@@ -378,8 +379,14 @@ def tune(
             study.enqueue_trial({**{name: getattr(base, name) for name in space}, **_no_decay()})
         if phase == "retrieval":
             whole = max(RETRIEVAL_SPACE["anchors"])
-            study.enqueue_trial({"anchors": whole, "anchor_decay": 1.0, "anchor_floor": 1.0})
-            study.enqueue_trial({"anchors": whole, "anchor_decay": 0.85, "anchor_floor": 0.3})
+            current = {name: getattr(base, name) for name in space}
+            # EASE over the whole history beside the current anchors of the other sources; every anchor alike;
+            # every anchor, recency on a 0.3 floor.
+            study.enqueue_trial({**current, "ease_whole_history": True})
+            for decay, floor in ((1.0, 1.0), (0.85, 0.3)):
+                study.enqueue_trial(
+                    {"anchors": whole, "anchor_decay": decay, "anchor_floor": floor, "ease_whole_history": False}
+                )
         if phase == "blend":
             # The personal sources alone: trending, popular and new arrivals out of the blend.
             study.enqueue_trial({**{name: getattr(base, name) for name in space}, "blend_global": 0.0})

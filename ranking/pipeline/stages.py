@@ -169,12 +169,14 @@ def source_hits(
         anchor_idx = anchor_idx[anchor_idx >= 0]
         for source, prefix in tables:
             k = fbt_quota(state.surface) if source == "fbt" else QUOTAS[source]
-            hits[source] = to_pks(
-                model,
-                neighbour_hits(
+            if source == "ease" and state.retrieval.ease_whole_history:
+                whole_idx = model.item_index(state.history.anchors(HISTORY_LIMIT)[0])
+                found = neighbour_hits(model, prefix, whole_idx[whole_idx >= 0], k, 1.0, 1.0)
+            else:
+                found = neighbour_hits(
                     model, prefix, anchor_idx, k, state.retrieval.anchor_decay, state.retrieval.anchor_floor
-                ),
-            )
+                )
+            hits[source] = to_pks(model, found)
     for source, top in (("trending", lists.trending), ("popular", lists.popular)):
         if wanted(source):
             quota = QUOTAS[source]
@@ -393,7 +395,9 @@ def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
     assert state.candidates is not None
     assert state.result is not None
     candidates, result = state.candidates, state.result
-    anchor_pks, anchor_types = state.history.anchors(state.retrieval.anchors)
+    # EASE over the whole history may name any of its items, not only the latest anchors.
+    limit = HISTORY_LIMIT if state.retrieval.ease_whole_history else state.retrieval.anchors
+    anchor_pks, anchor_types = state.history.anchors(limit)
     anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
     out = []
     for slot, (pk, i) in enumerate(

@@ -76,6 +76,10 @@ class RetrievalParams:
     anchors: int = ANCHORS
     anchor_decay: float = ANCHOR_DECAY
     anchor_floor: float = 0.0
+    # EASE scores from the whole online history, every item alike (its classical form, X_u B), while the other
+    # neighbour sources keep the anchors above: on MovieLens 100K the recent anchors cost EASE a fifth of a random
+    # per-user hold-out's NDCG@10 (docs/models.md, "EASE over the whole history").
+    ease_whole_history: bool = False
     # The blend's source weights when the version tuned them (ranking.ranker.scaled_blend_weights), else None: the
     # defaults. A request's experiment config (VariantConfig.blend_weights) still wins over both.
     blend_weights: Mapping[str, float] | None = None
@@ -105,7 +109,8 @@ class RetrievalParams:
                 continue
             if math.isfinite(value) and value >= 0:
                 multipliers[group] = value
-        return cls(anchors, decay, floor, scaled_blend_weights(multipliers))
+        whole = get("ease_whole_history", False) is True
+        return cls(anchors, decay, floor, whole, scaled_blend_weights(multipliers))
 
 
 def serve_source(mode: str) -> str | None:

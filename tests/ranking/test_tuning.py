@@ -291,11 +291,15 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
     assert [t.ndcg for t in first.trials] == pytest.approx([t.ndcg for t in second.trials], abs=1e-3)
     assert first.chosen == second.chosen
-    # Then the retrieval knobs: the defaults, every anchor of the history alike, every anchor with recency on a floor.
+    # Then the retrieval knobs: the defaults, the defaults with EASE over the whole history, every anchor of the
+    # history alike, every anchor with recency on a floor.
     retrieval = [t for t in first.trials if t.phase == "retrieval"]
-    assert retrieval[0].params == {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay, "anchor_floor": 0.0}
-    assert retrieval[1].params == {"anchors": 200, "anchor_decay": 1.0, "anchor_floor": 1.0}
-    assert retrieval[2].params == {"anchors": 200, "anchor_decay": 0.85, "anchor_floor": 0.3}
+    defaults = {"anchors": SMALL.anchors, "anchor_decay": SMALL.anchor_decay, "anchor_floor": 0.0}
+    assert retrieval[0].params == {**defaults, "ease_whole_history": False}
+    assert retrieval[1].params == {**defaults, "ease_whole_history": True}
+    whole = {"anchors": 200, "ease_whole_history": False}
+    assert retrieval[2].params == {**whole, "anchor_decay": 1.0, "anchor_floor": 1.0}
+    assert retrieval[3].params == {**whole, "anchor_decay": 0.85, "anchor_floor": 0.3}
     assert {"anchors", "anchor_decay", "anchor_floor", "half_life_days", "ease_lambda", "ease_user_exponent"} <= set(
         first.chosen
     )
@@ -379,3 +383,42 @@ def test_a_ranker_below_the_blend_does_not_ship() -> None:
     assert not beats
     assert "0.2000 vs blend 0.2100" in why
     assert tuning.ranker_beats_blend(validation(0.25, 0.21), k=10)[0]
+
+
+def test_ease_over_the_whole_history_scores_every_history_item_alike() -> None:
+    """``ease_whole_history``: EASE's candidates are its classical scores over the whole history (X_u B, every item
+    weighted 1), whatever the anchors of the other neighbour sources, which keep theirs; the version's params carry
+    the choice to serving."""
+    from ranking import retrieval
+    from ranking.pipeline import TrainedModel, offline_inputs
+    from ranking.pipeline.stages import source_hits
+    from ranking.pipeline.state import QUOTAS, History, RequestState, RetrievalParams
+    from ranking.training import train_sources
+
+    log, items = dense_recent(n_users=60)
+    split = evaluation.split_temporal(log, holdout_days=30)
+    model = TrainedModel(train_sources(split.train, items, SMALL, reference_ts=split.reference_ts))
+    assert model.has("ease_b")
+    inputs = offline_inputs(split, items, model)
+    pks = model.item_ids[np.unique(split.train.item[split.train.user == 0])][:12]
+    types = np.full(pks.size, sources.PURCHASE, np.int64)
+    history = History(pks.astype(np.int64), types, -np.arange(pks.size, dtype=float))
+
+    def hits(params: RetrievalParams) -> dict[str, retrieval.SourceHits]:
+        state = RequestState(surface="home", count=10, now=split.reference_ts, history=history, retrieval=params)
+        return source_hits(state, model, inputs.lists)
+
+    recent = hits(RetrievalParams(anchors=1, anchor_decay=1.0))
+    whole = hits(RetrievalParams(anchors=1, anchor_decay=1.0, ease_whole_history=True))
+    every = model.item_index(history.anchors(200)[0])
+    expected = retrieval.dense_neighbours(every, np.ones(every.size, np.float32), model.array("ease_b"), QUOTAS["ease"])
+    assert whole["ease"].item_idx.tolist() == model.item_ids[expected.item_idx].tolist()
+    assert whole["ease"].item_idx.tolist() != recent["ease"].item_idx.tolist()
+    assert whole["item_knn"].item_idx.tolist() == recent["item_knn"].item_idx.tolist()  # still the one anchor
+
+    assert RetrievalParams.of({"ease_whole_history": True}).ease_whole_history
+    assert not RetrievalParams.of({"ease_whole_history": "yes"}).ease_whole_history  # only a JSON true
+    assert not RetrievalParams.of({}).ease_whole_history  # versions trained before the knob
+    assert TrainParams().with_overrides(["ease_whole_history=true"]).ease_whole_history
+    with pytest.raises(ValueError, match="ease_whole_history takes true or false"):
+        TrainParams().with_overrides(["ease_whole_history=1"])
