@@ -19,10 +19,11 @@ the RESP2 form every Redis from 6.0 speaks:
 
 The race every client-side cache has is handled as the Redis documentation describes: a read registers as pending
 before it is sent, an invalidation arriving before its reply cancels it, and only a read still pending when its
-reply arrives is remembered. What is never trusted: anything while the invalidation connection is down or was
-reconnected (its id changed, so tracking registered under the old id is lost; everything known is dropped), a value
-older than ``max_age`` (a bound for a connection that died without the process noticing), anything on a Redis
-Cluster (tracking is per node and its invalidations would come from every master: the cluster keeps the round trip).
+reply arrives is remembered. What is never trusted: anything while the invalidation connection is down, after it
+failed to answer a PING sent after a quiet spell, or once it reconnected (its id changed, so tracking registered
+under the old id is lost; everything known is dropped); a value older than ``max_age`` (a bound for a connection
+that died unnoticed); anything on a Redis Cluster (tracking is per node and its invalidations would come from every
+master: the cluster keeps the round trip).
 A list can still outlive an event from another process by the time Redis takes to write one message to another
 socket (microseconds; the writer's own process forgets the key itself, :func:`forget`).
 """
@@ -72,8 +73,14 @@ class Ticket:
 class VersionTracker:
     """Per process: versions read under tracking and not invalidated since (thread-safe)."""
 
-    def __init__(self, *, max_age: float) -> None:
+    def __init__(self, *, max_age: float, ping_every: float = 10.0, pong_within: float = 2.0) -> None:
         self.max_age = max_age
+        # A connection that went quiet is asked whether it is alive (PING) every ``ping_every`` seconds, and dropped
+        # when the answer takes longer than ``pong_within``: a peer gone without a FIN (a NAT or firewall forgetting
+        # an idle flow) would otherwise stop the invalidations while the process went on trusting what it read.
+        self.ping_every, self.pong_within = ping_every, pong_within
+        self._heard = 0.0  # when the connection last said anything
+        self._ping_sent: float | None = None
         self._lock = threading.Lock()
         self._conn: AbstractConnection | None = None
         self._client: object = None  # the shared client the connection was opened for (redis_client.reset())
@@ -220,6 +227,7 @@ class VersionTracker:
             self._retry_at = time.monotonic() + 1.0
             return False
         self._conn, self._redirect, self._client = conn, redirect, client
+        self._heard, self._ping_sent = time.monotonic(), None
         self._epoch += 1
         self._known.clear()
         self._pending.clear()
@@ -236,9 +244,11 @@ class VersionTracker:
         conn = self._conn
         if conn is None:
             return False
+        now = time.monotonic()
         try:
             while conn.can_read(timeout=0):
                 message = conn.read_response()
+                self._heard, self._ping_sent = now, None  # anything it says, the PING's answer included
                 if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
                     continue
                 keys = message[2]
@@ -252,8 +262,15 @@ class VersionTracker:
                     key = raw.decode() if isinstance(raw, bytes) else str(raw)
                     self._known.pop(key, None)
                     self._pending.pop(key, None)
+            if self._ping_sent is None and now - self._heard > self.ping_every:
+                conn.send_command("PING")
+                self._ping_sent = now
         except (redis.RedisError, OSError, ValueError):
             logger.warning("version_tracking_lost", exc_info=True)
+            self._reset("reset")
+            return False
+        if self._ping_sent is not None and now - self._ping_sent > self.pong_within:
+            logger.warning("version_tracking_silent", extra={"seconds": round(now - self._ping_sent, 3)})
             self._reset("reset")
             return False
         return True

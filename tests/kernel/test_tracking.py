@@ -168,3 +168,30 @@ def test_a_cluster_keeps_the_round_trip() -> None:
     assert not VersionTracker.enabled()
     assert tracking.TRACKER.begin(["cv:{x}"]) is None
     assert tracking.TRACKER.known(["cv:{x}"]) is None
+
+
+def test_a_quiet_connection_is_pinged_and_dropped_when_it_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A NAT or firewall that forgets an idle flow leaves no FIN behind: the process asks, and stops trusting what it
+    # read when the answer does not come.
+    if not VersionTracker.enabled():
+        pytest.skip("a Redis Cluster never tracks versions")
+    tracker = VersionTracker(max_age=30.0, ping_every=0.05, pong_within=0.1)
+    try:
+        _read(tracker, "cv:{quiet}")
+        time.sleep(0.1)
+        assert tracker.known(["cv:{quiet}"]) == [0]  # quiet for a while: a PING goes out
+        time.sleep(0.05)
+        assert tracker.known(["cv:{quiet}"]) == [0]  # answered: still trusted
+        assert tracker._ping_sent is None
+        conn = tracker._conn
+        assert conn is not None
+        monkeypatch.setattr(conn, "send_command", lambda *args, **kwargs: None)  # from now on nothing answers
+        time.sleep(0.1)
+        assert tracker.known(["cv:{quiet}"]) == [0]  # the PING (lost) just went out
+        time.sleep(0.15)
+        assert tracker.known(["cv:{quiet}"]) is None  # no answer within pong_within: nothing is trusted
+        assert _read(tracker, "cv:{quiet}") == [None]  # and a new connection takes over
+        assert tracker._conn is not conn
+        assert tracker.known(["cv:{quiet}"]) == [0]
+    finally:
+        tracker.clear()
