@@ -5,17 +5,18 @@ which every accepted event bumps, so a list is never shown to someone else and n
 changed it. TTLs carry ±10% jitter so entries written together do not expire together; concurrent misses for one
 key compute once (single-flight: a thread lock within the process, a short Redis lock across processes).
 
-Round trips, because they are most of a cached request's cost. A key this process holds a list for is most likely
-a hit: its lookup reads the owners' versions alone (a hit costs that one round trip of a few bytes; a list without
-owners, none). A key it holds no list for, under any version, is most likely a miss (a new owner, other exclusions,
-a new model), so its lookup also reads the L2 entry, claims the cross-process lock and reads whatever the
-computation will need from Redis (``prefetch``): such a miss waits for one round trip, not two (a list held under an
-older version reads the entry, claims and reads in a second one). Storing the value and releasing the lock is the
-last round trip, and within a web request it is off the client's clock: the value is in L1 at once, and the store
-waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the response is written),
-where every store the request queued goes in one pipeline, with the release of a lock claimed for a list that was
-found after all. Outside a request (tasks, commands) a miss stores at once. Redis trouble degrades to computing
-every time, never to an error.
+Round trips, because they are most of a cached request's cost. A key this process holds a list for is most likely a
+hit: its lookup reads the owners' versions alone, and not even that while Redis has not said they changed (they are
+read under client tracking, ``kernel.tracking``: a hit then costs no round trip; without tracking, one of a few
+bytes; a list without owners, none). A key it holds no list for, under any version, is most likely a miss (a new
+owner, other exclusions, a new model), so its lookup also reads the L2 entry, claims the cross-process lock and
+reads whatever the computation will need from Redis (``prefetch``): such a miss waits for one round trip, not two (a
+list held under an older version reads the entry, claims and reads in a second one). Storing the value and releasing
+the lock is the last round trip, and within a web request it is off the client's clock: the value is in L1 at once,
+and the store waits for the end of the request (Django's ``request_finished``, which gunicorn sends once the
+response is written), where every store the request queued goes in one pipeline, with the release of a lock claimed
+for a list that was found after all. Outside a request (tasks, commands) a miss stores at once. Redis trouble
+degrades to computing every time, never to an error.
 """
 
 from __future__ import annotations
