@@ -111,7 +111,18 @@ def environment() -> list[tuple[str, str]]:
         ("native pools, bench process (host defaults)", host_pools),
         ("native pools, web process (as served)", web_pools),
         ("BLAS/OpenMP variables", " ".join(variables) or "none set"),
+        # A cached list's cost depends on it: no Redis round trip when tracked (docs/operations.md).
+        ("Redis", _redis_mode()),
     ]
+
+
+def _redis_mode() -> str:
+    from kernel.env import env_bool  # the settings' own parsing (the bench process has no Django settings)
+
+    cluster, tracked = env_bool("REDIS_CLUSTER", False), env_bool("REDIS_VERSION_TRACKING", True)
+    if cluster:
+        return "cluster (REDIS_CLUSTER=1): versions read every time"
+    return f"one server; cache versions {'tracked' if tracked else 'read every time (REDIS_VERSION_TRACKING=0)'}"
 
 
 def print_environment() -> None:
