@@ -183,9 +183,13 @@ class VersionTracker:
     def forget(self, keys: Iterable[str]) -> None:
         """This process changed ``keys``: do not wait for Redis to say so."""
         with self._lock:
-            for key in keys:
-                self._known.pop(key, None)
-                self._pending.pop(key, None)
+            self._drop(keys)
+
+    def _drop(self, keys: Iterable[str]) -> None:
+        """No longer trust ``keys``, nor remember a read of them in flight (under the lock)."""
+        for key in keys:
+            self._known.pop(key, None)
+            self._pending.pop(key, None)
 
     # --- the invalidation connection ------------------------------------------------------------------------------
 
@@ -228,9 +232,7 @@ class VersionTracker:
             return False
         self._conn, self._redirect, self._client = conn, redirect, client
         self._heard, self._ping_sent = time.monotonic(), None
-        self._epoch += 1
-        self._known.clear()
-        self._pending.clear()
+        self._trust_nothing()
         return True
 
     def _refuse(self, refusal: Exception) -> None:
@@ -254,14 +256,10 @@ class VersionTracker:
                 keys = message[2]
                 if keys is None:  # FLUSHDB / FLUSHALL, or the server's tracking table overflowed
                     INVALIDATIONS.labels("flush").inc()
-                    self._known.clear()
-                    self._pending.clear()
+                    self._trust_nothing()
                     continue
                 INVALIDATIONS.labels("key").inc(len(keys))
-                for raw in keys:
-                    key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                    self._known.pop(key, None)
-                    self._pending.pop(key, None)
+                self._drop(raw.decode() if isinstance(raw, bytes) else str(raw) for raw in keys)
             if self._ping_sent is None and now - self._heard > self.ping_every:
                 conn.send_command("PING")
                 self._ping_sent = now
@@ -275,13 +273,18 @@ class VersionTracker:
             return False
         return True
 
+    def _trust_nothing(self) -> None:
+        """Forget every version read and every read in flight (under the lock; a new epoch: no reply of a read sent
+        before now is remembered)."""
+        self._epoch += 1
+        self._known.clear()
+        self._pending.clear()
+
     def _reset(self, kind: str) -> None:
         """Trust nothing: drop the connection (a new one, with a new id, is opened by the next tracked read)."""
         INVALIDATIONS.labels(kind).inc()
         conn, self._conn = self._conn, None
-        self._epoch += 1
-        self._known.clear()
-        self._pending.clear()
+        self._trust_nothing()
         if conn is not None:
             conn.disconnect()
 
@@ -290,9 +293,7 @@ class VersionTracker:
         read through it."""
         self._lock = threading.Lock()
         self._conn = None
-        self._epoch += 1
-        self._known.clear()
-        self._pending.clear()
+        self._trust_nothing()
         self._retry_at = 0.0
 
     def clear(self) -> None:
