@@ -16,12 +16,16 @@ from django.db import connection
 
 from catalog.models import Item
 from events.models import Interaction
+from events.parsing import VALUE_MAX
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.results import CupedData, DailyTotals, ExperimentSpec, VariantInfo, VariantTotals, WeightPoint
 
 CLICK = int(Interaction.Type.CLICK)
 ADD_TO_CART = int(Interaction.Type.ADD_TO_CART)
 PURCHASE = int(Interaction.Type.PURCHASE)
+# An event's value as the results sum it: within the range the events API accepts (±VALUE_MAX), NaN as none. Rows
+# stored before that rule (1e308, NaN) would otherwise overflow Postgres' float8 sums or make every figure NaN.
+_VALUE = f"CASE WHEN x.value = 'NaN' THEN NULL ELSE least(greatest(x.value, {-VALUE_MAX}), {VALUE_MAX}) END"
 
 # Days of purchases before the start that form CUPED's covariate.
 CUPED_PRE_PERIOD_DAYS = 30
@@ -134,17 +138,17 @@ imp AS (
      WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
 ),
 attributed AS (
-    SELECT imp.variant_id, imp.unit, x.id AS interaction_id, x.type, x.value
+    SELECT imp.variant_id, imp.unit, x.id AS interaction_id, x.type, {_VALUE} AS value
       FROM imp JOIN events_interaction x ON x.request_id = imp.request_id
      WHERE imp.request_id <> '' AND x.request_id <> '' AND x.type IN ({ADD_TO_CART}, {PURCHASE})
     UNION
-    SELECT imp.variant_id, imp.unit, x.id, x.type, x.value
+    SELECT imp.variant_id, imp.unit, x.id, x.type, {_VALUE}
       FROM imp JOIN events_interaction x ON x.customer_id = imp.customer_id
      WHERE x.type = {PURCHASE} AND x.item_id = ANY (imp.item_pks)
        AND x.occurred_at >= imp.served_at
        AND x.occurred_at < imp.served_at + %(window_hours)s * interval '1 hour'
     UNION
-    SELECT imp.variant_id, imp.unit, x.id, x.type, x.value
+    SELECT imp.variant_id, imp.unit, x.id, x.type, {_VALUE}
       FROM imp JOIN events_interaction x ON x.session_id = imp.session_id
      WHERE imp.customer_id IS NULL AND imp.session_id <> '' AND x.customer_id IS NULL
        AND x.type = {PURCHASE} AND x.item_id = ANY (imp.item_pks)
@@ -220,7 +224,7 @@ SELECT day, variant_id, i.impressions, coalesce(c.clicks, 0), coalesce(u.new_uni
 _CUPED_SQL = f"""
 WITH {_CTES},
 pre AS (
-    SELECT x.customer_id, sum(coalesce(x.value, 0)) AS revenue
+    SELECT x.customer_id, sum(coalesce({_VALUE}, 0)) AS revenue
       FROM events_interaction x
      WHERE x.type = {PURCHASE} AND x.occurred_at >= %(pre_start)s AND x.occurred_at < %(start)s
        AND x.customer_id IN (SELECT customer_id FROM units WHERE customer_id IS NOT NULL)
