@@ -21,6 +21,7 @@ degrades to computing every time, never to an error.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -389,11 +390,29 @@ def _lock_key(key: str) -> str:
 
 # --- Key forms, for erasure -------------------------------------------------------------------------------------
 
-# ranking.serving keys a list ``rec:<surface>:<owners>:<...>`` where ``<owners>`` is the owner alone, or the
-# customer's owner and the anonymous session's joined by OWNER_SEPARATOR (``<customer>|s:<session>``): a request
-# naming both reads both histories. The entry is valid only under the versions of all its owners (``version_key``).
+# A list's key is ``rec:<surface>:<owners>:<digest>``. ``<owners>`` is the owner alone, or the customer's owner and
+# the anonymous session's joined by OWNER_SEPARATOR (``<customer>|s%3A<session>``): a request naming both reads both
+# histories, and the entry is valid only under the versions of all its owners (``version_key``). Owners stand in the
+# key percent-encoded (``owner_key_part``), since ids are free text: a customer ``a:7`` must not be able to spell the
+# key of customer ``a``'s list with other parameters, nor a customer ``a|s:b`` that of ``a`` with session ``b``.
+# Everything else that shapes the list (count, category, exclusions, variant, config, model, rules, ...) is one
+# digest of its ``repr``, where no two parameter sets can read alike (``None`` is not ``"-"``).
 OWNER_SEPARATOR = "|"
 _SCAN_COUNT = 1000
+_KEY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "|": "%7C"})
+
+
+def owner_key_part(owner: str) -> str:
+    """``owner`` as it stands in a list's key: the key's separators (and ``%``) percent-encoded."""
+    return owner.translate(_KEY_ESCAPES)
+
+
+def list_key(surface: str, owners: Sequence[str], shape: tuple[object, ...]) -> str:
+    """The cache key of a list of ``surface`` for ``owners`` (none: the same list for every anonymous visitor),
+    whatever else shapes it in ``shape`` (plain values: their ``repr`` is digested)."""
+    digest = hashlib.blake2b(repr(shape).encode(), digest_size=12).hexdigest()
+    parts = OWNER_SEPARATOR.join(owner_key_part(owner) for owner in owners)
+    return f"rec:{owner_key_part(surface)}:{parts}:{digest}"
 
 
 def _glob_escape(value: str) -> str:
@@ -401,10 +420,9 @@ def _glob_escape(value: str) -> str:
 
 
 def owner_entry_patterns(owner: str) -> tuple[str, ...]:
-    """SCAN patterns matching every cached list keyed with ``owner``, alone or beside another owner. They may match
-    a few lists of other owners too (the surface is a slug, ids are free text): deleting one too many costs one
-    recomputation, missing one would keep an erased customer's list."""
-    owner = _glob_escape(owner)
+    """SCAN patterns matching every cached list keyed with ``owner``, alone or beside another owner (the surface is
+    an escaped slug, so ``*`` there spans no owner field)."""
+    owner = _glob_escape(owner_key_part(owner))
     return (
         f"rec:*:{owner}:*",
         f"rec:*:{owner}{OWNER_SEPARATOR}*",

@@ -39,7 +39,7 @@ from kernel.background import Periodic
 from ranking import rerank as rr
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model
-from ranking.cache import ListCache, Prefetched
+from ranking.cache import ListCache, Prefetched, list_key
 from ranking.pipeline import online, stages
 from ranking.pipeline.anchored import (
     SIMILAR_BLEND,
@@ -217,17 +217,12 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     tier = "bypass"
     redis_ok = True
     if not request.debug and request.replay is None:
-        # The exclusions and the page context, digested: free-form ids must not bend the key's shape.
-        extra_key = hashlib.blake2b(
-            "\x1e".join((
-                "\x1f".join(sorted(request.exclude)), request.context_item_id, request.context_category,
-                "\x1f".join(sorted(excluded_requests)),
-            )).encode(), digest_size=6,
-        ).hexdigest()  # fmt: skip
-        key = ":".join((
-            "rec", request.surface, "|".join(owners) or "-", str(request.count), request.category or "-", extra_key,
-            assignment.variant or "-", _config_key(config), str(model_version), rules.version_token(),
-            str(rules.next_edge(now=time.time())), online.item_cache_token(),
+        # Everything but the surface and the owners is digested (ranking.cache.list_key): free-form ids and
+        # categories must not bend the key's shape.
+        key = list_key(request.surface, owners, (
+            request.count, request.category, sorted(request.exclude), request.context_item_id,
+            request.context_category, sorted(excluded_requests), assignment.variant, _config_key(config),
+            model_version, rules.version_token(), rules.next_edge(now=time.time()), online.item_cache_token(),
         ))  # fmt: skip
         try:
             value, tier = CACHE.get_or_compute(

@@ -25,6 +25,7 @@ from kernel import redis_client
 from privacy.models import ErasureRecord
 from privacy.services import ERASURE_VERSION_TTL_SECONDS
 from ranking import artifacts, serving
+from ranking.cache import list_key, owner_key_part
 from ranking.services import model_train
 from ranking.training import TrainParams
 
@@ -87,7 +88,7 @@ def _trained_user_pks() -> set[int]:
 
 
 def _rec_keys(owner: str) -> list[bytes]:
-    return list(redis_client.get().scan_iter(match=f"rec:*:{owner}:*"))
+    return list(redis_client.get().scan_iter(match=f"rec:*:{owner_key_part(owner)}:*"))
 
 
 # --- Opt-out and opt-in -------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def test_erasure_removes_everything_about_the_customer_and_keeps_an_anonymous_re
 def test_erasure_deletes_only_the_customers_own_cached_lists(api: APIClient) -> None:
     """Ids may hold glob characters: the SCAN pattern escapes them, so it matches this customer's lists only."""
     client = redis_client.get()
-    mine, theirs = "rec:home:a*b:3:10:-:x:-:c:1:0", "rec:home:aXYb:3:10:-:x:-:c:1:0"
+    mine, theirs = list_key("home", ["a*b"], (10, None)), list_key("home", ["aXYb"], (10, None))
     client.set(mine, "[]")
     client.set(theirs, "[]")
     Customer.objects.create(external_id="a*b")

@@ -13,6 +13,7 @@ import pytest
 from django.core.signals import request_finished, request_started
 
 from kernel import redis_client, tracking
+from ranking import cache as list_cache
 from ranking.cache import ListCache, owner_entries_delete
 
 
@@ -279,3 +280,28 @@ def test_a_forked_process_takes_locks_under_a_token_of_its_own() -> None:
     child.join(30)
     assert child.exitcode == 0
     assert tokens.get(timeout=5) != cache._token
+
+
+def test_list_keys_cannot_be_spelled_by_other_owners_or_parameters() -> None:
+    """Ids are free text: no owner, and no combination of owners and parameters, reads like another's key."""
+    keys = [
+        list_cache.list_key("home", ["a:7"], (10, None)),
+        list_cache.list_key("home", ["a"], (7, "10:-")),
+        list_cache.list_key("home", ["a|s:b"], (10, None)),
+        list_cache.list_key("home", ["a", "s:b"], (10, None)),
+        list_cache.list_key("home", [], (10, None)),
+        list_cache.list_key("home", [], (10, "-")),
+        list_cache.list_key("home", ["-"], (10, None)),
+        list_cache.list_key("home", ["%3A"], (10, None)),
+        list_cache.list_key("home", [":"], (10, None)),
+    ]
+    assert len(set(keys)) == len(keys)
+    # and erasure's patterns find an owner's keys in every form, and nobody else's
+    client = redis_client.get()
+    for key in keys:
+        client.set(key, b"[]")
+    for owner, expected in (("a", {keys[1], keys[3]}), ("s:b", {keys[3]}), ("a:7", {keys[0]}), (":", {keys[8]})):
+        found = {
+            k.decode() for pattern in list_cache.owner_entry_patterns(owner) for k in client.scan_iter(match=pattern)
+        }
+        assert found == expected, owner

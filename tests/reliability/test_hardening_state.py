@@ -306,6 +306,41 @@ def test_an_erased_id_stays_erased(api: APIClient, items: list[Any]) -> None:
     assert _send(api, _event("e-5", "sku-3", customer_id="alice"))["accepted"] == 1
 
 
+# --- Row: free-form ids and categories bent the list cache's key (found 5 December) ------------------------------
+
+
+def test_a_customer_id_with_a_colon_cannot_read_another_customers_cached_list(api: APIClient, items: list[Any]) -> None:
+    """The key was ``rec:<surface>:<owners>:<count>:<category>:...`` with the ids as they are: customer ``v:7``
+    asking for 10 items spelled the key of customer ``v`` asking for 7 in category ``10:-``, and at equal cache
+    versions ``v`` was served ``v:7``'s list, reasons naming ``v:7``'s history included."""
+    _send(api, *(_event(f"victim-{n}", f"sku-{n}", customer_id="v:7") for n in range(3)))
+    _send(api, *(_event(f"other-{n}", f"sku-{n + 3}", customer_id="v") for n in range(3)))
+    assert online.read_cache_version("v:7") == online.read_cache_version("v")
+    victim = api.get("/v1/recommendations", {"customer_id": "v:7", "count": 10})
+    assert victim.status_code == 200
+    assert victim.json()["items"]  # a list to leak
+
+    other = api.get("/v1/recommendations", {"customer_id": "v", "count": 7, "category": "10:-"})
+
+    assert other.status_code == 200
+    assert other.json()["items"] == []  # no item is in category "10:-"
+
+
+def test_a_category_named_like_the_keys_placeholder_does_not_replace_the_unfiltered_list(
+    api: APIClient, items: list[Any]
+) -> None:
+    """``category=-`` was keyed as "no category": its empty list was then every anonymous visitor's for a minute."""
+    _send(api, *(_event(f"pop-{n}", f"sku-{n}", session_id=f"P{n}") for n in range(6)))
+    filtered = api.get("/v1/recommendations", {"surface": "cart", "count": 9, "category": "-"})
+    assert filtered.status_code == 200
+    assert filtered.json()["items"] == []
+
+    plain = api.get("/v1/recommendations", {"surface": "cart", "count": 9})
+
+    assert plain.status_code == 200
+    assert plain.json()["items"]
+
+
 # --- Row: erasure after a request naming customer + session leaves the cached list ------------------------------
 
 
@@ -313,7 +348,7 @@ def test_erasure_deletes_the_cached_list_of_customer_and_session(api: APIClient,
     _send(api, _event("e-1", "sku-1", customer_id="bob"))
     assert api.get("/v1/recommendations", {"customer_id": "bob", "session_id": "S5", "count": 3}).status_code == 200
     client = redis_client.get()
-    assert list(client.scan_iter(match="rec:*:bob|s:S5:*"))  # the key form of the issue exists
+    assert list(client.scan_iter(match="rec:*:bob|s%3AS5:*"))  # the key form of the issue exists
     version_before = online.read_cache_version("bob")
     response = api.delete("/v1/customers/bob")
     assert response.status_code in (200, 202, 204)
