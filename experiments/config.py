@@ -31,7 +31,7 @@ class VariantConfig:
     model_version: int | None = None
     # Apply the LambdaMART ranker; False serves the blended retrieval score.
     ranker: bool = True
-    # Largest share of a list one category may take (0..1).
+    # Largest share of a list one category may take (above 0, at most 1).
     diversity_cap: float = 0.3
     # Most items of one brand in a list; None for no limit.
     max_per_brand: int | None = None
@@ -126,6 +126,13 @@ def _share(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _cap(value: object) -> float:
+    # The re-ranker needs room for at least one item per category: a cap of 0 would leave no slot for anything.
+    if not _is_number(value) or not math.isfinite(float(value)) or not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"must be a number between 0 and 1, above 0 (a cap of 0 leaves no slot), got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _choice(*allowed: str) -> Any:
     def validate(value: object) -> str:
         if value not in allowed:
@@ -153,7 +160,7 @@ def _blend_weights(value: object) -> dict[str, float] | None:
 _VALIDATORS: dict[str, Any] = {
     "model_version": _optional_positive_int,
     "ranker": _bool,
-    "diversity_cap": _share,
+    "diversity_cap": _cap,
     "max_per_brand": _optional_positive_int,
     "diversity": _choice("greedy", "mmr", "off"),
     "mmr_lambda": _share,

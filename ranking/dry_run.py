@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from catalog.models import Item
 from events.models import Interaction
+from experiments.config import InvalidConfig, VariantConfig
 from experiments.models import Impression
 from kernel import redis_client
 from ranking import rerank as rr
@@ -342,6 +343,11 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
             raise DryRunError(f"config.{name}", f"config.{name} must be between {0 if kind is float else 1} and "
                               f"{1 if kind is float else 100}.")  # fmt: skip
         clean[name] = kind(value)
+    try:  # and what serving itself requires of them (a category cap above 0, ...)
+        VariantConfig.from_dict(clean)
+    except InvalidConfig as exc:
+        name, message = next(iter(exc.errors.items()))
+        raise DryRunError(f"config.{name}", f"config.{name} {message}.") from None
     return clean
 
 

@@ -31,7 +31,13 @@ def test_from_dict_reports_every_invalid_setting_at_once() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"exploration_share": True}, {"model_version": 1.5}, {"model_version": True}, {"diversity_cap": float("nan")}],
+    [
+        {"exploration_share": True},
+        {"model_version": 1.5},
+        {"model_version": True},
+        {"diversity_cap": float("nan")},
+        {"diversity_cap": 0},  # the re-ranker needs room for one item per category
+    ],
 )
 def test_from_dict_rejects_wrong_types(bad: dict) -> None:
     with pytest.raises(InvalidConfig):

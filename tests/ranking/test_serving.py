@@ -204,6 +204,22 @@ def test_exploration_share_off_and_on(api: APIClient) -> None:
 
 
 @pytest.mark.django_db
+def test_a_stored_config_serving_cannot_use_is_skipped_not_a_500(api: APIClient) -> None:
+    """A category cap of 0 passed the admin's validation once and made every list of the surface a 500; such a row,
+    stored before the rule (or behind the services' back), is now skipped: the surface serves the platform default."""
+    SurfaceDefault.objects.create(surface="home", config={"diversity_cap": 0})
+    assignment_cache_clear()
+    serving.clear_caches()
+    try:
+        response = api.get("/v1/recommendations", {"customer_id": "cap-0", "count": 5})
+        assert response.status_code == 200
+        assert response.json()["items"]
+    finally:
+        SurfaceDefault.objects.all().delete()
+        assignment_cache_clear()
+
+
+@pytest.mark.django_db
 def test_cache_hits_and_an_event_invalidates(api: APIClient) -> None:
     first = serving.recommend(serving.RecommendRequest(customer_id="cache-1", count=5))
     second = serving.recommend(serving.RecommendRequest(customer_id="cache-1", count=5))
