@@ -14,11 +14,13 @@ from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import ArrayField, DecimalRangeField, RangeOperators
 from django.contrib.postgres.indexes import BrinIndex
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import DEFAULT_DB_ALIAS, models
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from catalog.models import Customer
+from experiments.validation import MDE_MAX, MDE_MIN
 
 # The tolerance of the weight-sum check, in the service, the admin form and the database trigger alike.
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -99,7 +101,9 @@ class Experiment(models.Model):
         "active items shown, latency a maximum.",
     )
     minimum_detectable_effect = models.FloatField(
-        default=0.05, help_text="Smallest relative lift worth detecting (0.05 = 5%); sizes the experiment."
+        default=0.05,
+        validators=[MinValueValidator(MDE_MIN), MaxValueValidator(MDE_MAX)],
+        help_text="Smallest relative lift worth detecting (0.05 = 5%; 0.001 to 10); sizes the experiment.",
     )
     attribution_window_hours = models.PositiveIntegerField(
         default=24, help_text="Purchases of a recommended item this long after it was shown count for the variant."

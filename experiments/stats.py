@@ -368,7 +368,16 @@ def sample_size_per_variant(
     z_a = float(sps.norm.isf(a / 2))
     z_b = float(sps.norm.ppf(pw))
     numerator = z_a * math.sqrt(2 * p_bar * (1 - p_bar)) + z_b * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
-    return math.ceil(numerator**2 / (p2 - p1) ** 2)
+    return _ceil_size(numerator * numerator, (p2 - p1) * (p2 - p1))
+
+
+def _ceil_size(numerator: float, squared_effect: float) -> int:
+    """``ceil(numerator / squared_effect)``, or ValueError when an effect too small (its square underflows to 0) or
+    too large for a float makes the size meaningless."""
+    size = numerator / squared_effect if squared_effect > 0 else math.inf
+    if not math.isfinite(size):
+        raise ValueError("relative_mde is too small (or too large) to size an experiment with")
+    return math.ceil(size)
 
 
 def srm_p_value(observed_counts: Sequence[int], expected_weights: Sequence[float]) -> float:
@@ -683,4 +692,4 @@ def ratio_sample_size_per_variant(
     if sigma2 == 0:
         raise ValueError("the linearised metric does not vary across units yet")
     z = float(sps.norm.isf(a / 2)) + float(sps.norm.ppf(pw))
-    return math.ceil(z * z * 2 * sigma2 / effect**2)
+    return _ceil_size(z * z * 2 * sigma2, effect * effect)

@@ -14,6 +14,10 @@ from typing import Any
 from experiments.config import InvalidConfig, VariantConfig, merged
 from experiments.results import GUARDRAILS
 
+# The minimum detectable effect a merchandiser may enter (a relative lift: 0.001 = 0.1%, 10 = +1,000%): smaller
+# sizes no experiment that could ever finish, larger no change a list can make.
+MDE_MIN, MDE_MAX = 0.001, 10.0
+
 # Same as experiments.models.WEIGHT_SUM_TOLERANCE and the database trigger (kept here so this module stays pure).
 WEIGHT_SUM_TOLERANCE = 1e-6
 
@@ -88,6 +92,15 @@ def namespaces_overlap(a: tuple[str, float, float] | None, b: tuple[str, float, 
     if a is None or b is None or a[0] != b[0]:
         return True
     return a[1] < b[2] and b[1] < a[2]
+
+
+def effect_errors(minimum_detectable_effect: object) -> list[str]:
+    value = minimum_detectable_effect
+    if isinstance(value, bool) or not isinstance(value, int | float) or not MDE_MIN <= value <= MDE_MAX:
+        return [
+            f"The minimum detectable effect must be a relative lift between {MDE_MIN} and {MDE_MAX:g}, got {value!r}."
+        ]
+    return []
 
 
 def guardrail_errors(guardrails: object) -> list[str]:

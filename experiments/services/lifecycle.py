@@ -18,6 +18,7 @@ from experiments.services.assignment import PLATFORM_DEFAULT, version_bump_on_co
 from experiments.services.errors import ExperimentError, ExperimentNotFound
 from experiments.validation import (
     VariantSpec,
+    effect_errors,
     guardrail_errors,
     namespace_errors,
     namespaces_overlap,
@@ -48,7 +49,10 @@ def experiment_create(
     ``namespace`` is GrowthBook's ``(id, start, end)``: experiments of one surface in disjoint ranges of one namespace
     may run at the same time and never share a unit; without one the experiment takes the whole surface.
     """
-    errors = variant_set_errors(variants) + guardrail_errors(guardrails or {}) + namespace_errors(namespace)
+    errors = (
+        variant_set_errors(variants) + guardrail_errors(guardrails or {}) + namespace_errors(namespace)
+        + effect_errors(minimum_detectable_effect)
+    )  # fmt: skip
     if errors:
         raise ExperimentError(" ".join(errors))
     with transaction.atomic():

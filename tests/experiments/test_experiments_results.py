@@ -417,3 +417,31 @@ def test_purchase_values_stored_before_the_value_rule_cannot_break_the_results(
     assert all(np.isfinite([control.revenue, control.revenue_per_customer.value]))
     assert results.series  # the charts' rows, from the same attribution
     assert all(np.isfinite(p.primary_value or 0.0) for p in results.series)
+
+
+@pytest.mark.parametrize("primary", ["ctr", "conversion_rate"])
+def test_a_minimum_detectable_effect_too_small_to_size_leaves_the_size_unknown(
+    user: AbstractUser, items: list[int], primary: str
+) -> None:
+    """1e-300 passed the database's "above 0" check and then divided by zero in the sizing (its square underflows):
+    the results page and API were a 500. Entry now refuses it (0.001 to 10); a row stored before sizes to None."""
+    with pytest.raises(services.ExperimentError, match="minimum detectable effect"):
+        _experiment(user, f"tiny-{primary}-new", {"control": 0.5, "b": 0.5}, minimum_detectable_effect=1e-300)
+    experiment, variants = _experiment(user, f"tiny-{primary}", {"control": 0.5, "b": 0.5}, primary=primary)
+    Experiment.objects.filter(pk=experiment.pk).update(minimum_detectable_effect=1e-300)
+    buyers = _customers(f"tiny-{primary}", 6)
+    at = START + dt.timedelta(hours=1)
+    Impression.objects.bulk_create(
+        _impression(experiment, variants["control" if n % 2 else "b"], c, at, items[:3], f"tiny-{primary}-{c.pk}")
+        for n, c in enumerate(buyers)
+    )
+    Interaction.objects.bulk_create(
+        _event(kind, c, items[0], at + dt.timedelta(minutes=5), request_id=f"tiny-{primary}-{c.pk}", value=value)
+        for c in buyers[:2]
+        for kind, value in ((Interaction.Type.CLICK, None), (Interaction.Type.PURCHASE, 5.0))
+    )
+
+    control = services.experiment_results(key=f"tiny-{primary}").variant("control")
+
+    assert control.exposures == 3
+    assert control.sample_size_required is None
