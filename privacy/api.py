@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -58,7 +58,10 @@ class _PersonalisationApi(APIView):
     opted_out: bool
 
     def post(self, request: Request, customer_id: str) -> Response:
-        result = privacy.customer_personalisation_set(customer_id=_check_id(customer_id), opted_out=self.opted_out)
+        try:
+            result = privacy.customer_personalisation_set(customer_id=_check_id(customer_id), opted_out=self.opted_out)
+        except privacy.CustomerErased:
+            raise ValidationError({"customer_id": [privacy.CustomerErased.message]}) from None
         return Response(PersonalisationSerializer(result).data)
 
 
@@ -69,10 +72,10 @@ class CustomerOptOutApi(_PersonalisationApi):
         summary="Opt the customer out of personalisation",
         description=(
             "From within 5 seconds the customer gets non-personalised lists, and training leaves their events out. "
-            "An unknown customer is created with the choice. Idempotent."
+            "An unknown customer is created with the choice (an erased one is not: 400). Idempotent."
         ),
         request=None,
-        responses={200: PersonalisationSerializer},
+        responses={200: PersonalisationSerializer, 400: OpenApiResponse(description="The customer id was erased.")},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)
@@ -83,9 +86,9 @@ class CustomerOptInApi(_PersonalisationApi):
 
     @extend_schema(
         summary="Opt the customer back in to personalisation",
-        description="An unknown customer is created with the choice. Idempotent.",
+        description="An unknown customer is created with the choice (an erased one is not: 400). Idempotent.",
         request=None,
-        responses={200: PersonalisationSerializer},
+        responses={200: PersonalisationSerializer, 400: OpenApiResponse(description="The customer id was erased.")},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)

@@ -46,6 +46,15 @@ class CustomerNotFound(LookupError):
     """No customer with this id."""
 
 
+class CustomerErased(Exception):
+    """The id was erased and has no customer row: only an explicit ``PUT /v1/customers/{id}`` creates it again."""
+
+    message = (
+        "This customer id was erased; a consent change does not create it again. Create the customer first "
+        "(PUT /v1/customers/<id>) if they are back."
+    )
+
+
 # --- Opt-out and opt-in -------------------------------------------------------------------------------------
 
 
@@ -57,7 +66,8 @@ class Personalisation:
 
 def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Personalisation:
     """Record the customer's choice; an unknown customer is created, so a choice made before their first event
-    still holds for it. ``customer_id`` is validated by the caller (at most 100 characters).
+    still holds for it, unless the id was erased (:class:`CustomerErased`: a storefront syncing consent flags must
+    not undo an erasure). ``customer_id`` is validated by the caller (at most 100 characters).
 
     Serving keeps the opted-out ids in memory and reloads them when the opt-out version moves (bumped by
     ``customer_upsert`` after commit, seen within half a second): an opted-out customer then gets the anonymous
@@ -65,6 +75,8 @@ def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Person
     so no list cached before the change is served after it. A Redis failure there is logged, not raised: the
     choice is stored, and cached lists expire within a minute anyway.
     """
+    if not Customer.objects.filter(external_id=customer_id).exists() and erasure.erased_ids([customer_id]):
+        raise CustomerErased(customer_id)
     customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
     try:
         online.bump_cache_versions([customer_owner(customer_id)])

@@ -298,6 +298,11 @@ def test_an_erased_id_stays_erased(api: APIClient, items: list[Any]) -> None:
     merge = api.post("/v1/sessions/S2/merge", {"customer_id": "alice"}, format="json")
     assert merge.status_code == 400
     assert "customer_id" in merge.json()
+    # Nor does a consent change (a storefront syncing opt-outs would otherwise undo erasures; found 5 December).
+    for action in ("opt-out", "opt-in"):
+        consent = api.post(f"/v1/customers/alice/{action}")
+        assert consent.status_code == 400
+        assert "erased" in consent.json()["customer_id"][0]
     assert not Customer.objects.filter(external_id="alice").exists()
     assert not selectors.recent_history("alice")
 
