@@ -20,6 +20,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from experiments import charts
+from kernel.validation import id_problem
 from ranking import dry_run, merchandising, services, serving
 from ranking.models import BusinessRule, ModelVersion
 
@@ -550,7 +551,15 @@ class BusinessRuleAdmin(admin.ModelAdmin):
         except ValueError:
             count = 10
         preview, error = None, ""
-        if "surface" in request.GET:
+        # The ids follow the API's rule (a NUL reached Postgres and was a 500); blank means none.
+        problems = [
+            f"The {label}: {problem}."
+            for label, value in (("customer id", customer_id), ("anchor item id", anchor_item_id))
+            if value and (problem := id_problem(value))
+        ]
+        if "surface" in request.GET and problems:
+            error = " ".join(problems)
+        elif "surface" in request.GET:
             if surface in merchandising.ITEM_SURFACES and not anchor_item_id:
                 error = f"The {surface} surface lists items for an item: enter its id as the anchor item."
             else:

@@ -493,6 +493,14 @@ def test_preview_of_an_item_surface_uses_the_anchor_item(staff: Client, world: d
     assert "data-item-id=" in together.split('id="with-rules"', 1)[1].split("</section>", 1)[0]
     assert "enter its id as the anchor item" in _page(staff, f"{PREVIEW}?surface=similar")
     assert "No item with id &#x27;nope&#x27;" in _page(staff, f"{PREVIEW}?surface=bought_together&anchor_item_id=nope")
+    # An id the API would refuse is named, not sent to Postgres (a NUL was a 500).
+    for surface in ("similar", "bought_together"):
+        assert "The anchor item id: null characters are not allowed." in _page(
+            staff, f"{PREVIEW}?surface={surface}&anchor_item_id=%00"
+        )
+    assert "The customer id: contains control or unprintable characters." in _page(
+        staff, f"{PREVIEW}?surface=home&customer_id=a%1b[31m"
+    )
 
 
 @pytest.mark.django_db
