@@ -10,7 +10,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events import services
-from events.parsing import InvalidEvent, parse_id
 from events.serializers import (
     EventBatchInputSerializer,
     EventInputSerializer,
@@ -20,7 +19,7 @@ from events.serializers import (
 )
 from events.validation import NON_FIELD, InvalidBody, unpack_body
 from kernel.models import ApiKey
-from kernel.validation import sentence
+from kernel.validation import check_id
 
 _EVENT_EXAMPLE = {
     "event_id": "evt-7f3a",
@@ -80,11 +79,8 @@ class SessionMergeApi(APIView):
         responses={200: SessionMergeOutputSerializer, 400: OpenApiResponse(description="Invalid ids.")},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        try:
-            # The events' own id rule (surrounding whitespace stripped, then kernel.validation's rule).
-            session_id = parse_id(session_id, "session_id", required=True)
-        except InvalidEvent as exc:
-            raise ValidationError({"session_id": [sentence(exc.reason)]}) from None
+        # A path id: the one id rule, nothing stripped (the path is the resource: " x" is not session "x").
+        session_id = check_id(session_id, "session_id")
         serializer = SessionMergeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:

@@ -15,7 +15,7 @@ from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
-from kernel.validation import optional_id
+from kernel.validation import IdField, optional_id
 from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS
 
 MAX_EXCLUDE = 100
@@ -167,11 +167,12 @@ class PageWidgetSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=PAGE_WIDGET_KINDS)
     surface = serializers.SlugField(max_length=32, default="home", help_text="recommendations: the surface.")
     count = serializers.IntegerField(min_value=1, max_value=MAX_COUNT, default=10)
-    category = serializers.CharField(
+    # Ids in a JSON body are JSON strings (a number is refused, as in the events API); blank means none.
+    category = IdField(
         max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
         help_text="recommendations: only this category.",
     )  # fmt: skip
-    item_id = serializers.CharField(
+    item_id = IdField(
         max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
         help_text="similar: the anchor item (default: the page's context_item_id).",
     )  # fmt: skip
@@ -182,12 +183,12 @@ class PageWidgetSerializer(serializers.Serializer):
 
 
 class PageRequestSerializer(serializers.Serializer):
-    customer_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
-    session_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
-    context_item_id = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
-    context_category = serializers.CharField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    customer_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    session_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    context_item_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    context_category = IdField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
     exclude_request_ids = serializers.ListField(
-        child=serializers.CharField(max_length=64), required=False, default=list, max_length=MAX_EXCLUDE_REQUESTS
+        child=IdField(max_length=64), required=False, default=list, max_length=MAX_EXCLUDE_REQUESTS
     )
     widgets = PageWidgetSerializer(many=True, min_length=1, max_length=MAX_PAGE_WIDGETS)
 

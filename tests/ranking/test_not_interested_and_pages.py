@@ -294,6 +294,16 @@ def test_page_and_exclude_request_ids_validation_names_the_field(api: APIClient)
     assert "exclude_request_ids" in response.content.decode()
     response = api.post("/v1/pages", "[1]", content_type="application/json")
     assert response.status_code == 400
+    # Ids are JSON strings, as in the events API: a number is refused by name, not coerced (found 5 December).
+    for body, field in (
+        ({"customer_id": 17850, "widgets": [{"kind": "recommendations"}]}, "customer_id"),
+        ({"exclude_request_ids": [1, 2], "widgets": [{"kind": "recommendations"}]}, "exclude_request_ids"),
+        ({"widgets": [{"kind": "recommendations", "category": 7}]}, "category"),
+    ):
+        response = api.post("/v1/pages", body, format="json")
+        assert response.status_code == 400, body
+        assert field in response.content.decode(), response.content
+        assert "must be a string" in response.content.decode().lower(), response.content
 
 
 # --- Freshness ----------------------------------------------------------------------------------------------------
