@@ -12,7 +12,7 @@ from django.db import connection, transaction
 
 from catalog.services import catalog_version_bump
 from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
-from kernel.validation import id_problem
+from kernel.validation import id_problem, text_problem
 
 REQUIRED = {"item_id", "title"}
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
@@ -48,8 +48,9 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
     if len(title) > 500:
         raise BadItem("title: longer than 500 characters")
     for name, value in (("title", title), ("description", _cell(row, index, "description"))):
-        if "\x00" in value:
-            raise BadItem(f"{name}: contains a NUL character")
+        problem = text_problem(value, multiline=name == "description")
+        if problem is not None:
+            raise BadItem(f"{name}: {problem}")
     category = _cell(row, index, "category")
     brand = _cell(row, index, "brand")
     for name, value in (("category", category), ("brand", brand)):
@@ -81,7 +82,7 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
             raise BadItem(f"created_at: {raw_created!r} is not an ISO 8601 date-time") from None
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
-    tags = [tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()]
+    tags = list(dict.fromkeys(tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()))
     for tag in tags:
         problem = id_problem(tag)
         if problem is not None:

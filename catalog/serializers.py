@@ -5,9 +5,10 @@ and rendered defensively at read, so nothing stored can make a later GET fail.
 """
 
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 
 from catalog.models import Customer, Item
-from kernel.validation import AttributesField, IdField
+from kernel.validation import AttributesField, IdField, sentence, text_problem
 
 MAX_TAGS = 50
 
@@ -26,6 +27,22 @@ class ItemInputSerializer(serializers.Serializer):
     tags = serializers.ListField(child=IdField(strip=True), required=False, default=list, max_length=MAX_TAGS)
     attributes = AttributesField(required=False, default=dict)
     created_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate_title(self, value: str) -> str:
+        return _text(value, multiline=False)
+
+    def validate_description(self, value: str) -> str:
+        return _text(value, multiline=True)
+
+    def validate_tags(self, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # a tag once, in the order given
+
+
+def _text(value: str, *, multiline: bool) -> str:
+    problem = text_problem(value, multiline=multiline)
+    if problem is not None:
+        raise ValidationError(sentence(problem))
+    return value
 
 
 class ItemOutputSerializer(serializers.ModelSerializer):

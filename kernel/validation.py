@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from rest_framework import serializers
@@ -50,6 +51,21 @@ def id_problem(value: object) -> str | None:
 
 def sentence(fragment: str) -> str:
     return fragment[:1].upper() + fragment[1:] + "."
+
+
+# Control characters (C0, DEL, C1): an ANSI escape starts with one, and they reach logs, terminals and pages.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def text_problem(value: str, *, multiline: bool = False) -> str | None:
+    """Why ``value`` cannot be stored as display text (a title; a description when ``multiline``, which may hold
+    tabs and line breaks), or None: no control characters. Letters of every script, and their direction marks,
+    are text."""
+    found = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(value)
+    if found is None:
+        return None
+    return "null characters are not allowed" if found.group() == "\x00" else "contains control characters"
 
 
 def check_id(value: str, field: str) -> str:
@@ -118,6 +134,8 @@ def json_problem(value: object, *, max_depth: int = ATTRIBUTES_MAX_DEPTH) -> str
         elif isinstance(node, float):
             if not math.isfinite(node):
                 return "a number is not finite"
+            if not INT64_MIN <= node <= INT64_MAX:  # jsonb would give it back as a 20-digit integer
+                return "a number is outside the 64-bit range (send it as a string)"
         elif isinstance(node, str):
             if "\x00" in node:
                 return "a string contains a NUL character"

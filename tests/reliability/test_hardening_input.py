@@ -246,6 +246,9 @@ BAD_ATTRIBUTES = [
     pytest.param({"n": -(2**63) - 1}, "64-bit", id="-2**63-1"),
     pytest.param({"k\x00": 1}, "NUL", id="nul-key"),
     pytest.param({"s": "a\x00b"}, "NUL", id="nul-string"),
+    # jsonb keeps 1e308 as a 309-digit integer, which a later read could only give back as a string
+    pytest.param({"f": 1e308}, "64-bit", id="float-1e308"),
+    pytest.param({"f": -1e19}, "64-bit", id="float--1e19"),
 ]
 
 
@@ -398,6 +401,50 @@ def test_import_items_names_file_line_and_reason_for_a_bad_id(tmp_path: Path) ->
         (4, "category: contains control or unprintable characters"),
         (5, "tags: a tag null characters are not allowed"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "reason"),
+    [
+        ("title", "\x1b[31mred", "Contains control characters."),
+        ("title", "two\nlines", "Contains control characters."),
+        ("description", "bell\x07", "Contains control characters."),
+        ("description", "a\x00b", "Null characters are not allowed."),
+    ],
+)
+def test_display_text_with_control_characters_is_a_400_naming_the_field(
+    api: APIClient, field: str, text: str, reason: str
+) -> None:
+    """ANSI escapes in a title were stored and echoed into every list's reason text (found 5 December)."""
+    body = {"title": "T", field: text}
+    response = api.put("/v1/items/sku-t", body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {field: [reason]}
+    assert not Item.objects.filter(external_id="sku-t").exists()
+
+
+def test_display_text_of_any_script_is_stored_and_tags_once_each(api: APIClient) -> None:
+    body = {
+        "title": "\u05e1\u05e4\u05e8 \u200fRTL\u200e \u00e9t\u00e9 \u2615",  # Hebrew, direction marks, accents, emoji
+        "description": "line one\r\n\tline two",
+        "tags": ["dup", "other", "dup"],
+    }
+    assert api.put("/v1/items/sku-u", body, format="json").status_code == 201
+    stored = api.get("/v1/items/sku-u").json()
+    assert (stored["title"], stored["description"]) == (body["title"], body["description"])
+    assert stored["tags"] == ["dup", "other"]
+
+
+def test_import_items_applies_the_text_rule_and_keeps_a_tag_once(tmp_path: Path) -> None:
+    from catalog.importing import items_import
+
+    path = tmp_path / "items.csv"
+    path.write_text('item_id,title,description,tags\nok,T,"two\nlines",a|b|a\nbad,\x1b[2JT,,\n')
+    errors: list[Any] = []
+    summary = items_import(path=path, on_error=errors.append)
+    assert summary.stored == 1
+    assert [(error.line, error.reason) for error in errors] == [(4, "title: contains control characters")]
+    assert Item.objects.get(external_id="ok").tags == ["a", "b"]
 
 
 def test_import_events_applies_the_same_id_and_value_rules(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_parse_item_row_keeps_valid_values(item_id: str, price: Decimal, in_stoc
     assert parsed[5] == price
     assert parsed[6] is (in_stock.lower() not in {"false", "0", "no"})
     assert parsed[7] == datetime(2024, 1, 2, 10, tzinfo=UTC)
-    assert parsed[8] == tags
+    assert parsed[8] == list(dict.fromkeys(tags))  # each tag once, in the order given
 
 
 # --- kernel.redis_urls --------------------------------------------------------------------------------------
