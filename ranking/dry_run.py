@@ -470,9 +470,11 @@ def run_execute(
                               progress=progress)  # fmt: skip
     except DryRunError as exc:
         state.update(status="failed", error=str(exc), field=exc.field)
-    except Exception as exc:
+    except Exception:
         logger.exception("dry_run_failed", extra={"run_id": run_id})
-        state.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        # The caller sees that it failed and where to look; the exception's text (SQL, paths) stays in the log.
+        message = f"The dry run failed unexpectedly; the worker's log has why (dry_run_failed, run {run_id})."
+        state.update(status="failed", error=message)
         _save(run_id, state)
         raise
     else:

@@ -333,3 +333,20 @@ def test_api_runs_it_on_a_celery_worker_and_the_admin_page_shows_it(
     assert page.status_code == 200
     assert page.json()["status"] == "done"
     assert "Lists changed" in page.json()["html"]
+
+
+@pytest.mark.django_db
+def test_an_unexpected_failure_is_reported_without_its_internals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's status said "ValueError: <the message>" to its caller; the text stays in the worker's log."""
+
+    def broken(**_: Any) -> dict[str, Any]:
+        raise RuntimeError("SELECT secret FROM somewhere")
+
+    monkeypatch.setattr(dry_run, "rule_dry_run", broken)
+    with pytest.raises(RuntimeError):
+        dry_run.run_execute(run_id="run-x", rule_id=None, days=1, sample=10, config_changes={})
+    state = dry_run.run_status(run_id="run-x")
+    assert state is not None
+    assert state["status"] == "failed"
+    assert "secret" not in state["error"]
+    assert "run-x" in state["error"]
