@@ -235,7 +235,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "kernel.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
     # How many proxies in front of gunicorn append to X-Forwarded-For (0: the client address is REMOTE_ADDR).
-    "NUM_PROXIES": API_NUM_PROXIES or None,
+    "NUM_PROXIES": API_NUM_PROXIES,  # 0, not None: with None DRF would take X-Forwarded-For from anyone
 }
 # bench/bench_serving.py's framework-floor endpoint; never on in production.
 BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", False)

@@ -397,6 +397,22 @@ def test_requests_without_a_valid_key_are_limited_per_address_without_database_l
     assert APIClient(REMOTE_ADDR="203.0.113.8").get("/v1/recommendations").status_code == 401
 
 
+@override_settings(API_UNAUTHENTICATED_RATE_PER_MINUTE=20)
+def test_x_forwarded_for_is_not_trusted_without_proxies(items: list[Any]) -> None:
+    """NUM_PROXIES was None with API_NUM_PROXIES=0, and DRF then took the client address from X-Forwarded-For: a
+    client could dodge the limit with a new header per request, or exhaust another address's (found 5 December)."""
+    limit = settings.API_UNAUTHENTICATED_RATE_PER_MINUTE
+    _clear_of_the_minute_boundary()
+    statuses = [
+        APIClient(REMOTE_ADDR="203.0.113.20", HTTP_X_FORWARDED_FOR=f"10.9.0.{n}").get("/v1/recommendations").status_code
+        for n in range(limit + 5)
+    ]
+    assert statuses[:limit] == [401] * limit
+    assert set(statuses[limit:]) == {429}  # one address, whatever the header says
+    # and the address the header named was not charged
+    assert APIClient(REMOTE_ADDR="10.9.0.1").get("/v1/recommendations").status_code == 401
+
+
 def test_a_valid_key_behind_an_abusive_address_still_works_once_verified(
     make_api_client: Callable[..., APIClient], items: list[Any]
 ) -> None:
