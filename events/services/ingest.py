@@ -200,8 +200,15 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     Ids are validated by the caller. Raises :class:`CustomerErased` for an erased customer id (without a row).
     Idempotent: the UPDATE only touches interactions without a customer and the Redis merge deletes what it moved;
     a retry after a Redis failure still merges the online state.
+
+    Merges of one session take turns (a transaction-level advisory lock on the session id, held until the Redis
+    step is done): the Redis merge is three steps, and two merges of one session at once (into two customers, or a
+    retry beside the original) had both read the session's state before either deleted it, so the second customer
+    got the first one's history, which that customer's erasure then left behind, and affinities counted twice.
     """
+    session_owner = keys.owner_for(customer_id="", session_id=session_id)
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"session-merge:{session_id}"])
         customer_pk = customer_pks_get_or_create(external_ids={customer_id}, created_at=utcnow(), cursor=cursor).get(
             customer_id
         )
@@ -210,11 +217,10 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
         merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
             customer_id=customer_pk
         )
-    session_owner = keys.owner_for(customer_id="", session_id=session_id)
-    try:
-        online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
-    except redis.RedisError:
-        ONLINE_STATE_ERRORS.inc()
-        logger.exception("online_state_merge_failed", extra={"session_id": session_id})
+        try:
+            online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
+        except redis.RedisError:
+            ONLINE_STATE_ERRORS.inc()
+            logger.exception("online_state_merge_failed", extra={"session_id": session_id})
     logger.info("session_merged", extra={"session_id": session_id, "merged": merged})
     return SessionMergeResult(session_id=session_id, customer_id=customer_id, interactions_merged=merged)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,52 @@ def test_a_category_named_like_the_keys_placeholder_does_not_replace_the_unfilte
 
     assert plain.status_code == 200
     assert plain.json()["items"]
+
+
+# --- Row: concurrent merges of one session (found 5 December) ---------------------------------------------------
+
+
+def _at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` in threads released together; each thread closes its own database connection."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            results[n] = calls[n]()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_one_session_merged_into_two_customers_at_once_goes_to_one_of_them(
+    make_api_client: Callable[..., APIClient], items: list[Any]
+) -> None:
+    """Both merges read the session's Redis state before either deleted it: the losing customer (who got no rows
+    in Postgres) got the winner's history in Redis, and the winner's erasure left it there."""
+    for round_ in range(4):
+        session, a, b = f"race-{round_}", f"ra-{round_}", f"rb-{round_}"
+        api = make_api_client("events")
+        _send(api, *(_event(f"{session}-{n}", f"sku-{n}", session_id=session) for n in range(3)))
+        clients = [make_api_client("events") for _ in range(8)]
+        url = f"/v1/sessions/{session}/merge"
+        responses = _at_once(
+            [partial(c.post, url, {"customer_id": a if n % 2 else b}, format="json") for n, c in enumerate(clients)]
+        )
+        assert {r.status_code for r in responses} == {200}
+        owners = {who: Interaction.objects.filter(customer__external_id=who).count() for who in (a, b)}
+        winner, loser = (a, b) if owners[a] else (b, a)
+        assert (owners[winner], owners[loser]) == (3, 0)
+        assert len(selectors.recent_history(winner)) == 3
+        assert selectors.recent_history(loser) == []
+        assert not selectors.recent_history(f"s:{session}")
 
 
 # --- Row: erasure after a request naming customer + session leaves the cached list ------------------------------
