@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.db import connection, transaction
 
@@ -30,6 +32,25 @@ _STAGE_COLUMNS = "line, event_id, customer, session_id, item, type, value, occur
 # partitions around its own times, not every month kept.
 RETRY_WINDOW = timedelta(days=7)
 _RETRY_WINDOW_SQL = "interval '7 days'"
+
+# That check is a read, so two writers storing one event_id at once (a client's retry beside the original, two
+# overlapping imports) would both find nothing and both insert when the times differ. Writers of one event_id take
+# turns instead: each transaction takes a transaction-level advisory lock on the buckets of its event ids (a hash
+# of the id into EVENT_ID_BUCKETS), in ascending order, before it checks. Few buckets bound the locks a batch
+# holds (Postgres' lock table is shared and bounded); a single event, the usual request, takes one.
+EVENT_ID_BUCKETS = 64
+_EVENT_ID_LOCK_CLASS = 0x45564944  # "EVID": the first key of the two-key advisory locks, apart from other users'
+
+
+def event_ids_lock(cursor: Any, event_ids: Iterable[str]) -> None:
+    """Take this transaction's turn for ``event_ids`` (see above); ``cursor`` is a psycopg or Django cursor."""
+    buckets = sorted({int.from_bytes(hashlib.blake2b(e.encode(), digest_size=4).digest()) % EVENT_ID_BUCKETS
+                      for e in event_ids})  # fmt: skip
+    if buckets:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(%s::int, b)) FROM unnest(%s::int[]) AS b",
+            [_EVENT_ID_LOCK_CLASS, buckets],
+        )
 
 
 def interactions_import(
@@ -274,6 +295,7 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                 WHERE i.id IS NULL ORDER BY s.line"""
         )
         missing = cursor.fetchall()
+        event_ids_lock(cursor, (row[1] for row in batch))
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
         # Customers this batch would create: an erased id among them is refused (catalog.erasure), its rows too.
@@ -305,7 +327,9 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
         cursor.execute(
             f"""INSERT INTO events_interaction
                     (event_id, customer_id, session_id, item_id, type, value, occurred_at, received_at, request_id)
-                SELECT s.event_id, c.id, coalesce(s.session_id, ''), i.id, s.type, s.value, s.occurred_at, now(), ''
+                -- An event_id used twice in the file: its first row (by line) is the event, the rest duplicates.
+                SELECT DISTINCT ON (s.event_id)
+                       s.event_id, c.id, coalesce(s.session_id, ''), i.id, s.type, s.value, s.occurred_at, now(), ''
                 FROM {_STAGE} s
                 JOIN catalog_item i ON i.external_id = s.item
                 LEFT JOIN catalog_customer c ON c.external_id = s.customer
@@ -314,7 +338,7 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                      WHERE x.event_id = s.event_id
                        AND x.occurred_at >= (SELECT min(occurred_at) FROM {_STAGE}) - {_RETRY_WINDOW_SQL}
                        AND x.occurred_at <= (SELECT max(occurred_at) FROM {_STAGE}) + {_RETRY_WINDOW_SQL})
-                ORDER BY s.event_id
+                ORDER BY s.event_id, s.line
                 ON CONFLICT (event_id, occurred_at) DO NOTHING"""
         )
         stored = cursor.rowcount

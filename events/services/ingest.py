@@ -19,7 +19,7 @@ from events import keys, online
 from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
 from events.models import Interaction
 from events.parsing import utcnow
-from events.services.imports import RETRY_WINDOW
+from events.services.imports import RETRY_WINDOW, event_ids_lock
 from events.validation import ParsedEvent, Rejection, parse_events
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def _events_store(
         # Inserted in event_id order: two concurrent requests carrying the same events then wait on each other's
         # unique-index entries in the same order, instead of deadlocking.
         batch = [valid[event_id] for event_id in sorted(valid)]
+        event_ids_lock(cursor, valid)  # a concurrent retry of one of them waits, then finds it stored
         cursor.execute(
             """INSERT INTO events_interaction
                    (event_id, customer_id, session_id, item_id, type, value, occurred_at, received_at, request_id)

@@ -393,6 +393,41 @@ def test_one_session_merged_into_two_customers_at_once_goes_to_one_of_them(
         assert not selectors.recent_history(f"s:{session}")
 
 
+# --- Row: a retried event stored several times when the retries overlap (found 5 December) -----------------------
+
+
+def test_overlapping_retries_of_an_event_store_it_once(
+    make_api_client: Callable[..., APIClient], items: list[Any]
+) -> None:
+    """Without ``occurred_at`` each retry gets its arrival time, so the unique key (event_id, occurred_at) differs
+    and only the read-then-insert check stood between them: 16 overlapping copies stored it 1-4 times."""
+    clients = [make_api_client("events") for _ in range(16)]
+    for round_ in range(3):
+        event = {"event_id": f"retry-{round_}", "customer_id": "c-retry", "item_id": "sku-1", "type": "purchase",
+                 "value": 3}  # fmt: skip
+        responses = _at_once([partial(c.post, "/v1/events", event, format="json") for c in clients])
+        assert {r.status_code for r in responses} == {202}
+        assert sum(r.json()["accepted"] for r in responses) == 1
+        assert Interaction.objects.filter(event_id=f"retry-{round_}").count() == 1
+    batch = [_event(f"b-{n}", f"sku-{n % 6}", customer_id="c-batch") for n in range(50)]
+    responses = _at_once([partial(_send, c, *batch) for c in clients[:8]])
+    assert sum(r["accepted"] for r in responses) == 50
+    assert Interaction.objects.filter(event_id__startswith="b-").count() == 50
+
+
+def test_an_event_id_used_twice_in_one_import_file_is_stored_once(items: list[Any], tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,customer_id,item_id,type,occurred_at\n"
+        "same,c1,sku-1,view,2026-11-01T10:00:00Z\nsame,c1,sku-2,purchase,2026-11-01T11:00:00Z\n"
+        "same,c2,sku-3,view,2026-11-02T10:00:00Z\nother,c1,sku-1,view,2026-11-01T10:00:00Z\n"
+    )
+    summary = interactions_import(path=path)
+    assert (summary.stored, summary.duplicates) == (2, 2)
+    first = Interaction.objects.get(event_id="same")
+    assert (first.item.external_id, first.type) == ("sku-1", Interaction.Type.VIEW)  # the file's first row
+
+
 # --- Row: erasure after a request naming customer + session leaves the cached list ------------------------------
 
 
