@@ -39,18 +39,24 @@ _RETRY_WINDOW_SQL = "interval '7 days'"
 # of the id into EVENT_ID_BUCKETS), in ascending order, before it checks. Few buckets bound the locks a batch
 # holds (Postgres' lock table is shared and bounded); a single event, the usual request, takes one.
 EVENT_ID_BUCKETS = 64
-_EVENT_ID_LOCK_CLASS = 0x45564944  # "EVID": the first key of the two-key advisory locks, apart from other users'
+EVENT_ID_LOCK_CLASS = 0x45564944  # "EVID": the first key of the two-key advisory locks, apart from other users'
+
+
+# A condition that takes the turn: true once every lock is held. Parameters: the lock class, the sorted buckets.
+EVENT_IDS_LOCKED_SQL = "(SELECT count(pg_advisory_xact_lock(%s::int, b)) FROM unnest(%s::int[]) AS b) >= 0"
+
+
+def event_id_buckets(event_ids: Iterable[str]) -> list[int]:
+    """The lock buckets of ``event_ids``, ascending (the order every writer takes them in)."""
+    return sorted({int.from_bytes(hashlib.blake2b(e.encode(), digest_size=4).digest()) % EVENT_ID_BUCKETS
+                   for e in event_ids})  # fmt: skip
 
 
 def event_ids_lock(cursor: Any, event_ids: Iterable[str]) -> None:
     """Take this transaction's turn for ``event_ids`` (see above); ``cursor`` is a psycopg or Django cursor."""
-    buckets = sorted({int.from_bytes(hashlib.blake2b(e.encode(), digest_size=4).digest()) % EVENT_ID_BUCKETS
-                      for e in event_ids})  # fmt: skip
+    buckets = event_id_buckets(event_ids)
     if buckets:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(%s::int, b)) FROM unnest(%s::int[]) AS b",
-            [_EVENT_ID_LOCK_CLASS, buckets],
-        )
+        cursor.execute(f"SELECT {EVENT_IDS_LOCKED_SQL}", [EVENT_ID_LOCK_CLASS, buckets])
 
 
 def interactions_import(

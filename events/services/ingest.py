@@ -19,7 +19,7 @@ from events import keys, online
 from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
 from events.models import Interaction
 from events.parsing import utcnow
-from events.services.imports import RETRY_WINDOW, event_ids_lock
+from events.services.imports import EVENT_ID_LOCK_CLASS, EVENT_IDS_LOCKED_SQL, RETRY_WINDOW, event_id_buckets
 from events.validation import ParsedEvent, Rejection, parse_events
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,16 @@ def _events_store(
     duplicates = 0
     # Raw psycopg errors become Django's, so the API's handler answers an unreachable database with 503.
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
+        # With the items, this transaction's turn for its event ids (events.services.imports.event_ids_lock: a
+        # concurrent writer of one of them waits here, then finds it stored), in the same round trip.
         cursor.execute(
-            "SELECT external_id, id, category_id FROM catalog_item WHERE external_id = ANY(%b::text[])",
-            [sorted({event.item_id for event in parsed})],
+            "SELECT external_id, id, category_id FROM catalog_item WHERE external_id = ANY(%b::text[]) "
+            f"AND {EVENT_IDS_LOCKED_SQL}",
+            [
+                sorted({event.item_id for event in parsed}),
+                EVENT_ID_LOCK_CLASS,
+                event_id_buckets(event.event_id for event in parsed),
+            ],
         )
         items: dict[str, tuple[int, int | None]] = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
         valid: dict[str, ParsedEvent] = {}
@@ -118,7 +125,6 @@ def _events_store(
         # Inserted in event_id order: two concurrent requests carrying the same events then wait on each other's
         # unique-index entries in the same order, instead of deadlocking.
         batch = [valid[event_id] for event_id in sorted(valid)]
-        event_ids_lock(cursor, valid)  # a concurrent retry of one of them waits, then finds it stored
         cursor.execute(
             """INSERT INTO events_interaction
                    (event_id, customer_id, session_id, item_id, type, value, occurred_at, received_at, request_id)
