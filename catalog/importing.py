@@ -15,6 +15,7 @@ from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_pa
 from kernel.validation import id_problem, text_problem
 
 REQUIRED = {"item_id", "title"}
+CREATED_MIN, CREATED_MAX = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
@@ -63,7 +64,8 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
             price = Decimal(raw_price)
         except InvalidOperation:
             raise BadItem(f"price: {raw_price!r} is not a number") from None
-        if not price.is_finite() or price < 0 or price >= Decimal("1e10"):
+        # Below the largest value that rounds into the column (9999999999.999 rounded past it, then overflowed).
+        if not price.is_finite() or price < 0 or price >= Decimal("9999999999.995"):
             raise BadItem(f"price: {raw_price!r} must be between 0 and 10,000,000,000")
         price = price.quantize(Decimal("0.01"))
     raw_stock = _cell(row, index, "in_stock").lower()
@@ -82,6 +84,13 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
             raise BadItem(f"created_at: {raw_created!r} is not an ISO 8601 date-time") from None
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
+        # In UTC and within years every reader can hold (year 10000 in UTC was stored, then broke every read).
+        try:
+            created = created.astimezone(UTC)
+        except OverflowError:
+            created = datetime.min.replace(tzinfo=UTC)
+        if not CREATED_MIN <= created < CREATED_MAX:
+            raise BadItem(f"created_at: {raw_created!r} is not between {CREATED_MIN.year} and {CREATED_MAX.year}")
     tags = list(dict.fromkeys(tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()))
     for tag in tags:
         problem = id_problem(tag)
@@ -120,12 +129,12 @@ def items_import(
                 summary.duplicates += 1  # the last row for an id wins, as a re-import would make it
             batch[parsed[0]] = parsed
             if len(batch) >= batch_size:
-                _store_batch(list(batch.values()), summary)
+                _store_batch(list(batch.values()), summary, set(source.columns))
                 batch = {}
                 if on_progress:
                     on_progress(source.position())
         if batch:
-            _store_batch(list(batch.values()), summary)
+            _store_batch(list(batch.values()), summary, set(source.columns))
         if on_progress:
             on_progress(source.position())
     summary.seconds = time.perf_counter() - started
@@ -144,7 +153,19 @@ def _create_stage() -> None:
         )
 
 
-def _store_batch(batch: list[tuple], summary: ImportSummary) -> None:
+# What an existing item takes from each optional column: a file without the column leaves the field as it is (a
+# stock-only feed must not clear descriptions, categories and prices).
+_UPDATED_BY = {
+    "description": ("description",), "category": ("category_id",), "brand": ("brand_id",), "price": ("price",),
+    "in_stock": ("in_stock",), "tags": ("tags",),
+}  # fmt: skip
+
+
+def _store_batch(batch: list[tuple], summary: ImportSummary, columns: set[str]) -> None:
+    updated = ["title"] + [field for column, fields in _UPDATED_BY.items() if column in columns for field in fields]
+    assignments = ", ".join(f"{field} = excluded.{field}" for field in updated)
+    mine = ", ".join(f"i.{field}" for field in updated)
+    theirs = ", ".join(f"excluded.{field}" for field in updated)
     with transaction.atomic(), connection.cursor() as cursor:
         with cursor.cursor.copy(
             f"COPY {_STAGE} (item_id, title, description, category, brand, price, in_stock, created_at, tags) "
@@ -167,14 +188,8 @@ def _store_batch(batch: list[tuple], summary: ImportSummary) -> None:
                 FROM {_STAGE} s
                 LEFT JOIN catalog_category c ON c.external_id = s.category
                 LEFT JOIN catalog_brand b ON b.external_id = s.brand
-                ON CONFLICT (external_id) DO UPDATE SET
-                    title = excluded.title, description = excluded.description, category_id = excluded.category_id,
-                    brand_id = excluded.brand_id, price = excluded.price, in_stock = excluded.in_stock,
-                    tags = excluded.tags, updated_at = now()
-                WHERE (i.title, i.description, i.category_id, i.brand_id, i.price, i.in_stock, i.tags)
-                      IS DISTINCT FROM
-                      (excluded.title, excluded.description, excluded.category_id, excluded.brand_id,
-                       excluded.price, excluded.in_stock, excluded.tags)
+                ON CONFLICT (external_id) DO UPDATE SET {assignments}, updated_at = now()
+                WHERE ROW({mine}) IS DISTINCT FROM ROW({theirs})
                 RETURNING (xmax = 0) AS inserted"""
         )
         results = cursor.fetchall()

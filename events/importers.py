@@ -80,7 +80,7 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
     i_time, i_price, i_customer = index["InvoiceDate"], index["UnitPrice"], index["CustomerID"]
 
     def adapt(row: list[str]) -> EventRow:
-        invoice = row[i_invoice].strip()
+        invoice = parse_id(row[i_invoice], "InvoiceNo", required=True)  # the basket's session id: the id rule
         if invoice.startswith("C"):
             raise SkipRow("cancellation")
         customer = row[i_customer].strip()

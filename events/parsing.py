@@ -87,6 +87,11 @@ def check_time(value: datetime, *, now: datetime) -> datetime:
     if value.tzinfo is None:
         # A time without an offset is read as UTC, documented in the README's event schema.
         value = value.replace(tzinfo=UTC)
+    try:
+        # In UTC: Python takes offsets up to ±23:59, Postgres up to ±15:59; and the floor below is an instant.
+        value = value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset: before the floor anyway
+        raise InvalidEvent("occurred_at", f"{value.isoformat()} is before 1990") from None
     if value > now + MAX_FUTURE:
         raise InvalidEvent("occurred_at", f"{value.isoformat()} is in the future")
     if value.year < 1990:

@@ -9,7 +9,9 @@ import gc
 import gzip
 import io
 import os
+import re
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,9 @@ from typing import IO
 
 class ImportAborted(Exception):
     """Raised when the file cannot be imported at all, or when --max-errors is exceeded."""
+
+    # What the importer had stored when it stopped (batches commit on their own), when it says so.
+    summary: ImportSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,15 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(cells: list[str]) -> bool:
+    """Whether the cells hold bytes that were not UTF-8 (decoded as lone surrogates)."""
+    text = "".join(cells)
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
 class CsvSource:
     """Line-numbered rows of a CSV file (``.csv`` or ``.csv.gz``) with a progress position in bytes."""
 
@@ -108,18 +122,27 @@ class CsvSource:
         self.path = Path(path)
         if not self.path.exists():
             raise ImportAborted(f"{self.path}: no such file")
+        if not self.path.is_file():
+            raise ImportAborted(f"{self.path}: not a file")
         self.size = os.path.getsize(self.path)
         self._raw: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed in close()
         stream: IO[bytes] = gzip.GzipFile(fileobj=self._raw) if self.path.suffix == ".gz" else self._raw
-        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="strict", newline="")
+        # Bytes that are not UTF-8 decode to lone surrogates (never an exception mid-chunk, which lost the rows of
+        # the whole 8 KB chunk around one bad byte): the row holding them is reported (rows) and the rest read.
+        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         self._reader = csv.reader(self._text)
         try:
             header = next(self._reader)
         except StopIteration as exc:
             raise ImportAborted(f"{self.path}: the file is empty (a header line is required)") from exc
-        except (UnicodeDecodeError, OSError, csv.Error) as exc:
+        except (UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error) as exc:
             raise ImportAborted(f"{self.path}, line 1: cannot read the header: {exc}") from exc
+        if _not_utf8(header):
+            raise ImportAborted(f"{self.path}, line 1: the header is not UTF-8 text")
         self.columns = [name.strip() for name in header]
+        repeated = sorted(name for name, count in Counter(self.columns).items() if count > 1)
+        if repeated:
+            raise ImportAborted(f"{self.path}, line 1: column(s) named twice: {', '.join(repeated)}")
         missing = required - set(self.columns)
         if missing:
             raise ImportAborted(
@@ -140,10 +163,18 @@ class CsvSource:
                 row = next(self._reader)
             except StopIteration:
                 return
-            except (UnicodeDecodeError, csv.Error) as exc:
+            except csv.Error as exc:
                 errors.add(self._reader.line_num, f"unreadable row: {exc}")
                 continue
+            except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt gzip, a read error
+                raise ImportAborted(
+                    f"{self.path}, after line {line}: the file cannot be read further ({exc}); the rows before it "
+                    "were read"
+                ) from exc
             line = self._reader.line_num
+            if _not_utf8(row):
+                errors.add(line, "not UTF-8 text (save the file as UTF-8)")
+                continue
             if len(row) != width:
                 if not row:
                     continue

@@ -104,6 +104,9 @@ def interactions_import(
             writer.finish()
             if on_progress:
                 on_progress(source.position())
+    except ImportAborted as exc:
+        exc.summary = summary  # what was stored before the abort stays: the command still brings serving up to date
+        raise
     finally:
         writer.abandon()
     summary.seconds = time.perf_counter() - started

@@ -14,6 +14,14 @@ from kernel.csvimport import ImportAborted, ImportSummary, RowError
 MAX_PRINTED_ERRORS = 50
 
 
+class ImportStopped(CommandError):
+    """The import stopped part-way (or could not start); ``summary`` says what was stored before, when known."""
+
+    def __init__(self, message: str, summary: ImportSummary | None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], path: str, **kwargs: Any) -> ImportSummary:
     """Run ``importer`` with a byte-based progress bar on stderr and print each bad row as ``FILE:LINE: reason``."""
     if not os.path.exists(path):
@@ -40,7 +48,7 @@ def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], pat
         summary = importer(path=path, on_progress=progress, on_error=report, **kwargs)
     except ImportAborted as exc:
         bar.close()
-        raise CommandError(str(exc)) from exc
+        raise ImportStopped(str(exc), exc.summary) from exc
     bar.close()
     command.stdout.write(summary.table())
     return summary

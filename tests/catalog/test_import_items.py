@@ -100,3 +100,86 @@ def test_missing_required_column_names_the_file_and_line(tmp_path: Path) -> None
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="no such file"):
         _run(tmp_path / "nope.csv")
+
+
+# --- Found 5 December by a tester feeding the imports damaged and partial files ----------------------------------
+
+
+def test_one_byte_that_is_not_utf8_costs_its_row_only(tmp_path: Path) -> None:
+    """The decoder failed on the whole 8 KB chunk around one latin-1 byte: about 180 good rows were lost, reported at
+    the wrong line."""
+    path = tmp_path / "items.csv"
+    rows = [f"I{n},Item {n},{'x' * 40},,,1.00,,,\n".encode() for n in range(400)]
+    rows[200] = "I200,Caf\u00e9,,,,1.00,,,\n".encode("latin-1")  # line 202
+    path.write_bytes(HEADER.encode() + b"".join(rows))
+    out, err = _run(path)
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (399, 1)
+    assert "items.csv:202: not UTF-8 text" in err
+
+
+def test_a_file_with_only_some_columns_leaves_the_others_as_they_are(tmp_path: Path) -> None:
+    """A stock-only feed cleared every item's description, category, brand, price and tags."""
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + "A1,Red Mug,Glazed,kitchen,acme,7.50,true,,red|gift\n")
+    _run(path)
+    stock = tmp_path / "stock.csv"
+    stock.write_text("item_id,title,in_stock\nA1,Red Mug,false\n")
+    out, _ = _run(stock)
+    assert _summary(out)["updated"] == 1
+    item = Item.objects.select_related("category", "brand").get(external_id="A1")
+    assert (item.in_stock, item.description, item.category.external_id, item.brand.external_id) == (
+        False, "Glazed", "kitchen", "acme",
+    )  # fmt: skip
+    assert (str(item.price), item.tags) == ("7.50", ["red", "gift"])
+
+
+def test_dates_and_prices_the_database_could_not_give_back_are_reported(tmp_path: Path) -> None:
+    """A created_at of year 10000 in UTC was stored and broke every read of the item; a price rounding past the
+    column's limit and an offset of +23:59 crashed the batch with a traceback."""
+    path = tmp_path / "items.csv"
+    path.write_text(
+        HEADER
+        + "D1,Late,,,,,,9999-12-31T23:59:59-14:00,\n"  # line 2
+        + "D2,Early,,,,,,0001-01-01T00:00:00+14:00,\n"  # line 3
+        + "P1,Dear,,,,9999999999.999,,,\n"  # line 4
+        + "Z1,Odd zone,,,,,,2011-01-01T00:00:00+23:59,\n"  # line 5: stored, in UTC
+        + "G1,Good,,,,9999999999.99,,,\n"  # line 6
+    )
+    out, err = _run(path)
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (2, 3)
+    assert "items.csv:2: created_at: '9999-12-31T23:59:59-14:00' is not between 1900 and 3000" in err
+    assert "items.csv:3: created_at: '0001-01-01T00:00:00+14:00' is not between 1900 and 3000" in err
+    assert "items.csv:4: price: '9999999999.999' must be between 0 and 10,000,000,000" in err
+    assert Item.objects.get(external_id="Z1").created_at.isoformat() == "2010-12-31T00:01:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("dir.csv", None, "not a file"),
+        ("cut.csv.gz", "truncated", "cannot be read further"),
+        ("bad.csv.gz", "corrupt", "cannot be read further"),
+        ("twice.csv", b"item_id,title,title\nA,b,c\n", "column(s) named twice: title"),
+    ],
+)
+def test_damaged_files_are_a_clear_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes | str | None, message: str
+) -> None:
+    import gzip
+
+    path = tmp_path / name
+    body = HEADER.encode() + b"".join(f"I{n},Item {n},,,,1.00,,,\n".encode() for n in range(20_000))
+    if content is None:
+        path.mkdir()
+    elif content == "truncated":
+        whole = gzip.compress(body)
+        path.write_bytes(whole[: len(whole) * 9 // 10])
+    elif content == "corrupt":
+        whole = bytearray(gzip.compress(body))
+        whole[len(whole) // 2] ^= 0xFF
+        path.write_bytes(bytes(whole))
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _run(path)

@@ -205,3 +205,50 @@ def test_a_writers_error_is_the_one_reported_not_the_other_writers_interruption(
         _run(path, "--max-errors", "3", "--batch-size", "2")
     assert Interaction.objects.count() == 0
     assert Customer.objects.count() == 0
+
+
+# --- Found 5 December by a tester feeding the imports damaged files ---------------------------------------------
+
+
+def test_a_file_cut_short_keeps_what_was_stored_and_serving_sees_it(tmp_path: Path, items: None) -> None:
+    """A truncated gzip crashed with a traceback after committing 50,000 rows, and no rebuild ran."""
+    from events import selectors
+
+    body = HEADER + "".join(f"e{n},C1,I{n % 3 + 1},view,,2024-03-01T10:{n % 60:02d}:00Z,\n" for n in range(20_000))
+    whole = gzip.compress(body.encode())
+    path = tmp_path / "events.csv.gz"
+    path.write_bytes(whole[: len(whole) * 9 // 10])
+    with pytest.raises(CommandError, match="cannot be read further"):
+        _run(path, "--batch-size", "500")
+    assert 0 < Interaction.objects.count() < 20_000
+    assert selectors.recent_history("C1")  # brought up to date before the command stopped
+
+
+def test_times_are_stored_in_utc_and_the_floor_is_an_instant(tmp_path: Path, items: None) -> None:
+    """+23:59 passed Python and crashed Postgres' COPY (it takes ±15:59); +14:00 let 1989 in past the 1990 floor."""
+    path = tmp_path / "events.csv"
+    path.write_text(
+        HEADER + "z1,C1,I1,view,,2011-01-01T00:00:00+23:59,\n" + "z2,C1,I1,view,,1990-01-01T00:00:00+14:00,\n"
+    )
+    summary, err = _run(path)
+    assert (summary["stored"], summary["rejected"]) == (1, 1)
+    assert "events.csv:3: occurred_at" in err
+    assert "before 1990" in err
+    assert Interaction.objects.get(event_id="z1").occurred_at.isoformat() == "2010-12-31T00:01:00+00:00"
+
+
+def test_an_online_retail_invoice_follows_the_id_rule(tmp_path: Path) -> None:
+    """The invoice becomes the basket's session id: a NUL crashed the batch, a tab was stored."""
+    ItemFactory(external_id="85123A")
+    path = tmp_path / "retail.csv"
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    path.write_text(
+        header
+        + "536365,85123A,Heart,6,2010-12-01T08:26:00,2.55,17850,UK\n"
+        + '"freshness\tprobe",85123A,Heart,6,2010-12-01T08:27:00,2.55,17850,UK\n'
+        + "5363\x0066,85123A,Heart,6,2010-12-01T08:28:00,2.55,17850,UK\n"
+    )
+    summary, err = _run(path, "--format", "online-retail")
+    assert (summary["stored"], summary["rejected"]) == (1, 2)
+    assert "retail.csv:3: InvoiceNo" in err
+    assert "retail.csv:4: InvoiceNo" in err

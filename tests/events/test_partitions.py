@@ -270,3 +270,9 @@ def test_converting_an_unpartitioned_table_with_rows_keeps_every_row(item: None)
         )
         indexes = {row[0] for row in cursor.fetchall()}
     assert {"interaction_customer_recent", "interaction_occurred_brin", "interaction_session_recent"} <= indexes
+
+
+def test_a_duration_reaching_before_the_year_1_is_a_clear_error() -> None:
+    for raw in ("99999999d", f"{10**21}d"):
+        with pytest.raises(ValueError, match="before the year 1"):
+            parse_cutoff(raw, now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))

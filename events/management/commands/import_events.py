@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from events import partitions
 from events.importers import FORMATS
 from events.services import interactions_import
-from kernel.management.importing import run_import
+from kernel.csvimport import ImportSummary
+from kernel.management.importing import ImportStopped, run_import
 
 
 class Command(BaseCommand):
@@ -40,19 +41,31 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        summary = run_import(
-            self, interactions_import, options["path"], fmt=options["fmt"],
-            create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
-            batch_size=options["batch_size"], quiet=options["quiet"],
-        )  # fmt: skip
+        try:
+            summary = run_import(
+                self, interactions_import, options["path"], fmt=options["fmt"],
+                create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
+                batch_size=options["batch_size"], quiet=options["quiet"],
+            )  # fmt: skip
+        except ImportStopped as stopped:
+            # Batches stored before the stop stay (a re-run skips them): serving must see them all the same.
+            if stopped.summary is not None and stopped.summary.stored and not options["no_rebuild"]:
+                self.stderr.write(f"{stopped.summary.stored:,} events were stored before the import stopped")
+                self._bring_serving_up_to_date(options)
+            raise
+        self._after(summary, options)
+
+    def _after(self, summary: ImportSummary, options: dict[str, Any]) -> None:
+        if summary.stored and not options["no_rebuild"]:
+            self._bring_serving_up_to_date(options)
+            return
+        partitions.partitions_split_default(tables=(partitions.INTERACTIONS,))
+        if summary.stored:
+            self.stderr.write("online state not rebuilt (--no-rebuild): run manage.py rebuild_online_state")
+
+    def _bring_serving_up_to_date(self, options: dict[str, Any]) -> None:
         # Older months landed in the default partition: give each its own (logged), so retention can drop it whole.
         partitions.partitions_split_default(tables=(partitions.INTERACTIONS,))
-        if options["no_rebuild"]:
-            if summary.stored:
-                self.stderr.write("online state not rebuilt (--no-rebuild): run manage.py rebuild_online_state")
-            return
-        if not summary.stored:
-            return
         # Imported events reach Postgres only; without this step serving would answer from an online state that
         # knows none of them (unpersonalised lists) until a rebuild ran.
         # Its progress and summary go to stderr: stdout stays the import's summary table.

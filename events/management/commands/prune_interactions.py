@@ -23,7 +23,10 @@ def parse_cutoff(raw: str, *, now: datetime) -> datetime:
         count, unit = int(match[1]), match[2]
         if count <= 0:
             raise ValueError("the duration must be positive")
-        return now - timedelta(days=count * (7 if unit == "w" else 1))
+        try:
+            return now - timedelta(days=count * (7 if unit == "w" else 1))
+        except OverflowError:  # further back than a date can be
+            raise ValueError(f"{raw!r} reaches before the year 1") from None
     try:
         value = (
             datetime.fromisoformat(raw)
