@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -17,8 +18,9 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     scopes = ArrayField(models.CharField(max_length=16, choices=Scope.choices), default=list)
     rate_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Requests per minute; empty uses the server default."
-    )
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Requests per minute (at least 1); empty uses the server default.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
