@@ -38,6 +38,7 @@ class ParsedEvent(NamedTuple):
     value: float | None
     occurred_at: datetime
     request_id: str  # "" when not sent
+    time_given: bool = True  # False: occurred_at is the arrival time (a retry then has another one)
 
 
 class Rejection(NamedTuple):
@@ -123,9 +124,10 @@ def parse_event(raw: object, *, index: int, now: datetime) -> ParsedEvent | Reje
         except InvalidEvent as exc:
             errors["value"] = [_sentence(exc)]
 
-    occurred_at = now
+    occurred_at, time_given = now, False
     raw_time = raw.get("occurred_at")
     if isinstance(raw_time, str) and raw_time.strip():
+        time_given = True
         try:
             occurred_at = parse_time(raw_time, now=now)
         except InvalidEvent as exc:
@@ -141,7 +143,9 @@ def parse_event(raw: object, *, index: int, now: datetime) -> ParsedEvent | Reje
         event_id = derive_event_id(
             customer_id, session_id, item_id, type_, value, occurred_at.astimezone(UTC).isoformat(), request_id
         )
-    return ParsedEvent(index, event_id, customer_id, session_id, item_id, type_, value, occurred_at, request_id)
+    return ParsedEvent(
+        index, event_id, customer_id, session_id, item_id, type_, value, occurred_at, request_id, time_given
+    )
 
 
 def _text(raw: dict[str, Any], field: str, errors: Errors, *, required: bool, max_length: int | None = None) -> str:

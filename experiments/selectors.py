@@ -25,7 +25,11 @@ ADD_TO_CART = int(Interaction.Type.ADD_TO_CART)
 PURCHASE = int(Interaction.Type.PURCHASE)
 # An event's value as the results sum it: within the range the events API accepts (±VALUE_MAX), NaN as none. Rows
 # stored before that rule (1e308, NaN) would otherwise overflow Postgres' float8 sums or make every figure NaN.
-_VALUE = f"CASE WHEN x.value = 'NaN' THEN NULL ELSE least(greatest(x.value, {-VALUE_MAX}), {VALUE_MAX}) END"
+# (NULL first: least/greatest skip a NULL argument, so a purchase sent without a value would count -VALUE_MAX.)
+_VALUE = (
+    f"CASE WHEN x.value IS NULL OR x.value = 'NaN' THEN NULL "
+    f"ELSE least(greatest(x.value, {-VALUE_MAX}), {VALUE_MAX}) END"
+)
 
 # Days of purchases before the start that form CUPED's covariate.
 CUPED_PRE_PERIOD_DAYS = 30

@@ -80,11 +80,12 @@ def interactions_import(
     summary = ImportSummary(path=str(path))
     errors = ErrorLog(summary, max_errors, on_error)
     started = time.perf_counter()
-    writer = _BatchWriter(summary, errors, create_missing_items)
+    now = utcnow()  # an event without occurred_at happened at the import (the writers lock those ids: above)
+    writer = _BatchWriter(summary, errors, create_missing_items, defaulted_at=now)
     writer.start()
     try:
         with gc_paused(), CsvSource(path, required=required, optional=optional) as source:
-            adapt = make_adapter(source.index, utcnow())
+            adapt = make_adapter(source.index, now)
             batch: list[tuple] = []
             for line, cells in source.rows(errors):
                 summary.read += 1
@@ -136,9 +137,16 @@ class _BatchWriter:
     """
 
     def __init__(
-        self, summary: ImportSummary, errors: ErrorLog, create_missing_items: bool, *, writers: int = 2
+        self,
+        summary: ImportSummary,
+        errors: ErrorLog,
+        create_missing_items: bool,
+        *,
+        defaulted_at: datetime,
+        writers: int = 2,
     ) -> None:
         self.summary = summary
+        self.defaulted_at = defaulted_at
         self.errors = errors
         self.create_missing_items = create_missing_items
         self.inline = connection.in_atomic_block
@@ -160,7 +168,7 @@ class _BatchWriter:
                     index, batch = item
                     with self.turns.turn(index):
                         _create_customers(batch, self.create_missing_items)
-                    _store_batch(batch, self.summary, self.errors, self.create_missing_items)
+                    _store_batch(batch, self.summary, self.errors, self.create_missing_items, self.defaulted_at)
         except BaseException as exc:  # handed to the caller's thread, which raises it
             # The first error is the cause; a writer woken by it from its turn only says "interrupted".
             self.error = self.error or exc
@@ -181,7 +189,7 @@ class _BatchWriter:
 
     def put(self, batch: list[tuple]) -> None:
         if self.inline:
-            _store_batch(batch, self.summary, self.errors, self.create_missing_items)
+            _store_batch(batch, self.summary, self.errors, self.create_missing_items, self.defaulted_at)
             return
         self._raise()
         self.queue.put((self.sent, batch))
@@ -279,7 +287,9 @@ def _create_stage() -> None:
         )
 
 
-def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, create_missing_items: bool) -> None:
+def _store_batch(
+    batch: list[tuple], summary: ImportSummary, errors: ErrorLog, create_missing_items: bool, defaulted_at: datetime
+) -> None:
     """One batch in one transaction. Rows are inserted in key order, so two writers that meet on the same new
     customer or event id wait for each other instead of deadlocking."""
     with transaction.atomic(), connection.cursor() as cursor:
@@ -304,7 +314,9 @@ def _store_batch(batch: list[tuple], summary: ImportSummary, errors: ErrorLog, c
                 WHERE i.id IS NULL ORDER BY s.line"""
         )
         missing = cursor.fetchall()
-        event_ids_lock(cursor, (row[1] for row in batch))
+        # Rows without occurred_at only (their time is the import's; see event_ids_lock): an import of dated rows,
+        # the usual file, takes no turn, and its two writers never wait for each other here.
+        event_ids_lock(cursor, (row[1] for row in batch if row[7] == defaulted_at))
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
         # Customers this batch would create: an erased id among them is refused (catalog.erasure), its rows too.

@@ -90,15 +90,17 @@ def _events_store(
     duplicates = 0
     # Raw psycopg errors become Django's, so the API's handler answers an unreachable database with 503.
     with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        # With the items, this transaction's turn for its event ids (events.services.imports.event_ids_lock: a
-        # concurrent writer of one of them waits here, then finds it stored), in the same round trip.
+        # With the items, this transaction's turn for the ids of its events without occurred_at (whose retries get
+        # another arrival time, so only the turn tells them apart: events.services.imports.event_ids_lock; a
+        # concurrent writer of one of them waits here, then finds it stored), in the same round trip. An event
+        # with its own time needs none: a retry repeats the unique key (event_id, occurred_at).
         cursor.execute(
             "SELECT external_id, id, category_id FROM catalog_item WHERE external_id = ANY(%b::text[]) "
             f"AND {EVENT_IDS_LOCKED_SQL}",
             [
                 sorted({event.item_id for event in parsed}),
                 EVENT_ID_LOCK_CLASS,
-                event_id_buckets(event.event_id for event in parsed),
+                event_id_buckets(event.event_id for event in parsed if not event.time_given),
             ],
         )
         items: dict[str, tuple[int, int | None]] = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}

@@ -398,7 +398,7 @@ def test_purchase_values_stored_before_the_value_rule_cannot_break_the_results(
     overflow Postgres' float8 sums nor make a figure NaN."""
     experiment, variants = _experiment(user, "legacy", {"control": 0.5, "b": 0.5}, primary="revenue_per_customer")
     shown = items[:3]
-    buyers = _customers("legacy", 4)
+    buyers = _customers("legacy", 5)
     at = START + dt.timedelta(hours=1)
     Impression.objects.bulk_create(
         _impression(experiment, variants["control"], c, at, shown, f"legacy-{c.pk}") for c in buyers
@@ -406,14 +406,14 @@ def test_purchase_values_stored_before_the_value_rule_cannot_break_the_results(
     later = at + dt.timedelta(hours=2)
     Interaction.objects.bulk_create(
         _event(Interaction.Type.PURCHASE, c, shown[0], later, value=value)
-        for c, value in zip(buyers, [1e308, 1e308, -1e308, float("nan")], strict=True)
+        for c, value in zip(buyers, [1e308, 1e308, -1e308, float("nan"), None], strict=True)  # None: no value sent
     )
 
     results = services.experiment_results(key="legacy")
     control = results.variant("control")
 
-    assert control.conversions == 4
-    assert control.revenue == pytest.approx(1e9 + 1e9 - 1e9 + 0.0)
+    assert control.conversions == 5
+    assert control.revenue == pytest.approx(1e9 + 1e9 - 1e9 + 0.0 + 0.0)
     assert all(np.isfinite([control.revenue, control.revenue_per_customer.value]))
     assert results.series  # the charts' rows, from the same attribution
     assert all(np.isfinite(p.primary_value or 0.0) for p in results.series)

@@ -413,6 +413,12 @@ def test_overlapping_retries_of_an_event_store_it_once(
     responses = _at_once([partial(_send, c, *batch) for c in clients[:8]])
     assert sum(r["accepted"] for r in responses) == 50
     assert Interaction.objects.filter(event_id__startswith="b-").count() == 50
+    # With their own times the copies share the unique key: no turn is taken, and none is stored twice either.
+    dated = [{**_event(f"d-{n}", f"sku-{n % 6}", customer_id="c-batch"), "occurred_at": "2026-12-01T10:00:00Z"}
+             for n in range(50)]  # fmt: skip
+    responses = _at_once([partial(_send, c, *dated) for c in clients[:8]])
+    assert sum(r["accepted"] for r in responses) == 50
+    assert Interaction.objects.filter(event_id__startswith="d-").count() == 50
 
 
 def test_an_event_id_used_twice_in_one_import_file_is_stored_once(items: list[Any], tmp_path: Path) -> None:
