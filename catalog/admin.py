@@ -1,11 +1,37 @@
 """Merchandiser admin for the catalog, usable with a million items: indexed search, autocomplete, no full counts."""
 
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
 from catalog.services import catalog_version_bump, opt_out_version_bump
 from kernel.admin_utils import EstimatedCountPaginator
+from kernel.validation import sentence, text_problem
+
+
+class ItemAdminForm(forms.ModelForm):
+    """The API's display-text rule for titles and descriptions (kernel.validation.text_problem)."""
+
+    class Meta:
+        model = Item
+        fields = (
+            "external_id", "title", "description", "category", "brand", "price", "in_stock", "active", "tags",
+            "attributes", "created_at",
+        )  # fmt: skip
+
+    def clean_title(self) -> str:
+        return _text(self.cleaned_data["title"], multiline=False)
+
+    def clean_description(self) -> str:
+        return _text(self.cleaned_data["description"], multiline=True)
+
+
+def _text(value: str, *, multiline: bool) -> str:
+    problem = text_problem(value, multiline=multiline)
+    if problem is not None:
+        raise forms.ValidationError(sentence(problem))
+    return value
 
 
 @admin.register(Category)
@@ -24,6 +50,7 @@ class BrandAdmin(admin.ModelAdmin):
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
+    form = ItemAdminForm
     list_display = ("external_id", "title", "category", "brand", "price", "in_stock", "active", "created_at")
     list_filter = ("active", "in_stock", "category")
     search_fields = ("=external_id", "title")

@@ -90,8 +90,9 @@ def check_time(value: datetime, *, now: datetime) -> datetime:
     try:
         # In UTC: Python takes offsets up to ±23:59, Postgres up to ±15:59; and the floor below is an instant.
         value = value.astimezone(UTC)
-    except OverflowError:  # year 1 with a positive offset: before the floor anyway
-        raise InvalidEvent("occurred_at", f"{value.isoformat()} is before 1990") from None
+    except OverflowError:  # past year 9999 or before year 1 in UTC: beyond either bound
+        edge = "in the future" if value.year > 1990 else "before 1990"
+        raise InvalidEvent("occurred_at", f"{value.isoformat()} is {edge}") from None
     if value > now + MAX_FUTURE:
         raise InvalidEvent("occurred_at", f"{value.isoformat()} is in the future")
     if value.year < 1990:

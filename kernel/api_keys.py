@@ -49,6 +49,8 @@ def api_key_create(
     unknown = set(scopes) - set(ApiKey.Scope.values)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(ApiKey.Scope.values)}")
+    if rate_per_minute is not None and rate_per_minute < 1:
+        raise ValueError(f"rate_per_minute must be at least 1 (or unset for the server default), got {rate_per_minute}")
     if plaintext is None:
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(

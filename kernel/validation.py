@@ -54,7 +54,9 @@ def sentence(fragment: str) -> str:
 
 
 # Control characters (C0, DEL, C1): an ANSI escape starts with one, and they reach logs, terminals and pages.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A title is one line: no line or paragraph separators, and no bidi embeddings or overrides (U+202A-U+202E, which
+# can make a title read as something else; the direction marks and isolates that right-to-left text uses are kept).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]")
 _CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -99,6 +101,8 @@ class IdField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if self.strip and isinstance(data, str):
             data = data.strip()
+            if not data and self.allow_blank:  # only whitespace: as blank, none
+                return ""
         problem = id_problem(data)
         if problem is not None:
             raise ValidationError(sentence(problem))

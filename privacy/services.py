@@ -75,9 +75,13 @@ def customer_personalisation_set(*, customer_id: str, opted_out: bool) -> Person
     so no list cached before the change is served after it. A Redis failure there is logged, not raised: the
     choice is stored, and cached lists expire within a minute anyway.
     """
-    if not Customer.objects.filter(external_id=customer_id).exists() and erasure.erased_ids([customer_id]):
-        raise CustomerErased(customer_id)
-    customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
+    with transaction.atomic():
+        # The row locked first: an erasure under way holds it, so this waits, finds it gone and then sees the
+        # erasure's suppression entry (read after the wait), instead of creating the customer again behind it.
+        known = Customer.objects.select_for_update().filter(external_id=customer_id).values_list("pk", flat=True)
+        if not list(known) and erasure.erased_ids([customer_id]):
+            raise CustomerErased(customer_id)
+        customer, _ = customer_upsert(external_id=customer_id, personalisation_opt_out=opted_out)
     try:
         online.bump_cache_versions([customer_owner(customer_id)])
     except redis.RedisError:

@@ -539,10 +539,10 @@ class BusinessRuleAdmin(admin.ModelAdmin):
 
     def preview_view(self, request: HttpRequest) -> HttpResponse:
         """ "Preview as customer": the live list with rules on and off, side by side, and the rules that touch it."""
-        customer_id = request.GET.get("customer_id", "").strip()[:100]
+        customer_id = request.GET.get("customer_id", "").strip()
         if customer_id.lower() == ANONYMOUS:
             customer_id = ""
-        anchor_item_id = request.GET.get("anchor_item_id", "").strip()[:100]
+        anchor_item_id = request.GET.get("anchor_item_id", "").strip()
         surface = request.GET.get("surface", "home").strip()[:32] or "home"
         if surface not in PREVIEW_SURFACES:
             surface = "home"

@@ -167,13 +167,14 @@ class PageWidgetSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=PAGE_WIDGET_KINDS)
     surface = serializers.SlugField(max_length=32, default="home", help_text="recommendations: the surface.")
     count = serializers.IntegerField(min_value=1, max_value=MAX_COUNT, default=10)
-    # Ids in a JSON body are JSON strings (a number is refused, as in the events API); blank means none.
+    # Ids in a JSON body are JSON strings (a number is refused, as in the events API), surrounding whitespace
+    # stripped; blank means none.
     category = IdField(
-        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        strip=True, max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
         help_text="recommendations: only this category.",
     )  # fmt: skip
     item_id = IdField(
-        max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
+        strip=True, max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="",
         help_text="similar: the anchor item (default: the page's context_item_id).",
     )  # fmt: skip
     groups = serializers.IntegerField(min_value=1, max_value=5, default=2, help_text="because_you_viewed: rows.")
@@ -183,12 +184,12 @@ class PageWidgetSerializer(serializers.Serializer):
 
 
 class PageRequestSerializer(serializers.Serializer):
-    customer_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
-    session_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
-    context_item_id = IdField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
-    context_category = IdField(max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    customer_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    session_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
+    context_item_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
+    context_category = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
     exclude_request_ids = serializers.ListField(
-        child=IdField(max_length=64), required=False, default=list, max_length=MAX_EXCLUDE_REQUESTS
+        child=IdField(strip=True, max_length=64), required=False, default=list, max_length=MAX_EXCLUDE_REQUESTS
     )
     widgets = PageWidgetSerializer(many=True, min_length=1, max_length=MAX_PAGE_WIDGETS)
 

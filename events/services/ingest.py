@@ -210,26 +210,35 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
     Idempotent: the UPDATE only touches interactions without a customer and the Redis merge deletes what it moved;
     a retry after a Redis failure still merges the online state.
 
-    Merges of one session take turns (a transaction-level advisory lock on the session id, held until the Redis
-    step is done): the Redis merge is three steps, and two merges of one session at once (into two customers, or a
-    retry beside the original) had both read the session's state before either deleted it, so the second customer
-    got the first one's history, which that customer's erasure then left behind, and affinities counted twice.
+    Merges of one session take turns (a session-level advisory lock on the session id, held from before the
+    Postgres transaction until the Redis step is done, and only that lock: the transaction commits first, so a slow
+    Redis holds no row): the Redis merge is three steps, and two merges of one session at once (into two
+    customers, or a retry beside the original) had both read the session's state before either deleted it, so the
+    second customer got the first one's history, which that customer's erasure then left behind, and affinities
+    counted twice.
     """
     session_owner = keys.owner_for(customer_id="", session_id=session_id)
-    with connection.wrap_database_errors, transaction.atomic(), _binary_cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"session-merge:{session_id}"])
-        customer_pk = customer_pks_get_or_create(external_ids={customer_id}, created_at=utcnow(), cursor=cursor).get(
-            customer_id
-        )
-        if customer_pk is None:
-            raise CustomerErased(customer_id)
-        merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
-            customer_id=customer_pk
-        )
+    turn = [f"session-merge:{session_id}"]
+    with connection.wrap_database_errors:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", turn)
         try:
-            online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
-        except redis.RedisError:
-            ONLINE_STATE_ERRORS.inc()
-            logger.exception("online_state_merge_failed", extra={"session_id": session_id})
+            with transaction.atomic(), _binary_cursor() as cursor:
+                customer_pk = customer_pks_get_or_create(
+                    external_ids={customer_id}, created_at=utcnow(), cursor=cursor
+                ).get(customer_id)
+                if customer_pk is None:
+                    raise CustomerErased(customer_id)
+                merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
+                    customer_id=customer_pk
+                )
+            try:
+                online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
+            except redis.RedisError:
+                ONLINE_STATE_ERRORS.inc()
+                logger.exception("online_state_merge_failed", extra={"session_id": session_id})
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", turn)
     logger.info("session_merged", extra={"session_id": session_id, "merged": merged})
     return SessionMergeResult(session_id=session_id, customer_id=customer_id, interactions_merged=merged)

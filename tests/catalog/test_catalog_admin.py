@@ -47,3 +47,21 @@ def test_interaction_search_by_customer_id(staff: Client) -> None:
     response = staff.get("/admin/events/interaction/", {"q": event.customer.external_id})
     assert str(event.item).encode() in response.content
     assert str(other.item).encode() not in response.content
+
+
+def test_the_item_form_applies_the_apis_display_text_rule(staff: Client) -> None:
+    item = ItemFactory(external_id="sku-t", title="Plain")
+    url = f"/admin/catalog/item/{item.pk}/change/"
+    form = {
+        "external_id": "sku-t", "title": "\x1b[31mRed", "description": "", "price": "", "in_stock": "on",
+        "active": "on", "tags": "", "attributes": "{}", "created_at_0": "2026-01-01", "created_at_1": "10:00:00",
+    }  # fmt: skip
+    response = staff.post(url, form)
+    assert response.status_code == 200  # the form again, with the error
+    assert b"Contains control characters." in response.content
+    item.refresh_from_db()
+    assert item.title == "Plain"
+    form["title"] = "\u05e1\u05e4\u05e8 \u200fok"  # right-to-left text with a direction mark is text
+    assert staff.post(url, form).status_code == 302
+    item.refresh_from_db()
+    assert item.title == "\u05e1\u05e4\u05e8 \u200fok"

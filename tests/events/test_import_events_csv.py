@@ -252,3 +252,15 @@ def test_an_online_retail_invoice_follows_the_id_rule(tmp_path: Path) -> None:
     assert (summary["stored"], summary["rejected"]) == (1, 2)
     assert "retail.csv:3: InvoiceNo" in err
     assert "retail.csv:4: InvoiceNo" in err
+
+
+def test_a_time_beyond_the_years_utc_can_hold_names_the_right_bound() -> None:
+    from datetime import UTC, datetime
+
+    from events.parsing import InvalidEvent, parse_time
+
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    with pytest.raises(InvalidEvent, match="in the future"):
+        parse_time("9999-12-31T23:00:00-05:00", now=now)
+    with pytest.raises(InvalidEvent, match="before 1990"):
+        parse_time("0001-01-01T00:00:00+14:00", now=now)

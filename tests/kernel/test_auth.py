@@ -5,7 +5,7 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from kernel import auth
@@ -92,3 +92,11 @@ def test_create_api_key_command_prints_a_working_key() -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
     assert client.get("/v1/items/x").status_code == 404
+
+
+@pytest.mark.parametrize("rate", ["0", "-5"])
+def test_create_api_key_refuses_a_rate_below_1(rate: str) -> None:
+    """0 was stored and meant the default limit (not "blocked"); a negative rate was a raw IntegrityError."""
+    with pytest.raises(CommandError, match="rate_per_minute must be at least 1"):
+        call_command("create_api_key", "bad rate", "--rate-per-minute", rate, stdout=StringIO(), stderr=StringIO())
+    assert not ApiKey.objects.filter(name="bad rate").exists()

@@ -304,6 +304,12 @@ def test_page_and_exclude_request_ids_validation_names_the_field(api: APIClient)
         assert response.status_code == 400, body
         assert field in response.content.decode(), response.content
         assert "must be a string" in response.content.decode().lower(), response.content
+    # and, like every body id, surrounding whitespace is stripped; only whitespace means none
+    response = api.post(
+        "/v1/pages", {"customer_id": "  ", "session_id": " s-1 ", "widgets": [{"kind": "recommendations"}]},
+        format="json",
+    )  # fmt: skip
+    assert response.status_code == 200, response.content
 
 
 # --- Freshness ----------------------------------------------------------------------------------------------------

@@ -408,6 +408,8 @@ def test_import_items_names_file_line_and_reason_for_a_bad_id(tmp_path: Path) ->
     [
         ("title", "\x1b[31mred", "Contains control characters."),
         ("title", "two\nlines", "Contains control characters."),
+        ("title", "two\u2028lines", "Contains control characters."),
+        ("title", "\u202eevil", "Contains control characters."),
         ("description", "bell\x07", "Contains control characters."),
         ("description", "a\x00b", "Null characters are not allowed."),
     ],
