@@ -57,6 +57,8 @@ class VariantFormSet(BaseInlineFormSet):
         super().clean()
         if any(self.errors):
             return
+        if self.instance.pk is not None and self.instance.status != Experiment.Status.DRAFT:
+            return  # the rows are read-only once started (VariantInline): nothing was submitted to check
         specs = [
             VariantSpec(
                 name=form.cleaned_data["name"],

@@ -183,6 +183,27 @@ def test_running_experiment_page_is_locked_and_links_results(browser: Client, su
     assert "delete_selected" not in listing
 
 
+def test_a_started_experiment_can_be_renamed(browser: Client, superuser: AbstractUser) -> None:
+    """The one edit a live experiment allows (name, hypothesis) was a 500: the read-only variant rows submit no
+    fields, and the formset's check read them (found 5 December)."""
+    experiment = _running(superuser)
+    url = reverse("admin:experiments_experiment_change", args=[experiment.pk])
+    count = Variant.objects.filter(experiment=experiment).count()
+    data = {
+        "name": "renamed only", "hypothesis": "why", "_save": "Save",
+        "variants-TOTAL_FORMS": str(count), "variants-INITIAL_FORMS": str(count),
+        "variants-MIN_NUM_FORMS": "2", "variants-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    for i, variant in enumerate(Variant.objects.filter(experiment=experiment).order_by("pk")):
+        data |= {f"variants-{i}-id": str(variant.pk), f"variants-{i}-experiment": str(experiment.pk)}
+
+    response = browser.post(url, data)
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    experiment.refresh_from_db()
+    assert (experiment.name, experiment.hypothesis, experiment.status) == ("renamed only", "why", "running")
+
+
 def test_surface_default_admin_validates_and_publishes(browser: Client, django_capture_on_commit_callbacks) -> None:
     url = reverse("admin:experiments_surfacedefault_add")
 
