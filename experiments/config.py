@@ -112,11 +112,17 @@ def _bool(value: object) -> bool:
     return value
 
 
+# Bounds serving can hold: a list has at most 100 items (a larger brand cap is no cap, and 2**63 overflowed the
+# compiled re-ranker), a model version is a database id, and blend weights are finite after summing.
+_INT_MAX = 2**31 - 1
+_WEIGHT_MAX = 1e6
+
+
 def _optional_positive_int(value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be a whole number of at least 1, or null, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+        raise ValueError(f"must be a whole number from 1 to {_INT_MAX}, or null, got {value!r}")
     return value
 
 
@@ -151,8 +157,8 @@ def _blend_weights(value: object) -> dict[str, float] | None:
     for source, weight in value.items():
         if not isinstance(source, str) or not source:
             raise ValueError(f"source names must be non-empty strings, got {source!r}")
-        if not _is_number(weight) or not math.isfinite(float(weight)) or float(weight) < 0:
-            raise ValueError(f"the weight of {source!r} must be a number >= 0, got {weight!r}")
+        if not _is_number(weight) or not math.isfinite(float(weight)) or not 0 <= float(weight) <= _WEIGHT_MAX:
+            raise ValueError(f"the weight of {source!r} must be a number from 0 to {_WEIGHT_MAX:g}, got {weight!r}")
         clean[source] = float(weight)
     return clean
 

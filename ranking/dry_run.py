@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -335,8 +336,8 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise DryRunError(f"config.{name}", f"config.{name} must be 'greedy' or 'mmr'.")
             clean[name] = value
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DryRunError(f"config.{name}", f"config.{name} must be a number.")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise DryRunError(f"config.{name}", f"config.{name} must be a finite number.")
         if kind is int and value != int(value):
             raise DryRunError(f"config.{name}", f"config.{name} must be a whole number.")
         if not ((0 <= value <= 1) if kind is float else (1 <= value <= 100)):

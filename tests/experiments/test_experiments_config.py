@@ -37,6 +37,8 @@ def test_from_dict_reports_every_invalid_setting_at_once() -> None:
         {"model_version": True},
         {"diversity_cap": float("nan")},
         {"diversity_cap": 0},  # the re-ranker needs room for one item per category
+        {"max_per_brand": 2**63},  # overflowed the compiled re-ranker: every list of the surface a 500
+        {"blend_weights": {"als": 1e200, "ease": 1e200}},  # summed scores beyond a float
     ],
 )
 def test_from_dict_rejects_wrong_types(bad: dict) -> None:

@@ -350,3 +350,12 @@ def test_an_unexpected_failure_is_reported_without_its_internals(monkeypatch: py
     assert state["status"] == "failed"
     assert "secret" not in state["error"]
     assert "run-x" in state["error"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_setting_that_is_not_a_finite_number_is_named(value: float) -> None:
+    """``--config '{"max_per_brand": Infinity}'`` (json.loads takes it) ended in a traceback."""
+    with pytest.raises(dry_run.DryRunError) as caught:
+        dry_run.check_config_changes({"max_per_brand": value})
+    assert caught.value.field == "config.max_per_brand"
