@@ -2,6 +2,7 @@
 
 from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
@@ -62,6 +63,15 @@ class ItemAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Item, form: object, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        catalog_version_bump()
+
+    # A deleted item leaves every cached list at once (the item cache's version is part of each list's key).
+    def delete_model(self, request: HttpRequest, obj: Item) -> None:
+        super().delete_model(request, obj)
+        catalog_version_bump()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Item]) -> None:
+        super().delete_queryset(request, queryset)
         catalog_version_bump()
 
 

@@ -150,6 +150,26 @@ def test_a_pinned_item_no_source_finds_is_placed_all_the_same(api: APIClient) ->
 
 
 @pytest.mark.django_db
+def test_deleting_a_pinned_item_takes_it_out_of_cached_lists(
+    api: APIClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The item's deletion removed its pin by cascade without moving the rules version, so a cached list kept the
+    deleted item at its slot until another rule changed (found 5 December)."""
+    ring = Item.objects.get(external_id="ring-0")
+    doomed = Item.objects.create(external_id="pin-doomed", title="Doomed", category=ring.category, price=5)
+    _rule(kind="pin", target="item", item=doomed, position=1)
+    try:
+        assert _ids(_recs(api, customer_id="pin-2", count=10))[0] == "pin-doomed"  # now cached
+        with django_capture_on_commit_callbacks(execute=True):
+            doomed.delete()
+        assert not BusinessRule.objects.exists()
+        assert "pin-doomed" not in _ids(_recs(api, customer_id="pin-2", count=10))
+    finally:
+        BusinessRule.objects.all().delete()
+        rules.version_bump()
+
+
+@pytest.mark.django_db
 def test_pin_block_boost_and_bury_with_schedules(api: APIClient) -> None:
     pinned = Item.objects.get(external_id="ring-11")
     blocked = Item.objects.get(external_id="mug-0")
