@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import shutil
 import threading
@@ -103,9 +104,12 @@ def _window(
     # The window's end defaults to just after the latest event, so "now" is the data's now (the demo ends in 2011).
     until = until or (last + timedelta(seconds=1))
     if days is not None:
-        if days <= 0:
-            raise TrainingError("--days must be positive")
-        since = until - timedelta(days=days)
+        if not math.isfinite(days) or days <= 0:
+            raise TrainingError("--days must be a positive number")
+        try:
+            since = until - timedelta(days=days)
+        except (OverflowError, ValueError):  # further back than a date can be: the whole history
+            since = None
     if since is not None and since >= until:
         raise TrainingError(f"empty training window: {since.isoformat()} is not before {until.isoformat()}")
     return since, until

@@ -200,6 +200,7 @@ class TrainParams:
                     raise ValueError('type_weights takes a JSON object, e.g. {"1": 1, "4": 8}')
                 value = {int(k): float(v) for k, v in value.items()}
             _check_type(key, types[key], value)
+            _check_range(key, value)
             changes[key] = value
         return dataclasses.replace(self, **changes)
 
@@ -221,6 +222,48 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
             "bool": "true or false",
         }  # fmt: skip
         raise ValueError(f"{name} takes {expected[annotation]}, not {value!r}")
+
+
+# What a value given with --param must lie in (checked there, not in __post_init__: a version trained before a rule
+# must still load). Counts are at least 1 (neighbours_k=-1 crashed the process in a native library; als_factors=0
+# trained a version of 0-dimension vectors); half-lives are positive or null (no decay); fractions in [0, 1].
+_AT_LEAST_1 = frozenset({
+    "als_factors", "als_iterations", "ease_max_items", "ease_full_max_items", "neighbours_k", "fbt_k",
+    "fbt_min_count", "fbt_max_basket", "content_dims", "content_k", "validation_max_users", "validation_min_users",
+    "validation_min_history", "tune_max_trials", "tune_max_users", "k",
+})  # fmt: skip
+_POSITIVE = frozenset({
+    "half_life_days", "history_half_life_days", "popularity_half_life_days", "trending_recent_days",
+    "trending_baseline_days", "validation_days", "ease_lambda", "als_eps",
+})  # fmt: skip
+_FRACTIONS = frozenset({
+    "ease_user_exponent", "knn_bm25_b", "fbt_min_confidence", "ann_recall_target", "validation_min_share",
+    "validation_tail_fraction", "validation_random_fraction", "anchor_floor", "anchor_decay",
+})  # fmt: skip
+_NON_NEGATIVE = frozenset({
+    "als_regularization", "als_alpha", "knn_bm25_k1", "fbt_min_lift", "trending_smoothing", "tune_budget_seconds",
+    "promotion_tolerance", "ann_flat_max_items", "num_threads",
+})  # fmt: skip
+
+
+def _check_range(name: str, value: Any) -> None:
+    """A --param value within what training can use, or ValueError naming the parameter and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if name == "serve" and isinstance(value, str) and value.startswith("source:"):
+            source = value.removeprefix("source:")
+            if source not in SOURCE_NAMES:
+                raise ValueError(f"serve names no source: {source!r}; one of {', '.join(SOURCE_NAMES)}")
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    if name in _AT_LEAST_1 and value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+    if name in _POSITIVE and value <= 0:
+        raise ValueError(f"{name} must be above 0 (or null for no decay, where it is a half-life), not {value!r}")
+    if name in _FRACTIONS and not 0 <= value <= 1:
+        raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ValueError(f"{name} must be 0 or more, not {value!r}")
 
 
 class StageTimer:

@@ -339,6 +339,26 @@ def test_train_command_errors_name_the_problem() -> None:
         call_command("train", "--param", "als_factors=3.5")
     with pytest.raises(CommandError, match="not an ISO 8601"):
         call_command("train", "--since", "yesterday")
+    # Values training cannot use, named before it starts (found 5 December: neighbours_k=-1 crashed the process in a
+    # native library, als_factors=0 trained a version of empty vectors, a NaN window was a traceback).
+    for param, message in (
+        ("neighbours_k=-1", "neighbours_k must be at least 1"),
+        ("als_factors=0", "als_factors must be at least 1"),
+        ("k=0", "k must be at least 1"),
+        ("half_life_days=-1", "half_life_days must be above 0"),
+        ("knn_bm25_b=2", "knn_bm25_b must be between 0 and 1"),
+        ('serve="source:bogus"', "serve names no source: 'bogus'"),
+    ):
+        with pytest.raises(CommandError, match=message):
+            call_command("train", "--param", param)
+    for args, message in (
+        (("--days", "nan"), "--days must be a positive number"),
+        # an offset Postgres cannot hold (+20:00) is read in UTC: the window is fine, the data is what is missing
+        (("--since", "2011-01-01T00:00:00+20:00"), "no interactions to train on"),
+        (("--until", "0001-01-01"), "not between 1900 and 3000"),
+    ):
+        with pytest.raises(CommandError, match=message):
+            call_command("train", "--quiet", *args)
 
 
 @pytest.mark.django_db

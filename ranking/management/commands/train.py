@@ -3,7 +3,8 @@ worse than the active one) activated."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -29,9 +30,13 @@ def parse_datetime_option(value: str | None, name: str) -> datetime | None:
     except ValueError as exc:
         raise CommandError(f"{name} {value!r} is not an ISO 8601 date or date-time") from exc
     if parsed.tzinfo is None:
-        from datetime import UTC
-
         parsed = parsed.replace(tzinfo=UTC)
+    try:  # in UTC, within the years a database date holds (an offset of +20:00 reached Postgres and failed there)
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise CommandError(f"{name} {value!r} is outside the years a date can hold") from None
+    if not 1900 <= parsed.year <= 3000:
+        raise CommandError(f"{name} {value!r} is not between 1900 and 3000")
     return parsed
 
 
@@ -67,8 +72,10 @@ class Command(BaseCommand):
                 params = params.replace(ann_kind=options["ann_kind"])
         except (TypeError, ValueError) as exc:
             raise CommandError(f"--param: {exc}") from exc
+        if options["days"] is not None and not (math.isfinite(options["days"]) and options["days"] > 0):
+            raise CommandError("--days must be a positive number")
         if options["budget"] is not None:
-            if options["budget"] < 0:
+            if not math.isfinite(options["budget"]) or options["budget"] < 0:
                 raise CommandError("--budget must be zero or positive (seconds)")
             params = params.replace(tune_budget_seconds=options["budget"])
         timer = StageTimer(TRAIN_STAGES, desc="train", file=self.stderr._out, enabled=not options["quiet"])
