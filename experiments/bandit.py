@@ -11,6 +11,10 @@ from collections.abc import Sequence
 __all__ = ["floored_shares"]
 
 
+# The least traffic share a bandit's arm keeps, so it goes on being measured (and can start being measured).
+MIN_SHARE = 0.05
+
+
 def floored_shares(probabilities: Sequence[float], min_share: float) -> list[float]:
     """Shares proportional to ``probabilities`` with every arm at least ``min_share``, summing to exactly 1.
 

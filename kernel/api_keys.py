@@ -34,6 +34,9 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+RATE_MAX = 2**31 - 1  # the column's range
+
+
 def api_key_create(
     *,
     name: str,
@@ -49,8 +52,14 @@ def api_key_create(
     unknown = set(scopes) - set(ApiKey.Scope.values)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(ApiKey.Scope.values)}")
-    if rate_per_minute is not None and rate_per_minute < 1:
-        raise ValueError(f"rate_per_minute must be at least 1 (or unset for the server default), got {rate_per_minute}")
+    if rate_per_minute is not None and not 1 <= rate_per_minute <= 2**31 - 1:
+        raise ValueError(
+            f"rate_per_minute must be from 1 to {2**31 - 1} (or unset for the server default), got {rate_per_minute}"
+        )
+    if not name.strip() or len(name) > 100 or not name.isprintable():
+        raise ValueError(
+            "the name must be 1 to 100 printable characters (who uses the key, e.g. 'storefront production')"
+        )
     if plaintext is None:
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(

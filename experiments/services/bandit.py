@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from experiments import selectors, stats
-from experiments.bandit import floored_shares
+from experiments.bandit import MIN_SHARE, floored_shares
 from experiments.models import BanditWeightLog, Experiment, Variant
 from experiments.results import VariantTotals
 from experiments.services.assignment import version_bump_on_commit
@@ -17,7 +17,7 @@ from experiments.services.lifecycle import experiment_locked
 logger = logging.getLogger(__name__)
 
 
-BANDIT_MIN_SHARE = 0.05
+BANDIT_MIN_SHARE = MIN_SHARE
 
 
 def bandit_reweight(*, experiment_id: int, min_share: float = BANDIT_MIN_SHARE) -> tuple[float, ...] | None:

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from experiments.bandit import MIN_SHARE
 from experiments.config import InvalidConfig, merged
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.services.assignment import PLATFORM_DEFAULT, version_bump_on_commit
@@ -103,6 +104,9 @@ def experiment_start(*, experiment_id: int, user_id: int) -> Experiment:
             else (experiment.namespace, experiment.namespace_start, experiment.namespace_end)
         )
     )
+    if experiment.mode == Experiment.Mode.BANDIT and any(v.weight < MIN_SHARE for v in variants):
+        # An arm without traffic is never measured, and the reweighting waits for every arm: it would never learn.
+        errors.append(f"Each arm of a bandit starts with at least {MIN_SHARE:.0%} of the traffic.")
     if errors:
         raise ExperimentError(" ".join(errors))
     for running in Experiment.objects.filter(surface=experiment.surface, status=Experiment.Status.RUNNING):

@@ -276,3 +276,5 @@ def test_a_duration_reaching_before_the_year_1_is_a_clear_error() -> None:
     for raw in ("99999999d", f"{10**21}d"):
         with pytest.raises(ValueError, match="before the year 1"):
             parse_cutoff(raw, now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
+    with pytest.raises(ValueError, match="before the year 1"):
+        parse_cutoff("0001-01-01T00:00:00+05:00", now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))

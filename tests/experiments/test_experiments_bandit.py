@@ -145,6 +145,19 @@ def test_bandit_waits_until_every_arm_has_exposures(user: AbstractUser) -> None:
     assert sorted(Variant.objects.filter(experiment=experiment).values_list("weight", flat=True)) == [0.5, 0.5]
 
 
+@pytest.mark.django_db
+def test_a_bandit_arm_without_traffic_cannot_start(user: AbstractUser) -> None:
+    """Started at 1/0/0, the arms without traffic were never measured and the reweighting waited for them forever
+    (found 5 December); an A/B test may still give an arm 0 for now."""
+    experiment = services.experiment_create(
+        key="bandit-zero", name="Bandit", surface="cart", mode=Experiment.Mode.BANDIT,
+        variants=[VariantSpec("control", 1.0, True), VariantSpec("b", 0.0), VariantSpec("c", 0.0)],
+    )  # fmt: skip
+    with pytest.raises(services.ExperimentError, match="at least 5% of the traffic"):
+        services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    assert Experiment.objects.get(pk=experiment.pk).status == Experiment.Status.DRAFT
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_beat_task_reweights_a_running_bandit_on_the_real_worker(celery_worker: object, user: AbstractUser) -> None:
     experiment, variants = _running_bandit("bandit-worker", user)

@@ -94,9 +94,15 @@ def test_create_api_key_command_prints_a_working_key() -> None:
     assert client.get("/v1/items/x").status_code == 404
 
 
-@pytest.mark.parametrize("rate", ["0", "-5"])
-def test_create_api_key_refuses_a_rate_below_1(rate: str) -> None:
-    """0 was stored and meant the default limit (not "blocked"); a negative rate was a raw IntegrityError."""
-    with pytest.raises(CommandError, match="rate_per_minute must be at least 1"):
+@pytest.mark.parametrize("rate", ["0", "-5", "99999999999"])
+def test_create_api_key_refuses_a_rate_outside_its_range(rate: str) -> None:
+    """0 was stored and meant the default limit (not "blocked"); a negative or huge rate was a raw database error."""
+    with pytest.raises(CommandError, match="rate_per_minute must be from 1 to"):
         call_command("create_api_key", "bad rate", "--rate-per-minute", rate, stdout=StringIO(), stderr=StringIO())
     assert not ApiKey.objects.filter(name="bad rate").exists()
+
+
+@pytest.mark.parametrize("name", ["", "x" * 101, "bell\x07"])
+def test_create_api_key_refuses_a_name_it_cannot_store_or_show(name: str) -> None:
+    with pytest.raises(CommandError, match="the name must be 1 to 100 printable characters"):
+        call_command("create_api_key", name, stdout=StringIO(), stderr=StringIO())

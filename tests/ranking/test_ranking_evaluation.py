@@ -192,6 +192,12 @@ def test_evaluate_command_errors_name_the_problem(tmp_path: Path) -> None:
         call_command("evaluate", "--quiet")
     with pytest.raises(CommandError, match="unknown parameter 'nope'"):
         call_command("evaluate", "--param", "nope=1")
+    # found 5 December: NaN days printed an all-zero report; a missing --json folder lost the whole evaluation
+    for days in ("nan", "1e308"):
+        with pytest.raises(CommandError, match="--holdout-days must be a positive number"):
+            call_command("evaluate", "--holdout-days", days)
+    with pytest.raises(CommandError, match="no such folder"):
+        call_command("evaluate", "--json", str(tmp_path / "nowhere" / "x.json"))
 
 
 PIPELINES = {"pipeline (blend, cap 30%)", "pipeline (ranker, cap 30%)", "pipeline (ranker, no cap)"}

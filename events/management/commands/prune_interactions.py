@@ -36,6 +36,10 @@ def parse_cutoff(raw: str, *, now: datetime) -> datetime:
     except ValueError:
         raise ValueError(f"{raw!r} is neither a duration (e.g. 395d, 56w) nor an ISO date (2025-01-01)") from None
     value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset
+        raise ValueError(f"{raw!r} reaches before the year 1") from None
     if value > now:
         raise ValueError(f"{raw!r} is in the future: that would delete current data")
     return value

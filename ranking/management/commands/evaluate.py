@@ -3,6 +3,7 @@ runs) under a protocol (temporal, per-user random, test file), over every test u
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ class Command(BaseCommand):
         fraction = options["per_user_fraction"]
         if fraction is not None and not 0 < fraction < 1:
             raise CommandError("--per-user-fraction must be between 0 and 1 (e.g. 0.25)")
-        if options["holdout_days"] is not None and options["holdout_days"] <= 0:
-            raise CommandError("--holdout-days must be positive")
+        holdout = options["holdout_days"]
+        if holdout is not None and not (math.isfinite(holdout) and 0 < holdout <= 36_500):
+            raise CommandError("--holdout-days must be a positive number of days (at most 36,500)")
+        if options["json"] and not Path(options["json"]).parent.is_dir():
+            # checked first: the figures of a whole evaluation were lost to a missing folder
+            raise CommandError(f"--json {options['json']}: no such folder")
         if options["test_file"] and not Path(options["test_file"]).is_file():
             raise CommandError(f"--test-file {options['test_file']}: no such file")
         protocol = "per_user" if fraction is not None else "test_file" if options["test_file"] else "temporal"
