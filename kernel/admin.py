@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from kernel.api_keys import api_key_create
+from kernel.api_keys import api_key_create, name_problem
 from kernel.models import ApiKey
+
+
+class ApiKeyForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("name", "scopes", "rate_per_minute", "revoked_at")
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"]
+        problem = name_problem(name)
+        if problem is not None:
+            raise forms.ValidationError(problem)
+        return name
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
     list_display = ("name", "prefix", "scopes", "rate_per_minute", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")

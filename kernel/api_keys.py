@@ -37,6 +37,13 @@ def hash_key(plaintext: str) -> str:
 RATE_MAX = 2**31 - 1  # the column's range
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a key (it is shown in the admin and the logs), or None."""
+    if not name.strip() or len(name) > 100 or not name.isprintable():
+        return "the name must be 1 to 100 printable characters (who uses the key, e.g. 'storefront web')"
+    return None
+
+
 def api_key_create(
     *,
     name: str,
@@ -52,14 +59,13 @@ def api_key_create(
     unknown = set(scopes) - set(ApiKey.Scope.values)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(ApiKey.Scope.values)}")
-    if rate_per_minute is not None and not 1 <= rate_per_minute <= 2**31 - 1:
+    if rate_per_minute is not None and not 1 <= rate_per_minute <= RATE_MAX:
         raise ValueError(
-            f"rate_per_minute must be from 1 to {2**31 - 1} (or unset for the server default), got {rate_per_minute}"
+            f"rate_per_minute must be from 1 to {RATE_MAX} (or unset for the server default), got {rate_per_minute}"
         )
-    if not name.strip() or len(name) > 100 or not name.isprintable():
-        raise ValueError(
-            "the name must be 1 to 100 printable characters (who uses the key, e.g. 'storefront production')"
-        )
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     if plaintext is None:
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -106,3 +107,13 @@ def test_create_api_key_refuses_a_rate_outside_its_range(rate: str) -> None:
 def test_create_api_key_refuses_a_name_it_cannot_store_or_show(name: str) -> None:
     with pytest.raises(CommandError, match="the name must be 1 to 100 printable characters"):
         call_command("create_api_key", name, stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.mark.django_db
+def test_the_admin_names_a_key_name_it_cannot_store(admin_client: Any) -> None:
+    response = admin_client.post(
+        "/admin/kernel/apikey/add/", {"name": "bell\x07", "scopes": ["recommend"], "rate_per_minute": ""}
+    )
+    assert response.status_code == 200  # the form again, with the error (it was a 500)
+    assert b"printable characters" in response.content
+    assert not ApiKey.objects.exists()
