@@ -38,7 +38,7 @@ from kernel import redis_client
 from kernel.background import Periodic
 from ranking import rerank as rr
 from ranking import rules
-from ranking.artifacts import ActiveModel, get_active_model
+from ranking.artifacts import ActiveModel, get_active_model, model_for
 from ranking.cache import ListCache, Prefetched, list_key
 from ranking.pipeline import online, stages
 from ranking.pipeline.anchored import (
@@ -192,7 +192,9 @@ def recommend(request: RecommendRequest) -> RecommendationList:
         config = dataclasses.replace(config, rules_enabled=False)
     if request.replay is not None and request.replay.config_changes:
         config = dataclasses.replace(config, **dict(request.replay.config_changes))
-    model = get_active_model()
+    # An experiment arm may name a model version (VariantConfig.model_version): the A/B test of a version before it
+    # is activated. Without one, or when it cannot be loaded, the active version.
+    model = model_for(config.model_version)
     model_version = model.version_id if model else None
     request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
 

@@ -12,6 +12,7 @@ from events import online
 from experiments.services import assignment_cache_clear, impressions_buffer_clear
 from kernel import auth, redis_client, throttling, tracking
 from kernel.api_keys import api_key_create
+from ranking.artifacts import pinned
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,7 @@ def _clean_redis() -> None:
     online.mark_complete(now=time.time())
     auth.clear_cache()
     assignment_cache_clear()
+    pinned().clear()  # versions an experiment arm named: the next test's registry may reuse their ids
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import override_settings
 from rest_framework.test import APIClient
@@ -117,3 +118,35 @@ def test_activation_under_concurrent_traffic(world: dict[str, Any], make_api_cli
         assert set(versions[:first_new]) <= {old}
         assert [s.model_version for s in mine if s.started > activated + NOTICE_SECONDS] != []
         assert {s.model_version for s in mine if s.started > activated + NOTICE_SECONDS} == {new}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_experiment_arm_serves_the_version_it_names(make_api_client: Any) -> None:
+    """A variant's model_version was accepted and ignored: both arms served the active version, so an A/B test of a
+    new model compared two identical arms (found 5 December). The arm naming an older version serves it, beside
+    the active one; a version that does not exist falls back to the active one."""
+    from experiments import services as experiment_services
+    from experiments.validation import VariantSpec
+
+    cluster_world(clusters=CLUSTERS, per_cluster=10, seed=5, category_prefix="hs", customer_prefix="h")
+    old = services.model_train(params=SMALL_PARAMS, force=True).version.pk
+    new = services.model_train(params=SMALL_PARAMS.replace(als_factors=6), force=True).version.pk
+    assert new != old
+    loader().refresh()
+    experiment = experiment_services.experiment_create(
+        key="model-ab", name="model A/B", surface="home",
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("old", 0.25, False, {"model_version": old}),
+                  VariantSpec("gone", 0.25, False, {"model_version": 10**9})],
+    )  # fmt: skip
+    user = get_user_model().objects.create_user("model-ab")
+    experiment_services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    assignment_cache_clear()
+    admin = make_api_client("admin")
+    served = {}
+    for arm in ("control", "old", "gone"):
+        response = admin.get(
+            "/v1/recommendations", {"customer_id": "h0-1", "count": COUNT}, HTTP_X_EXPERIMENT_VARIANT=f"model-ab:{arm}"
+        )
+        assert response.status_code == 200, response.content
+        served[arm] = response.json()["model_version"]
+    assert served == {"control": new, "old": old, "gone": new}
