@@ -264,7 +264,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 services.model_version_activate(
                     version_id=version.pk,
                     decision=ModelVersion.Decision.MANUAL,
-                    note=f"{verb} by {request.user.get_username()} in the admin.",
+                    note=f"{verb} {version.name} by {request.user.get_username()} in the admin.",
                 )
             except ValueError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
