@@ -649,16 +649,34 @@ class PinnedModels:
         self._models: dict[int, ActiveModel] = {}  # insertion order = least recently used first
         self._failed: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}  # one load per version at a time; the others wait for it
 
-    def get(self, version_id: int) -> ActiveModel | None:
+    def _cached(self, version_id: int) -> ActiveModel | None:
         with self._lock:
             model = self._models.pop(version_id, None)
             if model is not None:
                 self._models[version_id] = model  # now the most recently used
-                return model
+            return model
+
+    def get(self, version_id: int) -> ActiveModel | None:
+        model = self._cached(version_id)
+        if model is not None:
+            return model
+        with self._lock:
             if time.monotonic() < self._failed.get(version_id, 0.0):
                 return None
-        model = self._load(version_id)
+            loading = self._loading.setdefault(version_id, threading.Lock())
+        with loading:
+            model = self._cached(version_id)  # loaded by the thread this one waited for
+            if model is not None:
+                return model
+            with self._lock:
+                if time.monotonic() < self._failed.get(version_id, 0.0):
+                    return None
+            model = self._load(version_id)
+            return self._keep(version_id, model)
+
+    def _keep(self, version_id: int, model: ActiveModel | None) -> ActiveModel | None:
         with self._lock:
             if model is None:
                 self._failed[version_id] = time.monotonic() + self.retry_after
@@ -672,6 +690,7 @@ class PinnedModels:
         with self._lock:
             self._models.clear()
             self._failed.clear()
+            self._loading.clear()
 
     @staticmethod
     def _load(version_id: int) -> ActiveModel | None:

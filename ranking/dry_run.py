@@ -323,6 +323,13 @@ def replay(request: LoggedRequest, *, rule_set: tuple[rr.Rule, ...], config_chan
     return np.array([pk for pk in pks if pk is not None], np.int64)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate the serving settings a dry run may change, naming the field at fault."""
     clean: dict[str, Any] = {}
@@ -336,7 +343,7 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise DryRunError(f"config.{name}", f"config.{name} must be 'greedy' or 'mmr'.")
             clean[name] = value
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise DryRunError(f"config.{name}", f"config.{name} must be a finite number.")
         if kind is int and value != int(value):
             raise DryRunError(f"config.{name}", f"config.{name} must be a whole number.")

@@ -228,13 +228,13 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
 # must still load). Counts are at least 1 (neighbours_k=-1 crashed the process in a native library; als_factors=0
 # trained a version of 0-dimension vectors); half-lives are positive or null (no decay); fractions in [0, 1].
 _AT_LEAST_1 = frozenset({
-    "als_factors", "als_iterations", "ease_max_items", "ease_full_max_items", "neighbours_k", "fbt_k",
+    "als_factors", "als_iterations", "neighbours_k", "fbt_k",
     "fbt_min_count", "fbt_max_basket", "content_dims", "content_k", "validation_max_users", "validation_min_users",
     "validation_min_history", "tune_max_trials", "tune_max_users", "k",
 })  # fmt: skip
 _POSITIVE = frozenset({
     "half_life_days", "history_half_life_days", "popularity_half_life_days", "trending_recent_days",
-    "trending_baseline_days", "validation_days", "ease_lambda", "als_eps",
+    "trending_baseline_days", "ease_lambda", "als_eps",
 })  # fmt: skip
 _FRACTIONS = frozenset({
     "ease_user_exponent", "knn_bm25_b", "fbt_min_confidence", "ann_recall_target", "validation_min_share",
@@ -243,18 +243,19 @@ _FRACTIONS = frozenset({
 _NON_NEGATIVE = frozenset({
     "als_regularization", "als_alpha", "knn_bm25_k1", "fbt_min_lift", "trending_smoothing", "tune_budget_seconds",
     "promotion_tolerance", "ann_flat_max_items", "num_threads",
+    "validation_days", "ease_max_items", "ease_full_max_items",  # 0: off (no time window; EASE not fitted)
 })  # fmt: skip
 
 
 def _check_range(name: str, value: Any) -> None:
     """A --param value within what training can use, or ValueError naming the parameter and the range."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        if name == "serve" and isinstance(value, str) and value.startswith("source:"):
-            source = value.removeprefix("source:")
-            if source not in SOURCE_NAMES:
-                raise ValueError(f"serve names no source: {source!r}; one of {', '.join(SOURCE_NAMES)}")
         return
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        finite = False
+    if not finite:
         raise ValueError(f"{name} must be a finite number, not {value!r}")
     if name in _AT_LEAST_1 and value < 1:
         raise ValueError(f"{name} must be at least 1, not {value!r}")

@@ -146,31 +146,42 @@ def popular_fallback() -> npt.NDArray[np.int64]:
 
 
 class _TopLists:
-    """Popular and trending top lists per loaded model, computed once instead of per request."""
+    """Popular and trending top lists per loaded model, computed once instead of per request. Kept for a few models
+    at once, each under its own key: the active one, the one a hot swap is leaving, and those experiment arms name
+    (ranking.artifacts.PinnedModels), which take turns request by request; one shared slot let a request of one
+    model read (or store into) the lists of another, numbered for another catalog."""
+
+    MODELS = 4
 
     def __init__(self) -> None:
-        self._key: tuple[int, float | None] | None = None
-        self._lists: dict[str, retrieval.SourceHits] = {}
+        self._by_model: dict[tuple[int, float | None], dict[str, retrieval.SourceHits]] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: ActiveModel, name: str) -> retrieval.SourceHits:
+    def _lists(self, model: ActiveModel) -> dict[str, retrieval.SourceHits]:
         key = (model.version_id, model.trending_computed_at)
-        if self._key != key:
+        lists = self._by_model.get(key)
+        if lists is None:
             with self._lock:
-                if self._key != key:
-                    self._lists = {
+                lists = self._by_model.get(key)
+                if lists is None:
+                    lists = {
                         "popular": retrieval.top_k(np.asarray(model.popularity), TOP_LIST),
                         "trending": retrieval.top_k(np.asarray(model.trending), TOP_LIST),
                     }
-                    self._key = key
-        return self._lists[name]
+                    self._by_model[key] = lists
+                    while len(self._by_model) > self.MODELS:
+                        self._by_model.pop(next(iter(self._by_model)))
+        return lists
+
+    def get(self, model: ActiveModel, name: str) -> retrieval.SourceHits:
+        return self._lists(model)[name]
 
     def popular_in_category(self, model: ActiveModel, category_pk: int) -> retrieval.SourceHits:
         """The popular list with ``category_pk``'s items first (a page's category as a retrieval anchor), then the
         rest of the catalog's popular items; computed once per model and category."""
         name = f"popular:{category_pk}"
-        lists = self._lists if self._key == (model.version_id, model.trending_computed_at) else None
-        found = lists.get(name) if lists is not None else None
+        lists = self._lists(model)
+        found = lists.get(name)
         if found is not None:
             return found
         overall = self.get(model, "popular")
@@ -183,9 +194,10 @@ class _TopLists:
             np.full(min(TOP_LIST, inside.item_idx.size + int(rest.sum())), -1, np.int64),
         )
         with self._lock:
-            if len(self._lists) > 512:  # a bounded number of categories per model
-                self._lists = {key: value for key, value in self._lists.items() if ":" not in key}
-            self._lists[name] = merged
+            if len(lists) > 512:  # a bounded number of categories per model
+                for key in [key for key in lists if ":" in key]:
+                    del lists[key]
+            lists[name] = merged
         return merged
 
 
@@ -375,6 +387,7 @@ def clear() -> None:
 
 # --- The ranker and the online counters ------------------------------------------------------------------------------
 
+_RANKER_VERSIONS = 4  # the active, the one a hot swap leaves, two that experiment arms name
 _rankers: dict[int, ServingRanker | None] = {}
 _rankers_lock = threading.Lock()
 _NOT_LOADED = object()
@@ -395,9 +408,10 @@ def ranker_for(model: ActiveModel) -> ServingRanker | None:
                 ranker = ServingRanker(
                     booster_from_array(model.array("ranker_model")), Path(cache_dir) if cache_dir else None
                 )
-            # Two versions at most: during a hot swap, requests that started on the old model still finish with
-            # its ranker (a clear() here made them fail with KeyError); older ones go with their models.
-            for stale in list(_rankers)[:-1]:
+            # A few versions at most: during a hot swap, requests that started on the old model still finish with
+            # its ranker (a clear() here made them fail with KeyError), and experiment arms may name other versions
+            # (ranking.artifacts.PinnedModels) that take turns with the active one; older ones go with their models.
+            for stale in list(_rankers)[: -(_RANKER_VERSIONS - 1)]:
                 _rankers.pop(stale, None)
             _rankers[model.version_id] = ranker
         return _rankers[model.version_id]

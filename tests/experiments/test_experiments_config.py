@@ -39,6 +39,8 @@ def test_from_dict_reports_every_invalid_setting_at_once() -> None:
         {"diversity_cap": 0},  # the re-ranker needs room for one item per category
         {"max_per_brand": 2**63},  # overflowed the compiled re-ranker: every list of the surface a 500
         {"blend_weights": {"als": 1e200, "ease": 1e200}},  # summed scores beyond a float
+        {"diversity_cap": 10**400},  # beyond any float: OverflowError was a 500 in the admin
+        {"blend_weights": {"als": 10**400}},
     ],
 )
 def test_from_dict_rejects_wrong_types(bad: dict) -> None:
