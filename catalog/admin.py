@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from catalog.models import Brand, Category, Customer, Item
 from catalog.services import catalog_version_bump, opt_out_version_bump
 from kernel.admin_utils import EstimatedCountPaginator
-from kernel.validation import sentence, text_problem
+from kernel.validation import check_text
 
 
 class ItemAdminForm(forms.ModelForm):
@@ -22,17 +22,10 @@ class ItemAdminForm(forms.ModelForm):
         )  # fmt: skip
 
     def clean_title(self) -> str:
-        return _text(self.cleaned_data["title"], multiline=False)
+        return check_text(self.cleaned_data["title"])
 
     def clean_description(self) -> str:
-        return _text(self.cleaned_data["description"], multiline=True)
-
-
-def _text(value: str, *, multiline: bool) -> str:
-    problem = text_problem(value, multiline=multiline)
-    if problem is not None:
-        raise forms.ValidationError(sentence(problem))
-    return value
+        return check_text(self.cleaned_data["description"], multiline=True)
 
 
 @admin.register(Category)

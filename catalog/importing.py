@@ -85,12 +85,13 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
         # In UTC and within years every reader can hold (year 10000 in UTC was stored, then broke every read).
+        out_of_range = BadItem(f"created_at: {raw_created!r} is not between {CREATED_MIN.year} and {CREATED_MAX.year}")
         try:
             created = created.astimezone(UTC)
         except OverflowError:
-            created = datetime.min.replace(tzinfo=UTC)
+            raise out_of_range from None
         if not CREATED_MIN <= created < CREATED_MAX:
-            raise BadItem(f"created_at: {raw_created!r} is not between {CREATED_MIN.year} and {CREATED_MAX.year}")
+            raise out_of_range
     tags = list(dict.fromkeys(tag.strip() for tag in _cell(row, index, "tags").split("|") if tag.strip()))
     for tag in tags:
         problem = id_problem(tag)

@@ -5,10 +5,9 @@ and rendered defensively at read, so nothing stored can make a later GET fail.
 """
 
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
 
 from catalog.models import Customer, Item
-from kernel.validation import AttributesField, IdField, sentence, text_problem
+from kernel.validation import AttributesField, IdField, check_text
 
 MAX_TAGS = 50
 
@@ -29,20 +28,13 @@ class ItemInputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
     def validate_title(self, value: str) -> str:
-        return _text(value, multiline=False)
+        return check_text(value)
 
     def validate_description(self, value: str) -> str:
-        return _text(value, multiline=True)
+        return check_text(value, multiline=True)
 
     def validate_tags(self, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))  # a tag once, in the order given
-
-
-def _text(value: str, *, multiline: bool) -> str:
-    problem = text_problem(value, multiline=multiline)
-    if problem is not None:
-        raise ValidationError(sentence(problem))
-    return value
 
 
 class ItemOutputSerializer(serializers.ModelSerializer):

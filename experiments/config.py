@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InvalidConfig", "VariantConfig", "merged"]
+__all__ = ["InvalidConfig", "VariantConfig", "finite_number", "merged"]
 
 
 class InvalidConfig(ValueError):
@@ -106,7 +106,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _finite(value: object) -> bool:
+def finite_number(value: object) -> bool:
     """A finite number (an integer too large for a float is not: it raised OverflowError, a 500 in the admin)."""
     try:
         return math.isfinite(float(value))  # type: ignore[arg-type]
@@ -135,14 +135,14 @@ def _optional_positive_int(value: object) -> int | None:
 
 
 def _share(value: object) -> float:
-    if not _is_number(value) or not _finite(value) or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
+    if not _is_number(value) or not finite_number(value) or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
         raise ValueError(f"must be a number between 0 and 1, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
 def _cap(value: object) -> float:
     # The re-ranker needs room for at least one item per category: a cap of 0 would leave no slot for anything.
-    if not _is_number(value) or not _finite(value) or not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
+    if not _is_number(value) or not finite_number(value) or not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
         raise ValueError(f"must be a number between 0 and 1, above 0 (a cap of 0 leaves no slot), got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
@@ -165,7 +165,7 @@ def _blend_weights(value: object) -> dict[str, float] | None:
     for source, weight in value.items():
         if not isinstance(source, str) or not source:
             raise ValueError(f"source names must be non-empty strings, got {source!r}")
-        if not _is_number(weight) or not _finite(weight) or not 0 <= float(weight) <= _WEIGHT_MAX:
+        if not _is_number(weight) or not finite_number(weight) or not 0 <= float(weight) <= _WEIGHT_MAX:
             raise ValueError(f"the weight of {source!r} must be a number from 0 to {_WEIGHT_MAX:g}, got {weight!r}")
         clean[source] = float(weight)
     return clean

@@ -21,6 +21,7 @@ import math
 import re
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -68,6 +69,15 @@ def text_problem(value: str, *, multiline: bool = False) -> str | None:
     if found is None:
         return None
     return "null characters are not allowed" if found.group() == "\x00" else "contains control characters"
+
+
+def check_text(value: str, *, multiline: bool = False) -> str:
+    """``value`` when it is display text (:func:`text_problem`), else Django's ValidationError with the sentence:
+    a serializer's ``validate_<field>`` and a form's ``clean_<field>`` both report it under the field."""
+    problem = text_problem(value, multiline=multiline)
+    if problem is not None:
+        raise DjangoValidationError(sentence(problem))
+    return value
 
 
 def check_id(value: str, field: str) -> str:

@@ -663,28 +663,20 @@ class PinnedModels:
         if model is not None:
             return model
         with self._lock:
-            if time.monotonic() < self._failed.get(version_id, 0.0):
-                return None
             loading = self._loading.setdefault(version_id, threading.Lock())
-        with loading:
-            model = self._cached(version_id)  # loaded by the thread this one waited for
-            if model is not None:
+        with loading:  # the thread loading it first, the others after, finding it (or its failure) here
+            model = self._cached(version_id)
+            if model is not None or time.monotonic() < self._failed.get(version_id, 0.0):
                 return model
-            with self._lock:
-                if time.monotonic() < self._failed.get(version_id, 0.0):
-                    return None
             model = self._load(version_id)
-            return self._keep(version_id, model)
-
-    def _keep(self, version_id: int, model: ActiveModel | None) -> ActiveModel | None:
-        with self._lock:
-            if model is None:
-                self._failed[version_id] = time.monotonic() + self.retry_after
-                return None
-            self._models[version_id] = model
-            while len(self._models) > self.size:
-                self._models.pop(next(iter(self._models)))
-        return model
+            with self._lock:
+                if model is None:
+                    self._failed[version_id] = time.monotonic() + self.retry_after
+                    return None
+                self._models[version_id] = model
+                while len(self._models) > self.size:
+                    self._models.pop(next(iter(self._models)))
+            return model
 
     def clear(self) -> None:
         with self._lock:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +40,7 @@ from django.utils import timezone
 
 from catalog.models import Item
 from events.models import Interaction
-from experiments.config import InvalidConfig, VariantConfig
+from experiments.config import InvalidConfig, VariantConfig, finite_number
 from experiments.models import Impression
 from kernel import redis_client
 from ranking import rerank as rr
@@ -323,13 +322,6 @@ def replay(request: LoggedRequest, *, rule_set: tuple[rr.Rule, ...], config_chan
     return np.array([pk for pk in pks if pk is not None], np.int64)
 
 
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond any float
-        return False
-
-
 def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate the serving settings a dry run may change, naming the field at fault."""
     clean: dict[str, Any] = {}
@@ -343,7 +335,7 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise DryRunError(f"config.{name}", f"config.{name} must be 'greedy' or 'mmr'.")
             clean[name] = value
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not finite_number(value):
             raise DryRunError(f"config.{name}", f"config.{name} must be a finite number.")
         if kind is int and value != int(value):
             raise DryRunError(f"config.{name}", f"config.{name} must be a whole number.")

@@ -60,9 +60,7 @@ def business_rule_draft_of(*, rule: BusinessRule, user_id: int | None) -> Busine
 
 
 def business_rule_delete(*, rule: BusinessRule) -> None:
-    with transaction.atomic():
-        rule.delete()
-        transaction.on_commit(rules.version_bump)
+    rule.delete()  # the rules version moves on commit (ranking.apps: every deletion of a rule, cascades included)
 
 
 @dataclass(frozen=True)

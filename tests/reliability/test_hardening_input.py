@@ -388,15 +388,23 @@ def test_nul_in_any_path_id_is_a_400_naming_the_field(api: APIClient, method: st
     assert _stored() == (0, 0, 0)
 
 
-def test_import_items_names_file_line_and_reason_for_a_bad_id(tmp_path: Path) -> None:
+def _import_items(tmp_path: Path, text: str) -> tuple[int, list[tuple[int, str]]]:
+    """``import_items`` on a file of ``text``: how many rows it stored, and its (line, reason) errors."""
     from catalog.importing import items_import
 
     path = tmp_path / "items.csv"
-    path.write_text("item_id,title,category,tags\nok,T,c,a|b\n\x1b[31mred,T,c,\nfine,T,\x07bell,\nt,T,c,a|\x00z\n")
+    path.write_text(text)
     errors: list[Any] = []
     summary = items_import(path=path, on_error=errors.append)
-    assert summary.stored == 1
-    assert [(error.line, error.reason) for error in errors] == [
+    return summary.stored, [(error.line, error.reason) for error in errors]
+
+
+def test_import_items_names_file_line_and_reason_for_a_bad_id(tmp_path: Path) -> None:
+    stored, errors = _import_items(
+        tmp_path, "item_id,title,category,tags\nok,T,c,a|b\n\x1b[31mred,T,c,\nfine,T,\x07bell,\nt,T,c,a|\x00z\n"
+    )
+    assert stored == 1
+    assert errors == [
         (3, "item_id: contains control or unprintable characters"),
         (4, "category: contains control or unprintable characters"),
         (5, "tags: a tag null characters are not allowed"),
@@ -438,14 +446,11 @@ def test_display_text_of_any_script_is_stored_and_tags_once_each(api: APIClient)
 
 
 def test_import_items_applies_the_text_rule_and_keeps_a_tag_once(tmp_path: Path) -> None:
-    from catalog.importing import items_import
-
-    path = tmp_path / "items.csv"
-    path.write_text('item_id,title,description,tags\nok,T,"two\nlines",a|b|a\nbad,\x1b[2JT,,\n')
-    errors: list[Any] = []
-    summary = items_import(path=path, on_error=errors.append)
-    assert summary.stored == 1
-    assert [(error.line, error.reason) for error in errors] == [(4, "title: contains control characters")]
+    stored, errors = _import_items(
+        tmp_path, 'item_id,title,description,tags\nok,T,"two\nlines",a|b|a\nbad,\x1b[2JT,,\n'
+    )
+    assert stored == 1
+    assert errors == [(4, "title: contains control characters")]
     assert Item.objects.get(external_id="ok").tags == ["a", "b"]
 
 
