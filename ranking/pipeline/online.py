@@ -154,11 +154,11 @@ class _TopLists:
     MODELS = 4
 
     def __init__(self) -> None:
-        self._by_model: dict[tuple[int, float | None], dict[str, retrieval.SourceHits]] = {}
+        self._by_model: dict[tuple[int, str, float | None], dict[str, retrieval.SourceHits]] = {}
         self._lock = threading.Lock()
 
     def _lists(self, model: ActiveModel) -> dict[str, retrieval.SourceHits]:
-        key = (model.version_id, model.trending_computed_at)
+        key = (model.version_id, model.checksum, model.trending_computed_at)  # (see _rankers below)
         lists = self._by_model.get(key)
         if lists is None:
             with self._lock:
@@ -388,7 +388,9 @@ def clear() -> None:
 # --- The ranker and the online counters ------------------------------------------------------------------------------
 
 _RANKER_VERSIONS = 4  # the active, the one a hot swap leaves, two that experiment arms name
-_rankers: dict[int, ServingRanker | None] = {}
+# Keyed by version and checksum, as the top lists: a database restored from a dump (or the tests' truncated one)
+# numbers versions again, and a cached ranker or list of the old version 7 must not serve the new one.
+_rankers: dict[tuple[int, str], ServingRanker | None] = {}
 _rankers_lock = threading.Lock()
 _NOT_LOADED = object()
 
@@ -397,11 +399,12 @@ def ranker_for(model: ActiveModel) -> ServingRanker | None:
     """The version's LambdaMART ranker, loaded once per process (and compiled to machine code in the background);
     None when the version has none (training ships it only when the pipeline with it beat the best single source
     on held-out users)."""
-    found = _rankers.get(model.version_id, _NOT_LOADED)
+    key = (model.version_id, model.checksum)
+    found = _rankers.get(key, _NOT_LOADED)
     if found is not _NOT_LOADED:
         return found
     with _rankers_lock:
-        if model.version_id not in _rankers:
+        if key not in _rankers:
             ranker = None
             if model.has("ranker_model"):
                 cache_dir = settings.COMPILED_RANKER_DIR
@@ -413,8 +416,8 @@ def ranker_for(model: ActiveModel) -> ServingRanker | None:
             # (ranking.artifacts.PinnedModels) that take turns with the active one; older ones go with their models.
             for stale in list(_rankers)[: -(_RANKER_VERSIONS - 1)]:
                 _rankers.pop(stale, None)
-            _rankers[model.version_id] = ranker
-        return _rankers[model.version_id]
+            _rankers[key] = ranker
+        return _rankers[key]
 
 
 def views_and_clicks(
