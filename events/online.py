@@ -295,7 +295,12 @@ def bump_cache_versions(owners: Iterable[str]) -> None:
     _versions_moved(owners)
 
 
-def forget_owner(owner: str, *, version_ttl_seconds: int) -> int:
+# How long a forgotten owner's bumped cache version lives on: longer than any cached list (ranking.serving caches
+# lists for 60 s ± 10%), so every list cached under an older version has expired before the counter could restart.
+FORGOTTEN_VERSION_TTL_SECONDS = 600
+
+
+def forget_owner(owner: str, *, version_ttl_seconds: int = FORGOTTEN_VERSION_TTL_SECONDS) -> int:
     """Erasure: delete the owner's history, affinities, dismissed and had items and make every list cached for them
     unreachable, in one MULTI (the owner's keys share its hash tag). Returns how many keys were deleted.
 

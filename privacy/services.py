@@ -33,9 +33,8 @@ from ranking import cache
 
 logger = logging.getLogger(__name__)
 
-# How long an erased customer's bumped cache version lives on: longer than any cached list (ranking.serving caches
-# lists for 60 s ± 10%), so every list cached under an older version has expired before the counter could restart.
-ERASURE_VERSION_TTL_SECONDS = 600
+# How long an erased customer's bumped cache version lives on (events.online.FORGOTTEN_VERSION_TTL_SECONDS).
+ERASURE_VERSION_TTL_SECONDS = online.FORGOTTEN_VERSION_TTL_SECONDS
 # Queued impressions are flushed before an erasure (see customer_erase); at most this many batches of 2,000.
 _ERASURE_FLUSH_BATCHES = 50
 _FLUSH_LOCK_WAIT_SECONDS = 2.0

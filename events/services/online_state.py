@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import redis
 from celery import current_app
 from django.db import connection, transaction
 
+from catalog import selectors as catalog_selectors
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -68,6 +69,8 @@ class RebuildSummary:
     had_items: int = 0
     counter_cells: int = 0
     items_folded: int = 0
+    # Customers erased (or deleted) while the rebuild ran: written back from its snapshot, then forgotten again.
+    owners_forgotten: int = 0
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -80,6 +83,7 @@ class RebuildSummary:
             ("had items (bought, rated)", self.had_items),
             ("counter cells", self.counter_cells),
             ("items folded", self.items_folded),
+            ("customers gone meanwhile, forgotten", self.owners_forgotten),
         ]
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {count:>12,}" for name, count in rows]
@@ -128,6 +132,7 @@ def online_state_rebuild(
         for start in range(0, len(owner_list), _REBUILD_CHUNK):
             online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
         summary.owners = len(owners)
+        summary.owners_forgotten = _forget_gone_customers(owner_list)
         summary.items_folded = item_features_fold().items
         online.mark_complete(now=time.time())
     finally:
@@ -164,6 +169,25 @@ def online_state_rebuild_request() -> bool:
         return False
     logger.warning("online_state_rebuild_requested")
     return True
+
+
+def _forget_gone_customers(owners: Sequence[str]) -> int:
+    """Forget again the customers among ``owners`` whose row is gone now: erased (or deleted) after the rebuild took
+    its snapshot, so their erasure's Redis cleanup may have run before the rebuild wrote their state back from it.
+    An erasure that commits after this check cleans Redis after these writes itself. Returns how many."""
+    by_id = {keys.parse_owner(owner)[0]: owner for owner in owners if not keys.is_session_owner(owner)}
+    ids = list(by_id)
+    forgotten = 0
+    for start in range(0, len(ids), _REBUILD_CHUNK):
+        chunk = ids[start : start + _REBUILD_CHUNK]
+        present = catalog_selectors.customer_pks(external_ids=chunk)
+        for customer_id in chunk:
+            if customer_id not in present:
+                online.forget_owner(by_id[customer_id], version_ttl_seconds=online.FORGOTTEN_VERSION_TTL_SECONDS)
+                forgotten += 1
+    if forgotten:
+        logger.info("online_state_rebuild_forgot_gone_customers", extra={"customers": forgotten})
+    return forgotten
 
 
 def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: Callable[[str, int], None]) -> set[str]:

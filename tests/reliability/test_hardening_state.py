@@ -625,3 +625,44 @@ def test_a_csv_import_does_not_bring_an_erased_customer_back(api: APIClient, ite
     assert summary.rejected == 1
     assert not Customer.objects.filter(external_id="carol").exists()
     assert Customer.objects.filter(external_id="dave").exists()
+
+
+# --- Fifth tester (5 December): erasure racing a rebuild, admin deletes, erasure racing writes ---------------------
+
+
+def _owner_keys(owner: str) -> list[str]:
+    client = redis_client.get()
+    names = (keys.history(owner), keys.affinity(owner), keys.had(owner), keys.dismissed(owner))
+    return [name for name in names if client.exists(name)]
+
+
+def test_an_erasure_while_the_online_state_is_rebuilt_leaves_nothing_in_redis(api: APIClient, items: list[Any]) -> None:
+    """The rebuild reads one snapshot taken before the erasure committed and wrote the erased customer's history,
+    interests and purchases back after the erasure's own clean-up: a customer created again under the id (a PUT)
+    inherited them. The rebuild now forgets the customers whose row is gone once it has written."""
+    for customer in ("gone", "stays"):
+        _send(
+            api, _event(f"{customer}-1", "sku-1", customer_id=customer),
+            _event(f"{customer}-2", "sku-2", customer_id=customer, kind="purchase"),
+            _event(f"{customer}-3", "sku-3", customer_id=customer, kind="dismiss"),
+        )  # fmt: skip
+    erased: list[int] = []
+
+    def erase_once(stage: str, rows: int) -> None:
+        # Inside the rebuild's snapshot (its first rows are read): the erasure commits on another connection.
+        if not erased:
+            erased.append(_at_once([lambda: api.delete("/v1/customers/gone").status_code])[0])
+
+    summary = online_state_rebuild(on_progress=erase_once)
+
+    assert erased == [204]
+    assert summary.owners_forgotten == 1
+    assert _owner_keys("gone") == []
+    assert _owner_keys("stays")  # the others' state is rebuilt as before
+    # Created again by a PUT, the id starts with nothing of the erased customer's.
+    assert api.put("/v1/customers/gone", {"attributes": {}}, format="json").status_code in (200, 201)
+    export = json.loads(b"".join(api.get("/v1/customers/gone/export").streaming_content))
+    assert export["interactions"] == []
+    assert export["online"]["history"] == []
+    assert export["online"]["had"] == []
+    assert _owner_keys("gone") == []
