@@ -1,5 +1,6 @@
 """The catalog's admin pages with what the platform does with each row: an item's "similar" and "bought
-together" lists, a customer's recent history and current recommendations.
+together" lists, a customer's recent history and current recommendations; a customer's deletes are erasures
+(privacy.admin).
 
 These panels ask ranking and events, so they live here at the top layer (catalog imports no other app): the plain
 catalog admins are defined in catalog/admin.py and replaced by these subclasses when this module is imported.
@@ -24,6 +25,7 @@ from catalog.models import Customer, Item
 from events import selectors as event_selectors
 from events.keys import customer_owner
 from events.models import Interaction
+from privacy.admin import ErasingDeletes
 from ranking import serving
 
 PANEL_ITEMS = 10  # recommendations per panel
@@ -90,7 +92,7 @@ class ItemWithPanelsAdmin(ItemAdmin):
         )
 
 
-class CustomerWithPanelsAdmin(CustomerAdmin):
+class CustomerWithPanelsAdmin(ErasingDeletes, CustomerAdmin):
     panels = ("recent_history_panel", "recommendations_panel")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Customer | None = None) -> Sequence[str]:

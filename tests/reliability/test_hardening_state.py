@@ -666,3 +666,60 @@ def test_an_erasure_while_the_online_state_is_rebuilt_leaves_nothing_in_redis(ap
     assert export["online"]["history"] == []
     assert export["online"]["had"] == []
     assert _owner_keys("gone") == []
+
+
+def _customer_with_state(api: APIClient, customer_id: str) -> int:
+    _send(
+        api, _event(f"{customer_id}-v", "sku-1", customer_id=customer_id),
+        _event(f"{customer_id}-p", "sku-2", customer_id=customer_id, kind="purchase"),
+        _event(f"{customer_id}-d", "sku-3", customer_id=customer_id, kind="dismiss"),
+    )  # fmt: skip
+    assert _owner_keys(customer_id)
+    return Customer.objects.get(external_id=customer_id).pk
+
+
+def test_deleting_a_customer_in_the_admin_erases_them(api: APIClient, admin_client: Client, items: list[Any]) -> None:
+    """An admin delete was a plain ORM cascade: the Redis state stayed (180 days), no suppression entry, and the
+    next event created the customer again with the old history. Now it is the API's erasure, one or many."""
+    pk = _customer_with_state(api, "adm-1")
+    page = admin_client.get(f"/admin/catalog/customer/{pk}/delete/")
+    assert page.status_code == 200
+    done = admin_client.post(f"/admin/catalog/customer/{pk}/delete/", {"post": "yes"}, follow=True)
+    assert done.status_code == 200
+    assert "Erased" in done.content.decode()
+    assert not Customer.objects.filter(external_id="adm-1").exists()
+    assert ErasedCustomer.objects.filter(id_hash=id_hash("adm-1")).exists()
+    assert ErasureRecord.objects.count() == 1
+    assert _owner_keys("adm-1") == []
+    # The next event naming the id is refused, as after an API erasure.
+    again = api.post("/v1/events", _event("adm-1-again", "sku-1", customer_id="adm-1"), format="json")
+    assert again.status_code == 400
+    assert "customer_id" in again.json()
+
+    pks = [_customer_with_state(api, f"adm-{n}") for n in (2, 3)]
+    changelist = "/admin/catalog/customer/"
+    confirm = admin_client.post(changelist, {"action": "delete_selected", "_selected_action": pks})
+    assert confirm.status_code == 200  # Django's confirmation page
+    admin_client.post(changelist, {"action": "delete_selected", "_selected_action": pks, "post": "yes"})
+    assert not Customer.objects.filter(pk__in=pks).exists()
+    assert ErasureRecord.objects.count() == 3
+    assert all(ErasedCustomer.objects.filter(id_hash=id_hash(f"adm-{n}")).exists() for n in (2, 3))
+    assert _owner_keys("adm-2") == []
+    assert _owner_keys("adm-3") == []
+
+
+def test_an_admin_delete_with_redis_down_erases_nothing_and_says_so(
+    api: APIClient, admin_client: Client, items: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pk = _customer_with_state(api, "adm-r")
+    from privacy import services as privacy_services
+
+    def redis_down(*args: Any, **kwargs: Any) -> int:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(privacy_services.online, "forget_owner", redis_down)
+    done = admin_client.post(f"/admin/catalog/customer/{pk}/delete/", {"post": "yes"}, follow=True)
+    assert done.status_code == 200
+    assert "Redis is unavailable" in done.content.decode()
+    assert Customer.objects.filter(pk=pk).exists()
+    assert not ErasedCustomer.objects.filter(id_hash=id_hash("adm-r")).exists()
