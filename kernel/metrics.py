@@ -13,6 +13,7 @@ them goes through :func:`bound_labels`, which writes surfaces and variants that 
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any
 
 import redis
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -158,6 +160,15 @@ class WorkerHeartbeatCollector(Collector):
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Every process's counters and histograms, the quality gauges and the worker's heartbeat. With
+    ``settings.METRICS_TOKEN`` set, only for a scrape that sends it as a bearer token (401 otherwise)."""
+    token = settings.METRICS_TOKEN
+    if token:
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            response = HttpResponse(b"metrics need the scrape token\n", status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -51,7 +51,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     # BROWSER_MIDDLEWARE below, for every path outside API_PATH_PREFIXES (kernel/middleware.py).
     "kernel.middleware.BrowserMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "kernel.middleware.PrometheusAfterMiddleware",  # every method label bounded (kernel/middleware.py)
 ]
 # What the admin and the storefront pages need and the API key-authenticated JSON API does not: run for every path
 # but the API's, in this order, as if listed in MIDDLEWARE in BrowserMiddleware's place (issue 18: about 0.04 ms of
@@ -254,6 +254,9 @@ API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
 # The key of the erased-ids suppression list (catalog.models.ErasedCustomer): keep it stable, rotating it forgets
 # every erased id. Defaults to SECRET_KEY.
 ERASURE_HASH_KEY = env_str("ERASURE_HASH_KEY", SECRET_KEY)
+# When set, /metrics answers only a scrape that sends "Authorization: Bearer <METRICS_TOKEN>" (Prometheus'
+# `authorization` / `bearer_token` scrape setting); unset, anyone who reaches it may read it (docs/operations.md).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # While Postgres is unreachable, an API key verified within this many seconds is still accepted (kernel.auth):
 # recommendations keep answering through an outage, and a key revoked meanwhile works until then.
 API_KEY_STALE_SECONDS = env_int("API_KEY_STALE_SECONDS", 600)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from kernel import redis_client
 from recsys import health
@@ -46,6 +46,16 @@ def test_metrics_exposes_prometheus_text() -> None:
     response = Client().get("/metrics")
     assert response.status_code == 200
     assert b"django_http_requests_total_by_view_transport_method_total" in response.content
+
+
+@pytest.mark.django_db
+def test_metrics_with_a_scrape_token_need_it() -> None:
+    with override_settings(METRICS_TOKEN="s3cret"):
+        assert Client().get("/metrics").status_code == 401
+        assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+        response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
+        assert response.status_code == 200
+        assert b"django_http_requests_total_by_view_transport_method_total" in response.content
 
 
 @pytest.mark.django_db
