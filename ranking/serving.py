@@ -546,7 +546,9 @@ def _shared_work(
         context_item_pk, context_category_pk = online.context_of(context_item_id, context_category)
         state = RequestState(surface="", count=0, now=time.time())
         state.history, state.affinity = read.history, read.affinity
+        state.dismissed_pks, state.dismissed_ts = read.dismissed_pks, read.dismissed_ts
         state.context_item_pk, state.context_category_pk = context_item_pk, context_category_pk
+        stages.forget_dismissed(state)
         stages.with_context(state)
     with trace.stage("user_vector"):
         stages.user_vector(state, model)

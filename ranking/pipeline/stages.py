@@ -59,6 +59,12 @@ CtrFn = Callable[[IntArray], npt.NDArray[np.float32] | None]
 # --- history ------------------------------------------------------------------------------------------------------
 
 
+def forget_dismissed(state: RequestState) -> None:
+    """Events of items the owner dismissed after them leave the history (``History.without_dismissed``): a "not
+    interested" item is no anchor, names no reason and no longer shapes the user vector."""
+    state.history = state.history.without_dismissed(state.dismissed_pks, state.dismissed_ts)
+
+
 def with_context(state: RequestState) -> None:
     """The page's item as the newest view and its category as a fresh interest: retrieval, the user vector and the
     ranker's features then see them like a real view, while nothing is written to the visitor's history."""

@@ -215,6 +215,21 @@ class History:
             np.concatenate([[ts], self.ts]),
         )
 
+    def without_dismissed(self, pks: IntArray, ts: FloatArray) -> History:
+        """This history without the events of items the owner dismissed ("not interested") after them: such an item
+        anchors no neighbours and names no reason, and its view no longer speaks for the owner's taste. An event
+        after the dismissal (looked at again) counts. ``pks``/``ts``: each dismissed item's latest dismissal."""
+        if not pks.size or not self.pks.size:
+            return self
+        order = np.argsort(pks, kind="stable")
+        sorted_pks, sorted_ts = pks[order], ts[order]
+        at = np.minimum(np.searchsorted(sorted_pks, self.pks), sorted_pks.size - 1)
+        dropped = (sorted_pks[at] == self.pks) & (self.ts <= sorted_ts[at])
+        if not dropped.any():
+            return self
+        keep = ~dropped
+        return History(self.pks[keep], self.types[keep], self.ts[keep])
+
     def of_types(self, *types: int) -> IntArray:
         """The distinct items of these event types (e.g. purchases, ratings)."""
         return np.unique(self.pks[np.isin(self.types, types)])

@@ -23,7 +23,7 @@ from kernel import redis_client
 from ranking import dataset, retrieval, serving
 from ranking.artifacts import get_active_model
 from ranking.pipeline import online, stages
-from ranking.pipeline.state import RequestState
+from ranking.pipeline.state import History, RequestState
 from tests.worlds import trained_world_fixtures
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
@@ -92,6 +92,45 @@ def test_a_dismissed_item_never_reappears_across_1000_requests_with_cache_and_wi
     assert dismissed not in _ids(_recs(api, customer_id="u0-0", count=40))
     groups = api.get("/v1/customers/u0-0/because-you-viewed", {"count": 20}).json()["groups"]
     assert all(dismissed not in [item["item_id"] for item in group["items"]] for group in groups)
+
+
+@pytest.mark.django_db
+def test_a_viewed_item_dismissed_afterwards_anchors_nothing_and_names_no_reason(api: APIClient) -> None:
+    """A customer who viewed three items and then said "not interested" to the latest still got "Because you viewed
+    <it>" lists led by its neighbours (found by a fifth tester, 5 December): the view outlived the dismissal."""
+    for item in ("mug-1", "seed-2", "scarf-4"):
+        _send(api, customer_id="u2-5", item_id=item)
+    title = Item.objects.get(external_id="scarf-4").title
+
+    def naming(body: dict[str, Any]) -> list[str]:
+        return [item["item_id"] for item in body["items"] if title in item["reason"]["text"]]
+
+    def anchors() -> list[str]:
+        response = api.get("/v1/customers/u2-5/because-you-viewed", {"count": 5, "groups": 3})
+        assert response.status_code == 200
+        return [group["anchor_item_id"] for group in response.json()["groups"]]
+
+    assert naming(_recs(api, customer_id="u2-5", count=30))  # before: the latest view leads
+    assert anchors()[0] == "scarf-4"
+    _send(api, "dismiss", customer_id="u2-5", item_id="scarf-4")
+    after = _recs(api, customer_id="u2-5", count=30)
+    assert naming(after) == []
+    assert "scarf-4" not in anchors()
+    assert after["items"]  # the other views still personalise the list
+    # Looked at again after the dismissal: that view counts again.
+    _send(api, customer_id="u2-5", item_id="scarf-4")
+    assert anchors()[0] == "scarf-4"
+
+
+def test_without_dismissed_drops_only_events_before_the_dismissal() -> None:
+    history = History(
+        np.array([7, 3, 7, 5], np.int64), np.array([VIEW, VIEW, PURCHASE, VIEW], np.int64),
+        np.array([400.0, 300.0, 200.0, 100.0]),
+    )  # fmt: skip
+    kept = history.without_dismissed(np.array([7, 9], np.int64), np.array([250.0, 1.0]))
+    assert kept.pks.tolist() == [7, 3, 5]
+    assert kept.ts.tolist() == [400.0, 300.0, 100.0]
+    assert history.without_dismissed(np.empty(0, np.int64), np.empty(0)) is history
 
 
 @pytest.mark.django_db
