@@ -107,7 +107,8 @@ def customer_pks_get_or_create(
     the caller's psycopg cursor, in its transaction.
 
     Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
-    known one would still burn a sequence value and a speculative index probe. Missing ids are inserted in sorted
+    known one would still burn a sequence value and a speculative index probe; the rows found are locked against an
+    erasure until the caller's transaction ends (below). Missing ids are inserted in sorted
     order (concurrent requests lock them in one order; new customers are numbered in that order) and those another
     request created meanwhile are selected again, by a new statement that sees its commit. ``created_at``: one time
     for all, or each id's own (a bulk import: its earliest event).
@@ -115,7 +116,11 @@ def customer_pks_get_or_create(
     wanted = sorted(set(external_ids) - {""})
     if not wanted:
         return {}
-    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[])"
+    # FOR KEY SHARE: an erasure (which locks the row FOR UPDATE, then deletes it) waits for this transaction, or this
+    # waits for it and then finds the row gone and the id erased. A plain read let both go on: the events were
+    # inserted for a customer deleted meanwhile, and the deferred foreign key failed the whole batch at COMMIT (a
+    # 503; found by a fifth tester, 5 December).
+    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[]) FOR KEY SHARE"
     cursor.execute(select, [wanted])
     found: dict[str, int] = dict(cursor.fetchall())
     missing = [external_id for external_id in wanted if external_id not in found]

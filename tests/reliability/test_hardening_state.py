@@ -747,3 +747,47 @@ def test_an_admin_delete_with_redis_down_erases_nothing_and_says_so(
     assert "Redis is unavailable" in done.content.decode()
     assert Customer.objects.filter(pk=pk).exists()
     assert not ErasedCustomer.objects.filter(id_hash=id_hash("adm-r")).exists()
+
+
+def test_events_racing_an_erasure_are_refused_by_field_not_a_503(api: APIClient, items: list[Any]) -> None:
+    """Events for a customer whose erasure was under way were inserted (the plain read saw the row), and the
+    deferred foreign key failed the whole batch at COMMIT: a 503 for every event in it, logged as a database
+    outage. Now the ingest's read waits for the erasure and finds the id erased: that event is refused, the rest
+    stored."""
+    _send(api, _event("r-0", "sku-1", customer_id="racer"))
+    locked, release = threading.Event(), threading.Event()
+
+    def erase_slowly() -> None:
+        # An erasure's transaction as privacy.services.customer_erase runs it, held open until the events are sent.
+        from django.db import transaction
+        from django.utils import timezone
+
+        from catalog import erasure
+
+        try:
+            with transaction.atomic():
+                customer = Customer.objects.select_for_update().get(external_id="racer")
+                customer.delete()
+                erasure.tombstone_add(customer_id="racer", erased_at=timezone.now())
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    eraser = threading.Thread(target=erase_slowly)
+    eraser.start()
+    assert locked.wait(10)
+    threading.Timer(0.3, release.set).start()  # the erasure commits while the batch waits on its row
+    response = api.post(
+        "/v1/events",
+        {"events": [_event("r-1", "sku-2", customer_id="racer"), _event("r-2", "sku-2", customer_id="bystander")]},
+        format="json",
+    )
+    eraser.join()
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["accepted"] == 1
+    assert list(body["rejected"][0]["errors"]) == ["customer_id"]
+    assert Interaction.objects.filter(event_id="r-2").exists()
+    assert not Interaction.objects.filter(event_id__in=["r-0", "r-1"]).exists()
+    assert not Customer.objects.filter(external_id="racer").exists()
