@@ -516,6 +516,32 @@ def test_an_over_long_url_is_a_json_414_before_django() -> None:
     assert len(reached) == 1
 
 
+def test_a_path_that_is_not_utf8_is_a_json_400_before_django() -> None:
+    """``PUT /v1/items/%FF`` stored the item ``%FF`` (Django keeps escapes it cannot decode), which ``%25FF`` names
+    too. WSGI passes the path's bytes as latin-1 characters: gunicorn decodes ``%FF`` to ``"\xff"``."""
+    reached: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        reached.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    guarded = url_length_guard(app)
+    statuses: list[str] = []
+    paths = [
+        "/v1/items/\xff", "/v1/items/\xc0\xaf", "/v1/items/\xed\xa0\x80",  # not UTF-8 (an overlong, a surrogate)
+        "/v1/items/%FF", "/v1/items/caf\xc3\xa9",  # "%FF" sent as %25FF; "café" sent as UTF-8
+    ]  # fmt: skip
+    bodies = []
+    for path in paths:
+        environ: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": ""}
+        setup_testing_defaults(environ)
+        bodies.append(b"".join(guarded(environ, lambda status, headers: statuses.append(status))))
+    assert statuses == ["400 Bad Request"] * 3 + ["200 OK"] * 2
+    assert "UTF-8" in json.loads(bodies[0])["detail"]
+    assert reached == ["/v1/items/%FF", "/v1/items/caf\xc3\xa9"]
+
+
 def test_debug_is_off_in_the_demo_settings_unless_asked_for() -> None:
     """`make run` uses recsys.settings.dev: no debug pages unless DEBUG=1 is set explicitly."""
     code = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
