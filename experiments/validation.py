@@ -33,7 +33,8 @@ class VariantSpec:
 
 
 def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
-    """At least two variants, unique names, exactly one control, weights in [0, 1] summing to 1, valid configs."""
+    """At least two variants, unique names, exactly one control (changing nothing: its config ``{}``), weights in
+    [0, 1] summing to 1, valid configs."""
     errors: list[str] = []
     if len(variants) < 2:
         errors.append(f"An experiment needs at least two variants (a control and a challenger), got {len(variants)}.")
@@ -44,6 +45,12 @@ def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
     controls = [v.name for v in variants if v.is_control]
     if len(controls) != 1:
         errors.append(f"Exactly one variant must be the control, got {len(controls)}.")
+    for v in variants:
+        if v.is_control and v.config:
+            errors.append(
+                f"The control {v.name} serves the surface's current default, so its config must be {{}}; put "
+                f"{', '.join(sorted(map(str, v.config)))} in a challenger."
+            )
     for v in variants:
         if not math.isfinite(v.weight) or not 0.0 <= v.weight <= 1.0:
             errors.append(f"The weight of {v.name} must be between 0 and 1, got {v.weight}.")

@@ -461,6 +461,9 @@ def model_version_promote(
             f"{decision}: validation ndcg ({source}) {_fmt(candidate_ndcg)} vs active "
             f"{active.name if active else '-'} {_fmt(active_ndcg)}, tolerance {tolerance}"
         )
+        if candidate_ndcg is None and decision == ModelVersion.Decision.REJECTED:
+            # Nothing to compare: training held out no validation (too few users or days in its window).
+            note += "; the candidate has no validation figure to compare (train on a longer window, or --force)"
         version.metrics = {
             **version.metrics,
             "promotion": {

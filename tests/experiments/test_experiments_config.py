@@ -81,6 +81,12 @@ def test_variant_set_rules() -> None:
     assert "sum to 1" in text
     assert "Configuration of a" in text
     assert variant_set_errors([VariantSpec("only", 1.0, True)])  # a single variant is not an experiment
+    # The control changes nothing (the README's rule; the form accepted {"diversity_cap": 0.5} until 5 December).
+    changed = variant_set_errors([VariantSpec("control", 0.5, True, {"diversity_cap": 0.5}), VariantSpec("b", 0.5)])
+    assert changed == [
+        "The control control serves the surface's current default, so its config must be {}; put diversity_cap in "
+        "a challenger."
+    ]
 
 
 def test_guardrail_rules() -> None:
