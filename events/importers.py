@@ -13,6 +13,7 @@ from datetime import datetime
 from events.models import Interaction
 from events.parsing import (
     InvalidEvent,
+    check_time,
     check_value,
     derive_event_id,
     parse_id,
@@ -74,7 +75,8 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
     Skipped as a real importer would: cancellations (InvoiceNo starting with C: returns, not purchases), lines
     without a customer (nothing to personalise), non-positive quantities (stock adjustments) and non-positive
     prices (write-offs, samples), and stock codes without a digit, which are not products (POST, DOT, M, BANK
-    CHARGES, AMAZONFEE, ...). Times carry no zone and are read as UTC (the shop is in the UK).
+    CHARGES, AMAZONFEE, ...). Times carry no zone and are read as UTC (the shop is in the UK): ISO 8601, or the
+    ``M/D/YYYY H:MM`` a spreadsheet writes when the UCI workbook is saved as CSV (``12/1/2010 8:26``).
     """
     i_invoice, i_stock, i_qty = index["InvoiceNo"], index["StockCode"], index["Quantity"]
     i_time, i_price, i_customer = index["InvoiceDate"], index["UnitPrice"], index["CustomerID"]
@@ -99,13 +101,27 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
         if not _has_digit(item):
             raise SkipRow("not a product (postage, fees, manual)")
         raw_time = row[i_time].strip()
-        occurred = parse_time(raw_time, now=now)
+        occurred = _retail_time(raw_time, now=now)
         customer = parse_id(customer, "CustomerID", required=True)
         purchase = int(Interaction.Type.PURCHASE)
         event_id = derive_event_id(customer, invoice, item, purchase, quantity, raw_time, repr(price))
         return event_id, customer, invoice, item, purchase, quantity, occurred
 
     return adapt
+
+
+_SPREADSHEET_TIME = re.compile(r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}(:\d{2})?")
+
+
+def _retail_time(raw: str, *, now: datetime) -> datetime:
+    """An Online Retail InvoiceDate: ISO 8601, or the workbook's own ``M/D/YYYY H:MM[:SS]`` (month first)."""
+    if _SPREADSHEET_TIME.fullmatch(raw):
+        try:
+            value = datetime.strptime(raw, "%m/%d/%Y %H:%M:%S" if raw.count(":") == 2 else "%m/%d/%Y %H:%M")
+        except ValueError:
+            raise InvalidEvent("InvoiceDate", f"{raw!r} is not a date (month/day/year hour:minute)") from None
+        return check_time(value, now=now)
+    return parse_time(raw, now=now)
 
 
 FORMATS: dict[str, tuple[set[str], set[str], Callable[[dict[str, int], datetime], Adapter]]] = {

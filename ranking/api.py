@@ -190,7 +190,10 @@ class PageApi(APIView):
                 )
             )  # fmt: skip
         except serving.PageWidgetError as exc:
-            raise ValidationError({"widgets": {str(exc.index): {exc.field: [exc.message]}}}) from None
+            # DRF's shape for a list's field errors: one entry per widget, the failing one naming its field.
+            entries: list[dict[str, list[str]]] = [{} for _ in widgets]
+            entries[exc.index] = {exc.field: [exc.message]}
+            raise ValidationError({"widgets": entries}) from None
         return Response(
             {
                 "model_version": page.model_version,

@@ -327,7 +327,7 @@ def check_config_changes(changes: Mapping[str, Any] | None) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, value in (changes or {}).items():
         if name not in CONFIG_FIELDS:
-            raise DryRunError("config", f"config.{name} is not a setting a dry run can change; one of "
+            raise DryRunError(f"config.{name}", f"config.{name} is not a setting a dry run can change; one of "
                               f"{', '.join(CONFIG_FIELDS)}.")  # fmt: skip
         kind = CONFIG_FIELDS[name]
         if kind is str:

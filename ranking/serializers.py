@@ -251,7 +251,7 @@ class DryRunStartSerializer(serializers.Serializer):
         required=False, allow_null=True, default=None, min_value=1,
         help_text="The business rule to try (a draft, or a published rule with its current settings).",
     )  # fmt: skip
-    days = serializers.FloatField(default=7, help_text="How many days of served requests to sample (at most 90).")
+    days = serializers.FloatField(default=7.0, help_text="How many days of served requests to sample (at most 90).")
     sample = serializers.IntegerField(default=500, help_text="How many requests to re-serve (at most 5,000).")
     config = serializers.DictField(
         required=False, default=dict,

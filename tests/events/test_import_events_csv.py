@@ -254,6 +254,25 @@ def test_an_online_retail_invoice_follows_the_id_rule(tmp_path: Path) -> None:
     assert "retail.csv:4: InvoiceNo" in err
 
 
+def test_online_retail_reads_the_workbooks_own_date_format(tmp_path: Path) -> None:
+    """The UCI workbook saved as CSV writes InvoiceDate as ``12/1/2010 8:26`` (month first): every row was
+    "not an ISO 8601 date-time" though docs/api.md says the export is read as it is (found 5 December)."""
+    ItemFactory(external_id="85123A")
+    path = tmp_path / "retail.csv"
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    path.write_text(
+        header
+        + "536365,85123A,Heart,6,12/1/2010 8:26,2.55,17850,UK\n"
+        + "536366,85123A,Heart,6,1/12/2011 17:05:30,2.55,17850,UK\n"
+        + "536367,85123A,Heart,6,13/1/2011 8:26,2.55,17850,UK\n"  # no 13th month: a day-first export
+    )
+    summary, err = _run(path, "--format", "online-retail")
+    assert (summary["stored"], summary["rejected"]) == (2, 1)
+    assert "retail.csv:4: InvoiceDate" in err
+    times = sorted(t.isoformat() for t in Interaction.objects.values_list("occurred_at", flat=True))
+    assert times == ["2010-12-01T08:26:00+00:00", "2011-01-12T17:05:30+00:00"]
+
+
 def test_a_time_beyond_the_years_utc_can_hold_names_the_right_bound() -> None:
     from datetime import UTC, datetime
 

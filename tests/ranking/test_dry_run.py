@@ -220,7 +220,7 @@ def test_api_validates_naming_the_field(admin_api: APIClient, api: APIClient, wo
         ({"rule_id": _draft().pk, "days": 0}, "days"),
         ({"rule_id": _draft().pk, "days": 91}, "days"),
         ({"rule_id": _draft().pk, "sample": 10**6}, "sample"),
-        ({"rule_id": _draft().pk, "config": {"nope": 1}}, "config"),
+        ({"rule_id": _draft().pk, "config": {"nope": 1}}, "config.nope"),
         ({"rule_id": _draft().pk, "config": {"diversity_cap": "high"}}, "config.diversity_cap"),
         ({"rule_id": _draft().pk, "config": {"diversity_cap": 0}}, "config.diversity_cap"),  # serving needs > 0
         ({"rule_id": _draft().pk, "config": []}, "config"),

@@ -325,9 +325,21 @@ def test_page_and_exclude_request_ids_validation_names_the_field(api: APIClient)
     response = api.post("/v1/pages", {"widgets": [{"kind": "similar"}]}, format="json")
     assert response.status_code == 400
     assert "item_id" in response.content.decode()
-    response = api.post("/v1/pages", {"widgets": [{"kind": "similar", "item_id": "no-such"}]}, format="json")
+    response = api.post(
+        "/v1/pages",
+        {"widgets": [{"kind": "recommendations"}, {"kind": "similar", "item_id": "no-such"}]},
+        format="json",
+    )
     assert response.status_code == 400
-    assert "no-such" in response.content.decode()
+    # The shape of every widget field's error (DRF's for a list): one entry per widget, the second names item_id.
+    assert response.json() == {"widgets": [{}, {"item_id": ["No item with id 'no-such'."]}]}
+    response = api.post(
+        "/v1/pages",
+        {"widgets": [{"kind": "recommendations"}, {"kind": "because_you_viewed", "groups": 6}]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert list(response.json()["widgets"][1]) == ["groups"]
     response = api.get("/v1/recommendations", {"exclude_request_ids": ",".join(str(n) for n in range(30))})
     assert response.status_code == 400
     assert "exclude_request_ids" in response.content.decode()

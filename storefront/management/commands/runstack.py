@@ -44,7 +44,7 @@ class Command(BaseCommand):
         plaintext = self._ensure_demo_key()
         call_command("collectstatic", interactive=False, verbosity=0)
         if options["no_serve"]:
-            self._banner(options["port"], plaintext)
+            self._banner(options["port"], plaintext, serving=False)
             return
         self._serve(options["port"], options["workers"], plaintext)
 
@@ -101,11 +101,11 @@ class Command(BaseCommand):
         path.chmod(0o600)
         return plaintext
 
-    def _banner(self, port: int, key: str) -> None:
+    def _banner(self, port: int, key: str, *, serving: bool = True) -> None:
         base = f"http://127.0.0.1:{port}"
         lines = [
             "",
-            "recsys is running",
+            "recsys is running" if serving else "recsys is ready, not serving (--no-serve); `make run` serves it at:",
             f"  Storefront demo   {base}/",
             f"  Admin             {base}/admin/   (user {DEMO_USER!r}, password {DEMO_PASSWORD!r})",
             f"  API docs          {base}/api/docs/",
