@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from events.models import Interaction
 from events.parsing import (
@@ -117,7 +117,8 @@ def _retail_time(raw: str, *, now: datetime) -> datetime:
     """An Online Retail InvoiceDate: ISO 8601, or the workbook's own ``M/D/YYYY H:MM[:SS]`` (month first)."""
     if _SPREADSHEET_TIME.fullmatch(raw):
         try:
-            value = datetime.strptime(raw, "%m/%d/%Y %H:%M:%S" if raw.count(":") == 2 else "%m/%d/%Y %H:%M")
+            pattern = "%m/%d/%Y %H:%M:%S" if raw.count(":") == 2 else "%m/%d/%Y %H:%M"
+            value = datetime.strptime(raw, pattern).replace(tzinfo=UTC)  # no zone: UTC, as above
         except ValueError:
             raise InvalidEvent("InvoiceDate", f"{raw!r} is not a date (month/day/year hour:minute)") from None
         return check_time(value, now=now)
