@@ -392,7 +392,7 @@ def recommend_page(request: PageRequest) -> Page:
             pks = np.empty(0, np.int64)
             if model is not None and personal and owners:
                 found, pks = anchor_groups(
-                    model, shared.read.history, count=widget.count, groups=widget.groups, exclude=page_shown
+                    model, shared.own_history, count=widget.count, groups=widget.groups, exclude=page_shown
                 )
             groups = tuple(found)
         else:
@@ -502,6 +502,7 @@ class SharedWork:
     the user vector folded once, and the items already shown (earlier answers, dismissed items)."""
 
     read: online.OwnerRead
+    own_history: Any  # the owners' history without dismissed items, before the page context (anchors of a page)
     context_item_pk: int | None
     context_category_pk: int | None
     history: Any  # the history with the page context in front (stages.with_context)
@@ -549,12 +550,13 @@ def _shared_work(
         state.dismissed_pks, state.dismissed_ts = read.dismissed_pks, read.dismissed_ts
         state.context_item_pk, state.context_category_pk = context_item_pk, context_category_pk
         stages.forget_dismissed(state)
+        own_history = state.history
         stages.with_context(state)
     with trace.stage("user_vector"):
         stages.user_vector(state, model)
     return SharedWork(
-        read, context_item_pk, context_category_pk, state.history, state.affinity, state.user_vector, shown,
-        trace.stages,
+        read, own_history, context_item_pk, context_category_pk, state.history, state.affinity, state.user_vector,
+        shown, trace.stages,
     )  # fmt: skip
 
 

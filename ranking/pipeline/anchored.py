@@ -247,8 +247,8 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
     if model is None or online.opt_outs.contains(customer_id):
         return AnchorGroups(request_id, (), model.version_id if model else None, **arm)
     owner = customer_owner(customer_id)
-    dismissed, dismissed_ts = event_selectors.dismissed(owner)
-    history = online.load_history(owner).without_dismissed(dismissed, dismissed_ts)
+    dismissed, _ = event_selectors.dismissed(owner)
+    history = online.load_history(owner).without_items(dismissed)
     result, _ = anchor_groups(model, history, count=count, groups=groups, exclude=dismissed)
     REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
     LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)

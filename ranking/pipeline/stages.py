@@ -60,9 +60,9 @@ CtrFn = Callable[[IntArray], npt.NDArray[np.float32] | None]
 
 
 def forget_dismissed(state: RequestState) -> None:
-    """Events of items the owner dismissed after them leave the history (``History.without_dismissed``): a "not
+    """Every event of an item the owner dismissed leaves the history (``History.without_items``): a "not
     interested" item is no anchor, names no reason and no longer shapes the user vector."""
-    state.history = state.history.without_dismissed(state.dismissed_pks, state.dismissed_ts)
+    state.history = state.history.without_items(state.dismissed_pks)
 
 
 def with_context(state: RequestState) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking import retrieval
+from ranking.arrays import isin
 from ranking.ranker import BLEND_GROUPS, scaled_blend_weights
 from ranking.rerank import RerankResult
 from ranking.retrieval import CandidateSet, SourceHits
@@ -215,16 +216,13 @@ class History:
             np.concatenate([[ts], self.ts]),
         )
 
-    def without_dismissed(self, pks: IntArray, ts: FloatArray) -> History:
-        """This history without the events of items the owner dismissed ("not interested") after them: such an item
-        anchors no neighbours and names no reason, and its view no longer speaks for the owner's taste. An event
-        after the dismissal (looked at again) counts. ``pks``/``ts``: each dismissed item's latest dismissal."""
+    def without_items(self, pks: IntArray) -> History:
+        """This history without any event of these items: the owner's dismissed ("not interested") ones, which then
+        anchor no neighbours, name no reason and no longer speak for the owner's taste, as training drops every
+        event of a dismissed pair (``ranking.dataset.dismissed_pairs``)."""
         if not pks.size or not self.pks.size:
             return self
-        order = np.argsort(pks, kind="stable")
-        sorted_pks, sorted_ts = pks[order], ts[order]
-        at = np.minimum(np.searchsorted(sorted_pks, self.pks), sorted_pks.size - 1)
-        dropped = (sorted_pks[at] == self.pks) & (self.ts <= sorted_ts[at])
+        dropped = isin(self.pks, pks)
         if not dropped.any():
             return self
         keep = ~dropped
