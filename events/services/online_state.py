@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,6 @@ import redis
 from celery import current_app
 from django.db import connection, transaction
 
-from catalog import selectors as catalog_selectors
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -105,8 +104,9 @@ def online_state_rebuild(
     eight days, every owner's had items (the newest ``online.HAD_LENGTH`` distinct items bought or rated, over
     their whole history); bumps every owner's cache version and folds the item features. Idempotent; one at a time
     (a Redis lock). Events ingested while it runs may be counted twice in counters and affinities until the next
-    rebuild; histories are exact (re-adding an event is a no-op). ``on_progress(stage, rows)`` reports rows as they
-    stream.
+    rebuild; histories are exact (re-adding an event is a no-op). A customer erased while it runs is forgotten
+    again once everything is written (:func:`_forget_gone_customers`). ``on_progress(stage, rows)`` reports rows as
+    they stream.
     """
     started = time.perf_counter()
     lock = redis_client.get().lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_SECONDS, blocking=False)
@@ -123,8 +123,10 @@ def online_state_rebuild(
                 # One snapshot for the three reads, so history, affinities and counters describe the same events.
                 with connection.cursor() as cursor:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            owners = _rebuild_histories(summary, history_length, progress)
-            owners |= _rebuild_dismissed(summary, progress)
+            # The customer rows the snapshot saw behind each customer owner written (checked again at the end).
+            customer_pks: dict[str, int] = {}
+            owners = _rebuild_histories(summary, history_length, progress, customer_pks)
+            owners |= _rebuild_dismissed(summary, progress, customer_pks)
             owners |= _rebuild_had(summary, progress)
             _rebuild_affinities(summary, progress)
             _rebuild_counters(summary, progress)
@@ -132,7 +134,7 @@ def online_state_rebuild(
         for start in range(0, len(owner_list), _REBUILD_CHUNK):
             online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
         summary.owners = len(owners)
-        summary.owners_forgotten = _forget_gone_customers(owner_list)
+        summary.owners_forgotten = _forget_gone_customers(customer_pks)
         summary.items_folded = item_features_fold().items
         online.mark_complete(now=time.time())
     finally:
@@ -171,30 +173,37 @@ def online_state_rebuild_request() -> bool:
     return True
 
 
-def _forget_gone_customers(owners: Sequence[str]) -> int:
-    """Forget again the customers among ``owners`` whose row is gone now: erased (or deleted) after the rebuild took
-    its snapshot, so their erasure's Redis cleanup may have run before the rebuild wrote their state back from it.
-    An erasure that commits after this check cleans Redis after these writes itself. Returns how many."""
-    by_id = {keys.parse_owner(owner)[0]: owner for owner in owners if not keys.is_session_owner(owner)}
-    ids = list(by_id)
+def _forget_gone_customers(customer_pks: dict[str, int]) -> int:
+    """Forget again the customer owners written from the snapshot whose row (the one the snapshot saw) is gone now:
+    erased or deleted after the snapshot was taken, so their erasure's Redis cleanup may have run before the
+    rebuild wrote their state back; by primary key, so an id erased and created again meanwhile (a PUT) is
+    forgotten too and starts empty, as after any erasure. An erasure that commits after this check cleans Redis
+    after these writes itself. Returns how many."""
+    by_pk = {pk: owner for owner, pk in customer_pks.items()}
+    pks = list(by_pk)
     forgotten = 0
-    for start in range(0, len(ids), _REBUILD_CHUNK):
-        chunk = ids[start : start + _REBUILD_CHUNK]
-        present = catalog_selectors.customer_pks(external_ids=chunk)
-        for customer_id in chunk:
-            if customer_id not in present:
-                online.forget_owner(by_id[customer_id], version_ttl_seconds=online.FORGOTTEN_VERSION_TTL_SECONDS)
-                forgotten += 1
+    with connection.cursor() as cursor:
+        for start in range(0, len(pks), _REBUILD_CHUNK):
+            chunk = pks[start : start + _REBUILD_CHUNK]
+            cursor.execute("SELECT id FROM catalog_customer WHERE id = ANY(%s::bigint[])", [chunk])
+            present = {row[0] for row in cursor.fetchall()}
+            for pk in chunk:
+                if pk not in present:
+                    online.forget_owner(by_pk[pk])
+                    forgotten += 1
     if forgotten:
         logger.info("online_state_rebuild_forgot_gone_customers", extra={"customers": forgotten})
     return forgotten
 
 
-def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: Callable[[str, int], None]) -> set[str]:
+def _rebuild_histories(
+    summary: RebuildSummary, history_length: int, progress: Callable[[str, int], None], customer_pks: dict[str, int]
+) -> set[str]:
     owners: set[str] = set()
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id
+            f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id,
+                      t.customer_id
                FROM (
                    SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, i.occurred_at,
                           row_number() OVER (
@@ -210,9 +219,11 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             histories: dict[str, dict[str, float]] = defaultdict(dict)
-            for owner, item_pk, type_, occurred_at, interaction_pk in rows:
+            for owner, item_pk, type_, occurred_at, interaction_pk, customer_pk in rows:
                 member = online.history_member(item_pk=item_pk, type_=type_, interaction_pk=interaction_pk)
                 histories[owner][member] = occurred_at.timestamp()
+                if customer_pk is not None:
+                    customer_pks[owner] = customer_pk
             online.write_histories(histories)
             owners.update(histories)
             summary.history_entries += len(rows)
@@ -220,13 +231,15 @@ def _rebuild_histories(summary: RebuildSummary, history_length: int, progress: C
     return owners
 
 
-def _rebuild_dismissed(summary: RebuildSummary, progress: Callable[[str, int], None]) -> set[str]:
+def _rebuild_dismissed(
+    summary: RebuildSummary, progress: Callable[[str, int], None], customer_pks: dict[str, int]
+) -> set[str]:
     """Every owner's dismissed items (the latest dismissal of each), as ingestion keeps them."""
     owners: set[str] = set()
     with connection.chunked_cursor() as cursor:
         cursor.execute(
             f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, i.item_id,
-                       max(extract(epoch FROM i.occurred_at))::float8
+                       max(extract(epoch FROM i.occurred_at))::float8, min(i.customer_id)
                 FROM events_interaction i
                 LEFT JOIN catalog_customer c ON c.id = i.customer_id
                 WHERE i.type = %s
@@ -235,8 +248,10 @@ def _rebuild_dismissed(summary: RebuildSummary, progress: Callable[[str, int], N
         )
         while rows := cursor.fetchmany(_REBUILD_CHUNK):
             dismissed: dict[str, dict[int, float]] = defaultdict(dict)
-            for owner, item_pk, ts in rows:
+            for owner, item_pk, ts, customer_pk in rows:
                 dismissed[owner][item_pk] = ts
+                if customer_pk is not None:
+                    customer_pks[owner] = customer_pk
             online.write_dismissed(dismissed)
             owners.update(dismissed)
             summary.dismissed_items += len(rows)

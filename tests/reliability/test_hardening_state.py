@@ -670,18 +670,25 @@ def test_an_erasure_while_the_online_state_is_rebuilt_leaves_nothing_in_redis(ap
             _event(f"{customer}-2", "sku-2", customer_id=customer, kind="purchase"),
             _event(f"{customer}-3", "sku-3", customer_id=customer, kind="dismiss"),
         )  # fmt: skip
+    _send(api, _event("back-1", "sku-1", customer_id="back"))
     erased: list[int] = []
 
     def erase_once(stage: str, rows: int) -> None:
-        # Inside the rebuild's snapshot (its first rows are read): the erasure commits on another connection.
+        # Inside the rebuild's snapshot (its first rows are read): the erasures commit on other connections, and
+        # "back" is created again at once (a PUT), under a new primary key.
         if not erased:
-            erased.append(_at_once([lambda: api.delete("/v1/customers/gone").status_code])[0])
+            erased.extend(_at_once([
+                lambda: api.delete("/v1/customers/gone").status_code,
+                lambda: (api.delete("/v1/customers/back").status_code,
+                         api.put("/v1/customers/back", {"attributes": {}}, format="json").status_code),
+            ]))  # fmt: skip
 
     summary = online_state_rebuild(on_progress=erase_once)
 
-    assert erased == [204]
-    assert summary.owners_forgotten == 1
+    assert erased == [204, (204, 201)]
+    assert summary.owners_forgotten == 2
     assert _owner_keys("gone") == []
+    assert _owner_keys("back") == []  # the customer created again starts with nothing of the erased one's
     assert _owner_keys("stays")  # the others' state is rebuilt as before
     # Created again by a PUT, the id starts with nothing of the erased customer's.
     assert api.put("/v1/customers/gone", {"attributes": {}}, format="json").status_code in (200, 201)
