@@ -15,7 +15,6 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from catalog import erasure
 from catalog import selectors as catalog_selectors
 from catalog.services import customer_pks_get_or_create
 from events.importers import FORMATS, SkipRow
@@ -319,13 +318,17 @@ def _store_batch(
         event_ids_lock(cursor, (row[1] for row in batch if row[7] == defaulted_at))
         for line, item in missing:
             errors.add(line, f"item_id: unknown item {item!r} (import the items first or use --create-missing-items)")
-        # Customers this batch would create: an erased id among them is refused (catalog.erasure), its rows too.
+        # The batch's customers, in this transaction: the known ones locked against an erasure (FOR KEY SHARE), the
+        # others created, an erased id refused with its rows (catalog.services.customer_pks_get_or_create). Read
+        # and created apart from this transaction, an erasure committing in between brought the customer back, or
+        # failed the batch at COMMIT (found by a review, 5 December).
         cursor.execute(
-            f"""SELECT DISTINCT s.customer FROM {_STAGE} s
-                LEFT JOIN catalog_customer c ON c.external_id = s.customer
-                WHERE s.customer <> '' AND c.id IS NULL"""
+            f"""SELECT s.customer, min(s.occurred_at) FROM {_STAGE} s JOIN catalog_item i ON i.external_id = s.item
+                WHERE s.customer <> '' GROUP BY s.customer"""
         )
-        erased = sorted(erasure.erased_ids(row[0] for row in cursor.fetchall()))
+        first: dict[str, datetime] = dict(cursor.fetchall())
+        found = customer_pks_get_or_create(external_ids=first, created_at=first, cursor=raw)
+        erased = sorted(set(first) - set(found))
         refused = 0
         if erased:
             cursor.execute(
@@ -337,14 +340,6 @@ def _store_batch(
             refused = len(lines)
             for line in lines:
                 errors.add(line, "customer_id: this customer id was erased; its events are not imported")
-        cursor.execute(
-            f"""INSERT INTO catalog_customer (external_id, created_at, attributes, personalisation_opt_out)
-                SELECT s.customer, min(s.occurred_at), '{{}}', false
-                FROM {_STAGE} s JOIN catalog_item i ON i.external_id = s.item
-                WHERE s.customer <> ''
-                GROUP BY s.customer ORDER BY s.customer
-                ON CONFLICT (external_id) DO NOTHING"""
-        )
         cursor.execute(
             f"""INSERT INTO events_interaction
                     (event_id, customer_id, session_id, item_id, type, value, occurred_at, received_at, request_id)

@@ -756,41 +756,70 @@ def test_an_admin_delete_with_redis_down_erases_nothing_and_says_so(
     assert not ErasedCustomer.objects.filter(id_hash=id_hash("adm-r")).exists()
 
 
+@contextmanager
+def _erasure_held_open(customer_id: str) -> Iterator[None]:
+    """An erasure's transaction as ``privacy.services.customer_erase`` runs it (the row locked, deleted, the id on
+    the suppression list), held open while the block's request runs, and committed once that request waits on a
+    lock (``pg_stat_activity``; after 5 s at the latest), so the request meets the erasure under way."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from catalog import erasure
+
+    locked, release = threading.Event(), threading.Event()
+
+    def erase() -> None:
+        try:
+            with transaction.atomic():
+                customer = Customer.objects.select_for_update().get(external_id=customer_id)
+                customer.delete()
+                erasure.tombstone_add(customer_id=customer_id, erased_at=timezone.now())
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def release_once_someone_waits() -> None:
+        try:
+            deadline = time.monotonic() + 5
+            with connection.cursor() as cursor:
+                while time.monotonic() < deadline:
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    )
+                    if cursor.fetchone()[0]:
+                        break
+                    time.sleep(0.01)
+            release.set()
+        finally:
+            connection.close()
+
+    eraser = threading.Thread(target=erase)
+    eraser.start()
+    assert locked.wait(10)
+    watcher = threading.Thread(target=release_once_someone_waits)
+    watcher.start()
+    try:
+        yield
+    finally:
+        release.set()
+        watcher.join()
+        eraser.join()
+
+
 def test_events_racing_an_erasure_are_refused_by_field_not_a_503(api: APIClient, items: list[Any]) -> None:
     """Events for a customer whose erasure was under way were inserted (the plain read saw the row), and the
     deferred foreign key failed the whole batch at COMMIT: a 503 for every event in it, logged as a database
     outage. Now the ingest's read waits for the erasure and finds the id erased: that event is refused, the rest
     stored."""
     _send(api, _event("r-0", "sku-1", customer_id="racer"))
-    locked, release = threading.Event(), threading.Event()
-
-    def erase_slowly() -> None:
-        # An erasure's transaction as privacy.services.customer_erase runs it, held open until the events are sent.
-        from django.db import transaction
-        from django.utils import timezone
-
-        from catalog import erasure
-
-        try:
-            with transaction.atomic():
-                customer = Customer.objects.select_for_update().get(external_id="racer")
-                customer.delete()
-                erasure.tombstone_add(customer_id="racer", erased_at=timezone.now())
-                locked.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    eraser = threading.Thread(target=erase_slowly)
-    eraser.start()
-    assert locked.wait(10)
-    threading.Timer(0.3, release.set).start()  # the erasure commits while the batch waits on its row
-    response = api.post(
-        "/v1/events",
-        {"events": [_event("r-1", "sku-2", customer_id="racer"), _event("r-2", "sku-2", customer_id="bystander")]},
-        format="json",
-    )
-    eraser.join()
+    with _erasure_held_open("racer"):
+        response = api.post(
+            "/v1/events",
+            {"events": [_event("r-1", "sku-2", customer_id="racer"), _event("r-2", "sku-2", customer_id="bystander")]},
+            format="json",
+        )
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["accepted"] == 1
@@ -798,3 +827,30 @@ def test_events_racing_an_erasure_are_refused_by_field_not_a_503(api: APIClient,
     assert Interaction.objects.filter(event_id="r-2").exists()
     assert not Interaction.objects.filter(event_id__in=["r-0", "r-1"]).exists()
     assert not Customer.objects.filter(external_id="racer").exists()
+
+
+def test_a_csv_import_racing_an_erasure_does_not_bring_the_customer_back(
+    api: APIClient, items: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import read and created its customers apart from the batch's transaction: an erasure committing in between
+    was followed by the batch creating the customer again (its events attached), or by a failed batch (found by a
+    review, 5 December). Now the batch locks or creates them in its own transaction."""
+    _send(api, _event("c-0", "sku-1", customer_id="erin"))
+    csv = tmp_path / "events.csv"
+    csv.write_text(
+        "event_id,customer_id,item_id,type,occurred_at\n"
+        "i-1,erin,sku-1,view,2026-11-01T10:00:00Z\n"
+        "i-2,frank,sku-2,view,2026-11-01T10:00:00Z\n"
+    )
+    # The erasure starts after the import created its customers (its first step, a transaction of its own: left out
+    # here), so it meets the batch's own transaction.
+    from events.services import imports
+
+    monkeypatch.setattr(imports, "_create_customers", lambda batch, create_missing_items: None)
+    with _erasure_held_open("erin"):
+        summary = interactions_import(path=csv)
+    assert summary.stored == 1
+    assert summary.rejected == 1
+    assert not Customer.objects.filter(external_id="erin").exists()
+    assert not Interaction.objects.filter(event_id__in=["c-0", "i-1"]).exists()
+    assert Customer.objects.filter(external_id="frank").exists()
