@@ -134,14 +134,17 @@ def item_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
         return dict(cursor.fetchall())
 
 
-def customer_pks(*, external_ids: Iterable[str]) -> dict[str, int]:
+def customer_pks(*, external_ids: Iterable[str], locked: bool = False) -> dict[str, int]:
     """Primary keys of the customers that exist (unknown ids left out), in one query. Creates nothing: for the
-    customers an event may create, :func:`catalog.services.customer_pks_get_or_create`."""
+    customers an event may create, :func:`catalog.services.customer_pks_get_or_create`. ``locked``: inside a
+    transaction that will reference them, the rows are locked against an erasure (``FOR KEY SHARE``) until it ends,
+    so a customer erased meanwhile is not found rather than failing the transaction's foreign keys at COMMIT."""
     wanted = sorted(set(external_ids))
     if not wanted:
         return {}
+    sql = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%s::text[])"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%s::text[])", [wanted])
+        cursor.execute(sql + " FOR KEY SHARE" if locked else sql, [wanted])
         return dict(cursor.fetchall())
 
 

@@ -854,3 +854,20 @@ def test_a_csv_import_racing_an_erasure_does_not_bring_the_customer_back(
     assert not Customer.objects.filter(external_id="erin").exists()
     assert not Interaction.objects.filter(event_id__in=["c-0", "i-1"]).exists()
     assert Customer.objects.filter(external_id="frank").exists()
+
+
+def test_an_impression_flush_racing_an_erasure_stores_the_impression_without_the_customer(
+    api: APIClient, items: list[Any]
+) -> None:
+    """The flush read the customers' keys unlocked: an erasure committing before the flush did failed its batch at
+    COMMIT (the deferred foreign key), until a later run stored it (found by a review, 5 December)."""
+    from experiments.services import impressions_push
+
+    _send(api, _event("m-0", "sku-1", customer_id="mona"))
+    assert api.get("/v1/recommendations", {"customer_id": "mona", "count": 3}).status_code == 200
+    impressions_push()
+    with _erasure_held_open("mona"):
+        summary = impressions_flush()
+    assert summary.records >= 1
+    assert Impression.objects.filter(customer__isnull=True).exists()
+    assert not Customer.objects.filter(external_id="mona").exists()
