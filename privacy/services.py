@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.utils import timezone
 
@@ -120,7 +122,12 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         customer = Customer.objects.select_for_update().filter(external_id=customer_id).first()
         if customer is None:  # erased by a concurrent request meanwhile
             raise CustomerNotFound(customer_id)
+        customer_pk = customer.pk
         _, deleted = customer.delete()
+        # The admin's change log of the customer's row names them (its text is their id): gone with it.
+        LogEntry.objects.filter(
+            content_type=ContentType.objects.get_for_model(Customer), object_id=str(customer_pk)
+        ).delete()
         # Nothing may create the customer again implicitly (events, merges, impressions): catalog.erasure.
         erasure.tombstone_add(customer_id=customer_id, erased_at=timezone.now())
         prefix = ""

@@ -712,7 +712,17 @@ def _customer_with_state(api: APIClient, customer_id: str) -> int:
 def test_deleting_a_customer_in_the_admin_erases_them(api: APIClient, admin_client: Client, items: list[Any]) -> None:
     """An admin delete was a plain ORM cascade: the Redis state stayed (180 days), no suppression entry, and the
     next event created the customer again with the old history. Now it is the API's erasure, one or many."""
+    from django.contrib.admin.models import LogEntry
+
     pk = _customer_with_state(api, "adm-1")
+    # An earlier edit in the admin is in the change log under the customer's id.
+    from django.contrib.admin.models import CHANGE
+
+    LogEntry.objects.log_actions(
+        user_id=User.objects.get(username="admin").pk, queryset=Customer.objects.filter(pk=pk), action_flag=CHANGE,
+        single_object=True,
+    )  # fmt: skip
+    assert LogEntry.objects.filter(object_repr="adm-1").exists()
     page = admin_client.get(f"/admin/catalog/customer/{pk}/delete/")
     assert page.status_code == 200
     done = admin_client.post(f"/admin/catalog/customer/{pk}/delete/", {"post": "yes"}, follow=True)
@@ -722,6 +732,9 @@ def test_deleting_a_customer_in_the_admin_erases_them(api: APIClient, admin_clie
     assert ErasedCustomer.objects.filter(id_hash=id_hash("adm-1")).exists()
     assert ErasureRecord.objects.count() == 1
     assert _owner_keys("adm-1") == []
+    # The change log names the erasure's record, not the customer, and keeps none of their earlier entries.
+    assert not LogEntry.objects.filter(object_repr__contains="adm-").exists()
+    assert LogEntry.objects.filter(change_message="Erased a customer in the admin.").count() == 1
     # The next event naming the id is refused, as after an API erasure.
     again = api.post("/v1/events", _event("adm-1-again", "sku-1", customer_id="adm-1"), format="json")
     assert again.status_code == 400
@@ -735,6 +748,8 @@ def test_deleting_a_customer_in_the_admin_erases_them(api: APIClient, admin_clie
     assert not Customer.objects.filter(pk__in=pks).exists()
     assert ErasureRecord.objects.count() == 3
     assert all(ErasedCustomer.objects.filter(id_hash=id_hash(f"adm-{n}")).exists() for n in (2, 3))
+    assert LogEntry.objects.filter(change_message="Erased a customer in the admin.").count() == 3
+    assert not LogEntry.objects.filter(object_repr__contains="adm-").exists()
     assert _owner_keys("adm-2") == []
     assert _owner_keys("adm-3") == []
 
@@ -754,6 +769,19 @@ def test_an_admin_delete_with_redis_down_erases_nothing_and_says_so(
     assert "Redis is unavailable" in done.content.decode()
     assert Customer.objects.filter(pk=pk).exists()
     assert not ErasedCustomer.objects.filter(id_hash=id_hash("adm-r")).exists()
+    from django.contrib.admin.models import LogEntry
+
+    assert not LogEntry.objects.exists()  # no deletion logged that did not happen
+    # A selection too large to erase within a request is refused before anything is erased.
+    from privacy.admin import MAX_SELECTED
+
+    many = Customer.objects.bulk_create(Customer(external_id=f"many-{n}") for n in range(MAX_SELECTED + 1))
+    answer = admin_client.post(
+        "/admin/catalog/customer/", {"action": "delete_selected", "_selected_action": [c.pk for c in many]},
+        follow=True,
+    )  # fmt: skip
+    assert f"at most {MAX_SELECTED}" in answer.content.decode()
+    assert Customer.objects.filter(external_id__startswith="many-").count() == MAX_SELECTED + 1
 
 
 @contextmanager
