@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.exceptions
 import redis
+from celery import current_app
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
@@ -153,8 +155,33 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         ErasureRecord.objects.filter(pk=record.pk).update(
             online_keys_deleted=record.online_keys_deleted, cached_lists_deleted=record.cached_lists_deleted
         )
+    _forget_again_later(customer_id)
     logger.info("customer_erased", extra={"erasure": record.pk, "interactions": record.interactions_deleted})
     return record
+
+
+# An event batch committed just before the erasure took the customer's row writes its Redis step right after its
+# commit, and may do so after the erasure's clean-up: one more clean-up this much later removes what it wrote.
+FORGET_AGAIN_SECONDS = 10.0
+FORGET_AGAIN_TASK = "privacy.tasks.forget_erased_owner"
+
+
+def _forget_again_later(customer_id: str) -> None:
+    """Queue :func:`erased_owner_forget` (privacy.tasks); a broker failure is logged (a rebuild forgets it too)."""
+    try:
+        # By name: the tasks module imports this one.
+        current_app.send_task(FORGET_AGAIN_TASK, args=(customer_id,), countdown=FORGET_AGAIN_SECONDS)
+    except (redis.RedisError, kombu.exceptions.OperationalError):
+        logger.warning("erasure_forget_again_not_queued", exc_info=True)
+
+
+def erased_owner_forget(*, customer_id: str) -> bool:
+    """Forget an erased customer's online state once more, unless the id was created again since (an explicit PUT:
+    its new state is its own). True when it forgot."""
+    if Customer.objects.filter(external_id=customer_id).exists():
+        return False
+    online.forget_owner(customer_owner(customer_id), version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+    return True
 
 
 def _impressions_flush_queued() -> None:

@@ -899,3 +899,27 @@ def test_an_impression_flush_racing_an_erasure_stores_the_impression_without_the
     assert summary.records >= 1
     assert Impression.objects.filter(customer__isnull=True).exists()
     assert not Customer.objects.filter(external_id="mona").exists()
+
+
+def test_what_a_batch_committed_just_before_an_erasure_writes_to_redis_is_forgotten_after_it(
+    api: APIClient, items: list[Any], celery_worker: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that committed just before the erasure took the row writes its Redis step after its commit, possibly
+    after the erasure's own clean-up (found by a review, 5 December): the erasure forgets the owner once more a few
+    seconds later, on the worker, unless the id was created again meanwhile."""
+    from privacy import services as privacy_services
+
+    monkeypatch.setattr(privacy_services, "FORGET_AGAIN_SECONDS", 0.2)
+    for customer in ("late", "reborn"):
+        _send(api, _event(f"{customer}-1", "sku-1", customer_id=customer))
+        assert api.delete(f"/v1/customers/{customer}").status_code == 204
+        # What the batch's late Redis step writes after the erasure's clean-up.
+        online.apply_events([online.OnlineEvent(customer, 0, items[2].pk, None, 1, None, time.time())], now=time.time())
+        assert _owner_keys(customer)
+    assert api.put("/v1/customers/reborn", {"attributes": {}}, format="json").status_code == 201
+    deadline = time.monotonic() + 20
+    while _owner_keys("late") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _owner_keys("late") == []
+    time.sleep(1.0)
+    assert _owner_keys("reborn")  # created again by a PUT: what it has now is its own
