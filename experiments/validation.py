@@ -48,7 +48,7 @@ def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
     for v in variants:
         if v.is_control and v.config:
             errors.append(
-                f"The control {v.name} serves the surface's current default, so its config must be {{}}; put "
+                f"The control ({v.name!r}) serves the surface's current default, so its config must be {{}}; put "
                 f"{', '.join(sorted(map(str, v.config)))} in a challenger."
             )
     for v in variants:

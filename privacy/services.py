@@ -37,8 +37,6 @@ from ranking import cache
 
 logger = logging.getLogger(__name__)
 
-# How long an erased customer's bumped cache version lives on (events.online.FORGOTTEN_VERSION_TTL_SECONDS).
-ERASURE_VERSION_TTL_SECONDS = online.FORGOTTEN_VERSION_TTL_SECONDS
 # Queued impressions are flushed before an erasure (see customer_erase); at most this many batches of 2,000.
 _ERASURE_FLUSH_BATCHES = 50
 _FLUSH_LOCK_WAIT_SECONDS = 2.0
@@ -118,7 +116,7 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         raise CustomerNotFound(customer_id)
     owner = customer_owner(customer_id)
     _impressions_flush_queued()
-    online_keys = online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+    online_keys = online.forget_owner(owner)
 
     with transaction.atomic():
         customer = Customer.objects.select_for_update().filter(external_id=customer_id).first()
@@ -144,7 +142,7 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         )
 
     try:
-        record.online_keys_deleted += online.forget_owner(owner, version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+        record.online_keys_deleted += online.forget_owner(owner)
         # Every key form (alone, or beside a session): the version bump above already made them unreachable.
         record.cached_lists_deleted = cache.owner_entries_delete(owner)
     except redis.RedisError:
@@ -180,7 +178,7 @@ def erased_owner_forget(*, customer_id: str) -> bool:
     its new state is its own). True when it forgot."""
     if Customer.objects.filter(external_id=customer_id).exists():
         return False
-    online.forget_owner(customer_owner(customer_id), version_ttl_seconds=ERASURE_VERSION_TTL_SECONDS)
+    online.forget_owner(customer_owner(customer_id))
     return True
 
 

@@ -15,11 +15,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings.dev")
 django_application = get_wsgi_application()
 
 from ranking import kernels  # noqa: E402
-from recsys.wsgi_guards import chunked_body_shim, url_length_guard  # noqa: E402 - needs the settings above
+from recsys.wsgi_guards import chunked_body_shim, url_guard  # noqa: E402 - needs the settings above
 
 # Django reads CONTENT_LENGTH bytes only: the shim makes a chunked body (gunicorn de-chunks it) readable; an
 # over-long URL is a JSON 414 (recsys/wsgi_guards.py).
-application = url_length_guard(chunked_body_shim(django_application))
+application = url_guard(chunked_body_shim(django_application))
 
 # Serving's compiled loops (ranking/kernels.py), compiled or loaded from numba's disk cache now, not on a request.
 kernels.warm()

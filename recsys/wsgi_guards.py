@@ -1,7 +1,7 @@
 """WSGI-level guards around Django: what must happen before Django builds its request.
 
 - :func:`chunked_body_shim`: a body sent with ``Transfer-Encoding: chunked`` becomes readable.
-- :func:`url_length_guard`: a request line longer than :data:`MAX_URL_BYTES` is answered ``414`` in JSON, a path
+- :func:`url_guard`: a request line longer than :data:`MAX_URL_BYTES` is answered ``414`` in JSON, a path
   whose percent-escapes are not UTF-8 text ``400``.
 
 gunicorn's own limit on the request line is raised past this one (gunicorn.conf.py), so an over-long URL reaches
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from django.conf import settings
 
@@ -21,6 +23,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # gunicorn's request line limit (gunicorn.conf.py), about what CDNs pass on (CloudFront: 8,192 bytes).
 MAX_URL_BYTES = 8190
+# A percent-escape of a byte above 0x7F: only a query string holding one can fail to be UTF-8 (ASCII otherwise).
+_HIGH_ESCAPE = re.compile(r"%[89a-fA-F][0-9a-fA-F]").search
 
 
 def chunked_body_shim(app: WSGIApp) -> WSGIApp:
@@ -47,13 +51,17 @@ def chunked_body_shim(app: WSGIApp) -> WSGIApp:
     return wrapped
 
 
-def url_length_guard(app: WSGIApp) -> WSGIApp:
-    """``414 {"detail": …}`` for a path plus query string over :data:`MAX_URL_BYTES`, ``400`` for a path that is
-    not UTF-8 text, before Django parses it."""
+def url_guard(app: WSGIApp) -> WSGIApp:
+    """``414 {"detail": …}`` for a path plus query string over :data:`MAX_URL_BYTES`, ``400`` for a path or query
+    string that is not UTF-8 text, before Django parses it (Django reads a query string's other bytes as U+FFFD:
+    ``customer_id=%FF`` and ``%FE`` were one id)."""
     too_long = json.dumps({"detail": f"The URL is longer than {MAX_URL_BYTES:,} bytes."}).encode()
     # Django keeps the escapes of bytes that are not UTF-8 as they were sent: PUT /v1/items/%FF stored the item
     # "%FF", which /v1/items/%25FF names too (two spellings of one id; found by a fifth tester, 5 December).
     not_text = json.dumps({"detail": "The URL's path is not UTF-8 text (percent-escapes of other bytes)."}).encode()
+    query_not_text = json.dumps(
+        {"detail": "The URL's query string is not UTF-8 text (percent-escapes of other bytes)."}
+    ).encode()
 
     def answer(start_response: Callable[..., Any], status: str, body: bytes) -> list[bytes]:
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -69,6 +77,12 @@ def url_length_guard(app: WSGIApp) -> WSGIApp:
                 path.encode("latin-1").decode("utf-8")
             except UnicodeError:
                 return answer(start_response, "400 Bad Request", not_text)
+        query = environ.get("QUERY_STRING", "")
+        if not query.isascii() or _HIGH_ESCAPE(query):
+            try:
+                unquote_to_bytes(query.encode("latin-1")).decode("utf-8")
+            except UnicodeError:
+                return answer(start_response, "400 Bad Request", query_not_text)
         return app(environ, start_response)
 
     return wrapped

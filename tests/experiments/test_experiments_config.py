@@ -84,7 +84,7 @@ def test_variant_set_rules() -> None:
     # The control changes nothing (the README's rule; the form accepted {"diversity_cap": 0.5} until 5 December).
     changed = variant_set_errors([VariantSpec("control", 0.5, True, {"diversity_cap": 0.5}), VariantSpec("b", 0.5)])
     assert changed == [
-        "The control control serves the surface's current default, so its config must be {}; put diversity_cap in "
+        "The control ('control') serves the surface's current default, so its config must be {}; put diversity_cap in "
         "a challenger."
     ]
 

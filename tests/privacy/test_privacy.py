@@ -18,12 +18,12 @@ from rest_framework.test import APIClient
 from catalog.models import Category, Customer, Item
 from events import keys, online
 from events.models import Interaction
+from events.online import FORGOTTEN_VERSION_TTL_SECONDS
 from events.services import online_state_rebuild
 from experiments.models import Impression
 from experiments.services import impressions_flush, impressions_push
 from kernel import redis_client
 from privacy.models import ErasureRecord
-from privacy.services import ERASURE_VERSION_TTL_SECONDS
 from ranking import artifacts, serving
 from ranking.cache import list_key, owner_key_part
 from ranking.services import model_train
@@ -192,7 +192,7 @@ def test_erasure_removes_everything_about_the_customer_and_keeps_an_anonymous_re
     assert client.exists(keys.history(ALICE), keys.affinity(ALICE), keys.shown(ALICE), keys.dismissed(ALICE)) == 0
     assert _rec_keys(ALICE) == []
     # The version lives on briefly (bumped, so no cached list of Alice is reachable), then goes too.
-    assert 0 < client.ttl(keys.cache_version(ALICE)) <= ERASURE_VERSION_TTL_SECONDS
+    assert 0 < client.ttl(keys.cache_version(ALICE)) <= FORGOTTEN_VERSION_TTL_SECONDS
     # The impression that was still queued was stored and erased with the rest: a later flush cannot bring her back.
     impressions_flush()
     assert not Customer.objects.filter(external_id=ALICE).exists()

@@ -37,7 +37,7 @@ from kernel import redis_client
 from kernel.api_keys import api_key_create
 from kernel.parsers import MAX_JSON_DEPTH, json_depth
 from kernel.validation import ATTRIBUTES_MAX_DEPTH, render_safe_json
-from recsys.wsgi_guards import MAX_URL_BYTES, url_length_guard
+from recsys.wsgi_guards import MAX_URL_BYTES, url_guard
 from tests.factories import CategoryFactory, CustomerFactory, InteractionFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -505,7 +505,7 @@ def test_an_over_long_url_is_a_json_414_before_django() -> None:
         start_response("200 OK", [])
         return [b""]
 
-    guarded = url_length_guard(app)
+    guarded = url_guard(app)
     statuses: list[str] = []
     for query in ("q=" + "a" * 100, "q=" + "a" * MAX_URL_BYTES):
         environ: dict[str, Any] = {"PATH_INFO": "/v1/recommendations", "QUERY_STRING": query}
@@ -516,7 +516,7 @@ def test_an_over_long_url_is_a_json_414_before_django() -> None:
     assert len(reached) == 1
 
 
-def test_a_path_that_is_not_utf8_is_a_json_400_before_django() -> None:
+def test_a_path_or_query_that_is_not_utf8_is_a_json_400_before_django() -> None:
     """``PUT /v1/items/%FF`` stored the item ``%FF`` (Django keeps escapes it cannot decode), which ``%25FF`` names
     too. WSGI passes the path's bytes as latin-1 characters: gunicorn decodes ``%FF`` to ``"\xff"``."""
     reached: list[str] = []
@@ -526,7 +526,7 @@ def test_a_path_that_is_not_utf8_is_a_json_400_before_django() -> None:
         start_response("200 OK", [])
         return [b""]
 
-    guarded = url_length_guard(app)
+    guarded = url_guard(app)
     statuses: list[str] = []
     paths = [
         "/v1/items/\xff", "/v1/items/\xc0\xaf", "/v1/items/\xed\xa0\x80",  # not UTF-8 (an overlong, a surrogate)
@@ -540,6 +540,13 @@ def test_a_path_that_is_not_utf8_is_a_json_400_before_django() -> None:
     assert statuses == ["400 Bad Request"] * 3 + ["200 OK"] * 2
     assert "UTF-8" in json.loads(bodies[0])["detail"]
     assert reached == ["/v1/items/%FF", "/v1/items/caf\xc3\xa9"]
+    # The query string alike: Django read %FF and %FE both as U+FFFD (one customer id for two spellings).
+    statuses.clear()
+    for query in ("customer_id=%FF", "customer_id=%fe&count=3", "customer_id=caf%C3%A9", "customer_id=%25FF", "q=\xff"):
+        environ = {"PATH_INFO": "/v1/recommendations", "QUERY_STRING": query}
+        setup_testing_defaults(environ)
+        b"".join(guarded(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 Bad Request", "400 Bad Request", "200 OK", "200 OK", "400 Bad Request"]
 
 
 def test_debug_is_off_in_the_demo_settings_unless_asked_for() -> None:
