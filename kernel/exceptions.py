@@ -24,6 +24,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, DataError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from redis.exceptions import RedisClusterException
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -78,7 +79,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         # Unreachable, or a statement cancelled by statement_timeout (QueryCanceled is an OperationalError).
         logger.error("api_database_error", exc_info=exc)
         return _unavailable()
-    if isinstance(exc, redis.RedisError):
+    if isinstance(exc, redis.RedisError | RedisClusterException):
         # Only where Redis is required (an erasure, an export); the hot paths degrade without it instead.
         logger.error("api_redis_error", exc_info=exc)
         return _unavailable()
