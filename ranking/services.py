@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
@@ -393,9 +393,13 @@ def model_version_activate(
     """Make ``version_id`` the one active version: retire the current one and activate this one in a single
     transaction (rows locked with SELECT ... FOR UPDATE), then publish the Redis marker after commit.
 
-    A second concurrent activation waits for the lock; the partial unique index rejects two active rows. The
+    Activations take turns (a transaction-level advisory lock, taken first): row locks alone let a second one,
+    waiting on the active row, find it retired once the first committed and save a second active row, which the
+    partial unique index refused with an IntegrityError (an admin 500; found by a sixth tester, 5 December). The
     artifacts are verified first: activating a version whose files are gone would only make every loader refuse it.
     """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["ranking:model-activation"])
     version = ModelVersion.objects.select_for_update().get(id=version_id)
     location = selectors.version_location(version_id=version.id)
     if version.status == ModelVersion.Status.FAILED or not version.checksum or location is None:

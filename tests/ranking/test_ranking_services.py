@@ -221,6 +221,48 @@ def test_the_database_refuses_two_active_versions(artifact_root: Path) -> None:
         ModelVersion.objects.filter(id=first.id).update(status="active")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_activations_at_once_take_turns(artifact_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second activation waiting on the active row found it retired once the first committed and saved a second
+    active row: the unique index's IntegrityError, an admin 500 (found by a sixth tester, 5 December)."""
+    import threading
+
+    from django.db import connection
+
+    first, second, third = (_candidate(artifact_root, name, 0.1) for name in "abc")
+    services.model_version_activate(version_id=first.id)
+    verify = artifacts.version_verify
+    entered = threading.Event()
+
+    def slow_verify(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():  # the first activation holds its turn a while
+            entered.set()
+            time.sleep(0.5)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "version_verify", slow_verify)
+    errors: list[BaseException] = []
+
+    def activate(version_id: int) -> None:
+        try:
+            services.model_version_activate(version_id=version_id)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=activate, args=(second.id,))]
+    threads[0].start()
+    assert entered.wait(5)
+    threads.append(threading.Thread(target=activate, args=(third.id,)))
+    threads[1].start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["c"]
+    assert set(ModelVersion.objects.filter(status="retired").values_list("name", flat=True)) == {"a", "b"}
+
+
 @pytest.mark.django_db
 def test_activation_refuses_a_version_without_usable_artifacts(artifact_root: Path) -> None:
     version = _candidate(artifact_root, "a", 0.1)
