@@ -296,6 +296,8 @@ STORAGES = {
     "artifacts": {"BACKEND": "ranking.artifact_store.LocalArtifactStorage"},
 }
 if ARTIFACT_S3_BUCKET:
+    from botocore.config import Config
+
     STORAGES["artifacts"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -311,6 +313,11 @@ if ARTIFACT_S3_BUCKET:
             "querystring_auth": True,
             # A download spills to a temporary file beyond this, instead of holding a whole array in memory.
             "max_memory_size": 16 * 1024 * 1024,
+            # botocore's defaults (60 s to connect, 60 s per read, retried) held a fresh web process's requests for
+            # 3 minutes against a store that accepted connections and never answered (a sixth tester, 5 December).
+            "client_config": Config(
+                connect_timeout=3, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}
+            ),
         },
     }
 

@@ -47,3 +47,15 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
     result = _run("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY=GOOD_SECRET)
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_the_object_store_client_gives_up_within_seconds() -> None:
+    """botocore's defaults (60 s to connect, 60 s per read, retried) held a fresh web process's requests for three
+    minutes against an object store that accepted connections and never answered (a sixth tester, 5 December)."""
+    code = (
+        "from django.conf import settings; c = settings.STORAGES['artifacts']['OPTIONS']['client_config'];"
+        "print(c.connect_timeout, c.read_timeout, c.retries['max_attempts'])"
+    )
+    result = _run("shell", "-c", code, SECRET_KEY=GOOD_SECRET, ARTIFACT_S3_BUCKET="models")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].split() == ["3", "20", "3"]
