@@ -93,6 +93,23 @@ def running_bandit_ids() -> list[int]:
     )
 
 
+def pinned_model_versions() -> set[int]:
+    """The model versions that variants of running or stopped (restartable) experiments, and surface defaults,
+    name in their config (``model_version``): versions a serving process may be asked to load."""
+    configs = list(
+        Variant.objects.filter(
+            experiment__status__in=(Experiment.Status.RUNNING, Experiment.Status.STOPPED)
+        ).values_list("config", flat=True)
+    )
+    configs += list(SurfaceDefault.objects.values_list("config", flat=True))
+    found = set()
+    for config in configs:
+        version = config.get("model_version") if isinstance(config, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool):
+            found.add(version)
+    return found
+
+
 # --- results --------------------------------------------------------------------------------------------------
 
 

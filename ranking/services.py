@@ -27,8 +27,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 from redis.exceptions import LockError
 
+from experiments import selectors as experiments_selectors
 from kernel import redis_client
-from ranking import ann, artifacts, evaluation, selectors, tuning
+from ranking import ann, artifact_store, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.pipeline import booster_from_array, booster_to_array, evaluate_with_pipeline
@@ -717,29 +718,46 @@ def _split_from_file(log: InteractionLog, items: ItemTable, path: Path) -> evalu
 
 def model_version_prune(*, keep_retired: int = KEEP_RETIRED_ARTIFACTS) -> list[str]:
     """Delete artifact directories nobody will load again: retired versions beyond the newest ``keep_retired``
-    (kept for a quick rollback), and directories no version points at (superseded re-index copies, leftovers of
-    crashed runs) once they are a day old. Returns the deleted paths."""
-    root = Path(settings.ARTIFACT_ROOT)
-    if not root.exists():
-        return []
-    referenced: set[Path] = set()
-    deletable: list[Path] = []
+    (kept for a quick rollback; a version an experiment's arm or a surface default names is kept too), and
+    directories of this host's version directory no version names (superseded re-index copies, leftovers of
+    crashed runs) once they are a day old. Returns the deleted paths.
+
+    Local: the directory training writes into and serving maps from (``artifacts.local_root()``: the cache when
+    the storage is remote), by directory name, never the compiled rankers' ``.compiled``. Remote: only retired
+    versions beyond those kept, through the storage (``artifact_store.remove``). It looked in ``ARTIFACT_ROOT`` by
+    resolved path: with a shared mount as the storage and a local cache, every version there looked unreferenced,
+    the active one included (found by a sixth tester, 5 December)."""
+    root = artifacts.local_root()
+    pinned = experiments_selectors.pinned_model_versions()
+    keep: set[str] = set()
+    retired_beyond: list[str] = []
     retired_seen = 0
-    for _, status, name, path in selectors.versions_with_artifacts():
-        directory = Path(path) if path else root / name
-        if status == ModelVersion.Status.RETIRED:
+    for version_id, status, name, path in selectors.versions_with_artifacts():
+        dir_name = Path(path).name if path else name
+        if status == ModelVersion.Status.RETIRED and version_id not in pinned:
             retired_seen += 1
             if retired_seen > keep_retired:
-                deletable.append(directory)
+                retired_beyond.append(dir_name)
                 continue
-        referenced.add(directory.resolve())
-    cutoff = time.time() - STALE_DIRECTORY_SECONDS
-    for child in root.iterdir():
-        if child.is_dir() and child.resolve() not in referenced and child.stat().st_mtime < cutoff:
-            deletable.append(child)
+        keep.add(dir_name)
+    retired_beyond = [name for name in retired_beyond if name not in keep]  # a re-index copy shares no name
     deleted = []
-    for directory in deletable:
-        if directory.exists() and directory.resolve().parent == root.resolve():
+    for name in retired_beyond:
+        try:
+            artifact_store.remove(name)
+        except artifacts.ArtifactError:
+            logger.warning("model_artifacts_remove_failed", extra={"version": name}, exc_info=True)
+    cutoff = time.time() - STALE_DIRECTORY_SECONDS
+    compiled = Path(settings.COMPILED_RANKER_DIR).resolve() if settings.COMPILED_RANKER_DIR else None
+    candidates = {root / name for name in retired_beyond}
+    if root.exists():
+        candidates |= {
+            child for child in root.iterdir()
+            if child.is_dir() and child.name not in keep and child.resolve() != compiled
+            and child.stat().st_mtime < cutoff
+        }  # fmt: skip
+    for directory in sorted(candidates):
+        if directory.name not in keep and directory.exists() and directory.parent.resolve() == root.resolve():
             shutil.rmtree(directory, ignore_errors=True)
             deleted.append(str(directory))
     if deleted:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.test import override_settings
@@ -20,7 +21,7 @@ from django.test import override_settings
 from catalog.models import Category, Customer, Item
 from events.models import Interaction
 from kernel import redis_client
-from ranking import ann, artifacts, services, tasks
+from ranking import ann, artifact_store, artifacts, services, tasks
 from ranking.models import ModelVersion
 from ranking.training import TrainParams
 
@@ -440,6 +441,66 @@ def test_prune_keeps_recent_retired_versions_and_removes_stale_leftovers(artifac
     # training in progress and stays.
     assert sorted(Path(p).name for p in deleted) == [".tmp-crashed-run", "v0", "v1"]
     assert sorted(p.name for p in artifact_root.iterdir()) == [".tmp-still-writing", "v2", "v3", "v4"]
+
+
+@pytest.mark.django_db
+def test_prune_keeps_what_an_experiment_names_and_the_compiled_rankers(artifact_root: Path) -> None:
+    """Prune left the versions running experiments' arms name to the retired count, and deleted the compiled
+    rankers' directory once a day old, racing a compile starting (found by a sixth tester, 5 December)."""
+    from django.contrib.auth import get_user_model
+
+    from experiments import services as experiment_services
+    from experiments.validation import VariantSpec
+
+    versions = [_candidate(artifact_root, f"v{n}", 0.1) for n in range(5)]
+    for version in versions:
+        services.model_version_activate(version_id=version.id)
+    experiment = experiment_services.experiment_create(
+        key="old-model", name="old model", surface="home",
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("v0", 0.5, False, {"model_version": versions[0].id})],
+    )  # fmt: skip
+    user = get_user_model().objects.create_user("pruner")
+    experiment_services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    compiled = artifact_root / ".compiled"
+    compiled.mkdir()
+    day_old = time.time() - 2 * services.STALE_DIRECTORY_SECONDS
+    os.utime(compiled, (day_old, day_old))
+
+    with override_settings(COMPILED_RANKER_DIR=str(compiled)):
+        deleted = services.model_version_prune(keep_retired=2)
+
+    assert [Path(p).name for p in deleted] == ["v1"]
+    assert sorted(p.name for p in artifact_root.iterdir()) == [".compiled", "v0", "v2", "v3", "v4"]
+
+
+@pytest.mark.django_db
+def test_prune_with_a_shared_storage_and_a_local_cache_keeps_the_active_version(
+    artifact_root: Path, tmp_path: Path
+) -> None:
+    """With a mounted directory as the storage and a local cache, prune looked in ARTIFACT_ROOT for paths that
+    point into the cache: every version there looked unreferenced, the active one included, and a fresh host then
+    had no model (found by a sixth tester, 5 December). Now it prunes the cache by name, and the storage only of
+    retired versions beyond those kept."""
+    shared, cache = tmp_path / "shared", tmp_path / "cache"
+    mount = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(shared)}}
+    with override_settings(
+        STORAGES={**settings.STORAGES, "artifacts": mount}, ARTIFACT_ROOT=shared, ARTIFACT_CACHE_DIR=str(cache)
+    ):
+        assert not artifact_store.colocated()
+        for n in range(4):  # written to the cache, published to the mount (artifacts.version_write)
+            services.model_version_activate(version_id=_candidate(artifacts.local_root(), f"w{n}", 0.1).id)
+        day_old = time.time() - 2 * services.STALE_DIRECTORY_SECONDS
+        for directory in [*shared.iterdir(), *cache.iterdir()]:
+            os.utime(directory, (day_old, day_old))
+
+        deleted = services.model_version_prune(keep_retired=1)
+
+    assert sorted(Path(p).name for p in deleted) == ["w0", "w1"]
+    assert sorted(p.name for p in cache.iterdir()) == ["w2", "w3"]
+    # In the storage: the versions kept whole (w3 is the active one), the others without a file (a file system
+    # storage leaves their empty directories, which hold no version).
+    assert sorted(p.parent.name for p in shared.glob("*/meta.json")) == ["w2", "w3"]
+    assert not any((shared / "w0").iterdir())
 
 
 def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_registry(
