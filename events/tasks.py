@@ -8,7 +8,7 @@ import redis
 from celery import shared_task
 from django.db import connection
 
-from events import partitions, services
+from events import online, partitions, services
 
 
 @shared_task(
@@ -34,13 +34,19 @@ def fold_item_counters() -> dict[str, Any]:
     soft_time_limit=3 * 3600,
     time_limit=3 * 3600 + 300,
 )
-def rebuild_online_state() -> dict[str, Any]:
+def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
     """Rebuild the online state from Postgres: queued by serving when Redis lost it, or by an operator (e.g. when
-    recsys_online_state_errors_total rose). A no-op while another rebuild runs: that one completes the state."""
+    recsys_online_state_errors_total rose). While another rebuild runs this one looks again once that one's lock
+    would have expired had it died (``only_if_incomplete``: and rebuilds only if the state is still incomplete), so
+    a killed rebuild does not leave serving degraded until someone notices."""
     try:
+        if only_if_incomplete and online.read_complete():
+            return {"skipped": "the online state is complete"}
         summary = services.online_state_rebuild()
     except services.RebuildInProgress:
-        return {"skipped": "another rebuild_online_state is running"}
+        later = services.online_state.REBUILD_LOCK_SECONDS + 5
+        rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=later)
+        return {"skipped": "another rebuild_online_state is running; looking again later"}
     finally:
         # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.
         connection.close()

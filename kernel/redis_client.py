@@ -14,7 +14,10 @@ rest). The rules every caller follows so that the same code runs on one Redis an
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -22,7 +25,9 @@ from django.conf import settings
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import RedisClusterException
+from redis.exceptions import LockError, RedisClusterException
+
+logger = logging.getLogger(__name__)
 
 WORKER_HEARTBEAT_KEY = "sys:worker:heartbeat"
 
@@ -133,3 +138,33 @@ def reset() -> None:
     global _client
     with _lock:
         _client = None
+
+
+@contextlib.contextmanager
+def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[bool]:
+    """A Redis lock held for a long job and kept alive by a heartbeat thread: yields False (and holds nothing) when
+    another holder has it. A job that dies (a killed worker, a Ctrl-C'd command) frees it within ``seconds``
+    instead of blocking every later run for as long as the job might have taken."""
+    # thread_local=False: the heartbeat thread extends the lock with the token this thread acquired.
+    lock = get().lock(key, timeout=seconds, blocking=False, thread_local=False)
+    if not lock.acquire():
+        yield False
+        return
+    stop = threading.Event()
+
+    def keep_alive() -> None:
+        while not stop.wait(heartbeat):
+            try:
+                lock.reacquire()
+            except (redis.RedisError, LockError) as exc:  # a Redis blip: again at the next beat
+                logger.warning("lock_heartbeat_failed", extra={"lock": key, "error": str(exc)})
+
+    beat = threading.Thread(target=keep_alive, name=f"lock-heartbeat {key}", daemon=True)
+    beat.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        beat.join()
+        with contextlib.suppress(redis.RedisError, LockError):
+            lock.release()

@@ -12,7 +12,6 @@ import logging
 import math
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from redis.exceptions import LockError
 
 from experiments import selectors as experiments_selectors
 from kernel import redis_client
@@ -70,30 +68,14 @@ class TrainResult:
 
 @contextlib.contextmanager
 def _training_lock() -> Iterator[None]:
-    """Held for the whole run and kept alive by a heartbeat thread: a run that dies (killed worker, Ctrl-C'd
-    command) frees the lock within ``TRAIN_LOCK_SECONDS`` instead of blocking every training for hours."""
-    # thread_local=False: the heartbeat thread extends the lock with the token this thread acquired.
-    lock = redis_client.get().lock(TRAIN_LOCK_KEY, timeout=TRAIN_LOCK_SECONDS, blocking=False, thread_local=False)
-    if not lock.acquire():
-        raise TrainingBusy("another training is running (Redis lock held); try again when it finishes")
-    stop = threading.Event()
-
-    def keep_alive() -> None:
-        while not stop.wait(TRAIN_LOCK_HEARTBEAT_SECONDS):
-            try:
-                lock.reacquire()
-            except (redis.RedisError, LockError) as exc:  # Redis blip: try again at the next beat
-                logger.warning("training_lock_heartbeat_failed", extra={"error": str(exc)})
-
-    heartbeat = threading.Thread(target=keep_alive, name="training-lock", daemon=True)
-    heartbeat.start()
-    try:
+    """Held for the whole run and kept alive by a heartbeat: a run that dies (killed worker, Ctrl-C'd command) frees
+    the lock within ``TRAIN_LOCK_SECONDS`` instead of blocking every training for hours."""
+    with redis_client.kept_lock(
+        TRAIN_LOCK_KEY, seconds=TRAIN_LOCK_SECONDS, heartbeat=TRAIN_LOCK_HEARTBEAT_SECONDS
+    ) as held:
+        if not held:
+            raise TrainingBusy("another training is running (Redis lock held); try again when it finishes")
         yield
-    finally:
-        stop.set()
-        heartbeat.join()
-        with contextlib.suppress(redis.RedisError, LockError):
-            lock.release()
 
 
 def _window(

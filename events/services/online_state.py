@@ -90,7 +90,11 @@ class RebuildSummary:
         return "\n".join(lines)
 
 
-REBUILD_LOCK_SECONDS = 4 * 3600
+# Kept alive by a heartbeat while the rebuild runs: one that dies (a killed command or worker) frees it this soon.
+# It was 4 hours, never renewed: a killed rebuild left serving degraded and every rebuild refused that long (found by
+# a sixth tester, 5 December).
+REBUILD_LOCK_SECONDS = 120
+REBUILD_LOCK_HEARTBEAT_SECONDS = 30
 _REBUILD_CHUNK = 5000
 
 
@@ -109,41 +113,45 @@ def online_state_rebuild(
     they stream.
     """
     started = time.perf_counter()
-    lock = redis_client.get().lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_SECONDS, blocking=False)
-    if not lock.acquire():
-        raise RebuildInProgress("another rebuild_online_state is running")
-    summary = RebuildSummary()
-    progress = on_progress or (lambda stage, rows: None)
-    try:
-        online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
-        summary.keys_cleared = online.clear_rebuildable()
-        snapshot = not connection.in_atomic_block
-        with transaction.atomic():
-            if snapshot:
-                # One snapshot for the three reads, so history, affinities and counters describe the same events.
-                with connection.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            # The customer rows the snapshot saw behind each customer owner written (checked again at the end).
-            customer_pks: dict[str, int] = {}
-            owners = _rebuild_histories(summary, history_length, progress, customer_pks)
-            owners |= _rebuild_dismissed(summary, progress, customer_pks)
-            owners |= _rebuild_had(summary, progress)
-            _rebuild_affinities(summary, progress)
-            _rebuild_counters(summary, progress)
-        owner_list = sorted(owners)
-        for start in range(0, len(owner_list), _REBUILD_CHUNK):
-            online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
-        summary.owners = len(owners)
-        summary.owners_forgotten = _forget_gone_customers(customer_pks)
-        summary.items_folded = item_features_fold().items
-        online.mark_complete(now=time.time())
-    finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            logger.warning("online_state_rebuild_lock_expired")
+    with redis_client.kept_lock(
+        keys.REBUILD_LOCK, seconds=REBUILD_LOCK_SECONDS, heartbeat=REBUILD_LOCK_HEARTBEAT_SECONDS
+    ) as held:
+        if not held:
+            raise RebuildInProgress(
+                f"another rebuild_online_state is running (Redis lock {keys.REBUILD_LOCK}; one that died frees it "
+                f"within {REBUILD_LOCK_SECONDS} s)"
+            )
+        summary = _rebuild(history_length, on_progress)
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
+    return summary
+
+
+def _rebuild(history_length: int, on_progress: Callable[[str, int], None] | None) -> RebuildSummary:
+    summary = RebuildSummary()
+    progress = on_progress or (lambda stage, rows: None)
+    online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
+    summary.keys_cleared = online.clear_rebuildable()
+    snapshot = not connection.in_atomic_block
+    with transaction.atomic():
+        if snapshot:
+            # One snapshot for the three reads, so history, affinities and counters describe the same events.
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # The customer rows the snapshot saw behind each customer owner written (checked again at the end).
+        customer_pks: dict[str, int] = {}
+        owners = _rebuild_histories(summary, history_length, progress, customer_pks)
+        owners |= _rebuild_dismissed(summary, progress, customer_pks)
+        owners |= _rebuild_had(summary, progress)
+        _rebuild_affinities(summary, progress)
+        _rebuild_counters(summary, progress)
+    owner_list = sorted(owners)
+    for start in range(0, len(owner_list), _REBUILD_CHUNK):
+        online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
+    summary.owners = len(owners)
+    summary.owners_forgotten = _forget_gone_customers(customer_pks)
+    summary.items_folded = item_features_fold().items
+    online.mark_complete(now=time.time())
     return summary
 
 

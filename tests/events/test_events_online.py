@@ -377,6 +377,51 @@ def test_rebuild_refuses_to_run_twice_at_once(catalog: dict[str, Item]) -> None:
         services.online_state_rebuild()
 
 
+@pytest.mark.django_db(transaction=True)  # the task closes its database connection
+def test_a_rebuild_that_died_frees_its_lock_soon_and_a_skipped_task_looks_again(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock was taken for 4 hours and never renewed: a rebuild killed part-way left serving degraded and every
+    rebuild refused for that long, and the task skipped it without asking again (found by a sixth tester, 5
+    December). Now a running rebuild renews a short lock, and a skipped task looks again once it would have
+    expired."""
+    from events import tasks
+
+    monkeypatch.setattr(services.online_state, "REBUILD_LOCK_SECONDS", 1)
+    monkeypatch.setattr(services.online_state, "REBUILD_LOCK_HEARTBEAT_SECONDS", 0.1)
+    Interaction.objects.create(
+        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
+        occurred_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    # A live rebuild keeps its lock past its lifetime: a second one is refused while the first is still reading.
+    refused: list[bool] = []
+
+    def second_attempt(stage: str, rows: int) -> None:
+        if not refused:
+            time.sleep(1.5)
+            try:
+                services.online_state_rebuild()
+            except services.RebuildInProgress:
+                refused.append(True)
+            else:
+                refused.append(False)
+
+    services.online_state_rebuild(on_progress=second_attempt)
+    assert refused == [True]
+    assert not redis_client.get().exists(keys.REBUILD_LOCK)  # released at the end
+    # One that died: its lock is gone within its lifetime, and the next rebuild runs.
+    redis_client.get().set(keys.REBUILD_LOCK, "a killed rebuild", px=1000)
+    queued: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.rebuild_online_state, "apply_async", lambda **options: queued.append(options))
+    assert "skipped" in tasks.rebuild_online_state()
+    assert queued == [{"kwargs": {"only_if_incomplete": True}, "countdown": 6}]
+    time.sleep(1.1)
+    online.mark_incomplete(request_ttl_seconds=60)
+    assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)  # the follow-up rebuilds
+    assert online.read_complete()
+    assert tasks.rebuild_online_state(only_if_incomplete=True) == {"skipped": "the online state is complete"}
+
+
 def test_a_rebuild_is_asked_for_only_while_the_state_is_incomplete_and_none_runs() -> None:
     client = redis_client.get()
     ttl = services.REBUILD_REQUEST_SECONDS
