@@ -201,6 +201,11 @@ a restart without its append-only file) has lost this key too, so serving then r
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
 
+IMPORT_REBUILD_PENDING = "online:{online}:import-pending"
+"""``online:{online}:import-pending``: set by ``import_events`` before its first batch and deleted once its rebuild
+of the online state ended: an import killed between the two leaves it, so its re-run (which stores nothing new)
+still rebuilds. Expires after a week."""
+
 LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:v2", "online:{online}:complete:v3")
 
 REBUILD_REQUESTED = "lock:{online}:rebuild-requested"

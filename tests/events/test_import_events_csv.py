@@ -224,6 +224,38 @@ def test_a_file_cut_short_keeps_what_was_stored_and_serving_sees_it(tmp_path: Pa
     assert selectors.recent_history("C1")  # brought up to date before the command stopped
 
 
+def test_an_import_killed_before_its_rebuild_is_brought_up_to_date_by_its_rerun(
+    tmp_path: Path, items: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its batches committed and before (or during) its rebuild, an import's re-run stored nothing new,
+    ran no rebuild and exited 0: serving never saw the events (found by a sixth tester, 5 December)."""
+    from events import keys, selectors
+    from events.management.commands import import_events
+    from kernel import redis_client
+
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "k1,C7,I1,view,,2024-03-01T10:00:00Z,\n")
+
+    def killed(self: object, options: dict[str, object]) -> None:
+        raise KeyboardInterrupt  # the process dies where the rebuild would start
+
+    with monkeypatch.context() as patch:
+        patch.setattr(import_events.Command, "_bring_serving_up_to_date", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _run(path)
+    assert redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)
+    assert not selectors.recent_history("C7")
+
+    summary, err = _run(path)
+    assert summary["stored"] == 0
+    assert "an earlier import stopped" in err
+    assert selectors.recent_history("C7")
+    assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)
+    # Nothing stored and nothing pending: no rebuild.
+    _, err = _run(path)
+    assert "rebuild_online_state" not in err
+
+
 def test_times_are_stored_in_utc_and_the_floor_is_an_instant(tmp_path: Path, items: None) -> None:
     """+23:59 passed Python and crashed Postgres' COPY (it takes ±15:59); +14:00 let 1989 in past the 1990 floor."""
     path = tmp_path / "events.csv"

@@ -3,15 +3,17 @@ date so serving sees the imported histories at once."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import redis
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events import partitions
+from events import keys, partitions
 from events.importers import FORMATS
 from events.services import interactions_import
+from kernel import redis_client
 from kernel.csvimport import ImportSummary
 from kernel.management.importing import ImportStopped, run_import
 
@@ -41,6 +43,11 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Stored events reach serving only through the rebuild after them: an import killed in between is marked, so
+        # its re-run (which stores nothing new) still rebuilds (found by a sixth tester, 5 December).
+        pending = self._pending()
+        if not options["no_rebuild"]:
+            self._mark_pending()
         try:
             summary = run_import(
                 self, interactions_import, options["path"], fmt=options["fmt"],
@@ -52,13 +59,19 @@ class Command(BaseCommand):
             if stopped.summary is not None and stopped.summary.stored and not options["no_rebuild"]:
                 self.stderr.write(f"{stopped.summary.stored:,} events were stored before the import stopped")
                 self._bring_serving_up_to_date(options)
+            elif not pending:
+                self._clear_pending()
             raise
-        self._after(summary, options)
+        self._after(summary, options, pending=pending)
 
-    def _after(self, summary: ImportSummary, options: dict[str, Any]) -> None:
-        if summary.stored and not options["no_rebuild"]:
+    def _after(self, summary: ImportSummary, options: dict[str, Any], *, pending: bool) -> None:
+        if (summary.stored or pending) and not options["no_rebuild"]:
+            if not summary.stored:
+                self.stderr.write("an earlier import stopped before bringing the online state up to date")
             self._bring_serving_up_to_date(options)
             return
+        if not options["no_rebuild"]:
+            self._clear_pending()  # this run's own mark: nothing stored, nothing left over
         partitions.partitions_split_default(tables=(partitions.INTERACTIONS,))
         if summary.stored:
             self.stderr.write("online state not rebuilt (--no-rebuild): run manage.py rebuild_online_state")
@@ -74,8 +87,26 @@ class Command(BaseCommand):
             call_command(
                 "rebuild_online_state", quiet=options["quiet"], stdout=self.stderr._out, stderr=self.stderr._out
             )
+            self._clear_pending()
         except (CommandError, redis.RedisError) as exc:
             raise CommandError(
                 f"the events were imported, but the online state was not rebuilt ({exc}); "
                 "run manage.py rebuild_online_state"
             ) from exc
+
+    @staticmethod
+    def _pending() -> bool:
+        try:
+            return bool(redis_client.get().exists(keys.IMPORT_REBUILD_PENDING))
+        except redis.RedisError:
+            return False
+
+    @staticmethod
+    def _mark_pending() -> None:
+        with contextlib.suppress(redis.RedisError):  # without Redis the rebuild fails loudly anyway
+            redis_client.get().set(keys.IMPORT_REBUILD_PENDING, "1", ex=7 * 86_400)
+
+    @staticmethod
+    def _clear_pending() -> None:
+        with contextlib.suppress(redis.RedisError):
+            redis_client.get().delete(keys.IMPORT_REBUILD_PENDING)
