@@ -56,6 +56,10 @@ ACTIVE_CHECKSUM_KEY = "model:{model}:active:checksum"
 TRENDING_STAMP_KEY = "model:{model}:trending:stamp"
 TRENDING_KEY = "model:{{model}}:{version_id}:trending"  # str.format: {{model}} is the literal tag
 
+FALLBACKS = Counter(
+    "recsys_model_fallbacks_total",
+    "Times a process with no model, unable to load the active version, served an earlier version it holds instead.",
+)
 LOAD_FAILURES = Counter(
     "recsys_model_load_failures_total",
     "Model versions a serving process refused to load (missing files, checksum mismatch, unreadable).",
@@ -438,6 +442,12 @@ def _default_locate(version_id: int) -> VersionLocation | None:
     return selectors.version_location(version_id=version_id)
 
 
+def _default_previous(version_id: int) -> list[VersionLocation]:
+    from ranking import selectors
+
+    return selectors.previous_version_locations(exclude_id=version_id)
+
+
 def _default_read_trending(version_id: int) -> Mapping[bytes, bytes]:
     from kernel import redis_client
 
@@ -461,6 +471,7 @@ class ModelLoader:
         read_db_marker: Callable[[], Marker | None] = _database_marker,
         locate: Callable[[int], VersionLocation | None] = _default_locate,
         read_trending: Callable[[int], Mapping[bytes, bytes]] = _default_read_trending,
+        previous: Callable[[int], list[VersionLocation]] = _default_previous,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.check_interval = check_interval
@@ -470,6 +481,7 @@ class ModelLoader:
         self._read_db_marker = read_db_marker
         self._locate = locate
         self._read_trending = read_trending
+        self._previous = previous
         self._clock = clock
         self._lock = threading.Lock()
         self._current: ActiveModel | None = None
@@ -577,6 +589,8 @@ class ModelLoader:
             )
         except ArtifactError as exc:
             self._fail(key, exc.reason, str(exc))
+            if self._current is None:
+                self._fall_back(marker.version_id)
             return
         previous = self._current
         self._current = model
@@ -590,6 +604,35 @@ class ModelLoader:
                 "previous_version_id": previous.version_id if previous else None,
             },
         )
+
+    def _fall_back(self, failed_id: int) -> None:
+        """Nothing loaded and the active version cannot be (a corrupt object in the bucket, say): serve the most
+        recently active earlier version this host holds and that verifies, until the active one loads. Without it a
+        process started (or a worker recycled) meanwhile served no model at all (found by a sixth tester, 5
+        December). Only versions already here: no download of an old version on a request's path."""
+        from django.db import DatabaseError
+
+        try:
+            candidates = self._previous(failed_id)
+        except DatabaseError:
+            return
+        for location in candidates:
+            if not location.path.is_dir():
+                continue
+            try:
+                model = model_load(
+                    version_id=location.version_id, name=location.name, checksum=location.checksum, path=location.path
+                )
+            except ArtifactError:
+                continue
+            self._current = model
+            self._trending_stamp = ""
+            FALLBACKS.inc()
+            logger.error(
+                "model_version_fallback",
+                extra={"failed_version_id": failed_id, "serving_version_id": model.version_id},
+            )
+            return
 
     def _fail(self, key: tuple[int, str], reason: str, message: str) -> None:
         LOAD_FAILURES.labels(reason).inc()

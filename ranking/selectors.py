@@ -139,6 +139,17 @@ def version_location(*, version_id: int) -> VersionLocation | None:
     return _location(row) if row else None
 
 
+def previous_version_locations(*, exclude_id: int, limit: int = 3) -> list[VersionLocation]:
+    """The versions active before (retired ones, most recently activated first), but ``exclude_id``."""
+    rows = (
+        ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, activated_at__isnull=False)
+        .exclude(id=exclude_id)
+        .order_by("-activated_at")
+        .values_list("id", "name", "checksum", "artifact_path")[:limit]
+    )
+    return [_location(row) for row in rows]
+
+
 def version_list(*, limit: int = 20) -> list[ModelVersion]:
     return list(ModelVersion.objects.order_by("-created_at")[:limit])
 

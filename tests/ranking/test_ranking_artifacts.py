@@ -181,6 +181,32 @@ def test_a_corrupt_version_keeps_the_previous_one_serving(tmp_path: Path, activa
 
 
 @pytest.mark.django_db
+def test_a_process_starting_while_the_active_version_is_corrupt_serves_the_previous_one(
+    tmp_path: Path, activate: Callable[[int], None]
+) -> None:
+    """A process started (or a worker recycled) while the active version failed its checksum served no model at all,
+    though the version active before was verified on the host (found by a sixth tester, 5 December)."""
+    with override_settings(ARTIFACT_ROOT=tmp_path):
+        good = _version(tmp_path, "good", seed=1)
+        bad = _version(tmp_path, "bad", seed=2)
+        activate(good.id)
+        activate(bad.id)  # good is retired, still on disk
+        damaged = Path(bad.artifact_path) / "als_item_factors.npy"
+        original = damaged.read_bytes()
+        damaged.write_bytes(b"garbage")
+        before = REGISTRY.get_sample_value("recsys_model_fallbacks_total") or 0.0
+        clock = FakeClock()
+        fresh = artifacts.ModelLoader(clock=clock, retry_failed_after=30.0)
+
+        assert fresh.get().version_id == good.id
+        assert (REGISTRY.get_sample_value("recsys_model_fallbacks_total") or 0.0) == before + 1
+        # Repaired: the next try loads the active version.
+        damaged.write_bytes(original)
+        clock.now += 31
+        assert fresh.get().version_id == bad.id
+
+
+@pytest.mark.django_db
 def test_missing_directory_counts_as_missing(tmp_path: Path, activate: Callable[[int], None]) -> None:
     with override_settings(ARTIFACT_ROOT=tmp_path):
         good = _version(tmp_path, "good", seed=1)
