@@ -201,6 +201,12 @@ a restart without its append-only file) has lost this key too, so serving then r
 its lists degraded and asks for a rebuild (:data:`REBUILD_REQUESTED`).
 """
 
+NODE_SENTINELS = "online:{online}:node-sentinels"
+"""``online:{online}:node-sentinels`` (Redis Cluster only): the names of one small key per master that the last rebuild
+wrote (``online:{node-<n>}:sentinel``, a tag hashing to a slot of that master). A master that restarts empty loses
+its sentinel with the owners' state in its slots; serving processes look for them every few seconds and, when one is
+gone, delete :data:`ONLINE_STATE_COMPLETE`, so the loss is noticed as on a single Redis (events.online)."""
+
 IMPORT_REBUILD_PENDING = "online:{online}:import-pending"
 """``online:{online}:import-pending``: set by ``import_events`` before its first batch and deleted once its rebuild
 of the online state ended: an import killed between the two leaves it, so its re-run (which stores nothing new)

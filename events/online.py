@@ -7,6 +7,7 @@ Functions raise ``redis.RedisError``; callers decide whether that is fatal (see 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -355,6 +356,45 @@ def mark_complete(*, now: float) -> None:
     # The markers of older formats sit in other slots: deleted on their own (DEL of several keys is split per slot
     # on a cluster).
     redis_client.get().delete(*keys.LEGACY_COMPLETE_MARKERS)
+    write_node_sentinels()
+
+
+def write_node_sentinels() -> list[str]:
+    """On a Redis Cluster, one small key on every master, named in :data:`keys.NODE_SENTINELS` (nothing on one
+    Redis, whose lost data takes the completeness marker with it)."""
+    client = redis_client.get()
+    if not redis_client.is_cluster():
+        return []
+    names = []
+    for node in client.get_primaries():  # type: ignore[union-attr]
+        for n in range(100_000):
+            name = f"online:{{node-{n}}}:sentinel"
+            if client.get_node_from_key(name).name == node.name:  # type: ignore[union-attr]
+                client.set(name, b"1")
+                names.append(name)
+                break
+    client.set(keys.NODE_SENTINELS, json.dumps(names))
+    return names
+
+
+def node_sentinels_lost() -> list[str]:
+    """The sentinels of :func:`write_node_sentinels` that are gone: a master restarted empty (or a replica promoted
+    before it had them) since the last rebuild. Empty on one Redis, or before any rebuild wrote them."""
+    client = redis_client.get()
+    raw = client.get(keys.NODE_SENTINELS)
+    if not raw:
+        return []
+    names = json.loads(raw)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(name)
+    return [name for name, found in zip(names, pipe.execute(), strict=True) if not found]
+
+
+def forget_completeness() -> None:
+    """The online state is not whole any more (a cluster master lost its data): readers fall back to Postgres and
+    ask for the rebuild, as when Redis lost everything."""
+    redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)
 
 
 # Atomically: nothing to claim when the state is complete (the caller saw it incomplete a moment ago, while a

@@ -74,17 +74,7 @@ def start(directory: Path | None = None, port: int = DEFAULT_PORT) -> str:
             for stale in node.iterdir():
                 stale.unlink()
         node.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                str(redis_server_binary()),
-                "--port", str(p), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
-                "--dir", str(node), "--daemonize", "yes",
-                "--pidfile", str(node / "redis.pid"), "--logfile", str(node / "redis.log"),
-                "--appendonly", "no", "--save", "", "--maxmemory", "512mb", "--maxmemory-policy", "noeviction",
-            ],
-            check=True,
-        )  # fmt: skip
+        _launch(node, p)
     deadline = time.monotonic() + 30
     while not all(_answers(p) for p in ports):
         if time.monotonic() > deadline:
@@ -101,6 +91,34 @@ def start(directory: Path | None = None, port: int = DEFAULT_PORT) -> str:
             raise RuntimeError("redis cluster did not reach cluster_state:ok")
         time.sleep(0.1)
     return url(port)
+
+
+def _launch(node: Path, port: int) -> None:
+    """One node, daemonised, without persistence (a test cluster: its data goes with it)."""
+    subprocess.run(
+        [
+            str(redis_server_binary()),
+            "--port", str(port), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+            "--dir", str(node), "--daemonize", "yes",
+            "--pidfile", str(node / "redis.pid"), "--logfile", str(node / "redis.log"),
+            "--appendonly", "no", "--save", "", "--maxmemory", "512mb", "--maxmemory-policy", "noeviction",
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def restart_node_empty(directory: Path, port: int) -> None:
+    """Kill one node and start it again with its cluster configuration but none of its data (what a node without
+    persistence, or a replaced machine, does); returns once the cluster is whole again."""
+    node = directory / str(port)
+    stop_redis_server(node / "redis.pid")
+    _launch(node, port)
+    deadline = time.monotonic() + 30
+    while not (_answers(port) and _cluster_ok(port)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {port} did not rejoin the cluster; see {node}/redis.log")
+        time.sleep(0.1)
 
 
 def stop(directory: Path | None = None, port: int = DEFAULT_PORT) -> None:

@@ -24,9 +24,11 @@ from django.db import DatabaseError
 from catalog import selectors as catalog_selectors
 from catalog.selectors import ItemRow
 from catalog.services import OPT_OUT_VERSION_KEY
+from events import online as events_online
 from events import selectors as event_selectors
 from events import services as event_services
 from kernel import redis_client
+from kernel.background import Periodic
 from kernel.versions import VersionedSnapshot
 from ranking import retrieval
 from ranking.artifacts import ActiveModel
@@ -303,6 +305,23 @@ def _from_db(owners: Sequence[str]) -> OwnerRead:
     return OwnerRead(history, {}, "postgres", pks, ts, {}, had_pks, had_types)
 
 
+def _watch_cluster_nodes() -> None:
+    """A Redis Cluster master that restarted empty took the owners' state of its slots but not the completeness
+    marker (it lives in one slot): its sentinel tells (events.online.node_sentinels_lost), and then the marker goes
+    too, so serving reads from Postgres and asks for the rebuild, as after a whole Redis lost its data (found by a
+    sixth tester, 5 December)."""
+    try:
+        lost = events_online.node_sentinels_lost()
+        if lost:
+            logger.error("online_state_node_lost", extra={"sentinels": lost})
+            events_online.forget_completeness()
+    except redis.RedisError:
+        pass  # the requests meanwhile degrade by themselves
+
+
+CLUSTER_NODE_WATCH = Periodic("cluster-node-watch", 5.0, _watch_cluster_nodes)
+
+
 def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool) -> OwnerRead:
     """The online state of the request's owners (:class:`OwnerRead`).
 
@@ -313,6 +332,8 @@ def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_o
     if not owners:
         empty = np.empty(0, np.int64)
         return OwnerRead(History.empty(), {}, "none", empty, np.empty(0, np.float64), {})
+    if settings.REDIS_CLUSTER:
+        CLUSTER_NODE_WATCH.ensure()
     if redis_ok and prefetched is None:
         try:
             pipe = redis_client.get().pipeline(transaction=False)

@@ -176,3 +176,33 @@ def test_a_cluster_it_cannot_reach_degrades_requests_instead_of_failing_them(api
     finally:
         redis_client.reset()
         rediscluster.stop(tmp_path / "cluster", port=port)
+
+
+def test_a_master_restarted_empty_is_noticed_and_the_state_rebuilt(tmp_path: Path) -> None:
+    """A master that comes back without its data lost the online state of the owners in its slots, but not the
+    completeness marker, which lives in one slot: lists went on unpersonalised, not degraded, and no rebuild was
+    asked for (found by a sixth tester, 5 December). Each master now holds a sentinel the rebuild wrote, and serving
+    processes look for them every few seconds."""
+    from ranking.pipeline import online as serving_online
+
+    port = rediscluster.DEFAULT_PORT + 10 * (int(os.environ.get("RECSYS_TEST_SLOT", "0")) % 14) + 5
+    directory = tmp_path / "cluster"
+    url = rediscluster.start(directory, port=port)
+    try:
+        with override_settings(REDIS_CLUSTER=True, REDIS_DATA_URL=url):
+            redis_client.reset()
+            online.mark_complete(now=time.time())  # as a rebuild ends: the marker and one sentinel per master
+            assert len(json_names := redis_client.get().get(keys.NODE_SENTINELS)) > 2
+            assert online.node_sentinels_lost() == []
+            serving_online._watch_cluster_nodes()
+            assert online.read_complete()  # nothing lost: nothing forgotten
+
+            rediscluster.restart_node_empty(directory, port + 1)
+            redis_client.reset()
+            lost = online.node_sentinels_lost()
+            assert len(lost) == 1, json_names
+            serving_online._watch_cluster_nodes()
+            assert not online.read_complete()  # serving now reads Postgres and asks for the rebuild
+    finally:
+        redis_client.reset()
+        rediscluster.stop(directory, port=port)
