@@ -100,7 +100,11 @@ def customer_upsert(
 
 
 def customer_pks_get_or_create(
-    *, external_ids: Iterable[str], created_at: datetime | Mapping[str, datetime], cursor: psycopg.Cursor[Any]
+    *,
+    external_ids: Iterable[str],
+    created_at: datetime | Mapping[str, datetime],
+    cursor: psycopg.Cursor[Any],
+    locked: bool = True,
 ) -> dict[str, int]:
     """Primary keys of the customers, creating the unknown ones, except erased ids (absent from the result): the
     one place besides ``customer_upsert`` that writes the customer table (events create their customers). Runs on
@@ -108,10 +112,11 @@ def customer_pks_get_or_create(
 
     Selects first: almost every event names a known customer, and ``INSERT ... ON CONFLICT DO NOTHING`` on a
     known one would still burn a sequence value and a speculative index probe; the rows found are locked against an
-    erasure until the caller's transaction ends (below). Missing ids are inserted in sorted
-    order (concurrent requests lock them in one order; new customers are numbered in that order) and those another
-    request created meanwhile are selected again, by a new statement that sees its commit. ``created_at``: one time
-    for all, or each id's own (a bulk import: its earliest event).
+    erasure until the caller's transaction ends (below; ``locked=False``: not, for a caller that retries its
+    transaction when the customer's foreign key fails at COMMIT, as the API's event ingestion does). Missing ids
+    are inserted in sorted order (concurrent requests lock them in one order; new customers are numbered in that
+    order) and those another request created meanwhile are selected again, by a new statement that sees its commit.
+    ``created_at``: one time for all, or each id's own (a bulk import: its earliest event).
     """
     wanted = sorted(set(external_ids) - {""})
     if not wanted:
@@ -120,7 +125,9 @@ def customer_pks_get_or_create(
     # waits for it and then finds the row gone and the id erased. A plain read let both go on: the events were
     # inserted for a customer deleted meanwhile, and the deferred foreign key failed the whole batch at COMMIT (a
     # 503; found by a fifth tester, 5 December).
-    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[]) FOR KEY SHARE"
+    select = "SELECT external_id, id FROM catalog_customer WHERE external_id = ANY(%b::text[])"
+    if locked:
+        select += " FOR KEY SHARE"
     cursor.execute(select, [wanted])
     found: dict[str, int] = dict(cursor.fetchall())
     missing = [external_id for external_id in wanted if external_id not in found]

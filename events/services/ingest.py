@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import redis
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from catalog.services import customer_pks_get_or_create
 from events import keys, online
@@ -43,7 +43,15 @@ def event_ingest_batch(*, events: Sequence[Any], received_at: datetime | None = 
     """
     now = received_at or utcnow()
     parsed, rejected = parse_events(list(events), now=now)
-    stored, unknown, duplicates = _events_store(parsed, received_at=now)
+    try:
+        stored, unknown, duplicates = _events_store(parsed, received_at=now)
+    except IntegrityError as error:
+        # A customer of the batch was erased between its read and this COMMIT (the deferred foreign key failed): once
+        # more, and the id is then found erased and its events refused by field. Cheaper on the hot path than
+        # locking every customer read (FOR KEY SHARE: about 10% on concurrent single events, 5 December).
+        if not isinstance(error.__cause__, psycopg.errors.ForeignKeyViolation):
+            raise
+        stored, unknown, duplicates = _events_store(parsed, received_at=now)
     rejected.extend(unknown)
     rejected.sort(key=lambda rejection: rejection.index)
 
@@ -115,7 +123,10 @@ def _events_store(
         if not valid:
             return [], unknown, duplicates
         customers = customer_pks_get_or_create(
-            external_ids={event.customer_id for event in valid.values()}, created_at=received_at, cursor=cursor
+            external_ids={event.customer_id for event in valid.values()},
+            created_at=received_at,
+            cursor=cursor,
+            locked=False,  # event_ingest_batch retries when an erasure wins (above)
         )
         for event_id, event in list(valid.items()):
             if event.customer_id and event.customer_id not in customers:
