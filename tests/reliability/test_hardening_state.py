@@ -843,8 +843,8 @@ def _erasure_held_open(customer_id: str) -> Iterator[None]:
 def test_events_racing_an_erasure_are_refused_by_field_not_a_503(api: APIClient, items: list[Any]) -> None:
     """Events for a customer whose erasure was under way were inserted (the plain read saw the row), and the
     deferred foreign key failed the whole batch at COMMIT: a 503 for every event in it, logged as a database
-    outage. Now the ingest's read waits for the erasure and finds the id erased: that event is refused, the rest
-    stored."""
+    outage. Now the batch is stored once more when the key fails and finds the id erased: that event is refused,
+    the rest stored."""
     _send(api, _event("r-0", "sku-1", customer_id="racer"))
     with _erasure_held_open("racer"):
         response = api.post(
