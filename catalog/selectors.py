@@ -148,6 +148,15 @@ def customer_pks(*, external_ids: Iterable[str], locked: bool = False) -> dict[s
         return dict(cursor.fetchall())
 
 
+def customer_pks_present(*, pks: Sequence[int]) -> set[int]:
+    """Those of the customer primary keys ``pks`` whose row still exists, in one query."""
+    if not pks:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM catalog_customer WHERE id = ANY(%s::bigint[])", [list(pks)])
+        return {row[0] for row in cursor.fetchall()}
+
+
 def item_external_ids(*, pks: Sequence[int] | None = None) -> dict[str, int]:
     """External id -> primary key of the given items (every item when ``pks`` is None), in one query."""
     with connection.cursor() as cursor:

@@ -17,6 +17,7 @@ from django.db import connection
 from catalog.models import Item
 from events.models import Interaction
 from events.parsing import VALUE_MAX
+from experiments.config import InvalidConfig, VariantConfig
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.results import CupedData, DailyTotals, ExperimentSpec, VariantInfo, VariantTotals, WeightPoint
 
@@ -104,8 +105,11 @@ def pinned_model_versions() -> set[int]:
     configs += list(SurfaceDefault.objects.values_list("config", flat=True))
     found = set()
     for config in configs:
-        version = config.get("model_version") if isinstance(config, dict) else None
-        if isinstance(version, int) and not isinstance(version, bool):
+        try:
+            version = VariantConfig.from_dict(config).model_version
+        except InvalidConfig:  # a config stored before a rule: serving skips it too
+            continue
+        if version is not None:
             found.add(version)
     return found
 

@@ -442,6 +442,12 @@ def _default_locate(version_id: int) -> VersionLocation | None:
     return selectors.version_location(version_id=version_id)
 
 
+def _load_location(location: VersionLocation) -> ActiveModel:
+    return model_load(
+        version_id=location.version_id, name=location.name, checksum=location.checksum, path=location.path
+    )
+
+
 def _default_previous(version_id: int) -> list[VersionLocation]:
     from ranking import selectors
 
@@ -584,9 +590,7 @@ class ModelLoader:
             self._fail(key, "missing", f"version {marker.version_id} is not in the registry")
             return
         try:
-            model = model_load(
-                version_id=location.version_id, name=location.name, checksum=location.checksum, path=location.path
-            )
+            model = _load_location(location)
         except ArtifactError as exc:
             self._fail(key, exc.reason, str(exc))
             if self._current is None:
@@ -620,9 +624,7 @@ class ModelLoader:
             if not location.path.is_dir():
                 continue
             try:
-                model = model_load(
-                    version_id=location.version_id, name=location.name, checksum=location.checksum, path=location.path
-                )
+                model = _load_location(location)
             except ArtifactError:
                 continue
             self._current = model

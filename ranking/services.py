@@ -723,7 +723,6 @@ def model_version_prune(*, keep_retired: int = KEEP_RETIRED_ARTIFACTS) -> list[s
                 continue
         keep.add(dir_name)
     retired_beyond = [name for name in retired_beyond if name not in keep]  # a re-index copy shares no name
-    deleted = []
     for name in retired_beyond:
         try:
             artifact_store.remove(name)
@@ -738,8 +737,9 @@ def model_version_prune(*, keep_retired: int = KEEP_RETIRED_ARTIFACTS) -> list[s
             if child.is_dir() and child.name not in keep and child.resolve() != compiled
             and child.stat().st_mtime < cutoff
         }  # fmt: skip
+    deleted = []
     for directory in sorted(candidates):
-        if directory.name not in keep and directory.exists() and directory.parent.resolve() == root.resolve():
+        if directory.exists() and directory.parent.resolve() == root.resolve():
             shutil.rmtree(directory, ignore_errors=True)
             deleted.append(str(directory))
     if deleted:

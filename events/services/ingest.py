@@ -46,9 +46,10 @@ def event_ingest_batch(*, events: Sequence[Any], received_at: datetime | None = 
     try:
         stored, unknown, duplicates = _events_store(parsed, received_at=now)
     except IntegrityError as error:
-        # A customer of the batch was erased between its read and this COMMIT (the deferred foreign key failed): once
-        # more, and the id is then found erased and its events refused by field. Cheaper on the hot path than
-        # locking every customer read (FOR KEY SHARE: about 10% on concurrent single events, 5 December).
+        # A customer of the batch was erased (or an item deleted) between its read and this COMMIT (the deferred
+        # foreign key failed): once more, and the id is then found erased (or unknown) and its events refused by
+        # field. Cheaper on the hot path than locking every customer read (FOR KEY SHARE: about 10% on concurrent
+        # single events, 5 December).
         if not isinstance(error.__cause__, psycopg.errors.ForeignKeyViolation):
             raise
         stored, unknown, duplicates = _events_store(parsed, received_at=now)

@@ -15,6 +15,7 @@ import redis
 from celery import current_app
 from django.db import connection, transaction
 
+from catalog import selectors as catalog_selectors
 from events import keys, online
 from events.features import (
     AFFINITY_HALF_LIFE_SECONDS,
@@ -190,15 +191,13 @@ def _forget_gone_customers(customer_pks: dict[str, int]) -> int:
     by_pk = {pk: owner for owner, pk in customer_pks.items()}
     pks = list(by_pk)
     forgotten = 0
-    with connection.cursor() as cursor:
-        for start in range(0, len(pks), _REBUILD_CHUNK):
-            chunk = pks[start : start + _REBUILD_CHUNK]
-            cursor.execute("SELECT id FROM catalog_customer WHERE id = ANY(%s::bigint[])", [chunk])
-            present = {row[0] for row in cursor.fetchall()}
-            for pk in chunk:
-                if pk not in present:
-                    online.forget_owner(by_pk[pk])
-                    forgotten += 1
+    for start in range(0, len(pks), _REBUILD_CHUNK):
+        chunk = pks[start : start + _REBUILD_CHUNK]
+        present = catalog_selectors.customer_pks_present(pks=chunk)
+        for pk in chunk:
+            if pk not in present:
+                online.forget_owner(by_pk[pk])
+                forgotten += 1
     if forgotten:
         logger.info("online_state_rebuild_forgot_gone_customers", extra={"customers": forgotten})
     return forgotten

@@ -250,7 +250,7 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
         # A served list never creates a customer: a read must not create data, and an id erased meanwhile must not
         # come back. The impression of an unknown (or erased) id is stored without a customer (its session and
         # request id still attribute it); a customer whose first event arrives before the flush is linked.
-        # Locked: an erasure committing before this transaction does failed the whole flush at COMMIT.
+        # Locked against an erasure: one committing while this transaction ran failed its whole batch at COMMIT.
         customers = catalog_selectors.customer_pks(external_ids={r["c"] for r in parsed if r["c"]}, locked=True)
         wanted = {(key, name) for r in parsed for key, name in r["x"]}
         variants = {
