@@ -381,8 +381,7 @@ def model_version_activate(
     partial unique index refused with an IntegrityError (an admin 500; found by a sixth tester, 5 December). The
     artifacts are verified first: activating a version whose files are gone would only make every loader refuse it.
     """
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["ranking:model-activation"])
+    _take_activation_turn()
     version = ModelVersion.objects.select_for_update().get(id=version_id)
     location = selectors.version_location(version_id=version.id)
     if version.status == ModelVersion.Status.FAILED or not version.checksum or location is None:
@@ -410,6 +409,13 @@ def model_version_activate(
     return version
 
 
+def _take_activation_turn() -> None:
+    """The transaction-level advisory lock activations (and promotions) take turns on, always before any model
+    version row: taken again later in the same transaction it does not block."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["ranking:model-activation"])
+
+
 def promotion_decision(
     *, candidate_ndcg: float | None, active_ndcg: float | None, has_active: bool, tolerance: float, force: bool
 ) -> str:
@@ -432,6 +438,9 @@ def model_version_promote(
     """Apply :func:`promotion_decision` to a candidate, record the decision and both figures on it, and activate
     it when the decision says so (and ``activate``)."""
     with transaction.atomic():
+        # The activation's turn before the candidate's row, as model_version_activate takes them: the other order
+        # deadlocked with an admin activating the same candidate meanwhile.
+        _take_activation_turn()
         version = ModelVersion.objects.select_for_update().get(id=version_id)
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(id=version.id).first()
         candidate_ndcg = version.validation_ndcg

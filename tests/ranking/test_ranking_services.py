@@ -264,6 +264,49 @@ def test_two_activations_at_once_take_turns(artifact_root: Path, monkeypatch: py
     assert set(ModelVersion.objects.filter(status="retired").values_list("name", flat=True)) == {"a", "b"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_promotion_and_an_admin_activation_of_one_candidate_take_turns(
+    artifact_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The promotion locked the candidate's row and then waited for the activations' turn, which an admin activating
+    the same candidate held while it waited for that row: Postgres' "deadlock detected", an admin 500 or a failed
+    promotion (found by a reviewer, 6 December). Both now take the turn first."""
+    import threading
+
+    from django.db import connection
+
+    first, candidate = _candidate(artifact_root, "a", 0.1), _candidate(artifact_root, "b", 0.2)
+    services.model_version_activate(version_id=first.id)
+    decide = services.promotion_decision
+    deciding = threading.Event()
+
+    def slow_decision(**kwargs: Any) -> str:
+        deciding.set()
+        time.sleep(0.5)  # the admin's activation arrives while the promotion holds what it has taken
+        return decide(**kwargs)
+
+    monkeypatch.setattr(services, "promotion_decision", slow_decision)
+    errors: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    promote = threading.Thread(target=run, args=(lambda: services.model_version_promote(version_id=candidate.id),))
+    promote.start()
+    assert deciding.wait(5)
+    admin = threading.Thread(target=run, args=(lambda: services.model_version_activate(version_id=candidate.id),))
+    admin.start()
+    promote.join()
+    admin.join()
+    assert errors == []
+    assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["b"]
+
+
 @pytest.mark.django_db
 def test_activation_refuses_a_version_without_usable_artifacts(artifact_root: Path) -> None:
     version = _candidate(artifact_root, "a", 0.1)
