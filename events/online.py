@@ -348,7 +348,11 @@ def mark_incomplete(*, request_ttl_seconds: int) -> None:
 
 
 def mark_complete(*, now: float) -> None:
-    """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again."""
+    """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again.
+
+    The sentinels (and their list) are written before the marker: a serving process looking in between would
+    otherwise compare the new marker with the last rebuild's list of sentinels and take it back."""
+    write_node_sentinels()
     pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.set(keys.ONLINE_STATE_COMPLETE, str(now))
     pipe.delete(keys.REBUILD_REQUESTED)
@@ -356,7 +360,6 @@ def mark_complete(*, now: float) -> None:
     # The markers of older formats sit in other slots: deleted on their own (DEL of several keys is split per slot
     # on a cluster).
     redis_client.get().delete(*keys.LEGACY_COMPLETE_MARKERS)
-    write_node_sentinels()
 
 
 def write_node_sentinels() -> list[str]:

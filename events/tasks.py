@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -9,6 +10,8 @@ from celery import shared_task
 from django.db import connection
 
 from events import online, partitions, services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -47,6 +50,12 @@ def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
         later = services.online_state.REBUILD_LOCK_SECONDS + 5
         rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=later)
         return {"skipped": "another rebuild_online_state is running; looking again later"}
+    except services.RebuildAborted as exc:
+        # Left incomplete on purpose (a lost lock, a cluster master restarted empty): again at once, unless another
+        # rebuild (the one that took the lock) finishes the job first.
+        logger.error("online_state_rebuild_aborted", extra={"reason": str(exc)})
+        rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=5)
+        return {"aborted": str(exc)}
     finally:
         # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.
         connection.close()

@@ -95,12 +95,11 @@ def running_bandit_ids() -> list[int]:
 
 
 def pinned_model_versions() -> set[int]:
-    """The model versions that variants of running or stopped (restartable) experiments, and surface defaults,
-    name in their config (``model_version``): versions a serving process may be asked to load."""
+    """The model versions that variants of draft (about to start), running or stopped (restartable) experiments,
+    and surface defaults, name in their config (``model_version``): versions a serving process may be asked to
+    load. Concluded experiments serve nothing any more."""
     configs = list(
-        Variant.objects.filter(
-            experiment__status__in=(Experiment.Status.RUNNING, Experiment.Status.STOPPED)
-        ).values_list("config", flat=True)
+        Variant.objects.exclude(experiment__status=Experiment.Status.CONCLUDED).values_list("config", flat=True)
     )
     configs += list(SurfaceDefault.objects.values_list("config", flat=True))
     found = set()

@@ -39,7 +39,7 @@ class Periodic:
         self.work = work
         self._started_in = -1  # the value of _forks when this process's thread started
         self._lock = threading.Lock()
-        atexit.register(self._run_once)
+        self._at_exit = False  # inherited by a fork, as the registration itself is
 
     def ensure(self) -> None:
         if self._started_in == _forks:
@@ -48,6 +48,9 @@ class Periodic:
             if self._started_in == _forks:
                 return
             self._started_in = _forks
+            if not self._at_exit:  # a last run at exit, in processes that ran the loop only (it may hold work)
+                self._at_exit = True
+                atexit.register(self._run_once)
         threading.Thread(target=self._loop, name=self.name, daemon=True).start()
 
     def _loop(self) -> None:

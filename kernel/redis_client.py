@@ -25,7 +25,7 @@ from django.conf import settings
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import LockError, RedisClusterException
+from redis.exceptions import LockError, LockNotOwnedError, RedisClusterException
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,11 @@ def _build() -> Client:
         "health_check_interval": 30,
     }
     if settings.REDIS_CLUSTER:
-        # One attempt: a command that meets a failing node gives up at once (the caller degrades) instead of
-        # retrying with backoff while the cluster votes, which held requests 4-5 s (the sixth tester).
+        # One attempt (redis-py makes 1 + cluster_error_retry_attempts): a command that meets a failing node gives
+        # up at once (the caller degrades; redis-py has re-read the slot map for the next one) instead of retrying
+        # with backoff while the cluster votes, which held requests 4-5 s (the sixth tester).
         try:
-            return _Cluster.from_url(settings.REDIS_DATA_URL, cluster_error_retry_attempts=1, **options)
+            return _Cluster.from_url(settings.REDIS_DATA_URL, cluster_error_retry_attempts=0, **options)
         except RedisClusterException as error:  # no node answers at start: the next get() tries again
             raise _unavailable(error) from error
     return redis.Redis.from_url(settings.REDIS_DATA_URL, **options)
@@ -140,29 +141,66 @@ def reset() -> None:
         _client = None
 
 
+class KeptLock:
+    """What :func:`kept_lock` yields: true while this job holds the lock. ``lost`` turns true (and stays) once the
+    heartbeat finds the lock no longer ours (it expired through a long Redis outage, or the Redis holding it
+    restarted empty): another job may hold it now, so work that must be the only one of its kind stops before
+    it publishes anything."""
+
+    def __init__(self, held: bool, lock: Any = None) -> None:
+        self.held = held
+        self._lock = lock
+        self._lost = threading.Event()
+
+    def __bool__(self) -> bool:
+        return self.held
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def confirm(self) -> bool:
+        """Whether the lock is still this job's, asked of Redis now (and extended): the heartbeat's last look may
+        be a beat old. Raises ``redis.RedisError`` when Redis cannot say."""
+        if not self.held or self.lost:
+            return False
+        try:
+            self._lock.reacquire()
+        except LockNotOwnedError:
+            self._lost.set()
+            logger.error("lock_lost", extra={"lock": self._lock.name})
+            return False
+        return True
+
+
 @contextlib.contextmanager
-def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[bool]:
-    """A Redis lock held for a long job and kept alive by a heartbeat thread: yields False (and holds nothing) when
-    another holder has it. A job that dies (a killed worker, a Ctrl-C'd command) frees it within ``seconds``
-    instead of blocking every later run for as long as the job might have taken."""
+def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[KeptLock]:
+    """A Redis lock held for a long job and kept alive by a heartbeat thread: yields a false :class:`KeptLock` (and
+    holds nothing) when another holder has it. A job that dies (a killed worker, a Ctrl-C'd command) frees it within
+    ``seconds`` instead of blocking every later run for as long as the job might have taken."""
     # thread_local=False: the heartbeat thread extends the lock with the token this thread acquired.
     lock = get().lock(key, timeout=seconds, blocking=False, thread_local=False)
     if not lock.acquire():
-        yield False
+        yield KeptLock(False)
         return
+    kept = KeptLock(True, lock)
     stop = threading.Event()
 
     def keep_alive() -> None:
         while not stop.wait(heartbeat):
             try:
                 lock.reacquire()
+            except LockNotOwnedError:  # gone or someone else's: no beat can win it back
+                kept._lost.set()
+                logger.error("lock_lost", extra={"lock": key})
+                return
             except (redis.RedisError, LockError) as exc:  # a Redis blip: again at the next beat
                 logger.warning("lock_heartbeat_failed", extra={"lock": key, "error": str(exc)})
 
     beat = threading.Thread(target=keep_alive, name=f"lock-heartbeat {key}", daemon=True)
     beat.start()
     try:
-        yield True
+        yield kept
     finally:
         stop.set()
         beat.join()

@@ -59,6 +59,12 @@ class RebuildInProgress(Exception):
     """Another rebuild holds the lock."""
 
 
+class RebuildAborted(Exception):
+    """A rebuild that could not vouch for what it wrote, so it left the online state marked incomplete: its lock
+    was lost (another rebuild may be writing), or a Redis Cluster master restarted empty while it ran. Run it
+    again (the task does so by itself)."""
+
+
 @dataclass
 class RebuildSummary:
     keys_cleared: int = 0
@@ -122,17 +128,22 @@ def online_state_rebuild(
                 f"another rebuild_online_state is running (Redis lock {keys.REBUILD_LOCK}; one that died frees it "
                 f"within {REBUILD_LOCK_SECONDS} s)"
             )
-        summary = _rebuild(history_length, on_progress)
+        summary = _rebuild(history_length, on_progress, held)
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
     return summary
 
 
-def _rebuild(history_length: int, on_progress: Callable[[str, int], None] | None) -> RebuildSummary:
+def _rebuild(
+    history_length: int, on_progress: Callable[[str, int], None] | None, held: redis_client.KeptLock
+) -> RebuildSummary:
     summary = RebuildSummary()
     progress = on_progress or (lambda stage, rows: None)
     online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
     summary.keys_cleared = online.clear_rebuildable()
+    # On a cluster, one sentinel per master before the first write: a master that restarts empty while this runs
+    # loses its sentinel with what was written to it, and the check before the marker sees it.
+    online.write_node_sentinels()
     snapshot = not connection.in_atomic_block
     with transaction.atomic():
         if snapshot:
@@ -152,8 +163,26 @@ def _rebuild(history_length: int, on_progress: Callable[[str, int], None] | None
     summary.owners = len(owners)
     summary.owners_forgotten = _forget_gone_customers(customer_pks)
     summary.items_folded = item_features_fold().items
+    _vouch(held)
     online.mark_complete(now=time.time())
     return summary
+
+
+def _vouch(held: redis_client.KeptLock) -> None:
+    """Raise :class:`RebuildAborted` unless what this rebuild wrote is all there and no other rebuild can be writing:
+    the lock still this rebuild's (the heartbeat's last look may be a beat old, so Redis is asked now), and every
+    master's sentinel still there. The marker would otherwise vouch for a state that lost part of its writes."""
+    if not held.confirm():
+        raise RebuildAborted(
+            f"the rebuild's Redis lock ({keys.REBUILD_LOCK}) was lost while it ran (Redis restarted, or was out "
+            "longer than the lock lives): another rebuild may be writing, so the state stays marked incomplete"
+        )
+    lost = online.node_sentinels_lost()
+    if lost:
+        raise RebuildAborted(
+            f"{len(lost)} Redis Cluster master(s) lost their data while the rebuild ran ({', '.join(lost)}): the "
+            "state stays marked incomplete"
+        )
 
 
 # Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.

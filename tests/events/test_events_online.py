@@ -4,6 +4,7 @@ through events.selectors; retries that must not count twice; and the rebuild fro
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import time
 from io import StringIO
@@ -420,6 +421,85 @@ def test_a_rebuild_that_died_frees_its_lock_soon_and_a_skipped_task_looks_again(
     assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)  # the follow-up rebuilds
     assert online.read_complete()
     assert tasks.rebuild_online_state(only_if_incomplete=True) == {"skipped": "the online state is complete"}
+
+
+@pytest.mark.django_db(transaction=True)  # the task closes its database connection
+def test_a_rebuild_that_lost_its_lock_leaves_the_state_incomplete_and_asks_again(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat only logged a lost lock, so a rebuild whose Redis restarted empty (lock, marker and its first
+    writes gone) while a second rebuild took the free lock marked the state complete although part of it was
+    missing (found by a reviewer, 6 December). Now it stops short of the marker, leaves the other's lock alone, and
+    the task asks again."""
+    from events import tasks
+
+    Interaction.objects.create(
+        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
+        occurred_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    client = redis_client.get()
+
+    def lose_the_lock(stage: str, rows: int) -> None:
+        client.set(keys.REBUILD_LOCK, "a second rebuild")  # Redis restarted; another rebuild took the free lock
+
+    with pytest.raises(services.RebuildAborted, match="lock"):
+        services.online_state_rebuild(on_progress=lose_the_lock)
+    assert not online.read_complete()
+    assert client.get(keys.REBUILD_LOCK) == b"a second rebuild"  # not released by the one that lost it
+
+    queued: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.rebuild_online_state, "apply_async", lambda **options: queued.append(options))
+    monkeypatch.setattr(services.online_state, "item_features_fold", lambda: lose_the_lock("", 0) or _folded())
+    client.delete(keys.REBUILD_LOCK)
+    assert "aborted" in tasks.rebuild_online_state()
+    assert queued == [{"kwargs": {"only_if_incomplete": True}, "countdown": 5}]
+    assert not online.read_complete()
+
+
+def _folded() -> Any:
+    return services.FoldSummary(items=0, version=0, seconds=0.0)
+
+
+def test_the_heartbeat_notices_a_lock_that_is_no_longer_ours() -> None:
+    client = redis_client.get()
+    with redis_client.kept_lock("lock:{test}:kept", seconds=5, heartbeat=0.05) as held:
+        assert held
+        assert not held.lost
+        assert held.confirm()
+        client.set("lock:{test}:kept", "someone else")
+        deadline = time.monotonic() + 5
+        while not held.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held.lost
+        assert not held.confirm()
+    assert client.get("lock:{test}:kept") == b"someone else"
+    client.delete("lock:{test}:kept")
+
+
+@pytest.mark.django_db
+def test_a_cluster_master_emptied_during_a_rebuild_leaves_the_state_incomplete(catalog: dict[str, Item]) -> None:
+    """The sentinels were written once the rebuild ended, so a master that restarted empty while it ran got a fresh
+    sentinel and the marker vouched for writes it had lost (found by a reviewer, 6 December). They are written
+    before the first write now, and checked before the marker."""
+    if not redis_client.is_cluster():
+        pytest.skip("the sentinels exist on a Redis Cluster only (make test runs this file on one)")
+    Interaction.objects.create(
+        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
+        occurred_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    names: list[str] = []
+
+    def empty_a_master(stage: str, rows: int) -> None:
+        if not names:
+            names.extend(json.loads(redis_client.get().get(keys.NODE_SENTINELS)))
+            redis_client.get().delete(names[1])  # as a master restarted without its data loses it
+
+    with pytest.raises(services.RebuildAborted, match="lost their data"):
+        services.online_state_rebuild(on_progress=empty_a_master)
+    assert not online.read_complete()
+    services.online_state_rebuild()  # run again: complete, every sentinel there
+    assert online.read_complete()
+    assert online.node_sentinels_lost() == []
 
 
 def test_a_rebuild_is_asked_for_only_while_the_state_is_incomplete_and_none_runs() -> None:

@@ -254,6 +254,10 @@ def test_an_import_killed_before_its_rebuild_is_brought_up_to_date_by_its_rerun(
     # Nothing stored and nothing pending: no rebuild.
     _, err = _run(path)
     assert "rebuild_online_state" not in err
+    # A path that names no file leaves no mark behind either (it did, for a week: found by a reviewer, 6 December).
+    with pytest.raises(CommandError, match="no such file"):
+        _run(tmp_path / "typo.csv")
+    assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)
 
 
 def test_times_are_stored_in_utc_and_the_floor_is_an_instant(tmp_path: Path, items: None) -> None:

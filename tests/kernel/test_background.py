@@ -30,3 +30,17 @@ def test_one_thread_per_process_also_after_a_fork() -> None:
     child.join(10)
     time.sleep(0.05)
     assert threading.active_count() == before + 1  # the parent still has its one thread, no more
+
+
+def test_only_a_loop_that_ran_runs_again_at_exit() -> None:
+    """Every loop ran at exit, also one a process never started (on one Redis, the cluster watch: a round trip at
+    every process's exit, the connect timeout when Redis was down; found by a reviewer, 6 December)."""
+    import atexit
+
+    before = atexit._ncallbacks()
+    loop = Periodic("test-exit", 60, lambda: None)
+    assert atexit._ncallbacks() == before
+    loop.ensure()
+    loop.ensure()
+    assert atexit._ncallbacks() == before + 1
+    atexit.unregister(loop._run_once)

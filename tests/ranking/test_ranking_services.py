@@ -517,6 +517,25 @@ def test_prune_keeps_what_an_experiment_names_and_the_compiled_rankers(artifact_
 
 
 @pytest.mark.django_db
+def test_prune_keeps_what_a_draft_experiment_names(artifact_root: Path) -> None:
+    """Only running and stopped experiments kept their versions: a draft naming an old one lost it, and once started
+    its arm served the active version instead, silently (found by a reviewer, 6 December)."""
+    from experiments import services as experiment_services
+    from experiments.validation import VariantSpec
+
+    versions = [_candidate(artifact_root, f"v{n}", 0.1) for n in range(4)]
+    for version in versions:
+        services.model_version_activate(version_id=version.id)
+    experiment_services.experiment_create(
+        key="draft-model", name="draft model", surface="home",
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("v0", 0.5, False, {"model_version": versions[0].id})],
+    )  # fmt: skip
+
+    assert services.model_version_prune(keep_retired=1) == [str(artifact_root / "v1")]
+    assert sorted(p.name for p in artifact_root.iterdir()) == ["v0", "v2", "v3"]
+
+
+@pytest.mark.django_db
 def test_prune_with_a_shared_storage_and_a_local_cache_keeps_the_active_version(
     artifact_root: Path, tmp_path: Path
 ) -> None:

@@ -62,6 +62,10 @@ class Command(BaseCommand):
             elif not pending:
                 self._clear_pending()
             raise
+        except CommandError:  # before anything was read (no such file): nothing for a rebuild to bring up
+            if not pending:
+                self._clear_pending()
+            raise
         self._after(summary, options, pending=pending)
 
     def _after(self, summary: ImportSummary, options: dict[str, Any], *, pending: bool) -> None:

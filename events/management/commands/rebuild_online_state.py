@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from events.online import HISTORY_LENGTH
-from events.services import RebuildInProgress, online_state_rebuild
+from events.services import RebuildAborted, RebuildInProgress, online_state_rebuild
 
 
 class Command(BaseCommand):
@@ -40,6 +40,8 @@ class Command(BaseCommand):
             summary = online_state_rebuild(history_length=options["history_length"], on_progress=progress)
         except RebuildInProgress as exc:
             raise CommandError(f"{exc}; wait for it to finish") from exc
+        except RebuildAborted as exc:
+            raise CommandError(f"{exc}; run it again") from exc
         except redis.RedisError as exc:
             raise CommandError(f"Redis is unavailable: {exc}") from exc
         finally:
