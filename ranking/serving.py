@@ -664,13 +664,25 @@ def _serve(
     state.had_pks, state.had_types = shared.read.had_pks, shared.read.had_types
     state.user_vector = shared.user_vector
     with trace.stage("retrieval"):
+        # Everything the list leaves out, before retrieval (the global lists' quotas count past it): what the owner
+        # has and dismissed (never back), earlier answers' and the page's items, the request's exclusions, and the
+        # item on the page (not recommended to its own viewer).
+        more: list[Any] = [shared.shown]
+        if page_exclude is not None:
+            more.append(page_exclude)
+        if request.exclude:
+            more.append(online.item_pks(request.exclude))
+        if state.context_item_pk is not None:
+            more.append([state.context_item_pk])
+        stages.leave_out(state, config, *more)
         pin_rules = (
             (request.replay.rule_set if request.replay is not None else rules.active_rules(surface=request.surface,
                                                                                            now=state.now))
             if config.rules_enabled else ()
         )  # fmt: skip
         pinned = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
-        stages.retrieve(state, model, online.global_lists(model, state.context_category_pk), pinned)
+        lists = online.global_lists(model, state.context_category_pk, left_out=state.left_out.size)
+        stages.retrieve(state, model, lists, pinned)
     with trace.stage("catalog"):
         state.attributes, fresh = online.attributes(state.cand, state.now)
         if not fresh:  # some candidates could not be looked up: Postgres is unreachable
@@ -683,15 +695,7 @@ def _serve(
         stages.score(state, model, online.ranker_for(model) if wants_ranker else None, config, online.ctr)
         stages.demote_dismissed(state, model)
     with trace.stage("rerank"):
-        # Dismissed ("not interested") items never come back; neither do earlier answers' and the page's items.
-        exclude = np.union1d(stages.had_items(state, config), state.dismissed_pks)
-        exclude = np.union1d(exclude, shared.shown)
-        if page_exclude is not None:
-            exclude = np.union1d(exclude, page_exclude)
-        if request.exclude:
-            exclude = np.union1d(exclude, online.item_pks(request.exclude))
-        if state.context_item_pk is not None:  # the item on the page is not recommended to its own viewer
-            exclude = np.union1d(exclude, [state.context_item_pk])
+        exclude = state.left_out
         # Exposure and clicks matter only to exploration: skipped when it is off.
         cand = state.cand
         exposure, clicks = online.exposure(model, cand) if config.exploration_share > 0 else (np.zeros(cand.size), None)

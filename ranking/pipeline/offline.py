@@ -253,10 +253,20 @@ def _ctr(model: TrainedModel, inputs: OfflineInputs) -> stages.CtrFn:
     return ctr
 
 
-def retrieved(model: TrainedModel, inputs: OfflineInputs, user_index: int, *, mode: str, count: int) -> RequestState:
-    """The stages up to the candidates and their attributes (history -> user vector -> retrieve)."""
+def retrieved(
+    model: TrainedModel,
+    inputs: OfflineInputs,
+    user_index: int,
+    *,
+    mode: str,
+    count: int,
+    config: VariantConfig | None = None,
+) -> RequestState:
+    """The stages up to the candidates and their attributes (history -> user vector -> what the list leaves out ->
+    retrieve), with ``config``'s exclusions (the default surface config's unless given)."""
     state = user_state(model, inputs, user_index, mode=mode, count=count)
     stages.user_vector(state, model)
+    stages.leave_out(state, config or VariantConfig())
     stages.retrieve(state, model, inputs.lists, np.empty(0, np.int64))
     state.attributes = _attributes(model, inputs, state.cand)
     return state
@@ -267,10 +277,7 @@ def finish(
 ) -> IntArray:
     """Score -> re-rank on a retrieved state; the final list as catalog pks."""
     stages.score(state, model, ranker, config, _ctr(model, inputs))
-    stages.rerank(
-        state, config, (), exclude=stages.had_items(state, config), exposure=np.zeros(state.cand.size), clicks=None,
-        seed=seed,
-    )  # fmt: skip
+    stages.rerank(state, config, (), exclude=state.left_out, exposure=np.zeros(state.cand.size), clicks=None, seed=seed)
     assert state.result is not None
     return state.result.item_idx
 
@@ -307,7 +314,7 @@ def served_lists(
     scorer = _as_ranker(ranker)
     out = np.full((len(rows), k), -1, np.int64)
     for n, row in enumerate(rows):
-        state = retrieved(model, inputs, int(split.user_index[row]), mode=serve, count=k)
+        state = retrieved(model, inputs, int(split.user_index[row]), mode=serve, count=k, config=config)
         pks = finish(state, model, inputs, scorer, config, seed=int(split.user_ids[row]) & 0x7FFFFFFF)
         idx = model.item_index(pks)
         idx = idx[idx >= 0][:k]

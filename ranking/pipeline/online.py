@@ -373,9 +373,10 @@ def context_of(item_id: str, category: str) -> tuple[int | None, int | None]:
     return (int(found[0]) if found.size else None), (category_pk(category) if category else None)
 
 
-def global_lists(model: ActiveModel | None, context_category: int | None) -> GlobalLists:
+def global_lists(model: ActiveModel | None, context_category: int | None, *, left_out: int = 0) -> GlobalLists:
     """Newest arrivals, trending and popular (the page's category first) as catalog pks; without a model the
-    recently popular fallback."""
+    recently popular fallback. Trending and popular reach ``left_out`` items past their quotas, so a list that leaves
+    that many out still fills them (``stages.global_head``)."""
     new = new_arrivals()
     if model is None:
         popular = popular_fallback()
@@ -389,13 +390,14 @@ def global_lists(model: ActiveModel | None, context_category: int | None) -> Glo
         else _top_lists.get(model, "popular")
     )
     return GlobalLists(
-        new, _head(model, _top_lists.get(model, "trending"), "trending"), _head(model, popular, "popular")
+        new,
+        _head(model, _top_lists.get(model, "trending"), QUOTAS["trending"] + left_out),
+        _head(model, popular, QUOTAS["popular"] + left_out),
     )
 
 
-def _head(model: ActiveModel, top: retrieval.SourceHits, source: str) -> retrieval.SourceHits:
-    """The quota's head of a top list, as catalog pks."""
-    quota = QUOTAS[source]
+def _head(model: ActiveModel, top: retrieval.SourceHits, quota: int) -> retrieval.SourceHits:
+    """The first ``quota`` items of a top list, as catalog pks."""
     return to_pks(model, retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota]))
 
 

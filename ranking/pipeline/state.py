@@ -277,6 +277,9 @@ class RequestState:
     # rated (pks, and the event type of each pair; events.keys.had online, the training log offline).
     had_pks: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     had_types: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
+    # Every item this list leaves out whatever it scores (what the owner has, dismissed, shown earlier, asked to
+    # exclude; pks, sorted and unique), known before retrieval so that the global lists' quotas count past them.
+    left_out: IntArray = field(default_factory=lambda: np.empty(0, np.int64))
     affinity: Mapping[int, float] = field(default_factory=dict)
     context_item_pk: int | None = None
     context_category_pk: int | None = None

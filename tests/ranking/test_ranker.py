@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from ranking.ranker import FEATURE_NAMES, FeatureContext, blend_scores, build_features, score, train_ranker
 from ranking.retrieval import SourceHits, merge
@@ -90,12 +91,29 @@ def test_the_versions_blend_multipliers_scale_the_default_weights() -> None:
     # An unreadable or negative multiplier keeps its group's default.
     assert weights["ann"] == DEFAULT_BLEND_WEIGHTS["ann"]
     assert weights["fbt"] == DEFAULT_BLEND_WEIGHTS["fbt"]
-    # Without the global sources, an item only they found scores nothing; a neighbour hit keeps its score.
+    # Without the global sources, an item only they found ranks below every neighbour hit, which keeps its score.
     hits = {
         "popular": SourceHits(np.array([7]), np.array([1.0], np.float32), np.array([-1])),
         "item_knn": SourceHits(np.array([3]), np.array([0.5], np.float32), np.array([1])),
     }
     candidates = merge(hits)
     scores = dict(zip(candidates.item_idx.tolist(), blend_scores(candidates, weights).tolist(), strict=True))
-    assert scores[7] == 0.0
-    assert scores[3] > 0.0
+    default = dict(zip(candidates.item_idx.tolist(), blend_scores(candidates).tolist(), strict=True))
+    assert 0.0 < scores[7] < scores[3]
+    assert scores[3] == pytest.approx(2 * default[3])
+
+
+def test_weights_that_score_nothing_leave_the_default_order_among_what_they_do_not_score() -> None:
+    """A version tuned without the global sources (validation users all have a history) served a visitor without
+    one popular, trending and new items all at 0, in catalog order (found by a seventh tester, 6 December)."""
+    from ranking.pipeline.state import RetrievalParams
+    from ranking.ranker import blend_scores
+    from ranking.retrieval import SourceHits, merge
+
+    weights = RetrievalParams.of({"blend_global": 0.0}).blend_weights
+    popular = SourceHits(np.array([9, 4, 6, 1]), np.array([4.0, 3.0, 2.0, 1.0], np.float32), np.full(4, -1))
+    candidates = merge({"popular": popular})
+    scores = blend_scores(candidates, weights)
+    by_score = candidates.item_idx[np.argsort(-scores, kind="stable")].tolist()
+    assert by_score == [9, 4, 6, 1]  # popularity's order, not the candidates' (catalog) order
+    assert (scores > 0).all()
