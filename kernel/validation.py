@@ -2,8 +2,9 @@
 
 **Ids** (customer, item, session, category, brand, event ids; in a path, a body, a query or a CSV file): 1 to 100
 characters, every one printable (no control characters, no ANSI escapes, no NUL, no line or paragraph separators,
-no invisible format characters such as U+200B), and no whitespace at either end. :func:`id_problem` is the rule;
-:func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
+no invisible format characters such as U+200B or U+202E, except the zero-width joiner and non-joiner inside
+an id, which words of some scripts and emoji sequences need), and no whitespace at either end. :func:`id_problem`
+is the rule; :func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
 number is not an id) and :func:`optional_id` to a query-string id. Body fields and CSV cells are stripped of
 surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
 is the resource), so whitespace at its ends is refused.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -26,6 +28,9 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 ID_MAX_LENGTH = 100
+# Zero-width (non-)joiners are part of the words of some scripts (Persian, Indic) and of emoji sequences: the one
+# kind of invisible format character an id may hold (never at an end, where it would be whitespace-like).
+_JOINERS = frozenset("\u200c\u200d")
 
 ATTRIBUTES_MAX_DEPTH = 16
 ATTRIBUTES_MAX_BYTES = 1024 * 1024
@@ -44,9 +49,17 @@ def id_problem(value: object) -> str | None:
     if len(value) > ID_MAX_LENGTH:
         return f"longer than {ID_MAX_LENGTH} characters"
     if not value.isprintable():
-        return "null characters are not allowed" if "\x00" in value else "contains control or unprintable characters"
+        if "\x00" in value:
+            return "null characters are not allowed"
+        bad = next((c for c in value if not c.isprintable() and c not in _JOINERS), None)
+        if bad is not None:
+            name = unicodedata.name(bad, "a control character")
+            position = value.index(bad) + 1
+            return f"contains U+{ord(bad):04X} ({name}) at position {position}: no control or invisible characters"
     if value[0].isspace() or value[-1].isspace():
         return "starts or ends with whitespace" if value.strip() else "may not be blank"
+    if value[0] in _JOINERS or value[-1] in _JOINERS:
+        return "starts or ends with an invisible joiner"
     return None
 
 

@@ -109,7 +109,7 @@ class SimilarItemsApi(_ItemAnchoredListApi):
 @extend_schema(summary="Frequently bought together with this item", parameters=[CountQuerySerializer],
                responses=RecommendationListSerializer)  # fmt: skip
 class BoughtTogetherApi(_ItemAnchoredListApi):
-    """Co-purchases in the same basket, topped up with what buyers of the item also bought."""
+    """Co-purchases in the same basket, topped up with what customers who liked the item also liked."""
 
     make_list = staticmethod(serving.bought_together)
 

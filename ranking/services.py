@@ -621,6 +621,13 @@ def model_evaluate(
             raise TrainingError(f"unknown protocol {protocol!r}")
     if split.n_test_users == 0:
         raise TrainingError("the split has no test user with a new relevant item; nothing to evaluate")
+    if len(split.train) == 0:
+        # Every event falls in the held-out window (a log of a few days, or every event at one time): sources
+        # trained on nothing would print a table of zeros (found by a seventh tester, 6 December).
+        raise TrainingError(
+            "the split leaves no training events: every event is in the held-out part (the temporal split holds out "
+            "the last --holdout-days of the log; with a log this short use --per-user-fraction 0.25)"
+        )
     with timer.stage("train"):
         trained = train_sources(
             split.train, items, params, reference_ts=split.reference_ts, include=include, content_neighbours=False

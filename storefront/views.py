@@ -206,7 +206,7 @@ def _reason_kind(code: str) -> str:
     for prefix, kind in (("trending", "trending"), ("featured", "featured"), ("new", "new"), ("discover", "discover")):
         if code.startswith(prefix):
             return kind
-    if code in ("bought_together", "also_bought"):
+    if code in ("bought_together", "also_liked"):
         return "together"
     if code.startswith("similar"):
         return "similar"

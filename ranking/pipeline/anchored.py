@@ -119,7 +119,9 @@ def _similar_reason(anchor: ItemRow, sources: tuple[str, ...]) -> Reason:
 def _bought_together_reason(anchor: ItemRow, sources: tuple[str, ...]) -> Reason:
     if "fbt" in sources:
         return Reason("bought_together", f"Frequently bought with {anchor.title}")
-    return Reason("also_bought", f"Customers who bought {anchor.title} also bought")
+    # Too few bought together: the item-kNN neighbours, learnt from every kind of event (views too), so the reason
+    # does not claim a purchase (a shop with views only read "Customers who bought"; a seventh tester, 6 December).
+    return Reason("also_liked", f"Customers who liked {anchor.title} also liked")
 
 
 def _category_popular(model: ActiveModel | None, anchor_pk: int, k: int) -> retrieval.SourceHits:
@@ -182,7 +184,7 @@ def similar_items(*, item_id: str, count: int = 10, log_impression: bool = True)
 
 def bought_together(*, item_id: str, count: int = 10, log_impression: bool = True) -> RecommendationList:
     """Items frequently bought in the same basket as ``item_id`` (co-purchase with support and lift thresholds);
-    when there are too few, what buyers of the item also bought."""
+    when there are too few, its item-kNN neighbours (what customers who liked it also liked)."""
     started = time.perf_counter()
     anchor_pk = online.item_pk(item_id)
     if anchor_pk is None:
@@ -207,7 +209,8 @@ def anchor_groups(
 ) -> tuple[list[AnchorGroup], npt.NDArray[np.int64]]:
     """Up to ``groups`` lists, one per recent history anchor, each of its neighbours, leaving out bought items,
     ``exclude`` and what earlier groups showed; and every item pk shown."""
-    anchor_pks, anchor_types = history.anchors(groups)
+    anchor_pks, _ = history.anchors(groups)
+    anchor_types = history.strongest_types(anchor_pks)  # bought, then clicked again: "Because you bought"
     purchased = history.of_types(PURCHASE)
     result = []
     shown: list[int] = []

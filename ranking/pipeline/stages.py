@@ -420,10 +420,10 @@ def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
     assert state.candidates is not None
     assert state.result is not None
     candidates, result = state.candidates, state.result
-    # EASE over the whole history may name any of its items, not only the latest anchors.
-    limit = HISTORY_LIMIT if state.retrieval.ease_whole_history else state.retrieval.anchors
-    anchor_pks, anchor_types = state.history.anchors(limit)
-    anchor_type = dict(zip(anchor_pks.tolist(), anchor_types.tolist(), strict=True))
+    # Each anchor named by the strongest thing the owner did with it (bought, then clicked again: "bought").
+    named = np.unique(candidates.anchor[np.searchsorted(state.cand, result.item_idx)])
+    named = named[named >= 0]
+    anchor_type = dict(zip(named.tolist(), state.history.strongest_types(named).tolist(), strict=True))
     out = []
     for slot, (pk, i) in enumerate(
         zip(result.item_idx.tolist(), np.searchsorted(state.cand, result.item_idx).tolist(), strict=True)
@@ -437,7 +437,7 @@ def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
         anchor_row = rows.get(anchor) if anchor >= 0 else None
         reason = reason_for(
             retrieval.SOURCES[int(candidates.best_source[i])] if sources else "pinned", sources,
-            anchor_row.title if anchor_row is not None else None, anchor_type.get(anchor, VIEW), row.category_name,
+            anchor_row.title if anchor_row is not None else None, anchor_type.get(anchor) or VIEW, row.category_name,
             bool(result.pinned[slot]), bool(result.explored[slot]),
         )  # fmt: skip
         out.append(Explained(pk, round(float(result.score[slot]), 6), sources or ("pinned",), reason))

@@ -40,6 +40,10 @@ NEIGHBOUR_TABLES: tuple[tuple[str, str], ...] = (
     ("item_knn", "knn"), ("ease", "ease"), ("content", "content"), ("fbt", "fbt"),
 )  # fmt: skip
 VERBS: dict[int, str] = {VIEW: "viewed", CLICK: "viewed", ADD_TO_CART: "added", PURCHASE: "bought", RATING: "rated"}
+# How much an event says about the item, weakest first: the explanation names the strongest (History.strongest_types).
+_BY_STRENGTH = np.array([VIEW, CLICK, ADD_TO_CART, RATING, PURCHASE], np.int64)
+_STRENGTH = np.zeros(int(_BY_STRENGTH.max()) + 1, np.int64)
+_STRENGTH[_BY_STRENGTH] = np.arange(_BY_STRENGTH.size)
 
 # --- Serving modes ------------------------------------------------------------------------------------------------
 
@@ -231,6 +235,16 @@ class History:
     def of_types(self, *types: int) -> IntArray:
         """The distinct items of these event types (e.g. purchases, ratings)."""
         return np.unique(self.pks[np.isin(self.types, types)])
+
+    def strongest_types(self, pks: IntArray) -> IntArray:
+        """Per pk, the strongest event type the history holds for it (a purchase over a rating, an add to cart, a
+        click, a view; 0 when it holds none): what an explanation names ("Because you bought ..." for an item
+        bought four times and clicked since)."""
+        pks = np.asarray(pks, np.int64)
+        if not pks.size or not self.pks.size:
+            return np.zeros(pks.size, np.int64)
+        strength = np.where(self.pks[None, :] == pks[:, None], _STRENGTH[self.types][None, :], -1).max(axis=1)
+        return np.where(strength >= 0, _BY_STRENGTH[np.maximum(strength, 0)], 0)
 
     def anchors(self, limit: int) -> tuple[IntArray, IntArray]:
         """The latest ``limit`` distinct items (newest first) and the event type that made each an anchor."""

@@ -198,6 +198,10 @@ def test_evaluate_command_errors_name_the_problem(tmp_path: Path) -> None:
             call_command("evaluate", "--holdout-days", days)
     with pytest.raises(CommandError, match="no such folder"):
         call_command("evaluate", "--json", str(tmp_path / "nowhere" / "x.json"))
+    # found 6 December: a log shorter than the held-out window printed a table of zeros and exited 0
+    _db_world()
+    with pytest.raises(CommandError, match="leaves no training events.*--per-user-fraction"):
+        call_command("evaluate", "--holdout-days", "365", "--quiet")
 
 
 PIPELINES = {"pipeline (blend, cap 30%)", "pipeline (ranker, cap 30%)", "pipeline (ranker, no cap)"}

@@ -498,7 +498,7 @@ def test_preview_of_an_item_surface_uses_the_anchor_item(staff: Client, world: d
         assert "The anchor item id: null characters are not allowed." in _page(
             staff, f"{PREVIEW}?surface={surface}&anchor_item_id=%00"
         )
-    assert "The customer id: contains control or unprintable characters." in _page(
+    assert "The customer id: contains U+001B (a control character) at position 2" in _page(
         staff, f"{PREVIEW}?surface=home&customer_id=a%1b[31m"
     )
 

@@ -303,11 +303,26 @@ def test_render_safe_json_keeps_plain_values_and_fixes_the_rest() -> None:
 # --- Ids: one rule for every endpoint and import ------------------------------------------------------------
 
 BAD_IDS = [
-    pytest.param("\x1b[31mred\x1b[0m", "Contains control or unprintable characters.", id="ansi"),
-    pytest.param("a\tb", "Contains control or unprintable characters.", id="tab"),
-    pytest.param("zero\u200bwidth", "Contains control or unprintable characters.", id="zwsp"),
-    pytest.param("line\u2028sep", "Contains control or unprintable characters.", id="line-separator"),
+    pytest.param(
+        "\x1b[31mred\x1b[0m",
+        "Contains U+001B (a control character) at position 1: no control or invisible characters.",
+        id="ansi",
+    ),
+    pytest.param(
+        "a\tb", "Contains U+0009 (a control character) at position 2: no control or invisible characters.", id="tab"
+    ),
+    pytest.param(
+        "zero\u200bwidth",
+        "Contains U+200B (ZERO WIDTH SPACE) at position 5: no control or invisible characters.",
+        id="zwsp",
+    ),
+    pytest.param(
+        "line\u2028sep",
+        "Contains U+2028 (LINE SEPARATOR) at position 5: no control or invisible characters.",
+        id="line-separator",
+    ),
     pytest.param("a\x00b", "Null characters are not allowed.", id="nul"),
+    pytest.param("\u200dx", "Starts or ends with an invisible joiner.", id="joiner-at-an-end"),
     pytest.param(" ", "May not be blank.", id="space"),
     pytest.param(" c1", "Starts or ends with whitespace.", id="leading-space"),
     pytest.param("c1 ", "Starts or ends with whitespace.", id="trailing-space"),
@@ -323,6 +338,17 @@ def test_a_bad_id_in_a_catalog_path_is_a_400_naming_it(api: APIClient, raw: str,
     response = api.put(f"/v1/items/{quote(raw, safe='')}", {"title": "T"}, format="json")
     assert (response.status_code, response.json()) == (400, {"item_id": [message]})
     assert _stored() == before
+
+
+@pytest.mark.parametrize(
+    "raw", ["\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\U0001f468\u200d\U0001f469\u200d\U0001f467"]
+)
+def test_an_id_may_hold_the_joiners_its_script_needs(api: APIClient, raw: str) -> None:
+    """A Persian word (its zero-width non-joiner) and an emoji family (zero-width joiners) were refused as
+    "control or unprintable" (a seventh tester, 6 December); every other invisible character still is, named."""
+    response = api.put(f"/v1/items/{quote(raw, safe='')}", {"title": "T"}, format="json")
+    assert response.status_code == 201, response.content
+    assert api.get(f"/v1/items/{quote(raw, safe='')}").json()["item_id"] == raw
 
 
 @pytest.mark.parametrize(
@@ -348,7 +374,7 @@ def test_a_category_or_brand_id_follows_the_rule_too(api: APIClient) -> None:
     response = api.put("/v1/items/sku-c", {"title": "T", "category": "\x1b[2J", "brand": "b\x00"}, format="json")
     assert response.status_code == 400
     assert response.json() == {
-        "category": ["Contains control or unprintable characters."],
+        "category": ["Contains U+001B (a control character) at position 1: no control or invisible characters."],
         "brand": ["Null characters are not allowed."],
     }
     response = api.put("/v1/items/sku-c", {"title": "T", "category": " kitchen ", "brand": 7}, format="json")
@@ -358,7 +384,9 @@ def test_a_category_or_brand_id_follows_the_rule_too(api: APIClient) -> None:
 
 def test_the_events_api_applies_the_same_rule(api: APIClient, sku: Item) -> None:
     response = api.post("/v1/events", {"customer_id": "\x1b[31mred", "item_id": "sku-1", "type": "view"}, format="json")
-    assert response.json() == {"customer_id": ["Contains control or unprintable characters."]}
+    assert response.json() == {
+        "customer_id": ["Contains U+001B (a control character) at position 1: no control or invisible characters."]
+    }
     response = api.post("/v1/events", {"customer_id": 42, "item_id": "sku-1", "type": "view"}, format="json")
     assert response.json() == {"customer_id": ["Must be a string."]}
 
@@ -405,8 +433,8 @@ def test_import_items_names_file_line_and_reason_for_a_bad_id(tmp_path: Path) ->
     )
     assert stored == 1
     assert errors == [
-        (3, "item_id: contains control or unprintable characters"),
-        (4, "category: contains control or unprintable characters"),
+        (3, "item_id: contains U+001B (a control character) at position 1: no control or invisible characters"),
+        (4, "category: contains U+0007 (a control character) at position 1: no control or invisible characters"),
         (5, "tags: a tag null characters are not allowed"),
     ]
 
@@ -467,7 +495,7 @@ def test_import_events_applies_the_same_id_and_value_rules(tmp_path: Path) -> No
     summary = interactions_import(path=path, on_error=errors.append)
     assert summary.stored == 1
     assert [(error.line, error.reason) for error in errors] == [
-        (3, "customer_id: contains control or unprintable characters"),
+        (3, "customer_id: contains U+001B (a control character) at position 1: no control or invisible characters"),
         (4, "value: a rating must be between 0 and 10"),
         (5, "value: must be between -1e+09 and 1e+09"),
     ]
