@@ -347,12 +347,15 @@ def mark_incomplete(*, request_ttl_seconds: int) -> None:
     pipe.execute()
 
 
-def mark_complete(*, now: float) -> None:
+def mark_complete(*, now: float, sentinels: bool = True) -> None:
     """A rebuild ended: the online state holds everything Postgres held, and a rebuild may be requested again.
 
     The sentinels (and their list) are written before the marker: a serving process looking in between would
-    otherwise compare the new marker with the last rebuild's list of sentinels and take it back."""
-    write_node_sentinels()
+    otherwise compare the new marker with the last rebuild's list of sentinels and take it back. ``sentinels=False``:
+    the caller wrote them before its first write and checked them just now (the rebuild); writing them again would
+    give a master emptied in between a fresh one."""
+    if sentinels:
+        write_node_sentinels()
     pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.set(keys.ONLINE_STATE_COMPLETE, str(now))
     pipe.delete(keys.REBUILD_REQUESTED)

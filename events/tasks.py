@@ -50,11 +50,12 @@ def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
         later = services.online_state.REBUILD_LOCK_SECONDS + 5
         rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=later)
         return {"skipped": "another rebuild_online_state is running; looking again later"}
-    except services.RebuildAborted as exc:
-        # Left incomplete on purpose (a lost lock, a cluster master restarted empty): again at once, unless another
-        # rebuild (the one that took the lock) finishes the job first.
+    except (services.RebuildAborted, redis.RedisError) as exc:
+        # Left incomplete (a lost lock, a cluster master restarted empty, Redis out at the end): again soon, unless
+        # another rebuild (the one that took the lock) finishes the job first.
         logger.error("online_state_rebuild_aborted", extra={"reason": str(exc)})
-        rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=5)
+        later = 5 if isinstance(exc, services.RebuildAborted) else 60
+        rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=later)
         return {"aborted": str(exc)}
     finally:
         # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.

@@ -33,10 +33,12 @@ os.register_at_fork(after_in_child=_forked)
 class Periodic:
     """Runs ``work`` every ``interval`` seconds in a daemon thread of this process, from the first ``ensure()``."""
 
-    def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval: float, work: Callable[[], None], *, at_exit: bool = True) -> None:
+        """``at_exit``: run once more when the process exits (a loop that holds work to hand over)."""
         self.name = name
         self.interval = interval
         self.work = work
+        self.at_exit = at_exit
         self._started_in = -1  # the value of _forks when this process's thread started
         self._lock = threading.Lock()
         self._at_exit = False  # inherited by a fork, as the registration itself is
@@ -48,7 +50,7 @@ class Periodic:
             if self._started_in == _forks:
                 return
             self._started_in = _forks
-            if not self._at_exit:  # a last run at exit, in processes that ran the loop only (it may hold work)
+            if self.at_exit and not self._at_exit:  # a last run at exit, in processes that ran the loop only
                 self._at_exit = True
                 atexit.register(self._run_once)
         threading.Thread(target=self._loop, name=self.name, daemon=True).start()

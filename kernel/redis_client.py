@@ -82,11 +82,12 @@ def _build() -> Client:
         "health_check_interval": 30,
     }
     if settings.REDIS_CLUSTER:
-        # One attempt (redis-py makes 1 + cluster_error_retry_attempts): a command that meets a failing node gives
-        # up at once (the caller degrades; redis-py has re-read the slot map for the next one) instead of retrying
-        # with backoff while the cluster votes, which held requests 4-5 s (the sixth tester).
+        # Two attempts (redis-py makes 1 + cluster_error_retry_attempts), not the default four with backoff, which
+        # held requests 4-5 s while the cluster voted (the sixth tester): after a failed attempt redis-py re-reads
+        # the slot map, so the second finds a failover that is done (an hours-long rebuild must not die of a stale
+        # map), and a node still voting costs one more socket timeout before the caller degrades.
         try:
-            return _Cluster.from_url(settings.REDIS_DATA_URL, cluster_error_retry_attempts=0, **options)
+            return _Cluster.from_url(settings.REDIS_DATA_URL, cluster_error_retry_attempts=1, **options)
         except RedisClusterException as error:  # no node answers at start: the next get() tries again
             raise _unavailable(error) from error
     return redis.Redis.from_url(settings.REDIS_DATA_URL, **options)

@@ -442,6 +442,8 @@ def model_version_promote(
         # deadlocked with an admin activating the same candidate meanwhile.
         _take_activation_turn()
         version = ModelVersion.objects.select_for_update().get(id=version_id)
+        if version.status == ModelVersion.Status.ACTIVE:  # activated meanwhile (the admin): its decision stands
+            return version
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(id=version.id).first()
         candidate_ndcg = version.validation_ndcg
         active_ndcg = active.validation_ndcg if active else None

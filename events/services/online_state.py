@@ -128,7 +128,13 @@ def online_state_rebuild(
                 f"another rebuild_online_state is running (Redis lock {keys.REBUILD_LOCK}; one that died frees it "
                 f"within {REBUILD_LOCK_SECONDS} s)"
             )
-        summary = _rebuild(history_length, on_progress, held)
+        try:
+            summary = _rebuild(history_length, on_progress, held)
+        except (RebuildAborted, redis.RedisError):
+            # Left incomplete: serving may ask for the rebuild again at once, not when this one's request expires.
+            with contextlib.suppress(redis.RedisError):
+                redis_client.get().delete(keys.REBUILD_REQUESTED)
+            raise
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
     return summary
@@ -138,7 +144,16 @@ def _rebuild(
     history_length: int, on_progress: Callable[[str, int], None] | None, held: redis_client.KeptLock
 ) -> RebuildSummary:
     summary = RebuildSummary()
-    progress = on_progress or (lambda stage, rows: None)
+    report = on_progress or (lambda stage, rows: None)
+
+    def still_held() -> None:
+        if held.lost:  # another rebuild may be writing now: stop at the next chunk rather than write over it
+            raise RebuildAborted(_LOCK_LOST)
+
+    def progress(stage: str, rows: int) -> None:
+        still_held()
+        report(stage, rows)
+
     online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
     summary.keys_cleared = online.clear_rebuildable()
     # On a cluster, one sentinel per master before the first write: a master that restarts empty while this runs
@@ -162,22 +177,33 @@ def _rebuild(
         online.bump_cache_versions(owner_list[start : start + _REBUILD_CHUNK])
     summary.owners = len(owners)
     summary.owners_forgotten = _forget_gone_customers(customer_pks)
+    still_held()
     summary.items_folded = item_features_fold().items
     _vouch(held)
-    online.mark_complete(now=time.time())
+    online.mark_complete(now=time.time(), sentinels=False)  # this rebuild's, written before its first write
     return summary
+
+
+_LOCK_LOST = (
+    f"the rebuild's Redis lock ({keys.REBUILD_LOCK}) was lost while it ran (Redis restarted, or was out longer "
+    "than the lock lives): another rebuild may be writing, so the state stays marked incomplete"
+)
 
 
 def _vouch(held: redis_client.KeptLock) -> None:
     """Raise :class:`RebuildAborted` unless what this rebuild wrote is all there and no other rebuild can be writing:
     the lock still this rebuild's (the heartbeat's last look may be a beat old, so Redis is asked now), and every
     master's sentinel still there. The marker would otherwise vouch for a state that lost part of its writes."""
-    if not held.confirm():
-        raise RebuildAborted(
-            f"the rebuild's Redis lock ({keys.REBUILD_LOCK}) was lost while it ran (Redis restarted, or was out "
-            "longer than the lock lives): another rebuild may be writing, so the state stays marked incomplete"
-        )
-    lost = online.node_sentinels_lost()
+    for attempt in range(3):  # a Redis blip here would throw the whole rebuild away: twice more, half a second apart
+        try:
+            confirmed, lost = held.confirm(), online.node_sentinels_lost()
+            break
+        except redis.RedisError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+    if not confirmed:
+        raise RebuildAborted(_LOCK_LOST)
     if lost:
         raise RebuildAborted(
             f"{len(lost)} Redis Cluster master(s) lost their data while the rebuild ran ({', '.join(lost)}): the "

@@ -275,7 +275,8 @@ def retrieved(
 def finish(
     state: RequestState, model: TrainedModel, inputs: OfflineInputs, ranker: Any, config: VariantConfig, seed: int
 ) -> IntArray:
-    """Score -> re-rank on a retrieved state; the final list as catalog pks."""
+    """Score -> re-rank on a retrieved state; the final list as catalog pks. What it leaves out was settled by
+    :func:`retrieved` (give both the same ``config``)."""
     stages.score(state, model, ranker, config, _ctr(model, inputs))
     stages.rerank(state, config, (), exclude=state.left_out, exposure=np.zeros(state.cand.size), clicks=None, seed=seed)
     assert state.result is not None

@@ -319,7 +319,7 @@ def _watch_cluster_nodes() -> None:
         pass  # the requests meanwhile degrade by themselves
 
 
-CLUSTER_NODE_WATCH = Periodic("cluster-node-watch", 5.0, _watch_cluster_nodes)
+CLUSTER_NODE_WATCH = Periodic("cluster-node-watch", 5.0, _watch_cluster_nodes, at_exit=False)  # holds no work
 
 
 def owner_state(owners: Sequence[str], prefetched: Sequence[Any] | None, redis_ok: bool) -> OwnerRead:

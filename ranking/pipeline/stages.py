@@ -190,14 +190,16 @@ def source_hits(
 
 
 def global_head(top: retrieval.SourceHits, quota: int, left_out: IntArray) -> retrieval.SourceHits:
-    """The first ``quota`` items of a top list (catalog pks) this list can show: items it leaves out do not use
-    up the quota (a customer who had bought most of the popular items got a two-item list from a version serving
-    popularity; found by a seventh tester, 6 December). Reads at most ``quota + left_out.size`` of the list."""
-    if not left_out.size:
-        return retrieval.SourceHits(top.item_idx[:quota], top.score[:quota], top.anchor[:quota])
-    head = top.item_idx[: quota + left_out.size]
-    keep = np.flatnonzero(~isin(head, left_out))[:quota]
-    return retrieval.SourceHits(head[keep], top.score[keep], top.anchor[keep])
+    """The head of a top list (catalog pks) that holds ``quota`` items this list can show: items it leaves out do
+    not use up the quota (a customer who had bought most of the popular items got a two-item list from a version
+    serving popularity; found by a seventh tester, 6 December). They stay in the head, where the re-ranker drops
+    them, so every item keeps its rank in the list (the ranker's rank features and the blend read positions).
+    Reads at most ``quota + left_out.size`` of the list."""
+    n = quota
+    if left_out.size:
+        showable = np.flatnonzero(~isin(top.item_idx[: quota + left_out.size], left_out))
+        n = int(showable[quota - 1]) + 1 if showable.size >= quota else quota + left_out.size
+    return retrieval.SourceHits(top.item_idx[:n], top.score[:n], top.anchor[:n])
 
 
 def leave_out(state: RequestState, config: VariantConfig, *more: npt.ArrayLike) -> None:

@@ -243,7 +243,9 @@ class History:
         pks = np.asarray(pks, np.int64)
         if not pks.size or not self.pks.size:
             return np.zeros(pks.size, np.int64)
-        strength = np.where(self.pks[None, :] == pks[:, None], _STRENGTH[self.types][None, :], -1).max(axis=1)
+        # A type outside the table (none is written today: a dismissal never enters a history) counts as a view.
+        types = np.where((self.types >= 0) & (self.types < _STRENGTH.size), self.types, VIEW)
+        strength = np.where(self.pks[None, :] == pks[:, None], _STRENGTH[types][None, :], -1).max(axis=1)
         return np.where(strength >= 0, _BY_STRENGTH[np.maximum(strength, 0)], 0)
 
     def anchors(self, limit: int) -> tuple[IntArray, IntArray]:

@@ -446,6 +446,21 @@ def test_a_rebuild_that_lost_its_lock_leaves_the_state_incomplete_and_asks_again
         services.online_state_rebuild(on_progress=lose_the_lock)
     assert not online.read_complete()
     assert client.get(keys.REBUILD_LOCK) == b"a second rebuild"  # not released by the one that lost it
+    assert not client.exists(keys.REBUILD_REQUESTED)  # serving may ask for the rebuild again at once
+
+    # A heartbeat that notices stops the rebuild at its next chunk instead of writing over the other one.
+    monkeypatch.setattr(services.online_state, "REBUILD_LOCK_HEARTBEAT_SECONDS", 0.05)
+    client.delete(keys.REBUILD_LOCK)
+    stages: list[str] = []
+
+    def lose_it_and_wait(stage: str, rows: int) -> None:
+        stages.append(stage)
+        client.set(keys.REBUILD_LOCK, "a second rebuild")
+        time.sleep(0.3)
+
+    with pytest.raises(services.RebuildAborted, match="lock"):
+        services.online_state_rebuild(on_progress=lose_it_and_wait)
+    assert stages == ["history"]
 
     queued: list[dict[str, Any]] = []
     monkeypatch.setattr(tasks.rebuild_online_state, "apply_async", lambda **options: queued.append(options))

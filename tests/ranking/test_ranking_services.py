@@ -305,6 +305,12 @@ def test_a_promotion_and_an_admin_activation_of_one_candidate_take_turns(
     admin.join()
     assert errors == []
     assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["b"]
+    # The other order: activated by the admin first, the promotion then leaves it (and the admin's decision) alone.
+    third = _candidate(artifact_root, "c", 0.3)
+    monkeypatch.setattr(services, "promotion_decision", decide)
+    services.model_version_activate(version_id=third.id, decision=ModelVersion.Decision.MANUAL)
+    promoted = services.model_version_promote(version_id=third.id)
+    assert (promoted.status, promoted.decision) == ("active", ModelVersion.Decision.MANUAL)
 
 
 @pytest.mark.django_db
