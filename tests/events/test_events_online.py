@@ -372,6 +372,14 @@ def test_a_merge_moves_the_sessions_had_items_and_erasure_deletes_them(
     assert redis_client.get().exists(keys.had("C1")) == 0
 
 
+def _one_view(catalog: dict[str, Item]) -> None:
+    """One stored event, so a rebuild has a history to write."""
+    Interaction.objects.create(
+        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
+        occurred_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+
+
 def test_rebuild_refuses_to_run_twice_at_once(catalog: dict[str, Item]) -> None:
     redis_client.get().set(keys.REBUILD_LOCK, "someone")
     with pytest.raises(services.RebuildInProgress):
@@ -390,10 +398,7 @@ def test_a_rebuild_that_died_frees_its_lock_soon_and_a_skipped_task_looks_again(
 
     monkeypatch.setattr(services.online_state, "REBUILD_LOCK_SECONDS", 1)
     monkeypatch.setattr(services.online_state, "REBUILD_LOCK_HEARTBEAT_SECONDS", 0.1)
-    Interaction.objects.create(
-        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
-        occurred_at=dt.datetime.now(dt.UTC),
-    )  # fmt: skip
+    _one_view(catalog)
     # A live rebuild keeps its lock past its lifetime: a second one is refused while the first is still reading.
     refused: list[bool] = []
 
@@ -433,10 +438,7 @@ def test_a_rebuild_that_lost_its_lock_leaves_the_state_incomplete_and_asks_again
     the task asks again."""
     from events import tasks
 
-    Interaction.objects.create(
-        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
-        occurred_at=dt.datetime.now(dt.UTC),
-    )  # fmt: skip
+    _one_view(catalog)
     client = redis_client.get()
 
     def lose_the_lock(stage: str, rows: int) -> None:
@@ -498,10 +500,7 @@ def test_a_cluster_master_emptied_during_a_rebuild_leaves_the_state_incomplete(c
     before the first write now, and checked before the marker."""
     if not redis_client.is_cluster():
         pytest.skip("the sentinels exist on a Redis Cluster only (make test runs this file on one)")
-    Interaction.objects.create(
-        event_id="r-1", session_id="S1", item=catalog["I1"], type=Interaction.Type.VIEW,
-        occurred_at=dt.datetime.now(dt.UTC),
-    )  # fmt: skip
+    _one_view(catalog)
     names: list[str] = []
 
     def empty_a_master(stage: str, rows: int) -> None:
