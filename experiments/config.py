@@ -156,6 +156,13 @@ def _choice(*allowed: str) -> Any:
     return validate
 
 
+# The retrieval sources a blend weighs (ranking.retrieval.SOURCES; a test keeps the two equal: ranking imports this
+# module, not the other way round).
+BLEND_SOURCES: tuple[str, ...] = ("ann", "item_knn", "ease", "content", "fbt", "trending", "popular", "new")
+# Training's names for three of them (ranking.pipeline.state.SOURCE_ALIASES): a weight given under one is the source's.
+BLEND_ALIASES: dict[str, str] = {"als": "ann", "popularity": "popular", "knn": "item_knn"}
+
+
 def _blend_weights(value: object) -> dict[str, float] | None:
     if value is None:
         return None
@@ -165,9 +172,12 @@ def _blend_weights(value: object) -> dict[str, float] | None:
     for source, weight in value.items():
         if not isinstance(source, str) or not source:
             raise ValueError(f"source names must be non-empty strings, got {source!r}")
+        name = BLEND_ALIASES.get(source, source)
+        if name not in BLEND_SOURCES:  # a typo (or "als") weighed nothing, silently (an eighth tester, 6 December)
+            raise ValueError(f"unknown source {source!r}; the sources are {', '.join(BLEND_SOURCES)}")
         if not _is_number(weight) or not finite_number(weight) or not 0 <= float(weight) <= _WEIGHT_MAX:
             raise ValueError(f"the weight of {source!r} must be a number from 0 to {_WEIGHT_MAX:g}, got {weight!r}")
-        clean[source] = float(weight)
+        clean[name] = float(weight)
     return clean
 
 

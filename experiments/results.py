@@ -513,7 +513,8 @@ def _guardrails(
             continue
         value: float | None
         if name == "coverage":
-            value = items_shown / active_items if active_items else None
+            # Nothing shown yet is not measured yet (a fresh experiment read "breached: 0"; an eighth tester).
+            value = items_shown / active_items if active_items and items_shown else None
         else:  # latency_p95_ms: from the latency serving records with each impression
             value = (latency_p95_ms or {}).get(variant_id)
         breached = value is not None and (value < threshold if kind == "min" else value > threshold)

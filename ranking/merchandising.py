@@ -4,12 +4,14 @@ side-by-side "preview as customer" with rules on and off."""
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import Q
 
 from catalog.models import Item
+from events import keys
 from events import selectors as event_selectors
 from ranking import rules, serving
 from ranking.models import BusinessRule
@@ -103,8 +105,9 @@ class RuleEffect:
     rule_id: int
     name: str
     kind: str
-    fired: bool  # reported by the re-ranker as applied to the list (boosts, buries, pins)
+    fired: bool  # applied: reported by the re-ranker (boosts, buries, pins), or it kept an item out (blocks, buries)
     item_ids: tuple[str, ...]  # items of either list it targets, in list order
+    note: str = ""  # why a pin in force is not in the list
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,15 @@ def preview_as_customer(
             serving.RecommendRequest(**{**base.__dict__, "rules": False})  # type: ignore[arg-type]
         )
     shown = [item.item_id for item in with_rules.items]
-    shown += [item.item_id for item in (without.items if without else ()) if item.item_id not in set(shown)]
-    fired = set((with_rules.debug or {}).get("rules_fired") or ())
-    effects = _rule_effects(surface=surface, item_ids=shown, fired=fired)
+    kept_out = {item.item_id for item in (without.items if without else ())} - set(shown)
+    shown += [item.item_id for item in (without.items if without else ()) if item.item_id in kept_out]
+    debug = with_rules.debug or {}
+    fired = set(debug.get("rules_fired") or ())
+    skipped = {int(rule_id) for rule_id in debug.get("skipped_pins") or ()}
+    effects = _rule_effects(
+        surface=surface, item_ids=shown, fired=fired, kept_out=kept_out, skipped=skipped,
+        owner=keys.owner_for(customer_id=customer_id, session_id=session_id) if customer_id or session_id else "",
+    )  # fmt: skip
     names: dict[str, list[str]] = {}
     for effect in effects:
         for item_id in effect.item_ids:
@@ -162,11 +171,21 @@ def preview_as_customer(
     )  # fmt: skip
 
 
-def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tuple[RuleEffect, ...]:
+def _rule_effects(
+    *,
+    surface: str,
+    item_ids: list[str],
+    fired: set[int],
+    kept_out: AbstractSet[str] = frozenset(),
+    skipped: AbstractSet[int] = frozenset(),
+    owner: str = "",
+) -> tuple[RuleEffect, ...]:
     """The rules in force on ``surface`` now (serving's own snapshot, ``rules.active_rules``) that target one of
-    ``item_ids``, with their names: two queries."""
+    ``item_ids`` or are pins the re-ranker ``skipped``, with their names and, for a skipped pin, why its item is not
+    in the list. ``kept_out``: items of the rules-off list the rules-on list lacks (a block or bury that did that
+    was applied, though the re-ranker reports only the rules that moved a listed item)."""
     rules_now = rules.active_rules(surface=surface, now=time.time())
-    if not rules_now or not item_ids:
+    if not rules_now or not (item_ids or skipped):
         return ()
     rows = {
         external_id: (pk, category_id, brand_id)
@@ -179,13 +198,37 @@ def _rule_effects(*, surface: str, item_ids: list[str], fired: set[int]) -> tupl
         (rule, tuple(i for i in item_ids if i in rows and rows[i][column[rule.target]] == rule.target_value))
         for rule in rules_now
     ]
-    effects = [(rule, touched) for rule, touched in effects if touched or rule.rule_id in fired]
+    effects = [
+        (rule, touched) for rule, touched in effects if touched or rule.rule_id in fired or rule.rule_id in skipped
+    ]
     names = dict(BusinessRule.objects.filter(pk__in=[rule.rule_id for rule, _ in effects]).values_list("pk", "name"))
     return tuple(
-        RuleEffect(rule.rule_id, names.get(rule.rule_id, f"rule {rule.rule_id}"), rule.kind, rule.rule_id in fired,
-                   touched)
+        RuleEffect(
+            rule.rule_id, names.get(rule.rule_id, f"rule {rule.rule_id}"), rule.kind,
+            rule.rule_id in fired or (rule.kind in ("block", "bury") and bool(kept_out.intersection(touched))),
+            touched, _why_skipped(rule.target_value, owner) if rule.rule_id in skipped else "",
+        )
         for rule, touched in effects
     )  # fmt: skip
+
+
+def _why_skipped(item_pk: int, owner: str) -> str:
+    """Why a pinned item is not in the list (the re-ranker places a pin only on a surviving candidate)."""
+    row = Item.objects.filter(pk=item_pk).values("active", "in_stock").first()
+    if row is None:
+        return "not placed: its item no longer exists"
+    if not row["active"]:
+        return "not placed: its item is inactive"
+    if not row["in_stock"]:
+        return "not placed: its item is out of stock"
+    if owner:
+        had, _ = event_selectors.had_from_db(owner)
+        if item_pk in set(had.tolist()):
+            return "not placed: this customer has bought or rated its item (purchased and rated items are left out)"
+        dismissed, _ = event_selectors.dismissed_from_db(owner)
+        if item_pk in set(dismissed.tolist()):
+            return 'not placed: this customer said "not interested" in its item'
+    return "not placed: its item is left out of this list (another rule blocks it, or the request excludes it)"
 
 
 def preview_customers(*, limit: int = PICKER_CUSTOMERS) -> list[str]:

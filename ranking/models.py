@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
+
+from ranking.rerank import MAX_RULE_WEIGHT
 
 
 class ModelVersion(models.Model):
@@ -88,8 +91,9 @@ class BusinessRule(models.Model):
     brand = models.ForeignKey("catalog.Brand", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     weight = models.FloatField(
         default=0.5,
+        validators=[MaxValueValidator(MAX_RULE_WEIGHT)],
         help_text="Boost/bury strength as a share of the list's score range: 1.0 lifts the last candidate level "
-        "with the first.",
+        f"with the first (at most {MAX_RULE_WEIGHT:g}).",
     )
     position = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="For pins: the position in the list, 1 = first."

@@ -76,6 +76,11 @@ _PRIOR_MISSES = 1.0
 __all__ = ["Candidates", "RerankConfig", "RerankResult", "Rule", "rerank"]
 
 
+# A boost or bury past this many score ranges moves nothing further (1.0 already lifts the last candidate level with
+# the first); 1e308 made every boosted score infinite (an eighth tester, 6 December).
+MAX_RULE_WEIGHT = 100.0
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Candidates:
     """Parallel 1-D arrays describing one request's candidates (one row per candidate).

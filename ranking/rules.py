@@ -74,7 +74,7 @@ def stored_rule(rule: Any) -> StoredRule | None:
     return StoredRule(
         rule=rr.Rule(
             rule_id=rule.pk or 0, kind=rule.kind, target=rule.target, target_value=int(target_value),
-            weight=float(rule.weight), position=(rule.position - 1) if rule.position else None,
+            weight=min(float(rule.weight), rr.MAX_RULE_WEIGHT), position=(rule.position - 1) if rule.position else None,
         ),
         surfaces=frozenset(rule.surfaces),
         starts_at=rule.starts_at.timestamp() if rule.starts_at else None,

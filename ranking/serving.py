@@ -681,7 +681,13 @@ def _serve(
             if config.rules_enabled else ()
         )  # fmt: skip
         pinned = np.array([r.target_value for r in pin_rules if r.kind == "pin"], np.int64)
-        lists = online.global_lists(model, state.context_category_pk, left_out=state.left_out.size)
+        # A list of one category draws its popular candidates from that category first (else a category outside
+        # the catalog's top items got an empty list: an eighth tester, 6 December); a page's category likewise.
+        category_pk = online.category_pk(request.category) if request.category else None
+        lists = online.global_lists(
+            model, category_pk if category_pk is not None else state.context_category_pk,
+            left_out=state.left_out.size,
+        )  # fmt: skip
         stages.retrieve(state, model, lists, pinned)
     with trace.stage("catalog"):
         state.attributes, fresh = online.attributes(state.cand, state.now)

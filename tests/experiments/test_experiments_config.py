@@ -11,7 +11,7 @@ from experiments.validation import VariantSpec, guardrail_errors, variant_set_er
 def test_from_dict_fills_defaults_and_keeps_given_values() -> None:
     config = VariantConfig.from_dict({"diversity_cap": 0.5, "model_version": 12, "blend_weights": {"als": 2}})
 
-    assert config == VariantConfig(diversity_cap=0.5, model_version=12, blend_weights={"als": 2.0})
+    assert config == VariantConfig(diversity_cap=0.5, model_version=12, blend_weights={"ann": 2.0})  # "als" is ann
     assert config.ranker is True
     assert config.exploration_share == 0.0
 
@@ -41,6 +41,7 @@ def test_from_dict_reports_every_invalid_setting_at_once() -> None:
         {"blend_weights": {"als": 1e200, "ease": 1e200}},  # summed scores beyond a float
         {"diversity_cap": 10**400},  # beyond any float: OverflowError was a 500 in the admin
         {"blend_weights": {"als": 10**400}},
+        {"blend_weights": {"nonsense": 1}},  # weighed nothing, silently (an eighth tester, 6 December)
     ],
 )
 def test_from_dict_rejects_wrong_types(bad: dict) -> None:
@@ -60,12 +61,12 @@ def test_merged_applies_only_the_override() -> None:
 
 
 def test_to_dict_round_trips_and_is_a_copy() -> None:
-    config = VariantConfig(blend_weights={"als": 1.0})
+    config = VariantConfig(blend_weights={"ann": 1.0})
     data = config.to_dict()
-    data["blend_weights"]["als"] = 9.0
+    data["blend_weights"]["ann"] = 9.0
 
     assert VariantConfig.from_dict(config.to_dict()) == config
-    assert config.blend_weights == {"als": 1.0}
+    assert config.blend_weights == {"ann": 1.0}
 
 
 def test_variant_set_rules() -> None:
@@ -95,3 +96,12 @@ def test_guardrail_rules() -> None:
     assert guardrail_errors({"speed": 1})
     assert guardrail_errors({"coverage": "high"})
     assert guardrail_errors([1, 2])
+
+
+def test_the_blend_sources_a_config_names_are_the_retrieval_sources() -> None:
+    from experiments.config import BLEND_ALIASES, BLEND_SOURCES
+    from ranking.pipeline.state import SOURCE_ALIASES
+    from ranking.retrieval import SOURCES
+
+    assert BLEND_SOURCES == SOURCES
+    assert BLEND_ALIASES == SOURCE_ALIASES

@@ -345,6 +345,21 @@ def test_guardrails_are_flagged_when_breached(user: AbstractUser, items: list[in
     assert any("coverage breached by b" in w for w in results.warnings)
 
 
+def test_a_guardrail_with_nothing_shown_yet_is_not_measured_not_breached(user: AbstractUser, items: list[int]) -> None:
+    """A fresh experiment read "Guardrail coverage breached by control: 0" before any list was shown (an eighth
+    tester, 6 December)."""
+    _experiment(user, "fresh-rails", {"control": 0.5, "b": 0.5}, guardrails={"coverage": 0.01})
+
+    results = services.experiment_results(key="fresh-rails")
+
+    for variant in results.variants:
+        coverage = next(g for g in variant.guardrails if g.name == "coverage")
+        assert coverage.value is None
+        assert not coverage.breached
+    assert not results.guardrails_breached
+    assert not any("breached" in w for w in results.warnings)
+
+
 def test_latency_guardrail_uses_the_p95_serving_latency_logged_with_each_impression(
     user: AbstractUser, items: list[int]
 ) -> None:

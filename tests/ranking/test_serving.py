@@ -5,6 +5,7 @@ version hot-swap and explanations that name real items."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -180,6 +181,23 @@ def test_deleting_a_pinned_item_takes_it_out_of_cached_lists(
     finally:
         BusinessRule.objects.all().delete()
         rules.version_bump()
+
+
+@pytest.mark.django_db
+def test_a_boost_weight_is_bounded_where_entered_and_where_read(api: APIClient) -> None:
+    """A boost of 1e308 was saved, and every boosted score became infinite ("score": null in the API; an eighth
+    tester, 6 December). The admin refuses more than 100 score ranges; a row stored before is read at 100."""
+    from django.core.exceptions import ValidationError
+
+    mugs = Item.objects.get(external_id="mug-0").category
+    with pytest.raises(ValidationError, match="weight"):
+        BusinessRule(name="huge", kind="boost", target="category", category=mugs, weight=1e308).full_clean()
+    _rule(kind="boost", target="category", category=mugs, weight=1e308)
+
+    body = _recs(api, count=10)
+
+    assert all(isinstance(item["score"], float) and math.isfinite(item["score"]) for item in body["items"])
+    assert _category_of(_ids(body)[0]) == "mug"
 
 
 @pytest.mark.django_db
@@ -364,6 +382,25 @@ def test_context_item_shapes_the_cold_start_list(api: APIClient) -> None:
     assert all(item["reason"]["text"] == f"Because you viewed {title}" for item in rings)
     # An item the catalog does not know changes nothing (a storefront ahead of its catalog sync is no error).
     assert _ids(_recs(api, customer_id="ctx-cold-1", count=10, context_item_id="not-in-catalog")) == _ids(plain)
+
+
+@pytest.mark.django_db
+def test_a_category_list_draws_its_candidates_from_that_category(
+    api: APIClient, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``category`` only filtered the candidates, which came from the whole catalog's top lists: a category outside
+    them got an empty list (the demo's garden page, 108 items: "Nothing to recommend"; an eighth tester, 6
+    December). Its popular candidates now come from the category first. Quotas made small so that the catalog's
+    top items cannot cover every category by chance."""
+    from ranking.pipeline import state as pipeline_state
+
+    for source, quota in (("popular", 4), ("trending", 4), ("new", 1)):
+        monkeypatch.setitem(pipeline_state.QUOTAS, source, quota)
+    serving.clear_caches()
+    for category in world["categories"]:
+        body = _recs(api, count=4, category=category.external_id)
+        assert len(body["items"]) == 4, category.external_id
+        assert {_category_of(i) for i in _ids(body)} == {_category_of(_ids(body)[0])}
 
 
 @pytest.mark.django_db

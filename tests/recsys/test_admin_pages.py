@@ -483,6 +483,46 @@ def test_preview_names_the_rules_and_the_items_they_touch(staff: Client, world: 
 
 
 @pytest.mark.django_db
+def test_preview_says_why_a_pin_is_missing_and_that_a_block_was_applied(staff: Client, world: dict[str, Any]) -> None:
+    """A pin of an item the customer had bought, or of an item out of stock, was simply absent ("No rule in force
+    ... targets an item of these lists"), and a block that removed an item read "-" under "applied" (an eighth
+    tester, 6 December)."""
+    from events.models import Interaction
+    from events.services import online_state_rebuild
+
+    customer = world["customers"][0]
+    bought = Interaction.objects.filter(customer=customer, type=Interaction.Type.PURCHASE).first()
+    assert bought is not None
+    online_state_rebuild()  # the world's purchases in the online state, as serving reads them
+    url = f"{PREVIEW}?customer_id={customer.external_id}&surface=home&count=10"
+    without = _page(staff, url).split('id="without-rules"', 1)[1].split("</section>", 1)[0]
+    first = without.split('data-item-id="', 1)[1].split('"', 1)[0]
+    gone = Item.objects.get(external_id="seed-2")
+    Item.objects.filter(pk=gone.pk).update(in_stock=False)
+    rule_bought = BusinessRule.objects.create(
+        name="Pin bought", kind="pin", target="item", item=bought.item, position=1
+    )
+    rule_gone = BusinessRule.objects.create(name="Pin gone", kind="pin", target="item", item=gone, position=2)
+    block = BusinessRule.objects.create(
+        name="Block first", kind="block", target="item", item=Item.objects.get(external_id=first)
+    )
+    rules.reset()
+    serving.clear_caches()  # the stock change, as the catalog version tells serving after a save
+    try:
+        table = _page(staff, url).split('id="rules-touching"', 1)[1].split("</section>", 1)[0]
+    finally:
+        Item.objects.filter(pk=gone.pk).update(in_stock=True)
+        serving.clear_caches()
+    row = {
+        rule.pk: table.split(f'data-rule-id="{rule.pk}"', 1)[1].split("</tr>", 1)[0]
+        for rule in (rule_bought, rule_gone, block)
+    }
+    assert "has bought or rated its item" in row[rule_bought.pk]
+    assert "out of stock" in row[rule_gone.pk]
+    assert "<td>yes</td>" in row[block.pk]
+
+
+@pytest.mark.django_db
 def test_preview_of_an_item_surface_uses_the_anchor_item(staff: Client, world: dict[str, Any]) -> None:
     html = _page(staff, f"{PREVIEW}?customer_id=&surface=similar&anchor_item_id=scarf-3")
     similar = html.split('id="with-rules"', 1)[1].split("</section>", 1)[0]
