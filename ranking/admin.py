@@ -394,6 +394,8 @@ class BusinessRuleAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: BusinessRule, form: Any, change: bool) -> None:
         merchandising.business_rule_save(rule=obj, user_id=request.user.pk)
+        for warning in merchandising.surface_warnings(obj.surfaces):
+            self.message_user(request, warning, messages.WARNING)
 
     def delete_model(self, request: HttpRequest, obj: BusinessRule) -> None:
         merchandising.business_rule_delete(rule=obj)
@@ -427,10 +429,14 @@ class BusinessRuleAdmin(admin.ModelAdmin):
         self.message_user(request, "Edit the draft, try it on recent traffic, then publish it to replace the rule.")
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[BusinessRule], enabled: bool) -> None:
+        changed = 0
         for rule in queryset:
             rule.enabled = enabled
             merchandising.business_rule_save(rule=rule, user_id=request.user.pk)
             self.log_change(request, rule, f"{'Enabled' if enabled else 'Disabled'} the rule.")
+            changed += 1
+        verb = "Enabled" if enabled else "Disabled"
+        self.message_user(request, f"{verb} {changed} rule{'s' if changed != 1 else ''}: serving follows at once.")
 
     @admin.display(description="surfaces")
     def surfaces_label(self, obj: BusinessRule) -> str:

@@ -4,6 +4,7 @@ side-by-side "preview as customer" with rules on and off."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -94,6 +95,31 @@ def business_rule_reach(*, rule: BusinessRule) -> RuleReach:
 # Surfaces whose lists hang off an item (the item endpoints' service), not off a customer.
 ITEM_SURFACES = ("similar", "bought_together")
 CUSTOMER_SURFACES = ("home", "item", "cart", "category")
+BUILTIN_SURFACES = (*CUSTOMER_SURFACES, *ITEM_SURFACES, "because_you_viewed")
+
+
+def surface_warnings(surfaces: Sequence[str]) -> list[str]:
+    """What a merchandiser should hear about a rule's (or experiment's) surfaces: names the platform serves under
+    another case, and names nothing serves yet (no built-in list, experiment or surface default). Such a rule is
+    kept (a storefront may be about to ask for a new surface) but applies to nothing until one does; "hoem" and
+    "Home" were saved without a word (an eighth tester, 6 December)."""
+    from experiments.services import surface_known  # the experiments' snapshot, no query
+
+    warnings = []
+    for surface in surfaces:
+        if surface in BUILTIN_SURFACES or surface_known(surface):
+            continue
+        same = [known for known in BUILTIN_SURFACES if known.lower() == surface.strip().lower()]
+        if same:
+            warnings.append(f"Surface “{surface}” is not “{same[0]}”: surface names are case-sensitive.")
+        else:
+            warnings.append(
+                f"No list is served on surface “{surface}” yet (the built-in surfaces are "
+                f"{', '.join(BUILTIN_SURFACES)}): the rule applies once a storefront asks for it."
+            )
+    return warnings
+
+
 PICKER_CUSTOMERS = 50
 PICKER_SCAN = 2_000  # the latest interactions the picker's customers come from
 

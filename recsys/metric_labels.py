@@ -7,13 +7,12 @@ from __future__ import annotations
 from django.core.signals import request_started
 
 from kernel.metrics import bound_labels
+from ranking import merchandising
 
 OTHER = "other"
 # The surfaces the platform itself serves (ranking.merchandising's customer and item surfaces, and the endpoint of
 # because-you-viewed); experiments and surface defaults add theirs (experiments.services.surface_known).
-BUILTIN_SURFACES: frozenset[str] = frozenset(
-    ("home", "item", "cart", "category", "similar", "bought_together", "because_you_viewed")
-)
+BUILTIN_SURFACES: frozenset[str] = frozenset(merchandising.BUILTIN_SURFACES)
 _NO_VARIANT = "-"
 
 

@@ -429,6 +429,23 @@ def test_the_rule_page_lists_the_items_it_touches(staff: Client, world: dict[str
 
 
 @pytest.mark.django_db
+def test_a_rule_on_a_surface_nothing_serves_is_kept_with_a_warning(staff: Client, world: dict[str, Any]) -> None:
+    """Rules on "hoem" and "Home" were saved without a word and applied to nothing (an eighth tester, 6 December).
+    They are kept (a storefront may be about to ask for a new surface), and the merchandiser is told."""
+    item = world["items"][4]
+    response = staff.post(f"{RULES}add/", _rule_form(name="Typo", item=item.pk, surfaces="hoem,Home,home"), follow=True)
+    text = response.content.decode()
+    assert BusinessRule.objects.filter(name="Typo").exists()
+    assert "No list is served on surface “hoem” yet" in text
+    assert "Surface “Home” is not “home”: surface names are case-sensitive." in text
+    assert "“home”" not in text.replace("is not “home”", "")
+    response = staff.post(
+        RULES, {"action": "disable", "_selected_action": [BusinessRule.objects.get(name="Typo").pk]}, follow=True
+    )
+    assert "Disabled 1 rule" in response.content.decode()
+
+
+@pytest.mark.django_db
 def test_every_rule_change_is_in_the_audit_trail(staff: Client, superuser: AbstractUser, world: dict[str, Any]) -> None:
     item = world["items"][4]
     assert staff.post(f"{RULES}add/", _rule_form(name="Scarf boost", item=item.pk)).status_code == 302
