@@ -24,11 +24,18 @@ def _port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_url() -> str:
-    """The URL of a node of the running cluster: the configured one in the cluster group, else one started here."""
+def redis_cluster_url() -> Iterator[str]:
+    """The URL of a node of the running cluster: the configured one in the cluster group, else one started here
+    (and stopped at the session's end: a fresh clone's CI left its three servers running)."""
     if settings.REDIS_CLUSTER:
-        return settings.REDIS_DATA_URL
-    return rediscluster.start(port=_port())
+        yield settings.REDIS_DATA_URL
+        return
+    port = _port()
+    url = rediscluster.start(port=port)
+    try:
+        yield url
+    finally:
+        rediscluster.stop(port=port)
 
 
 @pytest.fixture
