@@ -409,8 +409,33 @@ def rule_dry_run(
     result.update(
         rule_id=rule_id, rule=rule.name if rule else None, days=days, sample=sample, config=changes,
         surfaces=list(CUSTOMER_SURFACES), seconds=round(time.perf_counter() - started, 2),
+        notes=_notes(rule, requests, days),
     )  # fmt: skip
     return result
+
+
+def _notes(rule: BusinessRule | None, requests: Sequence[LoggedRequest], days: float) -> list[str]:
+    """What a "0 lists changed" may mean, said outright (it read like "this rule changes nothing": an eighth tester,
+    6 December): no traffic to replay, or none on the rule's surfaces (the item surfaces are never replayed)."""
+    if not requests:
+        return [f"No lists were served on the customer surfaces ({', '.join(CUSTOMER_SURFACES)}) in the last "
+                f"{days:g} days: there was nothing to replay."]  # fmt: skip
+    if rule is None or not rule.surfaces:
+        return []
+    replayed = {request.surface for request in requests}
+    if replayed.intersection(rule.surfaces):
+        return []
+    unreplayable = [s for s in rule.surfaces if s not in CUSTOMER_SURFACES]
+    note = (
+        f"None of the {len(requests):,} replayed lists was on this rule's surfaces ({', '.join(rule.surfaces)}), "
+        "so it could change none of them."
+    )
+    if unreplayable:
+        note += (
+            f" {', '.join(unreplayable)} {'is' if len(unreplayable) == 1 else 'are'} not replayed: only the customer "
+            f"surfaces ({', '.join(CUSTOMER_SURFACES)}) are (the log has no anchor item for the item surfaces)."
+        )
+    return [note]
 
 
 # --- Runs in the background: progress and result in Redis ---------------------------------------------------------

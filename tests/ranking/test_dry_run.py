@@ -211,6 +211,27 @@ def test_command_prints_the_tables(api: APIClient, world: dict[str, Any]) -> Non
 
 
 @pytest.mark.django_db
+def test_a_dry_run_says_when_it_had_nothing_to_replay_or_nothing_on_the_rules_surfaces(
+    api: APIClient, world: dict[str, Any]
+) -> None:
+    """ "Lists changed: 0 of 0", or "0 of 500" for a rule on a surface the replay never meets, read like "this rule
+    changes nothing" (an eighth tester, 6 December)."""
+    empty = dry_run.rule_dry_run(rule_id=_draft().pk, days=0.001, sample=100)
+    assert empty["lists"] == 0
+    assert "nothing to replay" in empty["notes"][0]
+    _shop(api, [c.external_id for c in world["customers"][:10]], np.random.default_rng(3), visits=1)
+    elsewhere = dry_run.rule_dry_run(rule_id=_draft(surfaces=["similar", "newsurface"]).pk, days=1, sample=100)
+    assert elsewhere["lists"] > 0
+    assert elsewhere["lists_changed"] == 0
+    assert "was on this rule's surfaces (similar, newsurface)" in elsewhere["notes"][0]
+    assert "similar, newsurface are not replayed" in elsewhere["notes"][0]
+    assert dry_run.rule_dry_run(rule_id=_draft(surfaces=["home"]).pk, days=1, sample=100)["notes"] == []
+    out = io.StringIO()
+    call_command("rule_dry_run", str(_draft(surfaces=["similar"]).pk), "--days", "1", stdout=out)
+    assert "Note: None of the" in out.getvalue()
+
+
+@pytest.mark.django_db
 def test_api_validates_naming_the_field(admin_api: APIClient, api: APIClient, world: dict[str, Any]) -> None:
     assert api.post("/v1/rules/dry-runs", {"rule_id": 1}, format="json").status_code == 403
     for body, field in (

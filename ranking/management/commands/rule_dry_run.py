@@ -27,6 +27,7 @@ def format_result(result: dict[str, Any]) -> str:
         + (f", settings {result['config']}" if result["config"] else ""),
         f"Lists changed: {result['lists_changed']} of {result['lists']} ({result['share_changed']:.1%}); "
         f"items affected: {result['items_affected']}",
+        *(f"Note: {note}" for note in result.get("notes", ())),
         "",
         "Affected items",
         _table(
