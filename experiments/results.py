@@ -326,8 +326,8 @@ def results_build(
         )
     if spec.mode == "bandit":
         warnings.append(
-            "Bandit: traffic weights changed during the experiment, so the fixed-horizon tests are indicative only "
-            "and the sample-ratio check does not apply."
+            "Bandit: traffic weights follow the results as they come in, so the fixed-horizon tests are indicative "
+            "only and the sample-ratio check does not apply."
         )
 
     names = {v.id: v.name for v in spec.variants}

@@ -394,7 +394,7 @@ class BusinessRuleAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: BusinessRule, form: Any, change: bool) -> None:
         merchandising.business_rule_save(rule=obj, user_id=request.user.pk)
-        for warning in merchandising.surface_warnings(obj.surfaces):
+        for warning in [*merchandising.surface_warnings(obj.surfaces), *merchandising.pin_warnings(obj)]:
             self.message_user(request, warning, messages.WARNING)
 
     def delete_model(self, request: HttpRequest, obj: BusinessRule) -> None:

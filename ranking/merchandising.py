@@ -98,6 +98,16 @@ CUSTOMER_SURFACES = ("home", "item", "cart", "category")
 BUILTIN_SURFACES = (*CUSTOMER_SURFACES, *ITEM_SURFACES, "because_you_viewed")
 
 
+def pin_warnings(rule: BusinessRule) -> list[str]:
+    """A pin no list can show where it asks: past the longest list the API serves."""
+    if rule.kind == "pin" and rule.position and rule.position > serving.MAX_COUNT:
+        return [
+            f"Position {rule.position} is past the longest list the API serves ({serving.MAX_COUNT} items): "
+            "this pin will not show."
+        ]
+    return []
+
+
 def surface_warnings(surfaces: Sequence[str]) -> list[str]:
     """What a merchandiser should hear about a rule's (or experiment's) surfaces: names the platform serves under
     another case, and names nothing serves yet (no built-in list, experiment or surface default). Such a rule is

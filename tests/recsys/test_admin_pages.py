@@ -443,6 +443,9 @@ def test_a_rule_on_a_surface_nothing_serves_is_kept_with_a_warning(staff: Client
         RULES, {"action": "disable", "_selected_action": [BusinessRule.objects.get(name="Typo").pk]}, follow=True
     )
     assert "Disabled 1 rule" in response.content.decode()
+    far = staff.post(f"{RULES}add/", _rule_form(name="Far", kind="pin", item=item.pk, position=999), follow=True)
+    messages = far.content.decode().split('class="messagelist"', 1)[1].split("</ul>", 1)[0]
+    assert f"Position 999 is past the longest list the API serves ({serving.MAX_COUNT} items)" in messages
 
 
 @pytest.mark.django_db
