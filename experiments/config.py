@@ -157,10 +157,24 @@ def _choice(*allowed: str) -> Any:
 
 
 # The retrieval sources a blend weighs (ranking.retrieval.SOURCES; a test keeps the two equal: ranking imports this
-# module, not the other way round).
+# module, not the other way round). A stored config is read as it is (a name outside these weighs nothing, as it
+# always did); a config being entered may name only these (:func:`blend_source_errors`).
 BLEND_SOURCES: tuple[str, ...] = ("ann", "item_knn", "ease", "content", "fbt", "trending", "popular", "new")
-# Training's names for three of them (ranking.pipeline.state.SOURCE_ALIASES): a weight given under one is the source's.
+# Training's names for three of them (ranking.pipeline.state.SOURCE_ALIASES), named in the error for one.
 BLEND_ALIASES: dict[str, str] = {"als": "ann", "popularity": "popular", "knn": "item_knn"}
+
+
+def blend_source_errors(config: Mapping[str, Any]) -> str | None:
+    """Why the ``blend_weights`` of a config being entered name something the blend does not weigh (a typo, or
+    training's "als", weighed nothing, silently: an eighth tester, 6 December), else None."""
+    weights = config.get("blend_weights")
+    if not isinstance(weights, Mapping):
+        return None
+    unknown = [name for name in weights if name not in BLEND_SOURCES]
+    if not unknown:
+        return None
+    hints = [f"{name!r} (say {BLEND_ALIASES[name]!r})" if name in BLEND_ALIASES else repr(name) for name in unknown]
+    return f"blend_weights: unknown source {', '.join(hints)}; the sources are {', '.join(BLEND_SOURCES)}."
 
 
 def _blend_weights(value: object) -> dict[str, float] | None:
@@ -172,12 +186,9 @@ def _blend_weights(value: object) -> dict[str, float] | None:
     for source, weight in value.items():
         if not isinstance(source, str) or not source:
             raise ValueError(f"source names must be non-empty strings, got {source!r}")
-        name = BLEND_ALIASES.get(source, source)
-        if name not in BLEND_SOURCES:  # a typo (or "als") weighed nothing, silently (an eighth tester, 6 December)
-            raise ValueError(f"unknown source {source!r}; the sources are {', '.join(BLEND_SOURCES)}")
         if not _is_number(weight) or not finite_number(weight) or not 0 <= float(weight) <= _WEIGHT_MAX:
             raise ValueError(f"the weight of {source!r} must be a number from 0 to {_WEIGHT_MAX:g}, got {weight!r}")
-        clean[name] = float(weight)
+        clean[source] = float(weight)
     return clean
 
 

@@ -285,7 +285,9 @@ def results_build(
     for info in spec.variants:
         t = rows[info.id]
         per = comparisons.get(info.id, {})
-        rails = _guardrails(spec.guardrails, items_shown.get(info.id, 0), active_items, latency_p95_ms, info.id)
+        rails = _guardrails(
+            spec.guardrails, items_shown.get(info.id, 0), active_items, latency_p95_ms, info.id, lists=t.impressions
+        )
         for rail in rails:
             if rail.breached:
                 guardrails_breached = True
@@ -505,6 +507,8 @@ def _guardrails(
     active_items: int,
     latency_p95_ms: Mapping[int, float] | None,
     variant_id: int,
+    *,
+    lists: int,
 ) -> tuple[Guardrail, ...]:
     out: list[Guardrail] = []
     for name, threshold in thresholds.items():
@@ -513,8 +517,9 @@ def _guardrails(
             continue
         value: float | None
         if name == "coverage":
-            # Nothing shown yet is not measured yet (a fresh experiment read "breached: 0"; an eighth tester).
-            value = items_shown / active_items if active_items and items_shown else None
+            # No list served yet is not measured yet (a fresh experiment read "breached: 0"; an eighth tester); lists
+            # served empty are measured: the alarm this guardrail is for.
+            value = items_shown / active_items if active_items and lists else None
         else:  # latency_p95_ms: from the latency serving records with each impression
             value = (latency_p95_ms or {}).get(variant_id)
         breached = value is not None and (value < threshold if kind == "min" else value > threshold)

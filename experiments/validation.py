@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.config import InvalidConfig, VariantConfig, merged
+from experiments.config import InvalidConfig, VariantConfig, blend_source_errors, merged
 from experiments.results import GUARDRAILS
 
 # The minimum detectable effect a merchandiser may enter (a relative lift: 0.001 = 0.1%, 10 = +1,000%): smaller
@@ -72,7 +72,7 @@ def config_error(config: object) -> str | None:
         merged(VariantConfig(), config)
     except InvalidConfig as exc:
         return str(exc)
-    return None
+    return blend_source_errors(config)
 
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")

@@ -61,11 +61,16 @@ def _cluster_ok(port: int) -> bool:
     return "cluster_state:ok" in text
 
 
+def running(port: int = DEFAULT_PORT) -> bool:
+    """Whether a healthy cluster answers on ``port`` and the next two (someone else's, perhaps: leave it be)."""
+    return all(_answers(p) for p in _ports(port)) and _cluster_ok(port)
+
+
 def start(directory: Path | None = None, port: int = DEFAULT_PORT) -> str:
     """Start (or find) the cluster on ``port`` and the next two; return the URL of its first node."""
     directory = directory or default_dir() / str(port)
     ports = _ports(port)
-    if all(_answers(p) for p in ports) and _cluster_ok(port):
+    if running(port):
         return url(port)
     stop(directory, port)
     for p in ports:

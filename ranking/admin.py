@@ -436,7 +436,9 @@ class BusinessRuleAdmin(admin.ModelAdmin):
             self.log_change(request, rule, f"{'Enabled' if enabled else 'Disabled'} the rule.")
             changed += 1
         verb = "Enabled" if enabled else "Disabled"
-        self.message_user(request, f"{verb} {changed} rule{'s' if changed != 1 else ''}: serving follows at once.")
+        self.message_user(
+            request, f"{verb} {changed} rule{'s' if changed != 1 else ''}: serving follows at once for published ones."
+        )
 
     @admin.display(description="surfaces")
     def surfaces_label(self, obj: BusinessRule) -> str:

@@ -420,12 +420,21 @@ def _notes(rule: BusinessRule | None, requests: Sequence[LoggedRequest], days: f
     if not requests:
         return [f"No lists were served on the customer surfaces ({', '.join(CUSTOMER_SURFACES)}) in the last "
                 f"{days:g} days: there was nothing to replay."]  # fmt: skip
-    if rule is None or not rule.surfaces:
+    if rule is None:
+        return []
+    if not rule.enabled:
+        return ["The rule is disabled, and a disabled rule changes nothing: enable it to try it."]
+    if not rule.surfaces:
         return []
     replayed = {request.surface for request in requests}
-    if replayed.intersection(rule.surfaces):
-        return []
     unreplayable = [s for s in rule.surfaces if s not in CUSTOMER_SURFACES]
+    if replayed.intersection(rule.surfaces):
+        if not unreplayable:
+            return []
+        return [
+            f"Its effect on {', '.join(unreplayable)} is not counted: only the customer surfaces "
+            f"({', '.join(CUSTOMER_SURFACES)}) are replayed (the log has no anchor item for the item surfaces)."
+        ]
     note = (
         f"None of the {len(requests):,} replayed lists was on this rule's surfaces ({', '.join(rule.surfaces)}), "
         "so it could change none of them."

@@ -16,6 +16,7 @@ from events import keys
 from events import selectors as event_selectors
 from ranking import rules, serving
 from ranking.models import BusinessRule
+from ranking.rerank import Rule
 
 PREVIEW_ITEMS = 20
 
@@ -191,6 +192,7 @@ def preview_as_customer(
     effects = _rule_effects(
         surface=surface, item_ids=shown, fired=fired, kept_out=kept_out, skipped=skipped,
         owner=keys.owner_for(customer_id=customer_id, session_id=session_id) if customer_id or session_id else "",
+        count=count, listed=[item.item_id for item in with_rules.items],
     )  # fmt: skip
     names: dict[str, list[str]] = {}
     for effect in effects:
@@ -215,6 +217,8 @@ def _rule_effects(
     kept_out: AbstractSet[str] = frozenset(),
     skipped: AbstractSet[int] = frozenset(),
     owner: str = "",
+    count: int = 10,
+    listed: Sequence[str] = (),
 ) -> tuple[RuleEffect, ...]:
     """The rules in force on ``surface`` now (serving's own snapshot, ``rules.active_rules``) that target one of
     ``item_ids`` or are pins the re-ranker ``skipped``, with their names and, for a skipped pin, why its item is not
@@ -238,18 +242,25 @@ def _rule_effects(
         (rule, touched) for rule, touched in effects if touched or rule.rule_id in fired or rule.rule_id in skipped
     ]
     names = dict(BusinessRule.objects.filter(pk__in=[rule.rule_id for rule, _ in effects]).values_list("pk", "name"))
+    listed_pks = {rows[i][0] for i in listed if i in rows}
     return tuple(
         RuleEffect(
             rule.rule_id, names.get(rule.rule_id, f"rule {rule.rule_id}"), rule.kind,
             rule.rule_id in fired or (rule.kind in ("block", "bury") and bool(kept_out.intersection(touched))),
-            touched, _why_skipped(rule.target_value, owner) if rule.rule_id in skipped else "",
+            touched, _why_skipped(rule, owner, count, listed_pks) if rule.rule_id in skipped else "",
         )
         for rule, touched in effects
     )  # fmt: skip
 
 
-def _why_skipped(item_pk: int, owner: str) -> str:
-    """Why a pinned item is not in the list (the re-ranker places a pin only on a surviving candidate)."""
+def _why_skipped(rule: Rule, owner: str, count: int, listed_pks: AbstractSet[int]) -> str:
+    """Why a pin in force is not placed: the re-ranker places a pin only at a position inside the list, only once
+    per item, and only on a surviving candidate."""
+    if rule.position is not None and rule.position >= count:
+        return f"not placed: position {rule.position + 1} is past this list's {count} items"
+    item_pk = rule.target_value
+    if item_pk in listed_pks:
+        return "not placed at its position: its item is in the list already (by its score, or another pin)"
     row = Item.objects.filter(pk=item_pk).values("active", "in_stock").first()
     if row is None:
         return "not placed: its item no longer exists"

@@ -7,6 +7,7 @@ then filtered per request by surface and schedule. Rule changes go through
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ def stored_rule(rule: Any) -> StoredRule | None:
     return StoredRule(
         rule=rr.Rule(
             rule_id=rule.pk or 0, kind=rule.kind, target=rule.target, target_value=int(target_value),
-            weight=min(float(rule.weight), rr.MAX_RULE_WEIGHT), position=(rule.position - 1) if rule.position else None,
+            weight=_bounded(rule.weight), position=(rule.position - 1) if rule.position else None,
         ),
         surfaces=frozenset(rule.surfaces),
         starts_at=rule.starts_at.timestamp() if rule.starts_at else None,
@@ -118,3 +119,10 @@ def version_bump() -> None:
 def reset() -> None:
     """Forget this process's snapshot (tests; the admin after a change)."""
     _snapshot.clear()
+
+
+def _bounded(weight: float) -> float:
+    """A stored weight as the re-ranker takes it: at most ``MAX_RULE_WEIGHT`` (rows stored before the bound), and 0
+    for one that is not a number (the database's check lets NaN through)."""
+    value = float(weight)
+    return min(value, rr.MAX_RULE_WEIGHT) if math.isfinite(value) or value > 0 else 0.0

@@ -26,16 +26,19 @@ def _port() -> int:
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """The URL of a node of the running cluster: the configured one in the cluster group, else one started here
-    (and stopped at the session's end: a fresh clone's CI left its three servers running)."""
+    (and stopped at the session's end if this session started it: a fresh clone's CI left its three servers
+    running)."""
     if settings.REDIS_CLUSTER:
         yield settings.REDIS_DATA_URL
         return
     port = _port()
+    found = rediscluster.running(port)  # another run's (the same slot): used, and left running
     url = rediscluster.start(port=port)
     try:
         yield url
     finally:
-        rediscluster.stop(port=port)
+        if not found:
+            rediscluster.stop(port=port)
 
 
 @pytest.fixture

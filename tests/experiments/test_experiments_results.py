@@ -348,7 +348,7 @@ def test_guardrails_are_flagged_when_breached(user: AbstractUser, items: list[in
 def test_a_guardrail_with_nothing_shown_yet_is_not_measured_not_breached(user: AbstractUser, items: list[int]) -> None:
     """A fresh experiment read "Guardrail coverage breached by control: 0" before any list was shown (an eighth
     tester, 6 December)."""
-    _experiment(user, "fresh-rails", {"control": 0.5, "b": 0.5}, guardrails={"coverage": 0.01})
+    experiment, variants = _experiment(user, "fresh-rails", {"control": 0.5, "b": 0.5}, guardrails={"coverage": 0.01})
 
     results = services.experiment_results(key="fresh-rails")
 
@@ -358,6 +358,11 @@ def test_a_guardrail_with_nothing_shown_yet_is_not_measured_not_breached(user: A
         assert not coverage.breached
     assert not results.guardrails_breached
     assert not any("breached" in w for w in results.warnings)
+    # Lists served empty are measured: the alarm the guardrail is for.
+    customer = _customers("fresh-rails", 1)[0]
+    Impression.objects.bulk_create([_impression(experiment, variants["b"], customer, START, [], "fresh-rails-1")])
+    results = services.experiment_results(key="fresh-rails")
+    assert next(g for g in results.variant("b").guardrails if g.name == "coverage").breached
 
 
 def test_latency_guardrail_uses_the_p95_serving_latency_logged_with_each_impression(

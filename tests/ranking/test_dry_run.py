@@ -226,6 +226,10 @@ def test_a_dry_run_says_when_it_had_nothing_to_replay_or_nothing_on_the_rules_su
     assert "was on this rule's surfaces (similar, newsurface)" in elsewhere["notes"][0]
     assert "similar, newsurface are not replayed" in elsewhere["notes"][0]
     assert dry_run.rule_dry_run(rule_id=_draft(surfaces=["home"]).pk, days=1, sample=100)["notes"] == []
+    partly = dry_run.rule_dry_run(rule_id=_draft(surfaces=["home", "similar"]).pk, days=1, sample=100)
+    assert partly["notes"][0].startswith("Its effect on similar is not counted")
+    disabled = dry_run.rule_dry_run(rule_id=_draft(enabled=False).pk, days=1, sample=100)
+    assert "disabled" in disabled["notes"][0]
     out = io.StringIO()
     call_command("rule_dry_run", str(_draft(surfaces=["similar"]).pk), "--days", "1", stdout=out)
     assert "Note: None of the" in out.getvalue()

@@ -526,6 +526,7 @@ def test_preview_says_why_a_pin_is_missing_and_that_a_block_was_applied(staff: C
     block = BusinessRule.objects.create(
         name="Block first", kind="block", target="item", item=Item.objects.get(external_id=first)
     )
+    far = BusinessRule.objects.create(name="Pin far", kind="pin", target="item", item=world["items"][7], position=12)
     rules.reset()
     serving.clear_caches()  # the stock change, as the catalog version tells serving after a save
     try:
@@ -540,6 +541,7 @@ def test_preview_says_why_a_pin_is_missing_and_that_a_block_was_applied(staff: C
     assert "has bought or rated its item" in row[rule_bought.pk]
     assert "out of stock" in row[rule_gone.pk]
     assert "<td>yes</td>" in row[block.pk]
+    assert "position 12 is past this list&#x27;s 10 items" in table.split(f'data-rule-id="{far.pk}"', 1)[1]
 
 
 @pytest.mark.django_db
