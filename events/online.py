@@ -7,6 +7,7 @@ Functions raise ``redis.RedisError``; callers decide whether that is fatal (see 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import redis
 from redis.client import Pipeline
 
 from events import keys
@@ -419,6 +421,13 @@ def claim_rebuild_request(*, ttl_seconds: int) -> bool:
     rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart)."""
     claim = redis_client.script(_CLAIM_REBUILD, slot_key=keys.ONLINE_STATE_COMPLETE)
     return bool(claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
+
+
+def release_rebuild_request() -> None:
+    """Let the next reader that finds the state incomplete ask for a rebuild at once (the request could not be
+    sent, or the rebuild that counted as it stopped short). Best effort: unreadable Redis lets it expire."""
+    with contextlib.suppress(redis.RedisError):
+        redis_client.get().delete(keys.REBUILD_REQUESTED)
 
 
 def write_item_features(blob: bytes) -> str:

@@ -190,11 +190,8 @@ def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[KeptLoc
     def keep_alive() -> None:
         while not stop.wait(heartbeat):
             try:
-                lock.reacquire()
-            except LockNotOwnedError:  # gone or someone else's: no beat can win it back
-                kept._lost.set()
-                logger.error("lock_lost", extra={"lock": key})
-                return
+                if not kept.confirm():  # gone or someone else's: no beat can win it back
+                    return
             except (redis.RedisError, LockError) as exc:  # a Redis blip: again at the next beat
                 logger.warning("lock_heartbeat_failed", extra={"lock": key, "error": str(exc)})
 

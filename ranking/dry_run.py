@@ -428,22 +428,18 @@ def _notes(rule: BusinessRule | None, requests: Sequence[LoggedRequest], days: f
         return []
     replayed = {request.surface for request in requests}
     unreplayable = [s for s in rule.surfaces if s not in CUSTOMER_SURFACES]
+    why = (
+        f"only the customer surfaces ({', '.join(CUSTOMER_SURFACES)}) are replayed (the log has no anchor item for "
+        "the item surfaces)"
+    )
     if replayed.intersection(rule.surfaces):
-        if not unreplayable:
-            return []
-        return [
-            f"Its effect on {', '.join(unreplayable)} is not counted: only the customer surfaces "
-            f"({', '.join(CUSTOMER_SURFACES)}) are replayed (the log has no anchor item for the item surfaces)."
-        ]
+        return [f"Its effect on {', '.join(unreplayable)} is not counted: {why}."] if unreplayable else []
     note = (
         f"None of the {len(requests):,} replayed lists was on this rule's surfaces ({', '.join(rule.surfaces)}), "
         "so it could change none of them."
     )
     if unreplayable:
-        note += (
-            f" {', '.join(unreplayable)} {'is' if len(unreplayable) == 1 else 'are'} not replayed: only the customer "
-            f"surfaces ({', '.join(CUSTOMER_SURFACES)}) are (the log has no anchor item for the item surfaces)."
-        )
+        note += f" {', '.join(unreplayable)} {'is' if len(unreplayable) == 1 else 'are'} not replayed: {why}."
     return [note]
 
 

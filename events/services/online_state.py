@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -131,9 +130,7 @@ def online_state_rebuild(
         try:
             summary = _rebuild(history_length, on_progress, held)
         except (RebuildAborted, redis.RedisError):
-            # Left incomplete: serving may ask for the rebuild again at once, not when this one's request expires.
-            with contextlib.suppress(redis.RedisError):
-                redis_client.get().delete(keys.REBUILD_REQUESTED)
+            online.release_rebuild_request()  # left incomplete: serving may ask again at once
             raise
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
@@ -230,8 +227,7 @@ def online_state_rebuild_request() -> bool:
     except (redis.RedisError, kombu.exceptions.OperationalError):
         # Redis (the broker too) unreachable: let the next request try again.
         logger.warning("online_state_rebuild_request_failed", exc_info=True)
-        with contextlib.suppress(redis.RedisError):
-            redis_client.get().delete(keys.REBUILD_REQUESTED)
+        online.release_rebuild_request()
         return False
     logger.warning("online_state_rebuild_requested")
     return True
