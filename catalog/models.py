@@ -53,7 +53,9 @@ class Item(models.Model):
         indexes = [
             # Admin search by title over a million items: a trigram index makes icontains an index scan.
             GinIndex(name="item_title_trgm", fields=["title"], opclasses=["gin_trgm_ops"]),
-            models.Index(name="item_created", fields=["-created_at"]),
+            # New arrivals: the newest first, items listed at one instant (an import without created_at) by id, as
+            # the offline pipeline orders them (a stable sort over ids), so every process and query agrees.
+            models.Index(name="item_created", fields=["-created_at", "id"]),
             # Serving processes re-read only the items changed since their last sync (ranking/item_cache.py).
             models.Index(name="item_updated", fields=["updated_at"]),
         ]

@@ -176,9 +176,13 @@ def category_pk(*, external_id: str) -> int | None:
 
 
 def newest_available_item_pks(*, limit: int) -> list[int]:
-    """The latest listed items that are active and in stock (the item_created index)."""
+    """The latest listed items that are active and in stock (the item_created index), items listed at the same
+    instant by id: ties ordered by nothing came back in whatever order the table's pages held them, so two
+    processes (or the same one after a vacuum) could serve different new arrivals."""
     return list(
-        Item.objects.filter(active=True, in_stock=True).order_by("-created_at").values_list("pk", flat=True)[:limit]
+        Item.objects.filter(active=True, in_stock=True)
+        .order_by("-created_at", "pk")
+        .values_list("pk", flat=True)[:limit]
     )
 
 
