@@ -280,11 +280,11 @@ def interactions_for_request(request_id: str) -> list[AttributedInteraction]:
 
 def recently_popular_item_pks(*, window: int = 100_000, limit: int = 500) -> list[int]:
     """The most interacted-with items among the latest ``window`` events (a primary-key index scan): the
-    popularity answer when there is no trained model."""
+    popularity answer when there is no trained model. Items seen as often come by id, so every process agrees."""
     with connection.cursor() as cursor:
         cursor.execute(
             """SELECT e.item_id FROM (SELECT item_id FROM events_interaction ORDER BY id DESC LIMIT %s) e
-               GROUP BY e.item_id ORDER BY count(*) DESC LIMIT %s""",
+               GROUP BY e.item_id ORDER BY count(*) DESC, e.item_id LIMIT %s""",
             [window, limit],
         )
         return [row[0] for row in cursor.fetchall()]

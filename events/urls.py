@@ -6,5 +6,5 @@ from events import api
 
 urlpatterns = [
     path("events", api.EventIngestApi.as_view(), name="events"),
-    path("sessions/<str:session_id>/merge", api.SessionMergeApi.as_view(), name="session-merge"),
+    path("sessions/<id:session_id>/merge", api.SessionMergeApi.as_view(), name="session-merge"),
 ]

@@ -11,3 +11,4 @@ class KernelConfig(AppConfig):
 
     def ready(self) -> None:
         from kernel import middleware  # noqa: F401 - registers its system check
+        from kernel import urls  # noqa: F401 - registers the "id" path converter the API's routes use

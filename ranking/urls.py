@@ -7,10 +7,10 @@ from ranking import api
 urlpatterns = [
     path("recommendations", api.RecommendationListApi.as_view(), name="recommendations"),
     path("pages", api.PageApi.as_view(), name="pages"),
-    path("items/<str:item_id>/similar", api.SimilarItemsApi.as_view(), name="similar-items"),
-    path("items/<str:item_id>/bought-together", api.BoughtTogetherApi.as_view(), name="bought-together"),
+    path("items/<id:item_id>/similar", api.SimilarItemsApi.as_view(), name="similar-items"),
+    path("items/<id:item_id>/bought-together", api.BoughtTogetherApi.as_view(), name="bought-together"),
     path(
-        "customers/<str:customer_id>/because-you-viewed",
+        "customers/<id:customer_id>/because-you-viewed",
         api.BecauseYouViewedApi.as_view(),
         name="because-you-viewed",
     ),

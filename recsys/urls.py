@@ -11,19 +11,22 @@ from privacy import api as privacy_api
 from recsys import health
 from storefront import customer_list
 
+# An id in a path may hold "/" (kernel.urls, the "id" converter), so a route with a suffix after an id comes
+# before the bare route of the same id, which would also match it: customers/<id>/export before customers/<id>,
+# items/<id>/similar (ranking) before items/<id> (catalog).
 api_v1 = [
     # The customer list counts activity from the interactions: a top-layer view (storefront/customer_list.py).
     path("customers", customer_list.CustomerListApi.as_view(), name="customer-list"),
-    # Customer data rights. First: DELETE /v1/customers/{id} (erasure) reaches into every app, so its view is
-    # privacy.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
-    path("customers/<str:customer_id>", privacy_api.CustomerApi.as_view(), name="customer-data"),
-    path("customers/<str:customer_id>/opt-out", privacy_api.CustomerOptOutApi.as_view(), name="customer-opt-out"),
-    path("customers/<str:customer_id>/opt-in", privacy_api.CustomerOptInApi.as_view(), name="customer-opt-in"),
-    path("customers/<str:customer_id>/export", privacy_api.CustomerExportApi.as_view(), name="customer-export"),
-    path("", include("catalog.urls")),
+    path("customers/<id:customer_id>/opt-out", privacy_api.CustomerOptOutApi.as_view(), name="customer-opt-out"),
+    path("customers/<id:customer_id>/opt-in", privacy_api.CustomerOptInApi.as_view(), name="customer-opt-in"),
+    path("customers/<id:customer_id>/export", privacy_api.CustomerExportApi.as_view(), name="customer-export"),
     path("", include("events.urls")),
     path("", include("experiments.urls")),
     path("", include("ranking.urls")),
+    # Customer data rights: DELETE /v1/customers/{id} (erasure) reaches into every app, so its view is
+    # privacy.api.CustomerApi, which keeps the catalog's GET/PUT of the same path and takes the path over.
+    path("customers/<id:customer_id>", privacy_api.CustomerApi.as_view(), name="customer-data"),
+    path("", include("catalog.urls")),
 ]
 
 urlpatterns = [

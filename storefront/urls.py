@@ -8,6 +8,6 @@ app_name = "storefront"
 
 urlpatterns = [
     path("", storefront.home, name="home"),
-    path("items/<str:item_id>", storefront.item_detail, name="item"),
+    path("items/<id:item_id>", storefront.item_detail, name="item"),
     path("customer", storefront.customer_choose, name="customer"),
 ]

@@ -718,3 +718,38 @@ def test_an_unexpected_error_in_an_api_view_is_a_json_500(api: APIClient, monkey
     assert response.status_code == 500
     assert response["Content-Type"] == "application/json"
     assert response.json() == {"detail": "Internal server error."}
+
+
+@pytest.mark.parametrize("encode", [True, False], ids=["slash-encoded", "slash-as-is"])
+def test_an_id_with_a_slash_is_reachable_through_every_path(api: APIClient, encode: bool) -> None:
+    """A customer ``acme/42`` (created by an event: the id rule allows ``/``) could never be exported, erased or
+    opted out, and an item ``WX/100-B`` never read or asked for similar items: every path route stopped at ``/``
+    and answered 404 (a tenth tester, 6 December). A client may send the ``/`` encoded or not."""
+
+    def at(raw: str) -> str:
+        return quote(raw, safe="") if encode else raw
+
+    assert api.put(f"/v1/items/{at('WX/100-B')}", {"title": "Slashed"}, format="json").status_code == 201
+    assert api.get(f"/v1/items/{at('WX/100-B')}").json()["item_id"] == "WX/100-B"
+    assert api.put(f"/v1/items/{at('WX/100-B')}", {"title": "Renamed"}, format="json").status_code == 200
+    for suffix in ("similar", "bought-together"):
+        response = api.get(f"/v1/items/{at('WX/100-B')}/{suffix}")
+        assert response.status_code == 200, (suffix, response.content)
+        assert response.json()["surface"] == suffix.replace("-", "_")
+    event = {"session_id": "s/1", "item_id": "WX/100-B", "type": "view"}
+    assert api.post("/v1/events", event, format="json").status_code == 202
+    merged = api.post(f"/v1/sessions/{at('s/1')}/merge", {"customer_id": "acme/42"}, format="json")
+    assert merged.status_code == 200, merged.content
+    assert Interaction.objects.get(session_id="s/1").customer.external_id == "acme/42"
+    assert api.get(f"/v1/customers/{at('acme/42')}").json()["customer_id"] == "acme/42"
+    assert api.get(f"/v1/customers/{at('acme/42')}/because-you-viewed").status_code == 200
+    assert api.post(f"/v1/customers/{at('acme/42')}/opt-out").status_code == 200
+    assert Customer.objects.get(external_id="acme/42").personalisation_opt_out
+    assert api.post(f"/v1/customers/{at('acme/42')}/opt-in").status_code == 200
+    export = api.get(f"/v1/customers/{at('acme/42')}/export")
+    assert export.status_code == 200
+    assert b'"WX/100-B"' in b"".join(export.streaming_content)  # type: ignore[attr-defined]
+    assert api.delete(f"/v1/customers/{at('acme/42')}").status_code == 204
+    assert not Customer.objects.filter(external_id="acme/42").exists()
+    assert not Interaction.objects.filter(session_id="s/1").exists()
+    assert api.delete(f"/v1/items/{at('WX/100-B')}").status_code == 204

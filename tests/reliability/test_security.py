@@ -47,7 +47,7 @@ def _url(route: str) -> str:
 
 def test_the_walk_finds_every_v1_endpoint() -> None:
     routes = {route for route, _ in V1}
-    assert {"v1/events", "v1/recommendations", "v1/customers/<str:customer_id>", "v1/items/<str:item_id>"} <= routes
+    assert {"v1/events", "v1/recommendations", "v1/customers/<id:customer_id>", "v1/items/<id:item_id>"} <= routes
     assert len(ENDPOINTS) >= 14
 
 
