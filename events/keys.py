@@ -157,7 +157,8 @@ def shown(owner: str) -> str:
     """``shown:{<owner>}`` hash: request id -> comma-separated item pks that answer showed this owner.
 
     Written by serving for each personal list; ``exclude_request_ids`` reads it to leave out what earlier answers
-    of the session showed. Expires ``ranking.serving.SHOWN_TTL_SECONDS`` after the last write (a page visit).
+    of the session showed. Expires ``events.online.SHOWN_TTL_SECONDS`` after the last write (a page visit); a
+    session merge copies it to the customer.
     """
     return SHOWN_PREFIX + owner_tag(owner)
 

@@ -37,6 +37,8 @@ HISTORY_LENGTH = 200
 # What an owner already has (keys.had): the event types kept and how many distinct (item, type) members, the newest.
 HAD_TYPES: tuple[int, ...] = (PURCHASE, RATING)
 HAD_LENGTH = 2000
+# How long what an answer showed stays excludable by ``exclude_request_ids`` (keys.shown): a page visit.
+SHOWN_TTL_SECONDS = 1800
 # An anonymous session nobody has touched for a month will not log in any more; its keys go.
 SESSION_TTL_SECONDS = 30 * 86_400
 # Every per-owner key expires (Redis runs without eviction for the state database, so keys must bound themselves):
@@ -169,7 +171,8 @@ def apply_events(events: Sequence[OnlineEvent], *, now: float) -> None:
 
 
 def merge_owner(*, source: str, target: str) -> None:
-    """Move ``source``'s history, affinities, dismissals and had items into ``target`` and delete the source's.
+    """Move ``source``'s history, affinities, dismissals and had items into ``target`` and delete the source's;
+    copy what its answers showed (``keys.shown``, which the session keeps for its own later requests).
 
     The two owners live in different hash slots (on a cluster, maybe on different nodes), so the move is three
     single-slot steps instead of one cross-slot MULTI: read the source's keys (one MULTI on its slot), add them to
@@ -190,7 +193,8 @@ def merge_owner(*, source: str, target: str) -> None:
     read.zrange(source_affinity, 0, -1, withscores=True)
     read.zrange(source_dismissed, 0, -1, withscores=True)
     read.zrange(source_had, 0, -1, withscores=True)
-    history, affinity, dismissed, had = read.execute()
+    read.hgetall(keys.shown(source))
+    history, affinity, dismissed, had, shown = read.execute()
 
     target_history, target_affinity = keys.history(target), keys.affinity(target)
     pipe = redis_client.atomic(target_history)
@@ -204,6 +208,9 @@ def merge_owner(*, source: str, target: str) -> None:
     if had:  # the latest time of an item bought (or rated) under both owners
         pipe.zadd(keys.had(target), dict(had), gt=True)
         pipe.zremrangebyrank(keys.had(target), 0, -HAD_LENGTH - 1)
+    if shown:  # what the visit was shown before the login: the customer's "load more" still leaves it out
+        pipe.hset(keys.shown(target), mapping=shown)
+        pipe.expire(keys.shown(target), SHOWN_TTL_SECONDS)
     pipe.incr(keys.cache_version(target))
     # Without it the version, bumped here, would outlive its owner forever.
     _expire_owner(pipe, target)
@@ -557,14 +564,17 @@ def write_shown(answers: Mapping[str, Mapping[str, Sequence[int]]], *, ttl_secon
     pipe.execute()
 
 
-def queue_shown_reads(pipe: Pipeline, owner: str, request_ids: Sequence[str]) -> None:
-    """Queue the HMGET of what earlier answers ``request_ids`` showed the owner (one reply)."""
-    pipe.hmget(keys.shown(owner), list(request_ids))
+def queue_shown_reads(pipe: Pipeline, owners: Sequence[str], request_ids: Sequence[str]) -> None:
+    """Queue the HMGET of what earlier answers ``request_ids`` showed each of the owners (one reply per owner): a
+    request naming a customer and a session may exclude answers given to the session before the login."""
+    for owner in owners:
+        pipe.hmget(keys.shown(owner), list(request_ids))
 
 
-def parse_shown(reply: Sequence[bytes | None]) -> np.ndarray:
-    """Item pks of an HMGET of ``keys.shown`` (unknown or expired request ids: nothing)."""
-    found = [value for value in reply if value]
+def parse_shown(replies: Sequence[Sequence[bytes | None]]) -> np.ndarray:
+    """Item pks of the HMGETs of ``keys.shown`` queued by :func:`queue_shown_reads` (unknown or expired request
+    ids: nothing)."""
+    found = [value for reply in replies for value in reply if value]
     if not found:
         return np.empty(0, np.int64)
     return np.unique(np.array(b",".join(found).split(b","), dtype=np.int64))

@@ -80,8 +80,7 @@ logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
 CACHE = ListCache(ttl_seconds=60.0)
-# How long what an answer showed stays excludable by ``exclude_request_ids`` (keys.shown): a page visit.
-SHOWN_TTL_SECONDS = 1800
+SHOWN_TTL_SECONDS = events_online.SHOWN_TTL_SECONDS
 MAX_EXCLUDE_REQUESTS = 20
 
 # Freshness, measured (issue 16): for a list computed after an owner's events, the seconds from the arrival of the
@@ -199,7 +198,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
 
     excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
-    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
+    pending_shown = SHOWN.pending(owners, excluded_requests) if excluded_requests else None
 
     def compute(prefetched: Prefetched | None, redis_ok: bool = True) -> CachedList:
         # The cache's miss round trip read the owners' state: the "history" stage counts it (the trace then says
@@ -345,7 +344,7 @@ def recommend_page(request: PageRequest) -> Page:
             anchors[index] = pk
     model = get_active_model()
     excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
-    pending_shown = SHOWN.pending(owner, excluded_requests) if excluded_requests else None
+    pending_shown = SHOWN.pending(owners, excluded_requests) if excluded_requests else None
     redis_ok = True
     prefetched: Sequence[Any] | None = None
     read_seconds = 0.0
@@ -483,7 +482,7 @@ def _queue_shared_reads(pipe: Any, owners: Sequence[str], excluded_requests: Seq
     """The owners' online state and (for ``exclude_request_ids``) what those answers showed, on one pipeline."""
     online.queue_owner_state(pipe, owners)
     if excluded_requests:
-        events_online.queue_shown_reads(pipe, owners[0], excluded_requests)
+        events_online.queue_shown_reads(pipe, owners, excluded_requests)
 
 
 def _read_shared(owners: Sequence[str], excluded_requests: Sequence[str]) -> list[Any] | None:
@@ -537,7 +536,7 @@ def _shared_work(
             prefetched = _read_shared(owners, excluded_requests)
         size = event_selectors.OWNER_STATE_REPLIES * len(owners)
         if prefetched is not None and excluded_requests and len(prefetched) > size:
-            shown = events_online.parse_shown(prefetched[size])
+            shown = events_online.parse_shown(prefetched[size:])
             prefetched = prefetched[:size]
         read = online.owner_state(owners, prefetched, redis_ok)
         if pending_shown is not None:
@@ -590,10 +589,12 @@ class _ShownBuffer:
             self._pending.setdefault(owner, {}).update(answers)
         self._loop.ensure()
 
-    def pending(self, owner: str, request_ids: Sequence[str]) -> np.ndarray:
+    def pending(self, owners: Sequence[str], request_ids: Sequence[str]) -> np.ndarray:
         with self._lock:
-            mine = self._pending.get(owner, {})
-            found = [pk for request_id in request_ids for pk in mine.get(request_id, ())]
+            found = [
+                pk for owner in owners for request_id in request_ids
+                for pk in self._pending.get(owner, {}).get(request_id, ())
+            ]  # fmt: skip
         return np.unique(np.asarray(found, np.int64))
 
     def flush(self) -> None:

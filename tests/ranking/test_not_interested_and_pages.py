@@ -326,6 +326,33 @@ def test_exclude_request_ids_leaves_out_what_earlier_answers_showed_that_owner(a
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("flush", [True, False], ids=["in-redis", "pending-in-process"])
+def test_a_visitor_who_logs_in_still_leaves_out_what_the_visit_was_shown(api: APIClient, flush: bool) -> None:
+    """"Load more" after a login repeated the first answer: what the session was shown was read under the first
+    owner of the request only (the customer), and the merge left it with the session (a tenth tester, 6 December).
+    A request naming both reads both; a merge copies it to the customer."""
+    _send(api, session_id="visit-42", item_id="seed-1")
+    first = _recs(api, session_id="visit-42", count=8)
+    if flush:
+        serving.SHOWN.flush()
+    both = _recs(api, customer_id="login-42", session_id="visit-42", count=8, exclude_request_ids=first["request_id"])
+    assert len(both["items"]) == 8
+    assert not set(_ids(first)) & set(_ids(both))
+    page = _page(
+        api, customer_id="login-42", session_id="visit-42", exclude_request_ids=[first["request_id"]],
+        widgets=[{"kind": "recommendations", "count": 8}],
+    )  # fmt: skip
+    assert not set(_page_ids(page)) & set(_ids(first))
+    serving.SHOWN.flush()
+    merged = api.post("/v1/sessions/visit-42/merge", {"customer_id": "login-42"}, format="json")
+    assert merged.status_code == 200, merged.content
+    excluded = {first["request_id"], both["request_id"]}
+    alone = _recs(api, customer_id="login-42", count=8, exclude_request_ids=",".join(sorted(excluded)))
+    assert len(alone["items"]) == 8
+    assert not set(_ids(alone)) & (set(_ids(first)) | set(_ids(both)))
+
+
+@pytest.mark.django_db
 def test_page_and_exclude_request_ids_validation_names_the_field(api: APIClient) -> None:
     response = api.post("/v1/pages", {"widgets": [{"kind": "carousel"}]}, format="json")
     assert response.status_code == 400
