@@ -10,5 +10,7 @@ class KernelConfig(AppConfig):
     verbose_name = "API access"
 
     def ready(self) -> None:
-        from kernel import middleware  # noqa: F401 - registers its system check
-        from kernel import urls  # noqa: F401 - registers the "id" path converter the API's routes use
+        from kernel import (
+            middleware,  # noqa: F401 - registers its system check
+            urls,  # noqa: F401 - registers the "id" path converter the API's routes use
+        )
