@@ -328,7 +328,7 @@ def test_exclude_request_ids_leaves_out_what_earlier_answers_showed_that_owner(a
 @pytest.mark.django_db
 @pytest.mark.parametrize("flush", [True, False], ids=["in-redis", "pending-in-process"])
 def test_a_visitor_who_logs_in_still_leaves_out_what_the_visit_was_shown(api: APIClient, flush: bool) -> None:
-    """"Load more" after a login repeated the first answer: what the session was shown was read under the first
+    """ "Load more" after a login repeated the first answer: what the session was shown was read under the first
     owner of the request only (the customer), and the merge left it with the session (a tenth tester, 6 December).
     A request naming both reads both; a merge copies it to the customer."""
     _send(api, session_id="visit-42", item_id="seed-1")
