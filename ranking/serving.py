@@ -701,6 +701,7 @@ def _serve(
         wants_ranker = model is not None and config.ranker and serve_source(state.mode) is None
         stages.score(state, model, online.ranker_for(model) if wants_ranker else None, config, online.ctr)
         stages.demote_dismissed(state, model)
+        stages.nudge_context_category(state)
     with trace.stage("rerank"):
         exclude = state.left_out
         # Exposure and clicks matter only to exploration: skipped when it is off.

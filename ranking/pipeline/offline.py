@@ -278,6 +278,7 @@ def finish(
     """Score -> re-rank on a retrieved state; the final list as catalog pks. What it leaves out was settled by
     :func:`retrieved` (give both the same ``config``)."""
     stages.score(state, model, ranker, config, _ctr(model, inputs))
+    stages.nudge_context_category(state)  # no page context offline: nothing moves (the served path's order kept)
     stages.rerank(state, config, (), exclude=state.left_out, exposure=np.zeros(state.cand.size), clicks=None, seed=seed)
     assert state.result is not None
     return state.result.item_idx
