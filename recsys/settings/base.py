@@ -18,6 +18,14 @@ SECRET_KEY = env_str("SECRET_KEY")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# A storefront whose browser code calls the API from another origin (https://shop.example sending events with an
+# ``events``-scope key) is named here: its preflights are answered before authentication (a browser sends them
+# without the key) and its answers carry Access-Control-Allow-Origin. Empty: same-origin only (the demo storefront).
+# Only the API's paths; no cookies are involved (keys travel in the Authorization header).
+CORS_ALLOWED_ORIGINS = env_list("API_CORS_ORIGINS", [])
+CORS_URLS_REGEX = r"^/v1/"
+CORS_EXPOSE_HEADERS = ["Retry-After"]
+CORS_PREFLIGHT_MAX_AGE = 3600
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -29,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "corsheaders",
     "django_prometheus",
     # The shared kernel, the domain apps (catalog -> events -> ranking | experiments), the cross-app top layer and
     # the project (docs/architecture.md).
@@ -46,6 +55,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Before anything that can answer: a preflight is answered here, without an API key (API_CORS_ORIGINS).
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
