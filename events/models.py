@@ -1,4 +1,5 @@
-"""Interactions: every view, click, add-to-cart, purchase and rating a storefront reports."""
+"""Interactions: every view, click, add-to-cart, purchase and rating a storefront reports; the session merges that
+handed anonymous sessions to customers."""
 
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
@@ -68,3 +69,29 @@ class Interaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_type_display()} {self.item_id} by {self.customer_id or self.session_id}"
+
+
+class SessionMerge(models.Model):
+    """An anonymous session handed to a customer who logged in (``POST /v1/sessions/{id}/merge``), one row per merge.
+
+    The merge moves the session's interactions to the customer; what the session was *served* (impressions) keeps the
+    session, the unit its experiments assigned, and this row says whose it is: an anonymous impression of the session
+    is the customer's when this is the first merge of the session at or after it was served. Privacy's export and
+    erasure read it that way (an impression flushed after the merge included); the rows go with the customer.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # The collation of the impressions' session_id (not the interactions' "C"): compared with it, by its index.
+    session_id = models.CharField(max_length=100)
+    # Indexed (the foreign key's index): the sessions merged into a customer, for export and erasure.
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    merged_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # "The first merge of this session at or after T": whose an anonymous impression of it is.
+            models.Index(name="sessionmerge_session_time", fields=["session_id", "merged_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} -> {self.customer_id} at {self.merged_at:%Y-%m-%d %H:%M:%S}"

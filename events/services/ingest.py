@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from catalog.services import customer_pks_get_or_create
 from events import keys, online
 from events.metrics import EVENTS_INGESTED, EVENTS_REJECTED, ONLINE_STATE_ERRORS
-from events.models import Interaction
+from events.models import Interaction, SessionMerge
 from events.parsing import utcnow
 from events.services.imports import EVENT_ID_LOCK_CLASS, EVENT_IDS_LOCKED_SQL, RETRY_WINDOW, event_id_buckets
 from events.validation import ParsedEvent, Rejection, parse_events
@@ -216,11 +216,16 @@ class SessionMergeResult:
 
 
 def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
-    """Give an anonymous session's interactions to the customer who just logged in, in Postgres and in Redis.
+    """Give an anonymous session's interactions to the customer who just logged in, in Postgres and in Redis, and
+    record the merge (:class:`SessionMerge`).
 
     Ids are validated by the caller. Raises :class:`CustomerErased` for an erased customer id (without a row).
     Idempotent: the UPDATE only touches interactions without a customer and the Redis merge deletes what it moved;
-    a retry after a Redis failure still merges the online state.
+    a retry after a Redis failure still merges the online state (and is recorded as a merge of its own).
+
+    The session's impressions are not updated: they stay with the session, the unit the experiments assigned and
+    their results count (experiments.selectors), and the recorded merge makes the ones served before it the
+    customer's for export and erasure (privacy.services), those the impression log stores only after the merge too.
 
     Merges of one session take turns (a session-level advisory lock on the session id, held from before the
     Postgres transaction until the Redis step is done, and only that lock: the transaction commits first, so a slow
@@ -244,6 +249,8 @@ def session_merge(*, session_id: str, customer_id: str) -> SessionMergeResult:
                 merged = Interaction.objects.filter(session_id=session_id, customer__isnull=True).update(
                     customer_id=customer_pk
                 )
+                # Taken under the session's lock: merges of one session are recorded in the order they happened.
+                SessionMerge.objects.create(session_id=session_id, customer_id=customer_pk, merged_at=utcnow())
             try:
                 online.merge_owner(source=session_owner, target=keys.customer_owner(customer_id))
             except redis.RedisError:
