@@ -17,20 +17,27 @@ from catalog.serializers import (
     ItemOutputSerializer,
 )
 from kernel.models import ApiKey
+from kernel.schema import BODY_ERRORS, api_errors
 from kernel.validation import check_id
+
+_NO_ITEM = {404: "No item with this id."}
+_NO_CUSTOMER = {404: "No customer with this id."}
 
 
 class ItemApi(APIView):
     required_scope = ApiKey.Scope.CATALOG
 
-    @extend_schema(responses=ItemOutputSerializer)
+    @extend_schema(responses={200: ItemOutputSerializer, **api_errors(400, 404, descriptions=_NO_ITEM)})
     def get(self, request: Request, item_id: str) -> Response:
         item = selectors.item_get(external_id=check_id(item_id, "item_id"))
         if item is None:
             raise NotFound(f"No item with id {item_id!r}.")
         return Response(ItemOutputSerializer(item).data)
 
-    @extend_schema(request=ItemInputSerializer, responses={200: ItemOutputSerializer, 201: ItemOutputSerializer})
+    @extend_schema(
+        request=ItemInputSerializer,
+        responses={200: ItemOutputSerializer, 201: ItemOutputSerializer, **api_errors(400, *BODY_ERRORS)},
+    )
     def put(self, request: Request, item_id: str) -> Response:
         check_id(item_id, "item_id")
         serializer = ItemInputSerializer(data=request.data)
@@ -43,7 +50,7 @@ class ItemApi(APIView):
             ItemOutputSerializer(item).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **api_errors(400, 404, descriptions=_NO_ITEM)})
     def delete(self, request: Request, item_id: str) -> Response:
         if not services.item_deactivate(external_id=check_id(item_id, "item_id")):
             raise NotFound(f"No item with id {item_id!r}.")
@@ -53,7 +60,7 @@ class ItemApi(APIView):
 class CustomerApi(APIView):
     required_scope = ApiKey.Scope.CATALOG
 
-    @extend_schema(responses=CustomerOutputSerializer)
+    @extend_schema(responses={200: CustomerOutputSerializer, **api_errors(400, 404, descriptions=_NO_CUSTOMER)})
     def get(self, request: Request, customer_id: str) -> Response:
         customer = selectors.customer_get(external_id=check_id(customer_id, "customer_id"))
         if customer is None:
@@ -62,7 +69,7 @@ class CustomerApi(APIView):
 
     @extend_schema(
         request=CustomerInputSerializer,
-        responses={200: CustomerOutputSerializer, 201: CustomerOutputSerializer},
+        responses={200: CustomerOutputSerializer, 201: CustomerOutputSerializer, **api_errors(400, *BODY_ERRORS)},
     )
     def put(self, request: Request, customer_id: str) -> Response:
         check_id(customer_id, "customer_id")

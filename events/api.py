@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.request import Request
@@ -19,6 +19,7 @@ from events.serializers import (
 )
 from events.validation import NON_FIELD, InvalidBody, unpack_body
 from kernel.models import ApiKey
+from kernel.schema import BODY_ERRORS, api_errors
 from kernel.validation import check_id
 
 _EVENT_EXAMPLE = {
@@ -49,7 +50,11 @@ class EventIngestApi(APIView):
         ),
         responses={
             202: IngestResultSerializer,
-            400: OpenApiResponse(description="Not JSON, not an object, over 1,000 events, or one invalid event."),
+            **api_errors(
+                400,
+                *BODY_ERRORS,
+                descriptions={400: "Not JSON, not an object, over 1,000 events, or one invalid event."},
+            ),
         },
         examples=[
             OpenApiExample("single event", value=_EVENT_EXAMPLE, request_only=True),
@@ -76,7 +81,10 @@ class SessionMergeApi(APIView):
         summary="Link an anonymous session to the customer who logged in",
         description="The session's interactions and online history become the customer's. Idempotent.",
         request=SessionMergeInputSerializer,
-        responses={200: SessionMergeOutputSerializer, 400: OpenApiResponse(description="Invalid ids.")},
+        responses={
+            200: SessionMergeOutputSerializer,
+            **api_errors(400, *BODY_ERRORS, descriptions={400: "Invalid ids, or the customer id was erased."}),
+        },
     )
     def post(self, request: Request, session_id: str) -> Response:
         # A path id: the one id rule, nothing stripped (the path is the resource: " x" is not session "x").

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.request import Request
@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from experiments import services
 from experiments.serializers import ExperimentResultsSerializer
 from kernel.models import ApiKey
+from kernel.schema import api_errors
 
 
 class Conflict(APIException):
@@ -25,8 +26,14 @@ class ExperimentResultsApi(APIView):
     @extend_schema(
         responses={
             200: ExperimentResultsSerializer,
-            404: OpenApiResponse(description="No experiment with this key."),
-            409: OpenApiResponse(description="The experiment cannot have results yet (e.g. no control variant)."),
+            **api_errors(
+                404,
+                409,
+                descriptions={
+                    404: "No experiment with this key.",
+                    409: "The experiment cannot have results yet (e.g. no control variant).",
+                },
+            ),
         }
     )
     def get(self, request: Request, key: str) -> Response:

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from kernel.auth import request_has_scope
 from kernel.models import ApiKey
+from kernel.schema import BODY_ERRORS, api_errors
 from kernel.validation import check_id
 from ranking import dry_run, serving
 from ranking.serializers import (
@@ -30,6 +31,11 @@ from ranking.serializers import (
 )
 
 FORCE_VARIANT_HEADER = "X-Experiment-Variant"
+# The item-anchored lists: a bad count or id, or no such item.
+_ANCHORED_RESPONSES = {
+    200: RecommendationListSerializer,
+    **api_errors(400, 404, descriptions={404: "No item with this id."}),
+}
 
 
 def _list_body(result: serving.RecommendationList) -> dict:
@@ -62,7 +68,13 @@ class RecommendationListApi(APIView):
                 description="QA only (admin scope): serve this variant, as 'experiment_key:variant' or 'variant'.",
             ),
         ],
-        responses=RecommendationListSerializer,
+        responses={
+            200: RecommendationListSerializer,
+            **api_errors(400, descriptions={
+                403: "The API key lacks the 'recommend' scope, or asks for debug=true or a forced variant without "
+                "the 'admin' scope.",
+            }),
+        },
     )  # fmt: skip
     def get(self, request: Request) -> Response:
         data = recommendation_query(request.query_params)
@@ -99,7 +111,7 @@ class _ItemAnchoredListApi(APIView):
 
 
 @extend_schema(summary="Items similar to this one", parameters=[CountQuerySerializer],
-               responses=RecommendationListSerializer)  # fmt: skip
+               responses=_ANCHORED_RESPONSES)  # fmt: skip
 class SimilarItemsApi(_ItemAnchoredListApi):
     """Collaborative neighbours blended with content similarity; content alone for items without interactions."""
 
@@ -107,7 +119,7 @@ class SimilarItemsApi(_ItemAnchoredListApi):
 
 
 @extend_schema(summary="Frequently bought together with this item", parameters=[CountQuerySerializer],
-               responses=RecommendationListSerializer)  # fmt: skip
+               responses=_ANCHORED_RESPONSES)  # fmt: skip
 class BoughtTogetherApi(_ItemAnchoredListApi):
     """Co-purchases in the same basket, topped up with what customers who liked the item also liked."""
 
@@ -118,7 +130,7 @@ class BecauseYouViewedApi(APIView):
     required_scope = ApiKey.Scope.RECOMMEND
 
     @extend_schema(summary="Lists grouped by recently viewed or bought items", parameters=[CountQuerySerializer],
-                   responses=AnchorGroupsSerializer)  # fmt: skip
+                   responses={200: AnchorGroupsSerializer, **api_errors(400)})  # fmt: skip
     def get(self, request: Request, customer_id: str) -> Response:
         count = count_query(request.query_params)
         result = serving.because_you_viewed(customer_id=check_id(customer_id, "customer_id"), count=count)
@@ -136,7 +148,7 @@ class RuleDryRunStartApi(APIView):
         "compares them (lists changed, positions gained/lost, items pushed out, category mix, an estimate of the "
         "click/purchase change with a 95% interval). Runs on a Celery worker; poll the returned run.",
         request=DryRunStartSerializer,
-        responses={202: DryRunSerializer},
+        responses={202: DryRunSerializer, **api_errors(400, *BODY_ERRORS)},
     )  # fmt: skip
     def post(self, request: Request) -> Response:
         data = DryRunStartSerializer(data=request.data)
@@ -155,7 +167,13 @@ class RuleDryRunStartApi(APIView):
 class RuleDryRunApi(APIView):
     required_scope = ApiKey.Scope.ADMIN
 
-    @extend_schema(summary="A dry run's progress and result", responses=DryRunSerializer)
+    @extend_schema(
+        summary="A dry run's progress and result",
+        responses={
+            200: DryRunSerializer,
+            **api_errors(400, 404, descriptions={404: "No dry run with this id (runs are kept for 7 days)."}),
+        },
+    )
     def get(self, request: Request, run_id: str) -> Response:
         state = dry_run.run_status(run_id=check_id(run_id, "run_id"))
         if state is None:
@@ -169,7 +187,7 @@ class PageApi(APIView):
     required_scope = ApiKey.Scope.RECOMMEND
 
     @extend_schema(summary="A whole page of widgets, no item twice", request=PageRequestSerializer,
-                   responses=PageSerializer)  # fmt: skip
+                   responses={200: PageSerializer, **api_errors(400, *BODY_ERRORS)})  # fmt: skip
     def post(self, request: Request) -> Response:
         body = PageRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)

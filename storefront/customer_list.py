@@ -19,6 +19,7 @@ from events.selectors import (
     customer_activity_list,
 )
 from kernel.models import ApiKey
+from kernel.schema import api_errors
 
 
 class CustomerListInputSerializer(serializers.Serializer):
@@ -51,7 +52,7 @@ class CustomerListApi(APIView):
             f"{MAX_LIMIT} customers, offsets up to {MAX_OFFSET:,}."
         ),
         parameters=[CustomerListInputSerializer],
-        responses={200: CustomerListOutputSerializer},
+        responses={200: CustomerListOutputSerializer, **api_errors(400)},
     )
     def get(self, request: Request) -> Response:
         params = CustomerListInputSerializer(data=request.query_params)

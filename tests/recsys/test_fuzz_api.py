@@ -1,6 +1,7 @@
 """The API fuzzed from its own OpenAPI schema (schemathesis): for every operation, generated requests, valid and
 not, with an admin key. No response may be a server error, and every response must match what the schema says
-about it (body and content type). Bounded (25 examples an operation, no shrinking): about 15 seconds in all.
+about it (a documented status, its body and content type). Bounded (25 examples an operation, no shrinking): about
+15 seconds in all.
 
 Runs inside the test's transaction, on the real Postgres and Redis, so whatever the fuzzer creates or erases
 (items, customers, events) is rolled back at the end.
@@ -29,8 +30,25 @@ SCHEMA = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
 OPERATIONS = sorted(
     (operation.method.upper(), operation.path) for operation in (r.ok() for r in SCHEMA.get_all_operations())
 )
-# Not status_code_conformance: the schema documents few error statuses yet (401/403/404/429 are left out everywhere).
-CHECKS = [checks.not_a_server_error, checks.response_schema_conformance, checks.content_type_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.response_schema_conformance,
+    checks.content_type_conformance,
+]
+# Operations whose schema leaves out error statuses they answer, as (method, path) -> reason: every check but
+# status_code_conformance runs on them. Reported to the owners of the files; test_undocumented_statuses_are_still_
+# left_out tells when one is fixed (then its entry goes).
+_PRIVACY = (
+    "privacy/api.py documents its errors without kernel.schema.api_errors: no 401/403/406/429, nor the 400 of a bad "
+    "id in the path, and its 404/503 have no body schema"
+)
+UNDOCUMENTED_STATUSES: dict[tuple[str, str], str] = {
+    ("DELETE", "/v1/customers/{customer_id}"): _PRIVACY,
+    ("GET", "/v1/customers/{customer_id}/export"): _PRIVACY,
+    ("POST", "/v1/customers/{customer_id}/opt-in"): _PRIVACY,
+    ("POST", "/v1/customers/{customer_id}/opt-out"): _PRIVACY,
+}
 FUZZ = settings(
     max_examples=25,
     deadline=None,
@@ -66,6 +84,14 @@ def test_every_v1_operation_is_fuzzed() -> None:
     assert all(path.startswith("/v1/") for _, path in OPERATIONS)
 
 
+def test_undocumented_statuses_are_still_left_out() -> None:
+    """An operation of UNDOCUMENTED_STATUSES whose schema now documents the statuses every operation can answer
+    leaves the list, so that the fuzzing checks its statuses too."""
+    for (method, path), reason in UNDOCUMENTED_STATUSES.items():
+        responses = SCHEMA.raw_schema["paths"][path][method.lower()]["responses"]
+        assert not {"401", "403", "429"} <= set(responses), f"{method} {path} is fixed ({reason}): remove its entry"
+
+
 # Mismatches found in files this suite does not own, reported to their owners; strict, so a fix shows up here.
 # Operations with a known schema mismatch, as (method, path) -> reason; each is an xfail(strict=True).
 KNOWN: dict[tuple[str, str], str] = {}
@@ -84,12 +110,17 @@ CASES = [
 def test_the_api_conforms_to_its_schema(method: str, path: str, admin_key: str, wsgi_in_test_transaction: None) -> None:
     operation = SCHEMA[path][method]
     headers = {"Authorization": f"Bearer {admin_key}"}
+    applied = (
+        [c for c in CHECKS if c is not checks.status_code_conformance]
+        if (method, path) in UNDOCUMENTED_STATUSES
+        else CHECKS
+    )
 
     cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
 
     @FUZZ
     @given(case=cases)
     def fuzz(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        case.call_and_validate(headers=headers, checks=applied)
 
     fuzz()
