@@ -258,6 +258,12 @@ class Impression(models.Model):
             # The results queries: one experiment's impressions by variant, and by day.
             models.Index(name="impression_exp_variant_time", fields=["experiment", "variant", "served_at"]),
             BrinIndex(name="impression_served_brin", fields=["served_at"], autosummarize=True),
+            # Export and erasure: the anonymous lists of a session merged into a customer (events.SessionMerge).
+            models.Index(
+                name="impression_anon_session",
+                fields=["session_id", "served_at"],
+                condition=models.Q(customer__isnull=True) & ~models.Q(session_id=""),
+            ),
         ]
         constraints = [
             # With served_at: the table is partitioned by month on it (events.partitions, migration 0005) and Postgres
