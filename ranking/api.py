@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from experiments import services as experiments
 from kernel.auth import request_has_scope
 from kernel.models import ApiKey
 from kernel.schema import BODY_ERRORS, api_errors
@@ -65,7 +66,8 @@ class RecommendationListApi(APIView):
             RecommendationQuerySerializer,
             OpenApiParameter(
                 FORCE_VARIANT_HEADER, str, OpenApiParameter.HEADER, required=False,
-                description="QA only (admin scope): serve this variant, as 'experiment_key:variant' or 'variant'.",
+                description="QA only (admin scope): serve this variant, as 'experiment_key:variant' or 'variant', "
+                "of an experiment running on the surface (else a 400 naming the header).",
             ),
         ],
         responses={
@@ -81,6 +83,11 @@ class RecommendationListApi(APIView):
         forced = request.headers.get(FORCE_VARIANT_HEADER) or None
         if (data["debug"] or forced) and not request_has_scope(request, ApiKey.Scope.ADMIN):
             raise PermissionDenied("debug=true and forced variants need an API key with the 'admin' scope.")
+        if forced is not None and not experiments.forced_variant_known(surface=data["surface"], forced_variant=forced):
+            raise ValidationError({FORCE_VARIANT_HEADER: [
+                f"No running experiment on the surface {data['surface']!r} has the variant {forced[:100]!r} (send "
+                "'experiment_key:variant' or 'variant')."
+            ]})  # fmt: skip
         result = serving.recommend(
             serving.RecommendRequest(
                 customer_id=data["customer_id"], session_id=data["session_id"], surface=data["surface"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from experiments import keys, selectors
@@ -100,12 +101,10 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
     experiments = snapshot.by_surface.get(surface)
     if not experiments:
         return Assignment(None, None, default)
-    forced_key, forced_name = _parse_forced(forced_variant)
-    if forced_name is not None:
-        for experiment in experiments:
-            index = experiment.index.get(forced_name, -1) if forced_key in (None, experiment.key) else -1
-            if index >= 0:
-                return Assignment(experiment.key, forced_name, experiment.arms[index].config, forced=True)
+    forced = _forced_arm(experiments, forced_variant)
+    if forced is not None:
+        experiment, arm = forced
+        return Assignment(experiment.key, arm.name, arm.config, forced=True)
     for experiment in experiments:
         if experiment.namespace is not None and not in_namespace(unit_id, experiment.namespace):
             continue
@@ -115,6 +114,13 @@ def assign(*, surface: str, unit_id: str, forced_variant: str | None = None) -> 
         # Ranges of one namespace are disjoint (a database constraint), so no later experiment could hold the unit.
         return Assignment(experiment.key, experiment.arms[index].name, experiment.arms[index].config)
     return Assignment(None, None, default)
+
+
+def forced_variant_known(*, surface: str, forced_variant: str) -> bool:
+    """Whether ``assign`` serves ``forced_variant`` on ``surface`` (a running experiment of the surface has the
+    variant, and the key when one is named), from the snapshot, no query: a QA override naming nothing running is
+    the caller's mistake to report, not a silent hashed arm."""
+    return _forced_arm(_current_snapshot().by_surface.get(surface, ()), forced_variant) is not None
 
 
 def surface_known(surface: str) -> bool:
@@ -140,6 +146,21 @@ def _parse_forced(forced_variant: str | None) -> tuple[str | None, str | None]:
         return None, None
     key, sep, name = forced_variant.partition(":")
     return (key, name) if sep else (None, forced_variant)
+
+
+def _forced_arm(
+    experiments: Sequence[_CompiledExperiment], forced_variant: str | None
+) -> tuple[_CompiledExperiment, _Arm] | None:
+    """The experiment and arm ``forced_variant`` (``"variant"`` or ``"experiment-key:variant"``) names among the
+    running ``experiments`` of a surface, or None."""
+    forced_key, forced_name = _parse_forced(forced_variant)
+    if forced_name is None:
+        return None
+    for experiment in experiments:
+        index = experiment.index.get(forced_name, -1) if forced_key in (None, experiment.key) else -1
+        if index >= 0:
+            return experiment, experiment.arms[index]
+    return None
 
 
 def _current_snapshot() -> _Snapshot:

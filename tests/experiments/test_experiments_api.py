@@ -70,3 +70,23 @@ def test_forced_variant_header_serves_that_variant_and_keeps_it_out_of_the_resul
     assert stored[hashed.json()["request_id"]].variant.name == "control"
     by_name = {v["name"]: v for v in admin_api.get(f"/v1/experiments/{experiment_key}/results").json()["variants"]}
     assert (by_name["control"]["impressions"], by_name["b"]["impressions"]) == (1, 0)
+
+
+def test_a_forced_variant_naming_nothing_running_is_a_400_naming_the_header(
+    admin_api: APIClient, api: APIClient, experiment_key: str
+) -> None:
+    """It was a 200 with the hashed arm, so a QA run with a typo measured the wrong variant without knowing."""
+    for value in ("nope:nope", "nope", f"{experiment_key}:nope", "other-exp:b"):
+        response = admin_api.get("/v1/recommendations", {"customer_id": "qa-1"}, HTTP_X_EXPERIMENT_VARIANT=value)
+
+        assert response.status_code == 400, (value, response.content)
+        assert list(response.json()) == ["X-Experiment-Variant"]
+    # The experiment runs on "home": on another surface its variant names nothing running either.
+    other_surface = admin_api.get(
+        "/v1/recommendations", {"customer_id": "qa-1", "surface": "cart"},
+        HTTP_X_EXPERIMENT_VARIANT=f"{experiment_key}:b",
+    )  # fmt: skip
+    assert other_surface.status_code == 400
+    # The variant alone, as it runs on the surface, still serves it; without the admin scope no value is read.
+    assert admin_api.get("/v1/recommendations", HTTP_X_EXPERIMENT_VARIANT="b").json()["variant"] == "b"
+    assert api.get("/v1/recommendations", HTTP_X_EXPERIMENT_VARIANT="nope:nope").status_code == 403

@@ -184,6 +184,19 @@ def test_forced_variant_overrides_the_hash(start: Callable[..., Experiment]) -> 
     assert services.assign(surface="home", unit_id=unit).forced is False
 
 
+def test_a_forced_variant_is_known_exactly_when_assign_serves_it(start: Callable[..., Experiment]) -> None:
+    start("forced", [VariantSpec("control", 0.5, True), VariantSpec("b", 0.5)])
+
+    for value in ("b", "forced:b", "control", "forced:control"):
+        assert services.forced_variant_known(surface="home", forced_variant=value), value
+        assert services.assign(surface="home", unit_id="qa", forced_variant=value).forced, value
+    for value in ("nope", "nope:nope", "other:b", "forced:", ":b", "forced:B", " b"):
+        assert not services.forced_variant_known(surface="home", forced_variant=value), value
+        assert not services.assign(surface="home", unit_id="qa", forced_variant=value).forced, value
+    # Running on "home" only: the same variant names nothing running on another surface.
+    assert not services.forced_variant_known(surface="cart", forced_variant="forced:b")
+
+
 def test_experiments_in_disjoint_namespace_ranges_never_share_a_unit_over_100k_ids(
     start: Callable[..., Experiment],
 ) -> None:
