@@ -44,6 +44,11 @@ class ExportImpressionSerializer(serializers.Serializer):
     item_ids = serializers.ListField(child=serializers.CharField(), help_text="The list shown, in order.")
 
 
+class ExportSessionMergeSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    merged_at = serializers.DateTimeField()
+
+
 class ExportHistoryEntrySerializer(serializers.Serializer):
     item_id = serializers.CharField()
     type = serializers.ChoiceField(choices=list(TYPE_BY_NAME))
@@ -63,8 +68,14 @@ class CustomerExportSerializer(serializers.Serializer):
     exported_at = serializers.DateTimeField()
     customer = CustomerOutputSerializer()
     online = ExportOnlineStateSerializer()
+    session_merges = ExportSessionMergeSerializer(
+        many=True, help_text="Anonymous sessions handed to the customer at login (POST /v1/sessions/{id}/merge)."
+    )
     interactions = ExportInteractionSerializer(many=True)
-    impressions = ExportImpressionSerializer(many=True)
+    impressions = ExportImpressionSerializer(
+        many=True,
+        help_text="The lists served to the customer, and those their merged sessions were served before the merge.",
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -88,7 +99,7 @@ def export_json_chunks(export: CustomerExport, *, rows_per_chunk: int = 500) -> 
         customer = dict(export.customer)
         customer["attributes"] = render_safe_json(customer.get("attributes"))
         yield "{" + f'"exported_at":{_dumps(export.exported_at)},"customer":{_dumps(customer)},'
-        yield f'"online":{_dumps(export.online)},"interactions":'
+        yield f'"online":{_dumps(export.online)},"session_merges":{_dumps(export.session_merges)},"interactions":'
         yield from _array(export.interactions)
         yield ',"impressions":'
         yield from _array(export.impressions)

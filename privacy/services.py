@@ -1,8 +1,9 @@
 """A customer's data rights (GDPR): personalisation opt-out and opt-in, erasure and export.
 
 They span every app that keeps something about a customer, which is why they live here, above the apps: catalog (the
-customer row), events (interactions in Postgres, history and affinities in Redis), experiments (impressions, queued
-in Redis then stored) and ranking (recommendation lists cached in Redis under the customer's id).
+customer row), events (interactions in Postgres, history and affinities in Redis, the sessions merged into the
+customer), experiments (impressions, queued in Redis then stored: the customer's own and those a merged session was
+served before its merge) and ranking (recommendation lists cached in Redis under the customer's id).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from celery import current_app
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from catalog import erasure
@@ -28,7 +30,7 @@ from catalog.models import Category, Customer, Item
 from catalog.services import customer_upsert
 from events import online
 from events.keys import customer_owner
-from events.models import Interaction
+from events.models import Interaction, SessionMerge
 from experiments.models import Impression
 from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
 from kernel.models import ApiKey
@@ -101,8 +103,10 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
 
     1. Redis first (queued impressions flushed into Postgres, history and affinities deleted, cache version bumped):
        with Redis down this raises ``redis.RedisError`` before anything is deleted, and the caller answers 503.
-    2. One Postgres transaction: the customer row, with its interactions and impressions (ON DELETE CASCADE of
-       their foreign keys), an :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
+    2. One Postgres transaction: the impressions the customer's merged sessions were served before their merge
+       (:func:`_merged_session_impressions`: they carry the session, not the customer), then the customer row, with
+       its interactions, impressions and session merges (ON DELETE CASCADE of their foreign keys), an
+       :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
        (catalog.erasure): afterwards events naming the id are rejected, a merge into it refused, and impressions
        of it stored without a customer, so nothing brings the customer back but an explicit PUT.
     3. Redis again, best effort: history an event racing the erasure may have re-created, and every cached
@@ -123,6 +127,8 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         if customer is None:  # erased by a concurrent request meanwhile
             raise CustomerNotFound(customer_id)
         customer_pk = customer.pk
+        # Before the row: its session merges, which say which anonymous impressions were the customer's, go with it.
+        merged_impressions, _ = _merged_session_impressions(customer_pk).delete()
         _, deleted = customer.delete()
         # The admin's change log of the customer's row names them (its text is their id): gone with it.
         LogEntry.objects.filter(
@@ -137,7 +143,7 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
             erased_at=timezone.now(),
             requested_by_key_prefix=prefix,
             interactions_deleted=deleted.get(Interaction._meta.label, 0),
-            impressions_deleted=deleted.get(Impression._meta.label, 0),
+            impressions_deleted=deleted.get(Impression._meta.label, 0) + merged_impressions,
             online_keys_deleted=online_keys,
         )
 
@@ -196,6 +202,33 @@ def _impressions_flush_queued() -> None:
         time.sleep(0.1)
 
 
+def _merged_session_impressions(customer_pk: int) -> QuerySet[Impression]:
+    """The anonymous impressions a session merge gave the customer: of a session merged into them (events.SessionMerge),
+    served before that merge and after any earlier merge of the session into someone else (the first merge of the
+    session at or after an impression was served is the customer's). Flushed before or after the merge alike.
+
+    The merge leaves them anonymous: their unit is the session, which the experiment's assignment hashed and its
+    results count (experiments.selectors); given to the customer, the session's lists would become a unit of theirs.
+    """
+    merges = list(SessionMerge.objects.filter(customer_id=customer_pk).values_list("session_id", "merged_at"))
+    if not merges:
+        return Impression.objects.none()
+    sessions = sorted({session_id for session_id, _ in merges})
+    last_merge = max(merged_at for _, merged_at in merges)
+    first_merge = (
+        SessionMerge.objects.filter(session_id=OuterRef("session_id"), merged_at__gte=OuterRef("served_at"))
+        .order_by("merged_at", "id")
+        .values("customer_id")[:1]
+    )
+    return (
+        # The clauses of the partial index impression_anon_session, so it serves the lookup.
+        Impression.objects.filter(customer__isnull=True, session_id__in=sessions, served_at__lte=last_merge)
+        .exclude(session_id="")
+        .alias(merged_into=Subquery(first_merge))
+        .filter(merged_into=customer_pk)
+    )
+
+
 # --- Export -------------------------------------------------------------------------------------------------
 
 
@@ -208,13 +241,15 @@ class CustomerExport:
     exported_at: datetime
     customer: dict[str, Any]
     online: dict[str, Any]
+    session_merges: list[dict[str, Any]]  # the anonymous sessions handed to the customer, oldest first
     interactions: Iterator[dict[str, Any]]
     impressions: Iterator[dict[str, Any]]
 
 
 def customer_export(*, customer_id: str) -> CustomerExport:
-    """The customer's data as plain values: the customer row, every interaction and impression (those still queued in
-    Redis are stored first), and the online state (recent history and category affinities) from Redis. Raises
+    """The customer's data as plain values: the customer row, the sessions merged into them, every interaction and
+    impression (those still queued in Redis are stored first; with those their merged sessions were served before
+    the merge), and the online state (recent history and category affinities) from Redis. Raises
     :class:`CustomerNotFound`, and ``redis.RedisError`` when Redis is unavailable: an export without the online
     state would be incomplete."""
     row = (
@@ -232,6 +267,12 @@ def customer_export(*, customer_id: str) -> CustomerExport:
         exported_at=timezone.now(),
         customer=customer,
         online=_online_state(customer_owner(customer_id)),
+        session_merges=[
+            {"session_id": session_id, "merged_at": merged_at}
+            for session_id, merged_at in SessionMerge.objects.filter(customer_id=customer_pk)
+            .order_by("merged_at", "id")
+            .values_list("session_id", "merged_at")
+        ],
         interactions=_interactions(customer_pk),
         impressions=_impressions(customer_pk),
     )
@@ -300,21 +341,18 @@ def _interactions(customer_pk: int) -> Iterator[dict[str, Any]]:
         }
 
 
+_IMPRESSION_COLUMNS = (
+    "id", "request_id", "served_at", "surface", "session_id", "experiment__key", "variant__name", "model_version",
+    "item_pks",
+)  # fmt: skip
+
+
 def _impressions(customer_pk: int) -> Iterator[dict[str, Any]]:
-    rows = (
-        Impression.objects.filter(customer_id=customer_pk)
-        .order_by("served_at", "id")
-        .values_list(
-            "request_id",
-            "served_at",
-            "surface",
-            "session_id",
-            "experiment__key",
-            "variant__name",
-            "model_version",
-            "item_pks",
-        )  # fmt: skip
-    )
+    # UNION ALL: each part by its own index (an OR of the two would scan the table); disjoint (with and without a
+    # customer).
+    own = Impression.objects.filter(customer_id=customer_pk).values_list(*_IMPRESSION_COLUMNS)
+    merged = _merged_session_impressions(customer_pk).values_list(*_IMPRESSION_COLUMNS)
+    rows = own.union(merged, all=True).order_by("served_at", "id")
     chunk: list[Sequence[Any]] = []
     for row in rows.iterator(chunk_size=_EXPORT_CHUNK):
         chunk.append(row)
@@ -325,8 +363,8 @@ def _impressions(customer_pk: int) -> Iterator[dict[str, Any]]:
 
 
 def _impression_dicts(rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    item_ids = _item_ids(pk for row in rows for pk in row[7])
-    for request_id, served_at, surface, session_id, experiment, variant, model_version, item_pks in rows:
+    item_ids = _item_ids(pk for row in rows for pk in row[8])
+    for _, request_id, served_at, surface, session_id, experiment, variant, model_version, item_pks in rows:
         yield {
             "request_id": request_id,
             "served_at": served_at,

@@ -12,16 +12,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.contrib.auth.models import AbstractUser
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from catalog.models import Category, Customer, Item
 from events import keys, online
-from events.models import Interaction
+from events.models import Interaction, SessionMerge
 from events.online import FORGOTTEN_VERSION_TTL_SECONDS
 from events.services import online_state_rebuild
+from experiments import services as experiment_services
 from experiments.models import Impression
 from experiments.services import impressions_flush, impressions_push
+from experiments.validation import VariantSpec
 from kernel import redis_client
 from privacy.models import ErasureRecord
 from ranking import artifacts, serving
@@ -318,3 +321,112 @@ def test_customer_data_endpoints_need_the_catalog_scope(
     response = getattr(make_api_client("recommend", "events"), method)(path)
     assert response.status_code == 403
     assert response.json() == {"detail": "This API key lacks the 'catalog' scope."}
+
+
+# --- A session merged into the customer ---------------------------------------------------------------------
+
+VISIT, SHOPPER = "visit-7b97c5", "shopper-7b97c5"
+
+
+@pytest.fixture
+def home_experiment(django_user_model: type[AbstractUser]) -> str:
+    """An A/B test running on the home surface, so every list served there is an experiment impression."""
+    user = django_user_model.objects.create_user("merchandiser")
+    experiment = experiment_services.experiment_create(
+        key="home-test", name="Home test", surface="home",
+        variants=[VariantSpec("control", 0.5, True, {}), VariantSpec("b", 0.5, False, {"exploration_share": 0.1})],
+    )  # fmt: skip
+    experiment_services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    experiment_services.assignment_cache_clear()
+    return experiment.key
+
+
+def _served(api: APIClient, **params: str) -> tuple[str, str]:
+    """A home list's request id and its first item."""
+    response = api.get("/v1/recommendations", {"count": 5, **params})
+    assert response.status_code == 200, response.content
+    return response.json()["request_id"], response.json()["items"][0]["item_id"]
+
+
+def _merge(api: APIClient, session_id: str, customer_id: str) -> None:
+    response = api.post(f"/v1/sessions/{session_id}/merge", {"customer_id": customer_id}, format="json")
+    assert response.status_code == 200, response.content
+
+
+def _results(key: str) -> list[tuple[str, int, int, int]]:
+    results = experiment_services.experiment_results(key=key)
+    return [(name, results.variant(name).exposures, results.variant(name).impressions, results.variant(name).clicks)
+            for name in ("control", "b")]  # fmt: skip
+
+
+def test_a_merged_sessions_lists_are_exported_and_erased_with_the_customer(
+    api: APIClient, world: dict[str, Any], home_experiment: str
+) -> None:
+    """The tester's sequence: five lists served to an anonymous session and clicked, the session merged at login,
+    one list served after it; the export listed one impression and the erasure left the session's five behind."""
+    served = [_served(api, session_id=VISIT) for _ in range(5)]
+    clicks = [
+        {"event_id": f"click-{n}", "session_id": VISIT, "item_id": item_id, "type": "click", "request_id": request_id}
+        for n, (request_id, item_id) in enumerate(served)
+    ]
+    assert api.post("/v1/events", {"events": clicks}, format="json").json()["accepted"] == 5
+    impressions_flush()
+    results_before = _results(home_experiment)
+
+    _merge(api, VISIT, SHOPPER)
+    after_login, _ = _served(api, customer_id=SHOPPER, session_id=VISIT)
+
+    # The session's lists keep their unit (the session the assignment hashed): the results count them as before.
+    assert Impression.objects.filter(session_id=VISIT, customer__isnull=True).count() == 5
+    assert _results(home_experiment) == results_before
+
+    body = _export(api, SHOPPER)
+    assert {row["request_id"] for row in body["impressions"]} == {request_id for request_id, _ in served} | {
+        after_login
+    }
+    assert [row["served_at"] for row in body["impressions"]] == sorted(row["served_at"] for row in body["impressions"])
+    assert {row["experiment"] for row in body["impressions"]} == {home_experiment}
+    assert {row["request_id"] for row in body["interactions"]} == {request_id for request_id, _ in served}
+    assert [merge["session_id"] for merge in body["session_merges"]] == [VISIT]
+
+    assert api.delete(f"/v1/customers/{SHOPPER}").status_code == 204
+
+    assert not Impression.objects.filter(session_id=VISIT).exists()
+    assert not Interaction.objects.filter(session_id=VISIT).exists()
+    assert not SessionMerge.objects.exists()
+    assert ErasureRecord.objects.get().impressions_deleted == 6
+
+
+def test_a_list_served_before_the_merge_and_stored_after_it_is_the_customers(
+    api: APIClient, world: dict[str, Any]
+) -> None:
+    """Impressions reach Postgres asynchronously (buffer, Redis queue, flush): one still on its way when the session
+    is merged is the customer's all the same."""
+    request_id, _ = _served(api, session_id=VISIT)  # in this process's buffer, not even queued in Redis
+    _merge(api, VISIT, SHOPPER)
+    assert not Impression.objects.filter(request_id=request_id).exists()
+
+    assert [row["request_id"] for row in _export(api, SHOPPER)["impressions"]] == [request_id]
+    assert api.delete(f"/v1/customers/{SHOPPER}").status_code == 204
+    assert not Impression.objects.filter(request_id=request_id).exists()
+
+
+def test_a_session_merged_twice_gives_each_customer_what_it_was_served_before_their_merge(
+    api: APIClient, world: dict[str, Any]
+) -> None:
+    """One browser, two logins: what the session was served before the first merge is the first customer's, what
+    it was served between the merges the second's, and what it is served anonymously after them nobody's."""
+    first, _ = _served(api, session_id=VISIT)
+    _merge(api, VISIT, "first-shopper")
+    between, _ = _served(api, session_id=VISIT)
+    _merge(api, VISIT, "second-shopper")
+    _merge(api, VISIT, "second-shopper")  # a retry
+    later, _ = _served(api, session_id=VISIT)
+    impressions_flush()
+
+    assert [row["request_id"] for row in _export(api, "first-shopper")["impressions"]] == [first]
+    assert [row["request_id"] for row in _export(api, "second-shopper")["impressions"]] == [between]
+
+    assert api.delete("/v1/customers/first-shopper").status_code == 204
+    assert set(Impression.objects.values_list("request_id", flat=True)) == {between, later}
+    assert [row["request_id"] for row in _export(api, "second-shopper")["impressions"]] == [between]
