@@ -303,14 +303,27 @@ class DryRunResultSerializer(serializers.Serializer):
     categories = DryRunCategorySerializer(many=True)
     estimate = serializers.DictField(child=DryRunEstimateSerializer())
     seconds = serializers.FloatField()
+    notes = serializers.ListField(
+        child=serializers.CharField(), help_text="What the numbers may hide (e.g. nothing to replay), in words."
+    )
 
 
 class DryRunSerializer(serializers.Serializer):
+    """A run's state as ranking.dry_run keeps it: what was asked, progress, times, and the result or the error."""
+
     id = serializers.CharField()
     status = serializers.ChoiceField(choices=["queued", "running", "done", "failed"])
+    rule_id = serializers.IntegerField(allow_null=True, help_text="The rule tried; null for settings alone.")
+    days = serializers.FloatField()
+    sample = serializers.IntegerField()
+    config = serializers.DictField(required=False, help_text="The serving settings changed on the draft side.")
     done = serializers.IntegerField(required=False)
     total = serializers.IntegerField(required=False)
-    error = serializers.CharField(required=False)
+    queued_at = serializers.FloatField(required=False, help_text="Unix time.")
+    started_at = serializers.FloatField(required=False, help_text="Unix time the worker took it.")
+    finished_at = serializers.FloatField(required=False, help_text="Unix time it was done or failed.")
+    error = serializers.CharField(required=False, help_text="Why it failed.")
+    field = serializers.CharField(required=False, help_text="The input a failed run refused (e.g. rule_id).")
     result = DryRunResultSerializer(required=False)
 
 
