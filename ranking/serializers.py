@@ -11,14 +11,23 @@ import re
 from typing import Any
 
 from django.http import QueryDict
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
 from kernel.validation import IdField, optional_id
-from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS
+from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS, VERBS
 
 MAX_EXCLUDE = 100
+# Every reason code a list's item or group can carry: the pipeline's explanations (ranking/pipeline/stages.py
+# reason_for; anchored.py for the item-anchored lists), "because_you_<verb>" for each verb an anchoring event is
+# named by. tests/recsys/test_api_schema.py checks the pipeline gives no other.
+REASON_CODES = (
+    *(f"because_you_{verb}" for verb in dict.fromkeys(VERBS.values())),
+    "bought_together", "also_liked", "similar", "similar_content", "popular_in_category", "for_you", "trending",
+    "popular", "new_arrival", "featured", "discover",
+)  # fmt: skip
 
 
 class CountQuerySerializer(QuerySerializer):
@@ -203,8 +212,19 @@ class PageRequestSerializer(serializers.Serializer):
         return _request_ids(value)
 
 
+@extend_schema_field({"type": "string", "enum": list(REASON_CODES)}, component_name="ReasonCode")
+class ReasonCodeField(serializers.ChoiceField):
+    """A reason code (one of :data:`REASON_CODES`), a ``ReasonCode`` enum in the schema."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=REASON_CODES, **kwargs)
+
+
 class ReasonSerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Machine-readable, e.g. because_you_viewed, trending, popular.")
+    code = ReasonCodeField(
+        help_text="Machine-readable: why the item is shown (featured: a pinned item; discover: the exploration "
+        "slot; because_you_<verb>: a neighbour of what the visitor viewed, added, bought or rated)."
+    )
     text = serializers.CharField(help_text="For people, e.g. 'Because you viewed Red Mug'.")
 
 
