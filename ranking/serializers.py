@@ -261,6 +261,7 @@ class AnchorGroupsSerializer(serializers.Serializer):
     experiment = serializers.CharField(allow_null=True)
     variant = serializers.CharField(allow_null=True)
     model_version = serializers.IntegerField(allow_null=True)
+    degraded = serializers.BooleanField(help_text="True when served without the model (no groups then).")
     groups = AnchorGroupSerializer(many=True)
 
 
