@@ -59,7 +59,7 @@ class ValidationErrorSchema(OpenApiSerializerExtension):
             "type": "object",
             "description": (
                 "Each key names a field of the query, the body or the path: an element of a list by its index "
-                '(`tags[2]`), a setting by its path (`config.diversity_cap`), a request header by its name '
+                "(`tags[2]`), a setting by its path (`config.diversity_cap`), a request header by its name "
                 "(`X-Experiment-Variant`), a problem with the body as a whole by `non_field_errors`; each value is "
                 'the list of messages. Example: `{"price": ["Ensure this value is greater than or equal to 0."]}`. '
                 'A body that is not usable JSON, or holds a value that cannot be stored, is `{"detail": "…"}`.'
