@@ -16,7 +16,9 @@ class ExternalIdConverter:
     (``x/export``) reads as that sub-resource of ``x``.
     """
 
-    regex = ".+"
+    # Any character, a line break included ("." stops at one: an id holding a newline got a 404 instead of the 400
+    # that names the field).
+    regex = r"[\s\S]+"
 
     def to_python(self, value: str) -> str:
         return value

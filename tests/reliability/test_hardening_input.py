@@ -362,7 +362,7 @@ def test_a_bad_customer_id_in_a_merge_body_is_a_400_naming_it(api: APIClient, ra
     assert _stored() == before
 
 
-@pytest.mark.parametrize("raw", ["\x1b[31mred", "a\tb", "a\x00b", " ", "x" * 101, " s1", "s1 "])
+@pytest.mark.parametrize("raw", ["\x1b[31mred", "a\tb", "a\nb", "a\x00b", " ", "x" * 101, " s1", "s1 ", "s/1\n"])
 def test_a_bad_session_id_in_a_merge_path_is_a_400_naming_it(api: APIClient, raw: str) -> None:
     response = api.post(f"/v1/sessions/{quote(raw, safe='')}/merge", {"customer_id": "c1"}, format="json")
     assert response.status_code == 400
