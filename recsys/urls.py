@@ -37,8 +37,9 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
-    path("", include("storefront.urls")),
 ]
+if settings.DEMO_ENABLED:  # the demo storefront (off in production: recsys/settings/prod.py)
+    urlpatterns.append(path("", include("storefront.urls")))
 
 if settings.BENCH_ENDPOINTS:
     from recsys.bench_views import FloorApi

@@ -18,6 +18,10 @@ SECRET_KEY = env_str("SECRET_KEY")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# The demo: the storefront pages at / (a customer picker that shows anyone's lists without a login, and API keys it
+# creates on first use) and the commands that set it up (runstack: an admin/admin superuser; load_demo,
+# replay_demo_traffic). On here, off under recsys.settings.prod unless DEMO_ENABLED=1.
+DEMO_ENABLED = env_bool("DEMO_ENABLED", True)
 # A storefront whose browser code calls the API from another origin (https://shop.example sending events with an
 # ``events``-scope key) is named here: its preflights are answered before authentication (a browser sends them
 # without the key) and its answers carry Access-Control-Allow-Origin. Empty: same-origin only (the demo storefront).

@@ -59,3 +59,25 @@ def test_the_object_store_client_gives_up_within_seconds() -> None:
     result = _run("shell", "-c", code, SECRET_KEY=GOOD_SECRET, ARTIFACT_S3_BUCKET="models")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].split() == ["3", "20", "3"]
+
+
+def test_production_serves_no_demo_and_refuses_its_commands() -> None:
+    """Under production settings the demo storefront answered at / (a customer picker showing anyone's lists
+    without a login; its first view created two API keys), and runstack created an admin/admin superuser (a ninth
+    tester, 6 December). Both are off unless DEMO_ENABLED=1."""
+    code = (
+        "from django.urls import resolve, Resolver404\n"
+        "try:\n    resolve('/'); print('storefront served')\n"
+        "except Resolver404:\n    print('no storefront')\n"
+        "resolve('/v1/customers'); print('api served')"
+    )
+    result = _run("shell", "-c", code, SECRET_KEY=GOOD_SECRET)
+    assert result.returncode == 0, result.stderr
+    assert "no storefront" in result.stdout
+    assert "api served" in result.stdout
+    for command, *args in (("runstack", "--no-serve"), ("load_demo",), ("replay_demo_traffic",)):
+        refused = _run(command, *args, SECRET_KEY=GOOD_SECRET)
+        assert refused.returncode != 0, command
+        assert f"{command} sets up the local demo and is refused where the demo is off" in refused.stderr
+    enabled = _run("shell", "-c", code, SECRET_KEY=GOOD_SECRET, DEMO_ENABLED="1")
+    assert "storefront served" in enabled.stdout

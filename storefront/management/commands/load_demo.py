@@ -14,6 +14,7 @@ from events.services import interactions_import
 from kernel.management.importing import run_import
 from storefront.demo.build import DATA_FILE, build_items_csv
 from storefront.demo.categories import CATEGORY_NAMES
+from storefront.demo.guard import refuse_without_demo
 
 
 class Command(BaseCommand):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        refuse_without_demo("load_demo")
         if Interaction.objects.exists() and not options["force"]:
             self.stdout.write("Interactions already exist: the demo data is not loaded again (use --force).")
             return

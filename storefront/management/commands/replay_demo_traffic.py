@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
 from storefront.demo import replay
+from storefront.demo.guard import refuse_without_demo
 
 
 class Command(BaseCommand):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        refuse_without_demo("replay_demo_traffic")
         if replay.demo_traffic_exists() and not options["force"]:
             self.stdout.write("Replayed demo traffic is already stored: not replayed again (use --force).")
             return

@@ -19,9 +19,10 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from kernel.api_keys import api_key_create, hash_key
 from kernel.models import ApiKey
+from storefront.demo.guard import refuse_without_demo
 
 DEMO_USER = "admin"
-DEMO_PASSWORD = "admin"  # noqa: S105 - the local demo's documented credentials; prod never runs runstack
+DEMO_PASSWORD = "admin"  # noqa: S105 - the local demo's documented credentials; refused where the demo is off
 
 
 class Command(BaseCommand):
@@ -33,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        refuse_without_demo("runstack")
         if settings.DEBUG:
             self.stderr.write("DEBUG=1: debug pages are on (development only; they show settings to any client).")
         self._step("Migrating the database", lambda: call_command("migrate", interactive=False, verbosity=0))
