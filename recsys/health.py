@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from kernel import redis_client
 
@@ -133,3 +134,26 @@ def reset() -> None:
 def readyz(request: HttpRequest) -> JsonResponse:
     readiness = current()
     return JsonResponse({"status": readiness.status, "checks": readiness.checks}, status=readiness.http_status)
+
+
+class ProbeMiddleware:
+    """Answer ``/healthz``, ``/readyz`` and ``/metrics`` before anything reads the Host header.
+
+    Kubernetes probes and Prometheus scrapes address a pod by its IP (``Host: 10.1.2.3:8000``), which no
+    ``ALLOWED_HOSTS`` lists: Django's CommonMiddleware refused them with a 400 page and 14 log lines each, so pods
+    never turned ready (a ninth tester, 6 December). These three answer nothing built from the Host header (no
+    URLs, no redirects), so they need no check of it; every other path still gets one. Listed in MIDDLEWARE right
+    after the Prometheus middleware that counts requests.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        from kernel.metrics import metrics_view
+
+        self.get_response = get_response
+        self.probes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+            "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view,
+        }  # fmt: skip
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.probes.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)

@@ -59,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # /healthz, /readyz and /metrics answered here, whatever the Host header (probes by pod IP): recsys/health.py.
+    "recsys.health.ProbeMiddleware",
     # Before anything that can answer: a preflight is answered here, without an API key (API_CORS_ORIGINS).
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",

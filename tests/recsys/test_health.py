@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from django.test import Client, override_settings
@@ -76,3 +77,19 @@ def test_task_and_quality_metrics_are_exposed(celery_worker: object) -> None:
     text = Client().get("/metrics").content.decode()
     assert 'recsys_celery_tasks_total{state="success",task="recsys.tasks.heartbeat"}' in text
     assert 'recsys_catalog_coverage{window="24h"} 0.42' in text
+
+
+@pytest.mark.django_db
+def test_probes_by_pod_address_are_answered_whatever_the_allowed_hosts(settings: Any) -> None:
+    """A Kubernetes probe or a Prometheus scrape sends the pod's address as Host; no ALLOWED_HOSTS lists it, and
+    /healthz, /readyz and /metrics answered 400 pages with a traceback each in the log (a ninth tester, 6 December).
+    Every other path still checks the Host header."""
+    settings.ALLOWED_HOSTS = ["recs.example.com"]
+    client = Client(HTTP_HOST="10.1.2.3:8000")
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] in ("ready", "degraded")
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert b"recsys_" in metrics.content
+    assert client.get("/v1/recommendations").status_code == 400
+    assert client.get("/admin/login/").status_code == 400
