@@ -115,11 +115,15 @@ def active_version_id() -> int | None:
 
 
 def _location(row: tuple[int, str, str, str]) -> VersionLocation:
-    """Where this host memory-maps the version: the registered directory with the default local storage; with a
-    remote one, the directory of that name in this host's cache (``artifact_path`` is the training host's)."""
+    """Where this host memory-maps the version: the registered directory with the default local storage (or, when
+    that directory is not on this host, the one of its name under this host's ``ARTIFACT_ROOT``: a database
+    restored on another host, or artifacts moved with ``ARTIFACT_ROOT``; a ninth tester's restore served no model);
+    with a remote one, the directory of that name in this host's cache (``artifact_path`` is the training host's)."""
     pk, name, checksum, path = row
     if artifact_store.colocated():
-        local = Path(path or settings.ARTIFACT_ROOT / name)
+        local = Path(path) if path else Path(settings.ARTIFACT_ROOT) / name
+        if not local.is_dir() and (Path(settings.ARTIFACT_ROOT) / local.name).is_dir():
+            local = Path(settings.ARTIFACT_ROOT) / local.name
     else:
         local = artifact_store.local_path(Path(path).name if path else name)
     return VersionLocation(version_id=pk, name=name, checksum=checksum, path=local)

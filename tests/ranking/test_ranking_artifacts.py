@@ -225,6 +225,21 @@ def test_missing_directory_counts_as_missing(tmp_path: Path, activate: Callable[
 
 
 @pytest.mark.django_db
+def test_a_database_restored_on_another_host_finds_the_versions_under_its_artifact_root(
+    tmp_path: Path, activate: Callable[[int], None]
+) -> None:
+    """The registry keeps the training host's absolute directory; a backup restored on a host whose ARTIFACT_ROOT
+    is elsewhere (the artifacts copied there) served no model: "missing" (a ninth tester, 6 December)."""
+    with override_settings(ARTIFACT_ROOT=tmp_path):
+        version = _version(tmp_path, "v1")
+        ModelVersion.objects.filter(pk=version.pk).update(artifact_path=f"/srv/old-host/artifacts/{version.name}")
+        activate(version.id)
+        before = _failures("missing")
+        assert artifacts.ModelLoader().get().version_id == version.id
+        assert _failures("missing") == before
+
+
+@pytest.mark.django_db
 def test_loader_falls_back_to_the_database_without_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, activate: Callable[[int], None]
 ) -> None:
