@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
+from events import partitions
 from storefront.demo import replay
 from storefront.demo.guard import refuse_without_demo
 
@@ -45,6 +46,8 @@ class Command(BaseCommand):
             )
         finally:
             bar.close()
+        # Replayed lists and their orders are dated in past months no partition was made for yet (as load_demo).
+        partitions.partitions_split_default()
         if summary.cleared:
             self.stdout.write(f"Replaced an earlier replay ({summary.cleared:,} lists).")
         for day in summary.days:
