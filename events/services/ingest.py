@@ -187,8 +187,8 @@ def _binary_cursor() -> psycopg.Cursor[Any]:
 
 
 ERASED_CUSTOMER_MESSAGE = (
-    "This customer id was erased; events naming it are not stored. Send the event without customer_id, or create "
-    "the customer again (PUT /v1/customers/<id>) first."
+    "This customer id was erased: nothing naming it is stored (events, session merges). Send events without "
+    "customer_id, or create the customer again (PUT /v1/customers/<id>) first."
 )
 
 
