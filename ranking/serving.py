@@ -366,6 +366,7 @@ def recommend_page(request: PageRequest) -> Page:
     degraded = model is None or shared.read.source == "postgres"
     results: list[PageWidgetResult] = []
     answers: dict[str, list[int]] = {}
+    had: np.ndarray | None = None
     for index, widget in enumerate(request.widgets):
         request_id = uuid.uuid4().hex
         items: tuple[RecommendedItem, ...] = ()
@@ -397,7 +398,12 @@ def recommend_page(request: PageRequest) -> Page:
         else:
             surface = "similar"
             assignment = experiments.assign(surface=surface, unit_id=request_id)
-            listed, pks = similar_list(model, anchors[index], count=widget.count, exclude=page_shown)
+            if personal and had is None:  # on a personal page, not what the owner already has (bought or rated)
+                owned = RequestState(surface=surface, count=0, now=time.time(), history=shared.own_history)
+                owned.had_pks, owned.had_types = shared.read.had_pks, shared.read.had_types
+                had = stages.had_items(owned, VariantConfig())
+            exclude = page_shown if had is None else np.union1d(page_shown, had)
+            listed, pks = similar_list(model, anchors[index], count=widget.count, exclude=exclude)
             items = tuple(listed)
         page_shown = np.union1d(page_shown, pks)
         answers[request_id] = pks.tolist()

@@ -280,7 +280,8 @@ def test_a_page_answers_three_widgets_without_repeats_in_one_round_of_shared_wor
         widgets=[
             {"kind": "recommendations", "surface": "home", "count": 10},
             {"kind": "because_you_viewed", "count": 6, "groups": 2},
-            {"kind": "similar", "count": 8},
+            # Of an item of another cluster: u0-1 bought scarves, which a personal page's similar items leave out.
+            {"kind": "similar", "item_id": "mug-5", "count": 8},
         ],
     )  # fmt: skip
     assert calls == {"owner_state": 1, "user_vector": 1}
@@ -350,6 +351,21 @@ def test_a_visitor_who_logs_in_still_leaves_out_what_the_visit_was_shown(api: AP
     alone = _recs(api, customer_id="login-42", count=8, exclude_request_ids=",".join(sorted(excluded)))
     assert len(alone["items"]) == 8
     assert not set(_ids(alone)) & (set(_ids(first)) | set(_ids(both)))
+
+
+@pytest.mark.django_db
+def test_a_personal_pages_similar_items_leave_out_what_the_customer_bought(api: APIClient) -> None:
+    """A customer who bought an item found it among the similar items of the page whose because-you-viewed row said
+    "Because you bought" it (a tenth tester, 6 December). On a personal page the similar widget leaves out what the
+    owner has, as the page's other lists do; without an owner it lists the item's neighbours as before."""
+    widgets = [{"kind": "similar", "item_id": "mug-1", "count": 11}]
+    anonymous = _page_ids(_page(api, widgets=widgets))
+    bought = anonymous[0]
+    _send(api, "purchase", customer_id="sim-buyer", item_id=bought, value="1")
+    personal = _page_ids(_page(api, customer_id="sim-buyer", widgets=widgets))
+    assert bought not in personal
+    assert personal
+    assert _page_ids(_page(api, widgets=widgets)) == anonymous
 
 
 @pytest.mark.django_db
