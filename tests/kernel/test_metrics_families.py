@@ -1,13 +1,17 @@
 """/metrics exposes every family the dashboards and alerts of docs/operations.md use: one test per family, each
 making the thing happen (a recommendation request, an event, a task run) and then finding the family's name and
-labels in the scraped text."""
+labels in the scraped text; and docs/operations.md names only what /metrics exposes, and documents every family
+of ours in its table."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
@@ -180,3 +184,73 @@ def test_quality_families(refreshed: dict[str, Any], name: str, labels: dict[str
 def test_the_click_makes_the_ctr_one(refreshed: dict[str, Any]) -> None:
     ((_, _, ctr),) = _labelled(refreshed, "recsys_recommendation_ctr", surface="home", experiment="-", variant="-")
     assert ctr == 1.0
+
+
+# --- docs/operations.md against what /metrics exposes -----------------------------------------------------------
+
+OPERATIONS = Path(settings.BASE_DIR) / "docs" / "operations.md"
+# A metric name in the text, the alert rules, the queries and the dashboard: recsys_* (not the recording rules'
+# recsys:*, not RECSYS_* variables) and django-prometheus' django_*; "django_http_*" names no metric.
+_DOCUMENTED = re.compile(r"(?<![\w:/.])((?:recsys|django)_[a-z0-9_]*[a-z0-9])\b")
+# The names a query can use, by the type a family's "# TYPE" line gives (prometheus_client names a counter's family
+# with its "_total" there); a labelled family no process has recorded yet has that line and no sample.
+_QUERYABLE = {"histogram": ("", "_bucket", "_count", "_sum"), "summary": ("", "_count", "_sum")}
+
+
+def _exposed_names(text: str) -> tuple[set[str], set[str]]:
+    """Every name a query on this scrape can use (a counter's ``..._total``, a histogram's family name and its
+    ``_bucket``/``_count``/``_sum``, a gauge's name), and the family names (``_created`` series left out)."""
+    families: set[str] = set()
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            if not name.endswith("_created"):
+                families.add(name)
+                names.update(name + suffix for suffix in _QUERYABLE.get(kind, ("",)))
+    return names, families
+
+
+def _table_families() -> set[str]:
+    """The first column of the table under "What /metrics exposes"."""
+    section = OPERATIONS.read_text().split("\n## What /metrics exposes\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, re.M))
+
+
+@pytest.fixture
+def exposed(refreshed: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """After a list, a click, the impressions' flush and the quality task (the gauges exist): the raw scrape."""
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    return _exposed_names(response.content.decode())
+
+
+def test_every_metric_the_operations_doc_names_is_exposed(exposed: tuple[set[str], set[str]]) -> None:
+    """A query, alert or panel on a name /metrics does not expose is silently empty (the runbook's
+    django_http_responses_total_by_status_view_method, whose samples are ..._total, was)."""
+    names, _ = exposed
+    documented = set(_DOCUMENTED.findall(OPERATIONS.read_text()))
+    assert len(documented) > 30
+    assert sorted(documented - names) == []
+
+
+def test_every_family_of_ours_is_in_the_operations_table(exposed: tuple[set[str], set[str]]) -> None:
+    _, families = exposed
+    table = _table_families()
+    assert len(table) > 20
+    assert sorted(name for name in families if name.startswith("recsys_") and name not in table) == []
+
+
+def test_the_runbooks_http_query_finds_the_events_endpoint(api: APIClient, shop: list[Item]) -> None:
+    """RecsysEventIngestionStopped's runbook: responses of POST /v1/events by status, under the labels it names."""
+
+    def accepted() -> float:
+        samples = _labelled(
+            _scrape(), "django_http_responses_total_by_status_view_method", view="events", method="POST", status="202"
+        )
+        return sum(value for name, _, value in samples if name.endswith("_total"))
+
+    before = accepted()
+    event = {"customer_id": "c-2", "item_id": shop[0].external_id, "type": "view"}
+    assert api.post("/v1/events", event, format="json").status_code == 202
+    assert accepted() == before + 1
