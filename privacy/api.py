@@ -4,7 +4,7 @@ personalisation, erasure (``DELETE /v1/customers/{id}``) and export. Views valid
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
@@ -14,12 +14,19 @@ from rest_framework.views import APIView
 from catalog import api as catalog_api
 from kernel.auth import ApiClient
 from kernel.models import ApiKey
+from kernel.schema import api_errors
 from kernel.validation import check_id
 from privacy import services as privacy
 from privacy.serializers import CustomerExportSerializer, PersonalisationSerializer, export_json_chunks
 
-_NOT_FOUND = OpenApiResponse(description="No customer with this id.")
-_UNAVAILABLE = OpenApiResponse(description="Redis or Postgres is unavailable; nothing was changed. Retry later.")
+_ERRORS = api_errors(
+    400, 404,
+    descriptions={
+        400: "The customer id in the path is not a valid id (or, to opt in or out, it was erased).",
+        404: "No customer with this id.",
+        503: "Redis or Postgres is unavailable; nothing was changed. Retry later.",
+    },
+)  # fmt: skip
 
 
 def _check_id(customer_id: str) -> str:
@@ -39,7 +46,7 @@ class CustomerApi(catalog_api.CustomerApi):
             "their cached recommendation lists, and records that an erasure happened (without the customer's id). "
             "The next training run does not see them."
         ),
-        responses={204: None, 404: _NOT_FOUND, 503: _UNAVAILABLE},
+        responses={204: None, **_ERRORS},
     )
     def delete(self, request: Request, customer_id: str) -> Response:
         client = request.user
@@ -75,7 +82,7 @@ class CustomerOptOutApi(_PersonalisationApi):
             "An unknown customer is created with the choice (an erased one is not: 400). Idempotent."
         ),
         request=None,
-        responses={200: PersonalisationSerializer, 400: OpenApiResponse(description="The customer id was erased.")},
+        responses={200: PersonalisationSerializer, **{s: r for s, r in _ERRORS.items() if s != 404}},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)
@@ -88,7 +95,7 @@ class CustomerOptInApi(_PersonalisationApi):
         summary="Opt the customer back in to personalisation",
         description="An unknown customer is created with the choice (an erased one is not: 400). Idempotent.",
         request=None,
-        responses={200: PersonalisationSerializer, 400: OpenApiResponse(description="The customer id was erased.")},
+        responses={200: PersonalisationSerializer, **{s: r for s, r in _ERRORS.items() if s != 404}},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)
@@ -100,7 +107,7 @@ class CustomerExportApi(APIView):
     @extend_schema(
         summary="Everything stored about the customer, as JSON",
         description="The customer row, every interaction and impression, and the online state; streamed.",
-        responses={200: CustomerExportSerializer, 404: _NOT_FOUND, 503: _UNAVAILABLE},
+        responses={200: CustomerExportSerializer, **_ERRORS},
     )
     def get(self, request: Request, customer_id: str) -> StreamingHttpResponse:
         try:

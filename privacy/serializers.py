@@ -55,8 +55,24 @@ class ExportHistoryEntrySerializer(serializers.Serializer):
     occurred_at = serializers.DateTimeField()
 
 
+class ExportDismissedSerializer(serializers.Serializer):
+    item_id = serializers.CharField()
+    dismissed_at = serializers.DateTimeField()
+
+
+class ExportHadSerializer(serializers.Serializer):
+    item_id = serializers.CharField()
+    type = serializers.ChoiceField(choices=list(TYPE_BY_NAME))
+
+
 class ExportOnlineStateSerializer(serializers.Serializer):
     history = ExportHistoryEntrySerializer(many=True, help_text="Recent events as the online store keeps them.")
+    dismissed = ExportDismissedSerializer(
+        many=True, help_text='"Not interested" (dismiss events): items never shown to the customer again.'
+    )
+    had = ExportHadSerializer(
+        many=True, help_text="Items bought or rated over the whole history: left out of personal lists."
+    )
     category_affinity = serializers.DictField(
         child=serializers.FloatField(), help_text="Category id -> interest weight, decayed to now."
     )

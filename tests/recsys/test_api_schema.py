@@ -160,11 +160,6 @@ def test_the_export_validates(conforms: Callable[..., Any], api: APIClient) -> N
     assert body["online"]["history"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="privacy/serializers.py (not this suite's): ExportOnlineState leaves out the online state's 'dismissed' "
-    "and 'had' keys the export answers; reported to its owners",
-)
 @pytest.mark.django_db
 def test_the_export_lists_every_key_it_answers(conforms: Callable[..., Any], api: APIClient) -> None:
     conforms(_export(api), "GET", "/v1/customers/{customer_id}/export")

@@ -39,16 +39,7 @@ CHECKS = [
 # Operations whose schema leaves out error statuses they answer, as (method, path) -> reason: every check but
 # status_code_conformance runs on them. Reported to the owners of the files; test_undocumented_statuses_are_still_
 # left_out tells when one is fixed (then its entry goes).
-_PRIVACY = (
-    "privacy/api.py documents its errors without kernel.schema.api_errors: no 401/403/406/429, nor the 400 of a bad "
-    "id in the path, and its 404/503 have no body schema"
-)
-UNDOCUMENTED_STATUSES: dict[tuple[str, str], str] = {
-    ("DELETE", "/v1/customers/{customer_id}"): _PRIVACY,
-    ("GET", "/v1/customers/{customer_id}/export"): _PRIVACY,
-    ("POST", "/v1/customers/{customer_id}/opt-in"): _PRIVACY,
-    ("POST", "/v1/customers/{customer_id}/opt-out"): _PRIVACY,
-}
+UNDOCUMENTED_STATUSES: dict[tuple[str, str], str] = {}
 FUZZ = settings(
     max_examples=25,
     deadline=None,
