@@ -141,11 +141,7 @@ class BecauseYouViewedApi(APIView):
     def get(self, request: Request, customer_id: str) -> Response:
         count = count_query(request.query_params)
         result = serving.because_you_viewed(customer_id=check_id(customer_id, "customer_id"), count=count)
-        body = asdict(result)
-        # Degraded as the other item-anchored lists decide it (ranking.pipeline.anchored: served without a model);
-        # the pipeline's AnchorGroups does not say so itself yet, and once it does its own value is kept.
-        body.setdefault("degraded", result.model_version is None)
-        return Response(body)
+        return Response(asdict(result))
 
 
 class RuleDryRunStartApi(APIView):

@@ -13,7 +13,6 @@ import numpy as np
 import numpy.typing as npt
 
 from catalog.selectors import ItemRow
-from events import selectors as event_selectors
 from events.keys import customer_owner
 from experiments import services as experiments
 from ranking import rerank as rr
@@ -247,12 +246,15 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
     request_id = uuid.uuid4().hex
     assignment = experiments.assign(surface="because_you_viewed", unit_id=customer_id)
     arm = {"experiment": assignment.experiment_key, "variant": assignment.variant}
-    if model is None or online.opt_outs.contains(customer_id):
-        return AnchorGroups(request_id, (), model.version_id if model else None, **arm)
-    owner = customer_owner(customer_id)
-    dismissed, _ = event_selectors.dismissed(owner)
-    history = online.load_history(owner).without_items(dismissed)
-    result, _ = anchor_groups(model, history, count=count, groups=groups, exclude=dismissed)
+    if model is None:
+        return AnchorGroups(request_id, (), None, **arm, degraded=True)
+    if online.opt_outs.contains(customer_id):
+        return AnchorGroups(request_id, (), model.version_id, **arm)
+    # The recommendations' read of the owner's state: Redis, or Postgres (degraded, and a lost online state asks
+    # for its rebuild) when Redis is down or no longer complete.
+    read = online.owner_state((customer_owner(customer_id),), None, True)
+    history = read.history.without_items(read.dismissed_pks)
+    result, _ = anchor_groups(model, history, count=count, groups=groups, exclude=read.dismissed_pks)
     REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
     LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)
-    return AnchorGroups(request_id, tuple(result), model.version_id, **arm)
+    return AnchorGroups(request_id, tuple(result), model.version_id, **arm, degraded=read.source == "postgres")

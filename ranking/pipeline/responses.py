@@ -88,6 +88,8 @@ class AnchorGroups:
     model_version: int | None
     experiment: str | None = None
     variant: str | None = None
+    # Served without a model, or with the history read from Postgres (Redis down, or its online state lost).
+    degraded: bool = False
 
 
 __all__ = [

@@ -172,6 +172,23 @@ def test_debug_follows_the_served_path_when_the_online_state_is_lost(served: dic
     assert body["debug"]["ranker"] == "lambdamart"
 
 
+@pytest.mark.django_db
+def test_because_you_viewed_reads_the_history_as_lists_do_and_says_when_degraded(
+    served: dict, admin_api: APIClient
+) -> None:
+    """Because-you-viewed read its history apart from the lists' path: a lost online state gave rows from Postgres
+    (or none) without a word, ``degraded`` said only whether a model was loaded (the schema helper, 6 December)."""
+    customer = served["observers"][1][0].external_id
+    path = f"/v1/customers/{customer}/because-you-viewed"
+    fresh = admin_api.get(path).json()
+    assert fresh["degraded"] is False
+    assert fresh["groups"]
+    redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)  # as after a flush: Redis no longer vouches for it
+    lost = admin_api.get(path).json()
+    assert lost["degraded"] is True
+    assert [g["anchor_item_id"] for g in lost["groups"]] == [g["anchor_item_id"] for g in fresh["groups"]]
+
+
 def _record_params(**values: Any) -> None:
     """Record parameter values in the active version's meta.json params (what training writes after tuning)."""
     version = ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
