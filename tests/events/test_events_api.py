@@ -146,7 +146,8 @@ def test_unusable_body_is_400(api: APIClient, items: None, body: Any, errors: di
 def test_body_that_is_not_json_is_400(api: APIClient) -> None:
     response = api.post("/v1/events", data="{not json", content_type="application/json")
     assert response.status_code == 400
-    assert response.json()["non_field_errors"][0].startswith("The body is not valid JSON")
+    # The shape every endpoint gives (a tenth tester found the events' own {"non_field_errors": [...]} apart).
+    assert response.json()["detail"].startswith("JSON parse error")
 
 
 def test_batch_of_1000_is_accepted(api: APIClient, items: None) -> None:

@@ -130,7 +130,7 @@ def test_events_are_limited_per_customer_named_in_the_body(one_window: None, api
 def test_a_bad_body_is_still_reported_by_the_view_after_the_throttle_read_it(api: APIClient) -> None:
     response = api.post("/v1/events", data="{not json", content_type="application/json")
     assert response.status_code == 400
-    assert response.json()["non_field_errors"][0].startswith("The body is not valid JSON")
+    assert response.json()["detail"].startswith("JSON parse error")
 
 
 @override_settings(API_CUSTOMER_RATE_PER_MINUTE=1)
