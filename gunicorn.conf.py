@@ -1,7 +1,9 @@
 """gunicorn settings read from the working directory by every `gunicorn recsys.wsgi` started here (`make run`, the
 benches, a deployment from this checkout; docs/operations.md). Command-line flags override them."""
 
+import logging
 import os
+import time
 
 from kernel.logformat import logging_config
 from recsys import gunicorn_errors
@@ -32,3 +34,19 @@ def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+_forked_at = time.monotonic()
+
+
+def post_fork(server: object, worker: object) -> None:
+    global _forked_at  # the worker process's own copy of the module, after the fork
+    _forked_at = time.monotonic()
+
+
+def post_worker_init(worker: object) -> None:
+    """Log when a worker has loaded the application (Django, the compiled loops) and is about to accept requests:
+    during a rolling restart (TTIN/TTOU or USR2, docs/operations.md) the sign that the new workers are ready."""
+    logging.getLogger("gunicorn.error").info(
+        "web_worker_ready", extra={"pid": os.getpid(), "seconds": round(time.monotonic() - _forked_at, 1)}
+    )
