@@ -349,7 +349,9 @@ def clear_rebuildable(*, batch: int = 1000) -> int:
 
 def mark_incomplete(*, request_ttl_seconds: int) -> None:
     """A rebuild begins: until it ends, readers must not take the online state for the whole story, and need not
-    ask for another rebuild (this one counts as the requested one, whoever started it)."""
+    ask for another rebuild (this one counts as the requested one, whoever started it). The request lives
+    ``request_ttl_seconds`` unless the rebuild renews it (:func:`hold_rebuild_request`), so a rebuild killed
+    outright does not keep serving from asking for long."""
     pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.delete(keys.ONLINE_STATE_COMPLETE)
     pipe.set(keys.REBUILD_REQUESTED, b"1", ex=request_ttl_seconds)
@@ -428,6 +430,22 @@ def claim_rebuild_request(*, ttl_seconds: int) -> bool:
     rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart)."""
     claim = redis_client.script(_CLAIM_REBUILD, slot_key=keys.ONLINE_STATE_COMPLETE)
     return bool(claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
+
+
+# The running rebuild's hold on the request, renewed by its heartbeat; never once the state is complete, so a last
+# beat after the rebuild marked it complete cannot leave a request behind that would keep the next loss from asking.
+_HOLD_REBUILD_REQUEST = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 1
+"""
+
+
+def hold_rebuild_request(*, ttl_seconds: int) -> bool:
+    """A running rebuild still counts as the requested one for ``ttl_seconds`` more (its lock's heartbeat calls this):
+    False, and nothing written, when the state is complete."""
+    hold = redis_client.script(_HOLD_REBUILD_REQUEST, slot_key=keys.ONLINE_STATE_COMPLETE)
+    return bool(hold(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
 
 
 def release_rebuild_request() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import redis
@@ -40,14 +41,16 @@ def fold_item_counters() -> dict[str, Any]:
 def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
     """Rebuild the online state from Postgres: queued by serving when Redis lost it, or by an operator (e.g. when
     recsys_online_state_errors_total rose). While another rebuild runs this one looks again once that one's lock
-    would have expired had it died (``only_if_incomplete``: and rebuilds only if the state is still incomplete), so
-    a killed rebuild does not leave serving degraded until someone notices."""
+    would have expired had it died, so a killed rebuild does not leave serving degraded until someone notices.
+    ``only_if_incomplete`` (serving's requests and those second looks): nothing to do once the state is complete."""
     try:
         if only_if_incomplete and online.read_complete():
             return {"skipped": "the online state is complete"}
         summary = services.online_state_rebuild()
-    except services.RebuildInProgress:
-        later = services.online_state.REBUILD_LOCK_SECONDS + 5
+    except services.RebuildInProgress as exc:
+        # Once the other's lock would have expired had it died (it may have been killed: its request for a rebuild
+        # expired, and serving asked for this one).
+        later = math.ceil(exc.retry_after) + 5
         rebuild_online_state.apply_async(kwargs={"only_if_incomplete": True}, countdown=later)
         return {"skipped": "another rebuild_online_state is running; looking again later"}
     except (services.RebuildAborted, redis.RedisError) as exc:

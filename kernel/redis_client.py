@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -175,10 +175,14 @@ class KeptLock:
 
 
 @contextlib.contextmanager
-def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[KeptLock]:
+def kept_lock(
+    key: str, *, seconds: float, heartbeat: float, on_beat: Callable[[], object] | None = None
+) -> Iterator[KeptLock]:
     """A Redis lock held for a long job and kept alive by a heartbeat thread: yields a false :class:`KeptLock` (and
     holds nothing) when another holder has it. A job that dies (a killed worker, a Ctrl-C'd command) frees it within
-    ``seconds`` instead of blocking every later run for as long as the job might have taken."""
+    ``seconds`` instead of blocking every later run for as long as the job might have taken. ``on_beat`` runs on
+    the heartbeat thread after each beat that found the lock still ours: whatever else the job keeps alive with a
+    short expiry while it runs (a Redis error there is logged and tried again at the next beat)."""
     # thread_local=False: the heartbeat thread extends the lock with the token this thread acquired.
     lock = get().lock(key, timeout=seconds, blocking=False, thread_local=False)
     if not lock.acquire():
@@ -192,6 +196,8 @@ def kept_lock(key: str, *, seconds: float, heartbeat: float) -> Iterator[KeptLoc
             try:
                 if not kept.confirm():  # gone or someone else's: no beat can win it back
                     return
+                if on_beat is not None:
+                    on_beat()
             except (redis.RedisError, LockError) as exc:  # a Redis blip: again at the next beat
                 logger.warning("lock_heartbeat_failed", extra={"lock": key, "error": str(exc)})
 

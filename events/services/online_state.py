@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kombu.exceptions
 import redis
@@ -55,7 +55,12 @@ def item_features_fold(*, now: float | None = None) -> FoldSummary:
 
 
 class RebuildInProgress(Exception):
-    """Another rebuild holds the lock."""
+    """Another rebuild holds the lock; ``retry_after``: seconds until that lock expires unless its holder renews it
+    (at most ``REBUILD_LOCK_SECONDS``), i.e. when a holder that died has let go of it."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RebuildAborted(Exception):
@@ -101,6 +106,12 @@ class RebuildSummary:
 # a sixth tester, 5 December).
 REBUILD_LOCK_SECONDS = 120
 REBUILD_LOCK_HEARTBEAT_SECONDS = 30
+# How long a running rebuild's hold on the request for a rebuild (keys.REBUILD_REQUESTED) lasts unless the lock's
+# heartbeat renews it, so a rebuild killed outright (SIGKILL: nothing of it runs) stops keeping serving from asking for
+# another within a minute. It held it for a queued request's 15 minutes (REBUILD_REQUEST_SECONDS): every personal list
+# degraded that long, and no rebuild asked for (a ninth tester, 6 December). Two beats per life: one missed beat (a
+# Redis blip) does not let it go.
+REBUILD_RUNNING_REQUEST_SECONDS = 60
 _REBUILD_CHUNK = 5000
 
 
@@ -117,24 +128,52 @@ def online_state_rebuild(
     rebuild; histories are exact (re-adding an event is a no-op). A customer erased while it runs is forgotten
     again once everything is written (:func:`_forget_gone_customers`). ``on_progress(stage, rows)`` reports rows as
     they stream.
+
+    While it runs it counts as the requested rebuild (``keys.REBUILD_REQUESTED``), held for
+    ``REBUILD_RUNNING_REQUEST_SECONDS`` at a time and renewed by its lock's heartbeat; however it stops short (any
+    exception, ``KeyboardInterrupt`` and ``SystemExit`` included) it releases that request and re-raises, so serving,
+    finding the state incomplete, asks for another at once.
     """
     started = time.perf_counter()
-    with redis_client.kept_lock(
-        keys.REBUILD_LOCK, seconds=REBUILD_LOCK_SECONDS, heartbeat=REBUILD_LOCK_HEARTBEAT_SECONDS
-    ) as held:
-        if not held:
-            raise RebuildInProgress(
-                f"another rebuild_online_state is running (Redis lock {keys.REBUILD_LOCK}; one that died frees it "
-                f"within {REBUILD_LOCK_SECONDS} s)"
-            )
-        try:
+    running = False
+    try:
+        with redis_client.kept_lock(
+            keys.REBUILD_LOCK, seconds=REBUILD_LOCK_SECONDS, heartbeat=REBUILD_LOCK_HEARTBEAT_SECONDS,
+            on_beat=_hold_request,
+        ) as held:  # fmt: skip
+            if not held:
+                raise RebuildInProgress(
+                    f"another rebuild_online_state is running (Redis lock {keys.REBUILD_LOCK}; one that died frees "
+                    f"it within {REBUILD_LOCK_SECONDS} s)",
+                    retry_after=_lock_expires_in(),
+                )
+            running = True
             summary = _rebuild(history_length, on_progress, held)
-        except (RebuildAborted, redis.RedisError):
-            online.release_rebuild_request()  # left incomplete: serving may ask again at once
-            raise
+    except BaseException:
+        # However it stopped short (an error, Redis, a lost lock, Ctrl-C, SIGTERM, a task's soft time limit), it left
+        # the state incomplete and no longer counts as the requested rebuild: serving may ask again at once (only
+        # SIGKILL, where nothing runs, leaves the request to its short expiry). Only two errors released it before: a
+        # Ctrl-C'd command left every personal list degraded for 15 minutes (a ninth tester, 6 December). After
+        # the lock is released, so the rebuild serving asks for next does not find it held and wait for it.
+        if running:
+            online.release_rebuild_request()
+        raise
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
     return summary
+
+
+def _hold_request() -> None:
+    online.hold_rebuild_request(ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS)
+
+
+def _lock_expires_in() -> float:
+    """Seconds until the rebuild lock expires unless renewed (``REBUILD_LOCK_SECONDS`` when Redis cannot say)."""
+    try:
+        ms = cast(int, redis_client.get().pttl(keys.REBUILD_LOCK))  # a sync client: an int, not an awaitable
+    except redis.RedisError:
+        return float(REBUILD_LOCK_SECONDS)
+    return min(ms / 1000, float(REBUILD_LOCK_SECONDS)) if ms > 0 else float(REBUILD_LOCK_SECONDS)
 
 
 def _rebuild(
@@ -151,7 +190,7 @@ def _rebuild(
         still_held()
         report(stage, rows)
 
-    online.mark_incomplete(request_ttl_seconds=REBUILD_REQUEST_SECONDS)
+    online.mark_incomplete(request_ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS)
     summary.keys_cleared = online.clear_rebuildable()
     # On a cluster, one sentinel per master before the first write: a master that restarts empty while this runs
     # loses its sentinel with what was written to it, and the check before the marker sees it.
@@ -208,7 +247,8 @@ def _vouch(held: redis_client.KeptLock) -> None:
         )
 
 
-# Long enough for a queued rebuild to start and finish on a large shop; a rebuild that ends clears it sooner.
+# Long enough for a queued rebuild to be picked up by a busy worker. Once one runs, it holds the request for
+# REBUILD_RUNNING_REQUEST_SECONDS at a time, and releases it when it ends, however it ends.
 REBUILD_REQUEST_SECONDS = 900
 REBUILD_TASK = "events.tasks.rebuild_online_state"
 
@@ -222,8 +262,10 @@ def online_state_rebuild_request() -> bool:
     try:
         if not online.claim_rebuild_request(ttl_seconds=REBUILD_REQUEST_SECONDS):
             return False
-        # By name (routed like the task itself): the tasks module calls this one, so it is not imported here.
-        current_app.send_task(REBUILD_TASK)
+        # By name (routed like the task itself): the tasks module calls this one, so it is not imported here. Only if
+        # the state is still incomplete when it runs: a copy the broker redelivers hours later (a worker killed while
+        # it ran, docs/reliability.md "Worker down") must not clear a state that is whole again.
+        current_app.send_task(REBUILD_TASK, kwargs={"only_if_incomplete": True})
     except (redis.RedisError, kombu.exceptions.OperationalError):
         # Redis (the broker too) unreachable: let the next request try again.
         logger.warning("online_state_rebuild_request_failed", exc_info=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
+import threading
 import time
 from io import StringIO
 from pathlib import Path
@@ -544,6 +546,127 @@ def test_a_finished_rebuild_leaves_nothing_to_ask_for(api: APIClient, catalog: d
     # A request that saw the state incomplete during the rebuild asks only now: no second rebuild is queued.
     assert services.online_state_rebuild_request() is False
     assert redis_client.get().exists(keys.REBUILD_REQUESTED) == 0
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """What serving's request for a rebuild sends to the broker, kept here instead."""
+    from recsys.celery import app
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append((name, options)))
+    return sent
+
+
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), SystemExit(143), RuntimeError("a bug")], ids=lambda stop: type(stop).__name__
+)
+def test_a_rebuild_stopped_short_in_any_way_lets_serving_ask_again_at_once(
+    catalog: dict[str, Item],
+    monkeypatch: pytest.MonkeyPatch,
+    sent_tasks: list[tuple[str, dict[str, Any]]],
+    stop: BaseException,
+) -> None:
+    """Only RebuildAborted and RedisError released the request for a rebuild: a Ctrl-C'd command (or a killed task)
+    left the marker gone and the request claimed, so every personal list was degraded and no rebuild could be asked
+    for, for 15 minutes (a ninth tester, 6 December). Whatever stops it, it releases the request and re-raises."""
+    _one_view(catalog)
+    write_histories = online.write_histories
+
+    def then_stop(histories: Any) -> None:  # at the first chunk boundary: the state half written
+        write_histories(histories)
+        raise stop
+
+    monkeypatch.setattr(online, "write_histories", then_stop)
+    with pytest.raises(type(stop)):
+        services.online_state_rebuild()
+
+    client = redis_client.get()
+    assert not online.read_complete()  # the marker stays absent: serving reads Postgres, degraded
+    assert not client.exists(keys.REBUILD_REQUESTED)
+    assert not client.exists(keys.REBUILD_LOCK)
+    # The next request that finds the state incomplete asks for a rebuild at once, and only if still needed when run.
+    assert services.online_state_rebuild_request() is True
+    assert sent_tasks == [(services.REBUILD_TASK, {"kwargs": {"only_if_incomplete": True}})]
+
+
+class _Killed(BaseException):
+    """Ends the abandoned rebuild's thread once the test is done with it."""
+
+
+@pytest.mark.django_db(transaction=True)  # the rebuild runs on a thread of its own, which sees committed rows only
+def test_a_rebuild_killed_outright_stops_holding_the_request_within_its_short_expiry(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch, sent_tasks: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A SIGKILL runs nothing, so the request the rebuild holds must expire by itself, and soon: it was claimed for 15
+    minutes (a ninth tester, 6 December). A real rebuild is paused part-way, then abandoned as a killed process
+    is: its heartbeat stops renewing anything."""
+    from django.db import connection
+
+    from events import tasks
+
+    monkeypatch.setattr(services.online_state, "REBUILD_RUNNING_REQUEST_SECONDS", 1)
+    monkeypatch.setattr(services.online_state, "REBUILD_LOCK_SECONDS", 4)
+    monkeypatch.setattr(services.online_state, "REBUILD_LOCK_HEARTBEAT_SECONDS", 0.1)
+    _one_view(catalog)
+    client = redis_client.get()
+    killed, paused, resume = threading.Event(), threading.Event(), threading.Event()
+    confirm, hold = redis_client.KeptLock.confirm, online.hold_rebuild_request
+    # Once "killed", the abandoned rebuild's heartbeat renews neither its lock nor its request.
+    monkeypatch.setattr(redis_client.KeptLock, "confirm", lambda self: killed.is_set() or confirm(self))
+    monkeypatch.setattr(online, "hold_rebuild_request", lambda **kw: not killed.is_set() and hold(**kw))
+
+    def pause(stage: str, rows: int) -> None:
+        paused.set()
+        resume.wait(30)
+        raise _Killed
+
+    def rebuild() -> None:
+        try:
+            services.online_state_rebuild(on_progress=pause)
+        except _Killed:
+            pass
+        finally:
+            connection.close()
+
+    abandoned = threading.Thread(target=rebuild)
+    abandoned.start()
+    try:
+        assert paused.wait(10)
+        # Alive: its heartbeat keeps the request past its one-second life, and serving does not ask for another.
+        time.sleep(1.5)
+        assert 0 < client.pttl(keys.REBUILD_REQUESTED) <= 1000
+        assert services.online_state_rebuild_request() is False
+
+        killed.set()
+        deadline = time.monotonic() + 1.5  # the short expiry, and a little
+        while client.exists(keys.REBUILD_REQUESTED):
+            assert time.monotonic() < deadline, "the killed rebuild still holds the request"
+            time.sleep(0.05)
+        assert not online.read_complete()
+        assert services.online_state_rebuild_request() is True  # serving asks again
+        assert sent_tasks == [(services.REBUILD_TASK, {"kwargs": {"only_if_incomplete": True}})]
+
+        # The task it queued finds the dead rebuild's lock (still up to 4 s to live) and looks again when it expires,
+        # not a whole lock's life later.
+        queued: list[dict[str, Any]] = []
+        monkeypatch.setattr(tasks.rebuild_online_state, "apply_async", lambda **options: queued.append(options))
+        ttl = client.pttl(keys.REBUILD_LOCK) / 1000
+        assert "skipped" in tasks.rebuild_online_state(only_if_incomplete=True)
+        assert 0 < ttl < 3.5  # about a second of its four went by while the request expired
+        assert queued[0]["kwargs"] == {"only_if_incomplete": True}
+        assert queued[0]["countdown"] in (math.ceil(ttl) + 4, math.ceil(ttl) + 5)  # read a moment later
+        deadline = time.monotonic() + 4.5
+        while client.exists(keys.REBUILD_LOCK):
+            assert time.monotonic() < deadline, "the killed rebuild still holds its lock"
+            time.sleep(0.05)
+    finally:
+        resume.set()
+        abandoned.join(10)
+    killed.clear()
+    assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)  # the second look rebuilds
+    assert online.read_complete()
+    assert not client.exists(keys.REBUILD_REQUESTED)
 
 
 def test_rebuild_command_prints_a_summary(api: APIClient, catalog: dict[str, Item]) -> None:
