@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import random
+import signal
 import threading
 import time
 from io import StringIO
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import redis
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
 from catalog.models import Item
@@ -678,6 +681,74 @@ def test_rebuild_command_prints_a_summary(api: APIClient, catalog: dict[str, Ite
     assert lines["owners (customers + sessions)"] == "2"
     assert lines["history entries"] == "2"
     assert [entry.item_pk for entry in selectors.recent_history("s:S1")] == [catalog["I3"].pk]
+
+
+@pytest.mark.django_db(transaction=True)  # run_from_argv closes the database connections, as manage.py does
+def test_a_ctrl_c_of_the_rebuild_command_says_what_it_left_in_one_line(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C printed a raw KeyboardInterrupt traceback and no hint of the state it left (a ninth tester, 6 December).
+    manage.py runs the command through run_from_argv, as here: one line, exit status 130."""
+    from events.management.commands.rebuild_online_state import Command
+
+    _one_view(catalog)
+    write_histories = online.write_histories
+
+    def interrupted(histories: Any) -> None:
+        write_histories(histories)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(online, "write_histories", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        Command().run_from_argv(["manage.py", "rebuild_online_state", "--quiet"])
+    assert exited.value.code == 130
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "CommandError: interrupted: the online state is incomplete; serving reads histories from Postgres (lists "
+        "marked degraded) and asks a worker for a rebuild at its next personal request; run rebuild_online_state "
+        "again to rebuild now"
+    ]
+    assert not redis_client.get().exists(keys.REBUILD_REQUESTED)
+
+    # Interrupted before it began clearing anything: the state is as it was, and the line says so.
+    online.mark_complete(now=time.time())
+
+    def not_yet(**kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(online, "mark_incomplete", not_yet)
+    with pytest.raises(SystemExit):
+        Command().run_from_argv(["manage.py", "rebuild_online_state", "--quiet"])
+    assert capsys.readouterr().err.splitlines() == [
+        "CommandError: interrupted; the online state is complete (the rebuild had not started clearing it): "
+        "nothing to do"
+    ]
+
+
+def test_a_sigterm_stops_the_rebuild_command_like_ctrl_c(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (kill, a service manager stopping it) ended the process where it stood, releasing nothing. The command
+    turns it into an exit that the rebuild unwinds from, and puts the previous handler back."""
+    _one_view(catalog)
+    write_histories = online.write_histories
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(histories: Any) -> None:
+        write_histories(histories)
+        # Without the command's handler the signal would end the test run itself.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, before)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(online, "write_histories", terminated)
+    with pytest.raises(CommandError, match="^interrupted: the online state is incomplete") as raised:
+        call_command("rebuild_online_state", "--quiet", stdout=StringIO(), stderr=StringIO())
+    assert raised.value.returncode == 143
+    assert not redis_client.get().exists(keys.REBUILD_REQUESTED)
+    assert not online.read_complete()
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 # --- Item features (fold) -----------------------------------------------------------------------------------

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import redis
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from events import online
 from events.online import HISTORY_LENGTH
 from events.services import RebuildAborted, RebuildInProgress, online_state_rebuild
+
+# Exit statuses of a command stopped by a signal, as a shell reports them (128 + the signal's number).
+_SIGINT_STATUS = 128 + signal.SIGINT
+_SIGTERM_STATUS = 128 + signal.SIGTERM
 
 
 class Command(BaseCommand):
@@ -37,14 +47,55 @@ class Command(BaseCommand):
             bars[stage].update(rows)
 
         try:
-            summary = online_state_rebuild(history_length=options["history_length"], on_progress=progress)
+            with _sigterm_as_exit():
+                summary = online_state_rebuild(history_length=options["history_length"], on_progress=progress)
         except RebuildInProgress as exc:
             raise CommandError(f"{exc}; wait for it to finish") from exc
         except RebuildAborted as exc:
             raise CommandError(f"{exc}; run it again") from exc
         except redis.RedisError as exc:
             raise CommandError(f"Redis is unavailable: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # The rebuild released its request on the way out; say what that leaves, in one line, not a traceback.
+            status = _SIGINT_STATUS if isinstance(exc, KeyboardInterrupt) else (_exit_code(exc) or 1)
+            raise CommandError(_interrupted(), returncode=status) from exc
         finally:
             for bar in bars.values():
                 bar.close()
         self.stdout.write(summary.table())
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def _interrupted() -> str:
+    try:
+        complete = online.read_complete()
+    except redis.RedisError:
+        complete = False
+    if complete:
+        return "interrupted; the online state is complete (the rebuild had not started clearing it): nothing to do"
+    return (
+        "interrupted: the online state is incomplete; serving reads histories from Postgres (lists marked "
+        "degraded) and asks a worker for a rebuild at its next personal request; run rebuild_online_state again to "
+        "rebuild now"
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager stopping the command) unwinds like Ctrl-C, so the rebuild releases its
+    request for a rebuild at once, instead of the process dying where it stands and leaving it to expire."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's (call_command)
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(_SIGTERM_STATUS)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
