@@ -74,8 +74,18 @@ def _training_lock() -> Iterator[None]:
         TRAIN_LOCK_KEY, seconds=TRAIN_LOCK_SECONDS, heartbeat=TRAIN_LOCK_HEARTBEAT_SECONDS
     ) as held:
         if not held:
-            raise TrainingBusy("another training is running (Redis lock held); try again when it finishes")
+            # Say how long a holder that died (a killed worker or command) can refuse trainings: told "another
+            # training is running" while nothing ran, an operator could not know what to wait for (a ninth tester,
+            # 6 December).
+            raise TrainingBusy(
+                f"another training is running (Redis lock {TRAIN_LOCK_KEY}; one that died frees it within "
+                f"{_duration(TRAIN_LOCK_SECONDS)}); try again when it finishes"
+            )
         yield
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} s"
 
 
 def _window(
