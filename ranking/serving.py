@@ -401,7 +401,7 @@ def recommend_page(request: PageRequest) -> Page:
             if personal and had is None:  # on a personal page, not what the owner already has (bought or rated)
                 owned = RequestState(surface=surface, count=0, now=time.time(), history=shared.own_history)
                 owned.had_pks, owned.had_types = shared.read.had_pks, shared.read.had_types
-                had = stages.had_items(owned, VariantConfig())
+                had = stages.had_items(owned, assignment.config)  # the arm's exclude_purchased / exclude_rated
             exclude = page_shown if had is None else np.union1d(page_shown, had)
             listed, pks = similar_list(model, anchors[index], count=widget.count, exclude=exclude)
             items = tuple(listed)
