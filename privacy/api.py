@@ -27,6 +27,8 @@ _ERRORS = api_errors(
         503: "Redis or Postgres is unavailable; nothing was changed. Retry later.",
     },
 )  # fmt: skip
+# Opting in or out creates an unknown customer: no 404.
+_PERSONALISATION_ERRORS = {status: r for status, r in _ERRORS.items() if status != 404}
 
 
 def _check_id(customer_id: str) -> str:
@@ -82,7 +84,7 @@ class CustomerOptOutApi(_PersonalisationApi):
             "An unknown customer is created with the choice (an erased one is not: 400). Idempotent."
         ),
         request=None,
-        responses={200: PersonalisationSerializer, **{s: r for s, r in _ERRORS.items() if s != 404}},
+        responses={200: PersonalisationSerializer, **_PERSONALISATION_ERRORS},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)
@@ -95,7 +97,7 @@ class CustomerOptInApi(_PersonalisationApi):
         summary="Opt the customer back in to personalisation",
         description="An unknown customer is created with the choice (an erased one is not: 400). Idempotent.",
         request=None,
-        responses={200: PersonalisationSerializer, **{s: r for s, r in _ERRORS.items() if s != 404}},
+        responses={200: PersonalisationSerializer, **_PERSONALISATION_ERRORS},
     )
     def post(self, request: Request, customer_id: str) -> Response:
         return super().post(request, customer_id)
