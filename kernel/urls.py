@@ -13,7 +13,8 @@ class ExternalIdConverter:
     exported or erased through its path. An id may hold ``/``, so a route with a suffix after the id
     (``customers/<id:customer_id>/export``) must come before the bare one (``customers/<id:customer_id>``), which
     would also match ``acme/42/export``: recsys/urls.py orders them. An id that itself ends in such a suffix
-    (``x/export``) reads as that sub-resource of ``x``.
+    (``x/export``) would read as that sub-resource of ``x``: the id rule refuses it
+    (``kernel.validation.SUBRESOURCE_NAMES``).
     """
 
     # Any character, a line break included ("." stops at one: an id holding a newline got a 404 instead of the 400

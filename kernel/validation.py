@@ -3,7 +3,9 @@
 **Ids** (customer, item, session, category, brand, event ids; in a path, a body, a query or a CSV file): 1 to 100
 characters, every one printable (no control characters, no ANSI escapes, no NUL, no line or paragraph separators,
 no invisible format characters such as U+200B or U+202E, except the zero-width joiner and non-joiner inside
-an id, which words of some scripts and emoji sequences need), and no whitespace at either end. :func:`id_problem`
+an id, which words of some scripts and emoji sequences need), no whitespace at either end, and no last ``/``-segment
+that names one of the API's sub-resources (``acme/export``, ``sku/similar``: a path ending in one reads as that
+sub-resource of the shorter id, :data:`SUBRESOURCE_NAMES`). :func:`id_problem`
 is the rule; :func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
 number is not an id) and :func:`optional_id` to a query-string id. Body fields and CSV cells are stripped of
 surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
@@ -34,6 +36,14 @@ _JOINERS = frozenset("\u200c\u200d")
 
 ATTRIBUTES_MAX_DEPTH = 16
 ATTRIBUTES_MAX_BYTES = 1024 * 1024
+# The names that follow an id in the API's paths (``customers/<id>/export``, ``items/<id>/similar``, ...). An id may
+# hold "/" (kernel.urls), so an id whose last segment is one of these would route to that sub-resource of the id
+# before it: ``GET /v1/customers/acme%2Fexport`` would answer acme's export. Such ids are refused everywhere (an id
+# stored through one entry point is read through another); tests/reliability/test_hardening_input.py checks every route
+# with a suffix after an id is listed here.
+SUBRESOURCE_NAMES = frozenset(
+    {"export", "opt-out", "opt-in", "because-you-viewed", "similar", "bought-together", "merge"}
+)
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # Rendering what is stored: deeper than this is cut (None), far below the JSON renderer's own limit (254).
@@ -60,6 +70,8 @@ def id_problem(value: object) -> str | None:
         return "starts or ends with whitespace" if value.strip() else "may not be blank"
     if value[0] in _JOINERS or value[-1] in _JOINERS:
         return "starts or ends with an invisible joiner"
+    if "/" in value and (last := value.rsplit("/", 1)[1]) in SUBRESOURCE_NAMES:
+        return f'ends in "/{last}", which the API reads as a sub-resource of the id before it'
     return None
 
 

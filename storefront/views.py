@@ -29,6 +29,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from kernel.api_keys import api_key_create, hash_key
 from kernel.models import ApiKey
+from kernel.validation import id_problem
 from storefront.demo.categories import CATEGORY_NAMES
 
 logger = logging.getLogger(__name__)
@@ -386,6 +387,9 @@ def item_detail(request: HttpRequest, item_id: str) -> HttpResponse:
     quoted = urllib.parse.quote(item_id, safe="")
     context = _base_context(request, shopper)
     try:
+        if id_problem(item_id):
+            # No item has such an id, and one ending in "/similar" would fetch a sub-resource instead of an item.
+            raise ApiError(_friendly(404), status=404)
         item = api_get(request, f"/v1/items/{quoted}")
     except ApiError as exc:
         context |= {"error": "We could not find that item." if exc.status == 404 else exc.message}

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -23,6 +24,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +38,7 @@ from events.services import online_state_rebuild
 from kernel import redis_client
 from kernel.api_keys import api_key_create
 from kernel.parsers import MAX_JSON_DEPTH, json_depth
-from kernel.validation import ATTRIBUTES_MAX_DEPTH, render_safe_json
+from kernel.validation import ATTRIBUTES_MAX_DEPTH, SUBRESOURCE_NAMES, render_safe_json
 from recsys.wsgi_guards import MAX_URL_BYTES, url_guard
 from tests.factories import CategoryFactory, CustomerFactory, InteractionFactory, ItemFactory
 
@@ -698,6 +700,18 @@ def test_the_storefront_page_of_an_item_with_odd_stored_attributes_renders(gunic
     assert b"Odd" in body
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_storefront_page_of_an_id_ending_in_a_sub_resource_name_is_a_404(gunicorn_server: str) -> None:
+    """``/items/x%2Fsimilar`` fetched the similar items of ``x`` as if they were an item and failed on the missing
+    ``item_id``: a 500 (a reviewer, 6 December)."""
+    ItemFactory(external_id="x", title="Ex")
+    for path in ("/items/x%2Fsimilar", "/items/x/bought-together"):
+        request = f"GET {path} HTTP/1.1\r\nHost: {gunicorn_server}\r\n\r\n".encode()
+        status, _, body = _raw(gunicorn_server, request)
+        assert status == 404, (path, body[:300])
+        assert b"We could not find that item" in body or b"could not" in body
+
+
 @pytest.mark.parametrize("field", ["customer_id", "session_id"])
 @pytest.mark.parametrize("raw", ["\x1b[31mred", "a\tb", "zero\u200bwidth", "x" * 101])
 def test_a_bad_id_in_the_recommendation_query_is_a_400_naming_it(api: APIClient, field: str, raw: str) -> None:
@@ -753,3 +767,54 @@ def test_an_id_with_a_slash_is_reachable_through_every_path(api: APIClient, enco
     assert not Customer.objects.filter(external_id="acme/42").exists()
     assert not Interaction.objects.filter(session_id="s/1").exists()
     assert api.delete(f"/v1/items/{at('WX/100-B')}").status_code == 204
+
+
+@pytest.mark.parametrize("suffix", sorted(SUBRESOURCE_NAMES))
+def test_an_id_ending_in_a_sub_resource_name_is_refused_naming_the_field(
+    api: APIClient, suffix: str, tmp_path: Path
+) -> None:
+    """A customer ``acme/export`` stored through an event could never be read or erased through its path, and
+    ``GET /v1/customers/acme%2Fexport`` answered the export of ``acme`` (a reviewer, 6 December): such ids are
+    refused wherever an id comes in."""
+    ItemFactory(external_id="i1")
+    for field in ("customer_id", "session_id", "item_id"):
+        event = {"customer_id": "c1", "item_id": "i1", "type": "view", field: f"acme/{suffix}"}
+        response = api.post("/v1/events", {"events": [event]}, format="json")
+        assert response.status_code == 202, response.content
+        (rejected,) = response.json()["rejected"]
+        assert list(rejected["errors"]) == [field]
+        assert f'nds in "/{suffix}"' in rejected["errors"][field][0]
+    merged = api.post("/v1/sessions/s1/merge", {"customer_id": f"acme/{suffix}"}, format="json")
+    assert merged.status_code == 400
+    assert list(merged.json()) == ["customer_id"]
+    csv = tmp_path / "items.csv"
+    csv.write_text(f"item_id,title\nok/{suffix}s,Fine\nsku/{suffix},Refused\n")
+    err = StringIO()
+    call_command("import_items", str(csv), "--quiet", stdout=StringIO(), stderr=err)
+    assert f'items.csv:3: item_id: ends in "/{suffix}"' in err.getvalue()
+    assert Item.objects.filter(external_id=f"ok/{suffix}s").exists()
+    assert not Item.objects.filter(external_id=f"sku/{suffix}").exists()
+    assert not Customer.objects.filter(external_id=f"acme/{suffix}").exists()
+    # The name alone, or anywhere but last, is an ordinary id.
+    for fine in (suffix, f"{suffix}/x", f"a/{suffix}/b", f"a/{suffix.upper()}"):
+        assert api.put(f"/v1/customers/{quote(fine, safe='')}", {}, format="json").status_code == 201, fine
+
+
+def test_every_route_with_a_name_after_an_id_is_a_refused_last_segment() -> None:
+    """A route added later (``items/<id>/reviews``) must join kernel.validation.SUBRESOURCE_NAMES, or ids ending in
+    its name would shadow it."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    def routes(patterns: list[Any], prefix: str = "") -> Iterator[str]:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from routes(pattern.url_patterns, prefix + str(pattern.pattern))
+            elif isinstance(pattern, URLPattern):
+                yield prefix + str(pattern.pattern)
+
+    after_an_id = [
+        route.rsplit("<id:", 1)[1].partition(">")[2] for route in routes(get_resolver().url_patterns) if "<id:" in route
+    ]
+    suffixes = {suffix.strip("/") for suffix in after_an_id if suffix}
+    assert "export" in suffixes
+    assert suffixes <= SUBRESOURCE_NAMES
