@@ -706,8 +706,8 @@ def _serve(
     with trace.stage("ranking"):
         wants_ranker = model is not None and config.ranker and serve_source(state.mode) is None
         stages.score(state, model, online.ranker_for(model) if wants_ranker else None, config, online.ctr)
-        stages.demote_dismissed(state, model)
         stages.nudge_context_category(state)
+        stages.demote_dismissed(state, model)
     with trace.stage("rerank"):
         exclude = state.left_out
         # Exposure and clicks matter only to exploration: skipped when it is off.

@@ -52,6 +52,9 @@ DISMISS_TABLES = ("knn", "ease")
 DISMISS_NEIGHBOURS = 10
 DISMISS_DEMOTION = 0.5
 DISMISS_HALF_LIFE_SECONDS = 3 * 86_400.0
+# A page's category lifts at most this share of the list's slots (its best candidates): with an arm's diversity
+# cap off nothing else would keep the lift from filling the list with the category.
+NUDGE_MAX_SHARE = 0.5
 
 CtrFn = Callable[[IntArray], npt.NDArray[np.float32] | None]
 
@@ -316,21 +319,26 @@ def demote_dismissed(state: RequestState, model: ModelView | None) -> None:
 def nudge_context_category(state: RequestState) -> None:
     """Lift the page category's candidates by that category's share of the visitor's interest (its affinity after
     :func:`with_context`), in units of the score range: a whole range for a visitor with no other interest, so the
-    category's items come first (the diversity cap keeps the list a nudge, not a filter), little for a long history.
-    The ranker's category-affinity feature alone did not do it: trained on customers with histories, a shipped
-    ranker scored a category the shop sells little of below everything, and a garden page's list had no garden
-    item (a tenth tester, 6 December)."""
+    category's best items come first, little for a long history. Only the category's best
+    ``NUDGE_MAX_SHARE`` of the list's slots are lifted, so the list stays a nudge, not a filter, even where an arm
+    turns the diversity cap off (a reviewer, 6 December). Runs before :func:`demote_dismissed`, so a dismissal's
+    demotion is not undone by the page. The ranker's category-affinity feature alone did not do it: trained on
+    customers with histories, a shipped ranker scored a category the shop sells little of below everything, and a
+    garden page's list had no garden item (a tenth tester, 6 December)."""
     pk = state.context_category_pk
     if pk is None or state.scores is None or state.attributes is None or not state.scores.size:
         return
     total = sum(state.affinity.values())
     share = state.affinity.get(pk, 0.0) / total if total > 0 else 0.0
-    of_category = state.attributes.category == pk
-    if share <= 0 or not of_category.any():
+    of_category = np.flatnonzero(state.attributes.category == pk)
+    if share <= 0 or not of_category.size:
         return
     scores = state.scores.astype(np.float64)
     spread = float(scores.max() - scores.min()) or 1.0
-    state.scores = (scores + share * spread * of_category).astype(np.float32)
+    slots = max(1, int(np.ceil(NUDGE_MAX_SHARE * state.count)))
+    best = of_category[np.argsort(-scores[of_category], kind="stable")[:slots]]
+    scores[best] += share * spread
+    state.scores = scores.astype(np.float32)
 
 
 # --- re-rank ------------------------------------------------------------------------------------------------------

@@ -49,3 +49,14 @@ def test_without_a_page_category_among_the_candidates_nothing_moves(context: int
     stages.nudge_context_category(state)
     assert state.scores is not None
     assert state.scores.tolist() == pytest.approx([0.5, 0.2])
+
+
+def test_a_page_category_lifts_at_most_half_the_list() -> None:
+    """With an arm's diversity cap off nothing else limited the lift: a new visitor's list on a page was all that
+    category (a reviewer, 6 December). Only the category's best half-list of candidates is lifted."""
+    state = _state([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [1, 2, 3, 4, 7, 7, 7, 7], {7: 1.0}, context=7)
+    state.count = 4
+    stages.nudge_context_category(state)
+    assert state.scores is not None
+    top = np.argsort(-state.scores, kind="stable").tolist()[: state.count]
+    assert top == [4, 5, 0, 1]
