@@ -194,7 +194,8 @@ def merge_owner(*, source: str, target: str) -> None:
     read.zrange(source_dismissed, 0, -1, withscores=True)
     read.zrange(source_had, 0, -1, withscores=True)
     read.hgetall(keys.shown(source))
-    history, affinity, dismissed, had, shown = read.execute()
+    read.pttl(keys.shown(source))
+    history, affinity, dismissed, had, shown, shown_ttl_ms = read.execute()
 
     target_history, target_affinity = keys.history(target), keys.affinity(target)
     pipe = redis_client.atomic(target_history)
@@ -209,8 +210,12 @@ def merge_owner(*, source: str, target: str) -> None:
         pipe.zadd(keys.had(target), dict(had), gt=True)
         pipe.zremrangebyrank(keys.had(target), 0, -HAD_LENGTH - 1)
     if shown:  # what the visit was shown before the login: the customer's "load more" still leaves it out
-        pipe.hset(keys.shown(target), mapping=shown)
-        pipe.expire(keys.shown(target), SHOWN_TTL_SECONDS)
+        # Kept as long as the session would have kept it (not a fresh SHOWN_TTL_SECONDS), nor shortening the
+        # customer's own: the later of the two expiries.
+        ttl_ms = shown_ttl_ms if shown_ttl_ms > 0 else SHOWN_TTL_SECONDS * 1000
+        fields = [value for pair in shown.items() for value in pair]
+        merged = redis_client.script(_SHOWN_MERGED, slot_key=keys.shown(target))
+        merged(keys=[keys.shown(target)], args=[ttl_ms, *fields], client=pipe)
     pipe.incr(keys.cache_version(target))
     # Without it the version, bumped here, would outlive its owner forever.
     _expire_owner(pipe, target)
@@ -553,6 +558,17 @@ def read_had(owner: str) -> tuple[np.ndarray, np.ndarray]:
 # Delete the arrival only if it is still the one observed: an event that arrived meanwhile keeps its own time.
 _ARRIVAL_REFLECTED = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# Add the merged session's shown answers to the target's hash and keep it until the later of its own expiry and the
+# session's (ARGV[1], ms); a hash the HSET creates has none yet (PTTL -2 before it). One HSET per field: a long
+# visit's hash has more fields than Lua's unpack takes.
+_SHOWN_MERGED = """
+local current = redis.call('PTTL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if current < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 0
 """
 

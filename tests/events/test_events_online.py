@@ -377,6 +377,23 @@ def test_a_merge_moves_the_sessions_had_items_and_erasure_deletes_them(
     assert redis_client.get().exists(keys.had("C1")) == 0
 
 
+@pytest.mark.parametrize("customer_ttl", [None, 50, 1000])
+def test_a_merge_keeps_what_the_session_was_shown_only_as_long_as_either_would_have(customer_ttl: int | None) -> None:
+    """The customer's copy of the session's ``shown:`` hash got a fresh 30 minutes at the merge (a reviewer, 6
+    December): it now expires with the later of the session's and the customer's own, and a long visit (more
+    answers than Lua's unpack takes) merges whole."""
+    answers = {f"r{n}": [n, n + 1] for n in range(9000)}
+    online.write_shown({"s:S9": answers}, ttl_seconds=100)
+    if customer_ttl is not None:
+        online.write_shown({"C1": {"own": [7]}}, ttl_seconds=customer_ttl)
+    online.merge_owner(source="s:S9", target="C1")
+    client = redis_client.get()
+    assert client.hlen(keys.shown("C1")) == 9000 + (customer_ttl is not None)
+    assert client.hget(keys.shown("C1"), "r8999") == b"8999,9000"
+    expected = max(100, customer_ttl or 0)
+    assert expected - 5 < client.ttl(keys.shown("C1")) <= expected
+
+
 def _one_view(catalog: dict[str, Item]) -> None:
     """One stored event, so a rebuild has a history to write."""
     Interaction.objects.create(
