@@ -77,14 +77,17 @@ class SessionMerge(models.Model):
     The merge moves the session's interactions to the customer; what the session was *served* (impressions) keeps the
     session, the unit its experiments assigned, and this row says whose it is: an anonymous impression of the session
     is the customer's when this is the first merge of the session at or after it was served. Privacy's export and
-    erasure read it that way (an impression flushed after the merge included); the rows go with the customer.
+    erasure read it that way (an impression flushed after the merge included). An erasure deletes the customer's rows
+    with the lists they gave it; a customer deleted otherwise (the admin) leaves them without a customer, so the
+    session's later merges still begin where this one ended and no later customer gets what was served before it.
     """
 
     id = models.BigAutoField(primary_key=True)
     # The collation of the impressions' session_id (not the interactions' "C"): compared with it, by its index.
     session_id = models.CharField(max_length=100)
-    # Indexed (the foreign key's index): the sessions merged into a customer, for export and erasure.
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+")
+    # Indexed (the foreign key's index): the sessions merged into a customer, for export and erasure. Null once the
+    # customer was deleted other than by an erasure (the boundary stays; see the class' docstring).
+    customer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
     merged_at = models.DateTimeField()
 
     class Meta:

@@ -104,8 +104,8 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
     1. Redis first (queued impressions flushed into Postgres, history and affinities deleted, cache version bumped):
        with Redis down this raises ``redis.RedisError`` before anything is deleted, and the caller answers 503.
     2. One Postgres transaction: the impressions the customer's merged sessions were served before their merge
-       (:func:`_merged_session_impressions`: they carry the session, not the customer), then the customer row, with
-       its interactions, impressions and session merges (ON DELETE CASCADE of their foreign keys), an
+       (:func:`_merged_session_impressions`: they carry the session, not the customer) and its session merges, then the
+       customer row with its interactions and impressions (ON DELETE CASCADE of their foreign keys), an
        :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
        (catalog.erasure): afterwards events naming the id are rejected, a merge into it refused, and impressions
        of it stored without a customer, so nothing brings the customer back but an explicit PUT.
@@ -127,8 +127,10 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         if customer is None:  # erased by a concurrent request meanwhile
             raise CustomerNotFound(customer_id)
         customer_pk = customer.pk
-        # Before the row: its session merges, which say which anonymous impressions were the customer's, go with it.
+        # Before the row: the lists its session merges gave it, then the merges themselves (a customer deleted
+        # otherwise keeps them, customerless: events.SessionMerge).
         merged_impressions, _ = _merged_session_impressions(customer_pk).delete()
+        SessionMerge.objects.filter(customer_id=customer_pk).delete()
         _, deleted = customer.delete()
         # The admin's change log of the customer's row names them (its text is their id): gone with it.
         LogEntry.objects.filter(

@@ -430,3 +430,24 @@ def test_a_session_merged_twice_gives_each_customer_what_it_was_served_before_th
     assert api.delete("/v1/customers/first-shopper").status_code == 204
     assert set(Impression.objects.values_list("request_id", flat=True)) == {between, later}
     assert [row["request_id"] for row in _export(api, "second-shopper")["impressions"]] == [between]
+
+
+def test_a_customer_deleted_in_the_admin_gives_a_later_merge_nothing_it_was_served(
+    api: APIClient, world: dict[str, Any]
+) -> None:
+    """The first customer deleted other than by an erasure (the admin) took its merge record along, so the second
+    customer's merge became the session's first and its export gained what the session was served before the first
+    login (a reviewer, 6 December). The record now stays, customerless, and keeps the boundary."""
+    first, _ = _served(api, session_id=VISIT)
+    _merge(api, VISIT, "first-shopper")
+    between, _ = _served(api, session_id=VISIT)
+    _merge(api, VISIT, "second-shopper")
+    impressions_flush()
+
+    Customer.objects.get(external_id="first-shopper").delete()
+
+    assert SessionMerge.objects.filter(customer__isnull=True).count() == 1
+    assert [row["request_id"] for row in _export(api, "second-shopper")["impressions"]] == [between]
+    assert api.delete("/v1/customers/second-shopper").status_code == 204
+    assert set(Impression.objects.values_list("request_id", flat=True)) == {first}
+    assert SessionMerge.objects.filter(customer__isnull=True).count() == 1
