@@ -10,7 +10,7 @@ import redis
 from celery import shared_task
 from django.db import connection
 
-from events import online, partitions, services
+from events import partitions, services
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,10 @@ def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
     """Rebuild the online state from Postgres: queued by serving when Redis lost it, or by an operator (e.g. when
     recsys_online_state_errors_total rose). While another rebuild runs this one looks again once that one's lock
     would have expired had it died, so a killed rebuild does not leave serving degraded until someone notices.
-    ``only_if_incomplete`` (serving's requests and those second looks): nothing to do once the state is complete."""
+    ``only_if_incomplete`` (serving's requests and those second looks): nothing to do if the state is complete once
+    this one holds the lock."""
     try:
-        if only_if_incomplete and online.read_complete():
-            return {"skipped": "the online state is complete"}
-        summary = services.online_state_rebuild()
+        summary = services.online_state_rebuild(only_if_incomplete=only_if_incomplete)
     except services.RebuildInProgress as exc:
         # Once the other's lock would have expired had it died (it may have been killed: its request for a rebuild
         # expired, and serving asked for this one).
@@ -63,6 +62,8 @@ def rebuild_online_state(only_if_incomplete: bool = False) -> dict[str, Any]:
     finally:
         # Rare and heavy: give the backend (and what the big sorts grew) back rather than keep it for CONN_MAX_AGE.
         connection.close()
+    if summary.skipped:
+        return {"skipped": "the online state is complete"}
     return {
         "keys_cleared": summary.keys_cleared,
         "owners": summary.owners,

@@ -82,6 +82,8 @@ class RebuildSummary:
     # Customers erased (or deleted) while the rebuild ran: written back from its snapshot, then forgotten again.
     owners_forgotten: int = 0
     seconds: float = 0.0
+    # only_if_incomplete and the state was complete once the lock was taken: nothing cleared, nothing written.
+    skipped: bool = False
 
     def table(self) -> str:
         rows = [
@@ -116,7 +118,10 @@ _REBUILD_CHUNK = 5000
 
 
 def online_state_rebuild(
-    *, history_length: int = online.HISTORY_LENGTH, on_progress: Callable[[str, int], None] | None = None
+    *,
+    history_length: int = online.HISTORY_LENGTH,
+    on_progress: Callable[[str, int], None] | None = None,
+    only_if_incomplete: bool = False,
 ) -> RebuildSummary:
     """Rebuild the whole online state from Postgres, e.g. after Redis lost its data.
 
@@ -127,7 +132,8 @@ def online_state_rebuild(
     (a Redis lock). Events ingested while it runs may be counted twice in counters and affinities until the next
     rebuild; histories are exact (re-adding an event is a no-op). A customer erased while it runs is forgotten
     again once everything is written (:func:`_forget_gone_customers`). ``on_progress(stage, rows)`` reports rows as
-    they stream.
+    they stream. ``only_if_incomplete`` (serving's requests for a rebuild): once the lock is taken, a state that is
+    complete is left as it is and the summary says ``skipped``.
 
     While it runs it counts as the requested rebuild (``keys.REBUILD_REQUESTED``), held for
     ``REBUILD_RUNNING_REQUEST_SECONDS`` at a time and renewed by its lock's heartbeat; however it stops short (any
@@ -147,6 +153,12 @@ def online_state_rebuild(
                     f"it within {REBUILD_LOCK_SECONDS} s)",
                     retry_after=_lock_expires_in(),
                 )
+            # Under the lock, where no other rebuild can finish in between: a task that checked before taking it could
+            # wait behind another rebuild, find the lock free once that one completed the state, and clear it again
+            # (a reviewer, 6 December).
+            if only_if_incomplete and online.read_complete():
+                logger.info("online_state_rebuild_skipped", extra={"reason": "complete"})
+                return RebuildSummary(skipped=True, seconds=time.perf_counter() - started)
             running = True
             summary = _rebuild(history_length, on_progress, held)
     except BaseException:

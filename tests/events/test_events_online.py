@@ -451,6 +451,47 @@ def test_a_rebuild_that_died_frees_its_lock_soon_and_a_skipped_task_looks_again(
 
 
 @pytest.mark.django_db(transaction=True)  # the task closes its database connection
+def test_a_queued_rebuild_that_finds_the_state_completed_meanwhile_leaves_it_alone(
+    catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task looked at only_if_incomplete before it took the lock: one that waited behind another rebuild could
+    find the lock free just after that one completed the state, and clear it and rebuild it again, serving degraded
+    all along (a reviewer, 6 December). The rebuild looks under the lock now."""
+    from events import tasks
+
+    _one_view(catalog)
+    services.online_state_rebuild()
+    client = redis_client.get()
+    history, version = selectors.recent_history("s:S1"), online.read_cache_version("s:S1")
+    assert history
+    # Another rebuild runs: it holds the lock and has marked the state incomplete.
+    online.mark_incomplete(request_ttl_seconds=60)
+    client.set(keys.REBUILD_LOCK, "another rebuild")
+    kept_lock = redis_client.kept_lock
+
+    def the_other_one_completes_first(key: str, **options: Any) -> Any:
+        # ...and completes the state just as the queued one comes to take the lock.
+        online.mark_complete(now=1234.5)
+        client.delete(keys.REBUILD_LOCK)
+        return kept_lock(key, **options)
+
+    monkeypatch.setattr(redis_client, "kept_lock", the_other_one_completes_first)
+    assert tasks.rebuild_online_state(only_if_incomplete=True) == {"skipped": "the online state is complete"}
+    assert client.get(keys.ONLINE_STATE_COMPLETE) == b"1234.5"  # never taken away: serving was not degraded
+    assert selectors.recent_history("s:S1") == history
+    assert online.read_cache_version("s:S1") == version  # nothing rebuilt: the cached lists stay valid
+    assert not client.exists(keys.REBUILD_LOCK)
+    assert not client.exists(keys.REBUILD_REQUESTED)
+
+    # Still incomplete under the lock: it rebuilds.
+    monkeypatch.setattr(redis_client, "kept_lock", kept_lock)
+    online.mark_incomplete(request_ttl_seconds=60)
+    assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)
+    assert online.read_complete()
+    assert client.get(keys.ONLINE_STATE_COMPLETE) != b"1234.5"
+
+
+@pytest.mark.django_db(transaction=True)  # the task closes its database connection
 def test_a_rebuild_that_lost_its_lock_leaves_the_state_incomplete_and_asks_again(
     catalog: dict[str, Item], monkeypatch: pytest.MonkeyPatch
 ) -> None:
