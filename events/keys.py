@@ -217,9 +217,10 @@ LEGACY_COMPLETE_MARKERS: tuple[str, ...] = ("online:complete", "online:complete:
 
 REBUILD_REQUESTED = "lock:{online}:rebuild-requested"
 """``lock:{online}:rebuild-requested``: set (NX, expiring) by whoever queues the rebuild task for a lost online state,
-so a burst of requests queues it once; held by a running rebuild with a short expiry its lock's heartbeat renews, and
-deleted when a rebuild ends, however it ends. Shares the tag ``{online}`` with :data:`ONLINE_STATE_COMPLETE`: one Lua
-script reads the one and sets the other."""
+so a burst of requests queues it once (value ``1``); held by a running rebuild with a short expiry its lock's
+heartbeat renews (value: that rebuild's token), and deleted when a rebuild ends, however it ends, unless another
+rebuild (one that took the lock this one lost) holds it by then. Shares the tag ``{online}`` with
+:data:`ONLINE_STATE_COMPLETE`: one Lua script reads the one and sets the other."""
 
 
 # Pattern -> the builder documenting it; docs/events.md names every pattern (tests/events checks that).

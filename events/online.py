@@ -7,7 +7,6 @@ Functions raise ``redis.RedisError``; callers decide whether that is fatal (see 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -352,14 +351,15 @@ def clear_rebuildable(*, batch: int = 1000) -> int:
     return deleted
 
 
-def mark_incomplete(*, request_ttl_seconds: int) -> None:
+def mark_incomplete(*, request_ttl_seconds: int, token: str) -> None:
     """A rebuild begins: until it ends, readers must not take the online state for the whole story, and need not
-    ask for another rebuild (this one counts as the requested one, whoever started it). The request lives
+    ask for another rebuild (this one counts as the requested one, whoever started it). The request holds the
+    rebuild's ``token`` (:func:`rebuild_token`), so only this rebuild renews or releases it, and lives
     ``request_ttl_seconds`` unless the rebuild renews it (:func:`hold_rebuild_request`), so a rebuild killed
-    outright does not keep serving from asking for long."""
+    outright does not keep serving from asking for long. Precondition: the rebuild lock is held."""
     pipe = redis_client.atomic(keys.ONLINE_STATE_COMPLETE)  # both keys carry the tag {online}
     pipe.delete(keys.ONLINE_STATE_COMPLETE)
-    pipe.set(keys.REBUILD_REQUESTED, b"1", ex=request_ttl_seconds)
+    pipe.set(keys.REBUILD_REQUESTED, token, ex=request_ttl_seconds)
     pipe.execute()
 
 
@@ -419,11 +419,20 @@ def forget_completeness() -> None:
     redis_client.get().delete(keys.ONLINE_STATE_COMPLETE)
 
 
+# What serving's claim writes into keys.REBUILD_REQUESTED (a rebuild that starts writes its own token over it).
+REBUILD_REQUEST_QUEUED = "1"
+
+
+def rebuild_token() -> str:
+    """A fresh token for one rebuild's hold on keys.REBUILD_REQUESTED (never :data:`REBUILD_REQUEST_QUEUED`)."""
+    return f"rebuild:{uuid.uuid4().hex}"
+
+
 # Atomically: nothing to claim when the state is complete (the caller saw it incomplete a moment ago, while a
 # rebuild was finishing), else the request, once.
 _CLAIM_REBUILD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return 1 end
 return 0
 """
 
@@ -432,32 +441,56 @@ def claim_rebuild_request(*, ttl_seconds: int) -> bool:
     """True for the one caller that should queue the rebuild (until a rebuild ends or ``ttl_seconds`` pass); False
     when the online state is complete by now. Without that check, a request that read the state just before a
     rebuild finished asked for another one, whose start made the state incomplete again for the next requests:
-    rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart)."""
+    rebuilds ran back to back for as long as traffic lasted (seen in bench_soak after a Redis restart). The claim
+    holds :data:`REBUILD_REQUEST_QUEUED`."""
     claim = redis_client.script(_CLAIM_REBUILD, slot_key=keys.ONLINE_STATE_COMPLETE)
-    return bool(claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
+    return bool(
+        claim(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds, REBUILD_REQUEST_QUEUED])
+    )
 
 
 # The running rebuild's hold on the request, renewed by its heartbeat; never once the state is complete, so a last
-# beat after the rebuild marked it complete cannot leave a request behind that would keep the next loss from asking.
+# beat after the rebuild marked it complete cannot leave a request behind that would keep the next loss from asking;
+# never over another rebuild's token: one whose beat comes just after it lost its lock to that rebuild would take
+# that rebuild's request, then release it (a serving claim, or nothing, it takes over).
 _HOLD_REBUILD_REQUEST = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+local current = redis.call('GET', KEYS[2])
+if current and current ~= ARGV[2] and current ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 return 1
 """
 
 
-def hold_rebuild_request(*, ttl_seconds: int) -> bool:
-    """A running rebuild still counts as the requested one for ``ttl_seconds`` more (its lock's heartbeat calls this):
-    False, and nothing written, when the state is complete."""
+def hold_rebuild_request(*, ttl_seconds: int, token: str) -> bool:
+    """The running rebuild whose ``token`` it is still counts as the requested one for ``ttl_seconds`` more (its
+    lock's heartbeat calls this): False, and nothing written, when the state is complete or the request is another
+    rebuild's."""
     hold = redis_client.script(_HOLD_REBUILD_REQUEST, slot_key=keys.ONLINE_STATE_COMPLETE)
-    return bool(hold(keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED], args=[ttl_seconds]))
+    return bool(
+        hold(
+            keys=[keys.ONLINE_STATE_COMPLETE, keys.REBUILD_REQUESTED],
+            args=[ttl_seconds, token, REBUILD_REQUEST_QUEUED],
+        )
+    )
 
 
-def release_rebuild_request() -> None:
+_RELEASE_REBUILD_REQUEST = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def release_rebuild_request(*, token: str) -> bool:
     """Let the next reader that finds the state incomplete ask for a rebuild at once (the request could not be
-    sent, or the rebuild that counted as it stopped short). Best effort: unreadable Redis lets it expire."""
-    with contextlib.suppress(redis.RedisError):
-        redis_client.get().delete(keys.REBUILD_REQUESTED)
+    sent, or the rebuild that counted as it stopped short); only if the request still holds ``token`` (the
+    rebuild's, or :data:`REBUILD_REQUEST_QUEUED` for serving's claim): a rebuild that lost its lock must not release
+    the request of the rebuild that took it. True if released. Best effort: unreadable Redis lets it expire."""
+    release = redis_client.script(_RELEASE_REBUILD_REQUEST, slot_key=keys.REBUILD_REQUESTED)
+    try:
+        return bool(release(keys=[keys.REBUILD_REQUESTED], args=[token]))
+    except redis.RedisError:
+        return False
 
 
 def write_item_features(blob: bytes) -> str:

@@ -137,15 +137,23 @@ def online_state_rebuild(
 
     While it runs it counts as the requested rebuild (``keys.REBUILD_REQUESTED``), held for
     ``REBUILD_RUNNING_REQUEST_SECONDS`` at a time and renewed by its lock's heartbeat; however it stops short (any
-    exception, ``KeyboardInterrupt`` and ``SystemExit`` included) it releases that request and re-raises, so serving,
-    finding the state incomplete, asks for another at once.
+    exception, ``KeyboardInterrupt`` and ``SystemExit`` included) it releases that request, if still its own (one
+    that lost its lock leaves the request of the rebuild that took it), and re-raises, so serving, finding the state
+    incomplete, asks for another at once.
     """
     started = time.perf_counter()
     running = False
+    # This rebuild's hold on the request: a rebuild that lost its lock releases only its own, not the one the rebuild
+    # that took the lock holds (a reviewer, 6 December).
+    token = online.rebuild_token()
+
+    def hold_request() -> None:
+        online.hold_rebuild_request(ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS, token=token)
+
     try:
         with redis_client.kept_lock(
             keys.REBUILD_LOCK, seconds=REBUILD_LOCK_SECONDS, heartbeat=REBUILD_LOCK_HEARTBEAT_SECONDS,
-            on_beat=_hold_request,
+            on_beat=hold_request,
         ) as held:  # fmt: skip
             if not held:
                 raise RebuildInProgress(
@@ -160,23 +168,20 @@ def online_state_rebuild(
                 logger.info("online_state_rebuild_skipped", extra={"reason": "complete"})
                 return RebuildSummary(skipped=True, seconds=time.perf_counter() - started)
             running = True
-            summary = _rebuild(history_length, on_progress, held)
+            summary = _rebuild(history_length, on_progress, held, token)
     except BaseException:
         # However it stopped short (an error, Redis, a lost lock, Ctrl-C, SIGTERM, a task's soft time limit), it left
         # the state incomplete and no longer counts as the requested rebuild: serving may ask again at once (only
         # SIGKILL, where nothing runs, leaves the request to its short expiry). Only two errors released it before: a
         # Ctrl-C'd command left every personal list degraded for 15 minutes (a ninth tester, 6 December). After
-        # the lock is released, so the rebuild serving asks for next does not find it held and wait for it.
+        # the lock is released, so the rebuild serving asks for next does not find it held and wait for it. Only
+        # while it still holds this rebuild's token: after a lost lock it may be the request of the one that took it.
         if running:
-            online.release_rebuild_request()
+            online.release_rebuild_request(token=token)
         raise
     summary.seconds = time.perf_counter() - started
     logger.info("online_state_rebuilt", extra={"owners": summary.owners, "seconds": round(summary.seconds, 1)})
     return summary
-
-
-def _hold_request() -> None:
-    online.hold_rebuild_request(ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS)
 
 
 def _lock_expires_in() -> float:
@@ -189,7 +194,7 @@ def _lock_expires_in() -> float:
 
 
 def _rebuild(
-    history_length: int, on_progress: Callable[[str, int], None] | None, held: redis_client.KeptLock
+    history_length: int, on_progress: Callable[[str, int], None] | None, held: redis_client.KeptLock, token: str
 ) -> RebuildSummary:
     summary = RebuildSummary()
     report = on_progress or (lambda stage, rows: None)
@@ -202,7 +207,7 @@ def _rebuild(
         still_held()
         report(stage, rows)
 
-    online.mark_incomplete(request_ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS)
+    online.mark_incomplete(request_ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS, token=token)
     summary.keys_cleared = online.clear_rebuildable()
     # On a cluster, one sentinel per master before the first write: a master that restarts empty while this runs
     # loses its sentinel with what was written to it, and the check before the marker sees it.
@@ -281,7 +286,7 @@ def online_state_rebuild_request() -> bool:
     except (redis.RedisError, kombu.exceptions.OperationalError):
         # Redis (the broker too) unreachable: let the next request try again.
         logger.warning("online_state_rebuild_request_failed", exc_info=True)
-        online.release_rebuild_request()
+        online.release_rebuild_request(token=online.REBUILD_REQUEST_QUEUED)
         return False
     logger.warning("online_state_rebuild_requested")
     return True

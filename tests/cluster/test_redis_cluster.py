@@ -111,7 +111,7 @@ def test_rebuild_markers_and_claim_on_the_cluster(on_cluster: RedisCluster) -> N
     on_cluster.delete(keys.ONLINE_STATE_COMPLETE)
     assert online.claim_rebuild_request(ttl_seconds=60)
     assert not online.claim_rebuild_request(ttl_seconds=60)  # once
-    online.mark_incomplete(request_ttl_seconds=60)
+    online.mark_incomplete(request_ttl_seconds=60, token=online.rebuild_token())
     assert not online.read_complete()
     online.mark_complete(now=time.time())
     assert online.read_complete()

@@ -444,7 +444,7 @@ def test_a_rebuild_that_died_frees_its_lock_soon_and_a_skipped_task_looks_again(
     assert "skipped" in tasks.rebuild_online_state()
     assert queued == [{"kwargs": {"only_if_incomplete": True}, "countdown": 6}]
     time.sleep(1.1)
-    online.mark_incomplete(request_ttl_seconds=60)
+    online.mark_incomplete(request_ttl_seconds=60, token=online.rebuild_token())
     assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)  # the follow-up rebuilds
     assert online.read_complete()
     assert tasks.rebuild_online_state(only_if_incomplete=True) == {"skipped": "the online state is complete"}
@@ -465,7 +465,7 @@ def test_a_queued_rebuild_that_finds_the_state_completed_meanwhile_leaves_it_alo
     history, version = selectors.recent_history("s:S1"), online.read_cache_version("s:S1")
     assert history
     # Another rebuild runs: it holds the lock and has marked the state incomplete.
-    online.mark_incomplete(request_ttl_seconds=60)
+    online.mark_incomplete(request_ttl_seconds=60, token=online.rebuild_token())
     client.set(keys.REBUILD_LOCK, "another rebuild")
     kept_lock = redis_client.kept_lock
 
@@ -485,7 +485,7 @@ def test_a_queued_rebuild_that_finds_the_state_completed_meanwhile_leaves_it_alo
 
     # Still incomplete under the lock: it rebuilds.
     monkeypatch.setattr(redis_client, "kept_lock", kept_lock)
-    online.mark_incomplete(request_ttl_seconds=60)
+    online.mark_incomplete(request_ttl_seconds=60, token=online.rebuild_token())
     assert "owners" in tasks.rebuild_online_state(only_if_incomplete=True)
     assert online.read_complete()
     assert client.get(keys.ONLINE_STATE_COMPLETE) != b"1234.5"
@@ -534,6 +534,62 @@ def test_a_rebuild_that_lost_its_lock_leaves_the_state_incomplete_and_asks_again
     assert "aborted" in tasks.rebuild_online_state()
     assert queued == [{"kwargs": {"only_if_incomplete": True}, "countdown": 5}]
     assert not online.read_complete()
+
+
+@pytest.mark.django_db(transaction=True)  # the second rebuild runs on a thread of its own: it sees committed rows only
+def test_a_rebuild_that_lost_its_lock_leaves_the_request_to_the_one_that_took_it(
+    catalog: dict[str, Item], sent_tasks: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A rebuild that lost its lock released the request for a rebuild on its way out, though by then it was the
+    request of the rebuild that had taken the lock: serving, finding the state incomplete, asked for a third rebuild
+    while the second ran (a reviewer, 6 December). The request holds its rebuild's token now; only that one renews or
+    releases it. A real second rebuild takes the lock the first lost, and is paused part-way."""
+    from django.db import connection
+
+    _one_view(catalog)
+    client = redis_client.get()
+    paused, resume = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def pause(stage: str, rows: int) -> None:
+        paused.set()
+        resume.wait(30)
+
+    def second_rebuild() -> None:
+        try:
+            services.online_state_rebuild(on_progress=pause)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            connection.close()
+
+    second = threading.Thread(target=second_rebuild)
+
+    def lose_the_lock(stage: str, rows: int) -> None:
+        if not paused.is_set():
+            client.delete(keys.REBUILD_LOCK)  # it expired through a Redis outage...
+            second.start()  # ...and a second rebuild took it: it marked the state incomplete and is writing
+            assert paused.wait(10)
+
+    try:
+        with pytest.raises(services.RebuildAborted, match="lock"):
+            services.online_state_rebuild(on_progress=lose_the_lock)
+        theirs = client.get(keys.REBUILD_REQUESTED)
+        assert theirs is not None
+        assert theirs.startswith(b"rebuild:")  # still the second one's
+        assert services.online_state_rebuild_request() is False  # serving does not ask for a third
+        assert sent_tasks == []
+        # Nor does a late beat or release of another rebuild (the one that lost the lock) touch it.
+        assert online.hold_rebuild_request(ttl_seconds=600, token=online.rebuild_token()) is False
+        assert online.release_rebuild_request(token=online.rebuild_token()) is False
+        assert client.get(keys.REBUILD_REQUESTED) == theirs
+        assert 0 < client.ttl(keys.REBUILD_REQUESTED) <= services.online_state.REBUILD_RUNNING_REQUEST_SECONDS
+    finally:
+        resume.set()
+        second.join(10)
+    assert failed == []
+    assert online.read_complete()  # the second one finished the job
+    assert not client.exists(keys.REBUILD_REQUESTED)
 
 
 def _folded() -> Any:
@@ -587,7 +643,7 @@ def test_a_rebuild_is_asked_for_only_while_the_state_is_incomplete_and_none_runs
     assert online.claim_rebuild_request(ttl_seconds=ttl) is False
     assert client.exists(keys.REBUILD_REQUESTED) == 0
     # A rebuild running, whoever started it (the command, a task): it is the requested one.
-    online.mark_incomplete(request_ttl_seconds=ttl)
+    online.mark_incomplete(request_ttl_seconds=ttl, token=online.rebuild_token())
     assert online.claim_rebuild_request(ttl_seconds=ttl) is False
     # Lost and nobody rebuilding (an empty Redis): the first caller claims it, once.
     client.delete(keys.REBUILD_REQUESTED)
