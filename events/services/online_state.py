@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import kombu.exceptions
 import redis
@@ -103,6 +103,12 @@ class RebuildSummary:
         return "\n".join(lines)
 
 
+# How far a rebuild got, reported as it gets there (online_state_rebuild's on_stage): "clearing" once the state is
+# marked incomplete (its keys are being deleted), "rebuilding" once they are (written again from Postgres),
+# "complete" once the marker is back.
+RebuildStage = Literal["clearing", "rebuilding", "complete"]
+
+
 # Kept alive by a heartbeat while the rebuild runs: one that dies (a killed command or worker) frees it this soon.
 # It was 4 hours, never renewed: a killed rebuild left serving degraded and every rebuild refused that long (found by
 # a sixth tester, 5 December).
@@ -121,6 +127,7 @@ def online_state_rebuild(
     *,
     history_length: int = online.HISTORY_LENGTH,
     on_progress: Callable[[str, int], None] | None = None,
+    on_stage: Callable[[RebuildStage], None] | None = None,
     only_if_incomplete: bool = False,
 ) -> RebuildSummary:
     """Rebuild the whole online state from Postgres, e.g. after Redis lost its data.
@@ -132,7 +139,8 @@ def online_state_rebuild(
     (a Redis lock). Events ingested while it runs may be counted twice in counters and affinities until the next
     rebuild; histories are exact (re-adding an event is a no-op). A customer erased while it runs is forgotten
     again once everything is written (:func:`_forget_gone_customers`). ``on_progress(stage, rows)`` reports rows as
-    they stream. ``only_if_incomplete`` (serving's requests for a rebuild): once the lock is taken, a state that is
+    they stream; ``on_stage(stage)`` how far it got (:data:`RebuildStage`), so a caller it stops short can say
+    what it left. ``only_if_incomplete`` (serving's requests for a rebuild): once the lock is taken, a state that is
     complete is left as it is and the summary says ``skipped``.
 
     While it runs it counts as the requested rebuild (``keys.REBUILD_REQUESTED``), held for
@@ -168,7 +176,7 @@ def online_state_rebuild(
                 logger.info("online_state_rebuild_skipped", extra={"reason": "complete"})
                 return RebuildSummary(skipped=True, seconds=time.perf_counter() - started)
             running = True
-            summary = _rebuild(history_length, on_progress, held, token)
+            summary = _rebuild(history_length, on_progress, on_stage, held, token)
     except BaseException:
         # However it stopped short (an error, Redis, a lost lock, Ctrl-C, SIGTERM, a task's soft time limit), it left
         # the state incomplete and no longer counts as the requested rebuild: serving may ask again at once (only
@@ -194,10 +202,15 @@ def _lock_expires_in() -> float:
 
 
 def _rebuild(
-    history_length: int, on_progress: Callable[[str, int], None] | None, held: redis_client.KeptLock, token: str
+    history_length: int,
+    on_progress: Callable[[str, int], None] | None,
+    on_stage: Callable[[RebuildStage], None] | None,
+    held: redis_client.KeptLock,
+    token: str,
 ) -> RebuildSummary:
     summary = RebuildSummary()
     report = on_progress or (lambda stage, rows: None)
+    reached = on_stage or (lambda stage: None)
 
     def still_held() -> None:
         if held.lost:  # another rebuild may be writing now: stop at the next chunk rather than write over it
@@ -208,10 +221,12 @@ def _rebuild(
         report(stage, rows)
 
     online.mark_incomplete(request_ttl_seconds=REBUILD_RUNNING_REQUEST_SECONDS, token=token)
+    reached("clearing")
     summary.keys_cleared = online.clear_rebuildable()
     # On a cluster, one sentinel per master before the first write: a master that restarts empty while this runs
     # loses its sentinel with what was written to it, and the check before the marker sees it.
     online.write_node_sentinels()
+    reached("rebuilding")
     snapshot = not connection.in_atomic_block
     with transaction.atomic():
         if snapshot:
@@ -234,6 +249,7 @@ def _rebuild(
     summary.items_folded = item_features_fold().items
     _vouch(held)
     online.mark_complete(now=time.time(), sentinels=False)  # this rebuild's, written before its first write
+    reached("complete")
     return summary
 
 

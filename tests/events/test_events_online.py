@@ -819,25 +819,79 @@ def test_a_ctrl_c_of_the_rebuild_command_says_what_it_left_in_one_line(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        "CommandError: interrupted: the online state is incomplete; serving reads histories from Postgres (lists "
-        "marked degraded) and asks a worker for a rebuild at its next personal request; run rebuild_online_state "
-        "again to rebuild now"
+        f"CommandError: interrupted while rebuilding: the online state is marked incomplete and partly rebuilt; "
+        f"{_DEGRADED}"
     ]
     assert not redis_client.get().exists(keys.REBUILD_REQUESTED)
 
-    # Interrupted before it began clearing anything: the state is as it was, and the line says so.
-    online.mark_complete(now=time.time())
 
-    def not_yet(**kwargs: Any) -> None:
+_DEGRADED = (
+    "serving reads histories from Postgres (lists marked degraded) until a rebuild completes, and asks a worker for "
+    "one at its next personal request; run rebuild_online_state again to rebuild now"
+)
+
+
+@pytest.mark.parametrize(
+    ("where", "then", "line", "complete", "history_left"),
+    [
+        (
+            "mark_incomplete", False,
+            "interrupted before the rebuild began: the online state is complete and untouched; nothing to do",
+            True, True,
+        ),
+        (
+            "mark_incomplete", True,
+            f"interrupted before clearing anything: the online state is marked incomplete; {_DEGRADED}",
+            False, True,
+        ),
+        (
+            "clear_rebuildable", True,
+            f"interrupted while clearing: the online state is marked incomplete and (partly) cleared; {_DEGRADED}",
+            False, False,
+        ),
+        (
+            "write_histories", True,
+            f"interrupted while rebuilding: the online state is marked incomplete and partly rebuilt; {_DEGRADED}",
+            False, True,
+        ),
+        (
+            "mark_complete", True,
+            "interrupted after the rebuild completed: the online state is complete; nothing to do",
+            True, True,
+        ),
+    ],
+    ids=["before-the-marker", "marker-written", "keys-cleared", "rebuilding", "completed"],
+)  # fmt: skip
+def test_an_interrupted_rebuild_command_says_how_far_it_got(
+    catalog: dict[str, Item],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    then: bool,
+    line: str,
+    complete: bool,
+    history_left: bool,
+) -> None:
+    """The line read only the marker: "had not started clearing it" whenever the state was complete, also once the
+    rebuild had completed it (a reviewer, 6 December). It follows how far the rebuild got now, each step real:
+    Ctrl-C just before ``where`` runs, or just after (``then``)."""
+    _one_view(catalog)
+    services.online_state_rebuild()  # complete, with a history for S1
+    step = getattr(online, where)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if then:
+            step(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(online, "mark_incomplete", not_yet)
-    with pytest.raises(SystemExit):
-        Command().run_from_argv(["manage.py", "rebuild_online_state", "--quiet"])
-    assert capsys.readouterr().err.splitlines() == [
-        "CommandError: interrupted; the online state is complete (the rebuild had not started clearing it): "
-        "nothing to do"
-    ]
+    monkeypatch.setattr(online, where, interrupted)
+    with pytest.raises(CommandError) as raised:
+        call_command("rebuild_online_state", "--quiet", stdout=StringIO(), stderr=StringIO())
+    assert str(raised.value) == line
+    assert raised.value.returncode == 130
+    # What the line says is what the rebuild left.
+    assert online.read_complete() is complete
+    assert bool(selectors.recent_history("s:S1")) is history_left
+    assert not redis_client.get().exists(keys.REBUILD_REQUESTED)
 
 
 def test_a_sigterm_stops_the_rebuild_command_like_ctrl_c(
@@ -857,7 +911,7 @@ def test_a_sigterm_stops_the_rebuild_command_like_ctrl_c(
         time.sleep(5)  # the handler raises before this ends
 
     monkeypatch.setattr(online, "write_histories", terminated)
-    with pytest.raises(CommandError, match="^interrupted: the online state is incomplete") as raised:
+    with pytest.raises(CommandError, match="^interrupted while rebuilding: the online state is marked") as raised:
         call_command("rebuild_online_state", "--quiet", stdout=StringIO(), stderr=StringIO())
     assert raised.value.returncode == 143
     assert not redis_client.get().exists(keys.REBUILD_REQUESTED)

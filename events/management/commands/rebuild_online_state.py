@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from events import online
 from events.online import HISTORY_LENGTH
-from events.services import RebuildAborted, RebuildInProgress, online_state_rebuild
+from events.services import RebuildAborted, RebuildInProgress, RebuildStage, online_state_rebuild
 
 # Exit statuses of a command stopped by a signal, as a shell reports them (128 + the signal's number).
 _SIGINT_STATUS = 128 + signal.SIGINT
@@ -35,6 +35,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         bars: dict[str, tqdm] = {}
+        reached: list[RebuildStage] = []  # how far the rebuild got, for the line an interruption prints
 
         def progress(stage: str, rows: int) -> None:
             if stage not in bars:
@@ -48,7 +49,9 @@ class Command(BaseCommand):
 
         try:
             with _sigterm_as_exit():
-                summary = online_state_rebuild(history_length=options["history_length"], on_progress=progress)
+                summary = online_state_rebuild(
+                    history_length=options["history_length"], on_progress=progress, on_stage=reached.append
+                )
         except RebuildInProgress as exc:
             raise CommandError(f"{exc}; wait for it to finish") from exc
         except RebuildAborted as exc:
@@ -58,7 +61,7 @@ class Command(BaseCommand):
         except (KeyboardInterrupt, SystemExit) as exc:
             # The rebuild released its request on the way out; say what that leaves, in one line, not a traceback.
             status = _SIGINT_STATUS if isinstance(exc, KeyboardInterrupt) else (_exit_code(exc) or 1)
-            raise CommandError(_interrupted(), returncode=status) from exc
+            raise CommandError(_interrupted(reached[-1] if reached else None), returncode=status) from exc
         finally:
             for bar in bars.values():
                 bar.close()
@@ -69,18 +72,30 @@ def _exit_code(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else 1
 
 
-def _interrupted() -> str:
+_DEGRADED = (
+    "serving reads histories from Postgres (lists marked degraded) until a rebuild completes, and asks a worker for "
+    "one at its next personal request; run rebuild_online_state again to rebuild now"
+)
+
+
+def _interrupted(reached: RebuildStage | None) -> str:
+    """What an interrupted rebuild left, by how far it got (``reached``: the last stage it reported) and by the
+    marker in Redis (unreadable: taken as absent). It said "had not started clearing it" whenever the marker was
+    there, also once the rebuild had completed (a reviewer, 6 December)."""
     try:
         complete = online.read_complete()
     except redis.RedisError:
         complete = False
     if complete:
-        return "interrupted; the online state is complete (the rebuild had not started clearing it): nothing to do"
-    return (
-        "interrupted: the online state is incomplete; serving reads histories from Postgres (lists marked "
-        "degraded) and asks a worker for a rebuild at its next personal request; run rebuild_online_state again to "
-        "rebuild now"
-    )
+        if reached is None:
+            return "interrupted before the rebuild began: the online state is complete and untouched; nothing to do"
+        return "interrupted after the rebuild completed: the online state is complete; nothing to do"
+    if reached == "clearing":
+        return f"interrupted while clearing: the online state is marked incomplete and (partly) cleared; {_DEGRADED}"
+    if reached == "rebuilding":
+        return f"interrupted while rebuilding: the online state is marked incomplete and partly rebuilt; {_DEGRADED}"
+    # Before it cleared anything: the marker taken away by this rebuild (or already missing), nothing deleted.
+    return f"interrupted before clearing anything: the online state is marked incomplete; {_DEGRADED}"
 
 
 @contextlib.contextmanager
