@@ -5,8 +5,11 @@ log shippers (``LOG_FORMAT=json``). One configuration for every process: Django'
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
+import math
 import numbers
 from datetime import UTC, datetime
 from typing import Any
@@ -77,13 +80,45 @@ class _Encoder(JsonEncoder):
         return super().default(o)
 
 
+# The fields the JSON formatter writes itself (str or int), kept on the last-resort line (JsonFormatter).
+_OWN_FIELDS = ("time", "level", "logger", "process", "message", "exc_info", "stack_info")
+
+
+def _repr(value: Any) -> str:
+    """``value`` as a string that stands for it on a JSON line: its ``repr()``, a non-finite number as its float's
+    (``nan``, ``inf``, ``-inf``: numpy's too), or the type's name when even ``repr()`` fails."""
+    with contextlib.suppress(Exception):  # a number that is no float after all is shown by its repr() below
+        if isinstance(value, numbers.Real) and not math.isfinite(value):
+            return repr(float(value))
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001  (a field that cannot be shown must not cost the log line)
+        return f"<{type(value).__name__} without a repr>"
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is a JSON scalar no encoder can fail on (exact types: a subclass may override anything)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) in (str, int, bool) or value is None
+
+
 class JsonFormatter(_LibraryJsonFormatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``process``, ``message``, the extra
-    fields, and ``exc_info`` (the formatted traceback) when there is one."""
+    fields, and ``exc_info`` (the formatted traceback) when there is one.
+
+    Every record gives one line of strict JSON. A field JSON cannot hold (a float NaN or infinity, a dict with tuple
+    keys, a circular list) is written as the string of its ``repr()`` (``"nan"``, ``"inf"``, ``"-inf"``,
+    ``"{(1, 2): 'a'}"``, ``"[1, [...]]"``) and named in ``repr_fields``; the others keep their JSON values. Should
+    the line still fail (a value that changed while it was written), it holds the formatter's own fields, the plain
+    (string, number, boolean, null) extra fields, and ``fields_left_out`` naming the others."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("json_encoder", _Encoder)
         kwargs.setdefault("json_ensure_ascii", False)
+        # Strict JSON: NaN and infinities raise here (and are written as strings below) instead of going out as the
+        # bare NaN / Infinity that JSON parsers refuse.
+        kwargs.setdefault("json_serializer", functools.partial(json.dumps, allow_nan=False))
         super().__init__(
             "%(levelname)s %(name)s %(process)d %(message)s",
             rename_fields={"levelname": "level", "name": "logger"},
@@ -99,6 +134,43 @@ class JsonFormatter(_LibraryJsonFormatter):
             for key, value in list(log_data.items()):
                 if value is args and key not in ("time", "level", "logger", "process", "message"):
                     del log_data[key]
+
+    def _dumps(self, log_data: dict[str, Any]) -> str | None:
+        """The library's serialisation of ``log_data``, or None when the encoder cannot write it."""
+        try:
+            return super().jsonify_log_record(log_data)
+        except Exception:  # noqa: BLE001  (TypeError, ValueError, RecursionError, or whatever a default() raised)
+            return None
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        line = self._dumps(log_data)
+        if line is not None:
+            return line
+        # Field by field: those the encoder cannot write go as their repr(), the rest as they are.
+        fields: dict[str, Any] = {}
+        as_repr: list[str] = []
+        for key, value in log_data.items():
+            name = key if isinstance(key, str) else _repr(key)
+            if self._dumps({name: value}) is None:
+                value = _repr(value)
+                as_repr.append(name)
+            fields[name] = value
+        fields["repr_fields"] = as_repr
+        line = self._dumps(fields)
+        if line is not None:
+            return line
+        kept: dict[str, Any] = {}
+        left_out: list[str] = []
+        for key, value in log_data.items():
+            name = key if isinstance(key, str) else _repr(key)
+            if _is_plain(value):
+                kept[name] = value
+            elif name in _OWN_FIELDS:
+                kept[name] = _repr(value)
+            else:
+                left_out.append(name)
+        kept["fields_left_out"] = left_out
+        return json.dumps(kept, ensure_ascii=self.json_ensure_ascii, allow_nan=False)
 
 
 def logging_config(

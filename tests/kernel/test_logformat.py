@@ -7,7 +7,10 @@ import io
 import json
 import logging
 import logging.config
+import numbers
+import os
 from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -91,6 +94,7 @@ def test_json_is_one_object_per_line_with_the_extra_fields(emit: Emit) -> None:
         "version_id": 12, "reason": "download", "error": "bucket unreachable: timed out",
         "previous_version_id": None, "sentinels": ["node-0", "node-2"], "rows": 3,
     }  # fmt: skip
+    assert "repr_fields" not in record
 
 
 def test_json_carries_the_traceback(emit: Emit) -> None:
@@ -124,15 +128,102 @@ def test_log_format_json_and_a_wrong_value() -> None:
         logging_config(log_format="xml")
 
 
-def test_the_configuration_applies(capsys: pytest.CaptureFixture[str]) -> None:
-    """What dictConfig makes of it: the root logger's handler writes the extra fields (to stderr)."""
+def _strict_json(line: str) -> dict[str, Any]:
+    """``line`` parsed as JSON parsers outside Python do: ``NaN`` and ``Infinity`` are no JSON."""
+
+    def refuse(constant: str) -> NoReturn:
+        raise ValueError(f"{constant} is not JSON: {line}")
+
+    record = json.loads(line, parse_constant=refuse)
+    assert isinstance(record, dict)
+    return record
+
+
+Lines = Callable[[Log], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def configured_json(capsys: pytest.CaptureFixture[str]) -> Iterator[Lines]:
+    """``lines(log)``: every line ``log(logger)`` wrote to stderr through the configuration ``LOG_FORMAT=json`` gives
+    (dictConfig of ``logging_config``, as every process applies it), each parsed as strict JSON."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    try:
+
+    def run(log: Log) -> list[dict[str, Any]]:
+        # Configured here, in the test's call: the handler binds the sys.stderr that capsys captures then.
         logging.config.dictConfig(logging_config(level="INFO", log_format="json"))
-        logging.getLogger("tests.logformat.applied").info("online_state_rebuilt", extra={"owners": 5})
-        line = capsys.readouterr().err.strip().splitlines()[-1]
+        capsys.readouterr()
+        log(logging.getLogger("tests.logformat.applied"))
+        return [_strict_json(line) for line in capsys.readouterr().err.splitlines()]
+
+    try:
+        yield run
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-    assert json.loads(line)["owners"] == 5
+
+
+def test_the_configuration_applies(configured_json: Lines) -> None:
+    """What dictConfig makes of it: the root logger's handler writes the extra fields (to stderr)."""
+    lines = configured_json(lambda logger: logger.info("online_state_rebuilt", extra={"owners": 5}))
+    assert [line["owners"] for line in lines] == [5]
+
+
+def _circular() -> list[Any]:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    return loop
+
+
+def test_json_writes_a_value_json_cannot_hold_as_its_repr(configured_json: Lines) -> None:
+    """A dict with tuple keys or a circular list cost the whole line (the logging module printed a traceback to
+    stderr instead), a NaN went out as a bare ``NaN`` (a reviewer, 6 December): each is now its repr(), named in
+    ``repr_fields``, and the other fields keep their JSON values."""
+    extra = {
+        "pairs": {(1, 2): "a"}, "loop": _circular(), "ratio": float("nan"), "peak": float("inf"),
+        "floor": float("-inf"), "score": np.float32("nan"), "scores": [0.5, float("nan")], "count": 3, "tags": ["a"],
+    }  # fmt: skip
+    [line] = configured_json(lambda logger: logger.warning("quality_computed", extra=extra))
+    assert (line["level"], line["message"]) == ("WARNING", "quality_computed")
+    assert {key: line[key] for key in extra} == {
+        "pairs": "{(1, 2): 'a'}", "loop": "[1, [...]]", "ratio": "nan", "peak": "inf", "floor": "-inf",
+        "score": "nan", "scores": "[0.5, nan]", "count": 3, "tags": ["a"],
+    }  # fmt: skip
+    assert line["repr_fields"] == ["pairs", "loop", "ratio", "peak", "floor", "score", "scores"]
+
+
+class _ReadOnce:
+    """A number that can be read once (a reading that resets): it encodes alone, then fails in the whole line."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __int__(self) -> int:
+        self.reads += 1
+        if self.reads > 1:
+            raise RuntimeError("already read")
+        return 7
+
+    def __repr__(self) -> str:
+        return "_ReadOnce()"
+
+
+numbers.Integral.register(_ReadOnce)
+
+
+def test_a_json_line_that_still_fails_keeps_the_event_and_names_what_it_left_out(configured_json: Lines) -> None:
+    def log(logger: logging.Logger) -> None:
+        try:
+            raise ValueError("bad preference")
+        except ValueError:
+            logger.exception(
+                "dry_run_failed", extra={"ratio": float("nan"), "reading": _ReadOnce(), "run_id": 7, "tags": ["a"]}
+            )
+
+    [line] = configured_json(log)
+    assert line.pop("time").endswith("+00:00")
+    assert line.pop("exc_info").endswith("ValueError: bad preference")
+    assert line == {
+        "level": "ERROR", "logger": "tests.logformat.applied", "process": os.getpid(), "message": "dry_run_failed",
+        "run_id": 7, "fields_left_out": ["ratio", "reading", "tags"],
+    }  # fmt: skip
