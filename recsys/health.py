@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from django.core.handlers.exception import convert_exception_to_response
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import ResolverMatch
 
 from kernel import redis_client
 
@@ -142,18 +144,45 @@ class ProbeMiddleware:
     Kubernetes probes and Prometheus scrapes address a pod by its IP (``Host: 10.1.2.3:8000``), which no
     ``ALLOWED_HOSTS`` lists: Django's CommonMiddleware refused them with a 400 page and 14 log lines each, so pods
     never turned ready (a ninth tester, 6 December). These three answer nothing built from the Host header (no
-    URLs, no redirects), so they need no check of it; every other path still gets one. Listed in MIDDLEWARE right
-    after the Prometheus middleware that counts requests.
+    URLs, no redirects), so they need no check of it; every other path still gets one.
+
+    Listed in MIDDLEWARE after SecurityMiddleware, so a probe's answer carries the security headers every answer
+    does, and before CommonMiddleware, the first to read the Host header (nothing above it touches the database or
+    Redis either). A probe never reaches the last middleware, the one that counts requests by status, view and
+    latency, so it is counted here by that same middleware, labelled with its URL name (``view="healthz"``) as the
+    URLconf would have labelled it: probes answered without those counts were invisible in the request metrics
+    (a reviewer, 6 December).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         from kernel.metrics import metrics_view
+        from kernel.middleware import PrometheusAfterMiddleware
 
         self.get_response = get_response
-        self.probes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
-            "/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view,
+        views: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+            "healthz": healthz, "readyz": readyz, "metrics": metrics_view,
         }  # fmt: skip
+        # What recsys/urls.py resolves each path to (the same URL names), without a walk through the URLconf.
+        self.probes = {
+            f"/{name}": ResolverMatch(view, (), {}, url_name=name, route=name) for name, view in views.items()
+        }
+        self.metrics = PrometheusAfterMiddleware(convert_exception_to_response(self._answer))
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        probe = self.probes.get(request.path_info)
-        return probe(request) if probe is not None else self.get_response(request)
+        match = self.probes.get(request.path_info)
+        if match is None:
+            return self.get_response(request)
+        request.resolver_match = match
+        return self.metrics(request)
+
+    def _answer(self, request: HttpRequest) -> HttpResponse:
+        """The probe's view, with the metrics middleware's view and exception hooks run as Django's handler runs
+        them (an exception then becomes Django's 500 answer, counted as one)."""
+        match = request.resolver_match
+        assert match is not None  # set by __call__
+        self.metrics.process_view(request, match.func, match.args, match.kwargs)
+        try:
+            return match.func(request)
+        except Exception as exc:
+            self.metrics.process_exception(request, exc)
+            raise

@@ -60,12 +60,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    # /healthz, /readyz and /metrics answered here, whatever the Host header (probes by pod IP): recsys/health.py.
-    "recsys.health.ProbeMiddleware",
     # Before anything that can answer: a preflight is answered here, without an API key (API_CORS_ORIGINS).
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # /healthz, /readyz and /metrics answered here, whatever the Host header (probes by pod IP), with the security
+    # headers above and counted in the request metrics as the last middleware counts the rest: recsys/health.py.
+    "recsys.health.ProbeMiddleware",
     "django.middleware.common.CommonMiddleware",
     # BROWSER_MIDDLEWARE below, for every path outside API_PATH_PREFIXES (kernel/middleware.py).
     "kernel.middleware.BrowserMiddleware",
