@@ -12,6 +12,7 @@ from events import online
 from experiments.services import assignment_cache_clear, impressions_buffer_clear
 from kernel import auth, redis_client, throttling, tracking
 from kernel.api_keys import api_key_create
+from ranking import serving
 from ranking.artifacts import pinned
 
 
@@ -28,6 +29,10 @@ def _clean_redis() -> None:
     auth.clear_cache()
     assignment_cache_clear()
     pinned().clear()  # versions an experiment arm named: the next test's registry may reuse their ids
+    # Per-process caches (new arrivals, the popular fallback, item rows, opt-outs, local lists) hold the previous
+    # test's database, which is gone: a popular fallback cached empty (no items yet) for a minute answered the next
+    # test's requests with empty lists (two tests failed after tests/kernel/test_browser_middleware.py, 6 December).
+    serving.clear_caches()
 
 
 @pytest.fixture
