@@ -1,11 +1,27 @@
-"""Admin helpers for tables of millions of rows: no full COUNT(*) on list pages, filtered or not."""
+"""Admin helpers: tables of millions of rows (no full COUNT(*) on list pages, filtered or not), and addresses
+edited by hand (filters and initial values the database or the form cannot take are no 500)."""
 
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import (
+    ALL_VAR,
+    IS_FACETS_VAR,
+    IS_POPUP_VAR,
+    ORDER_VAR,
+    SEARCH_VAR,
+    TO_FIELD_VAR,
+    ChangeList,
+)
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
-from django.db import connection
+from django.db import DataError, ProgrammingError, connection, models, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 ESTIMATE_ABOVE = 10_000
 COUNT_CAP = 10_000
@@ -45,3 +61,77 @@ class EstimatedCountPaginator(Paginator):
             self.capped = True
             return self.count_cap
         return counted
+
+
+# The change list's own parameters (ordering, search, popups, facets): never the filter that failed.
+_NOT_FILTERS = frozenset({ALL_VAR, IS_FACETS_VAR, IS_POPUP_VAR, ORDER_VAR, SEARCH_VAR, TO_FIELD_VAR})
+
+
+class QueryStringSafeChangeList(ChangeList):
+    """A change list whose filters come from a hand-edited address: a value the database refuses to compare (a NUL,
+    a broken regular expression, a malformed array, ``__unaccent`` without its extension) or a lookup it cannot build
+    (``?created_at__year=99999``) is
+    Django's "incorrect lookup" (the list again, unfiltered, with ``?e=1``) and a message naming the parameters,
+    not a 500. Django checks lookups when the filter is built, but these fail only when the query runs."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        if not self.filter_params:
+            super().get_results(request)
+            return
+        try:
+            with transaction.atomic():  # a failed query must not leave the request's transaction aborted
+                super().get_results(request)
+                bool(self.result_list)  # the page's own query, which the template would otherwise run
+        except (DataError, ProgrammingError, ValueError, OverflowError) as exc:
+            names = ", ".join(sorted(set(self.filter_params) - _NOT_FILTERS)) or "its parameters"
+            messages.error(request, f"The list cannot be filtered by {names} as the address asks ({exc}).")
+            raise IncorrectLookupParameters(exc) from exc
+
+
+class QueryStringSafeAdmin(admin.ModelAdmin):
+    """Admin pages whose address a user may edit by hand: filters the database cannot apply send the user back to
+    the whole list (:class:`QueryStringSafeChangeList`), and an add form's initial values from the address
+    (``add/?category=3``) that its fields cannot take (``?category=abc``, a date that is no date) are left out
+    instead of failing the form's rendering. A search term with a NUL (which Postgres cannot compare) finds nothing:
+    the change list's search box refuses one itself, the autocomplete of a related field did not."""
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return QueryStringSafeChangeList
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        if "\x00" in search_term:
+            return queryset.none(), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        for name, value in list(initial.items()):
+            try:
+                field = self.model._meta.get_field(name)
+            except FieldDoesNotExist:
+                continue
+            # Only these fail the page with a value of the wrong kind (a related field's choices are looked up, a
+            # date-time is split in two); any other field shows the text as it came.
+            if (
+                not isinstance(value, str)
+                or field.many_to_many
+                or not (field.is_relation or isinstance(field, models.DateTimeField))
+            ):
+                continue
+            try:
+                initial[name] = field.to_python(value)
+            except (ValidationError, ValueError, TypeError):
+                del initial[name]
+        return initial
+
+
+def admin_site_query_string_safe(*, site: admin.AdminSite) -> None:
+    """Every page registered on ``site`` made :class:`QueryStringSafeAdmin`, ours and those of the apps we install
+    (auth's users and groups, django-axes' logs) alike: called once every app has registered its pages."""
+    for model, model_admin in list(site._registry.items()):
+        if isinstance(model_admin, QueryStringSafeAdmin):
+            continue
+        base = type(model_admin)
+        safe = type(base.__name__, (QueryStringSafeAdmin, base), {"__module__": base.__module__})
+        site.unregister(model)
+        site.register(model, safe)
