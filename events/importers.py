@@ -97,7 +97,8 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
         price = parse_value(row[i_price])
         if price is None or price <= 0:
             raise SkipRow("price <= 0")
-        item = parse_id(row[i_stock], "StockCode", required=True).upper()
+        # Capitalised before the id rule: some letters grow (``ß`` is ``SS``), and the rule is the stored id's.
+        item = parse_id(row[i_stock].upper(), "StockCode", required=True)
         if not _has_digit(item):
             raise SkipRow("not a product (postage, fees, manual)")
         raw_time = row[i_time].strip()

@@ -290,6 +290,25 @@ def test_an_online_retail_invoice_follows_the_id_rule(tmp_path: Path) -> None:
     assert "retail.csv:4: InvoiceNo" in err
 
 
+def test_an_online_retail_stock_code_follows_the_id_rule_as_it_is_stored(tmp_path: Path) -> None:
+    """Stock codes are stored in capitals, and some letters grow when capitalised (``ß`` is ``SS``, ``ﬃ`` is
+    ``FFI``): a 100-character code that became 199 crashed the import with Postgres' "value too long" (a traceback,
+    the batch lost) under ``--create-missing-items``. The rule applies to the code as it is stored."""
+    path = tmp_path / "retail.csv"
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    path.write_text(
+        header
+        + "536365,85123A,Heart,6,2010-12-01T08:26:00,2.55,17850,UK\n"
+        + "536366,1" + "ß" * 99 + ",Strasse,1,2010-12-01T08:27:00,1.00,17851,UK\n"
+        + "536367,2" + "ß" * 49 + ",Strasse,1,2010-12-01T08:28:00,1.00,17852,UK\n"  # 99 in capitals: an id
+    )  # fmt: skip
+    summary, err = _run(path, "--format", "online-retail", "--create-missing-items")
+    assert (summary["stored"], summary["rejected"]) == (2, 1)
+    assert "retail.csv:3: StockCode" in err
+    assert "100" in err.split("retail.csv:3:", 1)[1].splitlines()[0]
+    assert set(Item.objects.values_list("external_id", flat=True)) == {"85123A", "2" + "SS" * 49}
+
+
 def test_online_retail_reads_the_workbooks_own_date_format(tmp_path: Path) -> None:
     """The UCI workbook saved as CSV writes InvoiceDate as ``12/1/2010 8:26`` (month first): every row was
     "not an ISO 8601 date-time" though docs/api.md says the export is read as it is (found 5 December)."""
