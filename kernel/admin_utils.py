@@ -1,12 +1,15 @@
-"""Admin helpers: tables of millions of rows (no full COUNT(*) on list pages, filtered or not), and addresses
-edited by hand (filters and initial values the database or the form cannot take are no 500)."""
+"""Admin helpers: tables of millions of rows (no full COUNT(*) on list pages, filtered or not), and input a user
+may type or edit by hand (addresses, related ids, JSON settings) that the database or the form cannot take: a
+message, never a 500."""
 
 from __future__ import annotations
 
 from functools import cached_property
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import (
     ALL_VAR,
@@ -17,11 +20,15 @@ from django.contrib.admin.views.main import (
     TO_FIELD_VAR,
     ChangeList,
 )
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
 from django.db import DataError, ProgrammingError, connection, models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.forms.fields import InvalidJSONInput, JSONString
+from django.http import HttpRequest, HttpResponse
+
+from kernel.parsers import json_text_loads
 
 ESTIMATE_ABOVE = 10_000
 COUNT_CAP = 10_000
@@ -88,15 +95,99 @@ class QueryStringSafeChangeList(ChangeList):
             raise IncorrectLookupParameters(exc) from exc
 
 
-class QueryStringSafeAdmin(admin.ModelAdmin):
-    """Admin pages whose address a user may edit by hand: filters the database cannot apply send the user back to
-    the whole list (:class:`QueryStringSafeChangeList`), and an add form's initial values from the address
-    (``add/?category=3``) that its fields cannot take (``?category=abc``, a date that is no date) are left out
-    instead of failing the form's rendering. A search term with a NUL (which Postgres cannot compare) finds nothing:
-    the change list's search box refuses one itself, the autocomplete of a related field did not."""
+class StrictJSONFormField(forms.JSONField):
+    """A JSON setting typed in the admin, under the API body's rules (:func:`kernel.parsers.json_text_loads`), and
+    without a NUL, which ``jsonb`` cannot hold. Django's own field parsed ``[[[…`` 5,000 deep into a
+    ``RecursionError`` and passed ``NaN`` and ``"\\u0000"`` on to Postgres, which refused them: a 500 each time.
+    What a field may hold beyond that is its form's rule (item attributes: the API's)."""
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or value in self.empty_values or not isinstance(value, str):
+            return super().to_python(value)
+        try:
+            converted = json_text_loads(value)
+        except ValueError as exc:
+            raise ValidationError(f"Enter valid JSON: {exc}.", code="invalid") from None
+        if _holds_nul(converted):
+            raise ValidationError("Enter JSON without a NUL character (\\u0000): it cannot be stored.", code="invalid")
+        return JSONString(converted) if isinstance(converted, str) else converted
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled or data is None or not isinstance(data, str):
+            return super().bound_data(data, initial)
+        try:
+            return json_text_loads(data)
+        except ValueError:
+            return InvalidJSONInput(data)  # shown again as typed, with the error
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+class ValidIdsAutocompleteSelect(AutocompleteSelect):
+    """A related field's autocomplete that shows a submitted value only when it can be an id: re-rendering a form
+    whose ``item`` was posted as ``abc`` looked ``abc`` up as a number (a 500) before the error could be shown."""
+
+    def optgroups(self, name: str, value: list[str], attrs: dict[str, Any] | None = None) -> list:
+        target = self.field.target_field
+        usable = []
+        for each in value:
+            try:
+                target.to_python(each)
+            except (ValidationError, ValueError, TypeError):
+                continue
+            usable.append(each)
+        return super().optgroups(name, usable, attrs)
+
+
+class InputSafeAdmin(admin.ModelAdmin):
+    """Admin pages whose input a user may type or edit by hand. Filters in the address the database cannot apply
+    send the user back to the whole list (:class:`QueryStringSafeChangeList`); an add form's initial values from
+    the address (``add/?category=3``) that its fields cannot take (``?category=abc``, a date that is no date) are
+    left out instead of failing the form's rendering; a search term with a NUL (which Postgres cannot compare)
+    finds nothing (the change list's search box refuses one itself, the autocomplete of a related field did not);
+    an action posted for ids that cannot be a row's runs on nothing, saying so. JSON fields follow
+    :class:`StrictJSONFormField`, related autocompletes :class:`ValidIdsAutocompleteSelect`."""
+
+    def __init__(self, model: type[models.Model], admin_site: admin.AdminSite) -> None:
+        super().__init__(model, admin_site)
+        self.formfield_overrides.setdefault(models.JSONField, {}).setdefault("form_class", StrictJSONFormField)
+
+    def get_inline_instances(self, request: HttpRequest, obj: models.Model | None = None) -> list:
+        inlines = super().get_inline_instances(request, obj)
+        for inline in inlines:  # built per request, each with its own copy of the overrides
+            inline.formfield_overrides.setdefault(models.JSONField, {}).setdefault("form_class", StrictJSONFormField)
+        return inlines
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if "widget" not in kwargs and db_field.name in self.get_autocomplete_fields(request):
+            kwargs["widget"] = ValidIdsAutocompleteSelect(db_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return QueryStringSafeChangeList
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        # The rows an action is for are filtered by the posted ids, which Django converts without asking first.
+        for each in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                self.model._meta.pk.to_python(each)
+            except (ValidationError, ValueError, TypeError):
+                messages.error(request, f"No action was run: {each!r} is not the id of a row.")
+                return None  # Django then shows the list again
+        return super().response_action(request, queryset)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         if "\x00" in search_term:
@@ -125,13 +216,13 @@ class QueryStringSafeAdmin(admin.ModelAdmin):
         return initial
 
 
-def admin_site_query_string_safe(*, site: admin.AdminSite) -> None:
-    """Every page registered on ``site`` made :class:`QueryStringSafeAdmin`, ours and those of the apps we install
+def admin_site_input_safe(*, site: admin.AdminSite) -> None:
+    """Every page registered on ``site`` made :class:`InputSafeAdmin`, ours and those of the apps we install
     (auth's users and groups, django-axes' logs) alike: called once every app has registered its pages."""
     for model, model_admin in list(site._registry.items()):
-        if isinstance(model_admin, QueryStringSafeAdmin):
+        if isinstance(model_admin, InputSafeAdmin):
             continue
         base = type(model_admin)
-        safe = type(base.__name__, (QueryStringSafeAdmin, base), {"__module__": base.__module__})
+        safe = type(base.__name__, (InputSafeAdmin, base), {"__module__": base.__module__})
         site.unregister(model)
         site.register(model, safe)

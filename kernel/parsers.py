@@ -111,3 +111,21 @@ class BoundedJSONParser(JSONParser):
             except UnicodeEncodeError:
                 raise ParseError("A string holds a lone surrogate (an escape in \\ud800-\\udfff).") from None
         return data
+
+
+def json_text_loads(text: str) -> Any:
+    """JSON typed into a form (the admin's settings and attributes) under the body's rules: nested at most
+    :data:`MAX_JSON_DEPTH` deep (measured before parsing: Python's parser recurses), finite numbers, no lone
+    surrogate. A ``ValueError`` says what is wrong."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (depth := json_depth(raw)) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:  # not reached within the depth above; the parser's own limit, never a 500
+        raise ValueError("nested too deep") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate (an escape in \\ud800-\\udfff)") from None
+    return value

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractUser
 from django.test import Client
 
 from catalog.models import Category
-from kernel.admin_utils import QueryStringSafeAdmin
+from kernel.admin_utils import InputSafeAdmin
 from ranking.models import BusinessRule
 from tests.factories import InteractionFactory
 
@@ -103,6 +103,69 @@ def test_a_prefilled_text_stays_as_typed(staff: Client) -> None:
     assert (form.initial["tags"], form.initial["price"]) == ("a,b", "abc")  # the form says what is wrong on save
 
 
-def test_every_admin_page_is_query_string_safe() -> None:
-    unsafe = [model for model, page in admin.site._registry.items() if not isinstance(page, QueryStringSafeAdmin)]
+def test_every_admin_page_is_input_safe() -> None:
+    unsafe = [model for model, page in admin.site._registry.items() if not isinstance(page, InputSafeAdmin)]
     assert unsafe == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested 5000 levels deep; at most 32"),  # was a RecursionError
+        ('{"exploration_share": NaN}', "NaN is not a number JSON allows"),
+        ('{"\\u0000": 1}', "without a NUL character"),  # was Postgres' "unsupported Unicode escape sequence"
+        ('{"a": "\\udc00"}', "lone surrogate"),  # was Postgres' "invalid input syntax for type json"
+    ],
+)
+def test_json_typed_in_the_admin_that_cannot_be_stored_is_a_form_error(
+    staff: Client, config: str, message: str
+) -> None:
+    response = staff.post("/admin/experiments/surfacedefault/add/", {"surface": "home", "config": config})
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors["config"])
+    variant = {
+        "key": "deep", "name": "Deep", "hypothesis": "", "surface": "home", "namespace": "", "namespace_start": "",
+        "namespace_end": "", "mode": "ab", "primary_metric": "ctr", "minimum_detectable_effect": "0.05",
+        "attribution_window_hours": "24", "guardrails": config, "hash_seed": "",
+        "variants-TOTAL_FORMS": "2", "variants-INITIAL_FORMS": "0", "variants-MIN_NUM_FORMS": "2",
+        "variants-MAX_NUM_FORMS": "1000", "variants-0-name": "control", "variants-0-is_control": "on",
+        "variants-0-weight": "0.5", "variants-0-config": "{}", "variants-1-name": "b", "variants-1-weight": "0.5",
+        "variants-1-config": config,  # an inline's JSON field too
+    }  # fmt: skip
+    response = staff.post("/admin/experiments/experiment/add/", variant)
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors["guardrails"])
+    assert message in str(response.context["inline_admin_formsets"][0].formset.errors[1]["config"])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "form", "field"),
+    [
+        ("/admin/ranking/businessrule/add/", {"name": "r", "kind": "boost", "target": "item", "item": "abc",
+                                              "weight": "0.5", "status": "published"}, "item"),
+        ("/admin/ranking/businessrule/add/", {"name": "r", "kind": "boost", "target": "item", "item": "\x00",
+                                              "replaces": "x", "weight": "0.5", "status": "published"}, "replaces"),
+        ("/admin/catalog/category/add/", {"external_id": "mugs", "name": "Mugs", "parent": "abc"}, "parent"),
+    ],
+)  # fmt: skip
+def test_a_related_id_that_is_no_number_is_a_form_error(staff: Client, url: str, form: dict, field: str) -> None:
+    """The form refused it, then re-rendering the autocomplete looked it up as a number: a 500."""
+    response = staff.post(url, form)
+    assert response.status_code == 200
+    assert "Select a valid choice" in " ".join(response.context["adminform"].form.errors[field])
+
+
+@pytest.mark.django_db
+def test_an_action_for_ids_that_are_no_rows_runs_on_nothing(staff: Client) -> None:
+    mugs = Category.objects.create(external_id="mugs", name="Mugs")
+    rule = BusinessRule.objects.create(name="Mugs", kind="boost", target="category", category=mugs, weight=0.5)
+    for extra in ({}, {"index": "0"}):  # the confirmation page's post, and the list's
+        response = staff.post(
+            "/admin/ranking/businessrule/",
+            {"action": "delete_selected", "_selected_action": [rule.pk, "abc"], "post": "yes", **extra},
+        )
+        assert response.status_code == 302
+        assert "'abc' is not the id of a row" in str(list(staff.get(response["Location"]).context["messages"])[0])
+    assert BusinessRule.objects.filter(pk=rule.pk).exists()
