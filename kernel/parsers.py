@@ -44,6 +44,14 @@ class RequestTooLarge(APIException):
         super().__init__(f"The request body is larger than {limit:,} bytes.")
 
 
+class UnsupportedContentEncoding(APIException):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    default_code = "unsupported_content_encoding"
+
+    def __init__(self, coding: str) -> None:
+        super().__init__(f"Content-Encoding {coding[:40]!r} is not accepted: send the body uncompressed.")
+
+
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in the JSON text ``raw`` (0 for a scalar). Brackets inside strings
     do not count. Vectorised over the bytes that matter (quotes and brackets): a byte is inside a string when an odd
@@ -81,14 +89,19 @@ def _finite_float(text: str) -> float:
 class BoundedJSONParser(JSONParser):
     """JSON bodies of at most ``DATA_UPLOAD_MAX_MEMORY_SIZE`` bytes (a larger one is answered 413 unread), nested at
     most :data:`MAX_JSON_DEPTH` deep, whose numbers are finite and whose strings are all valid Unicode; anything
-    else is a ``400 {"detail": "JSON parse error - …"}``."""
+    else is a ``400 {"detail": "JSON parse error - …"}``. A compressed body (``Content-Encoding: gzip``) is a 415
+    saying so."""
 
     def parse(self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None) -> Any:
+        request = (parser_context or {}).get("request")
+        # A compressed body was read as text: "'utf-8' codec can't decode byte 0x8b", naming nothing (RFC 7694: 415).
+        coding = request.META.get("HTTP_CONTENT_ENCODING", "").strip() if request is not None else ""
+        if coding and coding.lower() != "identity":
+            raise UnsupportedContentEncoding(coding)
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if limit is None:
             raw = stream.read()
         else:
-            request = (parser_context or {}).get("request")
             declared = request.META.get("CONTENT_LENGTH") if request is not None else None
             if declared and declared.isdigit() and int(declared) > limit:
                 raise RequestTooLarge(limit)

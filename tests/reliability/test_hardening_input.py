@@ -7,6 +7,7 @@ serving this checkout on the test database (``gunicorn_server``)."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import math
@@ -167,6 +168,19 @@ def test_a_number_json_cannot_hold_is_a_400(api: APIClient, sku: Item, number: s
     assert response.status_code == 400
     assert response.json()["detail"].startswith("JSON parse error")
     assert not Interaction.objects.exists()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_a_415_naming_its_encoding(api: APIClient, sku: Item, coding: str) -> None:
+    """An eleventh tester: a gzipped event was a 400 "'utf-8' codec can't decode byte 0x8b", naming nothing."""
+    body = gzip.compress(json.dumps({"customer_id": "c1", "item_id": sku.external_id, "type": "view"}).encode())
+    response = api.post("/v1/events", data=body, content_type="application/json", HTTP_CONTENT_ENCODING=coding)
+    assert response.status_code == 415
+    assert response.json() == {"detail": f"Content-Encoding {coding!r} is not accepted: send the body uncompressed."}
+    assert not Interaction.objects.exists()
+    plain = gzip.decompress(body)
+    response = api.post("/v1/events", data=plain, content_type="application/json", HTTP_CONTENT_ENCODING="identity")
+    assert response.status_code == 202
 
 
 def test_a_batch_rejects_the_huge_rating_by_index_and_keeps_the_rest(api: APIClient, sku: Item) -> None:
