@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
+from catalog.serializers import MAX_TAGS
 from catalog.services import catalog_version_bump
 from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 from kernel.validation import id_problem, text_problem
@@ -97,6 +98,8 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
         problem = id_problem(tag)
         if problem is not None:
             raise BadItem(f"tags: a tag {'is ' if problem.startswith('longer') else ''}{problem}")
+    if len(tags) > MAX_TAGS:  # the API's limit: an item imported with more could not be sent back as it reads
+        raise BadItem(f"tags: {len(tags)} tags; at most {MAX_TAGS}")
     return item_id, title, _cell(row, index, "description"), category, brand, price, in_stock, created, tags
 
 

@@ -153,6 +153,19 @@ def test_dates_and_prices_the_database_could_not_give_back_are_reported(tmp_path
     assert Item.objects.get(external_id="Z1").created_at.isoformat() == "2010-12-31T00:01:00+00:00"
 
 
+def test_an_item_with_more_tags_than_the_api_takes_is_reported(tmp_path: Path) -> None:
+    """An eleventh tester: 60 tags were imported, while the API takes 50, so the item could not be sent back as it
+    read (``PUT`` of what ``GET`` gave was a 400)."""
+    path = tmp_path / "items.csv"
+    many = "|".join(f"t{n}" for n in range(51))
+    enough = "|".join(f"t{n}" for n in range(50))
+    path.write_text(HEADER + f"T1,Many,,,,,,,{many}\nT2,Enough,,,,,,,{enough}|t0\n")
+    out, err = _run(path)
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (1, 1)
+    assert "items.csv:2: tags: 51 tags; at most 50" in err
+    assert len(Item.objects.get(external_id="T2").tags) == 50  # a repeated tag counts once
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
