@@ -193,7 +193,7 @@ class TrainParams:
                 raise ValueError(f"unknown parameter {key!r} in {assignment!r}; known: {', '.join(sorted(known))}")
             try:
                 value = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON (or nested past the parser's stack): the text itself
                 value = raw
             if key == "type_weights":
                 if not isinstance(value, dict):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from django.contrib.auth.models import AbstractUser
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -208,6 +208,20 @@ def test_command_prints_the_tables(api: APIClient, world: dict[str, Any]) -> Non
     assert "Category mix" in text
     assert "Rings" in text
     assert "Estimate (not a measurement)" in text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested 5000 levels deep"),  # was a RecursionError traceback
+        ('{"max_per_brand": ' + "9" * 5000 + "}", "Exceeds the limit"),  # was a ValueError traceback
+        ("[1]", "must be a JSON object"),
+    ],
+)
+def test_the_commands_config_that_is_no_usable_json_is_a_clear_error(config: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("rule_dry_run", "1", "--config", config)
 
 
 @pytest.mark.django_db

@@ -445,6 +445,7 @@ def test_train_command_errors_name_the_problem() -> None:
         ("half_life_days=-1", "half_life_days must be above 0"),
         ("knn_bm25_b=2", "knn_bm25_b must be between 0 and 1"),
         (f"als_factors={10**400}", "als_factors must be a finite number"),
+        ("als_factors=" + "[" * 5000, "als_factors takes an integer"),  # was a RecursionError (an eleventh tester)
     ):
         with pytest.raises(CommandError, match=message):
             call_command("train", "--param", param)

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from kernel.parsers import json_text_loads
 from ranking import dry_run
 
 
@@ -91,8 +92,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            config = json.loads(options["config"]) if options["config"] else {}
-        except json.JSONDecodeError as exc:
+            config = json_text_loads(options["config"]) if options["config"] else {}
+        except ValueError as exc:  # the API body's rules: nesting, finite numbers (a traceback each before)
             raise CommandError(f"--config is not JSON: {exc}") from None
         if not isinstance(config, dict):
             raise CommandError("--config must be a JSON object")
