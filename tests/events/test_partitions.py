@@ -278,3 +278,6 @@ def test_a_duration_reaching_before_the_year_1_is_a_clear_error() -> None:
             parse_cutoff(raw, now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
     with pytest.raises(ValueError, match="before the year 1"):
         parse_cutoff("0001-01-01T00:00:00+05:00", now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
+    # An eleventh tester: the other end said "before the year 1" too.
+    with pytest.raises(ValueError, match="past the year 9999"):
+        parse_cutoff("9999-12-31T23:59:59-14:00", now=dt.datetime(2026, 12, 5, tzinfo=dt.UTC))

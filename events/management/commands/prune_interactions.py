@@ -38,8 +38,9 @@ def parse_cutoff(raw: str, *, now: datetime) -> datetime:
     value = value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
         value = value.astimezone(UTC)
-    except OverflowError:  # year 1 with a positive offset
-        raise ValueError(f"{raw!r} reaches before the year 1") from None
+    except OverflowError:  # year 1 with a positive offset, or year 9999 with a negative one
+        edge = "before the year 1" if value.year < 5000 else "past the year 9999"
+        raise ValueError(f"{raw!r} reaches {edge}") from None
     if value > now:
         raise ValueError(f"{raw!r} is in the future: that would delete current data")
     return value
