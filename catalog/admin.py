@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from catalog.models import Brand, Category, Customer, Item
-from catalog.serializers import MAX_TAGS
+from catalog.serializers import MAX_TAGS, created_at_problem
 from catalog.services import catalog_version_bump, opt_out_version_bump
 from kernel.admin_utils import EstimatedCountPaginator
 from kernel.validation import check_text, id_problem, json_problem, sentence, text_problem
@@ -53,8 +53,8 @@ class CustomerAdminForm(CatalogIdForm):
 
 
 class ItemAdminForm(CatalogIdForm):
-    """The API's rules: ids, tags (each an id, kept once, at most the API's number), attributes, and display text
-    for titles and descriptions (kernel.validation.text_problem)."""
+    """The API's rules: ids, tags (each an id, kept once, at most the API's number), attributes, created_at's years,
+    and display text for titles and descriptions (kernel.validation.text_problem)."""
 
     class Meta:
         model = Item
@@ -80,6 +80,9 @@ class ItemAdminForm(CatalogIdForm):
 
     def clean_description(self) -> str:
         return check_text(self.cleaned_data["description"], multiline=True)
+
+    def clean_created_at(self) -> object:
+        return _checked(self, "created_at", created_at_problem)
 
 
 @admin.register(Category)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
-from catalog.serializers import MAX_TAGS
+from catalog.serializers import CREATED_MAX, CREATED_MIN, MAX_TAGS
 from catalog.services import catalog_version_bump
 from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 from kernel.validation import id_problem, text_problem
 
 REQUIRED = {"item_id", "title"}
-CREATED_MIN, CREATED_MAX = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 OPTIONAL = {"description", "category", "brand", "price", "in_stock", "created_at", "tags"}
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}

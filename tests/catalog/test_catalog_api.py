@@ -70,6 +70,18 @@ def test_bad_item_input_is_400_per_field(api: APIClient, body: dict, field: str)
     assert not Item.objects.filter(external_id="sku-bad").exists()
 
 
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00Z", "1899-12-31T23:59:59Z", "9999-12-31T23:59:59Z"])
+def test_an_item_dated_outside_the_years_import_items_takes_is_400(api: APIClient, created_at: str) -> None:
+    """An eleventh tester: the API stored items dated in the year 1 or 9999 (the newest arrival for ever), which
+    import_items refuses."""
+    response = api.put("/v1/items/sku-old", {"title": "x", "created_at": created_at}, format="json")
+    assert (response.status_code, response.json()) == (
+        400, {"created_at": ["Must be between 1900 and 3000 (in UTC)."]}
+    )  # fmt: skip
+    earliest = {"title": "x", "created_at": "1900-01-01T00:00:00Z"}
+    assert api.put("/v1/items/sku-old", earliest, format="json").status_code == 201
+
+
 def test_malformed_json_is_400(api: APIClient) -> None:
     response = api.put("/v1/items/sku-x", "{not json", content_type="application/json")
     assert response.status_code == 400
