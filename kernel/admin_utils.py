@@ -77,9 +77,9 @@ _NOT_FILTERS = frozenset({ALL_VAR, IS_FACETS_VAR, IS_POPUP_VAR, ORDER_VAR, SEARC
 class QueryStringSafeChangeList(ChangeList):
     """A change list whose filters come from a hand-edited address: a value the database refuses to compare (a NUL,
     a broken regular expression, a malformed array, ``__unaccent`` without its extension) or a lookup it cannot build
-    (``?created_at__year=99999``) is
-    Django's "incorrect lookup" (the list again, unfiltered, with ``?e=1``) and a message naming the parameters,
-    not a 500. Django checks lookups when the filter is built, but these fail only when the query runs."""
+    (``?created_at__year=99999``) is Django's "incorrect lookup" (the list again, unfiltered, with ``?e=1``) and a
+    message naming the parameters, not a 500. Django checks lookups when the filter is built; these fail only when
+    the query runs."""
 
     def get_results(self, request: HttpRequest) -> None:
         if not self.filter_params:
@@ -91,7 +91,8 @@ class QueryStringSafeChangeList(ChangeList):
                 bool(self.result_list)  # the page's own query, which the template would otherwise run
         except (DataError, ProgrammingError, ValueError, OverflowError) as exc:
             names = ", ".join(sorted(set(self.filter_params) - _NOT_FILTERS)) or "its parameters"
-            messages.error(request, f"The list cannot be filtered by {names} as the address asks ({exc}).")
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # Postgres' first line, not its DETAIL
+            messages.error(request, f"The list cannot be filtered by {names} as the address asks ({reason}).")
             raise IncorrectLookupParameters(exc) from exc
 
 
