@@ -5,7 +5,8 @@ characters, every one printable (no control characters, no ANSI escapes, no NUL,
 no invisible format characters such as U+200B or U+202E, except the zero-width joiner and non-joiner inside
 an id, which words of some scripts and emoji sequences need), no whitespace at either end, and no last ``/``-segment
 that names one of the API's sub-resources (``acme/export``, ``sku/similar``: a path ending in one reads as that
-sub-resource of the shorter id, :data:`SUBRESOURCE_NAMES`). :func:`id_problem`
+sub-resource of the shorter id, :data:`SUBRESOURCE_NAMES`), and no ``/``-segment ``.`` or ``..`` (``.``, ``a/../b``:
+HTTP clients resolve them out of a path before it is sent). :func:`id_problem`
 is the rule; :func:`check_id` applies it to a path id, :class:`IdField` to a body field (which must be a JSON string: a
 number is not an id) and :func:`optional_id` to a query-string id. Body fields and CSV cells are stripped of
 surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
@@ -44,6 +45,9 @@ ATTRIBUTES_MAX_BYTES = 1024 * 1024
 SUBRESOURCE_NAMES = frozenset(
     {"export", "opt-out", "opt-in", "because-you-viewed", "similar", "bought-together", "merge"}
 )
+# HTTP clients (curl, requests, browsers) resolve these path segments before sending (RFC 3986, 5.2.4), encoded or
+# not: GET /v1/customers/./export reached /v1/customers/export, another customer (an eleventh tester, 6 December).
+_DOT_SEGMENTS = frozenset({".", ".."})
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # Rendering what is stored: deeper than this is cut (None), far below the JSON renderer's own limit (254).
@@ -72,6 +76,8 @@ def id_problem(value: object) -> str | None:
         return "starts or ends with an invisible joiner"
     if "/" in value and (last := value.rsplit("/", 1)[1]) in SUBRESOURCE_NAMES:
         return f'ends in "/{last}", which the API reads as a sub-resource of the id before it'
+    if any(segment in _DOT_SEGMENTS for segment in value.split("/")):
+        return 'has a "." or ".." segment, which HTTP clients remove from a path before sending it'
     return None
 
 

@@ -832,3 +832,24 @@ def test_every_route_with_a_name_after_an_id_is_a_refused_last_segment() -> None
     suffixes = {suffix.strip("/") for suffix in after_an_id if suffix}
     assert "export" in suffixes
     assert suffixes <= SUBRESOURCE_NAMES
+
+
+@pytest.mark.parametrize("raw", [".", "..", "./x", "x/.", "a/./b", "a/../b", "../etc"])
+def test_an_id_with_a_dot_segment_is_refused_naming_the_field(api: APIClient, raw: str) -> None:
+    """HTTP clients resolve "." and ".." segments out of a path before sending it (``requests`` sent the erasure of
+    customer ``..`` as ``DELETE /v1/``, the export of ``.`` as ``GET /v1/customers/export``: another customer's
+    record; an eleventh tester, 6 December): such ids are refused wherever an id comes in."""
+    ItemFactory(external_id="i1")
+    for field in ("customer_id", "session_id", "item_id"):
+        event = {"customer_id": "c1", "item_id": "i1", "type": "view", field: raw}
+        response = api.post("/v1/events", {"events": [event]}, format="json")
+        (rejected,) = response.json()["rejected"]
+        assert list(rejected["errors"]) == [field]
+        assert '"." or ".." segment' in rejected["errors"][field][0]
+    assert not Customer.objects.filter(external_id=raw).exists()
+
+
+@pytest.mark.parametrize("fine", ["...", ".x", "x.", "a/.../b", "v1.2/x", "a..b"])
+def test_dots_that_are_no_whole_segment_are_ordinary_ids(api: APIClient, fine: str) -> None:
+    assert api.put(f"/v1/customers/{quote(fine, safe='')}", {}, format="json").status_code == 201, fine
+    assert api.get(f"/v1/customers/{quote(fine, safe='')}").json()["customer_id"] == fine
