@@ -178,7 +178,13 @@ class InputSafeAdmin(admin.ModelAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return QueryStringSafeChangeList
+        changelist = super().get_changelist(request, **kwargs)
+        if changelist is ChangeList:
+            return QueryStringSafeChangeList
+        # A page's own change list (a third party's admin may have one) keeps its behaviour, made input-safe too.
+        if issubclass(changelist, QueryStringSafeChangeList):
+            return changelist
+        return type(changelist.__name__, (QueryStringSafeChangeList, changelist), {"__module__": changelist.__module__})
 
     def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         # The rows an action is for are filtered by the posted ids, which Django converts without asking first.

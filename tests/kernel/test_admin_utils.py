@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import AbstractUser
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from catalog.models import Category
 from kernel.admin_utils import InputSafeAdmin
@@ -169,3 +169,24 @@ def test_an_action_for_ids_that_are_no_rows_runs_on_nothing(staff: Client) -> No
         assert response.status_code == 302
         assert "'abc' is not the id of a row" in str(list(staff.get(response["Location"]).context["messages"])[0])
     assert BusinessRule.objects.filter(pk=rule.pk).exists()
+
+
+def test_a_pages_own_change_list_is_kept_and_made_input_safe(rf: RequestFactory) -> None:
+    """A third party's admin with its own ChangeList keeps it under the input-safe wrapping."""
+    from django.contrib.admin.views.main import ChangeList
+
+    from kernel.admin_utils import QueryStringSafeChangeList
+
+    class OwnChangeList(ChangeList):
+        pass
+
+    class OwnAdmin(admin.ModelAdmin):
+        def get_changelist(self, request: object, **kwargs: object) -> type[ChangeList]:
+            return OwnChangeList
+
+    wrapped = type("OwnAdmin", (InputSafeAdmin, OwnAdmin), {})(Category, admin.site)
+    changelist = wrapped.get_changelist(rf.get("/"))
+    assert issubclass(changelist, OwnChangeList)
+    assert issubclass(changelist, QueryStringSafeChangeList)
+    plain = type("PlainAdmin", (InputSafeAdmin,), {})(Category, admin.site)
+    assert plain.get_changelist(rf.get("/")) is QueryStringSafeChangeList
