@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit
 
-from common import Server, demo_env, manage, print_table
+from common import Server, demo_env, manage, print_environment, print_table
 from loadgen import OpenLoop, Request, Result, percentile
 
 DATABASE, REDIS_DB = "recsys_bench_readyz", 44  # and 45 (its broker): clear of the demo, the tests, other benches
@@ -167,6 +167,7 @@ def main() -> None:
         "acceptance (readyz p99 < 50 ms with 16 concurrent probes, all 200 without a worker):",
         "met" if ok else "NOT met",
     )
+    print_environment()
 
 
 if __name__ == "__main__":
