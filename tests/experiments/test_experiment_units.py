@@ -1,0 +1,134 @@
+"""What an experiment counts as a unit, through the real API: the unit the assignment hashed must be the unit the
+results count, and no unit may sit in two arms of an A/B test. Otherwise a heavy visitor weighs as many customers,
+all in one arm (a false sample-ratio mismatch, a biased arm), or every customer is in both arms (a diluted effect).
+
+The three cases marked ``xfail(strict=True)`` are defects of ``ranking/serving.py`` (a twelfth tester, 6 December;
+docs/reliability.md): the unit serving hashes is not the unit it logs. They pass, and must then lose the mark, once
+serving hashes the unit it logs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from django.contrib.auth.models import AbstractUser
+from rest_framework.test import APIClient
+
+from catalog.models import Customer
+from experiments import services
+from experiments.models import Experiment, Impression
+from experiments.validation import VariantSpec
+from ranking import serving
+from tests.factories import CustomerFactory, ItemFactory
+
+pytestmark = pytest.mark.django_db
+
+SERVING_LOGS_ANOTHER_UNIT = "ranking/serving.py hashes one unit and logs another (reported, not fixed here)"
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    services.assignment_cache_clear()
+    serving.clear_caches()
+
+
+@pytest.fixture
+def items() -> list[str]:
+    return [ItemFactory().external_id for _ in range(12)]
+
+
+def _running(user: AbstractUser, surface: str, key: str) -> Experiment:
+    experiment = services.experiment_create(
+        key=key, name=key, surface=surface,
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
+    )  # fmt: skip
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    return experiment
+
+
+def _flushed_results(key: str):  # noqa: ANN202
+    services.impressions_push()
+    services.impressions_flush()
+    return services.experiment_results(key=key)
+
+
+def test_customers_and_sessions_are_one_unit_each_in_one_arm(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+) -> None:
+    """What holds: a known customer and an anonymous session keep one arm over many requests, and each is one unit."""
+    _running(django_user_model.objects.create_user("ds"), "home", "units-ok")
+    CustomerFactory(external_id="known-1")
+    seen: dict[str, set[str]] = {"known-1": set(), "s:visit-1": set()}
+    for _ in range(15):
+        body = api.get("/v1/recommendations", {"customer_id": "known-1", "surface": "home", "count": 4}).json()
+        seen["known-1"].add(body["variant"])
+        body = api.get("/v1/recommendations", {"session_id": "visit-1", "surface": "home", "count": 4}).json()
+        seen["s:visit-1"].add(body["variant"])
+    assert all(len(arms) == 1 for arms in seen.values())
+    results = _flushed_results("units-ok")
+    assert sum(v.exposures for v in results.variants) == 2
+    assert sum(v.impressions for v in results.variants) == 30
+
+
+@pytest.mark.xfail(strict=True, reason=SERVING_LOGS_ANOTHER_UNIT)
+def test_requests_without_a_customer_or_session_are_split_like_everyone_else(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+) -> None:
+    """A list asked for with neither id (a crawler, a cache warmer, a storefront's server-side render) is a unit of its
+    own in the results ("r:<request id>"), but serving hashes the constant "anonymous": every such list lands in the
+    same arm. 120 of them are 120 "customers" of one arm: a sample-ratio mismatch, and an arm fed cold-start traffic
+    the other never sees."""
+    _running(django_user_model.objects.create_user("ds"), "home", "units-anon")
+    arms = Counter(
+        api.get("/v1/recommendations", {"surface": "home", "count": 4}).json()["variant"] for _ in range(120)
+    )
+    results = _flushed_results("units-anon")
+    assert sum(v.exposures for v in results.variants) == 120  # what the results count: one unit per list
+    assert min(arms["control"], arms["b"]) > 30, arms  # ...so the lists must be split per list, as hashed
+    assert not results.srm_flagged
+
+
+@pytest.mark.xfail(strict=True, reason=SERVING_LOGS_ANOTHER_UNIT)
+@pytest.mark.parametrize("known", [True, False], ids=["opted-out", "not-yet-known"])
+def test_a_customer_logged_without_their_id_is_not_many_units_of_one_arm(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str], known: bool
+) -> None:
+    """An opted-out customer (impressions are logged without the id) or one whose first event has not arrived yet
+    (the flush finds no customer), without a session: serving hashes the customer id, so all 40 lists go to one
+    arm, while the results count each list as a customer of its own."""
+    _running(django_user_model.objects.create_user("ds"), "home", "units-id")
+    if known:
+        CustomerFactory(external_id="heavy-1")
+        assert api.post("/v1/customers/heavy-1/opt-out").status_code == 200
+    arms = Counter(
+        api.get("/v1/recommendations", {"customer_id": "heavy-1", "surface": "home", "count": 4}).json()["variant"]
+        for _ in range(40)
+    )
+    results = _flushed_results("units-id")
+    units = sum(v.exposures for v in results.variants)
+    # Either the customer is one unit (hashed and counted by id), or each list is (hashed and counted per list).
+    assert units == 1 or min(arms.values(), default=0) > 0 and len(arms) == 2, (units, arms)
+
+
+@pytest.mark.xfail(strict=True, reason=SERVING_LOGS_ANOTHER_UNIT)
+def test_a_pages_similar_widget_keeps_a_customer_in_one_arm(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+) -> None:
+    """``POST /v1/pages``' similar widget hashes each list's request id (like ``/v1/items/{id}/similar``) but logs
+    the customer, whom the results count as the unit: after twenty product pages the customer is in both arms, and a
+    purchase is attributed to both (the effect is diluted towards 0)."""
+    experiment = _running(django_user_model.objects.create_user("ds"), "similar", "units-similar")
+    CustomerFactory(external_id="browser-1")
+    for n in range(20):
+        body = {
+            "customer_id": "browser-1", "context_item_id": items[n % len(items)],
+            "widgets": [{"kind": "similar", "count": 4}],
+        }  # fmt: skip
+        assert api.post("/v1/pages", body, format="json").status_code == 200
+    _flushed_results("units-similar")
+    customer = Customer.objects.get(external_id="browser-1")
+    arms = set(
+        Impression.objects.filter(experiment=experiment, customer=customer).values_list("variant__name", flat=True)
+    )
+    assert len(arms) <= 1, arms
