@@ -12,9 +12,15 @@ class ComparisonSerializer(serializers.Serializer):
     ci_high = serializers.FloatField()
     p_value = serializers.FloatField()
     p_value_holm = serializers.FloatField(help_text="Holm-adjusted across the variants compared with the control.")
-    always_valid_p_value = serializers.FloatField(allow_null=True, help_text="mSPRT; safe to check at any time.")
+    always_valid_p_value = serializers.FloatField(
+        allow_null=True, help_text="mSPRT, Holm-adjusted like p_value_holm; safe to check at any time."
+    )
     chance_to_beat_control = serializers.FloatField(allow_null=True)
     method = serializers.CharField(help_text="How the interval and p-values were computed (unit of analysis, test).")
+    verdict = serializers.CharField(
+        help_text='"better" or "worse" when the interval excludes 0 and the Holm-adjusted p-value is below 0.05, '
+        'else "".'
+    )
 
 
 class MetricValueSerializer(serializers.Serializer):

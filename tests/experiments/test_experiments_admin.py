@@ -81,6 +81,59 @@ def test_results_page_renders_tables_and_svg_chart(browser: Client, superuser: A
     assert "coverage" in html
 
 
+def test_results_page_colours_a_difference_only_when_the_holm_adjusted_test_agrees(
+    browser: Client, superuser: AbstractUser
+) -> None:
+    """Two challengers, each 5% -> 6.5% conversion on 2,000 customers: each interval excludes 0 (raw p 0.041), but
+    Holm-adjusted over the two the p-value is 0.082. The page coloured both green; now neither (a twelfth tester)."""
+    experiment = services.experiment_create(
+        key="holm-colour", name="Holm colour", surface="home", primary_metric="conversion_rate",
+        variants=[VariantSpec("control", 0.34, True), VariantSpec("b", 0.33, False, {"ranker": False}),
+                  VariantSpec("c", 0.33, False, {"diversity_cap": 0.5})],
+    )  # fmt: skip
+    experiment = services.experiment_start(experiment_id=experiment.pk, user_id=superuser.pk)
+    item = ItemFactory()
+    impressions, purchases = [], []
+    for variant, converted in zip(
+        Variant.objects.filter(experiment=experiment).order_by("pk"), (100, 130, 130), strict=True
+    ):
+        for i in range(2000):
+            request_id = f"hc-{variant.name}-{i}"
+            impressions.append(
+                Impression(
+                    request_id=request_id,
+                    served_at=experiment.start_at,
+                    surface="home",
+                    session_id=request_id,
+                    experiment=experiment,
+                    variant=variant,
+                    item_pks=[item.pk],
+                )
+            )
+            if i < converted:
+                purchases.append(
+                    Interaction(
+                        event_id=f"hc-buy-{request_id}",
+                        session_id=request_id,
+                        item=item,
+                        type=Interaction.Type.PURCHASE,
+                        occurred_at=experiment.start_at,
+                        request_id=request_id,
+                    )
+                )
+    Impression.objects.bulk_create(impressions)
+    Interaction.objects.bulk_create(purchases)
+
+    results = services.experiment_results(key="holm-colour")
+    b = results.variant("b").conversion_rate.vs_control
+    assert b.ci_low > 0
+    assert b.p_value < 0.05
+    assert b.p_value_holm > 0.05
+    html = browser.get(reverse("admin:experiments_experiment_results", args=[experiment.pk])).content.decode()
+    assert 'class="num better"' not in html
+    assert f"{b.p_value_holm:.4f} <small>(raw {b.p_value:.4f})</small>" in html
+
+
 def test_bandit_results_page_draws_the_weights_history(browser: Client, superuser: AbstractUser) -> None:
     experiment = _running(superuser, key="bandit", mode=Experiment.Mode.BANDIT)
     variants = list(Variant.objects.filter(experiment=experiment))
