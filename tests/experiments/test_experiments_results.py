@@ -3,6 +3,7 @@ respects its window, Holm adjusts three-way comparisons and CUPED reduces varian
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 
@@ -12,9 +13,10 @@ from django.contrib.auth.models import AbstractUser
 
 from catalog.models import Customer
 from events.models import Interaction
-from experiments import services
+from experiments import services, stats
 from experiments.config import VariantConfig
 from experiments.models import Experiment, Impression, Variant
+from experiments.results import METRICS, ExperimentResults, ExperimentSpec, VariantInfo, VariantTotals, results_build
 from experiments.stats import (
     RatioSummary,
     always_valid_ratio_test,
@@ -465,3 +467,234 @@ def test_a_minimum_detectable_effect_too_small_to_size_leaves_the_size_unknown(
 
     assert control.exposures == 3
     assert control.sample_size_required is None
+
+
+# --- a twelfth tester: are the numbers right, is the experiment sound (6 December) -----------------------------------
+
+
+def _aa_totals(rng: np.random.Generator, variant_id: int, units: int) -> VariantTotals:
+    """One arm of an A/A test, per unit as the GROUP BY sums it: lists shown (1-6), clicked lists with a per-customer
+    propensity (clustered, as real clickers are), a 5% conversion, lognormal revenue of the converted."""
+    lists = rng.integers(1, 7, size=units)
+    clicks = rng.binomial(lists, rng.beta(1, 9, size=units))
+    carted = rng.random(units) < 0.08
+    converted = rng.random(units) < 0.05
+    revenue = np.where(converted, rng.lognormal(3.0, 1.0, size=units), 0.0)
+    return VariantTotals(
+        variant_id=variant_id, exposures=units, impressions=int(lists.sum()), clicks=int(clicks.sum()),
+        carted_units=int(carted.sum()), converted_units=int(converted.sum()), revenue=float(revenue.sum()),
+        revenue_sd=float(revenue.std(ddof=1)), clicks_sq=float(clicks @ clicks), impressions_sq=float(lists @ lists),
+        clicks_impressions=float(clicks @ lists),
+    )  # fmt: skip
+
+
+def _spec(arms: int) -> ExperimentSpec:
+    return ExperimentSpec(
+        id=1, key="aa", name="aa", surface="home", namespace=None, status="running", mode="ab",
+        primary_metric="conversion_rate", minimum_detectable_effect=0.1, attribution_window_hours=24, start_at=START,
+        end_at=None, guardrails={}, winner=None,
+        variants=tuple(VariantInfo(i, f"v{i}", 1 / arms, i == 0) for i in range(arms)),
+    )  # fmt: skip
+
+
+def _aa_runs(arms: int, runs: int, units: int, seed: int) -> list[ExperimentResults]:
+    rng = np.random.default_rng(seed)
+    spec = _spec(arms)
+    out = []
+    for _ in range(runs):
+        # Units split by a fair multinomial, as the hash splits them: the SRM check sees a true null too.
+        sizes = rng.multinomial(units * arms, [1 / arms] * arms)
+        totals = {i: _aa_totals(rng, i, int(n)) for i, n in enumerate(sizes)}
+        out.append(
+            results_build(
+                spec=spec,
+                totals=totals,
+                daily=(),
+                items_shown={},
+                active_items=0,
+                cuped=None,
+                weight_history=(),
+                latency_p95_ms=None,
+                computed_at=START,
+            )  # fmt: skip
+        )
+    return out
+
+
+def test_an_aa_test_declares_a_difference_at_most_alpha_of_the_time() -> None:
+    """1,000 simulated A/A tests of 2 x 2,000 customers through the results builder: every metric's p-value, interval
+    colour and always-valid p-value reject the true null about 5% of the time or less; SRM about 0.1%; the chance to
+    beat control is uniform (beyond 95% about 5% of the time)."""
+    runs = _aa_runs(arms=2, runs=1000, units=2000, seed=12)
+    for metric in METRICS:
+        comparisons = [r.variant("v1").metric(metric).vs_control for r in runs]
+        assert all(c is not None for c in comparisons)
+        rejected = np.mean([c.p_value < 0.05 for c in comparisons])
+        assert 0.03 <= rejected <= 0.07, (metric, rejected)
+        assert np.mean([c.verdict != "" for c in comparisons]) <= 0.07, metric
+        if metric != "revenue_per_customer":
+            assert np.mean([c.always_valid_p_value < 0.05 for c in comparisons]) <= 0.05, metric
+            assert 0.03 <= np.mean([c.chance_to_beat_control > 0.95 for c in comparisons]) <= 0.07, metric
+    assert np.mean([r.srm_flagged for r in runs]) <= 0.005
+
+
+def test_with_three_challengers_a_coloured_difference_is_holm_adjusted() -> None:
+    """An A/A test with three identical challengers: before, the page coloured an interval green or red whenever it
+    excluded 0, unadjusted, beside a Holm-adjusted p-value; one of the three was coloured in ~14% of runs. Now a
+    difference is called better or worse only when the Holm-adjusted test agrees, at most 5% of runs, and the
+    always-valid p-values are Holm-adjusted too."""
+    runs = _aa_runs(arms=4, runs=500, units=2000, seed=1212)
+    unadjusted = adjusted = 0
+    for r in runs:
+        comparisons = [v.conversion_rate.vs_control for v in r.variants if not v.is_control]
+        unadjusted += any(c.ci_low > 0 or c.ci_high < 0 for c in comparisons)
+        adjusted += any(c.verdict for c in comparisons)
+    assert unadjusted / len(runs) > 0.09  # what the colour meant before: one chance per challenger
+    assert adjusted / len(runs) <= 0.065
+    last = [v.conversion_rate.vs_control for v in runs[-1].variants if not v.is_control]
+    sequential = [stats.always_valid_proportion_test(
+        runs[-1].variants[0].exposures, runs[-1].variants[0].conversions, v.exposures, v.conversions
+    ).p_value for v in runs[-1].variants[1:]]  # fmt: skip
+    assert [c.always_valid_p_value for c in last] == pytest.approx(holm_adjust(sequential))
+
+
+def test_a_clear_winner_is_called_better_and_a_clear_loser_worse() -> None:
+    spec = _spec(3)
+    rng = np.random.default_rng(3)
+    base = {i: _aa_totals(rng, i, 20_000) for i in range(3)}
+    totals = {
+        0: base[0],
+        1: dataclasses.replace(base[1], converted_units=base[0].converted_units + 400),
+        2: dataclasses.replace(base[2], converted_units=base[0].converted_units - 400),
+    }
+    results = results_build(
+        spec=spec, totals=totals, daily=(), items_shown={}, active_items=0, cuped=None, weight_history=(),
+        latency_p95_ms=None, computed_at=START,
+    )  # fmt: skip
+    assert results.variant("v1").conversion_rate.vs_control.verdict == "better"
+    assert results.variant("v2").conversion_rate.vs_control.verdict == "worse"
+
+
+def test_a_planted_effect_is_reported_as_an_independent_computation_finds_it(
+    user: AbstractUser, items: list[int]
+) -> None:
+    """Conversion 6% vs 9% planted in 2 x ~800 customers with 1-3 lists each, purchases attributed by either rule (or
+    both: counted once), decoys that must not count (an item not shown, after the window, before the list, an
+    add-to-cart without the request id); the page's counts equal the simulator's own, and its statistics equal
+    statsmodels' and scipy's on the per-customer values."""
+    from scipy import stats as sps
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+    experiment, variants = _experiment(user, "planted", {"control": 0.5, "b": 0.5}, primary="conversion_rate")
+    rng = np.random.default_rng(1206)
+    customers = _customers("planted", 1600)
+    rate = {"control": 0.06, "b": 0.09}
+    truth: dict[str, dict[str, list[float]]] = {
+        name: {"converted": [], "carted": [], "revenue": [], "lists": [], "clicks": []} for name in rate
+    }
+    impressions, events = [], []
+    for customer in customers:
+        name = services.assign(surface="home", unit_id=customer.external_id).variant
+        lists = int(rng.integers(1, 4))
+        shown_lists = []
+        clicked = 0
+        for k in range(lists):
+            at = START + dt.timedelta(hours=6 * k, minutes=int(rng.integers(0, 300)))
+            shown = [int(pk) for pk in rng.choice(items[:8], size=4, replace=False)]
+            request_id = f"pl-{customer.pk}-{k}"
+            impressions.append(_impression(experiment, variants[name], customer, at, shown, request_id))
+            shown_lists.append((at, shown, request_id))
+            if rng.random() < 0.2:
+                clicked += 1
+                events.append(_event(Interaction.Type.CLICK, customer, shown[0], at, request_id=request_id))
+        at, shown, request_id = shown_lists[0]
+        converted = rng.random() < rate[name]
+        revenue = 0.0
+        if converted:
+            rule = int(rng.integers(0, 3))
+            value = float(np.round(rng.lognormal(3.0, 0.8), 2))
+            revenue += value
+            if rule == 0:  # the list's request id, two days later: any delay counts
+                events.append(_event(Interaction.Type.PURCHASE, customer, shown[1], at + dt.timedelta(days=2),
+                                     request_id=request_id, value=value))  # fmt: skip
+            elif rule == 1:  # an item shown, within the window, no request id
+                events.append(_event(Interaction.Type.PURCHASE, customer, shown[2], at + dt.timedelta(hours=20),
+                                     value=value))  # fmt: skip
+            else:  # both rules: once
+                events.append(_event(Interaction.Type.PURCHASE, customer, shown[3], at + dt.timedelta(hours=1),
+                                     request_id=request_id, value=value))  # fmt: skip
+            if rng.random() < 0.3:  # a second attributed purchase: its revenue adds up, the customer counts once
+                extra = float(np.round(rng.lognormal(3.0, 0.8), 2))
+                revenue += extra
+                events.append(_event(Interaction.Type.PURCHASE, customer, shown[0], at + dt.timedelta(hours=2),
+                                     request_id=request_id, value=extra))  # fmt: skip
+        carted = rng.random() < 0.1
+        if carted:
+            events.append(_event(Interaction.Type.ADD_TO_CART, customer, shown[0], at + dt.timedelta(minutes=3),
+                                 request_id=request_id))  # fmt: skip
+        # Decoys: none of these is attributed.
+        events.append(_event(Interaction.Type.ADD_TO_CART, customer, shown[1], at + dt.timedelta(minutes=4)))
+        not_shown = next(pk for pk in items if pk not in {p for _, s, _ in shown_lists for p in s})
+        events.append(_event(Interaction.Type.PURCHASE, customer, not_shown, at + dt.timedelta(hours=1), value=99.0))
+        last_at, last_shown, _ = shown_lists[-1]
+        never_shown_again = [p for p in last_shown if all(p not in s for _, s, _ in shown_lists[:-1])]
+        if never_shown_again:
+            pk = never_shown_again[0]
+            events.append(_event(Interaction.Type.PURCHASE, customer, pk, last_at + dt.timedelta(hours=25), value=99.0))
+            events.append(_event(Interaction.Type.PURCHASE, customer, pk, START - dt.timedelta(hours=1), value=99.0))
+        arm = truth[name]
+        arm["converted"].append(float(converted))
+        arm["carted"].append(float(carted))
+        arm["revenue"].append(revenue)
+        arm["lists"].append(float(lists))
+        arm["clicks"].append(float(clicked))
+    Impression.objects.bulk_create(impressions)
+    Interaction.objects.bulk_create(events)
+
+    results = services.experiment_results(key="planted")
+
+    c, b = ({k: np.array(v) for k, v in truth[name].items()} for name in ("control", "b"))
+    for name, arm in (("control", c), ("b", b)):
+        shown = results.variant(name)
+        assert shown.exposures == arm["lists"].size
+        assert shown.impressions == arm["lists"].sum()
+        assert shown.clicks == arm["clicks"].sum()
+        assert shown.conversions == arm["converted"].sum()
+        assert shown.add_to_carts == arm["carted"].sum()
+        assert shown.revenue == pytest.approx(arm["revenue"].sum())
+    n_c, n_b = c["lists"].size, b["lists"].size
+    x_c, x_b = int(c["converted"].sum()), int(b["converted"].sum())
+
+    conversion = results.variant("b").conversion_rate.vs_control
+    _, p = proportions_ztest([x_b, x_c], [n_b, n_c])
+    low, high = confint_proportions_2indep(x_b, n_b, x_c, n_c, method="wald", compare="diff")
+    assert conversion.difference == pytest.approx(x_b / n_b - x_c / n_c)
+    assert conversion.relative_lift == pytest.approx((x_b / n_b) / (x_c / n_c) - 1)
+    assert conversion.p_value == pytest.approx(p, rel=1e-9)
+    assert (conversion.ci_low, conversion.ci_high) == pytest.approx((low, high), rel=1e-9)
+    assert conversion.p_value < 0.05  # the planted 50% lift is found
+    assert conversion.verdict == "better"
+    draws = np.random.default_rng(0).beta(1 + np.array([[x_c], [x_b]]), 1 + np.array([[n_c - x_c], [n_b - x_b]]),
+                                          size=(2, 400_000))  # fmt: skip
+    assert conversion.chance_to_beat_control == pytest.approx(np.mean(draws[1] > draws[0]), abs=0.003)
+
+    revenue = results.variant("b").revenue_per_customer.vs_control
+    welch = sps.ttest_ind(b["revenue"], c["revenue"], equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    assert revenue.p_value == pytest.approx(welch.pvalue, rel=1e-6)
+    assert (revenue.ci_low, revenue.ci_high) == pytest.approx((interval.low, interval.high), rel=1e-6)
+
+    # CTR: the delta method from the per-customer values, computed here from the linearised metric.
+    ctr = results.variant("b").ctr.vs_control
+
+    def linearised_variance(arm: dict[str, np.ndarray]) -> tuple[float, float]:
+        r = arm["clicks"].sum() / arm["lists"].sum()
+        z = (arm["clicks"] - r * arm["lists"]) / arm["lists"].mean()
+        return r, z.var(ddof=1) / z.size
+
+    (r_c, v_c), (r_b, v_b) = linearised_variance(c), linearised_variance(b)
+    assert ctr.difference == pytest.approx(r_b - r_c)
+    assert ctr.p_value == pytest.approx(2 * sps.norm.sf(abs(r_b - r_c) / np.sqrt(v_c + v_b)), rel=1e-6)
+
+    expected = sps.chisquare([n_c, n_b], [(n_c + n_b) / 2] * 2)
+    assert results.srm_p_value == pytest.approx(expected.pvalue, rel=1e-9)
