@@ -159,7 +159,7 @@ imp AS (
                 WHEN i.session_id <> '' THEN 's:' || i.session_id
                 ELSE 'r:' || i.request_id END AS unit
       FROM experiments_impression i
-     WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
+     WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL AND i.served_at < %(served_before)s
 ),
 attributed AS (
     SELECT imp.variant_id, imp.unit, x.id AS interaction_id, x.type, {_VALUE} AS value
@@ -268,11 +268,25 @@ SELECT i.variant_id, count(DISTINCT item)
 """
 
 
-def variant_totals(*, experiment_id: int, window_hours: int) -> dict[int, VariantTotals]:
+# Every list, for the results page: "served before" the end of time.
+_ALL_LISTS = "infinity"
+
+
+def variant_totals(
+    *, experiment_id: int, window_hours: int, served_before: dt.datetime | None = None
+) -> dict[int, VariantTotals]:
     """Per variant: exposures, impressions, clicked impressions, carted/converted units, revenue and its SD, and the
-    per-unit sums of squares and products of clicked and shown lists (CTR is a ratio metric over units)."""
+    per-unit sums of squares and products of clicked and shown lists (CTR is a ratio metric over units).
+
+    ``served_before``: only the lists served before it, and what they led to (the bandit passes now minus the
+    attribution window, so that every list it counts has had its whole window to convert)."""
+    params = {
+        "experiment_id": experiment_id,
+        "window_hours": window_hours,
+        "served_before": _ALL_LISTS if served_before is None else served_before,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_TOTALS_SQL, {"experiment_id": experiment_id, "window_hours": window_hours})
+        cursor.execute(_TOTALS_SQL, params)
         rows = cursor.fetchall()
     return {
         row[0]: VariantTotals(
@@ -294,7 +308,9 @@ def variant_totals(*, experiment_id: int, window_hours: int) -> dict[int, Varian
 
 def daily_totals(*, experiment_id: int, window_hours: int) -> list[DailyTotals]:
     with connection.cursor() as cursor:
-        cursor.execute(_DAILY_SQL, {"experiment_id": experiment_id, "window_hours": window_hours})
+        cursor.execute(
+            _DAILY_SQL, {"experiment_id": experiment_id, "window_hours": window_hours, "served_before": _ALL_LISTS}
+        )
         rows = cursor.fetchall()
     return [
         DailyTotals(day, variant_id, int(imps), int(clicks), int(units), int(carted), int(converted), float(revenue))
@@ -309,6 +325,7 @@ def cuped_data(*, experiment_id: int, window_hours: int, start_at: dt.datetime) 
         "window_hours": window_hours,
         "start": start_at,
         "pre_start": start_at - dt.timedelta(days=CUPED_PRE_PERIOD_DAYS),
+        "served_before": _ALL_LISTS,
     }
     with connection.cursor() as cursor:
         cursor.execute(_CUPED_SQL, params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from django.db import transaction
@@ -25,16 +26,24 @@ def bandit_reweight(*, experiment_id: int, min_share: float = BANDIT_MIN_SHARE) 
     (Beta(1, 1) posteriors of conversions / exposures; clicked impressions / impressions for CTR; conversions for
     revenue), floored at ``min_share`` and renormalised, written atomically and logged in ``BanditWeightLog``.
 
+    Counts only the lists served at least the attribution window ago (and what they led to): outcomes that have not
+    had time to happen would read as failures, and mostly in the arm the previous reweight favoured.
+
     Returns the new weights in variant order, or None when the experiment is not a running bandit or an arm has no
-    exposures yet (nothing to learn from: the weights stay).
+    exposures whose window has closed yet (nothing to learn from: the weights stay).
     """
     experiment = Experiment.objects.filter(
         pk=experiment_id, status=Experiment.Status.RUNNING, mode=Experiment.Mode.BANDIT
     ).first()
     if experiment is None:
         return None
-    # Aggregate before taking locks: the query can take a while and must not block a merchandiser's stop.
-    totals = selectors.variant_totals(experiment_id=experiment.pk, window_hours=experiment.attribution_window_hours)
+    # Aggregate before taking locks: the query can take a while and must not block a merchandiser's stop. Only lists
+    # whose attribution window has closed: a list shown minutes ago has not had time to convert, and the arm the last
+    # reweight favoured has the most of them, so counting them would push its traffic away again for no reason.
+    window = experiment.attribution_window_hours
+    totals = selectors.variant_totals(
+        experiment_id=experiment.pk, window_hours=window, served_before=timezone.now() - dt.timedelta(hours=window)
+    )
     with transaction.atomic():
         experiment = experiment_locked(experiment_id)
         if experiment.status != Experiment.Status.RUNNING or experiment.mode != Experiment.Mode.BANDIT:

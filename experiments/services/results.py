@@ -38,7 +38,11 @@ def _experiment_results(key: str) -> ExperimentResults:
     params = {"experiment_id": spec.id, "window_hours": spec.attribution_window_hours}
     return results_build(
         spec=spec,
-        totals=selectors.variant_totals(**params) if started else {},
+        totals=(
+            selectors.variant_totals(experiment_id=spec.id, window_hours=spec.attribution_window_hours)
+            if started
+            else {}
+        ),
         daily=selectors.daily_totals(**params) if started else [],
         items_shown=selectors.items_shown(experiment_id=spec.id) if started else {},
         active_items=selectors.active_item_count(),

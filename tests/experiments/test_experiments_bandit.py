@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.utils import timezone
 
 from catalog.models import Customer
 from events.models import Interaction
@@ -94,6 +95,8 @@ def _running_bandit(key: str, user: AbstractUser) -> tuple[Experiment, dict[str,
         variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 0.5})],
     )
     services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    # As if started two days ago: the bandit counts only lists whose 24 h attribution window has closed.
+    Experiment.objects.filter(pk=experiment.pk).update(start_at=timezone.now() - dt.timedelta(days=2))
     experiment.refresh_from_db()
     return experiment, {v.name: v for v in Variant.objects.filter(experiment=experiment)}
 
@@ -176,3 +179,42 @@ def test_the_beat_task_reweights_a_running_bandit_on_the_real_worker(celery_work
     assert len(history) == 4  # the start's weights, then one row per arm for the reweight
     assert {(row.variant.name, row.weight) for row in history[:2]} == {("control", 0.5), ("b", 0.5)}
     assert {row.variant.name: row.weight for row in history[2:]} == pytest.approx(weights)
+
+
+@pytest.mark.django_db
+def test_a_bandit_is_not_misled_by_customers_whose_attribution_window_is_still_open(user: AbstractUser) -> None:
+    """Two identical arms (10% conversion within the 24 h window). Yesterday's 1,000 customers per arm have had their
+    whole window and converted alike; the last reweight happened to give the control more traffic, so in the last
+    15 minutes it showed lists to 1,000 new customers and b to 250, too recent to have bought yet. Counting them,
+    the control converted 5% and b 8%: b got 95% of the traffic for no reason (a twelfth tester, 6 December). Only
+    customers whose window has closed are counted now: the arms stay level."""
+    experiment, variants = _running_bandit("bandit-delay", user)
+    now = dt.datetime.now(dt.UTC)
+    item = ItemFactory()
+    impressions, purchases = [], []
+    for name, fresh in (("control", 1000), ("b", 250)):
+        for i in range(1000 + fresh):
+            customer = Customer.objects.create(external_id=f"delay-{name}-{i}")
+            mature = i < 1000
+            served_at = now - (dt.timedelta(hours=30) if mature else dt.timedelta(minutes=10))
+            request_id = f"delay-{name}-{i}"
+            impressions.append(
+                Impression(
+                    request_id=request_id, served_at=served_at, surface="home", customer=customer,
+                    experiment=experiment, variant=variants[name], item_pks=[item.pk],
+                )
+            )  # fmt: skip
+            if mature and i % 10 == 0:  # exactly 10% of each arm's mature customers
+                purchases.append(
+                    Interaction(
+                        event_id=f"p-{request_id}", customer=customer, item=item, type=Interaction.Type.PURCHASE,
+                        value=10.0, occurred_at=served_at + dt.timedelta(hours=2), request_id=request_id,
+                    )
+                )  # fmt: skip
+    Impression.objects.bulk_create(impressions)
+    Interaction.objects.bulk_create(purchases)
+
+    weights = services.bandit_reweight(experiment_id=experiment.pk)
+
+    assert weights is not None
+    assert weights == pytest.approx((0.5, 0.5), abs=0.01)
