@@ -260,11 +260,20 @@ SELECT u.variant_id, coalesce(o.revenue, 0)::float8, coalesce(p.revenue, 0)::flo
   LEFT JOIN pre p ON p.customer_id = u.customer_id
 """  # noqa: S608 (interpolates the Interaction.Type constants only; values go as parameters)
 
+# Distinct items grow with the lists shown, so arms of unequal traffic (a 90/10 split, a bandit's floored arm) are
+# compared on as many lists each: every arm's first N lists, N the smallest arm's count (arms without lists aside).
 _ITEMS_SHOWN_SQL = """
-SELECT i.variant_id, count(DISTINCT item)
-  FROM experiments_impression i CROSS JOIN LATERAL unnest(i.item_pks) AS item
- WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
- GROUP BY i.variant_id
+WITH lists AS (
+    SELECT i.variant_id, i.item_pks,
+           row_number() OVER (PARTITION BY i.variant_id ORDER BY i.served_at, i.id) AS n,
+           count(*) OVER (PARTITION BY i.variant_id) AS of_variant
+      FROM experiments_impression i
+     WHERE i.experiment_id = %(experiment_id)s AND i.variant_id IS NOT NULL
+)
+SELECT l.variant_id, count(DISTINCT item)
+  FROM lists l LEFT JOIN LATERAL unnest(l.item_pks) AS item ON true
+ WHERE l.n <= (SELECT min(of_variant) FROM lists)
+ GROUP BY l.variant_id
 """
 
 
@@ -335,7 +344,8 @@ def cuped_data(*, experiment_id: int, window_hours: int, start_at: dt.datetime) 
 
 
 def items_shown(*, experiment_id: int) -> dict[int, int]:
-    """Distinct items shown per variant (the numerator of the coverage guardrail)."""
+    """Distinct items shown per variant in its first N lists, N the smallest number of lists a variant with lists has
+    shown (the numerator of the coverage guardrail: equal samples, so that traffic alone does not move it)."""
     with connection.cursor() as cursor:
         cursor.execute(_ITEMS_SHOWN_SQL, {"experiment_id": experiment_id})
         return dict(cursor.fetchall())

@@ -698,3 +698,27 @@ def test_a_planted_effect_is_reported_as_an_independent_computation_finds_it(
 
     expected = sps.chisquare([n_c, n_b], [(n_c + n_b) / 2] * 2)
     assert results.srm_p_value == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def test_coverage_compares_arms_on_as_many_lists_each(user: AbstractUser) -> None:
+    """Two arms serving the same policy (10 items drawn from 600), the control on 900 lists, b on 100 (a 90/10
+    ramp-up, or a bandit's floored arm). Distinct items grow with the lists shown: b read 81% against the control's
+    100% and alone breached a 90% coverage guardrail, for showing fewer lists (a twelfth tester, 6 December). Each
+    arm is now measured on its first N lists, N the smallest arm's: the same policy reads the same."""
+    pks = [item.pk for item in ItemFactory.create_batch(600)]
+    experiment, variants = _experiment(user, "rails-equal", {"control": 0.9, "b": 0.1}, guardrails={"coverage": 0.9})
+    rng = np.random.default_rng(600)
+    customers = _customers("rails-equal", 1000)
+    Impression.objects.bulk_create(
+        _impression(
+            experiment, variants["control" if i < 900 else "b"], customer, START + dt.timedelta(seconds=i),
+            [int(pk) for pk in rng.choice(pks, size=10, replace=False)], f"rails-equal-{i}",
+        )
+        for i, customer in enumerate(customers)
+    )  # fmt: skip
+
+    results = services.experiment_results(key="rails-equal")
+
+    coverage = {v.name: next(g for g in v.guardrails if g.name == "coverage") for v in results.variants}
+    assert coverage["control"].value == pytest.approx(coverage["b"].value, abs=0.05)
+    assert coverage["control"].breached == coverage["b"].breached
