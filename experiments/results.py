@@ -67,6 +67,7 @@ class VariantInfo:
     name: str
     weight: float
     is_control: bool
+    model_version: int | None = None  # the version its config names (VariantConfig.model_version); None: the active
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,11 @@ def results_build(
     weight_history: Sequence[WeightPoint],
     latency_p95_ms: Mapping[int, float] | None,
     computed_at: dt.datetime,
+    served_versions: Mapping[int, Mapping[int | None, int]] | None = None,
 ) -> ExperimentResults:
     """Apply the statistics to the aggregates. ``totals`` and ``items_shown`` are keyed by variant id; variants
-    without impressions simply have no entry."""
+    without impressions simply have no entry. ``served_versions``: per variant, lists per model version that served
+    them (what each impression recorded)."""
     warnings: list[str] = []
     empty = VariantTotals(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
     rows = {v.id: totals.get(v.id, empty) for v in spec.variants}
@@ -332,6 +335,7 @@ def results_build(
             f"Sample ratio mismatch (p = {srm_p:.2g} < {SRM_THRESHOLD}): the observed split of customers does not "
             "match the configured weights, so the comparison is not trustworthy. Check assignment and logging.",
         )
+    warnings.extend(_version_warnings(spec, served_versions or {}))
     if spec.mode == "bandit":
         warnings.append(
             "Bandit: traffic weights follow the results as they come in, so the fixed-horizon tests are indicative "
@@ -552,6 +556,36 @@ def _guardrails(
         breached = value is not None and (value < threshold if kind == "min" else value > threshold)
         out.append(Guardrail(name, kind, float(threshold), value, breached))
     return tuple(out)
+
+
+def _version_warnings(spec: ExperimentSpec, served: Mapping[int, Mapping[int | None, int]]) -> list[str]:
+    """What the arms were really served from. An arm naming a version that a process could not load served the
+    active one instead (and counts as the arm's), and an arm without one follows every activation and roll-back:
+    either way the page would compare something other than what the experiment says, without a word."""
+    out: list[str] = []
+    for info in spec.variants:
+        by_version = {version: n for version, n in served.get(info.id, {}).items() if n > 0}
+        total = sum(by_version.values())
+        if not total:
+            continue
+        listed = ", ".join(
+            f"{'none' if version is None else version} ({n / total:.0%})"
+            for version, n in sorted(by_version.items(), key=lambda kv: -kv[1])
+        )
+        if info.model_version is not None:
+            other = total - by_version.get(info.model_version, 0)
+            if other:
+                out.append(
+                    f"{info.name} names model version {info.model_version}, but {other} of its {total} lists "
+                    f"({other / total:.0%}) were served by another (versions: {listed}): the version could not be "
+                    "loaded, so those lists are not the version under test."
+                )
+        elif len(by_version) > 1:
+            out.append(
+                f"{info.name} serves the active model version, which changed during the experiment (versions: "
+                f"{listed}): its figures mix the versions."
+            )
+    return out
 
 
 def _srm(spec: ExperimentSpec, rows: Mapping[int, VariantTotals]) -> tuple[float | None, bool]:

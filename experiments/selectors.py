@@ -17,7 +17,7 @@ from django.db import connection
 from catalog.models import Item
 from events.models import Interaction
 from events.parsing import VALUE_MAX
-from experiments.config import InvalidConfig, VariantConfig
+from experiments.config import InvalidConfig, VariantConfig, merged
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.results import CupedData, DailyTotals, ExperimentSpec, VariantInfo, VariantTotals, WeightPoint
 
@@ -120,8 +120,9 @@ def experiment_spec(*, key: str) -> ExperimentSpec | None:
     experiment = Experiment.objects.filter(key=key).select_related("winner").first()
     if experiment is None:
         return None
+    default = SurfaceDefault.objects.filter(surface=experiment.surface).values_list("config", flat=True).first()
     variants = tuple(
-        VariantInfo(v.pk, v.name, v.weight, v.is_control)
+        VariantInfo(v.pk, v.name, v.weight, v.is_control, _named_version(default, v.config))
         for v in Variant.objects.filter(experiment=experiment).order_by("-is_control", "pk")
     )
     return ExperimentSpec(
@@ -141,6 +142,34 @@ def experiment_spec(*, key: str) -> ExperimentSpec | None:
         winner=experiment.winner.name if experiment.winner else None,
         variants=variants,
     )
+
+
+def _named_version(default: dict[str, Any] | None, override: dict[str, Any]) -> int | None:
+    """The model version a variant's lists come from by its config (its own setting, else the surface default's);
+    None: the active version (or a config serving skips, which serves the platform default)."""
+    try:
+        return merged(merged(VariantConfig(), default), override).model_version
+    except InvalidConfig:
+        return None
+
+
+_SERVED_VERSIONS_SQL = """
+SELECT variant_id, model_version, count(*)
+  FROM experiments_impression
+ WHERE experiment_id = %(experiment_id)s AND variant_id IS NOT NULL
+ GROUP BY variant_id, model_version
+"""
+
+
+def served_versions(*, experiment_id: int) -> dict[int, dict[int | None, int]]:
+    """Per variant, how many of its lists each model version served (as each impression recorded it)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SERVED_VERSIONS_SQL, {"experiment_id": experiment_id})
+        rows = cursor.fetchall()
+    out: dict[int, dict[int | None, int]] = {}
+    for variant_id, version, lists in rows:
+        out.setdefault(variant_id, {})[version] = int(lists)
+    return out
 
 
 # The experiment's impressions, the interactions attributed to them, and per-unit outcomes. A unit is the customer

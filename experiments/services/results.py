@@ -48,6 +48,7 @@ def _experiment_results(key: str) -> ExperimentResults:
         active_items=selectors.active_item_count(),
         cuped=selectors.cuped_data(**params, start_at=spec.start_at) if spec.start_at else None,
         weight_history=selectors.weight_history(experiment_id=spec.id),
+        served_versions=selectors.served_versions(experiment_id=spec.id) if started else {},
         # Only for an experiment that has this guardrail: the query sorts every impression's latency.
         latency_p95_ms=(
             selectors.latency_p95_ms(experiment_id=spec.id) if started and "latency_p95_ms" in spec.guardrails else None

@@ -722,3 +722,37 @@ def test_coverage_compares_arms_on_as_many_lists_each(user: AbstractUser) -> Non
     coverage = {v.name: next(g for g in v.guardrails if g.name == "coverage") for v in results.variants}
     assert coverage["control"].value == pytest.approx(coverage["b"].value, abs=0.05)
     assert coverage["control"].breached == coverage["b"].breached
+
+
+def test_the_page_says_when_an_arm_was_not_served_by_the_version_it_tests(user: AbstractUser, items: list[int]) -> None:
+    """ "Version 12 against the active 11": b names version 12 and the control the active version. Lists b served
+    while 12 could not be loaded came from 11 (they count as b's), and the control followed the activation of 12
+    half-way through: the page compared 11 with 11, then 12 with 12, and said nothing (a twelfth tester, 6
+    December). Each is now a warning naming the versions and their shares."""
+    experiment = services.experiment_create(
+        key="v12", name="v12", surface="home", primary_metric="ctr",
+        variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"model_version": 12})],
+    )  # fmt: skip
+    experiment = services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    variants = {v.name: v for v in Variant.objects.filter(experiment=experiment)}
+    customers = _customers("v12", 40)
+    served = {"control": [11] * 10 + [12] * 10, "b": [12] * 15 + [11] * 5}
+    Impression.objects.bulk_create(
+        Impression(
+            request_id=f"v12-{name}-{i}", served_at=experiment.start_at, surface="home",
+            customer=customers[i + (20 if name == "b" else 0)], experiment=experiment, variant=variants[name],
+            item_pks=items[:4], model_version=version,
+        )
+        for name, versions in served.items() for i, version in enumerate(versions)
+    )  # fmt: skip
+
+    warnings = services.experiment_results(key="v12").warnings
+
+    assert any(w.startswith("b names model version 12, but 5 of its 20 lists (25%)") for w in warnings), warnings
+    assert any(w.startswith("control serves the active model version, which changed") for w in warnings), warnings
+    assert any("11 (50%), 12 (50%)" in w for w in warnings), warnings
+
+    # Served as named: no warning.
+    Impression.objects.filter(experiment=experiment, variant=variants["b"]).update(model_version=12)
+    Impression.objects.filter(experiment=experiment, variant=variants["control"]).update(model_version=11)
+    assert not any("model version" in w for w in services.experiment_results(key="v12").warnings)
