@@ -87,6 +87,8 @@ class ExperimentSpec:
     guardrails: Mapping[str, float]
     winner: str | None
     variants: tuple[VariantInfo, ...]  # control first
+    # The last change of the surface's default while the experiment ran (every arm is built on it), if any.
+    surface_default_changed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,13 @@ def results_build(
             "match the configured weights, so the comparison is not trustworthy. Check assignment and logging.",
         )
     warnings.extend(_version_warnings(spec, served_versions or {}))
+    if spec.surface_default_changed_at is not None:
+        warnings.append(
+            f"The {spec.surface} default changed on {spec.surface_default_changed_at:%Y-%m-%d %H:%M} UTC while this "
+            "experiment ran (an edit, or another experiment of the surface concluded with a winner): every arm is "
+            "the default plus the settings its variant names, so what the control serves, and any setting the "
+            "variants do not name, changed mid-experiment and the figures mix the two periods."
+        )
     if spec.mode == "bandit":
         warnings.append(
             "Bandit: traffic weights follow the results as they come in, so the fixed-horizon tests are indicative "

@@ -120,10 +120,18 @@ def experiment_spec(*, key: str) -> ExperimentSpec | None:
     experiment = Experiment.objects.filter(key=key).select_related("winner").first()
     if experiment is None:
         return None
-    default = SurfaceDefault.objects.filter(surface=experiment.surface).values_list("config", flat=True).first()
+    default, default_changed_at = SurfaceDefault.objects.filter(surface=experiment.surface).values_list(
+        "config", "updated_at"
+    ).first() or (None, None)
     variants = tuple(
         VariantInfo(v.pk, v.name, v.weight, v.is_control, _named_version(default, v.config))
         for v in Variant.objects.filter(experiment=experiment).order_by("-is_control", "pk")
+    )
+    ran = (
+        experiment.start_at is not None
+        and default_changed_at is not None
+        and experiment.start_at < default_changed_at
+        and (experiment.end_at is None or default_changed_at < experiment.end_at)
     )
     return ExperimentSpec(
         id=experiment.pk,
@@ -141,6 +149,7 @@ def experiment_spec(*, key: str) -> ExperimentSpec | None:
         guardrails=dict(experiment.guardrails or {}),
         winner=experiment.winner.name if experiment.winner else None,
         variants=variants,
+        surface_default_changed_at=default_changed_at if ran else None,
     )
 
 

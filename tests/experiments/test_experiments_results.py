@@ -756,3 +756,35 @@ def test_the_page_says_when_an_arm_was_not_served_by_the_version_it_tests(user: 
     Impression.objects.filter(experiment=experiment, variant=variants["b"]).update(model_version=12)
     Impression.objects.filter(experiment=experiment, variant=variants["control"]).update(model_version=11)
     assert not any("model version" in w for w in services.experiment_results(key="v12").warnings)
+
+
+def test_an_experiment_says_when_the_surface_default_changed_under_it(user: AbstractUser) -> None:
+    """Two experiments share the home page in disjoint ranges of one namespace: A tests a diversity cap of 0.5, B a
+    cap of 0.2 (the default is 0.3). Concluding A with its winner makes 0.5 the home default, and with it B's
+    control: B compared 0.2 with 0.3, then with 0.5, and its page said nothing (a twelfth tester, 6 December)."""
+
+    def start(key: str, cap: float, low: float, high: float) -> Experiment:
+        experiment = services.experiment_create(
+            key=key, name=key, surface="home", namespace=("home-tests", low, high),
+            variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": cap})],
+        )  # fmt: skip
+        return services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+
+    start("ns-a", 0.5, 0.0, 0.5)
+    start("ns-b", 0.2, 0.5, 1.0)
+    unit = next(
+        f"u{i}"
+        for i in range(1000)
+        if services.assign(surface="home", unit_id=f"u{i}").experiment_key == "ns-b"
+        and services.assign(surface="home", unit_id=f"u{i}").variant == "control"
+    )
+    assert services.assign(surface="home", unit_id=unit).config.diversity_cap == pytest.approx(0.3)
+    assert not any("default changed" in w for w in services.experiment_results(key="ns-b").warnings)
+
+    services.experiment_conclude(experiment_id=Experiment.objects.get(key="ns-a").pk, winner="b", user_id=user.pk)
+    services.assignment_cache_clear()
+
+    assert services.assign(surface="home", unit_id=unit).config.diversity_cap == pytest.approx(0.5)  # B's control
+    assert any("The home default changed on" in w for w in services.experiment_results(key="ns-b").warnings)
+    # The experiment whose conclusion changed it ran before the change: no warning on its own page.
+    assert not any("default changed" in w for w in services.experiment_results(key="ns-a").warnings)
