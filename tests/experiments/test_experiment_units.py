@@ -132,3 +132,28 @@ def test_a_pages_similar_widget_keeps_a_customer_in_one_arm(
         Impression.objects.filter(experiment=experiment, customer=customer).values_list("variant__name", flat=True)
     )
     assert len(arms) <= 1, arms
+
+
+def test_concluding_without_a_winner_sends_traffic_to_the_default_and_keeps_what_was_logged(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+) -> None:
+    """What holds: a roll-back takes effect on the next request (the arm's cached list is not served again: the cache
+    key carries the variant and its config), and the lists logged while it ran stay in its results."""
+    user = django_user_model.objects.create_user("ds")
+    experiment = _running(user, "home", "units-rollback")
+    CustomerFactory(external_id="rb-1")
+    params = {"customer_id": "rb-1", "surface": "home", "count": 4}
+    before = [api.get("/v1/recommendations", params).json() for _ in range(3)]
+    assert {body["experiment"] for body in before} == {"units-rollback"}
+    services.impressions_push()
+    services.impressions_flush()
+
+    services.experiment_conclude(experiment_id=experiment.pk, winner=None, user_id=user.pk)
+    services.assignment_cache_clear()  # what the version token does within a second in every process
+
+    after = api.get("/v1/recommendations", params).json()
+    assert after["experiment"] is None
+    assert after["variant"] is None
+    results = _flushed_results("units-rollback")
+    assert sum(v.impressions for v in results.variants) == 3
+    assert Impression.objects.filter(experiment=experiment).count() == 3
