@@ -184,8 +184,11 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     started = time.perf_counter()
     personal, owners = owners_of(customer_id=request.customer_id, session_id=request.session_id)
     owner = owners[0] if owners else ""
-    unit = owner or request.session_id or request.customer_id or "anonymous"
-    assignment = experiments.assign(surface=request.surface, unit_id=unit, forced_variant=request.forced_variant)
+    request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
+    assignment = experiments.assign(
+        surface=request.surface, unit_id=experiment_unit(owner, request.session_id, request_id),
+        forced_variant=request.forced_variant,
+    )  # fmt: skip
     config = assignment.config
     if not request.rules:
         config = dataclasses.replace(config, rules_enabled=False)
@@ -195,7 +198,6 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     # is activated. Without one, or when it cannot be loaded, the active version.
     model = model_for(config.model_version)
     model_version = model.version_id if model else None
-    request_id = request.replay.request_id if request.replay is not None else uuid.uuid4().hex
 
     excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
     pending_shown = SHOWN.pending(owners, excluded_requests) if excluded_requests else None
@@ -331,7 +333,6 @@ def recommend_page(request: PageRequest) -> Page:
     started = time.perf_counter()
     personal, owners = owners_of(customer_id=request.customer_id, session_id=request.session_id)
     owner = owners[0] if owners else ""
-    unit = owner or request.session_id or request.customer_id or "anonymous"
     anchors: dict[int, int] = {}
     for index, widget in enumerate(request.widgets):
         if widget.kind == "similar":
@@ -369,6 +370,8 @@ def recommend_page(request: PageRequest) -> Page:
     had: np.ndarray | None = None
     for index, widget in enumerate(request.widgets):
         request_id = uuid.uuid4().hex
+        # Every widget, the similar one included: its impression carries the page's customer or session.
+        unit = experiment_unit(owner, request.session_id, request_id)
         items: tuple[RecommendedItem, ...] = ()
         groups: tuple[AnchorGroup, ...] = ()
         if widget.kind == "recommendations":
@@ -397,7 +400,7 @@ def recommend_page(request: PageRequest) -> Page:
             groups = tuple(found)
         else:
             surface = "similar"
-            assignment = experiments.assign(surface=surface, unit_id=request_id)
+            assignment = experiments.assign(surface=surface, unit_id=unit)
             if personal and had is None:  # on a personal page, not what the owner already has (bought or rated)
                 owned = RequestState(surface=surface, count=0, now=time.time(), history=shared.own_history)
                 owned.had_pks, owned.had_types = shared.read.had_pks, shared.read.had_types
@@ -468,6 +471,16 @@ def freshness_probe() -> str:
 def serve_mode(model: ActiveModel | None) -> str:
     """What the version serves ("pipeline" or "source:<name>", recorded at training); "pipeline" without one."""
     return serve_mode_of(model.meta) if model is not None else PIPELINE
+
+
+def experiment_unit(owner: str, session_id: str, request_id: str) -> str:
+    """What an experiment hashes for a list: the unit its results will count the list's impression under
+    (experiments.selectors: the customer, else the session, else the list itself). A personal list's owner (the
+    customer); else the session (an opted-out customer's impression carries only that); else the request: a list
+    asked for with neither (a crawler, a server-side render, an opted-out customer without a session) is a unit of
+    its own. Such lists all hashed "anonymous" (or the opted-out customer's id), so they all went to one arm and
+    counted as that many units of it: a sample-ratio mismatch (a twelfth tester, 6 December)."""
+    return owner or session_id or request_id
 
 
 def owners_of(*, customer_id: str, session_id: str) -> tuple[bool, tuple[str, ...]]:

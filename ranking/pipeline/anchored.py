@@ -244,17 +244,29 @@ def because_you_viewed(*, customer_id: str, count: int = 10, groups: int = 3) ->
     started = time.perf_counter()
     model = get_active_model()
     request_id = uuid.uuid4().hex
-    assignment = experiments.assign(surface="because_you_viewed", unit_id=customer_id)
+    opted_out = online.opt_outs.contains(customer_id)
+    # The unit the experiment's results count: the customer, whose id the impression carries; an opted-out one's
+    # impression carries none, so each of their lists is a unit of its own.
+    assignment = experiments.assign(surface="because_you_viewed", unit_id=request_id if opted_out else customer_id)
     arm = {"experiment": assignment.experiment_key, "variant": assignment.variant}
-    if model is None:
-        return AnchorGroups(request_id, (), None, **arm, degraded=True)
-    if online.opt_outs.contains(customer_id):
-        return AnchorGroups(request_id, (), model.version_id, **arm)
-    # The recommendations' read of the owner's state: Redis, or Postgres (degraded, and a lost online state asks
-    # for its rebuild) when Redis is down or no longer complete.
-    read = online.owner_state((customer_owner(customer_id),), None, True)
-    history = read.history.without_items(read.dismissed_pks)
-    result, _ = anchor_groups(model, history, count=count, groups=groups, exclude=read.dismissed_pks)
+    result: list[AnchorGroup] = []
+    shown = np.empty(0, np.int64)
+    degraded = model is None
+    if model is not None and not opted_out:
+        # The recommendations' read of the owner's state: Redis, or Postgres (degraded, and a lost online state asks
+        # for its rebuild) when Redis is down or no longer complete.
+        read = online.owner_state((customer_owner(customer_id),), None, True)
+        history = read.history.without_items(read.dismissed_pks)
+        result, shown = anchor_groups(model, history, count=count, groups=groups, exclude=read.dismissed_pks)
+        degraded = read.source == "postgres"
+    # Logged as the page's widget is: the arm named in the answer has its lists counted (it logged none, so an
+    # experiment on this surface saw only page widgets: a twelfth tester, 6 December).
+    version = model.version_id if model is not None else None
+    experiments.impression_log(
+        request_id=request_id, surface="because_you_viewed", customer_id="" if opted_out else customer_id,
+        session_id="", assignment=assignment, item_pks=shown.tolist(), model_version=version,
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )  # fmt: skip
     REQUESTS.labels("because_you_viewed", "because_you_viewed", "-", "miss").inc()
     LATENCY.labels("because_you_viewed", "because_you_viewed", "-").observe(time.perf_counter() - started)
-    return AnchorGroups(request_id, tuple(result), model.version_id, **arm, degraded=read.source == "postgres")
+    return AnchorGroups(request_id, tuple(result), version, **arm, degraded=degraded)
