@@ -126,7 +126,8 @@ def _fast_recommendation_query(params: QueryDict) -> dict[str, Any] | None:
     data: dict[str, Any] = {"count": count}
     for name in _TEXT_FIELDS:
         value = params.get(name, "")
-        if not _plain_text(value):
+        # An id holding "/" or being "." / ".." may break the id rule's segment checks: the serializer decides.
+        if not _plain_text(value) or "/" in value or value in (".", ".."):
             return None
         data[name] = value
     surface = params.get("surface", "")

@@ -28,12 +28,14 @@ FIELDS = (
 
 # Characters where the rules have edges: whitespace to trim, separators, NUL, a surrogate, invisible and non-ASCII
 # letters and digits, the decimal point DRF's IntegerField tolerates.
-_CHARS = st.sampled_from(list("aZ09-_., \t\n\x00\u200b\ud800é٣x"))
+_CHARS = st.sampled_from(list("aZ09-_., \t\n\x00\u200b\ud800é٣x/"))
 _LITERALS = st.sampled_from(
     [
         "", " ", "true", "false", "True", "TRUE", "1", "0", "yes", "no", "on", "null", "maybe", "10", "100", "101",
         "-1", "5.0", "010", " 5", "5 ", "1_0", "abc", "home", "home page", "x" * 32, "x" * 33, "x" * 100, "x" * 101,
         ",".join(["a"] * 100), ",".join(["a"] * 101), ",".join(["r"] * 21), "a,,b, c", "a" * 64 + ",b", "a" * 65,
+        # The id rule's "/" segments: a dot segment, a sub-resource's name last, and ids it keeps.
+        ".", "..", "a/./b", "x/export", "sku/similar", "a/b", "...", "export",
     ]
 )  # fmt: skip
 _VALUES = st.one_of(_LITERALS, st.text(_CHARS, max_size=12))
