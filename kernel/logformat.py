@@ -146,23 +146,17 @@ class JsonFormatter(_LibraryJsonFormatter):
         line = self._dumps(log_data)
         if line is not None:
             return line
+        named = {key if isinstance(key, str) else _repr(key): value for key, value in log_data.items()}
         # Field by field: those the encoder cannot write go as their repr(), the rest as they are.
-        fields: dict[str, Any] = {}
-        as_repr: list[str] = []
-        for key, value in log_data.items():
-            name = key if isinstance(key, str) else _repr(key)
-            if self._dumps({name: value}) is None:
-                value = _repr(value)
-                as_repr.append(name)
-            fields[name] = value
+        as_repr = [name for name, value in named.items() if self._dumps({name: value}) is None]
+        fields: dict[str, Any] = {name: _repr(value) if name in as_repr else value for name, value in named.items()}
         fields["repr_fields"] = as_repr
         line = self._dumps(fields)
         if line is not None:
             return line
         kept: dict[str, Any] = {}
         left_out: list[str] = []
-        for key, value in log_data.items():
-            name = key if isinstance(key, str) else _repr(key)
+        for name, value in named.items():
             if _is_plain(value):
                 kept[name] = value
             elif name in _OWN_FIELDS:

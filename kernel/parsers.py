@@ -109,36 +109,51 @@ class BoundedJSONParser(JSONParser):
             raw = stream.read(limit + 1)
             if len(raw) > limit:
                 raise RequestTooLarge(limit)
-        # Counting the brackets is a bound of the depth, and nearly free: only a body with many is measured.
-        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (depth := json_depth(raw)) > MAX_JSON_DEPTH:
+        if (depth := _too_deep(raw)) is not None:
             raise ParseError(f"JSON parse error - the body is nested {depth} levels deep; at most {MAX_JSON_DEPTH}.")
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            data = json.loads(raw.decode(encoding), parse_constant=_reject_constant, parse_float=_finite_float)
+            data = _strict_loads(raw.decode(encoding))
         except (ValueError, LookupError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
             raise ParseError(f"JSON parse error - {exc}") from None
         # Surrogate escapes are rare (emoji escaped as pairs are fine): only then is the parsed value checked.
-        if _SURROGATE_ESCAPE.search(raw):
-            try:
-                json.dumps(data, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ParseError("A string holds a lone surrogate (an escape in \\ud800-\\udfff).") from None
+        if _SURROGATE_ESCAPE.search(raw) and _holds_lone_surrogate(data):
+            raise ParseError("A string holds a lone surrogate (an escape in \\ud800-\\udfff).")
         return data
 
 
-def json_text_loads(text: str) -> Any:
-    """JSON typed into a form (the admin's settings and attributes) under the body's rules: nested at most
-    :data:`MAX_JSON_DEPTH` deep (measured before parsing: Python's parser recurses), finite numbers, no lone
-    surrogate. A ``ValueError`` says what is wrong."""
-    raw = text.encode("utf-8", "surrogatepass")
+def _too_deep(raw: bytes) -> int | None:
+    """The nesting depth of the JSON text ``raw`` when deeper than :data:`MAX_JSON_DEPTH` (measured before parsing:
+    Python's parser recurses), else None. Counting the brackets bounds the depth and is nearly free: only a text
+    with many is measured."""
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and (depth := json_depth(raw)) > MAX_JSON_DEPTH:
-        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}")
-    try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except RecursionError:  # not reached within the depth above; the parser's own limit, never a 500
-        raise ValueError("nested too deep") from None
+        return depth
+    return None
+
+
+def _strict_loads(text: str) -> Any:
+    """``json.loads`` refusing NaN and infinities (a ``ValueError`` naming them)."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("a string holds a lone surrogate (an escape in \\ud800-\\udfff)") from None
+        return True
+    return False
+
+
+def json_text_loads(text: str) -> Any:
+    """JSON typed into a form (the admin's settings and attributes) or an option under the body's rules
+    (:class:`BoundedJSONParser`): nested at most :data:`MAX_JSON_DEPTH` deep, finite numbers, no lone surrogate. A
+    ``ValueError`` says what is wrong."""
+    if (depth := _too_deep(text.encode("utf-8", "surrogatepass"))) is not None:
+        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH}")
+    try:
+        value = _strict_loads(text)
+    except RecursionError:  # not reached within the depth above; the parser's own limit, never a 500
+        raise ValueError("nested too deep") from None
+    if _holds_lone_surrogate(value):
+        raise ValueError("a string holds a lone surrogate (an escape in \\ud800-\\udfff)")
     return value

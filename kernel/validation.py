@@ -47,7 +47,7 @@ SUBRESOURCE_NAMES = frozenset(
 )
 # HTTP clients (curl, requests, browsers) resolve these path segments before sending (RFC 3986, 5.2.4), encoded or
 # not: GET /v1/customers/./export reached /v1/customers/export, another customer (an eleventh tester, 6 December).
-_DOT_SEGMENTS = frozenset({".", ".."})
+DOT_SEGMENTS = frozenset({".", ".."})
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # Rendering what is stored: deeper than this is cut (None), far below the JSON renderer's own limit (254).
@@ -76,7 +76,7 @@ def id_problem(value: object) -> str | None:
         return "starts or ends with an invisible joiner"
     if "/" in value and (last := value.rsplit("/", 1)[1]) in SUBRESOURCE_NAMES:
         return f'ends in "/{last}", which the API reads as a sub-resource of the id before it'
-    if any(segment in _DOT_SEGMENTS for segment in value.split("/")):
+    if any(segment in DOT_SEGMENTS for segment in value.split("/")):
         return 'has a "." or ".." segment, which HTTP clients remove from a path before sending it'
     return None
 

@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
-from kernel.validation import IdField, optional_id
+from kernel.validation import DOT_SEGMENTS, IdField, optional_id
 from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS, VERBS
 
 MAX_EXCLUDE = 100
@@ -127,7 +127,7 @@ def _fast_recommendation_query(params: QueryDict) -> dict[str, Any] | None:
     for name in _TEXT_FIELDS:
         value = params.get(name, "")
         # An id holding "/" or being "." / ".." may break the id rule's segment checks: the serializer decides.
-        if not _plain_text(value) or "/" in value or value in (".", ".."):
+        if not _plain_text(value) or "/" in value or value in DOT_SEGMENTS:
             return None
         data[name] = value
     surface = params.get("surface", "")
