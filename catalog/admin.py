@@ -9,8 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from catalog.models import Brand, Category, Customer, Item
-from catalog.serializers import MAX_TAGS, created_at_problem
+from catalog.models import MAX_TAGS, Brand, Category, Customer, Item, created_at_problem
 from catalog.services import catalog_version_bump, opt_out_version_bump
 from kernel.admin_utils import EstimatedCountPaginator
 from kernel.validation import check_text, id_problem, json_problem, sentence, text_problem

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
-from catalog.serializers import CREATED_MAX, CREATED_MIN, MAX_TAGS
+from catalog.models import CREATED_MAX, CREATED_MIN, MAX_TAGS
 from catalog.services import catalog_version_bump
 from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 from kernel.validation import id_problem, text_problem

@@ -1,5 +1,7 @@
 """The catalog: customers, items, categories and brands, all addressed by the storefront's external ids."""
 
+from datetime import UTC, datetime
+
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
@@ -9,6 +11,17 @@ from kernel.validation import ID_MAX_LENGTH
 
 # The one id rule's bound (kernel.validation): every external id column is this wide.
 EXTERNAL_ID_MAX = ID_MAX_LENGTH
+# An item's rules, the same through the API, the admin and import_items: at most MAX_TAGS tags, and a created_at (in
+# UTC) within years every reader can hold, so that no item stays the newest arrival for centuries.
+MAX_TAGS = 50
+CREATED_MIN, CREATED_MAX = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def created_at_problem(value: datetime | None) -> str | None:
+    """Why ``value`` cannot be an item's created_at (a sentence fragment), or None."""
+    if value is not None and not CREATED_MIN <= value < CREATED_MAX:
+        return f"must be between {CREATED_MIN.year} and {CREATED_MAX.year} (in UTC)"
+    return None
 
 
 class Category(models.Model):

@@ -4,23 +4,12 @@ Ids (category, brand, tags) follow the one id rule (kernel.validation); ``attrib
 and rendered defensively at read, so nothing stored can make a later GET fail.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from rest_framework import serializers
 
-from catalog.models import Customer, Item
+from catalog.models import MAX_TAGS, Customer, Item, created_at_problem
 from kernel.validation import AttributesField, IdField, check_text, sentence
-
-MAX_TAGS = 50
-# An item's created_at, in UTC, the same through the API, the admin and import_items: years every reader can hold,
-# and no item that stays the newest arrival for centuries.
-CREATED_MIN, CREATED_MAX = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
-
-
-def created_at_problem(value: datetime | None) -> str | None:
-    if value is not None and not CREATED_MIN <= value < CREATED_MAX:
-        return f"must be between {CREATED_MIN.year} and {CREATED_MAX.year} (in UTC)"
-    return None
 
 
 class ItemInputSerializer(serializers.Serializer):
