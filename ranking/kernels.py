@@ -281,10 +281,15 @@ def warm() -> None:
     """Compile (or load from the disk cache) both kernels for the types serving passes, before the first request."""
     anchors = np.array([0], np.int64)
     weights = np.ones(1, np.float32)
+    # A version's tables are memory-mapped read-only (ranking.artifacts), and numba types a read-only array apart
+    # from a writable one: both, or each web process's first request paid the load (found by a py-spy profile).
     for idx_type in (np.int32, np.int64):
-        table = np.array([[1, -1]], idx_type)
-        neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.zeros(2, np.bool_), 1)
-        neighbour_sums(anchors, weights, table, np.ones((1, 2), np.float32), np.empty(0, np.bool_), 1)
+        for writeable in (True, False):
+            table = np.array([[1, -1]], idx_type)
+            scores = np.ones((1, 2), np.float32)
+            table.flags.writeable = scores.flags.writeable = writeable
+            neighbour_sums(anchors, weights, table, scores, np.zeros(2, np.bool_), 1)
+            neighbour_sums(anchors, weights, table, scores, np.empty(0, np.bool_), 1)
     dense_top(np.ones(2, np.float32), np.ones((1, 2), np.float32), weights, anchors, 1)
     codes = np.zeros(2, np.intp)
     greedy_fill(1, np.zeros(2, np.bool_), codes, codes, np.ones(2, np.bool_), np.zeros(1, np.int64),

@@ -3,6 +3,8 @@ items, same float32 sums, same anchors, same merged matrices, on random tables f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -271,3 +273,22 @@ def test_the_compiled_greedy_fill_is_the_numpy_one(
     np.testing.assert_array_equal(kernel_caps.cat_counts, python_caps.cat_counts)
     np.testing.assert_array_equal(kernel_caps.brand_counts, python_caps.brand_counts)
     assert (kernel_caps.cat_cap, kernel_caps.brand_cap) == (python_caps.cat_cap, python_caps.brand_cap)
+
+
+@pytest.mark.parametrize("idx_type", [np.int32, np.int64])
+def test_warm_compiles_the_types_a_loaded_version_passes(tmp_path: Path, idx_type: type[np.integer]) -> None:
+    """A version's neighbour tables are read-only memory maps (ranking.artifacts), which numba types apart from
+    writable arrays: after ``warm()``, serving them compiles (or loads) nothing more, so no request pays for it."""
+    kernels.warm()
+    directory = tmp_path
+    np.save(directory / "idx.npy", np.array([[1, 2], [0, -1], [0, 1]], idx_type))
+    np.save(directory / "score.npy", np.array([[0.5, 0.25], [1.0, 0.0], [0.3, 0.2]], np.float32))
+    table = np.asarray(np.load(directory / "idx.npy", mmap_mode="r"))
+    scores = np.asarray(np.load(directory / "score.npy", mmap_mode="r"))
+    assert not table.flags.writeable
+    before = list(kernels.neighbour_sums.signatures)
+    anchors = np.array([0, 2], np.int64)
+    weights = np.array([1.0, 0.5])
+    neighbours(anchors, weights, table, scores, 5)
+    neighbours(anchors, weights, table, scores, 5, exclude=np.zeros(3, np.bool_))
+    assert list(kernels.neighbour_sums.signatures) == before
