@@ -456,6 +456,48 @@ def test_a_rule_on_a_surface_nothing_serves_is_kept_with_a_warning(staff: Client
 
 
 @pytest.mark.django_db
+def test_a_pin_asking_for_a_position_another_pin_holds_is_saved_with_a_warning(
+    staff: Client, world: dict[str, Any]
+) -> None:
+    """Two pins on one slot were saved without a word, and the preview alone showed one of them moved (an eighth
+    tester, 6 December). Saving the second says which one takes the slot; pins on other surfaces, at other times,
+    or switched off do not compete."""
+    first = BusinessRule.objects.create(
+        name="Mug first", kind="pin", target="item", item=world["items"][0], position=2, surfaces=["home"]
+    )
+    BusinessRule.objects.create(
+        name="Cart pin", kind="pin", target="item", item=world["items"][1], position=2, surfaces=["cart"]
+    )
+    BusinessRule.objects.create(
+        name="Old pin", kind="pin", target="item", item=world["items"][2], position=2,
+        ends_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=30),
+    )  # fmt: skip
+    BusinessRule.objects.create(
+        name="Off pin", kind="pin", target="item", item=world["items"][3], position=2, enabled=False
+    )
+
+    def saved(**values: Any) -> str:
+        response = staff.post(f"{RULES}add/", _rule_form(kind="pin", **values), follow=True)
+        assert response.status_code == 200
+        assert BusinessRule.objects.filter(name=values["name"]).exists()
+        page = response.content.decode()
+        return page.split('class="messagelist"', 1)[1].split("</ul>", 1)[0] if "messagelist" in page else ""
+
+    messages = saved(name="Scarf second", item=world["items"][4].pk, position=2, surfaces="home,similar")
+    assert (
+        f"Pin “Mug first” (#{first.pk}) also asks for position 2 on surface home: the older rule “Mug first” takes "
+        "it and “Scarf second” moves to the next free position."
+    ) in messages
+    for other in ("Cart pin", "Old pin", "Off pin"):
+        assert other not in messages
+    alone = saved(
+        name="Next month", item=world["items"][5].pk, position=3, surfaces="home",
+        starts_at_0=(dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat(), starts_at_1="00:00:00",
+    )  # fmt: skip
+    assert "also asks for position" not in alone
+
+
+@pytest.mark.django_db
 def test_every_rule_change_is_in_the_audit_trail(staff: Client, superuser: AbstractUser, world: dict[str, Any]) -> None:
     item = world["items"][4]
     assert staff.post(f"{RULES}add/", _rule_form(name="Scarf boost", item=item.pk)).status_code == 302
