@@ -135,12 +135,22 @@ def api_get(request: HttpRequest, path: str, params: dict[str, Any] | None = Non
     """GET ``path`` from this same server's public API with the storefront's server key (one retry with fresh
     keys when the key is refused, e.g. after the database was reset)."""
     query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v not in (None, "")})
+    return _api_call(request, path, query=query)
+
+
+def api_post(request: HttpRequest, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` as JSON to ``path`` of this same server's public API, as :func:`api_get` asks."""
+    return _api_call(request, path, body=json.dumps(body).encode())
+
+
+def _api_call(request: HttpRequest, path: str, *, query: str = "", body: bytes | None = None) -> dict[str, Any]:
     url = request.build_absolute_uri(path) + (f"?{query}" if query else "")
     for attempt in range(2):
         keys = storefront_keys(refresh=attempt > 0)
-        call = urllib.request.Request(  # noqa: S310 (an http(s) URL of this very server, built by Django)
-            url, headers={"Authorization": f"Bearer {keys.server}", "Accept": "application/json"}
-        )
+        headers = {"Authorization": f"Bearer {keys.server}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        call = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 (this very server's URL)
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(call, timeout=API_TIMEOUT_SECONDS) as response:  # noqa: S310 (same)
@@ -374,8 +384,22 @@ def home(request: HttpRequest) -> HttpResponse:
         "category_label": category_label(category),
         "meta": meta,
         "error": error,
+        # The cards' "not interested" controls send dismiss events with the page's events-only key.
+        "events_config": _events_config(request, shopper),
     }
     return _remember_session(render(request, "storefront/home.html", context), shopper)
+
+
+def _similar_widget(request: HttpRequest, shopper: Shopper, item_id: str) -> dict[str, Any]:
+    """The item's similar items for this shopper, as one widget of a page (its request_id and items)."""
+    owner = {"customer_id": shopper.customer_id, "session_id": shopper.session_id}
+    page = api_post(
+        request, "/v1/pages",
+        {**{k: v for k, v in owner.items() if v}, "context_item_id": item_id,
+         "widgets": [{"kind": "similar", "count": ROW_COUNT}]},
+    )  # fmt: skip
+    widget: dict[str, Any] = page["widgets"][0]
+    return widget
 
 
 @require_safe
@@ -401,10 +425,15 @@ def item_detail(request: HttpRequest, item_id: str) -> HttpResponse:
         ("bought-together", "Frequently bought together", "bought_together"),
     ):
         try:
-            body = api_get(request, f"/v1/items/{quoted}/{path}", {"count": ROW_COUNT})
+            if path == "similar" and (shopper.customer_id or shopper.session_id):
+                # For a shopper, the page's similar widget (POST /v1/pages): it leaves out what they dismissed
+                # ("not interested") or bought, which the item endpoint, knowing no owner, cannot.
+                body = _similar_widget(request, shopper, item_id)
+            else:
+                body = api_get(request, f"/v1/items/{quoted}/{path}", {"count": ROW_COUNT})
             cards = _cards(body["items"], request_id=body["request_id"], surface=surface)
             rows.append(Row(heading=heading, request_id=body["request_id"], cards=cards))
-        except (ApiError, KeyError, TypeError):
+        except (ApiError, KeyError, TypeError, IndexError):
             rows.append(Row(heading=heading, request_id="", cards=()))
     # Only a 32-hex request id from our own links is echoed into the page and the events.
     request_id = request.GET.get("rid", "")
