@@ -9,10 +9,10 @@ from datetime import datetime
 from rest_framework import serializers
 
 from catalog.models import MAX_TAGS, Customer, Item, created_at_problem
-from kernel.validation import AttributesField, IdField, check_text, sentence
+from kernel.validation import AttributesField, BodySerializer, IdField, check_text, sentence
 
 
-class ItemInputSerializer(serializers.Serializer):
+class ItemInputSerializer(BodySerializer):
     title = serializers.CharField(max_length=500)
     description = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
     # Surrounding whitespace stripped, as import_items does with every cell.
@@ -56,7 +56,7 @@ class ItemOutputSerializer(serializers.ModelSerializer):
         )  # fmt: skip
 
 
-class CustomerInputSerializer(serializers.Serializer):
+class CustomerInputSerializer(BodySerializer):
     attributes = AttributesField(required=False)
     personalisation_opt_out = serializers.BooleanField(required=False)
 

@@ -11,10 +11,10 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from events.parsing import TYPE_BY_NAME
 from events.validation import MAX_BATCH, REQUEST_ID_MAX
-from kernel.validation import IdField
+from kernel.validation import BodySerializer, IdField
 
 
-class EventInputSerializer(serializers.Serializer):
+class EventInputSerializer(BodySerializer):
     event_id = serializers.CharField(
         max_length=100, required=False, help_text="Idempotency key; derived from the content when absent."
     )
@@ -37,7 +37,7 @@ class EventInputSerializer(serializers.Serializer):
     )
 
 
-class EventBatchInputSerializer(serializers.Serializer):
+class EventBatchInputSerializer(BodySerializer):
     events = EventInputSerializer(many=True, max_length=MAX_BATCH)
 
 
@@ -52,7 +52,7 @@ class IngestResultSerializer(serializers.Serializer):
     rejected = RejectionSerializer(many=True)
 
 
-class SessionMergeInputSerializer(serializers.Serializer):
+class SessionMergeInputSerializer(BodySerializer):
     # A JSON string under the one id rule (a number is refused), surrounding whitespace stripped as in events.
     customer_id = IdField(strip=True)
 

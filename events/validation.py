@@ -17,6 +17,7 @@ from events.parsing import (
     parse_type,
     parse_value,
 )
+from kernel.validation import json_type_problem, sentence
 
 MAX_BATCH = 1000
 REQUEST_ID_MAX = 64
@@ -107,15 +108,16 @@ def parse_event(raw: object, *, index: int, now: datetime) -> ParsedEvent | Reje
 
     value: float | None = None
     raw_value = raw.get("value")
-    if isinstance(raw_value, bool):  # bool is an int in Python, but true is not a rating
-        errors["value"] = ["Must be a number."]
-    elif isinstance(raw_value, int | float | str):
-        try:
-            value = parse_value(str(raw_value))
-        except InvalidEvent as exc:
-            errors["value"] = [_sentence(exc)]
-    elif raw_value is not None:
-        errors["value"] = ["Must be a number."]
+    if raw_value is not None:
+        # A JSON number only, as every number field of a body (kernel.validation.json_type_problem): not "5", not
+        # true (a bool is an int in Python, but true is not a rating). CSV imports parse their text cells instead.
+        if (problem := json_type_problem("number", raw_value)) is not None:
+            errors["value"] = [sentence(problem)]
+        else:
+            try:
+                value = parse_value(str(raw_value))
+            except InvalidEvent as exc:
+                errors["value"] = [_sentence(exc)]
     if type_ == Interaction.Type.RATING and value is None and "value" not in errors:
         errors["value"] = ["A rating needs a value."]
     elif "value" not in errors and "type" not in errors:

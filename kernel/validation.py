@@ -12,6 +12,12 @@ number is not an id) and :func:`optional_id` to a query-string id. Body fields a
 surrounding whitespace first (the events API, ``IdField(strip=True)``, both imports); a path id is not (the path
 is the resource), so whitespace at its ends is refused.
 
+**JSON types in request bodies**: a number field takes only a JSON number (not ``"5"``, not ``true``), a string
+field only a JSON string (not ``5``), a true/false field only ``true`` or ``false`` (not ``"yes"``, not ``1``), where
+DRF's fields would coerce them. :class:`BodySerializer` applies the rule to every field it declares (nested body
+serializers and list elements too; :func:`json_type_problem` is the rule); every serializer of an API request body
+derives from it. Query strings are text by nature and keep DRF's parsing (``?count=5``).
+
 **Stored JSON** (item and customer ``attributes``): an object nested at most :data:`ATTRIBUTES_MAX_DEPTH` deep,
 at most :data:`ATTRIBUTES_MAX_BYTES` as JSON, string keys, integers within the signed 64-bit range, finite floats,
 and no NUL in any string (Postgres' ``jsonb`` cannot hold one). :func:`json_problem` is the rule; what is already
@@ -24,11 +30,13 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
+from rest_framework.fields import empty
 
 ID_MAX_LENGTH = 100
 # Zero-width (non-)joiners are part of the words of some scripts (Persian, Indic) and of emoji sequences: the one
@@ -148,6 +156,85 @@ class IdField(serializers.CharField):
         if problem is not None:
             raise ValidationError(sentence(problem))
         return data
+
+
+# --- JSON types in request bodies --------------------------------------------------------------------------
+
+_TEXT_FIELDS = (serializers.CharField, serializers.DateTimeField, serializers.DateField, serializers.TimeField)
+
+
+def _json_kind(field: serializers.Field) -> str | None:
+    """The JSON type a body field takes ("number", "string", "boolean"), or None when DRF's field already refuses
+    every other type (lists, objects) or takes several on purpose (a decimal: a JSON number or the decimal string
+    the API itself writes, as an item's ``price``)."""
+    if isinstance(field, serializers.BooleanField):
+        return "boolean"
+    if isinstance(field, serializers.IntegerField | serializers.FloatField):
+        return "number"
+    if isinstance(field, _TEXT_FIELDS):
+        return "string"
+    if isinstance(field, serializers.ChoiceField) and not isinstance(field, serializers.MultipleChoiceField):
+        return "string" if all(isinstance(choice, str) for choice in field.choices) else None
+    return None
+
+
+def json_type_problem(kind: str, value: object) -> str | None:
+    """Why ``value`` (parsed JSON, not null) is not of the JSON type ``kind`` ("number", "string", "boolean"), as a
+    sentence fragment, or None."""
+    if kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "must be a number"
+    if kind == "string":
+        return None if isinstance(value, str) else "must be a string"
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "must be true or false"
+    raise ValueError(f"unknown JSON type {kind!r}")
+
+
+def _type_errors(field: serializers.Field, value: Any) -> Any:
+    """The errors of ``value`` against ``field``'s JSON type, in DRF's shape (a list of messages; for a list or
+    object field, its elements' errors by index or key), or None. Null is left to the field (``allow_null``)."""
+    if value is None or value is empty:
+        return None
+    kind = _json_kind(field)
+    if kind is not None:
+        problem = json_type_problem(kind, value)
+        return [sentence(problem)] if problem is not None else None
+    if isinstance(field, serializers.ListField) and isinstance(value, list):
+        items = {i: e for i, item in enumerate(value) if (e := _type_errors(field.child, item)) is not None}
+        return items or None
+    if isinstance(field, serializers.DictField) and isinstance(value, dict):
+        entries = {k: e for k, item in value.items() if (e := _type_errors(field.child, item)) is not None}
+        return entries or None
+    return None
+
+
+class BodySerializer(serializers.Serializer):
+    """The base of every API request body's serializer: each declared field takes only its JSON type (numbers,
+    strings, true/false: :func:`json_type_problem`), where DRF's fields would coerce ``"5"`` to 5 or ``5`` to
+    ``"5"``. A mistyped field is a 400 naming it, beside every other field's error (all reported at once)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return super().to_internal_value(data)  # DRF's own error for a body that is not an object
+        mistyped: dict[str, Any] = {}
+        for field in self._writable_fields:
+            errors = _type_errors(field, field.get_value(data))
+            if errors is not None and field.field_name is not None:
+                mistyped[field.field_name] = errors
+        try:
+            validated = super().to_internal_value(data)
+        except ValidationError as exc:
+            if not mistyped:
+                raise
+            merged = dict(exc.detail) if isinstance(exc.detail, dict) else {}
+            for name, errors in mistyped.items():  # a list's other elements keep their own errors
+                before = merged.get(name)
+                merged[name] = {**before, **errors} if isinstance(before, dict) and isinstance(errors, dict) else errors
+            raise ValidationError(merged) from None
+        if mistyped:
+            raise ValidationError(mistyped)
+        return validated
 
 
 # --- Stored JSON --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
-from kernel.validation import DOT_SEGMENTS, IdField, optional_id
+from kernel.validation import DOT_SEGMENTS, BodySerializer, IdField, optional_id
 from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS, VERBS
 
 MAX_EXCLUDE = 100
@@ -173,7 +173,7 @@ def count_query(params: QueryDict) -> int:
     return int(query.validated_data["count"])
 
 
-class PageWidgetSerializer(serializers.Serializer):
+class PageWidgetSerializer(BodySerializer):
     kind = serializers.ChoiceField(choices=PAGE_WIDGET_KINDS)
     surface = serializers.SlugField(max_length=32, default="home", help_text="recommendations: the surface.")
     count = serializers.IntegerField(min_value=1, max_value=MAX_COUNT, default=10)
@@ -193,7 +193,7 @@ class PageWidgetSerializer(serializers.Serializer):
         return optional_id(value)
 
 
-class PageRequestSerializer(serializers.Serializer):
+class PageRequestSerializer(BodySerializer):
     customer_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
     session_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, default="", allow_blank=True)
     context_item_id = IdField(strip=True, max_length=EXTERNAL_ID_MAX, required=False, allow_blank=True, default="")
@@ -266,7 +266,7 @@ class AnchorGroupsSerializer(serializers.Serializer):
     groups = AnchorGroupSerializer(many=True)
 
 
-class DryRunStartSerializer(serializers.Serializer):
+class DryRunStartSerializer(BodySerializer):
     """What to try on recent traffic: a rule (usually a draft), a change of serving settings, or both."""
 
     rule_id = serializers.IntegerField(

@@ -32,7 +32,7 @@ CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver"
 world, _fresh = trained_world_fixtures(clusters=CLUSTERS, per_cluster=12, seed=5, rebuild_online_state=True)
 
 
-def _send(api: APIClient, type_: str = "view", **fields: str) -> None:
+def _send(api: APIClient, type_: str = "view", **fields: str | float) -> None:
     response = api.post("/v1/events", {"type": type_, **fields}, format="json")
     assert response.status_code == 202, response.content
     assert response.json()["accepted"] == 1, response.content
@@ -361,7 +361,7 @@ def test_a_personal_pages_similar_items_leave_out_what_the_customer_bought(api: 
     widgets = [{"kind": "similar", "item_id": "mug-1", "count": 11}]
     anonymous = _page_ids(_page(api, widgets=widgets))
     bought = anonymous[0]
-    _send(api, "purchase", customer_id="sim-buyer", item_id=bought, value="1")
+    _send(api, "purchase", customer_id="sim-buyer", item_id=bought, value=1)
     personal = _page_ids(_page(api, customer_id="sim-buyer", widgets=widgets))
     assert bought not in personal
     assert personal
