@@ -24,7 +24,14 @@ from django.utils.safestring import mark_safe
 from experiments import charts, services
 from experiments.models import Experiment, SurfaceDefault, Variant
 from experiments.results import METHODS, METRICS, ExperimentResults, MetricValue, VariantResult
-from experiments.validation import VariantSpec, config_error, guardrail_errors, namespace_errors, variant_set_errors
+from experiments.validation import (
+    VariantSpec,
+    config_error,
+    guardrail_errors,
+    namespace_errors,
+    variant_set_errors,
+    weight_error,
+)
 
 METRIC_LABELS = {
     "ctr": "Click-through rate",
@@ -39,6 +46,12 @@ class VariantForm(forms.ModelForm):
     class Meta:
         model = Variant
         fields = ("name", "is_control", "weight", "config")
+
+    def clean_weight(self) -> float | None:
+        weight = self.cleaned_data.get("weight")
+        if weight is not None and (message := weight_error(weight)) is not None:
+            raise ValidationError(f"The weight {message}")
+        return weight
 
     def clean_config(self) -> Any:
         config = self.cleaned_data.get("config")
@@ -377,6 +390,12 @@ class SurfaceDefaultForm(forms.ModelForm):
     class Meta:
         model = SurfaceDefault
         fields = ("surface", "config")
+
+    def clean_weight(self) -> float | None:
+        weight = self.cleaned_data.get("weight")
+        if weight is not None and (message := weight_error(weight)) is not None:
+            raise ValidationError(f"The weight {message}")
+        return weight
 
     def clean_config(self) -> Any:
         config = self.cleaned_data.get("config") or {}

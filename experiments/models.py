@@ -2,8 +2,8 @@
 
 Invariants the database keeps (see the migrations): the running experiments of a surface never share a unit (one
 experiment, or several in disjoint ranges of one namespace: two exclusion constraints); one control per experiment;
-weights in [0, 1]; and, by a deferred constraint trigger, the weights of a running experiment sum to 1 with exactly
-one control at every commit.
+weights in [0, 1], each 0 or at least 1% (for rows written since migration 0008); and, by a deferred constraint
+trigger, the weights of a running experiment sum to 1 with exactly one control at every commit.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from catalog.models import Customer
-from experiments.validation import MDE_MAX, MDE_MIN
+from experiments.validation import MDE_MAX, MDE_MIN, MIN_WEIGHT
 
 # The tolerance of the weight-sum check, in the service, the admin form and the database trigger alike.
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -207,6 +207,13 @@ class Variant(models.Model):
                 fields=["experiment"], condition=models.Q(is_control=True), name="variant_one_control"
             ),
             models.CheckConstraint(condition=models.Q(weight__gte=0, weight__lte=1), name="variant_weight_range"),
+            # 0, or at least 1% of the traffic (experiments.validation.MIN_WEIGHT). NOT VALID in the database
+            # (migration 0008): rows stored before the rule are kept as they are.
+            models.CheckConstraint(
+                condition=models.Q(weight=0) | models.Q(weight__gte=MIN_WEIGHT),
+                name="variant_weight_minimum",
+                violation_error_message=f"A variant's weight must be 0 or at least {MIN_WEIGHT}.",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -20,6 +20,10 @@ MDE_MIN, MDE_MAX = 0.001, 10.0
 
 # Same as experiments.models.WEIGHT_SUM_TOLERANCE and the database trigger (kept here so this module stays pure).
 WEIGHT_SUM_TOLERANCE = 1e-6
+# The least traffic share a variant may get, unless 0 (an arm kept without traffic): 1%. An arm of 5e-324 (an eleventh
+# tester, 6 December) would run, be counted and compared on next to no units, a result nobody can read. A bandit's
+# arms keep 5% (experiments.bandit.MIN_SHARE). The database holds the same bound (variant_weight_minimum).
+MIN_WEIGHT = 0.01
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class VariantSpec:
 
 
 def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
-    """At least two variants, unique names, exactly one control (changing nothing: its config ``{}``), weights in
-    [0, 1] summing to 1, valid configs."""
+    """At least two variants, unique names, exactly one control (changing nothing: its config ``{}``), weights of 0
+    or from :data:`MIN_WEIGHT` to 1 summing to 1, valid configs."""
     errors: list[str] = []
     if len(variants) < 2:
         errors.append(f"An experiment needs at least two variants (a control and a challenger), got {len(variants)}.")
@@ -52,8 +56,9 @@ def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
                 f"{', '.join(sorted(map(str, v.config)))} in a challenger."
             )
     for v in variants:
-        if not math.isfinite(v.weight) or not 0.0 <= v.weight <= 1.0:
-            errors.append(f"The weight of {v.name} must be between 0 and 1, got {v.weight}.")
+        message = weight_error(v.weight)
+        if message:
+            errors.append(f"The weight of {v.name} {message}")
     total = math.fsum(v.weight for v in variants)
     if variants and abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
         errors.append(f"The weights must sum to 1 (100% of the experiment's traffic), they sum to {total:.6g}.")
@@ -62,6 +67,16 @@ def variant_set_errors(variants: Sequence[VariantSpec]) -> list[str]:
         if message:
             errors.append(f"Configuration of {v.name}: {message}")
     return errors
+
+
+def weight_error(weight: float) -> str | None:
+    """None when ``weight`` is a variant's valid traffic share (0, or from :data:`MIN_WEIGHT` to 1), else the
+    message (completing "The weight ...")."""
+    if not math.isfinite(weight) or not 0.0 <= weight <= 1.0:
+        return f"must be between 0 and 1, got {weight}."
+    if 0.0 < weight < MIN_WEIGHT:
+        return f"must be 0 or at least {MIN_WEIGHT} ({MIN_WEIGHT:.0%} of the experiment's traffic), got {weight:g}."
+    return None
 
 
 def config_error(config: object) -> str | None:

@@ -14,6 +14,7 @@ from experiments.models import BanditWeightLog, Experiment, Variant
 from experiments.results import VariantTotals
 from experiments.services.assignment import version_bump_on_commit
 from experiments.services.lifecycle import experiment_locked
+from experiments.validation import MIN_WEIGHT
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def bandit_reweight(*, experiment_id: int, min_share: float = BANDIT_MIN_SHARE) 
     Returns the new weights in variant order, or None when the experiment is not a running bandit or an arm has no
     exposures whose window has closed yet (nothing to learn from: the weights stay).
     """
+    if not min_share >= MIN_WEIGHT:  # every arm's new weight is at least min_share: never below a variant's least
+        raise ValueError(f"min_share must be at least {MIN_WEIGHT} (a variant's least weight), got {min_share}")
     experiment = Experiment.objects.filter(
         pk=experiment_id, status=Experiment.Status.RUNNING, mode=Experiment.Mode.BANDIT
     ).first()

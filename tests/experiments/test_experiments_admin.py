@@ -269,3 +269,24 @@ def test_surface_default_admin_validates_and_publishes(browser: Client, django_c
     assert response.status_code == 302
     assert SurfaceDefault.objects.get(surface="home").config == {"exploration_share": 0.2}
     assert len(callbacks) == 1  # the snapshot version bump
+
+
+@pytest.mark.parametrize("tiny", ["5e-324", "0.005"])
+def test_add_form_refuses_a_weight_between_0_and_1_percent_on_its_row(browser: Client, tiny: str) -> None:
+    url = reverse("admin:experiments_experiment_add")
+    rest = str(1 - float(tiny))
+
+    response = browser.post(url, _add_form([("control", rest, True, "{}"), ("b", tiny, False, '{"ranker": false}')]))
+
+    assert response.status_code == 200
+    formset = response.context["inline_admin_formsets"][0].formset
+    assert formset.errors[0] == {}
+    assert formset.errors[1] == {
+        "weight": [f"The weight must be 0 or at least 0.01 (1% of the experiment's traffic), got {float(tiny):g}."]
+    }
+    assert "must be 0 or at least 0.01" in response.content.decode()
+    assert not Experiment.objects.exists()
+
+    taken = browser.post(url, _add_form([("control", "0.99", True, "{}"), ("b", "0.01", False, '{"ranker": false}')]))
+    assert taken.status_code == 302
+    assert sorted(Variant.objects.values_list("weight", flat=True)) == [0.01, 0.99]

@@ -4,6 +4,7 @@ start/stop/conclude, the winner becoming the default."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import pytest
@@ -226,3 +227,68 @@ def test_create_validates_like_the_admin() -> None:
             variants=[VariantSpec("control", 0.5, True), VariantSpec("b", 0.5, False, {"diversity_cap": 3})],
         )
     assert not Experiment.objects.exists()
+
+
+# --- A variant's least weight (an eleventh tester, 6 December: an A/B arm of 5e-324 ran) -------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("tiny", [5e-324, 1e-6, 0.005, 0.00999])
+def test_a_weight_between_0_and_1_percent_is_refused_naming_the_variant(tiny: float) -> None:
+    with pytest.raises(services.ExperimentError, match=r"The weight of b must be 0 or at least 0\.01 \(1% of"):
+        _draft("tiny", weights=(1.0 - tiny, tiny))
+    assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("weights", [(0.99, 0.01), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5)])
+def test_a_weight_of_0_or_at_least_1_percent_is_taken(user: AbstractUser, weights: tuple[float, float]) -> None:
+    experiment = _draft("fine", weights=weights)
+    services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    assert sorted(Variant.objects.filter(experiment=experiment).values_list("weight", flat=True)) == sorted(weights)
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_a_weight_between_0_and_1_percent() -> None:
+    experiment = _draft("db", weights=(0.9, 0.1))
+    b = Variant.objects.get(experiment=experiment, name="b")
+    with pytest.raises(IntegrityError, match="variant_weight_minimum"), transaction.atomic():
+        Variant.objects.filter(pk=b.pk).update(weight=0.005)
+    with pytest.raises(IntegrityError, match="variant_weight_minimum"), transaction.atomic():
+        Variant.objects.create(experiment=experiment, name="c", weight=5e-324)
+    Variant.objects.filter(pk=b.pk).update(weight=0.0)  # 0 stays possible
+    assert Variant.objects.get(pk=b.pk).weight == 0.0
+
+
+@pytest.mark.django_db
+def test_a_draft_stored_before_the_rule_keeps_its_row_and_cannot_start(user: AbstractUser) -> None:
+    """Migration 0008 adds the constraint NOT VALID: replayed here on a table holding a weight of 5e-324 (stored
+    before the rule: the constraint dropped for the insert), it succeeds and keeps the row; starting that draft is
+    refused naming the variant; a valid weight then saves and starts."""
+    migration = importlib.import_module("experiments.migrations.0008_variant_weight_minimum")
+    experiment = _draft("old", weights=(0.5, 0.5))
+    b = Variant.objects.get(experiment=experiment, name="b")
+    control = Variant.objects.get(experiment=experiment, is_control=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no deferred trigger event may be pending at ALTER TABLE
+        cursor.execute(migration.REVERSE)
+        Variant.objects.filter(pk=b.pk).update(weight=5e-324)
+        Variant.objects.filter(pk=control.pk).update(weight=1.0)
+        cursor.execute(migration.FORWARD)  # the migration, on a table holding such a row
+
+    assert Variant.objects.get(pk=b.pk).weight == 5e-324
+    with pytest.raises(services.ExperimentError, match="The weight of b must be 0 or at least 0.01"):
+        services.experiment_start(experiment_id=experiment.pk, user_id=user.pk)
+    assert Experiment.objects.get(pk=experiment.pk).status == Experiment.Status.DRAFT
+    with pytest.raises(IntegrityError, match="variant_weight_minimum"), transaction.atomic():
+        Variant.objects.filter(pk=b.pk).update(weight=0.004)  # a row written from now on is checked
+
+    Variant.objects.filter(pk=b.pk).update(weight=0.01)
+    Variant.objects.filter(pk=control.pk).update(weight=0.99)
+    assert services.experiment_start(experiment_id=experiment.pk, user_id=user.pk).status == Experiment.Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_a_bandit_never_reweights_an_arm_below_a_variants_least_weight() -> None:
+    with pytest.raises(ValueError, match="min_share must be at least 0.01"):
+        services.bandit_reweight(experiment_id=1, min_share=0.001)
