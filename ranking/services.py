@@ -26,12 +26,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from experiments import selectors as experiments_selectors
+from experiments.config import VariantConfig
 from kernel import redis_client
 from ranking import ann, artifact_store, artifacts, evaluation, selectors, tuning
 from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.models import ModelVersion
 from ranking.pipeline import booster_from_array, booster_to_array, evaluate_with_pipeline
-from ranking.pipeline.offline import served_recommender
+from ranking.pipeline.offline import config_label, served_recommender
 from ranking.selectors import dataset_load
 from ranking.training import SOURCE_NAMES, StageTimer, TrainedSources, TrainParams, content_vectors, train_sources
 
@@ -610,11 +611,18 @@ def model_evaluate(
     include: Sequence[str] = SOURCE_NAMES,
     timer: StageTimer | None = None,
     pipeline: bool = True,
+    surface: str = "home",
+    surface_config: VariantConfig | None = None,
 ) -> dict[str, Any]:
     """Run an offline protocol on the database's interactions: ``temporal`` (``holdout_days``), ``per_user``
     (``fraction``, ``seed``) or ``test_file`` (train on everything, test on a CSV in the generic import format).
-    Every source is trained on the protocol's training part with the same code the product trains with."""
+    Every source is trained on the protocol's training part with the same code the product trains with.
+
+    The "served" row (the version as it serves) re-ranks with ``surface_config``, what ``surface`` serves outside
+    experiments (``experiments.services.surface_default_get``; the platform defaults when None); ``result["served"]``
+    says which row and config that was. The pipeline rows keep the platform defaults their names state."""
     params = params or TrainParams()
+    served_config = surface_config or VariantConfig()
     timer = timer or StageTimer(enabled=False)
     with timer.stage("load"):
         log, items = dataset_load()
@@ -650,15 +658,23 @@ def model_evaluate(
             result = evaluate_with_pipeline(split, trained, items, k=k, seed=seed).result
             # The row to compare with the API: the version's serve mode, with its shipped ranker when it has one.
             shipped = _active_ranker() if protocol == "test_file" and params.serve == tuning.PIPELINE else None
+            served_row = None
             if params.serve.startswith(tuning.SOURCE_PREFIX) or shipped is not None:
-                name = f"served ({params.serve}{', shipped ranker' if shipped is not None else ''}, cap 30%)"
+                served_row = (
+                    f"served ({params.serve}{', shipped ranker' if shipped is not None else ''}, {surface} default, "
+                    f"{config_label(served_config)})"
+                )
+                recommender = served_recommender(
+                    trained, split, items, ranker=shipped, serve=params.serve, config=served_config
+                )
                 served = evaluation.evaluate_sources(
-                    split, {name: served_recommender(trained, split, items, ranker=shipped, serve=params.serve)},
-                    evaluation.eval_users(split, params), k=k, item_category=items.category,
+                    split, {served_row: recommender}, evaluation.eval_users(split, params), k=k,
+                    item_category=items.category,
                 )  # fmt: skip
                 for segment, entry in served["segments"].items():
                     if segment in result["segments"]:
                         result["segments"][segment]["sources"].update(entry["sources"])
+            result["served"] = {"row": served_row, "surface": surface, "config": served_config.to_dict()}
         else:
             result = evaluation.run_protocol(split, trained, k=k, item_category=items.category, include=include)
     result["params"] = params.to_dict()

@@ -35,6 +35,7 @@ from experiments.services.lifecycle import (
     experiment_create,
     experiment_start,
     experiment_stop,
+    surface_default_get,
     surface_default_set,
 )
 from experiments.services.results import experiment_results
@@ -69,5 +70,6 @@ __all__ = [
     "impressions_flush",
     "impressions_buffer_clear",
     "impressions_push",
+    "surface_default_get",
     "surface_default_set",
 ]

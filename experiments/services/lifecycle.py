@@ -13,7 +13,7 @@ from django.db.models import Model
 from django.utils import timezone
 
 from experiments.bandit import MIN_SHARE
-from experiments.config import InvalidConfig, merged
+from experiments.config import InvalidConfig, VariantConfig, merged
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
 from experiments.services.assignment import PLATFORM_DEFAULT, version_bump_on_commit
 from experiments.services.errors import ExperimentError, ExperimentNotFound
@@ -210,6 +210,22 @@ def surface_default_set(*, surface: str, config: dict[str, Any], user_id: int | 
         _audit(user_id=user_id, obj=default, message=f"Set to {json.dumps(default.config)}.")
     version_bump_on_commit()
     return default
+
+
+def surface_default_get(*, surface: str) -> tuple[VariantConfig, dict[str, Any]]:
+    """What ``surface`` serves outside experiments: its stored default over the platform defaults, and the stored
+    settings themselves (``{}`` without a ``SurfaceDefault`` row: the platform defaults). Read from Postgres, not
+    from the serving snapshot (for offline tools: ``manage.py evaluate --surface``). Raises ExperimentError when the
+    stored settings are no valid configuration (serving then logs them and serves the platform defaults)."""
+    stored = SurfaceDefault.objects.filter(surface=surface).values_list("config", flat=True).first()
+    if stored is None:
+        return PLATFORM_DEFAULT, {}
+    if not isinstance(stored, dict):
+        raise ExperimentError(f"The stored default of {surface} is no JSON object of settings: {stored!r:.200}.")
+    try:
+        return merged(PLATFORM_DEFAULT, stored), dict(stored)
+    except InvalidConfig as exc:
+        raise ExperimentError(f"The stored default of {surface} is invalid: {exc}") from exc
 
 
 def experiment_locked(experiment_id: int) -> Experiment:

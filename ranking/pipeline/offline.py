@@ -304,8 +304,9 @@ def served_lists(
     split's reference time: ``(n, k)`` model item indices, -1 padded.
 
     ``serve`` is the version's serving mode ("pipeline": the ranker when one is given, else the blend;
-    "source:<name>": that source's candidates by its own score), through the same re-ranker as served (the default
-    surface config unless ``config``: 30 % category cap, purchased and rated items left out)."""
+    "source:<name>": that source's candidates by its own score), through the same re-ranker as served (the platform
+    defaults unless ``config``: 30 % category cap, purchased and rated items left out; ``evaluate --surface`` passes
+    a surface's stored default, :func:`config_label` names it in a row)."""
     serve_source(serve)  # raises ValueError on an unknown mode
     model = as_model(trained)
     inputs = inputs or offline_inputs(split, items, model)
@@ -322,6 +323,13 @@ def served_lists(
         idx = idx[idx >= 0][:k]
         out[n, : idx.size] = idx
     return out
+
+
+def config_label(config: VariantConfig) -> str:
+    """The part of an evaluation row's name saying how ``config`` caps a list's categories: "cap 30%", "no cap"."""
+    if config.diversity == "off" or config.diversity_cap >= 1.0:
+        return "no cap"
+    return f"cap {config.diversity_cap:.0%}"
 
 
 def served_quality(split: Split, lists: IntArray, *, k: int, item_category: npt.ArrayLike) -> dict[str, float]:
@@ -611,6 +619,6 @@ def booster_from_array(array: npt.NDArray[np.uint8]) -> lgb.Booster:
 
 __all__ = [
     "BoosterRanker", "OfflineInputs", "PipelineEvaluation", "RankerReport", "TrainedModel", "booster_from_array",
-    "booster_to_array", "candidate_rows", "evaluate_with_pipeline", "offline_inputs", "ranker_fit",
+    "booster_to_array", "candidate_rows", "config_label", "evaluate_with_pipeline", "offline_inputs", "ranker_fit",
     "served_lists", "served_ndcg_per_user", "served_quality", "served_recommender", "user_state",
 ]  # fmt: skip

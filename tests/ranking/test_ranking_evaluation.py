@@ -13,6 +13,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from events.models import Interaction
+from experiments import services
+from experiments.config import VariantConfig, merged
+from experiments.models import SurfaceDefault
 from ranking import evaluation, sources
 from ranking.dataset import InteractionLog, ItemTable, log_from_arrays
 from ranking.evaluation import EvalUsers
@@ -202,6 +205,49 @@ def test_evaluate_command_errors_name_the_problem(tmp_path: Path) -> None:
     _db_world()
     with pytest.raises(CommandError, match="leaves no training events.*--per-user-fraction"):
         call_command("evaluate", "--holdout-days", "365", "--quiet")
+
+
+@pytest.mark.django_db
+def test_the_served_row_reranks_with_the_surfaces_stored_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A twelfth tester: after a winner such as ``{"diversity_cap": 1.0}`` became home's default, the "served" row
+    still re-ranked with the platform defaults (a 30% cap), not what home serves. ``--surface`` (default home)
+    reads the surface's stored default and says which config the row used."""
+    new_arrivals_world()  # every customer wants one category: the cap shows in the lists
+    services.surface_default_set(surface="home", config={"diversity_cap": 1.0})
+    serve = ["--param", "serve=source:item_knn"]  # a version serving one source: the served row is computed
+    home_json, other_json = tmp_path / "home.json", tmp_path / "other.json"
+
+    call_command("evaluate", "--holdout-days", "30", "--json", str(home_json), "--quiet", *PARAM_ARGS, *serve)
+    printed = capsys.readouterr().out
+    call_command("evaluate", "--holdout-days", "30", "--json", str(other_json), "--quiet", *PARAM_ARGS, *serve,
+                 "--surface", "category-page")  # fmt: skip
+    printed_other = capsys.readouterr().out
+
+    home, other = json.loads(home_json.read_text()), json.loads(other_json.read_text())
+    row = "served (source:item_knn, home default, no cap)"
+    row_other = "served (source:item_knn, category-page default, cap 30%)"
+    home_config = merged(VariantConfig(), {"diversity_cap": 1.0}).to_dict()
+    assert home["served"] == {"row": row, "surface": "home", "config": home_config}
+    assert other["served"] == {"row": row_other, "surface": "category-page", "config": VariantConfig().to_dict()}
+    stored = json.dumps({"diversity_cap": 1.0})
+    assert f"served row '{row}': surface home's stored default {stored} over the platform defaults" in printed
+    no_default = "surface category-page has no stored default: the platform defaults"
+    assert f"served row '{row_other}': {no_default}" in printed_other
+    assert f"  {row} " in printed  # a row of the printed table
+    # The same lists but for the re-ranking: home's uncapped lists follow the customers into one category.
+    assert home["segments"]["main"]["sources"][row]["max_category_share"] > 0.3 + 1e-9
+    assert other["segments"]["main"]["sources"][row_other]["max_category_share"] <= 0.3 + 1e-9
+
+
+@pytest.mark.django_db
+def test_evaluate_surface_errors_name_the_option() -> None:
+    with pytest.raises(CommandError, match="--surface 'home page': a surface is a slug"):
+        call_command("evaluate", "--surface", "home page", "--quiet")
+    SurfaceDefault.objects.create(surface="broken", config={"diversity_cap": 7})  # stored behind the services' back
+    with pytest.raises(CommandError, match="--surface broken: The stored default of broken is invalid: diversity_cap"):
+        call_command("evaluate", "--surface", "broken", "--quiet")
 
 
 PIPELINES = {"pipeline (blend, cap 30%)", "pipeline (ranker, cap 30%)", "pipeline (ranker, no cap)"}

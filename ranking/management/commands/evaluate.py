@@ -3,15 +3,22 @@ runs) under a protocol (temporal, per-user random, test file), over every test u
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from experiments import services as experiments
 from ranking.evaluation import format_table, to_json
 from ranking.services import TrainingError, active_version_params, model_evaluate
 from ranking.training import SOURCE_NAMES, StageTimer, TrainParams
+
+_SURFACE = re.compile(r"[-a-zA-Z0-9_]{1,50}")  # experiments.SurfaceDefault.surface, a slug
+# Settings the offline rows cannot follow: evaluate trains its own version and applies no business rules.
+_NOT_OFFLINE = ("model_version", "rules_enabled")
 
 
 class Command(BaseCommand):
@@ -37,6 +44,11 @@ class Command(BaseCommand):
             help="sources only: skip the served pipeline rows (blend, and LambdaMART fitted on part of the test "
             "users, with and without the diversity cap); --source implies it",
         )  # fmt: skip
+        parser.add_argument(
+            "--surface", default="home",
+            help="the surface whose stored default (experiments: surface default) the served row re-ranks with, as "
+            "serving does outside experiments (default: home; a surface without one: the platform defaults)",
+        )  # fmt: skip
         parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="training parameter")
         parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -54,6 +66,13 @@ class Command(BaseCommand):
             raise CommandError(f"--json {options['json']}: no such folder")
         if options["test_file"] and not Path(options["test_file"]).is_file():
             raise CommandError(f"--test-file {options['test_file']}: no such file")
+        surface = options["surface"]
+        if not _SURFACE.fullmatch(surface):
+            raise CommandError(f"--surface {surface[:60]!r}: a surface is a slug of 1 to 50 letters, digits, - or _")
+        try:
+            surface_config, stored = experiments.surface_default_get(surface=surface)
+        except experiments.ExperimentError as exc:
+            raise CommandError(f"--surface {surface}: {exc}") from exc
         protocol = "per_user" if fraction is not None else "test_file" if options["test_file"] else "temporal"
         try:
             # The active version's values (tuned by train, with its serve mode) unless there is none.
@@ -75,16 +94,38 @@ class Command(BaseCommand):
                 include=options["source"] or SOURCE_NAMES,
                 timer=timer,
                 pipeline=not (options["no_pipeline"] or options["source"]),
+                surface=surface,
+                surface_config=surface_config,
             )
         except TrainingError as exc:
             raise CommandError(f"cannot evaluate: {exc}") from exc
         finally:
             timer.close()
         info = ", ".join(f"{key}={value}" for key, value in result["info"].items())
-        self.stdout.write(f"protocol {protocol} ({info}), K={options['k']}\n")
+        self.stdout.write(f"protocol {protocol} ({info}), K={options['k']}")
+        self.stdout.write(_served_config_line(result.get("served"), surface, stored) + "\n")
         self.stdout.write(format_table(result))
         self.stdout.write("\ntimings")
         self.stdout.write(timer.table())
         if options["json"]:
             Path(options["json"]).write_text(to_json(result))
             self.stdout.write(f"\nall figures written to {options['json']}")
+
+
+def _served_config_line(served: dict[str, Any] | None, surface: str, stored: dict[str, Any]) -> str:
+    """Which config the served row re-ranked with (the surface's stored default, or the platform defaults)."""
+    if stored:
+        used = f"surface {surface}'s stored default {json.dumps(stored, sort_keys=True)} over the platform defaults"
+        ignored = [name for name in _NOT_OFFLINE if name in stored]
+        if ignored:
+            used += f" ({', '.join(ignored)} not applied offline: evaluate trains its own version, applies no rules)"
+    else:
+        used = f"surface {surface} has no stored default: the platform defaults"
+    if served is None:  # sources only
+        return f"served row: none (sources only); {used}"
+    if served["row"] is None:
+        return (
+            f"served row: none (the version serves the pipeline; its shipped ranker is scored on --test-file only; "
+            f"the pipeline rows use the platform defaults); {used}"
+        )
+    return f"served row {served['row']!r}: {used}"
