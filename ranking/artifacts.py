@@ -473,6 +473,7 @@ class ModelLoader:
         check_interval: float = 1.0,
         db_check_interval: float = 60.0,
         retry_failed_after: float = 30.0,
+        retry_failed_max: float = 600.0,
         read_marker: Callable[[], Marker | None] = _default_read_marker,
         read_db_marker: Callable[[], Marker | None] = _database_marker,
         locate: Callable[[int], VersionLocation | None] = _default_locate,
@@ -483,6 +484,7 @@ class ModelLoader:
         self.check_interval = check_interval
         self.db_check_interval = db_check_interval
         self.retry_failed_after = retry_failed_after
+        self.retry_failed_max = retry_failed_max
         self._read_marker = read_marker
         self._read_db_marker = read_db_marker
         self._locate = locate
@@ -496,7 +498,8 @@ class ModelLoader:
         # is seen at once; the database is then asked on its own once per db_check_interval.
         self._next_db_check = clock() + db_check_interval
         self._trending_stamp = ""
-        self._failed: dict[tuple[int, str], float] = {}
+        # (version id, checksum) -> (when to try it again, how many attempts failed in a row).
+        self._failed: dict[tuple[int, str], tuple[float, int]] = {}
         self._stale_marker: tuple[int, str] | None = None
 
     def get(self) -> ActiveModel | None:
@@ -578,8 +581,8 @@ class ModelLoader:
         from django.db import DatabaseError
 
         key = (marker.version_id, marker.checksum)
-        retry_at = self._failed.get(key)
-        if retry_at is not None and self._clock() < retry_at:
+        failed = self._failed.get(key)
+        if failed is not None and self._clock() < failed[0]:
             return
         try:
             location = self._locate(marker.version_id)
@@ -637,8 +640,17 @@ class ModelLoader:
             return
 
     def _fail(self, key: tuple[int, str], reason: str, message: str) -> None:
+        """Count and log a version that could not be loaded, and when to try it again: a download that failed (the
+        storage unreachable) after ``retry_failed_after`` seconds; a version that is missing or fails its checksums
+        (it stays so until someone repairs it, re-indexes or rolls back) after twice as long as the last time, up to
+        ``retry_failed_max``, so a corrupt object in the bucket is not downloaded by every process every 30 s for
+        hours (a sixth tester, 5 December). A new checksum (a re-index) or another version is tried at once."""
         LOAD_FAILURES.labels(reason).inc()
-        self._failed[key] = self._clock() + self.retry_failed_after
+        attempts = self._failed.get(key, (0.0, 0))[1] + 1
+        delay = self.retry_failed_after
+        if reason != "download":
+            delay = min(self.retry_failed_after * 2 ** (attempts - 1), max(self.retry_failed_max, delay))
+        self._failed[key] = (self._clock() + delay, attempts)
         current = self._current
         logger.error(
             "model_version_load_failed",
@@ -647,6 +659,8 @@ class ModelLoader:
                 "reason": reason,
                 "error": message,
                 "serving_version_id": current.version_id if current else None,
+                "attempts": attempts,
+                "retry_in_seconds": round(delay),
             },
         )
 

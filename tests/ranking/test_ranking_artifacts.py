@@ -165,7 +165,9 @@ def test_a_corrupt_version_keeps_the_previous_one_serving(tmp_path: Path, activa
         assert loader.get().version_id == good.id
         activate(bad.id)
         # Corrupted after activation (disk error, partial copy): every loader must refuse it.
-        (Path(bad.artifact_path) / "als_item_factors.npy").write_bytes(b"garbage")
+        damaged = Path(bad.artifact_path) / "als_item_factors.npy"
+        original = damaged.read_bytes()
+        damaged.write_bytes(b"garbage")
         before = _failures("checksum")
 
         clock.now += 1.1
@@ -178,6 +180,19 @@ def test_a_corrupt_version_keeps_the_previous_one_serving(tmp_path: Path, activa
         clock.now += 30
         assert loader.get().version_id == good.id
         assert _failures("checksum") == before + 2
+        # A version that stays corrupt is tried after twice as long each time (60 s, 120 s, ...), up to
+        # retry_failed_max (600 s): not downloaded by every process every 30 s until someone repairs it.
+        for delay in (60, 120, 240, 480, 600, 600):
+            clock.now += delay - 1
+            loader.get()
+            tried = _failures("checksum")
+            clock.now += 1.1
+            assert loader.get().version_id == good.id
+            assert _failures("checksum") == tried + 1, delay
+        # Repaired: loaded at its next try.
+        damaged.write_bytes(original)
+        clock.now += 600
+        assert loader.get().version_id == bad.id
 
 
 @pytest.mark.django_db
