@@ -184,6 +184,53 @@ def partitions_split_default(
     return created
 
 
+# --- Indexes built without blocking writes ---------------------------------------------------------------------
+
+
+def index_create_concurrently(
+    *, spec: PartitionedTable, name: str, definition: str, conn: BaseDatabaseWrapper | None = None
+) -> list[str]:
+    """Create the index ``name`` on the partitioned table without blocking its writes; returns the names of the
+    partitions' indexes built. ``definition`` is what follows the table in ``CREATE INDEX``, e.g.
+    ``(col) WHERE col IS NOT NULL``.
+
+    A plain ``CREATE INDEX`` on a partitioned table builds every partition's index under a lock that blocks inserts
+    (the impression flush would wait for the whole build), and ``CONCURRENTLY`` is refused on a partitioned table. So,
+    as Postgres' documentation describes: the index is created on the parent alone (``ON ONLY``: invalid until every
+    partition has its own attached; a partition attached meanwhile gets its own built), each partition's is built
+    ``CONCURRENTLY`` and attached, and the parent's turns valid with the last. Runs outside a transaction (a
+    non-atomic migration). Idempotent: a run that died half-way (an invalid partition index left behind) is finished
+    by the next.
+    """
+    conn = conn or connection
+    if conn.in_atomic_block:
+        raise RuntimeError("CREATE INDEX CONCURRENTLY cannot run inside a transaction")
+    built = []
+    with conn.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX IF NOT EXISTS {_q(name)} ON ONLY {_q(spec.table)} {definition}")
+        for partition in partition_list(spec=spec, conn=conn):
+            cursor.execute(
+                """SELECT 1 FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
+                    WHERE i.inhparent = %s::regclass AND x.indrelid = %s::regclass""",
+                [name, partition.name],
+            )
+            if cursor.fetchone() is not None:
+                continue  # attached already: by an earlier run, or built when the partition was attached
+            child = f"{name}_{partition.name.removeprefix(spec.table + '_')}"
+            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [child])
+            row = cursor.fetchone()
+            if row is not None and not row[0]:  # a build that died half-way
+                cursor.execute(f"DROP INDEX CONCURRENTLY {_q(child)}")
+            cursor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_q(child)} ON {_q(partition.name)} {definition}")
+            cursor.execute(f"ALTER INDEX {_q(name)} ATTACH PARTITION {_q(child)}")
+            built.append(child)
+            logger.info("partition_index_built", extra={"index": child})
+        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [name])
+        if not cursor.fetchone()[0]:
+            raise RuntimeError(f"index {name} is still invalid: a partition of {spec.table} has no index attached")
+    return built
+
+
 # --- Retention ----------------------------------------------------------------------------------------------
 
 

@@ -251,6 +251,11 @@ class Impression(models.Model):
     # Erasure of a customer removes their impressions with them.
     customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     session_id = models.CharField(max_length=100, blank=True, default="")
+    # The keyed hash of the customer id the list was assigned by (experiments.units): null for a list assigned by its
+    # session or request id (stored as they are) and for rows stored before it was recorded. A customer without a row
+    # at the flush has their lists stored without them: this makes those lists one unit of the results (and that
+    # customer's, once one of their lists carries both), and lets an erasure and an export find them.
+    customer_unit = models.UUIDField(null=True, blank=True)
     # PROTECT: an experiment with data is a record of a decision; it is concluded, not deleted.
     experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
@@ -270,6 +275,14 @@ class Impression(models.Model):
                 name="impression_anon_session",
                 fields=["session_id", "served_at"],
                 condition=models.Q(customer__isnull=True) & ~models.Q(session_id=""),
+            ),
+            # Export and erasure: the lists of a customer stored before their row existed (small: a customer's lists
+            # are stored with them once they have a row). Built partition by partition without blocking the flush
+            # (migration 0008).
+            models.Index(
+                name="impression_customer_unit",
+                fields=["customer_unit"],
+                condition=models.Q(customer__isnull=True, customer_unit__isnull=False),
             ),
         ]
         constraints = [

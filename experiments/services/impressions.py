@@ -16,11 +16,13 @@ import orjson
 import redis
 from django.db import connection, transaction
 
+from catalog import erasure
 from catalog import selectors as catalog_selectors
 from experiments import keys
 from experiments.metrics import IMPRESSION_LOG_ERRORS, IMPRESSIONS_STORED
 from experiments.models import Variant
 from experiments.services.assignment import Assignment
+from experiments.units import customer_unit
 from kernel import redis_client
 from kernel.background import Periodic
 
@@ -61,9 +63,10 @@ def impression_log(
     """Queue one served list for ``flush_impressions``, without a round trip (see ``_ImpressionBuffer``); never
     raises.
 
-    ``customer_id`` is the customer's external id ("" for anonymous traffic, then ``session_id`` identifies the
-    unit). Forced (QA) assignments are logged without their experiment, so they never enter its results.
-    ``latency_ms`` is how long serving took to make the list (the latency guardrail's p95 per variant).
+    ``customer_id`` is the customer's external id when the assignment hashed it (the list's unit; the flush keeps it
+    pseudonymously as ``customer_unit``, experiments.units), else "" (then ``session_id`` identifies the unit, or
+    without one the request id). Forced (QA) assignments are logged without their experiment, so they never enter its
+    results. ``latency_ms`` is how long serving took to make the list (the latency guardrail's p95 per variant).
     """
     try:
         memberships = (
@@ -222,10 +225,10 @@ def impressions_flush(*, batch_size: int = 2_000, max_batches: int = 200) -> Flu
 _INSERT_IMPRESSIONS = """
 INSERT INTO experiments_impression
        (request_id, served_at, surface, customer_id, session_id, experiment_id, variant_id, model_version, item_pks,
-        latency_ms)
-SELECT r, to_timestamp(t), s, c, ss, e, v, m, i::bigint[], l
+        latency_ms, customer_unit)
+SELECT r, to_timestamp(t), s, c, ss, e, v, m, i::bigint[], l, cu
   FROM unnest(%s::text[], %s::float8[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[],
-              %s::integer[], %s::text[], %s::float8[]) AS u(r, t, s, c, ss, e, v, m, i, l)
+              %s::integer[], %s::text[], %s::float8[], %s::uuid[]) AS u(r, t, s, c, ss, e, v, m, i, l, cu)
     ON CONFLICT DO NOTHING
 """
 
@@ -251,7 +254,14 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
         # come back. The impression of an unknown (or erased) id is stored without a customer (its session and
         # request id still attribute it); a customer whose first event arrives before the flush is linked.
         # Locked against an erasure: one committing while this transaction ran failed its whole batch at COMMIT.
-        customers = catalog_selectors.customer_pks(external_ids={r["c"] for r in parsed if r["c"]}, locked=True)
+        named = {r["c"] for r in parsed if r["c"]}
+        customers = catalog_selectors.customer_pks(external_ids=named, locked=True)
+        # The list's unit, the customer id the assignment hashed, is kept pseudonymously (experiments.units): the
+        # lists of a customer without a row yet are one unit of the results, and found by an erasure and an export.
+        # Not for an erased id: nothing is linked to it any more (read after the lock above: an erasure that held a
+        # customer's row has committed its suppression entry by now).
+        erased = erasure.erased_ids(named - customers.keys())
+        units = {customer_id: customer_unit(customer_id) for customer_id in named - erased}
         wanted = {(key, name) for r in parsed for key, name in r["x"]}
         variants = {
             (key, name): (experiment_id, variant_id)
@@ -260,7 +270,7 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
             ).values_list("experiment__key", "name", "experiment_id", "pk")
             if (key, name) in wanted
         }
-        columns: list[list[Any]] = [[] for _ in range(10)]
+        columns: list[list[Any]] = [[] for _ in range(11)]
         for r in parsed:
             resolved: list[tuple[int | None, int | None]] = [
                 variants[m] for m in map(tuple, r["x"]) if m in variants
@@ -279,6 +289,7 @@ def _impressions_store(raw: Sequence[bytes]) -> tuple[int, int]:
                         r["m"],
                         "{" + ",".join(map(str, r["i"])) + "}",
                         r.get("l"),
+                        units.get(r["c"]),
                     ),
                     strict=True,
                 ):

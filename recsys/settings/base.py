@@ -273,6 +273,10 @@ API_CUSTOMER_RATE_PER_MINUTE = env_int("API_CUSTOMER_RATE_PER_MINUTE", 600)
 # The key of the erased-ids suppression list (catalog.models.ErasedCustomer): keep it stable, rotating it forgets
 # every erased id. Defaults to SECRET_KEY.
 ERASURE_HASH_KEY = env_str("ERASURE_HASH_KEY", SECRET_KEY)
+# The key of the pseudonymous experiment unit an impression keeps of the customer id its list was assigned by
+# (experiments.units): keep it stable, rotating it splits those customers' lists from before and after it. Defaults to
+# SECRET_KEY.
+EXPERIMENT_UNIT_HASH_KEY = env_str("EXPERIMENT_UNIT_HASH_KEY", SECRET_KEY)
 # When set, /metrics answers only a scrape that sends "Authorization: Bearer <METRICS_TOKEN>" (Prometheus'
 # `authorization` / `bearer_token` scrape setting); unset, anyone who reaches it may read it (docs/operations.md).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")

@@ -5,11 +5,13 @@ unpartitioned table with rows."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from catalog.models import Item
 from events import partitions
@@ -80,6 +82,83 @@ def test_primary_and_unique_keys_include_the_partition_key() -> None:
         constraints = dict(cursor.fetchall())
     assert constraints["interaction_event_time_unique"] == "UNIQUE (event_id, occurred_at)"
     assert constraints["events_interaction_pkey"] == "PRIMARY KEY (id, occurred_at)"
+
+
+def _attached_indexes(parent_index: str) -> dict[str, bool]:
+    """The tables holding a partition index attached to ``parent_index``, with whether it is valid."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT x.indrelid::regclass::text, x.indisvalid FROM pg_inherits i
+                 JOIN pg_index x ON x.indexrelid = i.inhrelid
+                WHERE i.inhparent = %s::regclass""",
+            [parent_index],
+        )
+        return dict(cursor.fetchall())
+
+
+def _index_valid(name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [name])
+        return bool(cursor.fetchone()[0])
+
+
+def test_the_customer_unit_index_covers_every_partition_present_and_future() -> None:
+    """Built partition by partition without blocking the flush (experiments migration 0008) and valid on the parent,
+    so a month created later gets its own when attached."""
+    assert _index_valid("impression_customer_unit")
+    assert _attached_indexes("impression_customer_unit") == dict.fromkeys(names(partitions.IMPRESSIONS), True)
+    today = partitions.next_month(partitions.next_month(THIS_MONTH))
+    assert partitions.partitions_ensure(today=today, tables=(partitions.IMPRESSIONS,))
+    assert _attached_indexes("impression_customer_unit") == dict.fromkeys(names(partitions.IMPRESSIONS), True)
+
+
+_SCRATCH = partitions.PartitionedTable("scratch_partitioned", "at")
+
+
+@pytest.fixture
+def scratch_table() -> Iterator[None]:
+    """A small partitioned table of its own (outside any transaction: CONCURRENTLY needs that), dropped after."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'CREATE TABLE scratch_partitioned (id bigint, "at" timestamptz, v uuid) PARTITION BY RANGE ("at")'
+        )
+        for month in (THIS_MONTH, partitions.next_month(THIS_MONTH)):
+            cursor.execute(
+                f"""CREATE TABLE {partitions.partition_name(_SCRATCH, month)} PARTITION OF scratch_partitioned
+                    FOR VALUES FROM ('{month}') TO ('{partitions.next_month(month)}')"""
+            )
+        cursor.execute("CREATE TABLE scratch_partitioned_default PARTITION OF scratch_partitioned DEFAULT")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE scratch_partitioned")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_built_concurrently_is_finished_by_a_second_run(scratch_table: None) -> None:
+    """A build that died half-way (its partition index left invalid, the other partitions not built) is finished by
+    running it again; a run after that builds nothing."""
+    definition = "(v) WHERE v IS NOT NULL"
+    this_month = partitions.partition_name(_SCRATCH, THIS_MONTH)
+    child = "scratch_v_" + this_month.removeprefix(_SCRATCH.table + "_")
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX scratch_v ON ONLY {_SCRATCH.table} {definition}")
+        # What a concurrent build that fails leaves behind: an invalid index (here, unique over duplicates).
+        cursor.execute(f"INSERT INTO {this_month} VALUES (1, now(), %s), (2, now(), %s)", [uuid.UUID(int=1)] * 2)  # noqa: S608
+        with pytest.raises(IntegrityError):
+            cursor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {child} ON {this_month} {definition}")
+    assert not _index_valid(child)
+
+    built = partitions.index_create_concurrently(spec=_SCRATCH, name="scratch_v", definition=definition)
+
+    assert len(built) == 3
+    assert _index_valid("scratch_v")
+    assert _attached_indexes("scratch_v") == dict.fromkeys(names(_SCRATCH), True)
+    assert partitions.index_create_concurrently(spec=_SCRATCH, name="scratch_v", definition=definition) == []
+
+
+def test_an_index_is_not_built_concurrently_inside_a_transaction() -> None:
+    with pytest.raises(RuntimeError, match="inside a transaction"):
+        partitions.index_create_concurrently(spec=partitions.IMPRESSIONS, name="x", definition="(customer_unit)")
 
 
 # --- Rows land in their month ---------------------------------------------------------------------------------

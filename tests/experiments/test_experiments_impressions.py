@@ -9,13 +9,17 @@ import time
 import pytest
 import redis
 from django.contrib.auth.models import AbstractUser
+from django.test import override_settings
+from django.utils import timezone
 
+from catalog import erasure
 from catalog.models import Customer
 from experiments import keys, services
 from experiments.config import VariantConfig
 from experiments.metrics import IMPRESSION_LOG_ERRORS
 from experiments.models import Experiment, Impression
 from experiments.tasks import flush_impressions
+from experiments.units import customer_unit
 from experiments.validation import VariantSpec
 from kernel import redis_client
 from recsys.beat import BEAT_SCHEDULE
@@ -78,12 +82,19 @@ def test_logged_impressions_reach_postgres_through_the_worker(
     assert rows["req-known"].experiment_id == experiment.pk
     assert rows["req-known"].variant.name == served["known"]
     # A customer first seen by serving is not created (a read never creates data): the impression is kept without
-    # one, its session still naming the unit.
+    # one, but with the pseudonymous unit of the id the assignment hashed (experiments.units), never the id itself.
     assert rows["req-new-customer"].customer is None
     assert rows["req-new-customer"].session_id == "s9"
+    assert rows["req-new-customer"].customer_unit == customer_unit("new-customer")
+    assert "new-customer" not in json.dumps(
+        Impression.objects.filter(request_id="req-new-customer").values().get(), default=str
+    ).replace("req-new-customer", "")
     assert not Customer.objects.filter(external_id="new-customer").exists()
+    assert rows["req-known"].customer_unit == customer_unit("known")
+    # A session's list (and a request's) is its own unit, stored as it is.
     assert rows["req-s:anon"].customer is None
     assert rows["req-s:anon"].session_id == "anon"
+    assert rows["req-s:anon"].customer_unit is None
     assert rows["req-none"].experiment_id is None
     assert rows["req-none"].surface == "cart"
 
@@ -109,6 +120,31 @@ def test_a_replayed_batch_is_stored_once(celery_worker: object, django_user_mode
 
     assert result == {"records": 2, "rows_stored": 0, "invalid": 1, "skipped": False}
     assert Impression.objects.filter(request_id="r1").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_unit_is_keyed_and_an_erased_id_keeps_none(django_user_model: type[AbstractUser]) -> None:
+    """The unit is an HMAC under EXPERIMENT_UNIT_HASH_KEY: one id, one unit, and another key another unit. An erased
+    id is linked to nothing any more: its lists are stored with neither customer nor unit (catalog.erasure)."""
+    _running(django_user_model.objects.create_user("m"))
+    item = ItemFactory().pk
+    unit = customer_unit("someone")
+    assert unit == customer_unit("someone") != customer_unit("someone-else")
+    with override_settings(EXPERIMENT_UNIT_HASH_KEY="another-secret"):
+        assert customer_unit("someone") != unit
+    erasure.tombstone_add(customer_id="gone", erased_at=timezone.now())
+    for customer_id in ("gone", "never-known"):
+        services.impression_log(
+            request_id=f"list-{customer_id}", surface="home", customer_id=customer_id, session_id="",
+            assignment=services.assign(surface="home", unit_id=customer_id), item_pks=[item], model_version=None,
+        )  # fmt: skip
+
+    services.impressions_flush()
+
+    assert dict(Impression.objects.values_list("request_id", "customer_unit")) == {
+        "list-gone": None, "list-never-known": customer_unit("never-known"),
+    }  # fmt: skip
+    assert not Customer.objects.exists()
 
 
 @pytest.mark.django_db
