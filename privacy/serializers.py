@@ -90,7 +90,10 @@ class CustomerExportSerializer(serializers.Serializer):
     interactions = ExportInteractionSerializer(many=True)
     impressions = ExportImpressionSerializer(
         many=True,
-        help_text="The lists served to the customer, and those their merged sessions were served before the merge.",
+        help_text=(
+            "The lists served to the customer (with those served under their id before the customer was created), and "
+            "those their merged sessions were served before the merge."
+        ),
     )
 
 

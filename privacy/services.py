@@ -2,8 +2,9 @@
 
 They span every app that keeps something about a customer, which is why they live here, above the apps: catalog (the
 customer row), events (interactions in Postgres, history and affinities in Redis, the sessions merged into the
-customer), experiments (impressions, queued in Redis then stored: the customer's own and those a merged session was
-served before its merge) and ranking (recommendation lists cached in Redis under the customer's id).
+customer), experiments (impressions, queued in Redis then stored: the customer's own, those served under their id
+before their row existed, and those a merged session was served before its merge) and ranking (recommendation lists
+cached in Redis under the customer's id).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from events.keys import customer_owner
 from events.models import Interaction, SessionMerge
 from experiments.models import Impression
 from experiments.services import IMPRESSION_PUSH_INTERVAL_SECONDS, impressions_flush
+from experiments.units import customer_unit
 from kernel.models import ApiKey
 from privacy.models import ErasureRecord
 from ranking import cache
@@ -104,11 +106,12 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
     1. Redis first (queued impressions flushed into Postgres, history and affinities deleted, cache version bumped):
        with Redis down this raises ``redis.RedisError`` before anything is deleted, and the caller answers 503.
     2. One Postgres transaction: the impressions the customer's merged sessions were served before their merge
-       (:func:`_merged_session_impressions`: they carry the session, not the customer) and its session merges, then the
-       customer row with its interactions and impressions (ON DELETE CASCADE of their foreign keys), an
-       :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
+       (:func:`_merged_session_impressions`: they carry the session, not the customer), those served under their id
+       before their row existed (:func:`_unit_impressions`: they carry only the id's pseudonymous unit) and its
+       session merges, then the customer row with its interactions and impressions (ON DELETE CASCADE of their
+       foreign keys), an :class:`ErasureRecord` that names nobody, and the id's suppression-list entry
        (catalog.erasure): afterwards events naming the id are rejected, a merge into it refused, and impressions
-       of it stored without a customer, so nothing brings the customer back but an explicit PUT.
+       of it stored without a customer or unit, so nothing brings the customer back but an explicit PUT.
     3. Redis again, best effort: history an event racing the erasure may have re-created, and every cached
        recommendation list of the customer in every key form (ranking.cache.owner_entries_delete; the version
        bump of step 1 already made them unreachable, and they would expire within a minute anyway).
@@ -127,9 +130,10 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         if customer is None:  # erased by a concurrent request meanwhile
             raise CustomerNotFound(customer_id)
         customer_pk = customer.pk
-        # Before the row: the lists its session merges gave it, then the merges themselves (a customer deleted
-        # otherwise keeps them, customerless: events.SessionMerge).
-        merged_impressions, _ = _merged_session_impressions(customer_pk).delete()
+        # Before the row: the lists its session merges gave it, those served under its id before it existed, then
+        # the merges themselves (a customer deleted otherwise keeps them, customerless: events.SessionMerge).
+        customerless_impressions, _ = _merged_session_impressions(customer_pk).delete()
+        customerless_impressions += _unit_impressions(customer_id).delete()[0]
         SessionMerge.objects.filter(customer_id=customer_pk).delete()
         _, deleted = customer.delete()
         # The admin's change log of the customer's row names them (its text is their id): gone with it.
@@ -145,7 +149,7 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
             erased_at=timezone.now(),
             requested_by_key_prefix=prefix,
             interactions_deleted=deleted.get(Interaction._meta.label, 0),
-            impressions_deleted=deleted.get(Impression._meta.label, 0) + merged_impressions,
+            impressions_deleted=deleted.get(Impression._meta.label, 0) + customerless_impressions,
             online_keys_deleted=online_keys,
         )
 
@@ -231,6 +235,13 @@ def _merged_session_impressions(customer_pk: int) -> QuerySet[Impression]:
     )
 
 
+def _unit_impressions(customer_id: str) -> QuerySet[Impression]:
+    """The impressions of lists served under the customer's id before their row existed: stored without the customer
+    (the flush creates none) but with the id's pseudonymous unit (experiments.units). By the partial index
+    impression_customer_unit, whose clauses these are."""
+    return Impression.objects.filter(customer__isnull=True, customer_unit=customer_unit(customer_id))
+
+
 # --- Export -------------------------------------------------------------------------------------------------
 
 
@@ -250,10 +261,10 @@ class CustomerExport:
 
 def customer_export(*, customer_id: str) -> CustomerExport:
     """The customer's data as plain values: the customer row, the sessions merged into them, every interaction and
-    impression (those still queued in Redis are stored first; with those their merged sessions were served before
-    the merge), and the online state (recent history and category affinities) from Redis. Raises
-    :class:`CustomerNotFound`, and ``redis.RedisError`` when Redis is unavailable: an export without the online
-    state would be incomplete."""
+    impression (those still queued in Redis are stored first; with those served under their id before their row
+    existed and those their merged sessions were served before the merge), and the online state (recent history
+    and category affinities) from Redis. Raises :class:`CustomerNotFound`, and ``redis.RedisError`` when Redis is
+    unavailable: an export without the online state would be incomplete."""
     row = (
         Customer.objects.filter(external_id=customer_id)
         .values("id", "external_id", "created_at", "attributes", "personalisation_opt_out")
@@ -276,7 +287,7 @@ def customer_export(*, customer_id: str) -> CustomerExport:
             .values_list("session_id", "merged_at")
         ],
         interactions=_interactions(customer_pk),
-        impressions=_impressions(customer_pk),
+        impressions=_impressions(customer_pk, customer["customer_id"]),
     )
 
 
@@ -349,12 +360,18 @@ _IMPRESSION_COLUMNS = (
 )  # fmt: skip
 
 
-def _impressions(customer_pk: int) -> Iterator[dict[str, Any]]:
-    # UNION ALL: each part by its own index (an OR of the two would scan the table); disjoint (with and without a
-    # customer).
+def _impressions(customer_pk: int, customer_id: str) -> Iterator[dict[str, Any]]:
+    # UNION ALL: each part by its own index (an OR would scan the table); disjoint: with a customer, then without one
+    # those of their id's unit, then those of a merged session that are not (a list served under their id with a
+    # session they later merged is both).
     own = Impression.objects.filter(customer_id=customer_pk).values_list(*_IMPRESSION_COLUMNS)
-    merged = _merged_session_impressions(customer_pk).values_list(*_IMPRESSION_COLUMNS)
-    rows = own.union(merged, all=True).order_by("served_at", "id")
+    before_their_row = _unit_impressions(customer_id).values_list(*_IMPRESSION_COLUMNS)
+    merged = (
+        _merged_session_impressions(customer_pk)
+        .exclude(customer_unit=customer_unit(customer_id))
+        .values_list(*_IMPRESSION_COLUMNS)
+    )
+    rows = own.union(before_their_row, merged, all=True).order_by("served_at", "id")
     chunk: list[Sequence[Any]] = []
     for row in rows.iterator(chunk_size=_EXPORT_CHUNK):
         chunk.append(row)

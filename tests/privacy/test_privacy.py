@@ -24,6 +24,7 @@ from events.services import online_state_rebuild
 from experiments import services as experiment_services
 from experiments.models import Impression
 from experiments.services import impressions_flush, impressions_push
+from experiments.units import customer_unit
 from experiments.validation import VariantSpec
 from kernel import redis_client
 from privacy.models import ErasureRecord
@@ -451,3 +452,40 @@ def test_a_customer_deleted_in_the_admin_gives_a_later_merge_nothing_it_was_serv
     assert api.delete("/v1/customers/second-shopper").status_code == 204
     assert set(Impression.objects.values_list("request_id", flat=True)) == {first}
     assert SessionMerge.objects.filter(customer__isnull=True).count() == 1
+
+
+# --- Lists served under the id before the customer existed -------------------------------------------------------
+
+NEWCOMER = "newcomer-5e0a"
+
+
+def test_lists_served_before_the_customer_existed_are_exported_and_erased_with_them(
+    api: APIClient, world: dict[str, Any], home_experiment: str
+) -> None:
+    """A logged-in shopper's first lists, before any event created their row, are stored without them (a read creates
+    no customer) but with their id's pseudonymous unit: their export lists them, their erasure deletes them (and
+    counts them), nobody else's are touched, and lists served under the id after the erasure keep no unit."""
+    before = [_served(api, customer_id=NEWCOMER)[0] for _ in range(2)]
+    with_session, _ = _served(api, customer_id=NEWCOMER, session_id=VISIT)
+    stranger, _ = _served(api, customer_id="stranger-5e0a")
+    impressions_flush()
+    assert Impression.objects.filter(request_id__in=[*before, with_session], customer__isnull=True).count() == 3
+    event = {"customer_id": NEWCOMER, "item_id": "c0-1", "type": "view"}
+    assert api.post("/v1/events", event, format="json").status_code == 202
+    _merge(api, VISIT, NEWCOMER)  # the session's list is theirs twice over: listed and counted once
+    after, _ = _served(api, customer_id=NEWCOMER)
+    impressions_flush()
+
+    exported = [row["request_id"] for row in _export(api, NEWCOMER)["impressions"]]
+    assert sorted(exported) == sorted([*before, with_session, after])
+    assert stranger not in exported
+
+    assert api.delete(f"/v1/customers/{NEWCOMER}").status_code == 204
+
+    assert not Impression.objects.filter(request_id__in=[*before, with_session, after]).exists()
+    assert ErasureRecord.objects.get().impressions_deleted == 4
+    assert Impression.objects.filter(request_id=stranger, customer_unit=customer_unit("stranger-5e0a")).exists()
+    # Served under the erased id again: stored with neither customer nor unit (nothing links it to the id any more).
+    again, _ = _served(api, customer_id=NEWCOMER)
+    impressions_flush()
+    assert Impression.objects.filter(request_id=again, customer__isnull=True, customer_unit__isnull=True).exists()
