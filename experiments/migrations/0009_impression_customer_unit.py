@@ -32,7 +32,7 @@ def _backward(apps, schema_editor) -> None:  # noqa: ANN001
 class Migration(migrations.Migration):
     atomic = False
 
-    dependencies = [("experiments", "0007_impression_anonymous_session")]
+    dependencies = [("experiments", "0008_variant_weight_minimum")]
 
     operations = [
         migrations.AddField(
