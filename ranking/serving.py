@@ -485,8 +485,12 @@ def experiment_unit(owner: str, session_id: str, request_id: str) -> str:
     customer); else the session (an opted-out customer's impression carries only that); else the request: a list
     asked for with neither (a crawler, a server-side render, an opted-out customer without a session) is a unit of
     its own. Such lists all hashed "anonymous" (or the opted-out customer's id), so they all went to one arm and
-    counted as that many units of it: a sample-ratio mismatch (a twelfth tester, 6 December)."""
-    return owner or session_id or request_id
+    counted as that many units of it: a sample-ratio mismatch (a twelfth tester, 6 December). The session is hashed
+    as the owner it is when it browses anonymously (``s:<session>``): hashed bare for an opted-out customer on it,
+    one session unit could sit in both arms."""
+    if owner:
+        return owner
+    return owner_for(customer_id="", session_id=session_id) if session_id else request_id
 
 
 def owners_of(*, customer_id: str, session_id: str) -> tuple[bool, tuple[str, ...]]:

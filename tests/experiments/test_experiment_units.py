@@ -125,6 +125,26 @@ def test_a_customer_logged_without_their_id_is_not_many_units_of_one_arm(
     assert units == 1 or min(arms.values(), default=0) > 0 and len(arms) == 2, (units, arms)
 
 
+def test_a_session_keeps_its_arm_when_an_opted_out_customer_signs_in_on_it(
+    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+) -> None:
+    """An opted-out customer's lists are the session's (their impressions carry only the session): serving hashed
+    the bare session id for them, and ``s:<session>`` for the same session browsing anonymously, so one session unit
+    could sit in both arms (found by the helper that built the customer unit, 6 December)."""
+    _running(django_user_model.objects.create_user("ds"), "home", "units-optout-session")
+    CustomerFactory(external_id="private-1")
+    assert api.post("/v1/customers/private-1/opt-out").status_code == 200
+    for n in range(24):
+        session = f"visit-{n}"
+        anonymous = api.get("/v1/recommendations", {"session_id": session, "surface": "home", "count": 4})
+        signed_in = api.get(
+            "/v1/recommendations", {"customer_id": "private-1", "session_id": session, "surface": "home", "count": 4}
+        )
+        assert signed_in.json()["variant"] == anonymous.json()["variant"], session
+    results = _flushed_results("units-optout-session")
+    assert sum(v.exposures for v in results.variants) == 24  # one unit per session
+
+
 def test_a_customer_not_yet_known_is_one_unit_with_their_later_lists_and_converts_on_their_first(
     api: APIClient, django_user_model: type[AbstractUser], items: list[str]
 ) -> None:
