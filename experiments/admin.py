@@ -391,12 +391,6 @@ class SurfaceDefaultForm(forms.ModelForm):
         model = SurfaceDefault
         fields = ("surface", "config")
 
-    def clean_weight(self) -> float | None:
-        weight = self.cleaned_data.get("weight")
-        if weight is not None and (message := weight_error(weight)) is not None:
-            raise ValidationError(f"The weight {message}")
-        return weight
-
     def clean_config(self) -> Any:
         config = self.cleaned_data.get("config") or {}
         message = config_error(config)
