@@ -114,9 +114,11 @@ def pin_warnings(rule: BusinessRule) -> list[str]:
         ]
     if not rule.enabled:
         return []
+    # A draft that changes a published rule is published under that rule's id (business_rule_publish).
+    served_id = rule.replaces_id or rule.pk
     warnings = []
     for other in _competing_pins(rule):
-        first, second = (other, rule) if rule.pk is None or other.pk < rule.pk else (rule, other)
+        first, second = (other, rule) if served_id is None or other.pk < served_id else (rule, other)
         if rule.surfaces and other.surfaces:
             surfaces = sorted(set(rule.surfaces) & set(other.surfaces))
         else:

@@ -33,7 +33,7 @@ from kernel.admin_utils import EstimatedCountPaginator
 from quality import services as quality
 from quality import tasks
 from quality.models import QualitySnapshot
-from ranking import rules, services, serving
+from ranking import merchandising, rules, services, serving
 from ranking.artifacts import loader
 from ranking.models import BusinessRule, ModelVersion
 from recsys.admin_panels import CustomerWithPanelsAdmin
@@ -495,6 +495,12 @@ def test_a_pin_asking_for_a_position_another_pin_holds_is_saved_with_a_warning(
         starts_at_0=(dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).date().isoformat(), starts_at_1="00:00:00",
     )  # fmt: skip
     assert "also asks for position" not in alone
+    # A draft changing the older pin is published under its id: it would still take the slot.
+    draft = merchandising.business_rule_draft_of(rule=first, user_id=None)
+    (warning,) = merchandising.pin_warnings(draft)
+    assert warning.endswith(
+        "the older rule “Mug first (draft)” takes it and “Scarf second” moves to the next free position."
+    )
 
 
 @pytest.mark.django_db
