@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import AbstractUser
 from django.utils import timezone
 
-from catalog.models import Customer
+from catalog.models import Customer, Item
 from events.models import Interaction
 from experiments import services
 from experiments.bandit import floored_shares
@@ -67,22 +67,50 @@ def _add_traffic(
     impressions, purchases = [], []
     for index, customer in enumerate(customers):
         name = list(rates)[index // units]
-        request_id = f"req-{customer.external_id}"
-        impressions.append(
-            Impression(
-                request_id=request_id, served_at=start, surface=experiment.surface, customer=customer,
-                experiment=experiment, variant=variants[name], item_pks=[item.pk],
-            )
-        )  # fmt: skip
-        if rng.random() < rates[name]:
-            purchases.append(
-                Interaction(
-                    event_id=f"p-{customer.external_id}", customer=customer, item=item, type=Interaction.Type.PURCHASE,
-                    value=10.0, occurred_at=start + dt.timedelta(minutes=3), request_id=request_id,
-                )
-            )  # fmt: skip
+        bought = rng.random() < rates[name]
+        _shown(impressions, purchases, experiment, variants[name], customer, item, f"req-{customer.external_id}",
+               served_at=start, bought_after=dt.timedelta(minutes=3) if bought else None)  # fmt: skip
     Impression.objects.bulk_create(impressions)
     Interaction.objects.bulk_create(purchases)
+
+
+def _shown(
+    impressions: list[Impression],
+    purchases: list[Interaction],
+    experiment: Experiment,
+    variant: Variant,
+    customer: Customer,
+    item: Item,
+    request_id: str,
+    *,
+    served_at: dt.datetime,
+    bought_after: dt.timedelta | None,
+) -> None:
+    """One list of ``item`` shown to ``customer`` under ``variant``, and a purchase carrying its request id
+    ``bought_after`` it (None: no purchase)."""
+    impressions.append(
+        Impression(
+            request_id=request_id,
+            served_at=served_at,
+            surface=experiment.surface,
+            customer=customer,
+            experiment=experiment,
+            variant=variant,
+            item_pks=[item.pk],
+        )
+    )
+    if bought_after is not None:
+        purchases.append(
+            Interaction(
+                event_id=f"p-{request_id}",
+                customer=customer,
+                item=item,
+                type=Interaction.Type.PURCHASE,
+                value=10.0,
+                occurred_at=served_at + bought_after,
+                request_id=request_id,
+            )
+        )
 
 
 def _running_bandit(key: str, user: AbstractUser) -> tuple[Experiment, dict[str, Variant]]:
@@ -197,20 +225,9 @@ def test_a_bandit_is_not_misled_by_customers_whose_attribution_window_is_still_o
             customer = Customer.objects.create(external_id=f"delay-{name}-{i}")
             mature = i < 1000
             served_at = now - (dt.timedelta(hours=30) if mature else dt.timedelta(minutes=10))
-            request_id = f"delay-{name}-{i}"
-            impressions.append(
-                Impression(
-                    request_id=request_id, served_at=served_at, surface="home", customer=customer,
-                    experiment=experiment, variant=variants[name], item_pks=[item.pk],
-                )
-            )  # fmt: skip
-            if mature and i % 10 == 0:  # exactly 10% of each arm's mature customers
-                purchases.append(
-                    Interaction(
-                        event_id=f"p-{request_id}", customer=customer, item=item, type=Interaction.Type.PURCHASE,
-                        value=10.0, occurred_at=served_at + dt.timedelta(hours=2), request_id=request_id,
-                    )
-                )  # fmt: skip
+            bought = mature and i % 10 == 0  # exactly 10% of each arm's mature customers
+            _shown(impressions, purchases, experiment, variants[name], customer, item, f"delay-{name}-{i}",
+                   served_at=served_at, bought_after=dt.timedelta(hours=2) if bought else None)  # fmt: skip
     Impression.objects.bulk_create(impressions)
     Interaction.objects.bulk_create(purchases)
 
