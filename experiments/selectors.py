@@ -86,6 +86,11 @@ def serving_data() -> ServingData:
     return ServingData(running, defaults)
 
 
+def surface_default_stored(surface: str) -> Any:
+    """The settings stored as ``surface``'s default (parsed JSON, as stored), None without a ``SurfaceDefault`` row."""
+    return SurfaceDefault.objects.filter(surface=surface).values_list("config", flat=True).first()
+
+
 def running_bandit_ids() -> list[int]:
     return list(
         Experiment.objects.filter(status=Experiment.Status.RUNNING, mode=Experiment.Mode.BANDIT).values_list(

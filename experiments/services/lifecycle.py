@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from experiments import selectors
 from experiments.bandit import MIN_SHARE
 from experiments.config import InvalidConfig, VariantConfig, merged
 from experiments.models import BanditWeightLog, Experiment, SurfaceDefault, Variant
@@ -217,7 +218,7 @@ def surface_default_get(*, surface: str) -> tuple[VariantConfig, dict[str, Any]]
     settings themselves (``{}`` without a ``SurfaceDefault`` row: the platform defaults). Read from Postgres, not
     from the serving snapshot (for offline tools: ``manage.py evaluate --surface``). Raises ExperimentError when the
     stored settings are no valid configuration (serving then logs them and serves the platform defaults)."""
-    stored = SurfaceDefault.objects.filter(surface=surface).values_list("config", flat=True).first()
+    stored = selectors.surface_default_stored(surface)
     if stored is None:
         return PLATFORM_DEFAULT, {}
     if not isinstance(stored, dict):
