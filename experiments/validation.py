@@ -90,7 +90,8 @@ def config_error(config: object) -> str | None:
     return blend_source_errors(config)
 
 
-_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+# A namespace id, a surface: what experiments.SurfaceDefault.surface and Experiment.surface hold.
+SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
 
 
 def namespace_errors(namespace: object) -> list[str]:
@@ -101,7 +102,7 @@ def namespace_errors(namespace: object) -> list[str]:
         return [f'A namespace is [id, start, end], e.g. ["home", 0, 0.5], got {namespace!r}.']
     namespace_id, start, end = namespace
     errors = []
-    if not isinstance(namespace_id, str) or not _SLUG.match(namespace_id):
+    if not isinstance(namespace_id, str) or not SLUG.match(namespace_id):
         errors.append(f"The namespace id must be a slug of 1 to 50 letters, digits, - or _, got {namespace_id!r}.")
     numbers = [v for v in (start, end) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
     if len(numbers) != 2 or not 0.0 <= start < end <= 1.0:

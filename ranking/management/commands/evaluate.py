@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from experiments import services as experiments
+from experiments.validation import SLUG
 from ranking.evaluation import format_table, to_json
 from ranking.services import TrainingError, active_version_params, model_evaluate
 from ranking.training import SOURCE_NAMES, StageTimer, TrainParams
 
-_SURFACE = re.compile(r"[-a-zA-Z0-9_]{1,50}")  # experiments.SurfaceDefault.surface, a slug
 # Settings the offline rows cannot follow: evaluate trains its own version and applies no business rules.
 _NOT_OFFLINE = ("model_version", "rules_enabled")
 
@@ -67,7 +66,7 @@ class Command(BaseCommand):
         if options["test_file"] and not Path(options["test_file"]).is_file():
             raise CommandError(f"--test-file {options['test_file']}: no such file")
         surface = options["surface"]
-        if not _SURFACE.fullmatch(surface):
+        if not SLUG.fullmatch(surface):
             raise CommandError(f"--surface {surface[:60]!r}: a surface is a slug of 1 to 50 letters, digits, - or _")
         try:
             surface_config, stored = experiments.surface_default_get(surface=surface)
