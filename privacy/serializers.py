@@ -78,11 +78,17 @@ class ExportOnlineStateSerializer(serializers.Serializer):
     )
 
 
+class ExportCustomerSerializer(CustomerOutputSerializer):
+    created_at = serializers.DateTimeField(
+        allow_null=True, help_text="Null for an id that never had a customer row but had lists served under it."
+    )
+
+
 class CustomerExportSerializer(serializers.Serializer):
     """The export's shape, for the schema; the body itself is streamed by :func:`export_json_chunks`."""
 
     exported_at = serializers.DateTimeField()
-    customer = CustomerOutputSerializer()
+    customer = ExportCustomerSerializer()
     online = ExportOnlineStateSerializer()
     session_merges = ExportSessionMergeSerializer(
         many=True, help_text="Anonymous sessions handed to the customer at login (POST /v1/sessions/{id}/merge)."

@@ -116,10 +116,15 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
        recommendation list of the customer in every key form (ranking.cache.owner_entries_delete; the version
        bump of step 1 already made them unreachable, and they would expire within a minute anyway).
 
-    Raises :class:`CustomerNotFound`. Trained model versions keep an anonymous row for the customer's primary key
-    until the next training run, which cannot see them any more.
+    An id that never had a customer row but was named in reads (lists served under it are stored with its unit,
+    step 2) is erased the same way: its impressions deleted, its cached lists too, the id suppressed.
+
+    Raises :class:`CustomerNotFound` when nothing is stored under the id. Trained model versions keep an anonymous
+    row for the customer's primary key until the next training run, which cannot see them any more.
     """
-    if not Customer.objects.filter(external_id=customer_id).exists():
+    known = Customer.objects.filter(external_id=customer_id).exists()
+    if not known and erasure.erased_ids([customer_id]):
+        # Erased before: what was served under the id since keeps no unit (nothing links it to the id).
         raise CustomerNotFound(customer_id)
     owner = customer_owner(customer_id)
     _impressions_flush_queued()
@@ -127,19 +132,22 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
 
     with transaction.atomic():
         customer = Customer.objects.select_for_update().filter(external_id=customer_id).first()
-        if customer is None:  # erased by a concurrent request meanwhile
-            raise CustomerNotFound(customer_id)
-        customer_pk = customer.pk
-        # Before the row: the lists its session merges gave it, those served under its id before it existed, then
+        # Before the row: those served under its id before it existed, the lists its session merges gave it, then
         # the merges themselves (a customer deleted otherwise keeps them, customerless: events.SessionMerge).
-        customerless_impressions, _ = _merged_session_impressions(customer_pk).delete()
-        customerless_impressions += _unit_impressions(customer_id).delete()[0]
-        SessionMerge.objects.filter(customer_id=customer_pk).delete()
-        _, deleted = customer.delete()
-        # The admin's change log of the customer's row names them (its text is their id): gone with it.
-        LogEntry.objects.filter(
-            content_type=ContentType.objects.get_for_model(Customer), object_id=str(customer_pk)
-        ).delete()
+        customerless_impressions = _unit_impressions(customer_id).delete()[0]
+        deleted: dict[str, int] = {}
+        if customer is not None:
+            customer_pk = customer.pk
+            customerless_impressions += _merged_session_impressions(customer_pk).delete()[0]
+            SessionMerge.objects.filter(customer_id=customer_pk).delete()
+            _, deleted = customer.delete()
+            # The admin's change log of the customer's row names them (its text is their id): gone with it.
+            LogEntry.objects.filter(
+                content_type=ContentType.objects.get_for_model(Customer), object_id=str(customer_pk)
+            ).delete()
+        elif not customerless_impressions:
+            # Nothing stored under the id (never named, or erased by a concurrent request meanwhile).
+            raise CustomerNotFound(customer_id)
         # Nothing may create the customer again implicitly (events, merges, impressions): catalog.erasure.
         erasure.tombstone_add(customer_id=customer_id, erased_at=timezone.now())
         prefix = ""
@@ -263,19 +271,27 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     """The customer's data as plain values: the customer row, the sessions merged into them, every interaction and
     impression (those still queued in Redis are stored first; with those served under their id before their row
     existed and those their merged sessions were served before the merge), and the online state (recent history
-    and category affinities) from Redis. Raises :class:`CustomerNotFound`, and ``redis.RedisError`` when Redis is
-    unavailable: an export without the online state would be incomplete."""
+    and category affinities) from Redis. An id that never had a customer row but was named in reads exports the
+    lists served under it (``created_at`` null). Raises :class:`CustomerNotFound` when nothing is stored under the
+    id, and ``redis.RedisError`` when Redis is unavailable: an export without the online state would be
+    incomplete."""
     row = (
         Customer.objects.filter(external_id=customer_id)
         .values("id", "external_id", "created_at", "attributes", "personalisation_opt_out")
         .first()
     )
-    if row is None:
+    if row is None and erasure.erased_ids([customer_id]):
         raise CustomerNotFound(customer_id)
+    _impressions_flush_queued()
+    if row is None:
+        if not _unit_impressions(customer_id).exists():
+            raise CustomerNotFound(customer_id)
+        # No row (a pk no table holds): only the lists served under the id are found by it.
+        row = {"id": 0, "external_id": customer_id, "created_at": None, "attributes": {},
+               "personalisation_opt_out": False}  # fmt: skip
     customer: dict[str, Any] = dict(row)
     customer_pk = customer.pop("id")
     customer["customer_id"] = customer.pop("external_id")
-    _impressions_flush_queued()
     return CustomerExport(
         exported_at=timezone.now(),
         customer=customer,

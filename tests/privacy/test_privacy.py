@@ -489,3 +489,41 @@ def test_lists_served_before_the_customer_existed_are_exported_and_erased_with_t
     again, _ = _served(api, customer_id=NEWCOMER)
     impressions_flush()
     assert Impression.objects.filter(request_id=again, customer__isnull=True, customer_unit__isnull=True).exists()
+
+
+VISITOR = "visitor-7c1d"
+
+
+def test_an_id_only_ever_named_in_reads_is_exported_and_erased(
+    api: APIClient, world: dict[str, Any], home_experiment: str
+) -> None:
+    """A logged-in shopper who never sent an event has no customer row, yet the lists served under their id are
+    stored with its unit and cached under it: their export lists them, their erasure deletes them and the cached
+    lists, records it and suppresses the id; a second erasure, and any of an id never named, is 404."""
+    served = [_served(api, customer_id=VISITOR)[0] for _ in range(2)]
+    stranger, _ = _served(api, customer_id="stranger-7c1d")
+    assert _rec_keys(VISITOR)
+    assert not Customer.objects.filter(external_id=VISITOR).exists()
+
+    body = _export(api, VISITOR)  # the queued impressions are stored first
+    assert body["customer"] == {
+        "customer_id": VISITOR, "created_at": None, "attributes": {}, "personalisation_opt_out": False,
+    }  # fmt: skip
+    assert sorted(row["request_id"] for row in body["impressions"]) == sorted(served)
+    assert body["interactions"] == [] and body["session_merges"] == []
+
+    assert api.delete(f"/v1/customers/{VISITOR}").status_code == 204
+
+    assert not Impression.objects.filter(request_id__in=served).exists()
+    assert Impression.objects.filter(request_id=stranger).exists()
+    record = ErasureRecord.objects.get()
+    assert (record.impressions_deleted, record.interactions_deleted) == (2, 0)
+    assert record.cached_lists_deleted >= 1
+    assert not _rec_keys(VISITOR)
+    assert not Customer.objects.filter(external_id=VISITOR).exists()
+    # Suppressed like any erased id: an event naming it is refused, and it has nothing left to export or erase.
+    event = {"customer_id": VISITOR, "item_id": "c0-1", "type": "view"}
+    assert api.post("/v1/events", event, format="json").status_code == 400
+    assert api.get(f"/v1/customers/{VISITOR}/export").status_code == 404
+    assert api.delete(f"/v1/customers/{VISITOR}").status_code == 404
+    assert ErasureRecord.objects.count() == 1
