@@ -13,7 +13,7 @@ import psycopg
 from django.db import transaction
 from django.utils import timezone
 
-from catalog import erasure
+from catalog import erasure, signals
 from catalog.models import Brand, Category, Customer, Item
 from kernel.versions import bump_on_commit
 
@@ -96,7 +96,19 @@ def customer_upsert(
     if personalisation_opt_out is not None:
         defaults["personalisation_opt_out"] = personalisation_opt_out
         opt_out_version_bump()
-    return Customer.objects.update_or_create(external_id=external_id, defaults=defaults)
+    customer, created = Customer.objects.update_or_create(external_id=external_id, defaults=defaults)
+    if created:
+        _customers_created_on_commit({customer.external_id: customer.pk})
+    return customer, created
+
+
+def _customers_created_on_commit(customers: Mapping[str, int]) -> None:
+    """Send ``catalog.signals.customers_created`` for ``customers`` once the current transaction commits (at once
+    outside one; never when it rolls back)."""
+    created = dict(customers)
+    transaction.on_commit(
+        lambda: signals.customers_created.send_robust(sender=Customer, customers=created), robust=True
+    )
 
 
 def customer_pks_get_or_create(
@@ -143,7 +155,10 @@ def customer_pks_get_or_create(
                RETURNING external_id, id""",
             [missing, times],
         )
-        found.update(cursor.fetchall())
+        created = dict(cursor.fetchall())
+        found.update(created)
+        if created:
+            _customers_created_on_commit(created)
         raced = [external_id for external_id in missing if external_id not in found]
         if raced:
             cursor.execute(select, [raced])

@@ -283,13 +283,15 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     if row is None and erasure.erased_ids([customer_id]):
         raise CustomerNotFound(customer_id)
     _impressions_flush_queued()
-    if row is None:
-        if not _unit_impressions(customer_id).exists():
-            raise CustomerNotFound(customer_id)
+    customer: dict[str, Any]
+    if row is not None:
+        customer = dict(row)
+    elif _unit_impressions(customer_id).exists():
         # No row (a pk no table holds): only the lists served under the id are found by it.
-        row = {"id": 0, "external_id": customer_id, "created_at": None, "attributes": {},
-               "personalisation_opt_out": False}  # fmt: skip
-    customer: dict[str, Any] = dict(row)
+        customer = {"id": 0, "external_id": customer_id, "created_at": None, "attributes": {},
+                    "personalisation_opt_out": False}  # fmt: skip
+    else:
+        raise CustomerNotFound(customer_id)
     customer_pk = customer.pop("id")
     customer["customer_id"] = customer.pop("external_id")
     return CustomerExport(

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from catalog import erasure
 from catalog import selectors as catalog_selectors
+from catalog.signals import customers_created
 from experiments import keys
 from experiments.metrics import IMPRESSION_LOG_ERRORS, IMPRESSIONS_STORED
 from experiments.models import Variant
@@ -332,3 +333,42 @@ def _record_parse(item: bytes) -> dict[str, Any] | None:
         logger.error("impression_record_invalid", extra={"record": item[:500]})
         return None
     return r
+
+
+def impressions_link_customers(*, customers: Mapping[str, int]) -> int:
+    """Give customers just created (``customers``: {external id: primary key}) the lists served under their id before
+    their row existed: stored without a customer but with the id's unit (``experiments.units``), they become the
+    customer's own, so a purchase without a request id is attributed to them (the results' rule (b) matches
+    purchases by customer) even when no later list of theirs links the unit, and the customer's erasure and export
+    reach them with the rest. Returns the number of lists linked.
+
+    Runs on ``catalog.signals.customers_created``, after the creating transaction committed. The lookup is the
+    partial index ``impression_customer_unit`` (lists stored without their customer: few); a shop with none left
+    pays one index probe per batch of new customers. An erasure racing it (the row gone again) leaves the lists to
+    that erasure, which deletes them by their unit.
+    """
+    if not customers:
+        return 0
+    units = [customer_unit(external_id) for external_id in customers]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            """UPDATE experiments_impression i SET customer_id = c.id
+                 FROM unnest(%s::uuid[], %s::bigint[]) AS u(unit, pk)
+                 JOIN catalog_customer c ON c.id = u.pk
+                WHERE i.customer_id IS NULL AND i.customer_unit IS NOT NULL
+                  AND i.customer_unit = ANY(%s::uuid[]) AND i.customer_unit = u.unit""",
+            [units, list(customers.values()), units],
+        )
+        linked = cursor.rowcount
+    if linked:
+        logger.info("impressions_linked_to_new_customers", extra={"customers": len(customers), "lists": linked})
+    return linked
+
+
+def _on_customers_created(sender: object, *, customers: Mapping[str, int], **kwargs: object) -> None:
+    impressions_link_customers(customers=customers)
+
+
+def customers_created_connect() -> None:
+    """Link the lists of every customer the catalog creates (``ExperimentsConfig.ready``)."""
+    customers_created.connect(_on_customers_created, dispatch_uid="experiments.impressions_link_customers")

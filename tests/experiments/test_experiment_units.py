@@ -5,22 +5,27 @@ all in one arm (a false sample-ratio mismatch, a biased arm), or every customer 
 A twelfth tester (6 December; docs/reliability.md) found serving hashing one unit and logging another in four
 places; serving now hashes the unit the results count (``ranking.serving.experiment_unit``). A fifth, a customer the
 platform had not heard of yet (their impressions are stored without them until their first event), is counted by the
-pseudonymous unit each impression keeps of the id its list was assigned by (``Impression.customer_unit``). Left,
-marked ``xfail(strict=True)``: such a customer's purchase without a request id, when no later list of theirs in the
-experiment links their earlier lists to their row.
+pseudonymous unit each impression keeps of the id its list was assigned by (``Impression.customer_unit``), and those
+lists become the customer's when their row is created (``experiments.services.impressions_link_customers``), so a
+first purchase without a request id counts for them even when no later list of theirs was served.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from catalog.models import Customer
+from catalog.services import customer_upsert
 from experiments import services
 from experiments.models import Experiment, Impression
 from experiments.units import customer_unit
@@ -29,11 +34,6 @@ from ranking import serving
 from tests.factories import CustomerFactory, ItemFactory
 
 pytestmark = pytest.mark.django_db
-
-NOT_LINKED = (
-    "lists stored without their customer are linked to the customer's row only through a later list of theirs in the "
-    "experiment (docs/experiments.md, What counts)"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -145,12 +145,19 @@ def test_a_session_keeps_its_arm_when_an_opted_out_customer_signs_in_on_it(
     assert sum(v.exposures for v in results.variants) == 24  # one unit per session
 
 
+@pytest.mark.parametrize("linked_on_creation", [True, False], ids=["linked-on-creation", "linked-by-a-later-list"])
 def test_a_customer_not_yet_known_is_one_unit_with_their_later_lists_and_converts_on_their_first(
-    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+    api: APIClient,
+    django_user_model: type[AbstractUser],
+    items: list[str],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    linked_on_creation: bool,
 ) -> None:
     """A logged-in shopper's first lists are stored without them (no row yet), the lists after their first event with
     them: one unit, in one arm. A purchase sent without a request id of an item only those first lists showed is
-    theirs (the lists are linked to the customer by their unit once a later list carries both)."""
+    theirs: the lists become the customer's when their row is created, and where that did not happen (a row created
+    before the link existed, or its link failed) the results link them by their unit once a later list carries
+    both."""
     _running(django_user_model.objects.create_user("ds"), "home", "units-later")
     params = {"customer_id": "later-1", "surface": "home", "count": 4}
     first = [api.get("/v1/recommendations", params).json() for _ in range(3)]
@@ -159,7 +166,8 @@ def test_a_customer_not_yet_known_is_one_unit_with_their_later_lists_and_convert
     services.impressions_flush()
     assert not Customer.objects.filter(external_id="later-1").exists()
     event = {"customer_id": "later-1", "item_id": items[-1], "type": "view"}
-    assert api.post("/v1/events", event, format="json").status_code == 202
+    with django_capture_on_commit_callbacks(execute=linked_on_creation):
+        assert api.post("/v1/events", event, format="json").status_code == 202
     later = [api.get("/v1/recommendations", {**params, "exclude": bought}).json() for _ in range(2)]
     assert all(bought not in {item["item_id"] for item in body["items"]} for body in later)
     purchase = {"customer_id": "later-1", "item_id": bought, "type": "purchase", "value": 30}
@@ -174,27 +182,70 @@ def test_a_customer_not_yet_known_is_one_unit_with_their_later_lists_and_convert
     customer = Customer.objects.get(external_id="later-1")
     stored = Impression.objects.filter(experiment__key="units-later")
     assert {row.customer_unit for row in stored} == {customer_unit("later-1")}
-    assert sorted(row.customer_id is None for row in stored) == [False, False, True, True, True]
-    assert {row.customer_id for row in stored} == {None, customer.pk}
+    unlinked = 0 if linked_on_creation else 3
+    assert sorted(row.customer_id is None for row in stored) == [False] * (5 - unlinked) + [True] * unlinked
+    assert {row.customer_id for row in stored} == ({customer.pk} if linked_on_creation else {None, customer.pk})
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_LINKED)
 def test_a_first_purchase_without_a_request_id_counts_for_lists_no_later_list_linked(
-    api: APIClient, django_user_model: type[AbstractUser], items: list[str]
+    api: APIClient,
+    django_user_model: type[AbstractUser],
+    items: list[str],
+    django_capture_on_commit_callbacks: Callable[..., Any],
 ) -> None:
     """The shopper's lists were stored without them; their purchase, sent without the list's request id, creates
-    their row, and they are not served on the surface again: nothing in the experiment ties the row to those lists'
-    unit, so the purchase is not attributed (with the request id, or after one more list, it is)."""
+    their row, and they are not served on the surface again: creating the row gives them those lists (linked by
+    their unit), so the purchase is attributed, and the lists are theirs in the impression log."""
     _running(django_user_model.objects.create_user("ds"), "home", "units-unlinked")
     body = api.get("/v1/recommendations", {"customer_id": "buyer-1", "surface": "home", "count": 4}).json()
     services.impressions_push()
     services.impressions_flush()  # stored without the customer: no row yet
     purchase = {"customer_id": "buyer-1", "item_id": body["items"][0]["item_id"], "type": "purchase", "value": 30}
-    assert api.post("/v1/events", purchase, format="json").status_code == 202
+    with django_capture_on_commit_callbacks(execute=True):  # the test's transaction stands for the request's
+        assert api.post("/v1/events", purchase, format="json").status_code == 202
 
     results = _flushed_results("units-unlinked")
 
-    assert results.variant(body["variant"]).conversions == 1
+    shown = results.variant(body["variant"])
+    assert (shown.exposures, shown.impressions, shown.conversions) == (1, 1, 1)
+    customer = Customer.objects.get(external_id="buyer-1")
+    assert list(Impression.objects.filter(experiment__key="units-unlinked").values_list("customer_id", flat=True)) == [
+        customer.pk
+    ]
+
+
+def test_lists_are_linked_to_a_customer_created_by_put_or_an_event_batch_and_to_no_one_else(
+    api: APIClient,
+    django_user_model: type[AbstractUser],
+    items: list[str],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    """Every way a customer row is made links the lists served under that id before it (PUT /v1/customers, an
+    event batch); lists of another id, and of an id whose creation rolled back, stay as they were."""
+    _running(django_user_model.objects.create_user("ds"), "home", "units-put")
+    for customer_id in ("put-1", "batch-1", "batch-2", "stranger-1"):
+        api.get("/v1/recommendations", {"customer_id": customer_id, "surface": "home", "count": 4})
+    services.impressions_push()
+    services.impressions_flush()
+    assert not Impression.objects.filter(experiment__key="units-put", customer__isnull=False).exists()
+
+    with django_capture_on_commit_callbacks(execute=True):  # the test's transaction stands for the requests'
+        assert api.put("/v1/customers/put-1", {"attributes": {}}, format="json").status_code == 201
+        batch = {"events": [{"customer_id": c, "item_id": items[0], "type": "view"} for c in ("batch-1", "batch-2")]}
+        assert api.post("/v1/events", batch, format="json").status_code == 202
+    # A creation that rolls back links nothing (the signal is sent on commit).
+    with django_capture_on_commit_callbacks(execute=True), contextlib.suppress(RuntimeError), transaction.atomic():
+        customer_upsert(external_id="stranger-1")
+        raise RuntimeError("rolled back")
+    assert not Customer.objects.filter(external_id="stranger-1").exists()
+
+    stored = dict(
+        Impression.objects.filter(experiment__key="units-put").values_list("customer_unit", "customer__external_id")
+    )
+    assert stored == {
+        customer_unit("put-1"): "put-1", customer_unit("batch-1"): "batch-1", customer_unit("batch-2"): "batch-2",
+        customer_unit("stranger-1"): None,
+    }  # fmt: skip
 
 
 def test_lists_stored_before_the_unit_was_recorded_count_as_they_did(

@@ -510,7 +510,8 @@ def test_an_id_only_ever_named_in_reads_is_exported_and_erased(
         "customer_id": VISITOR, "created_at": None, "attributes": {}, "personalisation_opt_out": False,
     }  # fmt: skip
     assert sorted(row["request_id"] for row in body["impressions"]) == sorted(served)
-    assert body["interactions"] == [] and body["session_merges"] == []
+    assert body["interactions"] == []
+    assert body["session_merges"] == []
 
     assert api.delete(f"/v1/customers/{VISITOR}").status_code == 204
 
