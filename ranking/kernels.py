@@ -59,13 +59,92 @@ def neighbour_sums(
     (then float32); the anchors themselves and items with ``exclude[item]`` are left out (``exclude`` may be
     empty); −1 pads the tables. Order: sum descending, ties to the smaller item index. Returns (items, sums, the
     anchor position of each item's strongest single contribution, ties to the earlier anchor).
+
+    The sums are kept in arrays indexed by item when the table's catalog is no larger than the hash table the
+    entries would need (the demo's 3,825 items against 20 anchors x 100 neighbours: a few pages instead of about
+    half a megabyte to allocate and probe per table), else in an open-addressing hash; both give the same result
+    bit for bit (same sums in the same order, same first-seen order).
     """
-    n_anchors = anchors.size
-    width = neighbour_idx.shape[1]
-    n = n_anchors * width
+    n = anchors.size * neighbour_idx.shape[1]
     size = 16
     while size < 2 * n:
         size <<= 1
+    if neighbour_idx.shape[0] <= size:
+        items, values, where, q = _sums_by_item(anchors, weights, neighbour_idx, neighbour_score, exclude)
+    else:
+        items, values, where, q = _sums_hashed(anchors, weights, neighbour_idx, neighbour_score, exclude, size)
+    return _top_of_sums(items, values, where, q, k)
+
+
+@_compiled
+def _sums_by_item(
+    anchors: NDArray[np.int64],
+    weights: NDArray[np.float32],
+    neighbour_idx: NDArray[np.integer],
+    neighbour_score: NDArray[np.floating],
+    exclude: NDArray[np.bool_],
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64], int]:
+    """:func:`neighbour_sums`' aggregation in arrays indexed by item (the table's rows are the catalog): (items in
+    first-seen order, their sums, their strongest anchor's position, how many)."""
+    n_items = neighbour_idx.shape[0]
+    n_anchors = anchors.size
+    width = neighbour_idx.shape[1]
+    sums = np.empty(n_items, np.float64)
+    strongest = np.empty(n_items, np.float32)
+    position = np.full(n_items, -1, np.int64)  # -1: not seen yet
+    used = np.empty(min(n_anchors * width, n_items), np.int64)
+    m = 0
+    for i in range(n_anchors):
+        row = anchors[i]
+        weight = weights[i]
+        for j in range(width):
+            item = np.int64(neighbour_idx[row, j])
+            if item < 0 or item >= n_items:  # padding (an index past the catalog cannot be an item either)
+                continue
+            contribution = np.float32(neighbour_score[row, j]) * weight
+            if position[item] < 0:
+                sums[item] = np.float64(contribution)
+                strongest[item] = contribution
+                position[item] = i
+                used[m] = item
+                m += 1
+            else:
+                sums[item] += np.float64(contribution)
+                if contribution > strongest[item]:
+                    strongest[item] = contribution
+                    position[item] = i
+    is_anchor = np.zeros(n_items, np.bool_)  # never recommend an anchor back
+    for i in range(n_anchors):
+        is_anchor[anchors[i]] = True
+    items = np.empty(m, np.int64)
+    values = np.empty(m, np.float32)
+    where = np.empty(m, np.int64)
+    q = 0
+    for s in range(m):
+        item = used[s]
+        if is_anchor[item] or (exclude.size > 0 and exclude[item]):
+            continue
+        items[q] = item
+        values[q] = np.float32(sums[item])
+        where[q] = position[item]
+        q += 1
+    return items, values, where, q
+
+
+@_compiled
+def _sums_hashed(
+    anchors: NDArray[np.int64],
+    weights: NDArray[np.float32],
+    neighbour_idx: NDArray[np.integer],
+    neighbour_score: NDArray[np.floating],
+    exclude: NDArray[np.bool_],
+    size: int,
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64], int]:
+    """:func:`neighbour_sums`' aggregation in an open-addressing hash of ``size`` slots (a power of two, at least
+    twice the entries), for catalogs larger than that: the same result as :func:`_sums_by_item`."""
+    n_anchors = anchors.size
+    width = neighbour_idx.shape[1]
+    n = n_anchors * width
     mask = size - 1
     # Open addressing, linear probing: item -> (sum, strongest contribution, its position).
     keys = np.full(size, -1, np.int64)
@@ -118,6 +197,14 @@ def neighbour_sums(
         values[q] = np.float32(sums[h])
         where[q] = position[h]
         q += 1
+    return items, values, where, q
+
+
+@_compiled
+def _top_of_sums(
+    items: NDArray[np.int64], values: NDArray[np.float32], where: NDArray[np.int64], q: int, k: int
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """The ``k`` best of the first ``q`` aggregated items: sum descending, ties to the smaller item."""
     if q == 0 or k <= 0:
         return items[:0], values[:0], where[:0]
     k = min(k, q)

@@ -87,7 +87,7 @@ def had_items(state: RequestState, config: VariantConfig) -> IntArray:
     recent = state.history.of_types(*types)
     if not state.had_pks.size:
         return recent
-    return np.union1d(recent, state.had_pks[np.isin(state.had_types, types)])
+    return np.union1d(recent, state.had_pks[isin(state.had_types, np.array(types, np.int64))])
 
 
 # --- user vector --------------------------------------------------------------------------------------------------
@@ -208,10 +208,8 @@ def global_head(top: retrieval.SourceHits, quota: int, left_out: IntArray) -> re
 def leave_out(state: RequestState, config: VariantConfig, *more: npt.ArrayLike) -> None:
     """``state.left_out``: what the owner has (``had_items``), what they dismissed, and ``more`` (earlier answers'
     items, the request's exclusions, ...), before retrieval."""
-    left_out = np.union1d(had_items(state, config), state.dismissed_pks)
-    for items in more:
-        left_out = np.union1d(left_out, np.asarray(items, np.int64))
-    state.left_out = left_out.astype(np.int64, copy=False)
+    parts = [had_items(state, config), state.dismissed_pks, *more]
+    state.left_out = np.unique(np.concatenate([np.asarray(part, np.int64).ravel() for part in parts]))
 
 
 def _merge(state: RequestState, hits: dict[str, retrieval.SourceHits], pinned: IntArray) -> None:

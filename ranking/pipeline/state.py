@@ -9,6 +9,7 @@ offline).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,9 +190,10 @@ class Ranker(Protocol):
 # --- The request state --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class History:
-    """An owner's latest events, newest first, as catalog pks."""
+    """An owner's latest events, newest first, as catalog pks (never changed in place: a changed history is a new
+    one, so what is worked out of it once can be kept)."""
 
     pks: IntArray
     types: IntArray
@@ -234,7 +236,7 @@ class History:
 
     def of_types(self, *types: int) -> IntArray:
         """The distinct items of these event types (e.g. purchases, ratings)."""
-        return np.unique(self.pks[np.isin(self.types, types)])
+        return np.unique(self.pks[isin(self.types, np.array(types, np.int64))])
 
     def strongest_types(self, pks: IntArray) -> IntArray:
         """Per pk, the strongest event type the history holds for it (a purchase over a rating, an add to cart, a
@@ -250,9 +252,15 @@ class History:
 
     def anchors(self, limit: int) -> tuple[IntArray, IntArray]:
         """The latest ``limit`` distinct items (newest first) and the event type that made each an anchor."""
-        _, first = np.unique(self.pks, return_index=True)
-        order = np.sort(first)[:limit]
+        order = self._first_events[:limit]
         return self.pks[order], self.types[order]
+
+    @functools.cached_property
+    def _first_events(self) -> IntArray:
+        """The position of each distinct item's newest event, newest first (read by every stage that asks for
+        anchors: retrieval, the ranker's features, EASE over the whole history; worked out once)."""
+        _, first = np.unique(self.pks, return_index=True)
+        return np.sort(first)
 
 
 @dataclass(frozen=True, eq=False)

@@ -140,6 +140,40 @@ def test_the_compiled_aggregation_is_the_numpy_one_bit_for_bit(
     assert got.anchor.dtype == np.int64
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_items=st.integers(2, 300),
+    width=st.integers(1, 30),
+    n_anchors=st.integers(1, 40),
+    with_exclude=st.booleans(),
+)
+def test_the_sums_by_item_and_the_hashed_sums_are_the_same_bit_for_bit(
+    seed: int, n_items: int, width: int, n_anchors: int, with_exclude: bool
+) -> None:
+    """``neighbour_sums`` keeps its sums in arrays indexed by item on a small catalog and in a hash on a large one:
+    the two give the same items in the same order, the same sums and the same strongest anchors."""
+    rng = np.random.default_rng(seed)
+    width = min(width, n_items)
+    idx = np.stack([rng.permutation(n_items)[:width] for _ in range(n_items)]).astype(np.int32)
+    idx[rng.random(idx.shape) < 0.15] = -1
+    score = rng.choice(np.array([1.0, 0.5, 0.25, 0.125, 0.3], np.float32), size=idx.shape)
+    anchors = rng.choice(n_items, size=min(n_anchors, n_items), replace=False).astype(np.int64)
+    weights = (0.85 ** np.arange(anchors.size)).astype(np.float32)
+    exclude = rng.random(n_items) < 0.2 if with_exclude else np.empty(0, np.bool_)
+    size = 16
+    while size < 2 * anchors.size * width:
+        size <<= 1
+
+    by_item = kernels._sums_by_item(anchors, weights, idx, score, exclude)
+    hashed = kernels._sums_hashed(anchors, weights, idx, score, exclude, size)
+
+    assert by_item[3] == hashed[3]
+    q = by_item[3]
+    for got, want in zip(by_item[:3], hashed[:3], strict=True):
+        np.testing.assert_array_equal(got[:q], want[:q])
+
+
 def test_what_numpy_would_refuse_is_refused_before_the_compiled_loop() -> None:
     idx = np.array([[1, 2], [0, 2], [0, 1]], np.int32)
     score = np.ones((3, 2), np.float32)
