@@ -349,8 +349,15 @@ def impressions_link_customers(*, customers: Mapping[str, int]) -> int:
     """
     if not customers:
         return 0
-    units = [customer_unit(external_id) for external_id in customers]
     with transaction.atomic(), connection.cursor() as cursor:
+        # None left to link (the usual case, and a bulk import's into a new shop): no hashing, no probe per id.
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM experiments_impression"
+            " WHERE customer_id IS NULL AND customer_unit IS NOT NULL)"
+        )
+        if not cursor.fetchone()[0]:
+            return 0
+        units = [customer_unit(external_id) for external_id in customers]
         cursor.execute(
             """UPDATE experiments_impression i SET customer_id = c.id
                  FROM unnest(%s::uuid[], %s::bigint[]) AS u(unit, pk)
