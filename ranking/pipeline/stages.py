@@ -449,24 +449,29 @@ def explain(state: RequestState, rows: Mapping[int, Titled]) -> list[Explained]:
     assert state.result is not None
     candidates, result = state.candidates, state.result
     # Each anchor named by the strongest thing the owner did with it (bought, then clicked again: "bought").
-    named = np.unique(candidates.anchor[np.searchsorted(state.cand, result.item_idx)])
+    at = np.searchsorted(state.cand, result.item_idx)
+    anchors = candidates.anchor[at]
+    named = np.unique(anchors)
     named = named[named >= 0]
     anchor_type = dict(zip(named.tolist(), state.history.strongest_types(named).tolist(), strict=True))
+    # Per final item, as plain values at once (a few numpy calls for the list, not a few per item).
+    found = (candidates.source_rank[at] < retrieval.NO_RANK).tolist()
+    best = candidates.best_source[at].tolist()
+    columns = zip(
+        result.item_idx.tolist(), found, best, anchors.tolist(), result.score.tolist(), result.pinned.tolist(),
+        result.explored.tolist(), strict=True,
+    )  # fmt: skip
     out = []
-    for slot, (pk, i) in enumerate(
-        zip(result.item_idx.tolist(), np.searchsorted(state.cand, result.item_idx).tolist(), strict=True)
-    ):
+    for pk, hits, best_source, anchor, score, pinned, explored in columns:
         row = rows.get(pk)
         if row is None:
             continue
-        found = candidates.source_rank[i] < retrieval.NO_RANK
-        sources = tuple(name for name, hit in zip(retrieval.SOURCES, found.tolist(), strict=True) if hit)
-        anchor = int(candidates.anchor[i])
+        sources = tuple(name for name, hit in zip(retrieval.SOURCES, hits, strict=True) if hit)
         anchor_row = rows.get(anchor) if anchor >= 0 else None
         reason = reason_for(
-            retrieval.SOURCES[int(candidates.best_source[i])] if sources else "pinned", sources,
+            retrieval.SOURCES[best_source] if sources else "pinned", sources,
             anchor_row.title if anchor_row is not None else None, anchor_type.get(anchor) or VIEW, row.category_name,
-            bool(result.pinned[slot]), bool(result.explored[slot]),
+            pinned, explored,
         )  # fmt: skip
-        out.append(Explained(pk, round(float(result.score[slot]), 6), sources or ("pinned",), reason))
+        out.append(Explained(pk, round(score, 6), sources or ("pinned",), reason))
     return out
