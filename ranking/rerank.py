@@ -492,12 +492,16 @@ def rerank(candidates: Candidates, rules: Sequence[Rule], config: RerankConfig) 
     slots[slots < 0] = exploit
 
     rows = ranked[slots]
-    boost_bury = np.array([r.kind in ("boost", "bury") for r in rules], dtype=bool)
-    fired_matrix = match[:, rows] & boost_bury[:, None]
-    fired = tuple(
-        tuple(sorted([*rule_ids[fired_matrix[:, i]].tolist(), *([slot_rule[i]] if i in slot_rule else [])]))
-        for i in range(length)
-    )
+    fired: tuple[tuple[int, ...], ...]
+    if rules:
+        boost_bury = np.array([r.kind in ("boost", "bury") for r in rules], dtype=bool)
+        fired_matrix = match[:, rows] & boost_bury[:, None]
+        fired = tuple(
+            tuple(sorted([*rule_ids[fired_matrix[:, i]].tolist(), *([slot_rule[i]] if i in slot_rule else [])]))
+            for i in range(length)
+        )
+    else:  # no rule can have fired (the usual list): no per-slot numpy calls
+        fired = ((),) * length
     return RerankResult(
         item_idx=candidates.item_idx[rows],
         score=adjusted[slots],
