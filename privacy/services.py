@@ -128,6 +128,8 @@ def customer_erase(*, customer_id: str, requested_by_key_id: int | None = None) 
         raise CustomerNotFound(customer_id)
     owner = customer_owner(customer_id)
     _impressions_flush_queued()
+    if not known and not _unit_impressions(customer_id).exists():
+        raise CustomerNotFound(customer_id)  # nothing stored under the id: nothing to erase, Redis left alone
     online_keys = online.forget_owner(owner)
 
     with transaction.atomic():
