@@ -69,99 +69,46 @@ def neighbour_sums(
     size = 16
     while size < 2 * n:
         size <<= 1
-    if neighbour_idx.shape[0] <= size:
-        items, values, where, q = _sums_by_item(anchors, weights, neighbour_idx, neighbour_score, exclude)
-    else:
-        items, values, where, q = _sums_hashed(anchors, weights, neighbour_idx, neighbour_score, exclude, size)
+    n_items = neighbour_idx.shape[0]
+    dense = n_items <= size
+    items, values, where, q = _aggregate(
+        anchors, weights, neighbour_idx, neighbour_score, exclude, n_items if dense else size, dense
+    )
     return _top_of_sums(items, values, where, q, k)
 
 
 @_compiled
-def _sums_by_item(
-    anchors: NDArray[np.int64],
-    weights: NDArray[np.float32],
-    neighbour_idx: NDArray[np.integer],
-    neighbour_score: NDArray[np.floating],
-    exclude: NDArray[np.bool_],
-) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64], int]:
-    """:func:`neighbour_sums`' aggregation in arrays indexed by item (the table's rows are the catalog): (items in
-    first-seen order, their sums, their strongest anchor's position, how many)."""
-    n_items = neighbour_idx.shape[0]
-    n_anchors = anchors.size
-    width = neighbour_idx.shape[1]
-    sums = np.empty(n_items, np.float64)
-    strongest = np.empty(n_items, np.float32)
-    position = np.full(n_items, -1, np.int64)  # -1: not seen yet
-    used = np.empty(min(n_anchors * width, n_items), np.int64)
-    m = 0
-    for i in range(n_anchors):
-        row = anchors[i]
-        weight = weights[i]
-        for j in range(width):
-            item = np.int64(neighbour_idx[row, j])
-            if item < 0 or item >= n_items:  # padding (an index past the catalog cannot be an item either)
-                continue
-            contribution = np.float32(neighbour_score[row, j]) * weight
-            if position[item] < 0:
-                sums[item] = np.float64(contribution)
-                strongest[item] = contribution
-                position[item] = i
-                used[m] = item
-                m += 1
-            else:
-                sums[item] += np.float64(contribution)
-                if contribution > strongest[item]:
-                    strongest[item] = contribution
-                    position[item] = i
-    is_anchor = np.zeros(n_items, np.bool_)  # never recommend an anchor back
-    for i in range(n_anchors):
-        is_anchor[anchors[i]] = True
-    items = np.empty(m, np.int64)
-    values = np.empty(m, np.float32)
-    where = np.empty(m, np.int64)
-    q = 0
-    for s in range(m):
-        item = used[s]
-        if is_anchor[item] or (exclude.size > 0 and exclude[item]):
-            continue
-        items[q] = item
-        values[q] = np.float32(sums[item])
-        where[q] = position[item]
-        q += 1
-    return items, values, where, q
-
-
-@_compiled
-def _sums_hashed(
+def _aggregate(
     anchors: NDArray[np.int64],
     weights: NDArray[np.float32],
     neighbour_idx: NDArray[np.integer],
     neighbour_score: NDArray[np.floating],
     exclude: NDArray[np.bool_],
     size: int,
+    dense: bool,
 ) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64], int]:
-    """:func:`neighbour_sums`' aggregation in an open-addressing hash of ``size`` slots (a power of two, at least
-    twice the entries), for catalogs larger than that: the same result as :func:`_sums_by_item`."""
+    """:func:`neighbour_sums`' aggregation: (items in first-seen order, their sums, their strongest anchor's position,
+    how many), in ``size`` slots. An item's slot is the item itself when ``dense`` (``size`` is the catalog: an index
+    past it cannot be an item and is skipped like the padding), else its multiplicative hash (``size`` a power of
+    two at least twice the entries; open addressing, linear probing, which a dense slot never needs)."""
     n_anchors = anchors.size
     width = neighbour_idx.shape[1]
-    n = n_anchors * width
     mask = size - 1
-    # Open addressing, linear probing: item -> (sum, strongest contribution, its position).
     keys = np.full(size, -1, np.int64)
     sums = np.empty(size, np.float64)
     strongest = np.empty(size, np.float32)
     position = np.empty(size, np.int64)
-    used = np.empty(n, np.int64)
+    used = np.empty(min(n_anchors * width, size), np.int64)
     m = 0
     for i in range(n_anchors):
         row = anchors[i]
         weight = weights[i]
         for j in range(width):
             item = np.int64(neighbour_idx[row, j])
-            if item < 0:
+            if item < 0 or (dense and item >= size):
                 continue
             contribution = np.float32(neighbour_score[row, j]) * weight
-            h = _slot(item, mask)
+            h = item if dense else _slot(item, mask)
             while keys[h] != -1 and keys[h] != item:
                 h = (h + 1) & mask
             if keys[h] == -1:
@@ -178,6 +125,10 @@ def _sums_hashed(
                     position[h] = i
     for i in range(n_anchors):  # never recommend an anchor back: mark it removed, its probe chain intact
         item = anchors[i]
+        if dense:
+            if keys[item] == item:
+                keys[item] = -2
+            continue
         h = _slot(item, mask)
         while keys[h] != -1:
             if keys[h] == item:

@@ -158,15 +158,16 @@ def test_the_sums_by_item_and_the_hashed_sums_are_the_same_bit_for_bit(
     idx = np.stack([rng.permutation(n_items)[:width] for _ in range(n_items)]).astype(np.int32)
     idx[rng.random(idx.shape) < 0.15] = -1
     score = rng.choice(np.array([1.0, 0.5, 0.25, 0.125, 0.3], np.float32), size=idx.shape)
-    anchors = rng.choice(n_items, size=min(n_anchors, n_items), replace=False).astype(np.int64)
+    # With repeats: an anchor listed twice (a history item whose events were merged from two owners).
+    anchors = rng.choice(n_items, size=n_anchors, replace=True).astype(np.int64)
     weights = (0.85 ** np.arange(anchors.size)).astype(np.float32)
     exclude = rng.random(n_items) < 0.2 if with_exclude else np.empty(0, np.bool_)
     size = 16
     while size < 2 * anchors.size * width:
         size <<= 1
 
-    by_item = kernels._sums_by_item(anchors, weights, idx, score, exclude)
-    hashed = kernels._sums_hashed(anchors, weights, idx, score, exclude, size)
+    by_item = kernels._aggregate(anchors, weights, idx, score, exclude, n_items, True)
+    hashed = kernels._aggregate(anchors, weights, idx, score, exclude, size, False)
 
     assert by_item[3] == hashed[3]
     q = by_item[3]
