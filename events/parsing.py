@@ -18,7 +18,12 @@ MAX_ID_LENGTH = 100
 # within ±1e9. Anything else is refused: one 1e308 rating once made a customer's affinity infinite in Redis and
 # overflowed the rebuild's affinity query.
 VALUE_MAX = 1e9
-# Clocks differ; an event a few minutes "ahead" is skew, one a day ahead is a bug on the client.
+# The times an event may carry (docs/events.md): from EARLIEST to MAX_FUTURE after it was received. Clocks differ;
+# an event a few minutes "ahead" is skew, one a day ahead is a bug on the client. The bounds are also what the
+# readers' arithmetic can hold: the online state's forward decay (events.features) overflows a float past about
+# 2110 and underflows to nothing before about 1940, which failed a whole rebuild. The database holds the same rule
+# (constraint interaction_time_within_rule) and readers clamp rows stored before it (event_time_sql).
+EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(hours=1)
 
 
@@ -91,13 +96,29 @@ def check_time(value: datetime, *, now: datetime) -> datetime:
         # In UTC: Python takes offsets up to ±23:59, Postgres up to ±15:59; and the floor below is an instant.
         value = value.astimezone(UTC)
     except OverflowError:  # past year 9999 or before year 1 in UTC: beyond either bound
-        edge = "in the future" if value.year > 1990 else "before 1990"
+        edge = "in the future" if value.year > EARLIEST.year else f"before {EARLIEST.year}"
         raise InvalidEvent("occurred_at", f"{value.isoformat()} is {edge}") from None
     if value > now + MAX_FUTURE:
         raise InvalidEvent("occurred_at", f"{value.isoformat()} is in the future")
-    if value.year < 1990:
-        raise InvalidEvent("occurred_at", f"{value.isoformat()} is before 1990")
+    if value < EARLIEST:
+        raise InvalidEvent("occurred_at", f"{value.isoformat()} is before {EARLIEST.year}")
     return value
+
+
+def event_time_sql(alias: str) -> str:
+    """SQL for the time the interaction ``alias`` counts at in the readers that do arithmetic on it (the rebuild of
+    the online state, training): its ``occurred_at`` within the rule above, measured from its ``received_at``.
+
+    The identity for every row stored under the rule. A row stored before the database held it (a time typed into
+    the admin's interaction form, which did not apply it) counts at the nearest time the rule allows: year 9999 an
+    hour after it was received, as a client's skewed clock is tolerated, year 1 in 1990. Unclamped, one such row
+    failed every ``rebuild_online_state`` ("value out of range: overflow") and moved a small shop's training "now"
+    to year 9999, decaying every real event to nothing.
+    """
+    return (
+        f"least(greatest({alias}.occurred_at, '{EARLIEST.isoformat()}'::timestamptz), "
+        f"{alias}.received_at + interval '{int(MAX_FUTURE.total_seconds())} seconds')"
+    )
 
 
 def derive_event_id(

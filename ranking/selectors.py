@@ -15,23 +15,25 @@ from django.db.models import Max, Min
 from catalog import selectors as catalog_selectors
 from catalog.models import Item
 from events.models import Interaction
+from events.parsing import event_time_sql
 from kernel.db_router import replica_reads
 from ranking import artifact_store
 from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
 from ranking.models import ModelVersion
 
 # One pass over the interactions, opted-out customers' events left out (anonymous session events stay: they feed
-# co-purchase and popularity). The window bounds are parameters; NULL means unbounded.
-_INTERACTIONS_SQL = """
+# co-purchase and popularity). The window bounds are parameters; NULL means unbounded. The time is the one the
+# events' rule allows (events.parsing.event_time_sql): a row stored before it, dated 9999, moved the data's "now".
+_INTERACTIONS_SQL = f"""
     SELECT COALESCE(i.customer_id, -1), i.item_id, i.type, COALESCE(i.value, 'NaN'::float8),
-           EXTRACT(EPOCH FROM i.occurred_at)::float8, i.session_id
+           EXTRACT(EPOCH FROM {event_time_sql("i")})::float8, i.session_id
     FROM events_interaction i
     LEFT JOIN catalog_customer c ON c.id = i.customer_id
     WHERE (c.id IS NULL OR NOT c.personalisation_opt_out)
       AND i.occurred_at >= COALESCE(%s::timestamptz, '-infinity'::timestamptz)
       AND i.occurred_at < COALESCE(%s::timestamptz, 'infinity'::timestamptz)
-    ORDER BY i.occurred_at, i.event_id
-"""
+    ORDER BY 5, i.event_id
+"""  # noqa: S608 (interpolates a constant expression of the events app; values go as parameters)
 _FETCH_ROWS = 200_000
 
 

@@ -30,6 +30,7 @@ from events.features import (
     RATING_WEIGHT_PER_POINT,
     fold_counters,
 )
+from events.parsing import event_time_sql
 from kernel import redis_client
 
 logger = logging.getLogger(__name__)
@@ -338,10 +339,10 @@ def _rebuild_histories(
             f"""SELECT {keys.owner_sql("c.external_id", "t.session_id")}, t.item_id, t.type, t.occurred_at, t.id,
                       t.customer_id
                FROM (
-                   SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, i.occurred_at,
+                   SELECT i.id, i.customer_id, i.session_id, i.item_id, i.type, {event_time_sql("i")} AS occurred_at,
                           row_number() OVER (
                               PARTITION BY i.customer_id, CASE WHEN i.customer_id IS NULL THEN i.session_id END
-                              ORDER BY i.occurred_at DESC, i.id DESC
+                              ORDER BY {event_time_sql("i")} DESC, i.id DESC
                           ) AS rank
                    FROM events_interaction i
                    WHERE i.type <> %s
@@ -372,7 +373,7 @@ def _rebuild_dismissed(
     with connection.chunked_cursor() as cursor:
         cursor.execute(
             f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, i.item_id,
-                       max(extract(epoch FROM i.occurred_at))::float8, min(i.customer_id)
+                       max(extract(epoch FROM {event_time_sql("i")}))::float8, min(i.customer_id)
                 FROM events_interaction i
                 LEFT JOIN catalog_customer c ON c.id = i.customer_id
                 WHERE i.type = %s
@@ -404,7 +405,7 @@ def _rebuild_had(summary: RebuildSummary, progress: Callable[[str, int], None]) 
                           row_number() OVER (PARTITION BY owner ORDER BY ts DESC, item_id, type) AS rank
                    FROM (
                        SELECT {keys.owner_sql("c.external_id", "i.session_id")} AS owner, i.item_id, i.type,
-                              max(extract(epoch FROM i.occurred_at))::float8 AS ts
+                              max(extract(epoch FROM {event_time_sql("i")}))::float8 AS ts
                        FROM events_interaction i
                        LEFT JOIN catalog_customer c ON c.id = i.customer_id
                        WHERE i.type = ANY(%s::smallint[])
@@ -439,7 +440,7 @@ def _rebuild_affinities(summary: RebuildSummary, progress: Callable[[str, int], 
             f"""SELECT {keys.owner_sql("c.external_id", "i.session_id")}, it.category_id,
                        sum(CASE i.type {cases}
                                WHEN %s THEN %s * least(greatest(coalesce(i.value, 0), %s), %s) ELSE 0 END
-                           * power(2::float8, (extract(epoch FROM i.occurred_at)::float8 - %s) / %s))
+                           * power(2::float8, (extract(epoch FROM {event_time_sql("i")})::float8 - %s) / %s))
                 FROM events_interaction i
                 JOIN catalog_item it ON it.id = i.item_id
                 LEFT JOIN catalog_customer c ON c.id = i.customer_id
@@ -461,7 +462,7 @@ def _rebuild_counters(summary: RebuildSummary, progress: Callable[[str, int], No
     since = online.first_live_hour(time.time()) * online.HOUR
     with connection.chunked_cursor() as cursor:
         cursor.execute(
-            """SELECT i.type, floor(extract(epoch FROM i.occurred_at) / 3600)::bigint, i.item_id, count(*)
+            f"""SELECT i.type, floor(extract(epoch FROM {event_time_sql("i")}) / 3600)::bigint, i.item_id, count(*)
                FROM events_interaction i
                WHERE i.occurred_at >= to_timestamp(%s) AND i.type = ANY(%s::smallint[])
                GROUP BY 1, 2, 3""",

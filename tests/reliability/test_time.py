@@ -1,15 +1,23 @@
-"""Time as an input: event times at and past the rule's edges (1990, an hour ahead of receipt)."""
+"""Time as an input: event times at and past the rule's edges (1990, an hour ahead of receipt), and what rows stored
+outside it do to the readers that compute with times (the online state's rebuild, training, evaluation)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 
 from catalog.models import Customer, Item
+from events import keys, online
 from events.models import Interaction
-from tests.factories import CustomerFactory, ItemFactory
+from kernel import redis_client
+from ranking import selectors as ranking_selectors
+from tests.factories import CategoryFactory, CustomerFactory, ItemFactory
+from tests.worlds import cluster_world
 
 pytestmark = pytest.mark.django_db
 
@@ -63,3 +71,63 @@ def test_the_admin_stores_a_time_within_the_rule_and_keeps_a_stored_one_through_
     moved = admin_client.post(f"/admin/events/interaction/{old.pk}/change/", {**edit, "occurred_at_0": "2100-01-01"})
     assert moved.status_code == 200
     assert list(moved.context["adminform"].form.errors) == ["occurred_at"]
+
+
+@pytest.mark.parametrize(
+    "stored", [dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC), dt.datetime(1, 1, 2, tzinfo=dt.UTC)]
+)
+def test_rows_stored_outside_the_rule_cannot_break_the_rebuild_of_the_online_state(stored: dt.datetime) -> None:
+    """Year 9999 failed the rebuild with Postgres' "value out of range: overflow", year 1 with "underflow" (the
+    affinities' forward decay, 2^((t - 2025) / 30 days)); serving then stayed degraded, asking for rebuilds that all
+    failed. Such a row now counts at the nearest time the rule allows: an hour after it was received, or 1990."""
+    shoes = CategoryFactory(external_id="shoes")
+    customer, item = CustomerFactory(external_id="C1"), ItemFactory(external_id="I1", category=shoes)
+    other = ItemFactory(external_id="I2", category=shoes)
+    Interaction.objects.create(event_id="ok", customer=customer, item=other, type=1, occurred_at=NOW)
+    odd = Interaction.objects.create(
+        event_id="odd", customer=customer, item=item, type=4, occurred_at=stored, received_at=NOW
+    )
+
+    call_command("rebuild_online_state", stdout=StringIO(), stderr=StringIO())
+
+    assert redis_client.get().exists(keys.ONLINE_STATE_COMPLETE)
+    affinity = online.read_affinity("C1", now=NOW.timestamp())
+    assert set(affinity) == {shoes.pk}
+    assert math.isfinite(affinity[shoes.pk])
+    assert affinity[shoes.pk] > 0
+    times = {
+        int(member.split(b":")[2]): ts
+        for member, ts in redis_client.get().zrange(keys.history("C1"), 0, -1, withscores=True)
+    }
+    expected = min(max(stored, dt.datetime(1990, 1, 1, tzinfo=dt.UTC)), NOW + dt.timedelta(hours=1))
+    assert times[odd.pk] == expected.timestamp()
+    # No counter bucket dated in a far year (it would have lived until then).
+    hours = [int(key.rsplit(b":", 1)[-1]) for key in redis_client.get().scan_iter(match=b"*cnt:*")]
+    assert all(hour * 3600 <= (NOW + dt.timedelta(hours=1)).timestamp() for hour in hours)
+
+
+def _live_world() -> dict[str, Any]:
+    """The shared cluster world moved so that its 120 days end today, as a live shop's do."""
+    world = cluster_world(clusters=[("red", "mug"), ("blue", "hat")], per_cluster=8, seed=1)
+    shift = NOW - dt.timedelta(days=121) - dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    for row in Interaction.objects.all():
+        Interaction.objects.filter(pk=row.pk).update(occurred_at=row.occurred_at + shift, received_at=NOW)
+    return world
+
+
+def test_a_row_dated_9999_does_not_move_the_training_datas_now() -> None:
+    """With fewer than a thousand events the data's "now" (reference_ts) is the latest event's time: one row dated
+    9999 made it 9999, so every real event decayed to nothing and ``evaluate`` found no test user ("the split has
+    no test user with a new relevant item"). The row counts an hour after it was received now."""
+    world = _live_world()
+    Interaction.objects.create(
+        event_id="odd", customer=world["customers"][0], item=world["items"][0], type=4,
+        occurred_at=dt.datetime(9999, 12, 31, tzinfo=dt.UTC), received_at=NOW,
+    )  # fmt: skip
+
+    columns = ranking_selectors.interaction_columns()
+    assert columns["ts"].max() == (NOW + dt.timedelta(hours=1)).timestamp()
+    assert list(columns["ts"]) == sorted(columns["ts"])  # still in time order
+    out = StringIO()
+    call_command("evaluate", "--no-pipeline", stdout=out, stderr=StringIO())
+    assert "protocol temporal" in out.getvalue()
