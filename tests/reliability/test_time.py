@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,30 @@ def test_a_row_dated_9999_does_not_move_the_training_datas_now() -> None:
     out = StringIO()
     call_command("evaluate", "--no-pipeline", stdout=out, stderr=StringIO())
     assert "protocol temporal" in out.getvalue()
+
+
+def test_an_online_retail_file_with_times_outside_the_rule_names_its_own_column(tmp_path: Path) -> None:
+    """Each bad row is reported with file, line and reason, naming InvoiceDate: the shared rule said
+    ``occurred_at``, a column an Online Retail file does not have. The good row is stored."""
+    ItemFactory(external_id="85123A")
+    path = tmp_path / "retail.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,85123A,MUG,6,12/1/2100 8:26,2.55,17850,UK\n"  # the workbook's format, in the future
+        "536366,85123A,MUG,6,2100-12-01T08:26:00,2.55,17850,UK\n"  # ISO 8601, in the future
+        "536367,85123A,MUG,6,12/1/1980 8:26,2.55,17850,UK\n"  # before 1990
+        "536368,85123A,MUG,6,yesterday,2.55,17850,UK\n"
+        "536369,85123A,MUG,6,2/29/2024 23:59,2.55,17850,UK\n"  # a leap day: stored
+    )
+    out, err = StringIO(), StringIO()
+    call_command("import_events", str(path), "--format", "online-retail", "--quiet", stdout=out, stderr=err)
+
+    lines = [line for line in err.getvalue().splitlines() if line.startswith(f"{path}:")]
+    assert [line.split(": ", 2)[:2] for line in lines] == [[f"{path}:{n}", "InvoiceDate"] for n in (2, 3, 4, 5)]
+    assert "is in the future" in lines[0]
+    assert "is in the future" in lines[1]
+    assert "is before 1990" in lines[2]
+    assert "occurred_at" not in err.getvalue()
+    assert list(Interaction.objects.values_list("session_id", "occurred_at")) == [
+        ("536369", dt.datetime(2024, 2, 29, 23, 59, tzinfo=dt.UTC))
+    ]
