@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.utils import timezone
 
 from catalog.models import Category, Customer, Item
 
@@ -178,9 +179,14 @@ def category_pk(*, external_id: str) -> int | None:
 def newest_available_item_pks(*, limit: int) -> list[int]:
     """The latest listed items that are active and in stock (the item_created index), items listed at the same
     instant by id: ties ordered by nothing came back in whatever order the table's pages held them, so two
-    processes (or the same one after a vacuum) could serve different new arrivals."""
+    processes (or the same one after a vacuum) could serve different new arrivals.
+
+    Listed by now: an item's ``created_at`` may lie ahead (up to the year 3000, ``models.CREATED_MAX``), and one
+    listed in 2999 was served as the newest arrival above everything listed since, for centuries. It is new from its
+    time on (serving keeps this list a minute), as evaluation's offline lists count it (ranking.pipeline.offline).
+    """
     return list(
-        Item.objects.filter(active=True, in_stock=True)
+        Item.objects.filter(active=True, in_stock=True, created_at__lte=timezone.now())
         .order_by("-created_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )

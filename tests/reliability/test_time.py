@@ -159,3 +159,25 @@ def test_an_online_retail_file_with_times_outside_the_rule_names_its_own_column(
     assert list(Interaction.objects.values_list("session_id", "occurred_at")) == [
         ("536369", dt.datetime(2024, 2, 29, 23, 59, tzinfo=dt.UTC))
     ]
+
+
+def test_an_item_listed_in_the_future_is_no_new_arrival_until_then(api: Any) -> None:
+    """``created_at`` may be up to the year 3000 (the catalog's rule): an item listed in 2999 was the newest arrival
+    served, and would stay so for centuries, above every item really listed since. Serving's new arrivals are the
+    items listed by now, as evaluation's offline lists already were (``ranking.pipeline.offline``)."""
+    for sku, listed in [("old", NOW - dt.timedelta(days=2)), ("recent", NOW - dt.timedelta(hours=1))]:
+        assert (
+            api.put(f"/v1/items/{sku}", {"title": sku, "created_at": listed.isoformat()}, format="json").status_code
+            == 201
+        )
+    for sku, listed in [("tomorrow", NOW + dt.timedelta(days=1)), ("far", dt.datetime(2999, 1, 1, tzinfo=dt.UTC))]:
+        assert (
+            api.put(f"/v1/items/{sku}", {"title": sku, "created_at": listed.isoformat()}, format="json").status_code
+            == 201
+        )
+
+    response = api.get("/v1/recommendations?count=10")
+
+    assert response.status_code == 200
+    new = [item["item_id"] for item in response.json()["items"] if item["reason"]["code"] == "new_arrival"]
+    assert new == ["recent", "old"]
