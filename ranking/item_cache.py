@@ -134,7 +134,11 @@ class ItemCache:
                 self._available[pks] = columns.available
                 self._price[pks] = columns.price
                 self._created[pks] = columns.created_ts
-                self._watermark = max(self._watermark or -np.inf, float(columns.updated_ts.max()))
+                # Never past this process's own clock: a row another host wrote with its clock ahead (an hour, say)
+                # moved the watermark an hour on, and every delta sync then missed the rows written meanwhile by hosts
+                # on time (an item taken out of stock kept being served until the next full read, 15 minutes).
+                newest = min(float(columns.updated_ts.max()), time.time())
+                self._watermark = max(self._watermark or -np.inf, newest)
             elif self._watermark is None:
                 self._watermark = time.time() - _DELTA_MARGIN_SECONDS
             if full:

@@ -1,5 +1,6 @@
-"""Time as an input: event times at and past the rule's edges (1990, an hour ahead of receipt), and what rows stored
-outside it do to the readers that compute with times (the online state's rebuild, training, evaluation)."""
+"""Time as an input: event and item times at and past the rules' edges, what rows stored outside them do to the
+readers that compute with times (the online state's rebuild, training, evaluation, new arrivals), and hosts whose
+clocks disagree."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 
 from catalog.models import Customer, Item
+from catalog.services import item_deactivate
 from events import keys, online
 from events.models import Interaction
 from kernel import redis_client
+from ranking import item_cache
 from ranking import selectors as ranking_selectors
+from ranking.item_cache import ItemCache
 from tests.factories import CategoryFactory, CustomerFactory, ItemFactory
 from tests.worlds import cluster_world
 
@@ -181,3 +186,23 @@ def test_an_item_listed_in_the_future_is_no_new_arrival_until_then(api: Any) -> 
     assert response.status_code == 200
     new = [item["item_id"] for item in response.json()["items"] if item["reason"]["code"] == "new_arrival"]
     assert new == ["recent", "old"]
+
+
+def test_an_item_written_by_a_host_whose_clock_runs_ahead_hides_no_later_change_from_serving(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Serving's item cache reads the items updated since the latest ``updated_at`` it has seen (less ten minutes).
+    A row written by a host whose clock ran an hour ahead moved that mark an hour on, so the next changes written by
+    hosts on time were not read: an item taken out of stock was still served as available until the next full
+    read. The mark never passes the reading process's own clock now."""
+    monkeypatch.setattr(item_cache, "_CHECK_SECONDS", 0.0)
+    mug, cup = ItemFactory(external_id="mug"), ItemFactory(external_id="cup")
+    Item.objects.filter(pk=mug.pk).update(updated_at=NOW + dt.timedelta(hours=1))  # the host ahead wrote it
+    cache = ItemCache()
+    pks = np.array([mug.pk, cup.pk], np.int64)
+    assert cache.attributes(pks, now=NOW.timestamp())[0].available.tolist() == [True, True]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        item_deactivate(external_id="cup")  # this host, on time
+
+    assert cache.attributes(pks, now=NOW.timestamp())[0].available.tolist() == [True, False]
