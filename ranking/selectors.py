@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import Max, Min
 
 from catalog import selectors as catalog_selectors
 from catalog.models import Item
-from events.models import Interaction
 from events.parsing import event_time_sql
-from kernel.db_router import replica_reads
+from kernel.db_router import read_alias, replica_reads
 from ranking import artifact_store
 from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
 from ranking.models import ModelVersion
@@ -73,9 +71,13 @@ def interaction_columns(
 
 
 def interaction_time_range() -> tuple[datetime | None, datetime | None]:
-    """Earliest and latest ``occurred_at`` of all interactions (None, None when there are none)."""
-    bounds = Interaction.objects.aggregate(first=Min("occurred_at"), last=Max("occurred_at"))
-    return bounds["first"], bounds["last"]
+    """Earliest and latest time of all interactions (None, None when there are none), as the events' rule counts
+    them (``event_time_sql``): training's window ends after the latest, and a row stored in year 9999 before the
+    rule made that an ``OverflowError`` (the nightly training failed) or made ``--days 30`` the 30 days before it."""
+    with connections[read_alias()].cursor() as cursor:  # the replica inside replica_reads, as the ORM's read was
+        cursor.execute(f"SELECT min({event_time_sql('i')}), max({event_time_sql('i')}) FROM events_interaction i")  # noqa: S608 (a constant expression)
+        first, last = cursor.fetchone()
+    return first, last
 
 
 def item_rows() -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -19,11 +19,11 @@ from catalog.services import item_deactivate
 from events import keys, online
 from events.models import Interaction
 from kernel import redis_client
-from ranking import item_cache
+from ranking import item_cache, services
 from ranking import selectors as ranking_selectors
 from ranking.item_cache import ItemCache
 from tests.factories import CategoryFactory, CustomerFactory, ItemFactory
-from tests.worlds import cluster_world
+from tests.worlds import SMALL_PARAMS, cluster_world
 
 pytestmark = pytest.mark.django_db
 
@@ -206,3 +206,32 @@ def test_an_item_written_by_a_host_whose_clock_runs_ahead_hides_no_later_change_
         item_deactivate(external_id="cup")  # this host, on time
 
     assert cache.attributes(pks, now=NOW.timestamp())[0].available.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("stored", "days"),
+    [
+        (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC), None),  # the nightly run: all the data
+        (dt.datetime(9999, 12, 31, tzinfo=dt.UTC), 30.0),  # train --days 30
+    ],
+)
+def test_a_row_dated_9999_neither_stops_training_nor_becomes_its_window(
+    stored: dt.datetime, days: float | None, settings: Any, tmp_path: Path
+) -> None:
+    """Training's window ends just after the latest ``occurred_at``: a row at the last instant of 9999 made that an
+    ``OverflowError`` (the nightly training failed every night), one earlier in 9999 made ``--days 30`` the thirty
+    days before it, holding that row alone. The window ends after the latest time the events' rule allows."""
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    world = _live_world()
+    Interaction.objects.create(
+        event_id="odd", customer=world["customers"][0], item=world["items"][0], type=4, occurred_at=stored,
+        received_at=NOW,
+    )  # fmt: skip
+
+    version = services.model_train(params=SMALL_PARAMS, days=days, force=True).version
+
+    assert version.data_to is not None
+    assert version.data_to <= NOW + dt.timedelta(hours=1, seconds=1)
+    since = NOW + dt.timedelta(hours=1, seconds=1) - dt.timedelta(days=days or 36_500)
+    real = Interaction.objects.exclude(event_id="odd").filter(occurred_at__gte=since)
+    assert version.sizes["n_users"] == real.values("customer").distinct().count() > 1
