@@ -25,7 +25,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -804,7 +804,8 @@ def test_an_id_ending_in_a_sub_resource_name_is_refused_naming_the_field(
     csv = tmp_path / "items.csv"
     csv.write_text(f"item_id,title\nok/{suffix}s,Fine\nsku/{suffix},Refused\n")
     err = StringIO()
-    call_command("import_items", str(csv), "--quiet", stdout=StringIO(), stderr=err)
+    with pytest.raises(CommandError, match="1 row was rejected"):
+        call_command("import_items", str(csv), "--quiet", stdout=StringIO(), stderr=err)
     assert f'items.csv:3: item_id: ends in "/{suffix}"' in err.getvalue()
     assert Item.objects.filter(external_id=f"ok/{suffix}s").exists()
     assert not Item.objects.filter(external_id=f"sku/{suffix}").exists()

@@ -9,12 +9,16 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from catalog.importing import items_import
 from catalog.models import Item
+from events import keys, online
+from events.models import Interaction
+from kernel import redis_client
 from kernel.csvimport import ImportSummary
+from tests.factories import ItemFactory
 
 
 def _summary(out: str) -> dict[str, int]:
@@ -57,3 +61,47 @@ def test_two_item_feeds_listing_the_same_items_in_other_orders_do_not_deadlock(t
         assert all(isinstance(result, ImportSummary) for result in results.values()), results
     assert Item.objects.filter(external_id__in=ids).count() == len(ids)
     assert not Item.objects.filter(external_id__in=ids, in_stock=True).exists()
+
+
+def _run_failing(command: str, path: Path, *args: str, match: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match=match):
+        call_command(command, str(path), "--quiet", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.mark.django_db
+def test_an_import_that_rejected_rows_exits_non_zero_after_storing_the_rest(tmp_path: Path) -> None:
+    """Both commands exited 0 whatever they refused: ``import_items feed.csv && train`` never learned that rows were
+    left out. Now the summary comes first, then a non-zero exit naming how many; the good rows are stored."""
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title,price\nsku-1,Mug,7.50\nsku-2,Plate,\u20ac3\nsku-3,Bowl,4\n")
+    out, err = _run_failing("import_items", items, match=r"items.csv: 1 row was rejected")
+    assert "items.csv:3: price: '\u20ac3' is not a number" in err
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (2, 1)
+    assert set(Item.objects.values_list("external_id", flat=True)) == {"sku-1", "sku-3"}
+    # A clean file still exits 0.
+    items.write_text("item_id,title,price\nsku-2,Plate,3\n")
+    out, _ = _run("import_items", items)
+    assert _summary(out)["stored"] == 1
+
+
+@pytest.mark.django_db
+def test_import_events_that_rejected_rows_brings_serving_up_to_date_then_exits_non_zero(tmp_path: Path) -> None:
+    sku = ItemFactory(external_id="sku-1")
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "customer_id,item_id,type,occurred_at\n"
+        "c1,sku-1,purchase,2026-11-01T10:00:00Z\n"
+        "c1,sku-404,view,2026-11-01T10:01:00Z\n"
+        "c2,sku-1,bought,2026-11-01T10:02:00Z\n"
+    )
+    out, err = _run_failing("import_events", events, match=r"events.csv: 2 rows were rejected")
+    assert "events.csv:3: item_id: unknown item 'sku-404'" in err
+    assert "events.csv:4: type: 'bought' is not one of" in err
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (1, 2)
+    assert Interaction.objects.count() == 1
+    # The stored row reached the online state before the exit, and no rebuild is left pending.
+    history = online.read_history(keys.owner_for(customer_id="c1", session_id=""), limit=10)
+    assert [row.item_pk for row in history] == [sku.pk]
+    assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)

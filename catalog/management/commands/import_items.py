@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from catalog.importing import items_import
-from kernel.management.importing import run_import
+from kernel.management.importing import rejected_rows_fail, run_import
 
 
 class Command(BaseCommand):
@@ -23,4 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        run_import(self, items_import, options["path"], max_errors=options["max_errors"], quiet=options["quiet"])
+        summary = run_import(
+            self, items_import, options["path"], max_errors=options["max_errors"], quiet=options["quiet"]
+        )
+        rejected_rows_fail(summary)

@@ -15,7 +15,7 @@ from events.importers import FORMATS
 from events.services import interactions_import
 from kernel import redis_client
 from kernel.csvimport import ImportSummary
-from kernel.management.importing import ImportStopped, run_import
+from kernel.management.importing import ImportStopped, rejected_rows_fail, run_import
 
 
 class Command(BaseCommand):
@@ -67,6 +67,7 @@ class Command(BaseCommand):
                 self._clear_pending()
             raise
         self._after(summary, options, pending=pending)
+        rejected_rows_fail(summary)  # after serving is brought up to date with the rows that were stored
 
     def _after(self, summary: ImportSummary, options: dict[str, Any], *, pending: bool) -> None:
         if (summary.stored or pending) and not options["no_rebuild"]:
