@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 
 class ImportAborted(Exception):
@@ -115,8 +114,23 @@ def _not_utf8(cells: list[str]) -> bool:
     return not text.isascii() and _SURROGATE.search(text) is not None
 
 
+# What a file's first bytes say it is, when that is not CSV text: named, not read as text ("not UTF-8").
+_NOT_CSV = {
+    b"PK\x03\x04": "a zip archive (an Excel .xlsx workbook is one)",
+    b"\xd0\xcf\x11\xe0": "an Excel .xls workbook",
+}
+_GZIP = b"\x1f\x8b"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# The separators a spreadsheet writes into a "CSV" (semicolons where the comma is the decimal mark, tabs for
+# "Unicode text"): the header line decides, commas on a tie.
+_DELIMITERS = (",", ";", "\t")
+
+
 class CsvSource:
-    """Line-numbered rows of a CSV file (``.csv`` or ``.csv.gz``) with a progress position in bytes."""
+    """Line-numbered rows of a CSV file (plain or gzip-compressed, whatever its name) with a progress position in
+    bytes. Read as a spreadsheet writes it: UTF-8 with or without a byte-order mark, or UTF-16 with one; separated by
+    commas, semicolons or tabs (the header line says which); column names in any case, surrounded by spaces; a
+    column without a name (a trailing separator) and rows of empty cells ignored."""
 
     def __init__(self, path: str | Path, *, required: set[str], optional: set[str]) -> None:
         self.path = Path(path)
@@ -125,21 +139,37 @@ class CsvSource:
         if not self.path.is_file():
             raise ImportAborted(f"{self.path}: not a file")
         self.size = os.path.getsize(self.path)
-        self._raw: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        stream: IO[bytes] = gzip.GzipFile(fileobj=self._raw) if self.path.suffix == ".gz" else self._raw
-        # Bytes that are not UTF-8 decode to lone surrogates (never an exception mid-chunk, which lost the rows of
-        # the whole 8 KB chunk around one bad byte): the row holding them is reported (rows) and the rest read.
-        self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        self._reader = csv.reader(self._text)
         try:
-            header = next(self._reader)
-        except StopIteration as exc:
-            raise ImportAborted(f"{self.path}: the file is empty (a header line is required)") from exc
+            self._raw: io.BufferedReader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:  # not readable by this user
+            raise ImportAborted(f"{self.path}: cannot be opened ({exc.strerror})") from exc
+        self._text: io.TextIOWrapper | None = None
+        try:
+            self._read_header(required, optional)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self, required: set[str], optional: set[str]) -> None:
+        try:
+            self._text = self._open_text()
+            first = self._text.readline()
+            # The header line alone decides the separator; the rows are read with it, from the next line on.
+            delimiter = max(_DELIMITERS, key=lambda d: len(next(csv.reader([first], delimiter=d), [])))
+            header = next(csv.reader([first], delimiter=delimiter), [])
         except (UnicodeDecodeError, OSError, EOFError, zlib.error, csv.Error) as exc:
             raise ImportAborted(f"{self.path}, line 1: cannot read the header: {exc}") from exc
+        if not first:
+            raise ImportAborted(f"{self.path}: the file is empty (a header line is required)")
         if _not_utf8(header):
             raise ImportAborted(f"{self.path}, line 1: the header is not UTF-8 text")
-        self.columns = [name.strip() for name in header]
+        self._reader = csv.reader(self._text, delimiter=delimiter)
+        self._width = len(header)
+        # A name is matched in any case (``Item_ID``); the canonical spelling is the one the importer asks for.
+        canonical = {name.lower(): name for name in required | optional}
+        named = [(position, canonical.get(name.strip().lower(), name.strip())) for position, name in enumerate(header)]
+        named = [(position, name) for position, name in named if name]
+        self.columns = [name for _, name in named]
         repeated = sorted(name for name, count in Counter(self.columns).items() if count > 1)
         if repeated:
             raise ImportAborted(f"{self.path}, line 1: column(s) named twice: {', '.join(repeated)}")
@@ -152,11 +182,25 @@ class CsvSource:
         unknown = set(self.columns) - required - optional
         if unknown:
             raise ImportAborted(f"{self.path}, line 1: unknown column(s) {', '.join(sorted(unknown))}")
-        self.index = {name: position for position, name in enumerate(self.columns)}
+        self.index = {name: position for position, name in named}
+
+    def _open_text(self) -> io.TextIOWrapper:
+        magic = self._raw.peek(4)[:4]
+        for start, kind in _NOT_CSV.items():
+            if magic.startswith(start):
+                raise ImportAborted(f"{self.path}: {kind}, not CSV text: save or export it as CSV (UTF-8)")
+        # By content, not by name: a ``.CSV.GZ`` or a compressed feed named ``.csv`` was read as text ("the header is
+        # not UTF-8") or not at all.
+        stream = gzip.GzipFile(fileobj=self._raw) if magic.startswith(_GZIP) else self._raw
+        opening = stream.peek(2)[:2]
+        encoding = "utf-16" if opening in _UTF16_BOMS else "utf-8-sig"
+        # Bytes that are not UTF-8 decode to lone surrogates (never an exception mid-chunk, which lost the rows of
+        # the whole 8 KB chunk around one bad byte): the row holding them is reported (rows) and the rest read.
+        return io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
 
     def rows(self, errors: ErrorLog) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number, cells); rows with the wrong cell count or bad encoding go to ``errors``."""
-        width = len(self.columns)
+        width = self._width
         line = 1
         while True:
             try:
@@ -164,20 +208,22 @@ class CsvSource:
             except StopIteration:
                 return
             except csv.Error as exc:
-                errors.add(self._reader.line_num, f"unreadable row: {exc}")
+                errors.add(self._reader.line_num + 1, f"unreadable row: {exc}")
                 continue
-            except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt gzip, a read error
+            # A truncated or corrupt gzip, a read error; a UTF-16 file cut within a character (its bytes cannot be
+            # escaped as UTF-8's can: the row is not reportable on its own).
+            except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
                 raise ImportAborted(
                     f"{self.path}, after line {line}: the file cannot be read further ({exc}); the rows before it "
                     "were read"
                 ) from exc
-            line = self._reader.line_num
+            line = self._reader.line_num + 1  # the header line was read before this reader's first
             if _not_utf8(row):
                 errors.add(line, "not UTF-8 text (save the file as UTF-8)")
                 continue
+            if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
+                continue
             if len(row) != width:
-                if not row:
-                    continue
                 errors.add(line, f"expected {width} columns, found {len(row)}")
                 continue
             yield line, row
@@ -186,7 +232,8 @@ class CsvSource:
         return self._raw.tell()
 
     def close(self) -> None:
-        self._text.close()
+        if self._text is not None:
+            self._text.close()
         self._raw.close()
 
     def __enter__(self) -> CsvSource:

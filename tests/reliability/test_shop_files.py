@@ -4,7 +4,9 @@ status; what a file cannot hold is never a traceback, and nothing already stored
 
 from __future__ import annotations
 
+import gzip
 import threading
+import zipfile
 from io import StringIO
 from pathlib import Path
 
@@ -105,3 +107,37 @@ def test_import_events_that_rejected_rows_brings_serving_up_to_date_then_exits_n
     history = online.read_history(keys.owner_for(customer_id="c1", session_id=""), limit=10)
     assert [row.item_pk for row in history] == [sku.pk]
     assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)
+
+
+@pytest.mark.django_db
+def test_a_spreadsheets_own_export_is_read_as_it_was_written(tmp_path: Path) -> None:
+    """Excel's "Unicode Text" (UTF-16 with a byte-order mark, tabs, CRLF), header names in the spreadsheet's own
+    case and spacing, a trailing separator (a column without a name), a row of empty cells, compressed under a
+    plain name: each refused the whole file ("the header is not UTF-8 text", "missing required column(s) item_id,
+    title", "unknown column(s) " naming nothing) or a row ("item_id: is required")."""
+    text = (
+        "Item_ID\tTitle \t PRICE\tIn_Stock\t\r\nsku-1\tCafé crème\t4.50\tno\t\r\n\t\t\t\t\r\nsku-2\tTee\t3\tyes\t\r\n"
+    )
+    unicode_text = tmp_path / "export.txt"
+    unicode_text.write_bytes(text.encode("utf-16"))
+    out, _ = _run("import_items", unicode_text)
+    assert (_summary(out)["stored"], _summary(out)["rejected"]) == (2, 0)
+    cafe = Item.objects.get(external_id="sku-1")
+    assert (cafe.title, str(cafe.price), cafe.in_stock) == ("Café crème", "4.50", False)
+    # Semicolons (a spreadsheet where the comma is the decimal mark), UTF-8 with a BOM, gzip named .csv.
+    semicolons = tmp_path / "feed.csv"
+    semicolons.write_bytes(gzip.compress("\ufeffitem_id;title;tags\nsku-3;Bowl, large;a|b\n".encode()))
+    out, _ = _run("import_items", semicolons)
+    assert _summary(out)["stored"] == 1
+    assert Item.objects.get(external_id="sku-3").tags == ["a", "b"]
+
+
+@pytest.mark.django_db
+def test_a_workbook_or_a_utf16_file_cut_short_is_a_clear_stop(tmp_path: Path) -> None:
+    workbook = tmp_path / "items.xlsx"
+    with zipfile.ZipFile(workbook, "w") as archive:
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    _run_failing("import_items", workbook, match=r"items.xlsx: a zip archive \(an Excel .xlsx workbook is one\)")
+    cut = tmp_path / "items.csv"
+    cut.write_bytes("item_id,title\nsku-1,Mug\n".encode("utf-16") + b"\x00\xd8")  # half a surrogate pair
+    _run_failing("import_items", cut, match=r"items.csv, after line 2: the file cannot be read further")
