@@ -141,3 +141,23 @@ def test_a_workbook_or_a_utf16_file_cut_short_is_a_clear_stop(tmp_path: Path) ->
     cut = tmp_path / "items.csv"
     cut.write_bytes("item_id,title\nsku-1,Mug\n".encode("utf-16") + b"\x00\xd8")  # half a surrogate pair
     _run_failing("import_items", cut, match=r"items.csv, after line 2: the file cannot be read further")
+
+
+@pytest.mark.django_db
+def test_an_online_retail_row_with_a_bad_number_names_its_column(tmp_path: Path) -> None:
+    """The messages said ``value: …`` for a bad Quantity or UnitPrice: a column the file does not have."""
+    ItemFactory(external_id="85123A")
+    path = tmp_path / "retail.csv"
+    path.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,85123A,MUG,6,12/1/2010 8:26,2.55,17850,United Kingdom\n"
+        "536366,85123A,MUG,6,12/1/2010 8:28,£2.55,17850,United Kingdom\n"
+        "536367,85123A,MUG,six,12/1/2010 8:29,2.55,17850,United Kingdom\n"
+        "536368,85123A,MUG,2e9,12/1/2010 8:30,2.55,17850,United Kingdom\n"
+    )
+    out, err = _run_failing("import_events", path, "--format", "online-retail", match="3 rows were rejected")
+    assert "retail.csv:3: UnitPrice: '£2.55' is not a number" in err
+    assert "retail.csv:4: Quantity: 'six' is not a number" in err
+    assert "retail.csv:5: Quantity: must be between -1e+09 and 1e+09" in err
+    assert "value:" not in err
+    assert _summary(out)["stored"] == 1
