@@ -109,12 +109,14 @@ def items_import(
     batch_size: int = 20_000,
     on_progress: Callable[[int], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
+    summary: ImportSummary | None = None,
 ) -> ImportSummary:
     """Upsert items by ``item_id``: new ones are stored, changed ones updated, identical ones counted as duplicates.
 
     Categories and brands named in the file are created on first sight (name = id). Each batch commits on its own.
     """
-    summary = ImportSummary(path=str(path))
+    # The caller may pass the summary in, to read what was stored when the import is interrupted (Ctrl-C).
+    summary = ImportSummary(path=str(path)) if summary is None else summary
     errors = ErrorLog(summary, max_errors, on_error)
     started = time.perf_counter()
     now = datetime.now(UTC)

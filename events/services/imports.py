@@ -67,6 +67,7 @@ def interactions_import(
     batch_size: int = 50_000,
     on_progress: Callable[[int], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
+    summary: ImportSummary | None = None,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
     with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id stored within ``RETRY_WINDOW``), so a
@@ -76,7 +77,8 @@ def interactions_import(
     never reach the table. ``on_progress`` gets the bytes read so far.
     """
     required, optional, make_adapter = FORMATS[fmt]
-    summary = ImportSummary(path=str(path))
+    # The caller may pass the summary in, to read what was stored when the import is interrupted (Ctrl-C).
+    summary = ImportSummary(path=str(path)) if summary is None else summary
     errors = ErrorLog(summary, max_errors, on_error)
     started = time.perf_counter()
     now = utcnow()  # an event without occurred_at happened at the import (the writers lock those ids: above)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -14,12 +18,39 @@ from kernel.csvimport import ImportAborted, ImportSummary, RowError
 MAX_PRINTED_ERRORS = 50
 
 
-class ImportStopped(CommandError):
-    """The import stopped part-way (or could not start); ``summary`` says what was stored before, when known."""
+# Exit statuses of a command stopped by a signal, as a shell reports them (128 + the signal's number).
+SIGINT_STATUS = 128 + signal.SIGINT
+SIGTERM_STATUS = 128 + signal.SIGTERM
 
-    def __init__(self, message: str, summary: ImportSummary | None) -> None:
-        super().__init__(message)
+
+class ImportStopped(CommandError):
+    """The import stopped part-way (or could not start); ``summary`` says what was stored before, when known;
+    ``interrupted``: by Ctrl-C or SIGTERM (the operator wants it to stop now, not to rebuild anything first)."""
+
+    def __init__(
+        self, message: str, summary: ImportSummary | None, *, interrupted: bool = False, returncode: int = 1
+    ) -> None:
+        super().__init__(message, returncode=returncode)
         self.summary = summary
+        self.interrupted = interrupted
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager or a container stopping the command) unwinds like Ctrl-C, so the
+    command says what it left instead of the process dying where it stands."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's (call_command)
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(SIGTERM_STATUS)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def rejected_rows_fail(summary: ImportSummary) -> None:
@@ -56,11 +87,27 @@ def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], pat
     def progress(position: int) -> None:
         bar.update(position - bar.n)
 
+    summary = ImportSummary(path=path)
     try:
-        summary = importer(path=path, on_progress=progress, on_error=report, **kwargs)
+        with sigterm_as_exit():
+            summary = importer(path=path, on_progress=progress, on_error=report, summary=summary, **kwargs)
     except ImportAborted as exc:
         bar.close()
         raise ImportStopped(str(exc), exc.summary) from exc
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Batches commit on their own and a re-run skips what they stored: say so in one line, not a traceback.
+        bar.close()
+        status = SIGINT_STATUS if isinstance(exc, KeyboardInterrupt) else _exit_code(exc)
+        raise ImportStopped(
+            f"{path}: interrupted after reading {summary.read:,} rows, {summary.stored + summary.updated:,} of them "
+            "stored; run the "
+            "same command again to import the rest (what was stored is skipped, not stored twice)",
+            summary, interrupted=True, returncode=status,
+        ) from exc  # fmt: skip
     bar.close()
     command.stdout.write(summary.table())
     return summary
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else 1

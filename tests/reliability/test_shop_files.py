@@ -5,7 +5,10 @@ status; what a file cannot hold is never a traceback, and nothing already stored
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import threading
+import time
 import zipfile
 from io import StringIO
 from pathlib import Path
@@ -161,3 +164,51 @@ def test_an_online_retail_row_with_a_bad_number_names_its_column(tmp_path: Path)
     assert "retail.csv:5: Quantity: must be between -1e+09 and 1e+09" in err
     assert "value:" not in err
     assert _summary(out)["stored"] == 1
+
+
+def _signal_once_stored(signum: int, rows: int) -> threading.Thread:
+    """Send ``signum`` to this process once the import has committed ``rows`` events (a batch or more)."""
+
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while Interaction.objects.count() < rows and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(os.getpid(), signum)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_stopped_by_ctrl_c_or_sigterm_says_so_and_its_rerun_completes_it(tmp_path: Path) -> None:
+    """Ctrl-C was a KeyboardInterrupt traceback, SIGTERM (a deploy, a container stopping) a silent death: the rows
+    were safe, but nothing said so or what to do. Now one line names what was stored and asks for the re-run, the
+    exit status is the shell's (130, 143), and the re-run stores the rest once and brings serving up to date."""
+    for n in range(50):
+        ItemFactory(external_id=f"sku-{n}")
+    rows = 100_000
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "customer_id,item_id,type,occurred_at\n"
+        + "".join(f"c{n % 5_000},sku-{n % 50},view,2026-11-01T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d}Z\n"
+                  for n in range(rows))
+    )  # fmt: skip
+    for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        watcher = _signal_once_stored(signum, Interaction.objects.count() + 1)
+        out, err = StringIO(), StringIO()
+        with pytest.raises(CommandError, match=r"events.csv: interrupted after reading [\d,]+ rows") as stopped:
+            call_command("import_events", str(path), "--quiet", "--batch-size", "2000", stdout=out, stderr=err)
+        watcher.join()
+        assert stopped.value.returncode == status
+        assert "run the same command again to import the rest" in str(stopped.value)
+        assert "the online state was not brought up to date: the re-run does it" in err.getvalue()
+        assert 0 < Interaction.objects.count() < rows
+    out, _ = _run("import_events", path, "--batch-size", "2000")
+    assert Interaction.objects.count() == rows
+    assert _summary(out)["stored"] + _summary(out)["duplicates"] == rows
+    assert online.read_history(keys.owner_for(customer_id="c0", session_id=""), limit=100)
+    assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)

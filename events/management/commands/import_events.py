@@ -55,9 +55,18 @@ class Command(BaseCommand):
                 batch_size=options["batch_size"], quiet=options["quiet"],
             )  # fmt: skip
         except ImportStopped as stopped:
+            stored = stopped.summary.stored if stopped.summary is not None else 0
+            if stopped.interrupted:
+                # Ctrl-C or SIGTERM: stop now, no rebuild of minutes first. The mark stays when events were stored,
+                # so the re-run the message asks for brings serving up to date even if it stores nothing new.
+                if stored and not options["no_rebuild"]:
+                    self.stderr.write("the online state was not brought up to date: the re-run does it")
+                elif not pending:
+                    self._clear_pending()
+                raise
             # Batches stored before the stop stay (a re-run skips them): serving must see them all the same.
-            if stopped.summary is not None and stopped.summary.stored and not options["no_rebuild"]:
-                self.stderr.write(f"{stopped.summary.stored:,} events were stored before the import stopped")
+            if stored and not options["no_rebuild"]:
+                self.stderr.write(f"{stored:,} events were stored before the import stopped")
                 self._bring_serving_up_to_date(options)
             elif not pending:
                 self._clear_pending()
