@@ -120,31 +120,35 @@ def items_import(
     errors = ErrorLog(summary, max_errors, on_error)
     started = time.perf_counter()
     now = datetime.now(UTC)
-    with gc_paused(), CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
-        batch: dict[str, tuple] = {}
-        _create_stage()
-        for line, cells in source.rows(errors):
-            summary.read += 1
-            try:
-                parsed = parse_item_row(cells, source.index, now)
-            except BadItem as exc:
-                errors.add(line, str(exc))
-                continue
-            if parsed[0] in batch:
-                summary.duplicates += 1  # the last row for an id wins, as a re-import would make it
-            batch[parsed[0]] = parsed
-            if len(batch) >= batch_size:
+    try:
+        with gc_paused(), CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
+            batch: dict[str, tuple] = {}
+            _create_stage()
+            for line, cells in source.rows(errors):
+                summary.read += 1
+                try:
+                    parsed = parse_item_row(cells, source.index, now)
+                except BadItem as exc:
+                    errors.add(line, str(exc))
+                    continue
+                if parsed[0] in batch:
+                    summary.duplicates += 1  # the last row for an id wins, as a re-import would make it
+                batch[parsed[0]] = parsed
+                if len(batch) >= batch_size:
+                    _store_batch(list(batch.values()), summary, set(source.columns))
+                    batch = {}
+                    if on_progress:
+                        on_progress(source.position())
+            if batch:
                 _store_batch(list(batch.values()), summary, set(source.columns))
-                batch = {}
-                if on_progress:
-                    on_progress(source.position())
-        if batch:
-            _store_batch(list(batch.values()), summary, set(source.columns))
-        if on_progress:
-            on_progress(source.position())
+            if on_progress:
+                on_progress(source.position())
+    finally:
+        # Items the stored batches changed are news to serving also when the import stops part-way (--max-errors, a
+        # file cut short, Ctrl-C): serving processes kept the old titles, prices and stock until another change.
+        if summary.updated:
+            catalog_version_bump()
     summary.seconds = time.perf_counter() - started
-    if summary.updated:
-        catalog_version_bump()
     return summary
 
 

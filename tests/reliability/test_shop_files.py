@@ -19,10 +19,11 @@ from django.db import connection
 
 from catalog.importing import items_import
 from catalog.models import Item
+from catalog.services import CATALOG_VERSION_KEY
 from events import keys, online
 from events.models import Interaction
 from kernel import redis_client
-from kernel.csvimport import ImportSummary
+from kernel.csvimport import ImportAborted, ImportSummary
 from tests.factories import ItemFactory
 
 
@@ -212,3 +213,17 @@ def test_an_import_stopped_by_ctrl_c_or_sigterm_says_so_and_its_rerun_completes_
     assert _summary(out)["stored"] + _summary(out)["duplicates"] == rows
     assert online.read_history(keys.owner_for(customer_id="c0", session_id=""), limit=100)
     assert not redis_client.get().exists(keys.IMPORT_REBUILD_PENDING)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_items_changed_before_an_import_stopped_are_news_to_serving(tmp_path: Path) -> None:
+    """The catalog version (which tells every serving process to drop its item rows) moved only when an import ran
+    to its end: one stopped by --max-errors after a batch took items out of stock left them in stock for serving."""
+    ItemFactory(external_id="sku-1", in_stock=True)
+    path = tmp_path / "stock.csv"
+    path.write_text("item_id,title,in_stock\nsku-1,Mug,no\nsku-2,,no\n")
+    before = redis_client.get().get(CATALOG_VERSION_KEY)
+    with pytest.raises(ImportAborted, match="stopped after 1 bad rows"):
+        items_import(path=path, batch_size=1, max_errors=1)
+    assert Item.objects.get(external_id="sku-1").in_stock is False
+    assert redis_client.get().get(CATALOG_VERSION_KEY) != before
