@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from catalog.models import MAX_TAGS, Brand, Category, Customer, Item, created_at_problem
+from catalog.models import MAX_DESCRIPTION, MAX_TAGS, Brand, Category, Customer, Item, created_at_problem
 from catalog.services import catalog_version_bump, opt_out_version_bump
 from kernel.admin_utils import EstimatedCountPaginator
 from kernel.validation import check_text, id_problem, json_problem, sentence, text_problem
@@ -78,7 +78,10 @@ class ItemAdminForm(CatalogIdForm):
         return _checked(self, "attributes", json_problem)
 
     def clean_description(self) -> str:
-        return check_text(self.cleaned_data["description"], multiline=True)
+        description = self.cleaned_data["description"]
+        if _is_new(self, "description", description) and len(description) > MAX_DESCRIPTION:
+            raise ValidationError(f"At most {MAX_DESCRIPTION:,} characters.")
+        return check_text(description, multiline=True)
 
     def clean_created_at(self) -> object:
         return _checked(self, "created_at", created_at_problem)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.db import connection, transaction
 
-from catalog.models import CREATED_MAX, CREATED_MIN, MAX_TAGS
+from catalog.models import CREATED_MAX, CREATED_MIN, MAX_DESCRIPTION, MAX_TAGS
 from catalog.services import catalog_version_bump
 from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
 from kernel.validation import id_problem, text_problem
@@ -48,6 +48,8 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
         raise BadItem("title: is required")
     if len(title) > 500:
         raise BadItem("title: longer than 500 characters")
+    if len(_cell(row, index, "description")) > MAX_DESCRIPTION:  # the API's limit: a PUT of what GET gave was a 400
+        raise BadItem(f"description: longer than {MAX_DESCRIPTION:,} characters")
     for name, value in (("title", title), ("description", _cell(row, index, "description"))):
         problem = text_problem(value, multiline=name == "description")
         if problem is not None:

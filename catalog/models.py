@@ -11,9 +11,11 @@ from kernel.validation import ID_MAX_LENGTH
 
 # The one id rule's bound (kernel.validation): every external id column is this wide.
 EXTERNAL_ID_MAX = ID_MAX_LENGTH
-# An item's rules, the same through the API, the admin and import_items: at most MAX_TAGS tags, and a created_at (in
+# An item's rules, the same through the API, the admin and import_items: at most MAX_TAGS tags, a description of at
+# most MAX_DESCRIPTION characters (so what one path stored, another takes back as it reads), and a created_at (in
 # UTC) within years every reader can hold, so that no item stays the newest arrival for centuries.
 MAX_TAGS = 50
+MAX_DESCRIPTION = 20_000
 CREATED_MIN, CREATED_MAX = datetime(1900, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 
 

@@ -8,13 +8,13 @@ from datetime import datetime
 
 from rest_framework import serializers
 
-from catalog.models import MAX_TAGS, Customer, Item, created_at_problem
+from catalog.models import MAX_DESCRIPTION, MAX_TAGS, Customer, Item, created_at_problem
 from kernel.validation import AttributesField, BodySerializer, IdField, check_text, sentence
 
 
 class ItemInputSerializer(BodySerializer):
     title = serializers.CharField(max_length=500)
-    description = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
+    description = serializers.CharField(max_length=MAX_DESCRIPTION, required=False, allow_blank=True, default="")
     # Surrounding whitespace stripped, as import_items does with every cell.
     category = IdField(strip=True, required=False, allow_null=True, default=None)
     brand = IdField(strip=True, required=False, allow_null=True, default=None)

@@ -87,6 +87,7 @@ def _item_form(**values: str) -> dict[str, str]:
         ("/admin/catalog/item/add/", _item_form(attributes='{"n": "\\ud800"}'), "attributes", "lone surrogate"),
         ("/admin/catalog/item/add/", _item_form(attributes="[" * 5000 + "]" * 5000), "attributes", "5000 levels"),
         ("/admin/catalog/item/add/", _item_form(created_at_0="9999-12-31"), "created_at", "between 1900 and 3000"),
+        ("/admin/catalog/item/add/", _item_form(description="d" * 20_001), "description", "At most 20,000 characters"),
         ("/admin/catalog/customer/add/", {"external_id": "acme/export", "attributes": "{}",
                                           "created_at_0": "2026-01-01", "created_at_1": "10:00"},
          "external_id", 'Ends in "/export"'),

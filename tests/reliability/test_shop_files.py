@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from rest_framework.test import APIClient
 
 from catalog.importing import items_import
 from catalog.models import Item
@@ -227,3 +228,16 @@ def test_items_changed_before_an_import_stopped_are_news_to_serving(tmp_path: Pa
         items_import(path=path, batch_size=1, max_errors=1)
     assert Item.objects.get(external_id="sku-1").in_stock is False
     assert redis_client.get().get(CATALOG_VERSION_KEY) != before
+
+
+@pytest.mark.django_db
+def test_an_imported_description_is_one_the_api_takes_back(tmp_path: Path, api: APIClient) -> None:
+    """import_items stored descriptions up to the CSV reader's 131,072 characters, the API takes 20,000: a PUT of
+    what GET gave for such an item was a 400."""
+    path = tmp_path / "items.csv"
+    path.write_text(f"item_id,title,description\nsku-1,Mug,{'d' * 20_000}\nsku-2,Bowl,{'d' * 20_001}\n")
+    _, err = _run_failing("import_items", path, match="1 row was rejected")
+    assert "items.csv:3: description: longer than 20,000 characters" in err
+    body = api.get("/v1/items/sku-1").json()
+    sent = {name: body[name] for name in ("title", "description", "category", "brand", "price", "tags")}
+    assert api.put("/v1/items/sku-1", sent, format="json").status_code == 200
