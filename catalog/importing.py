@@ -112,6 +112,7 @@ def items_import(
     on_progress: Callable[[int], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
     summary: ImportSummary | None = None,
+    encoding: str | None = None,
 ) -> ImportSummary:
     """Upsert items by ``item_id``: new ones are stored, changed ones updated, identical ones counted as duplicates.
 
@@ -123,7 +124,7 @@ def items_import(
     started = time.perf_counter()
     now = datetime.now(UTC)
     try:
-        with gc_paused(), CsvSource(path, required=REQUIRED, optional=OPTIONAL) as source:
+        with gc_paused(), CsvSource(path, required=REQUIRED, optional=OPTIONAL, encoding=encoding) as source:
             batch: dict[str, tuple] = {}
             _create_stage()
             for line, cells in source.rows(errors):

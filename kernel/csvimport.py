@@ -132,8 +132,13 @@ class CsvSource:
     commas, semicolons or tabs (the header line says which); column names in any case, surrounded by spaces; a
     column without a name (a trailing separator) and rows of empty cells ignored."""
 
-    def __init__(self, path: str | Path, *, required: set[str], optional: set[str]) -> None:
+    def __init__(
+        self, path: str | Path, *, required: set[str], optional: set[str], encoding: str | None = None
+    ) -> None:
+        """``encoding``: the file's, when it is not UTF-8 or UTF-16 with a byte-order mark (which are recognised),
+        e.g. ``cp1252``, what Excel on Windows saves as "CSV"; a codec name Python knows."""
         self.path = Path(path)
+        self.encoding = encoding
         if not self.path.exists():
             raise ImportAborted(f"{self.path}: no such file")
         if not self.path.is_file():
@@ -162,7 +167,7 @@ class CsvSource:
         if not first:
             raise ImportAborted(f"{self.path}: the file is empty (a header line is required)")
         if _not_utf8(header):
-            raise ImportAborted(f"{self.path}, line 1: the header is not UTF-8 text")
+            raise ImportAborted(f"{self.path}, line 1: the header is not {self._encoding_name} text{self._hint}")
         self._reader = csv.reader(self._text, delimiter=delimiter)
         self._width = len(header)
         # A name is matched in any case (``Item_ID``); the canonical spelling is the one the importer asks for.
@@ -193,7 +198,7 @@ class CsvSource:
         # not UTF-8") or not at all.
         stream = gzip.GzipFile(fileobj=self._raw) if magic.startswith(_GZIP) else self._raw
         opening = stream.peek(2)[:2]
-        encoding = "utf-16" if opening in _UTF16_BOMS else "utf-8-sig"
+        encoding = self.encoding or ("utf-16" if opening in _UTF16_BOMS else "utf-8-sig")
         # Bytes that are not UTF-8 decode to lone surrogates (never an exception mid-chunk, which lost the rows of
         # the whole 8 KB chunk around one bad byte): the row holding them is reported (rows) and the rest read.
         return io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
@@ -219,7 +224,7 @@ class CsvSource:
                 ) from exc
             line = self._reader.line_num + 1  # the header line was read before this reader's first
             if _not_utf8(row):
-                errors.add(line, "not UTF-8 text (save the file as UTF-8)")
+                errors.add(line, f"not {self._encoding_name} text{self._hint}")
                 continue
             if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
                 continue
@@ -227,6 +232,17 @@ class CsvSource:
                 errors.add(line, f"expected {width} columns, found {len(row)}")
                 continue
             yield line, row
+
+    @property
+    def _encoding_name(self) -> str:
+        return self.encoding or "UTF-8"
+
+    @property
+    def _hint(self) -> str:
+        # A file from Excel on Windows is cp1252: every row with an accent was refused, and nothing said how to read it.
+        if self.encoding is None:
+            return " (save the file as UTF-8, or name its encoding: --encoding cp1252)"
+        return ""
 
     def position(self) -> int:
         return self._raw.tell()

@@ -68,6 +68,7 @@ def interactions_import(
     on_progress: Callable[[int], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
     summary: ImportSummary | None = None,
+    encoding: str | None = None,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
     with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id stored within ``RETRY_WINDOW``), so a
@@ -85,7 +86,7 @@ def interactions_import(
     writer = _BatchWriter(summary, errors, create_missing_items, defaulted_at=now)
     writer.start()
     try:
-        with gc_paused(), CsvSource(path, required=required, optional=optional) as source:
+        with gc_paused(), CsvSource(path, required=required, optional=optional, encoding=encoding) as source:
             adapt = make_adapter(source.index, now)
             batch: list[tuple] = []
             for line, cells in source.rows(errors):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import signal
@@ -51,6 +52,26 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+ENCODING_HELP = (
+    "the file's encoding when it is neither UTF-8 nor UTF-16 with a byte-order mark (both recognised), e.g. cp1252 "
+    "(Excel on Windows), latin-1, mac_roman"
+)
+
+
+def encoding_checked(name: str | None) -> str | None:
+    """``--encoding`` as a codec Python reads with; UTF-8 as ``utf-8-sig``, so a byte-order mark is not read as text."""
+    if name is None:
+        return None
+    try:
+        "x".encode(name)  # refuses codecs that are no text encodings (rot13, base64) as unknown ones
+    except LookupError:
+        raise CommandError(
+            f"--encoding {name!r}: not a text encoding Python knows (utf-8, cp1252, latin-1, ...)"
+        ) from None
+    codec = codecs.lookup(name).name
+    return "utf-8-sig" if codec == "utf-8" else codec
 
 
 def rejected_rows_fail(summary: ImportSummary) -> None:

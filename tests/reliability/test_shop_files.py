@@ -241,3 +241,27 @@ def test_an_imported_description_is_one_the_api_takes_back(tmp_path: Path, api: 
     body = api.get("/v1/items/sku-1").json()
     sent = {name: body[name] for name in ("title", "description", "category", "brand", "price", "tags")}
     assert api.put("/v1/items/sku-1", sent, format="json").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_windows_excel_csv_is_read_with_its_encoding_named(tmp_path: Path) -> None:
+    """Excel on Windows saves "CSV" as cp1252: every row with an accent was refused ("not UTF-8 text"), and nothing
+    said how to read it. The refusal now names ``--encoding``, which reads the file as it was written."""
+    ItemFactory(external_id="sku-1")
+    items = tmp_path / "items.csv"
+    items.write_bytes("item_id,title,price\nsku-2,Café crème,4.50\nsku-3,Plain,1\n".encode("cp1252"))
+    _, err = _run_failing("import_items", items, match="1 row was rejected")
+    assert "items.csv:2: not UTF-8 text (save the file as UTF-8, or name its encoding: --encoding cp1252)" in err
+    out, _ = _run("import_items", items, "--encoding", "cp1252")
+    assert Item.objects.get(external_id="sku-2").title == "Café crème"
+    events = tmp_path / "events.csv"
+    events.write_bytes("customer_id,item_id,type,occurred_at\nJosé,sku-1,view,2026-11-01T10:00:00Z\n".encode("cp1252"))
+    out, _ = _run("import_events", events, "--encoding", "windows-1252")
+    assert Interaction.objects.get().customer.external_id == "José"
+    # UTF-8 named: its byte-order mark is still no part of the first column's name.
+    items.write_bytes("\ufeffitem_id,title\nsku-4,Tee\n".encode())
+    out, _ = _run("import_items", items, "--encoding", "utf-8")
+    assert _summary(out)["stored"] == 1
+    for name in ("bogus", "rot13"):
+        with pytest.raises(CommandError, match=f"--encoding '{name}': not a text encoding Python knows"):
+            call_command("import_events", str(events), "--encoding", name, stdout=StringIO(), stderr=StringIO())

@@ -15,7 +15,13 @@ from events.importers import FORMATS
 from events.services import interactions_import
 from kernel import redis_client
 from kernel.csvimport import ImportSummary
-from kernel.management.importing import ImportStopped, rejected_rows_fail, run_import
+from kernel.management.importing import (
+    ENCODING_HELP,
+    ImportStopped,
+    encoding_checked,
+    rejected_rows_fail,
+    run_import,
+)
 
 
 class Command(BaseCommand):
@@ -40,11 +46,13 @@ class Command(BaseCommand):
             "--no-rebuild", action="store_true",
             help="do not rebuild the online state afterwards (run manage.py rebuild_online_state yourself)",
         )  # fmt: skip
+        parser.add_argument("--encoding", default=None, help=ENCODING_HELP)
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Stored events reach serving only through the rebuild after them: an import killed in between is marked, so
         # its re-run (which stores nothing new) still rebuilds (found by a sixth tester, 5 December).
+        encoding = encoding_checked(options["encoding"])  # before the rebuild mark: a typo changes nothing
         pending = self._pending()
         if not options["no_rebuild"]:
             self._mark_pending()
@@ -52,7 +60,7 @@ class Command(BaseCommand):
             summary = run_import(
                 self, interactions_import, options["path"], fmt=options["fmt"],
                 create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
-                batch_size=options["batch_size"], quiet=options["quiet"],
+                batch_size=options["batch_size"], quiet=options["quiet"], encoding=encoding,
             )  # fmt: skip
         except ImportStopped as stopped:
             stored = stopped.summary.stored if stopped.summary is not None else 0
