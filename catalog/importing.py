@@ -12,7 +12,7 @@ from django.db import connection, transaction
 
 from catalog.models import CREATED_MAX, CREATED_MIN, MAX_DESCRIPTION, MAX_TAGS
 from catalog.services import catalog_version_bump
-from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, gc_paused
+from kernel.csvimport import CsvSource, ErrorLog, ImportSummary, RowError, decimal_comma_read, gc_paused, number_hint
 from kernel.validation import id_problem, text_problem
 
 REQUIRED = {"item_id", "title"}
@@ -38,7 +38,8 @@ def _check_id(value: str, field: str) -> None:
         raise BadItem(f"{field}: {problem}")
 
 
-def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tuple:
+def parse_item_row(row: list[str], index: dict[str, int], now: datetime, *, decimal_comma: bool = False) -> tuple:
+    """The stored values of one row; ``decimal_comma``: prices are written ``1.234,50``."""
     item_id = _cell(row, index, "item_id")
     title = _cell(row, index, "title")
     if not item_id:
@@ -63,9 +64,10 @@ def parse_item_row(row: list[str], index: dict[str, int], now: datetime) -> tupl
     price = None
     if raw_price:
         try:
-            price = Decimal(raw_price)
+            price = Decimal(decimal_comma_read(raw_price) if decimal_comma else raw_price)
         except InvalidOperation:
-            raise BadItem(f"price: {raw_price!r} is not a number") from None
+            hint = "" if decimal_comma else number_hint(raw_price)
+            raise BadItem(f"price: {raw_price!r} is not a number{hint}") from None
         # Below the largest value that rounds into the column (9999999999.999 rounded past it, then overflowed).
         if not price.is_finite() or price < 0 or price >= Decimal("9999999999.995"):
             raise BadItem(f"price: {raw_price!r} must be between 0 and 10,000,000,000")
@@ -113,6 +115,7 @@ def items_import(
     on_error: Callable[[RowError], None] | None = None,
     summary: ImportSummary | None = None,
     encoding: str | None = None,
+    decimal_comma: bool = False,
 ) -> ImportSummary:
     """Upsert items by ``item_id``: new ones are stored, changed ones updated, identical ones counted as duplicates.
 
@@ -130,7 +133,7 @@ def items_import(
             for line, cells in source.rows(errors):
                 summary.read += 1
                 try:
-                    parsed = parse_item_row(cells, source.index, now)
+                    parsed = parse_item_row(cells, source.index, now, decimal_comma=decimal_comma)
                 except BadItem as exc:
                     errors.add(line, str(exc))
                     continue

@@ -21,6 +21,7 @@ from events.parsing import (
     parse_type,
     parse_value,
 )
+from kernel.csvimport import decimal_comma_read, number_hint
 
 # (event_id, customer_id, session_id, item_id, type, value, occurred_at)
 EventRow = tuple[str, str, str, str, int, float | None, datetime]
@@ -42,7 +43,16 @@ ONLINE_RETAIL_COLUMNS = {
 }  # fmt: skip
 
 
-def generic_adapter(index: dict[str, int], now: datetime) -> Adapter:
+def _number(raw: str, column: str, *, decimal_comma: bool) -> float | None:
+    """A number cell, a bad one reported under its column's name; ``decimal_comma``: written ``1.234,5``."""
+    try:
+        return parse_value(decimal_comma_read(raw) if decimal_comma else raw)
+    except InvalidEvent as exc:
+        hint = "" if decimal_comma else number_hint(raw)
+        raise InvalidEvent(column, exc.reason + hint) from None
+
+
+def generic_adapter(index: dict[str, int], now: datetime, *, decimal_comma: bool = False) -> Adapter:
     """``event_id,customer_id,item_id,type,value,occurred_at,session_id``; occurred_at defaults to the import time
     (the derived event id then uses the empty field, so a re-import is still a no-op)."""
     i_event = index.get("event_id")
@@ -53,7 +63,7 @@ def generic_adapter(index: dict[str, int], now: datetime) -> Adapter:
         customer = parse_id(row[i_customer], "customer_id", required=True)
         item = parse_id(row[i_item], "item_id", required=True)
         type_ = parse_type(row[i_type])
-        value = parse_value(row[i_value]) if i_value is not None else None
+        value = _number(row[i_value], "value", decimal_comma=decimal_comma) if i_value is not None else None
         if type_ == Interaction.Type.RATING and value is None:
             raise InvalidEvent("value", "a rating needs a value")
         check_value(type_, value)
@@ -69,7 +79,7 @@ def generic_adapter(index: dict[str, int], now: datetime) -> Adapter:
     return adapt
 
 
-def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
+def online_retail_adapter(index: dict[str, int], now: datetime, *, decimal_comma: bool = False) -> Adapter:
     """One invoice line = one purchase of ``Quantity`` units; the invoice is the session (the basket).
 
     Skipped as a real importer would: cancellations (InvoiceNo starting with C: returns, not purchases), lines
@@ -90,11 +100,14 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
             raise SkipRow("no customer")
         if customer.endswith(".0"):
             customer = customer[:-2]
-        quantity = _retail_number(row[i_qty], "Quantity")
+        quantity = _number(row[i_qty], "Quantity", decimal_comma=decimal_comma)
         if quantity is None or quantity <= 0:
             raise SkipRow("quantity <= 0")
-        _retail_number(row[i_qty], "Quantity", in_range=True)
-        price = _retail_number(row[i_price], "UnitPrice")
+        try:
+            check_value(Interaction.Type.PURCHASE, quantity)
+        except InvalidEvent as exc:
+            raise InvalidEvent("Quantity", exc.reason) from None
+        price = _number(row[i_price], "UnitPrice", decimal_comma=decimal_comma)
         if price is None or price <= 0:
             raise SkipRow("price <= 0")
         # Capitalised before the id rule: some letters grow (``ß`` is ``SS``), and the rule is the stored id's.
@@ -109,17 +122,6 @@ def online_retail_adapter(index: dict[str, int], now: datetime) -> Adapter:
         return event_id, customer, invoice, item, purchase, quantity, occurred
 
     return adapt
-
-
-def _retail_number(raw: str, column: str, *, in_range: bool = False) -> float | None:
-    """A number of an Online Retail row (``in_range``: within a purchase's quantity range), a bad one reported under
-    its column's name (``UnitPrice: '£2.55' is not a number``): the file has no ``value`` column, which the
-    messages named (found by a fourteenth tester, 6 December)."""
-    try:
-        value = parse_value(raw)
-        return check_value(Interaction.Type.PURCHASE, value) if in_range else value
-    except InvalidEvent as exc:
-        raise InvalidEvent(column, exc.reason) from None
 
 
 _SPREADSHEET_TIME = re.compile(r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}(:\d{2})?")
@@ -142,7 +144,7 @@ def _retail_time(raw: str, *, now: datetime) -> datetime:
         raise InvalidEvent("InvoiceDate", exc.reason) from None
 
 
-FORMATS: dict[str, tuple[set[str], set[str], Callable[[dict[str, int], datetime], Adapter]]] = {
+FORMATS: dict[str, tuple[set[str], set[str], Callable[..., Adapter]]] = {
     "generic": (GENERIC_REQUIRED, GENERIC_OPTIONAL, generic_adapter),
     "online-retail": (ONLINE_RETAIL_COLUMNS, set(), online_retail_adapter),
 }

@@ -105,6 +105,25 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# A number with a decimal comma, its thousands (if any) grouped by dots: ``4,5``, ``1.234,50``, ``-12``.
+_DECIMAL_COMMA = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
+DECIMAL_COMMA_HINT = " (a decimal comma? import with --decimal-comma)"
+
+
+def decimal_comma_read(raw: str) -> str:
+    """``raw`` as Python reads numbers, when it is written with a decimal comma (``1.234,50`` is ``1234.50``), as a
+    spreadsheet saves them where the comma is the decimal mark; anything else as it is, for the parser to judge."""
+    text = raw.strip()
+    if _DECIMAL_COMMA.fullmatch(text):
+        return text.replace(".", "").replace(",", ".")
+    return raw
+
+
+def number_hint(raw: str) -> str:
+    """What to add to "is not a number" for ``raw``: the option, when it holds a comma."""
+    return DECIMAL_COMMA_HINT if "," in raw else ""
+
+
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 

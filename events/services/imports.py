@@ -69,6 +69,7 @@ def interactions_import(
     on_error: Callable[[RowError], None] | None = None,
     summary: ImportSummary | None = None,
     encoding: str | None = None,
+    decimal_comma: bool = False,
 ) -> ImportSummary:
     """Stream a CSV of interactions into Postgres: COPY each batch into a staging table, then one set-based insert
     with ``ON CONFLICT (event_id, occurred_at) DO NOTHING`` (and no event_id stored within ``RETRY_WINDOW``), so a
@@ -87,7 +88,7 @@ def interactions_import(
     writer.start()
     try:
         with gc_paused(), CsvSource(path, required=required, optional=optional, encoding=encoding) as source:
-            adapt = make_adapter(source.index, now)
+            adapt = make_adapter(source.index, now, decimal_comma=decimal_comma)
             batch: list[tuple] = []
             for line, cells in source.rows(errors):
                 summary.read += 1

@@ -60,6 +60,12 @@ ENCODING_HELP = (
 )
 
 
+DECIMAL_COMMA_HELP = (
+    "numbers are written with a decimal comma, thousands grouped by dots (1.234,50), as a spreadsheet saves them "
+    "where the comma is the decimal mark"
+)
+
+
 def encoding_checked(name: str | None) -> str | None:
     """``--encoding`` as a codec Python reads with; UTF-8 as ``utf-8-sig``, so a byte-order mark is not read as text."""
     if name is None:

@@ -265,3 +265,34 @@ def test_a_windows_excel_csv_is_read_with_its_encoding_named(tmp_path: Path) -> 
     for name in ("bogus", "rot13"):
         with pytest.raises(CommandError, match=f"--encoding '{name}': not a text encoding Python knows"):
             call_command("import_events", str(events), "--encoding", name, stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.mark.django_db
+def test_decimal_commas_are_read_with_the_option_and_named_without_it(tmp_path: Path) -> None:
+    """A spreadsheet where the comma is the decimal mark saves ``1.234,50`` (separated by semicolons): every price
+    was refused as "not a number", naming nothing to do about it."""
+    ItemFactory(external_id="85123A")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id;title;price\nsku-1;Mug;1.234,50\nsku-2;Bowl;4,5\nsku-3;Cup;7\n")
+    _, err = _run_failing("import_items", items, match="2 rows were rejected")
+    assert "items.csv:2: price: '1.234,50' is not a number (a decimal comma? import with --decimal-comma)" in err
+    _run("import_items", items, "--decimal-comma")
+    prices = dict(Item.objects.filter(external_id__startswith="sku-").values_list("external_id", "price"))
+    assert {item: str(price) for item, price in prices.items()} == {
+        "sku-1": "1234.50",
+        "sku-2": "4.50",
+        "sku-3": "7.00",
+    }
+    events = tmp_path / "events.csv"
+    events.write_text("customer_id;item_id;type;value;occurred_at\nc1;85123A;rating;7,5;2026-11-01T10:00:00Z\n")
+    _, err = _run_failing("import_events", events, match="1 row was rejected")
+    assert "events.csv:2: value: '7,5' is not a number (a decimal comma? import with --decimal-comma)" in err
+    _run("import_events", events, "--decimal-comma")
+    assert Interaction.objects.get().value == 7.5
+    retail = tmp_path / "retail.csv"
+    retail.write_text(
+        "InvoiceNo;StockCode;Description;Quantity;InvoiceDate;UnitPrice;CustomerID;Country\n"
+        "536365;85123A;MUG;6;12/1/2010 8:26;2,55;17850;United Kingdom\n"
+    )
+    out, _ = _run("import_events", retail, "--format", "online-retail", "--decimal-comma")
+    assert _summary(out)["stored"] == 1

@@ -16,6 +16,7 @@ from events.services import interactions_import
 from kernel import redis_client
 from kernel.csvimport import ImportSummary
 from kernel.management.importing import (
+    DECIMAL_COMMA_HELP,
     ENCODING_HELP,
     ImportStopped,
     encoding_checked,
@@ -47,6 +48,7 @@ class Command(BaseCommand):
             help="do not rebuild the online state afterwards (run manage.py rebuild_online_state yourself)",
         )  # fmt: skip
         parser.add_argument("--encoding", default=None, help=ENCODING_HELP)
+        parser.add_argument("--decimal-comma", action="store_true", help=DECIMAL_COMMA_HELP)
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -61,6 +63,7 @@ class Command(BaseCommand):
                 self, interactions_import, options["path"], fmt=options["fmt"],
                 create_missing_items=options["create_missing_items"], max_errors=options["max_errors"],
                 batch_size=options["batch_size"], quiet=options["quiet"], encoding=encoding,
+                decimal_comma=options["decimal_comma"],
             )  # fmt: skip
         except ImportStopped as stopped:
             stored = stopped.summary.stored if stopped.summary is not None else 0
