@@ -21,8 +21,9 @@ VALUE_MAX = 1e9
 # The times an event may carry (docs/events.md): from EARLIEST to MAX_FUTURE after it was received. Clocks differ;
 # an event a few minutes "ahead" is skew, one a day ahead is a bug on the client. The bounds are also what the
 # readers' arithmetic can hold: the online state's forward decay (events.features) overflows a float past about
-# 2110 and underflows to nothing before about 1940, which failed a whole rebuild. The database holds the same rule
-# (constraint interaction_time_within_rule) and readers clamp rows stored before it (event_time_sql).
+# 2110 and underflows to nothing before about 1940, which failed a whole rebuild. Every writer applies it (the API,
+# the imports, the admin's form); the database does not (a CHECK would be re-validated on old rows at every
+# partition split: docs/reliability.md, a thirteenth tester), so readers clamp rows stored before it (event_time_sql).
 EARLIEST = datetime(1990, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(hours=1)
 
