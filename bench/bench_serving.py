@@ -92,10 +92,38 @@ def _customers_and_items(env: dict[str, str]) -> tuple[list[str], list[str]]:
     return customers, items
 
 
+CPU_GROUPS = ("gunicorn (web workers)", "Redis", "Postgres", "wrk (the load)", "other")
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by every process on the host, by group (the web workers, Redis, Postgres, the rest),
+    and by this process's finished children (wrk, once it has exited)."""
+    totals = dict.fromkeys(CPU_GROUPS, 0.0)
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        name, command = process.info["name"] or "", " ".join(process.info["cmdline"] or [])
+        if "gunicorn" in command:
+            group = CPU_GROUPS[0]
+        elif "redis-server" in command or name.startswith("redis"):
+            group = CPU_GROUPS[1]
+        elif "postgres" in name or "postgres" in command:
+            group = CPU_GROUPS[2]
+        else:
+            group = CPU_GROUPS[4]
+        totals[group] += times.user + times.system
+    me = psutil.Process().cpu_times()
+    totals[CPU_GROUPS[3]] = me.children_user + me.children_system
+    return totals
+
+
 def _wrk(
     wrk: str, base: str, key: str, paths: list[str], seconds: int, workdir: Path, env: dict[str, str]
 ) -> dict[str, float]:
     forks = redis_forks(env)
+    cpu_before = _cpu_seconds()
     path_file = workdir / f"paths-{len(paths)}-{random.random():.6f}.txt"
     path_file.write_text("\n".join(paths) + "\n")
     script = workdir / "script.lua"
@@ -105,10 +133,14 @@ def _wrk(
     )
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     requests, duration_us, p50, p95, p99, errors = line.split()[1:]
+    cpu_after = _cpu_seconds()
+    per_request = {
+        f"cpu {group}": (cpu_after[group] - cpu_before[group]) * 1000 / max(int(requests), 1) for group in CPU_GROUPS
+    }
     return {
         "rps": int(requests) / (int(duration_us) / 1e6),
         "p50": float(p50), "p95": float(p95), "p99": float(p99), "errors": int(errors),
-        "redis_forks": redis_forks(env) - forks,
+        "redis_forks": redis_forks(env) - forks, **per_request,
     }  # fmt: skip
 
 
@@ -210,6 +242,16 @@ def main() -> None:
             "copying the dataset on the same cores), which weighs on its tail; the list cache's stores are most of "
             "what grows the AOF (docs/operations.md, Redis persistence)."
         )
+    # Under wrk the cores are the limit: a phase's latency follows the CPU a request takes, on every process.
+    print_table(
+        "CPU per request during each phase, every process on the host (ms of CPU time / requests answered)",
+        ["endpoint", "all", *CPU_GROUPS],
+        [
+            [name, sum(r[f"cpu {g}"] for g in CPU_GROUPS), *(r[f"cpu {g}"] for g in CPU_GROUPS)]
+            for name, r in (("floor", floor), ("uncached", uncached), ("uncached, count=50", uncached_50),
+                            ("cached", cached))
+        ],
+    )  # fmt: skip
     print_table(
         "Pipeline stages (median of 200 traced requests, ms; the seed SLO: retrieval < 10, ranking < 50, "
         f"re-ranking < 20); ranker engine: {', '.join(sorted(engines))}",
