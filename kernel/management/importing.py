@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import codecs
-import contextlib
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from kernel.csvimport import ImportAborted, ImportSummary, RowError
+from kernel.management.stopping import sigterm_as_exit, stopped_status
 
 MAX_PRINTED_ERRORS = 50
-
-
-# Exit statuses of a command stopped by a signal, as a shell reports them (128 + the signal's number).
-SIGINT_STATUS = 128 + signal.SIGINT
-SIGTERM_STATUS = 128 + signal.SIGTERM
 
 
 class ImportStopped(CommandError):
@@ -34,24 +26,6 @@ class ImportStopped(CommandError):
         super().__init__(message, returncode=returncode)
         self.summary = summary
         self.interrupted = interrupted
-
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (``kill``, a service manager or a container stopping the command) unwinds like Ctrl-C, so the
-    command says what it left instead of the process dying where it stands."""
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's (call_command)
-        yield
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(SIGTERM_STATUS)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 ENCODING_HELP = (
@@ -124,7 +98,7 @@ def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], pat
     except (KeyboardInterrupt, SystemExit) as exc:
         # Batches commit on their own and a re-run skips what they stored: say so in one line, not a traceback.
         bar.close()
-        status = SIGINT_STATUS if isinstance(exc, KeyboardInterrupt) else _exit_code(exc)
+        status = stopped_status(exc)
         raise ImportStopped(
             f"{path}: interrupted after reading {summary.read:,} rows, {summary.stored + summary.updated:,} of them "
             "stored; run the "
@@ -134,7 +108,3 @@ def run_import(command: BaseCommand, importer: Callable[..., ImportSummary], pat
     bar.close()
     command.stdout.write(summary.table())
     return summary
-
-
-def _exit_code(exc: SystemExit) -> int:
-    return exc.code if isinstance(exc.code, int) else 1

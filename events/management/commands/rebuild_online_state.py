@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
 import redis
@@ -16,10 +11,7 @@ from tqdm import tqdm
 from events import online
 from events.online import HISTORY_LENGTH
 from events.services import RebuildAborted, RebuildInProgress, RebuildStage, online_state_rebuild
-
-# Exit statuses of a command stopped by a signal, as a shell reports them (128 + the signal's number).
-_SIGINT_STATUS = 128 + signal.SIGINT
-_SIGTERM_STATUS = 128 + signal.SIGTERM
+from kernel.management.stopping import sigterm_as_exit, stopped_status
 
 
 class Command(BaseCommand):
@@ -48,7 +40,7 @@ class Command(BaseCommand):
             bars[stage].update(rows)
 
         try:
-            with _sigterm_as_exit():
+            with sigterm_as_exit():
                 summary = online_state_rebuild(
                     history_length=options["history_length"], on_progress=progress, on_stage=reached.append
                 )
@@ -60,16 +52,12 @@ class Command(BaseCommand):
             raise CommandError(f"Redis is unavailable: {exc}") from exc
         except (KeyboardInterrupt, SystemExit) as exc:
             # The rebuild released its request on the way out; say what that leaves, in one line, not a traceback.
-            status = _SIGINT_STATUS if isinstance(exc, KeyboardInterrupt) else (_exit_code(exc) or 1)
+            status = stopped_status(exc)
             raise CommandError(_interrupted(reached[-1] if reached else None), returncode=status) from exc
         finally:
             for bar in bars.values():
                 bar.close()
         self.stdout.write(summary.table())
-
-
-def _exit_code(exc: SystemExit) -> int:
-    return exc.code if isinstance(exc.code, int) else 1
 
 
 _DEGRADED = (
@@ -96,21 +84,3 @@ def _interrupted(reached: RebuildStage | None) -> str:
         return f"interrupted while rebuilding: the online state is marked incomplete and partly rebuilt; {_DEGRADED}"
     # Before it cleared anything: the marker taken away by this rebuild (or already missing), nothing deleted.
     return f"interrupted before clearing anything: the online state is marked incomplete; {_DEGRADED}"
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (``kill``, a service manager stopping the command) unwinds like Ctrl-C, so the rebuild releases its
-    request for a rebuild at once, instead of the process dying where it stands and leaving it to expire."""
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's (call_command)
-        yield
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(_SIGTERM_STATUS)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
