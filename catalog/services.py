@@ -128,7 +128,8 @@ def customer_pks_get_or_create(
     transaction when the customer's foreign key fails at COMMIT, as the API's event ingestion does). Missing ids
     are inserted in sorted order (concurrent requests lock them in one order; new customers are numbered in that
     order) and those another request created meanwhile are selected again, by a new statement that sees its commit.
-    ``created_at``: one time for all, or each id's own (a bulk import: its earliest event).
+    ``created_at``: one time for all, or each id's own (a bulk import: its earliest event). The rows it creates are
+    announced after the caller's commit (``catalog.signals.customers_created``).
     """
     wanted = sorted(set(external_ids) - {""})
     if not wanted:
