@@ -285,15 +285,18 @@ def customer_export(*, customer_id: str) -> CustomerExport:
     if row is None and erasure.erased_ids([customer_id]):
         raise CustomerNotFound(customer_id)
     _impressions_flush_queued()
-    customer: dict[str, Any]
-    if row is not None:
-        customer = dict(row)
-    elif _unit_impressions(customer_id).exists():
-        # No row (a pk no table holds): only the lists served under the id are found by it.
-        customer = {"id": 0, "external_id": customer_id, "created_at": None, "attributes": {},
-                    "personalisation_opt_out": False}  # fmt: skip
-    else:
+    if row is None and not _unit_impressions(customer_id).exists():
         raise CustomerNotFound(customer_id)
+    if row is None:
+        # No row: no interactions, merges or online state are anyone's; only the lists served under the id.
+        customer: dict[str, Any] = {
+            "customer_id": customer_id, "created_at": None, "attributes": {}, "personalisation_opt_out": False,
+        }  # fmt: skip
+        return CustomerExport(
+            exported_at=timezone.now(), customer=customer, online=_online_state(customer_owner(customer_id)),
+            session_merges=[], interactions=iter(()), impressions=_impressions(None, customer_id),
+        )  # fmt: skip
+    customer = dict(row)
     customer_pk = customer.pop("id")
     customer["customer_id"] = customer.pop("external_id")
     return CustomerExport(
@@ -307,7 +310,7 @@ def customer_export(*, customer_id: str) -> CustomerExport:
             .values_list("session_id", "merged_at")
         ],
         interactions=_interactions(customer_pk),
-        impressions=_impressions(customer_pk, customer["customer_id"]),
+        impressions=_impressions(customer_pk, customer_id),
     )
 
 
@@ -380,18 +383,22 @@ _IMPRESSION_COLUMNS = (
 )  # fmt: skip
 
 
-def _impressions(customer_pk: int, customer_id: str) -> Iterator[dict[str, Any]]:
+def _impressions(customer_pk: int | None, customer_id: str) -> Iterator[dict[str, Any]]:
+    """``customer_pk`` None: an id without a row, whose only lists are those served under its unit."""
     # UNION ALL: each part by its own index (an OR would scan the table); disjoint: with a customer, then without one
     # those of their id's unit, then those of a merged session that are not (a list served under their id with a
     # session they later merged is both).
-    own = Impression.objects.filter(customer_id=customer_pk).values_list(*_IMPRESSION_COLUMNS)
     before_their_row = _unit_impressions(customer_id).values_list(*_IMPRESSION_COLUMNS)
-    merged = (
-        _merged_session_impressions(customer_pk)
-        .exclude(customer_unit=customer_unit(customer_id))
-        .values_list(*_IMPRESSION_COLUMNS)
-    )
-    rows = own.union(before_their_row, merged, all=True).order_by("served_at", "id")
+    if customer_pk is None:
+        rows = before_their_row.order_by("served_at", "id")
+    else:
+        own = Impression.objects.filter(customer_id=customer_pk).values_list(*_IMPRESSION_COLUMNS)
+        merged = (
+            _merged_session_impressions(customer_pk)
+            .exclude(customer_unit=customer_unit(customer_id))
+            .values_list(*_IMPRESSION_COLUMNS)
+        )
+        rows = own.union(before_their_row, merged, all=True).order_by("served_at", "id")
     chunk: list[Sequence[Any]] = []
     for row in rows.iterator(chunk_size=_EXPORT_CHUNK):
         chunk.append(row)
