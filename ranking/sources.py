@@ -412,7 +412,10 @@ def fbt_fit(
     rows, cols, conf = rows[keep], cols[keep], conf[keep]
     idx, score = sparse_top_k(sp.csr_matrix((conf, (rows, cols)), shape=(n_items, n_items)), k)
     # lift(i -> j) = confidence(i -> j) / P(j), recomputed for the kept pairs rather than looked up.
-    lift_table = np.where(idx >= 0, score * n_baskets / count_i[np.maximum(idx, 0)], 0.0)
+    # Only the kept slots are divided: a padding slot (-1) would read item 0's count, 0 for an item no basket holds.
+    found = idx >= 0
+    lift_table = np.zeros(idx.shape, np.float64)
+    np.divide(score * n_baskets, count_i[np.maximum(idx, 0)], out=lift_table, where=found)
     return idx, score, lift_table.astype(np.float32)
 
 

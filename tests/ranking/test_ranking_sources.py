@@ -3,6 +3,8 @@ neighbour tables, co-purchase rules, weights, popularity/trending, and a full tr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -167,6 +169,18 @@ def test_fbt_rules_support_confidence_and_lift() -> None:
     assert 3 not in idx[0]
     assert idx[3].tolist() == [-1, -1, -1]
     assert idx[2].tolist() == [-1, -1, -1]
+
+
+def test_fbt_lift_of_padding_slots_is_zero_without_dividing_by_an_unbought_items_count() -> None:
+    # Item 0 is in no basket: the padding slots (-1) once read its count, 0, and numpy warned of 0/0 at training.
+    baskets = sp.csr_matrix(np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idx, conf, lift = sources.fbt_fit(baskets, k=3, min_count=2, min_confidence=0.1, min_lift=1.0)
+    assert idx[1].tolist() == [2, -1, -1]
+    assert lift[1, 0] == pytest.approx(1.0 / (2 / 3))
+    assert not lift[idx < 0].any()
+    assert np.isfinite(lift).all()
 
 
 def test_popularity_and_trending_by_hand() -> None:
