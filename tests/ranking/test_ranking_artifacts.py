@@ -265,7 +265,7 @@ def test_loader_falls_back_to_the_database_without_redis(
         def down() -> None:
             raise redis.ConnectionError("Redis is down")
 
-        monkeypatch.setattr(artifacts, "_redis_marker", down)
+        monkeypatch.setattr(artifacts.hot_swap, "_redis_marker", down)
         assert artifacts.ModelLoader().get().version_id == version.id
         # A marker lost from Redis (flush) is read from the database too.
         monkeypatch.undo()
