@@ -285,7 +285,7 @@ def test_a_promotion_and_an_admin_activation_of_one_candidate_take_turns(
         time.sleep(0.5)  # the admin's activation arrives while the promotion holds what it has taken
         return decide(**kwargs)
 
-    monkeypatch.setattr(services, "promotion_decision", slow_decision)
+    monkeypatch.setattr(services.registry, "promotion_decision", slow_decision)
     errors: list[BaseException] = []
 
     def run(work: Any) -> None:
@@ -307,7 +307,7 @@ def test_a_promotion_and_an_admin_activation_of_one_candidate_take_turns(
     assert list(ModelVersion.objects.filter(status="active").values_list("name", flat=True)) == ["b"]
     # The other order: activated by the admin first, the promotion then leaves it (and the admin's decision) alone.
     third = _candidate(artifact_root, "c", 0.3)
-    monkeypatch.setattr(services, "promotion_decision", decide)
+    monkeypatch.setattr(services.registry, "promotion_decision", decide)
     services.model_version_activate(version_id=third.id, decision=ModelVersion.Decision.MANUAL)
     promoted = services.model_version_promote(version_id=third.id)
     assert (promoted.status, promoted.decision) == ("active", ModelVersion.Decision.MANUAL)
@@ -384,7 +384,7 @@ def test_a_failing_training_records_a_failed_version(artifact_root: Path, monkey
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(services, "train_sources", broken)
+    monkeypatch.setattr(services.training, "train_sources", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         services.model_train(params=SMALL)
     failed = ModelVersion.objects.get()
@@ -412,8 +412,8 @@ def test_train_task_is_a_no_op_while_another_training_runs(artifact_root: Path) 
 
 
 def test_training_lock_is_renewed_while_held_and_freed_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(services, "TRAIN_LOCK_SECONDS", 1)
-    monkeypatch.setattr(services, "TRAIN_LOCK_HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(services.training, "TRAIN_LOCK_SECONDS", 1)
+    monkeypatch.setattr(services.training, "TRAIN_LOCK_HEARTBEAT_SECONDS", 0.1)
     client = redis_client.get()
     with services._training_lock():
         time.sleep(1.5)  # longer than the lock's life: only the heartbeat keeps it
