@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -35,7 +34,6 @@ from events.keys import PROBE_SESSION_ID, owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
 from kernel import redis_client
-from kernel.background import Periodic
 from ranking import rerank as rr
 from ranking import rules
 from ranking.artifacts import ActiveModel, get_active_model, model_for
@@ -75,12 +73,12 @@ from ranking.pipeline.state import (
     serve_mode_of,
     serve_source,
 )
+from ranking.shown import SHOWN, SHOWN_TTL_SECONDS, remember_shown
 
 logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
 CACHE = ListCache(ttl_seconds=60.0)
-SHOWN_TTL_SECONDS = events_online.SHOWN_TTL_SECONDS
 MAX_EXCLUDE_REQUESTS = 20
 
 # Freshness, measured (issue 16): for a list computed after an owner's events, the seconds from the arrival of the
@@ -260,7 +258,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
             model_version=model_version, latency_ms=(time.perf_counter() - started) * 1000,
         )  # fmt: skip
         if owner:
-            _remember_shown({owner: {request_id: value["item_pks"]}})
+            remember_shown({owner: {request_id: value["item_pks"]}})
     variant = assignment.variant or "-"
     if not request.probe:
         REQUESTS.labels("recommendations", request.surface, variant, tier).inc()
@@ -429,7 +427,7 @@ def recommend_page(request: PageRequest) -> Page:
             )
         )
     if owner and redis_ok:
-        _remember_shown({owner: answers})
+        remember_shown({owner: answers})
     REQUESTS.labels("page", "page", "-", "miss").inc()
     LATENCY.labels("page", "page", "-").observe(time.perf_counter() - started)
     return Page(tuple(results), model.version_id if model else None, degraded)
@@ -601,64 +599,6 @@ def _observe_freshness(arrivals: dict[str, bytes], *, probe: bool) -> None:
         events_online.arrivals_reflected(arrivals)
     except redis.RedisError:
         logger.warning("arrivals_reflected_failed", exc_info=True)
-
-
-class _ShownBuffer:
-    """What answers showed their owners (for ``exclude_request_ids``), written to Redis off the request path: a
-    background loop of this process sends what accumulated every 50 ms in one pipeline, so a list still costs one
-    round trip when cached (docs/architecture.md). Until then this process reads its own pending answers."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self._pending: dict[str, dict[str, list[int]]] = {}
-        self._lock = threading.Lock()
-        self._loop = Periodic("shown-writer", interval, self.flush)
-
-    def add(self, owner: str, answers: dict[str, list[int]]) -> None:
-        with self._lock:
-            self._pending.setdefault(owner, {}).update(answers)
-        self._loop.ensure()
-
-    def pending(self, owners: Sequence[str], request_ids: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            found = [
-                pk for owner in owners for request_id in request_ids
-                for pk in self._pending.get(owner, {}).get(request_id, ())
-            ]  # fmt: skip
-        return np.unique(np.asarray(found, np.int64))
-
-    def flush(self) -> None:
-        """Write what is pending; entries stay readable here until Redis has them (a reader that looks here first
-        and in Redis after never misses one), then go (written or not: a failed write is logged, not retried)."""
-        with self._lock:
-            pending = {owner: dict(answers) for owner, answers in self._pending.items()}
-        if not pending:
-            return
-        try:
-            events_online.write_shown(pending, ttl_seconds=SHOWN_TTL_SECONDS)
-        except redis.RedisError:
-            logger.warning("shown_write_failed", extra={"owners": len(pending)})
-        with self._lock:
-            for owner, answers in pending.items():
-                mine = self._pending.get(owner)
-                if mine is None:
-                    continue
-                for request_id in answers:
-                    mine.pop(request_id, None)
-                if not mine:
-                    del self._pending[owner]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._pending.clear()
-
-
-SHOWN = _ShownBuffer()
-
-
-def _remember_shown(shown: dict[str, dict[str, list[int]]]) -> None:
-    """Note what each answer showed its owner, for later ``exclude_request_ids`` (never fails a request)."""
-    for owner, answers in shown.items():
-        SHOWN.add(owner, answers)
 
 
 def _serve(

@@ -31,6 +31,7 @@ from privacy.models import ErasureRecord
 from ranking import artifacts, serving
 from ranking.cache import list_key, owner_key_part
 from ranking.services import model_train
+from ranking.shown import SHOWN
 from ranking.training import TrainParams
 
 pytestmark = pytest.mark.django_db
@@ -169,7 +170,7 @@ def _alice_everywhere(api: APIClient) -> None:
     assert api.get("/v1/recommendations", {"customer_id": ALICE, "count": 5}).status_code == 200
     client = redis_client.get()
     assert client.exists(keys.history(ALICE), keys.affinity(ALICE)) == 2
-    serving.SHOWN.flush()  # what the web process's background loop does within 50 ms
+    SHOWN.flush()  # what the web process's background loop does within 50 ms
     assert client.exists(keys.shown(ALICE))  # what her lists showed, for exclude_request_ids
     assert _rec_keys(ALICE)
     assert Impression.objects.filter(customer__external_id=ALICE).exists()

@@ -24,6 +24,7 @@ from ranking import dataset, retrieval, serving
 from ranking.artifacts import get_active_model
 from ranking.pipeline import online, stages
 from ranking.pipeline.state import History, RequestState
+from ranking.shown import SHOWN
 from tests.worlds import trained_world_fixtures
 
 CLUSTERS = (("wool", "scarf"), ("ceramic", "mug"), ("garden", "seed"), ("silver", "ring"))
@@ -309,7 +310,7 @@ def test_a_page_answers_three_widgets_without_repeats_in_one_round_of_shared_wor
 def test_exclude_request_ids_leaves_out_what_earlier_answers_showed_that_owner(api: APIClient) -> None:
     _send(api, session_id="visit-9", item_id="seed-1")
     first = _recs(api, session_id="visit-9", count=8)
-    serving.SHOWN.flush()  # what the background loop does within 50 ms: the next read finds it in Redis
+    SHOWN.flush()  # what the background loop does within 50 ms: the next read finds it in Redis
     shown = redis_client.get().hget(keys.shown("s:visit-9"), first["request_id"])
     assert sorted(shown.split(b",")) == sorted(str(Item.objects.get(external_id=i).pk).encode() for i in _ids(first))
     second = _recs(api, session_id="visit-9", count=8, exclude_request_ids=first["request_id"])
@@ -335,7 +336,7 @@ def test_a_visitor_who_logs_in_still_leaves_out_what_the_visit_was_shown(api: AP
     _send(api, session_id="visit-42", item_id="seed-1")
     first = _recs(api, session_id="visit-42", count=8)
     if flush:
-        serving.SHOWN.flush()
+        SHOWN.flush()
     both = _recs(api, customer_id="login-42", session_id="visit-42", count=8, exclude_request_ids=first["request_id"])
     assert len(both["items"]) == 8
     assert not set(_ids(first)) & set(_ids(both))
@@ -344,7 +345,7 @@ def test_a_visitor_who_logs_in_still_leaves_out_what_the_visit_was_shown(api: AP
         widgets=[{"kind": "recommendations", "count": 8}],
     )  # fmt: skip
     assert not set(_page_ids(page)) & set(_ids(first))
-    serving.SHOWN.flush()
+    SHOWN.flush()
     merged = api.post("/v1/sessions/visit-42/merge", {"customer_id": "login-42"}, format="json")
     assert merged.status_code == 200, merged.content
     excluded = {first["request_id"], both["request_id"]}

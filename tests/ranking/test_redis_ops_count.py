@@ -18,6 +18,7 @@ from experiments.services import impressions
 from kernel import redis_client, throttling, tracking
 from ranking import rules, serving
 from ranking.artifacts import loader
+from ranking.shown import SHOWN
 from tests.ranking.test_serving import world  # noqa: F401 - the trained module world
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +66,7 @@ def warm(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> APIClient:
     # The background writers (what answers showed, impressions, the rate limits' shared counts) send every 50-100 ms
     # what earlier requests left: hold them, let a run in flight end, and send by hand between the windows, so a
     # window counts its own request only.
-    for loop in (serving.SHOWN._loop, impressions._buffer._loop, throttling._counts._loop):
+    for loop in (SHOWN._loop, impressions._buffer._loop, throttling._counts._loop):
         monkeypatch.setattr(loop, "work", lambda: None)
     time.sleep(0.2)
     return api
@@ -73,7 +74,7 @@ def warm(api: APIClient, monkeypatch: pytest.MonkeyPatch) -> APIClient:
 
 def _drain() -> None:
     """Send what earlier requests left in the held background writers, before a window opens."""
-    serving.SHOWN.flush()
+    SHOWN.flush()
     impressions.impressions_push()
     throttling._counts.sync()
 
