@@ -42,10 +42,10 @@ LAYERS: list[tuple[str, str | None, tuple[tuple[str, str], ...]]] = [
     ("experiment assignment", "recommend (serving)", (("experiments/services/assignment.py", "assign"),)),
     ("list cache (lookup, lock + owner-state round trips)", "recommend (serving)",
      (("ranking/cache.py", "get_or_compute"),)),
-    # The pipeline's stages as the trace times them: the owner-state read and the user vector (_shared_work), then
-    # the list itself (_serve).
+    # The pipeline's stages as the trace times them: the owner-state read and the user vector (shared_work), then
+    # the list itself (serve).
     ("pipeline (traced stages)", "list cache (lookup, lock + owner-state round trips)",
-     (("ranking/serving.py", "_shared_work"), ("ranking/serving.py", "_serve"))),
+     (("ranking/serving.py", "shared_work"), ("ranking/serving.py", "serve"))),
     ("impression logging", "recommend (serving)", (("experiments/services/impressions.py", "impression_log"),)),
     ("response serialisation (DRF Response)", "middleware + URL routing + Django",
      (("rest_framework/response.py", "rendered_content"),)),

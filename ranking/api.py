@@ -17,7 +17,7 @@ from kernel.auth import request_has_scope
 from kernel.models import ApiKey
 from kernel.schema import BODY_ERRORS, api_errors
 from kernel.validation import check_id
-from ranking import dry_run, serving
+from ranking import dry_run, pages, serving
 from ranking.serializers import (
     AnchorGroupsSerializer,
     CountQuerySerializer,
@@ -189,7 +189,7 @@ class RuleDryRunApi(APIView):
 
 
 class PageApi(APIView):
-    """Several widgets of one page in one call, without repeats (``ranking.serving.recommend_page``)."""
+    """Several widgets of one page in one call, without repeats (``ranking.pages.recommend_page``)."""
 
     required_scope = ApiKey.Scope.RECOMMEND
 
@@ -200,21 +200,21 @@ class PageApi(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         widgets = tuple(
-            serving.PageWidget(
+            pages.PageWidget(
                 kind=w["kind"], surface=w["surface"], count=w["count"], category=w["category"] or None,
                 item_id=w["item_id"], groups=w["groups"],
             )
             for w in data["widgets"]
         )  # fmt: skip
         try:
-            page = serving.recommend_page(
-                serving.PageRequest(
+            page = pages.recommend_page(
+                pages.PageRequest(
                     customer_id=data["customer_id"], session_id=data["session_id"], widgets=widgets,
                     context_item_id=data["context_item_id"], context_category=data["context_category"],
                     exclude_request_ids=tuple(data["exclude_request_ids"]),
                 )
             )  # fmt: skip
-        except serving.PageWidgetError as exc:
+        except pages.PageWidgetError as exc:
             # DRF's shape for a list's field errors: one entry per widget, the failing one naming its field.
             entries: list[dict[str, list[str]]] = [{} for _ in widgets]
             entries[exc.index] = {exc.field: [exc.message]}

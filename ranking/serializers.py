@@ -17,7 +17,8 @@ from rest_framework import serializers
 from catalog.models import EXTERNAL_ID_MAX
 from kernel.query_serializers import QuerySerializer
 from kernel.validation import DOT_SEGMENTS, BodySerializer, IdField, optional_id
-from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS, VERBS
+from ranking.pages import MAX_PAGE_WIDGETS, PAGE_WIDGET_KINDS
+from ranking.serving import MAX_COUNT, MAX_EXCLUDE_REQUESTS, VERBS
 
 MAX_EXCLUDE = 100
 # Every reason code a list's item or group can carry: the pipeline's explanations (ranking/pipeline/stages.py

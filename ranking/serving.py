@@ -7,7 +7,9 @@ build the offline evaluation's lists and the ranker's training rows (``ranking.p
 skips the cache and nothing else: its trace is a by-product of the served path's own stage calls.
 
 The item-anchored lists (``similar_items``, ``bought_together``, ``because_you_viewed``) live in
-``ranking.pipeline.anchored`` and are re-exported here, like every name other modules import from this one.
+``ranking.pipeline.anchored`` and are re-exported here, like every name other modules import from this one. A whole
+page of widgets (``ranking.pages``) is built from this module's shared work and list (``shared_work``, ``serve``);
+what each answer showed, for later ``exclude_request_ids``, is buffered in ``ranking.shown``.
 """
 
 from __future__ import annotations
@@ -36,16 +38,14 @@ from experiments.config import VariantConfig
 from kernel import redis_client
 from ranking import rerank as rr
 from ranking import rules
-from ranking.artifacts import ActiveModel, get_active_model, model_for
+from ranking.artifacts import ActiveModel, model_for
 from ranking.cache import ListCache, Prefetched, list_key
 from ranking.pipeline import online, stages
 from ranking.pipeline.anchored import (
     SIMILAR_BLEND,
-    anchor_groups,
     because_you_viewed,
     bought_together,
     similar_items,
-    similar_list,
 )
 from ranking.pipeline.online import catalog_rows, item_pk
 from ranking.pipeline.responses import (
@@ -209,13 +209,13 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     def compute(prefetched: Prefetched | None, redis_ok: bool = True) -> CachedList:
         # The cache's miss round trip read the owners' state: the "history" stage counts it (the trace then says
         # where a slow Redis costs, and the stages add up to the request).
-        shared = _shared_work(
+        shared = shared_work(
             owners, prefetched.replies if prefetched is not None else None, redis_ok, model=model,
             context_item_id=request.context_item_id, context_category=request.context_category,
             excluded_requests=excluded_requests, pending_shown=pending_shown, probe=request.probe,
             read_seconds=prefetched.seconds if prefetched is not None else 0.0,
         )  # fmt: skip
-        return _serve(
+        return serve(
             request, owners=owners, config=config, model=model, variant=assignment.variant, request_id=request_id,
             shared=shared,
         )  # fmt: skip
@@ -244,7 +244,7 @@ def recommend(request: RecommendRequest) -> RecommendationList:
             logger.warning("recommend_without_redis", extra={"owner": owner})
     if value is None:
         value = compute(None, redis_ok)
-    items = _items_of(value)
+    items = items_of(value)
     if request.replay is not None:  # not traffic: no impression, no request metrics
         return RecommendationList(
             request_id=request_id, surface=request.surface, items=items, experiment=assignment.experiment_key,
@@ -270,167 +270,11 @@ def recommend(request: RecommendRequest) -> RecommendationList:
     )  # fmt: skip
 
 
-def _items_of(value: CachedList) -> tuple[RecommendedItem, ...]:
+def items_of(value: CachedList) -> tuple[RecommendedItem, ...]:
     return tuple(
         RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
         for item in value["items"]
     )
-
-
-# --- A whole page ---------------------------------------------------------------------------------------------------
-
-PAGE_WIDGET_KINDS = ("recommendations", "because_you_viewed", "similar")
-MAX_PAGE_WIDGETS = 8
-
-
-@dataclass(frozen=True)
-class PageWidget:
-    kind: str  # one of PAGE_WIDGET_KINDS
-    surface: str = "home"  # recommendations: the surface (rules, experiments)
-    count: int = 10
-    category: str | None = None  # recommendations: only this category
-    item_id: str = ""  # similar: the anchor (default: the page's context item)
-    groups: int = 2  # because_you_viewed: at most this many rows
-
-
-@dataclass(frozen=True)
-class PageRequest:
-    customer_id: str = ""
-    session_id: str = ""
-    widgets: tuple[PageWidget, ...] = ()
-    context_item_id: str = ""
-    context_category: str = ""
-    exclude_request_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PageWidgetResult:
-    kind: str
-    request_id: str
-    surface: str
-    items: tuple[RecommendedItem, ...]
-    groups: tuple[AnchorGroup, ...]
-    experiment: str | None
-    variant: str | None
-
-
-@dataclass(frozen=True)
-class Page:
-    widgets: tuple[PageWidgetResult, ...]
-    model_version: int | None
-    degraded: bool
-
-
-class PageWidgetError(ValueError):
-    """A widget the page cannot answer (e.g. a similar-items widget naming an unknown item)."""
-
-    def __init__(self, index: int, field: str, message: str) -> None:
-        super().__init__(f"widgets[{index}].{field}: {message}")
-        self.index, self.field, self.message = index, field, message
-
-
-def recommend_page(request: PageRequest) -> Page:
-    """Several widgets of one page in one call, in the order given, no item twice across them (nor any item of the
-    ``exclude_request_ids`` answers, nor a dismissed one), each with its own request id and reasons. The pipeline's
-    shared work is done once: one owner-state round trip, one user vector. Not served from the list cache (a page's
-    lists depend on each other); each widget's impression is logged under its own request id."""
-    started = time.perf_counter()
-    personal, owners = owners_of(customer_id=request.customer_id, session_id=request.session_id)
-    owner = owners[0] if owners else ""
-    anchors: dict[int, int] = {}
-    for index, widget in enumerate(request.widgets):
-        if widget.kind == "similar":
-            item_id = widget.item_id or request.context_item_id
-            if not item_id:
-                raise PageWidgetError(index, "item_id", "Required (or the page's context_item_id).")
-            pk = online.item_pk(item_id)
-            if pk is None:
-                raise PageWidgetError(index, "item_id", f"No item with id {item_id!r}.")
-            anchors[index] = pk
-    model = get_active_model()
-    excluded_requests = request.exclude_request_ids[:MAX_EXCLUDE_REQUESTS] if owner else ()
-    pending_shown = SHOWN.pending(owners, excluded_requests) if excluded_requests else None
-    redis_ok = True
-    prefetched: Sequence[Any] | None = None
-    read_seconds = 0.0
-    if owners:
-        read_started = time.perf_counter()
-        prefetched = _read_shared(owners, excluded_requests)
-        read_seconds = time.perf_counter() - read_started
-        if prefetched is None:
-            redis_ok = False
-            DEGRADED.labels("redis").inc()
-    shared = _shared_work(
-        owners, prefetched, redis_ok, model=model, context_item_id=request.context_item_id,
-        context_category=request.context_category, excluded_requests=excluded_requests, pending_shown=pending_shown,
-        read_seconds=read_seconds,
-    )  # fmt: skip
-    page_shown = np.union1d(shared.read.dismissed_pks, shared.shown)
-    if shared.context_item_pk is not None:  # the item on the page is recommended in none of its widgets
-        page_shown = np.union1d(page_shown, [shared.context_item_pk])
-    degraded = model is None or shared.read.source == "postgres"
-    results: list[PageWidgetResult] = []
-    answers: dict[str, list[int]] = {}
-    had: np.ndarray | None = None
-    for index, widget in enumerate(request.widgets):
-        request_id = uuid.uuid4().hex
-        # Every widget, the similar one included: its impression carries the page's customer or session.
-        unit = experiment_unit(owner, request.session_id, request_id)
-        items: tuple[RecommendedItem, ...] = ()
-        groups: tuple[AnchorGroup, ...] = ()
-        if widget.kind == "recommendations":
-            surface = widget.surface
-            assignment = experiments.assign(surface=surface, unit_id=unit)
-            value = _serve(
-                RecommendRequest(
-                    customer_id=request.customer_id, session_id=request.session_id, surface=surface,
-                    count=widget.count, category=widget.category, context_item_id=request.context_item_id,
-                    context_category=request.context_category,
-                ),
-                owners=owners, config=assignment.config, model=model, variant=assignment.variant,
-                request_id=request_id, shared=shared, page_exclude=page_shown,
-            )  # fmt: skip
-            items, pks = _items_of(value), np.asarray(value["item_pks"], np.int64)
-            degraded |= value["degraded"]
-        elif widget.kind == "because_you_viewed":
-            surface = "because_you_viewed"
-            assignment = experiments.assign(surface=surface, unit_id=unit)
-            found: list[AnchorGroup] = []
-            pks = np.empty(0, np.int64)
-            if model is not None and personal and owners:
-                found, pks = anchor_groups(
-                    model, shared.own_history, count=widget.count, groups=widget.groups, exclude=page_shown
-                )
-            groups = tuple(found)
-        else:
-            surface = "similar"
-            assignment = experiments.assign(surface=surface, unit_id=unit)
-            if personal and had is None:  # on a personal page, not what the owner already has (bought or rated)
-                owned = RequestState(surface=surface, count=0, now=time.time(), history=shared.own_history)
-                owned.had_pks, owned.had_types = shared.read.had_pks, shared.read.had_types
-                had = stages.had_items(owned, assignment.config)  # the arm's exclude_purchased / exclude_rated
-            exclude = page_shown if had is None else np.union1d(page_shown, had)
-            listed, pks = similar_list(model, anchors[index], count=widget.count, exclude=exclude)
-            items = tuple(listed)
-        page_shown = np.union1d(page_shown, pks)
-        answers[request_id] = pks.tolist()
-        if redis_ok:
-            experiments.impression_log(
-                request_id=request_id, surface=surface, customer_id=request.customer_id if personal else "",
-                session_id=request.session_id, assignment=assignment, item_pks=pks.tolist(),
-                model_version=model.version_id if model else None,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )  # fmt: skip
-        results.append(
-            PageWidgetResult(
-                widget.kind, request_id, surface, items, groups, assignment.experiment_key, assignment.variant
-            )
-        )
-    if owner and redis_ok:
-        remember_shown({owner: answers})
-    REQUESTS.labels("page", "page", "-", "miss").inc()
-    LATENCY.labels("page", "page", "-").observe(time.perf_counter() - started)
-    return Page(tuple(results), model.version_id if model else None, degraded)
 
 
 # --- The freshness probe ------------------------------------------------------------------------------------------
@@ -512,7 +356,7 @@ def _queue_shared_reads(pipe: Any, owners: Sequence[str], excluded_requests: Seq
         events_online.queue_shown_reads(pipe, owners, excluded_requests)
 
 
-def _read_shared(owners: Sequence[str], excluded_requests: Sequence[str]) -> list[Any] | None:
+def read_shared(owners: Sequence[str], excluded_requests: Sequence[str]) -> list[Any] | None:
     """:func:`_queue_shared_reads` in a round trip of its own; None when Redis is unavailable."""
     try:
         pipe = redis_client.get().pipeline(transaction=False)
@@ -538,7 +382,7 @@ class SharedWork:
     stages_ms: dict[str, float]
 
 
-def _shared_work(
+def shared_work(
     owners: tuple[str, ...],
     prefetched: Sequence[Any] | None,
     redis_ok: bool,
@@ -560,7 +404,7 @@ def _shared_work(
     shown = np.empty(0, np.int64)
     with trace.stage("history", before=read_seconds):
         if owners and excluded_requests and redis_ok and prefetched is None:
-            prefetched = _read_shared(owners, excluded_requests)
+            prefetched = read_shared(owners, excluded_requests)
         size = event_selectors.OWNER_STATE_REPLIES * len(owners)
         if prefetched is not None and excluded_requests and len(prefetched) > size:
             shown = events_online.parse_shown(prefetched[size:])
@@ -601,7 +445,7 @@ def _observe_freshness(arrivals: dict[str, bytes], *, probe: bool) -> None:
         logger.warning("arrivals_reflected_failed", exc_info=True)
 
 
-def _serve(
+def serve(
     request: RecommendRequest,
     *,
     owners: tuple[str, ...],
@@ -612,7 +456,7 @@ def _serve(
     shared: SharedWork,
     page_exclude: np.ndarray | None = None,
 ) -> CachedList:
-    """The list itself: the pipeline's stages on one request state, from the shared work (``_shared_work``: the
+    """The list itself: the pipeline's stages on one request state, from the shared work (``shared_work``: the
     owners' state, the page context, the user vector). ``page_exclude``: items other lists of the page showed."""
     trace = _Trace()
     trace.stages.update(shared.stages_ms)

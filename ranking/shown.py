@@ -1,6 +1,7 @@
 """What each answer showed its owner, kept for later ``exclude_request_ids`` (a page's second and later lists): a
-per-process buffer (``SHOWN``) a background loop writes to Redis off the request path. Serving notes every answer
-here, and reads this process's pending ones before Redis."""
+per-process buffer (``SHOWN``) a background loop writes to Redis off the request path. ``ranking.serving`` (a
+list) and ``ranking.pages`` (a whole page) note every answer here, and read this process's pending ones before
+Redis."""
 
 from __future__ import annotations
 
