@@ -9,7 +9,8 @@ skips the cache and nothing else: its trace is a by-product of the served path's
 The item-anchored lists (``similar_items``, ``bought_together``, ``because_you_viewed``) live in
 ``ranking.pipeline.anchored`` and are re-exported here, like every name other modules import from this one. A whole
 page of widgets (``ranking.pages``) is built from this module's shared work and list (``shared_work``, ``serve``);
-what each answer showed, for later ``exclude_request_ids``, is buffered in ``ranking.shown``.
+what each answer showed, for later ``exclude_request_ids``, is buffered in ``ranking.shown``. The synthetic freshness
+probe (``ranking.freshness``) serves through ``recommend``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from events import online as events_online
 from events import selectors as event_selectors
-from events.features import DISMISS
-from events.keys import PROBE_SESSION_ID, owner_for
+from events.keys import owner_for
 from experiments import services as experiments
 from experiments.config import VariantConfig
 from kernel import redis_client
@@ -73,7 +73,7 @@ from ranking.pipeline.state import (
     serve_mode_of,
     serve_source,
 )
-from ranking.shown import SHOWN, SHOWN_TTL_SECONDS, remember_shown
+from ranking.shown import SHOWN, remember_shown
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,13 @@ MAX_EXCLUDE_REQUESTS = 20
 EVENT_TO_LIST = Histogram(
     "recsys_event_to_list_seconds", "From an owner's event arriving to the first list that reflects it.", ["source"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)  # fmt: skip
+# The probe's outcomes (ranking.freshness), registered with serving rather than with the probe: a process's /metrics
+# lists the families it has imported, and web processes never import the probe (tests/kernel/test_metrics_families
+# checks every family docs/operations.md names is exposed).
+PROBE_RESULTS = Counter(
+    "recsys_freshness_probe_total", "Synthetic freshness probes: ok, stale (the list ignored the event), error.",
+    ["result"],
 )  # fmt: skip
 
 # The adapters tests and benchmarks reach through this module.
@@ -275,45 +282,6 @@ def items_of(value: CachedList) -> tuple[RecommendedItem, ...]:
         RecommendedItem(**{**item, "reason": Reason(**item["reason"]), "sources": tuple(item["sources"])})
         for item in value["items"]
     )
-
-
-# --- The freshness probe ------------------------------------------------------------------------------------------
-
-PROBE_RESULTS = Counter(
-    "recsys_freshness_probe_total", "Synthetic freshness probes: ok, stale (the list ignored the event), error.",
-    ["result"],
-)  # fmt: skip
-PROBE_SURFACE = "probe"
-
-
-def freshness_probe() -> str:
-    """Serve a list to the reserved probe session (events.keys.PROBE_SESSION_ID), dismiss its first item through
-    the online state as ingestion would, serve again through the same path (cache included) and check the item is
-    gone: "ok", "stale" (silent staleness: the event did not reach the list) or "error" (nothing to dismiss, or a
-    failure). The probe's state is forgotten afterwards; it never touches Postgres, impressions or traffic metrics."""
-    owner = owner_for(customer_id="", session_id=PROBE_SESSION_ID)
-    probe = RecommendRequest(session_id=PROBE_SESSION_ID, surface=PROBE_SURFACE, count=5, probe=True)
-    result = "error"
-    try:
-        first = recommend(probe)
-        pk = online.item_pk(first.items[0].item_id) if first.items else None
-        if pk is not None:
-            now = time.time()
-            dismiss = events_online.OnlineEvent(owner, 0, pk, None, DISMISS, None, now)
-            events_online.apply_events([dismiss], now=now)
-            second = recommend(probe)
-            result = "stale" if first.items[0].item_id in {item.item_id for item in second.items} else "ok"
-    except (redis.RedisError, DatabaseError):
-        logger.warning("freshness_probe_failed", exc_info=True)
-    finally:
-        try:
-            events_online.forget_owner(owner, version_ttl_seconds=SHOWN_TTL_SECONDS)
-        except redis.RedisError:
-            logger.warning("freshness_probe_cleanup_failed", exc_info=True)
-    PROBE_RESULTS.labels(result).inc()
-    if result != "ok":
-        logger.warning("freshness_probe", extra={"result": result})
-    return result
 
 
 def serve_mode(model: ActiveModel | None) -> str:

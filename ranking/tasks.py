@@ -112,7 +112,7 @@ def rule_dry_run(
 
 @shared_task(name="ranking.tasks.freshness_probe", acks_late=True, soft_time_limit=20, time_limit=30)
 def freshness_probe() -> str:
-    """The synthetic freshness probe (``ranking.serving.freshness_probe``): "ok", "stale" or "error"."""
-    from ranking import serving  # serving loads the model machinery; only this task needs it
+    """The synthetic freshness probe (``ranking.freshness.freshness_probe``): "ok", "stale" or "error"."""
+    from ranking import freshness  # it loads serving and the model machinery; only this task needs it
 
-    return serving.freshness_probe()
+    return freshness.freshness_probe()

@@ -20,7 +20,7 @@ from events.features import DISMISS, PURCHASE, VIEW
 from events.models import Interaction
 from events.services import online_state_rebuild
 from kernel import redis_client
-from ranking import dataset, retrieval, serving
+from ranking import dataset, freshness, retrieval, serving
 from ranking.artifacts import get_active_model
 from ranking.pipeline import online, stages
 from ranking.pipeline.state import History, RequestState
@@ -445,8 +445,8 @@ def test_the_freshness_probe_sees_its_event_and_leaves_nothing_behind(api: APICl
     traffic = _sample("recsys_recommendation_requests_total", endpoint="recommendations", surface="probe",
                       variant="-", cache="miss")  # fmt: skip
     ok = _sample("recsys_freshness_probe_total", result="ok")
-    assert serving.freshness_probe() == "ok"
-    assert serving.freshness_probe() == "ok"  # again: the previous probe's dismissal was forgotten
+    assert freshness.freshness_probe() == "ok"
+    assert freshness.freshness_probe() == "ok"  # again: the previous probe's dismissal was forgotten
     assert _sample("recsys_freshness_probe_total", result="ok") == ok + 2
     assert _sample("recsys_event_to_list_seconds_count", source="probe") >= 2
     owner = keys.owner_for(customer_id="", session_id=keys.PROBE_SESSION_ID)
