@@ -85,7 +85,7 @@ def load_ml100k() -> tuple[InteractionLog, ItemTable]:
     ratings = np.loadtxt(directory / "ml-100k.inter", skiprows=1, delimiter="\t")
     titles: dict[int, str] = {}
     genres: dict[int, str] = {}
-    with open(directory / "ml-100k.item", encoding="latin-1") as handle:
+    with open(directory / "ml-100k.item", encoding="utf-8") as handle:  # the wheel's copy is UTF-8
         next(handle)
         for line in handle:
             item_id, title, year, classes = (line.rstrip("\n").split("\t") + ["", "", ""])[:4]

@@ -178,7 +178,7 @@ def load_ml100k() -> tuple[Catalog, Events]:
     directory = obtain_ml100k()
     ratings = np.loadtxt(directory / "ml-100k.inter", skiprows=1, delimiter="\t")
     catalog = Catalog([], [], [], [], [])
-    with open(directory / "ml-100k.item", encoding="latin-1") as handle:
+    with open(directory / "ml-100k.item", encoding="utf-8") as handle:  # the wheel's copy is UTF-8
         next(handle)
         for line in handle:
             item_id, title, year, genres = (line.rstrip("\n").split("\t") + ["", "", ""])[:4]
