@@ -543,9 +543,8 @@ def format_table(result: Mapping[str, Any]) -> str:
             if ranker.get("judged_on") == "cross_fitted":
                 on = (
                     f"{ranker['judged_users']:,} test users, each scored by a ranker that never saw them (cross-"
-                    f"fitted: one per quarter of the users; the segment ranker_unseen is the shipped ranker's "
-                    f"quarter, main and cold include the {ranker['fit_users']:,} it was fitted on and "
-                    f"{ranker['early_stopping_users']:,} it early-stopped on)"
+                    f"fitted: one per quarter of the users, and so are the ranker rows of every segment above; the "
+                    f"segment ranker_unseen is the shipped ranker's own quarter)"
                 )
             else:
                 on = (
