@@ -485,63 +485,51 @@ class PipelineEvaluation:
     ranker_beats_sources: bool
 
 
-@dataclass
+@dataclass(eq=False)
 class CrossFitted:
-    """One ranker per quarter of the test users, each fitted on two other quarters and early-stopped on the third
-    (the quarter the shipped ranker never saw has the shipped ranker), and the users a quarter's ranker covers:
+    """One ranker per quarter of the split's test users, each fitted on two other quarters and early-stopped on the
+    third (the quarter the shipped ranker never saw has the shipped ranker), and the users a quarter's ranker covers:
     every user of a quarter that could fit one. A quarter too thin to fit a ranker has no ranker that never saw it;
     its users are served by the shipped ranker (the ship rule leaves them out)."""
 
+    model: TrainedModel
+    split: Split
+    items: ItemTable
+    inputs: OfflineInputs
     booster: lgb.Booster
     quarter_boosters: list[lgb.Booster | None]
     fold: IntArray
     covered: npt.NDArray[np.bool_]
     _lists: dict[tuple[int, str], IntArray] = dataclasses.field(default_factory=dict)
 
-    def lists(
-        self,
-        model: TrainedModel,
-        split: Split,
-        items: ItemTable,
-        *,
-        k: int,
-        config: VariantConfig | None = None,
-        inputs: OfflineInputs | None = None,
-    ) -> IntArray:
+    def lists(self, *, k: int, config: VariantConfig | None = None) -> IntArray:
         """Every test user's top-``k`` list, each from the ranker that never saw them where there is one (computed
         once per ``k`` and config)."""
         key = (k, repr(config))
         if key not in self._lists:
-            out = np.full((split.n_test_users, k), -1, np.int64)
+            out = np.full((self.split.n_test_users, k), -1, np.int64)
             rest = np.flatnonzero(~self.covered)
             if rest.size:
-                out[rest] = served_lists(model, split, items, ranker=self.booster, k=k, config=config,
-                                         rows=rest.tolist(), inputs=inputs)  # fmt: skip
+                out[rest] = self._served(self.booster, rest, k, config)
             for quarter, quarter_booster in enumerate(self.quarter_boosters):
                 rows = np.flatnonzero(self.covered & (self.fold == quarter))
-                if quarter_booster is None or not rows.size:
-                    continue
-                out[rows] = served_lists(model, split, items, ranker=quarter_booster, k=k, config=config,
-                                         rows=rows.tolist(), inputs=inputs)  # fmt: skip
+                if quarter_booster is not None and rows.size:
+                    out[rows] = self._served(quarter_booster, rows, k, config)
             self._lists[key] = out
         return self._lists[key]
 
-    def recommender(
-        self,
-        model: TrainedModel,
-        split: Split,
-        items: ItemTable,
-        *,
-        config: VariantConfig | None = None,
-        inputs: OfflineInputs | None = None,
-    ) -> SourceFn:
+    def recommender(self, *, config: VariantConfig | None = None) -> SourceFn:
         """:meth:`lists` as an evaluation recommender over the split's test users."""
 
         def recommend(users: Any, k: int) -> IntArray:
-            assert len(users) == split.n_test_users, "the served recommender answers for the split's test users"
-            return self.lists(model, split, items, k=k, config=config, inputs=inputs)
+            assert len(users) == self.split.n_test_users, "the served recommender answers for the split's test users"
+            return self.lists(k=k, config=config)
 
         return recommend
+
+    def _served(self, ranker: lgb.Booster, rows: IntArray, k: int, config: VariantConfig | None) -> IntArray:
+        return served_lists(self.model, self.split, self.items, ranker=ranker, k=k, config=config,
+                            rows=rows.tolist(), inputs=self.inputs)  # fmt: skip
 
 
 def cross_fit(
@@ -563,7 +551,7 @@ def cross_fit(
         for quarter in range(RANKER_FOLDS)
     ]  # fmt: skip
     fitted_quarters = np.array([b is not None for b in boosters])
-    return CrossFitted(booster, boosters, fold, fitted_quarters[fold])
+    return CrossFitted(model, split, items, inputs, booster, boosters, fold, fitted_quarters[fold])
 
 
 BLEND_ROW = "pipeline (blend, cap 30%)"
@@ -607,12 +595,12 @@ def evaluate_with_pipeline(
     if booster is not None:
         no_cap = dataclasses.replace(VariantConfig(), diversity_cap=1.0)
         if ship == "auto":
-            # Every user with history scored by the ranker of the quarter that never saw them, in the figures too:
-            # the shipped ranker's own lists of the users it was fitted on are its training score, not a validation
-            # figure (on data without structure, 0.023 against 0.001 on the users it never saw).
+            # Every test user scored by the ranker of the quarter that never saw them, in the table too: the
+            # shipped ranker's lists of the users it was fitted on are its training score, not a validation figure
+            # (on data without structure, 0.023 against 0.001 on the users it never saw).
             crossed = cross_fit(split, model, items, booster, seed=seed, inputs=inputs, training_rows=training_rows)
-            extra[RANKER_ROW] = crossed.recommender(model, split, items, inputs=inputs)
-            extra[RANKER_NO_CAP_ROW] = crossed.recommender(model, split, items, config=no_cap, inputs=inputs)
+            extra[RANKER_ROW] = crossed.recommender()
+            extra[RANKER_NO_CAP_ROW] = crossed.recommender(config=no_cap)
         else:
             extra[RANKER_ROW] = served_recommender(model, split, items, ranker=booster, inputs=inputs)
             extra[RANKER_NO_CAP_ROW] = served_recommender(model, split, items, ranker=booster, config=no_cap,
@@ -638,7 +626,7 @@ def evaluate_with_pipeline(
         all_rows = np.flatnonzero(has_history)
         # Every user's list from the ranker of the quarter that never saw them (users of a quarter too thin to fit
         # one are left out).
-        ranker_lists = crossed.lists(model, split, items, k=k, inputs=inputs)[all_rows]
+        ranker_lists = crossed.lists(k=k)[all_rows]
         fitted = crossed.covered[all_rows]
         scored = fitted & np.isfinite(served_ndcg_per_user(split, ranker_lists, k=k, rows=all_rows.tolist()))
         rows = all_rows[scored].tolist()
