@@ -1,7 +1,8 @@
 """The synthetic freshness probe (every minute on a worker, ``ranking.tasks.freshness_probe``; docs/events.md): a
 list served to a reserved session, its first item dismissed through the online state, the next list checked not to
 have it. The lists go through ``ranking.serving.recommend`` itself, cache included; what real owners wait for their
-events to show is measured there (``EVENT_TO_LIST``), as are the probe's outcomes (``PROBE_RESULTS``)."""
+events to show is measured there (``EVENT_TO_LIST``); both that and the probe's outcomes (``PROBE_RESULTS``) are
+serving metrics of ``ranking.pipeline.responses``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from events import online as events_online
 from events.features import DISMISS
 from events.keys import PROBE_SESSION_ID, owner_for
 from ranking.pipeline import online
-from ranking.serving import PROBE_RESULTS, RecommendRequest, recommend
+from ranking.pipeline.responses import PROBE_RESULTS
+from ranking.serving import RecommendRequest, recommend
 from ranking.shown import SHOWN_TTL_SECONDS
 
 logger = logging.getLogger("ranking.serving")  # the name its log lines had before this module was split out

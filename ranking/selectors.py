@@ -181,13 +181,12 @@ def dataset_load(*, since: datetime | None = None, until: datetime | None = None
     price = np.where(found, attributes.price[order][np.maximum(row, 0)], np.nan)
     created = np.where(found, attributes.created_ts[order][np.maximum(row, 0)], np.nan)
     items = ItemTable(item_ids=ids, category=category, texts=texts, price=price, created_ts=created)
-    log = log_from_arrays(
-        customer=columns["customer"],
-        item=columns["item"],
-        type_=columns["type"],
-        value=columns["value"],
-        ts=columns["ts"],
-        session=columns["session"],
-        items=items,
-    )
-    return log, items
+    return log_of(columns, items), items
+
+
+def log_of(columns: dict[str, np.ndarray], items: ItemTable, *, sessions: bool = True) -> InteractionLog:
+    """:func:`interaction_columns`' arrays as an interaction log over ``items`` (without sessions: no baskets)."""
+    return log_from_arrays(
+        customer=columns["customer"], item=columns["item"], type_=columns["type"], value=columns["value"],
+        ts=columns["ts"], session=columns["session"] if sessions else None, items=items,
+    )  # fmt: skip

@@ -27,6 +27,23 @@ CATEGORY_SHARE = Histogram(
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
 )  # fmt: skip
 
+# Freshness, measured (issue 16): for a list computed after an owner's events, the seconds from the arrival of the
+# oldest event no list had reflected yet to this list. A list computed after an event always reflects it (the
+# event bumped the owner's cache version, so the list was computed from the state that holds the event); what this
+# measures is how long owners wait for that, including events whose owner asks again only later. "probe": the
+# synthetic freshness probe (ranking.tasks.freshness_probe), kept apart from real traffic.
+EVENT_TO_LIST = Histogram(
+    "recsys_event_to_list_seconds", "From an owner's event arriving to the first list that reflects it.", ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)  # fmt: skip
+# The probe's outcomes (ranking.freshness), here with the other serving metrics: a process's /metrics lists the
+# families it has imported, and web processes never import the probe (tests/kernel/test_metrics_families checks
+# every family docs/operations.md names is exposed).
+PROBE_RESULTS = Counter(
+    "recsys_freshness_probe_total", "Synthetic freshness probes: ok, stale (the list ignored the event), error.",
+    ["result"],
+)  # fmt: skip
+
 
 class UnknownItem(LookupError):
     """The item id names no item in the catalog."""

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from kernel import redis_client
 from ranking import artifacts, selectors
-from ranking.dataset import ItemTable, log_from_arrays
+from ranking.dataset import ItemTable
 from ranking.training import TrainParams, train_sources
 
 # The logger keeps the name it had before ranking/services.py became a package (log filters, dashboards).
@@ -46,15 +46,7 @@ def trending_refresh(*, now: datetime | None = None) -> dict[str, Any] | None:
         item_ids=np.asarray(item_ids), category=np.zeros(item_ids.size, np.int32), texts=[""] * item_ids.size
     )
     columns = selectors.interaction_columns(since=since, until=now + timedelta(seconds=1))
-    log = log_from_arrays(
-        customer=columns["customer"],
-        item=columns["item"],
-        type_=columns["type"],
-        value=columns["value"],
-        ts=columns["ts"],
-        session=None,
-        items=items,
-    )
+    log = selectors.log_of(columns, items, sessions=False)
     reference = datetime.fromtimestamp(log.reference_ts(), tz=UTC) if len(log) else now
     trained = train_sources(log, items, params, reference_ts=reference.timestamp(), include=("popularity", "trending"))
     computed_at = time.time()
