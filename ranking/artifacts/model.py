@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking import ann, sources
+from ranking.arrays import positions
 from ranking.artifact_store import ArtifactError
 from ranking.artifacts.files import ANN_FILE, version_read_meta, version_verify
 
@@ -64,21 +65,11 @@ class ActiveModel:
 
     def item_index(self, item_pks: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Model index of each catalog.Item pk, -1 for items the version does not know (added after training)."""
-        pks = np.asarray(item_pks, dtype=np.int64)
-        ids = self.item_ids
-        if ids.size == 0:
-            return np.full(pks.shape, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(ids, pks), ids.size - 1)
-        return np.where(ids[pos] == pks, pos, -1).astype(np.int64)
+        return positions(self.item_ids, item_pks)
 
     def user_index(self, customer_pks: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Row of each customer pk in ``als_user_factors``, -1 for customers not in the training data."""
-        pks = np.asarray(customer_pks, dtype=np.int64)
-        ids = self.arrays["user_ids"]
-        if ids.size == 0:
-            return np.full(pks.shape, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(ids, pks), ids.size - 1)
-        return np.where(ids[pos] == pks, pos, -1).astype(np.int64)
+        return positions(self.arrays["user_ids"], customer_pks)
 
     @property
     def popularity(self) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from experiments.config import VariantConfig
 from ranking import ann, confidence, metrics, retrieval, sources
+from ranking.arrays import positions
 from ranking.dataset import ItemTable, UserEvents, user_events
 from ranking.evaluation import Segment, SourceFn, Split, run_protocol
 from ranking.pipeline import stages
@@ -92,12 +93,7 @@ class TrainedModel:
         return self.arrays[name]
 
     def item_index(self, item_pks: npt.ArrayLike) -> IntArray:
-        pks = np.asarray(item_pks, dtype=np.int64)
-        ids = self.item_ids
-        if ids.size == 0:
-            return np.full(pks.shape, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(ids, pks), ids.size - 1)
-        return np.where(ids[pos] == pks, pos, -1).astype(np.int64)
+        return positions(self.item_ids, item_pks)
 
     def history_confidences(
         self, item_idx: npt.ArrayLike, types: npt.ArrayLike, values: npt.ArrayLike, age_days: npt.ArrayLike
