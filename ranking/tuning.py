@@ -54,6 +54,8 @@ from ranking.pipeline.offline import (
 )
 from ranking.training import TrainedSources, TrainParams, train_sources
 
+FloatArray = npt.NDArray[np.float64]
+
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # train prints its own line per trial
 
@@ -196,6 +198,14 @@ class Trial:
     # Per mode ("pipeline" and each source), each validation question's NDCG@k when the split asks two: ``ndcg`` and
     # ``singles`` are then their geometric mean (:func:`ranking.metrics.balanced`).
     by_question: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per mode, each question's per-user NDCG@k (the tie-break between trials, :func:`hedged_choice`; not recorded).
+    per_question: dict[str, dict[str, FloatArray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def served_mode(self) -> str:
+        """The mode :attr:`served_ndcg` is the figure of: "pipeline", or the better single source's name."""
+        best = self.best_source
+        return best if best is not None and self.best_source_ndcg > self.ndcg else PIPELINE
 
     @property
     def best_source(self) -> str | None:
@@ -237,10 +247,15 @@ class TuningResult:
     budget_seconds: float = 0.0
     seconds: float = 0.0
     users: int = 0
+    chosen_trial: int | None = None  # the number of the trial whose values were chosen (the last phase's choice)
+    hedges: list[str] = field(default_factory=list)  # each phase's choice that was not its best trial, and why
 
     @property
     def best(self) -> Trial | None:
-        """The trial whose values were chosen (the first of the best, as Optuna reports it)."""
+        """The trial whose values were chosen: each phase's best, or a tied one that gives up less on either
+        question (:func:`hedged_choice`)."""
+        if self.chosen_trial is not None:
+            return next((t for t in self.trials if t.number == self.chosen_trial), None)
         return max(self.trials, key=lambda t: t.served_ndcg, default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +268,7 @@ class TuningResult:
             "n_trials": len(self.trials),
             "best_trial": best.number if best else None,
             "best_served_ndcg": round(best.served_ndcg, 5) if best else None,
+            "hedges": self.hedges,
             "trials": [t.to_dict() for t in self.trials],
         }
 
@@ -302,18 +318,19 @@ def score_params(
     ranker is fitted afterwards, on the chosen values) and in each servable "source:<name>" mode, balanced over the
     split's questions when it asks two (``ranking.metrics.balanced``). Returns the pipeline's figure, each
     source's, and the per-user figures of all of them (keyed "pipeline" and source name)."""
-    figures, _, per_user = score_questions(cache, params)
+    figures, _, per_user, _ = score_questions(cache, params)
     pipeline = figures.pop(PIPELINE)
     return pipeline, figures, per_user
 
 
 def score_questions(
     cache: _SourceCache, params: TrainParams
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, npt.NDArray[np.float64]]]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, FloatArray], dict[str, dict[str, FloatArray]]]:
     """:func:`score_params`' work: per mode ("pipeline" and each servable source's name) the objective's figure
     (``ranking.metrics.balanced`` over the split's questions, or the plain NDCG@k when it asks one), each
     question's NDCG@k, and the per-user figures the serve choice compares (``ranking.metrics.balanced_per_user``
-    with two questions, else each user's NDCG@k)."""
+    with two questions, else each user's NDCG@k), and per mode each question's per-user NDCG@k (empty with one
+    question)."""
     trained = cache.trained(params)
     model = TrainedModel(trained)
     inputs = offline_inputs(cache.split, cache.items, model)
@@ -336,7 +353,7 @@ def score_questions(
             per_user[name] = served_ndcg_per_user(cache.split, lists, k=params.k)
     if cache.split.questions:
         per_user = metrics.balanced_per_user(per_question)
-    return figures, by_question, per_user
+    return figures, by_question, per_user, per_question
 
 
 def _has_source(trained: TrainedSources, name: str) -> bool:
@@ -357,12 +374,15 @@ def tune(
 ) -> TuningResult:
     """Search the four phases' grids with TPE (seeded) until ``budget_seconds`` would be exceeded by one more
     trial (estimated from the latest trial) or ``max_trials`` ran. The first trial of each phase is the current
-    value of its knobs; the result's params are the best trial's."""
+    value of its knobs; each phase goes on from its choice (:func:`hedged_choice`: its best trial, or a tied one
+    that gives up less on either validation question), and the result's params are the last phase's choice."""
     started = time.perf_counter()
     deadline = started + max(budget_seconds, 0.0)
     cache = _SourceCache(split.sample_users(params.tune_max_users, params.seed), items, vectors)
     trials: list[Trial] = []
     best = params
+    chosen_trial: int | None = None
+    hedges: list[str] = []
     latest = 0.0
     phases = (
         ("decay", DECAY_SPACE, 0.4), ("retrieval", RETRIEVAL_SPACE, 0.6), ("blend", BLEND_SPACE, 0.8),
@@ -397,12 +417,12 @@ def tune(
             t0 = time.perf_counter()
             chosen = {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
             candidate = base.replace(**chosen)
-            singles, by_question, per_user = score_questions(cache, candidate)
+            singles, by_question, per_user, per_question = score_questions(cache, candidate)
             ndcg = singles.pop(PIPELINE)
             seconds = time.perf_counter() - t0
             # The next trial's cost: the latest one's (the first trains every source; later ones reuse most).
             latest = seconds
-            record = Trial(len(trials), phase, chosen, ndcg, singles, seconds, per_user, by_question)
+            record = Trial(len(trials), phase, chosen, ndcg, singles, seconds, per_user, by_question, per_question)
             trials.append(record)
             if on_trial is not None:
                 on_trial(record)
@@ -423,8 +443,12 @@ def tune(
 
         if trials and (time.perf_counter() + latest > phase_deadline or phase_trials <= 0):
             continue
+        first_of_phase = len(trials)
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
-        best = base.replace(**study.best_params)
+        winner, hedge = hedged_choice(trials[first_of_phase:], seed=params.seed)
+        chosen_trial, best = winner.number, base.replace(**winner.params)
+        if hedge:
+            hedges.append(hedge)
     spaces = (DECAY_SPACE, RETRIEVAL_SPACE, BLEND_SPACE, SOURCE_SPACE)
     chosen = {name: getattr(best, name) for space in spaces for name in space}
     return TuningResult(
@@ -434,6 +458,55 @@ def tune(
         budget_seconds=budget_seconds,
         seconds=time.perf_counter() - started,
         users=cache.split.n_test_users,
+        chosen_trial=chosen_trial,
+        hedges=hedges,
+    )
+
+
+def hedged_choice(trials: Sequence[Trial], *, seed: int = 0) -> tuple[Trial, str]:
+    """A phase's choice among its trials, and why when it is not simply the best: the trial with the highest
+    objective, unless validation asks two questions and other trials are not worse than it with confidence (the
+    paired bootstrap of ``ranking.confidence`` over the users' balanced figures, ``ranking.metrics.balanced_per_user``).
+    Then, among those tied, the one that gives up least on either question: the highest of each trial's smaller
+    ratio of a question's NDCG@k to the best NDCG@k any tied trial reaches on that question.
+
+    Why: the two questions can ask opposite things (recent anchors win "next" and lose "other"), and which one a
+    shop's future asks is what validation cannot know (``bench/bench_questions.py``: on MovieLens 100K "next" orders
+    the settings as a temporal test does, "other" as a random one). Between settings validation cannot tell apart
+    on the balanced figure, the one that is nearest to the best on both is the safe bet; the best one by a noise's
+    width can be far from the best on one of them."""
+    best = max(trials, key=lambda t: t.served_ndcg)
+    if len(trials) < 2 or not best.per_question:
+        return best, ""
+    mode = best.served_mode
+    tied = [best]
+    for trial in trials:
+        if trial is best or trial.served_mode not in trial.per_question:
+            continue
+        per_user = metrics.balanced_per_user(
+            {"best": best.per_question[mode], "other": trial.per_question[trial.served_mode]}
+        )
+        if not confidence.paired_bootstrap(per_user["best"], per_user["other"], seed=seed).confident:
+            tied.append(trial)
+    if len(tied) == 1:
+        return best, ""
+    questions = sorted(best.by_question[mode])
+    means = {t.number: t.by_question[t.served_mode] for t in tied}
+    top = {q: max(values[q] for values in means.values()) for q in questions}
+
+    def worst_ratio(trial: Trial) -> float:
+        return min(means[trial.number][q] / top[q] if top[q] > 0 else 1.0 for q in questions)
+
+    # Ties on the worst ratio go to the higher objective, then to the earlier trial (max keeps the first).
+    winner = max(tied, key=lambda t: (worst_ratio(t), t.served_ndcg))
+    if winner is best:
+        return best, ""
+    return winner, (
+        f"trial {winner.number} over trial {best.number}: tied on the balanced figure "
+        f"({winner.served_ndcg:.4f} vs {best.served_ndcg:.4f}, not worse with confidence); its worse question is "
+        f"{worst_ratio(winner):.0%} of the best against {worst_ratio(best):.0%} ("
+        + " · ".join(f"{q} {means[winner.number][q]:.4f} vs {means[best.number][q]:.4f}" for q in questions)
+        + ")"
     )
 
 

@@ -277,7 +277,9 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert result.trials[1].params["history_half_life_days"] is None
     best = result.best
     assert best is not None
-    assert best.served_ndcg == max(t.served_ndcg for t in result.trials)
+    assert best.number == result.chosen_trial
+    # The chosen trial is the best one, or one the record says tied with it (tuning.hedged_choice's tests).
+    assert best.served_ndcg == max(t.served_ndcg for t in result.trials) or result.hedges
     for name, value in best.params.items():
         assert result.chosen[name] == value == getattr(result.params, name)
     recorded = result.to_dict()
@@ -308,6 +310,51 @@ def test_tuning_records_its_choices_within_budget_and_is_deterministic() -> None
     assert blend[0].params == dict.fromkeys(tuning.BLEND_SPACE, 1.0)
     assert blend[1].params == {**dict.fromkeys(tuning.BLEND_SPACE, 1.0), "blend_global": 0.0}
     assert set(tuning.BLEND_SPACE) <= set(first.chosen)
+
+
+def _trial(number: int, per_question: dict[str, np.ndarray]) -> tuning.Trial:
+    """A pipeline-only trial with these per-user NDCG@10 per question, its figures derived as tuning derives them."""
+    means = {question: metrics.nan_mean(values) for question, values in per_question.items()}
+    return tuning.Trial(
+        number, "retrieval", {"n": number}, metrics.balanced(means), {}, 0.0,
+        by_question={tuning.PIPELINE: means}, per_question={tuning.PIPELINE: per_question},
+    )  # fmt: skip
+
+
+def _noisy(mean: float, users: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-user figures with exactly this mean, spread from 0 to twice it, in an order of their own."""
+    return rng.permutation(np.linspace(0.0, 2 * mean, users))
+
+
+def test_between_tied_trials_the_one_nearest_the_best_on_both_questions_is_chosen() -> None:
+    rng = np.random.default_rng(3)
+    users = 300
+    # A: the highest balanced figure, by a hair, all on "next"; C: all on "other"; B: near the best on both.
+    shapes = {0: (0.200, 0.100), 1: (0.170, 0.1175), 2: (0.120, 0.160)}
+    trials = [
+        _trial(n, {"next": _noisy(a, users, rng), "other": _noisy(b, users, rng)}) for n, (a, b) in shapes.items()
+    ]
+    a, b, c = trials
+    assert a.served_ndcg == max(t.served_ndcg for t in trials)
+    winner, why = tuning.hedged_choice(trials)
+    assert winner is b
+    assert why.startswith(f"trial {b.number} over trial {a.number}: tied")
+    assert "next 0.1700 vs 0.2000" in why
+    assert "other 0.1175 vs 0.1000" in why
+
+    # One question asked (a window split): the best trial, whatever the others.
+    plain = [tuning.Trial(n, "retrieval", {}, t.ndcg, {}, 0.0) for n, t in enumerate(trials)]
+    assert tuning.hedged_choice(plain) == (plain[0], "")
+
+
+def test_a_trial_worse_with_confidence_is_not_a_tie() -> None:
+    users = 300
+    flat = np.ones(users)
+    # The same shapes without noise: B and C are worse than A for every user, so the best trial is chosen.
+    a = _trial(0, {"next": 0.200 * flat, "other": 0.100 * flat})
+    b = _trial(1, {"next": 0.170 * flat, "other": 0.1175 * flat})
+    c = _trial(2, {"next": 0.120 * flat, "other": 0.160 * flat})
+    assert tuning.hedged_choice([a, b, c]) == (a, "")
 
 
 def test_version_build_serves_the_single_source_that_beats_the_pipeline() -> None:

@@ -119,10 +119,13 @@ class Command(BaseCommand):
                 scale = "balanced " if any(trial.get("by_question") for trial in search["trials"]) else ""
                 self.stdout.write(
                     f"\ntuning: {search['n_trials']} trials in {search['seconds']:.0f} s (budget "
-                    f"{search['budget_seconds']:g} s) on {search['validation_users']:,} validation users; best trial "
-                    f"{search['best_trial']} ({scale}NDCG@10 served {search['best_served_ndcg']:.4f}); the 10 best:"
+                    f"{search['budget_seconds']:g} s) on {search['validation_users']:,} validation users; chosen "
+                    f"trial {search['best_trial']} ({scale}NDCG@10 served {search['best_served_ndcg']:.4f}); the 10 "
+                    "best:"
                 )
                 self.stdout.write(tuning.trials_table(search["trials"], limit=10))
+                for hedge in search.get("hedges", []):
+                    self.stdout.write(f"tie on the balanced figure: {hedge}")
                 chosen = ", ".join(f"{name}={value}" for name, value in search["chosen"].items())
                 self.stdout.write(f"chosen: {chosen}")
             self.stdout.write("\nvalidation (chosen values; users the ranker never saw)")
