@@ -445,6 +445,8 @@ def tune(
             continue
         first_of_phase = len(trials)
         study.optimize(objective, n_trials=phase_trials, callbacks=[stop_when_out_of_time], gc_after_trial=False)
+        if len(trials) == first_of_phase:  # no trial of this phase ran: the values stay
+            continue
         winner, hedge = hedged_choice(trials[first_of_phase:], seed=params.seed)
         chosen_trial, best = winner.number, base.replace(**winner.params)
         if hedge:
@@ -497,7 +499,7 @@ def hedged_choice(trials: Sequence[Trial], *, seed: int = 0) -> tuple[Trial, str
     def worst_ratio(trial: Trial) -> float:
         return min(means[trial.number][q] / top[q] if top[q] > 0 else 1.0 for q in questions)
 
-    # Ties on the worst ratio go to the higher objective, then to the earlier trial (max keeps the first).
+    # Ties on the worst ratio: the higher objective, then the best trial, then the earlier (max keeps the first).
     winner = max(tied, key=lambda t: (worst_ratio(t), t.served_ndcg))
     if winner is best:
         return best, ""
