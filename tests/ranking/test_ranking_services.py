@@ -614,3 +614,13 @@ def test_train_with_a_budget_tunes_records_the_trials_and_shows_them_in_the_regi
     assert sum(html.count(f"<td>{phase}</td>") for phase in phases) == search["n_trials"]
     listing = admin_client.get("/admin/ranking/modelversion/")
     assert version.parameters["serve"] in listing.content.decode()
+    # A phase's choice that was not its best trial is printed and recorded (tuning.hedged_choice) ...
+    assert isinstance(search["hedges"], list)
+    for hedge in search["hedges"]:
+        assert f"tie on the balanced figure: {hedge}" in out
+    # ... and listed on the version's page, escaped as any recorded text.
+    version.metrics["validation"]["tuning"]["hedges"] = ["trial 7 over trial 6: <b>tied</b>"]
+    version.save(update_fields=["metrics"])
+    html = admin_client.get(f"/admin/ranking/modelversion/{version.pk}/change/").content.decode()
+    assert "Tie on the balanced figure: trial 7 over trial 6: &lt;b&gt;tied&lt;/b&gt;" in html
+    assert "chosen trial" in html
