@@ -16,7 +16,6 @@ Usage: python bench/bench_questions.py [--splits random,temporal]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -66,7 +65,7 @@ def run_split(name: str) -> None:
     figures: list[tuple[float, float, float, float]] = []
     started = time.perf_counter()
     for setting, changes in SETTINGS.items():
-        params = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        params = base.replace(**changes)
         on_validation = train_sources(
             validation.train, items, params, reference_ts=validation.reference_ts, content=vectors
         )
