@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import numpy.typing as npt
 from numpy.typing import NDArray
+
+from ranking.dataset import index_of
 
 
 def isin(values: NDArray[np.integer], members: NDArray[np.integer]) -> NDArray[np.bool_]:
@@ -21,11 +25,27 @@ def isin(values: NDArray[np.integer], members: NDArray[np.integer]) -> NDArray[n
     return ordered[at] == values
 
 
-def positions(sorted_ids: NDArray[np.integer], values: npt.ArrayLike) -> NDArray[np.int64]:
-    """The position of each of ``values`` in the ascending ``sorted_ids`` (a version's item or user ids), -1 where it
-    is absent: a catalog pk to a model index, which serving and the offline pipeline both need."""
-    wanted = np.asarray(values, dtype=np.int64)
-    if sorted_ids.size == 0:
-        return np.full(wanted.shape, -1, dtype=np.int64)
-    at = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
-    return np.where(sorted_ids[at] == wanted, at, -1).astype(np.int64)
+class VersionArrays:
+    """What a version's arrays answer alike wherever they come from: ``ranking.artifacts.ActiveModel`` (a loaded
+    version) and ``ranking.pipeline.offline.TrainedModel`` (freshly trained arrays) both keep them in ``arrays``."""
+
+    arrays: Mapping[str, np.ndarray]
+
+    @property
+    def item_ids(self) -> NDArray[np.int64]:
+        return np.asarray(self.arrays["item_ids"], np.int64)
+
+    @property
+    def popularity(self) -> np.ndarray:
+        return self.arrays["popularity"]
+
+    @property
+    def trending(self) -> np.ndarray:
+        return self.arrays["trending"]
+
+    def has(self, name: str) -> bool:
+        return name in self.arrays
+
+    def item_index(self, item_pks: npt.ArrayLike) -> NDArray[np.int64]:
+        """Model index of each catalog.Item pk, -1 for items the version does not know (added after training)."""
+        return index_of(self.item_ids, item_pks)

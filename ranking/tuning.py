@@ -254,9 +254,7 @@ class TuningResult:
     def best(self) -> Trial | None:
         """The trial whose values were chosen: each phase's best, or a tied one that gives up less on either
         question (:func:`hedged_choice`)."""
-        if self.chosen_trial is not None:
-            return next((t for t in self.trials if t.number == self.chosen_trial), None)
-        return max(self.trials, key=lambda t: t.served_ndcg, default=None)
+        return next((t for t in self.trials if t.number == self.chosen_trial), None)
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best

@@ -15,13 +15,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking import ann, sources
-from ranking.arrays import positions
+from ranking.arrays import VersionArrays
 from ranking.artifact_store import ArtifactError
 from ranking.artifacts.files import ANN_FILE, version_read_meta, version_verify
+from ranking.dataset import index_of
 
 
 @dataclass(frozen=True, eq=False)
-class ActiveModel:
+class ActiveModel(VersionArrays):
     """One loaded version: memory-mapped arrays (read-only, shared through the page cache by every process on
     the host), the faiss index and meta.json. Immutable: a swap replaces the whole object, so a request that
     took a reference keeps a consistent model to the end.
@@ -45,15 +46,8 @@ class ActiveModel:
         return int(self.arrays["item_ids"].shape[0])
 
     @property
-    def item_ids(self) -> npt.NDArray[np.int64]:
-        return self.arrays["item_ids"]
-
-    @property
     def params(self) -> Mapping[str, Any]:
         return self.meta.get("params", {})
-
-    def has(self, name: str) -> bool:
-        return name in self.arrays
 
     def array(self, name: str) -> np.ndarray:
         try:
@@ -63,21 +57,9 @@ class ActiveModel:
                 f"version {self.name} has no array {name!r} (has: {', '.join(sorted(self.arrays))})"
             ) from None
 
-    def item_index(self, item_pks: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Model index of each catalog.Item pk, -1 for items the version does not know (added after training)."""
-        return positions(self.item_ids, item_pks)
-
     def user_index(self, customer_pks: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Row of each customer pk in ``als_user_factors``, -1 for customers not in the training data."""
-        return positions(self.arrays["user_ids"], customer_pks)
-
-    @property
-    def popularity(self) -> np.ndarray:
-        return self.arrays["popularity"]
-
-    @property
-    def trending(self) -> np.ndarray:
-        return self.arrays["trending"]
+        return index_of(self.arrays["user_ids"], customer_pks)
 
     # ALS.
     def history_confidences(

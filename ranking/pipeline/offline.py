@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from experiments.config import VariantConfig
 from ranking import ann, confidence, metrics, retrieval, sources
-from ranking.arrays import positions
+from ranking.arrays import VersionArrays
 from ranking.dataset import ItemTable, UserEvents, user_events
 from ranking.evaluation import Segment, SourceFn, Split, run_protocol
 from ranking.pipeline import stages
@@ -63,7 +63,7 @@ HAD_TYPES: tuple[int, ...] = (sources.PURCHASE, sources.RATING)
 HAD_LENGTH = 2000
 
 
-class TrainedModel:
+class TrainedModel(VersionArrays):
     """A :class:`~ranking.pipeline.state.ModelView` of freshly trained arrays (no artifacts, no index file)."""
 
     version_id = -1
@@ -74,26 +74,8 @@ class TrainedModel:
         self.arrays: Mapping[str, np.ndarray] = {**trained.arrays, **_content_table(trained)}
         self.index: Any = True if "als_item_factors" in self.arrays else None
 
-    @property
-    def item_ids(self) -> IntArray:
-        return np.asarray(self.arrays["item_ids"], np.int64)
-
-    @property
-    def popularity(self) -> np.ndarray:
-        return self.arrays["popularity"]
-
-    @property
-    def trending(self) -> np.ndarray:
-        return self.arrays["trending"]
-
-    def has(self, name: str) -> bool:
-        return name in self.arrays
-
     def array(self, name: str) -> np.ndarray:
         return self.arrays[name]
-
-    def item_index(self, item_pks: npt.ArrayLike) -> IntArray:
-        return positions(self.item_ids, item_pks)
 
     def history_confidences(
         self, item_idx: npt.ArrayLike, types: npt.ArrayLike, values: npt.ArrayLike, age_days: npt.ArrayLike

@@ -1,19 +1,20 @@
-"""The small vectorised helpers serving and the offline pipeline share (``ranking.arrays``)."""
+"""The small vectorised helpers serving and the offline pipeline share (``ranking.arrays``, ``ranking.dataset``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ranking.arrays import isin, positions
+from ranking.arrays import isin
+from ranking.dataset import index_of
 
 
-def test_positions_finds_each_id_and_marks_the_absent_ones() -> None:
+def test_index_of_finds_each_id_and_marks_the_absent_ones() -> None:
     ids = np.array([3, 7, 20, 41], dtype=np.int64)
     # Below the first id, between two, equal to the last, past the last, and repeated.
-    assert positions(ids, [3, 5, 41, 99, 7, 7, 0]).tolist() == [0, -1, 3, -1, 1, 1, -1]
-    assert positions(ids, np.array([], dtype=np.int64)).tolist() == []
-    assert positions(np.array([], dtype=np.int64), [1, 2]).tolist() == [-1, -1]
-    assert positions(ids, [[20], [8]]).tolist() == [[2], [-1]]  # the shape of the values is kept
+    assert index_of(ids, [3, 5, 41, 99, 7, 7, 0]).tolist() == [0, -1, 3, -1, 1, 1, -1]
+    assert index_of(ids, np.array([], dtype=np.int64)).tolist() == []
+    assert index_of(np.array([], dtype=np.int64), [1, 2]).tolist() == [-1, -1]
+    assert index_of(ids, [[20], [8]]).tolist() == [[2], [-1]]  # the shape of the values is kept
 
 
 def test_isin_matches_numpy_on_ids_in_any_order() -> None:
