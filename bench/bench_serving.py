@@ -1,14 +1,15 @@
 """Serving latency under gunicorn, measured with wrk on loopback: the framework floor (a DRF view returning a
 constant list), uncached personalised recommendations (full pipeline, count 10 and 50) and cached ones, per-stage
 times, one request at a time against the sum of its stages, a whole-request profile by layer
-(bench/request_profile.py), the serving processes' memory, and the environment it ran in.
+(bench/request_profile.py), the web workers' CPU per request by the binary that spent it (bench/perf_split.py: Linux
+perf over the floor and uncached phases run again), the serving processes' memory, and the environment it ran in.
 
 Uses its own database (recsys_bench_serving: the demo data, its online state and a trained model, built on the
 first run and reused) and Redis databases 32/33. Targets (issue 4): uncached p50 <= 10 ms, p95 <= 25 ms,
 p99 <= 50 ms at concurrency 4; cached p95 <= 5 ms. Issue 18, relative to the floor of the same run: uncached p95
 <= 5x, cached p95 <= 2x; one request at a time <= 1.5x the sum of its traced stages.
 
-Usage: python bench/bench_serving.py [--seconds 20] [--workers N (default: one per core)]
+Usage: python bench/bench_serving.py [--seconds 20] [--workers N (default: one per core)] [--no-perf]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import perf_split
 import psutil
 from common import (
     Server,
@@ -151,6 +153,7 @@ def main() -> None:
     # this 2-core machine, 4 workers gave the floor a p95 of 6.3 ms against 2.2 ms with 2).
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (gthread when > 1)")
+    parser.add_argument("--no-perf", action="store_true", help="skip the CPU split by binary (two more phases)")
     args = parser.parse_args()
     print_environment()
     wrk = _ensure_wrk()
@@ -184,6 +187,24 @@ def main() -> None:
                 wrk, base, key, [f"/v1/items/{i}/similar?count=10" for i in rng.sample(items, 2000)], args.seconds,
                 workdir, env,
             )  # fmt: skip
+            # The floor and uncached phases again under perf (after the measured ones, which it would slow a
+            # little), on new paths: which binaries the workers' CPU went to.
+            perf_why = "--no-perf" if args.no_perf else perf_split.unavailable()
+            by_binary: dict[str, tuple[dict[str, float], float]] = {}
+            if perf_why is None:
+                assert server.process is not None
+                pids = [p.pid for p in psutil.Process(server.process.pid).children()]
+                used_paths = set(uncached_paths)
+                fresh_uncached = [
+                    p for p in (
+                        f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
+                        for a, b in {tuple(rng.sample(items, 2)) for _ in range(50_000)}
+                    ) if p not in used_paths
+                ]  # fmt: skip
+                for name, paths in (("floor", ["/bench/floor"]), ("uncached", fresh_uncached)):
+                    with perf_split.Recording(pids, max(args.seconds - 1, 1)) as recording:
+                        phase = _wrk(wrk, base, key, paths, args.seconds, workdir, env)
+                    by_binary[name] = (recording.shares, phase[f"cpu {CPU_GROUPS[0]}"])
         stages: dict[str, list[float]] = {}
         for customer in rng.sample(customers, 200):
             trace = debug_trace(base, key, customer)
@@ -293,6 +314,21 @@ def main() -> None:
         ["layer", "ms/request (profiled)", "share"],
         [[name, ms, f"{share:.0%}" if share is not None else "-"] for name, ms, share in layers],
     )
+    if by_binary:
+        (floor_shares, floor_cpu), (uncached_shares, uncached_cpu) = by_binary["floor"], by_binary["uncached"]
+        print_table(
+            "The web workers' CPU per request by the binary that spent it (perf, the floor and uncached phases run "
+            "again; ms of CPU per request = perf's share x the workers' CPU per request in that phase)",
+            ["binary", "floor ms", "uncached ms", "uncached - floor", "share of uncached"],
+            [
+                [name, floor_shares[name] * floor_cpu, uncached_shares[name] * uncached_cpu,
+                 uncached_shares[name] * uncached_cpu - floor_shares[name] * floor_cpu,
+                 f"{uncached_shares[name]:.0%}"]
+                for name in perf_split.LABELS
+            ] + [["all", floor_cpu, uncached_cpu, uncached_cpu - floor_cpu, "100%"]],
+        )  # fmt: skip
+    else:
+        print(f"(No CPU split by binary: {perf_why}.)")
     print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
 
 
