@@ -24,6 +24,12 @@ logconfig_dict = logging_config(
     loggers={"gunicorn.error": {"handlers": [], "propagate": True}},
 )
 
+# gunicorn's logger, except that it builds a request's access record only when something writes it (an access log
+# file, syslog, or a logging configuration giving "gunicorn.access" a handler): logconfig_dict above alone made gunicorn
+# build one per request for no handler (recsys/gunicorn_logging.py). With --statsd-host, name gunicorn's statsd logger
+# instead (--logger-class gunicorn.instrument.statsd.Statsd): gunicorn picks it by itself only when this is unset.
+logger_class = "recsys.gunicorn_logging.Logger"
+
 # gunicorn's own error answers (bad request line or header bytes, 414, 431) as JSON instead of an HTML page.
 gunicorn_errors.install()
 
