@@ -209,6 +209,9 @@ def main() -> None:
                 for name, paths in (("floor", ["/bench/floor"]), ("uncached", fresh_uncached)):
                     with perf_split.Recording(pids, max(args.seconds - 1, 1)) as recording:
                         phase = _wrk(wrk, base, key, paths, args.seconds, workdir, env)
+                    if recording.error is not None:
+                        perf_why, by_binary = recording.error, {}
+                        break
                     by_binary[name] = (recording.shares, phase[f"cpu {CPU_GROUPS[0]}"])
         stages: dict[str, list[float]] = {}
         for customer in rng.sample(customers, 200):

@@ -70,6 +70,7 @@ class Recording:
     def __init__(self, pids: list[int], seconds: float) -> None:
         self.pids, self.seconds = pids, seconds
         self.shares: dict[str, float] = {}
+        self.error: str | None = None  # why there are no shares (perf failed), after the block
         self._dir = tempfile.TemporaryDirectory()
         self._data = Path(self._dir.name) / "perf.data"
         self._process: subprocess.Popen[bytes] | None = None
@@ -90,9 +91,12 @@ class Recording:
                 report = subprocess.run(
                     ["perf", "report", "-i", str(self._data), "--no-children", "--sort", "dso", "--stdio", "-g",
                      "none"],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
-                self.shares = shares(report)
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                if report.returncode == 0 and any(shares(report.stdout).values()):
+                    self.shares = shares(report.stdout)
+                else:
+                    self.error = f"perf recorded nothing usable ({(report.stderr.strip() or 'no samples')[:160]})"
         finally:
             if self._process.poll() is None:
                 self._process.kill()

@@ -49,7 +49,10 @@ def test_a_report_without_samples_gives_zero_shares() -> None:
     assert set(perf_split.shares("# nothing recorded\n").values()) == {0.0}
 
 
-@pytest.mark.skipif(perf_split.unavailable() is not None, reason=f"perf: {perf_split.unavailable()}")
+PERF_UNAVAILABLE = perf_split.unavailable()
+
+
+@pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=f"perf: {PERF_UNAVAILABLE}")
 def test_a_recording_of_a_python_loop_is_mostly_the_interpreter() -> None:
     loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
     busy = subprocess.Popen([sys.executable, "-c", loop])
@@ -59,4 +62,20 @@ def test_a_recording_of_a_python_loop_is_mostly_the_interpreter() -> None:
     finally:
         busy.kill()
         busy.wait()
+    assert recording.error is None
     assert recording.shares["Python interpreter"] > 0.5, recording.shares
+
+
+def test_a_recording_of_nothing_says_so() -> None:
+    if PERF_UNAVAILABLE is not None:
+        pytest.skip(f"perf: {PERF_UNAVAILABLE}")
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with perf_split.Recording([idle.pid], 1) as recording:
+            pass
+    finally:
+        idle.kill()
+        idle.wait()
+    assert recording.shares == {}
+    assert recording.error is not None
+    assert "nothing usable" in recording.error
