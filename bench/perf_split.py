@@ -93,8 +93,9 @@ class Recording:
                      "none"],
                     capture_output=True, text=True,
                 )  # fmt: skip
-                if report.returncode == 0 and any(shares(report.stdout).values()):
-                    self.shares = shares(report.stdout)
+                found = shares(report.stdout) if report.returncode == 0 else {}
+                if any(found.values()):
+                    self.shares = found
                 else:
                     self.error = f"perf recorded nothing usable ({(report.stderr.strip() or 'no samples')[:160]})"
         finally:
