@@ -50,32 +50,31 @@ def test_a_report_without_samples_gives_zero_shares() -> None:
 
 
 PERF_UNAVAILABLE = perf_split.unavailable()
+needs_perf = pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=f"perf: {PERF_UNAVAILABLE}")
 
 
-@pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=f"perf: {PERF_UNAVAILABLE}")
-def test_a_recording_of_a_python_loop_is_mostly_the_interpreter() -> None:
-    loop = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
-    busy = subprocess.Popen([sys.executable, "-c", loop])
+def _record(code: str, seconds: float) -> perf_split.Recording:
+    """``seconds`` of perf over a Python process running ``code`` (stopped after)."""
+    process = subprocess.Popen([sys.executable, "-c", code])
     try:
-        with perf_split.Recording([busy.pid], 2) as recording:
+        with perf_split.Recording([process.pid], seconds) as recording:
             pass
     finally:
-        busy.kill()
-        busy.wait()
+        process.kill()
+        process.wait()
+    return recording
+
+
+@needs_perf
+def test_a_recording_of_a_python_loop_is_mostly_the_interpreter() -> None:
+    recording = _record("import time\nend = time.time() + 30\nwhile time.time() < end: pass", 2)
     assert recording.error is None
     assert recording.shares["Python interpreter"] > 0.5, recording.shares
 
 
+@needs_perf
 def test_a_recording_of_nothing_says_so() -> None:
-    if PERF_UNAVAILABLE is not None:
-        pytest.skip(f"perf: {PERF_UNAVAILABLE}")
-    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        with perf_split.Recording([idle.pid], 1) as recording:
-            pass
-    finally:
-        idle.kill()
-        idle.wait()
+    recording = _record("import time; time.sleep(30)", 1)
     assert recording.shares == {}
     assert recording.error is not None
     assert "nothing usable" in recording.error
