@@ -175,12 +175,7 @@ def main() -> None:
             _wrk(wrk, base, key, warm, 3, workdir, env)
             engines = wait_for_compiled_ranker(base, key, customers)
             floor = _wrk(wrk, base, key, ["/bench/floor"], args.seconds, workdir, env)
-            # A different `exclude` pair of real items per request (as a storefront excludes the cart) makes every
-            # cache key new: each request runs the whole pipeline.
-            uncached_paths = [
-                f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
-                for a, b in {tuple(rng.sample(items, 2)) for _ in range(200_000)}
-            ]
+            uncached_paths = _uncached_paths(rng, customers, items, 200_000)
             uncached = _wrk(wrk, base, key, uncached_paths, args.seconds, workdir, env)
             uncached_50 = _wrk(
                 wrk, base, key, [p.replace("count=10", "count=50") for p in uncached_paths], args.seconds, workdir, env
@@ -194,25 +189,10 @@ def main() -> None:
             )  # fmt: skip
             # The floor and uncached phases again under perf (after the measured ones, which it would slow a
             # little), on new paths: which binaries the workers' CPU went to.
-            perf_why = "--no-perf" if args.no_perf else perf_split.unavailable()
-            by_binary: dict[str, tuple[dict[str, float], float]] = {}
-            if perf_why is None:
-                assert server.process is not None
-                pids = [p.pid for p in psutil.Process(server.process.pid).children()]
-                used_paths = set(uncached_paths)
-                fresh_uncached = [
-                    p for p in (
-                        f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
-                        for a, b in {tuple(rng.sample(items, 2)) for _ in range(50_000)}
-                    ) if p not in used_paths
-                ]  # fmt: skip
-                for name, paths in (("floor", ["/bench/floor"]), ("uncached", fresh_uncached)):
-                    with perf_split.Recording(pids, max(args.seconds - 1, 1)) as recording:
-                        phase = _wrk(wrk, base, key, paths, args.seconds, workdir, env)
-                    if recording.error is not None:
-                        perf_why, by_binary = recording.error, {}
-                        break
-                    by_binary[name] = (recording.shares, phase[f"cpu {CPU_GROUPS[0]}"])
+            by_binary, perf_why = ({}, "--no-perf") if args.no_perf else _by_binary(
+                server, wrk, key, _uncached_paths(rng, customers, items, 50_000, avoid=set(uncached_paths)),
+                args.seconds, workdir, env,
+            )  # fmt: skip
         stages: dict[str, list[float]] = {}
         for customer in rng.sample(customers, 200):
             trace = debug_trace(base, key, customer)
@@ -232,11 +212,7 @@ def main() -> None:
     # without the client's side of HTTP (a new connection per request: sync workers close it, and Python's urllib).
     # The list cache's store is not on this clock either: gunicorn logs the time before it closes the response
     # iterable, which sends Django's request_finished, where the store runs (ranking/cache.py).
-    used = set(uncached_paths[-300:])
-    fresh = [p for p in dict.fromkeys(
-        f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
-        for a, b in (rng.sample(items, 2) for _ in range(2_000))
-    ) if p not in used][:300]  # fmt: skip
+    fresh = _uncached_paths(rng, customers, items, 2_000, avoid=set(uncached_paths[-300:]))[:300]
     worker_ms, client_ms = _worker_clock(env, key, customers, fresh)
 
     def row(name: str, r: dict[str, float], p95_target: str) -> list[object]:
@@ -323,32 +299,60 @@ def main() -> None:
         [[name, ms, f"{share:.0%}" if share is not None else "-"] for name, ms, share in layers],
     )
     if by_binary:
-        (floor_shares, floor_cpu), (uncached_shares, uncached_cpu) = by_binary["floor"], by_binary["uncached"]
+        floor_ms, uncached_ms = by_binary["floor"], by_binary["uncached"]
+        added = {name: uncached_ms[name] - floor_ms[name] for name in perf_split.LABELS}
+        uncached_all, floor_all = sum(uncached_ms.values()), sum(floor_ms.values())
         print_table(
             "The web workers' CPU per request by the binary that spent it (perf, the floor and uncached phases run "
             "again; ms of CPU per request = perf's share x the workers' CPU per request in that phase)",
             ["binary", "floor ms", "uncached ms", "uncached - floor", "share of uncached"],
             [
-                [name, floor_shares[name] * floor_cpu, uncached_shares[name] * uncached_cpu,
-                 uncached_shares[name] * uncached_cpu - floor_shares[name] * floor_cpu,
-                 f"{uncached_shares[name]:.0%}"]
+                [name, floor_ms[name], uncached_ms[name], added[name], f"{uncached_ms[name] / uncached_all:.0%}"]
                 for name in perf_split.LABELS
-            ] + [["all", floor_cpu, uncached_cpu, uncached_cpu - floor_cpu, "100%"]],
+            ] + [["all", floor_all, uncached_all, uncached_all - floor_all, "100%"]],
         )  # fmt: skip
-
-        def added(*names: str) -> float:
-            return sum(uncached_shares[n] * uncached_cpu - floor_shares[n] * floor_cpu for n in names)
-
-        glue = added("Python interpreter", "numpy (C)")
-        numeric = added("compiled kernels + ranker (numba, lleaves)", "BLAS / LAPACK", "faiss")
         print(
-            f"Of the {uncached_cpu - floor_cpu:.2f} ms an uncached request adds to the floor's: {glue:.2f} ms in the "
-            f"interpreter and numpy's C code (Python glue, numpy's per-call cost on small arrays), {numeric:.2f} ms "
-            "in numeric code (compiled loops and ranker, BLAS, faiss)."
+            f"Of the {uncached_all - floor_all:.2f} ms an uncached request adds to the floor's: "
+            f"{sum(added[n] for n in perf_split.GLUE):.2f} ms in the interpreter and numpy's C code (Python glue, "
+            f"numpy's per-call cost on small arrays), {sum(added[n] for n in perf_split.NUMERIC):.2f} ms in numeric "
+            "code (compiled loops and ranker, BLAS, faiss)."
         )
     else:
         print(f"(No CPU split by binary: {perf_why}.)")
     print_table("Memory", ["process", "RSS MiB"], [[f"gunicorn worker {n}", r] for n, r in enumerate(rss)])
+
+
+def _uncached_paths(
+    rng: random.Random, customers: list[str], items: list[str], n: int, *, avoid: set[str] | None = None
+) -> list[str]:
+    """Up to ``n`` distinct paths of personalised lists, none in ``avoid``: a different exclusion pair of real items
+    per request (as a storefront excludes the cart) makes every cache key new, so each runs the whole pipeline."""
+    paths = dict.fromkeys(
+        f"/v1/recommendations?customer_id={rng.choice(customers)}&count=10&exclude={a},{b}"
+        for a, b in (rng.sample(items, 2) for _ in range(n))
+    )
+    return [path for path in paths if not avoid or path not in avoid]
+
+
+def _by_binary(
+    server: Server, wrk: str, key: str, uncached: list[str], seconds: int, workdir: Path, env: dict[str, str]
+) -> tuple[dict[str, dict[str, float]], str | None]:
+    """The floor and ``uncached`` phases under perf (bench/perf_split.py): per phase, the web workers' CPU per request
+    (ms) by binary; or, when perf cannot record here, nothing and why."""
+    why = perf_split.unavailable()
+    if why is not None:
+        return {}, why
+    assert server.process is not None
+    pids = [p.pid for p in psutil.Process(server.process.pid).children()]
+    out: dict[str, dict[str, float]] = {}
+    for name, paths in (("floor", ["/bench/floor"]), ("uncached", uncached)):
+        with perf_split.Recording(pids, max(seconds - 1, 1)) as recording:
+            phase = _wrk(wrk, server.base, key, paths, seconds, workdir, env)
+        if recording.error is not None:
+            return {}, recording.error
+        cpu = phase[f"cpu {CPU_GROUPS[0]}"]
+        out[name] = {group: share * cpu for group, share in recording.shares.items()}
+    return out, None
 
 
 def _worker_clock(

@@ -30,6 +30,9 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
 ]
 OTHER = "other extension modules (orjson, hiredis, ...)"
 LABELS = [name for name, _ in GROUPS] + [OTHER]
+# What the bench sums as Python glue (the interpreter, numpy's fixed cost per call) and as numeric work.
+GLUE = ("Python interpreter", "numpy (C)")
+NUMERIC = ("compiled kernels + ranker (numba, lleaves)", "BLAS / LAPACK", "faiss")
 _LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S.*?)\s*$")
 
 
