@@ -1,14 +1,11 @@
-"""Small vectorised helpers the serving stages share."""
+"""Small vectorised helpers the serving stages and the offline pipeline share."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
-import numpy.typing as npt
-from numpy.typing import NDArray
-
-from ranking.dataset import index_of
+from numpy.typing import ArrayLike, NDArray
 
 
 def isin(values: NDArray[np.integer], members: NDArray[np.integer]) -> NDArray[np.bool_]:
@@ -23,6 +20,16 @@ def isin(values: NDArray[np.integer], members: NDArray[np.integer]) -> NDArray[n
     ordered = np.sort(members)
     at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
     return ordered[at] == values
+
+
+def index_of(sorted_ids: NDArray[np.int64], ids: ArrayLike) -> NDArray[np.int64]:
+    """Position of each id in ``sorted_ids`` (ascending, unique), -1 where it is absent; the shape of ``ids`` is
+    kept."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if sorted_ids.size == 0:
+        return np.full(ids.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
 
 
 class VersionArrays:
@@ -46,6 +53,6 @@ class VersionArrays:
     def has(self, name: str) -> bool:
         return name in self.arrays
 
-    def item_index(self, item_pks: npt.ArrayLike) -> NDArray[np.int64]:
+    def item_index(self, item_pks: ArrayLike) -> NDArray[np.int64]:
         """Model index of each catalog.Item pk, -1 for items the version does not know (added after training)."""
         return index_of(self.item_ids, item_pks)

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from events.features import DISMISS
+from ranking.arrays import index_of
 from ranking.sources import PURCHASE, SECONDS_PER_DAY, decay, event_weights
 
 IntArray = npt.NDArray[np.int64]
@@ -146,14 +147,6 @@ def user_events(log: InteractionLog) -> UserEvents:
     counts = np.bincount(log.user[order], minlength=log.n_users)
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return UserEvents(indptr, log.item[order].astype(np.int64), log.type[order], log.value[order], log.ts[order])
-
-
-def index_of(sorted_ids: npt.NDArray[np.int64], ids: npt.ArrayLike) -> IntArray:
-    ids = np.asarray(ids, dtype=np.int64)
-    if sorted_ids.size == 0:
-        return np.full(ids.shape, -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
-    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
 
 
 def dismissed_pairs(

@@ -16,7 +16,8 @@ from catalog.models import Item
 from events.parsing import event_time_sql
 from kernel.db_router import read_alias, replica_reads
 from ranking import artifact_store
-from ranking.dataset import InteractionLog, ItemTable, index_of, item_text, log_from_arrays
+from ranking.arrays import index_of
+from ranking.dataset import InteractionLog, ItemTable, item_text, log_from_arrays
 from ranking.models import ModelVersion
 
 # One pass over the interactions, opted-out customers' events left out (anonymous session events stay: they feed

@@ -15,10 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ranking import ann, sources
-from ranking.arrays import VersionArrays
+from ranking.arrays import VersionArrays, index_of
 from ranking.artifact_store import ArtifactError
 from ranking.artifacts.files import ANN_FILE, version_read_meta, version_verify
-from ranking.dataset import index_of
 
 
 @dataclass(frozen=True, eq=False)

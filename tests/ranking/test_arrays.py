@@ -1,11 +1,10 @@
-"""The small vectorised helpers serving and the offline pipeline share (``ranking.arrays``, ``ranking.dataset``)."""
+"""The small vectorised helpers serving and the offline pipeline share (``ranking.arrays``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ranking.arrays import isin
-from ranking.dataset import index_of
+from ranking.arrays import index_of, isin
 
 
 def test_index_of_finds_each_id_and_marks_the_absent_ones() -> None:
